@@ -1,0 +1,73 @@
+"""The errors a user of vipcore can meet.
+
+Every error a person can cause (bad config, bad manifests, a missing
+interface, an unknown backend) is a :class:`VipcoreError` with a message that
+says what to do; the CLI prints that message, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class VipcoreError(Exception):
+    """Base class of every error vipcore raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(VipcoreError):
+    """The configuration file or an environment override is invalid."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None) -> None:
+        self.source = source
+        self.field = field
+        where = ": ".join(part for part in (source, field) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ManifestError(ConfigError):
+    """A Kubernetes manifest (file or API object) fails validation."""
+
+
+class PluginError(VipcoreError):
+    """A plugin failed to load, is missing, or raised inside a hook.
+
+    The message always names the plugin (and its distribution when known).
+    """
+
+    exit_code = 2
+
+    def __init__(self, plugin: str, message: str, *, distribution: str | None = None) -> None:
+        self.plugin = plugin
+        self.distribution = distribution
+        origin = f"{plugin!r}" + (f" (from {distribution})" if distribution else "")
+        super().__init__(f"plugin {origin}: {message}")
+
+
+class UnknownBackendError(PluginError):
+    """The configured backend is not installed."""
+
+    def __init__(self, name: str, installed: list[str]) -> None:
+        listing = ", ".join(sorted(installed)) or "none"
+        super().__init__(name, f"no such backend is installed (installed backends: {listing})")
+
+
+class InterfaceNotFoundError(VipcoreError):
+    """A network interface named in a pool does not exist on this node."""
+
+    exit_code = 2
+
+    def __init__(self, interface: str, where: str = "this node") -> None:
+        self.interface = interface
+        super().__init__(f"interface {interface!r} does not exist on {where}")
+
+
+class AllocationError(VipcoreError):
+    """An address or a VRID could not be allocated for one Service or group."""
+
+
+class LabError(VipcoreError):
+    """The network-namespace lab could not be set up or driven."""
+
+    exit_code = 2

@@ -1,0 +1,50 @@
+"""Where a group should live: one deterministic ranking shared by every backend.
+
+Rendezvous (highest-random-weight) hashing over (group name, node name):
+groups spread evenly across member nodes, every node computes the same order
+from the same input, and a node joining or leaving moves only the groups it
+wins or held. VRRP backends turn the rank into priorities; netlink_static
+takes the first eligible node as the holder; ``vipcore status`` uses the same
+answer for "who should hold this".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping
+
+#: Priority of the best-ranked node. 255 is reserved for address owners.
+TOP_PRIORITY = 254
+#: Priorities never go below this (0 means "resigning" on the wire).
+BOTTOM_PRIORITY = 1
+
+
+def _score(group: str, node: str, weight: float) -> float:
+    digest = hashlib.sha256(f"{group}\x00{node}".encode()).digest()
+    # Uniform in (0, 1]; weighted rendezvous: -w / ln(u) keeps proportions.
+    u = (int.from_bytes(digest[:8], "big") + 1) / 2**64
+    return -weight / math.log(u) if u < 1.0 else math.inf
+
+
+def rank(group: str, nodes: Iterable[str], weights: Mapping[str, float] | None = None) -> tuple[str, ...]:
+    """Order ``nodes`` for ``group``, best holder first. Ties break by name."""
+    weights = weights or {}
+    unique = set(nodes)
+    return tuple(
+        sorted(unique, key=lambda n: (-_score(group, n, float(weights.get(n, 1.0))), n))
+    )
+
+
+def holder(group: str, nodes: Iterable[str], weights: Mapping[str, float] | None = None) -> str | None:
+    """The node that should hold ``group``: the best-ranked one, or None if no node."""
+    ordered = rank(group, nodes, weights)
+    return ordered[0] if ordered else None
+
+
+def priorities(group: str, nodes: Iterable[str], weights: Mapping[str, float] | None = None) -> dict[str, int]:
+    """VRRP priorities per node: 254 for the best, one less per rank, never below 1."""
+    return {
+        node: max(BOTTOM_PRIORITY, TOP_PRIORITY - index)
+        for index, node in enumerate(rank(group, nodes, weights))
+    }
