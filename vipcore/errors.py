@@ -71,3 +71,11 @@ class LabError(VipcoreError):
     """The network-namespace lab could not be set up or driven."""
 
     exit_code = 2
+
+
+class AddressError(VipcoreError):
+    """An address could not be added to, removed from, or announced on an interface."""
+
+    def __init__(self, interface: str, message: str) -> None:
+        self.interface = interface
+        super().__init__(f"interface {interface!r}: {message}")

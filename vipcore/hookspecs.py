@@ -30,9 +30,6 @@ PROJECT = "vipcore"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 
-DispatchResult = "bool | Awaitable[Any] | None"
-
-
 # -- registration -----------------------------------------------------------
 
 
@@ -134,3 +131,4 @@ def vipcore_collect_metrics() -> list[MetricSample]:
 
     All results are collected and concatenated; ``None`` counts as none.
     """
+    return []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Mapping
-from typing import Union
+from typing import Any, Union
 
 import attrs
 
@@ -48,7 +48,7 @@ class TrafficPolicy(enum.Enum):
     LOCAL = "Local"
 
 
-def _vrid(instance: object, attribute: "attrs.Attribute[int | None]", value: int | None) -> None:
+def _vrid(instance: object, attribute: "attrs.Attribute[Any]", value: int | None) -> None:
     if value is not None and not VRID_MIN <= value <= VRID_MAX:
         raise ValueError(f"{attribute.name} must be in {VRID_MIN}..{VRID_MAX}, got {value}")
 

@@ -1,0 +1,53 @@
+"""vipcore: keep Kubernetes LoadBalancer VIPs reachable on bare metal.
+
+Importing vipcore does no work: no plugin manager, no sockets, no config.
+Library users get the model and the pure resolver::
+
+    from vipcore import resolve, group_name, DesiredState
+"""
+
+from __future__ import annotations
+
+from vipcore.backend import BackendContext, BackendInfo, BackendRegistry, hookimpl
+from vipcore.errors import (
+    AllocationError,
+    ConfigError,
+    InterfaceNotFoundError,
+    ManifestError,
+    PluginError,
+    UnknownBackendError,
+    VipcoreError,
+)
+from vipcore.ipam import allocate
+from vipcore.model import (
+    DesiredState,
+    EndpointSlice,
+    Family,
+    Membership,
+    MetricSample,
+    Node,
+    PeerNode,
+    Pool,
+    Resolution,
+    Service,
+    State,
+    StateChange,
+    TrafficPolicy,
+    Unresolved,
+    VipGroup,
+    VridPolicy,
+)
+from vipcore.placement import holder, priorities, rank
+from vipcore.resolve import choose_pool, group_name, membership, node_eligible, resolve
+from vipcore.vrid import allocate_vrids
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllocationError", "BackendContext", "BackendInfo", "BackendRegistry", "ConfigError", "DesiredState",
+    "EndpointSlice", "Family", "InterfaceNotFoundError", "ManifestError", "Membership", "MetricSample", "Node",
+    "PeerNode", "PluginError", "Pool", "Resolution", "Service", "State", "StateChange", "TrafficPolicy",
+    "UnknownBackendError", "Unresolved", "VipGroup", "VipcoreError", "VridPolicy", "allocate", "allocate_vrids",
+    "choose_pool", "group_name", "holder", "hookimpl", "membership", "node_eligible", "priorities", "rank",
+    "resolve",
+]
