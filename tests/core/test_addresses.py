@@ -1,0 +1,374 @@
+"""AddressHolder: netlink add/remove/held, stale cleanup, and real GARP / NA on the wire.
+
+The lab tests build two namespaces joined by a veth pair (``vcB…`` names)
+and drive the holder with ``netns=``, so the pytest process never leaves the
+root namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import attrs
+import pytest
+from pyroute2.netns import create_socket
+
+from vipcore.addresses import (
+    ALL_NODES,
+    ETH_P_ARP,
+    ICMPV6_NEIGHBOR_ADVERT,
+    NA_FLAG_OVERRIDE,
+    AddressHolder,
+    AnnounceSchedule,
+    InterfaceInfo,
+    gratuitous_arp,
+    unsolicited_na,
+)
+from vipcore.errors import AddressError, ConfigError, InterfaceNotFoundError
+from vipcore.model import Family
+
+ETH_P_IPV6 = 0x86DD
+ETH_P_ALL = 0x0003
+CAPTURE_TIMEOUT = 2.0
+
+V4_VIP = ipaddress.IPv4Address("198.51.100.77")
+V6_VIP = ipaddress.IPv6Address("2001:db8:77::7")
+
+
+def _lab_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    if shutil.which("ip") is None:
+        return "needs iproute2 ('ip')"
+    return None
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+@attrs.frozen
+class Pair:
+    """Namespace ``ns`` with interface ``link`` wired to ``peer_ns``/``peer_link``."""
+
+    ns: str
+    link: str
+    peer_ns: str
+    peer_link: str
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    tag = uuid.uuid4().hex[:6]
+    made = Pair(f"vcB{tag}a", f"vcB{tag}a", f"vcB{tag}b", f"vcB{tag}b")
+    created: list[str] = []
+    try:
+        for ns in (made.ns, made.peer_ns):
+            ip("netns", "add", ns)
+            created.append(ns)
+        ip("-n", made.ns, "link", "add", made.link, "type", "veth", "peer", "name", made.peer_link,
+           "netns", made.peer_ns)
+        ip("-n", made.ns, "addr", "add", "198.51.100.1/24", "dev", made.link)
+        ip("-n", made.peer_ns, "addr", "add", "198.51.100.2/24", "dev", made.peer_link)
+        for ns, link in ((made.ns, made.link), (made.peer_ns, made.peer_link)):
+            ip("-n", ns, "link", "set", link, "up")
+        yield made
+    finally:
+        for ns in created:
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+def wait_ipv6_ready(ns: str, link: str) -> None:
+    """Wait for the kernel's ff00::/8 route on ``link``: until linkwatch adds it
+    (about 1 s after carrier-up) every IPv6 multicast is dropped as "no route"."""
+    deadline = time.monotonic() + 3.0
+    while f"ff00::/8 dev {link} " not in ip("-n", ns, "-6", "route", "show", "table", "local"):
+        assert time.monotonic() < deadline, f"IPv6 on {ns}/{link} never came up"
+        time.sleep(0.02)
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def capture(ns: str, link: str, proto: int) -> socket.socket:
+    sock = create_socket(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto), flags=0)
+    sock.bind((link, proto))
+    return sock
+
+
+def frames(sock: socket.socket, want: int, match: object, timeout: float = CAPTURE_TIMEOUT) -> list[bytes]:
+    """Frames for which ``match(frame)`` is true, until ``want`` are seen or ``timeout``."""
+    found: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(found) < want:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            break
+        frame = sock.recv(2048)
+        if match(frame):  # type: ignore[operator]
+            found.append(frame)
+    return found
+
+
+def is_garp_for(vip: ipaddress.IPv4Address) -> object:
+    return lambda f: f[12:14] == b"\x08\x06" and f[28:32] == vip.packed
+
+
+def is_na_for(vip: ipaddress.IPv6Address) -> object:
+    return lambda f: f[12:14] == b"\x86\xdd" and f[20] == 58 and f[54] == ICMPV6_NEIGHBOR_ADVERT and f[62:78] == vip.packed
+
+
+def icmpv6_checksum(src: bytes, dst: bytes, payload: bytes) -> int:
+    pseudo = src + dst + struct.pack("!I3xB", len(payload), socket.IPPROTO_ICMPV6)
+    data = pseudo + payload
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+# -- pure --------------------------------------------------------------------
+
+
+def test_gratuitous_arp_layout() -> None:
+    mac = bytes.fromhex("020000000001")
+    frame = gratuitous_arp(mac, V4_VIP)
+    assert len(frame) == 60
+    assert frame[:6] == b"\xff" * 6 and frame[6:12] == mac
+    assert struct.unpack("!H", frame[12:14])[0] == ETH_P_ARP
+    htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", frame[14:22])
+    assert (htype, ptype, hlen, plen, op) == (1, 0x0800, 6, 4, 1)
+    assert frame[22:28] == mac and frame[28:32] == V4_VIP.packed and frame[38:42] == V4_VIP.packed
+
+
+def test_unsolicited_na_layout() -> None:
+    mac = bytes.fromhex("020000000002")
+    msg = unsolicited_na(mac, V6_VIP)
+    assert len(msg) == 32
+    kind, code, _checksum, flags = struct.unpack("!BBHI", msg[:8])
+    assert (kind, code) == (ICMPV6_NEIGHBOR_ADVERT, 0)
+    assert flags == NA_FLAG_OVERRIDE  # Override only: not solicited, not a router
+    assert msg[8:24] == V6_VIP.packed
+    assert msg[24:26] == b"\x02\x01" and msg[26:32] == mac
+
+
+def test_interface_primary() -> None:
+    info = InterfaceInfo(
+        "eth0", 2, b"\x00" * 6, True,
+        ipv4=(ipaddress.IPv4Interface("198.51.100.9/32"), ipaddress.IPv4Interface("198.51.100.1/24")),
+        ipv6=(ipaddress.IPv6Interface("2001:db8::1/64"), ipaddress.IPv6Interface("fe80::1/64")),
+    )
+    assert info.primary(Family.IPV4) == ipaddress.IPv4Address("198.51.100.1")
+    assert info.primary(Family.IPV6) == ipaddress.IPv6Address("fe80::1")
+    assert InterfaceInfo("eth0", 2, b"\x00" * 6, True).primary(Family.IPV4) is None
+
+
+def test_schedule_from_config() -> None:
+    assert AnnounceSchedule.from_config(None) == AnnounceSchedule()
+    assert AnnounceSchedule.from_config({"count": 3, "interval": 0.5, "refresh": 30}) == AnnounceSchedule(3, 0.5, 30.0)
+    assert AnnounceSchedule.from_config({"refresh": None}).refresh is None
+    with pytest.raises(ConfigError, match="garp.*unknown keys.*'burst'"):
+        AnnounceSchedule.from_config({"burst": 3})
+    with pytest.raises(ConfigError, match="count must be"):
+        AnnounceSchedule.from_config({"count": -1})
+    with pytest.raises(ConfigError, match="refresh"):
+        AnnounceSchedule.from_config({"refresh": "often"})
+
+
+# -- lab ---------------------------------------------------------------------
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(_lab_reason() is not None, reason=_lab_reason() or "")
+class TestLab:
+    def test_add_remove_idempotent(self, pair: Pair) -> None:
+        async def go() -> None:
+            async with AddressHolder(netns=pair.ns) as holder:
+                assert await holder.add(pair.link, [V4_VIP, str(V6_VIP)]) == (V4_VIP, V6_VIP)
+                assert await holder.add(pair.link, [V4_VIP, V6_VIP]) == ()
+                assert await holder.held(pair.link) == {V4_VIP, V6_VIP}
+                shown = ip("-n", pair.ns, "addr", "show", "dev", pair.link)
+                assert f"{V4_VIP}/32" in shown and f"{V6_VIP}/128" in shown
+                assert await holder.remove(pair.link, [V4_VIP]) == (V4_VIP,)
+                assert await holder.remove(pair.link, [V4_VIP]) == ()
+                assert await holder.held(pair.link) == {V6_VIP}
+                assert await holder.remove(pair.link, [V6_VIP]) == (V6_VIP,)
+                assert await holder.held(pair.link) == frozenset()
+                # The /24 primary is no host address and was never touched.
+                assert "198.51.100.1/24" in ip("-n", pair.ns, "addr", "show", "dev", pair.link)
+
+        run(go())
+
+    def test_ipv6_vip_is_not_tentative(self, pair: Pair) -> None:
+        async def go() -> None:
+            async with AddressHolder(netns=pair.ns) as holder:
+                await holder.add(pair.link, [V6_VIP])
+                assert await holder.tentative(pair.link) == frozenset()
+                shown = ip("-n", pair.ns, "-6", "addr", "show", "dev", pair.link)
+                line = next(line for line in shown.splitlines() if str(V6_VIP) in line)
+                assert "nodad" in line and "tentative" not in line
+                # Usable at once: bind to it right away.
+                sock = create_socket(pair.ns, socket.AF_INET6, socket.SOCK_DGRAM, 0, flags=0)
+                with sock:
+                    sock.bind((str(V6_VIP), 0))
+
+        run(go())
+
+    def test_interface_info(self, pair: Pair) -> None:
+        async def go() -> None:
+            async with AddressHolder(netns=pair.ns) as holder:
+                await holder.add(pair.link, [V4_VIP])
+                info = await holder.interface(pair.link)
+            mac = ip("-n", pair.ns, "-br", "link", "show", "dev", pair.link).split()[2]
+            assert info.name == pair.link and info.up
+            assert info.mac == bytes.fromhex(mac.replace(":", ""))
+            assert info.primary(Family.IPV4) == ipaddress.IPv4Address("198.51.100.1")
+            assert ipaddress.IPv4Interface(f"{V4_VIP}/32") in info.ipv4
+
+        run(go())
+
+    def test_remove_stale(self, pair: Pair) -> None:
+        managed = ipaddress.ip_network("198.51.100.64/26")
+        stale = [ipaddress.IPv4Address("198.51.100.70"), ipaddress.IPv4Address("198.51.100.71")]
+        foreign = ipaddress.IPv4Address("203.0.113.9")
+
+        async def go() -> None:
+            async with AddressHolder(netns=pair.ns) as holder:
+                await holder.add(pair.link, [*stale, V4_VIP, foreign])
+                removed = await holder.remove_stale(
+                    pair.link, lambda a: a in managed, keep=[V4_VIP]
+                )
+                assert set(removed) == set(stale)
+                assert await holder.held(pair.link) == {V4_VIP, foreign}
+
+        run(go())
+
+    def test_missing_interface(self, pair: Pair) -> None:
+        async def go() -> None:
+            async with AddressHolder(netns=pair.ns) as holder:
+                for call in (
+                    holder.add("vcBmissing0", [V4_VIP]),
+                    holder.remove("vcBmissing0", [V4_VIP]),
+                    holder.held("vcBmissing0"),
+                    holder.interface("vcBmissing0"),
+                    holder.announce("vcBmissing0", [V4_VIP]),
+                ):
+                    with pytest.raises(InterfaceNotFoundError, match="'vcBmissing0' does not exist"):
+                        await call
+
+        run(go())
+
+    def test_missing_namespace_is_not_created(self) -> None:
+        name = f"vcB{uuid.uuid4().hex[:6]}x"
+
+        async def go() -> None:
+            async with AddressHolder(netns=name) as holder:
+                with pytest.raises(AddressError, match="does not exist"):
+                    await holder.held("lo")
+
+        run(go())
+        assert name not in ip("netns", "list")
+
+    def test_gratuitous_arp_arrives(self, pair: Pair) -> None:
+        async def go() -> InterfaceInfo:
+            async with AddressHolder(netns=pair.ns) as holder:
+                await holder.add(pair.link, [V4_VIP])
+                await holder.announce(pair.link, [V4_VIP])
+                return await holder.interface(pair.link)
+
+        with capture(pair.peer_ns, pair.peer_link, ETH_P_ARP) as sock:
+            info = run(go())
+            got = frames(sock, 1, is_garp_for(V4_VIP))
+        assert isinstance(info, InterfaceInfo)
+        assert len(got) == 1
+        frame = got[0]
+        assert frame[:6] == b"\xff" * 6 and frame[6:12] == info.mac
+        assert struct.unpack("!H", frame[20:22])[0] == 1  # request
+        assert frame[22:28] == info.mac and frame[38:42] == V4_VIP.packed
+
+    def test_unsolicited_na_arrives(self, pair: Pair) -> None:
+        async def go() -> InterfaceInfo:
+            async with AddressHolder(netns=pair.ns) as holder:
+                await holder.add(pair.link, [V6_VIP])
+                await holder.announce(pair.link, [V6_VIP])
+                return await holder.interface(pair.link)
+
+        with capture(pair.peer_ns, pair.peer_link, ETH_P_IPV6) as sock:
+            info = run(go())
+            got = frames(sock, 1, is_na_for(V6_VIP))
+        assert isinstance(info, InterfaceInfo)
+        assert len(got) == 1
+        frame = got[0]
+        ip6, icmp = frame[14:54], frame[54:]
+        payload_length = struct.unpack("!H", ip6[4:6])[0]
+        icmp = icmp[:payload_length]
+        assert frame[6:12] == info.mac
+        assert ip6[7] == 255, "hop limit must be 255 or receivers drop it"
+        assert ip6[24:40] == ALL_NODES.packed
+        assert ip6[8:24] == V6_VIP.packed  # sent from the VIP, as the kernel does
+        flags = struct.unpack("!I", icmp[4:8])[0]
+        assert flags & NA_FLAG_OVERRIDE and not flags & 0xC0000000
+        assert icmp[24:26] == b"\x02\x01" and icmp[26:32] == info.mac
+        assert icmpv6_checksum(ip6[8:24], ip6[24:40], icmp) == 0xFFFF
+
+    @pytest.mark.parametrize("vip", [V4_VIP, V6_VIP], ids=["ipv4", "ipv6"])
+    def test_announcement_updates_peer_neighbour_cache(self, pair: Pair, vip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+        if vip.version == 6:
+            wait_ipv6_ready(pair.peer_ns, pair.peer_link)
+        # The peer believes another host owns the VIP (as after a failover).
+        ip("-n", pair.peer_ns, "neigh", "replace", str(vip), "lladdr", "02:00:5e:00:00:99",
+           "dev", pair.peer_link, "nud", "stale")
+
+        async def go() -> bytes:
+            async with AddressHolder(netns=pair.ns) as holder:
+                await holder.add(pair.link, [vip])
+                await holder.announce(pair.link, [vip])
+                return (await holder.interface(pair.link)).mac
+
+        mac = run(go())
+        assert isinstance(mac, bytes)
+        want = ":".join(f"{b:02x}" for b in mac)
+        deadline = time.monotonic() + CAPTURE_TIMEOUT
+        while True:
+            shown = ip("-n", pair.peer_ns, "neigh", "show", str(vip), "dev", pair.peer_link)
+            if want in shown or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        assert want in shown, shown
+
+    def test_start_announcing_burst_and_cancel(self, pair: Pair) -> None:
+        schedule = AnnounceSchedule(count=3, interval=0.02, refresh=0.05)
+
+        async def go(sock: socket.socket) -> tuple[int, int]:
+            async with AddressHolder(netns=pair.ns) as holder:
+                await holder.add(pair.link, [V4_VIP])
+                task = holder.start_announcing(pair.link, [V4_VIP], schedule)
+                await asyncio.sleep(0.2)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                sent = holder.counters.garp_sent
+                await asyncio.sleep(0.1)
+                assert holder.counters.garp_sent == sent, "cancelled task kept sending"
+                return sent, holder.counters.errors
+
+        with capture(pair.peer_ns, pair.peer_link, ETH_P_ARP) as sock:
+            sent, errors = run(go(sock))  # type: ignore[misc]
+            got = frames(sock, 100, is_garp_for(V4_VIP), timeout=0.2)
+        # 3 in the burst (40 ms), then refreshes every 50 ms until 200 ms.
+        assert errors == 0
+        assert 4 <= sent <= 6
+        assert len(got) == sent
