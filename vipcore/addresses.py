@@ -324,6 +324,18 @@ class AddressHolder:
             raise self._error(name, exc, "reading the interface") from None
         return result
 
+    async def interfaces(self) -> tuple[str, ...]:
+        """Names of every interface (in the holder's namespace), by index."""
+
+        async def dump(ipr: Any) -> list[tuple[int, str]]:
+            return [(int(link["index"]), str(link.get("ifname"))) async for link in await ipr.get_links()]
+
+        try:
+            links: list[tuple[int, str]] = await self._call("*", dump)
+        except NetlinkError as exc:
+            raise AddressError("*", f"listing interfaces failed: {exc.args[-1]} (errno {exc.code})") from None
+        return tuple(name for _, name in sorted(links))
+
     async def _index(self, name: str) -> int:
         async def lookup(ipr: Any) -> list[int]:
             return list(await ipr.link_lookup(ifname=name))

@@ -240,6 +240,13 @@ class TestLab:
 
         run(go())
 
+    def test_interfaces(self, pair: Pair) -> None:
+        async def go() -> tuple[str, ...]:
+            async with AddressHolder(netns=pair.ns) as holder:
+                return await holder.interfaces()
+
+        assert run(go()) == ("lo", pair.link)
+
     def test_remove_stale(self, pair: Pair) -> None:
         managed = ipaddress.ip_network("198.51.100.64/26")
         stale = [ipaddress.IPv4Address("198.51.100.70"), ipaddress.IPv4Address("198.51.100.71")]
