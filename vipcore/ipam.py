@@ -26,9 +26,11 @@ class Allocation:
     refused: Mapping[str, str]
 
 
-def wanted_families(service: Service, pool: Pool) -> tuple[Family, ...]:
+def wanted_families(
+    service: Service, pool: Pool, offered: tuple[Family, ...] | None = None
+) -> tuple[Family, ...]:
     """The families to allocate: the requested addresses', else ``spec.ipFamilies``, else IPv4 first."""
-    offered = pool.families
+    offered = pool.families if offered is None else offered
     if service.requested_ips:
         return tuple(Family.of(ip) for ip in service.requested_ips)
     if service.families:
@@ -83,6 +85,13 @@ def allocate(
     are processed in key order so conflicts resolve the same way everywhere.
     """
     pairs = sorted(services, key=lambda sp: sp[0].key)
+    offered_by_pool: dict[str, tuple[Family, ...]] = {}
+
+    def families(service: Service, pool: Pool) -> tuple[Family, ...]:
+        offered = offered_by_pool.get(pool.name)
+        if offered is None:
+            offered = offered_by_pool[pool.name] = pool.families
+        return wanted_families(service, pool, offered)
     spaces: dict[tuple[str, Family], _FamilySpace] = {}
     owner: dict[IPAddress, str] = {}
     result: dict[str, list[IPAddress]] = {}
@@ -103,9 +112,9 @@ def allocate(
     for service, pool in pairs:
         if service.requested_ips and set(service.requested_ips) != set(service.vips):
             continue
-        families = wanted_families(service, pool)
+        wanted = families(service, pool)
         for ip in service.vips:
-            if pool.contains(ip) and ip not in owner and Family.of(ip) in families:
+            if pool.contains(ip) and ip not in owner and Family.of(ip) in wanted:
                 claim(service, pool, ip)
 
     # 2. Requested addresses.
@@ -129,7 +138,7 @@ def allocate(
         if service.key in refused or service.requested_ips:
             continue
         have = {Family.of(ip) for ip in result.get(service.key, [])}
-        missing = [f for f in wanted_families(service, pool) if f not in have]
+        missing = [f for f in families(service, pool) if f not in have]
         if not missing and not have:
             wanted = ", ".join(f.k8s_name for f in service.families) or "any"
             refused[service.key] = f"pool {pool.name!r} offers none of the families the Service asks for ({wanted})"
