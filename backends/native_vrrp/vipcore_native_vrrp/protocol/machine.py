@@ -1,0 +1,563 @@
+"""The RFC 5798 state machine of one virtual router (one group, one family).
+
+Sans-IO in the style of h11 and aioquic: the :class:`Router` never reads a
+clock or touches a socket. The caller feeds it events with the current time
+(``start``, ``receive``, ``handle_timer``, ``update``, ``resign``,
+``shutdown``, ``release``, ``takeover``) and each call returns the
+:data:`Action` objects the caller must carry out, in order. ``next_timer()``
+says when ``handle_timer`` must be called next.
+
+Every phase change goes through :data:`TRANSITIONS`; a change that is not in
+the table raises :class:`TransitionError` (a bug, never a network input).
+
+Beyond RFC 5798 (documented in ``docs/native-vrrp.md``):
+
+* **Make-before-break resignation.** ``resign()`` sends priority 0 (as the
+  RFC says) but keeps the VIPs in phase RESIGNING, re-sending priority 0
+  every advertisement interval, until another router has advertised as
+  master and a short linger has passed (or a bounded deadline expires); only
+  then does it remove the VIPs.
+* **Release.** ``release()`` is the same hand-over, ending in BACKUP with the
+  router barred from becoming master until ``takeover()``.
+* **Address-set grace.** For ``update_grace`` seconds after
+  ``update(vips=...)`` a router accepts adverts carrying either the new or
+  the previous address set, and for the first half of it a master keeps
+  advertising the previous set (while holding the new one), so members applying the same change a moment
+  apart do not drop each other's adverts and elect two masters.
+* A master answers a lower-priority advert with an immediate advert of its
+  own (as keepalived does) so a wrongly promoted router backs off at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from vipcore.model import Family, IPAddress, State
+from vipcore_native_vrrp.protocol.packet import (
+    MAX_INTERVAL_CS,
+    TTL,
+    Advertisement,
+    PacketError,
+    decode,
+    encode,
+)
+
+#: Priority of an address owner (RFC 5798): master at once.
+OWNER_PRIORITY = 255
+#: Priority a resigning master sends.
+RESIGN_PRIORITY = 0
+
+
+class Phase(enum.Enum):
+    """The router's phase: RFC 5798's states plus the two hand-over phases."""
+
+    INIT = "init"
+    BACKUP = "backup"
+    MASTER = "master"
+    #: Sent priority 0, still holds the VIPs, ends in STOPPED.
+    RESIGNING = "resigning"
+    #: Sent priority 0, still holds the VIPs, ends in BACKUP (released).
+    RELEASING = "releasing"
+    STOPPED = "stopped"
+
+    @property
+    def state(self) -> State:
+        """The state reported to vipcore: a hand-over phase still holds, so MASTER."""
+        return _PUBLIC[self]
+
+    @property
+    def holds(self) -> bool:
+        return self in (Phase.MASTER, Phase.RESIGNING, Phase.RELEASING)
+
+
+_PUBLIC = {
+    Phase.INIT: State.INIT,
+    Phase.BACKUP: State.BACKUP,
+    Phase.MASTER: State.MASTER,
+    Phase.RESIGNING: State.MASTER,
+    Phase.RELEASING: State.MASTER,
+    Phase.STOPPED: State.STOPPED,
+}
+
+
+class Event(enum.Enum):
+    START = "start"
+    START_OWNER = "start_owner"
+    MASTER_DOWN = "master_down"
+    PREEMPTED = "preempted"
+    TAKEOVER = "takeover"
+    RESIGN = "resign"
+    RELEASE = "release"
+    HANDED_OVER = "handed_over"
+    SHUTDOWN = "shutdown"
+
+
+P, E = Phase, Event
+#: Every allowed phase change. Anything else is a bug.
+TRANSITIONS: Mapping[tuple[Phase, Event], Phase] = {
+    (P.INIT, E.START): P.BACKUP,
+    (P.INIT, E.START_OWNER): P.MASTER,
+    (P.INIT, E.RESIGN): P.STOPPED,
+    (P.INIT, E.SHUTDOWN): P.STOPPED,
+    (P.BACKUP, E.MASTER_DOWN): P.MASTER,
+    (P.BACKUP, E.TAKEOVER): P.MASTER,
+    (P.BACKUP, E.RESIGN): P.STOPPED,
+    (P.BACKUP, E.SHUTDOWN): P.STOPPED,
+    (P.MASTER, E.PREEMPTED): P.BACKUP,
+    (P.MASTER, E.RESIGN): P.RESIGNING,
+    (P.MASTER, E.RELEASE): P.RELEASING,
+    (P.MASTER, E.SHUTDOWN): P.STOPPED,
+    (P.RESIGNING, E.HANDED_OVER): P.STOPPED,
+    (P.RESIGNING, E.SHUTDOWN): P.STOPPED,
+    (P.RELEASING, E.HANDED_OVER): P.BACKUP,
+    (P.RELEASING, E.TAKEOVER): P.MASTER,
+    (P.RELEASING, E.RESIGN): P.RESIGNING,
+    (P.RELEASING, E.SHUTDOWN): P.STOPPED,
+}
+del P, E
+
+
+class TransitionError(RuntimeError):
+    """A phase change not in :data:`TRANSITIONS` was attempted (a bug)."""
+
+
+# -- actions ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Send:
+    """Send ``data`` (a VRRP message, checksum included) from ``src`` to ``dst``."""
+
+    data: bytes
+    src: IPAddress
+    dst: IPAddress
+
+
+@attrs.frozen
+class AddVips:
+    vips: tuple[IPAddress, ...]
+
+
+@attrs.frozen
+class RemoveVips:
+    vips: tuple[IPAddress, ...]
+
+
+@attrs.frozen
+class Announce:
+    """Start announcing ``vips`` (gratuitous ARP / unsolicited NA), replacing any earlier schedule."""
+
+    vips: tuple[IPAddress, ...]
+
+
+@attrs.frozen
+class StateChanged:
+    old: State
+    new: State
+    reason: str
+    #: For transitions into MASTER: seconds since the trigger (the last advert
+    #: heard from the old master, or its priority-0 advert). None if unknown.
+    failover_seconds: float | None = None
+
+
+@attrs.frozen
+class Dropped:
+    """A received message was discarded; ``reason`` is a counter label."""
+
+    reason: str
+
+
+Action = Send | AddVips | RemoveVips | Announce | StateChanged | Dropped
+
+#: Reasons :meth:`Router.receive` can drop for, besides the decoder's.
+RECEIVE_REASONS = ("ttl", "vrid", "own", "source", "addr_mismatch", "lower_priority", "not_running")
+
+
+# -- configuration -------------------------------------------------------------
+
+
+def _interval_cs(seconds: float) -> int:
+    cs = round(seconds * 100)
+    if not 1 <= cs <= MAX_INTERVAL_CS:
+        raise ValueError(f"advert interval must be 0.01..{MAX_INTERVAL_CS / 100} s, got {seconds}")
+    return cs
+
+
+@attrs.frozen
+class RouterConfig:
+    """What one virtual router needs to know. Changed only through ``Router.update``."""
+
+    vrid: int = attrs.field(validator=attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(255)))
+    family: Family
+    #: The source of our adverts and our tie-break address: the interface's
+    #: primary IPv4 address or IPv6 link-local address (multicast), or the
+    #: node address in the peers' subnet (unicast).
+    primary: IPAddress
+    vips: tuple[IPAddress, ...] = attrs.field(converter=tuple)
+    priority: int = attrs.field(validator=attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(255)))
+    #: Our Advertisement_Interval in centiseconds.
+    interval_cs: int = 10
+    preempt: bool = True
+    #: Where adverts go: the multicast group, or each unicast peer.
+    destinations: tuple[IPAddress, ...] = ()
+    #: Allowed advert sources (member node addresses); None disables the check.
+    sources: frozenset[IPAddress] | None = None
+    #: Also accept any link-local source (IPv6 multicast: peers send from fe80::).
+    link_local_sources: bool = False
+    #: Bound on a make-before-break hand-over; None: Master_Down_Interval of a priority-1 router.
+    resign_timeout: float | None = None
+    #: How long a resigning master keeps its VIPs after the new master's first
+    #: advert; None: one advertisement interval.
+    handover_linger: float | None = None
+    #: How long adverts with the previous address set are accepted after a change.
+    update_grace: float = 5.0
+
+    def __attrs_post_init__(self) -> None:
+        if not self.vips:
+            raise ValueError("a virtual router needs at least one VIP")
+        for address in (self.primary, *self.vips, *self.destinations):
+            if address.version != self.family:
+                raise ValueError(f"{address} is not an IPv{int(self.family)} address")
+        if not 1 <= self.interval_cs <= MAX_INTERVAL_CS:
+            raise ValueError(f"interval_cs must be 1..{MAX_INTERVAL_CS}, got {self.interval_cs}")
+
+    @classmethod
+    def seconds(cls, interval: float) -> int:
+        """Centiseconds for an interval in seconds (centisecond resolution)."""
+        return _interval_cs(interval)
+
+    @property
+    def interval(self) -> float:
+        return self.interval_cs / 100.0
+
+
+def skew_time(priority: int, master_adver_interval: float) -> float:
+    """RFC 5798: ((256 - Priority) * Master_Adver_Interval) / 256."""
+    return ((256 - priority) * master_adver_interval) / 256
+
+
+def master_down_interval(priority: int, master_adver_interval: float) -> float:
+    """RFC 5798: 3 * Master_Adver_Interval + Skew_Time."""
+    return 3 * master_adver_interval + skew_time(priority, master_adver_interval)
+
+
+# -- the router -----------------------------------------------------------------
+
+
+@attrs.define
+class Router:
+    """One VRRPv3 virtual router. Drive it; carry out what it returns."""
+
+    config: RouterConfig
+    phase: Phase = Phase.INIT
+    #: Master_Adver_Interval (seconds): learned from the master's adverts.
+    master_adver_interval: float = attrs.field(init=False)
+    #: The address of the router we last accepted as master (None: unknown / us).
+    master: IPAddress | None = None
+    released: bool = False
+    _down_at: float | None = None
+    _advert_at: float | None = None
+    _handover_deadline: float | None = None
+    _handover_at: float | None = None
+    _handover_to: IPAddress | None = None
+    _trigger_at: float | None = None
+    _trigger: str = ""
+    _previous_vips: tuple[IPAddress, ...] = ()
+    _previous_until: float = float("-inf")
+
+    def __attrs_post_init__(self) -> None:
+        self.master_adver_interval = self.config.interval
+
+    # -- derived values --------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.phase.state
+
+    @property
+    def skew_time(self) -> float:
+        return skew_time(self.config.priority, self.master_adver_interval)
+
+    @property
+    def master_down_interval(self) -> float:
+        return master_down_interval(self.config.priority, self.master_adver_interval)
+
+    def next_timer(self) -> float | None:
+        """When :meth:`handle_timer` must next be called, or None."""
+        times = [t for t in (self._down_at, self._advert_at, self._handover_at, self._handover_deadline) if t is not None]
+        return min(times) if times else None
+
+    # -- inputs ------------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        """Leave INIT (RFC 5798 6.4.1)."""
+        if self.config.priority == OWNER_PRIORITY:
+            return self._transition(Event.START_OWNER, now, "address owner (priority 255)")
+        self.master_adver_interval = self.config.interval
+        actions = self._transition(Event.START, now, "started")
+        self._down_at = now + self.master_down_interval
+        return actions
+
+    def receive(self, data: bytes, src: IPAddress, dst: IPAddress, ttl: int, now: float) -> list[Action]:
+        """A VRRP message arrived from ``src`` to ``dst`` with IP TTL / hop limit ``ttl``."""
+        if self.phase in (Phase.INIT, Phase.STOPPED):
+            return [Dropped("not_running")]
+        if ttl != TTL:
+            return [Dropped("ttl")]
+        try:
+            adv = decode(data, src, dst)
+        except PacketError as error:
+            return [Dropped(error.reason)]
+        if adv.vrid != self.config.vrid:
+            return [Dropped("vrid")]
+        if src == self.config.primary:
+            return [Dropped("own")]
+        if not self._source_allowed(src):
+            return [Dropped("source")]
+        if not self._addresses_match(adv.addresses, now):
+            return [Dropped("addr_mismatch")]
+        if self.phase is Phase.BACKUP:
+            return self._backup_receive(adv, src, now)
+        if self.phase is Phase.MASTER:
+            return self._master_receive(adv, src, now)
+        return self._handover_receive(adv, src, now)
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """Fire whatever timers are due at ``now`` (early calls do nothing)."""
+        actions: list[Action] = []
+        if self.phase is Phase.BACKUP and self._down_at is not None and now >= self._down_at:
+            self._down_at = None
+            if self._trigger == "resigned":
+                reason = f"master {self.master} resigned (priority 0)"
+            else:
+                reason = f"master down: no advert for {self.master_down_interval:.3f}s"
+            actions += self._transition(Event.MASTER_DOWN, now, reason)
+        elif self.phase in (Phase.RESIGNING, Phase.RELEASING):
+            if self._handover_at is not None and now >= self._handover_at:
+                actions += self._transition(Event.HANDED_OVER, now, f"handed over to {self._handover_to}")
+            elif self._handover_deadline is not None and now >= self._handover_deadline:
+                actions += self._transition(
+                    Event.HANDED_OVER, now, f"no new master advertised within {self._resign_timeout:.3f}s"
+                )
+            elif self._advert_at is not None and now >= self._advert_at:
+                actions += self._advertise(now, RESIGN_PRIORITY)
+                self._advert_at = now + self.config.interval
+        elif self.phase is Phase.MASTER and self._advert_at is not None and now >= self._advert_at:
+            actions += self._advertise(now)
+            self._advert_at = now + self.config.interval
+        return actions
+
+    def update(
+        self,
+        now: float,
+        *,
+        priority: int | None = None,
+        vips: Iterable[IPAddress] | None = None,
+        preempt: bool | None = None,
+        sources: frozenset[IPAddress] | None = None,
+        destinations: Iterable[IPAddress] | None = None,
+        interval_cs: int | None = None,
+    ) -> list[Action]:
+        """Apply a configuration change without an election when possible."""
+        old = self.config
+        changes: dict[str, object] = {}
+        if priority is not None:
+            changes["priority"] = priority
+        if vips is not None:
+            changes["vips"] = tuple(vips)
+        if preempt is not None:
+            changes["preempt"] = preempt
+        if sources is not None:
+            changes["sources"] = sources
+        if destinations is not None:
+            changes["destinations"] = tuple(destinations)
+        if interval_cs is not None:
+            changes["interval_cs"] = interval_cs
+        self.config = attrs.evolve(old, **changes)
+        actions: list[Action] = []
+        old_set, new_set = frozenset(old.vips), frozenset(self.config.vips)
+        if old_set != new_set:
+            if now >= self._previous_until:
+                self._previous_vips = old.vips
+            self._previous_until = now + self.config.update_grace
+            if self.phase.holds:
+                removed = tuple(v for v in old.vips if v not in new_set)
+                added = tuple(v for v in self.config.vips if v not in old_set)
+                if removed:
+                    actions.append(RemoveVips(removed))
+                if added:
+                    actions += [AddVips(added), Announce(added)]
+        if self.phase is Phase.MASTER and (old_set != new_set or old.priority != self.config.priority):
+            # Tell the backups at once: new address set, or a new priority to compare.
+            actions += self._advertise(now)
+            self._advert_at = now + self.config.interval
+        return actions
+
+    def resign(self, now: float) -> list[Action]:
+        """Graceful stop: hand over make-before-break, then STOPPED."""
+        if self.phase is Phase.STOPPED or self.phase is Phase.RESIGNING:
+            return []
+        return self._transition(Event.RESIGN, now, "graceful stop")
+
+    def shutdown(self, now: float) -> list[Action]:
+        """Immediate stop: a master sends priority 0 and drops its VIPs at once."""
+        if self.phase is Phase.STOPPED:
+            return []
+        return self._transition(Event.SHUTDOWN, now, "stopped")
+
+    def release(self, now: float, reason: str) -> list[Action]:
+        """Stop holding but stay a member; never become master until :meth:`takeover`."""
+        self.released = True
+        if self.phase is Phase.MASTER:
+            return self._transition(Event.RELEASE, now, f"released: {reason}")
+        if self.phase is Phase.BACKUP:
+            self._down_at = None
+        return []
+
+    def takeover(self, now: float, reason: str) -> list[Action]:
+        """Undo a release and become master now (the election may take it back)."""
+        self.released = False
+        if self.phase in (Phase.BACKUP, Phase.RELEASING):
+            self._trigger_at, self._trigger = now, "takeover"
+            return self._transition(Event.TAKEOVER, now, f"takeover: {reason}")
+        return []
+
+    # -- RFC 5798 6.4.2 / 6.4.3 ------------------------------------------------
+
+    def _backup_receive(self, adv: Advertisement, src: IPAddress, now: float) -> list[Action]:
+        if adv.priority == RESIGN_PRIORITY:
+            self.master = src
+            if not self.released:
+                self._down_at = now + self.skew_time
+                self._trigger_at, self._trigger = now, "resigned"
+            return []
+        if not self.config.preempt or adv.priority >= self.config.priority:
+            self.master = src
+            self.master_adver_interval = adv.interval
+            self._trigger_at, self._trigger = now, "heard"
+            if not self.released:
+                self._down_at = now + self.master_down_interval
+            return []
+        return [Dropped("lower_priority")]
+
+    def _master_receive(self, adv: Advertisement, src: IPAddress, now: float) -> list[Action]:
+        if adv.priority == RESIGN_PRIORITY:
+            self._advert_at = now + self.config.interval
+            return self._advertise(now)
+        if adv.priority > self.config.priority or (
+            adv.priority == self.config.priority and _address_key(src) > _address_key(self.config.primary)
+        ):
+            self.master = src
+            self.master_adver_interval = adv.interval
+            self._trigger_at, self._trigger = now, "heard"
+            return self._transition(Event.PREEMPTED, now, f"preempted by {src} (priority {adv.priority})")
+        # A lower-priority router thinks it is master: make it back off now.
+        self._advert_at = now + self.config.interval
+        return [Dropped("lower_priority"), *self._advertise(now)]
+
+    def _handover_receive(self, adv: Advertisement, src: IPAddress, now: float) -> list[Action]:
+        if adv.priority != RESIGN_PRIORITY and self._handover_at is None:
+            self._handover_to = src
+            self._handover_at = now + self._linger
+        return []
+
+    # -- transitions -------------------------------------------------------------
+
+    def _transition(self, event: Event, now: float, reason: str) -> list[Action]:
+        old = self.phase
+        try:
+            new = TRANSITIONS[(old, event)]
+        except KeyError:
+            raise TransitionError(f"no transition from {old.value} on {event.value}") from None
+        self.phase = new
+        actions: list[Action] = []
+        failover: float | None = None
+        # Leaving a phase: cancel its timers.
+        self._down_at = self._advert_at = None
+        if old in (Phase.RESIGNING, Phase.RELEASING):
+            self._handover_at = self._handover_deadline = self._handover_to = None
+        # Entering a phase: its effects, in the order the caller must apply them.
+        if new is Phase.MASTER:
+            self.master = None
+            if not old.holds:
+                # Make-before-break: VIPs up and announced before our advert
+                # makes a resigning master let go of them.
+                actions += [AddVips(self.config.vips), Announce(self.config.vips)]
+                if self._trigger_at is not None and event is not Event.START_OWNER:
+                    failover = max(0.0, now - self._trigger_at)
+            else:
+                actions.append(Announce(self.config.vips))
+            actions += self._advertise(now)
+            self._advert_at = now + self.config.interval
+        elif new is Phase.BACKUP:
+            if old.holds:
+                actions.append(RemoveVips(self.config.vips))
+            if not self.released:
+                self._down_at = now + self.master_down_interval
+        elif new in (Phase.RESIGNING, Phase.RELEASING):
+            actions += self._advertise(now, RESIGN_PRIORITY)
+            self._advert_at = now + self.config.interval
+            self._handover_deadline = now + self._resign_timeout
+        elif new is Phase.STOPPED:
+            if old is Phase.MASTER:
+                actions += self._advertise(now, RESIGN_PRIORITY)
+            if old.holds:
+                actions.append(RemoveVips(self.config.vips))
+        if new.state is not old.state:
+            actions.append(StateChanged(old.state, new.state, reason, failover))
+        if new is not Phase.BACKUP:
+            self._trigger_at, self._trigger = None, ""
+        return actions
+
+    def _advertise(self, now: float, priority: int | None = None) -> list[Action]:
+        # For the first half of the update grace a master keeps advertising the
+        # previous set: members that have not applied the change yet still
+        # accept it, and members that applied it up to half a grace earlier
+        # still accept it as their previous set.
+        grace = now < self._previous_until - self.config.update_grace / 2 and self._previous_vips
+        adv = Advertisement(
+            vrid=self.config.vrid,
+            priority=self.config.priority if priority is None else priority,
+            interval_cs=self.config.interval_cs,
+            addresses=self._previous_vips if grace else self.config.vips,
+        )
+        src = self.config.primary
+        return [Send(encode(adv, src, dst), src, dst) for dst in self.config.destinations]
+
+    # -- checks ---------------------------------------------------------------
+
+    def _source_allowed(self, src: IPAddress) -> bool:
+        if self.config.sources is None:
+            return True
+        if src in self.config.sources:
+            return True
+        return self.config.link_local_sources and src.is_link_local
+
+    def _addresses_match(self, addresses: tuple[IPAddress, ...], now: float) -> bool:
+        received = frozenset(addresses)
+        if len(received) != len(addresses):
+            return False
+        if received == frozenset(self.config.vips):
+            return True
+        return now < self._previous_until and received == frozenset(self._previous_vips)
+
+    @property
+    def _resign_timeout(self) -> float:
+        if self.config.resign_timeout is not None:
+            return self.config.resign_timeout
+        return master_down_interval(1, self.config.interval)
+
+    @property
+    def _linger(self) -> float:
+        if self.config.handover_linger is not None:
+            return self.config.handover_linger
+        return self.config.interval
+
+
+def _address_key(address: IPAddress) -> int:
+    # RFC 5798: compare primary addresses as unsigned integers (network order).
+    return int(ipaddress.ip_address(address))

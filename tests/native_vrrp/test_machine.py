@@ -1,0 +1,466 @@
+"""The RFC 5798 state machine, driven in memory with a float clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv6Address
+
+import attrs
+import pytest
+
+from vipcore.model import Family, IPAddress, State
+from vipcore_native_vrrp.protocol import (
+    AddVips,
+    Advertisement,
+    Announce,
+    Dropped,
+    Phase,
+    RemoveVips,
+    Router,
+    RouterConfig,
+    Send,
+    StateChanged,
+    TransitionError,
+    encode,
+    master_down_interval,
+    skew_time,
+)
+from vipcore_native_vrrp.protocol.machine import TRANSITIONS, Event
+
+GROUP = IPv4Address("224.0.0.18")
+VIPS = (IPv4Address("198.51.100.100"), IPv4Address("198.51.100.101"))
+
+
+def addr(i: int) -> IPv4Address:
+    return IPv4Address(f"198.51.100.{10 + i}")
+
+
+def config(i: int, priority: int, **kw: object) -> RouterConfig:
+    values: dict[str, object] = dict(
+        vrid=7, family=Family.IPV4, primary=addr(i), vips=VIPS, priority=priority,
+        interval_cs=10, destinations=(GROUP,), sources=frozenset(addr(j) for j in range(1, 6)),
+    )
+    values.update(kw)
+    return RouterConfig(**values)  # type: ignore[arg-type]
+
+
+@attrs.define
+class Net:
+    """An in-memory LAN: every Send reaches every other running router."""
+
+    routers: dict[str, Router] = attrs.field(factory=dict)
+    now: float = 0.0
+    holding: dict[str, frozenset[IPAddress]] = attrs.field(factory=dict)
+    changes: list[tuple[str, StateChanged]] = attrs.field(factory=list)
+    drops: list[tuple[str, str]] = attrs.field(factory=list)
+    sent: list[tuple[str, Send]] = attrs.field(factory=list)
+    down: set[str] = attrs.field(factory=set)  # dead routers: silent, deaf, no timers
+    partitioned: bool = False  # nothing is delivered, timers run
+
+    def add(self, name: str, cfg: RouterConfig) -> Router:
+        self.routers[name] = Router(cfg)
+        self.holding[name] = frozenset()
+        return self.routers[name]
+
+    def apply(self, name: str, actions: Iterable[object]) -> None:
+        for action in actions:
+            if isinstance(action, AddVips):
+                self.holding[name] |= frozenset(action.vips)
+            elif isinstance(action, RemoveVips):
+                self.holding[name] -= frozenset(action.vips)
+            elif isinstance(action, StateChanged):
+                self.changes.append((name, action))
+            elif isinstance(action, Dropped):
+                self.drops.append((name, action.reason))
+            elif isinstance(action, Send):
+                self.sent.append((name, action))
+                if name not in self.down and not self.partitioned:
+                    for other, router in self.routers.items():
+                        if other != name and other not in self.down:
+                            self.apply(other, router.receive(action.data, action.src, action.dst, 255, self.now))
+
+    def start(self, *names: str) -> None:
+        for name in names or tuple(self.routers):
+            self.apply(name, self.routers[name].start(self.now))
+
+    def run(self, seconds: float, step: float = 0.001) -> None:
+        end = self.now + seconds
+        while self.now < end - 1e-12:
+            self.now = round(self.now + step, 6)
+            for name, router in self.routers.items():
+                if name in self.down:
+                    continue
+                due = router.next_timer()
+                if due is not None and due <= self.now:
+                    self.apply(name, router.handle_timer(self.now))
+
+    def holders(self) -> list[str]:
+        return sorted(n for n, held in self.holding.items() if held and n not in self.down)
+
+    def masters(self) -> list[str]:
+        return sorted(n for n, r in self.routers.items() if r.phase is Phase.MASTER and n not in self.down)
+
+
+def test_rfc_timer_values() -> None:
+    assert skew_time(100, 1.0) == pytest.approx(156 / 256)
+    assert master_down_interval(100, 1.0) == pytest.approx(3 + 156 / 256)
+    assert master_down_interval(254, 0.1) == pytest.approx(0.3 + 0.2 / 256)
+    r = Router(config(1, 200))
+    actions = r.start(10.0)
+    assert r.phase is Phase.BACKUP
+    assert actions == [StateChanged(State.INIT, State.BACKUP, "started", None)]
+    assert r.next_timer() == pytest.approx(10.0 + 0.3 + 56 * 0.1 / 256)
+
+
+def test_backup_learns_master_adver_interval() -> None:
+    r = Router(config(1, 100))
+    r.start(0.0)
+    adv = Advertisement(7, 200, 100, VIPS)  # master advertises every 1 s
+    r.receive(encode(adv, addr(2), GROUP), addr(2), GROUP, 255, 0.05)
+    assert r.master_adver_interval == 1.0
+    assert r.next_timer() == pytest.approx(0.05 + 3 + 156 / 256)
+    assert r.master == addr(2)
+
+
+def test_owner_becomes_master_at_once() -> None:
+    r = Router(config(1, 255))
+    actions = r.start(0.0)
+    assert r.phase is Phase.MASTER
+    kinds = [type(a) for a in actions]
+    assert kinds == [AddVips, Announce, Send, StateChanged]
+    send = actions[2]
+    assert isinstance(send, Send) and send.data[2] == 255
+
+
+def test_two_routers_elect_the_higher_priority() -> None:
+    net = Net()
+    net.add("a", config(1, 100))
+    net.add("b", config(2, 200))
+    net.start()
+    net.run(1.0)
+    assert net.masters() == ["b"] and net.holders() == ["b"]
+    became = [c for n, c in net.changes if c.new is State.MASTER]
+    assert len(became) == 1 and became[0].failover_seconds is None  # no master was ever heard
+
+
+def test_equal_priority_tie_breaks_on_the_higher_primary_address() -> None:
+    net = Net(partitioned=True)
+    net.add("a", config(1, 100))
+    net.add("b", config(2, 100))
+    net.start()
+    net.run(1.0)
+    assert net.masters() == ["a", "b"]  # split brain while partitioned
+    net.partitioned = False
+    net.run(0.5)
+    assert net.masters() == ["b"] and net.holders() == ["b"]
+    assert "preempted by 198.51.100.12 (priority 100)" in [c.reason for n, c in net.changes if n == "a"][-1]
+
+
+def test_three_routers_fail_over_in_priority_order() -> None:
+    net = Net()
+    for i, prio in ((1, 150), (2, 100), (3, 50)):
+        net.add(f"r{i}", config(i, prio))
+    net.start()
+    net.run(1.0)
+    assert net.holders() == ["r1"]
+    net.down.add("r1")  # killed: silence
+    killed_at = net.now
+    net.run(1.0)
+    assert net.holders() == ["r2"]
+    took = [c for n, c in net.changes if n == "r2" and c.new is State.MASTER][0]
+    # Within Master_Down_Interval of r2 (plus one advert: the last one heard).
+    assert took.failover_seconds is not None
+    assert took.failover_seconds <= master_down_interval(100, 0.1) + 0.001
+    assert "master down" in took.reason
+    assert killed_at < net.now
+    net.down.add("r2")
+    net.run(1.0)
+    assert net.holders() == ["r3"]
+
+
+def test_preempt_returns_the_vips_to_the_higher_priority() -> None:
+    net = Net()
+    net.add("hi", config(1, 200))
+    net.add("lo", config(2, 100))
+    net.start("lo")
+    net.run(1.0)
+    assert net.holders() == ["lo"]
+    net.start("hi")
+    net.run(1.0)
+    assert net.holders() == ["hi"]
+    preempted = [c for n, c in net.changes if n == "lo" and c.new is State.BACKUP][-1]
+    assert "preempted by 198.51.100.11" in preempted.reason
+    assert ("hi", "lower_priority") in net.drops  # hi discards lo's adverts while waiting
+
+
+def test_no_preempt_keeps_the_current_master() -> None:
+    net = Net()
+    net.add("hi", config(1, 200, preempt=False))
+    net.add("lo", config(2, 100, preempt=False))
+    net.start("lo")
+    net.run(1.0)
+    net.start("hi")
+    net.run(2.0)
+    assert net.holders() == ["lo"]
+
+
+def test_priority_zero_gives_a_fast_takeover() -> None:
+    net = Net()
+    net.add("a", config(1, 200, handover_linger=0.0))
+    net.add("b", config(2, 100))
+    net.start()
+    net.run(1.0)
+    stop_at = net.now
+    net.apply("a", net.routers["a"].shutdown(net.now))
+    assert net.holding["a"] == frozenset()  # shutdown: immediate
+    net.run(0.2)
+    took = [(n, c) for n, c in net.changes if c.new is State.MASTER][-1]
+    assert took[0] == "b" and "resigned" in took[1].reason
+    # Skew_Time of priority 100 at 0.1 s, not Master_Down_Interval.
+    assert took[1].failover_seconds == pytest.approx(skew_time(100, 0.1), abs=0.0015)
+    assert net.now - stop_at < 0.2
+
+
+def test_make_before_break_resignation() -> None:
+    net = Net()
+    a = net.add("a", config(1, 200))
+    net.add("b", config(2, 100))
+    net.start()
+    net.run(1.0)
+    # Record who holds at every millisecond during the hand-over.
+    net.apply("a", a.resign(net.now))
+    assert a.phase is Phase.RESIGNING and net.holding["a"] == frozenset(VIPS)
+    assert a.state is State.MASTER
+    gaps = 0
+    both = 0
+    for _ in range(400):
+        net.run(0.001)
+        holders = net.holders()
+        gaps += not holders
+        both += len(holders) == 2
+    assert gaps == 0  # never a moment without a holder
+    assert both > 0  # the overlap that makes it make-before-break
+    assert a.phase is Phase.STOPPED and net.holders() == ["b"]
+    stopped = [c for n, c in net.changes if n == "a"][-1]
+    assert stopped.new is State.STOPPED and "handed over to 198.51.100.12" in stopped.reason
+
+
+def test_resign_without_a_successor_is_bounded() -> None:
+    net = Net()
+    a = net.add("a", config(1, 200))
+    net.start()
+    net.run(1.0)
+    net.apply("a", a.resign(net.now))
+    net.run(master_down_interval(1, 0.1) + 0.01)
+    assert a.phase is Phase.STOPPED and net.holding["a"] == frozenset()
+    assert "no new master" in [c for n, c in net.changes][-1].reason
+    assert a.next_timer() is None
+
+
+def test_resigning_master_repeats_priority_zero() -> None:
+    net = Net()
+    a = net.add("a", config(1, 200))
+    net.start()
+    net.run(1.0)
+    net.sent.clear()
+    net.apply("a", a.resign(net.now))
+    net.run(0.25)
+    priorities = [s.data[2] for n, s in net.sent if n == "a"]
+    assert priorities == [0, 0, 0]
+
+
+def test_release_and_takeover() -> None:
+    net = Net()
+    a = net.add("a", config(1, 200))
+    net.add("b", config(2, 100))
+    net.start()
+    net.run(1.0)
+    net.apply("a", a.release(net.now, "drain"))
+    net.run(1.0)
+    assert net.holders() == ["b"] and a.phase is Phase.BACKUP and a.released
+    net.run(2.0)  # a still hears b and, released, never preempts
+    assert net.holders() == ["b"]
+    net.apply("a", a.takeover(net.now, "undrain"))
+    net.run(1.0)
+    assert net.holders() == ["a"]
+
+
+def test_released_backup_never_takes_over() -> None:
+    net = Net()
+    a = net.add("a", config(1, 200))
+    b = net.add("b", config(2, 100))
+    net.start()
+    net.run(1.0)
+    net.apply("b", b.release(net.now, "unhealthy"))
+    net.down.add("a")
+    net.run(2.0)
+    assert net.holders() == [] and b.phase is Phase.BACKUP
+
+
+def test_validation_drops_with_reasons() -> None:
+    r = Router(config(1, 100))
+    r.start(0.0)
+    good = encode(Advertisement(7, 200, 10, VIPS), addr(2), GROUP)
+
+    def reason(data: bytes, src: IPAddress = addr(2), ttl: int = 255) -> list[object]:
+        return r.receive(data, src, GROUP, ttl, 0.1)
+
+    assert reason(good, ttl=64) == [Dropped("ttl")]
+    assert reason(good[:5]) == [Dropped("short")]
+    assert reason(encode(Advertisement(8, 200, 10, VIPS), addr(2), GROUP)) == [Dropped("vrid")]
+    assert reason(encode(Advertisement(7, 200, 10, VIPS), addr(1), GROUP), src=addr(1)) == [Dropped("own")]
+    outsider = IPv4Address("198.51.100.99")
+    assert reason(encode(Advertisement(7, 200, 10, VIPS), outsider, GROUP), src=outsider) == [Dropped("source")]
+    other = encode(Advertisement(7, 200, 10, VIPS[:1]), addr(2), GROUP)
+    assert reason(other) == [Dropped("addr_mismatch")]
+    assert reason(good) == []
+    assert r.master == addr(2)
+
+
+def test_source_check_can_be_disabled() -> None:
+    r = Router(config(1, 100, sources=None))
+    r.start(0.0)
+    outsider = IPv4Address("198.51.100.99")
+    assert r.receive(encode(Advertisement(7, 200, 10, VIPS), outsider, GROUP), outsider, GROUP, 255, 0.1) == []
+
+
+def test_spoofed_adverts_do_not_move_the_master() -> None:
+    net = Net()
+    a = net.add("a", config(1, 100))
+    net.start()
+    net.run(1.0)
+    assert net.masters() == ["a"]
+    spoof = encode(Advertisement(7, 254, 10, VIPS), IPv4Address("198.51.100.99"), GROUP)
+    net.apply("a", a.receive(spoof, IPv4Address("198.51.100.99"), GROUP, 255, net.now))
+    ttl64 = encode(Advertisement(7, 254, 10, VIPS), addr(2), GROUP)
+    net.apply("a", a.receive(ttl64, addr(2), GROUP, 64, net.now))
+    assert net.masters() == ["a"]
+    assert ("a", "source") in net.drops and ("a", "ttl") in net.drops
+
+
+def test_vip_update_keeps_the_holder_and_tolerates_the_old_set() -> None:
+    net = Net()
+    a = net.add("a", config(1, 200))
+    b = net.add("b", config(2, 100))
+    net.start()
+    net.run(1.0)
+    extra = IPv4Address("198.51.100.102")
+    net.apply("a", a.update(net.now, vips=(*VIPS, extra)))
+    assert net.holding["a"] == frozenset((*VIPS, extra))
+    net.run(0.5)  # b has not applied the change yet: a's adverts still accepted
+    assert net.masters() == ["a"] and ("b", "addr_mismatch") not in net.drops
+    net.apply("b", b.update(net.now, vips=(*VIPS, extra)))
+    net.run(5.0)  # past the grace: the new set on the wire
+    assert net.masters() == ["a"] and net.holders() == ["a"]
+    assert sum(1 for n, c in net.changes if c.new is State.MASTER) == 1
+    last = [s for n, s in net.sent if n == "a"][-1]
+    assert last.data[3] == 3  # three addresses advertised now
+
+
+def test_ipv6_election() -> None:
+    group = IPv6Address("ff02::12")
+    vips = (IPv6Address("2001:db8:100::100"),)
+
+    def cfg(i: int, prio: int) -> RouterConfig:
+        return RouterConfig(
+            vrid=9, family=Family.IPV6, primary=IPv6Address(f"fe80::{i}"), vips=vips, priority=prio,
+            interval_cs=5, destinations=(group,), sources=frozenset(), link_local_sources=True,
+        )
+
+    net = Net()
+    net.add("a", cfg(1, 100))
+    net.add("b", cfg(2, 150))
+    net.start()
+    net.run(0.5)
+    assert net.holders() == ["b"]
+    net.down.add("b")
+    net.run(0.5)
+    assert net.holders() == ["a"]
+
+
+def test_unicast_sends_one_advert_per_peer() -> None:
+    peers = (addr(2), addr(3))
+    r = Router(config(1, 255, destinations=peers))
+    actions = r.start(0.0)
+    sends = [a for a in actions if isinstance(a, Send)]
+    assert [s.dst for s in sends] == list(peers)
+    assert sends[0].data != sends[1].data  # checksums differ by destination
+
+
+def test_transition_table_is_closed() -> None:
+    r = Router(config(1, 100))
+    with pytest.raises(TransitionError):
+        r._transition(Event.MASTER_DOWN, 0.0, "x")  # INIT has no MASTER_DOWN
+    assert all(isinstance(k[0], Phase) and isinstance(v, Phase) for k, v in TRANSITIONS.items())
+
+
+def test_early_timer_calls_do_nothing() -> None:
+    r = Router(config(1, 100))
+    r.start(0.0)
+    assert r.handle_timer(0.1) == []
+    assert r.phase is Phase.BACKUP
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_start_orders_elect_exactly_one_master(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    net = Net()
+    prios = rng.sample(range(1, 255), 4)
+    for i, prio in enumerate(prios, 1):
+        net.add(f"r{i}", config(i, prio, preempt=rng.random() < 0.5))
+    order = list(net.routers)
+    rng.shuffle(order)
+    for name in order:
+        net.start(name)
+        net.run(rng.random() * 0.5)
+    net.run(1.5)
+    assert len(net.masters()) == 1 and len(net.holders()) == 1
+
+
+def test_receiver_updated_first_still_accepts_the_old_set() -> None:
+    net = Net()
+    a = net.add("a", config(1, 200))
+    b = net.add("b", config(2, 100))
+    net.start()
+    net.run(1.0)
+    net.apply("b", b.update(net.now, vips=VIPS[:1]))
+    net.run(1.0)
+    assert net.masters() == ["a"] and ("b", "addr_mismatch") not in net.drops
+    net.apply("a", a.update(net.now, vips=VIPS[:1]))
+    assert net.holding["a"] == frozenset(VIPS[:1])
+    net.run(6.0)
+    assert net.masters() == ["a"] and not net.drops
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_operations_never_break_the_table(seed: int) -> None:
+    """Any interleaving of the public inputs stays inside TRANSITIONS."""
+    import random
+
+    rng = random.Random(seed)
+    net = Net()
+    for i in range(1, 4):
+        net.add(f"r{i}", config(i, rng.randint(1, 254), preempt=rng.random() < 0.5))
+    net.start()
+    for _ in range(60):
+        name = rng.choice(list(net.routers))
+        router = net.routers[name]
+        op = rng.randrange(7)
+        if op == 0:
+            net.apply(name, router.resign(net.now))
+        elif op == 1:
+            net.apply(name, router.release(net.now, "x"))
+        elif op == 2:
+            net.apply(name, router.takeover(net.now, "x"))
+        elif op == 3:
+            net.apply(name, router.update(net.now, priority=rng.randint(1, 254)))
+        elif op == 4:
+            net.apply(name, router.shutdown(net.now))
+        elif op == 5:
+            net.apply(name, router.update(net.now, vips=rng.choice([VIPS, VIPS[:1]])))
+        net.run(rng.random() * 0.3)
+        for n, r in net.routers.items():
+            # A router that holds nothing is never MASTER, and vice versa.
+            assert bool(net.holding[n]) == r.phase.holds, (n, r.phase)
