@@ -30,7 +30,7 @@ system:
 
 $(STAMP): pyproject.toml $(wildcard backends/*/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --upgrade pip "setuptools>=68" wheel
 	$(PIP) install -q -e '.[test]' $(foreach b,$(BACKENDS),-e $(b))
 	touch $(STAMP)
 

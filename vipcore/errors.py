@@ -48,8 +48,10 @@ class PluginError(VipcoreError):
 class UnknownBackendError(PluginError):
     """The configured backend is not installed."""
 
-    def __init__(self, name: str, installed: list[str]) -> None:
+    def __init__(self, name: str, installed: list[str], broken: list[str] | None = None) -> None:
         listing = ", ".join(sorted(installed)) or "none"
+        if broken:
+            listing += "; failed to load: " + ", ".join(sorted(broken))
         super().__init__(name, f"no such backend is installed (installed backends: {listing})")
 
 

@@ -63,7 +63,8 @@ def plugin_manager(
             except Exception as exc:  # a third party's import error must not crash us
                 error = PluginError(ep.name, f"failed to load {ep.value}: {type(exc).__name__}: {exc}",
                                     distribution=dist)
-                log.warning("%s", error)
+                # Not fatal here: `vipcore backends` lists it, choosing it fails.
+                log.debug("%s", error)
                 failures.append(LoadFailure(ep.name, dist, error))
                 continue
             _DISTRIBUTIONS[id(module)] = (dist, version)
@@ -117,7 +118,7 @@ class Hooks:
                 raise failure.error
         found = self.backends()
         if name not in found:
-            raise UnknownBackendError(name, list(found))
+            raise UnknownBackendError(name, list(found), broken=[f.name for f in self.failures])
         return found[name]
 
     def activate(self, info: BackendInfo) -> object:

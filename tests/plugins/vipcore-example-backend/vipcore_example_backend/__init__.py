@@ -1,0 +1,92 @@
+"""An out-of-tree vipcore backend, shipped the way a third party would.
+
+It holds nothing on the network: it writes, for every group this node takes
+part in, whether this node should hold it (the core's placement) to
+``<state_dir>/example-backend.json``, and reports the matching state. The
+docs' "writing a backend" page walks through this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from vipcore import BackendContext, Family, Membership, State, StateChange, hookimpl
+
+
+class ExampleFileBackend:
+    name = "example_file"
+
+    def __init__(self) -> None:
+        self.context: BackendContext | None = None
+        self.groups: dict[str, dict[str, Any]] = {}
+
+    def _write(self) -> None:
+        assert self.context is not None
+        path = self.context.state_dir / "example-backend.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.groups, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+    def _report(self, membership: Membership, new: State, reason: str) -> None:
+        assert self.context is not None
+        for family in membership.group.families:
+            old = State(self.groups.get(membership.name, {}).get("state", "init"))
+            self.context.report(StateChange(
+                group=membership.name, family=family, old=old, new=new, reason=reason,
+                at=self.context.clock(), node=self.context.node, backend=self.name, vrid=membership.group.vrid,
+            ))
+
+    def _hold(self, membership: Membership) -> None:
+        holds = membership.preferred_holder == membership.node
+        state = State.MASTER if holds else State.BACKUP
+        self._report(membership, state, "preferred holder" if holds else "another node is preferred")
+        self.groups[membership.name] = {
+            "state": state.value,
+            "interface": membership.group.interface,
+            "vips": [str(ip) for f in Family for ip in membership.group.vips(f)],
+            "priority": membership.priority,
+        }
+        self._write()
+
+    @hookimpl
+    async def vipcore_backend_start(self, context: BackendContext) -> None:
+        self.context = context
+        if context.config.get("fail_on_start"):
+            raise RuntimeError("asked to fail by config")
+        self._write()
+
+    @hookimpl
+    async def vipcore_backend_stop(self, graceful: bool) -> None:
+        self.groups.clear()
+        self._write()
+
+    @hookimpl
+    async def vipcore_group_join(self, membership: Membership) -> None:
+        self._hold(membership)
+
+    @hookimpl
+    async def vipcore_group_update(self, old: Membership, new: Membership) -> None:
+        self._hold(new)
+
+    @hookimpl
+    async def vipcore_group_leave(self, membership: Membership, graceful: bool) -> None:
+        self._report(membership, State.STOPPED, "left the group")
+        self.groups.pop(membership.name, None)
+        self._write()
+
+    @hookimpl
+    async def vipcore_group_release(self, group: str, reason: str) -> None:
+        self.groups.get(group, {})["state"] = State.BACKUP.value
+        self._write()
+
+    @hookimpl
+    async def vipcore_group_takeover(self, group: str, reason: str) -> None:
+        self.groups.get(group, {})["state"] = State.MASTER.value
+        self._write()
+
+
+@hookimpl
+def vipcore_register_backends(registry: Any) -> None:
+    registry.add(ExampleFileBackend)
