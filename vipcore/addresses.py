@@ -143,7 +143,7 @@ class AnnounceSchedule:
     initial_delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None, *, source: str = "garp") -> "AnnounceSchedule":
+    def from_config(cls, section: Mapping[str, Any] | None, *, field: str = "garp") -> "AnnounceSchedule":
         """Build from a config mapping ``{count, interval, refresh}``; missing keys take defaults.
 
         Raises :class:`~vipcore.errors.ConfigError` naming the bad key.
@@ -151,7 +151,7 @@ class AnnounceSchedule:
         section = dict(section or {})
         unknown = set(section) - {"count", "interval", "refresh"}
         if unknown:
-            raise ConfigError(f"unknown keys {sorted(unknown)}; expected count, interval, refresh", source=source)
+            raise ConfigError(f"unknown keys {sorted(unknown)}; expected count, interval, refresh", field=field)
         kwargs: dict[str, Any] = {}
         try:
             if "count" in section:
@@ -165,7 +165,7 @@ class AnnounceSchedule:
         except (TypeError, ValueError) as exc:
             raise ConfigError(
                 f"{exc}; count must be an integer >= 0, interval a number >= 0, refresh a number > 0 or null",
-                source=source,
+                field=field,
             ) from None
 
 

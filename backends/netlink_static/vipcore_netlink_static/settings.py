@@ -44,14 +44,14 @@ class Settings:
         unknown = set(section) - _KEYS
         if unknown:
             raise ConfigError(
-                f"unknown keys {sorted(unknown)}; expected {', '.join(sorted(_KEYS))}", source=SECTION
+                f"unknown keys {sorted(unknown)}; expected {', '.join(sorted(_KEYS))}", field=SECTION
             )
         garp = {"count": DEFAULT_ANNOUNCE_COUNT, "interval": DEFAULT_ANNOUNCE_INTERVAL, "refresh": None}
         given = section.get("garp") or {}
         if not isinstance(given, Mapping):
-            raise ConfigError("must be a mapping {count, interval, refresh}", source=f"{SECTION}.garp")
+            raise ConfigError("must be a mapping {count, interval, refresh}", field=f"{SECTION}.garp")
         garp.update(given)
-        announce = AnnounceSchedule.from_config(garp, source=f"{SECTION}.garp")
+        announce = AnnounceSchedule.from_config(garp, field=f"{SECTION}.garp")
         verify: float | None = DEFAULT_VERIFY_INTERVAL
         if "verify_interval" in section:
             raw = section["verify_interval"]
@@ -61,5 +61,5 @@ class Settings:
                 verify = -1.0
             if verify is not None and verify <= 0:
                 raise ConfigError(f"must be a number of seconds > 0 or null, got {raw!r}",
-                                  source=f"{SECTION}.verify_interval")
+                                  field=f"{SECTION}.verify_interval")
         return cls(announce=announce, verify_interval=verify)
