@@ -71,6 +71,7 @@ class Agent:
         self.resolution: Resolution | None = None
         self.routers: dict[tuple[str, Family], RouterStatus] = {}
         self.skipped: dict[str, str] = {}
+        self.released: set[str] = set()
         self.started_at = time.time()
         self.ready = False
         self._managed: frozenset[IPAddress] = frozenset()
@@ -190,6 +191,8 @@ class Agent:
                     log.error("group %s skipped: %s", name[:12], reason, extra={"event": "group_error", "group": name})
             self.skipped = skipped
             await self._dispatch(desired)
+            me = next((n for n in state.nodes if n.name == self.node), None)
+            await self._drain(bool(me and me.drained))
 
     async def _dispatch(self, desired: Mapping[str, Membership]) -> None:
         current = self.memberships
@@ -207,6 +210,18 @@ class Agent:
             elif old != new:
                 if await self._guard(name, self.hooks.update(old=old, new=new)):
                     self.memberships[name] = new
+
+    async def _drain(self, drained: bool) -> None:
+        """Release this node's groups while it is drained; take them back after."""
+        self.released &= set(self.memberships)
+        if drained:
+            for name in sorted(set(self.memberships) - self.released):
+                if await self._guard(name, self.hooks.release(group=name, reason="node drained")):
+                    self.released.add(name)
+        else:
+            for name in sorted(self.released):
+                if await self._guard(name, self.hooks.takeover(group=name, reason="node no longer drained")):
+                    self.released.discard(name)
 
     async def _guard(self, group: str, call: Any) -> bool:
         try:

@@ -140,8 +140,8 @@ def allocate(
         have = {Family.of(ip) for ip in result.get(service.key, [])}
         missing = [f for f in families(service, pool) if f not in have]
         if not missing and not have:
-            wanted = ", ".join(f.k8s_name for f in service.families) or "any"
-            refused[service.key] = f"pool {pool.name!r} offers none of the families the Service asks for ({wanted})"
+            asked = ", ".join(f.k8s_name for f in service.families) or "any"
+            refused[service.key] = f"pool {pool.name!r} offers none of the families the Service asks for ({asked})"
             continue
         if not allocate_new:
             if not have:

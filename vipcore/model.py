@@ -21,6 +21,8 @@ POOL_ANNOTATION = "vipcore.io/pool"
 IP_ANNOTATION = "vipcore.io/ip"
 #: Nodes carrying this label never hold a VIP of a ``Cluster`` Service.
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+#: A node labelled with this (value "true") is drained: ranked last everywhere.
+DRAIN_LABEL = "vipcore.io/drain"
 #: The load balancer class vipcore implements.
 LOAD_BALANCER_CLASS = "vipcore.io/vip"
 
@@ -76,6 +78,11 @@ class Node:
     def excluded(self) -> bool:
         """Whether the node opted out of external load balancers."""
         return EXCLUDE_LABEL in self.labels
+
+    @property
+    def drained(self) -> bool:
+        """Whether an operator asked the node to give up its VIPs (label ``vipcore.io/drain=true``)."""
+        return self.labels.get(DRAIN_LABEL, "").lower() == "true"
 
     def address(self, family: Family) -> IPAddress | None:
         """The node's first address of ``family`` (its InternalIP), if any."""

@@ -165,15 +165,22 @@ def resolve(
 
 
 def membership(group: VipGroup, node: str, nodes: Mapping[str, Node] | Iterable[Node]) -> Membership:
-    """This node's part in ``group``: its priority and every member in placement order."""
+    """This node's part in ``group``: its priority and every member in placement order.
+
+    Drained nodes (label ``vipcore.io/drain=true``) keep their membership (the
+    group name and VRID do not change) but rank after every other node.
+    """
     by_name = nodes if isinstance(nodes, Mapping) else {n.name: n for n in nodes}
-    order = placement.rank(group.name, group.nodes)
-    prios = placement.priorities(group.name, group.nodes)
+    if node not in group.nodes:
+        raise ValueError(f"node {node!r} is not a member of group {group.name}")
+    drained = {n for n in group.nodes if n in by_name and by_name[n].drained}
+    order = placement.rank(group.name, [n for n in group.nodes if n not in drained])
+    order += placement.rank(group.name, drained)
+    prios = {n: max(placement.BOTTOM_PRIORITY, placement.TOP_PRIORITY - i) for i, n in enumerate(order)}
+    for n in drained:
+        prios[n] = placement.BOTTOM_PRIORITY
     members = tuple(
         PeerNode(name=n, priority=prios[n], addresses=by_name[n].addresses if n in by_name else ())
         for n in order
     )
-    if node not in prios:
-        raise ValueError(f"node {node!r} is not a member of group {group.name}")
     return Membership(group=group, node=node, priority=prios[node], members=members)
-

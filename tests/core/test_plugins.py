@@ -90,6 +90,14 @@ class Recorder:
     async def vipcore_group_leave(self, membership: Any, graceful: bool) -> None:
         Recorder.calls.append(("leave", membership))
 
+    @hookimpl
+    async def vipcore_group_release(self, group: str, reason: str) -> None:
+        Recorder.calls.append(("release", reason))
+
+    @hookimpl
+    async def vipcore_group_takeover(self, group: str, reason: str) -> None:
+        Recorder.calls.append(("takeover", reason))
+
 
 class RecorderPlugin:
     @hookimpl
@@ -146,6 +154,37 @@ def test_agent_dispatches_only_differences_and_observers_cannot_break_it(tmp_pat
 
     asyncio.run(scenario())
     hooks.deactivate()
+
+
+def test_drain_label_releases_and_demotes_then_takes_back(tmp_path: Path) -> None:
+    manifests = loopback_manifests(tmp_path / "m", nodes=("node-a", "node-b"))
+    config = load_config(overrides={"backend": "recorder", "node_name": "node-a", "manifests": [str(manifests)],
+                                    "state_dir": str(tmp_path / "state"), "metrics": ""}, environ={})
+    hooks = load_hooks(plugins=[("rec", RecorderPlugin())], load_entrypoints=False)
+    source = ManifestSource(config.manifests)
+    original = (manifests / "all.yaml").read_text()
+
+    async def scenario() -> None:
+        agent = Agent(config, hooks=hooks, source=source)
+        await agent.start()
+        Recorder.calls.clear()
+        drained = original.replace("name: node-a\n", "name: node-a\n  labels: {vipcore.io/drain: 'true'}\n", 1)
+        assert drained != original
+        (manifests / "all.yaml").write_text(drained)
+        await agent.apply(source.load())
+        kinds = [c[0] for c in Recorder.calls]
+        assert kinds == ["update", "release"]
+        assert Recorder.calls[0][1].priority == 1 and Recorder.calls[0][1].preferred_holder == "node-b"
+        assert Recorder.calls[1][1] == "node drained"
+        Recorder.calls.clear()
+        await agent.apply(source.load())  # still drained: nothing new
+        assert Recorder.calls == []
+        (manifests / "all.yaml").write_text(original)
+        await agent.apply(source.load())
+        assert [c[0] for c in Recorder.calls] == ["update", "takeover"]
+        await agent.stop()
+
+    asyncio.run(scenario())
 
 
 def test_backend_failing_in_a_group_hook_is_named_and_spares_others(tmp_path: Path) -> None:

@@ -290,3 +290,29 @@ def test_ten_thousand_services_on_a_thousand_nodes_resolve_quickly() -> None:
     assert len({a for addrs in result.allocations.values() for a in addrs}) == 10_000
     # Behaviour check with a generous bound; the figures live in bench/resolve.py.
     assert elapsed < 10
+
+
+# -- membership and drain -----------------------------------------------------
+
+
+def test_membership_priorities_follow_placement_and_drained_nodes_rank_last() -> None:
+    from vipcore import membership, placement
+    from vipcore.model import DRAIN_LABEL
+
+    node_list = nodes("a", "b", "c")
+    state = DesiredState(nodes=node_list, services=(svc("web"),), pools=(pool(),))
+    (group,) = resolve(state).groups
+    order = placement.rank(group.name, group.nodes)
+    m = membership(group, "a", node_list)
+    assert [p.name for p in m.members] == list(order)
+    assert [p.priority for p in m.members] == [254, 253, 252]
+    assert m.preferred_holder == order[0]
+
+    top = order[0]
+    drained = tuple(Node(n.name, n.addresses, labels={DRAIN_LABEL: "true"}) if n.name == top else n
+                    for n in node_list)
+    (same_group,) = resolve(DesiredState(nodes=drained, services=(svc("web"),), pools=(pool(),))).groups
+    assert same_group.name == group.name and same_group.vrid == group.vrid  # nothing else moves
+    m2 = membership(same_group, top, drained)
+    assert m2.preferred_holder == order[1]
+    assert m2.priority == 1 and m2.members[-1].name == top
