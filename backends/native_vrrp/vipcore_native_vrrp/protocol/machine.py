@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -41,6 +42,7 @@ from vipcore_native_vrrp.protocol.packet import (
     MAX_INTERVAL_CS,
     TTL,
     Advertisement,
+    address_tuple,
     PacketError,
     decode,
     encode,
@@ -197,7 +199,7 @@ class RouterConfig:
     #: primary IPv4 address or IPv6 link-local address (multicast), or the
     #: node address in the peers' subnet (unicast).
     primary: IPAddress
-    vips: tuple[IPAddress, ...] = attrs.field(converter=tuple)
+    vips: tuple[IPAddress, ...] = attrs.field(converter=address_tuple)
     priority: int = attrs.field(validator=attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(255)))
     #: Our Advertisement_Interval in centiseconds.
     interval_cs: int = 10
@@ -341,7 +343,7 @@ class Router:
                 actions += self._transition(Event.HANDED_OVER, now, f"handed over to {self._handover_to}")
             elif self._handover_deadline is not None and now >= self._handover_deadline:
                 actions += self._transition(
-                    Event.HANDED_OVER, now, f"no new master advertised within {self._resign_timeout:.3f}s"
+                    Event.HANDED_OVER, now, f"no new master advertised within {self.resign_timeout_bound:.3f}s"
                 )
             elif self._advert_at is not None and now >= self._advert_at:
                 actions += self._advertise(now, RESIGN_PRIORITY)
@@ -364,7 +366,7 @@ class Router:
     ) -> list[Action]:
         """Apply a configuration change without an election when possible."""
         old = self.config
-        changes: dict[str, object] = {}
+        changes: dict[str, Any] = {}
         if priority is not None:
             changes["priority"] = priority
         if vips is not None:
@@ -501,7 +503,7 @@ class Router:
         elif new in (Phase.RESIGNING, Phase.RELEASING):
             actions += self._advertise(now, RESIGN_PRIORITY)
             self._advert_at = now + self.config.interval
-            self._handover_deadline = now + self._resign_timeout
+            self._handover_deadline = now + self.resign_timeout_bound
         elif new is Phase.STOPPED:
             if old is Phase.MASTER:
                 actions += self._advertise(now, RESIGN_PRIORITY)
@@ -546,7 +548,7 @@ class Router:
         return now < self._previous_until and received == frozenset(self._previous_vips)
 
     @property
-    def _resign_timeout(self) -> float:
+    def resign_timeout_bound(self) -> float:
         if self.config.resign_timeout is not None:
             return self.config.resign_timeout
         return master_down_interval(1, self.config.interval)

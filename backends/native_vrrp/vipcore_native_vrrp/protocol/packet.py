@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Iterable
 
 import attrs
 
@@ -32,7 +33,7 @@ HEADER = struct.Struct("!BBBBHH")
 #: The 12-bit Max Adver Int field, in centiseconds.
 MAX_INTERVAL_CS = 0x0FFF
 #: Multicast destinations (RFC 5798 section 5.1.1.2 and 5.1.2.2).
-MULTICAST = {
+MULTICAST: dict[Family, IPAddress] = {
     Family.IPV4: ipaddress.IPv4Address("224.0.0.18"),
     Family.IPV6: ipaddress.IPv6Address("ff02::12"),
 }
@@ -49,6 +50,11 @@ class PacketError(ValueError):
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def address_tuple(values: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
+    """attrs converter: any iterable of addresses as a tuple."""
+    return tuple(values)
 
 
 def _positive_cs(instance: object, attribute: "attrs.Attribute[int]", value: int) -> None:
@@ -69,7 +75,7 @@ class Advertisement:
     priority: int = attrs.field(validator=_byte)
     #: Max Advertise Interval in centiseconds (1..4095).
     interval_cs: int = attrs.field(validator=_positive_cs)
-    addresses: tuple[IPAddress, ...] = attrs.field(converter=tuple)
+    addresses: tuple[IPAddress, ...] = attrs.field(converter=address_tuple)
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= len(self.addresses) <= 255:
@@ -94,7 +100,7 @@ def checksum(data: bytes) -> int:
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return int(~total & 0xFFFF)
 
 
 def _pseudo_header(src: IPAddress, dst: IPAddress, length: int) -> bytes:

@@ -1,0 +1,79 @@
+"""The ``native_vrrp`` config section, validated.
+
+Every problem raises :class:`vipcore.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from vipcore.addresses import AnnounceSchedule
+from vipcore.errors import ConfigError
+from vipcore_native_vrrp.protocol.packet import MAX_INTERVAL_CS
+
+SECTION = "native_vrrp"
+DEFAULT_GARP = AnnounceSchedule(count=5, interval=0.2, refresh=None)
+KEYS = ("advert_interval", "preempt", "unicast", "check_source", "garp", "resign_timeout")
+
+
+@attrs.frozen
+class NativeVrrpConfig:
+    #: Advertisement interval in centiseconds (``advert_interval`` in seconds).
+    interval_cs: int = 10
+    preempt: bool = True
+    unicast: bool = False
+    check_source: bool = True
+    garp: AnnounceSchedule = DEFAULT_GARP
+    #: Bound on a graceful hand-over; None: Master_Down_Interval of a priority-1 router.
+    resign_timeout: float | None = None
+
+    @property
+    def advert_interval(self) -> float:
+        return self.interval_cs / 100.0
+
+    @classmethod
+    def from_mapping(cls, section: Mapping[str, Any] | None) -> "NativeVrrpConfig":
+        section = dict(section or {})
+        unknown = sorted(set(section) - set(KEYS))
+        if unknown:
+            raise ConfigError(f"unknown key(s) {', '.join(unknown)}; known keys: {', '.join(KEYS)}", source=SECTION)
+        kwargs: dict[str, Any] = {}
+        if "advert_interval" in section:
+            kwargs["interval_cs"] = _interval(section["advert_interval"])
+        for key in ("preempt", "unicast", "check_source"):
+            if key in section:
+                if not isinstance(section[key], bool):
+                    raise ConfigError(f"must be true or false, got {section[key]!r}", source=SECTION, field=key)
+                kwargs[key] = section[key]
+        if "garp" in section:
+            garp = section["garp"]
+            if garp is not None and not isinstance(garp, Mapping):
+                raise ConfigError("must be a mapping {count, interval, refresh}", source=SECTION, field="garp")
+            defaults = {"count": DEFAULT_GARP.count, "interval": DEFAULT_GARP.interval, "refresh": DEFAULT_GARP.refresh}
+            try:
+                kwargs["garp"] = AnnounceSchedule.from_config({**defaults, **(garp or {})})
+            except ConfigError as exc:
+                raise ConfigError(str(exc), source=SECTION) from None
+        if section.get("resign_timeout") is not None:
+            value = section["resign_timeout"]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"must be a number of seconds > 0, got {value!r}", source=SECTION,
+                                  field="resign_timeout")
+            kwargs["resign_timeout"] = float(value)
+        return cls(**kwargs)
+
+
+def _interval(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"must be a number of seconds, got {value!r}", source=SECTION, field="advert_interval")
+    cs = round(value * 100)
+    if abs(cs - value * 100) > 1e-6:
+        raise ConfigError(f"{value} s is not a whole number of centiseconds (VRRPv3 resolution is 0.01 s)",
+                          source=SECTION, field="advert_interval")
+    if not 1 <= cs <= MAX_INTERVAL_CS:
+        raise ConfigError(f"must be 0.01..{MAX_INTERVAL_CS / 100} s, got {value}", source=SECTION,
+                          field="advert_interval")
+    return cs
