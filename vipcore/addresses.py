@@ -81,6 +81,9 @@ NA_FLAG_OVERRIDE = 0x20000000
 #: Receivers drop ND packets whose hop limit is not 255 (RFC 4861 7.1.2).
 ND_HOP_LIMIT = 255
 ALL_NODES = ipaddress.IPv6Address("ff02::1")
+#: Socket option (linux/icmpv6.h) and a filter that blocks every ICMPv6 type.
+ICMPV6_FILTER = 1
+ICMPV6_FILTER_BLOCK_ALL = b"\xff" * 32
 
 
 def _parse_mac(text: str | None) -> bytes:
@@ -241,6 +244,8 @@ class AddressHolder:
         self._ipr: Any = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._packet_socket: socket.socket | None = None
+        self._nd_sockets: dict[str, tuple[int, socket.socket]] = {}
 
     async def __aenter__(self) -> "AddressHolder":
         return self
@@ -254,6 +259,7 @@ class AddressHolder:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._close_sockets()
         self._reset()
 
     def _reset(self) -> None:
@@ -441,19 +447,57 @@ class AddressHolder:
         sock: socket.socket = create_socket(self.netns, family, kind, proto, flags=0)
         return sock
 
-    def _send_arp(self, info: InterfaceInfo, vips: list[ipaddress.IPv4Address]) -> None:
-        # Protocol 0: the socket only sends and never queues received frames.
-        with self._socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as sock:
-            for vip in vips:
-                sock.sendto(gratuitous_arp(info.mac, vip), (info.name, ETH_P_ARP))
-                self.counters.garp_sent += 1
+    # Announcement sockets stay open for the holder's lifetime: closing an
+    # AF_PACKET socket waits for an RCU grace period (~13 ms measured), which
+    # would otherwise sit on the failover path of every announcement.
 
-    def _send_na(self, info: InterfaceInfo, vips: list[ipaddress.IPv6Address]) -> None:
-        with self._socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
+    def _arp_socket(self) -> socket.socket:
+        if self._packet_socket is None:
+            # Protocol 0: the socket only sends and never queues received frames.
+            self._packet_socket = self._socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        return self._packet_socket
+
+    def _nd_socket(self, info: InterfaceInfo) -> socket.socket:
+        cached = self._nd_sockets.get(info.name)
+        if cached is not None and cached[0] == info.index:
+            return cached[1]
+        if cached is not None:  # the interface was re-created under the same name
+            self._discard_nd(info.name)
+        sock = self._socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, info.name.encode())
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ND_HOP_LIMIT)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ND_HOP_LIMIT)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            # A raw ICMPv6 socket gets a copy of every ICMPv6 packet: block them all.
+            sock.setsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, ICMPV6_FILTER_BLOCK_ALL)
+        except OSError:
+            sock.close()
+            raise
+        self._nd_sockets[info.name] = (info.index, sock)
+        return sock
+
+    def _discard_nd(self, name: str) -> None:
+        cached = self._nd_sockets.pop(name, None)
+        if cached is not None:
+            cached[1].close()
+
+    def _close_sockets(self) -> None:
+        for name in list(self._nd_sockets):
+            self._discard_nd(name)
+        if self._packet_socket is not None:
+            self._packet_socket.close()
+            self._packet_socket = None
+
+    def _send_arp(self, info: InterfaceInfo, vips: list[ipaddress.IPv4Address]) -> None:
+        sock = self._arp_socket()
+        for vip in vips:
+            sock.sendto(gratuitous_arp(info.mac, vip), (info.name, ETH_P_ARP))
+            self.counters.garp_sent += 1
+
+    def _send_na(self, info: InterfaceInfo, vips: list[ipaddress.IPv6Address]) -> None:
+        try:
+            sock = self._nd_socket(info)
             for vip in vips:
                 message = unsolicited_na(info.mac, vip)
                 # Send from the VIP itself, as the kernel does for its own
@@ -468,6 +512,9 @@ class AddressHolder:
                         raise
                     sock.sendto(message, (str(ALL_NODES), 0, 0, info.index))
                 self.counters.na_sent += 1
+        except OSError:
+            self._discard_nd(info.name)  # the next announcement starts afresh
+            raise
 
     async def announce(self, interface: str, vips: Iterable[IPAddress | str]) -> None:
         """Send one gratuitous ARP per IPv4 VIP and one unsolicited NA per IPv6 VIP."""
@@ -483,7 +530,13 @@ class AddressHolder:
             raise
         try:
             if v4:
-                self._send_arp(info, v4)
+                try:
+                    self._send_arp(info, v4)
+                except OSError:
+                    if self._packet_socket is not None:
+                        self._packet_socket.close()
+                        self._packet_socket = None
+                    raise
             if v6:
                 self._send_na(info, v6)
         except OSError as exc:

@@ -379,3 +379,25 @@ class TestLab:
         assert errors == 0
         assert 4 <= sent <= 6
         assert len(got) == sent
+
+    def test_announce_after_interface_recreated(self, pair: Pair) -> None:
+        # Announcement sockets are cached; a re-created interface (new index)
+        # must still get its NA, on the new interface.
+        async def go() -> None:
+            async with AddressHolder(netns=pair.ns) as holder:
+                await holder.add(pair.link, [V6_VIP])
+                await holder.announce(pair.link, [V4_VIP, V6_VIP])
+                ip("-n", pair.ns, "link", "del", pair.link)
+                ip("-n", pair.ns, "link", "add", pair.link, "type", "veth", "peer", "name", pair.peer_link,
+                   "netns", pair.peer_ns)
+                for ns, link in ((pair.ns, pair.link), (pair.peer_ns, pair.peer_link)):
+                    ip("-n", ns, "link", "set", link, "up")
+                await holder.add(pair.link, [V6_VIP])
+                with capture(pair.peer_ns, pair.peer_link, ETH_P_IPV6) as na, \
+                        capture(pair.peer_ns, pair.peer_link, ETH_P_ARP) as arp:
+                    await holder.announce(pair.link, [V4_VIP, V6_VIP])
+                    assert len(frames(na, 1, is_na_for(V6_VIP))) == 1
+                    assert len(frames(arp, 1, is_garp_for(V4_VIP))) == 1
+                assert holder.counters.errors == 0
+
+        run(go())
