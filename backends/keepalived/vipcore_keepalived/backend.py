@@ -1,0 +1,265 @@
+"""The keepalived backend: vipcore's dispatch hooks on top of one supervised keepalived.
+
+Every dispatch hook changes the backend's idea of this node's groups, then
+re-renders the whole configuration; keepalived is reloaded only if the text
+changed, started when the first group arrives and stopped (SIGTERM: priority
+0, VIPs dropped) when the last one leaves. Transitions come from keepalived's
+notify FIFO and are reported through ``context.report``.
+
+* ``release`` leaves the group's instances out of the config: keepalived
+  resigns (priority 0) and drops the VIPs; the node stays a member.
+* ``takeover`` undoes a release, or else renders the group with priority 254.
+* At the first use of an interface, VIPs that vipcore manages but no
+  configured instance carries are removed: a killed keepalived leaves its
+  VIPs behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from vipcore.addresses import AddressHolder, InterfaceInfo
+from vipcore.backend import BackendContext, hookimpl
+from vipcore.errors import VipcoreError
+from vipcore.model import IPAddress, Membership, MetricSample, State, StateChange
+from vipcore_keepalived import BACKEND_NAME
+from vipcore_keepalived.process import FifoEvent, KeepalivedProcess, Paths, check_keepalived
+from vipcore_keepalived.render import Instance, Rendered, render
+from vipcore_keepalived.settings import KeepalivedSettings
+
+log = logging.getLogger(__name__)
+
+_STATES = {"MASTER": State.MASTER, "BACKUP": State.BACKUP, "FAULT": State.FAULT, "STOP": State.STOPPED}
+#: After a reload that drops a group, how long keepalived gets to remove its VIPs itself.
+LEAVE_SETTLE = 1.0
+_POLL = 0.02
+
+
+def _address_key(address: IPAddress) -> tuple[int, int]:
+    return (address.version, int(address))
+
+
+class KeepalivedBackend:
+    """Renders, runs and supervises keepalived for this node's groups."""
+
+    name = BACKEND_NAME
+
+    def __init__(self) -> None:
+        self.context: BackendContext | None = None
+        self.settings = KeepalivedSettings()
+        self.holder: AddressHolder | None = None
+        self.process: KeepalivedProcess | None = None
+        self.memberships: dict[str, Membership] = {}
+        self.released: set[str] = set()
+        self.taken_over: set[str] = set()
+        self.rendered: Rendered | None = None
+        #: Every instance rendered since start, by name (FIFO lines may trail a reload).
+        self.known: dict[str, Instance] = {}
+        #: Last reported state per instance name.
+        self.states: dict[str, State] = {}
+        self._cleaned: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    # -- helpers ------------------------------------------------------------
+
+    def _ctx(self) -> BackendContext:
+        if self.context is None:
+            raise VipcoreError("the keepalived backend was not started")
+        return self.context
+
+    def _report(self, instance: Instance, new: State, reason: str) -> None:
+        old = self.states.get(instance.name, State.INIT)
+        if old is new:
+            return
+        self.states[instance.name] = new
+        ctx = self._ctx()
+        ctx.report(StateChange(
+            group=instance.group, family=instance.family, old=old, new=new, reason=reason, at=ctx.clock(),
+            node=ctx.node, backend=BACKEND_NAME, vrid=instance.vrid, failover_seconds=None,
+        ))
+
+    def _on_event(self, event: FifoEvent) -> None:
+        if event.kind != "INSTANCE":
+            return
+        instance = self.known.get(event.name)
+        new = _STATES.get(event.state)
+        if instance is None or new is None:
+            log.debug("ignoring keepalived event %s", event)
+            return
+        priority = f" at priority {event.priority}" if event.priority is not None else ""
+        self._report(instance, new, f"keepalived entered {event.state}{priority}")
+
+    def _on_exit(self, code: int | None, restarting: bool) -> None:
+        current = self.rendered.instances if self.rendered else ()
+        what = "restarting it" if restarting else "gave up restarting it"
+        for instance in current:
+            self._report(instance, State.FAULT, f"keepalived exited (code {code}); {what}")
+
+    async def _interfaces(self, names: set[str]) -> dict[str, InterfaceInfo]:
+        assert self.holder is not None
+        return {name: await self.holder.interface(name) for name in sorted(names)}
+
+    async def _sync(self) -> Rendered:
+        """Render everything; clean stale VIPs on new interfaces; start, reload or stop keepalived."""
+        ctx = self._ctx()
+        assert self.process is not None and self.holder is not None
+        interfaces: dict[str, InterfaceInfo] = {}
+        if self.settings.unicast:
+            interfaces = await self._interfaces({m.group.interface for m in self.memberships.values()})
+        rendered = render(
+            self.memberships.values(), self.settings, node=ctx.node, fifo=self.process.paths.fifo,
+            interfaces=interfaces, released=frozenset(self.released), taken_over=frozenset(self.taken_over),
+        )
+        previous = self.rendered
+        for interface in sorted({i.interface for i in rendered.instances} - self._cleaned):
+            keep = previous.vips(interface) if previous else frozenset()
+            stale = await self.holder.remove_stale(interface, ctx.is_managed, keep=keep)
+            if stale:
+                log.warning("removed stale VIPs %s from %s", ", ".join(map(str, stale)), interface)
+            self._cleaned.add(interface)
+        self.known.update(rendered.by_name())
+        self.rendered = rendered
+        if rendered.instances:
+            outcome = await self.process.apply(rendered.text)
+            log.debug("keepalived config %s", outcome)
+        else:
+            await self.process.stop()
+        for name in sorted({i.name for i in previous.instances} if previous else set()):
+            if name not in rendered.by_name() and name in self.states:
+                self._report(self.known[name], State.STOPPED, "instance removed from keepalived's config")
+        return rendered
+
+    async def _drop(self, vips: dict[str, set[IPAddress]], settle: float) -> None:
+        """Make sure ``vips`` (by interface) are gone: give keepalived ``settle`` s, then remove them."""
+        assert self.holder is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settle
+        for interface, wanted in sorted(vips.items()):
+            if not wanted:
+                continue
+            while wanted & await self.holder.held(interface) and loop.time() < deadline:
+                await asyncio.sleep(_POLL)
+            ordered: list[IPAddress] = sorted(wanted, key=_address_key)
+            removed = await self.holder.remove(interface, ordered)
+            if removed:
+                log.info("removed %s from %s after keepalived let go", ", ".join(map(str, removed)), interface)
+
+    def _unrendered_vips(self, instances: tuple[Instance, ...]) -> dict[str, set[IPAddress]]:
+        """VIPs of ``instances`` that no currently rendered instance carries, by interface."""
+        still = self.rendered.instances if self.rendered else ()
+        carried = {(i.interface, v) for i in still for v in i.vips}
+        found: dict[str, set[IPAddress]] = {}
+        for instance in instances:
+            for vip in instance.vips:
+                if (instance.interface, vip) not in carried:
+                    found.setdefault(instance.interface, set()).add(vip)
+        return found
+
+    async def _remove_group(self, group: str, *, settle: float) -> None:
+        before = tuple(i for i in (self.rendered.instances if self.rendered else ()) if i.group == group)
+        await self._sync()
+        await self._drop(self._unrendered_vips(before), settle)
+
+    # -- dispatch hooks -------------------------------------------------------
+
+    @hookimpl
+    async def vipcore_backend_start(self, context: BackendContext) -> bool:
+        settings = KeepalivedSettings.from_config(context.config)
+        await asyncio.to_thread(check_keepalived, settings.binary)
+        self.context = context
+        self.settings = settings
+        state_dir = Path(context.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.holder = AddressHolder(netns=settings.netns)
+        self.process = KeepalivedProcess(Paths.in_dir(state_dir), settings, on_event=self._on_event,
+                                         on_exit=self._on_exit)
+        return True
+
+    @hookimpl
+    async def vipcore_backend_stop(self, graceful: bool) -> bool:
+        async with self._lock:
+            if self.process is None or self.holder is None:
+                return True
+            before = self.rendered.instances if self.rendered else ()
+            # SIGTERM either way: keepalived sends priority 0, so a peer takes over within
+            # skew time instead of three advert intervals, and drops its VIPs.
+            await self.process.close()
+            self.rendered = None
+            await self._drop(self._unrendered_vips(before), 0.0)
+            for instance in before:
+                self._report(instance, State.STOPPED, "vipcore stopped" + (" gracefully" if graceful else ""))
+            await self.holder.close()
+            return True
+
+    @hookimpl
+    async def vipcore_group_join(self, membership: Membership) -> bool:
+        if membership.group.vrid is None:
+            raise VipcoreError(f"group {membership.group.name} has no VRID; keepalived needs one")
+        async with self._lock:
+            self.memberships[membership.name] = membership
+            await self._sync()
+        return True
+
+    @hookimpl
+    async def vipcore_group_update(self, old: Membership, new: Membership) -> bool:
+        if new.group.vrid is None:
+            raise VipcoreError(f"group {new.group.name} has no VRID; keepalived needs one")
+        async with self._lock:
+            before = tuple(i for i in (self.rendered.instances if self.rendered else ()) if i.group == new.name)
+            self.memberships[new.name] = new
+            await self._sync()
+            # A VIP taken out of the group (or a family dropped) must not stay behind.
+            await self._drop(self._unrendered_vips(before), LEAVE_SETTLE)
+        return True
+
+    @hookimpl
+    async def vipcore_group_leave(self, membership: Membership, graceful: bool) -> bool:
+        async with self._lock:
+            self.memberships.pop(membership.name, None)
+            self.released.discard(membership.name)
+            self.taken_over.discard(membership.name)
+            await self._remove_group(membership.name, settle=LEAVE_SETTLE if graceful else 0.0)
+        return True
+
+    @hookimpl
+    async def vipcore_group_release(self, group: str, reason: str) -> bool:
+        async with self._lock:
+            if group not in self.memberships:
+                raise VipcoreError(f"cannot release group {group}: this node is not a member")
+            log.info("releasing group %s: %s", group[:12], reason)
+            self.released.add(group)
+            self.taken_over.discard(group)
+            await self._remove_group(group, settle=LEAVE_SETTLE)
+        return True
+
+    @hookimpl
+    async def vipcore_group_takeover(self, group: str, reason: str) -> bool:
+        async with self._lock:
+            if group not in self.memberships:
+                raise VipcoreError(f"cannot take over group {group}: this node is not a member")
+            log.info("taking over group %s: %s", group[:12], reason)
+            if group in self.released:
+                self.released.discard(group)
+            else:
+                self.taken_over.add(group)
+            await self._sync()
+        return True
+
+    # -- notification hooks ---------------------------------------------------
+
+    @hookimpl
+    def vipcore_collect_metrics(self) -> list[MetricSample]:
+        if self.process is None:
+            return []
+        c = self.process.counters
+        return [
+            MetricSample("vipcore_keepalived_starts_total", c.starts, help="keepalived processes started"),
+            MetricSample("vipcore_keepalived_restarts_total", c.restarts,
+                         help="keepalived restarts after it died unasked"),
+            MetricSample("vipcore_keepalived_reloads_total", c.reloads,
+                         help="SIGHUP reloads (sent only when the rendered config changed)"),
+            MetricSample("vipcore_keepalived_up", 1.0 if self.process.running else 0.0, kind="gauge",
+                         help="whether keepalived is running"),
+        ]
