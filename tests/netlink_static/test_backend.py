@@ -231,16 +231,23 @@ class TestLab:
             assert holding(lab.nodes[chosen]) == set()
             assert nodes[chosen].reports[-1].new is State.BACKUP
             assert nodes[chosen].reports[-1].reason == "released: drain"
+            # A release outlives updates: the released node does not grab the group back.
+            await nodes[chosen].backend.vipcore_group_update(old=member(g, chosen), new=member(g, chosen))
+            assert holding(lab.nodes[chosen]) == set()
+            # Takeover on a node that released nothing: hold, whatever the ranking says.
             await nodes[other].backend.vipcore_group_takeover(group=g.name, reason="operator")
             assert holding(lab.nodes[other]) == {*V4, *V6}
             assert nodes[other].reports[-1].new is State.MASTER
             assert nodes[other].reports[-1].reason == "takeover: operator"
-            # A release outlives updates: the released node does not grab the group back.
-            await nodes[chosen].backend.vipcore_group_update(old=member(g, chosen), new=member(g, chosen))
-            assert holding(lab.nodes[chosen]) == set()
+            # Takeover after a release only undoes the release: the ranking decides again.
             await nodes[other].backend.vipcore_group_release(group=g.name, reason="done")
-            await nodes[chosen].backend.vipcore_group_takeover(group=g.name, reason="undo drain")
-            assert holding(lab.nodes[chosen]) == {*V4, *V6} and holding(lab.nodes[other]) == set()
+            assert holding(lab.nodes[other]) == set()
+            await nodes[other].backend.vipcore_group_takeover(group=g.name, reason="node no longer drained")
+            assert holding(lab.nodes[other]) == set()
+            assert nodes[other].backend.groups()[g.name].decision() == (False, f"{chosen} is the chosen holder")
+            await nodes[chosen].backend.vipcore_group_takeover(group=g.name, reason="node no longer drained")
+            assert holding(lab.nodes[chosen]) == {*V4, *V6}
+            assert nodes[chosen].reports[-1].new is State.MASTER
 
         drive(lab, body)
 

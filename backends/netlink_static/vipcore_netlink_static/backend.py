@@ -298,10 +298,19 @@ class NetlinkStaticBackend:
 
     @hookimpl
     async def vipcore_group_takeover(self, group: str, reason: str) -> None:
+        """Undo an earlier release (back to the ranking), or else hold regardless of it.
+
+        The agent calls this after a drain ends; then the ranking decides
+        again, so an undrained node that is not the chosen holder does not
+        grab the group (which would make two holders).
+        """
         trigger = time.monotonic()
         async with self._lock:
             record = self._record(group)
-            record.released, record.forced = None, reason
+            if record.released is not None:
+                record.released = None
+            else:
+                record.forced = reason
             await self._apply(record, trigger)
 
     async def _drop(self, record: GroupRecord, reason: str) -> None:
