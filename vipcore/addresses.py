@@ -290,10 +290,11 @@ class AddressHolder:
                     self._reset()
                 raise
 
-    def _error(self, interface: str, exc: NetlinkError, action: str) -> Exception:
-        if exc.code in _NO_INTERFACE:
+    def _error(self, interface: str, exc: NetlinkError | OSError, action: str) -> Exception:
+        code = exc.code if isinstance(exc, NetlinkError) else exc.errno
+        if code in _NO_INTERFACE:
             return InterfaceNotFoundError(interface, self._where())
-        return AddressError(interface, f"{action} failed: {exc.args[-1]} (errno {exc.code})")
+        return AddressError(interface, f"{action} failed: {exc.args[-1]} (errno {code})")
 
     # -- queries --------------------------------------------------------------
 
@@ -326,7 +327,7 @@ class AddressHolder:
 
         try:
             result: InterfaceInfo = await self._call(name, query)
-        except NetlinkError as exc:
+        except (NetlinkError, OSError) as exc:
             raise self._error(name, exc, "reading the interface") from None
         return result
 
@@ -338,8 +339,8 @@ class AddressHolder:
 
         try:
             links: list[tuple[int, str]] = await self._call("*", dump)
-        except NetlinkError as exc:
-            raise AddressError("*", f"listing interfaces failed: {exc.args[-1]} (errno {exc.code})") from None
+        except (NetlinkError, OSError) as exc:
+            raise self._error("*", exc, "listing interfaces") from None
         return tuple(name for _, name in sorted(links))
 
     async def _index(self, name: str) -> int:
@@ -348,7 +349,7 @@ class AddressHolder:
 
         try:
             found: list[int] = await self._call(name, lookup)
-        except NetlinkError as exc:
+        except (NetlinkError, OSError) as exc:
             raise self._error(name, exc, "looking up the interface") from None
         if not found:
             raise InterfaceNotFoundError(name, self._where())
@@ -369,7 +370,7 @@ class AddressHolder:
 
         try:
             result: dict[IPAddress, int] = await self._call(name, dump)
-        except NetlinkError as exc:
+        except (NetlinkError, OSError) as exc:
             raise self._error(name, exc, "listing addresses") from None
         return result
 
@@ -404,8 +405,8 @@ class AddressHolder:
 
             try:
                 await self._call(interface, apply)
-            except NetlinkError as exc:
-                if exc.code == already:
+            except (NetlinkError, OSError) as exc:
+                if isinstance(exc, NetlinkError) and exc.code == already:
                     continue
                 raise self._error(interface, exc, f"{command} {vip}") from None
             changed.append(vip)
