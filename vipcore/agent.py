@@ -147,17 +147,26 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        await self.start()
-        log.info("agent running node=%s backend=%s groups=%d", self.node, self.config.backend,
-                 len(self.memberships), extra={"event": "started"})
-        watcher = asyncio.create_task(self.source.watch(self.apply))
-        stopper = asyncio.create_task(self._stopping.wait())
-        done, _ = await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        watcher.cancel()
-        if watcher in done and watcher.exception() is not None:
-            log.error("source failed: %s", watcher.exception())
-        log.info("stopping gracefully", extra={"event": "stopping"})
-        await self.stop(graceful=True)
+        # Before start(): the metrics observer must see the first transitions,
+        # and /readyz answers 503 while the agent starts.
+        from vipcore.metrics import serve_agent
+
+        endpoint = await serve_agent(self) if self.config.metrics else None
+        try:
+            await self.start()
+            log.info("agent running node=%s backend=%s groups=%d", self.node, self.config.backend,
+                     len(self.memberships), extra={"event": "started"})
+            watcher = asyncio.create_task(self.source.watch(self.apply))
+            stopper = asyncio.create_task(self._stopping.wait())
+            done, _ = await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            watcher.cancel()
+            if watcher in done and watcher.exception() is not None:
+                log.error("source failed: %s", watcher.exception())
+            log.info("stopping gracefully", extra={"event": "stopping"})
+            await self.stop(graceful=True)
+        finally:
+            if endpoint is not None:
+                await endpoint.close()
 
     # -- desired state -----------------------------------------------------
 

@@ -1,4 +1,15 @@
-"""Logging set-up: one line per event, key=value text or JSON."""
+"""Logging set-up: one line per event, key=value text or JSON.
+
+Fields given with ``extra=`` become keys of their own in both formats, so a
+transition line carries ``event=transition group=... family=IPv4 vrid=7
+old=backup new=master reason="..."`` that a log pipeline can filter on
+without parsing the message.
+
+Stack traces are printed only for *unexpected* errors: a record at ERROR or
+above that carries ``exc_info`` whose exception is not a
+:class:`~vipcore.errors.VipcoreError` (those have a message that says what to
+do; a trace would only hide it).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +19,27 @@ import sys
 import time
 from typing import Any
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+from vipcore.errors import VipcoreError
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The ``extra=`` fields of a record, in the order they were given."""
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+def _wants_trace(record: logging.LogRecord) -> bool:
+    if not record.exc_info or record.levelno < logging.ERROR:
+        return False
+    exc = record.exc_info[1]
+    return not isinstance(exc, VipcoreError)
+
+
+def _scalar(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,23 +52,38 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                data[key] = value
-        if record.exc_info and record.levelno >= logging.ERROR:
-            data["exc"] = self.formatException(record.exc_info)
+        for key, value in extra_fields(record).items():
+            data.setdefault(key, _scalar(value))
+        if _wants_trace(record):
+            data["exc"] = self.formatException(record.exc_info)  # type: ignore[arg-type]
+        elif record.exc_info and record.exc_info[1] is not None:
+            data.setdefault("error", str(record.exc_info[1]))
         return json.dumps(data, default=str)
 
 
+def _text_value(value: Any) -> str:
+    """Bare when safe, JSON-quoted when it has spaces, quotes or ``=``, or is empty."""
+    if value is None:
+        return "-"
+    text = str(value) if not isinstance(value, bool) else str(value).lower()
+    if text and not any(c.isspace() or c in '"=\\' for c in text):
+        return text
+    return json.dumps(text)
+
+
 class TextFormatter(logging.Formatter):
-    """``ts=... level=... logger=... msg="..."`` on one line."""
+    """``ts=... level=... logger=... msg="..." key=value ...`` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        line = f"ts={ts} level={record.levelname.lower()} logger={record.name} msg={json.dumps(record.getMessage())}"
-        if record.exc_info and record.levelno >= logging.ERROR:
-            line += " exc=" + json.dumps(self.formatException(record.exc_info))
-        return line
+        parts = [f"ts={ts}", f"level={record.levelname.lower()}", f"logger={record.name}",
+                 f"msg={json.dumps(record.getMessage())}"]
+        parts += [f"{key}={_text_value(value)}" for key, value in extra_fields(record).items()]
+        if _wants_trace(record):
+            parts.append("exc=" + json.dumps(self.formatException(record.exc_info)))  # type: ignore[arg-type]
+        elif record.exc_info and record.exc_info[1] is not None:
+            parts.append("error=" + json.dumps(str(record.exc_info[1])))
+        return " ".join(parts)
 
 
 def configure(fmt: str = "text", level: str = "INFO") -> None:

@@ -1,0 +1,141 @@
+"""``vipcore status``: text and JSON against a live agent endpoint, and its errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ops_helpers import BACKEND, backend_of, free_port, make_agent, running  # type: ignore[import-not-found]
+from vipcore.cli import main
+from vipcore.model import Family
+from vipcore.status import age, cluster_rows, duration, status_table
+
+VIPCORE = str(Path(sys.executable).parent / "vipcore")
+
+
+def run_status_against_agent(tmp_path: Path, *argv: str) -> tuple[int, str, str, dict[str, str]]:
+    """Start an agent, fail one router over, run ``vipcore status ARGV`` as a user would."""
+    async def scenario() -> tuple[int, str, str, dict[str, str]]:
+        agent = make_agent(tmp_path)
+        async with running(agent) as url:
+            eth0 = next(name for name, m in agent.memberships.items() if m.group.interface == "eth0")
+            backend_of(agent).fail_over(eth0, Family.IPV4, 0.125)
+            address = url.removeprefix("http://")
+            result = await asyncio.to_thread(
+                subprocess.run, [VIPCORE, "status", "--address", address, *argv],
+                capture_output=True, text=True, timeout=60)
+            short = agent.memberships[eth0].group.short_name
+            vrid = str(agent.memberships[eth0].group.vrid)
+        return result.returncode, result.stdout, result.stderr, {"short": short, "vrid": vrid}
+
+    return asyncio.run(scenario())
+
+
+def test_status_table_against_a_live_agent(tmp_path: Path) -> None:
+    code, out, err, facts = run_status_against_agent(tmp_path)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["node", "node-a", "backend", BACKEND, "ready"]
+    assert lines[1].split()[:8] == ["GROUP", "FAMILY", "INTERFACE", "VRID", "VIPS", "STATE", "SINCE", "LAST"]
+    rows = [line.split() for line in lines[2:] if line.strip()]
+    assert len(rows) == 3
+    master = next(r for r in rows if r[1] == "IPv4" and r[0] == facts["short"])
+    assert master[2:4] == ["eth0", facts["vrid"]]
+    assert "198.51.100.120" in master[4]
+    assert master[5] == "master" and master[6] == "0s" and master[7] == "125ms"
+    assert " ".join(master[8:]).startswith("master down: no advert")
+    ipv6 = next(r for r in rows if r[1] == "IPv6")
+    assert ipv6[5] == "backup" and ipv6[4].startswith("2001:db8:100::")
+
+
+def test_status_json_against_a_live_agent(tmp_path: Path) -> None:
+    code, out, err, facts = run_status_against_agent(tmp_path, "-o", "json")
+    assert code == 0, err
+    document = json.loads(out)
+    assert {"node", "backend", "ready", "routers", "skipped", "unresolved"} <= set(document)
+    master = next(r for r in document["routers"] if r["short_name"] == facts["short"] and r["family"] == "IPv4")
+    assert master["state"] == "master" and master["last_failover_seconds"] == 0.125
+    assert str(master["vrid"]) == facts["vrid"] and master["interface"] == "eth0"
+
+
+def test_unreachable_agent_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()  # nothing listens there
+    assert main(["status", "--address", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"cannot reach the vipcore agent at 127.0.0.1:{port}" in err and "refused" in err.lower()
+
+
+def test_unreachable_agent_from_the_console_script() -> None:
+    result = subprocess.run([VIPCORE, "status", "--address", f"127.0.0.1:{free_port()}", "-o", "json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_something_else_on_the_port_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def scenario() -> int:
+        agent = make_agent(tmp_path)
+        async with running(agent) as url:
+            # /status of a server that is not a vipcore agent: point at a path that 404s.
+            return await asyncio.to_thread(main, ["status", "--address", url.removeprefix("http://") + "/x"])
+
+    assert asyncio.run(scenario()) == 2
+    assert "answered 404" in capsys.readouterr().err
+
+
+def test_table_shows_preferred_holder_skipped_and_unresolved() -> None:
+    document = {
+        "node": "node-b", "backend": "native_vrrp", "ready": False, "now": 1000.0,
+        "routers": [{"group": "b" * 64 + "-eth0", "short_name": "bbbbbbbbbbbb-eth0", "family": "IPv4",
+                     "interface": "eth0", "vrid": 12, "vips": ["198.51.100.7", "198.51.100.8"], "state": "backup",
+                     "since": 1000.0 - 3725, "reason": "started", "last_failover_seconds": None,
+                     "preferred_holder": "node-a"}],
+        "skipped": [{"group": "c" * 64 + "-eth9", "reason": "interface 'eth9' does not exist on node 'node-b'"}],
+        "unresolved": [{"service": "default/lost", "reason": "pool 'missing' does not exist"}],
+    }
+    text = status_table(document)
+    assert "NOT READY" in text.splitlines()[0]
+    row = text.splitlines()[2]
+    assert "backup (preferred: node-a)" in row and "1h02m" in row and "198.51.100.7,198.51.100.8" in row
+    assert "cccccccccccc-eth9" in text and "eth9' does not exist" in text
+    assert "default/lost" in text and "pool 'missing'" in text
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (None, "-"), (0.4, "0s"), (59, "59s"), (61, "1m01s"), (3600, "1h00m"), (90000, "1d01h"), (-5, "0s"),
+])
+def test_age(seconds: float | None, text: str) -> None:
+    assert age(seconds) == text
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(None, "-"), (0.0123, "12ms"), (3.4, "3400ms"), (12.34, "12.3s")])
+def test_duration(seconds: float | None, text: str) -> None:
+    assert duration(seconds) == text
+
+
+def test_cluster_rows_from_vipgroup_objects() -> None:
+    items = [{
+        "metadata": {"name": "d" * 64 + "-eth0"},
+        "spec": {"interface": "eth0", "vrid": 42, "vips": ["198.51.100.9", "2001:db8:100::9"]},
+        "status": {"holders": {"IPv4": {"node": "node-a", "since": "2026-11-26T17:00:00Z",
+                                        "lastFailoverSeconds": 0.2}, "IPv6": "node-b"}},
+    }, {"metadata": {"name": "e" * 64 + "-eth1"}, "spec": {"vrid": 5, "vips": ["203.0.113.9"]}}]
+    rows = cluster_rows(items)
+    assert [(r["short_name"], r["family"], r["holder"]) for r in rows] == [
+        ("dddddddddddd-eth0", "IPv4", "node-a"), ("dddddddddddd-eth0", "IPv6", "node-b"),
+        ("eeeeeeeeeeee-eth1", "IPv4", None)]
+    assert rows[0]["since"] is not None and rows[0]["last_failover_seconds"] == 0.2
+    assert rows[2]["interface"] == "eth1" and rows[2]["vips"] == ["203.0.113.9"]
+
+
+def test_kubeconfig_that_cannot_be_read_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.kubeconfig"
+    assert main(["status", "--kubeconfig", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(missing) in err
