@@ -68,6 +68,7 @@ class Link:
         self.handlers: dict[int, Handler] = {}
         self.ifindex = socket.if_nametoindex(interface)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._failing = False
         self.sock = self._open()
 
     def _open(self) -> socket.socket:
@@ -184,9 +185,15 @@ class Link:
                 )
         except OSError as exc:
             self.counters.send_errors += 1
-            # A downed link or a vanished address heals on its own; say so once per burst.
-            level = logging.DEBUG if exc.errno in (errno.ENETDOWN, errno.ENETUNREACH, errno.EADDRNOTAVAIL) else logging.WARNING
-            log.log(level, "send on %s from %s to %s failed: %s", self.interface, src, dst, exc)
+            # A downed link or a still-tentative source address heals on its
+            # own: warn at the first failure of a run, not at every advert.
+            level = logging.DEBUG if self._failing else logging.WARNING
+            self._failing = True
+            log.log(level, "send on %s from %s to %s failed: %s (%s)", self.interface, src, dst, exc,
+                    errno.errorcode.get(exc.errno or 0, "?"))
             return False
+        if self._failing:
+            self._failing = False
+            log.info("sending on %s works again", self.interface)
         self.counters.sent += 1
         return True
