@@ -1,0 +1,178 @@
+"""The controller's pure planner: statuses, finalizers, VipGroups and Events from raw objects."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from vipcore.controller_plan import (
+    FINALIZER,
+    GROUP_ASSIGNED,
+    HOLDER_CHANGED,
+    IP_ALLOCATED,
+    IP_REFUSED,
+    IP_RELEASED,
+    NO_GROUP,
+    Selection,
+    group_spec,
+    holder_notes,
+    plan,
+)
+from vipcore.convert import pool_from_k8s
+from vipcore.model import EndpointSlice, Node
+
+NODES = (Node("node-a"), Node("node-b"), Node("node-c"))
+
+
+def pool(name: str = "lan", addresses: tuple[str, ...] = ("203.0.113.10-203.0.113.12",), **spec: Any) -> Any:
+    return pool_from_k8s({"apiVersion": "vipcore.io/v1alpha1", "kind": "VipPool", "metadata": {"name": name},
+                          "spec": {"addresses": list(addresses), "interface": "eth0", **spec}})
+
+
+def svc(name: str, *, ns: str = "default", cls: str | None = "vipcore.io/vip", ips: tuple[str, ...] = (),
+        finalizers: tuple[str, ...] = (), annotations: dict[str, str] | None = None, policy: str = "Cluster",
+        deleting: bool = False, lb_ip: str | None = None, rv: str = "7") -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": "LoadBalancer", "externalTrafficPolicy": policy,
+                            "ports": [{"port": 80, "protocol": "TCP"}]}
+    if cls:
+        spec["loadBalancerClass"] = cls
+    if lb_ip:
+        spec["loadBalancerIP"] = lb_ip
+    meta: dict[str, Any] = {"name": name, "namespace": ns, "uid": f"uid-{name}", "resourceVersion": rv,
+                            "finalizers": list(finalizers), "annotations": annotations or {}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec,
+            "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}}}
+
+
+def run(services: list[dict[str, Any]], *, pools: tuple[Any, ...] = (), vipgroups: tuple[dict[str, Any], ...] = (),
+        slices: tuple[EndpointSlice, ...] = (), selection: Selection = Selection()) -> Any:
+    return plan(services, nodes=NODES, endpoint_slices=slices, pools=pools or (pool(),), vipgroups=vipgroups,
+                selection=selection)
+
+
+def vipgroup_obj(group: Any, rv: str = "3") -> dict[str, Any]:
+    return {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup",
+            "metadata": {"name": group.name, "resourceVersion": rv}, "spec": group_spec(group)}
+
+
+def test_new_service_gets_finalizer_address_group_and_events() -> None:
+    result = run([svc("web")])
+    (write,) = result.services
+    assert write.finalizer is True
+    assert write.ingress is not None and len(write.ingress) == 1
+    assert write.ingress[0] in ipaddress.ip_network("203.0.113.8/29")
+    (group,) = result.groups
+    assert group.create and group.spec["services"] == ["default/web"]
+    assert group.spec["nodes"] == ["node-a", "node-b", "node-c"]
+    assert [n.reason for n in result.notes] == [IP_ALLOCATED, GROUP_ASSIGNED]
+    assert result.allocated == {"default/web": write.ingress}
+
+
+def test_steady_state_writes_nothing() -> None:
+    first = run([svc("web")])
+    ip = str(first.services[0].ingress[0])  # type: ignore[index]
+    group = first.resolution.groups[0]
+    again = run([svc("web", ips=(ip,), finalizers=(FINALIZER,))], vipgroups=(vipgroup_obj(group),))
+    assert again.empty and again.notes == ()
+
+
+def test_held_address_is_kept_even_when_another_would_be_chosen() -> None:
+    result = run([svc("web", ips=("203.0.113.12",), finalizers=(FINALIZER,))])
+    assert result.services == ()
+    assert result.groups[0].spec["vips"]["ipv4"] == ["203.0.113.12"]
+
+
+def test_exhaustion_and_outside_request_refused_others_unaffected() -> None:
+    small = pool(addresses=("203.0.113.10",))
+    result = run([svc("a"), svc("b"), svc("c", lb_ip="198.51.100.7")], pools=(small,))
+    by_key = {w.key: w for w in result.services}
+    assert by_key["default/a"].ingress == (ipaddress.ip_address("203.0.113.10"),)
+    assert "default/b" not in by_key and "default/c" not in by_key
+    assert "no free IPv4 address" in result.refused["default/b"]
+    assert "outside pool" in result.refused["default/c"]
+    warnings = {(n.name, n.reason) for n in result.notes if n.type == "Warning"}
+    assert warnings == {("b", IP_REFUSED), ("c", IP_REFUSED)}
+
+
+def test_other_classes_untouched_and_default_class_opt_in() -> None:
+    other = svc("other", cls="example.com/lb")
+    classless = svc("plain", cls=None)
+    result = run([other, classless])
+    assert result.services == () and result.groups == ()
+    result = run([other, classless], selection=Selection(default_class=True))
+    assert [w.key for w in result.services] == ["default/plain"]
+
+
+def test_openelb_annotations_and_eip() -> None:
+    eip = pool_from_k8s({"apiVersion": "network.kubesphere.io/v1alpha2", "kind": "Eip",
+                         "metadata": {"name": "eip-vip"},
+                         "spec": {"address": "203.0.113.32/29", "protocol": "vip", "interface": "eth0"}})
+    legacy = svc("legacy", cls=None, annotations={
+        "lb.kubesphere.io/v1alpha1": "openelb",
+        "eip.openelb.kubesphere.io/v1alpha2": "eip-vip",
+        "eip.openelb.kubesphere.io/v1alpha1": "203.0.113.34",
+    })
+    result = run([legacy], pools=(pool(), eip))
+    (write,) = result.services
+    assert write.ingress == (ipaddress.ip_address("203.0.113.34"),)
+
+
+def test_deleting_service_loses_finalizer_and_its_address_is_free() -> None:
+    small = pool(addresses=("203.0.113.10",))
+    gone = svc("gone", ips=("203.0.113.10",), finalizers=(FINALIZER,), deleting=True)
+    result = run([gone, svc("next")], pools=(small,))
+    by_key = {w.key: w for w in result.services}
+    assert by_key["default/gone"].finalizer is False and by_key["default/gone"].ingress is None
+    assert by_key["default/next"].ingress == (ipaddress.ip_address("203.0.113.10"),)
+
+
+def test_service_no_longer_served_is_released() -> None:
+    was = svc("was", ips=("203.0.113.10",), finalizers=(FINALIZER,))
+    was["spec"]["type"] = "ClusterIP"
+    result = run([was])
+    (write,) = result.services
+    assert write.finalizer is False and write.ingress == ()
+    assert [n.reason for n in result.notes] == [IP_RELEASED]
+
+
+def test_local_service_without_endpoints_keeps_its_address() -> None:
+    local = svc("local", policy="Local", ips=("203.0.113.11",), finalizers=(FINALIZER,))
+    result = run([local])
+    assert result.services == () and result.groups == ()
+    assert [n.reason for n in result.notes] == [NO_GROUP]
+
+
+def test_persisted_vrid_kept_and_vanished_group_deleted() -> None:
+    first = run([svc("web")])
+    group = first.resolution.groups[0]
+    pinned = vipgroup_obj(group)
+    pinned["spec"]["vrid"] = 200 if group.vrid != 200 else 201
+    stale = {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup",
+             "metadata": {"name": "0" * 64 + "-eth0", "resourceVersion": "1"},
+             "spec": {"interface": "eth0", "nodes": ["node-x"], "vrid": 9}}
+    ip = str(first.services[0].ingress[0])  # type: ignore[index]
+    result = run([svc("web", ips=(ip,), finalizers=(FINALIZER,))], vipgroups=(pinned, stale))
+    assert result.resolution.groups[0].vrid == pinned["spec"]["vrid"]
+    assert result.groups == ()  # spec already matches
+    assert result.deletes == ("0" * 64 + "-eth0",)
+
+
+def test_local_group_follows_endpoints() -> None:
+    slices = (EndpointSlice("default", "local-abc", "local", frozenset({"node-b"})),)
+    result = run([svc("local", policy="Local")], slices=slices)
+    assert result.groups[0].spec["nodes"] == ["node-b"]
+
+
+def test_holder_notes_only_on_change() -> None:
+    group = {"metadata": {"name": "g-eth0"},
+             "spec": {"services": ["default/web"], "vips": {"ipv4": ["203.0.113.10"]}},
+             "status": {"holders": {"ipv4": {"node": "node-a"}}}}
+    holders, notes = holder_notes({}, [group])
+    assert holders == {"g-eth0": {"ipv4": "node-a"}}
+    assert [(n.name, n.reason) for n in notes] == [("web", HOLDER_CHANGED)]
+    assert holder_notes(holders, [group])[1] == []
+    group["status"]["holders"]["ipv4"]["node"] = "node-b"
+    _, notes = holder_notes(holders, [group])
+    assert "node node-b holds 203.0.113.10 (IPv4) (was node-a)" == notes[0].message
