@@ -1,0 +1,1 @@
+"""Fakes that users of vipcore also want in their own tests (the test API server, ...)."""
