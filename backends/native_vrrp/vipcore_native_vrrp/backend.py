@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from vipcore.addresses import AddressHolder
@@ -44,6 +44,9 @@ class NativeVrrpBackend:
     """vipcore backend ``native_vrrp``."""
 
     name = BACKEND_NAME
+    #: Seams for tests without root: how the holder and the sockets are made.
+    holder_factory: Callable[[], AddressHolder] = AddressHolder
+    link_factory: Callable[..., Link] = Link
 
     def __init__(self) -> None:
         self.context: BackendContext | None = None
@@ -61,7 +64,7 @@ class NativeVrrpBackend:
         self.settings = NativeVrrpConfig.from_mapping(context.config)
         self.context = context
         self._loop = asyncio.get_running_loop()
-        self.holder = AddressHolder()
+        self.holder = self.holder_factory()
         # A killed predecessor leaves its VIPs behind: remove every managed
         # host address before any router of ours holds something.
         for interface in await self.holder.interfaces():
@@ -216,7 +219,7 @@ class NativeVrrpBackend:
         link = self.links.get((interface, family))
         if link is None:
             try:
-                link = Link(interface, family, multicast=not self.settings.unicast)
+                link = self.link_factory(interface, family, multicast=not self.settings.unicast)
             except OSError as exc:
                 raise AddressError(interface, f"cannot open a VRRP socket for IPv{int(family)}: {exc}") from None
             link.start(loop)
