@@ -196,7 +196,8 @@ def cluster_status(kubeconfig: str, *, context: str | None = None) -> dict[str, 
 
     Reads ``vipcore.io/v1alpha1`` VipGroups (cluster-scoped): ``spec`` for the
     interface, VRID and VIPs, ``status.holders`` (family -> {node, since,
-    lastFailoverSeconds}) for who holds them.
+    backend}, and ``lastFailoverSeconds`` when the writer provides it) for who
+    holds them.
     """
     try:
         from kubernetes import client, config
@@ -221,16 +222,24 @@ def cluster_status(kubeconfig: str, *, context: str | None = None) -> dict[str, 
 
 
 def cluster_rows(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (VipGroup, family) from raw objects; tolerant of missing fields."""
+    """One row per (VipGroup, family) from raw objects; tolerant of missing fields.
+
+    ``spec.vips`` is ``{ipv4: [...], ipv6: [...]}``; ``status.holders`` is
+    ``{ipv4: {node, since, backend}, ipv6: {...}}`` (deploy/crds/vipcore.io_vipgroups.yaml).
+    """
     rows: list[dict[str, Any]] = []
     for item in items:
         name = str((item.get("metadata") or {}).get("name", "?"))
         spec = item.get("spec") or {}
         holders = (item.get("status") or {}).get("holders") or {}
-        vips = [str(v) for v in spec.get("vips") or spec.get("addresses") or []]
+        vips = spec.get("vips") or {}
         for family in Family:
-            mine = [v for v in vips if (":" in v) == (family is Family.IPV6)]
-            holder = holders.get(family.k8s_name) or holders.get(family.k8s_name.lower()) or {}
+            key = family.k8s_name.lower()
+            if isinstance(vips, Mapping):
+                mine = [str(v) for v in vips.get(key) or []]
+            else:  # a flat list: split by family
+                mine = [str(v) for v in vips if (":" in str(v)) == (family is Family.IPV6)]
+            holder = holders.get(key) or holders.get(family.k8s_name) or {}
             if isinstance(holder, str):
                 holder = {"node": holder}
             if not mine and not holder:
@@ -241,6 +250,7 @@ def cluster_rows(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "vrid": spec.get("vrid"), "vips": mine, "holder": holder.get("node"),
                 "since": _timestamp(holder.get("since")),
                 "last_failover_seconds": holder.get("lastFailoverSeconds"),
+                "backend": holder.get("backend"),
             })
     return rows
 

@@ -13,7 +13,7 @@ import pytest
 from ops_helpers import BACKEND, backend_of, free_port, make_agent, running  # type: ignore[import-not-found]
 from vipcore.cli import main
 from vipcore.model import Family
-from vipcore.status import age, cluster_rows, duration, status_table
+from vipcore.status import age, cluster_rows, cluster_table, duration, status_table
 
 VIPCORE = str(Path(sys.executable).parent / "vipcore")
 
@@ -122,16 +122,22 @@ def test_duration(seconds: float | None, text: str) -> None:
 def test_cluster_rows_from_vipgroup_objects() -> None:
     items = [{
         "metadata": {"name": "d" * 64 + "-eth0"},
-        "spec": {"interface": "eth0", "vrid": 42, "vips": ["198.51.100.9", "2001:db8:100::9"]},
-        "status": {"holders": {"IPv4": {"node": "node-a", "since": "2026-11-26T17:00:00Z",
-                                        "lastFailoverSeconds": 0.2}, "IPv6": "node-b"}},
-    }, {"metadata": {"name": "e" * 64 + "-eth1"}, "spec": {"vrid": 5, "vips": ["203.0.113.9"]}}]
+        "spec": {"interface": "eth0", "vrid": 42, "nodes": ["node-a", "node-b"],
+                 "vips": {"ipv4": ["198.51.100.9"], "ipv6": ["2001:db8:100::9"]}},
+        "status": {"holders": {"ipv4": {"node": "node-a", "since": "2026-11-26T17:00:00Z", "backend": "native_vrrp",
+                                        "lastFailoverSeconds": 0.2},
+                               "ipv6": {"node": "node-b"}}},
+    }, {"metadata": {"name": "e" * 64 + "-eth1"}, "spec": {"vrid": 5, "vips": {"ipv4": ["203.0.113.9"]}}}]
     rows = cluster_rows(items)
     assert [(r["short_name"], r["family"], r["holder"]) for r in rows] == [
         ("dddddddddddd-eth0", "IPv4", "node-a"), ("dddddddddddd-eth0", "IPv6", "node-b"),
         ("eeeeeeeeeeee-eth1", "IPv4", None)]
-    assert rows[0]["since"] is not None and rows[0]["last_failover_seconds"] == 0.2
+    assert rows[0]["since"] == 1795712400.0 and rows[0]["last_failover_seconds"] == 0.2
+    assert rows[0]["vips"] == ["198.51.100.9"] and rows[1]["vips"] == ["2001:db8:100::9"]
     assert rows[2]["interface"] == "eth1" and rows[2]["vips"] == ["203.0.113.9"]
+    table = cluster_table({"now": 1795712400.0 + 65, "groups": rows})
+    assert table.splitlines()[0].split()[:6] == ["GROUP", "FAMILY", "INTERFACE", "VRID", "VIPS", "HOLDER"]
+    assert "node-a  1m05s  200ms" in table and "none" in table.splitlines()[3]
 
 
 def test_kubeconfig_that_cannot_be_read_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
