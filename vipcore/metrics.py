@@ -9,7 +9,10 @@ Three parts:
 * :class:`AgentCollector` — a custom collector evaluated at scrape time: the
   state of every (group, family) router on this node, group and unresolved
   Service counts, pool and VRID usage, and whatever plugins offer through
-  ``vipcore_collect_metrics`` (:func:`sample_families`).
+  ``vipcore_collect_metrics`` (:func:`sample_families`) — and the agent's
+  source too, if it has a ``vipcore_collect_metrics()`` method (the
+  Kubernetes source's watch reconnects and re-lists).
+  :class:`SampleCollector` does the same for any callable (the controller).
 * :class:`Endpoint` — a small asyncio HTTP server on the agent's own loop:
   ``/metrics``, ``/healthz``, ``/readyz`` and ``/status`` (JSON). Running on
   the loop means scrape-time collection reads the agent's and the backend's
@@ -264,9 +267,45 @@ class AgentCollector:
             pools: Iterable[Pool] = getattr(agent, "pools", None) or getattr(agent, "_pools", None) or ()
             samples += allocation_samples(agent.resolution, pools, agent.config.vrid_policy)
         samples += agent.hooks.collect_metrics()
+        samples += _source_samples(agent)
         yield from sample_families(samples, reserved=CORE_METRICS - {
             "vipcore_pool_addresses", "vipcore_pool_addresses_allocated", "vipcore_vrids_used", "vipcore_vrids_usable",
         })
+
+
+def _source_samples(agent: Agent) -> list[MetricSample]:
+    """Samples of a source that offers ``vipcore_collect_metrics()`` without being a registered plugin.
+
+    The Kubernetes source counts watch reconnects and re-lists; it need not
+    know about plugin managers to have them scraped.
+    """
+    source = agent.source
+    offer = getattr(source, "vipcore_collect_metrics", None)
+    if not callable(offer) or agent.hooks.pm.is_registered(source):
+        return []
+    try:
+        return list(offer() or [])
+    except Exception as exc:  # a source bug must not break the scrape
+        _warn_once(f"source {type(source).__name__} failed in vipcore_collect_metrics: {type(exc).__name__}: {exc}")
+        return []
+
+
+class SampleCollector:
+    """A collector over any callable that returns MetricSamples (the controller uses it).
+
+    ``registry.register(SampleCollector(lambda: hooks.collect_metrics() + allocation_samples(...)))``
+    """
+
+    def __init__(self, samples: Callable[[], Iterable[MetricSample]], *,
+                 reserved: frozenset[str] = frozenset()) -> None:
+        self.samples = samples
+        self.reserved = reserved
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from sample_families(self.samples(), reserved=self.reserved)
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
@@ -445,7 +484,7 @@ def samples_of(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]
 
 
 __all__ = [
-    "AgentCollector", "CORE_METRICS", "DEFAULT_ADDRESS", "Endpoint", "FAILOVER_BUCKETS", "MetricsObserver",
+    "AgentCollector", "CORE_METRICS", "SampleCollector", "DEFAULT_ADDRESS", "Endpoint", "FAILOVER_BUCKETS", "MetricsObserver",
     "allocation_samples", "agent_registry", "parse_address", "reason_class", "sample_families", "samples_of",
     "serve_agent", "short_name",
 ]

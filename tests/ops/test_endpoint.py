@@ -13,7 +13,7 @@ from ops_helpers import (  # type: ignore[import-not-found]
     BACKEND, aget, astatus, backend_of, free_port, make_agent, running, wait_for,
 )
 from vipcore.metrics import samples_of, short_name
-from vipcore.model import Family
+from vipcore.model import Family, MetricSample
 
 
 def labels(**kw: str) -> tuple[tuple[str, str], ...]:
@@ -179,3 +179,55 @@ def test_a_busy_address_is_a_config_error(tmp_path: Path) -> None:
         address = f"127.0.0.1:{busy.getsockname()[1]}"
         with pytest.raises(ConfigError, match="metrics.address.*cannot listen"):
             asyncio.run(serve_agent(make_agent(tmp_path), address))
+
+
+def test_a_source_offering_samples_is_scraped_and_a_broken_one_is_not_fatal(tmp_path: Path) -> None:
+    from vipcore.sources.manifests import ManifestSource
+
+    class CountingSource(ManifestSource):  # type: ignore[misc]
+        relists = 3
+
+        def vipcore_collect_metrics(self) -> list[MetricSample]:
+            if self.relists < 0:
+                raise RuntimeError("boom")
+            return [MetricSample("vipcore_kubernetes_watch_relists_total", float(self.relists),
+                                 (("resource", "services"),), help="re-lists after 410 Gone")]
+
+    async def scenario() -> tuple[str, int, str]:
+        agent = make_agent(tmp_path)
+        source = CountingSource(agent.config.manifests)
+        agent.source = source
+        async with running(agent) as url:
+            _, _, good = await aget(url + "/metrics")
+            source.relists = -1
+            code, _, broken = await aget(url + "/metrics")
+        return good, code, broken
+
+    good, code, broken = asyncio.run(scenario())
+    assert samples_of(good, "vipcore_kubernetes_watch_relists_total") == {labels(resource="services"): 3.0}
+    assert code == 200 and "vipcore_router_state" in broken
+    assert "vipcore_kubernetes_watch_relists_total" not in broken
+
+
+def test_a_generic_endpoint_for_the_controller(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from vipcore.metrics import Endpoint, SampleCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    allocations = {"n": 0.0}
+    registry.register(SampleCollector(lambda: [
+        MetricSample("vipcore_controller_allocations_total", allocations["n"], help="addresses allocated")]))
+
+    async def scenario() -> tuple[str, str, int]:
+        async with Endpoint("127.0.0.1:0", registry) as endpoint:
+            _, _, first = await aget(endpoint.url + "/metrics")
+            allocations["n"] = 5
+            _, _, second = await aget(endpoint.url + "/metrics")
+            code, _, _ = await aget(endpoint.url + "/status")  # no status callable: not served
+        return first, second, code
+
+    first, second, code = asyncio.run(scenario())
+    assert samples_of(first, "vipcore_controller_allocations_total") == {(): 0.0}
+    assert samples_of(second, "vipcore_controller_allocations_total") == {(): 5.0}
+    assert code == 404
