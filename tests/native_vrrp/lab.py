@@ -148,6 +148,10 @@ class Lab:
 
     def link(self, node: str, state: str) -> None:
         run("ip", "-n", ns_of(node), "link", "set", "eth0", state)
+        if state == "up":
+            # Link down flushed the node's IPv6 address; a real node's network
+            # configuration puts it back, so does the lab.
+            run("ip", "-n", ns_of(node), "addr", "replace", f"2001:db8:100::{NODES[node]}/64", "dev", "eth0", "nodad")
 
     # -- agents ----------------------------------------------------------------
 

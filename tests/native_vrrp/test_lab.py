@@ -246,3 +246,16 @@ def test_interoperates_with_keepalived_both_ways(lab: Lab) -> None:
     assert time.monotonic() - started < master_down_interval(100, 0.1) + MARGIN
     assert wait_until(lambda: lab.ping(WEB_V4) and lab.ping(WEB_V6), 5)
     lab.stop_keepalived("node-c", signal.SIGTERM)
+
+
+def test_holder_link_flap_restores_both_vips(lab: Lab) -> None:
+    holder = start_all(lab)
+    lab.link(holder, "down")  # Linux flushes the IPv6 VIP with the link
+    new = wait_until(lambda: others(holder, WEB_V4, lab), 5)
+    assert new
+    lab.link(holder, "up")
+    # The holder has the best priority and preempts again; it must re-add the
+    # IPv6 VIP the kernel flushed, and the other node must let go.
+    assert wait_until(lambda: lab.holders(WEB_V4) == [holder] and lab.holders(WEB_V6) == [holder], 10), (
+        lab.holders(WEB_V4), lab.holders(WEB_V6))
+    assert wait_until(lambda: lab.ping(WEB_V4) and lab.ping(WEB_V6), 5)

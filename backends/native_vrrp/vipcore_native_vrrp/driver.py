@@ -70,6 +70,7 @@ class RouterDriver:
         self._queue: collections.deque[tuple[list[Action], float]] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
+        self._send_failed = False
 
     @property
     def family(self) -> Family:
@@ -145,7 +146,15 @@ class RouterDriver:
 
     def _do_now(self, action: Action, decided: float) -> None:
         if isinstance(action, Send):
-            self.link.send(action.data, action.src, action.dst)
+            if not self.link.send(action.data, action.src, action.dst):
+                self._send_failed = True
+            elif self._send_failed:
+                self._send_failed = False
+                if self.router.phase.holds:
+                    # The link was down: Linux flushed our IPv6 VIPs with it, and
+                    # neighbours may have moved on. Put them back and announce.
+                    vips = self.router.config.vips
+                    self.feed([AddVips(vips), Announce(vips)])
         elif isinstance(action, Dropped):
             self.link.counters.dropped[action.reason] += 1
         elif isinstance(action, StateChanged):
