@@ -175,6 +175,12 @@ class KeepalivedBackend:
         self.holder = AddressHolder(netns=settings.netns)
         self.process = KeepalivedProcess(Paths.in_dir(state_dir), settings, on_event=self._on_event,
                                          on_exit=self._on_exit)
+        # A keepalived left by a killed agent would fight the new one (and keeps its VIPs).
+        await self.process.stop_leftovers()
+        for interface in await self.holder.interfaces():
+            stale = await self.holder.remove_stale(interface, context.is_managed)
+            if stale:
+                log.warning("removed stale VIPs %s from %s", ", ".join(map(str, stale)), interface)
         return True
 
     @hookimpl

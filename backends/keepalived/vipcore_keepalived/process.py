@@ -263,7 +263,7 @@ class KeepalivedProcess:
     # -- lifecycle ------------------------------------------------------------
 
     async def _spawn(self) -> None:
-        await self._stop_leftovers()
+        await self.stop_leftovers()
         for pidfile in (self.paths.pid, self.paths.vrrp_pid):
             pidfile.unlink(missing_ok=True)
         argv = self.command()
@@ -280,7 +280,7 @@ class KeepalivedProcess:
         self.counters.starts += 1
         log.info("keepalived started pid=%d config=%s", self._proc.pid, self.paths.config)
 
-    async def _stop_leftovers(self) -> None:
+    async def stop_leftovers(self) -> None:
         """Stop a keepalived of our config left by an earlier agent (by PID from our pid files)."""
         config = str(self.paths.config)
         pids = [pid for pid in (_read_pid(self.paths.pid), _read_pid(self.paths.vrrp_pid))
@@ -366,7 +366,7 @@ class KeepalivedProcess:
                     await proc.wait()
                 log.info("keepalived stopped (pid %d, exit code %s)", proc.pid, proc.returncode)
             # The VRRP child could outlive a killed parent.
-            await self._stop_leftovers()
+            await self.stop_leftovers()
 
     async def close(self) -> None:
         """Stop keepalived and the FIFO reader."""

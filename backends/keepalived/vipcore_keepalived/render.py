@@ -184,9 +184,6 @@ def _garp_lines(settings: KeepalivedSettings) -> list[str]:
         lines.append(f"garp_master_repeat {garp.count}")
     if garp.refresh is not None:
         lines.append(f"garp_master_refresh {garp.refresh}")
-    if garp.interval is not None:
-        lines.append(f"garp_interval {_advert(garp.interval)}")
-        lines.append(f"gna_interval {_advert(garp.interval)}")
     return lines
 
 
@@ -249,6 +246,9 @@ def render(
         f"router_id {settings.router_id or node}",
         "vrrp_version 3",
         f"notify_fifo {fifo}",
+        # keepalived 2.2 knows the announcement spacing only globally.
+        *([f"vrrp_garp_interval {_advert(settings.garp.interval)}",
+           f"vrrp_gna_interval {_advert(settings.garp.interval)}"] if settings.garp.interval is not None else []),
     ])
     for name in sorted(by_name):
         if name in released:

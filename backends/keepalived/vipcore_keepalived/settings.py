@@ -31,7 +31,7 @@ class GarpSettings:
 
     #: Announcements per burst (``garp_master_repeat``).
     count: int | None = None
-    #: Seconds between announcements of a burst (``garp_interval``, ``gna_interval``).
+    #: Seconds between announcements of a burst (global ``vrrp_garp_interval``, ``vrrp_gna_interval``).
     interval: float | None = None
     #: Seconds before the second burst (``garp_master_delay``; 0 = no second burst).
     delay: int | None = None
