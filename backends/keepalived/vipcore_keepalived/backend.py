@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vipcore.addresses import AddressHolder, InterfaceInfo
 from vipcore.backend import BackendContext, hookimpl
-from vipcore.errors import VipcoreError
+from vipcore.errors import InterfaceNotFoundError, VipcoreError
 from vipcore.model import IPAddress, Membership, MetricSample, State, StateChange
 from vipcore_keepalived import BACKEND_NAME
 from vipcore_keepalived.process import FifoEvent, KeepalivedProcess, Paths, check_keepalived
@@ -139,10 +139,13 @@ class KeepalivedBackend:
         for interface, wanted in sorted(vips.items()):
             if not wanted:
                 continue
-            while wanted & await self.holder.held(interface) and loop.time() < deadline:
-                await asyncio.sleep(_POLL)
-            ordered: list[IPAddress] = sorted(wanted, key=_address_key)
-            removed = await self.holder.remove(interface, ordered)
+            try:
+                while wanted & await self.holder.held(interface) and loop.time() < deadline:
+                    await asyncio.sleep(_POLL)
+                ordered: list[IPAddress] = sorted(wanted, key=_address_key)
+                removed = await self.holder.remove(interface, ordered)
+            except InterfaceNotFoundError:
+                continue  # the interface went away and its addresses with it
             if removed:
                 log.info("removed %s from %s after keepalived let go", ", ".join(map(str, removed)), interface)
 
