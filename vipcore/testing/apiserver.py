@@ -268,6 +268,11 @@ class ApiServer:
         with self._lock:
             self._failures.extend([code] * count)
 
+    def clear_failures(self) -> None:
+        """Forget failures injected by :meth:`fail_next` that were not used yet."""
+        with self._lock:
+            self._failures.clear()
+
     def refuse_connections(self, seconds: float) -> None:
         """Stop listening and drop every open connection now; listen again on the same port after ``seconds``.
 

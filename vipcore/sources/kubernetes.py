@@ -1,0 +1,916 @@
+"""Desired state from the Kubernetes API: the one module that talks to the ``kubernetes`` client.
+
+Reading: :class:`KubernetesSource` lists and watches Nodes, Services,
+EndpointSlices, VipPools (and OpenELB Eips) and VipGroups into a cache, one
+thread per kind (the official client blocks). It resumes a watch from the last
+resourceVersion it saw; on ``410 Gone`` it re-lists and emits the deletions it
+missed; on errors it backs off (tenacity: exponential, jittered, capped), so an
+unhealthy API server never sees a reconnect storm. Changes reach asyncio through
+``loop.call_soon_threadsafe`` and become :class:`~vipcore.model.DesiredState`
+values, converted only by :mod:`vipcore.convert`.
+
+Writing: :class:`KubernetesWriter` holds the writes the controller and agent
+need (Service status through ``/status``, finalizers with compare-and-swap,
+VipGroups and their status, Events, Leases), each retried on 5xx/429 and
+connection errors, and on 409 Conflict where a re-read makes sense.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import functools
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import tenacity
+import urllib3
+
+from vipcore import convert
+from vipcore.errors import ManifestError, VipcoreError
+from vipcore.model import LOAD_BALANCER_CLASS, DesiredState, EndpointSlice, Family, IPAddress, Node, Pool, Service
+from vipcore.model import VipGroup as ModelVipGroup
+
+log = logging.getLogger("vipcore.sources.kubernetes")
+
+GROUP = "vipcore.io"
+VERSION = "v1alpha1"
+FINALIZER = "vipcore.io/ip"
+T = TypeVar("T")
+Obj = dict[str, Any]
+
+
+class KubernetesError(VipcoreError):
+    """The Kubernetes API refused a request or could not be reached."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class ApiUnavailableError(KubernetesError):
+    """The source could not get a first complete state in time."""
+
+
+class ConflictError(KubernetesError):
+    """A compare-and-swap write lost against another writer (HTTP 409) too many times."""
+
+
+# ------------------------------------------------------------------ client
+
+def api_client(kubeconfig: str | None = None, *, context: str | None = None) -> Any:
+    """An ``ApiClient``: from ``kubeconfig``, else in-cluster config, else ``~/.kube/config``."""
+    import kubernetes.client
+    import kubernetes.config
+
+    try:
+        if kubeconfig:
+            return kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context=context)
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            configuration = kubernetes.client.Configuration()
+            kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration)
+            return kubernetes.client.ApiClient(configuration)
+        return kubernetes.config.new_client_from_config(context=context)  # type: ignore[no-untyped-call]
+    except (kubernetes.config.ConfigException, OSError) as exc:
+        where = kubeconfig or "the in-cluster service account or ~/.kube/config"
+        raise KubernetesError(f"cannot configure the Kubernetes client from {where}: {exc}") from None
+
+
+def _status_of(exc: BaseException) -> int | None:
+    import kubernetes.client
+
+    return exc.status if isinstance(exc, kubernetes.client.ApiException) else None
+
+
+def transient(exc: BaseException) -> bool:
+    """Errors that can heal: 5xx, 429, timeouts and connection failures."""
+    status = _status_of(exc)
+    if status is not None:
+        return status >= 500 or status == 429
+    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError, _StreamEnded))
+
+
+def _describe(exc: BaseException) -> str:
+    status = _status_of(exc)
+    if status is not None:
+        try:
+            message = json.loads(exc.body).get("message")  # type: ignore[attr-defined]
+        except (TypeError, ValueError, AttributeError):
+            message = getattr(exc, "reason", "")
+        return f"HTTP {status}: {message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def write_retrying(attempts: int = 5, initial: float = 0.1, maximum: float = 2.0) -> tenacity.Retrying:
+    """The retry policy of writes: transient errors only, bounded, jittered."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(transient),
+        wait=tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=initial),
+        stop=tenacity.stop_after_attempt(attempts),
+        before_sleep=tenacity.before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )
+
+
+# ------------------------------------------------------------------ kinds
+
+@attrs.frozen
+class Kind:
+    """A kind the source lists and watches."""
+
+    name: str  # the plural, used as the key everywhere
+    api_version: str
+    kind: str
+    namespaced: bool
+    #: ``ApiClient -> list function`` (typed API or CustomObjectsApi, bound to the plural).
+    lister: Callable[[Any], Callable[..., Any]] = attrs.field(eq=False)
+    label_selector: str | None = None
+    #: A missing kind (404: its CRD is not installed) is an empty list, re-checked later.
+    optional: bool = False
+
+
+def _custom(group: str, version: str, plural: str) -> Callable[[Any], Callable[..., Any]]:
+    def lister(client: Any) -> Callable[..., Any]:
+        import kubernetes.client
+
+        api = kubernetes.client.CustomObjectsApi(client)
+        return functools.partial(api.list_cluster_custom_object, group, version, plural)
+    return lister
+
+
+def _core(client: Any) -> Any:
+    import kubernetes.client
+
+    return kubernetes.client.CoreV1Api(client)
+
+
+def _discovery(client: Any) -> Any:
+    import kubernetes.client
+
+    return kubernetes.client.DiscoveryV1Api(client)
+
+
+NODES = Kind("nodes", "v1", "Node", False, lambda c: _core(c).list_node)
+SERVICES = Kind("services", "v1", "Service", True, lambda c: _core(c).list_service_for_all_namespaces)
+ENDPOINT_SLICES = Kind("endpointslices", "discovery.k8s.io/v1", "EndpointSlice", True,
+                       lambda c: _discovery(c).list_endpoint_slice_for_all_namespaces,
+                       label_selector=convert.SERVICE_NAME_LABEL)
+VIP_POOLS = Kind("vippools", f"{GROUP}/{VERSION}", "VipPool", False, _custom(GROUP, VERSION, "vippools"))
+EIPS = Kind("eips", "network.kubesphere.io/v1alpha2", "Eip", False,
+            _custom("network.kubesphere.io", "v1alpha2", "eips"), optional=True)
+VIP_GROUPS = Kind("vipgroups", f"{GROUP}/{VERSION}", "VipGroup", False, _custom(GROUP, VERSION, "vipgroups"))
+ALL_KINDS = (NODES, SERVICES, ENDPOINT_SLICES, VIP_POOLS, EIPS, VIP_GROUPS)
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else str(meta.get("name"))
+
+
+@attrs.frozen
+class ObjectChange:
+    """One change the source applied to its cache (synthetic for re-list differences)."""
+
+    kind: str
+    type: str  # ADDED, MODIFIED, DELETED
+    key: str
+    resource_version: str
+    obj: Obj = attrs.field(eq=False, repr=False)
+    #: True when found by comparing a re-list with the cache (a missed change).
+    relisted: bool = False
+
+
+@attrs.frozen
+class ConnectionState:
+    """How the source's connection to the API server is doing."""
+
+    connected: bool
+    #: Wall-clock time (``time.time()``) of the last loss of connection, while disconnected.
+    disconnected_since: float | None
+    #: Lists after the first one of each kind (after 410 Gone, or a watch that could not resume).
+    relists: int
+    #: Watches re-established after an error.
+    reconnects: int
+    #: Failed requests (each one backed off).
+    errors: int
+    last_error: str | None
+    synced: bool
+
+
+class _StreamEnded(Exception):
+    """A watch ended before it was healthy (counts as a failure for backoff)."""
+
+
+class _Gone(Exception):
+    """The resourceVersion is too old: re-list."""
+
+
+# ------------------------------------------------------------------ the source
+
+class KubernetesSource:
+    """List+watch into a cache; :meth:`state` is the :class:`DesiredState`; :meth:`watch` streams it.
+
+    ``classes`` and ``default_class`` choose the Services served (see
+    :func:`vipcore.convert.service_wanted`). Implements :class:`vipcore.sources.Source`.
+    """
+
+    allocates = False
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        kinds: Iterable[Kind] = ALL_KINDS,
+        classes: frozenset[str] = frozenset({LOAD_BALANCER_CLASS}),
+        default_class: bool = False,
+        openelb: bool = True,
+        watch_timeout: float = 300.0,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+        healthy_after: float = 1.0,
+        optional_recheck: float = 30.0,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.kinds = tuple(kinds)
+        self.classes = classes
+        self.default_class = default_class
+        self.openelb = openelb
+        self.watch_timeout = watch_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.healthy_after = healthy_after
+        self.optional_recheck = optional_recheck
+        self.request_timeout = request_timeout
+        #: Called in the watching thread for every applied change (keep it quick).
+        self.on_object_change: list[Callable[[ObjectChange], None]] = []
+        self._lock = threading.Lock()
+        self._cache: dict[str, dict[str, Obj]] = {k.name: {} for k in self.kinds}
+        self._converted: dict[tuple[str, str], tuple[str, Any]] = {}
+        self._invalid: dict[tuple[str, str], str] = {}
+        self._synced: set[str] = set()
+        self._healthy: dict[str, bool] = {k.name: False for k in self.kinds}
+        self._disconnected_since: float | None = None
+        self._relists = 0
+        self._reconnects = 0
+        self._errors = 0
+        self._last_error: str | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._responses: set[Any] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._synced_event = threading.Event()
+        self._last_change = 0.0
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Start one watching thread per kind; idempotent. Call from the event loop if using :meth:`watch`."""
+        if self._threads:
+            return
+        try:
+            self._loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+        except RuntimeError:
+            self._loop = None
+        for kind in self.kinds:
+            thread = threading.Thread(target=self._run, args=(kind,), name=f"k8s-watch:{kind.name}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching; open streams are shut down."""
+        self._stop.set()
+        with self._lock:
+            responses = list(self._responses)
+        for resp in responses:
+            _shutdown(resp)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Block until every kind was listed once."""
+        return self._synced_event.wait(timeout)
+
+    async def initial(self, timeout: float = 30.0) -> DesiredState:
+        """Start, and return the first complete state; ApiUnavailableError if not had in ``timeout``."""
+        self.start()
+        if not await asyncio.to_thread(self._synced_event.wait, timeout):
+            state = self.connection()
+            raise ApiUnavailableError(
+                f"no complete state from the Kubernetes API within {timeout:.0f}s "
+                f"(last error: {state.last_error or 'none'}); check the API server address and RBAC")
+        return self.state()
+
+    async def watch(self, on_change: Callable[[DesiredState], Awaitable[None]]) -> None:
+        """Call ``on_change`` after every change of the desired state (bursts coalesce), until cancelled."""
+        self.start()
+        if self._wake is None:
+            raise RuntimeError("KubernetesSource.watch needs start() to run inside the event loop")
+        last = self.state() if self._synced_event.is_set() else None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._synced_event.is_set():
+                continue
+            state = self.state()
+            if state != last:
+                last = state
+                await on_change(state)
+
+    # -------------------------------------------------------------- views
+
+    def connection(self) -> ConnectionState:
+        with self._lock:
+            connected = all(self._healthy.values())
+            return ConnectionState(
+                connected=connected,
+                disconnected_since=None if connected else self._disconnected_since,
+                relists=self._relists, reconnects=self._reconnects, errors=self._errors,
+                last_error=self._last_error, synced=self._synced_event.is_set())
+
+    def objects(self, kind: str) -> dict[str, Obj]:
+        """The cached objects of a kind by key (``namespace/name`` or ``name``); do not mutate."""
+        with self._lock:
+            return dict(self._cache[kind])
+
+    @property
+    def invalid(self) -> dict[str, str]:
+        """Objects skipped because they failed validation: ``kind/key`` -> message."""
+        with self._lock:
+            return {f"{k}/{key}": msg for (k, key), msg in self._invalid.items()}
+
+    def _converted_items(self, kind: str, fn: Callable[[Obj], Any]) -> list[Any]:
+        """Converted values of one kind; conversion is cached per resourceVersion; invalid objects skipped."""
+        out = []
+        for key, obj in self._cache.get(kind, {}).items():
+            rv = obj["metadata"].get("resourceVersion", "")
+            cached = self._converted.get((kind, key))
+            if cached is not None and cached[0] == rv:
+                value = cached[1]
+            else:
+                try:
+                    value = fn(obj)
+                    self._invalid.pop((kind, key), None)
+                except ManifestError as exc:
+                    if self._invalid.get((kind, key)) != str(exc):
+                        log.error("skipping invalid %s %s: %s", kind, key, exc)
+                    self._invalid[(kind, key)] = str(exc)
+                    value = None
+                self._converted[(kind, key)] = (rv, value)
+            if value is not None:
+                out.append(value)
+        return out
+
+    def state(self) -> DesiredState:
+        """The desired state from the cache, now."""
+        def service(obj: Obj) -> Service | None:
+            wanted = convert.service_wanted(obj, classes=self.classes, default_class=self.default_class,
+                                            openelb=self.openelb)
+            return convert.service_from_k8s(obj) if wanted else None
+
+        def pool(obj: Obj) -> Pool | None:
+            if obj.get("kind") == "Eip" and (obj.get("spec") or {}).get("protocol") != "vip":
+                return None
+            return convert.pool_from_k8s(obj)
+
+        with self._lock:
+            nodes: list[Node] = self._converted_items("nodes", convert.node_from_k8s)
+            services: list[Service] = self._converted_items("services", service)
+            slices: list[EndpointSlice] = self._converted_items("endpointslices", convert.endpoint_slice_from_k8s)
+            pools: list[Pool] = self._converted_items("vippools", pool) + self._converted_items("eips", pool)
+            vrids = dict(self._converted_items("vipgroups", convert.pinned_vrid))
+        return DesiredState(
+            nodes=tuple(sorted(nodes, key=lambda n: n.name)),
+            services=tuple(sorted(services, key=lambda s: s.key)),
+            endpoint_slices=tuple(sorted(slices, key=lambda s: (s.namespace, s.name))),
+            pools=tuple(sorted(pools, key=lambda p: p.name)),
+            vrids=vrids,
+        )
+
+    # -------------------------------------------------------------- the watching thread
+
+    def _retrying(self, kind: Kind) -> tenacity.Retrying:
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception(lambda exc: not isinstance(exc, _Gone)),
+            wait=tenacity.wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max,
+                                                  jitter=self.backoff_initial),
+            stop=tenacity.stop_when_event_set(self._stop),
+            sleep=self._sleep,
+            before_sleep=functools.partial(self._failed, kind),
+            reraise=True,
+        )
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)  # stop() interrupts a backoff
+
+    def _failed(self, kind: Kind, retry_state: tenacity.RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        text = _describe(exc) if exc else "unknown error"
+        delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        with self._lock:
+            self._errors += 1
+            self._last_error = f"{kind.name}: {text}"
+            if all(self._healthy.values()):
+                self._disconnected_since = time.time()
+            self._healthy[kind.name] = False
+        log.warning("watching %s failed (%s); retrying in %.2fs", kind.name, text, delay)
+
+    def _run(self, kind: Kind) -> None:
+        resource_version: str | None = None
+        relist = False  # the next list replaces a watch that expired: count it, emit missed changes
+        while not self._stop.is_set():
+            try:
+                for attempt in self._retrying(kind):
+                    with attempt:
+                        if resource_version is None:
+                            resource_version = self._list(kind, relist=relist)
+                            relist = False
+                            if resource_version is None:  # an optional kind that is not served
+                                self._stop.wait(self.optional_recheck)
+                                continue
+                        resource_version = self._stream(kind, resource_version, attempt.retry_state.attempt_number)
+            except _Gone:
+                log.info("watch of %s expired (410 Gone); re-listing", kind.name)
+                resource_version = None
+                relist = True
+            except Exception as exc:  # tenacity reraises the last error only when stopping
+                if not self._stop.is_set():
+                    log.exception("watching %s stopped unexpectedly: %s", kind.name, exc)
+                    self._stop.wait(self.backoff_max)
+
+    def _mark_healthy(self, kind: Kind) -> None:
+        with self._lock:
+            self._healthy[kind.name] = True
+            if all(self._healthy.values()):
+                self._disconnected_since = None
+
+    def _list(self, kind: Kind, *, relist: bool) -> str | None:
+        """List ``kind``, replace its cache, emit differences; returns the list's resourceVersion.
+
+        None for an optional kind that is not served (its CRD is not installed).
+        """
+        func = kind.lister(self.client)
+        kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": self.request_timeout}
+        if kind.label_selector:
+            kwargs["label_selector"] = kind.label_selector
+        try:
+            resp = func(**kwargs)
+            body = json.loads(resp.data)
+        except Exception as exc:
+            if kind.optional and _status_of(exc) == 404:
+                self._replace(kind, [], relist=relist)
+                self._mark_healthy(kind)
+                self._synced_now(kind)
+                log.info("%s are not served (CRD not installed); checking again in %.0fs", kind.name,
+                         self.optional_recheck)
+                return None
+            raise
+        items = body.get("items") or []
+        for item in items:
+            item.setdefault("kind", kind.kind)
+            item.setdefault("apiVersion", kind.api_version)
+        self._replace(kind, items, relist=relist)
+        self._mark_healthy(kind)
+        self._synced_now(kind)
+        return str(body["metadata"]["resourceVersion"])
+
+    def _synced_now(self, kind: Kind) -> None:
+        with self._lock:
+            self._synced.add(kind.name)
+            done = len(self._synced) == len(self.kinds)
+        if done and not self._synced_event.is_set():
+            self._synced_event.set()
+            self._notify()
+
+    def _replace(self, kind: Kind, items: list[Obj], *, relist: bool) -> None:
+        fresh = {object_key(o): o for o in items}
+        changes: list[ObjectChange] = []
+        with self._lock:
+            if relist:
+                self._relists += 1
+            old = self._cache[kind.name]
+            for key, obj in old.items():
+                if key not in fresh:
+                    changes.append(ObjectChange(kind.name, "DELETED", key, obj["metadata"].get("resourceVersion", ""),
+                                                obj, relisted=relist))
+            for key, obj in fresh.items():
+                rv = obj["metadata"].get("resourceVersion", "")
+                if key not in old:
+                    changes.append(ObjectChange(kind.name, "ADDED", key, rv, obj, relisted=relist))
+                elif old[key]["metadata"].get("resourceVersion") != rv:
+                    changes.append(ObjectChange(kind.name, "MODIFIED", key, rv, obj, relisted=relist))
+            self._cache[kind.name] = fresh
+            for key in set(old) - set(fresh):
+                self._converted.pop((kind.name, key), None)
+                self._invalid.pop((kind.name, key), None)
+        self._publish(changes)
+
+    def _stream(self, kind: Kind, resource_version: str, attempt: int) -> str:
+        """One watch request; returns the resourceVersion to resume from. Raises _Gone on 410."""
+        func = kind.lister(self.client)
+        # Spread the server-side timeouts so that kinds do not reconnect in lockstep.
+        timeout = int(self.watch_timeout * random.uniform(0.9, 1.1)) or 1
+        kwargs: dict[str, Any] = {
+            "watch": True, "resource_version": resource_version, "allow_watch_bookmarks": True,
+            "timeout_seconds": timeout, "_preload_content": False,
+            "_request_timeout": (self.request_timeout, timeout + self.request_timeout),
+        }
+        if kind.label_selector:
+            kwargs["label_selector"] = kind.label_selector
+        started = time.monotonic()
+        resp = func(**kwargs)
+        with self._lock:
+            self._responses.add(resp)
+            if attempt > 1 or not self._healthy[kind.name]:
+                self._reconnects += 1
+        self._mark_healthy(kind)
+        try:
+            for line in _lines(resp):
+                event = json.loads(line)
+                etype, obj = event.get("type"), event.get("object") or {}
+                if etype == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _Gone()
+                    raise KubernetesError(f"watch error: {obj.get('message')}", status=obj.get("code"))
+                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                if etype in ("ADDED", "MODIFIED", "DELETED"):
+                    obj.setdefault("kind", kind.kind)
+                    obj.setdefault("apiVersion", kind.api_version)
+                    self._apply(kind, etype, obj)
+                if rv:
+                    resource_version = str(rv)
+                if self._stop.is_set():
+                    break
+        finally:
+            with self._lock:
+                self._responses.discard(resp)
+            resp.release_conn()
+        if time.monotonic() - started < self.healthy_after and not self._stop.is_set():
+            raise _StreamEnded(f"watch of {kind.name} ended after {time.monotonic() - started:.2f}s")
+        return resource_version
+
+    def _apply(self, kind: Kind, etype: str, obj: Obj) -> None:
+        key = object_key(obj)
+        rv = obj["metadata"].get("resourceVersion", "")
+        with self._lock:
+            cache = self._cache[kind.name]
+            known = cache.get(key)
+            if etype == "DELETED":
+                if known is None:
+                    return
+                del cache[key]
+                self._converted.pop((kind.name, key), None)
+                self._invalid.pop((kind.name, key), None)
+            else:
+                if known is not None and known["metadata"].get("resourceVersion") == rv:
+                    return  # already seen (a replay): never emit a duplicate
+                etype = "MODIFIED" if known is not None else "ADDED"
+                cache[key] = obj
+        self._publish([ObjectChange(kind.name, etype, key, rv, obj)])
+
+    def _publish(self, changes: list[ObjectChange]) -> None:
+        if not changes:
+            return
+        for change in changes:
+            for callback in self.on_object_change:
+                try:
+                    callback(change)
+                except Exception:
+                    log.exception("object change callback failed")
+        self._last_change = time.monotonic()
+        self._notify()
+
+    def _notify(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:
+                pass  # the loop closed meanwhile
+
+
+def _lines(resp: Any) -> Iterator[str]:
+    """Newline-delimited JSON lines of a streaming response, as chunks arrive."""
+    buffer = b""
+    for chunk in resp.stream(amt=None, decode_content=False):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield line.decode()
+    if buffer.strip():
+        yield buffer.decode()
+
+
+def _shutdown(resp: Any) -> None:
+    """Unblock a thread reading a streaming response."""
+    try:
+        if hasattr(resp, "shutdown"):
+            resp.shutdown()
+        else:
+            resp.close()
+    except Exception:
+        pass
+
+
+# ------------------------------------------------------------------ writes
+
+def now_rfc3339(micro: bool = False) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def vipgroup_manifest(group: ModelVipGroup) -> Obj:
+    """A ``VipGroup`` object (spec only) for a model group; the VRID must be set."""
+    if group.vrid is None:
+        raise ValueError(f"group {group.name} has no VRID; the controller must assign one before writing it")
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VipGroup",
+        "metadata": {"name": group.name},
+        "spec": {
+            "interface": group.interface,
+            "nodes": list(group.nodes),
+            "vrid": group.vrid,
+            "vips": {"ipv4": [str(v) for v in group.vips_v4], "ipv6": [str(v) for v in group.vips_v6]},
+            "services": list(group.services),
+        },
+    }
+
+
+@attrs.frozen
+class LeaseRecord:
+    """A ``coordination.k8s.io/v1`` Lease as leader election and heartbeats see it."""
+
+    name: str
+    namespace: str
+    holder: str | None
+    duration_seconds: int | None
+    acquire_time: str | None
+    renew_time: str | None
+    transitions: int
+    resource_version: str
+
+    @classmethod
+    def from_k8s(cls, obj: Mapping[str, Any]) -> "LeaseRecord":
+        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+        return cls(name=meta["name"], namespace=meta.get("namespace", ""), holder=spec.get("holderIdentity"),
+                   duration_seconds=spec.get("leaseDurationSeconds"), acquire_time=spec.get("acquireTime"),
+                   renew_time=spec.get("renewTime"), transitions=int(spec.get("leaseTransitions") or 0),
+                   resource_version=str(meta.get("resourceVersion", "")))
+
+    def renewed_at(self) -> float | None:
+        """``renewTime`` as a ``time.time()`` value."""
+        if not self.renew_time:
+            return None
+        text = self.renew_time.rstrip("Z")
+        fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in text else "%Y-%m-%dT%H:%M:%S"
+        return datetime.datetime.strptime(text, fmt).replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+class KubernetesWriter:
+    """Writes the controller and the agent make. Async methods run the blocking client in a thread."""
+
+    def __init__(self, client: Any, *, component: str = "vipcore", instance: str | None = None,
+                 attempts: int = 5) -> None:
+        import kubernetes.client
+
+        self.client = client
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.coordination = kubernetes.client.CoordinationV1Api(client)
+        self.component = component
+        self.instance = instance or os.uname().nodename
+        self.attempts = attempts
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        for attempt in write_retrying(self.attempts):
+            with attempt:
+                return fn(*args, **kwargs)
+        raise AssertionError("unreachable")
+
+    def _raw(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
+        """Call a typed API and return the response as a plain dict (as the server sent it)."""
+        resp = self._call(fn, *args, _preload_content=False, **kwargs)
+        result: Obj = json.loads(resp.data)
+        return result
+
+    # -------------------------------------------------------------- Services
+
+    def patch_service_status_sync(self, namespace: str, name: str, vips: Sequence[IPAddress]) -> Obj:
+        """Set ``status.loadBalancer.ingress`` through ``/status`` (merge-patch); empty clears it."""
+        body = {"status": {"loadBalancer": {"ingress": [{"ip": str(ip)} for ip in vips] or None}}}
+        return self._raw(self.core.patch_namespaced_service_status, name, namespace, body,
+                         _content_type="application/merge-patch+json")
+
+    async def patch_service_status(self, namespace: str, name: str, vips: Sequence[IPAddress]) -> Obj:
+        return await asyncio.to_thread(self.patch_service_status_sync, namespace, name, vips)
+
+    def _finalizers_sync(self, namespace: str, name: str, finalizer: str, add: bool) -> Obj | None:
+        """Compare-and-swap the finalizer list (merge-patch with resourceVersion); re-read on 409."""
+        import kubernetes.client
+
+        for _ in range(self.attempts):
+            try:
+                obj = self._raw(self.core.read_namespaced_service, name, namespace)
+            except kubernetes.client.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            finalizers = list(obj["metadata"].get("finalizers") or [])
+            if (finalizer in finalizers) == add:
+                return obj
+            if add and obj["metadata"].get("deletionTimestamp"):
+                return obj  # no new finalizers on an object being deleted
+            finalizers = finalizers + [finalizer] if add else [f for f in finalizers if f != finalizer]
+            patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"],
+                                  "finalizers": finalizers or None}}
+            try:
+                return self._raw(self.core.patch_namespaced_service, name, namespace, patch,
+                                 _content_type="application/merge-patch+json")
+            except kubernetes.client.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                if exc.status != 409:
+                    raise
+                log.info("finalizer update of %s/%s conflicted; re-reading", namespace, name)
+        raise ConflictError(f"could not update the finalizers of Service {namespace}/{name}: it kept changing "
+                            f"({self.attempts} conflicts)", status=409)
+
+    async def add_finalizer(self, namespace: str, name: str, finalizer: str = FINALIZER) -> Obj | None:
+        """Add ``finalizer`` to a Service; None when the Service is gone."""
+        return await asyncio.to_thread(self._finalizers_sync, namespace, name, finalizer, True)
+
+    async def remove_finalizer(self, namespace: str, name: str, finalizer: str = FINALIZER) -> Obj | None:
+        """Remove ``finalizer`` from a Service; None when the Service is gone."""
+        return await asyncio.to_thread(self._finalizers_sync, namespace, name, finalizer, False)
+
+    # -------------------------------------------------------------- VipGroups
+
+    def apply_vipgroup_sync(self, group: ModelVipGroup) -> Obj:
+        """Create the VipGroup, or update its spec (compare-and-swap, re-read on 409). Status is untouched."""
+        import kubernetes.client
+
+        manifest = vipgroup_manifest(group)
+        for _ in range(self.attempts):
+            try:
+                current = self._raw(self.custom.get_cluster_custom_object, GROUP, VERSION, "vipgroups", group.name)
+            except kubernetes.client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+                try:
+                    return self._raw(self.custom.create_cluster_custom_object, GROUP, VERSION, "vipgroups",
+                                     manifest)
+                except kubernetes.client.ApiException as exc2:
+                    if exc2.status != 409:
+                        raise
+                    continue
+            if current.get("spec") == manifest["spec"]:
+                return current
+            patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+                     "spec": {**{k: None for k in current.get("spec") or {}}, **manifest["spec"]}}
+            try:
+                return self._raw(self.custom.patch_cluster_custom_object, GROUP, VERSION, "vipgroups", group.name,
+                                 patch, _content_type="application/merge-patch+json")
+            except kubernetes.client.ApiException as exc:
+                if exc.status not in (404, 409):
+                    raise
+        raise ConflictError(f"could not write VipGroup {group.name}: it kept changing", status=409)
+
+    async def apply_vipgroup(self, group: ModelVipGroup) -> Obj:
+        return await asyncio.to_thread(self.apply_vipgroup_sync, group)
+
+    def delete_vipgroup_sync(self, name: str) -> bool:
+        """Delete a VipGroup; False when it was already gone."""
+        import kubernetes.client
+
+        try:
+            self._call(self.custom.delete_cluster_custom_object, GROUP, VERSION, "vipgroups", name)
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def delete_vipgroup(self, name: str) -> bool:
+        return await asyncio.to_thread(self.delete_vipgroup_sync, name)
+
+    def patch_vipgroup_holder_sync(self, name: str, family: Family, node: str | None, *,
+                                   since: float | None = None, backend: str | None = None) -> Obj | None:
+        """Record (or, with ``node=None``, clear) the holder of one family in the VipGroup's status."""
+        import kubernetes.client
+
+        fam = "ipv4" if family is Family.IPV4 else "ipv6"
+        holder: Obj | None = None
+        if node is not None:
+            stamp = datetime.datetime.fromtimestamp(since if since is not None else time.time(),
+                                                    datetime.timezone.utc)
+            holder = {"node": node, "since": stamp.strftime("%Y-%m-%dT%H:%M:%SZ")}
+            if backend:
+                holder["backend"] = backend
+        try:
+            return self._raw(self.custom.patch_cluster_custom_object_status, GROUP, VERSION, "vipgroups", name,
+                             {"status": {"holders": {fam: holder}}})
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def patch_vipgroup_holder(self, name: str, family: Family, node: str | None, *,
+                                    since: float | None = None, backend: str | None = None) -> Obj | None:
+        return await asyncio.to_thread(self.patch_vipgroup_holder_sync, name, family, node, since=since,
+                                       backend=backend)
+
+    # -------------------------------------------------------------- Events
+
+    def create_event_sync(self, involved: Mapping[str, Any], reason: str, message: str, *,
+                          type: str = "Normal") -> Obj:
+        """A core/v1 Event about ``involved`` (an object dict, or a reference with kind/namespace/name)."""
+        meta = involved.get("metadata") or involved
+        namespace = meta.get("namespace") or "default"
+        now = now_rfc3339()
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'vipcore')}.", "namespace": namespace},
+            "involvedObject": {k: v for k, v in {
+                "kind": involved.get("kind"), "apiVersion": involved.get("apiVersion"), "namespace": namespace,
+                "name": meta.get("name"), "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion")}.items() if v},
+            "reason": reason, "message": message[:1024], "type": type,
+            "source": {"component": self.component},
+            "reportingComponent": self.component, "reportingInstance": self.instance,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        return self._raw(self.core.create_namespaced_event, namespace, body)
+
+    async def create_event(self, involved: Mapping[str, Any], reason: str, message: str, *,
+                           type: str = "Normal") -> Obj:
+        return await asyncio.to_thread(self.create_event_sync, involved, reason, message, type=type)
+
+    # -------------------------------------------------------------- Leases
+
+    def get_lease_sync(self, namespace: str, name: str) -> LeaseRecord | None:
+        import kubernetes.client
+
+        try:
+            return LeaseRecord.from_k8s(self._raw(self.coordination.read_namespaced_lease, name, namespace))
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create_lease_sync(self, namespace: str, name: str, holder: str, duration_seconds: int) -> LeaseRecord | None:
+        """Create a Lease held by ``holder``; None if somebody created it first (409)."""
+        import kubernetes.client
+
+        now = now_rfc3339(micro=True)
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration_seconds,
+                         "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
+        try:
+            return LeaseRecord.from_k8s(self._raw(self.coordination.create_namespaced_lease, namespace, body))
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    def update_lease_sync(self, lease: LeaseRecord, holder: str, duration_seconds: int) -> LeaseRecord | None:
+        """Renew (same holder) or take over (new holder) a Lease, compare-and-swap on the resourceVersion
+        read in ``lease``; None if another writer changed it first (409)."""
+        import kubernetes.client
+
+        now = now_rfc3339(micro=True)
+        taking = lease.holder != holder
+        spec: Obj = {"holderIdentity": holder, "leaseDurationSeconds": duration_seconds, "renewTime": now,
+                     "acquireTime": now if taking else lease.acquire_time,
+                     "leaseTransitions": lease.transitions + (1 if taking and lease.holder else 0)}
+        patch = {"metadata": {"resourceVersion": lease.resource_version}, "spec": spec}
+        try:
+            obj = self._raw(self.coordination.patch_namespaced_lease, lease.name, lease.namespace, patch,
+                            _content_type="application/merge-patch+json")
+        except kubernetes.client.ApiException as exc:
+            if exc.status in (404, 409):
+                return None
+            raise
+        return LeaseRecord.from_k8s(obj)
+
+    async def get_lease(self, namespace: str, name: str) -> LeaseRecord | None:
+        return await asyncio.to_thread(self.get_lease_sync, namespace, name)
+
+    async def create_lease(self, namespace: str, name: str, holder: str, duration_seconds: int) -> LeaseRecord | None:
+        return await asyncio.to_thread(self.create_lease_sync, namespace, name, holder, duration_seconds)
+
+    async def update_lease(self, lease: LeaseRecord, holder: str, duration_seconds: int) -> LeaseRecord | None:
+        return await asyncio.to_thread(self.update_lease_sync, lease, holder, duration_seconds)
