@@ -98,12 +98,16 @@ def test_killed_holder_fails_over_within_master_down_interval(lab: Lab) -> None:
     started = time.monotonic()
     lab.kill(holder)
     lab.link(holder, "down")
-    new = wait_until(lambda: others(holder, WEB_V4, lab), 5, interval=0.005)
+    first = wait_until(lambda: others(holder, WEB_V4, lab), 5, interval=0.005)
     elapsed = time.monotonic() - started
-    assert new, lab.holders(WEB_V4)
+    assert first, lab.holders(WEB_V4)
     # The second-best node has priority 253: its Master_Down_Interval.
     assert elapsed < master_down_interval(253, ADVERT) + MARGIN, elapsed
-    assert wait_until(lambda: lab.one_holder(WEB_V6) == new, 2), lab.holders(WEB_V6)
+    # Both survivors' timers differ by a fraction of a millisecond, so both may
+    # take over for an instant; the election then settles on the second-best.
+    new = placement.rank(WEB_GROUP, NODES)[1]
+    assert wait_until(lambda: others(holder, WEB_V4, lab) == new and lab.holders(WEB_V6) == [new], 3), (
+        lab.holders(WEB_V4), lab.holders(WEB_V6))
     # The client's caches follow the announcements (a cache entry younger than
     # the kernel's locktime ignores the first ones: the burst covers that).
     assert wait_until(lambda: lab.ping(WEB_V4) and lab.ping(WEB_V6), 5)

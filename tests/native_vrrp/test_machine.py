@@ -463,4 +463,24 @@ def test_random_operations_never_break_the_table(seed: int) -> None:
         net.run(rng.random() * 0.3)
         for n, r in net.routers.items():
             # A router that holds nothing is never MASTER, and vice versa.
-            assert bool(net.holding[n]) == r.phase.holds, (n, r.phase)
+            assert bool(net.holding[n]) == r.holding, (n, r.phase)
+
+
+def test_preempted_master_keeps_vips_for_a_linger_and_master_reclaims_neighbours() -> None:
+    net = Net(partitioned=True)
+    lo = net.add("lo", config(1, 100))
+    net.add("hi", config(2, 200))
+    net.start()
+    net.run(1.0)  # both master while partitioned
+    net.partitioned = False
+    before = len(net.changes)
+    # hi answers a lower advert by announcing again before advertising.
+    kinds = [type(a) for a in net.routers["hi"]._master_receive(
+        Advertisement(7, 100, 10, VIPS), addr(1), net.now)]
+    assert kinds == [Dropped, Announce, Send]
+    net.run(0.101)  # one advert interval: lo hears hi
+    assert lo.phase is Phase.BACKUP and len(net.changes) > before
+    assert net.holding["lo"] == frozenset(VIPS) and lo.holding  # still answering
+    net.run(0.11)
+    assert net.holding["lo"] == frozenset() and not lo.holding
+    assert net.holders() == ["hi"]

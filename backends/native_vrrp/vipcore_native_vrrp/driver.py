@@ -20,7 +20,7 @@ import attrs
 
 from vipcore.addresses import AddressHolder, AnnounceSchedule
 from vipcore.errors import VipcoreError
-from vipcore.model import Family
+from vipcore.model import Family, State
 from vipcore_native_vrrp.protocol import (
     Action,
     AddVips,
@@ -159,6 +159,8 @@ class RouterDriver:
             self.link.counters.dropped[action.reason] += 1
         elif isinstance(action, StateChanged):
             self.transitions += 1
+            if action.new is not State.MASTER:
+                self._stop_announcing()  # a backup must not pull neighbours to itself
             failover = action.failover_seconds
             if failover is not None:
                 # The machine measured up to its decision; add the address work since.
@@ -170,7 +172,7 @@ class RouterDriver:
             if isinstance(action, AddVips):
                 await self.holder.add(self.interface, action.vips)
             elif isinstance(action, RemoveVips):
-                if not self.router.phase.holds:
+                if not self.router.holding:
                     self._stop_announcing()
                 await self.holder.remove(self.interface, action.vips)
             else:

@@ -24,8 +24,12 @@ Beyond RFC 5798 (documented in ``docs/native-vrrp.md``):
   the previous address set, and for the first half of it a master keeps
   advertising the previous set (while holding the new one), so members applying the same change a moment
   apart do not drop each other's adverts and elect two masters.
-* A master answers a lower-priority advert with an immediate advert of its
-  own (as keepalived does) so a wrongly promoted router backs off at once.
+* A master answers a lower-priority advert with a fresh announcement and an
+  immediate advert of its own (keepalived sends the advert too), so a
+  wrongly promoted router backs off at once and neighbours that followed
+  its announcement come back.
+* A preempted master keeps its VIPs for one linger (without announcing)
+  before removing them, so neighbours still pointing at it lose nothing.
 """
 
 from __future__ import annotations
@@ -266,6 +270,7 @@ class Router:
     _handover_deadline: float | None = None
     _handover_at: float | None = None
     _handover_to: IPAddress | None = None
+    _yield_at: float | None = None
     _trigger_at: float | None = None
     _trigger: str = ""
     _previous_vips: tuple[IPAddress, ...] = ()
@@ -281,6 +286,12 @@ class Router:
         return self.phase.state
 
     @property
+    def holding(self) -> bool:
+        """Whether the VIPs are (to be) on the interface: a holding phase, or
+        the short linger after being preempted."""
+        return self.phase.holds or self._yield_at is not None
+
+    @property
     def skew_time(self) -> float:
         return skew_time(self.config.priority, self.master_adver_interval)
 
@@ -290,7 +301,10 @@ class Router:
 
     def next_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
-        times = [t for t in (self._down_at, self._advert_at, self._handover_at, self._handover_deadline) if t is not None]
+        times = [
+            t for t in (self._down_at, self._advert_at, self._handover_at, self._handover_deadline, self._yield_at)
+            if t is not None
+        ]
         return min(times) if times else None
 
     # -- inputs ------------------------------------------------------------
@@ -331,6 +345,9 @@ class Router:
     def handle_timer(self, now: float) -> list[Action]:
         """Fire whatever timers are due at ``now`` (early calls do nothing)."""
         actions: list[Action] = []
+        if self._yield_at is not None and now >= self._yield_at:
+            self._yield_at = None
+            actions.append(RemoveVips(self.config.vips))
         if self.phase is Phase.BACKUP and self._down_at is not None and now >= self._down_at:
             self._down_at = None
             if self._trigger == "resigned":
@@ -386,7 +403,7 @@ class Router:
             if now >= self._previous_until:
                 self._previous_vips = old.vips
             self._previous_until = now + self.config.update_grace
-            if self.phase.holds:
+            if self.holding:
                 removed = tuple(v for v in old.vips if v not in new_set)
                 added = tuple(v for v in self.config.vips if v not in old_set)
                 if removed:
@@ -457,9 +474,10 @@ class Router:
             self.master_adver_interval = adv.interval
             self._trigger_at, self._trigger = now, "heard"
             return self._transition(Event.PREEMPTED, now, f"preempted by {src} (priority {adv.priority})")
-        # A lower-priority router thinks it is master: make it back off now.
+        # A lower-priority router thinks it is master: it has announced the
+        # VIPs too, so win the neighbours back first, then make it back off.
         self._advert_at = now + self.config.interval
-        return [Dropped("lower_priority"), *self._advertise(now)]
+        return [Dropped("lower_priority"), Announce(self.config.vips), *self._advertise(now)]
 
     def _handover_receive(self, adv: Advertisement, src: IPAddress, now: float) -> list[Action]:
         if adv.priority != RESIGN_PRIORITY and self._handover_at is None:
@@ -483,6 +501,10 @@ class Router:
         if old in (Phase.RESIGNING, Phase.RELEASING):
             self._handover_at = self._handover_deadline = self._handover_to = None
         # Entering a phase: its effects, in the order the caller must apply them.
+        if self._yield_at is not None and new is not Phase.BACKUP:
+            self._yield_at = None
+            if new is Phase.STOPPED:
+                actions.append(RemoveVips(self.config.vips))
         if new is Phase.MASTER:
             self.master = None
             if not old.holds:
@@ -496,7 +518,12 @@ class Router:
             actions += self._advertise(now)
             self._advert_at = now + self.config.interval
         elif new is Phase.BACKUP:
-            if old.holds:
+            if event is Event.PREEMPTED:
+                # Make-before-break here too: neighbours may still send to us
+                # (our announcement can have come after the new master's), so
+                # keep answering for one linger while the new master announces.
+                self._yield_at = now + self._linger
+            elif old.holds:
                 actions.append(RemoveVips(self.config.vips))
             if not self.released:
                 self._down_at = now + self.master_down_interval
