@@ -83,6 +83,14 @@ def test_agents_with_keepalived_hold_move_and_add(agents: Agents) -> None:
     print(f"graceful stop with keepalived: {sent - received} of {sent} pings lost, longest gap {gap * 1000:.0f} ms")
     assert gap < 1.0, pinger.output[-1000:]
     assert lab.holding(best) == set()
+    # A killed agent takes its keepalived with it (SIGTERM on parent death): no orphan holds the VIP.
+    agents.procs[second].kill()
+    agents.procs.pop(second).wait()
+    third = placement.rank(WEB_GROUP, NODES)[2]
+    assert wait_until(lambda: sole_holder(lab, WEB_V4, WEB_V6) == third, 5), lab.holders([WEB_V4])
+    assert wait_until(lambda: "keepalived" not in " ".join(
+        Path(f"/proc/{pid}/comm").read_text() for pid in lab.pids(lab.nodes[second])
+        if Path(f"/proc/{pid}/comm").exists()), 5)
 
 
 def test_rolling_migration_from_keepalived_to_native_vrrp(agents: Agents) -> None:

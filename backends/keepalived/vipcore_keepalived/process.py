@@ -7,13 +7,15 @@ Contracts:
 * keepalived runs in the foreground with its own pid files
   (``keepalived -n -l -D --vrrp -f CONF -p PID -r VRRP_PID``), so several can
   run on one machine; without them a second keepalived prints "daemon is
-  already running" and exits 0. A leftover keepalived of the same config
-  (its pid file names a live process whose command line has our config) is
-  stopped before a new one starts.
+  already running" and exits 0. keepalived gets SIGTERM if the agent dies
+  (``PR_SET_PDEATHSIG``): a node without a running agent holds no VIP. A
+  leftover keepalived of the same config (its pid file names a live process
+  whose command line has our config) is stopped before a new one starts.
 * If keepalived dies it is restarted: at once after a run longer than
   ``stable_after`` seconds, else with exponential backoff, giving up after
-  ``restart_attempts`` quick deaths in a row (the owner is told through
-  ``on_exit`` and ``on_give_up``). A later change of config tries again.
+  ``restart_attempts`` quick deaths in a row. The owner hears of every
+  death through ``on_exit(code, restarting)``. A later change of config
+  tries again.
 * :meth:`KeepalivedProcess.stop` sends SIGTERM (a master sends priority 0 and
   drops its VIPs), waits ``stop_timeout`` seconds, then SIGKILL. Processes are
   only ever signalled by PID.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -178,6 +181,16 @@ def _alive(pid: int) -> bool:
         return True
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the agent dies, so a killed agent's keepalived
+    resigns (priority 0) instead of holding VIPs nobody manages. Survives exec."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 class KeepalivedProcess:
     """Runs and supervises one keepalived for one vipcore agent."""
 
@@ -273,6 +286,7 @@ class KeepalivedProcess:
                 # behind the agent's back; the agent stops it itself.
                 self._proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile, start_new_session=True,
+                    preexec_fn=_die_with_parent,
                 )
             except OSError as exc:
                 raise KeepalivedUnavailableError(f"cannot start {' '.join(argv)}: {exc}: {INSTALL_HINT}") from None
