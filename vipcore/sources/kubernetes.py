@@ -110,11 +110,16 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def backoff(initial: float, maximum: float) -> Any:
+    """Exponential from ``initial`` doubling to ``maximum``, plus up to ``initial`` of random jitter."""
+    return tenacity.wait_exponential(multiplier=initial, max=maximum) + tenacity.wait_random(0, initial)
+
+
 def write_retrying(attempts: int = 5, initial: float = 0.1, maximum: float = 2.0) -> tenacity.Retrying:
     """The retry policy of writes: transient errors only, bounded, jittered."""
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception(transient),
-        wait=tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=initial),
+        wait=backoff(initial, maximum),
         stop=tenacity.stop_after_attempt(attempts),
         before_sleep=tenacity.before_sleep_log(log, logging.WARNING),
         reraise=True,
@@ -403,8 +408,7 @@ class KubernetesSource:
     def _retrying(self, kind: Kind) -> tenacity.Retrying:
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda exc: not isinstance(exc, _Gone)),
-            wait=tenacity.wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max,
-                                                  jitter=self.backoff_initial),
+            wait=backoff(self.backoff_initial, self.backoff_max),
             stop=tenacity.stop_when_event_set(self._stop),
             sleep=self._sleep,
             before_sleep=functools.partial(self._failed, kind),
