@@ -204,6 +204,18 @@ class VipGroup:
         return tuple(f for f in Family if self.vips(f))
 
     @property
+    def placement_key(self) -> str:
+        """What placement ranks nodes by: the interface and the group's first Service.
+
+        Deliberately not the group name: the name hashes the node list, so it
+        changes whenever a node joins or leaves (a node failing, a Local
+        Service scaling). Keyed by the first Service, the ranking of the
+        remaining nodes survives that, and a node leaving moves only what it
+        held. Adding a Service moves nothing unless its key sorts first.
+        """
+        return f"{self.interface}/{self.services[0]}" if self.services else self.name
+
+    @property
     def short_name(self) -> str:
         """A 12-hex-digit prefix of the hash plus the interface, for tables."""
         digest, _, interface = self.name.partition("-")

@@ -174,8 +174,8 @@ def membership(group: VipGroup, node: str, nodes: Mapping[str, Node] | Iterable[
     if node not in group.nodes:
         raise ValueError(f"node {node!r} is not a member of group {group.name}")
     drained = {n for n in group.nodes if n in by_name and by_name[n].drained}
-    order = placement.rank(group.name, [n for n in group.nodes if n not in drained])
-    order += placement.rank(group.name, drained)
+    order = placement.rank(group.placement_key, [n for n in group.nodes if n not in drained])
+    order += placement.rank(group.placement_key, drained)
     prios = {n: max(placement.BOTTOM_PRIORITY, placement.TOP_PRIORITY - i) for i, n in enumerate(order)}
     for n in drained:
         prios[n] = placement.BOTTOM_PRIORITY

@@ -302,7 +302,7 @@ def test_membership_priorities_follow_placement_and_drained_nodes_rank_last() ->
     node_list = nodes("a", "b", "c")
     state = DesiredState(nodes=node_list, services=(svc("web"),), pools=(pool(),))
     (group,) = resolve(state).groups
-    order = placement.rank(group.name, group.nodes)
+    order = placement.rank(group.placement_key, group.nodes)
     m = membership(group, "a", node_list)
     assert [p.name for p in m.members] == list(order)
     assert [p.priority for p in m.members] == [254, 253, 252]
@@ -316,3 +316,28 @@ def test_membership_priorities_follow_placement_and_drained_nodes_rank_last() ->
     m2 = membership(same_group, top, drained)
     assert m2.preferred_holder == order[1]
     assert m2.priority == 1 and m2.members[-1].name == top
+
+
+def test_a_node_leaving_moves_only_the_groups_it_was_preferred_for() -> None:
+    from vipcore import membership
+
+    node_names = [f"n{i}" for i in range(8)]
+    services = tuple(svc(f"s{i}", traffic_policy=TrafficPolicy.LOCAL) for i in range(200))
+    def holders(present: list[str]) -> dict[str, str]:
+        node_list = nodes(*present)
+        slices = tuple(EndpointSlice("default", f"s{i}", f"s{i}", frozenset(present)) for i in range(200))
+        # One group per Service: give each a distinct interface-free identity via its own pool? Local
+        # Services with the same node set share a group, so spread them over 40 interfaces.
+        pools = tuple(pool(f"p{k}", f"2001:db8:{k}::/120", interface=f"eth{k}") for k in range(40))
+        placed = tuple(Service("default", f"s{i}", traffic_policy=TrafficPolicy.LOCAL, pool=f"p{i % 40}")
+                       for i in range(200))
+        result = resolve(DesiredState(nodes=node_list, services=placed, endpoint_slices=slices, pools=pools))
+        return {g.services[0]: membership(g, g.nodes[0], node_list).preferred_holder for g in result.groups}
+
+    del services
+    before = holders(node_names)
+    after = holders([n for n in node_names if n != "n3"])
+    assert len(before) == len(after) == 40
+    moved = {k for k in before if before[k] != after[k]}
+    assert moved == {k for k in before if before[k] == "n3"}
+    assert moved  # n3 held something, so the check is not vacuous

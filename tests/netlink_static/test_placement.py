@@ -133,19 +133,13 @@ def _state(ready: frozenset[str]) -> DesiredState:
 def _holder_per_service(state: DesiredState) -> dict[str, str]:
     result = {}
     for group in resolve(state).groups:
-        chosen = placement.holder(group.name, group.nodes)
+        chosen = placement.holder(group.placement_key, group.nodes)
         assert chosen is not None
         for service in group.services:
             result[service] = chosen
     return result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="placement is keyed by the group name, which hashes the node list: when a node turns NotReady "
-    "every group it was in gets a new name and a fresh ranking, so VIPs move even where that node was not "
-    "the holder (lead: rank by a key that survives node-list changes)",
-)
 def test_node_leaving_moves_only_the_vips_it_held_end_to_end() -> None:
     everyone = frozenset(NODES)
     before = _holder_per_service(_state(everyone))
