@@ -106,11 +106,12 @@ def test_priorities_follow_rank() -> None:
 def test_membership_carries_placement_order() -> None:
     from vipcore.model import VipGroup
 
-    group = VipGroup(name=GROUPS[0], interface="eth0", nodes=NODES)
+    group = VipGroup(name=GROUPS[0], interface="eth0", nodes=NODES, services=("default/web",))
+    assert group.placement_key == "eth0/default/web"
     for node in NODES:
         member = membership(group, node, [Node(n) for n in NODES])
-        assert tuple(m.name for m in member.members) == placement.rank(group.name, NODES)
-        assert member.preferred_holder == placement.holder(group.name, NODES)
+        assert tuple(m.name for m in member.members) == placement.rank(group.placement_key, NODES)
+        assert member.preferred_holder == placement.holder(group.placement_key, NODES)
 
 
 # -- the same property, end to end through resolve -----------------------------
