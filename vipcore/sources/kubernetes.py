@@ -276,6 +276,7 @@ class KubernetesSource:
         self._wake: asyncio.Event | None = None
         self._synced_event = threading.Event()
         self._last_change = 0.0
+        self._delivered: DesiredState | None = None
 
     # -------------------------------------------------------------- lifecycle
 
@@ -315,14 +316,17 @@ class KubernetesSource:
             raise ApiUnavailableError(
                 f"no complete state from the Kubernetes API within {timeout:.0f}s "
                 f"(last error: {state.last_error or 'none'}); check the API server address and RBAC")
-        return self.state()
+        self._delivered = self.state()
+        return self._delivered
 
     async def watch(self, on_change: Callable[[DesiredState], Awaitable[None]]) -> None:
         """Call ``on_change`` after every change of the desired state (bursts coalesce), until cancelled."""
         self.start()
         if self._wake is None:
             raise RuntimeError("KubernetesSource.watch needs start() to run inside the event loop")
-        last = self.state() if self._synced_event.is_set() else None
+        # Compare with what initial() handed out, so a change in between is not lost.
+        last = self._delivered
+        self._wake.set()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -330,7 +334,7 @@ class KubernetesSource:
                 continue
             state = self.state()
             if state != last:
-                last = state
+                last = self._delivered = state
                 await on_change(state)
 
     # -------------------------------------------------------------- views
