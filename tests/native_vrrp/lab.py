@@ -11,6 +11,7 @@ deleted at teardown, also after a failure or Ctrl-C.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -205,6 +206,25 @@ class Lab:
     def log_text(self, node: str) -> str:
         path = self.tmp / f"{node}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def placement(self, vip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, ...]:
+        """The members of ``vip``'s group, best first, exactly as the agents see them."""
+        from vipcore.resolve import membership, resolve
+        from vipcore.sources.manifests import ManifestSource
+
+        source = ManifestSource([self.write_manifests().parent])
+        state = asyncio.run(source.initial())
+        resolution = resolve(state, allocate=source.allocates)
+        group = next(g for g in resolution.groups if vip in g.vips_v4 or vip in g.vips_v6)
+        return tuple(m.name for m in membership(group, group.nodes[0], state.nodes).members)
+
+    def group_of(self, vip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+        from vipcore.resolve import resolve
+        from vipcore.sources.manifests import ManifestSource
+
+        source = ManifestSource([self.write_manifests().parent])
+        resolution = resolve(asyncio.run(source.initial()), allocate=source.allocates)
+        return next(g.name for g in resolution.groups if vip in g.vips_v4 or vip in g.vips_v6)
 
     def vrid(self, node: str, group: str) -> int | None:
         """The VRID of ``group`` as the node's agent logged it in a transition."""

@@ -6,7 +6,6 @@ machine is shared); the precise figures belong to ``bench/failover.py``.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import signal
 import subprocess
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from vipcore import placement
 from vipcore_native_vrrp.protocol import master_down_interval
 
 from .lab import (
@@ -43,18 +41,12 @@ MARGIN = 1.0
 START_TIMEOUT = 20.0
 
 
-def group_name(nodes: list[str], interface: str = "eth0") -> str:
-    return hashlib.sha256(",".join(sorted(nodes)).encode()).hexdigest() + "-" + interface
-
-
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     with running_lab(tmp_path) as the_lab:
         yield the_lab
 
 
-WEB_GROUP = group_name(list(NODES))
-SHOP_GROUP = group_name(["node-b", "node-c"])
 
 
 def start_all(lab: Lab, nodes: list[str] | None = None) -> str:
@@ -84,8 +76,8 @@ def test_one_holder_per_group_on_the_placed_node_and_client_reaches_vips(lab: La
     holder = start_all(lab)
     shop = wait_until(lambda: lab.one_holder(SHOP_V4), 5)
     # Priorities come from the core's placement: the best-ranked node holds.
-    assert holder == placement.holder(WEB_GROUP, NODES)
-    assert shop == placement.holder(SHOP_GROUP, ["node-b", "node-c"])
+    assert holder == lab.placement(WEB_V4)[0]
+    assert shop == lab.placement(SHOP_V4)[0]
     time.sleep(0.5)  # still exactly one holder each, both families together
     assert lab.holders(WEB_V4) == [holder] and lab.holders(WEB_V6) == [holder]
     assert lab.holders(SHOP_V4) == [shop]
@@ -105,7 +97,7 @@ def test_killed_holder_fails_over_within_master_down_interval(lab: Lab) -> None:
     assert elapsed < master_down_interval(253, ADVERT) + MARGIN, elapsed
     # Both survivors' timers differ by a fraction of a millisecond, so both may
     # take over for an instant; the election then settles on the second-best.
-    new = placement.rank(WEB_GROUP, NODES)[1]
+    new = lab.placement(WEB_V4)[1]
     assert wait_until(lambda: others(holder, WEB_V4, lab) == new and lab.holders(WEB_V6) == [new], 3), (
         lab.holders(WEB_V4), lab.holders(WEB_V6))
     # The client's caches follow the announcements (a cache entry younger than
@@ -172,7 +164,7 @@ def spoof(ns: str, vrid: int, priority: int, ttl: int, src: str, count: int = 25
 
 def test_spoofed_adverts_do_not_move_the_vip(lab: Lab) -> None:
     holder = start_all(lab)
-    vrid = lab.vrid(holder, WEB_GROUP)
+    vrid = lab.vrid(holder, lab.group_of(WEB_V4))
     assert vrid is not None
     member = next(n for n in NODES if n != holder)
     member_ip = f"198.51.100.{NODES[member]}"
@@ -216,10 +208,9 @@ def test_interoperates_with_keepalived_both_ways(lab: Lab) -> None:
     lab.services = "web"
     lab.settings["advert_interval"] = 0.1
     vipcore_nodes = ["node-a", "node-b"]
-    best = placement.rank(WEB_GROUP, NODES)
-    top = next(n for n in best if n in vipcore_nodes)
+    top = next(n for n in lab.placement(WEB_V4) if n in vipcore_nodes)
     start_all(lab, vipcore_nodes)
-    vrid = lab.vrid("node-a", WEB_GROUP)
+    vrid = lab.vrid("node-a", lab.group_of(WEB_V4))
     assert vrid is not None
     lab.start_keepalived("node-c", KEEPALIVED_CONF.format(
         node="node-c", vrid=vrid, priority=100, interval=0.1, v4=WEB_V4, v6=WEB_V6))
