@@ -431,21 +431,34 @@ class Lab:
 
     # -- observation ----------------------------------------------------------
 
-    def addresses(self, node: str) -> dict[str, set[ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:
-        """Addresses per interface in a node's namespace (``ip -j addr``)."""
+    def addresses(self, node: str, *, up_only: bool = False) -> dict[str, set[ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:
+        """Addresses per interface in a node's namespace (``ip -j addr``); ``up_only``: skip links that are down."""
         out = run(["ip", "-n", self.ns(node), "-j", "addr", "show"]).stdout
         found: dict[str, set[ipaddress.IPv4Interface | ipaddress.IPv6Interface]] = {}
         for link in json.loads(out or "[]"):
+            if up_only and "UP" not in link.get("flags", []):
+                continue
             entries = found.setdefault(str(link.get("ifname")), set())
             for info in link.get("addr_info", []):
                 if info.get("family") in ("inet", "inet6") and "local" in info:
                     entries.add(ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}"))
         return found
 
+    def link_up(self, node: str) -> bool:
+        """Whether the node's eth0 is administratively up (``kill`` sets it down)."""
+        out = run(["ip", "-n", self.ns(node), "-j", "link", "show", "dev", NETWORKS[0][1]], check=False).stdout
+        try:
+            return "UP" in json.loads(out or "[]")[0].get("flags", [])
+        except (ValueError, IndexError):
+            return False
+
     def held(self, node: str) -> set[IPAddress]:
-        """Host-prefix addresses (/32, /128: VIPs) on the node's lab interfaces."""
+        """Host-prefix addresses (/32, /128: VIPs) on the node's lab interfaces that are up.
+
+        A killed node's links are down: the IPv4 VIP it may still carry is unreachable, not held.
+        """
         held: set[IPAddress] = set()
-        for name, addrs in self.addresses(node).items():
+        for name, addrs in self.addresses(node, up_only=True).items():
             if name in {interface for _, interface, *_ in NETWORKS}:
                 held.update(a.ip for a in addrs if a.network.prefixlen == a.max_prefixlen)
         return held
@@ -453,8 +466,9 @@ class Lab:
     def holders(self) -> dict[IPAddress, list[str]]:
         """Every VIP held in the lab and the node(s) holding it (two means split brain)."""
         result: dict[IPAddress, list[str]] = {}
+        existing = set(namespaces())
         for node in self.nodes:
-            if self.ns(node) not in self._existing():
+            if self.ns(node) not in existing:
                 continue
             for vip in self.held(node):
                 result.setdefault(vip, []).append(node)
@@ -462,9 +476,6 @@ class Lab:
 
     def holders_of(self, vip: IPAddress) -> list[str]:
         return [node for node in self.nodes if vip in self.held(node)]
-
-    def _existing(self) -> set[str]:
-        return set(namespaces())
 
     # -- persistence ----------------------------------------------------------
 
