@@ -191,34 +191,38 @@ def _short(group: str) -> str:
 # -- from the cluster (--kubeconfig) ------------------------------------------------
 
 
-def cluster_status(kubeconfig: str, *, context: str | None = None) -> dict[str, Any]:
-    """VipGroups of the cluster as ``{"groups": [...]}``; one row per (group, family).
+def cluster_status(kubeconfig: str, *, context: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    """VipGroups of the cluster as ``{"now": ..., "groups": [...]}``; one row per (group, family).
 
     Reads ``vipcore.io/v1alpha1`` VipGroups (cluster-scoped): ``spec`` for the
     interface, VRID and VIPs, ``status.holders`` (family -> {node, since,
     backend}, and ``lastFailoverSeconds`` when the writer provides it) for who
-    holds them.
+    holds them. The client comes from :mod:`vipcore.sources.kubernetes`.
     """
+    from vipcore.sources.kubernetes import GROUP, VERSION, KubernetesError, api_client
+
     try:
-        from kubernetes import client, config
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.config.config_exception import ConfigException
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise VipcoreError("the kubernetes client is not installed") from None
+        client = api_client(kubeconfig, context=context)
+    except KubernetesError as exc:
+        raise AgentUnreachableError(str(exc)) from None
     try:
-        api_client = config.new_client_from_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
-    except (ConfigException, OSError, TypeError, ValueError) as exc:
-        raise AgentUnreachableError(f"cannot load kubeconfig {kubeconfig}: {exc}") from None
-    api = client.CustomObjectsApi(api_client)
-    try:
-        listing: Any = api.list_cluster_custom_object("vipcore.io", "v1alpha1", "vipgroups", _request_timeout=10)
-    except ApiException as exc:
-        raise AgentUnreachableError(f"cannot list VipGroups: {exc.status} {exc.reason}") from None
-    except Exception as exc:  # urllib3 connection errors have many types
-        raise AgentUnreachableError(f"cannot reach the API server from {kubeconfig}: {type(exc).__name__}") from None
+        import kubernetes.client
+
+        api = kubernetes.client.CustomObjectsApi(client)
+        listing: Any = api.list_cluster_custom_object(GROUP, VERSION, "vipgroups", _request_timeout=timeout)
+    except kubernetes.client.ApiException as exc:
+        raise AgentUnreachableError(f"cannot list VipGroups with {kubeconfig}: HTTP {exc.status} {exc.reason}") from None
+    except Exception as exc:  # urllib3's connection errors have many types
+        raise AgentUnreachableError(
+            f"cannot reach the API server of {kubeconfig}: {type(exc).__name__}: {_first_line(exc)}") from None
     finally:
-        api_client.close()
+        client.close()
     return {"now": time.time(), "groups": cluster_rows(listing.get("items") or [])}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
 
 
 def cluster_rows(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -286,7 +290,7 @@ def cluster_table(document: Mapping[str, Any]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     if args.kubeconfig:
-        document = cluster_status(args.kubeconfig, context=args.context)
+        document = cluster_status(args.kubeconfig, context=args.context, timeout=args.timeout)
         print(json.dumps(document, indent=2) if args.output == "json" else cluster_table(document))
         return 0
     document = fetch_status(args.address, timeout=args.timeout)

@@ -145,3 +145,49 @@ def test_kubeconfig_that_cannot_be_read_is_one_line(tmp_path: Path, capsys: pyte
     assert main(["status", "--kubeconfig", str(missing)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(missing) in err
+
+
+def test_kubeconfig_reads_vipgroups_from_the_cluster(tmp_path: Path) -> None:
+    import kubernetes.client
+
+    from vipcore.testing.apiserver import ApiServer
+
+    crds = Path(__file__).resolve().parents[2] / "deploy" / "crds"
+    with ApiServer(crds=[crds]) as server:
+        client = server.client()
+        api = kubernetes.client.CustomObjectsApi(client)
+        name = "f" * 64 + "-eth0"
+        api.create_cluster_custom_object("vipcore.io", "v1alpha1", "vipgroups", {
+            "apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup", "metadata": {"name": name},
+            "spec": {"interface": "eth0", "nodes": ["node-a", "node-b"], "vrid": 77,
+                     "vips": {"ipv4": ["198.51.100.77"], "ipv6": ["2001:db8:100::77"]}}})
+        api.patch_cluster_custom_object_status("vipcore.io", "v1alpha1", "vipgroups", name, {
+            "status": {"holders": {"ipv4": {"node": "node-b", "since": "2026-11-26T17:00:00Z",
+                                            "backend": "native_vrrp"}}}})
+        client.close()
+        kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
+        table = subprocess.run([VIPCORE, "status", "--kubeconfig", str(kubeconfig)],
+                               capture_output=True, text=True, timeout=60)
+        js = subprocess.run([VIPCORE, "status", "--kubeconfig", str(kubeconfig), "-o", "json"],
+                            capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:6] == ["GROUP", "FAMILY", "INTERFACE", "VRID", "VIPS", "HOLDER"]
+    v4 = lines[1].split()
+    assert v4[:6] == ["ffffffffffff-eth0", "IPv4", "eth0", "77", "198.51.100.77", "node-b"]
+    assert lines[2].split()[:6] == ["ffffffffffff-eth0", "IPv6", "eth0", "77", "2001:db8:100::77", "none"]
+    assert js.returncode == 0, js.stderr
+    rows = json.loads(js.stdout)["groups"]
+    assert [(r["family"], r["holder"], r["backend"]) for r in rows] == [
+        ("IPv4", "node-b", "native_vrrp"), ("IPv6", None, None)]
+
+
+def test_kubeconfig_with_the_api_server_down_is_one_line(tmp_path: Path) -> None:
+    from vipcore.testing.apiserver import write_kubeconfig
+
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{free_port()}")
+    result = subprocess.run([VIPCORE, "status", "--kubeconfig", str(kubeconfig), "--timeout", "2"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "cannot reach the API server" in result.stderr
