@@ -18,6 +18,9 @@ from typing import Any
 
 import yaml
 
+from vipcore.resolve import membership, resolve
+from vipcore.sources.manifests import load_manifests
+
 from .lab import CLIENT_V4, Lab
 
 VIPCORE = Path(sys.executable).parent / "vipcore"
@@ -67,6 +70,13 @@ class Agents:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump_all(manifests(self.lab, services)))
         tmp.replace(path)
+
+    def ranking(self, group_of: str = "default/web") -> tuple[str, ...]:
+        """The nodes of the Service's group, best holder first, as every agent computes them."""
+        state = load_manifests([self.tmp / "manifests"])
+        resolution = resolve(state)
+        (group,) = [g for g in resolution.groups if group_of in g.services]
+        return tuple(m.name for m in membership(group, group.nodes[0], state.nodes).members)
 
     def start(self, node: str, backend: str) -> None:
         assert node not in self.procs

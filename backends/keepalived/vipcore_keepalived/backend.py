@@ -9,9 +9,9 @@ notify FIFO and are reported through ``context.report``.
 * ``release`` leaves the group's instances out of the config: keepalived
   resigns (priority 0) and drops the VIPs; the node stays a member.
 * ``takeover`` undoes a release, or else renders the group with priority 254.
-* At the first use of an interface, VIPs that vipcore manages but no
-  configured instance carries are removed: a killed keepalived leaves its
-  VIPs behind.
+* At start (every interface) and at the first use of an interface, VIPs
+  that vipcore manages but no configured instance carries are removed: a
+  killed keepalived leaves its VIPs behind.
 """
 
 from __future__ import annotations

@@ -26,15 +26,19 @@ ADVERT_MAX = 40.95
 class GarpSettings:
     """Gratuitous ARP / unsolicited NA on becoming master (keepalived's own knobs).
 
-    ``None`` leaves keepalived's default (5 at once, 5 more after 5 s, no refresh).
+    The defaults match native_vrrp's burst (5 announcements 0.2 s apart)
+    rather than keepalived's (5 back to back): Linux ignores an ARP update
+    for a neighbour entry younger than its ``locktime`` (1 s), so a burst
+    that lasts under a second can leave a client on the old holder's MAC
+    until the second burst. ``None`` leaves keepalived's default.
     """
 
     #: Announcements per burst (``garp_master_repeat``).
-    count: int | None = None
+    count: int | None = 5
     #: Seconds between announcements of a burst (global ``vrrp_garp_interval``, ``vrrp_gna_interval``).
-    interval: float | None = None
+    interval: float | None = 0.2
     #: Seconds before the second burst (``garp_master_delay``; 0 = no second burst).
-    delay: int | None = None
+    delay: int | None = 5
     #: Seconds between periodic refresh bursts while master (``garp_master_refresh``).
     refresh: int | None = None
 
