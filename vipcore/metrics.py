@@ -63,6 +63,7 @@ REASON_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("master_down", ("master down", "no advert")),
     ("preempted", ("preempted",)),
     ("handed_over", ("handed over", "no new master")),
+    ("sync", ("sync with",)),
     ("released", ("released", "release")),
     ("takeover", ("takeover", "take over")),
     ("address_owner", ("address owner", "priority 255")),

@@ -26,6 +26,7 @@ GROUP = "a" * 64 + "-eth0"
     ("no new master advertised within 0.300s", "handed_over"),
     ("released: drain", "released"),
     ("takeover: control plane", "takeover"),
+    ("takeover: sync with IPv4 (became master)", "sync"),
     ("address owner (priority 255)", "address_owner"),
     ("graceful stop", "stopped"),
     ("agent stopping (hard)", "stopped"),
