@@ -26,6 +26,7 @@ lab) can share one process.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -263,15 +264,11 @@ class AgentCollector:
         info = GaugeMetricFamily("vipcore_info", "The agent's node and backend", labels=["node", "backend", "version"])
         info.add_metric([agent.node, agent.config.backend, _version()], 1.0)
         yield info
-        samples: list[MetricSample] = []
         if agent.resolution is not None:
             pools: Iterable[Pool] = getattr(agent, "pools", None) or getattr(agent, "_pools", None) or ()
-            samples += allocation_samples(agent.resolution, pools, agent.config.vrid_policy)
-        samples += agent.hooks.collect_metrics()
-        samples += _source_samples(agent)
-        yield from sample_families(samples, reserved=CORE_METRICS - {
-            "vipcore_pool_addresses", "vipcore_pool_addresses_allocated", "vipcore_vrids_used", "vipcore_vrids_usable",
-        })
+            yield from sample_families(allocation_samples(agent.resolution, pools, agent.config.vrid_policy))
+        offered = agent.hooks.collect_metrics() + _source_samples(agent)
+        yield from sample_families(offered, reserved=CORE_METRICS)
 
 
 def _source_samples(agent: Agent) -> list[MetricSample]:
@@ -313,6 +310,7 @@ def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, help_text, value=value)
 
 
+@functools.cache
 def _version() -> str:
     try:
         from importlib.metadata import version
