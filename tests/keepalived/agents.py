@@ -21,7 +21,7 @@ import yaml
 from vipcore.resolve import membership, resolve
 from vipcore.sources.manifests import load_manifests
 
-from .lab import CLIENT_V4, Lab
+from .lab import Lab
 
 VIPCORE = Path(sys.executable).parent / "vipcore"
 WEB_V4 = ipaddress.ip_address("198.51.100.100")
@@ -144,4 +144,4 @@ class Pinger:
         return sent, received, longest
 
 
-__all__ = ["ADVERT", "Agents", "CLIENT_V4", "Pinger", "VIPCORE", "WEB_V4", "WEB_V6", "manifests"]
+__all__ = ["ADVERT", "Agents", "Pinger", "VIPCORE", "WEB_V4", "WEB_V6", "manifests"]

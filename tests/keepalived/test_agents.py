@@ -37,7 +37,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 def agents(tmp_path: Path) -> Iterator[Agents]:
     if not VIPCORE.exists():
         pytest.skip(f"{VIPCORE} is not installed")
-    with running_lab(NODES) as lab:
+    with running_lab(NODES, run_root=tmp_path / "lab") as lab:
         running = Agents(lab, tmp_path)
         try:
             yield running
