@@ -288,7 +288,11 @@ class Deployment:
         conf.write_text(render_plain_keepalived(resolution, nodes, node,
                                                 advert_interval=self.advert_interval or 1.0,
                                                 preempt=bool(self.settings.get("preempt", True))))
-        # Own pid files: a second keepalived on the machine would otherwise exit 0 at once.
+        # Own pid files: a second keepalived on the machine would otherwise exit 0 at once. Nothing
+        # runs in the node's namespace now, so old ones are stale (a killed VRRP child may still be
+        # an unreaped zombie, which keepalived takes for a running daemon).
+        for stale in ("keepalived.pid", "vrrp.pid"):
+            (directory / stale).unlink(missing_ok=True)
         argv = [keepalived_command(), "-n", "-l", "-D", "-P", "-f", str(conf),
                 "-p", str(directory / "keepalived.pid"), "-r", str(directory / "vrrp.pid")]
         return lab.spawn(node, "keepalived", argv, log=directory / "keepalived.log", cwd=directory)

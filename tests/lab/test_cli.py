@@ -1,0 +1,84 @@
+"""``vipcore lab`` end to end (marked ``lab``), and its refusal without root."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vipcore.cli import main
+from vipcore.lab.topology import namespaces
+
+VIPCORE = Path(sys.executable).parent / "vipcore"
+
+
+def ours(prefix: str) -> list[str]:
+    return [ns for ns in namespaces() if ns.startswith(f"{prefix}-")]
+
+
+@pytest.mark.parametrize("command", [["up"], ["status"], ["kill", "node-a"], ["down"], ["demo"]])
+def test_without_root_one_clear_line_and_exit_2(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert main(["lab", *command]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs root" in err and "Traceback" not in err
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
+def test_up_status_kill_start_stop_down_as_separate_invocations(capsys: pytest.CaptureFixture[str]) -> None:
+    prefix = "vcLc"
+    try:
+        assert main(["lab", "up", "--prefix", prefix, "--backend", "plain-keepalived"]) == 0
+        out = capsys.readouterr().out
+        assert "node-a" in out and "198.51.100.115" in out and "SPLIT BRAIN" not in out
+        assert main(["lab", "kill", "node-a", "--prefix", prefix]) == 0
+        time.sleep(1.0)  # Master_Down_Interval at 0.1 s adverts is about 0.3 s
+        capsys.readouterr()
+        assert main(["lab", "status", "--prefix", prefix]) == 0
+        out = capsys.readouterr().out
+        row = next(line for line in out.splitlines() if line.startswith("node-a "))
+        assert "down" in row and "stopped" in row
+        vip_row = next(line for line in out.splitlines() if line.startswith("198.51.100.115 "))
+        assert "node-a" not in vip_row, out
+        assert main(["lab", "start", "node-a", "--prefix", prefix]) == 0
+        assert main(["lab", "stop", "node-b", "--prefix", prefix]) == 0
+        assert main(["lab", "kill", "node-x", "--prefix", prefix]) == 2
+    finally:
+        assert main(["lab", "down", "--prefix", prefix]) == 0
+    assert ours(prefix) == []
+    assert main(["lab", "status", "--prefix", prefix]) == 2
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
+def test_demo_prints_the_outage_and_leaves_nothing(tmp_path: Path) -> None:
+    result = subprocess.run([str(VIPCORE), "lab", "demo", "--prefix", "vcLd", "--backend", "plain-keepalived"],
+                            capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "IPv4 198.51.100.115: client outage" in result.stdout
+    assert "IPv6 2001:db8:100::1e9: client outage" in result.stdout
+    assert "torn down" in result.stdout
+    assert ours("vcLd") == []
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_demo_tears_down(sig: int) -> None:
+    proc = subprocess.Popen([str(VIPCORE), "lab", "demo", "--prefix", "vcLi", "--backend", "plain-keepalived"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "client pings" in line:
+            break
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert ours("vcLi") == []

@@ -1,0 +1,103 @@
+"""Failover in the lab with real processes: plain keepalived, and a vipcore agent (marked ``lab``).
+
+Assertions have wide margins (a shared 2-core machine); the precise figures
+are ``bench/failover.py``'s job.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from vipcore.lab.agents import (
+    PLAIN_KEEPALIVED,
+    Deployment,
+    first_vips,
+    wait_for_holders,
+    write_example_manifests,
+)
+from vipcore.lab.probe import Probe
+from vipcore.lab.topology import Lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
+
+ADVERT = 0.1
+#: Master_Down_Interval at 0.1 s is about 0.3 s; the rest is scheduling slack.
+FAILOVER_BOUND = 1.5
+
+
+def installed(backend: str) -> bool:
+    if backend == PLAIN_KEEPALIVED:
+        return shutil.which("keepalived") is not None
+    from vipcore.plugins import load_hooks
+    return backend in load_hooks().backends()
+
+
+@pytest.fixture(params=[PLAIN_KEEPALIVED, "native_vrrp"])
+def deployed(request: pytest.FixtureRequest) -> Iterator[tuple[Lab, Deployment]]:
+    if not installed(request.param):
+        pytest.skip(f"{request.param} is not installed")
+    with Lab(prefix="vcLf") as lab:
+        deployment = Deployment(backend=request.param, advert_interval=ADVERT,
+                                manifests=write_example_manifests(lab, lab.run_dir / "manifests"))
+        deployment.start_all(lab)
+        assert wait_for_holders(lab, deployment.expected_holders(lab.nodes), timeout=30, quiet=0.3), lab.holders()
+        yield lab, deployment
+
+
+def web(deployment: Deployment) -> list:  # type: ignore[type-arg]
+    resolution, _ = deployment.state()
+    group = max(resolution.groups, key=lambda g: len(g.nodes))
+    return first_vips(group)
+
+
+def test_every_vip_has_one_holder_and_answers_the_client(deployed: tuple[Lab, Deployment]) -> None:
+    lab, deployment = deployed
+    holders = lab.holders()
+    assert set(holders) == set(deployment.expected_holders(lab.nodes))
+    assert all(len(nodes) == 1 for nodes in holders.values()), holders
+    for vip in web(deployment):
+        assert lab.exec(None, ["ping", "-c", "1", "-W", "2", str(vip)], check=False).returncode == 0, vip
+
+
+def test_hard_failure_moves_the_vips_to_the_next_node(deployed: tuple[Lab, Deployment]) -> None:
+    lab, deployment = deployed
+    vips = web(deployment)
+    master = deployment.expected_holders(lab.nodes)[vips[0]]
+    after = deployment.expected_holders([n for n in lab.nodes if n != master])
+    probes = [Probe(lab.client, str(v)).start() for v in vips]
+    try:
+        assert all(p.wait_replies(10) for p in probes)
+        killed = time.time()
+        lab.kill(master)
+        assert wait_for_holders(lab, {v: after[v] for v in vips}, timeout=FAILOVER_BOUND + 2)
+        assert all(p.wait_replies(10, after=time.time()) for p in probes)
+        results = [p.stop(after=killed) for p in probes]
+    finally:
+        for p in probes:
+            p.__exit__()
+    for result in results:
+        assert result.recovered and 0.05 < result.longest_gap < FAILOVER_BOUND, result
+    # The node comes back: links up, started again, and takes its VIPs back (preempt).
+    deployment.start(lab, master)
+    assert wait_for_holders(lab, deployment.expected_holders(lab.nodes), timeout=15, quiet=0.2), lab.holders()
+
+
+def test_graceful_stop_hands_over(deployed: tuple[Lab, Deployment]) -> None:
+    lab, deployment = deployed
+    vips = web(deployment)
+    master = deployment.expected_holders(lab.nodes)[vips[0]]
+    after = deployment.expected_holders([n for n in lab.nodes if n != master])
+    with Probe(lab.client, str(vips[0])) as probe:
+        assert probe.wait_replies(10)
+        stopped = time.time()
+        lab.stop(master)
+        assert wait_for_holders(lab, {v: after[v] for v in vips}, timeout=FAILOVER_BOUND + 2)
+        assert probe.wait_replies(10, after=time.time())
+        result = probe.stop(after=stopped)
+    # Priority 0 on the way out: faster than Master_Down_Interval.
+    assert result.recovered and result.longest_gap < 0.3, result
+    assert lab.link_up(master)
