@@ -328,3 +328,18 @@ def test_stale_vips_are_removed_at_start(lab: Lab, tmp_path: Path) -> None:
         assert V4("198.51.100.99") not in held and V4("198.51.100.50") in held
 
     run(lab, tmp_path, body)
+
+
+def test_back_to_back_changes_do_not_kill_a_starting_keepalived(lab: Lab, tmp_path: Path) -> None:
+    """The agent joins groups one after the other at start; SIGHUP's default action kills a keepalived
+    that has not installed its handler yet, so the reload must wait until it can take one."""
+    async def body(c: Cluster) -> None:
+        a = c.driven["node-a"]
+        await a.backend.vipcore_group_join(membership=c.member(WEB, "node-a"))
+        await a.backend.vipcore_group_join(membership=c.member(PAIR, "node-a"))
+        await wait_for(lambda: a.state(WEB) is not None and a.state(PAIR) is not None, what="both groups reported")
+        assert a.backend.process is not None
+        assert a.backend.process.counters.exits == 0 and a.backend.process.counters.restarts == 0
+        assert a.reloads == 1
+
+    run(lab, tmp_path, body)

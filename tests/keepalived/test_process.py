@@ -62,6 +62,9 @@ def term(*_):
     sys.exit(0)
 signal.signal(signal.SIGHUP, hup)
 signal.signal(signal.SIGTERM, term)
+# Like keepalived: the VRRP pid file appears once signals are handled.
+with open(args[args.index("-r") + 1], "w") as f:
+    f.write(str(os.getpid()))
 if fifo and os.environ.get("STANDIN_EVENTS"):
     with open(fifo, "w") as f:
         f.write(os.environ["STANDIN_EVENTS"].replace(";", "\\n") + "\\n")

@@ -57,6 +57,9 @@ _FIFO_LINE = re.compile(r'^(?P<kind>[A-Z_]+) "(?P<name>[^"]*)" (?P<state>[A-Z_]+
 #: Wait this long for a leftover keepalived to exit before SIGKILL.
 LEFTOVER_TIMEOUT = 5.0
 BACKOFF_MULTIPLIER = 0.2
+#: How long a just-started keepalived gets to become reloadable, and how often we look.
+READY_TIMEOUT = 5.0
+READY_POLL = 0.005
 
 
 class KeepalivedUnavailableError(PluginError):
@@ -260,6 +263,9 @@ class KeepalivedProcess:
             self._stopping = False
             if self.running:
                 assert self._proc is not None
+                await self._wait_ready()
+                if self._proc is None or self._proc.returncode is not None:
+                    return "reloaded"  # died meanwhile: the restart reads the new file
                 self._proc.send_signal(signal.SIGHUP)
                 self.counters.reloads += 1
                 log.info("keepalived reloaded (SIGHUP to pid %d)", self._proc.pid)
@@ -293,6 +299,23 @@ class KeepalivedProcess:
         self._started_at = self.clock()
         self.counters.starts += 1
         log.info("keepalived started pid=%d config=%s", self._proc.pid, self.paths.config)
+
+    async def _wait_ready(self) -> None:
+        """Wait until keepalived can take a SIGHUP: until then SIGHUP's default action kills it.
+
+        Ready means its VRRP child runs (the child's pid file names a live process): the
+        parent installs its handlers before it forks the child.
+        """
+        deadline = self.clock() + READY_TIMEOUT
+        while self._proc is not None and self._proc.returncode is None:
+            pid = _read_pid(self.paths.vrrp_pid)
+            if pid is not None and _alive(pid):
+                return
+            if self.clock() > deadline:
+                log.warning("keepalived pid %d did not start its VRRP process within %.0f s; reloading anyway",
+                            self._proc.pid, READY_TIMEOUT)
+                return
+            await asyncio.sleep(READY_POLL)
 
     async def stop_leftovers(self) -> None:
         """Stop a keepalived of our config left by an earlier agent (by PID from our pid files)."""
