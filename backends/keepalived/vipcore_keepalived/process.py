@@ -286,7 +286,9 @@ class KeepalivedProcess:
         for pidfile in (self.paths.pid, self.paths.vrrp_pid):
             pidfile.unlink(missing_ok=True)
         argv = self.command()
-        with open(self.paths.log, "ab") as logfile:
+        # A fresh log per agent run (keepalived -D is chatty); restarts append to it.
+        mode = "ab" if self.counters.starts else "wb"
+        with open(self.paths.log, mode) as logfile:
             try:
                 # A session of its own: a Ctrl-C meant for the agent must not stop keepalived
                 # behind the agent's back; the agent stops it itself.
