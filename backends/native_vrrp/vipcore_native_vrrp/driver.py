@@ -126,11 +126,19 @@ class RouterDriver:
 
     def _rearm(self) -> None:
         due = self.router.next_timer()
-        if self._timer is not None and (due is None or self._timer.when() != due):
+        if due is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
+        if self._timer is not None:
+            if self._timer.when() <= due:
+                # Every advert a backup hears pushes its timer out; let the
+                # armed one fire early (a no-op) and re-arm then, instead of
+                # a cancel and a new timer per advert.
+                return
             self._timer.cancel()
-            self._timer = None
-        if due is not None and self._timer is None:
-            self._timer = self.loop.call_at(due, self._on_timer)
+        self._timer = self.loop.call_at(due, self._on_timer)
 
     async def _work(self) -> None:
         try:

@@ -69,6 +69,7 @@ class Link:
         self.ifindex = socket.if_nametoindex(interface)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failing = False
+        self._sources: dict[str, ipaddress.IPv6Address] = {}
         self.sock = self._open()
 
     def _open(self) -> socket.socket:
@@ -167,7 +168,12 @@ class Link:
                 dst6 = ipaddress.IPv6Address(value[:16])
         if hops is None or dst6 is None:
             return None
-        src6 = ipaddress.IPv6Address(str(address[0]).split("%", 1)[0])
+        text = str(address[0])
+        src6 = self._sources.get(text)
+        if src6 is None:
+            if len(self._sources) > 1024:  # bounded: sources are a handful of peers
+                self._sources.clear()
+            src6 = self._sources[text] = ipaddress.IPv6Address(text.split("%", 1)[0])
         return data, src6, dst6, hops
 
     # -- send ---------------------------------------------------------------
