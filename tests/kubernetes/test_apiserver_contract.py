@@ -487,3 +487,10 @@ def test_events_can_be_created_and_selected(cluster: Cluster) -> None:
     found = cluster.core.list_namespaced_event(cluster.namespace,
                                                field_selector=f"involvedObject.name={name}").items
     assert [e.reason for e in found] == ["IPAllocated"]
+
+
+def test_strict_field_validation_refuses_unknown_fields(cluster: Cluster) -> None:
+    with pytest.raises(k8s.ApiException) as err:
+        cluster.custom.create_cluster_custom_object(GROUP, VERSION, "vipgroups",
+                                                    vipgroup(cluster.name(), surprise=1), field_validation="Strict")
+    assert err.value.status == 400 and 'unknown field "spec.surprise"' in status_body(err.value)["message"]

@@ -181,3 +181,17 @@ def test_kubectl_creates_gets_and_watches(server: ApiServer, tmp_path: Path) -> 
     finally:
         watcher.terminate()
         watcher.wait(10)
+
+
+def test_a_watch_whose_client_left_frees_its_connection(server: ApiServer) -> None:
+    core = k8s.CoreV1Api(server.client())
+    resp = core.list_namespaced_service("default", watch=True, _preload_content=False, timeout_seconds=600)
+    deadline = time.monotonic() + 5
+    while server.open_connections != 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.open_connections == 1
+    resp.close()
+    deadline = time.monotonic() + 5
+    while server.open_connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.open_connections == 0

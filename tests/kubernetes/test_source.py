@@ -276,3 +276,19 @@ def test_state_families_come_from_the_api_defaults(source: tuple[KubernetesSourc
     src, _ = source
     web = [s for s in src.state().services if s.name == "web"][0]
     assert web.families == (Family.IPV4,)
+
+
+def test_replayed_changes_are_not_emitted_twice(source: tuple[KubernetesSource, Recorder],
+                                                populated: ApiServer) -> None:
+    src, recorder = source
+    populated.create(o.service("one"))
+    populated.patch("v1", "Service", "one", {"metadata": {"labels": {"v": "2"}}}, namespace="default")
+    wait_for(lambda: recorder.of("services", "default/one") == ["ADDED", "MODIFIED"])
+    populated.replay_next_watch(5)
+    populated.close_watches()
+    populated.create(o.service("two"))
+    wait_for(lambda: recorder.of("services", "default/two") == ["ADDED"])
+    replays = [r for r in populated.requests if r.method == "WATCH" and "/services?" in r.path]
+    assert len(replays) >= 2
+    assert recorder.of("services", "default/one") == ["ADDED", "MODIFIED"]
+    _no_duplicates(recorder)

@@ -277,6 +277,8 @@ class KubernetesSource:
         self._synced_event = threading.Event()
         self._last_change = 0.0
         self._delivered: DesiredState | None = None
+        #: Per kind, the resourceVersion to resume watching from (None: list first).
+        self._positions: dict[str, str | None] = {}
 
     # -------------------------------------------------------------- lifecycle
 
@@ -435,22 +437,21 @@ class KubernetesSource:
         log.warning("watching %s failed (%s); retrying in %.2fs", kind.name, text, delay)
 
     def _run(self, kind: Kind) -> None:
-        resource_version: str | None = None
         relist = False  # the next list replaces a watch that expired: count it, emit missed changes
         while not self._stop.is_set():
             try:
                 for attempt in self._retrying(kind):
                     with attempt:
-                        if resource_version is None:
-                            resource_version = self._list(kind, relist=relist)
+                        if self._positions.get(kind.name) is None:
+                            self._positions[kind.name] = self._list(kind, relist=relist)
                             relist = False
-                            if resource_version is None:  # an optional kind that is not served
+                            if self._positions[kind.name] is None:  # an optional kind that is not served
                                 self._stop.wait(self.optional_recheck)
                                 continue
-                        resource_version = self._stream(kind, resource_version, attempt.retry_state.attempt_number)
+                        self._stream(kind, attempt.retry_state.attempt_number)
             except _Gone:
                 log.info("watch of %s expired (410 Gone); re-listing", kind.name)
-                resource_version = None
+                self._positions[kind.name] = None
                 relist = True
             except Exception as exc:  # tenacity reraises the last error only when stopping
                 if not self._stop.is_set():
@@ -524,8 +525,13 @@ class KubernetesSource:
                 self._invalid.pop((kind.name, key), None)
         self._publish(changes)
 
-    def _stream(self, kind: Kind, resource_version: str, attempt: int) -> str:
-        """One watch request; returns the resourceVersion to resume from. Raises _Gone on 410."""
+    def _stream(self, kind: Kind, attempt: int) -> None:
+        """One watch request from the kind's position, which it advances event by event.
+
+        Raises _Gone on 410, _StreamEnded when the stream ended before it was healthy.
+        """
+        resource_version = self._positions[kind.name]
+        assert resource_version is not None
         func = kind.lister(self.client)
         # Spread the server-side timeouts so that kinds do not reconnect in lockstep.
         timeout = int(self.watch_timeout * random.uniform(0.9, 1.1)) or 1
@@ -536,12 +542,17 @@ class KubernetesSource:
         }
         if kind.label_selector:
             kwargs["label_selector"] = kind.label_selector
+        # resourceVersions are opaque, but every etcd-backed server issues increasing
+        # integers: compare them only then, to drop changes a lagging replica replays.
+        floor = int(resource_version) if resource_version.isdigit() else None
         started = time.monotonic()
         resp = func(**kwargs)
         with self._lock:
             self._responses.add(resp)
             if attempt > 1 or not self._healthy[kind.name]:
                 self._reconnects += 1
+        if self._stop.is_set():
+            _shutdown(resp)  # stop() ran while this request was in flight
         self._mark_healthy(kind)
         try:
             for line in _lines(resp):
@@ -551,22 +562,25 @@ class KubernetesSource:
                     if obj.get("code") == 410:
                         raise _Gone()
                     raise KubernetesError(f"watch error: {obj.get('message')}", status=obj.get("code"))
-                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+                if floor is not None and rv.isdigit() and int(rv) <= floor:
+                    continue  # replayed by a lagging API server: already applied
                 if etype in ("ADDED", "MODIFIED", "DELETED"):
                     obj.setdefault("kind", kind.kind)
                     obj.setdefault("apiVersion", kind.api_version)
                     self._apply(kind, etype, obj)
                 if rv:
-                    resource_version = str(rv)
+                    # Advance at once: a failure later in this stream resumes from here.
+                    self._positions[kind.name] = rv
                 if self._stop.is_set():
                     break
         finally:
             with self._lock:
                 self._responses.discard(resp)
+            resp.close()  # watch connections are not reused (the server closes them too)
             resp.release_conn()
         if time.monotonic() - started < self.healthy_after and not self._stop.is_set():
             raise _StreamEnded(f"watch of {kind.name} ended after {time.monotonic() - started:.2f}s")
-        return resource_version
 
     def _apply(self, kind: Kind, etype: str, obj: Obj) -> None:
         key = object_key(obj)
@@ -581,8 +595,8 @@ class KubernetesSource:
                 self._converted.pop((kind.name, key), None)
                 self._invalid.pop((kind.name, key), None)
             else:
-                if known is not None and known["metadata"].get("resourceVersion") == rv:
-                    return  # already seen (a replay): never emit a duplicate
+                if known is not None and not _newer(rv, known["metadata"].get("resourceVersion", "")):
+                    return  # already seen (a replay): never emit a duplicate, never go back
                 etype = "MODIFIED" if known is not None else "ADDED"
                 cache[key] = obj
         self._publish([ObjectChange(kind.name, etype, key, rv, obj)])
@@ -606,6 +620,13 @@ class KubernetesSource:
                 loop.call_soon_threadsafe(wake.set)
             except RuntimeError:
                 pass  # the loop closed meanwhile
+
+
+def _newer(rv: str, known: str) -> bool:
+    """Whether ``rv`` is a later version than ``known`` (numeric when both are, else merely different)."""
+    if rv.isdigit() and known.isdigit():
+        return int(rv) > int(known)
+    return rv != known
 
 
 def _lines(resp: Any) -> Iterator[str]:

@@ -80,6 +80,7 @@ class ApiServer:
         self.requests: list[RequestRecord] = []
         self._lock = threading.Lock()
         self._failures: list[int] = []
+        self._replay = 0
         self._connections: set[socket.socket] = set()
         self._httpd: ApiHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -159,6 +160,12 @@ class ApiServer:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections currently open (watch streams included)."""
+        with self._lock:
+            return len(self._connections)
 
     @property
     def listening(self) -> bool:
@@ -267,6 +274,20 @@ class ApiServer:
             raise ValueError("code must be 500 or 503")
         with self._lock:
             self._failures.extend([code] * count)
+
+    def replay_next_watch(self, changes: int) -> None:
+        """Make the next watch that resumes from a resourceVersion start ``changes`` changes earlier.
+
+        Models an API server replica whose watch cache lags: the client sees
+        changes again that it already had, and must not apply them twice.
+        """
+        with self._lock:
+            self._replay = changes
+
+    def _take_replay(self) -> int:
+        with self._lock:
+            replay, self._replay = self._replay, 0
+            return replay
 
     def clear_failures(self) -> None:
         """Forget failures injected by :meth:`fail_next` that were not used yet."""

@@ -10,6 +10,7 @@ import datetime
 import json
 import logging
 import re
+import select
 import socket
 import time
 from collections.abc import Mapping
@@ -321,6 +322,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         if name is not None and rtype.namespaced and namespace is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         as_table = "as=Table" in (self.headers.get("Accept") or "")
+        strict = query.get("fieldValidation") == "Strict"
         include = query.get("includeObject", "")
         method = self.command
         if name is None:
@@ -339,7 +341,7 @@ class ApiHandler(BaseHTTPRequestHandler):
                                    continue_token=listed["metadata"].get("continue"))
                 self._send_json(200, listed)
             elif method == "POST":
-                self._send_json(201, store.create(rtype, namespace, self._body()))
+                self._send_json(201, store.create(rtype, namespace, self._body(), strict=strict))
             else:
                 raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested "
                                                         f"resource ({method} {rtype.plural})")
@@ -350,13 +352,14 @@ class ApiHandler(BaseHTTPRequestHandler):
             obj = store.get(rtype, namespace, name)
             self._send_json(200, table(rtype, [obj], include=include) if as_table else obj)
         elif method == "PUT":
-            self._send_json(200, store.update(rtype, namespace, name, self._body(), subresource=sub))
+            self._send_json(200, store.update(rtype, namespace, name, self._body(), subresource=sub, strict=strict))
         elif method == "PATCH":
             ctype = self.headers.get("Content-Type") or ""
             if "apply-patch" in ctype:
                 raise ApiError(415, "UnsupportedMediaType", "server-side apply is not supported by the vipcore "
                                                             "test API server; use merge or JSON patch")
-            self._send_json(200, store.patch(rtype, namespace, name, ctype, self._body(), subresource=sub))
+            self._send_json(200, store.patch(rtype, namespace, name, ctype, self._body(), subresource=sub,
+                                             strict=strict))
         elif method == "DELETE":
             if sub is not None:
                 raise ApiError(405, "MethodNotAllowed", "subresources cannot be deleted")
@@ -397,6 +400,13 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     # -------------------------------------------------------------- watch
 
+    def _peer_closed(self) -> bool:
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
     def _chunk(self, event: Obj) -> None:
         data = json.dumps(event, separators=(",", ":")).encode() + b"\n"
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -426,6 +436,10 @@ class ApiHandler(BaseHTTPRequestHandler):
                            if translate(Change(0, rtype.key, "ADDED", o, None), rtype, namespace, labels, fields)]
             else:
                 position = int(rv_text)
+                replay = api._take_replay()
+                if replay:
+                    earlier = [c.rv for c in store.changes_after(store.compacted) if c.rv <= position]
+                    position = earlier[-replay - 1] if len(earlier) > replay else store.compacted
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -472,6 +486,8 @@ class ApiHandler(BaseHTTPRequestHandler):
                         if bookmarks and now >= next_bookmark:
                             break
                     store.cond.wait(max(0.0, min(deadline - now, next_bookmark - now, 1.0)))
+                    if self._peer_closed():
+                        return  # the client went away: free this thread now, not at the timeout
             try:
                 if error is not None:
                     self._chunk({"type": "ERROR", "object": error})

@@ -47,6 +47,26 @@ def prune(value: Any, schema: Mapping[str, Any]) -> Any:
     return value
 
 
+def unknown_fields(value: Any, schema: Mapping[str, Any], path: str = "") -> list[str]:
+    """Paths of the fields pruning would drop (what ``fieldValidation=Strict`` refuses)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            if props is not None and key in props:
+                found.extend(unknown_fields(item, props[key], where))
+            elif isinstance(extra, Mapping):
+                found.extend(unknown_fields(item, extra, where))
+            elif not (schema.get("x-kubernetes-preserve-unknown-fields") or extra is True):
+                found.append(where)
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        for i, item in enumerate(value):
+            found.extend(unknown_fields(item, schema["items"], f"{path}[{i}]"))
+    return found
+
+
 def validate(value: Any, schema: Mapping[str, Any], path: str = "") -> list[str]:
     """Messages in the API server's style (``spec.vrid: Invalid value: ...``), empty when valid."""
     where = path or "<root>"

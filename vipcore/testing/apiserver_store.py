@@ -44,7 +44,7 @@ from vipcore.testing.apiserver_match import (
     merge_patch,
     strategic_merge_patch,
 )
-from vipcore.testing.apiserver_schema import prune, validate
+from vipcore.testing.apiserver_schema import prune, unknown_fields, validate
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
@@ -324,10 +324,14 @@ class Store:
                           "'-' or '.', and must start and end with an alphanumeric character")
         return name
 
-    def _validate_custom(self, rtype: ResourceType, obj: Obj, name: str) -> Obj:
+    def _validate_custom(self, rtype: ResourceType, obj: Obj, name: str, *, strict: bool = False) -> Obj:
         if rtype.schema is None:
             return obj
         body = {k: v for k, v in obj.items() if k not in ("metadata", "kind", "apiVersion")}
+        if strict:
+            unknown = unknown_fields(body, rtype.schema)
+            if unknown:
+                raise bad_request("strict decoding error: " + ", ".join(f'unknown field "{u}"' for u in unknown))
         body = prune(body, rtype.schema)
         errors = validate(body, rtype.schema)
         if errors:
@@ -346,7 +350,7 @@ class Store:
                               f"version ({rtype.api_version})")
         return copy.deepcopy(body)
 
-    def create(self, rtype: ResourceType, namespace: str | None, body: Any) -> Obj:
+    def create(self, rtype: ResourceType, namespace: str | None, body: Any, *, strict: bool = False) -> Obj:
         obj = self._check_body_kind(rtype, body)
         obj["kind"], obj["apiVersion"] = rtype.kind, rtype.api_version
         meta = obj.setdefault("metadata", {})
@@ -385,7 +389,7 @@ class Store:
             if rtype.defaulter is not None:
                 rtype.defaulter(obj)
             if rtype.custom:
-                obj = self._validate_custom(rtype, obj, name)
+                obj = self._validate_custom(rtype, obj, name, strict=strict)
             return copy.deepcopy(self._commit(rtype, "ADDED", obj, None))
 
     def _write(
@@ -397,6 +401,7 @@ class Store:
         *,
         subresource: str | None,
         require_rv: bool,
+        strict: bool = False,
     ) -> Obj:
         """Replace an object with ``compute(copy of current)``, with every upstream rule on writes."""
         if subresource not in (None, "status") or (subresource == "status" and not rtype.status_subresource):
@@ -450,7 +455,7 @@ class Store:
                 if rtype.defaulter is not None:
                     rtype.defaulter(new)
                 if rtype.custom:
-                    new = self._validate_custom(rtype, new, name)
+                    new = self._validate_custom(rtype, new, name, strict=strict)
                 if rtype.generation and _spec_part(new) != _spec_part(old):
                     new["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
             new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
@@ -462,13 +467,13 @@ class Store:
             return copy.deepcopy(self._commit(rtype, "MODIFIED", new, old))
 
     def update(self, rtype: ResourceType, namespace: str | None, name: str, body: Any,
-               *, subresource: str | None = None) -> Obj:
+               *, subresource: str | None = None, strict: bool = False) -> Obj:
         """PUT. Custom resources require metadata.resourceVersion, as upstream."""
         return self._write(rtype, namespace, name, lambda _old: body, subresource=subresource,
-                           require_rv=rtype.custom)
+                           require_rv=rtype.custom, strict=strict)
 
     def patch(self, rtype: ResourceType, namespace: str | None, name: str, content_type: str, patch: Any,
-              *, subresource: str | None = None) -> Obj:
+              *, subresource: str | None = None, strict: bool = False) -> Obj:
         """PATCH with a merge, strategic merge (built-in kinds only) or JSON patch."""
         kind = content_type.split(";")[0].strip()
         if kind == MERGE_PATCH:
@@ -489,7 +494,8 @@ class Store:
             raise ApiError(415, "UnsupportedMediaType",
                            f"the body of the request was in an unknown format - accepted media types include: "
                            f"{JSON_PATCH}, {MERGE_PATCH}, {STRATEGIC_PATCH}")
-        return self._write(rtype, namespace, name, apply, subresource=subresource, require_rv=False)
+        return self._write(rtype, namespace, name, apply, subresource=subresource, require_rv=False,
+                           strict=strict)
 
     def delete(self, rtype: ResourceType, namespace: str | None, name: str,
                options: Mapping[str, Any] | None = None) -> Obj:
