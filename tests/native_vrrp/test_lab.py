@@ -143,22 +143,36 @@ import socket, struct, sys, time, ipaddress
 from vipcore_native_vrrp.protocol.packet import Advertisement, encode
 vrid, prio, ttl, src, count = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 vips = [ipaddress.ip_address(v) for v in sys.argv[6:]]
-group = ipaddress.ip_address("224.0.0.18")
-data = encode(Advertisement(vrid, prio, 5, vips), ipaddress.ip_address(src), group)
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
-s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
-s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
+if vips[0].version == 4:
+    group = ipaddress.ip_address("224.0.0.18")
+    data = encode(Advertisement(vrid, prio, 5, vips), ipaddress.ip_address(src), group)
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
+    target = ("224.0.0.18", 0)
+else:
+    index = socket.if_nametoindex("eth0")
+    probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    probe.connect(("ff02::12", 9, 0, index))
+    source = ipaddress.ip_address(probe.getsockname()[0].split("%")[0])  # our link-local
+    data = encode(Advertisement(vrid, prio, 5, vips), source, ipaddress.ip_address("ff02::12"))
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, 112)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+    target = ("ff02::12", 0, 0, index)
 for _ in range(count):
-    s.sendto(data, ("224.0.0.18", 0))
+    s.sendto(data, target)
     time.sleep(0.02)
 """
 
 
-def spoof(ns: str, vrid: int, priority: int, ttl: int, src: str, count: int = 25) -> None:
+def spoof(ns: str, vrid: int, priority: int, ttl: int, src: str, count: int = 25,
+          vip: ipaddress.IPv4Address | ipaddress.IPv6Address = WEB_V4) -> None:
     subprocess.run(
         ["ip", "netns", "exec", ns, sys.executable, "-c", SPOOF, str(vrid), str(priority), str(ttl), src,
-         str(count), str(WEB_V4)],
+         str(count), str(vip)],
         check=True, cwd=ROOT, timeout=30,
     )
 
@@ -171,14 +185,17 @@ def test_spoofed_adverts_do_not_move_the_vip(lab: Lab) -> None:
     member_ip = f"198.51.100.{NODES[member]}"
     spoof(CLIENT, vrid, 255, 255, "198.51.100.2")  # not a member of the group
     spoof(ns_of(member), vrid, 255, 64, member_ip)  # a member, but routed (TTL 64)
+    spoof(ns_of(member), vrid, 255, 64, "", vip=WEB_V6)  # IPv6: hop limit 64
     time.sleep(0.3)
-    assert lab.holders(WEB_V4) == [holder]
+    assert lab.holders(WEB_V4) == [holder] and lab.holders(WEB_V6) == [holder]
     assert not [line for line in lab.log(holder) if line.get("old") == "master"]
     # Control: the same advert with TTL 255 from the member is obeyed, so the
     # two above were dropped by validation, not lost on the way.
     spoof(ns_of(member), vrid, 255, 255, member_ip, count=3)
-    preempted = [line.get("reason", "") for line in lab.log(holder) if line.get("old") == "master"]
-    assert any(f"preempted by {member_ip} (priority 255)" in r for r in preempted), preempted
+    spoof(ns_of(member), vrid, 255, 255, "", count=3, vip=WEB_V6)
+    preempted = [line for line in lab.log(holder) if line.get("old") == "master"]
+    assert any(f"preempted by {member_ip} (priority 255)" in line.get("reason", "") for line in preempted), preempted
+    assert any(line.get("family") == "IPv6" and "(priority 255)" in line.get("reason", "") for line in preempted)
 
 
 KEEPALIVED_CONF = """
@@ -274,3 +291,16 @@ def test_sixteen_dual_stack_groups_stay_put(lab: Lab) -> None:
     assert [r["transitions_after_settle"] for r in results] == [0, 0, 0], [r["first_reasons"] for r in results]
     # Spread: the core's placement gives every node some groups.
     assert all(r["masters"] for r in results)
+
+
+def test_unicast_peers_elect_and_fail_over(lab: Lab) -> None:
+    lab.settings["unicast"] = True
+    holder = start_all(lab)
+    assert holder == lab.placement(WEB_V4)[0]
+    assert lab.ping(WEB_V4) and lab.ping(WEB_V6)
+    lab.kill(holder)
+    lab.link(holder, "down")
+    new = lab.placement(WEB_V4)[1]
+    assert wait_until(lambda: others(holder, WEB_V4, lab) == new and lab.holders(WEB_V6) == [new], 5), (
+        lab.holders(WEB_V4), lab.holders(WEB_V6))
+    assert wait_until(lambda: lab.ping(WEB_V4) and lab.ping(WEB_V6), 5)
