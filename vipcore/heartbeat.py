@@ -14,7 +14,8 @@ its record (holder, renewTime) changed less than ``leaseDurationSeconds`` ago
 *on the observer's own monotonic clock*, so clock skew between nodes does not
 matter. A node with no Lease is not eligible (it runs no agent). While the
 observer's view of the API is stale (the watch is down), the last verdict is
-kept: an unreachable API server must not make every node look dead.
+kept: an unreachable API server must not make every node look dead; when
+the view is current again every Lease gets a full duration to be renewed.
 
 Configuration (``kubernetes.heartbeat`` in the shared config)::
 
@@ -84,6 +85,7 @@ class HeartbeatTracker:
         #: node -> ((holder, renewTime), duration, first seen at)
         self._seen: dict[str, tuple[tuple[str, str], float, float]] = {}
         self._alive: frozenset[str] = frozenset()
+        self._stale = False
 
     def observe(self, leases: Iterable[Mapping[str, Any]], *, fresh: bool = True) -> frozenset[str]:
         """The nodes alive now, given the heartbeat Leases the observer currently sees.
@@ -92,8 +94,13 @@ class HeartbeatTracker:
         it is not, the previous answer is returned unchanged.
         """
         if not fresh:
+            self._stale = True
             return self._alive
         now = self.monotonic()
+        if self._stale:
+            # Back from an outage: nobody could renew meanwhile, so restart every clock now.
+            self._stale = False
+            self._seen = {node: (record, duration, now) for node, (record, duration, _) in self._seen.items()}
         current: dict[str, tuple[tuple[str, str], float, float]] = {}
         for lease in leases:
             name = str((lease.get("metadata") or {}).get("name") or "")

@@ -159,7 +159,7 @@ def test_local_service_group_follows_endpoints(server: ApiServer, start: Callabl
     start()
     ip = wait_for(lambda: lb_ips(server, "local"), what="allocation without endpoints")
     assert vipgroups(server) == []
-    assert "NoGroup" in wait_for(lambda: reasons(server, "local"), what="NoGroup event")
+    wait_for(lambda: "NoGroup" in reasons(server, "local"), what="NoGroup event")
     server.create(endpoint_slice("local", ["node-b"]))
     (group,) = wait_for(lambda: vipgroups(server), what="group for node-b")
     assert group["spec"]["nodes"] == ["node-b"]
@@ -170,29 +170,48 @@ def test_local_service_group_follows_endpoints(server: ApiServer, start: Callabl
     assert lb_ips(server, "local") == ip
 
 
-def test_conflict_is_retried(server: ApiServer, start: Callable[..., Any]) -> None:
+def test_conflict_is_retried(server: ApiServer) -> None:
     """A plan made from a stale read meets 409, re-reads, and writes again when the change is unrelated."""
+    from controller_helpers import settings  # type: ignore[import-not-found]
+
+    from vipcore.controller import Controller
+
     cluster(server)
     server.create(service("web"))
-    running = start()
-    wait_for(lambda: lb_ips(server, "web"), what="allocation")
-    controller = running.controller
-    server.create(service("late"))
-    wait_for(lambda: "default/late" in {o["metadata"]["namespace"] + "/" + o["metadata"]["name"]
-                                        for o in controller.source.objects("services").values()}, what="cache")
-    # Take the inputs before the controller writes "late", then change "late" behind its back (a label).
-    with server.hold_watches():
+    client = server.client()
+    controller = Controller(settings("c1"), client)  # not running: this test drives the passes
+    controller.source.start()
+    try:
+        assert controller.source.wait_synced(10)
         inputs = controller.inputs()
-        late = server.get("v1", "Service", "late", "default")
-        stale_rv = next(o for o in inputs["services"] if o["metadata"]["name"] == "late")["metadata"]["resourceVersion"]
-        late["metadata"].setdefault("labels", {})["team"] = "blue"
-        server.update(late)
-        assert server.get("v1", "Service", "late", "default")["metadata"]["resourceVersion"] != stale_rv
+        # Someone labels the Service after the controller read it.
+        web = server.get("v1", "Service", "web", "default")
+        web["metadata"].setdefault("labels", {})["team"] = "blue"
+        server.update(web)
         before = time.monotonic()
         result = controller.reconcile(inputs)
-    assert result.conflicts >= 1 and result.clean
-    assert any(r.code == 409 and "/services/late" in r.path for r in server.requests_since(before))
-    assert lb_ips(server, "late")
+        assert result.conflicts == 1 and result.clean
+        assert [r.code for r in server.requests_since(before) if "/services/web" in r.path
+                and r.method == "PATCH"] == [409, 200, 200]
+        assert lb_ips(server, "web")
+        assert server.get("v1", "Service", "web", "default")["metadata"]["labels"] == {"team": "blue"}
+        # A change that matters (a requested address) is not overwritten: the pass gives up and re-plans.
+        inputs = controller.inputs()
+        server.create(service("other"))
+        wait_for(lambda: len(controller.source.objects("services")) == 2, what="cache")
+        inputs = controller.inputs()
+        other = server.get("v1", "Service", "other", "default")
+        other["spec"]["loadBalancerIP"] = "203.0.113.19"
+        server.update(other)
+        result = controller.reconcile(inputs)
+        assert result.stale == ["default/other"] and lb_ips(server, "other") == []
+        wait_for(lambda: controller.source.objects("services")["default/other"]["spec"].get("loadBalancerIP"),
+                 what="cache")
+        assert controller.reconcile().clean
+        assert lb_ips(server, "other") == ["203.0.113.19"]
+    finally:
+        controller.source.stop()
+        client.close()
 
 
 def test_vrids_stable_across_restart(server: ApiServer, start: Callable[..., Any]) -> None:
