@@ -333,13 +333,50 @@ def test_stale_vips_are_removed_at_start(lab: Lab, tmp_path: Path) -> None:
 def test_back_to_back_changes_do_not_kill_a_starting_keepalived(lab: Lab, tmp_path: Path) -> None:
     """The agent joins groups one after the other at start; SIGHUP's default action kills a keepalived
     that has not installed its handler yet, so the reload must wait until it can take one."""
+    # Ten groups of node-a alone (one member each: VRIDs need not be unique across names here).
+    groups = [attrs.evolve(make_group(("node-a",), 20 + i, (f"198.51.100.{110 + i}",)), name=f"{i:02x}{0:062x}-eth0")
+              for i in range(10)]
+
     async def body(c: Cluster) -> None:
         a = c.driven["node-a"]
-        await a.backend.vipcore_group_join(membership=c.member(WEB, "node-a"))
-        await a.backend.vipcore_group_join(membership=c.member(PAIR, "node-a"))
-        await wait_for(lambda: a.state(WEB) is not None and a.state(PAIR) is not None, what="both groups reported")
+        for g in groups:
+            await a.backend.vipcore_group_join(membership=c.member(g, "node-a"))
+        await wait_for(lambda: all(a.state(g) is State.MASTER for g in groups), what="every group held")
         assert a.backend.process is not None
         assert a.backend.process.counters.exits == 0 and a.backend.process.counters.restarts == 0
-        assert a.reloads == 1
+        assert a.reloads == len(groups) - 1
+        assert lab.holding("node-a") == {v for g in groups for v in g.vips_v4}
 
     run(lab, tmp_path, body)
+
+
+def test_a_group_on_a_missing_interface_disturbs_no_other(lab: Lab, tmp_path: Path) -> None:
+    ghost = VipGroup(name=group_name(ALL, "vcKgone0"), interface="vcKgone0", nodes=ALL, vrid=12,
+                     vips_v4=(V4("198.51.100.125"),))
+
+    async def body(c: Cluster) -> None:
+        await c.join(WEB)
+        holder = await c.settled(WEB)
+        await c.join(ghost)
+        await wait_for(lambda: all(d.state(ghost) is State.FAULT for d in c.driven.values()), what="ghost FAULT")
+        await asyncio.sleep(0.5)
+        assert await c.settled(WEB, timeout=1) == holder
+        for d in c.driven.values():
+            assert d.backend.process is not None and d.backend.process.counters.exits == 0
+
+    run(lab, tmp_path, body)
+
+
+def test_unicast_adverts_elect_one_holder(lab: Lab, tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        await c.join(WEB)
+        holder = await c.settled(WEB)
+        conf = (c.state_root / holder / "keepalived.conf").read_text()
+        assert "unicast_peer" in conf and f"unicast_src_ip {lab.shared.address(holder)}" in conf
+        # Graceful stop still hands over (priority 0 goes to the unicast peers).
+        order = [p.name for p in c.member(WEB, holder).members]
+        await c.driven[holder].backend.vipcore_backend_stop(graceful=True)
+        survivors = tuple(n for n in ALL if n != holder)
+        assert await c.settled(WEB, survivors, timeout=3, expect=order[1]) == order[1]
+
+    run(lab, tmp_path, body, config={"unicast": True})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from vipcore.addresses import AddressHolder, InterfaceInfo
@@ -98,8 +99,25 @@ class KeepalivedBackend:
             self._report(instance, State.FAULT, f"keepalived exited (code {code}); {what}")
 
     async def _interfaces(self, names: set[str]) -> dict[str, InterfaceInfo]:
+        """The interfaces that exist; a missing one only loses its unicast source address."""
         assert self.holder is not None
-        return {name: await self.holder.interface(name) for name in sorted(names)}
+        found = {}
+        for name in sorted(names):
+            try:
+                found[name] = await self.holder.interface(name)
+            except InterfaceNotFoundError:
+                log.warning("interface %s does not exist: its groups' routers stay FAULT until it does", name)
+        return found
+
+    async def _change(self, mutate: Callable[[], None]) -> None:
+        """Apply ``mutate`` to the backend's groups and sync; undo it if the sync fails."""
+        saved = (dict(self.memberships), set(self.released), set(self.taken_over))
+        mutate()
+        try:
+            await self._sync()
+        except BaseException:
+            self.memberships, self.released, self.taken_over = saved
+            raise
 
     async def _sync(self) -> Rendered:
         """Render everything; clean stale VIPs on new interfaces; start, reload or stop keepalived."""
@@ -115,7 +133,10 @@ class KeepalivedBackend:
         previous = self.rendered
         for interface in sorted({i.interface for i in rendered.instances} - self._cleaned):
             keep = previous.vips(interface) if previous else frozenset()
-            stale = await self.holder.remove_stale(interface, ctx.is_managed, keep=keep)
+            try:
+                stale = await self.holder.remove_stale(interface, ctx.is_managed, keep=keep)
+            except InterfaceNotFoundError:
+                continue  # nothing to clean yet; try again at the next change
             if stale:
                 log.warning("removed stale VIPs %s from %s", ", ".join(map(str, stale)), interface)
             self._cleaned.add(interface)
@@ -207,8 +228,7 @@ class KeepalivedBackend:
         if membership.group.vrid is None:
             raise VipcoreError(f"group {membership.group.name} has no VRID; keepalived needs one")
         async with self._lock:
-            self.memberships[membership.name] = membership
-            await self._sync()
+            await self._change(lambda: self.memberships.__setitem__(membership.name, membership))
         return True
 
     @hookimpl
@@ -217,8 +237,7 @@ class KeepalivedBackend:
             raise VipcoreError(f"group {new.group.name} has no VRID; keepalived needs one")
         async with self._lock:
             before = tuple(i for i in (self.rendered.instances if self.rendered else ()) if i.group == new.name)
-            self.memberships[new.name] = new
-            await self._sync()
+            await self._change(lambda: self.memberships.__setitem__(new.name, new))
             # A VIP taken out of the group (or a family dropped) must not stay behind.
             await self._drop(self._unrendered_vips(before), LEAVE_SETTLE)
         return True
@@ -249,11 +268,14 @@ class KeepalivedBackend:
             if group not in self.memberships:
                 raise VipcoreError(f"cannot take over group {group}: this node is not a member")
             log.info("taking over group %s: %s", group[:12], reason)
-            if group in self.released:
-                self.released.discard(group)
-            else:
-                self.taken_over.add(group)
-            await self._sync()
+
+            def take() -> None:
+                if group in self.released:
+                    self.released.discard(group)
+                else:
+                    self.taken_over.add(group)
+
+            await self._change(take)
         return True
 
     # -- notification hooks ---------------------------------------------------

@@ -11,6 +11,8 @@ Contract:
   keepalived and native_vrrp nodes elects the same holder.
 * ``vrrp_version 3``, never ``vrrp_strict`` (it forces ``no_accept``: the
   holder would drop traffic to its own VIPs).
+* ``dynamic_interfaces``: a group on an interface that does not exist (yet)
+  is FAULT on its own instead of stopping keepalived for every group.
 * A group with both families gets a ``vrrp_sync_group`` so its IPv4 and IPv6
   routers move together.
 * Identical input gives byte-identical output: everything is sorted, so an
@@ -245,6 +247,9 @@ def render(
     lines += _block("global_defs", [
         f"router_id {settings.router_id or node}",
         "vrrp_version 3",
+        # Without it one group on a missing interface makes keepalived exit (CONFIG error) and
+        # takes every group down; with it that group's routers are FAULT until the interface appears.
+        "dynamic_interfaces",
         f"notify_fifo {fifo}",
         # keepalived 2.2 knows the announcement spacing only globally.
         *([f"vrrp_garp_interval {_advert(settings.garp.interval)}",
