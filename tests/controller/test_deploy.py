@@ -1,0 +1,185 @@
+"""deploy/: schema-valid, consistent with what the code needs, and accepted by an API server."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from vipcore.config import load_config
+from vipcore.controller import ControllerSettings
+from vipcore.heartbeat import HeartbeatConfig
+from vipcore.testing.apiserver import ApiServer
+from vipcore.testing.apiserver_store import ResourceType
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+K8S_VERSION = "1.31.0"
+
+
+def documents() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in sorted(DEPLOY.rglob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def by_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for d in documents() if d["kind"] == kind]
+
+
+def one(kind: str, name: str) -> dict[str, Any]:
+    (doc,) = [d for d in by_kind(kind) if d["metadata"]["name"] == name]
+    return doc
+
+
+def test_every_manifest_is_valid_against_kubernetes_schemas() -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed (test extra)")
+    for doc in documents():
+        kv.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_file() -> None:
+    listed = set(yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"])
+    files = {str(p.relative_to(DEPLOY)) for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml"}
+    # The OpenELB Eip CRD is OpenELB's: installed by OpenELB, never by vipcore.
+    assert listed == files - {"crds/network.kubesphere.io_eips.yaml"}
+
+
+def test_agent_daemonset_is_host_network_and_not_privileged() -> None:
+    ds = one("DaemonSet", "vipcore-agent")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["serviceAccountName"] == "vipcore-agent"
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+    assert pod["tolerations"], "tolerations are documented in the manifest"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["VIPCORE_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+
+
+def test_controller_deployment_has_two_replicas_and_nothing_added() -> None:
+    dep = one("Deployment", "vipcore-controller")
+    assert dep["spec"]["replicas"] == 2
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "vipcore-controller" and not pod.get("hostNetwork")
+    (container,) = pod["containers"]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["args"][0] == "controller"
+
+
+def _allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules)
+
+
+# What the code does, per component: (API group, resource, verb).
+CONTROLLER_NEEDS = [
+    ("", "services", v) for v in ("list", "watch", "get", "patch")] + [
+    ("", "services/status", "patch"), ("", "nodes", "list"), ("", "nodes", "watch"),
+    ("discovery.k8s.io", "endpointslices", "watch"), ("", "events", "create"),
+    ("vipcore.io", "vippools", "watch"), ("vipcore.io", "vipgroups", "create"), ("vipcore.io", "vipgroups", "patch"),
+    ("vipcore.io", "vipgroups", "delete"), ("network.kubesphere.io", "eips", "watch"),
+]
+AGENT_NEEDS = [
+    ("", "services", "watch"), ("", "nodes", "watch"), ("discovery.k8s.io", "endpointslices", "watch"),
+    ("vipcore.io", "vippools", "watch"), ("vipcore.io", "vipgroups", "watch"), ("vipcore.io", "vipgroups/status", "get"),
+    ("vipcore.io", "vipgroups/status", "patch"), ("network.kubesphere.io", "eips", "watch"),
+]
+LEASES = [("coordination.k8s.io", "leases", v) for v in ("get", "list", "watch", "create", "update", "patch")]
+
+
+def test_rbac_grants_what_the_code_uses_and_no_more() -> None:
+    controller = one("ClusterRole", "vipcore-controller")["rules"]
+    agent = one("ClusterRole", "vipcore-agent")["rules"]
+    leases = one("Role", "vipcore-leases")
+    for need in CONTROLLER_NEEDS:
+        assert _allowed(controller, *need), need
+    for need in AGENT_NEEDS:
+        assert _allowed(agent, *need), need
+    for need in LEASES:
+        assert _allowed(leases["rules"], *need), need
+    assert leases["metadata"]["namespace"] == "vipcore-system"
+    # Least privilege: no wildcards, no Secrets, agents never write Services or VipGroup specs.
+    for rules in (controller, agent, leases["rules"]):
+        for rule in rules:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+            assert "secrets" not in rule["resources"]
+    for verb in ("patch", "update", "create", "delete"):
+        assert not _allowed(agent, "", "services", verb)
+        assert not _allowed(agent, "vipcore.io", "vipgroups", verb)
+        assert not _allowed(controller, "coordination.k8s.io", "leases", verb)  # only the namespaced Role
+    subjects = {(s["name"], s["namespace"]) for s in one("RoleBinding", "vipcore-leases")["subjects"]}
+    assert subjects == {("vipcore-controller", "vipcore-system"), ("vipcore-agent", "vipcore-system")}
+
+
+def test_configmap_config_is_valid_for_both_components(tmp_path: Path) -> None:
+    text = one("ConfigMap", "vipcore-config")["data"]["config.yaml"]
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    config = load_config(path, environ={"VIPCORE_NODE_NAME": "node-a", "POD_NAME": "vipcore-controller-x"})
+    assert config.source == "kubernetes" and config.node_name == "node-a"
+    settings = ControllerSettings.from_config(config)
+    assert settings.namespace == "vipcore-system"
+    assert settings.timing.duration == 15
+    assert HeartbeatConfig.from_config(config.kubernetes).namespace == "vipcore-system"
+
+
+EXTRA_KINDS = (
+    ResourceType(group="", version="v1", plural="serviceaccounts", singular="serviceaccount", kind="ServiceAccount",
+                 namespaced=True),
+    ResourceType(group="", version="v1", plural="configmaps", singular="configmap", kind="ConfigMap", namespaced=True),
+    ResourceType(group="apps", version="v1", plural="deployments", singular="deployment", kind="Deployment",
+                 namespaced=True, status_subresource=True),
+    ResourceType(group="apps", version="v1", plural="daemonsets", singular="daemonset", kind="DaemonSet",
+                 namespaced=True, status_subresource=True),
+    *(ResourceType(group="rbac.authorization.k8s.io", version="v1", plural=p, singular=p[:-1], kind=k, namespaced=n)
+      for p, k, n in (("clusterroles", "ClusterRole", False), ("clusterrolebindings", "ClusterRoleBinding", False),
+                      ("roles", "Role", True), ("rolebindings", "RoleBinding", True))),
+)
+
+
+def test_manifests_apply_to_the_test_api_server(tmp_path: Path) -> None:
+    """Created through the real client over HTTP, as ``kubectl create`` would."""
+    from kubernetes.utils import create_from_yaml
+
+    with ApiServer(namespaces=("default",)) as server:
+        for rtype in EXTRA_KINDS:  # kinds the test server does not serve by default
+            server.store.register(rtype)
+        client = server.client()
+        try:
+            order = ["namespace.yaml", "crds/vipcore.io_vippools.yaml", "crds/vipcore.io_vipgroups.yaml",
+                     "rbac.yaml", "configmap.yaml", "controller.yaml", "agent.yaml"]
+            for name in order:
+                create_from_yaml(client, str(DEPLOY / name))
+        finally:
+            client.close()
+        assert server.get("apps/v1", "DaemonSet", "vipcore-agent", "vipcore-system")
+        assert server.get("apps/v1", "Deployment", "vipcore-controller", "vipcore-system")["spec"]["replicas"] == 2
+        assert {c["metadata"]["name"] for c in server.objects("apiextensions.k8s.io/v1", "CustomResourceDefinition")} \
+            == {"vippools.vipcore.io", "vipgroups.vipcore.io"}
+        # The CRDs now serve their kinds: a VipPool can be created and listed.
+        server.create({"apiVersion": "vipcore.io/v1alpha1", "kind": "VipPool", "metadata": {"name": "lan"},
+                       "spec": {"addresses": ["203.0.113.0/24"], "interface": "eth0"}})
+        assert [p["metadata"]["name"] for p in server.objects("vipcore.io/v1alpha1", "VipPool")] == ["lan"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_creates_the_manifests(tmp_path: Path) -> None:
+    with ApiServer(namespaces=("default",)) as server:
+        for rtype in EXTRA_KINDS:
+            server.store.register(rtype)
+        kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
+        for name in ("namespace.yaml", "crds/vipcore.io_vippools.yaml", "crds/vipcore.io_vipgroups.yaml",
+                     "rbac.yaml", "configmap.yaml", "controller.yaml", "agent.yaml"):
+            result = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "create", "-f", str(DEPLOY / name)],
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+        result = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "get", "daemonsets", "-n",
+                                 "vipcore-system", "-o", "name"], capture_output=True, text=True, timeout=60)
+        assert result.stdout.strip() == "daemonset.apps/vipcore-agent"
