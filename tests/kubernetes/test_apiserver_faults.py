@@ -195,3 +195,19 @@ def test_a_watch_whose_client_left_frees_its_connection(server: ApiServer) -> No
     while server.open_connections and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.open_connections == 0
+
+
+def test_binds_a_given_ipv6_address() -> None:
+    import socket
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        server = ApiServer(host="::1").start()
+    except OSError as exc:
+        pytest.skip(f"cannot bind ::1: {exc}")
+    try:
+        assert server.url.startswith("http://[::1]:")
+        assert len(k8s.CoreV1Api(server.client()).list_namespace().items) == 4
+    finally:
+        server.stop()

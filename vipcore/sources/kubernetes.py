@@ -275,7 +275,6 @@ class KubernetesSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._synced_event = threading.Event()
-        self._last_change = 0.0
         self._delivered: DesiredState | None = None
         #: Per kind, the resourceVersion to resume watching from (None: list first).
         self._positions: dict[str, str | None] = {}
@@ -305,6 +304,10 @@ class KubernetesSource:
             _shutdown(resp)
         for thread in self._threads:
             thread.join(timeout)
+
+    async def close(self) -> None:
+        """:meth:`stop` from asyncio."""
+        await asyncio.to_thread(self.stop)
 
     def wait_synced(self, timeout: float) -> bool:
         """Block until every kind was listed once."""
@@ -610,7 +613,6 @@ class KubernetesSource:
                     callback(change)
                 except Exception:
                     log.exception("object change callback failed")
-        self._last_change = time.monotonic()
         self._notify()
 
     def _notify(self) -> None:

@@ -202,6 +202,7 @@ class ApiHTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], api: "ApiServer") -> None:
         self.api = api
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, ApiHandler)
 
 
