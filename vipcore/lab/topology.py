@@ -39,6 +39,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 DEFAULT_PREFIX = "vclab"
 DEFAULT_NODES = ("node-a", "node-b", "node-c")
 RUN_ROOT = Path("/run/vipcore-lab")
+NETNS_DIR = Path("/run/netns")
 #: (L2 network, interface in nodes and client, IPv4 /24, IPv6 /64)
 NETWORKS = (
     ("lan", "eth0", "198.51.100.", "2001:db8:100::"),
@@ -99,9 +100,22 @@ def namespaces() -> list[str]:
 
 
 def netns_pids(ns: str) -> list[int]:
-    """PIDs of every process whose network namespace is ``ns``."""
-    out = run(["ip", "netns", "pids", ns], check=False).stdout
-    return [int(word) for word in out.split() if word.isdigit()]
+    """PIDs of every process whose network namespace is ``ns`` (what ``ip netns pids`` does, in-process)."""
+    try:
+        target = os.stat(NETNS_DIR / ns)
+    except OSError:
+        return []
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry.name}/ns/net")
+        except OSError:
+            continue  # exited meanwhile, or a kernel thread
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            pids.append(int(entry.name))
+    return pids
 
 
 # -- processes ------------------------------------------------------------------

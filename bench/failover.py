@@ -1,0 +1,401 @@
+"""Failover as a client sees it: vipcore's backends against plain keepalived, in one run.
+
+Run (root): .venv/bin/python bench/failover.py [--trials N] [--quick] [--json FILE]
+
+Everything happens in the namespace lab (prefix ``vcLb``, three nodes, a
+client pinging every 10 ms); each configuration gets a fresh lab that is
+torn down afterwards, also on Ctrl-C or an error. Sections:
+
+1. **Failover**: the client's longest gap in replies when the holder of the
+   example "web" group dies (every process SIGKILLed, links down) and when it
+   is stopped (SIGTERM), at advert intervals 1 s and 0.1 s, for native_vrrp
+   (vipcore agents), plain keepalived configured equivalently (same VRIDs,
+   VIPs, priorities, interval; VRRPv3, no vrrp_strict), keepalived driven by
+   vipcore, and netlink_static (its failover is a manifest change: the holder
+   marked NotReady). Median and p95 (nearest rank) per cell, and the median
+   number of lost echoes.
+2. **Stability**: 16 dual-stack groups on three nodes; for shrinking advert
+   intervals, the number of VIP moves (kernel address events) in a quiet
+   window. The smallest interval with none is reported.
+3. **CPU**: one node holding 64 dual-stack groups (128 VRRP routers) at 0.1 s
+   adverts; utime+stime of everything in its namespace, per minute.
+
+Backends that are not installed are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vipcore.errors import LabError, VipcoreError  # noqa: E402
+from vipcore.lab.agents import (  # noqa: E402
+    PLAIN_KEEPALIVED,
+    Deployment,
+    first_vips,
+    keepalived_command,
+    wait_for_holders,
+    write_example_manifests,
+    write_scenario_manifests,
+)
+from vipcore.lab.monitor import AddressMonitor  # noqa: E402
+from vipcore.lab.probe import Probe  # noqa: E402
+from vipcore.lab.topology import Lab, require_root  # noqa: E402
+
+PREFIX = "vcLb"
+VRRP_BACKENDS = ("native_vrrp", PLAIN_KEEPALIVED, "keepalived")
+LABELS = {"native_vrrp": "native_vrrp", PLAIN_KEEPALIVED: "keepalived (plain)",
+          "keepalived": "keepalived (vipcore)", "netlink_static": "netlink_static"}
+STABILITY_LADDER = (0.1, 0.05, 0.03, 0.02, 0.01)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def p95(values: list[float]) -> float:
+    """Nearest-rank 95th percentile (the maximum for fewer than 20 values)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def installed_backends() -> set[str]:
+    from vipcore.plugins import load_hooks
+
+    found = set(load_hooks().backends())
+    try:
+        keepalived_command()
+        found.add(PLAIN_KEEPALIVED)
+    except LabError:
+        pass
+    return found
+
+
+@contextmanager
+def lab_for(nodes: tuple[str, ...] = ("node-a", "node-b", "node-c")) -> Iterator[Lab]:
+    with Lab(prefix=PREFIX, nodes=nodes) as lab:
+        yield lab
+
+
+class TrialFailed(Exception):
+    pass
+
+
+# -- failover trials ---------------------------------------------------------------
+
+
+class FailoverRig:
+    """One lab running one backend at one interval; runs trials and restores after each."""
+
+    def __init__(self, backend: str, advert: float | None) -> None:
+        self.backend = backend
+        self.advert = advert
+        self.lab: Lab | None = None
+        self.deployment: Deployment | None = None
+
+    @property
+    def mdi(self) -> float:
+        return 3.1 * (self.advert or 0.1)
+
+    def build(self) -> None:
+        self.teardown()
+        lab = Lab(prefix=PREFIX).up()
+        self.lab = lab
+        deployment = Deployment(backend=self.backend, advert_interval=self.advert,
+                                manifests=write_example_manifests(lab, lab.run_dir / "manifests"))
+        self.deployment = deployment
+        deployment.start_all(lab)
+        self.settle()
+
+    def settle(self) -> None:
+        assert self.lab and self.deployment
+        quiet = max(0.3, 2 * (self.advert or 0.1))
+        if not wait_for_holders(self.lab, self.deployment.expected_holders(self.lab.nodes),
+                                timeout=30 + 5 * self.mdi, quiet=quiet):
+            raise TrialFailed(f"VIPs did not settle on their holders: {self.lab.holders()}")
+
+    def teardown(self) -> None:
+        if self.lab is not None:
+            self.lab.down()
+        self.lab = None
+
+    def trial(self, event: str) -> dict[str, Any]:
+        """One failure of the web group's holder; returns gaps (ms) and losses per family."""
+        assert self.lab and self.deployment
+        lab, deployment = self.lab, self.deployment
+        resolution, _ = deployment.state()
+        web = max(resolution.groups, key=lambda g: (len(g.families), len(g.nodes)))
+        vips = first_vips(web)
+        expected = deployment.expected_holders(lab.nodes)
+        holder = expected[vips[0]]
+        survivors = [n for n in lab.nodes if n != holder]
+        after = deployment.expected_holders(survivors) if self.backend != "netlink_static" else None
+        probes = [Probe(lab.client, str(v)).start() for v in vips]
+        try:
+            for probe in probes:
+                if not probe.wait_replies(20, timeout=5):
+                    raise TrialFailed(f"no replies from {probe.target} before the failure")
+            # A random phase against the advert timer, as a real failure would have.
+            time.sleep(random.uniform(0, self.advert or 0.1))
+            started = time.time()
+            self._fail(event, holder)
+            if after is None:
+                after = {v: n for v, n in deployment.expected_holders(survivors).items()}
+            # A new holder with the survivors' priorities; bounded by many Master_Down_Intervals.
+            if not wait_for_holders(lab, {v: after[v] for v in vips}, timeout=5 + 5 * self.mdi):
+                raise TrialFailed(f"{event}: VIPs did not move off {holder}: {lab.holders()}")
+            for probe in probes:
+                if not probe.wait_replies(30, after=time.time(), timeout=5):
+                    raise TrialFailed(f"{event}: client gets no replies from {probe.target} after the move")
+            results = [probe.stop(after=started) for probe in probes]
+        finally:
+            for probe in probes:
+                probe.__exit__()
+        self._restore(holder)
+        return {f"IPv{v.version}": {"gap_ms": r.longest_gap_ms, "lost": r.lost} for v, r in zip(vips, results)}
+
+    def _fail(self, event: str, holder: str) -> None:
+        assert self.lab and self.deployment
+        if self.backend == "netlink_static":
+            # No peer protocol: the control plane marks the node NotReady (at once, here).
+            if event == "hard":
+                self.lab.kill(holder)
+                self.deployment.set_ready(self.lab, holder, False)
+            else:
+                # Drain first, then stop: the next holder takes over while the old one still answers.
+                self.deployment.set_ready(self.lab, holder, False)
+                survivors = [n for n in self.lab.nodes if n != holder]
+                wait_for_holders(self.lab, {v: n for v, n in self.deployment.expected_holders(survivors).items()},
+                                 timeout=10)
+                self.lab.stop(holder)
+        elif event == "hard":
+            self.lab.kill(holder)
+        else:
+            self.lab.stop(holder)
+
+    def _restore(self, holder: str) -> None:
+        assert self.lab and self.deployment
+        if self.backend == "netlink_static":
+            self.deployment.set_ready(self.lab, holder, True)
+        self.deployment.start(self.lab, holder)
+        self.settle()
+
+
+def run_failover(backend: str, advert: float | None, trials: int) -> dict[str, list[dict[str, Any]]]:
+    rig = FailoverRig(backend, advert)
+    results: dict[str, list[dict[str, Any]]] = {"hard": [], "graceful": []}
+    failures = 0
+    try:
+        rig.build()
+        for index in range(trials):
+            for event in ("hard", "graceful"):
+                try:
+                    outcome = rig.trial(event)
+                except (TrialFailed, LabError) as exc:
+                    failures += 1
+                    log(f"    trial {index + 1} {event}: FAILED ({exc}); rebuilding the lab")
+                    results[event].append({"error": str(exc)})
+                    if failures > max(3, trials // 2):
+                        raise TrialFailed(f"too many failed trials for {backend}") from None
+                    rig.build()
+                    continue
+                results[event].append(outcome)
+                log(f"    trial {index + 1} {event}: " + ", ".join(
+                    f"{fam} {r['gap_ms']:.0f} ms ({r['lost']} lost)" for fam, r in outcome.items()))
+    finally:
+        rig.teardown()
+    return results
+
+
+# -- stability -----------------------------------------------------------------------
+
+
+def run_stability(backend: str, advert: float, window: float, groups: int = 16) -> dict[str, Any]:
+    with lab_for() as lab:
+        deployment = Deployment(backend=backend, advert_interval=advert, metrics=False,
+                                manifests=write_scenario_manifests(lab, lab.run_dir / "manifests", groups))
+        deployment.start_all(lab)
+        expected = deployment.expected_holders(lab.nodes)
+        settled = wait_for_holders(lab, expected, timeout=40, quiet=max(1.0, 20 * advert))
+        # Counted even when the groups never settled: how much they flap is the finding then.
+        with AddressMonitor(lab) as monitor:
+            deadline = time.monotonic() + window
+            while time.monotonic() < deadline and all(lab.alive(n) for n in lab.nodes):
+                time.sleep(0.2)
+        events = monitor.events
+        alive = all(lab.alive(n) for n in lab.nodes)
+        final_ok = wait_for_holders(lab, expected, timeout=0.1)
+        return {"advert": advert, "settled": settled, "moves": len(events), "window": window, "alive": alive,
+                "still_expected": final_ok, "vips": len(expected)}
+
+
+# -- cpu --------------------------------------------------------------------------------
+
+
+def run_cpu(backend: str, window: float, groups: int = 64, advert: float = 0.1) -> dict[str, Any]:
+    with lab_for(("node-a",)) as lab:
+        deployment = Deployment(backend=backend, advert_interval=advert, metrics=False,
+                                manifests=write_scenario_manifests(lab, lab.run_dir / "manifests", groups))
+        deployment.start_all(lab)
+        expected = deployment.expected_holders(lab.nodes)
+        if not wait_for_holders(lab, expected, timeout=60, quiet=1.0):
+            raise TrialFailed(f"{backend}: {len(expected)} VIPs not all held within 60 s")
+        time.sleep(1.0)  # past the start-up burst (GARPs, initial adverts)
+        before, t0 = lab.cpu_seconds("node-a"), time.monotonic()
+        time.sleep(window)
+        used, elapsed = lab.cpu_seconds("node-a") - before, time.monotonic() - t0
+        held = wait_for_holders(lab, expected, timeout=0.1)
+        return {"cpu_s_per_min": used / elapsed * 60, "window": elapsed, "routers": len(expected), "held": held}
+
+
+# -- output -----------------------------------------------------------------------------
+
+
+def cell(samples: list[dict[str, Any]], family: str) -> str:
+    gaps = [s[family]["gap_ms"] for s in samples if "error" not in s and family in s]
+    lost = [s[family]["lost"] for s in samples if "error" not in s and family in s]
+    failed = sum(1 for s in samples if "error" in s)
+    if not gaps:
+        return "n/a" if not failed else f"{failed} failed"
+    text = f"{statistics.median(gaps):.0f} / {p95(gaps):.0f} ({statistics.median(lost):.0f})"
+    return text + (f" {failed}!" if failed else "")
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows])
+
+
+def report(data: dict[str, Any], trials: int) -> str:
+    out = []
+    failover = data["failover"]
+    backends = [b for b in VRRP_BACKENDS if any(k.startswith(b + "@") for k in failover)]
+    if backends:
+        rows = []
+        for event in ("hard", "graceful"):
+            for advert in (1.0, 0.1):
+                for family in ("IPv4", "IPv6"):
+                    rows.append([{"hard": "hard failure", "graceful": "graceful stop"}[event], f"{advert:g} s", family]
+                                + [cell(failover.get(f"{b}@{advert:g}", {}).get(event, []), family) for b in backends])
+        out.append(f"Failover, 3 nodes, client pings every 10 ms, {trials} trials per cell.\n"
+                   "Cell: longest reply gap median / p95 in ms (median echoes lost); 'N!' = N failed trials.\n"
+                   "hard failure = every process of the holder SIGKILLed and its links set down; "
+                   "graceful stop = SIGTERM.")
+        out.append(table(["event", "advert", "family", *[LABELS[b] for b in backends]], rows))
+    if "netlink_static@-" in failover:
+        ns = failover["netlink_static@-"]
+        rows = [[name, fam, cell(ns.get(event, []), fam)]
+                for event, name in (("hard", "kill + NotReady in manifests"), ("graceful", "NotReady, then SIGTERM"))
+                for fam in ("IPv4", "IPv6")]
+        out.append("netlink_static (no peer protocol: fails over when the manifests change; "
+                   "the agent polls them every 0.25 s):\n" + table(["event", "family", "gap ms median / p95 (lost)"], rows))
+    for note in data.get("notes", []):
+        out.append(f"note: {note}")
+    if data.get("stability"):
+        rows = []
+        for backend, runs in data["stability"].items():
+            for run in runs:
+                verdict = ("stable" if run["settled"] and run["moves"] == 0 and run["alive"] else
+                           f"{run['moves']} VIP moves" + ("" if run["settled"] else ", never settled in 40 s")
+                           + ("" if run["alive"] else ", a process died"))
+                rows.append([LABELS[backend], f"{run['advert']:g} s", f"{run['window']:.0f} s", verdict])
+        smallest = {b: min((r["advert"] for r in runs if r["settled"] and r["moves"] == 0 and r["alive"]), default=None)
+                    for b, runs in data["stability"].items()}
+        out.append("Stability, 16 dual-stack groups (32 routers per node) on 3 nodes: VIP moves in a quiet window\n"
+                   + table(["backend", "advert", "window", "result"], rows) + "\n"
+                   + "\n".join(f"smallest stable interval, {LABELS[b]}: {'none' if s is None else f'{s:g} s'}"
+                               for b, s in smallest.items()))
+    if data.get("cpu"):
+        rows = [[LABELS[b], f"{r['cpu_s_per_min']:.2f}", f"{r['window']:.0f} s", str(r["routers"]),
+                 "yes" if r["held"] else "NO"] for b, r in data["cpu"].items()]
+        out.append("CPU, one node holding 64 dual-stack groups at 0.1 s adverts (everything in its namespace)\n"
+                   + table(["backend", "CPU s / min", "measured", "VIPs", "all held"], rows))
+    return "\n\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--trials", type=int, default=10, help="trials per cell (default 10)")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 trials, short stability and CPU windows (a smoke run, not for numbers)")
+    parser.add_argument("--backends", help="comma-separated subset of "
+                        + ", ".join([*VRRP_BACKENDS, "netlink_static"]))
+    parser.add_argument("--sections", default="failover,stability,cpu", help="failover,stability,cpu")
+    parser.add_argument("--json", type=Path, help="also write every measurement to this file")
+    args = parser.parse_args()
+    trials = 3 if args.quick and args.trials == 10 else args.trials
+    window = 8.0 if args.quick else 20.0
+    cpu_window = 10.0 if args.quick else 30.0
+    sections = set(args.sections.split(","))
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+    try:
+        require_root()
+        available = installed_backends()
+        wanted = args.backends.split(",") if args.backends else [*VRRP_BACKENDS, "netlink_static"]
+        data: dict[str, Any] = {"failover": {}, "stability": {}, "cpu": {}, "notes": [], "trials": trials}
+        for backend in wanted:
+            if backend not in available:
+                data["notes"].append(f"{LABELS.get(backend, backend)} skipped: not installed "
+                                     f"(installed: {', '.join(sorted(available))})")
+        backends = [b for b in wanted if b in available]
+        step: Callable[[str], None] = lambda text: log(f"[{time.strftime('%H:%M:%S')}] {text}")  # noqa: E731
+        if "failover" in sections:
+            for backend in backends:
+                for advert in ((None,) if backend == "netlink_static" else (1.0, 0.1)):
+                    key = f"{backend}@{'-' if advert is None else f'{advert:g}'}"
+                    step(f"failover {LABELS[backend]} advert {advert or '-'}: {trials} trials x 2 events")
+                    try:
+                        data["failover"][key] = run_failover(backend, advert, trials)
+                    except (TrialFailed, VipcoreError) as exc:
+                        data["notes"].append(f"{LABELS[backend]} at {advert}: {exc}")
+        if "stability" in sections:
+            for backend in [b for b in ("native_vrrp", PLAIN_KEEPALIVED) if b in backends]:
+                runs = data["stability"][backend] = []
+                for advert in STABILITY_LADDER:
+                    step(f"stability {LABELS[backend]} at {advert:g} s, {window:.0f} s window")
+                    run = run_stability(backend, advert, window)
+                    runs.append(run)
+                    log(f"    {run}")
+                    if not (run["settled"] and run["moves"] == 0 and run["alive"]):
+                        break
+        if "cpu" in sections:
+            for backend in [b for b in VRRP_BACKENDS if b in backends]:
+                step(f"cpu {LABELS[backend]}, 64 groups, {cpu_window:.0f} s")
+                try:
+                    data["cpu"][backend] = run_cpu(backend, cpu_window)
+                    log(f"    {data['cpu'][backend]}")
+                except (TrialFailed, VipcoreError) as exc:
+                    data["notes"].append(f"cpu {LABELS[backend]}: {exc}")
+    except KeyboardInterrupt:
+        Lab(prefix=PREFIX).down()
+        log("interrupted; lab torn down")
+        return 130
+    except VipcoreError as exc:
+        Lab(prefix=PREFIX).down()
+        log(f"failover bench: error: {exc}")
+        return 2
+    print(report(data, trials))
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
