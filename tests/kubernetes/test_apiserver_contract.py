@@ -494,3 +494,17 @@ def test_strict_field_validation_refuses_unknown_fields(cluster: Cluster) -> Non
         cluster.custom.create_cluster_custom_object(GROUP, VERSION, "vipgroups",
                                                     vipgroup(cluster.name(), surprise=1), field_validation="Strict")
     assert err.value.status == 400 and 'unknown field "spec.surprise"' in status_body(err.value)["message"]
+
+
+def test_load_balancer_class_cannot_change(cluster: Cluster) -> None:
+    name = cluster.name()
+    cluster.core.create_namespaced_service(cluster.namespace, service(name, loadBalancerClass="vipcore.io/vip"))
+    with pytest.raises(k8s.ApiException) as err:
+        cluster.core.patch_namespaced_service(name, cluster.namespace, {"spec": {"loadBalancerClass": "example.com/x"}},
+                                              _content_type="application/merge-patch+json")
+    assert err.value.status == 422
+    with pytest.raises(k8s.ApiException) as err:
+        cluster.core.create_namespaced_service(cluster.namespace, {
+            "metadata": {"name": cluster.name()},
+            "spec": {"type": "ClusterIP", "loadBalancerClass": "vipcore.io/vip", "ports": [{"port": 80}]}})
+    assert err.value.status == 422

@@ -92,6 +92,9 @@ def test_first_state_is_converted_and_filtered(source: tuple[KubernetesSource, R
     assert state.vrids == {"abc-eth0": 42}
     connection = src.connection()
     assert connection.connected and connection.synced and connection.relists == 0
+    metrics = {(m.name, m.labels): m.value for m in src.metrics()}
+    assert metrics[("vipcore_kubernetes_connected", ())] == 1.0
+    assert metrics[("vipcore_kubernetes_cached_objects", (("kind", "services"),))] == 4
 
 
 def test_default_class_serves_services_without_a_class(populated: ApiServer) -> None:
@@ -241,6 +244,8 @@ def test_5xx_burst_backs_off_and_recovers_without_losing_changes(source: tuple[K
     wait_for(lambda: recorder.of("services", "default/during-outage") == ["ADDED"])
     wait_for(lambda: recorder.of("nodes", "node-b") == ["ADDED", "DELETED"])
     connection = src.connection()
+    metrics = {m.name: m.value for m in src.metrics()}
+    assert metrics["vipcore_kubernetes_errors_total"] == connection.errors
     assert connection.reconnects >= kinds and connection.errors >= len(failed) - kinds
     assert connection.disconnected_since is None and "503" in (connection.last_error or "")
     _no_duplicates(recorder)

@@ -35,7 +35,17 @@ import urllib3
 
 from vipcore import convert
 from vipcore.errors import ManifestError, VipcoreError
-from vipcore.model import LOAD_BALANCER_CLASS, DesiredState, EndpointSlice, Family, IPAddress, Node, Pool, Service
+from vipcore.model import (
+    LOAD_BALANCER_CLASS,
+    DesiredState,
+    EndpointSlice,
+    Family,
+    IPAddress,
+    MetricSample,
+    Node,
+    Pool,
+    Service,
+)
 from vipcore.model import VipGroup as ModelVipGroup
 
 log = logging.getLogger("vipcore.sources.kubernetes")
@@ -352,6 +362,28 @@ class KubernetesSource:
                 disconnected_since=None if connected else self._disconnected_since,
                 relists=self._relists, reconnects=self._reconnects, errors=self._errors,
                 last_error=self._last_error, synced=self._synced_event.is_set())
+
+    def metrics(self) -> list[MetricSample]:
+        """Connection health as metric samples (for ``vipcore_collect_metrics``)."""
+        state = self.connection()
+        with self._lock:
+            cached = {kind: len(objs) for kind, objs in self._cache.items()}
+            invalid = len(self._invalid)
+        samples = [
+            MetricSample("vipcore_kubernetes_connected", float(state.connected), kind="gauge",
+                         help="1 while every watch of the Kubernetes source is established"),
+            MetricSample("vipcore_kubernetes_relists_total", float(state.relists),
+                         help="Lists after a watch expired (410 Gone)"),
+            MetricSample("vipcore_kubernetes_reconnects_total", float(state.reconnects),
+                         help="Watches re-established after an error"),
+            MetricSample("vipcore_kubernetes_errors_total", float(state.errors),
+                         help="Failed list or watch requests (each backed off)"),
+            MetricSample("vipcore_kubernetes_invalid_objects", float(invalid), kind="gauge",
+                         help="Objects skipped because they failed validation"),
+        ]
+        samples += [MetricSample("vipcore_kubernetes_cached_objects", float(n), labels=(("kind", kind),),
+                                 kind="gauge", help="Objects in the source's cache") for kind, n in cached.items()]
+        return samples
 
     def objects(self, kind: str) -> dict[str, Obj]:
         """The cached objects of a kind by key (``namespace/name`` or ``name``); do not mutate."""

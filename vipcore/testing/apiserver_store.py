@@ -93,6 +93,8 @@ class ResourceType:
     #: Field selectors beyond metadata.name and metadata.namespace.
     fields: frozenset[str] = frozenset()
     defaulter: Callable[[Obj], None] | None = attrs.field(default=None, hash=False, eq=False)
+    #: Checks a main-resource update (old, new) after defaulting; raises ApiError.
+    update_check: Callable[[Obj, Obj], None] | None = attrs.field(default=None, hash=False, eq=False)
 
     @property
     def api_version(self) -> str:
@@ -454,6 +456,8 @@ class Store:
                                       f"finalizers {sorted(added)!r}")
                 if rtype.defaulter is not None:
                     rtype.defaulter(new)
+                if rtype.update_check is not None:
+                    rtype.update_check(old, new)
                 if rtype.custom:
                     new = self._validate_custom(rtype, new, name, strict=strict)
                 if rtype.generation and _spec_part(new) != _spec_part(old):

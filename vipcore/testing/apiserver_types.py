@@ -38,6 +38,15 @@ def _default_service(obj: Obj) -> None:
                 port.setdefault("targetPort", port["port"])
 
 
+def _check_service_update(old: Obj, new: Obj) -> None:
+    """``spec.loadBalancerClass`` cannot change while the Service stays a LoadBalancer, as upstream."""
+    old_spec, new_spec = old.get("spec") or {}, new.get("spec") or {}
+    if old_spec.get("type") == new_spec.get("type") == "LoadBalancer":
+        if old_spec.get("loadBalancerClass") != new_spec.get("loadBalancerClass"):
+            raise invalid(f'Service "{new["metadata"]["name"]}" is invalid: spec.loadBalancerClass: Invalid value: '
+                          f'{new_spec.get("loadBalancerClass")!r}: may not change once set')
+
+
 def _default_namespace(obj: Obj) -> None:
     obj["status"] = {"phase": "Active"}
     obj.setdefault("spec", {"finalizers": ["kubernetes"]})
@@ -62,6 +71,7 @@ BUILTIN: tuple[ResourceType, ...] = (
     ResourceType(group="", version="v1", plural="services", singular="service", kind="Service", namespaced=True,
                  status_subresource=True, short_names=("svc",), categories=("all",),
                  fields=frozenset({"spec.type", "spec.clusterIP"}), defaulter=_default_service,
+                 update_check=_check_service_update,
                  printer_columns=(
                      PrinterColumn("Type", "string", ".spec.type"),
                      PrinterColumn("Class", "string", ".spec.loadBalancerClass"),
