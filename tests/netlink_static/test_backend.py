@@ -219,6 +219,24 @@ class TestLab:
 
         drive(lab, body)
 
+    def test_unchanged_vips_are_not_announced_again(self, lab: Lab) -> None:
+        g = group(("node-a",))
+
+        async def body(nodes: dict[str, Driven]) -> None:
+            a = nodes["node-a"]
+            await a.backend.vipcore_group_join(membership=member(g, "node-a"))
+            await asyncio.sleep(0.05)  # the burst (2 x 10 ms) is over
+            sent = (a.backend.holder.counters.garp_sent, a.backend.holder.counters.na_sent)
+            assert sent == (2 * len(V4), 2 * len(V6))
+            # Same VIPs, new member details (a node address changed): nothing to tell the LAN.
+            renamed = membership(g, "node-a", [Node("node-a", addresses=(ipaddress.ip_address("198.51.100.1"),))])
+            await a.backend.vipcore_group_update(old=member(g, "node-a"), new=renamed)
+            assert await a.backend.verify() == 0
+            await asyncio.sleep(0.05)
+            assert (a.backend.holder.counters.garp_sent, a.backend.holder.counters.na_sent) == sent
+
+        drive(lab, body)
+
     def test_release_and_takeover(self, lab: Lab) -> None:
         g = group(("node-a", "node-b"))
         chosen = member(g, "node-a").preferred_holder

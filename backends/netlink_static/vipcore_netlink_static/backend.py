@@ -192,9 +192,10 @@ class NetlinkStaticBackend:
         self.counters.vips_added += len(added)
         await self._remove(record, dropped)
         schedule = self._settings.announce
-        running = record.announcer is not None and not record.announcer.done()
         announces = schedule.count > 0 or schedule.refresh is not None
-        if announces and (added or not running or record.announced != wanted):
+        # Announce again only what is new to the LAN: VIPs just (re-)added or
+        # not covered by the current schedule. An unchanged group stays quiet.
+        if announces and (added or record.announced != wanted):
             fresh = _ordered(v for v in wanted if v in added or v not in record.announced)
             if schedule.count and fresh:
                 # The first announcement goes out before reporting, so the
