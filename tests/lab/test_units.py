@@ -123,3 +123,16 @@ def test_probe_result_when_replies_never_come_back() -> None:
     result = _probe_with(items, sent=300, unanswered=[101.0 + i * 0.01 for i in range(200)]).result(after=100.5)
     assert not result.recovered
     assert result.longest_gap == pytest.approx(103.0 - 100.99, abs=0.001)
+
+
+def test_address_monitor_lines() -> None:
+    from vipcore.lab.monitor import parse_event
+
+    added = parse_event("3: eth0    inet 198.51.100.115/32 scope global eth0\\       valid_lft forever", "node-a", 1.0)
+    assert added is not None and added.added and str(added.address) == "198.51.100.115" and added.interface == "eth0"
+    gone = parse_event("Deleted 3: eth0    inet6 2001:db8:100::1e9/128 scope global nodad \\  valid_lft forever",
+                       "node-b", 2.0)
+    assert gone is not None and not gone.added and gone.node == "node-b"
+    assert parse_event("3: eth0    inet 198.51.100.11/24 brd 198.51.100.255 scope global eth0", "n", 0) is None
+    assert parse_event("1: lo    inet6 ::1/128 scope host", "n", 0) is None
+    assert parse_event("garbage", "n", 0) is None

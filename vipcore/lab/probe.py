@@ -229,6 +229,9 @@ class Probe:
         self.stderr = ""
 
     def start(self) -> "Probe":
+        """Start the program; LabError if it does not report its start within 10 s."""
+        from vipcore.errors import LabError  # here, not at the top: the program side imports nothing of vipcore
+
         argv = ["ip", "netns", "exec", self.netns, sys.executable, "-I", str(Path(__file__).resolve()),
                 self.target, "--interval", str(self.interval), "--watch-stdin"]
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -238,9 +241,10 @@ class Probe:
         with self._changed:
             if not self._changed.wait_for(lambda: self._data.started is not None or self._done(), timeout=10):
                 self._kill()
-                raise RuntimeError(f"probe to {self.target} did not start within 10 s")
+                raise LabError(f"probe to {self.target} did not start within 10 s")
         if self._data.started is None:
-            raise RuntimeError(f"probe to {self.target} failed: {self._proc.stderr.read() if self._proc.stderr else ''}")
+            detail = self._proc.stderr.read().strip().splitlines() if self._proc.stderr else []
+            raise LabError(f"probe to {self.target} failed: {detail[-1] if detail else 'no output'}")
         return self
 
     def _done(self) -> bool:
