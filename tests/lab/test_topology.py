@@ -183,3 +183,16 @@ def test_probe_program_stops_when_its_parent_goes_away(lab: Lab) -> None:
 def test_spawn_of_a_missing_node_is_a_lab_error(lab: Lab) -> None:
     with pytest.raises(LabError, match="no node 'node-x'"):
         lab.spawn("node-x", "x", ["true"])
+
+
+def test_address_monitor_sees_a_one_millisecond_flap(lab: Lab) -> None:
+    from vipcore.lab.monitor import AddressMonitor
+
+    with AddressMonitor(lab) as monitor:
+        lab.batch(lab.ns("node-b"), ["addr add 198.51.100.141/32 dev eth0", "addr del 198.51.100.141/32 dev eth0",
+                                     "addr add 198.51.100.99/24 dev eth0"])
+        deadline = time.monotonic() + 3
+        while len(monitor.events) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert [(e.node, str(e.address), e.added) for e in monitor.events] == [
+        ("node-b", "198.51.100.141", True), ("node-b", "198.51.100.141", False)]
