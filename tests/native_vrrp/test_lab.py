@@ -68,6 +68,14 @@ def settled(lab: Lab, quiet: float = 0.5) -> str | None:
     return first if lab.holders(WEB_V4) == [first] and lab.holders(WEB_V6) == [first] else None
 
 
+def transitions(lab: Lab) -> str:
+    """Every node's transitions, for failure messages."""
+    return "\n".join(
+        f"{node} {line.get('family')} {line.get('old')}->{line.get('new')} {line.get('reason')}"
+        for node in NODES for line in lab.log(node) if line.get("event") == "transition"
+    )
+
+
 def others(holder: str, vip: ipaddress.IPv4Address | ipaddress.IPv6Address, lab: Lab) -> str | None:
     rest = [n for n in lab.holders(vip) if n != holder]
     return rest[0] if len(rest) == 1 else None
@@ -129,12 +137,23 @@ def test_restart_after_sigkill_removes_the_stale_vip(lab: Lab) -> None:
     lab.settings["preempt"] = False  # the restarted node must stay backup
     holder = start_all(lab)
     lab.kill(holder)  # link stays up: the VIP stays on the dead node
-    new = wait_until(lambda: others(holder, WEB_V4, lab), 5)
-    assert new and holder in lab.holders(WEB_V4)  # two holders now
+
+    def survivor() -> str | None:
+        # Without preemption either survivor may win (their timers differ by
+        # a fraction of a millisecond): wait for one that stays.
+        first = others(holder, WEB_V4, lab)
+        if first is None or others(holder, WEB_V6, lab) != first:
+            return None
+        time.sleep(0.3)
+        return first if others(holder, WEB_V4, lab) == first else None
+
+    new = wait_until(survivor, 5)
+    assert new, lab.holders(WEB_V4)
+    assert holder in lab.holders(WEB_V4)  # two holders now
     lab.start(holder)
     assert wait_until(lambda: holder not in lab.holders(WEB_V4) and holder not in lab.holders(WEB_V6), 10)
     time.sleep(0.5)
-    assert lab.holders(WEB_V4) == [new] and lab.holders(WEB_V6) == [new]
+    assert lab.holders(WEB_V4) == [new] and lab.holders(WEB_V6) == [new], transitions(lab)
     assert "stale" in lab.log_text(holder)
 
 
@@ -275,19 +294,22 @@ def test_holder_link_flap_restores_both_vips(lab: Lab) -> None:
 
 
 def test_sixteen_dual_stack_groups_stay_put(lab: Lab) -> None:
-    """16 groups x 2 families on 3 nodes: one master each, no transition in a quiet window."""
+    """16 groups x 2 families on 3 nodes: one master each, no transition in a quiet window.
+
+    0.2 s adverts: this checks that many groups coexist, not how small the
+    interval can be on a shared machine (that is bench/ material)."""
     start = time.time() + 3.0
     procs = [
         subprocess.Popen(
             ["ip", "netns", "exec", ns_of(node), sys.executable, "-m", "tests.native_vrrp.many_groups",
-             "--node", node, "--groups", "16", "--interval", "0.1", "--start", str(start), "--end", str(start + 3)],
+             "--node", node, "--groups", "16", "--interval", "0.2", "--start", str(start), "--end", str(start + 3)],
             stdout=subprocess.PIPE, text=True, cwd=ROOT,
         )
         for node in NODES
     ]
     results = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1]) for p in procs]
     masters = [m for r in results for m in r["masters"]]
-    assert sorted(masters) == sorted(f"{vrid}/{f}" for vrid in range(1, 17) for f in ("IPv4", "IPv6")), masters
+    assert sorted(masters) == sorted(f"{vrid}/{f}" for vrid in range(1, 17) for f in ("IPv4", "IPv6")), results
     assert [r["transitions_after_settle"] for r in results] == [0, 0, 0], [r["first_reasons"] for r in results]
     # Spread: the core's placement gives every node some groups.
     assert all(r["masters"] for r in results)

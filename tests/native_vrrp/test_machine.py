@@ -484,3 +484,19 @@ def test_preempted_master_keeps_vips_for_a_linger_and_master_reclaims_neighbours
     net.run(0.11)
     assert net.holding["lo"] == frozenset() and not lo.holding
     assert net.holders() == ["hi"]
+
+
+def test_outranks_master_compares_priority_then_address() -> None:
+    r = Router(config(2, 150))
+    r.start(0.0)
+    assert r.outranks_master()  # no master heard
+    r.receive(encode(Advertisement(7, 200, 10, VIPS), addr(3), GROUP), addr(3), GROUP, 255, 0.01)
+    assert r.master_priority == 200 and not r.outranks_master()
+    lower = Router(config(2, 150, preempt=False))
+    lower.start(0.0)
+    lower.receive(encode(Advertisement(7, 100, 10, VIPS), addr(3), GROUP), addr(3), GROUP, 255, 0.01)
+    assert lower.outranks_master()
+    tie = Router(config(2, 150, preempt=False))
+    tie.start(0.0)
+    tie.receive(encode(Advertisement(7, 150, 10, VIPS), addr(1), GROUP), addr(1), GROUP, 255, 0.01)
+    assert tie.outranks_master()  # equal priority, our address is higher

@@ -8,9 +8,10 @@ placement), VIPs only through :class:`vipcore.addresses.AddressHolder`.
 preemption they elect the same node. To keep them together when timing
 differs (one family fails over first, or preemption is off), a router that
 becomes master for any reason other than a sync nudges its sibling: a
-sibling in BACKUP (and not released) takes over at once. If a member with a
-higher priority still holds that family, its immediate answer puts the
-sibling back to BACKUP, so the nudge never fights the election.
+sibling in BACKUP (not released) whose current master it outranks (lower
+priority, or none heard) takes over at once. A sibling that hears a better
+master stays put, so the nudge never fights the election — and a backup
+promoted only because its process stalled does not drag the other family along.
 """
 
 from __future__ import annotations
@@ -243,7 +244,11 @@ class NativeVrrpBackend:
         ))
         if change.new is State.MASTER and not change.reason.startswith(f"takeover: {SYNC_PREFIX}"):
             for sibling in self.routers.get(driver.group, {}).values():
-                if sibling is not driver and sibling.router.state is State.BACKUP and not sibling.router.released:
+                router = sibling.router
+                # Only pull a sibling whose master we outrank: a sibling that
+                # hears a better master stays put (no flap under load).
+                if sibling is not driver and router.state is State.BACKUP and not router.released \
+                        and router.outranks_master():
                     sibling.takeover(f"{SYNC_PREFIX} with IPv{int(driver.family)} (became master)")
 
     async def _stop_group(self, name: str, graceful: bool) -> None:

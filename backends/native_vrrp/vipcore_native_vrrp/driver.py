@@ -71,6 +71,8 @@ class RouterDriver:
         self._worker: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
         self._send_failed = False
+        #: Queued batches whose advert must follow their address work.
+        self._ordered_sends = 0
 
     @property
     def family(self) -> Family:
@@ -115,10 +117,18 @@ class RouterDriver:
         batch = list(actions)
         if batch:
             idle = self._worker is None and not self._queue
-            if idle and not any(isinstance(a, _ADDRESS_WORK) for a in batch):
+            address_work = any(isinstance(a, _ADDRESS_WORK) for a in batch)
+            # Periodic adverts must not wait behind slow netlink work (the
+            # holder is shared by every router): backups would declare us
+            # dead. They wait only while an advert that must follow address
+            # work (make-before-break) has not gone out yet.
+            send_only = all(isinstance(a, Send | Dropped) for a in batch)
+            if (idle and not address_work) or (send_only and not self._ordered_sends):
                 for action in batch:
                     self._do_now(action, self.loop.time())
             else:
+                if address_work and any(isinstance(a, Send) for a in batch):
+                    self._ordered_sends += 1
                 self._queue.append((batch, self.loop.time()))
                 if self._worker is None:
                     self._worker = self.loop.create_task(self._work(), name=f"vrrp {self.group[:12]} IPv{int(self.family)}")
@@ -144,11 +154,16 @@ class RouterDriver:
         try:
             while self._queue:
                 batch, decided = self._queue.popleft()
-                for action in batch:
-                    if isinstance(action, _ADDRESS_WORK):
-                        await self._do_address(action)
-                    else:
-                        self._do_now(action, decided)
+                ordered = any(isinstance(a, _ADDRESS_WORK) for a in batch) and any(isinstance(a, Send) for a in batch)
+                try:
+                    for action in batch:
+                        if isinstance(action, _ADDRESS_WORK):
+                            await self._do_address(action)
+                        else:
+                            self._do_now(action, decided)
+                finally:
+                    if ordered:
+                        self._ordered_sends -= 1
         finally:
             self._worker = None
 

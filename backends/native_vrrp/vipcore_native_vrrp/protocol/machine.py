@@ -264,6 +264,8 @@ class Router:
     master_adver_interval: float = attrs.field(init=False)
     #: The address of the router we last accepted as master (None: unknown / us).
     master: IPAddress | None = None
+    #: The priority that master advertised last.
+    master_priority: int | None = None
     released: bool = False
     _down_at: float | None = None
     _advert_at: float | None = None
@@ -445,6 +447,14 @@ class Router:
             self._down_at = None
         return []
 
+    def outranks_master(self) -> bool:
+        """Whether we would win against the master we last heard (or heard none)."""
+        if self.master is None or self.master_priority is None or self.master_priority == RESIGN_PRIORITY:
+            return True
+        if self.master_priority != self.config.priority:
+            return self.master_priority < self.config.priority
+        return _address_key(self.master) < _address_key(self.config.primary)
+
     def takeover(self, now: float, reason: str) -> list[Action]:
         """Undo a release and become master now (the election may take it back)."""
         self.released = False
@@ -457,13 +467,13 @@ class Router:
 
     def _backup_receive(self, adv: Advertisement, src: IPAddress, now: float) -> list[Action]:
         if adv.priority == RESIGN_PRIORITY:
-            self.master = src
+            self.master, self.master_priority = src, adv.priority
             if not self.released:
                 self._down_at = now + self.skew_time
                 self._trigger_at, self._trigger = now, "resigned"
             return []
         if not self.config.preempt or adv.priority >= self.config.priority:
-            self.master = src
+            self.master, self.master_priority = src, adv.priority
             self.master_adver_interval = adv.interval
             self._trigger_at, self._trigger = now, "heard"
             if not self.released:
@@ -478,7 +488,7 @@ class Router:
         if adv.priority > self.config.priority or (
             adv.priority == self.config.priority and _address_key(src) > _address_key(self.config.primary)
         ):
-            self.master = src
+            self.master, self.master_priority = src, adv.priority
             self.master_adver_interval = adv.interval
             self._trigger_at, self._trigger = now, "heard"
             return self._transition(Event.PREEMPTED, now, f"preempted by {src} (priority {adv.priority})")
@@ -514,7 +524,7 @@ class Router:
             if new is Phase.STOPPED:
                 actions.append(RemoveVips(self.config.vips))
         if new is Phase.MASTER:
-            self.master = None
+            self.master = self.master_priority = None
             if not old.holds:
                 # Make-before-break: VIPs up and announced before our advert
                 # makes a resigning master let go of them.
