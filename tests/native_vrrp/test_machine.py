@@ -478,6 +478,9 @@ def test_preempted_master_keeps_vips_for_a_linger_and_master_reclaims_neighbours
     kinds = [type(a) for a in net.routers["hi"]._master_receive(
         Advertisement(7, 100, 10, VIPS), addr(1), net.now)]
     assert kinds == [Dropped, Announce, Send]
+    again = [type(a) for a in net.routers["hi"]._master_receive(
+        Advertisement(7, 100, 10, VIPS), addr(1), net.now + 0.01)]
+    assert again == [Dropped, Send]  # re-announcing is rate-limited to once per interval
     net.run(0.101)  # one advert interval: lo hears hi
     assert lo.phase is Phase.BACKUP and len(net.changes) > before
     assert net.holding["lo"] == frozenset(VIPS) and lo.holding  # still answering

@@ -273,6 +273,7 @@ class Router:
     _handover_at: float | None = None
     _handover_to: IPAddress | None = None
     _yield_at: float | None = None
+    _reannounced_at: float = float("-inf")
     _trigger_at: float | None = None
     _trigger: str = ""
     _last_received: tuple[bytes, IPAddress, IPAddress, Advertisement] | None = attrs.field(default=None, repr=False)
@@ -494,8 +495,13 @@ class Router:
             return self._transition(Event.PREEMPTED, now, f"preempted by {src} (priority {adv.priority})")
         # A lower-priority router thinks it is master: it has announced the
         # VIPs too, so win the neighbours back first, then make it back off.
+        # At most once per interval: announcing costs far more than an advert.
         self._advert_at = now + self.config.interval
-        return [Dropped("lower_priority"), Announce(self.config.vips), *self._advertise(now)]
+        actions: list[Action] = [Dropped("lower_priority")]
+        if now - self._reannounced_at >= self.config.interval:
+            self._reannounced_at = now
+            actions.append(Announce(self.config.vips))
+        return actions + self._advertise(now)
 
     def _handover_receive(self, adv: Advertisement, src: IPAddress, now: float) -> list[Action]:
         if adv.priority != RESIGN_PRIORITY and self._handover_at is None:
