@@ -6,14 +6,19 @@ Regenerate the golden files after an intended change with
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from vipcore.errors import ConfigError
-from vipcore.model import Family
+from vipcore.model import Family, Node
+from vipcore.resolve import membership
 from vipcore_keepalived.render import group_token, instance_name, render
 from vipcore_keepalived.settings import KeepalivedSettings
 
@@ -144,3 +149,48 @@ def test_bad_settings_name_the_key(config: dict[str, object], field: str) -> Non
 def test_unknown_setting_is_an_error() -> None:
     with pytest.raises(ConfigError, match="advert_intervall"):
         KeepalivedSettings.from_config({"advert_intervall": 1})
+
+
+# -- properties ----------------------------------------------------------------
+
+_NODE_NAMES = ["node-a", "node-b", "node-c", "node-d", "node-e"]
+
+
+@st.composite
+def _memberships(draw: st.DrawFn) -> list[tuple[object, ...]]:
+    count = draw(st.integers(1, 6))
+    chosen = []
+    for i in range(count):
+        members = draw(st.lists(st.sampled_from(_NODE_NAMES[1:]), min_size=0, max_size=4, unique=True))
+        interface = draw(st.sampled_from(["eth0", "eth1", "bond0.100"]))
+        v4 = draw(st.lists(st.integers(100, 149), max_size=3, unique=True))
+        v6 = draw(st.lists(st.integers(0x100, 0x1ff), max_size=2, unique=True))
+        if not v4 and not v6:
+            v4 = [100 + i]
+        chosen.append((["node-a", *members], interface, 1 + i, [f"198.51.100.{x}" for x in v4],
+                       [f"2001:db8:100::{x:x}" for x in v6], [f"ns/svc{i}"]))
+    return chosen
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(_memberships(), st.randoms(use_true_random=False), st.booleans())
+def test_render_is_a_function_of_the_set_of_memberships(specs, rnd, unicast) -> None:  # type: ignore[no-untyped-def]
+    nodes = [Node(n, (ipaddress.ip_address(f"198.51.100.{11 + i}"),)) for i, n in enumerate(_NODE_NAMES)]
+    groups = {}
+    for names, interface, vrid, v4, v6, services in specs:
+        g = group(names, interface, vrid, v4, v6, services)
+        groups[g.name] = g
+    memberships = [membership(g, "node-a", nodes) for g in groups.values()]
+    settings = KeepalivedSettings(unicast=unicast)
+    first = render(memberships, settings, node="node-a", fifo=FIFO, interfaces=NODE_A_INTERFACES)
+    rnd.shuffle(memberships)
+    again = render(memberships, settings, node="node-a", fifo=FIFO, interfaces=NODE_A_INTERFACES)
+    assert again.text == first.text
+    names = [i.name for i in first.instances]
+    assert len(names) == len(set(names)) and all(len(n) <= 33 for n in names)
+    expected = {(g.name, f) for g in groups.values() for f in g.families}
+    assert {(i.group, i.family) for i in first.instances} == expected
+    for instance in first.instances:
+        assert instance.priority == membership(groups[instance.group], "node-a", nodes).priority
+        assert f"vrrp_instance {instance.name} {{" in first.text
+    assert "vrrp_strict" not in first.text
