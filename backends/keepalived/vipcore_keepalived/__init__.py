@@ -10,3 +10,4 @@ Layers, each importing only the ones before it:
 """
 
 BACKEND_NAME = "keepalived"
+DISTRIBUTION = "vipcore-keepalived"

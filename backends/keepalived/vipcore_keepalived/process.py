@@ -45,7 +45,7 @@ import attrs
 import tenacity
 
 from vipcore.errors import PluginError
-from vipcore_keepalived import BACKEND_NAME
+from vipcore_keepalived import BACKEND_NAME, DISTRIBUTION
 from vipcore_keepalived.settings import KeepalivedSettings
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class KeepalivedUnavailableError(PluginError):
     """keepalived is missing, too old, or could not be started."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(BACKEND_NAME, message)
+        super().__init__(BACKEND_NAME, message, distribution=DISTRIBUTION)
 
 
 def keepalived_version(binary: str) -> tuple[int, ...]:
