@@ -78,13 +78,13 @@ async def main(args: argparse.Namespace) -> None:
         pass
     later = changes[settled:]
     measured_lags = list(lags)
-    await asyncio.sleep(1.0)
     masters = sorted(
         f"{driver.vrid}/{family.k8s_name}"
         for name, drivers in backend.routers.items()
         for family, driver in drivers.items()
         if driver.router.state is State.MASTER
     )
+    await asyncio.sleep(1.0)
     monitor_task.cancel()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     await backend.vipcore_backend_stop(graceful=False)

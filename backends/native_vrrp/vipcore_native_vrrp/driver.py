@@ -157,6 +157,8 @@ class RouterDriver:
                 ordered = any(isinstance(a, _ADDRESS_WORK) for a in batch) and any(isinstance(a, Send) for a in batch)
                 try:
                     for action in batch:
+                        if not self._still_wanted(action):
+                            continue
                         if isinstance(action, _ADDRESS_WORK):
                             await self._do_address(action)
                         else:
@@ -166,6 +168,26 @@ class RouterDriver:
                         self._ordered_sends -= 1
         finally:
             self._worker = None
+
+    def _still_wanted(self, action: Action) -> bool:
+        """Whether a queued action still matches the router's state.
+
+        Under churn a router can flip several times while netlink work is
+        queued; every flip queued its own opposite action, so work the router
+        no longer wants (adding VIPs it has already given up, announcing as a
+        backup, an advert from a router that has become backup) is skipped
+        instead of feeding the churn. Address changes are idempotent, so the
+        last wanted action decides the result.
+        """
+        if isinstance(action, AddVips):
+            return self.router.holding
+        if isinstance(action, Announce):
+            return self.router.phase is Phase.MASTER
+        if isinstance(action, RemoveVips):
+            return not self.router.holding or not set(action.vips) <= set(self.router.config.vips)
+        if isinstance(action, Send):
+            return self.router.phase is not Phase.BACKUP
+        return True
 
     def _do_now(self, action: Action, decided: float) -> None:
         if isinstance(action, Send):
