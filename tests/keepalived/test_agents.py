@@ -89,13 +89,14 @@ def test_agents_with_keepalived_hold_move_and_add(agents: Agents) -> None:
         if Path(f"/proc/{pid}/comm").exists()), 5)
 
 
-def test_rolling_migration_from_keepalived_to_native_vrrp(agents: Agents) -> None:
-    """Node by node: stop the keepalived agent (SIGTERM), start the native_vrrp one, wait for
-    the group to settle on the best-ranked node again; the client pings throughout."""
+@pytest.mark.parametrize("old, new", [("keepalived", "native_vrrp"), ("native_vrrp", "keepalived")])
+def test_rolling_migration(agents: Agents, old: str, new: str) -> None:
+    """Node by node: stop the agent (SIGTERM), start it with the other backend, wait for the
+    group to settle on the best-ranked node again; the client pings throughout."""
     lab = agents.lab
     agents.write_manifests(WEB)
     for node in NODES:
-        agents.start(node, "keepalived")
+        agents.start(node, old)
     best = agents.ranking()[0]
     assert wait_until(lambda: sole_holder(lab, WEB_V4, WEB_V6) == best, 15)
     pingers = [Pinger(lab, WEB_V4), Pinger(lab, WEB_V6)]
@@ -105,16 +106,17 @@ def test_rolling_migration_from_keepalived_to_native_vrrp(agents: Agents) -> Non
         order = sorted(NODES, key=lambda n: n == best)
         for node in order:
             assert agents.stop(node) == 0
-            agents.start(node, "native_vrrp")
+            agents.start(node, new)
             # Settled: the best-ranked node holds, alone, and the restarted node takes part again
             # (it logs a transition of the group).
             assert wait_until(lambda: sole_holder(lab, WEB_V4, WEB_V6) == best, 10), lab.holders([WEB_V4])
-            assert wait_until(lambda n=node: "transition" in agents.log(n, "native_vrrp"), 10)
+            assert wait_until(lambda n=node: "transition" in agents.log(n, new), 10)
             time.sleep(0.5)
             assert sole_holder(lab, WEB_V4, WEB_V6) == best
     finally:
         results = [p.finish() for p in pingers]
     for family, (sent, received, gap) in zip(("IPv4", "IPv6"), results):
-        print(f"migration {family}: {sent - received} of {sent} pings lost, longest gap {gap * 1000:.0f} ms")
+        print(f"migration {old} -> {new} {family}: {sent - received} of {sent} pings lost, "
+              f"longest gap {gap * 1000:.0f} ms")
         assert gap < 1.5, f"{family}: longest gap {gap:.3f} s"
-    assert set(agents.backend.values()) == {"native_vrrp"}
+    assert set(agents.backend.values()) == {new}
