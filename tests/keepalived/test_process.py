@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from vipcore.errors import ConfigError
 from vipcore.model import Family, Membership, State, StateChange
 from vipcore.backend import BackendContext
 from vipcore_keepalived.backend import KeepalivedBackend
@@ -196,3 +197,11 @@ def test_backend_reports_fifo_transitions_and_faults(env: Path, monkeypatch: pyt
         assert reports[-1].new is State.STOPPED
 
     asyncio.run(go())
+
+
+def test_a_state_dir_keepalived_cannot_parse_is_refused(env: Path) -> None:
+    backend = KeepalivedBackend()
+    context = BackendContext(node="node-a", config={"binary": str(stand_in(env))}, state_dir=env / "my state",
+                             backend_name="keepalived")
+    with pytest.raises(ConfigError, match="state_dir"):
+        asyncio.run(backend.vipcore_backend_start(context=context))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from vipcore.addresses import AddressHolder, InterfaceInfo
 from vipcore.backend import BackendContext, hookimpl
-from vipcore.errors import InterfaceNotFoundError, VipcoreError
+from vipcore.errors import ConfigError, InterfaceNotFoundError, VipcoreError
 from vipcore.model import IPAddress, Membership, MetricSample, State, StateChange
 from vipcore_keepalived import BACKEND_NAME
 from vipcore_keepalived.process import FifoEvent, KeepalivedProcess, Paths, check_keepalived
@@ -195,6 +195,10 @@ class KeepalivedBackend:
         self.context = context
         self.settings = settings
         state_dir = Path(context.state_dir)
+        if any(c.isspace() or c in '"#!{}' for c in str(state_dir)):
+            # keepalived.conf has no quoting for paths (notify_fifo).
+            raise ConfigError(f"must not contain spaces or any of \" # ! {{ }} for the keepalived backend, "
+                              f"got {str(state_dir)!r}", field="state_dir")
         state_dir.mkdir(parents=True, exist_ok=True)
         self.holder = AddressHolder(netns=settings.netns)
         self.process = KeepalivedProcess(Paths.in_dir(state_dir), settings, on_event=self._on_event,
