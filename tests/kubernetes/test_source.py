@@ -297,3 +297,17 @@ def test_replayed_changes_are_not_emitted_twice(source: tuple[KubernetesSource, 
     assert len(replays) >= 2
     assert recorder.of("services", "default/one") == ["ADDED", "MODIFIED"]
     _no_duplicates(recorder)
+
+
+def test_the_agent_finds_its_kubernetes_source(server: ApiServer, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from vipcore.agent import make_source
+    from vipcore.config import load_config
+    from vipcore.sources.kubernetes_agent import KubernetesAgentSource
+
+    kubeconfig = server.write_kubeconfig(Path(str(tmp_path)) / "kubeconfig.yaml")
+    config = load_config(overrides={"source": "kubernetes", "node_name": "node-a",
+                                    "kubernetes": {"kubeconfig": str(kubeconfig)}})
+    source = make_source(config)
+    assert isinstance(source, KubernetesAgentSource)

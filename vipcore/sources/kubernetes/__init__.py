@@ -18,6 +18,8 @@ VipGroups and their status, Events, Leases), each retried on 5xx/429 and
 connection errors, and on 409 Conflict where a re-read makes sense.
 """
 
+from typing import Any
+
 from vipcore.sources.kubernetes.client import (
     FINALIZER,
     GROUP,
@@ -44,9 +46,22 @@ from vipcore.sources.kubernetes.kinds import (
 from vipcore.sources.kubernetes.source import ConnectionState, KubernetesSource, ObjectChange
 from vipcore.sources.kubernetes.writer import KubernetesWriter, LeaseRecord, now_rfc3339, vipgroup_manifest
 
+
+
+def agent_source(config: Any) -> Any:
+    """The agent's source for ``source: kubernetes`` (what :func:`vipcore.agent.make_source` looks up here).
+
+    It lives in :mod:`vipcore.sources.kubernetes_agent`, which builds on this
+    package; imported lazily so that neither imports the other at load time.
+    """
+    from vipcore.sources.kubernetes_agent import agent_source as factory
+
+    return factory(config)
+
+
 __all__ = [
     "ALL_KINDS", "EIPS", "ENDPOINT_SLICES", "FINALIZER", "GROUP", "NODES", "SERVICES", "VERSION", "VIP_GROUPS",
     "VIP_POOLS", "ApiUnavailableError", "ConflictError", "ConnectionState", "Kind", "KubernetesError",
-    "KubernetesSource", "KubernetesWriter", "LeaseRecord", "ObjectChange", "api_client", "backoff",
+    "KubernetesSource", "KubernetesWriter", "LeaseRecord", "ObjectChange", "agent_source", "api_client", "backoff",
     "now_rfc3339", "object_key", "transient", "vipgroup_manifest", "write_retrying",
 ]
