@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import time
 import urllib.error
@@ -288,12 +289,37 @@ def cluster_table(document: Mapping[str, Any]) -> str:
 # -- the command ---------------------------------------------------------------------
 
 
+def default_address(environ: Mapping[str, str] | None = None) -> str:
+    """Where the agent of this node listens: ``VIPCORE_METRICS`` (the agent's own override), else the default.
+
+    In the DaemonSet the agent binds the host IP through that variable, so
+    ``kubectl exec ... vipcore status`` finds it without ``--address``.
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get("VIPCORE_METRICS", "").strip()
+    return value if value and ":" in value else DEFAULT_ADDRESS
+
+
+def agent_address(args: argparse.Namespace) -> str:
+    if args.address:
+        return str(args.address)
+    if args.config:
+        from vipcore.config import load_config
+
+        address = load_config(args.config).metrics
+        if not address:
+            raise AgentUnreachableError(f"{args.config} disables the agent's endpoint (metrics: ''): "
+                                        "vipcore status needs it")
+        return address
+    return default_address()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         document = cluster_status(args.kubeconfig, context=args.context, timeout=args.timeout)
         print(json.dumps(document, indent=2) if args.output == "json" else cluster_table(document))
         return 0
-    document = fetch_status(args.address, timeout=args.timeout)
+    document = fetch_status(agent_address(args), timeout=args.timeout)
     print(json.dumps(document, indent=2) if args.output == "json" else status_table(document))
     return 0
 
@@ -305,8 +331,9 @@ def register(subparsers: Any) -> None:
         description="Read the local agent's /status endpoint (or the cluster's VipGroups) and print "
                     "each group's interface, VRID, VIPs, state, since when and the last failover time.",
     )
-    p.add_argument("--address", default=DEFAULT_ADDRESS, metavar="HOST:PORT",
-                   help=f"the agent's metrics endpoint (default {DEFAULT_ADDRESS}; config key 'metrics')")
+    p.add_argument("--address", metavar="HOST:PORT",
+                   help=f"the agent's endpoint (default: $VIPCORE_METRICS, else {DEFAULT_ADDRESS})")
+    p.add_argument("--config", metavar="FILE", help="take the address from the agent's config file (metrics.address)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the agent (default 3)")
     p.add_argument("--kubeconfig", metavar="FILE", help="read VipGroups from the cluster instead of the local agent")
@@ -315,6 +342,6 @@ def register(subparsers: Any) -> None:
 
 
 __all__ = [
-    "AgentUnreachableError", "DEFAULT_ADDRESS", "agent_status", "age", "cluster_rows", "cluster_status",
+    "AgentUnreachableError", "DEFAULT_ADDRESS", "agent_status", "age", "cluster_rows", "cluster_status", "default_address",
     "duration", "fetch_status", "register", "status_table",
 ]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ops_helpers import BACKEND, backend_of, free_port, make_agent, running  # type: ignore[import-not-found]
+from ops_helpers import EXAMPLES, BACKEND, backend_of, free_port, make_agent, running  # type: ignore[import-not-found]
 from vipcore.cli import main
 from vipcore.model import Family
 from vipcore.status import age, cluster_rows, cluster_table, duration, status_table
@@ -191,3 +192,41 @@ def test_kubeconfig_with_the_api_server_down_is_one_line(tmp_path: Path) -> None
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "cannot reach the API server" in result.stderr
+
+
+def test_default_address_follows_the_agents_env_override() -> None:
+    from vipcore.status import DEFAULT_ADDRESS, default_address
+
+    assert default_address({}) == DEFAULT_ADDRESS
+    assert default_address({"VIPCORE_METRICS": "192.0.2.1:9641"}) == "192.0.2.1:9641"  # the DaemonSet's host IP
+    assert default_address({"VIPCORE_METRICS": ""}) == DEFAULT_ADDRESS
+
+
+def test_address_from_the_environment_and_from_the_config_file(tmp_path: Path) -> None:
+    async def scenario() -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+        agent = make_agent(tmp_path)
+        async with running(agent) as url:
+            address = url.removeprefix("http://")
+            env = {**os.environ, "VIPCORE_METRICS": address}
+            by_env = await asyncio.to_thread(subprocess.run, [VIPCORE, "status", "-o", "json"],
+                                             capture_output=True, text=True, timeout=60, env=env)
+            config = tmp_path / "agent.yaml"
+            config.write_text(f"node_name: node-a\nmanifests: [{EXAMPLES}]\nmetrics: {{address: '{address}'}}\n")
+            clean = {k: v for k, v in os.environ.items() if not k.startswith("VIPCORE_")}
+            by_config = await asyncio.to_thread(subprocess.run, [VIPCORE, "status", "--config", str(config)],
+                                                capture_output=True, text=True, timeout=60, env=clean)
+        return by_env, by_config
+
+    by_env, by_config = asyncio.run(scenario())
+    assert by_env.returncode == 0, by_env.stderr
+    assert json.loads(by_env.stdout)["node"] == "node-a"
+    assert by_config.returncode == 0, by_config.stderr
+    assert by_config.stdout.startswith("node node-a")
+
+
+def test_config_without_endpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"node_name: node-a\nmanifests: [{EXAMPLES}]\nmetrics: ''\n")
+    assert main(["status", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "disables the agent's endpoint" in err
