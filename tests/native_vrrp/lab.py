@@ -46,7 +46,16 @@ def ns_of(node: str) -> str:
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, check=check, text=True, capture_output=True)
+    """Run a command; ``ip`` commands that fail with 255 (seen transiently while
+    other labs add and delete namespaces at the same moment) are tried again."""
+    for attempt in range(3):
+        result = subprocess.run(args, check=False, text=True, capture_output=True)
+        if result.returncode != 255 or args[:3] == ("ip", "netns", "add") or args[0] != "ip":
+            break
+        time.sleep(0.1 * (attempt + 1))
+    if check and result.returncode != 0:
+        raise subprocess.CalledProcessError(result.returncode, args, result.stdout, result.stderr)
+    return result
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.01) -> Any:

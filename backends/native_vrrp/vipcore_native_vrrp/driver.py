@@ -155,10 +155,16 @@ class RouterDriver:
             while self._queue:
                 batch, decided = self._queue.popleft()
                 ordered = any(isinstance(a, _ADDRESS_WORK) for a in batch) and any(isinstance(a, Send) for a in batch)
+                announced = False
                 try:
                     for action in batch:
-                        if not self._still_wanted(action):
+                        # An advert that follows an announcement we did make
+                        # must go out even if we have lost the election since:
+                        # it makes the winner announce again, pulling back the
+                        # neighbours our announcement took.
+                        if not (announced and isinstance(action, Send)) and not self._still_wanted(action):
                             continue
+                        announced = announced or isinstance(action, Announce)
                         if isinstance(action, _ADDRESS_WORK):
                             await self._do_address(action)
                         else:
