@@ -345,11 +345,11 @@ def main() -> int:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, interrupt)
 
+    data: dict[str, Any] = {"failover": {}, "stability": {}, "cpu": {}, "notes": [], "trials": trials}
     try:
         require_root()
         available = installed_backends()
         wanted = args.backends.split(",") if args.backends else [*VRRP_BACKENDS, "netlink_static"]
-        data: dict[str, Any] = {"failover": {}, "stability": {}, "cpu": {}, "notes": [], "trials": trials}
         for backend in wanted:
             if backend not in available:
                 data["notes"].append(f"{LABELS.get(backend, backend)} skipped: not installed "
@@ -370,7 +370,11 @@ def main() -> int:
                 runs = data["stability"][backend] = []
                 for advert in STABILITY_LADDER:
                     step(f"stability {LABELS[backend]} at {advert:g} s, {window:.0f} s window")
-                    run = run_stability(backend, advert, window)
+                    try:
+                        run = run_stability(backend, advert, window)
+                    except VipcoreError as exc:
+                        data["notes"].append(f"stability {LABELS[backend]} at {advert:g} s: {exc}")
+                        break
                     runs.append(run)
                     log(f"    {run}")
                     if not (run["settled"] and run["moves"] == 0 and run["alive"]):
@@ -385,16 +389,18 @@ def main() -> int:
                     data["notes"].append(f"cpu {LABELS[backend]}: {exc}")
     except KeyboardInterrupt:
         Lab(prefix=PREFIX).down()
-        log("interrupted; lab torn down")
-        return 130
+        log("interrupted; lab torn down; what was measured so far:")
+        status = 130
     except VipcoreError as exc:
         Lab(prefix=PREFIX).down()
         log(f"failover bench: error: {exc}")
-        return 2
+        status = 2
+    else:
+        status = 0
     print(report(data, trials))
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, default=str))
-    return 0
+    return status
 
 
 if __name__ == "__main__":
