@@ -35,6 +35,8 @@ CLIENT = f"{PREFIX}-cl"
 ROOT = Path(__file__).resolve().parents[2]
 VIPCORE = Path(sys.executable).parent / "vipcore"
 
+#: Seconds any one command may take before the test gives up on it.
+COMMAND_TIMEOUT = 30.0
 NODES = {"node-a": 11, "node-b": 12, "node-c": 13}
 WEB_V4 = ipaddress.ip_address("198.51.100.100")
 WEB_V6 = ipaddress.ip_address("2001:db8:100::100")
@@ -49,7 +51,7 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a command; ``ip`` commands that fail with 255 (seen transiently while
     other labs add and delete namespaces at the same moment) are tried again."""
     for attempt in range(3):
-        result = subprocess.run(args, check=False, text=True, capture_output=True)
+        result = subprocess.run(args, check=False, text=True, capture_output=True, timeout=COMMAND_TIMEOUT)
         if result.returncode != 255 or args[:3] == ("ip", "netns", "add") or args[0] != "ip":
             break
         time.sleep(0.1 * (attempt + 1))
@@ -201,7 +203,7 @@ class Lab:
     def kill(self, node: str) -> None:
         proc = self.procs.pop(node)
         proc.kill()
-        proc.wait()
+        proc.wait(COMMAND_TIMEOUT)
 
     def log(self, node: str) -> list[dict[str, Any]]:
         lines = []
