@@ -332,3 +332,78 @@ def test_membership_priority_is_used_unchanged() -> None:
         await backend.vipcore_backend_stop(graceful=False)
 
     run(scenario)
+
+
+class GatedHolder(FakeHolder):
+    """A holder whose add() and announce() wait until the test opens a gate."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(node)
+        self.add_gate = asyncio.Event()
+        self.announce_gate = asyncio.Event()
+
+    async def add(self, interface: str, vips: Iterable[IPAddress]) -> tuple[IPAddress, ...]:
+        await self.add_gate.wait()
+        return await super().add(interface, vips)
+
+    async def announce(self, interface: str, vips: Iterable[IPAddress]) -> None:
+        await self.announce_gate.wait()
+        await super().announce(interface, vips)
+
+
+def _driver(holder: FakeHolder, bus: Bus) -> Any:
+    from vipcore_native_vrrp.driver import RouterDriver
+    from vipcore_native_vrrp.protocol import Router, RouterConfig
+
+    config = RouterConfig(vrid=42, family=Family.IPV4, primary=V4("198.51.100.11"), vips=(VIP4,), priority=100,
+                          interval_cs=100, destinations=(V4("224.0.0.18"),), sources=None)
+    link = FakeLink(bus, "node-a", "eth0", Family.IPV4)
+    link.start(asyncio.get_running_loop())
+    driver = RouterDriver(group="g", interface="eth0", router=Router(config), link=link, holder=holder,  # type: ignore[arg-type]
+                          schedule=AnnounceSchedule(count=1), report=lambda *a: None, loop=asyncio.get_running_loop())
+    driver.start()  # BACKUP, waiting 3.6 s for a master
+    return driver
+
+
+def _higher_advert() -> tuple[bytes, IPAddress, IPAddress]:
+    from vipcore_native_vrrp.protocol import Advertisement, encode
+
+    src, dst = V4("198.51.100.12"), V4("224.0.0.18")
+    return encode(Advertisement(42, 200, 100, (VIP4,)), src, dst), src, dst
+
+
+def test_queued_work_the_router_no_longer_wants_is_skipped() -> None:
+    async def scenario() -> None:
+        bus, holder = Bus(), GatedHolder("node-a")
+        driver = _driver(holder, bus)
+        driver.takeover("test")  # MASTER: [AddVips, Announce, Send, StateChanged] queued behind add()
+        assert driver.router.state is State.MASTER
+        await asyncio.sleep(0.01)
+        driver._on_packet(*_higher_advert(), 255)  # preempted before the address work ran
+        assert driver.router.state is State.BACKUP
+        holder.add_gate.set()
+        holder.announce_gate.set()
+        await driver.settled()
+        await asyncio.sleep(1.1)  # past the yield linger
+        assert holder.announced == [] and driver.link.counters.sent == 0  # neither announced nor advertised
+        assert VIP4 not in holder.held
+        await driver.close()
+
+    run(scenario)
+
+
+def test_an_advert_after_our_announcement_is_sent_even_after_losing() -> None:
+    async def scenario() -> None:
+        bus, holder = Bus(), GatedHolder("node-a")
+        driver = _driver(holder, bus)
+        holder.add_gate.set()
+        driver.takeover("test")
+        await asyncio.sleep(0.01)  # add() done, announce() waiting
+        driver._on_packet(*_higher_advert(), 255)  # preempted while announcing
+        holder.announce_gate.set()
+        await driver.settled()
+        # We did announce: the advert goes out so the winner announces again.
+        assert holder.announced == [VIP4] and driver.link.counters.sent == 1
+        await driver.close()
+
+    run(scenario)
