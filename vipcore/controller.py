@@ -241,8 +241,7 @@ class Controller:
                     expiry = self.tracker.next_expiry()
                     if expiry is not None:
                         timeout = min(timeout, expiry + 0.05)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._dirty.wait(), timeout)
+                await wait_event(self._dirty, timeout)
                 self._dirty.clear()
                 await asyncio.sleep(0.02)  # let a burst of watch events land in the cache
                 self._dirty.clear()
@@ -283,6 +282,22 @@ class Controller:
             "groups": [g.name for g in last.resolution.groups] if last else [],
             "refused": dict(last.refused) if last else {},
         }
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``event`` is set or ``timeout`` passes; True if set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 a cancellation that arrives as the
+    event is set can be lost there, leaving the task running after cancel().
+    """
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+    return event.is_set()
 
 
 def _has_our_finalizer(obj: Mapping[str, Any]) -> bool:

@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 
 from controller_helpers import FAST, lb_ips, node, service, settings, vipgroups, vippool  # type: ignore[import-not-found]
 
@@ -216,10 +215,6 @@ def test_heartbeat_expiry_moves_the_group(server: ApiServer, tmp_path: Any) -> N
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "vipcore.sources.kubernetes resumes a watch that broke mid-stream from the resourceVersion it had "
-    "before that stream, so the server replays old object versions into the cache and the agent "
-    "briefly sees Services without status (reported to the source's owner)"))
 def test_api_outage_changes_nothing_and_reconnect_does_not_flap(server: ApiServer, tmp_path: Any) -> None:
     for name in NODES:
         server.create(node(name))

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from vipcore.config import Config
+from vipcore.controller import wait_event
 from vipcore.controller_lease import LeaseClient
 from vipcore.errors import ConfigError
 from vipcore.heartbeat import HeartbeatConfig, HeartbeatTracker, NodeHeartbeat, with_heartbeats
@@ -120,8 +121,7 @@ class KubernetesAgentSource:
                     expiry = self.tracker.next_expiry()
                     timeout = self.heartbeat_config.duration / 3 if expiry is None else min(
                         expiry + 0.05, self.heartbeat_config.duration / 3)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                await wait_event(self._wake, timeout)
                 self._wake.clear()
                 state = self.state()
                 if state != last:
