@@ -277,7 +277,20 @@ def test_interoperates_with_keepalived_both_ways(lab: Lab) -> None:
     assert wait_until(lambda: "node-c" in lab.holders(WEB_V4) and "node-c" in lab.holders(WEB_V6), 5)
     assert time.monotonic() - started < master_down_interval(100, 0.1) + MARGIN
     assert wait_until(lambda: lab.ping(WEB_V4) and lab.ping(WEB_V6), 5)
+
+    # 5. keepalived -> vipcore, graceful: a vipcore backup without preemption
+    #    accepts the lower-priority keepalived master, then takes over from
+    #    keepalived's priority-0 advert.
+    #    (The killed node keeps its stale IPv4 VIP on its downed link: ignored.)
+    lab.settings["preempt"] = False
+    lab.start(other)
+    time.sleep(1.5)
+    assert others(top, WEB_V4, lab) == "node-c" and lab.holders(WEB_V6) == ["node-c"]
     lab.stop_keepalived("node-c", signal.SIGTERM)
+    assert wait_until(lambda: others(top, WEB_V4, lab) == other and lab.holders(WEB_V6) == [other], 3), (
+        lab.holders(WEB_V4), lab.holders(WEB_V6))
+    took = [line.get("reason", "") for line in lab.log(other) if line.get("new") == "master"]
+    assert any("resigned (priority 0)" in r for r in took), took
 
 
 def test_holder_link_flap_restores_both_vips(lab: Lab) -> None:
