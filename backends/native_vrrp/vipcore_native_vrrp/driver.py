@@ -229,7 +229,9 @@ class RouterDriver:
             else:
                 # One announcement now, so it precedes the advert that follows
                 # in this batch; the rest of the schedule in the background.
-                await self.holder.announce(self.interface, action.vips)
+                # (garp.count 0: no burst, only the refresh if configured.)
+                if self.schedule.count:
+                    await self.holder.announce(self.interface, action.vips)
                 self._start_announcing()
         except VipcoreError as exc:
             log.error("group %s IPv%d: %s", self.group[:12], self.family, exc)
@@ -238,7 +240,8 @@ class RouterDriver:
 
     def _start_announcing(self) -> None:
         self._stop_announcing()
-        rest = attrs.evolve(self.schedule, count=max(0, self.schedule.count - 1), initial_delay=self.schedule.interval)
+        rest = attrs.evolve(self.schedule, count=max(0, self.schedule.count - 1),
+                            initial_delay=self.schedule.interval if self.schedule.count else 0.0)
         if rest.count or rest.refresh is not None:
             self._announcer = self.holder.start_announcing(self.interface, self.router.config.vips, rest)
 
