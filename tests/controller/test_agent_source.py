@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 
-from controller_helpers import FAST, lb_ips, node, service, settings, vipgroups, vippool  # type: ignore[import-not-found]
+from controller_helpers import FAST, events, lb_ips, node, service, settings, vipgroups, vippool  # type: ignore[import-not-found]
 
 from vipcore.agent import Agent
 from vipcore.backend import BackendContext, BackendRegistry, hookimpl
@@ -209,8 +209,11 @@ def test_heartbeat_expiry_moves_the_group(server: ApiServer, tmp_path: Any) -> N
             took = time.monotonic() - killed
             assert second != first
             assert took < 2.0 + 2.0, f"heartbeat failover took {took:.2f}s"
-            # The address stays the same.
+            # The address stays the same, and the controller told the Service who holds it now.
             assert lb_ips(server, "web")
+            # (A new group: the node list changed, so its name did.)
+            await wait(lambda: any(r == "HolderChanged" and f"node {second} holds" in m
+                                   for _, r, m in events(server, "web")), what="a HolderChanged event")
 
     asyncio.run(scenario())
 

@@ -275,3 +275,25 @@ def test_graceful_stop_releases_lease(server: ApiServer, start: Callable[..., An
     stopped = time.monotonic()
     wait_for(lambda: two.leading, timeout=5, what="takeover after release")
     assert time.monotonic() - stopped < 1.5  # released: no need to wait for expiry
+
+
+def test_watch_drops_410_and_5xx_bursts_lose_and_repeat_nothing(server: ApiServer, start: Callable[..., Any]) -> None:
+    cluster(server, vippool("lan", "203.0.113.10-203.0.113.40"))
+    start()
+    names = [f"svc{i}" for i in range(8)]
+    for i, name in enumerate(names):
+        server.create(service(name))
+        if i == 1:
+            server.close_watches()
+        elif i == 3:
+            server.expire()  # every resume now gets 410 Gone: re-list
+        elif i == 5:
+            server.fail_next(15)  # a burst of 503s
+    wait_for(lambda: all(lb_ips(server, n) for n in names), timeout=30, what="every Service allocated")
+    ips = [lb_ips(server, n)[0] for n in names]
+    assert len(set(ips)) == len(ips)
+    time.sleep(1.0)
+    for name in names:
+        assert reasons(server, name).count("IPAllocated") == 1, events(server, name)
+    (group,) = vipgroups(server)
+    assert sorted(group["spec"]["vips"]["ipv4"]) == sorted(ips)
