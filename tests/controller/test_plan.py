@@ -176,3 +176,16 @@ def test_holder_notes_only_on_change() -> None:
     group["status"]["holders"]["ipv4"]["node"] = "node-b"
     _, notes = holder_notes(holders, [group])
     assert "node node-b holds 203.0.113.10 (IPv4) (was node-a)" == notes[0].message
+
+
+def test_vrid_exhaustion_reported_on_the_services_that_got_none() -> None:
+    from vipcore.model import VridPolicy
+
+    slices = (EndpointSlice("default", "local-abc", "local", frozenset({"node-b"})),)
+    result = plan([svc("web"), svc("local", policy="Local")], nodes=NODES, endpoint_slices=slices,
+                  pools=(pool(),), vipgroups=(), vrid_policy=VridPolicy(first=7, last=7))
+    assert len(result.groups) == 1 and result.groups[0].spec["vrid"] == 7
+    # Both keep their addresses; the one without a VRID is told why.
+    assert {w.key for w in result.services if w.ingress} == {"default/web", "default/local"}
+    no_group = [n for n in result.notes if n.reason == NO_GROUP]
+    assert len(no_group) == 1 and "no free VRID" in no_group[0].message and "7-7" in no_group[0].message
