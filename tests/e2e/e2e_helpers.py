@@ -75,8 +75,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class Environment:
     """Lab + API server + controller + agents; :meth:`close` removes everything."""
 
-    def __init__(self) -> None:
-        self.lab = Lab(prefix=PREFIX, nodes=NODES)
+    def __init__(self, *, backend: str = "native_vrrp", heartbeat: float | None = None, prefix: str = PREFIX) -> None:
+        self.lab = Lab(prefix=prefix, nodes=NODES)
+        self.backend = backend
+        #: Heartbeat Lease duration in seconds, or None for no heartbeats.
+        self.heartbeat = heartbeat
         self.server: ApiServer | None = None
         self.kubeconfig: Path | None = None
 
@@ -101,12 +104,16 @@ class Environment:
         name = node or "controller"
         directory = self.lab.run_dir / name
         directory.mkdir(parents=True, exist_ok=True)
+        kube: dict[str, Any] = {"kubeconfig": str(self.kubeconfig), "namespace": "default"}
+        if self.heartbeat is not None:
+            kube["heartbeat"] = {"enabled": True, "duration": self.heartbeat}
         data: dict[str, Any] = {
-            "backend": "native_vrrp", "node_name": node or "controller", "source": "kubernetes",
+            "backend": self.backend, "node_name": node or "controller", "source": "kubernetes",
             "state_dir": str(directory / "state"), "log_format": "json", "metrics": "",
-            "kubernetes": {"kubeconfig": str(self.kubeconfig), "namespace": "default"},
+            "kubernetes": kube,
             "controller": {"leader_election": {"duration": 4, "renew_deadline": 3, "retry_period": 0.5}},
             "native_vrrp": {"advert_interval": ADVERT, "preempt": True},
+            "netlink_static": {"garp": {"count": 3, "interval": 0.1}},
         }
         path = directory / "config.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
