@@ -15,6 +15,7 @@ unreachable. A VipGroup that does not exist (yet, or any more) is skipped.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
 import logging
@@ -55,6 +56,8 @@ class HolderStatus:
         self.failures = 0
         self._thread = threading.Thread(target=self._work, name=f"holder-status:{node}", daemon=True)
         self._thread.start()
+        # The agent reports its last transitions (STOPPED) while stopping; write them before the process exits.
+        atexit.register(self.flush, 2.0)
 
     @hookimpl
     def vipcore_state_changed(self, change: StateChange) -> None:
@@ -72,6 +75,7 @@ class HolderStatus:
             return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
 
     def close(self) -> None:
+        atexit.unregister(self.flush)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
