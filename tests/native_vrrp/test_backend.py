@@ -407,3 +407,32 @@ def test_an_advert_after_our_announcement_is_sent_even_after_losing() -> None:
         await driver.close()
 
     run(scenario)
+
+
+def test_update_adds_and_removes_a_family_and_changes_vrid() -> None:
+    async def scenario() -> None:
+        c = Cluster()
+        v4_only = group(vips6=())
+        for node in NODE_NUMBER:
+            await c.start(node)
+            await c.join(node, v4_only)
+        await asyncio.sleep(0.5)
+        holder = best()
+        assert c.holding(VIP4) == [holder] and c.holding(VIP6) == []
+        for node, b in c.backends.items():  # IPv6 added to the group
+            await b.vipcore_group_update(b.memberships[v4_only.name], membership(group(), node, NODES))
+        await asyncio.sleep(0.5)
+        assert c.holding(VIP6) == [holder] and c.holding(VIP4) == [holder]
+        for node, b in c.backends.items():  # IPv4 removed: its VIPs go, IPv6 stays put
+            await b.vipcore_group_update(b.memberships[v4_only.name], membership(group(vips4=()), node, NODES))
+        await asyncio.sleep(0.3)
+        assert c.holding(VIP4) == [] and c.holding(VIP6) == [holder]
+        renumbered = VipGroup(name=group().name, interface="eth0", nodes=tuple(NODE_NUMBER), vrid=43,
+                              vips_v6=(VIP6,))
+        for node, b in c.backends.items():  # a new VRID re-creates the router (graceful)
+            await b.vipcore_group_update(b.memberships[v4_only.name], membership(renumbered, node, NODES))
+        await asyncio.sleep(0.5)
+        assert c.holding(VIP6) == [holder]
+        assert all(d.vrid == 43 for b in c.backends.values() for d in b.routers[renumbered.name].values())
+
+    run(scenario)
