@@ -43,6 +43,8 @@ from typing import Any
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from vipcore.metrics import SampleCollector
+
 from vipcore.config import Config
 from vipcore.controller_lease import LeaderElector, LeaseClient, LeaseTiming
 from vipcore.controller_plan import (
@@ -151,7 +153,9 @@ class Controller:
         self.tracker = HeartbeatTracker()
         self.registry = registry or CollectorRegistry(auto_describe=False)
         self.metrics = ControllerMetrics(self.registry)
+        self.registry.register(SampleCollector(self._usage_samples))
         self.last_plan: Plan | None = None
+        self.last_pools: tuple[Any, ...] = ()
         self._noted: dict[tuple[str, str], str] = {}
         self._holders: dict[str, dict[str, str]] | None = None
         self._dirty: asyncio.Event | None = None
@@ -177,6 +181,7 @@ class Controller:
         inputs = dict(inputs) if inputs is not None else self.inputs()
         result_plan = plan(selection=self.settings.selection, vrid_policy=self.config.vrid_policy, **inputs)
         self.last_plan = result_plan
+        self.last_pools = tuple(inputs["pools"])
         originals = {key_of(o): o for o in inputs["services"]}
         result = self.writer.apply(result_plan, originals)
         failed = set(result.stale) | set(result.failed)
@@ -196,6 +201,15 @@ class Controller:
         self.metrics.groups.set(len(result_plan.resolution.groups))
         self.metrics.reconciles.labels("clean" if result.clean else "retry").inc()
         return result
+
+    def _usage_samples(self) -> list[Any]:
+        """Pool and VRID usage of the last pass (the agent's gauges, from the controller's view)."""
+        from vipcore.metrics import allocation_samples
+
+        plan_ = self.last_plan
+        if plan_ is None:
+            return []
+        return allocation_samples(plan_.resolution, self.last_pools, self.config.vrid_policy)
 
     def _record(self, notes: list[Note], live: set[str]) -> None:
         """Write Events, once per (Service, reason) until the message changes."""

@@ -55,6 +55,7 @@ def test_controller_process_allocates_serves_metrics_and_releases_on_sigterm(ser
         _, text = fetch(f"http://127.0.0.1:{port}/metrics")
         assert "vipcore_controller_allocations_total 1.0" in text
         assert "vipcore_controller_leader 1.0" in text
+        assert 'vipcore_pool_addresses_allocated{family="IPv4",pool="lan"} 1.0' in text
         status = json.loads(fetch(f"http://127.0.0.1:{port}/status")[1])
         assert status["identity"] == "cli-1" and status["leader"] is True and len(status["groups"]) == 1
         proc.send_signal(signal.SIGTERM)
