@@ -4,21 +4,17 @@ Nothing here imports socket, asyncio, time or pyroute2 (an import-linter
 contract checks it): every input carries its own ``now``.
 """
 
-from vipcore_native_vrrp.protocol.machine import (
+from vipcore_native_vrrp.protocol.actions import (
     Action,
     AddVips,
     Announce,
     Dropped,
-    Phase,
     RemoveVips,
-    Router,
-    RouterConfig,
     Send,
     StateChanged,
-    TransitionError,
-    master_down_interval,
-    skew_time,
 )
+from vipcore_native_vrrp.protocol.machine import Phase, Router, TransitionError
+from vipcore_native_vrrp.protocol.router_config import RouterConfig, master_down_interval, skew_time
 from vipcore_native_vrrp.protocol.packet import Advertisement, PacketError, decode, encode
 
 __all__ = [

@@ -41,16 +41,24 @@ from typing import Any
 
 import attrs
 
-from vipcore.model import Family, IPAddress, State
-from vipcore_native_vrrp.protocol.packet import (
-    MAX_INTERVAL_CS,
-    TTL,
-    Advertisement,
-    address_tuple,
-    PacketError,
-    decode,
-    encode,
+from vipcore.model import IPAddress, State
+from vipcore_native_vrrp.protocol.actions import (
+    Action,
+    AddVips,
+    Announce,
+    Dropped,
+    RemoveVips,
+    Send,
+    StateChanged,
 )
+from vipcore_native_vrrp.protocol.packet import TTL, Advertisement, PacketError, decode, encode
+from vipcore_native_vrrp.protocol.router_config import RouterConfig, master_down_interval, skew_time
+
+__all__ = [
+    "Action", "AddVips", "Announce", "Dropped", "RemoveVips", "Send", "StateChanged",
+    "RouterConfig", "master_down_interval", "skew_time",
+    "Phase", "Event", "TRANSITIONS", "TransitionError", "Router", "RECEIVE_REASONS",
+]
 
 #: Priority of an address owner (RFC 5798): master at once.
 OWNER_PRIORITY = 255
@@ -131,124 +139,8 @@ class TransitionError(RuntimeError):
     """A phase change not in :data:`TRANSITIONS` was attempted (a bug)."""
 
 
-# -- actions ------------------------------------------------------------------
-
-
-@attrs.frozen
-class Send:
-    """Send ``data`` (a VRRP message, checksum included) from ``src`` to ``dst``."""
-
-    data: bytes
-    src: IPAddress
-    dst: IPAddress
-
-
-@attrs.frozen
-class AddVips:
-    vips: tuple[IPAddress, ...]
-
-
-@attrs.frozen
-class RemoveVips:
-    vips: tuple[IPAddress, ...]
-
-
-@attrs.frozen
-class Announce:
-    """Start announcing ``vips`` (gratuitous ARP / unsolicited NA), replacing any earlier schedule."""
-
-    vips: tuple[IPAddress, ...]
-
-
-@attrs.frozen
-class StateChanged:
-    old: State
-    new: State
-    reason: str
-    #: For transitions into MASTER: seconds since the trigger (the last advert
-    #: heard from the old master, or its priority-0 advert). None if unknown.
-    failover_seconds: float | None = None
-
-
-@attrs.frozen
-class Dropped:
-    """A received message was discarded; ``reason`` is a counter label."""
-
-    reason: str
-
-
-Action = Send | AddVips | RemoveVips | Announce | StateChanged | Dropped
-
 #: Reasons :meth:`Router.receive` can drop for, besides the decoder's.
 RECEIVE_REASONS = ("ttl", "vrid", "own", "source", "addr_mismatch", "lower_priority", "not_running")
-
-
-# -- configuration -------------------------------------------------------------
-
-
-def _interval_cs(seconds: float) -> int:
-    cs = round(seconds * 100)
-    if not 1 <= cs <= MAX_INTERVAL_CS:
-        raise ValueError(f"advert interval must be 0.01..{MAX_INTERVAL_CS / 100} s, got {seconds}")
-    return cs
-
-
-@attrs.frozen
-class RouterConfig:
-    """What one virtual router needs to know. Changed only through ``Router.update``."""
-
-    vrid: int = attrs.field(validator=attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(255)))
-    family: Family
-    #: The source of our adverts and our tie-break address: the interface's
-    #: primary IPv4 address or IPv6 link-local address (multicast), or the
-    #: node address in the peers' subnet (unicast).
-    primary: IPAddress
-    vips: tuple[IPAddress, ...] = attrs.field(converter=address_tuple)
-    priority: int = attrs.field(validator=attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(255)))
-    #: Our Advertisement_Interval in centiseconds.
-    interval_cs: int = 10
-    preempt: bool = True
-    #: Where adverts go: the multicast group, or each unicast peer.
-    destinations: tuple[IPAddress, ...] = ()
-    #: Allowed advert sources (member node addresses); None disables the check.
-    sources: frozenset[IPAddress] | None = None
-    #: Also accept any link-local source (IPv6 multicast: peers send from fe80::).
-    link_local_sources: bool = False
-    #: Bound on a make-before-break hand-over; None: Master_Down_Interval of a priority-1 router.
-    resign_timeout: float | None = None
-    #: How long a resigning master keeps its VIPs after the new master's first
-    #: advert; None: one advertisement interval.
-    handover_linger: float | None = None
-    #: How long adverts with the previous address set are accepted after a change.
-    update_grace: float = 5.0
-
-    def __attrs_post_init__(self) -> None:
-        if not self.vips:
-            raise ValueError("a virtual router needs at least one VIP")
-        for address in (self.primary, *self.vips, *self.destinations):
-            if address.version != self.family:
-                raise ValueError(f"{address} is not an IPv{int(self.family)} address")
-        if not 1 <= self.interval_cs <= MAX_INTERVAL_CS:
-            raise ValueError(f"interval_cs must be 1..{MAX_INTERVAL_CS}, got {self.interval_cs}")
-
-    @classmethod
-    def seconds(cls, interval: float) -> int:
-        """Centiseconds for an interval in seconds (centisecond resolution)."""
-        return _interval_cs(interval)
-
-    @property
-    def interval(self) -> float:
-        return self.interval_cs / 100.0
-
-
-def skew_time(priority: int, master_adver_interval: float) -> float:
-    """RFC 5798: ((256 - Priority) * Master_Adver_Interval) / 256."""
-    return ((256 - priority) * master_adver_interval) / 256
-
-
-def master_down_interval(priority: int, master_adver_interval: float) -> float:
-    """RFC 5798: 3 * Master_Adver_Interval + Skew_Time."""
-    return 3 * master_adver_interval + skew_time(priority, master_adver_interval)
 
 
 # -- the router -----------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""What a :class:`~vipcore_native_vrrp.protocol.machine.Router` asks its caller to do.
+
+Each input of the router returns a list of these, to be carried out in order.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from vipcore.model import IPAddress, State
+
+
+@attrs.frozen
+class Send:
+    """Send ``data`` (a VRRP message, checksum included) from ``src`` to ``dst``."""
+
+    data: bytes
+    src: IPAddress
+    dst: IPAddress
+
+
+@attrs.frozen
+class AddVips:
+    vips: tuple[IPAddress, ...]
+
+
+@attrs.frozen
+class RemoveVips:
+    vips: tuple[IPAddress, ...]
+
+
+@attrs.frozen
+class Announce:
+    """Start announcing ``vips`` (gratuitous ARP / unsolicited NA), replacing any earlier schedule."""
+
+    vips: tuple[IPAddress, ...]
+
+
+@attrs.frozen
+class StateChanged:
+    old: State
+    new: State
+    reason: str
+    #: For transitions into MASTER: seconds since the trigger (the last advert
+    #: heard from the old master, or its priority-0 advert). None if unknown.
+    failover_seconds: float | None = None
+
+
+@attrs.frozen
+class Dropped:
+    """A received message was discarded; ``reason`` is a counter label."""
+
+    reason: str
+
+
+Action = Send | AddVips | RemoveVips | Announce | StateChanged | Dropped
