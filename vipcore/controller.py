@@ -109,7 +109,7 @@ class ControllerSettings:
             lease_name=str(section.get("lease_name") or DEFAULT_LEASE),
             identity=identity,
             timing=LeaseTiming.from_config(section.get("leader_election")),
-            heartbeat=HeartbeatConfig.from_config({**kube, "namespace": namespace}),
+            heartbeat=HeartbeatConfig.from_config(kube),  # as the agents read it
             resync=resync,
             kubeconfig=kube.get("kubeconfig"),
             context=kube.get("context"),

@@ -52,8 +52,9 @@ def test_controller_process_allocates_serves_metrics_and_releases_on_sigterm(ser
         wait_for(lambda: fetch(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=20, what="/readyz")
         server.create(service("web"))
         wait_for(lambda: lb_ips(server, "web"), what="allocation")
-        _, text = fetch(f"http://127.0.0.1:{port}/metrics")
-        assert "vipcore_controller_allocations_total 1.0" in text
+        # Counted once the pass that wrote the status is over.
+        text = wait_for(lambda: (t := fetch(f"http://127.0.0.1:{port}/metrics")[1])
+                        and "vipcore_controller_allocations_total 1.0" in t and t, what="the allocation counted")
         assert "vipcore_controller_leader 1.0" in text
         assert 'vipcore_pool_addresses_allocated{family="IPv4",pool="lan"} 1.0' in text
         status = json.loads(fetch(f"http://127.0.0.1:{port}/status")[1])
