@@ -20,6 +20,8 @@ import datetime
 import json
 import logging
 import threading
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from vipcore.backend import hookimpl
@@ -50,6 +52,9 @@ class HolderStatus:
         self.node = node
         self.retry_max = retry_max
         self._pending: dict[tuple[str, Family], StateChange] = {}
+        #: Routers this node holds now, with the transition that made them MASTER.
+        self._holding: dict[tuple[str, Family], StateChange] = {}
+        self._asserted: dict[tuple[str, Family], float] = {}
         self._cond = threading.Condition()
         self._closed = False
         self.written = 0
@@ -65,9 +70,42 @@ class HolderStatus:
             return
         if change.new is not State.MASTER and change.old is not State.MASTER:
             return  # BACKUP <-> INIT/FAULT/STOPPED: this node did not hold and does not hold
+        key = (change.group, change.family)
         with self._cond:
-            self._pending[(change.group, change.family)] = change
+            if change.new is State.MASTER:
+                self._holding[key] = change
+            else:
+                self._holding.pop(key, None)
+            self._pending[key] = change
             self._cond.notify()
+
+    def check(self, obj: Mapping[str, Any]) -> None:
+        """Re-record this node where a VipGroup's status names another holder (or none) while it holds.
+
+        Two routers that start together can both become MASTER for an instant;
+        the one that steps down clears the record if it wrote last. Called on
+        every VipGroup change the agent sees; at most once a second per router,
+        so a real split brain does not turn into a write storm.
+        """
+        name = str((obj.get("metadata") or {}).get("name"))
+        status = obj.get("status") or {}
+        holders = status.get("holders") if isinstance(status, Mapping) else None
+        holders = holders if isinstance(holders, Mapping) else {}
+        now = time.monotonic()
+        with self._cond:
+            for family in Family:
+                key = (name, family)
+                change = self._holding.get(key)
+                if change is None or key in self._pending:
+                    continue
+                recorded = holders.get(family_key(family))
+                if isinstance(recorded, Mapping) and recorded.get("node") == self.node:
+                    continue
+                if now - self._asserted.get(key, float("-inf")) < 1.0:
+                    continue
+                self._asserted[key] = now
+                self._pending[key] = change
+                self._cond.notify()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every recorded wish was written (or given up); True if the queue drained."""

@@ -73,3 +73,22 @@ def test_ignores_other_nodes_and_non_master_transitions(server: ApiServer,
     a.vipcore_state_changed(change("node-a", State.INIT, State.BACKUP))
     assert a.flush()
     assert holders(server) == {} and a.written == 0
+
+
+def test_a_holder_whose_record_was_cleared_by_a_transient_peer_records_itself_again(
+        server: ApiServer, observers: dict[str, HolderStatus]) -> None:
+    """Both routers become MASTER for an instant; the loser wrote last and clears: the winner re-records."""
+    server.create(vipgroup())
+    a, b = observers["node-a"], observers["node-b"]
+    a.vipcore_state_changed(change("node-a", State.BACKUP, State.MASTER))
+    assert a.flush()
+    b.vipcore_state_changed(change("node-b", State.BACKUP, State.MASTER))
+    assert b.flush()
+    b.vipcore_state_changed(change("node-b", State.MASTER, State.BACKUP))
+    assert b.flush()
+    assert "ipv4" not in holders(server)
+    a.check(server.get("vipcore.io/v1alpha1", "VipGroup", GROUP))  # the agent's cache saw the change
+    assert a.flush()
+    assert holders(server)["ipv4"]["node"] == "node-a"
+    b.check(server.get("vipcore.io/v1alpha1", "VipGroup", GROUP))  # node-b holds nothing: writes nothing
+    assert b.flush() and holders(server)["ipv4"]["node"] == "node-a"

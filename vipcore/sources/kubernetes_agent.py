@@ -75,6 +75,8 @@ class KubernetesAgentSource:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.cache.on_object_change.append(self._changed)
+        if self.holder_status is not None:
+            self.cache.on_object_change.append(self._vipgroup_changed)
 
     def plugins(self) -> list[tuple[str, object]]:
         """Observer plugins the agent should register (the holder-status writer)."""
@@ -88,6 +90,10 @@ class KubernetesAgentSource:
         alive = self.tracker.observe(self.cache.objects("leases").values(),
                                      fresh=self.cache.connection().connected)
         return with_heartbeats(state, alive)
+
+    def _vipgroup_changed(self, change: Any) -> None:
+        if change.kind == "vipgroups" and change.type != "DELETED" and self.holder_status is not None:
+            self.holder_status.check(change.obj)
 
     def _changed(self, change: Any) -> None:
         loop, wake = self._loop, self._wake
