@@ -3,10 +3,10 @@
 Used by the lab test that checks stability with many groups at a small
 advert interval::
 
-    ip netns exec NS python -m tests.native_vrrp.many_groups --node node-a --groups 16 \
-        --interval 0.02 --start EPOCH --end EPOCH
+    ip netns exec NS python -m tests.native_vrrp.many_groups --node node-a --groups 16 --interval 0.02
 
-Membership comes from the core (:func:`vipcore.resolve.membership`), so
+Once its groups are joined it prints ``ready`` and reads the measurement
+window, ``START END`` (wall-clock seconds), from stdin. Membership comes from the core (:func:`vipcore.resolve.membership`), so
 every node computes the same priorities. Prints one JSON object at the end:
 transitions per (group, family) after the settle time, the final masters,
 and the process CPU seconds.
@@ -20,6 +20,7 @@ import ipaddress
 import json
 import resource
 import signal
+import sys
 import time
 
 from vipcore.backend import BackendContext
@@ -67,13 +68,17 @@ async def main(args: argparse.Namespace) -> None:
     monitor_task = asyncio.create_task(monitor())
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    # Every node measures the same wall-clock window, then keeps running a
-    # moment so that other nodes stopping is not counted.
-    await asyncio.sleep(max(0.0, args.start - time.time()))
+    # Every node measures the same wall-clock window, given on stdin once
+    # every node said it is ready; then it keeps running a moment so that
+    # other nodes stopping is not counted.
+    print("ready", flush=True)
+    window = await loop.run_in_executor(None, sys.stdin.readline)
+    start, end = (float(v) for v in window.split())
+    await asyncio.sleep(max(0.0, start - time.time()))
     settled = len(changes)
     lags.clear()
     try:
-        await asyncio.wait_for(stop.wait(), max(0.0, args.end - time.time()))
+        await asyncio.wait_for(stop.wait(), max(0.0, end - time.time()))
     except asyncio.TimeoutError:
         pass
     later = changes[settled:]
@@ -105,6 +110,4 @@ if __name__ == "__main__":
     parser.add_argument("--node", required=True)
     parser.add_argument("--groups", type=int, default=16)
     parser.add_argument("--interval", type=float, default=0.02)
-    parser.add_argument("--start", type=float, required=True, help="wall-clock time the measurement starts")
-    parser.add_argument("--end", type=float, required=True, help="wall-clock time the measurement ends")
     asyncio.run(main(parser.parse_args()))
