@@ -9,6 +9,7 @@ the holder still fails over (VRRP needs no control plane).
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -85,6 +86,12 @@ def test_created_service_is_pingable(env: Environment, record_property: Any) -> 
     holder = holders(env, vip)[0]
     wait_for(lambda: any(((g.get("status") or {}).get("holders") or {}).get("ipv4", {}).get("node") == holder
                          for g in env.server.objects("vipcore.io/v1alpha1", "VipGroup")), 10, "holder record")
+    if shutil.which("kubectl"):
+        # "Which node holds my VIP?" from the client's namespace, through the printer columns.
+        out = env.lab.exec(None, ["kubectl", "--kubeconfig", str(env.kubeconfig), "get", "vipgroups"]).stdout
+        header, row = out.splitlines()[:2]
+        assert header.split()[:6] == ["NAME", "VRID", "INTERFACE", "NODES", "HOLDER", "VIPS"]
+        assert holder in row.split() and vip in row
 
 
 def test_local_service_vip_follows_endpoints(env: Environment) -> None:
