@@ -36,7 +36,6 @@ import logging
 import os
 import signal
 import socket
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,6 +52,7 @@ from vipcore.controller_plan import (
     Note,
     Plan,
     Selection,
+    has_finalizer,
     holder_notes,
     key_of,
     plan,
@@ -60,7 +60,7 @@ from vipcore.controller_plan import (
 from vipcore.controller_writer import ClusterWriter, WriteResult
 from vipcore.errors import ConfigError
 from vipcore.heartbeat import HeartbeatConfig, HeartbeatTracker, with_heartbeats
-from vipcore.model import LOAD_BALANCER_CLASS, DesiredState
+from vipcore.model import LOAD_BALANCER_CLASS
 
 log = logging.getLogger("vipcore.controller")
 
@@ -172,7 +172,7 @@ class Controller:
             alive = self.tracker.observe(leases, fresh=self.source.connection().connected)
             state = with_heartbeats(state, alive)
         services = [o for o in self.source.objects("services").values()
-                    if (o.get("spec") or {}).get("type") == "LoadBalancer" or _has_our_finalizer(o)]
+                    if (o.get("spec") or {}).get("type") == "LoadBalancer" or has_finalizer(o)]
         return {"services": services, "nodes": state.nodes, "endpoint_slices": state.endpoint_slices,
                 "pools": state.pools, "vipgroups": list(self.source.objects("vipgroups").values())}
 
@@ -314,12 +314,6 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     return event.is_set()
 
 
-def _has_our_finalizer(obj: Mapping[str, Any]) -> bool:
-    from vipcore.controller_plan import has_finalizer
-
-    return has_finalizer(obj)
-
-
 def heartbeat_kind(namespace: str) -> Any:
     """The source kind for the heartbeat Leases of ``namespace``, keyed ``leases``."""
     from vipcore.sources.kubernetes import Kind
@@ -400,4 +394,4 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_controller)
 
 
-__all__ = ["Controller", "ControllerSettings", "register", "cmd_controller", "heartbeat_kind", "DesiredState"]
+__all__ = ["Controller", "ControllerSettings", "register", "cmd_controller", "heartbeat_kind", "wait_event"]

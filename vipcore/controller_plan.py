@@ -36,7 +36,6 @@ from vipcore.model import (
     LOAD_BALANCER_CLASS,
     DesiredState,
     EndpointSlice,
-    Family,
     IPAddress,
     Node,
     Pool,
@@ -412,5 +411,5 @@ def holder_notes(
 
 __all__ = [
     "FINALIZER", "COMPONENT", "Note", "ServiceWrite", "GroupWrite", "Plan", "Selection", "plan",
-    "holder_notes", "group_spec", "persisted_vrids", "ingress_body", "ingress_of", "Family",
+    "holder_notes", "group_spec", "persisted_vrids", "ingress_body", "ingress_of",
 ]
