@@ -208,7 +208,7 @@ def test_heartbeat_expiry_moves_the_group(server: ApiServer, tmp_path: Any) -> N
                                 timeout=8, what="a new holder")
             took = time.monotonic() - killed
             assert second != first
-            assert took < 2.0 + 2.0, f"heartbeat failover took {took:.2f}s"
+            assert took < 2.0 + 4.0, f"heartbeat failover took {took:.2f}s"  # Lease 2 s, loaded-machine room
             # The address stays the same, and the controller told the Service who holds it now.
             assert lb_ips(server, "web")
             # (A new group: the node list changed, so its name did.)

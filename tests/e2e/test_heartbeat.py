@@ -67,6 +67,6 @@ def test_dead_holder_loses_the_vip_when_its_heartbeat_expires(env: Environment) 
         result = probe.result(after=killed)
     print(f"\nnetlink_static: holder {holder} killed, {new[0]} holds after {took * 1000:.0f} ms "
           f"(heartbeat Lease {DURATION:.0f} s); client outage {result.longest_gap_ms:.0f} ms")
-    assert took < DURATION + 3.0
+    assert took < DURATION + 4.0  # room for a loaded machine; the measured time is printed
     groups = env.server.objects("vipcore.io/v1alpha1", "VipGroup")
     assert [g["spec"]["nodes"] for g in groups] == [[n for n in NODES if n != holder]]
