@@ -55,7 +55,7 @@ def endpoint_slice(service_name: str, nodes: list[str], *, namespace: str = "def
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -131,7 +131,7 @@ class RunningAgent:
             self.source.holder_status.close()
 
 
-async def wait(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+async def wait(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = await asyncio.to_thread(predicate)
