@@ -293,7 +293,7 @@ class Lab:
         return holders[0] if len(holders) == 1 else None
 
     def ping(self, vip: ipaddress.IPv4Address | ipaddress.IPv6Address, count: int = 3) -> bool:
-        result = run("ip", "netns", "exec", CLIENT, "ping", "-n", "-c", str(count), "-i", "0.05", "-W", "1", str(vip),
+        result = run("ip", "netns", "exec", CLIENT, "ping", "-n", "-c", str(count), "-i", "0.05", "-W", "1", "-w", "5", str(vip),
                      check=False)
         return result.returncode == 0
 
