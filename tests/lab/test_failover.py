@@ -20,7 +20,7 @@ from vipcore.lab.agents import (
     write_example_manifests,
 )
 from vipcore.lab.probe import Probe
-from vipcore.lab.topology import Lab
+from vipcore.lab.topology import IPAddress, Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
@@ -48,7 +48,7 @@ def deployed(request: pytest.FixtureRequest) -> Iterator[tuple[Lab, Deployment]]
         yield lab, deployment
 
 
-def web(deployment: Deployment) -> list:  # type: ignore[type-arg]
+def web(deployment: Deployment) -> list[IPAddress]:
     resolution, _ = deployment.state()
     group = max(resolution.groups, key=lambda g: len(g.nodes))
     return first_vips(group)
@@ -101,3 +101,21 @@ def test_graceful_stop_hands_over(deployed: tuple[Lab, Deployment]) -> None:
     # Priority 0 on the way out: faster than Master_Down_Interval.
     assert result.recovered and result.longest_gap < 0.3, result
     assert lab.link_up(master)
+
+
+def test_netlink_static_moves_when_the_manifests_mark_the_holder_not_ready() -> None:
+    if not installed("netlink_static"):
+        pytest.skip("netlink_static is not installed")
+    with Lab(prefix="vcLn") as lab:
+        deployment = Deployment(backend="netlink_static",
+                                manifests=write_example_manifests(lab, lab.run_dir / "manifests"))
+        deployment.start_all(lab)
+        assert wait_for_holders(lab, deployment.expected_holders(lab.nodes), timeout=30, quiet=0.3), lab.holders()
+        vips = web(deployment)
+        holder = deployment.expected_holders(lab.nodes)[vips[0]]
+        lab.kill(holder)
+        deployment.set_ready(lab, holder, False)
+        survivors = [n for n in lab.nodes if n != holder]
+        assert wait_for_holders(lab, {v: deployment.expected_holders(survivors)[v] for v in vips}, timeout=10)
+        for vip in vips:
+            assert lab.exec(None, ["ping", "-c", "1", "-W", "2", str(vip)], check=False).returncode == 0, vip
