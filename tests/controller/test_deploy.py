@@ -183,3 +183,16 @@ def test_kubectl_creates_the_manifests(tmp_path: Path) -> None:
         result = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "get", "daemonsets", "-n",
                                  "vipcore-system", "-o", "name"], capture_output=True, text=True, timeout=60)
         assert result.stdout.strip() == "daemonset.apps/vipcore-agent"
+
+
+def test_dockerfile_copies_what_exists_and_builds_every_in_tree_backend() -> None:
+    root = DEPLOY.parent
+    lines = (DEPLOY / "Dockerfile").read_text().splitlines()
+    copies = [line.split()[1:-1] for line in lines if line.startswith("COPY") and "--from" not in line]
+    for sources in copies:
+        for source in sources:
+            assert (root / source).exists(), source
+    wheel = next(line for line in lines if "pip wheel" in line)
+    built = {part.rstrip("/").split("/")[-1] for part in wheel.split() if part.startswith("./backends/")}
+    in_tree = {p.parent.name for p in (root / "backends").glob("*/pyproject.toml")}
+    assert built == in_tree
