@@ -15,10 +15,8 @@ The kubernetes client is synchronous; call these from a worker thread.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
-import secrets
 from functools import partial
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -71,10 +69,6 @@ def _status(exc: BaseException) -> int | None:
     return int(status) if isinstance(status, int) else None
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class ClusterWriter:
     """The controller's writes: Service finalizers and status, VipGroups, Events."""
 
@@ -85,6 +79,9 @@ class ClusterWriter:
         self.custom: Any = kubernetes.client.CustomObjectsApi(api_client)
         self.selection = selection
         self.instance = instance
+        from vipcore.sources.kubernetes import KubernetesWriter
+
+        self.events = KubernetesWriter(api_client, component=COMPONENT, instance=instance or COMPONENT, attempts=2)
 
     # -- whole plan ------------------------------------------------------------
 
@@ -218,20 +215,15 @@ class ClusterWriter:
     # -- Events -----------------------------------------------------------------------
 
     def event(self, note: Note) -> None:
-        """Record ``note`` as a ``v1`` Event on its Service (errors are logged, never raised)."""
-        now = _now()
-        body = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{note.name}.{secrets.token_hex(8)}", "namespace": note.namespace},
-            "involvedObject": {"apiVersion": "v1", "kind": "Service", "namespace": note.namespace,
-                               "name": note.name, **({"uid": note.uid} if note.uid else {})},
-            "reason": note.reason, "message": note.message[:1024], "type": note.type,
-            "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
-            "reportingInstance": self.instance or COMPONENT,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }
+        """Record ``note`` as a ``v1`` Event on its Service (errors are logged, never raised).
+
+        Written by the Kubernetes source's writer, which builds every Event vipcore records.
+        """
+        involved = {"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"namespace": note.namespace, "name": note.name,
+                                 **({"uid": note.uid} if note.uid else {})}}
         try:
-            self.core.create_namespaced_event(note.namespace, body, _preload_content=False)
+            self.events.create_event_sync(involved, note.reason, note.message, type=note.type)
         except Exception as exc:  # noqa: BLE001 - an Event is best effort
             log.warning("event %s on %s failed: %s", note.reason, note.service, _describe(exc),
                         extra={"event": "event_error", "service": note.service})
