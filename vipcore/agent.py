@@ -75,7 +75,7 @@ class Agent:
         self.started_at = time.time()
         self.ready = False
         self._managed: frozenset[IPAddress] = frozenset()
-        self._pools: tuple[Any, ...] = ()
+        self.pools: tuple[Any, ...] = ()
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
 
@@ -97,13 +97,14 @@ class Agent:
             change.reason,
             f" failover_ms={change.failover_seconds * 1000:.1f}" if change.failover_seconds is not None else "",
             extra={"event": "transition", "group": change.group, "family": change.family.k8s_name,
-                   "vrid": change.vrid, "old": change.old.value, "new": change.new.value, "reason": change.reason},
+                   "vrid": change.vrid, "old": change.old.value, "new": change.new.value, "reason": change.reason,
+                   "failover_seconds": change.failover_seconds},
         )
         self.hooks.state_changed(change=change)
 
     def is_managed(self, address: IPAddress) -> bool:
         """A VIP of a known group or an address inside a known pool."""
-        return address in self._managed or any(pool.contains(address) for pool in self._pools)
+        return address in self._managed or any(pool.contains(address) for pool in self.pools)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -174,7 +175,7 @@ class Agent:
         return resolve(state, vrid_policy=self.config.vrid_policy, allocate=self.source.allocates)
 
     def _remember(self, state: DesiredState, resolution: Resolution | None) -> None:
-        self._pools = state.pools
+        self.pools = state.pools
         if resolution is not None:
             self._managed = frozenset(ip for g in resolution.groups for f in Family for ip in g.vips(f))
 

@@ -265,7 +265,7 @@ class AgentCollector:
         info.add_metric([agent.node, agent.config.backend, _version()], 1.0)
         yield info
         if agent.resolution is not None:
-            pools: Iterable[Pool] = getattr(agent, "pools", None) or getattr(agent, "_pools", None) or ()
+            pools: Iterable[Pool] = getattr(agent, "pools", None) or ()
             yield from sample_families(allocation_samples(agent.resolution, pools, agent.config.vrid_policy))
         offered = agent.hooks.collect_metrics() + _source_samples(agent)
         yield from sample_families(offered, reserved=CORE_METRICS)
