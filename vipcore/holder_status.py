@@ -32,6 +32,8 @@ log = logging.getLogger("vipcore.holder_status")
 GROUP, VERSION, PLURAL = "vipcore.io", "v1alpha1", "vipgroups"
 MERGE = "application/merge-patch+json"
 CONFLICT_RETRIES = 5
+#: Seconds between two re-recordings of one router (a real split brain must not become a write storm).
+REASSERT_INTERVAL = 1.0
 
 
 def family_key(family: Family) -> str:
@@ -55,6 +57,7 @@ class HolderStatus:
         #: Routers this node holds now, with the transition that made them MASTER.
         self._holding: dict[tuple[str, Family], StateChange] = {}
         self._asserted: dict[tuple[str, Family], float] = {}
+        self._timers: dict[tuple[str, Family], threading.Timer] = {}
         self._cond = threading.Condition()
         self._closed = False
         self.written = 0
@@ -84,8 +87,9 @@ class HolderStatus:
 
         Two routers that start together can both become MASTER for an instant;
         the one that steps down clears the record if it wrote last. Called on
-        every VipGroup change the agent sees; at most once a second per router,
-        so a real split brain does not turn into a write storm.
+        every VipGroup change the agent sees; at most once a second per router
+        (a check that comes sooner looks again when the second is over), so a
+        real split brain does not turn into a write storm.
         """
         name = str((obj.get("metadata") or {}).get("name"))
         status = obj.get("status") or {}
@@ -101,11 +105,30 @@ class HolderStatus:
                 recorded = holders.get(family_key(family))
                 if isinstance(recorded, Mapping) and recorded.get("node") == self.node:
                     continue
-                if now - self._asserted.get(key, float("-inf")) < 1.0:
+                wait = self._asserted.get(key, float("-inf")) + REASSERT_INTERVAL - now
+                if wait > 0:
+                    # Too soon after the last time: look again then (the record may be fine by then).
+                    if key not in self._timers and not self._closed:
+                        timer = threading.Timer(wait, self._recheck, args=(key, obj))
+                        timer.daemon = True
+                        self._timers[key] = timer
+                        timer.start()
                     continue
                 self._asserted[key] = now
                 self._pending[key] = change
                 self._cond.notify()
+
+    def _recheck(self, key: tuple[str, Family], obj: Mapping[str, Any]) -> None:
+        with self._cond:
+            self._timers.pop(key, None)
+        if self._closed:
+            return
+        try:
+            fresh: Mapping[str, Any] | None = self._read(key[0])
+        except Exception:  # noqa: BLE001 - the API may be down: judge by what was seen last
+            fresh = obj
+        if fresh is not None:
+            self.check(fresh)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every recorded wish was written (or given up); True if the queue drained."""
@@ -116,7 +139,10 @@ class HolderStatus:
         atexit.unregister(self.flush)
         with self._cond:
             self._closed = True
+            timers, self._timers = list(self._timers.values()), {}
             self._cond.notify_all()
+        for timer in timers:
+            timer.cancel()
         self._thread.join(timeout=2)
 
     # -- the worker --------------------------------------------------------------

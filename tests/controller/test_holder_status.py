@@ -92,3 +92,22 @@ def test_a_holder_whose_record_was_cleared_by_a_transient_peer_records_itself_ag
     assert holders(server)["ipv4"]["node"] == "node-a"
     b.check(server.get("vipcore.io/v1alpha1", "VipGroup", GROUP))  # node-b holds nothing: writes nothing
     assert b.flush() and holders(server)["ipv4"]["node"] == "node-a"
+
+
+def test_a_check_that_comes_too_soon_looks_again_later(server: ApiServer,
+                                                       observers: dict[str, HolderStatus]) -> None:
+    """Three routers MASTER at once: the holder re-records once, is cleared again, and re-records a second later."""
+    server.create(vipgroup())
+    a, b = observers["node-a"], observers["node-b"]
+    a.vipcore_state_changed(change("node-a", State.BACKUP, State.MASTER))
+    b.vipcore_state_changed(change("node-b", State.BACKUP, State.MASTER))
+    assert a.flush() and b.flush()
+    a.check(server.get("vipcore.io/v1alpha1", "VipGroup", GROUP))  # re-records (b wrote last)
+    assert a.flush()
+    b.vipcore_state_changed(change("node-b", State.BACKUP, State.MASTER))  # a third router's write, then clear
+    assert b.flush()
+    b.vipcore_state_changed(change("node-b", State.MASTER, State.BACKUP))
+    assert b.flush()
+    assert "ipv4" not in holders(server)
+    a.check(server.get("vipcore.io/v1alpha1", "VipGroup", GROUP))  # within the second: deferred, not dropped
+    wait_for(lambda: holders(server).get("ipv4", {}).get("node") == "node-a", timeout=5, what="re-recorded")

@@ -84,8 +84,13 @@ def test_created_service_is_pingable(env: Environment, record_property: Any) -> 
     assert wait_for(lambda: env.server.objects("vipcore.io/v1alpha1", "VipGroup"), 5, "VipGroup")
     # The holding agent recorded itself in the VipGroup's status.
     holder = holders(env, vip)[0]
-    wait_for(lambda: any(((g.get("status") or {}).get("holders") or {}).get("ipv4", {}).get("node") == holder
-                         for g in env.server.objects("vipcore.io/v1alpha1", "VipGroup")), 10, "holder record")
+    try:
+        wait_for(lambda: any(((g.get("status") or {}).get("holders") or {}).get("ipv4", {}).get("node") == holder
+                             for g in env.server.objects("vipcore.io/v1alpha1", "VipGroup")), 10, "holder record")
+    except AssertionError:
+        print(holder, holders(env, vip), [g.get("status") for g in env.server.objects("vipcore.io/v1alpha1", "VipGroup")])
+        print(env.logs())
+        raise
     if shutil.which("kubectl"):
         # "Which node holds my VIP?" from the client's namespace, through the printer columns.
         out = env.lab.exec(None, ["kubectl", "--kubeconfig", str(env.kubeconfig), "get", "vipgroups"]).stdout
