@@ -65,6 +65,12 @@ class Agent:
         self.config = config
         self.hooks = hooks or load_hooks()
         self.source = source if source is not None else make_source(config)
+        # A source may bring observers of its own (the Kubernetes source's
+        # holder-status writer records who holds each VipGroup).
+        offered = getattr(self.source, "plugins", None)
+        for name, plugin in (offered() if callable(offered) else []):
+            if self.hooks.pm.get_plugin(name) is None:
+                self.hooks.pm.register(plugin, name=name)
         self.interface_check = interface_check
         self.node = config.node_name
         self.memberships: dict[str, Membership] = {}

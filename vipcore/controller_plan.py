@@ -44,12 +44,11 @@ from vipcore.model import (
     VipGroup,
     VridPolicy,
 )
+from vipcore.model import FINALIZER
 from vipcore.resolve import choose_pool, resolve
 
 Obj = Mapping[str, Any]
 
-#: The finalizer the controller holds on every Service it gave an address.
-FINALIZER = "vipcore.io/vip"
 #: The component name on Events.
 COMPONENT = "vipcore-controller"
 

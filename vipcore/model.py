@@ -23,6 +23,8 @@ IP_ANNOTATION = "vipcore.io/ip"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 #: A node labelled with this (value "true") is drained: ranked last everywhere.
 DRAIN_LABEL = "vipcore.io/drain"
+#: The finalizer the controller holds on every Service it gave an address.
+FINALIZER = "vipcore.io/vip"
 #: The load balancer class vipcore implements.
 LOAD_BALANCER_CLASS = "vipcore.io/vip"
 

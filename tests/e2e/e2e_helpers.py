@@ -32,7 +32,7 @@ PREFIX = "vcE"
 NODES = ("node-a", "node-b", "node-c")
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "deploy" / "crds"
-AGENT = Path(__file__).resolve().parent / "k8s_agent.py"
+VIPCORE = Path(sys.executable).parent / "vipcore"
 CLONE_NEWNET = 0x40000000
 ADVERT = 0.1
 
@@ -126,7 +126,7 @@ class Environment:
 
     def start_agent(self, node: str) -> None:
         self.lab.links_up(node)
-        self.lab.spawn(node, "agent", [sys.executable, str(AGENT), str(self.config(node))],
+        self.lab.spawn(node, "agent", [str(VIPCORE), "agent", "--config", str(self.config(node))],
                        log=self.lab.run_dir / f"{node}.log")
 
     def wait_started(self, node: str, timeout: float = 30.0) -> None:

@@ -20,8 +20,8 @@ connection errors, and on 409 Conflict where a re-read makes sense.
 
 from typing import Any
 
+from vipcore.model import FINALIZER
 from vipcore.sources.kubernetes.client import (
-    FINALIZER,
     GROUP,
     VERSION,
     ApiUnavailableError,

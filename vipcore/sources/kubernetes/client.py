@@ -16,7 +16,6 @@ log = logging.getLogger("vipcore.sources.kubernetes")
 
 GROUP = "vipcore.io"
 VERSION = "v1alpha1"
-FINALIZER = "vipcore.io/ip"
 
 
 class KubernetesError(VipcoreError):

@@ -15,7 +15,8 @@ import attrs
 
 from vipcore.model import Family, IPAddress
 from vipcore.model import VipGroup as ModelVipGroup
-from vipcore.sources.kubernetes.client import FINALIZER, GROUP, VERSION, ConflictError, write_retrying
+from vipcore.model import FINALIZER
+from vipcore.sources.kubernetes.client import GROUP, VERSION, ConflictError, write_retrying
 
 log = logging.getLogger("vipcore.sources.kubernetes")
 
