@@ -10,8 +10,6 @@ test cannot outlive it) and deletes them.
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -64,18 +62,8 @@ class Lab:
 def running_lab(node_names: Sequence[str] = ("node-a", "node-b", "node-c"),
                 run_root: Path | None = None) -> Iterator[Lab]:
     prefix = f"vcK{uuid.uuid4().hex[:5]}"
-    # `timeout` and CI runners stop pytest with SIGTERM, which skips fixture teardown and would
-    # leave namespaces behind: while a lab exists, SIGTERM unwinds like Ctrl-C.
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with SharedLab(prefix=prefix, nodes=tuple(node_names), run_root=run_root or RUN_ROOT) as shared:
-            yield Lab(shared)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    # No SIGTERM handler here: pyroute2 creates namespace sockets in forked children and ends
+    # them with SIGTERM, relying on its default action; a Python-level handler inherited by
+    # the child keeps it alive and hangs the parent in waitpid.
+    with SharedLab(prefix=prefix, nodes=tuple(node_names), run_root=run_root or RUN_ROOT) as shared:
+        yield Lab(shared)
