@@ -15,3 +15,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "lab" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Name threads a test left running: a daemon thread still writing at
+    interpreter shutdown can abort the process after a green run."""
+    import threading
+
+    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+    if lingering:
+        names = ", ".join(sorted(f"{t.name}{' (daemon)' if t.daemon else ''}" for t in lingering))
+        print(f"\nthreads still running after the tests: {names}")

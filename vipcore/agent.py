@@ -169,6 +169,8 @@ class Agent:
             watcher.cancel()
             if watcher in done and watcher.exception() is not None:
                 log.error("source failed: %s", watcher.exception())
+            # Let the source close (stop watch threads, release Leases) now.
+            await asyncio.wait({watcher})
             log.info("stopping gracefully", extra={"event": "stopping"})
             await self.stop(graceful=True)
         finally:

@@ -41,6 +41,9 @@ def start(server: ApiServer) -> Iterator[Callable[..., Running]]:
     yield _start
     for r in running:
         r.stop()
+        # A replica "killed" by stopping its loop never stopped its watch
+        # threads; stop them so none outlives the test.
+        r.controller.source.stop(2.0)
     for client in clients:
         client.close()
 

@@ -311,3 +311,5 @@ def test_the_agent_finds_its_kubernetes_source(server: ApiServer, tmp_path: obje
                                     "kubernetes": {"kubeconfig": str(kubeconfig)}})
     source = make_source(config)
     assert isinstance(source, KubernetesAgentSource)
+    if source.holder_status is not None:
+        source.holder_status.close()
