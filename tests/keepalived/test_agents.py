@@ -78,7 +78,8 @@ def test_agents_with_keepalived_hold_move_and_add(agents: Agents) -> None:
     time.sleep(1.0)
     sent, received, gap = pinger.finish()
     print(f"graceful stop with keepalived: {sent - received} of {sent} pings lost, longest gap {gap * 1000:.0f} ms")
-    assert gap < 1.0, pinger.output[-1000:]
+    # Worst case: the first burst falls inside the client's 1 s ARP locktime, the second (1 s later) lands.
+    assert gap < 1.5, pinger.output[-1000:]
     assert lab.holding(best) == set()
     # A killed agent takes its keepalived with it (SIGTERM on parent death): no orphan holds the VIP.
     agents.procs[second].kill()

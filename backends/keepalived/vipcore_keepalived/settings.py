@@ -26,19 +26,23 @@ ADVERT_MAX = 40.95
 class GarpSettings:
     """Gratuitous ARP / unsolicited NA on becoming master (keepalived's own knobs).
 
-    The defaults match native_vrrp's burst (5 announcements 0.2 s apart)
-    rather than keepalived's (5 back to back): Linux ignores an ARP update
-    for a neighbour entry younger than its ``locktime`` (1 s), so a burst
-    that lasts under a second can leave a client on the old holder's MAC
-    until the second burst. ``None`` leaves keepalived's default.
+    Linux ignores an ARP update for a neighbour entry younger than its
+    ``locktime`` (1 s): a client that resolved the VIP just before a
+    hand-over ignores the whole first burst. The default second burst comes
+    1 s later (keepalived's is 5 s) so such a client follows within a
+    second. The burst itself stays back to back: keepalived's
+    ``vrrp_garp_interval`` spaces *every* announcement on an interface, so
+    with many VIPs a spaced burst would delay the last VIPs' first
+    announcement by seconds. ``None`` leaves keepalived's default.
     """
 
     #: Announcements per burst (``garp_master_repeat``).
     count: int | None = 5
-    #: Seconds between announcements of a burst (global ``vrrp_garp_interval``, ``vrrp_gna_interval``).
-    interval: float | None = 0.2
+    #: Seconds between any two announcements on an interface (global ``vrrp_garp_interval``,
+    #: ``vrrp_gna_interval``); keepalived's default 0 when None.
+    interval: float | None = None
     #: Seconds before the second burst (``garp_master_delay``; 0 = no second burst).
-    delay: int | None = 5
+    delay: int | None = 1
     #: Seconds between periodic refresh bursts while master (``garp_master_refresh``).
     refresh: int | None = None
 
