@@ -13,7 +13,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -60,7 +60,7 @@ class Agent:
         *,
         hooks: Hooks | None = None,
         source: Source | None = None,
-        interface_check: Any = interface_exists,
+        interface_check: Callable[[str], bool] = interface_exists,
     ) -> None:
         self.config = config
         self.hooks = hooks or load_hooks()

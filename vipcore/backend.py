@@ -23,30 +23,21 @@ instance with the plugin manager, and calls ``vipcore_backend_start`` with a
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any
 
 import attrs
 
-from vipcore.errors import PluginError
-from vipcore.model import IPAddress, StateChange
-
 import pluggy
 
+from vipcore.errors import PluginError
 from vipcore.hookspecs import PROJECT
+from vipcore.model import IPAddress, StateChange
 
 #: Marker for hook implementations (``@hookimpl``).
 hookimpl = pluggy.HookimplMarker(PROJECT)
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """The shape of a backend class (structural; no base class required)."""
-
-    name: ClassVar[str]
 
 
 @attrs.frozen
@@ -118,8 +109,3 @@ class BackendContext:
     backend_name: str = ""
     #: Wall clock, replaceable in tests.
     clock: Callable[[], float] = time.time
-
-
-def parse_address(text: str) -> IPAddress:
-    """Parse one IP address (no prefix)."""
-    return ipaddress.ip_address(text.strip())

@@ -98,10 +98,7 @@ def node_from_k8s(obj: Obj) -> Node:
             raise _fail(obj, f"status.addresses[{i}]", "expected a mapping")
         if entry.get("type") in ("InternalIP", "ExternalIP"):
             addresses.append(_address(obj, f"status.addresses[{i}].address", entry.get("address")))
-    spec = _mapping(obj, "spec", obj.get("spec"))
-    if spec.get("unschedulable") is True:
-        # A cordoned node still forwards traffic; it stays eligible (as kube-proxy does).
-        pass
+    # A cordoned (unschedulable) node still forwards traffic: it stays eligible.
     return Node(name=name, addresses=tuple(addresses), ready=ready,
                 labels=_str_map(obj, "metadata.labels", meta.get("labels")))
 
@@ -254,7 +251,6 @@ def pool_from_k8s(obj: Obj) -> Pool:
         if protocol != "vip":
             raise _fail(obj, "spec.protocol", f"only 'vip' Eips can be used by vipcore, got {protocol!r}")
         disabled = bool(spec.get("disable", False))
-        default = False
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
         default = str(annotations.get(OPENELB_DEFAULT_POOL, "false")).lower() == "true"
         field = "spec.address"
