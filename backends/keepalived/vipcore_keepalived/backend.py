@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 _STATES = {"MASTER": State.MASTER, "BACKUP": State.BACKUP, "FAULT": State.FAULT, "STOP": State.STOPPED}
 #: After a reload that drops a group, how long keepalived gets to remove its VIPs itself.
 LEAVE_SETTLE = 1.0
+#: After removing a dropped group's VIPs, how long to keep them removed while
+#: keepalived may still be applying the reload.
+RELOAD_GRACE = 0.5
 _POLL = 0.02
 
 
@@ -165,6 +168,15 @@ class KeepalivedBackend:
                     await asyncio.sleep(_POLL)
                 ordered: list[IPAddress] = sorted(wanted, key=_address_key)
                 removed = await self.holder.remove(interface, ordered)
+                if settle:
+                    # keepalived gives no acknowledgement of a SIGHUP: until the
+                    # reload is applied the old instance may still win an
+                    # election (a peer resigning) and add the VIPs back.
+                    grace = loop.time() + RELOAD_GRACE
+                    while loop.time() < grace:
+                        await asyncio.sleep(_POLL)
+                        if wanted & await self.holder.held(interface):
+                            removed += await self.holder.remove(interface, ordered)
             except InterfaceNotFoundError:
                 continue  # the interface went away and its addresses with it
             if removed:
