@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vipcore.errors import LabError, VipcoreError  # noqa: E402
+from vipcore.core.errors import LabError, VipcoreError  # noqa: E402
 from vipcore.lab.agents import (  # noqa: E402
     PLAIN_KEEPALIVED,
     Deployment,
@@ -73,7 +73,7 @@ def p95(values: list[float]) -> float:
 
 
 def installed_backends() -> set[str]:
-    from vipcore.plugins import load_hooks
+    from vipcore.backend.host import load_hooks
 
     found = set(load_hooks().backends())
     try:

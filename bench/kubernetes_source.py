@@ -24,8 +24,8 @@ from kubernetes import watch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vipcore.model import DesiredState  # noqa: E402
-from vipcore.sources.kubernetes import ALL_KINDS, KubernetesSource  # noqa: E402
+from vipcore.core.model import DesiredState  # noqa: E402
+from vipcore.kube import ALL_KINDS, KubernetesSource  # noqa: E402
 from vipcore.testing.apiserver import ApiServer  # noqa: E402
 
 

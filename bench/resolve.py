@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vipcore import DesiredState, EndpointSlice, Family, Node, Pool, Service, TrafficPolicy, resolve  # noqa: E402
-from vipcore.convert import parse_range  # noqa: E402
+from vipcore.core.objects import parse_range  # noqa: E402
 
 
 def build(services: int, nodes: int = 1000, seed: int = 7) -> DesiredState:

@@ -9,7 +9,7 @@ Library users get the model and the pure resolver::
 from __future__ import annotations
 
 from vipcore.backend import BackendContext, BackendInfo, BackendRegistry, hookimpl
-from vipcore.errors import (
+from vipcore.core.errors import (
     AllocationError,
     ConfigError,
     InterfaceNotFoundError,
@@ -18,8 +18,8 @@ from vipcore.errors import (
     UnknownBackendError,
     VipcoreError,
 )
-from vipcore.ipam import allocate
-from vipcore.model import (
+from vipcore.core.ipam import allocate
+from vipcore.core.model import (
     DesiredState,
     EndpointSlice,
     Family,
@@ -37,9 +37,9 @@ from vipcore.model import (
     VipGroup,
     VridPolicy,
 )
-from vipcore.placement import holder, priorities, rank
-from vipcore.resolve import choose_pool, group_name, membership, node_eligible, resolve
-from vipcore.vrid import allocate_vrids
+from vipcore.core.placement import holder, priorities, rank
+from vipcore.core.resolve import choose_pool, group_name, membership, node_eligible, resolve
+from vipcore.core.vrid import allocate_vrids
 
 __version__ = "0.1.0"
 

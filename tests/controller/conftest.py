@@ -15,7 +15,7 @@ if HERE not in sys.path:
 
 from controller_helpers import CRDS, Controller, Running, settings  # type: ignore[import-not-found]  # noqa: E402
 
-from vipcore.config import Config  # noqa: E402
+from vipcore.core.settings import Config  # noqa: E402
 from vipcore.testing.apiserver import ApiServer  # noqa: E402
 
 

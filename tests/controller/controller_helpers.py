@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vipcore.config import Config
-from vipcore.controller import Controller, ControllerSettings
-from vipcore.controller_lease import LeaseTiming
-from vipcore.controller_plan import Selection
-from vipcore.heartbeat import HeartbeatConfig
+from vipcore.core.settings import Config
+from vipcore.controller.runtime import Controller, ControllerSettings
+from vipcore.kube.leases import LeaseTiming
+from vipcore.core.plan import Selection
+from vipcore.kube.heartbeat import HeartbeatConfig
 from vipcore.testing.apiserver import ApiServer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,14 +16,14 @@ from typing import Any
 
 from controller_helpers import FAST, events, lb_ips, node, service, settings, vipgroups, vippool  # type: ignore[import-not-found]
 
-from vipcore.agent import Agent
+from vipcore.agent.runtime import Agent
 from vipcore.backend import BackendContext, BackendRegistry, hookimpl
-from vipcore.config import Config
-from vipcore.controller import Controller
-from vipcore.heartbeat import HeartbeatConfig
-from vipcore.model import Membership, State, StateChange
-from vipcore.plugins import load_hooks
-from vipcore.sources.kubernetes_agent import KubernetesAgentSource
+from vipcore.core.settings import Config
+from vipcore.controller.runtime import Controller
+from vipcore.kube.heartbeat import HeartbeatConfig
+from vipcore.core.model import Membership, State, StateChange
+from vipcore.backend.host import load_hooks
+from vipcore.sources.kubernetes import KubernetesAgentSource
 from vipcore.testing.apiserver import ApiServer
 
 NODES = ("node-a", "node-b", "node-c")

@@ -18,8 +18,8 @@ from controller_helpers import (  # type: ignore[import-not-found]
     wait_for,
 )
 
-from vipcore.controller_lease import LeaseTiming
-from vipcore.controller_plan import FINALIZER
+from vipcore.kube.leases import LeaseTiming
+from vipcore.core.plan import FINALIZER
 from vipcore.testing.apiserver import ApiServer
 
 NET = ipaddress.ip_network("203.0.113.0/24")
@@ -120,7 +120,7 @@ def test_other_classes_untouched(server: ApiServer, start: Callable[..., Any]) -
 
 
 def test_default_class_serves_classless(server: ApiServer, start: Callable[..., Any]) -> None:
-    from vipcore.controller_plan import Selection
+    from vipcore.core.plan import Selection
 
     cluster(server)
     server.create(service("classless", cls=None))
@@ -175,7 +175,7 @@ def test_conflict_is_retried(server: ApiServer) -> None:
     """A plan made from a stale read meets 409, re-reads, and writes again when the change is unrelated."""
     from controller_helpers import settings  # type: ignore[import-not-found]
 
-    from vipcore.controller import Controller
+    from vipcore.controller.runtime import Controller
 
     cluster(server)
     server.create(service("web"))

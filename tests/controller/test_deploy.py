@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from vipcore.config import load_config
-from vipcore.controller import ControllerSettings
-from vipcore.heartbeat import HeartbeatConfig
+from vipcore.core.settings import load_config
+from vipcore.controller.runtime import ControllerSettings
+from vipcore.kube.heartbeat import HeartbeatConfig
 from vipcore.testing.apiserver import ApiServer
 from vipcore.testing.apiserver_store import ResourceType
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vipcore.heartbeat import HeartbeatTracker, lease_name, with_heartbeats
-from vipcore.model import DesiredState, Node
+from vipcore.kube.heartbeat import HeartbeatTracker, lease_name, with_heartbeats
+from vipcore.core.model import DesiredState, Node
 
 
 class Clock:

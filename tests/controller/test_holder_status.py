@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from controller_helpers import wait_for  # type: ignore[import-not-found]
 
-from vipcore.holder_status import HolderStatus
-from vipcore.model import Family, State, StateChange
+from vipcore.sources.holders import HolderStatus
+from vipcore.core.model import Family, State, StateChange
 from vipcore.testing.apiserver import ApiServer
 
 GROUP = "a" * 64 + "-eth0"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from vipcore.controller_plan import (
+from vipcore.core.plan import (
     FINALIZER,
     GROUP_ASSIGNED,
     HOLDER_CHANGED,
@@ -18,8 +18,8 @@ from vipcore.controller_plan import (
     holder_notes,
     plan,
 )
-from vipcore.convert import pool_from_k8s
-from vipcore.model import EndpointSlice, Node
+from vipcore.core.objects import pool_from_k8s
+from vipcore.core.model import EndpointSlice, Node
 
 NODES = (Node("node-a"), Node("node-b"), Node("node-c"))
 
@@ -179,7 +179,7 @@ def test_holder_notes_only_on_change() -> None:
 
 
 def test_vrid_exhaustion_reported_on_the_services_that_got_none() -> None:
-    from vipcore.model import VridPolicy
+    from vipcore.core.model import VridPolicy
 
     slices = (EndpointSlice("default", "local-abc", "local", frozenset({"node-b"})),)
     result = plan([svc("web"), svc("local", policy="Local")], nodes=NODES, endpoint_slices=slices,

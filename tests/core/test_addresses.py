@@ -23,7 +23,7 @@ import attrs
 import pytest
 from pyroute2.netns import create_socket
 
-from vipcore.addresses import (
+from vipcore.net.addresses import (
     ALL_NODES,
     ETH_P_ARP,
     ICMPV6_NEIGHBOR_ADVERT,
@@ -34,8 +34,8 @@ from vipcore.addresses import (
     gratuitous_arp,
     unsolicited_na,
 )
-from vipcore.errors import AddressError, ConfigError, InterfaceNotFoundError
-from vipcore.model import Family
+from vipcore.core.errors import AddressError, ConfigError, InterfaceNotFoundError
+from vipcore.core.model import Family
 
 ETH_P_IPV6 = 0x86DD
 ETH_P_ALL = 0x0003

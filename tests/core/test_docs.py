@@ -6,7 +6,7 @@ import inspect
 import re
 from pathlib import Path
 
-from vipcore import hookspecs
+from vipcore.backend import hookspecs
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

@@ -14,10 +14,10 @@ import pytest
 
 from cli_helpers import VIPCORE, loopback_manifests, run_cli, write_yaml  # type: ignore[import-not-found]
 from vipcore import Family, State, StateChange, hookimpl
-from vipcore.agent import Agent
-from vipcore.config import load_config
-from vipcore.errors import PluginError
-from vipcore.plugins import load_hooks
+from vipcore.agent.runtime import Agent
+from vipcore.core.settings import load_config
+from vipcore.core.errors import PluginError
+from vipcore.backend.host import load_hooks
 from vipcore.sources.manifests import ManifestSource
 
 
@@ -220,7 +220,7 @@ def test_backend_failing_in_a_group_hook_is_named_and_spares_others(tmp_path: Pa
 
 
 def _any_membership(agent: Agent) -> Any:
-    from vipcore.resolve import membership
+    from vipcore.core.resolve import membership
 
     assert agent.resolution is not None
     group = agent.resolution.groups[0]

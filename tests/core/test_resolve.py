@@ -23,8 +23,8 @@ from vipcore import (
     group_name,
     resolve,
 )
-from vipcore.convert import parse_range
-from vipcore.model import EXCLUDE_LABEL
+from vipcore.core.objects import parse_range
+from vipcore.core.model import EXCLUDE_LABEL
 
 ip = ipaddress.ip_address
 
@@ -296,8 +296,9 @@ def test_ten_thousand_services_on_a_thousand_nodes_resolve_quickly() -> None:
 
 
 def test_membership_priorities_follow_placement_and_drained_nodes_rank_last() -> None:
-    from vipcore import membership, placement
-    from vipcore.model import DRAIN_LABEL
+    from vipcore import membership
+    from vipcore.core import placement
+    from vipcore.core.model import DRAIN_LABEL
 
     node_list = nodes("a", "b", "c")
     state = DesiredState(nodes=node_list, services=(svc("web"),), pools=(pool(),))

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from vipcore.resolve import membership, resolve
+from vipcore.core.resolve import membership, resolve
 from vipcore.sources.manifests import load_manifests
 
 from .lab import Lab

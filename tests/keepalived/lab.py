@@ -18,7 +18,7 @@ import attrs
 
 from vipcore.lab import Lab as SharedLab
 from vipcore.lab.topology import RUN_ROOT, netns_pids
-from vipcore.model import IPAddress, Node
+from vipcore.core.model import IPAddress, Node
 
 LAN = "eth0"
 

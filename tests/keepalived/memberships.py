@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from vipcore.addresses import InterfaceInfo
-from vipcore.model import Membership, Node, VipGroup
-from vipcore.resolve import group_name, membership
+from vipcore.net.addresses import InterfaceInfo
+from vipcore.core.model import Membership, Node, VipGroup
+from vipcore.core.resolve import group_name, membership
 
 A = ipaddress.ip_address
 

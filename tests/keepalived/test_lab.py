@@ -20,8 +20,8 @@ import attrs
 import pytest
 
 from vipcore.backend import BackendContext
-from vipcore.model import Family, IPAddress, Membership, State, StateChange, VipGroup
-from vipcore.resolve import group_name, membership
+from vipcore.core.model import Family, IPAddress, Membership, State, StateChange, VipGroup
+from vipcore.core.resolve import group_name, membership
 from vipcore_keepalived.backend import KeepalivedBackend
 
 from .lab import LAN, Lab, running_lab

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from vipcore.errors import ConfigError
-from vipcore.model import Family, Membership, State, StateChange
+from vipcore.core.errors import ConfigError
+from vipcore.core.model import Family, Membership, State, StateChange
 from vipcore.backend import BackendContext
 from vipcore_keepalived.backend import KeepalivedBackend
 from vipcore_keepalived.process import (

@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from vipcore.errors import ConfigError
-from vipcore.model import Family, Node
-from vipcore.resolve import membership
+from vipcore.core.errors import ConfigError
+from vipcore.core.model import Family, Node
+from vipcore.core.resolve import membership
 from vipcore_keepalived.render import group_token, instance_name, render
 from vipcore_keepalived.settings import KeepalivedSettings
 

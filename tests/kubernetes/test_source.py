@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.kubernetes import objects as o
-from vipcore.model import DesiredState, Family
-from vipcore.sources.kubernetes import ALL_KINDS, ApiUnavailableError, KubernetesSource, ObjectChange
+from vipcore.core.model import DesiredState, Family
+from vipcore.kube import ALL_KINDS, ApiUnavailableError, KubernetesSource, ObjectChange
 from vipcore.testing.apiserver import ApiServer
 
 
@@ -302,9 +302,9 @@ def test_replayed_changes_are_not_emitted_twice(source: tuple[KubernetesSource, 
 def test_the_agent_finds_its_kubernetes_source(server: ApiServer, tmp_path: object) -> None:
     from pathlib import Path
 
-    from vipcore.agent import make_source
-    from vipcore.config import load_config
-    from vipcore.sources.kubernetes_agent import KubernetesAgentSource
+    from vipcore.agent.runtime import make_source
+    from vipcore.core.settings import load_config
+    from vipcore.sources.kubernetes import KubernetesAgentSource
 
     kubeconfig = server.write_kubeconfig(Path(str(tmp_path)) / "kubeconfig.yaml")
     config = load_config(overrides={"source": "kubernetes", "node_name": "node-a",

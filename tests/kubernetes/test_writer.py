@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from tests.kubernetes import objects as o
-from vipcore.model import Family, VipGroup
-from vipcore.sources.kubernetes import FINALIZER, ConflictError, KubernetesWriter
+from vipcore.core.model import Family, VipGroup
+from vipcore.kube import FINALIZER, ConflictError, KubernetesWriter
 from vipcore.testing.apiserver import ApiServer
 
 

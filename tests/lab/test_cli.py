@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vipcore.cli import main
+from vipcore.cli.main import main
 from vipcore.lab.topology import namespaces
 
 VIPCORE = Path(sys.executable).parent / "vipcore"

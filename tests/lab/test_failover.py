@@ -32,7 +32,7 @@ FAILOVER_BOUND = 1.5
 def installed(backend: str) -> bool:
     if backend == PLAIN_KEEPALIVED:
         return shutil.which("keepalived") is not None
-    from vipcore.plugins import load_hooks
+    from vipcore.backend.host import load_hooks
     return backend in load_hooks().backends()
 
 

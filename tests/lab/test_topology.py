@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from vipcore.errors import LabError
+from vipcore.core.errors import LabError
 from vipcore.lab.probe import Probe
 from vipcore.lab.topology import Lab, ProcessRecord, namespaces, netns_pids
 

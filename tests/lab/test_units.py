@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vipcore.errors import LabError
+from vipcore.core.errors import LabError
 from vipcore.lab.agents import (
     PLAIN_KEEPALIVED,
     Deployment,
@@ -17,7 +17,7 @@ from vipcore.lab.agents import (
 from vipcore.lab.cli import node_names
 from vipcore.lab.probe import Probe, _checksum, _echo, _parse_reply
 from vipcore.lab.topology import Lab
-from vipcore.resolve import membership
+from vipcore.core.resolve import membership
 
 
 def lab(tmp_path: Path, nodes: tuple[str, ...] = ("node-a", "node-b", "node-c")) -> Lab:

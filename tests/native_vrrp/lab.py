@@ -220,7 +220,7 @@ class Lab:
 
     def placement(self, vip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, ...]:
         """The members of ``vip``'s group, best first, exactly as the agents see them."""
-        from vipcore.resolve import membership, resolve
+        from vipcore.core.resolve import membership, resolve
         from vipcore.sources.manifests import ManifestSource
 
         source = ManifestSource([self.write_manifests().parent])
@@ -230,7 +230,7 @@ class Lab:
         return tuple(m.name for m in membership(group, group.nodes[0], state.nodes).members)
 
     def group_of(self, vip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-        from vipcore.resolve import resolve
+        from vipcore.core.resolve import resolve
         from vipcore.sources.manifests import ManifestSource
 
         source = ManifestSource([self.write_manifests().parent])

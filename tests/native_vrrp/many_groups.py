@@ -6,7 +6,7 @@ advert interval::
     ip netns exec NS python -m tests.native_vrrp.many_groups --node node-a --groups 16 --interval 0.02
 
 Once its groups are joined it prints ``ready`` and reads the measurement
-window, ``START END`` (wall-clock seconds), from stdin. Membership comes from the core (:func:`vipcore.resolve.membership`), so
+window, ``START END`` (wall-clock seconds), from stdin. Membership comes from the core (:func:`vipcore.core.resolve.membership`), so
 every node computes the same priorities. Prints one JSON object at the end:
 transitions per (group, family) after the settle time, the final masters,
 and the process CPU seconds.
@@ -24,8 +24,8 @@ import sys
 import time
 
 from vipcore.backend import BackendContext
-from vipcore.model import Node, State, StateChange, VipGroup
-from vipcore.resolve import membership
+from vipcore.core.model import Node, State, StateChange, VipGroup
+from vipcore.core.resolve import membership
 from vipcore_native_vrrp.backend import NativeVrrpBackend
 
 NODES = [

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from vipcore.addresses import AnnounceSchedule, InterfaceInfo
+from vipcore.net.addresses import AnnounceSchedule, InterfaceInfo
 from vipcore.backend import BackendContext
-from vipcore.errors import ConfigError
-from vipcore.model import Family, IPAddress, Membership, Node, State, StateChange, VipGroup
-from vipcore.resolve import membership
+from vipcore.core.errors import ConfigError
+from vipcore.core.model import Family, IPAddress, Membership, Node, State, StateChange, VipGroup
+from vipcore.core.resolve import membership
 from vipcore_native_vrrp.backend import NativeVrrpBackend
 from vipcore_native_vrrp.config import NativeVrrpConfig
 from vipcore_native_vrrp.transport import Handler, LinkCounters

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv6Address
 import attrs
 import pytest
 
-from vipcore.model import Family, IPAddress, State
+from vipcore.core.model import Family, IPAddress, State
 from vipcore_native_vrrp.protocol import (
     AddVips,
     Advertisement,

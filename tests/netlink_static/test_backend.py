@@ -18,12 +18,12 @@ from typing import Any
 import attrs
 import pytest
 
-from vipcore.addresses import AddressHolder, AnnounceSchedule
+from vipcore.net.addresses import AddressHolder, AnnounceSchedule
 from vipcore.backend import BackendContext
-from vipcore.errors import ConfigError
-from vipcore.model import Family, IPAddress, Membership, Node, State, StateChange, VipGroup
-from vipcore.plugins import load_hooks
-from vipcore.resolve import group_name, membership
+from vipcore.core.errors import ConfigError
+from vipcore.core.model import Family, IPAddress, Membership, Node, State, StateChange, VipGroup
+from vipcore.backend.host import load_hooks
+from vipcore.core.resolve import group_name, membership
 from vipcore_netlink_static import NetlinkStaticBackend, Settings
 
 LAN = "vcBlan"

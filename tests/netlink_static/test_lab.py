@@ -23,7 +23,7 @@ from vipcore.lab.agents import Deployment, first_vips, wait_for_holders, wait_un
     write_nodes
 from vipcore.lab.probe import Probe
 from vipcore.lab.topology import Lab
-from vipcore.model import Family
+from vipcore.core.model import Family
 
 pytestmark = pytest.mark.lab
 

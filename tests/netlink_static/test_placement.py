@@ -1,4 +1,4 @@
-"""Holder choice (issue 5): :mod:`vipcore.placement` is deterministic, spreads
+"""Holder choice (issue 5): :mod:`vipcore.core.placement` is deterministic, spreads
 groups evenly, and moves only what it must when a node joins or leaves."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vipcore import placement
-from vipcore.model import DesiredState, EndpointSlice, Node, Pool, Service, TrafficPolicy
-from vipcore.resolve import group_name, membership, resolve
+from vipcore.core import placement
+from vipcore.core.model import DesiredState, EndpointSlice, Node, Pool, Service, TrafficPolicy
+from vipcore.core.resolve import group_name, membership, resolve
 
 NODES = tuple(f"node-{i:02d}" for i in range(10))
 #: Names shaped like the real ones: sha256 of a node list plus the interface.
@@ -104,7 +104,7 @@ def test_priorities_follow_rank() -> None:
 
 
 def test_membership_carries_placement_order() -> None:
-    from vipcore.model import VipGroup
+    from vipcore.core.model import VipGroup
 
     group = VipGroup(name=GROUPS[0], interface="eth0", nodes=NODES, services=("default/web",))
     assert group.placement_key == "eth0/default/web"

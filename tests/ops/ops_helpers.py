@@ -18,11 +18,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from vipcore.agent import Agent
+from vipcore.agent.runtime import Agent
 from vipcore.backend import BackendContext, BackendRegistry, hookimpl
-from vipcore.config import Config
-from vipcore.model import Family, Membership, MetricSample, State, StateChange
-from vipcore.plugins import load_hooks
+from vipcore.core.settings import Config
+from vipcore.core.model import Family, Membership, MetricSample, State, StateChange
+from vipcore.backend.host import load_hooks
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "manifests"
 BACKEND = "ops_fake"
@@ -154,7 +154,7 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 @asynccontextmanager
 async def running(agent: Agent) -> AsyncIterator[str]:
     """Serve the agent's endpoint on an ephemeral port, start it; yield the base URL."""
-    from vipcore.metrics import serve_agent
+    from vipcore.agent.telemetry import serve_agent
 
     endpoint = await serve_agent(agent, "127.0.0.1:0")
     try:

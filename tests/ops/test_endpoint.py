@@ -12,8 +12,9 @@ import prometheus_client
 from ops_helpers import (  # type: ignore[import-not-found]
     BACKEND, aget, astatus, backend_of, free_port, make_agent, running, wait_for,
 )
-from vipcore.metrics import samples_of, short_name
-from vipcore.model import Family, MetricSample
+from vipcore.cli.agent import run_agent
+from vipcore.ops.metrics import samples_of, short_name
+from vipcore.core.model import Family, MetricSample
 
 
 def labels(**kw: str) -> tuple[tuple[str, str], ...]:
@@ -85,7 +86,7 @@ def test_pool_and_vrid_usage_from_the_agents_resolution(tmp_path: Path) -> None:
 
 def test_health_readiness_status_and_unknown_paths(tmp_path: Path) -> None:
     async def scenario() -> None:
-        from vipcore.metrics import serve_agent
+        from vipcore.agent.telemetry import serve_agent
 
         agent = make_agent(tmp_path)
         endpoint = await serve_agent(agent, "127.0.0.1:0")
@@ -137,7 +138,7 @@ def test_agent_run_serves_the_configured_address_and_closes_it(tmp_path: Path) -
     url = f"http://127.0.0.1:{port}"
 
     async def scenario() -> None:
-        task = asyncio.create_task(agent.run())
+        task = asyncio.create_task(run_agent(agent))
         await wait_for(lambda: agent.ready or task.done())
         assert not task.done(), task
         code, _, text = await aget(url + "/metrics")
@@ -170,8 +171,8 @@ def test_a_busy_address_is_a_config_error(tmp_path: Path) -> None:
 
     import pytest
 
-    from vipcore.errors import ConfigError
-    from vipcore.metrics import serve_agent
+    from vipcore.core.errors import ConfigError
+    from vipcore.agent.telemetry import serve_agent
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -212,7 +213,8 @@ def test_a_source_offering_samples_is_scraped_and_a_broken_one_is_not_fatal(tmp_
 def test_a_generic_endpoint_for_the_controller(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry
 
-    from vipcore.metrics import Endpoint, SampleCollector
+    from vipcore.ops.http import Endpoint
+    from vipcore.ops.metrics import SampleCollector
 
     registry = CollectorRegistry(auto_describe=False)
     allocations = {"n": 0.0}

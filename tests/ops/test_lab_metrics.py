@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from vipcore.lab.topology import Lab
-from vipcore.metrics import samples_of, short_name
+from vipcore.ops.metrics import samples_of, short_name
 
 pytestmark = pytest.mark.lab
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from ops_helpers import backend_of, make_agent  # type: ignore[import-not-found]
-from vipcore.errors import InterfaceNotFoundError
-from vipcore.logs import JsonFormatter, TextFormatter, configure
-from vipcore.model import Family
+from vipcore.core.errors import InterfaceNotFoundError
+from vipcore.ops.logs import JsonFormatter, TextFormatter, configure
+from vipcore.core.model import Family
 
 VIPCORE = str(Path(sys.executable).parent / "vipcore")
 

@@ -1,4 +1,4 @@
-"""Pure pieces of vipcore.metrics: reason classes, plugin samples, pool and VRID usage."""
+"""Pure pieces of vipcore.ops.metrics: reason classes, plugin samples, pool and VRID usage."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from vipcore.metrics import (
-    CORE_METRICS, FAILOVER_BUCKETS, MetricsObserver, allocation_samples, parse_address, reason_class,
+from vipcore.ops.http import parse_address
+from vipcore.ops.metrics import (
+    CORE_METRICS, FAILOVER_BUCKETS, MetricsObserver, allocation_samples, reason_class,
     sample_families, samples_of, short_name,
 )
-from vipcore.errors import ConfigError
-from vipcore.model import Family, MetricSample, Pool, Resolution, State, StateChange, VipGroup, VridPolicy
+from vipcore.core.errors import ConfigError
+from vipcore.core.model import Family, MetricSample, Pool, Resolution, State, StateChange, VipGroup, VridPolicy
 
 GROUP = "a" * 64 + "-eth0"
 
@@ -92,7 +93,7 @@ def test_plugin_samples_become_families_and_bad_ones_are_skipped(caplog: pytest.
             return sample_families(samples, reserved=CORE_METRICS)
 
     registry.register(Collector())
-    with caplog.at_level(logging.WARNING, logger="vipcore.metrics"):
+    with caplog.at_level(logging.WARNING, logger="vipcore.ops.metrics"):
         text = generate_latest(registry).decode()
     assert samples_of(text, "vipcore_x_packets_total") == {(("reason", "ttl"),): 5.0, (("reason", "auth"),): 1.0}
     assert samples_of(text, "vipcore_x_restarts_total") == {(): 4.0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vipcore.metrics import CORE_METRICS, REASON_CLASSES
+from vipcore.ops.metrics import CORE_METRICS, REASON_CLASSES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

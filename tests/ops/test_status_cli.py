@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from ops_helpers import EXAMPLES, BACKEND, backend_of, free_port, make_agent, running  # type: ignore[import-not-found]
-from vipcore.cli import main
-from vipcore.model import Family
-from vipcore.status import age, cluster_rows, cluster_table, duration, status_table
+from vipcore.cli.main import main
+from vipcore.core.model import Family
+from vipcore.ops.status import age, cluster_rows, cluster_table, duration, status_table
 
 VIPCORE = str(Path(sys.executable).parent / "vipcore")
 
@@ -195,7 +195,7 @@ def test_kubeconfig_with_the_api_server_down_is_one_line(tmp_path: Path) -> None
 
 
 def test_default_address_follows_the_agents_env_override() -> None:
-    from vipcore.status import DEFAULT_ADDRESS, default_address
+    from vipcore.ops.status import DEFAULT_ADDRESS, default_address
 
     assert default_address({}) == DEFAULT_ADDRESS
     assert default_address({"VIPCORE_METRICS": "192.0.2.1:9641"}) == "192.0.2.1:9641"  # the DaemonSet's host IP

@@ -22,10 +22,10 @@ from typing import Any
 import attrs
 import yaml
 
-from vipcore.errors import LabError
+from vipcore.core.errors import LabError
 from vipcore.lab.topology import NETWORKS, IPAddress, Lab, ProcessRecord
-from vipcore.model import Family, Resolution, VipGroup, VridPolicy
-from vipcore.resolve import membership, resolve
+from vipcore.core.model import Family, Resolution, VipGroup, VridPolicy
+from vipcore.core.resolve import membership, resolve
 from vipcore.sources.manifests import load_manifests
 
 #: The lab-only "backend" that runs keepalived without vipcore.

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from vipcore.errors import LabError, VipcoreError
+from vipcore.core.errors import LabError, VipcoreError
 from vipcore.lab.agents import ADVERTISING, Deployment, first_vips, wait_for_holders, wait_until
 from vipcore.lab.probe import Probe, ProbeResult
 from vipcore.lab.topology import DEFAULT_NODES, DEFAULT_PREFIX, IPAddress, Lab, require_root
@@ -81,8 +81,8 @@ def _check_backend(backend: str) -> None:
     if backend == PLAIN_KEEPALIVED:
         keepalived_command()
         return
-    from vipcore.errors import UnknownBackendError
-    from vipcore.plugins import load_hooks
+    from vipcore.core.errors import UnknownBackendError
+    from vipcore.backend.host import load_hooks
 
     hooks = load_hooks()
     installed = hooks.backends()
@@ -99,7 +99,7 @@ def settle(lab: Lab, deployment: Deployment, timeout: float = SETTLE_TIMEOUT) ->
 
 
 def status_text(lab: Lab, deployment: Deployment) -> str:
-    from vipcore.cli import render_table
+    from vipcore.ops.tables import render_table
 
     rows = []
     for node in lab.nodes:
@@ -247,7 +247,7 @@ def _demo_failover(lab: Lab, deployment: Deployment) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``vipcore lab`` and its subcommands (called by :mod:`vipcore.cli`)."""
+    """Add ``vipcore lab`` and its subcommands (called by :mod:`vipcore.cli.main`)."""
     lab = subparsers.add_parser(
         "lab", help="a throw-away namespace lab: nodes, a client, agents; break it and watch (root)",
         description="Network namespaces on this machine (documentation addresses only) with one agent per node.")

@@ -230,7 +230,7 @@ class Probe:
 
     def start(self) -> "Probe":
         """Start the program; LabError if it does not report its start within 10 s."""
-        from vipcore.errors import LabError  # here, not at the top: the program side imports nothing of vipcore
+        from vipcore.core.errors import LabError  # here, not at the top: the program side imports nothing of vipcore
 
         argv = ["ip", "netns", "exec", self.netns, sys.executable, "-I", str(Path(__file__).resolve()),
                 self.target, "--interval", str(self.interval), "--watch-stdin"]

@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from vipcore.errors import LabError
+from vipcore.core.errors import LabError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

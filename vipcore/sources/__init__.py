@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from vipcore.model import DesiredState
+from vipcore.core.model import DesiredState
 
 
 class Source(Protocol):

@@ -3,7 +3,7 @@
 Reads files or folders of multi-document YAML with Nodes, Services,
 EndpointSlices, VipPools (or OpenELB Eips) and VipGroups (pinned VRIDs).
 Objects of other kinds are ignored. Any validation problem is a
-:class:`~vipcore.errors.ManifestError` naming the file, the object and the field.
+:class:`~vipcore.core.errors.ManifestError` naming the file, the object and the field.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from vipcore import convert
-from vipcore.errors import ManifestError, VipcoreError
-from vipcore.model import LOAD_BALANCER_CLASS, DesiredState, EndpointSlice, Node, Pool, Service
+from vipcore.core import objects
+from vipcore.core.errors import ManifestError, VipcoreError
+from vipcore.core.model import LOAD_BALANCER_CLASS, DesiredState, EndpointSlice, Node, Pool, Service
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +84,21 @@ def load_manifests(
             kind = obj.get("kind")
             try:
                 if kind == "Node":
-                    node = convert.node_from_k8s(obj)
+                    node = objects.node_from_k8s(obj)
                     nodes[node.name] = node
                 elif kind == "Service":
-                    if convert.service_wanted(obj, classes=classes, default_class=default_class):
-                        service = convert.service_from_k8s(obj)
+                    if objects.service_wanted(obj, classes=classes, default_class=default_class):
+                        service = objects.service_from_k8s(obj)
                         services[service.key] = service
                 elif kind == "EndpointSlice":
-                    slices.append(convert.endpoint_slice_from_k8s(obj))
+                    slices.append(objects.endpoint_slice_from_k8s(obj))
                 elif kind == "VipPool" or (kind == "Eip" and (obj.get("spec") or {}).get("protocol") == "vip"):
-                    pool = convert.pool_from_k8s(obj)
+                    pool = objects.pool_from_k8s(obj)
                     if pool.name in pools:
-                        raise ManifestError(f"pool {pool.name!r} is defined twice", source=convert.describe(obj))
+                        raise ManifestError(f"pool {pool.name!r} is defined twice", source=objects.describe(obj))
                     pools[pool.name] = pool
                 elif kind == "VipGroup":
-                    name, vrid = convert.pinned_vrid(obj)
+                    name, vrid = objects.pinned_vrid(obj)
                     vrids[name] = vrid
             except ManifestError as exc:
                 raise ManifestError(str(exc), source=f"{path} (document {index + 1})") from None

@@ -15,14 +15,31 @@ import socket
 import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from vipcore.testing.apiserver_match import ApiError, Obj, bad_request, field_selector, label_selector
 from vipcore.testing.apiserver_store import Change, Expired, PrinterColumn, ResourceType
 
-if TYPE_CHECKING:
-    from vipcore.testing.apiserver import ApiServer
+from vipcore.testing.apiserver_store import Store
+
+
+class ServerState(Protocol):
+    """What the HTTP layer needs of :class:`vipcore.testing.apiserver.ApiServer`."""
+
+    store: Store
+    bookmark_interval: float
+
+    @property
+    def address(self) -> str: ...
+
+    def _track(self, conn: socket.socket, add: bool) -> None: ...
+
+    def _record(self, method: str, path: str, code: int) -> None: ...
+
+    def _take_failure(self) -> int: ...
+
+    def _take_replay(self) -> int: ...
 
 log = logging.getLogger("vipcore.testing.apiserver")
 
@@ -200,7 +217,7 @@ class ApiHTTPServer(ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], api: "ApiServer") -> None:
+    def __init__(self, address: tuple[str, int], api: ServerState) -> None:
         self.api = api
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, ApiHandler)

@@ -21,10 +21,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from vipcore.addresses import AddressHolder, InterfaceInfo
+from vipcore.net.addresses import AddressHolder, InterfaceInfo
 from vipcore.backend import BackendContext, hookimpl
-from vipcore.errors import ConfigError, InterfaceNotFoundError, VipcoreError
-from vipcore.model import IPAddress, Membership, MetricSample, State, StateChange
+from vipcore.core.errors import ConfigError, InterfaceNotFoundError, VipcoreError
+from vipcore.core.model import IPAddress, Membership, MetricSample, State, StateChange
 from vipcore_keepalived import BACKEND_NAME
 from vipcore_keepalived.process import FifoEvent, KeepalivedProcess, Paths, check_keepalived
 from vipcore_keepalived.render import Instance, Rendered, render

@@ -44,7 +44,7 @@ from typing import IO
 import attrs
 import tenacity
 
-from vipcore.errors import PluginError
+from vipcore.core.errors import PluginError
 from vipcore_keepalived import BACKEND_NAME, DISTRIBUTION
 from vipcore_keepalived.settings import KeepalivedSettings
 

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import attrs
 
-from vipcore.addresses import InterfaceInfo
-from vipcore.errors import VipcoreError
-from vipcore.model import Family, IPAddress, Membership
-from vipcore.placement import TOP_PRIORITY
+from vipcore.net.addresses import InterfaceInfo
+from vipcore.core.errors import VipcoreError
+from vipcore.core.model import Family, IPAddress, Membership
+from vipcore.core.placement import TOP_PRIORITY
 from vipcore_keepalived.settings import KeepalivedSettings
 
 INSTANCE_PREFIX = "vc"

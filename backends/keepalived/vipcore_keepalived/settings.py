@@ -2,7 +2,7 @@
 
 Every key is optional; the defaults match the native_vrrp backend's so that a
 group can mix keepalived and native_vrrp nodes (same advert interval, same
-preempt behaviour). Every problem is a :class:`~vipcore.errors.ConfigError`
+preempt behaviour). Every problem is a :class:`~vipcore.core.errors.ConfigError`
 naming the key.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from vipcore.errors import ConfigError
+from vipcore.core.errors import ConfigError
 
 SECTION = "keepalived"
 

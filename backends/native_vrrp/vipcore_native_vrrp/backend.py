@@ -2,7 +2,7 @@
 
 One :class:`~vipcore_native_vrrp.driver.RouterDriver` per (group, family),
 priorities straight from :attr:`Membership.priority` (the core's rendezvous
-placement), VIPs only through :class:`vipcore.addresses.AddressHolder`.
+placement), VIPs only through :class:`vipcore.net.addresses.AddressHolder`.
 
 **Family sync.** Both routers of a group get the same priority, so with
 preemption they elect the same node. To keep them together when timing
@@ -22,10 +22,10 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from vipcore.addresses import AddressHolder
+from vipcore.net.addresses import AddressHolder
 from vipcore.backend import BackendContext, hookimpl
-from vipcore.errors import AddressError, AllocationError, VipcoreError
-from vipcore.model import Family, IPAddress, Membership, MetricSample, State, StateChange
+from vipcore.core.errors import AddressError, AllocationError, VipcoreError
+from vipcore.core.model import Family, IPAddress, Membership, MetricSample, State, StateChange
 from vipcore_native_vrrp import BACKEND_NAME
 from vipcore_native_vrrp.config import NativeVrrpConfig
 from vipcore_native_vrrp.driver import RouterDriver

@@ -1,6 +1,6 @@
 """The ``native_vrrp`` config section, validated.
 
-Every problem raises :class:`vipcore.errors.ConfigError` naming the key.
+Every problem raises :class:`vipcore.core.errors.ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 import attrs
 
-from vipcore.addresses import AnnounceSchedule
-from vipcore.errors import ConfigError
+from vipcore.net.addresses import AnnounceSchedule
+from vipcore.core.errors import ConfigError
 from vipcore_native_vrrp.protocol.packet import MAX_INTERVAL_CS
 
 SECTION = "native_vrrp"

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable
 
 import attrs
 
-from vipcore.addresses import AddressHolder, AnnounceSchedule
-from vipcore.errors import VipcoreError
-from vipcore.model import Family, State
+from vipcore.net.addresses import AddressHolder, AnnounceSchedule
+from vipcore.core.errors import VipcoreError
+from vipcore.core.model import Family, State
 from vipcore_native_vrrp.protocol import (
     Action,
     AddVips,

@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import attrs
 
-from vipcore.model import Family, IPAddress
+from vipcore.core.model import Family, IPAddress
 from vipcore_native_vrrp.protocol.packet import MULTICAST, PROTOCOL, TTL, peek_vrid
 
 log = logging.getLogger(__name__)

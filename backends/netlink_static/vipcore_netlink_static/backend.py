@@ -1,6 +1,6 @@
 """The netlink_static backend: one deterministic holder per group, no peer protocol.
 
-Every node evaluates the same placement (:mod:`vipcore.placement`, already
+Every node evaluates the same placement (:mod:`vipcore.core.placement`, already
 applied to ``Membership.members``): the first member holds the group's VIPs,
 every other member makes sure they are absent. Failover happens when the
 core re-dispatches with a new node list (a manifest edit, a Node turning
@@ -26,10 +26,10 @@ from typing import ClassVar
 
 import attrs
 
-from vipcore.addresses import AddressHolder
+from vipcore.net.addresses import AddressHolder
 from vipcore.backend import BackendContext, hookimpl
-from vipcore.errors import AddressError, InterfaceNotFoundError, VipcoreError
-from vipcore.model import Family, IPAddress, Membership, MetricSample, State, StateChange, VipGroup
+from vipcore.core.errors import AddressError, InterfaceNotFoundError, VipcoreError
+from vipcore.core.model import Family, IPAddress, Membership, MetricSample, State, StateChange, VipGroup
 from vipcore_netlink_static.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from typing import Any
 
 import attrs
 
-from vipcore.addresses import AnnounceSchedule
-from vipcore.errors import ConfigError
+from vipcore.net.addresses import AnnounceSchedule
+from vipcore.core.errors import ConfigError
 
 SECTION = "netlink_static"
 #: Gratuitous ARPs / unsolicited NAs sent when a node starts holding.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import attrs
 
-from vipcore.model import IPAddress, State
+from vipcore.core.model import IPAddress, State
 
 
 @attrs.frozen

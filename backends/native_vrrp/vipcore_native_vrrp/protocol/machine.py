@@ -41,7 +41,7 @@ from typing import Any
 
 import attrs
 
-from vipcore.model import IPAddress, State
+from vipcore.core.model import IPAddress, State
 from vipcore_native_vrrp.protocol.actions import (
     Action,
     AddVips,

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from vipcore.model import Family, IPAddress
+from vipcore.core.model import Family, IPAddress
 
 #: IP protocol number of VRRP.
 PROTOCOL = 112

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from vipcore.model import Family, IPAddress
+from vipcore.core.model import Family, IPAddress
 from vipcore_native_vrrp.protocol.packet import MAX_INTERVAL_CS, address_tuple
 
 

@@ -1,0 +1,67 @@
+"""``vipcore resolve``: the VIP groups manifests resolve to (a dry run, no root, no network)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from vipcore.core.model import Family, Resolution
+from vipcore.core.resolve import resolve
+from vipcore.core.settings import load_config
+from vipcore.ops.tables import render_table
+from vipcore.sources.manifests import load_manifests
+
+
+def resolution_to_json(resolution: Resolution) -> dict[str, Any]:
+    """The ``vipcore resolve -o json`` document."""
+    return {
+        "groups": [
+            {
+                "name": g.name,
+                "interface": g.interface,
+                "nodes": list(g.nodes),
+                "vrid": g.vrid,
+                "vips": {"ipv4": [str(ip) for ip in g.vips_v4], "ipv6": [str(ip) for ip in g.vips_v6]},
+                "services": list(g.services),
+            }
+            for g in resolution.groups
+        ],
+        "unresolved": [{"service": u.service, "reason": u.reason} for u in resolution.unresolved],
+    }
+
+
+def resolution_to_table(resolution: Resolution) -> str:
+    rows = [
+        [
+            g.short_name, g.interface, str(g.vrid), ",".join(g.nodes),
+            ",".join(str(ip) for f in Family for ip in g.vips(f)), ",".join(g.services),
+        ]
+        for g in resolution.groups
+    ]
+    text = render_table(["GROUP", "INTERFACE", "VRID", "NODES", "VIPS", "SERVICES"], rows)
+    if resolution.unresolved:
+        text += "\n\n" + render_table(
+            ["UNRESOLVED SERVICE", "REASON"], [[u.service, u.reason] for u in resolution.unresolved]
+        )
+    return text
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    config = load_config(args.config, overrides={"source": "manifests", "manifests": args.files})
+    state = load_manifests(config.manifests)
+    resolution = resolve(state, vrid_policy=config.vrid_policy)
+    if args.output == "json":
+        print(json.dumps(resolution_to_json(resolution), indent=2))
+    else:
+        print(resolution_to_table(resolution))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("resolve", help="print the VIP groups the manifests resolve to (dry run)")
+    p.add_argument("-f", "--file", dest="files", action="append", required=True, metavar="PATH",
+                   help="manifest file or folder (repeatable)")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.add_argument("--config", help="config file (for VRID ranges)")
+    p.set_defaults(func=cmd_resolve)

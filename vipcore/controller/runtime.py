@@ -1,0 +1,294 @@
+"""``vipcore controller``: IPAM, Service status, finalizers, VipGroups with persisted VRIDs, Events.
+
+Every replica lists and watches the cluster through
+:class:`vipcore.kube.KubernetesSource` (so a standby is warm);
+only the replica holding the ``coordination.k8s.io/v1`` Lease reconciles. A
+reconcile pass is level-triggered: it takes the cache as it is, asks
+:func:`vipcore.core.plan.plan` what should change (the core's resolver
+decides addresses, groups and VRIDs), and carries that out with
+:class:`vipcore.controller.writer.ClusterWriter`. Any object change wakes it;
+bursts coalesce; a pass that met a conflict or an error is retried with a
+bounded backoff; a periodic resync catches anything else.
+
+Configuration (the ``controller`` and ``kubernetes`` sections of the config
+file)::
+
+    kubernetes:
+      kubeconfig: /path/to/kubeconfig     # default: in-cluster, else ~/.kube/config
+      namespace: vipcore-system           # Leases live here
+      heartbeat: {enabled: false, duration: 4}
+    controller:
+      default_class: false                # also serve LoadBalancers without a class
+      openelb: true                       # honour OpenELB's opt-in annotation
+      lease_name: vipcore-controller
+      identity: ""                        # default: $POD_NAME, else hostname_pid
+      leader_election: {duration: 15, renew_deadline: 10, retry_period: 2}
+      resync: 60
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from vipcore.core.settings import Config
+from vipcore.kube.leases import LeaderElector, LeaseClient, LeaseTiming
+from vipcore.core.plan import (
+    GROUP_ASSIGNED,
+    IP_ALLOCATED,
+    Note,
+    Plan,
+    Selection,
+    has_finalizer,
+    holder_notes,
+    key_of,
+    plan,
+)
+from vipcore.controller.writer import ClusterWriter, WriteResult
+from vipcore.core.errors import ConfigError
+from vipcore.kube.heartbeat import HeartbeatConfig, HeartbeatTracker, with_heartbeats
+from vipcore.core.model import LOAD_BALANCER_CLASS
+from vipcore.kube import ALL_KINDS, KubernetesSource, lease_kind, wait_event
+from vipcore.ops.metrics import SampleCollector, allocation_samples
+
+log = logging.getLogger("vipcore.controller")
+
+DEFAULT_NAMESPACE = "vipcore-system"
+DEFAULT_LEASE = "vipcore-controller"
+_CONTROLLER_KEYS = {"default_class", "classes", "openelb", "lease_name", "identity", "leader_election", "resync",
+                    "namespace"}
+
+
+@attrs.frozen
+class ControllerSettings:
+    """The controller's part of the configuration, validated."""
+
+    selection: Selection = Selection()
+    namespace: str = DEFAULT_NAMESPACE
+    lease_name: str = DEFAULT_LEASE
+    identity: str = ""
+    timing: LeaseTiming = LeaseTiming()
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    resync: float = 60.0
+    kubeconfig: str | None = None
+    context: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> "ControllerSettings":
+        section = dict(config.controller)
+        kube = dict(config.kubernetes)
+        unknown = set(section) - _CONTROLLER_KEYS
+        if unknown:
+            raise ConfigError(f"unknown key(s) {sorted(unknown)}", field="controller")
+        classes = section.get("classes", [LOAD_BALANCER_CLASS])
+        if isinstance(classes, str):
+            classes = [classes]
+        if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
+            raise ConfigError("must be a list of loadBalancerClass names", field="controller.classes")
+        try:
+            resync = float(section.get("resync", 60.0))
+        except (TypeError, ValueError):
+            raise ConfigError("must be a number of seconds", field="controller.resync") from None
+        namespace = str(section.get("namespace") or kube.get("namespace") or DEFAULT_NAMESPACE)
+        identity = str(section.get("identity") or os.environ.get("POD_NAME") or f"{socket.gethostname()}_{os.getpid()}")
+        return cls(
+            selection=Selection(classes=frozenset(classes), default_class=bool(section.get("default_class", False)),
+                                openelb=bool(section.get("openelb", True))),
+            namespace=namespace,
+            lease_name=str(section.get("lease_name") or DEFAULT_LEASE),
+            identity=identity,
+            timing=LeaseTiming.from_config(section.get("leader_election")),
+            heartbeat=HeartbeatConfig.from_config(kube),  # as the agents read it
+            resync=resync,
+            kubeconfig=kube.get("kubeconfig"),
+            context=kube.get("context"),
+        )
+
+
+class ControllerMetrics:
+    """The controller's own counters, in a private registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.allocations = Counter("vipcore_controller_allocations", "Addresses written to Service status",
+                                   registry=registry)
+        self.refusals = Counter("vipcore_controller_refusals", "Services refused an address (once per reason)",
+                                registry=registry)
+        self.reconciles = Counter("vipcore_controller_reconciles", "Reconcile passes, by outcome", ["outcome"],
+                                  registry=registry)
+        self.conflicts = Counter("vipcore_controller_conflicts", "409 Conflicts met while writing", registry=registry)
+        self.leader = Gauge("vipcore_controller_leader", "1 while this replica holds the leader Lease",
+                            registry=registry)
+        self.groups = Gauge("vipcore_controller_groups", "VipGroups the last pass resolved", registry=registry)
+
+
+class Controller:
+    """One replica. :meth:`run` until cancelled; :meth:`reconcile` is one pass (blocking; tests call it)."""
+
+    def __init__(self, settings: ControllerSettings, client: Any, *, config: Config | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.client = client
+        self.config = config or Config(source="kubernetes")
+        kinds = ALL_KINDS + ((lease_kind(settings.heartbeat.namespace),) if settings.heartbeat.enabled else ())
+        sel = settings.selection
+        # The source's own Service filter is irrelevant here: the controller reads raw Services.
+        self.source = KubernetesSource(client, kinds=kinds, classes=sel.classes, default_class=sel.default_class,
+                                       openelb=sel.openelb)
+        self.writer = ClusterWriter(client, selection=sel, instance=settings.identity)
+        self.elector = LeaderElector(LeaseClient(client, settings.namespace), settings.lease_name,
+                                     settings.identity, settings.timing)
+        self.tracker = HeartbeatTracker()
+        self.registry = registry or CollectorRegistry(auto_describe=False)
+        self.metrics = ControllerMetrics(self.registry)
+        self.registry.register(SampleCollector(self._usage_samples))
+        self.last_plan: Plan | None = None
+        self.last_pools: tuple[Any, ...] = ()
+        self._noted: dict[tuple[str, str], str] = {}
+        self._holders: dict[str, dict[str, str]] | None = None
+        self._dirty: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.source.on_object_change.append(self._changed)
+
+    # -- one pass ----------------------------------------------------------------
+
+    def inputs(self) -> dict[str, Any]:
+        """The planner's inputs from the cache, now."""
+        state = self.source.state()
+        if self.settings.heartbeat.enabled:
+            leases = self.source.objects("leases").values()
+            alive = self.tracker.observe(leases, fresh=self.source.connection().connected)
+            state = with_heartbeats(state, alive)
+        services = [o for o in self.source.objects("services").values()
+                    if (o.get("spec") or {}).get("type") == "LoadBalancer" or has_finalizer(o)]
+        return {"services": services, "nodes": state.nodes, "endpoint_slices": state.endpoint_slices,
+                "pools": state.pools, "vipgroups": list(self.source.objects("vipgroups").values())}
+
+    def reconcile(self, inputs: Mapping[str, Any] | None = None) -> WriteResult:
+        """Plan from ``inputs`` (default: the cache now) and write; blocking."""
+        inputs = dict(inputs) if inputs is not None else self.inputs()
+        result_plan = plan(selection=self.settings.selection, vrid_policy=self.config.vrid_policy, **inputs)
+        self.last_plan = result_plan
+        self.last_pools = tuple(inputs["pools"])
+        originals = {key_of(o): o for o in inputs["services"]}
+        result = self.writer.apply(result_plan, originals)
+        failed = set(result.stale) | set(result.failed)
+        for key, addresses in result_plan.allocated.items():
+            if key not in failed:
+                self.metrics.allocations.inc(len(addresses))
+                log.info("allocated %s to %s", ", ".join(map(str, addresses)), key,
+                         extra={"event": "allocated", "service": key})
+        notes = [n for n in result_plan.notes
+                 if not (n.reason in (IP_ALLOCATED, GROUP_ASSIGNED) and n.service in failed)]
+        holders, holder_changes = holder_notes(self._holders or {}, inputs["vipgroups"])
+        if self._holders is None:
+            holder_changes = []  # a fresh leader does not announce holders it did not see change
+        self._holders = holders
+        self._record(notes + holder_changes, live={key_of(o) for o in inputs["services"]})
+        self.metrics.conflicts.inc(result.conflicts)
+        self.metrics.groups.set(len(result_plan.resolution.groups))
+        self.metrics.reconciles.labels("clean" if result.clean else "retry").inc()
+        return result
+
+    def _usage_samples(self) -> list[Any]:
+        """Pool and VRID usage of the last pass (the agent's gauges, from the controller's view)."""
+        plan_ = self.last_plan
+        if plan_ is None:
+            return []
+        return allocation_samples(plan_.resolution, self.last_pools, self.config.vrid_policy)
+
+    def _record(self, notes: list[Note], live: set[str]) -> None:
+        """Write Events, once per (Service, reason) until the message changes."""
+        for note in notes:
+            key = (note.service, note.reason)
+            if self._noted.get(key) == note.message:
+                continue
+            self._noted[key] = note.message
+            if note.reason == "IPRefused":
+                self.metrics.refusals.inc()
+                log.warning("refused %s: %s", note.service, note.message,
+                            extra={"event": "refused", "service": note.service})
+            self.writer.event(note)
+        current = {(n.service, n.reason) for n in notes}
+        for key in list(self._noted):
+            # Forget a refusal once it is over (so a new one is reported), and Services that are gone.
+            if key[0] not in live or (key[1] == "IPRefused" and key not in current):
+                del self._noted[key]
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _changed(self, change: Any) -> None:
+        loop, dirty = self._loop, self._dirty
+        if loop is not None and dirty is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(dirty.set)
+
+    def wake(self) -> None:
+        """Ask for a pass soon (thread-safe)."""
+        self._changed(None)
+
+    async def lead(self) -> None:
+        """Reconcile while leading: on every change, on retry, and every ``resync`` seconds."""
+        assert self._dirty is not None
+        self.metrics.leader.set(1)
+        self._holders = None
+        backoff = 0.1
+        try:
+            self._dirty.set()
+            while True:
+                timeout = self.settings.resync
+                if self.settings.heartbeat.enabled:
+                    expiry = self.tracker.next_expiry()
+                    if expiry is not None:
+                        timeout = min(timeout, expiry + 0.05)
+                await wait_event(self._dirty, timeout)
+                self._dirty.clear()
+                await asyncio.sleep(0.02)  # let a burst of watch events land in the cache
+                self._dirty.clear()
+                try:
+                    result = await asyncio.to_thread(self.reconcile)
+                except Exception as exc:  # noqa: BLE001 - a pass that fails is retried, never fatal
+                    log.exception("reconcile failed: %s", exc)
+                    result = None
+                if result is None or not result.clean:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    self._dirty.set()
+                else:
+                    backoff = 0.1
+        finally:
+            self.metrics.leader.set(0)
+
+    async def run(self, *, timeout: float = 60.0) -> None:
+        """Sync the cache, then campaign for the Lease and lead while holding it; until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._dirty = asyncio.Event()
+        await self.source.initial(timeout=timeout)
+        log.info("controller %s synced; campaigning for lease %s/%s", self.settings.identity,
+                 self.settings.namespace, self.settings.lease_name, extra={"event": "synced"})
+        try:
+            await self.elector.run(self.lead)
+        finally:
+            await asyncio.to_thread(self.source.stop, 2.0)
+
+    def status(self) -> dict[str, Any]:
+        conn = self.source.connection()
+        last = self.last_plan
+        return {
+            "identity": self.settings.identity,
+            "leader": self.elector.leading,
+            "connected": conn.connected,
+            "last_error": conn.last_error,
+            "groups": [g.name for g in last.resolution.groups] if last else [],
+            "refused": dict(last.refused) if last else {},
+        }
+
+
+__all__ = ["Controller", "ControllerMetrics", "ControllerSettings"]

@@ -1,0 +1,336 @@
+"""Values the core works with: nodes, services, endpoint slices, pools, groups.
+
+All are frozen attrs classes. Conversion from Kubernetes objects lives in
+:mod:`vipcore.core.objects`, never here.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping
+from typing import Any, Union
+
+import attrs
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+#: The annotation a Service uses to choose its pool.
+POOL_ANNOTATION = "vipcore.io/pool"
+#: The annotation a Service uses to request addresses (comma-separated, one per family).
+IP_ANNOTATION = "vipcore.io/ip"
+#: Nodes carrying this label never hold a VIP of a ``Cluster`` Service.
+EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+#: A node labelled with this (value "true") is drained: ranked last everywhere.
+DRAIN_LABEL = "vipcore.io/drain"
+#: The finalizer the controller holds on every Service it gave an address.
+FINALIZER = "vipcore.io/vip"
+#: The load balancer class vipcore implements.
+LOAD_BALANCER_CLASS = "vipcore.io/vip"
+
+VRID_MIN = 1
+VRID_MAX = 255
+
+
+class Family(enum.IntEnum):
+    """An address family; its value is the IP version."""
+
+    IPV4 = 4
+    IPV6 = 6
+
+    @classmethod
+    def of(cls, address: IPAddress) -> "Family":
+        return cls(address.version)
+
+    @property
+    def k8s_name(self) -> str:
+        return "IPv4" if self is Family.IPV4 else "IPv6"
+
+
+class TrafficPolicy(enum.Enum):
+    CLUSTER = "Cluster"
+    LOCAL = "Local"
+
+
+def _vrid(instance: object, attribute: "attrs.Attribute[Any]", value: int | None) -> None:
+    if value is not None and not VRID_MIN <= value <= VRID_MAX:
+        raise ValueError(f"{attribute.name} must be in {VRID_MIN}..{VRID_MAX}, got {value}")
+
+
+def _interface_name(instance: object, attribute: "attrs.Attribute[str]", value: str) -> None:
+    # Linux IFNAMSIZ is 16 including the NUL byte.
+    if not value or len(value) > 15 or "/" in value or any(c.isspace() for c in value):
+        raise ValueError(f"{attribute.name} {value!r} is not a valid Linux interface name")
+
+
+def _sorted_unique(names: "tuple[str, ...] | list[str] | frozenset[str]") -> tuple[str, ...]:
+    return tuple(sorted(set(names)))
+
+
+@attrs.frozen
+class Node:
+    """A Kubernetes Node as far as VIPs care."""
+
+    name: str
+    addresses: tuple[IPAddress, ...] = ()
+    ready: bool = True
+    labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+
+    @property
+    def excluded(self) -> bool:
+        """Whether the node opted out of external load balancers."""
+        return EXCLUDE_LABEL in self.labels
+
+    @property
+    def drained(self) -> bool:
+        """Whether an operator asked the node to give up its VIPs (label ``vipcore.io/drain=true``)."""
+        return self.labels.get(DRAIN_LABEL, "").lower() == "true"
+
+    def address(self, family: Family) -> IPAddress | None:
+        """The node's first address of ``family`` (its InternalIP), if any."""
+        for addr in self.addresses:
+            if addr.version == family:
+                return addr
+        return None
+
+
+@attrs.frozen
+class EndpointSlice:
+    """A ``discovery.k8s.io/v1`` EndpointSlice reduced to what placement needs."""
+
+    namespace: str
+    name: str
+    service: str
+    ready_nodes: frozenset[str] = frozenset()
+
+    @property
+    def service_key(self) -> str:
+        return f"{self.namespace}/{self.service}"
+
+
+@attrs.frozen
+class Service:
+    """A LoadBalancer Service."""
+
+    namespace: str
+    name: str
+    traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
+    #: Addresses the user asked for (``spec.loadBalancerIP`` or the ip annotation).
+    requested_ips: tuple[IPAddress, ...] = ()
+    #: The pool chosen by annotation, or None for the default pool.
+    pool: str | None = None
+    #: Addresses already allocated (``status.loadBalancer.ingress``).
+    vips: tuple[IPAddress, ...] = ()
+    #: Families the Service wants, in order (``spec.ipFamilies``); empty means "as the pool offers, IPv4 first".
+    families: tuple[Family, ...] = ()
+    ports: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@attrs.frozen
+class VridPolicy:
+    """Which VRIDs vipcore may use on one L2 network (interface)."""
+
+    first: int = attrs.field(default=VRID_MIN, validator=_vrid)
+    last: int = attrs.field(default=VRID_MAX, validator=_vrid)
+    exclude: frozenset[int] = frozenset()
+
+    def __attrs_post_init__(self) -> None:
+        if self.first > self.last:
+            raise ValueError(f"VRID range {self.first}-{self.last} is empty")
+
+    @property
+    def usable(self) -> tuple[int, ...]:
+        return tuple(v for v in range(self.first, self.last + 1) if v not in self.exclude)
+
+    def describe(self) -> str:
+        text = f"{self.first}-{self.last}"
+        if self.exclude:
+            text += " excluding " + ",".join(str(v) for v in sorted(self.exclude))
+        return text
+
+
+@attrs.frozen
+class Pool:
+    """An address pool (``VipPool``, or an OpenELB ``Eip`` with protocol vip)."""
+
+    name: str
+    #: Address ranges as (first, last) inclusive pairs; network and broadcast
+    #: addresses of CIDRs are already left out.
+    ranges: tuple[tuple[IPAddress, IPAddress], ...]
+    interface: str = attrs.field(validator=_interface_name)
+    default: bool = False
+    node_selector: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    disabled: bool = False
+    #: Namespaces allowed to use the pool; empty means all.
+    namespaces: frozenset[str] = frozenset()
+
+    @property
+    def families(self) -> tuple[Family, ...]:
+        present = {Family(first.version) for first, _ in self.ranges}
+        return tuple(sorted(present))
+
+    def contains(self, address: IPAddress) -> bool:
+        return any(
+            first.version == address.version and first <= address <= last  # type: ignore[operator]
+            for first, last in self.ranges
+        )
+
+    def size(self, family: Family) -> int:
+        return sum(int(last) - int(first) + 1 for first, last in self.ranges if first.version == family)
+
+
+@attrs.frozen
+class VipGroup:
+    """A set of VIPs held together by one VRRP router per family.
+
+    The name is OpenELB's: ``sha256(",".join(sorted(nodes))).hexdigest() + "-" + interface``.
+    """
+
+    name: str
+    interface: str
+    nodes: tuple[str, ...] = attrs.field(converter=_sorted_unique)
+    vrid: int | None = attrs.field(default=None, validator=_vrid)
+    vips_v4: tuple[ipaddress.IPv4Address, ...] = ()
+    vips_v6: tuple[ipaddress.IPv6Address, ...] = ()
+    services: tuple[str, ...] = ()
+
+    def vips(self, family: Family) -> tuple[IPAddress, ...]:
+        return self.vips_v4 if family is Family.IPV4 else self.vips_v6
+
+    @property
+    def families(self) -> tuple[Family, ...]:
+        return tuple(f for f in Family if self.vips(f))
+
+    @property
+    def placement_key(self) -> str:
+        """What placement ranks nodes by: the interface and the group's first Service.
+
+        Deliberately not the group name: the name hashes the node list, so it
+        changes whenever a node joins or leaves (a node failing, a Local
+        Service scaling). Keyed by the first Service, the ranking of the
+        remaining nodes survives that, and a node leaving moves only what it
+        held. Adding a Service moves nothing unless its key sorts first.
+        """
+        return f"{self.interface}/{self.services[0]}" if self.services else self.name
+
+    @property
+    def short_name(self) -> str:
+        """A 12-hex-digit prefix of the hash plus the interface, for tables."""
+        digest, _, interface = self.name.partition("-")
+        return f"{digest[:12]}-{interface}"
+
+
+@attrs.frozen
+class Unresolved:
+    """A Service that got no group, and why."""
+
+    service: str
+    reason: str
+
+
+@attrs.frozen
+class Resolution:
+    """What :func:`vipcore.core.resolve.resolve` decided."""
+
+    groups: tuple[VipGroup, ...]
+    unresolved: tuple[Unresolved, ...] = ()
+    #: The addresses each Service ended up with (allocated or honoured).
+    allocations: Mapping[str, tuple[IPAddress, ...]] = attrs.field(factory=dict, hash=False)
+
+    def group(self, name: str) -> VipGroup | None:
+        for group in self.groups:
+            if group.name == name:
+                return group
+        return None
+
+    def groups_of(self, node: str) -> tuple[VipGroup, ...]:
+        return tuple(g for g in self.groups if node in g.nodes)
+
+
+@attrs.frozen
+class DesiredState:
+    """Everything a source knows: the input of the resolver."""
+
+    nodes: tuple[Node, ...] = ()
+    services: tuple[Service, ...] = ()
+    endpoint_slices: tuple[EndpointSlice, ...] = ()
+    pools: tuple[Pool, ...] = ()
+    #: Persisted or pinned VRIDs: group name -> VRID.
+    vrids: Mapping[str, int] = attrs.field(factory=dict, hash=False)
+
+
+class State(enum.Enum):
+    """A VRRP-like router state, used by every backend when it reports."""
+
+    INIT = "init"
+    BACKUP = "backup"
+    MASTER = "master"
+    FAULT = "fault"
+    STOPPED = "stopped"
+
+
+@attrs.frozen
+class PeerNode:
+    """Another member of a group, as a backend sees it."""
+
+    name: str
+    priority: int
+    addresses: tuple[IPAddress, ...] = ()
+
+
+@attrs.frozen
+class Membership:
+    """This node's part in one group: what the core hands a backend."""
+
+    group: VipGroup
+    node: str
+    #: This node's priority (1..254), the same on every node and backend.
+    priority: int
+    #: Every member, this node included, in placement order (best first).
+    members: tuple[PeerNode, ...]
+
+    @property
+    def name(self) -> str:
+        return self.group.name
+
+    @property
+    def preferred_holder(self) -> str:
+        return self.members[0].name
+
+    def peers(self) -> tuple[PeerNode, ...]:
+        return tuple(m for m in self.members if m.name != self.node)
+
+
+@attrs.frozen
+class StateChange:
+    """A transition a backend reports through ``vipcore_state_changed``."""
+
+    group: str
+    family: Family
+    old: State
+    new: State
+    reason: str
+    #: Wall-clock time (``time.time()``) of the transition.
+    at: float
+    node: str
+    backend: str
+    vrid: int | None = None
+    #: For transitions into MASTER: seconds from the trigger (the previous
+    #: holder's adverts stopping, or a control-plane decision) to the VIPs
+    #: being added and the first announcement sent. None when unknown.
+    failover_seconds: float | None = None
+
+
+@attrs.frozen
+class MetricSample:
+    """One metric value a plugin offers through ``vipcore_collect_metrics``."""
+
+    name: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+    kind: str = "counter"  # "counter" or "gauge"
+    help: str = ""

@@ -1,0 +1,297 @@
+"""Kubernetes objects (plain dicts) to vipcore model values: the only place this happens.
+
+Functions take objects as plain dicts, the way they come from YAML files, from
+``ApiClient.sanitize_for_serialization`` or from ``CustomObjectsApi``. Every
+validation failure is a :class:`~vipcore.core.errors.ManifestError` naming the
+object and the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from vipcore.core.errors import ManifestError
+from vipcore.core.model import (
+    IP_ANNOTATION,
+    POOL_ANNOTATION,
+    EndpointSlice,
+    Family,
+    IPAddress,
+    Node,
+    Pool,
+    Service,
+    TrafficPolicy,
+)
+
+#: OpenELB's opt-in and selection annotations, honoured for migration.
+OPENELB_OPT_IN = "lb.kubesphere.io/v1alpha1"
+OPENELB_POOL = "eip.openelb.kubesphere.io/v1alpha2"
+OPENELB_IP = "eip.openelb.kubesphere.io/v1alpha1"
+OPENELB_DEFAULT_POOL = "eip.openelb.kubesphere.io/is-default-eip"
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+Obj = Mapping[str, Any]
+
+
+def describe(obj: Obj) -> str:
+    """``Kind namespace/name`` for messages."""
+    meta = obj.get("metadata") or {}
+    name = meta.get("name", "<unnamed>")
+    ns = meta.get("namespace")
+    return f"{obj.get('kind', 'object')} {ns + '/' if ns else ''}{name}"
+
+
+def _fail(obj: Obj, field: str, message: str) -> ManifestError:
+    return ManifestError(message, source=describe(obj), field=field)
+
+
+def _mapping(obj: Obj, field: str, value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _fail(obj, field, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _list(obj: Obj, field: str, value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _fail(obj, field, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _name(obj: Obj) -> str:
+    meta = _mapping(obj, "metadata", obj.get("metadata"))
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise _fail(obj, "metadata.name", "is missing")
+    return name
+
+
+def _str_map(obj: Obj, field: str, value: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in _mapping(obj, field, value).items()}
+
+
+def _address(obj: Obj, field: str, text: Any) -> IPAddress:
+    try:
+        return ipaddress.ip_address(str(text).strip())
+    except ValueError:
+        raise _fail(obj, field, f"{text!r} is not an IP address") from None
+
+
+def node_from_k8s(obj: Obj) -> Node:
+    """A ``v1 Node``: Ready condition, InternalIP/ExternalIP addresses, labels."""
+    name = _name(obj)
+    meta = _mapping(obj, "metadata", obj.get("metadata"))
+    status = _mapping(obj, "status", obj.get("status"))
+    ready = False
+    for cond in _list(obj, "status.conditions", status.get("conditions")):
+        if isinstance(cond, Mapping) and cond.get("type") == "Ready":
+            ready = str(cond.get("status")) == "True"
+    addresses: list[IPAddress] = []
+    for i, entry in enumerate(_list(obj, "status.addresses", status.get("addresses"))):
+        if not isinstance(entry, Mapping):
+            raise _fail(obj, f"status.addresses[{i}]", "expected a mapping")
+        if entry.get("type") in ("InternalIP", "ExternalIP"):
+            addresses.append(_address(obj, f"status.addresses[{i}].address", entry.get("address")))
+    # A cordoned (unschedulable) node still forwards traffic: it stays eligible.
+    return Node(name=name, addresses=tuple(addresses), ready=ready,
+                labels=_str_map(obj, "metadata.labels", meta.get("labels")))
+
+
+def _split_ips(obj: Obj, field: str, text: str) -> tuple[IPAddress, ...]:
+    parts = [p for p in (s.strip() for s in text.split(",")) if p]
+    ips = tuple(_address(obj, field, p) for p in parts)
+    families = [ip.version for ip in ips]
+    if len(families) != len(set(families)):
+        raise _fail(obj, field, "request at most one address per family")
+    return ips
+
+
+def service_from_k8s(obj: Obj) -> Service:
+    """A ``v1 Service`` of type LoadBalancer."""
+    name = _name(obj)
+    meta = _mapping(obj, "metadata", obj.get("metadata"))
+    namespace = str(meta.get("namespace") or "default")
+    annotations = _str_map(obj, "metadata.annotations", meta.get("annotations"))
+    spec = _mapping(obj, "spec", obj.get("spec"))
+    status = _mapping(obj, "status", obj.get("status"))
+
+    policy_text = spec.get("externalTrafficPolicy") or "Cluster"
+    try:
+        policy = TrafficPolicy(policy_text)
+    except ValueError:
+        raise _fail(obj, "spec.externalTrafficPolicy", f"must be Cluster or Local, got {policy_text!r}") from None
+
+    requested: tuple[IPAddress, ...] = ()
+    for field, text in (
+        (f"metadata.annotations[{IP_ANNOTATION}]", annotations.get(IP_ANNOTATION)),
+        (f"metadata.annotations[{OPENELB_IP}]", annotations.get(OPENELB_IP)),
+        ("spec.loadBalancerIP", spec.get("loadBalancerIP")),
+    ):
+        if text:
+            requested = _split_ips(obj, field, str(text))
+            break
+
+    pool = annotations.get(POOL_ANNOTATION) or annotations.get(OPENELB_POOL) or None
+
+    vips: list[IPAddress] = []
+    lb = _mapping(obj, "status.loadBalancer", status.get("loadBalancer"))
+    for i, entry in enumerate(_list(obj, "status.loadBalancer.ingress", lb.get("ingress"))):
+        if isinstance(entry, Mapping) and entry.get("ip"):
+            vips.append(_address(obj, f"status.loadBalancer.ingress[{i}].ip", entry["ip"]))
+
+    families: list[Family] = []
+    for i, fam in enumerate(_list(obj, "spec.ipFamilies", spec.get("ipFamilies"))):
+        if fam == "IPv4":
+            families.append(Family.IPV4)
+        elif fam == "IPv6":
+            families.append(Family.IPV6)
+        else:
+            raise _fail(obj, f"spec.ipFamilies[{i}]", f"must be IPv4 or IPv6, got {fam!r}")
+    if families and spec.get("ipFamilyPolicy") in (None, "SingleStack"):
+        families = families[:1]
+
+    ports: list[tuple[str, int]] = []
+    for i, port in enumerate(_list(obj, "spec.ports", spec.get("ports"))):
+        if not isinstance(port, Mapping) or not isinstance(port.get("port"), int):
+            raise _fail(obj, f"spec.ports[{i}].port", "must be an integer")
+        ports.append((str(port.get("protocol") or "TCP"), int(port["port"])))
+
+    return Service(
+        namespace=namespace,
+        name=name,
+        traffic_policy=policy,
+        requested_ips=requested,
+        pool=pool,
+        vips=tuple(vips),
+        families=tuple(families),
+        ports=tuple(ports),
+    )
+
+
+def service_wanted(obj: Obj, *, classes: frozenset[str], default_class: bool, openelb: bool = True) -> bool:
+    """Whether vipcore should serve this Service object.
+
+    ``type: LoadBalancer`` and either ``spec.loadBalancerClass`` in ``classes``,
+    no class while vipcore is the default implementation, or (``openelb``)
+    OpenELB's opt-in annotation with no class.
+    """
+    spec = obj.get("spec") or {}
+    if spec.get("type") != "LoadBalancer":
+        return False
+    cls = spec.get("loadBalancerClass")
+    if cls:
+        return cls in classes
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    if openelb and annotations.get(OPENELB_OPT_IN) == "openelb":
+        return True
+    return default_class
+
+
+def endpoint_slice_from_k8s(obj: Obj) -> EndpointSlice:
+    """A ``discovery.k8s.io/v1 EndpointSlice``: the nodes with ready endpoints."""
+    name = _name(obj)
+    meta = _mapping(obj, "metadata", obj.get("metadata"))
+    labels = _str_map(obj, "metadata.labels", meta.get("labels"))
+    service = labels.get(SERVICE_NAME_LABEL)
+    if not service:
+        raise _fail(obj, f"metadata.labels[{SERVICE_NAME_LABEL}]", "is missing")
+    ready: set[str] = set()
+    for i, ep in enumerate(_list(obj, "endpoints", obj.get("endpoints"))):
+        if not isinstance(ep, Mapping):
+            raise _fail(obj, f"endpoints[{i}]", "expected a mapping")
+        conditions = _mapping(obj, f"endpoints[{i}].conditions", ep.get("conditions"))
+        # Per the API, an unset ready condition means ready.
+        if conditions.get("ready", True) is not False and ep.get("nodeName"):
+            ready.add(str(ep["nodeName"]))
+    return EndpointSlice(namespace=str(meta.get("namespace") or "default"), name=name,
+                         service=service, ready_nodes=frozenset(ready))
+
+
+def parse_range(text: str) -> tuple[IPAddress, IPAddress]:
+    """One pool entry: an address, a CIDR (network and broadcast left out) or ``a-b``.
+
+    Raises ValueError with a precise message.
+    """
+    text = text.strip()
+    if "-" in text:
+        first_text, _, last_text = text.partition("-")
+        first = ipaddress.ip_address(first_text.strip())
+        last = ipaddress.ip_address(last_text.strip())
+        if first.version != last.version:
+            raise ValueError(f"range {text!r} mixes IPv4 and IPv6")
+        if last < first:  # type: ignore[operator]
+            raise ValueError(f"range {text!r} ends before it starts")
+        return first, last
+    if "/" in text:
+        net = ipaddress.ip_network(text, strict=False)
+        if net.version == 4 and net.prefixlen <= 30:
+            return net.network_address + 1, net.broadcast_address - 1
+        if net.version == 6 and net.prefixlen <= 126:
+            # IPv6 has no broadcast; the subnet-router anycast (first) address is skipped.
+            return net.network_address + 1, net.broadcast_address
+        return net.network_address, net.broadcast_address
+    addr = ipaddress.ip_address(text)
+    return addr, addr
+
+
+def pool_from_k8s(obj: Obj) -> Pool:
+    """A ``vipcore.io/v1alpha1 VipPool`` or an OpenELB ``Eip`` with ``protocol: vip``."""
+    name = _name(obj)
+    spec = _mapping(obj, "spec", obj.get("spec"))
+    kind = obj.get("kind")
+    if kind == "Eip":
+        entries: list[Any] = [spec.get("address")] if spec.get("address") else []
+        protocol = spec.get("protocol", "bgp")
+        if protocol != "vip":
+            raise _fail(obj, "spec.protocol", f"only 'vip' Eips can be used by vipcore, got {protocol!r}")
+        disabled = bool(spec.get("disable", False))
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        default = str(annotations.get(OPENELB_DEFAULT_POOL, "false")).lower() == "true"
+        field = "spec.address"
+    else:
+        entries = _list(obj, "spec.addresses", spec.get("addresses"))
+        disabled = bool(spec.get("disabled", False))
+        default = bool(spec.get("default", False))
+        field = "spec.addresses"
+    if not entries:
+        raise _fail(obj, field, "lists no address")
+    ranges = []
+    for i, entry in enumerate(entries):
+        try:
+            ranges.append(parse_range(str(entry)))
+        except ValueError as exc:
+            raise _fail(obj, f"{field}[{i}]" if kind != "Eip" else field, str(exc)) from None
+    interface = spec.get("interface")
+    if not isinstance(interface, str) or not interface:
+        raise _fail(obj, "spec.interface", "is missing")
+    if interface.startswith("can_reach:"):
+        raise _fail(obj, "spec.interface", "can_reach: is not supported; name the interface")
+    namespaces = frozenset(str(n) for n in _list(obj, "spec.namespaces", spec.get("namespaces")))
+    try:
+        return Pool(
+            name=name,
+            ranges=tuple(ranges),
+            interface=interface,
+            default=default,
+            node_selector=_str_map(obj, "spec.nodeSelector", spec.get("nodeSelector")),
+            disabled=disabled,
+            namespaces=namespaces,
+        )
+    except ValueError as exc:
+        raise _fail(obj, "spec.interface", str(exc)) from None
+
+
+def pinned_vrid(obj: Obj) -> tuple[str, int]:
+    """A ``VipGroup`` object's (name, spec.vrid): persisted or pinned VRIDs."""
+    name = _name(obj)
+    spec = _mapping(obj, "spec", obj.get("spec"))
+    vrid = spec.get("vrid")
+    if not isinstance(vrid, int) or isinstance(vrid, bool) or not 1 <= vrid <= 255:
+        raise _fail(obj, "spec.vrid", f"must be an integer in 1..255, got {vrid!r}")
+    return name, vrid

@@ -1,0 +1,213 @@
+"""Agent and controller configuration: a YAML file plus ``VIPCORE_*`` overrides.
+
+Environment overrides use ``__`` for nesting: ``VIPCORE_BACKEND=keepalived``,
+``VIPCORE_NATIVE_VRRP__ADVERT_INTERVAL=0.05``. Values are parsed as YAML
+scalars, so numbers and booleans work.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from vipcore.core.errors import ConfigError
+from vipcore.core.model import VRID_MAX, VRID_MIN, VridPolicy
+
+ENV_PREFIX = "VIPCORE_"
+SOURCES = ("manifests", "kubernetes")
+LOG_FORMATS = ("text", "json")
+DEFAULT_METRICS = "127.0.0.1:9641"
+
+_TOP_KEYS = {
+    "backend", "node_name", "source", "manifests", "state_dir", "log_format", "log_level",
+    "metrics", "vrid", "kubernetes", "controller",
+}
+
+
+def _parse_vrid_range(text: Any, where: str) -> tuple[int, int]:
+    raw = str(text).strip()
+    first, sep, last = raw.partition("-")
+    try:
+        lo = int(first)
+        hi = int(last) if sep else lo
+    except ValueError:
+        raise ConfigError(f"must look like '1-255', got {raw!r}", field=where) from None
+    if not (VRID_MIN <= lo <= hi <= VRID_MAX):
+        raise ConfigError(f"must be within {VRID_MIN}-{VRID_MAX} with first <= last, got {raw!r}", field=where)
+    return lo, hi
+
+
+def parse_vrid_policy(data: Any, where: str = "vrid", *, allow: frozenset[str] = frozenset()) -> VridPolicy:
+    """``{range: "1-255", exclude: [7, "100-110"]}`` as a :class:`VridPolicy`."""
+    if data is None:
+        return VridPolicy()
+    if not isinstance(data, Mapping):
+        raise ConfigError("must be a mapping with 'range' and 'exclude'", field=where)
+    unknown = set(data) - {"range", "exclude"} - allow
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)}", field=where)
+    lo, hi = _parse_vrid_range(data.get("range", f"{VRID_MIN}-{VRID_MAX}"), f"{where}.range")
+    exclude: set[int] = set()
+    for i, item in enumerate(data.get("exclude") or []):
+        if isinstance(item, int) and not isinstance(item, bool):
+            exclude.add(item)
+        else:
+            a, b = _parse_vrid_range(item, f"{where}.exclude[{i}]")
+            exclude.update(range(a, b + 1))
+    try:
+        return VridPolicy(first=lo, last=hi, exclude=frozenset(exclude))
+    except ValueError as exc:
+        raise ConfigError(str(exc), field=where) from None
+
+
+@attrs.frozen
+class Config:
+    """The validated configuration."""
+
+    backend: str = "native_vrrp"
+    node_name: str = attrs.field(factory=platform.node)
+    source: str = "manifests"
+    manifests: tuple[Path, ...] = ()
+    state_dir: Path = Path("/run/vipcore")
+    log_format: str = "text"
+    log_level: str = "INFO"
+    #: ``host:port`` of the metrics/status endpoint; empty disables it.
+    metrics: str = DEFAULT_METRICS
+    vrid: VridPolicy = VridPolicy()
+    #: Per-interface VRID policies overriding ``vrid``.
+    vrid_interfaces: Mapping[str, VridPolicy] = attrs.field(factory=dict, hash=False)
+    kubernetes: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    controller: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    #: Every other top-level mapping: one section per backend, passed as is.
+    sections: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, hash=False)
+    path: Path | None = None
+
+    def backend_section(self, name: str | None = None) -> Mapping[str, Any]:
+        return self.sections.get(name or self.backend, {})
+
+    def vrid_policy(self, interface: str) -> VridPolicy:
+        return self.vrid_interfaces.get(interface, self.vrid)
+
+
+def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for key, value in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX) or key == "VIPCORE_CONFIG":
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            continue
+        target = data
+        for part in path[:-1]:
+            nxt = target.get(part)
+            if not isinstance(nxt, dict):
+                nxt = target[part] = {}
+            target = nxt
+        try:
+            target[path[-1]] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            target[path[-1]] = value
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read, override and validate. Every problem is a one-line ConfigError."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source = str(path) if path else "<defaults>"
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", source=source) from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark is not None else None
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"invalid YAML: {problem}", source=source, field=where) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("must be a YAML mapping", source=source)
+        data = loaded
+    _env_overrides(data, environ)
+    if overrides:
+        data.update({k: v for k, v in overrides.items() if v is not None})
+    return _validate(data, source, Path(path) if path else None)
+
+
+def _validate(data: dict[str, Any], source: str, path: Path | None) -> Config:
+    def fail(field: str, message: str) -> ConfigError:
+        return ConfigError(message, source=source, field=field)
+
+    kwargs: dict[str, Any] = {"path": path}
+    sections: dict[str, Mapping[str, Any]] = {}
+    for key, value in data.items():
+        if key in _TOP_KEYS:
+            continue
+        if not isinstance(value, Mapping):
+            raise fail(key, "unknown setting (backend sections must be mappings)")
+        sections[key] = dict(value)
+    kwargs["sections"] = sections
+
+    for key in ("backend", "node_name", "source", "log_format", "log_level"):
+        if key in data:
+            value = data[key]
+            if not isinstance(value, str) or not value:
+                raise fail(key, "must be a non-empty string")
+            kwargs[key] = value
+    if kwargs.get("source", "manifests") not in SOURCES:
+        raise fail("source", f"must be one of {', '.join(SOURCES)}, got {kwargs['source']!r}")
+    if kwargs.get("log_format", "text") not in LOG_FORMATS:
+        raise fail("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+
+    manifests = data.get("manifests", [])
+    if isinstance(manifests, str):
+        manifests = [manifests]
+    if not isinstance(manifests, list):
+        raise fail("manifests", "must be a list of files or folders")
+    base = path.parent if path else Path.cwd()
+    kwargs["manifests"] = tuple((base / str(m)) if not Path(str(m)).is_absolute() else Path(str(m)) for m in manifests)
+    if kwargs.get("source", "manifests") == "manifests" and not kwargs["manifests"]:
+        raise fail("manifests", "source is 'manifests' but no manifest file or folder is listed")
+
+    if "state_dir" in data:
+        kwargs["state_dir"] = Path(str(data["state_dir"]))
+    if "metrics" in data:
+        metrics = data["metrics"]
+        address = metrics.get("address", DEFAULT_METRICS) if isinstance(metrics, Mapping) else metrics
+        address = "" if address in (None, False) else str(address)
+        if address and (":" not in address or not address.rsplit(":", 1)[1].isdigit()):
+            raise fail("metrics.address", f"must look like 'host:port' or be empty, got {address!r}")
+        kwargs["metrics"] = address
+
+    vrid = data.get("vrid")
+    try:
+        kwargs["vrid"] = parse_vrid_policy(vrid, allow=frozenset({"interfaces"}))
+        per_interface = vrid.get("interfaces") if isinstance(vrid, Mapping) else None
+        if per_interface is not None and not isinstance(per_interface, Mapping):
+            raise ConfigError("must map interface names to {range, exclude}", field="vrid.interfaces")
+        kwargs["vrid_interfaces"] = {
+            str(name): parse_vrid_policy(policy, f"vrid.interfaces.{name}")
+            for name, policy in (per_interface or {}).items()
+        }
+    except ConfigError as exc:
+        raise fail(exc.field or "vrid", str(exc).split(": ", 1)[-1]) from None
+
+    for key in ("kubernetes", "controller"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, Mapping):
+            raise fail(key, "must be a mapping")
+        kwargs[key] = dict(value or {})
+    return Config(**kwargs)

@@ -1,0 +1,546 @@
+"""List+watch into a cache, with backoff, 410 re-lists and asyncio delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any
+
+import attrs
+import tenacity
+
+from vipcore.core import objects
+from vipcore.core.errors import ManifestError
+from vipcore.core.model import (
+    LOAD_BALANCER_CLASS,
+    DesiredState,
+    EndpointSlice,
+    MetricSample,
+    Node,
+    Pool,
+    Service,
+)
+from vipcore.kube.client import ApiUnavailableError, KubernetesError, backoff, describe, status_of
+from vipcore.kube.kinds import ALL_KINDS, Kind, object_key
+
+log = logging.getLogger("vipcore.kube")
+
+Obj = dict[str, Any]
+
+
+@attrs.frozen
+class ObjectChange:
+    """One change the source applied to its cache (synthetic for re-list differences)."""
+
+    kind: str
+    type: str  # ADDED, MODIFIED, DELETED
+    key: str
+    resource_version: str
+    obj: Obj = attrs.field(eq=False, repr=False)
+    #: True when found by comparing a re-list with the cache (a missed change).
+    relisted: bool = False
+
+
+@attrs.frozen
+class ConnectionState:
+    """How the source's connection to the API server is doing."""
+
+    connected: bool
+    #: Wall-clock time (``time.time()``) of the last loss of connection, while disconnected.
+    disconnected_since: float | None
+    #: Lists after the first one of each kind (after 410 Gone, or a watch that could not resume).
+    relists: int
+    #: Watches re-established after an error.
+    reconnects: int
+    #: Failed requests (each one backed off).
+    errors: int
+    last_error: str | None
+    synced: bool
+
+
+class _StreamEnded(Exception):
+    """A watch ended before it was healthy (counts as a failure for backoff)."""
+
+
+class _Gone(Exception):
+    """The resourceVersion is too old: re-list."""
+
+
+# ------------------------------------------------------------------ the source
+
+class KubernetesSource:
+    """List+watch into a cache; :meth:`state` is the :class:`DesiredState`; :meth:`watch` streams it.
+
+    ``classes`` and ``default_class`` choose the Services served (see
+    :func:`vipcore.core.objects.service_wanted`). Implements :class:`vipcore.sources.Source`.
+    """
+
+    allocates = False
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        kinds: Iterable[Kind] = ALL_KINDS,
+        classes: frozenset[str] = frozenset({LOAD_BALANCER_CLASS}),
+        default_class: bool = False,
+        openelb: bool = True,
+        watch_timeout: float = 300.0,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+        healthy_after: float = 1.0,
+        optional_recheck: float = 30.0,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.kinds = tuple(kinds)
+        self.classes = classes
+        self.default_class = default_class
+        self.openelb = openelb
+        self.watch_timeout = watch_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.healthy_after = healthy_after
+        self.optional_recheck = optional_recheck
+        self.request_timeout = request_timeout
+        #: Called in the watching thread for every applied change (keep it quick).
+        self.on_object_change: list[Callable[[ObjectChange], None]] = []
+        self._lock = threading.Lock()
+        self._cache: dict[str, dict[str, Obj]] = {k.name: {} for k in self.kinds}
+        self._converted: dict[tuple[str, str], tuple[str, Any]] = {}
+        self._invalid: dict[tuple[str, str], str] = {}
+        self._synced: set[str] = set()
+        self._healthy: dict[str, bool] = {k.name: False for k in self.kinds}
+        self._disconnected_since: float | None = None
+        self._relists = 0
+        self._reconnects = 0
+        self._errors = 0
+        self._last_error: str | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._responses: set[Any] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._synced_event = threading.Event()
+        self._delivered: DesiredState | None = None
+        #: Per kind, the resourceVersion to resume watching from (None: list first).
+        self._positions: dict[str, str | None] = {}
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Start one watching thread per kind; idempotent. Call from the event loop if using :meth:`watch`."""
+        if self._threads:
+            return
+        try:
+            self._loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+        except RuntimeError:
+            self._loop = None
+        for kind in self.kinds:
+            thread = threading.Thread(target=self._run, args=(kind,), name=f"k8s-watch:{kind.name}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching; open streams are shut down."""
+        self._stop.set()
+        with self._lock:
+            responses = list(self._responses)
+        for resp in responses:
+            _shutdown(resp)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    async def close(self) -> None:
+        """:meth:`stop` from asyncio."""
+        await asyncio.to_thread(self.stop)
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Block until every kind was listed once."""
+        return self._synced_event.wait(timeout)
+
+    async def initial(self, timeout: float = 30.0) -> DesiredState:
+        """Start, and return the first complete state; ApiUnavailableError if not had in ``timeout``."""
+        self.start()
+        if not await asyncio.to_thread(self._synced_event.wait, timeout):
+            state = self.connection()
+            raise ApiUnavailableError(
+                f"no complete state from the Kubernetes API within {timeout:.0f}s "
+                f"(last error: {state.last_error or 'none'}); check the API server address and RBAC")
+        self._delivered = self.state()
+        return self._delivered
+
+    async def watch(self, on_change: Callable[[DesiredState], Awaitable[None]]) -> None:
+        """Call ``on_change`` after every change of the desired state (bursts coalesce), until cancelled."""
+        self.start()
+        if self._wake is None:
+            raise RuntimeError("KubernetesSource.watch needs start() to run inside the event loop")
+        # Compare with what initial() handed out, so a change in between is not lost.
+        last = self._delivered
+        self._wake.set()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._synced_event.is_set():
+                continue
+            state = self.state()
+            if state != last:
+                last = self._delivered = state
+                await on_change(state)
+
+    # -------------------------------------------------------------- views
+
+    def connection(self) -> ConnectionState:
+        with self._lock:
+            connected = all(self._healthy.values())
+            return ConnectionState(
+                connected=connected,
+                disconnected_since=None if connected else self._disconnected_since,
+                relists=self._relists, reconnects=self._reconnects, errors=self._errors,
+                last_error=self._last_error, synced=self._synced_event.is_set())
+
+    def metrics(self) -> list[MetricSample]:
+        """Connection health as metric samples (for ``vipcore_collect_metrics``)."""
+        state = self.connection()
+        with self._lock:
+            cached = {kind: len(objs) for kind, objs in self._cache.items()}
+            invalid = len(self._invalid)
+        samples = [
+            MetricSample("vipcore_kubernetes_connected", float(state.connected), kind="gauge",
+                         help="1 while every watch of the Kubernetes source is established"),
+            MetricSample("vipcore_kubernetes_relists_total", float(state.relists),
+                         help="Lists after a watch expired (410 Gone)"),
+            MetricSample("vipcore_kubernetes_reconnects_total", float(state.reconnects),
+                         help="Watches re-established after an error"),
+            MetricSample("vipcore_kubernetes_errors_total", float(state.errors),
+                         help="Failed list or watch requests (each backed off)"),
+            MetricSample("vipcore_kubernetes_invalid_objects", float(invalid), kind="gauge",
+                         help="Objects skipped because they failed validation"),
+        ]
+        samples += [MetricSample("vipcore_kubernetes_cached_objects", float(n), labels=(("kind", kind),),
+                                 kind="gauge", help="Objects in the source's cache") for kind, n in cached.items()]
+        return samples
+
+    def objects(self, kind: str) -> dict[str, Obj]:
+        """The cached objects of a kind by key (``namespace/name`` or ``name``); do not mutate."""
+        with self._lock:
+            return dict(self._cache[kind])
+
+    @property
+    def invalid(self) -> dict[str, str]:
+        """Objects skipped because they failed validation: ``kind/key`` -> message."""
+        with self._lock:
+            return {f"{k}/{key}": msg for (k, key), msg in self._invalid.items()}
+
+    def _converted_items(self, kind: str, fn: Callable[[Obj], Any]) -> list[Any]:
+        """Converted values of one kind; conversion is cached per resourceVersion; invalid objects skipped."""
+        out = []
+        for key, obj in self._cache.get(kind, {}).items():
+            rv = obj["metadata"].get("resourceVersion", "")
+            cached = self._converted.get((kind, key))
+            if cached is not None and cached[0] == rv:
+                value = cached[1]
+            else:
+                try:
+                    value = fn(obj)
+                    self._invalid.pop((kind, key), None)
+                except ManifestError as exc:
+                    if self._invalid.get((kind, key)) != str(exc):
+                        log.error("skipping invalid %s %s: %s", kind, key, exc)
+                    self._invalid[(kind, key)] = str(exc)
+                    value = None
+                self._converted[(kind, key)] = (rv, value)
+            if value is not None:
+                out.append(value)
+        return out
+
+    def state(self) -> DesiredState:
+        """The desired state from the cache, now."""
+        def service(obj: Obj) -> Service | None:
+            wanted = objects.service_wanted(obj, classes=self.classes, default_class=self.default_class,
+                                            openelb=self.openelb)
+            return objects.service_from_k8s(obj) if wanted else None
+
+        def pool(obj: Obj) -> Pool | None:
+            if obj.get("kind") == "Eip" and (obj.get("spec") or {}).get("protocol") != "vip":
+                return None
+            return objects.pool_from_k8s(obj)
+
+        with self._lock:
+            nodes: list[Node] = self._converted_items("nodes", objects.node_from_k8s)
+            services: list[Service] = self._converted_items("services", service)
+            slices: list[EndpointSlice] = self._converted_items("endpointslices", objects.endpoint_slice_from_k8s)
+            pools: list[Pool] = self._converted_items("vippools", pool) + self._converted_items("eips", pool)
+            vrids = dict(self._converted_items("vipgroups", objects.pinned_vrid))
+        return DesiredState(
+            nodes=tuple(sorted(nodes, key=lambda n: n.name)),
+            services=tuple(sorted(services, key=lambda s: s.key)),
+            endpoint_slices=tuple(sorted(slices, key=lambda s: (s.namespace, s.name))),
+            pools=tuple(sorted(pools, key=lambda p: p.name)),
+            vrids=vrids,
+        )
+
+    # -------------------------------------------------------------- the watching thread
+
+    def _retrying(self, kind: Kind) -> tenacity.Retrying:
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception(lambda exc: not isinstance(exc, _Gone)),
+            wait=backoff(self.backoff_initial, self.backoff_max),
+            stop=tenacity.stop_when_event_set(self._stop),
+            sleep=self._sleep,
+            before_sleep=functools.partial(self._failed, kind),
+            reraise=True,
+        )
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)  # stop() interrupts a backoff
+
+    def _failed(self, kind: Kind, retry_state: tenacity.RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        text = describe(exc) if exc else "unknown error"
+        delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        with self._lock:
+            self._errors += 1
+            self._last_error = f"{kind.name}: {text}"
+            if all(self._healthy.values()):
+                self._disconnected_since = time.time()
+            self._healthy[kind.name] = False
+        log.warning("watching %s failed (%s); retrying in %.2fs", kind.name, text, delay)
+
+    def _run(self, kind: Kind) -> None:
+        relist = False  # the next list replaces a watch that expired: count it, emit missed changes
+        while not self._stop.is_set():
+            try:
+                for attempt in self._retrying(kind):
+                    with attempt:
+                        if self._positions.get(kind.name) is None:
+                            self._positions[kind.name] = self._list(kind, relist=relist)
+                            relist = False
+                            if self._positions[kind.name] is None:  # an optional kind that is not served
+                                self._stop.wait(self.optional_recheck)
+                                continue
+                        self._stream(kind, attempt.retry_state.attempt_number)
+            except _Gone:
+                log.info("watch of %s expired (410 Gone); re-listing", kind.name)
+                self._positions[kind.name] = None
+                relist = True
+            except Exception as exc:  # tenacity reraises the last error only when stopping
+                if not self._stop.is_set():
+                    log.exception("watching %s stopped unexpectedly: %s", kind.name, exc)
+                    self._stop.wait(self.backoff_max)
+
+    def _mark_healthy(self, kind: Kind) -> None:
+        with self._lock:
+            self._healthy[kind.name] = True
+            if all(self._healthy.values()):
+                self._disconnected_since = None
+
+    def _list(self, kind: Kind, *, relist: bool) -> str | None:
+        """List ``kind``, replace its cache, emit differences; returns the list's resourceVersion.
+
+        None for an optional kind that is not served (its CRD is not installed).
+        """
+        func = kind.lister(self.client)
+        kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": self.request_timeout}
+        if kind.label_selector:
+            kwargs["label_selector"] = kind.label_selector
+        try:
+            resp = func(**kwargs)
+            body = json.loads(resp.data)
+        except Exception as exc:
+            if kind.optional and status_of(exc) == 404:
+                self._replace(kind, [], relist=relist)
+                self._mark_healthy(kind)
+                self._synced_now(kind)
+                log.info("%s are not served (CRD not installed); checking again in %.0fs", kind.name,
+                         self.optional_recheck)
+                return None
+            raise
+        items = body.get("items") or []
+        for item in items:
+            item.setdefault("kind", kind.kind)
+            item.setdefault("apiVersion", kind.api_version)
+        self._replace(kind, items, relist=relist)
+        self._mark_healthy(kind)
+        self._synced_now(kind)
+        return str(body["metadata"]["resourceVersion"])
+
+    def _synced_now(self, kind: Kind) -> None:
+        with self._lock:
+            self._synced.add(kind.name)
+            done = len(self._synced) == len(self.kinds)
+        if done and not self._synced_event.is_set():
+            self._synced_event.set()
+            self._notify()
+
+    def _replace(self, kind: Kind, items: list[Obj], *, relist: bool) -> None:
+        fresh = {object_key(o): o for o in items}
+        changes: list[ObjectChange] = []
+        with self._lock:
+            if relist:
+                self._relists += 1
+            old = self._cache[kind.name]
+            for key, obj in old.items():
+                if key not in fresh:
+                    changes.append(ObjectChange(kind.name, "DELETED", key, obj["metadata"].get("resourceVersion", ""),
+                                                obj, relisted=relist))
+            for key, obj in fresh.items():
+                rv = obj["metadata"].get("resourceVersion", "")
+                if key not in old:
+                    changes.append(ObjectChange(kind.name, "ADDED", key, rv, obj, relisted=relist))
+                elif old[key]["metadata"].get("resourceVersion") != rv:
+                    changes.append(ObjectChange(kind.name, "MODIFIED", key, rv, obj, relisted=relist))
+            self._cache[kind.name] = fresh
+            for key in set(old) - set(fresh):
+                self._converted.pop((kind.name, key), None)
+                self._invalid.pop((kind.name, key), None)
+        self._publish(changes)
+
+    def _stream(self, kind: Kind, attempt: int) -> None:
+        """One watch request from the kind's position, which it advances event by event.
+
+        Raises _Gone on 410, _StreamEnded when the stream ended before it was healthy.
+        """
+        resource_version = self._positions[kind.name]
+        assert resource_version is not None
+        func = kind.lister(self.client)
+        # Spread the server-side timeouts so that kinds do not reconnect in lockstep.
+        timeout = int(self.watch_timeout * random.uniform(0.9, 1.1)) or 1
+        kwargs: dict[str, Any] = {
+            "watch": True, "resource_version": resource_version, "allow_watch_bookmarks": True,
+            "timeout_seconds": timeout, "_preload_content": False,
+            "_request_timeout": (self.request_timeout, timeout + self.request_timeout),
+        }
+        if kind.label_selector:
+            kwargs["label_selector"] = kind.label_selector
+        # resourceVersions are opaque, but every etcd-backed server issues increasing
+        # integers: compare them only then, to drop changes a lagging replica replays.
+        floor = int(resource_version) if resource_version.isdigit() else None
+        started = time.monotonic()
+        resp = func(**kwargs)
+        with self._lock:
+            self._responses.add(resp)
+            if attempt > 1 or not self._healthy[kind.name]:
+                self._reconnects += 1
+        if self._stop.is_set():
+            _shutdown(resp)  # stop() ran while this request was in flight
+        self._mark_healthy(kind)
+        try:
+            for line in _lines(resp):
+                event = json.loads(line)
+                etype, obj = event.get("type"), event.get("object") or {}
+                if etype == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _Gone()
+                    raise KubernetesError(f"watch error: {obj.get('message')}", status=obj.get("code"))
+                rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+                if floor is not None and rv.isdigit() and int(rv) <= floor:
+                    continue  # replayed by a lagging API server: already applied
+                if etype in ("ADDED", "MODIFIED", "DELETED"):
+                    obj.setdefault("kind", kind.kind)
+                    obj.setdefault("apiVersion", kind.api_version)
+                    self._apply(kind, etype, obj)
+                if rv:
+                    # Advance at once: a failure later in this stream resumes from here.
+                    self._positions[kind.name] = rv
+                if self._stop.is_set():
+                    break
+        finally:
+            with self._lock:
+                self._responses.discard(resp)
+            resp.close()  # watch connections are not reused (the server closes them too)
+            resp.release_conn()
+        if time.monotonic() - started < self.healthy_after and not self._stop.is_set():
+            raise _StreamEnded(f"watch of {kind.name} ended after {time.monotonic() - started:.2f}s")
+
+    def _apply(self, kind: Kind, etype: str, obj: Obj) -> None:
+        key = object_key(obj)
+        rv = obj["metadata"].get("resourceVersion", "")
+        with self._lock:
+            cache = self._cache[kind.name]
+            known = cache.get(key)
+            if etype == "DELETED":
+                if known is None:
+                    return
+                del cache[key]
+                self._converted.pop((kind.name, key), None)
+                self._invalid.pop((kind.name, key), None)
+            else:
+                if known is not None and not _newer(rv, known["metadata"].get("resourceVersion", "")):
+                    return  # already seen (a replay): never emit a duplicate, never go back
+                etype = "MODIFIED" if known is not None else "ADDED"
+                cache[key] = obj
+        self._publish([ObjectChange(kind.name, etype, key, rv, obj)])
+
+    def _publish(self, changes: list[ObjectChange]) -> None:
+        if not changes:
+            return
+        for change in changes:
+            for callback in self.on_object_change:
+                try:
+                    callback(change)
+                except Exception:
+                    log.exception("object change callback failed")
+        self._notify()
+
+    def _notify(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:
+                pass  # the loop closed meanwhile
+
+
+def _newer(rv: str, known: str) -> bool:
+    """Whether ``rv`` is a later version than ``known`` (numeric when both are, else merely different)."""
+    if rv.isdigit() and known.isdigit():
+        return int(rv) > int(known)
+    return rv != known
+
+
+def _lines(resp: Any) -> Iterator[str]:
+    """Newline-delimited JSON lines of a streaming response, as chunks arrive."""
+    buffer = b""
+    for chunk in resp.stream(amt=None, decode_content=False):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield line.decode()
+    if buffer.strip():
+        yield buffer.decode()
+
+
+def _shutdown(resp: Any) -> None:
+    """Unblock a thread reading a streaming response."""
+    try:
+        if hasattr(resp, "shutdown"):
+            resp.shutdown()
+        else:
+            resp.close()
+    except Exception:
+        pass
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``event`` is set or ``timeout`` passes; True if set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 a cancellation that arrives as the
+    event is set can be lost there, leaving the task running after cancel().
+    """
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+    return event.is_set()

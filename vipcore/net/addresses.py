@@ -1,0 +1,582 @@
+"""The one place that puts VIPs on interfaces and tells the LAN about them.
+
+:class:`AddressHolder` adds and removes host-prefix addresses (/32, /128)
+with pyroute2's :class:`~pyroute2.AsyncIPRoute`, optionally inside a named
+network namespace, and announces them: one gratuitous ARP per IPv4 VIP, one
+unsolicited Neighbor Advertisement per IPv6 VIP. Every backend uses it; no
+other module speaks netlink or sends ARP.
+
+Contracts:
+
+* ``add`` and ``remove`` are idempotent: an address already present
+  (``EEXIST``) or already absent (``EADDRNOTAVAIL``) is "already so" and
+  simply not part of the returned tuple.
+* IPv6 VIPs are added with ``IFA_F_NODAD``, so they are usable at once
+  instead of staying tentative for about a second.
+* A missing interface raises :class:`~vipcore.core.errors.InterfaceNotFoundError`;
+  any other failure raises :class:`~vipcore.core.errors.AddressError`. Only
+  failures that can heal (an interrupted dump, a busy kernel, an overflowed
+  netlink socket) are retried, a bounded number of times.
+* With ``netns=`` every socket (netlink, AF_PACKET, ICMPv6) is created in
+  that namespace; the calling process never changes namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+import tenacity
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
+from pyroute2.netns import create_socket
+
+from vipcore.core.errors import AddressError, ConfigError, InterfaceNotFoundError
+from vipcore.core.model import Family, IPAddress
+
+log = logging.getLogger(__name__)
+
+# -- netlink constants (linux/if_addr.h, linux/if.h) --------------------------
+
+#: Skip duplicate address detection: an IPv6 VIP is usable at once.
+IFA_F_NODAD = 0x02
+#: The address is still undergoing duplicate address detection.
+IFA_F_TENTATIVE = 0x40
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
+IPV4_HOST_PREFIX = 32
+IPV6_HOST_PREFIX = 128
+#: Errnos that mean "no such interface" (ENXIO: index vanished between calls).
+_NO_INTERFACE = frozenset({errno.ENODEV, errno.ENXIO})
+#: Errnos worth another try: the kernel was busy or our socket overflowed.
+_TRANSIENT = frozenset({errno.EBUSY, errno.EAGAIN, errno.EINTR, errno.ENOBUFS})
+NETLINK_ATTEMPTS = 3
+NETLINK_RETRY_WAIT = 0.05
+
+# -- ARP (RFC 826, RFC 5227 announcements) ----------------------------------
+
+ETH_P_ARP = 0x0806
+ETH_P_IP = 0x0800
+ARP_HTYPE_ETHERNET = 1
+ARP_OP_REQUEST = 1
+ETHER_BROADCAST = b"\xff" * 6
+ETHER_ZERO = b"\x00" * 6
+#: Ethernet frames shorter than this (without FCS) are padded on the wire.
+ETHER_MIN_FRAME = 60
+MAC_LENGTH = 6
+
+# -- Neighbor Discovery (RFC 4861) ------------------------------------------
+
+ICMPV6_NEIGHBOR_ADVERT = 136
+ND_OPT_TARGET_LINKADDR = 2
+#: The Override flag: replace the cached link-layer address.
+NA_FLAG_OVERRIDE = 0x20000000
+#: Receivers drop ND packets whose hop limit is not 255 (RFC 4861 7.1.2).
+ND_HOP_LIMIT = 255
+ALL_NODES = ipaddress.IPv6Address("ff02::1")
+#: Socket option (linux/icmpv6.h) and a filter that blocks every ICMPv6 type.
+ICMPV6_FILTER = 1
+ICMPV6_FILTER_BLOCK_ALL = b"\xff" * 32
+
+
+def _parse_mac(text: str | None) -> bytes:
+    if not text:
+        return ETHER_ZERO
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def _as_address(value: IPAddress | str) -> IPAddress:
+    return value if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address) else ipaddress.ip_address(value)
+
+
+def _unique(vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
+    return tuple(dict.fromkeys(_as_address(v) for v in vips))
+
+
+@attrs.frozen
+class InterfaceInfo:
+    """A network interface as the holder sees it."""
+
+    name: str
+    index: int
+    mac: bytes
+    #: Administratively up and with carrier.
+    up: bool
+    ipv4: tuple[ipaddress.IPv4Interface, ...] = ()
+    ipv6: tuple[ipaddress.IPv6Interface, ...] = ()
+
+    def primary(self, family: Family) -> IPAddress | None:
+        """IPv4: the first address that is not a /32 (the primary); IPv6: the fe80:: link-local."""
+        if family is Family.IPV4:
+            for v4 in self.ipv4:
+                if v4.network.prefixlen != IPV4_HOST_PREFIX:
+                    return v4.ip
+            return None
+        for v6 in self.ipv6:
+            if v6.ip.is_link_local:
+                return v6.ip
+        return None
+
+    def addresses(self) -> frozenset[IPAddress]:
+        """Every address on the interface, without prefixes."""
+        return frozenset([i.ip for i in self.ipv4] + [i.ip for i in self.ipv6])
+
+
+@attrs.frozen
+class AnnounceSchedule:
+    """When to announce held VIPs: a burst of ``count`` announcements
+    ``interval`` seconds apart, then one every ``refresh`` seconds (never if None).
+
+    ``initial_delay`` postpones the burst, for callers that sent the first
+    announcement themselves.
+    """
+
+    count: int = attrs.field(default=5, validator=attrs.validators.ge(0))
+    interval: float = attrs.field(default=0.2, validator=attrs.validators.ge(0.0))
+    refresh: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0.0))
+    )
+    initial_delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None, *, field: str = "garp") -> "AnnounceSchedule":
+        """Build from a config mapping ``{count, interval, refresh}``; missing keys take defaults.
+
+        Raises :class:`~vipcore.core.errors.ConfigError` naming the bad key.
+        """
+        section = dict(section or {})
+        unknown = set(section) - {"count", "interval", "refresh"}
+        if unknown:
+            raise ConfigError(f"unknown keys {sorted(unknown)}; expected count, interval, refresh", field=field)
+        kwargs: dict[str, Any] = {}
+        try:
+            if "count" in section:
+                kwargs["count"] = int(section["count"])
+            if "interval" in section:
+                kwargs["interval"] = float(section["interval"])
+            if "refresh" in section:
+                refresh = section["refresh"]
+                kwargs["refresh"] = None if refresh in (None, 0, "") else float(refresh)
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"{exc}; count must be an integer >= 0, interval a number >= 0, refresh a number > 0 or null",
+                field=field,
+            ) from None
+
+
+# -- packets (pure) -----------------------------------------------------------
+
+
+def gratuitous_arp(mac: bytes, vip: ipaddress.IPv4Address) -> bytes:
+    """A broadcast Ethernet frame carrying an ARP request with sender = target = ``vip``."""
+    arp = struct.pack(
+        "!HHBBH6s4s6s4s",
+        ARP_HTYPE_ETHERNET,
+        ETH_P_IP,
+        MAC_LENGTH,
+        4,
+        ARP_OP_REQUEST,
+        mac,
+        vip.packed,
+        ETHER_ZERO,
+        vip.packed,
+    )
+    frame = ETHER_BROADCAST + mac + struct.pack("!H", ETH_P_ARP) + arp
+    return frame.ljust(ETHER_MIN_FRAME, b"\x00")
+
+
+def unsolicited_na(mac: bytes, vip: ipaddress.IPv6Address) -> bytes:
+    """An ICMPv6 Neighbor Advertisement for ``vip`` with Override set and the
+    target link-layer address option. The checksum is left 0: the kernel
+    fills it in for raw ICMPv6 sockets."""
+    option = struct.pack("!BB6s", ND_OPT_TARGET_LINKADDR, 1, mac)
+    return struct.pack("!BBHI16s", ICMPV6_NEIGHBOR_ADVERT, 0, 0, NA_FLAG_OVERRIDE, vip.packed) + option
+
+
+# -- retries ------------------------------------------------------------------
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, NetlinkDumpInterrupted):
+        return True
+    if isinstance(exc, NetlinkError):
+        return exc.code in _TRANSIENT
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT
+
+
+#: The one retry policy for netlink calls: transient errors only, bounded.
+NETLINK_RETRY = tenacity.retry(
+    retry=tenacity.retry_if_exception(_transient),
+    stop=tenacity.stop_after_attempt(NETLINK_ATTEMPTS),
+    wait=tenacity.wait_fixed(NETLINK_RETRY_WAIT),
+    before_sleep=tenacity.before_sleep_log(log, logging.WARNING),
+    reraise=True,
+)
+
+
+@attrs.define
+class AnnounceCounters:
+    """What the holder sent, for metrics."""
+
+    garp_sent: int = 0
+    na_sent: int = 0
+    errors: int = 0
+
+
+class AddressHolder:
+    """Adds, removes, lists and announces VIPs; one per agent.
+
+    Use as an async context manager or call :meth:`close`. All methods are
+    coroutines except :meth:`start_announcing`, which returns a task.
+    """
+
+    def __init__(self, *, netns: str | None = None) -> None:
+        self.netns = netns
+        self.counters = AnnounceCounters()
+        self._ipr: Any = None
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._packet_socket: socket.socket | None = None
+        self._nd_sockets: dict[str, tuple[int, socket.socket]] = {}
+
+    async def __aenter__(self) -> "AddressHolder":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop every announcing task and close the netlink socket. Held addresses stay."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._close_sockets()
+        self._reset()
+
+    def _reset(self) -> None:
+        if self._ipr is not None:
+            try:
+                self._ipr.close()
+            except Exception:  # closing a broken socket must not mask the real error
+                log.debug("closing netlink socket failed", exc_info=True)
+            self._ipr = None
+
+    def _where(self) -> str:
+        return f"network namespace {self.netns!r}" if self.netns else "this node"
+
+    @NETLINK_RETRY
+    async def _call(self, interface: str, operation: Callable[[Any], Any]) -> Any:
+        """Run ``operation(ipr)`` under the lock; reopen the socket after an overflow."""
+        async with self._lock:
+            if self._ipr is None:
+                # flags=0: a misspelt namespace raises instead of being created.
+                self._ipr = AsyncIPRoute(netns=self.netns, flags=0)
+            try:
+                return await operation(self._ipr)
+            except FileNotFoundError:
+                self._reset()
+                raise AddressError(interface, f"network namespace {self.netns!r} does not exist") from None
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self._reset()
+                raise
+
+    def _error(self, interface: str, exc: NetlinkError | OSError, action: str) -> Exception:
+        code = exc.code if isinstance(exc, NetlinkError) else exc.errno
+        if code in _NO_INTERFACE:
+            return InterfaceNotFoundError(interface, self._where())
+        return AddressError(interface, f"{action} failed: {exc.args[-1]} (errno {code})")
+
+    # -- queries --------------------------------------------------------------
+
+    async def interface(self, name: str) -> InterfaceInfo:
+        """Describe interface ``name``; raises InterfaceNotFoundError if it does not exist."""
+
+        async def query(ipr: Any) -> InterfaceInfo:
+            links = [link async for link in await ipr.get_links(ifname=name)]
+            if not links:
+                raise InterfaceNotFoundError(name, self._where())
+            link = links[0]
+            index = int(link["index"])
+            v4: list[ipaddress.IPv4Interface] = []
+            v6: list[ipaddress.IPv6Interface] = []
+            async for msg in await ipr.get_addr(index=index):
+                text = f"{msg.get('address')}/{msg['prefixlen']}"
+                if msg["family"] == socket.AF_INET:
+                    v4.append(ipaddress.IPv4Interface(text))
+                elif msg["family"] == socket.AF_INET6:
+                    v6.append(ipaddress.IPv6Interface(text))
+            flags = int(link["flags"])
+            return InterfaceInfo(
+                name=name,
+                index=index,
+                mac=_parse_mac(link.get("address")),
+                up=bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP),
+                ipv4=tuple(v4),
+                ipv6=tuple(v6),
+            )
+
+        try:
+            result: InterfaceInfo = await self._call(name, query)
+        except (NetlinkError, OSError) as exc:
+            raise self._error(name, exc, "reading the interface") from None
+        return result
+
+    async def interfaces(self) -> tuple[str, ...]:
+        """Names of every interface (in the holder's namespace), by index."""
+
+        async def dump(ipr: Any) -> list[tuple[int, str]]:
+            return [(int(link["index"]), str(link.get("ifname"))) async for link in await ipr.get_links()]
+
+        try:
+            links: list[tuple[int, str]] = await self._call("*", dump)
+        except (NetlinkError, OSError) as exc:
+            raise self._error("*", exc, "listing interfaces") from None
+        return tuple(name for _, name in sorted(links))
+
+    async def _index(self, name: str) -> int:
+        async def lookup(ipr: Any) -> list[int]:
+            return list(await ipr.link_lookup(ifname=name))
+
+        try:
+            found: list[int] = await self._call(name, lookup)
+        except (NetlinkError, OSError) as exc:
+            raise self._error(name, exc, "looking up the interface") from None
+        if not found:
+            raise InterfaceNotFoundError(name, self._where())
+        return found[0]
+
+    async def _host_addresses(self, name: str) -> dict[IPAddress, int]:
+        """Host-prefix addresses on ``name`` with their IFA flags."""
+        index = await self._index(name)
+
+        async def dump(ipr: Any) -> dict[IPAddress, int]:
+            found: dict[IPAddress, int] = {}
+            async for msg in await ipr.get_addr(index=index):
+                host = IPV4_HOST_PREFIX if msg["family"] == socket.AF_INET else IPV6_HOST_PREFIX
+                if msg["prefixlen"] == host:
+                    flags = msg.get("IFA_FLAGS")
+                    found[ipaddress.ip_address(msg.get("address"))] = int(flags if flags is not None else msg["flags"])
+            return found
+
+        try:
+            result: dict[IPAddress, int] = await self._call(name, dump)
+        except (NetlinkError, OSError) as exc:
+            raise self._error(name, exc, "listing addresses") from None
+        return result
+
+    async def held(self, interface: str) -> frozenset[IPAddress]:
+        """Host-prefix addresses (/32, /128) on ``interface``."""
+        return frozenset(await self._host_addresses(interface))
+
+    async def tentative(self, interface: str) -> frozenset[IPAddress]:
+        """Host-prefix addresses on ``interface`` still in duplicate address detection."""
+        return frozenset(a for a, f in (await self._host_addresses(interface)).items() if f & IFA_F_TENTATIVE)
+
+    # -- changes --------------------------------------------------------------
+
+    async def _change(self, command: str, interface: str, vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
+        wanted = _unique(vips)
+        if not wanted:
+            return ()
+        index = await self._index(interface)
+        already = errno.EEXIST if command == "add" else errno.EADDRNOTAVAIL
+        changed: list[IPAddress] = []
+        for vip in wanted:
+            kwargs: dict[str, Any] = {"index": index, "address": str(vip)}
+            if vip.version == 4:
+                kwargs["prefixlen"] = IPV4_HOST_PREFIX
+            else:
+                kwargs["prefixlen"] = IPV6_HOST_PREFIX
+                if command == "add":
+                    kwargs["flags"] = IFA_F_NODAD
+
+            async def apply(ipr: Any, kwargs: dict[str, Any] = kwargs) -> Any:
+                return await ipr.addr(command, **kwargs)
+
+            try:
+                await self._call(interface, apply)
+            except (NetlinkError, OSError) as exc:
+                if isinstance(exc, NetlinkError) and exc.code == already:
+                    continue
+                raise self._error(interface, exc, f"{command} {vip}") from None
+            changed.append(vip)
+        if changed:
+            log.info("%s %s on %s", "added" if command == "add" else "removed",
+                     ", ".join(map(str, changed)), interface)
+        return tuple(changed)
+
+    async def add(self, interface: str, vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
+        """Add each VIP as a /32 or /128 (IPv6 with nodad); return those newly added."""
+        return await self._change("add", interface, vips)
+
+    async def remove(self, interface: str, vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
+        """Remove each VIP's host-prefix address; return those that were present."""
+        return await self._change("del", interface, vips)
+
+    async def remove_stale(
+        self,
+        interface: str,
+        is_managed: Callable[[IPAddress], bool],
+        keep: Iterable[IPAddress | str] = (),
+    ) -> tuple[IPAddress, ...]:
+        """Remove host-prefix addresses that ``is_managed`` claims, except ``keep``.
+
+        Used at start: a killed holder leaves its VIPs behind.
+        """
+        kept = set(_unique(keep))
+        stale = sorted(
+            (a for a in await self.held(interface) if a not in kept and is_managed(a)),
+            key=lambda a: (a.version, int(a)),
+        )
+        return await self.remove(interface, stale)
+
+    # -- announcements --------------------------------------------------------
+
+    def _socket(self, family: int, kind: int, proto: int) -> socket.socket:
+        if self.netns is None:
+            return socket.socket(family, kind, proto)
+        sock: socket.socket = create_socket(self.netns, family, kind, proto, flags=0)
+        return sock
+
+    # Announcement sockets stay open for the holder's lifetime: closing an
+    # AF_PACKET socket waits for an RCU grace period (~13 ms measured), which
+    # would otherwise sit on the failover path of every announcement.
+
+    def _arp_socket(self) -> socket.socket:
+        if self._packet_socket is None:
+            # Protocol 0: the socket only sends and never queues received frames.
+            self._packet_socket = self._socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        return self._packet_socket
+
+    def _nd_socket(self, info: InterfaceInfo) -> socket.socket:
+        cached = self._nd_sockets.get(info.name)
+        if cached is not None and cached[0] == info.index:
+            return cached[1]
+        if cached is not None:  # the interface was re-created under the same name
+            self._discard_nd(info.name)
+        sock = self._socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, info.name.encode())
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ND_HOP_LIMIT)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ND_HOP_LIMIT)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            # A raw ICMPv6 socket gets a copy of every ICMPv6 packet: block them all.
+            sock.setsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, ICMPV6_FILTER_BLOCK_ALL)
+        except OSError:
+            sock.close()
+            raise
+        self._nd_sockets[info.name] = (info.index, sock)
+        return sock
+
+    def _discard_nd(self, name: str) -> None:
+        cached = self._nd_sockets.pop(name, None)
+        if cached is not None:
+            cached[1].close()
+
+    def _close_sockets(self) -> None:
+        for name in list(self._nd_sockets):
+            self._discard_nd(name)
+        if self._packet_socket is not None:
+            self._packet_socket.close()
+            self._packet_socket = None
+
+    def _send_arp(self, info: InterfaceInfo, vips: list[ipaddress.IPv4Address]) -> None:
+        sock = self._arp_socket()
+        for vip in vips:
+            sock.sendto(gratuitous_arp(info.mac, vip), (info.name, ETH_P_ARP))
+            self.counters.garp_sent += 1
+
+    def _send_na(self, info: InterfaceInfo, vips: list[ipaddress.IPv6Address]) -> None:
+        try:
+            sock = self._nd_socket(info)
+            for vip in vips:
+                message = unsolicited_na(info.mac, vip)
+                # Send from the VIP itself, as the kernel does for its own
+                # unsolicited NAs; fall back to the kernel's choice (the
+                # link-local) when the VIP is not (yet) on the interface.
+                pktinfo = struct.pack("16sI", vip.packed, info.index)
+                try:
+                    sock.sendmsg([message], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo)],
+                                 0, (str(ALL_NODES), 0, 0, info.index))
+                except OSError as exc:
+                    if exc.errno not in (errno.EADDRNOTAVAIL, errno.EINVAL):
+                        raise
+                    sock.sendto(message, (str(ALL_NODES), 0, 0, info.index))
+                self.counters.na_sent += 1
+        except OSError:
+            self._discard_nd(info.name)  # the next announcement starts afresh
+            raise
+
+    async def announce(self, interface: str, vips: Iterable[IPAddress | str]) -> None:
+        """Send one gratuitous ARP per IPv4 VIP and one unsolicited NA per IPv6 VIP."""
+        wanted = _unique(vips)
+        if not wanted:
+            return
+        v4 = [v for v in wanted if isinstance(v, ipaddress.IPv4Address)]
+        v6 = [v for v in wanted if isinstance(v, ipaddress.IPv6Address)]
+        try:
+            info = await self.interface(interface)
+        except (InterfaceNotFoundError, AddressError):
+            self.counters.errors += 1
+            raise
+        try:
+            if v4:
+                try:
+                    self._send_arp(info, v4)
+                except OSError:
+                    if self._packet_socket is not None:
+                        self._packet_socket.close()
+                        self._packet_socket = None
+                    raise
+            if v6:
+                self._send_na(info, v6)
+        except OSError as exc:
+            self.counters.errors += 1
+            if exc.errno in _NO_INTERFACE:
+                raise InterfaceNotFoundError(interface, self._where()) from None
+            raise AddressError(interface, f"announcing {', '.join(map(str, wanted))} failed: {exc.strerror}") from None
+
+    def start_announcing(
+        self, interface: str, vips: Iterable[IPAddress | str], schedule: AnnounceSchedule
+    ) -> asyncio.Task[None]:
+        """Announce ``vips`` on ``schedule`` in a task; cancel the task to stop.
+
+        A failed announcement is logged and counted, and the schedule goes on:
+        a link that comes back up is announced on the next round.
+        """
+        wanted = _unique(vips)
+        task = asyncio.get_running_loop().create_task(
+            self._announce_loop(interface, wanted, schedule), name=f"announce {interface}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _announce_loop(self, interface: str, vips: tuple[IPAddress, ...], schedule: AnnounceSchedule) -> None:
+        if schedule.initial_delay:
+            await asyncio.sleep(schedule.initial_delay)
+        for round_ in range(schedule.count):
+            if round_:
+                await asyncio.sleep(schedule.interval)
+            await self._announce_logged(interface, vips)
+        if schedule.refresh is None:
+            return
+        while True:
+            await asyncio.sleep(schedule.refresh)
+            await self._announce_logged(interface, vips)
+
+    async def _announce_logged(self, interface: str, vips: tuple[IPAddress, ...]) -> None:
+        try:
+            await self.announce(interface, vips)
+        except (InterfaceNotFoundError, AddressError) as exc:
+            log.warning("%s", exc)

@@ -1,0 +1,1 @@
+"""Operations: metrics, the HTTP endpoint, status documents and tables, logs."""

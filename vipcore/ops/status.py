@@ -1,0 +1,219 @@
+"""Who holds which VIP: reading and rendering the agent's status document and the cluster's VipGroups.
+
+The agent serves :func:`agent_status` as JSON on ``/status`` of its metrics
+endpoint; ``vipcore status`` fetches it (``--address``, default
+``127.0.0.1:9641``; in the lab ``ip netns exec NS vipcore status``) and
+prints a table or the JSON. With ``--kubeconfig`` it reads the VipGroup
+objects of the cluster instead (their ``status.holders`` per family).
+
+The document (``-o json``)::
+
+    {"node": "node-a", "backend": "native_vrrp", "ready": true,
+     "started_at": 1764170000.1, "now": 1764170042.5,
+     "routers": [{"group": "<64 hex>-eth0", "short_name": "3f2a1b4c5d6e-eth0",
+                  "family": "IPv4", "interface": "eth0", "vrid": 7,
+                  "vips": ["198.51.100.120"], "state": "master",
+                  "since": 1764170001.2, "reason": "master down: ...",
+                  "last_failover_seconds": 0.312,
+                  "priority": 200, "preferred_holder": "node-a"}],
+     "skipped": [{"group": "...", "reason": "interface 'eth9' does not exist ..."}],
+     "unresolved": [{"service": "default/lost", "reason": "..."}]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from vipcore.ops.http import DEFAULT_ADDRESS
+from vipcore.ops.tables import render_table
+from vipcore.core.errors import VipcoreError
+from vipcore.core.model import Family, State
+
+
+STATUS_KEYS = ("node", "backend", "ready", "started_at", "now", "routers", "skipped", "unresolved")
+ROUTER_KEYS = (
+    "group", "short_name", "family", "interface", "vrid", "vips", "state", "since", "reason",
+    "last_failover_seconds", "priority", "preferred_holder",
+)
+
+
+class AgentUnreachableError(VipcoreError):
+    """``vipcore status`` could not read the agent's endpoint."""
+
+    exit_code = 2
+
+
+# -- reading it (client side) --------------------------------------------------------
+
+
+def fetch_status(address: str = DEFAULT_ADDRESS, *, timeout: float = 3.0) -> dict[str, Any]:
+    """GET ``/status`` from the agent at ``address``; AgentUnreachableError on any failure."""
+    host = address if not address.startswith("http") else address.split("://", 1)[1]
+    url = f"http://{host.rstrip('/')}/status"
+    hint = "is the agent running here (same network namespace) with metrics enabled?"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        raise AgentUnreachableError(f"agent at {address} answered {exc.code} {exc.reason} for /status") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason.strerror if isinstance(exc.reason, OSError) and exc.reason.strerror else exc.reason
+        raise AgentUnreachableError(f"cannot reach the vipcore agent at {address} ({reason}): {hint}") from None
+    except (socket.timeout, TimeoutError):
+        raise AgentUnreachableError(f"the vipcore agent at {address} did not answer within {timeout:g}s") from None
+    except (OSError, ValueError) as exc:
+        raise AgentUnreachableError(f"cannot reach the vipcore agent at {address} ({exc}): {hint}") from None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise AgentUnreachableError(f"{url} did not return JSON: is that a vipcore agent?") from None
+    if not isinstance(document, dict) or "routers" not in document:
+        raise AgentUnreachableError(f"{url} did not return a vipcore status document")
+    return document
+
+
+def age(seconds: float | None) -> str:
+    """``"4s"``, ``"3m12s"``, ``"2h05m"``, ``"3d04h"``; ``"-"`` when unknown."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def duration(seconds: float | None) -> str:
+    """A failover duration: ``"42ms"`` below 10 s, ``"12.3s"`` above; ``"-"`` when unknown."""
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f}ms" if seconds < 10 else f"{seconds:.1f}s"
+
+
+def status_table(document: Mapping[str, Any]) -> str:
+    """The agent's status document as text: a header line, routers, then problems."""
+    now = float(document.get("now") or time.time())
+    ready = "ready" if document.get("ready") else "NOT READY"
+    lines = [f"node {document.get('node', '?')}  backend {document.get('backend', '?')}  {ready}"]
+    rows = []
+    for r in document.get("routers", []):
+        state = str(r.get("state", "?"))
+        if state != State.MASTER.value and r.get("preferred_holder") and r.get("preferred_holder") != document.get("node"):
+            state += f" (preferred: {r['preferred_holder']})"
+        since = r.get("since")
+        rows.append([
+            str(r.get("short_name") or r.get("group", "?")), str(r.get("family", "?")), str(r.get("interface", "?")),
+            str(r.get("vrid") if r.get("vrid") is not None else "-"), ",".join(r.get("vips") or []) or "-",
+            state, age(now - since if since is not None else None), duration(r.get("last_failover_seconds")),
+            str(r.get("reason") or ""),
+        ])
+    if rows:
+        lines.append(render_table(
+            ["GROUP", "FAMILY", "INTERFACE", "VRID", "VIPS", "STATE", "SINCE", "LAST FAILOVER", "REASON"], rows))
+    else:
+        lines.append("no VIP groups on this node")
+    if document.get("skipped"):
+        lines += ["", render_table(["SKIPPED GROUP", "REASON"],
+                                   [[_short(s["group"]), s["reason"]] for s in document["skipped"]])]
+    if document.get("unresolved"):
+        lines += ["", render_table(["UNRESOLVED SERVICE", "REASON"],
+                                   [[u["service"], u["reason"]] for u in document["unresolved"]])]
+    return "\n".join(lines)
+
+
+def _short(group: str) -> str:
+    digest, sep, interface = group.partition("-")
+    return f"{digest[:12]}-{interface}" if sep else group
+
+
+# -- from the cluster (--kubeconfig) ------------------------------------------------
+
+
+def cluster_rows(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (VipGroup, family) from raw objects; tolerant of missing fields.
+
+    ``spec.vips`` is ``{ipv4: [...], ipv6: [...]}``; ``status.holders`` is
+    ``{ipv4: {node, since, backend}, ipv6: {...}}`` (deploy/crds/vipcore.io_vipgroups.yaml).
+    """
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        name = str((item.get("metadata") or {}).get("name", "?"))
+        spec = item.get("spec") or {}
+        holders = (item.get("status") or {}).get("holders") or {}
+        vips = spec.get("vips") or {}
+        for family in Family:
+            key = family.k8s_name.lower()
+            if isinstance(vips, Mapping):
+                mine = [str(v) for v in vips.get(key) or []]
+            else:  # a flat list: split by family
+                mine = [str(v) for v in vips if (":" in str(v)) == (family is Family.IPV6)]
+            holder = holders.get(key) or holders.get(family.k8s_name) or {}
+            if isinstance(holder, str):
+                holder = {"node": holder}
+            if not mine and not holder:
+                continue
+            rows.append({
+                "group": name, "short_name": _short(name), "family": family.k8s_name,
+                "interface": spec.get("interface") or name.partition("-")[2] or "?",
+                "vrid": spec.get("vrid"), "vips": mine, "holder": holder.get("node"),
+                "since": _timestamp(holder.get("since")),
+                "last_failover_seconds": holder.get("lastFailoverSeconds"),
+                "backend": holder.get("backend"),
+            })
+    return rows
+
+
+def _timestamp(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def cluster_table(document: Mapping[str, Any]) -> str:
+    now = float(document.get("now") or time.time())
+    rows = [
+        [r["short_name"], r["family"], str(r["interface"]), str(r["vrid"] if r["vrid"] is not None else "-"),
+         ",".join(r["vips"]) or "-", r["holder"] or "none", age(now - r["since"] if r["since"] is not None else None),
+         duration(r["last_failover_seconds"])]
+        for r in document.get("groups", [])
+    ]
+    if not rows:
+        return "no VipGroups in the cluster"
+    return render_table(["GROUP", "FAMILY", "INTERFACE", "VRID", "VIPS", "HOLDER", "SINCE", "LAST FAILOVER"], rows)
+
+
+# -- the command ---------------------------------------------------------------------
+
+
+def default_address(environ: Mapping[str, str] | None = None) -> str:
+    """Where the agent of this node listens: ``VIPCORE_METRICS`` (the agent's own override), else the default.
+
+    In the DaemonSet the agent binds the host IP through that variable, so
+    ``kubectl exec ... vipcore status`` finds it without ``--address``.
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get("VIPCORE_METRICS", "").strip()
+    return value if value and ":" in value else DEFAULT_ADDRESS
+
+
+__all__ = [
+    "AgentUnreachableError", "DEFAULT_ADDRESS", "age", "cluster_rows", "cluster_table", "default_address", "duration",
+    "fetch_status", "first_line", "status_table",
+]

@@ -1,0 +1,165 @@
+"""The agent's Kubernetes source: the shared list+watch cache, heartbeat Leases, holder status.
+
+:func:`agent_source` builds a :class:`KubernetesAgentSource` from the agent's
+config. It wraps :class:`vipcore.kube.KubernetesSource` (the
+one module that reads the API) and adds what only an agent does:
+
+* the desired state it hands the agent is the cache's, with nodes whose
+  heartbeat Lease expired marked not ready (when ``kubernetes.heartbeat`` is
+  enabled; see :mod:`vipcore.kube.heartbeat`), re-evaluated when a Lease would
+  expire, not only when an object changes;
+* this node's own heartbeat Lease is renewed while the source runs, and
+  released when it stops;
+* :meth:`plugins` offers the :class:`vipcore.sources.holders.HolderStatus`
+  observer, which records in each VipGroup's status which node holds it.
+
+Services are selected as the controller selects them (``controller.classes``,
+``controller.default_class``, ``controller.openelb`` from the same config), so
+agents and controller agree. VRIDs come from the VipGroup objects the
+controller wrote (``DesiredState.vrids``). While the API server is
+unreachable nothing changes: the last state stays dispatched and VRRP
+backends keep holding and failing over on their own; on reconnect only
+differences reach the agent, which dispatches only what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from vipcore.core.settings import Config
+from vipcore.kube import ALL_KINDS, KubernetesSource, api_client, lease_kind, wait_event
+from vipcore.kube.leases import LeaseClient
+from vipcore.core.errors import ConfigError
+from vipcore.kube.heartbeat import HeartbeatConfig, HeartbeatTracker, NodeHeartbeat, with_heartbeats
+from vipcore.sources.holders import HolderStatus
+from vipcore.core.model import LOAD_BALANCER_CLASS, DesiredState, MetricSample
+
+log = logging.getLogger("vipcore.sources.kubernetes")
+
+HOLDER_STATUS_PLUGIN = "vipcore.sources.holders"
+
+
+class KubernetesAgentSource:
+    """Implements :class:`vipcore.sources.Source` for one node."""
+
+    allocates = False
+
+    def __init__(self, config: Config, client: Any | None = None, *, record_holders: bool = True) -> None:
+        kube = dict(config.kubernetes)
+        section = dict(config.controller)
+        self.node = config.node_name
+        self.heartbeat_config = HeartbeatConfig.from_config(kube)
+        classes = section.get("classes", [LOAD_BALANCER_CLASS])
+        if isinstance(classes, str):
+            classes = [classes]
+        if not isinstance(classes, list):
+            raise ConfigError("must be a list of loadBalancerClass names", field="controller.classes")
+        self.client = client if client is not None else api_client(kube.get("kubeconfig"), context=kube.get("context"))
+        hb = self.heartbeat_config
+        kinds = ALL_KINDS + ((lease_kind(hb.namespace),) if hb.enabled else ())
+        self.cache = KubernetesSource(self.client, kinds=kinds, classes=frozenset(classes),
+                                      default_class=bool(section.get("default_class", False)),
+                                      openelb=bool(section.get("openelb", True)))
+        self.tracker = HeartbeatTracker()
+        self.heartbeat = NodeHeartbeat(LeaseClient(self.client, hb.namespace), self.node, hb.duration) \
+            if hb.enabled else None
+        self.holder_status = HolderStatus(self.client, self.node) if record_holders else None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.cache.on_object_change.append(self._changed)
+        if self.holder_status is not None:
+            self.cache.on_object_change.append(self._vipgroup_changed)
+
+    def plugins(self) -> list[tuple[str, object]]:
+        """Observer plugins the agent should register (the holder-status writer)."""
+        return [(HOLDER_STATUS_PLUGIN, self.holder_status)] if self.holder_status is not None else []
+
+    def state(self) -> DesiredState:
+        """The cache's desired state, with heartbeat verdicts applied."""
+        state = self.cache.state()
+        if self.heartbeat is None:
+            return state
+        alive = self.tracker.observe(self.cache.objects("leases").values(),
+                                     fresh=self.cache.connection().connected)
+        return with_heartbeats(state, alive)
+
+    def _vipgroup_changed(self, change: Any) -> None:
+        if change.kind == "vipgroups" and change.type != "DELETED" and self.holder_status is not None:
+            self.holder_status.check(change.obj)
+
+    def _changed(self, change: Any) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake.set)
+
+    async def initial(self, timeout: float = 30.0) -> DesiredState:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if self.heartbeat is not None and self._heartbeat_task is None:
+            self._heartbeat_task = asyncio.create_task(self.heartbeat.run())
+        await self.cache.initial(timeout=timeout)
+        if self.heartbeat is not None:
+            # Our own Lease must be in the cache before we judge anyone (us included).
+            deadline = self._loop.time() + min(timeout, self.heartbeat_config.duration)
+            while self.heartbeat.name not in self.cache.objects("leases") and self._loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        return self.state()
+
+    async def watch(self, on_change: Callable[[DesiredState], Awaitable[None]]) -> None:
+        """Call ``on_change`` when the desired state changes (objects, or a Lease expiring); until cancelled."""
+        if self._wake is None:
+            await self.initial()
+        assert self._wake is not None
+        last = self.state()
+        try:
+            while True:
+                timeout = None
+                if self.heartbeat is not None:
+                    expiry = self.tracker.next_expiry()
+                    timeout = self.heartbeat_config.duration / 3 if expiry is None else min(
+                        expiry + 0.05, self.heartbeat_config.duration / 3)
+                await wait_event(self._wake, timeout)
+                self._wake.clear()
+                state = self.state()
+                if state != last:
+                    last = state
+                    await on_change(state)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Release the heartbeat Lease and stop watching (holder records still drain in the background)."""
+        task, self._heartbeat_task = self._heartbeat_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.to_thread(self.cache.stop, 2.0)
+
+    def vipcore_collect_metrics(self) -> list[MetricSample]:
+        """Watch health and heartbeat counters, for the agent's /metrics."""
+        conn = self.cache.connection()
+        samples = [
+            MetricSample("vipcore_kubernetes_connected", 1.0 if conn.connected else 0.0, kind="gauge",
+                         help="1 while every watch of the Kubernetes source is healthy"),
+            MetricSample("vipcore_kubernetes_relists", float(conn.relists), help="Re-lists after 410 Gone or errors"),
+            MetricSample("vipcore_kubernetes_reconnects", float(conn.reconnects), help="Watches re-established"),
+        ]
+        if self.heartbeat is not None:
+            samples.append(MetricSample("vipcore_heartbeat_renewal_failures", float(self.heartbeat.failures),
+                                        help="Heartbeat Lease renewals that failed"))
+        if self.holder_status is not None:
+            samples.append(MetricSample("vipcore_holder_status_writes", float(self.holder_status.written),
+                                        help="VipGroup holder records written"))
+        return samples
+
+
+def agent_source(config: Config) -> KubernetesAgentSource:
+    """The agent's source for ``source: kubernetes``."""
+    return KubernetesAgentSource(config)
