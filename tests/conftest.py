@@ -1,6 +1,19 @@
-"""Shared test configuration: lab tests need root and iproute2."""
+"""Shared test configuration: lab tests need root and iproute2; the shared fixtures.
+
+Fixtures (one name, one meaning, everywhere):
+
+* ``server``: a fresh test API server (``vipcore.testing.apiserver.ApiServer``) with the CRDs;
+  ``cluster``: the same (or a real cluster, with ``VIPCORE_TEST_KUBECONFIG``) wrapped for contract tests;
+  ``fake_only``: the test server, skipping on a real cluster (fault injection);
+* ``start``: runs controller replicas against ``server``;
+* ``example_backend``: the out-of-tree example backend pip-installed for the session.
+
+Helpers are imported as ``from tests.helpers.<module> import ...``.
+"""
 
 from __future__ import annotations
+
+pytest_plugins = ["tests.helpers.apiserver", "tests.helpers.cluster", "tests.helpers.plugins"]
 
 import os
 import shutil

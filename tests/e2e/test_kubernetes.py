@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from e2e_helpers import NODES, Environment, wait_for  # type: ignore[import-not-found]
+from tests.helpers.e2e import NODES, Environment, wait_for
 
 from vipcore.lab import Probe
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ops_helpers import backend_of, make_agent  # type: ignore[import-not-found]
+from tests.helpers.agents import backend_of, make_agent
 from vipcore.core.errors import InterfaceNotFoundError
 from vipcore.ops.logs import JsonFormatter, TextFormatter, configure
 from vipcore.core.model import Family

@@ -1,1 +1,0 @@
-"""Operations tests. ``ops_helpers`` is importable through pytest's ``pythonpath`` (pyproject)."""

@@ -1,0 +1,242 @@
+"""Agents with the Kubernetes source, next to a controller, against the test API server.
+
+The backend is an in-test plugin that does what ``netlink_static`` decides
+(the preferred holder is MASTER, the others BACKUP), so the tests can see
+holder records, heartbeat failover and an API outage without root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+
+from tests.helpers.cluster import FAST, events, lb_ips, node, service, settings, vipgroups, vippool
+
+from vipcore.agent.runtime import Agent
+from vipcore.backend import BackendContext, BackendRegistry, hookimpl
+from vipcore.core.settings import Config
+from vipcore.controller.runtime import Controller
+from vipcore.kube.heartbeat import HeartbeatConfig
+from vipcore.core.model import Membership, State, StateChange
+from vipcore.backend.host import load_hooks
+from vipcore.sources.kubernetes import KubernetesAgentSource
+from vipcore.testing.apiserver import ApiServer
+
+NODES = ("node-a", "node-b", "node-c")
+
+
+class PreferredHolder:
+    """A backend that holds exactly when placement prefers this node."""
+
+    name = "preferred_holder"
+
+    def __init__(self) -> None:
+        self.context: BackendContext | None = None
+        self.states: dict[tuple[str, Any], State] = {}
+        self.joined: list[str] = []
+        self.left: list[str] = []
+
+    def _set(self, membership: Membership, new: State, reason: str) -> None:
+        assert self.context is not None
+        for family in membership.group.families:
+            old = self.states.get((membership.name, family), State.INIT)
+            if old is new:
+                continue
+            self.states[(membership.name, family)] = new
+            self.context.report(StateChange(group=membership.name, family=family, old=old, new=new, reason=reason,
+                                            at=time.time(), node=self.context.node, backend=self.name,
+                                            vrid=membership.group.vrid))
+
+    def _decide(self, membership: Membership) -> None:
+        mine = membership.preferred_holder == membership.node
+        self._set(membership, State.MASTER if mine else State.BACKUP, "chosen holder" if mine else "backup")
+
+    @hookimpl
+    async def vipcore_backend_start(self, context: BackendContext) -> None:
+        self.context = context
+
+    @hookimpl
+    async def vipcore_backend_stop(self, graceful: bool) -> None:
+        return None
+
+    @hookimpl
+    async def vipcore_group_join(self, membership: Membership) -> None:
+        self.joined.append(membership.name)
+        self._decide(membership)
+
+    @hookimpl
+    async def vipcore_group_update(self, old: Membership, new: Membership) -> None:
+        self._decide(new)
+
+    @hookimpl
+    async def vipcore_group_leave(self, membership: Membership, graceful: bool) -> None:
+        self.left.append(membership.name)
+        self._set(membership, State.STOPPED, "left the group")
+
+
+def agent_config(name: str, kubeconfig: str, heartbeat: bool) -> Config:
+    kube: dict[str, Any] = {"kubeconfig": kubeconfig}
+    if heartbeat:
+        kube["heartbeat"] = {"enabled": True, "namespace": "default", "duration": 2}
+    return Config(backend="preferred_holder", node_name=name, source="kubernetes", metrics="", kubernetes=kube)
+
+
+class RunningAgent:
+    def __init__(self, config: Config) -> None:
+        self.source = KubernetesAgentSource(config)
+        self.backend = PreferredHolder()
+        backend = self.backend
+
+        class Plugin:
+            @hookimpl
+            def vipcore_register_backends(self, registry: BackendRegistry) -> None:
+                registry.add(type("Factory", (), {"name": backend.name, "__new__": lambda cls: backend}))
+
+        hooks = load_hooks(plugins=[("preferred-holder", Plugin()), *self.source.plugins()], load_entrypoints=False)
+        self.agent = Agent(config, hooks=hooks, source=self.source, interface_check=lambda _name: True)
+        self.dispatched: list[frozenset[str]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.agent.start()
+
+        async def apply(state: Any) -> None:
+            await self.agent.apply(state)
+            self.dispatched.append(frozenset(self.agent.memberships))
+
+        self.task = asyncio.create_task(self.source.watch(apply))
+
+    async def kill(self) -> None:
+        """Die without a word: the watch and the heartbeat stop, nothing is released."""
+        hb = self.source._heartbeat_task
+        self.source._heartbeat_task = None
+        for task in (self.task, hb):
+            if task is not None:
+                task.cancel()
+        self.source.heartbeat = None  # so close() releases nothing: a dead node says nothing
+        with contextlib.suppress(asyncio.CancelledError):
+            if self.task is not None:
+                await self.task
+
+    async def stop(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.source.holder_status is not None:
+            self.source.holder_status.close()
+
+
+async def wait(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(predicate)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running(server: ApiServer, tmp_path: Any, *, heartbeat: bool) -> AsyncIterator[dict[str, RunningAgent]]:
+    kubeconfig = str(server.write_kubeconfig(tmp_path / "kubeconfig"))
+    client = server.client()
+    hb = HeartbeatConfig(enabled=heartbeat, namespace="default", duration=2.0)
+    controller = Controller(settings("c1", heartbeat=hb, timing=FAST), client)
+    ctask = asyncio.create_task(controller.run(timeout=10))
+    agents = {name: RunningAgent(agent_config(name, kubeconfig, heartbeat)) for name in NODES}
+    try:
+        await asyncio.gather(*(a.start() for a in agents.values()))
+        yield agents
+    finally:
+        for a in agents.values():
+            await a.stop()
+        ctask.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ctask
+        client.close()
+
+
+def holder(server: ApiServer) -> str | None:
+    groups = vipgroups(server)
+    if len(groups) != 1:
+        return None
+    return ((groups[0].get("status") or {}).get("holders") or {}).get("ipv4", {}).get("node")
+
+
+def test_agents_record_the_holder(server: ApiServer, tmp_path: Any) -> None:
+    for name in NODES:
+        server.create(node(name))
+    server.create(vippool("lan", "203.0.113.10-203.0.113.19"))
+
+    async def scenario() -> None:
+        async with running(server, tmp_path, heartbeat=False) as agents:
+            server.create(service("web"))
+            name = await wait(lambda: holder(server), what="a holder record")
+            (group,) = vipgroups(server)
+            gname = group["metadata"]["name"]
+            assert agents[name].backend.states[(gname, next(iter(agents[name].backend.states))[1])] is State.MASTER
+            assert sum(1 for a in agents.values() for (g, _), s in a.backend.states.items()
+                       if g == gname and s is State.MASTER) == 1
+            since = group["status"]["holders"]["ipv4"]
+            assert since["backend"] == "preferred_holder" and since["since"].endswith("Z")
+
+    asyncio.run(scenario())
+
+
+def test_heartbeat_expiry_moves_the_group(server: ApiServer, tmp_path: Any) -> None:
+    for name in NODES:
+        server.create(node(name))
+    server.create(vippool("lan", "203.0.113.10-203.0.113.19"))
+
+    async def scenario() -> None:
+        async with running(server, tmp_path, heartbeat=True) as agents:
+            server.create(service("web"))
+            first = await wait(lambda: holder(server), what="a holder record")
+            (group,) = vipgroups(server)
+            assert group["spec"]["nodes"] == list(NODES)
+            await agents[first].kill()
+            killed = time.monotonic()
+            await wait(lambda: [g["spec"]["nodes"] for g in vipgroups(server)]
+                       == [[n for n in NODES if n != first]], timeout=8, what="the dead node to leave the group")
+            second = await wait(lambda: holder(server) if holder(server) not in (None, first) else None,
+                                timeout=8, what="a new holder")
+            took = time.monotonic() - killed
+            assert second != first
+            assert took < 2.0 + 4.0, f"heartbeat failover took {took:.2f}s"  # Lease 2 s, loaded-machine room
+            # The address stays the same, and the controller told the Service who holds it now.
+            assert lb_ips(server, "web")
+            # (A new group: the node list changed, so its name did.)
+            await wait(lambda: any(r == "HolderChanged" and f"node {second} holds" in m
+                                   for _, r, m in events(server, "web")), what="a HolderChanged event")
+
+    asyncio.run(scenario())
+
+
+def test_api_outage_changes_nothing_and_reconnect_does_not_flap(server: ApiServer, tmp_path: Any) -> None:
+    for name in NODES:
+        server.create(node(name))
+    server.create(vippool("lan", "203.0.113.10-203.0.113.19"))
+
+    async def scenario() -> None:
+        async with running(server, tmp_path, heartbeat=True) as agents:
+            server.create(service("web"))
+            await wait(lambda: holder(server), what="a holder record")
+            await asyncio.sleep(0.5)
+            before = {n: (list(a.backend.joined), list(a.backend.left), dict(a.backend.states))
+                      for n, a in agents.items()}
+            server.refuse_connections(3.0)  # longer than the heartbeat duration
+            await asyncio.sleep(3.0)
+            await wait(lambda: all(a.source.cache.connection().connected for a in agents.values()),
+                       timeout=15, what="reconnect")
+            await asyncio.sleep(2.5)  # more than a heartbeat duration after reconnecting
+            after = {n: (list(a.backend.joined), list(a.backend.left), dict(a.backend.states))
+                     for n, a in agents.items()}
+            assert after == before
+
+    asyncio.run(scenario())
