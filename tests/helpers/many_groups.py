@@ -3,7 +3,7 @@
 Used by the lab test that checks stability with many groups at a small
 advert interval::
 
-    ip netns exec NS python -m tests.native_vrrp.many_groups --node node-a --groups 16 --interval 0.02
+    ip netns exec NS python -m tests.helpers.many_groups --node node-a --groups 16 --interval 0.02
 
 Once its groups are joined it prints ``ready`` and reads the measurement
 window, ``START END`` (wall-clock seconds), from stdin. Membership comes from the core (:func:`vipcore.core.resolve.membership`), so

@@ -320,7 +320,7 @@ def test_sixteen_dual_stack_groups_stay_put(lab: Lab) -> None:
     interval can be on a shared machine (that is bench/ material)."""
     procs = [
         subprocess.Popen(
-            ["ip", "netns", "exec", ns_of(node), sys.executable, "-m", "tests.native_vrrp.many_groups",
+            ["ip", "netns", "exec", ns_of(node), sys.executable, "-m", "tests.helpers.many_groups",
              "--node", node, "--groups", "16", "--interval", "0.2"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
         )
