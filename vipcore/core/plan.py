@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 
 from vipcore.core import ipam
-from vipcore.core.objects import service_from_k8s, service_wanted
+from vipcore.core.objects import service_from_k8s, service_wanted, vipgroup_spec
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import (
     LOAD_BALANCER_CLASS,
@@ -100,22 +100,34 @@ class ServiceWrite:
 
 @attrs.frozen
 class GroupWrite:
-    """Create (``resource_version`` None) or update the spec of one VipGroup."""
+    """Create (``resource_version`` None) or update the spec of one VipGroup.
 
-    name: str
-    spec: Mapping[str, Any] = attrs.field(hash=False)
+    ``resource_version``: the version the plan read; the update is made only if
+    the object is still at it (the plan's decision depends on that read).
+    """
+
+    group: VipGroup
     resource_version: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.group.name
 
     @property
     def create(self) -> bool:
         return self.resource_version is None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The spec to write (:func:`~vipcore.core.objects.vipgroup_spec`)."""
+        return vipgroup_spec(self.group)
 
 
 @attrs.frozen
 class Plan:
     services: tuple[ServiceWrite, ...]
     groups: tuple[GroupWrite, ...]
-    #: VipGroup names to delete.
+    #: VipGroup names to delete (each only at the resourceVersion in ``group_versions``).
     deletes: tuple[str, ...]
     notes: tuple[Note, ...]
     resolution: Resolution
@@ -123,6 +135,8 @@ class Plan:
     allocated: Mapping[str, tuple[IPAddress, ...]] = attrs.field(factory=dict, hash=False)
     #: Service key -> why it got no address.
     refused: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    #: VipGroup name -> the resourceVersion the plan read (the precondition of its update or delete).
+    group_versions: Mapping[str, str] = attrs.field(factory=dict, hash=False)
 
     @property
     def empty(self) -> bool:
@@ -181,19 +195,8 @@ def ingress_body(addresses: Sequence[IPAddress]) -> list[dict[str, str]]:
     return [{"ip": str(ip)} for ip in addresses]
 
 
-def group_spec(group: VipGroup) -> dict[str, Any]:
-    """A VipGroup object's spec for a resolved group."""
-    return {
-        "interface": group.interface,
-        "nodes": list(group.nodes),
-        "vrid": group.vrid,
-        "vips": {"ipv4": [str(ip) for ip in group.vips_v4], "ipv6": [str(ip) for ip in group.vips_v6]},
-        "services": list(group.services),
-    }
-
-
 def _normal_spec(spec: Any) -> dict[str, Any]:
-    """An existing spec in the shape :func:`group_spec` writes, for comparison."""
+    """An existing spec in the shape :func:`~vipcore.core.objects.vipgroup_spec` writes, for comparison."""
     spec = spec if isinstance(spec, Mapping) else {}
     vips = spec.get("vips") if isinstance(spec.get("vips"), Mapping) else {}
     return {
@@ -335,12 +338,11 @@ def plan(
 
     group_writes: list[GroupWrite] = []
     for group in resolution.groups:
-        spec = group_spec(group)
         existing = group_objs.get(group.name)
         if existing is None:
-            group_writes.append(GroupWrite(group.name, spec))
-        elif _normal_spec(existing.get("spec")) != spec:
-            group_writes.append(GroupWrite(group.name, spec, str(_meta(existing).get("resourceVersion"))))
+            group_writes.append(GroupWrite(group))
+        elif _normal_spec(existing.get("spec")) != vipgroup_spec(group):
+            group_writes.append(GroupWrite(group, str(_meta(existing).get("resourceVersion"))))
     wanted_groups = {g.name for g in resolution.groups}
     deletes = tuple(sorted(name for name in group_objs if name not in wanted_groups))
 
@@ -352,6 +354,8 @@ def plan(
         resolution=resolution,
         allocated=allocated,
         refused=refused,
+        group_versions={name: str(_meta(obj).get("resourceVersion")) for name, obj in group_objs.items()
+                        if _meta(obj).get("resourceVersion")},
     )
 
 
@@ -410,5 +414,5 @@ def holder_notes(
 
 __all__ = [
     "FINALIZER", "COMPONENT", "Note", "ServiceWrite", "GroupWrite", "Plan", "Selection", "plan",
-    "holder_notes", "group_spec", "persisted_vrids", "ingress_body", "ingress_of",
+    "holder_notes", "persisted_vrids", "ingress_body", "ingress_of",
 ]
