@@ -306,10 +306,9 @@ def family_key(family: Family) -> str:
 def vipgroup_spec(group: VipGroup) -> dict[str, Any]:
     """The ``spec`` of the VipGroup object of a resolved group: the one VipGroup serializer.
 
-    Raises ValueError when the group has no VRID (the controller assigns one before writing).
+    (Also the group part of ``vipcore resolve -o json``.) ``vrid`` is None for a
+    group without one; the API refuses such a VipGroup.
     """
-    if group.vrid is None:
-        raise ValueError(f"group {group.name} has no VRID; the controller must assign one before writing it")
     return {
         "interface": group.interface,
         "nodes": list(group.nodes),

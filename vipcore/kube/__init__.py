@@ -40,7 +40,6 @@ from vipcore.kube.client import (
     describe,
     list_objects,
     micro_time,
-    parse_time,
     rfc3339,
     status_of,
     transient,
@@ -65,5 +64,5 @@ __all__ = [
     "VERSION", "VIPGROUPS", "VIPPOOLS", "VIP_GROUPS", "VIP_POOLS", "ApiUnavailableError", "ConflictError",
     "ConnectionState", "Fence", "Kind", "KubernetesError", "KubernetesSource", "KubernetesWriter", "NotLeaderError",
     "ObjectChange", "RetryPolicy", "Wakeup", "api_client", "backoff", "describe", "lease_kind", "list_objects",
-    "micro_time", "object_key", "parse_time", "rfc3339", "status_of", "transient", "wait_event",
+    "micro_time", "object_key", "rfc3339", "status_of", "transient", "wait_event",
 ]

@@ -202,16 +202,6 @@ def micro_time(at: float) -> str:
     return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_time(text: Any) -> float | None:
-    """Seconds since the epoch from a ``Time``/``MicroTime`` string, or None."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def object_path(api_version: str, plural: str, name: str | None = None, *, namespace: str | None = None,
                 subresource: str | None = None) -> str:
     """The REST path of a collection or an object: ``/api/v1/namespaces/ns/services/web/status``."""

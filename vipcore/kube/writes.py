@@ -57,6 +57,12 @@ LEASES = "coordination.k8s.io/v1"
 LEASE_RETRY = RetryPolicy(attempts=1)
 
 
+def _spec(group: ModelVipGroup) -> Obj:
+    if group.vrid is None:
+        raise ValueError(f"group {group.name} has no VRID; the controller must assign one before writing it")
+    return vipgroup_spec(group)
+
+
 def _vipgroup_path(name: str | None = None, subresource: str | None = None) -> str:
     return object_path(f"{GROUP}/{VERSION}", VIPGROUPS, name, subresource=subresource)
 
@@ -147,7 +153,7 @@ class KubernetesWriter:
         """Create the VipGroup of a resolved group (VRID set); 409 if it exists."""
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VipGroup",
                 "metadata": {"name": group.name, **({"labels": dict(labels)} if labels else {})},
-                "spec": vipgroup_spec(group)}
+                "spec": _spec(group)}
         return self._request("POST", _vipgroup_path(), body)
 
     def update_vipgroup(self, group: ModelVipGroup, resource_version: str) -> Obj:
@@ -155,7 +161,7 @@ class KubernetesWriter:
 
         Keys of the old spec that the new one lacks are removed (merge-patch null).
         """
-        spec: Obj = vipgroup_spec(group)
+        spec = _spec(group)
         body = {"metadata": {"resourceVersion": resource_version},
                 "spec": {**{k: None for k in ("interface", "nodes", "vrid", "vips", "services")}, **spec}}
         return self._request("PATCH", _vipgroup_path(group.name), body, content_type=MERGE_PATCH)
