@@ -196,7 +196,8 @@ class Controller:
         Raises :class:`~vipcore.controller.writer.NotLeading` when the fence stops the pass.
         """
         inputs = dict(inputs) if inputs is not None else self.inputs()
-        result_plan = plan(selection=self.settings.selection, vrid_policy=self.config.vrid_policy, **inputs)
+        result_plan = plan(selection=self.settings.selection, vrid_policy=self.config.vrid_policy,
+                           convert=self.source.service_model, **inputs)
         self.last_plan = result_plan
         self.last_pools = tuple(inputs["pools"])
         originals = {key_of(o): o for o in inputs["services"]}

@@ -29,7 +29,6 @@ from typing import Any
 
 import attrs
 
-from vipcore.core import ipam
 from vipcore.core.objects import service_from_k8s, service_wanted, vipgroup_spec
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import (
@@ -248,8 +247,13 @@ def plan(
     vipgroups: Iterable[Obj],
     selection: Selection = Selection(),
     vrid_policy: Callable[[str], VridPolicy] | VridPolicy = VridPolicy(),
+    convert: Callable[[Obj], Service] = service_from_k8s,
 ) -> Plan:
-    """Everything the controller should write so the cluster matches the resolver's answer."""
+    """Everything the controller should write so the cluster matches the resolver's answer.
+
+    ``convert``: Service object to model (raises ManifestError); the controller
+    passes its cache's, so a Service is converted once per resourceVersion.
+    """
     service_objs = sorted(services, key=key_of)
     group_objs = {str(_meta(o).get("name")): o for o in vipgroups}
     notes: list[Note] = []
@@ -279,7 +283,7 @@ def plan(
                 writes.append(ServiceWrite(ns, name, rv, finalizer=False))
             continue
         try:
-            served[key_of(obj)] = (obj, service_from_k8s(obj))
+            served[key_of(obj)] = (obj, convert(obj))
         except ManifestError as exc:
             note(obj, "Warning", INVALID_SERVICE, str(exc))
 
@@ -291,7 +295,7 @@ def plan(
         vrids=persisted_vrids(group_objs.values()),
     )
     resolution = resolve(state, vrid_policy=vrid_policy, allocate=True)
-    addresses = _addresses(state)
+    addresses = resolution.addresses
     unresolved = {u.service: u.reason for u in resolution.unresolved}
 
     old_group_of: dict[str, str] = {}
@@ -357,22 +361,6 @@ def plan(
         group_versions={name: str(_meta(obj).get("resourceVersion")) for name, obj in group_objs.items()
                         if _meta(obj).get("resourceVersion")},
     )
-
-
-def _addresses(state: DesiredState) -> dict[str, tuple[IPAddress, ...]]:
-    """The addresses IPAM gives each Service, whether or not it also got a group.
-
-    The same call :func:`vipcore.core.resolve.resolve` makes on the same input, so
-    the answers agree; the resolver drops Services without a group from its
-    ``allocations``, but their addresses must stay in their status.
-    """
-    pools = {p.name: p for p in state.pools}
-    chosen = []
-    for service in state.services:
-        pool = choose_pool(service, pools)
-        if not isinstance(pool, str):
-            chosen.append((service, pool))
-    return dict(ipam.allocate(chosen, allocate_new=True).addresses)
 
 
 def _pool_name(service: Service, pools: Sequence[Pool]) -> str | None:

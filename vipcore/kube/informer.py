@@ -10,7 +10,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -235,6 +235,18 @@ class KubernetesSource:
         """Objects skipped because they failed validation: ``kind/key`` -> message."""
         with self._lock:
             return {f"{k}/{key}": msg for (k, key), msg in self._invalid.items()}
+
+    def service_model(self, obj: Mapping[str, Any]) -> Service:
+        """The model of a Service object: the one :meth:`state` converted for this resourceVersion, if any.
+
+        Raises :class:`~vipcore.core.errors.ManifestError` for an invalid Service, as the conversion does.
+        """
+        rv = (obj.get("metadata") or {}).get("resourceVersion", "")
+        with self._lock:
+            cached = self._converted.get(("services", object_key(obj)))
+        if cached is not None and cached[0] == rv and isinstance(cached[1], Service):
+            return cached[1]
+        return objects.service_from_k8s(obj)
 
     def _converted_items(self, kind: str, fn: Callable[[Obj], Any]) -> list[Any]:
         """Converted values of one kind; conversion is cached per resourceVersion; invalid objects skipped."""
