@@ -31,7 +31,6 @@ from vipcore.kube.client import (
     VIPGROUPS,
     VIPPOOLS,
     ApiUnavailableError,
-    ConflictError,
     KubernetesError,
     NotLeaderError,
     RetryPolicy,
@@ -61,8 +60,7 @@ from vipcore.kube.writes import Fence, KubernetesWriter
 
 __all__ = [
     "ALL_KINDS", "API_RETRY", "EIPS", "ENDPOINT_SLICES", "FINALIZER", "GROUP", "MERGE_PATCH", "NODES", "SERVICES",
-    "VERSION", "VIPGROUPS", "VIPPOOLS", "VIP_GROUPS", "VIP_POOLS", "ApiUnavailableError", "ConflictError",
-    "ConnectionState", "Fence", "Kind", "KubernetesError", "KubernetesSource", "KubernetesWriter", "NotLeaderError",
+    "VERSION", "VIPGROUPS", "VIPPOOLS", "VIP_GROUPS", "VIP_POOLS", "ApiUnavailableError", "ConnectionState", "Fence", "Kind", "KubernetesError", "KubernetesSource", "KubernetesWriter", "NotLeaderError",
     "ObjectChange", "RetryPolicy", "Wakeup", "api_client", "backoff", "describe", "lease_kind", "list_objects",
     "micro_time", "object_key", "rfc3339", "status_of", "transient", "wait_event",
 ]

@@ -47,10 +47,6 @@ class ApiUnavailableError(KubernetesError):
     """The source could not get a first complete state in time."""
 
 
-class ConflictError(KubernetesError):
-    """A compare-and-swap write lost against another writer (HTTP 409) too many times."""
-
-
 class NotLeaderError(KubernetesError):
     """A fenced write was refused before it was sent: this replica does not (or no longer) lead."""
 

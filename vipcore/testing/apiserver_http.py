@@ -492,8 +492,6 @@ class ApiHandler(BaseHTTPRequestHandler):
             emit(event)
         next_bookmark = time.monotonic() + api.bookmark_interval
         while True:
-            if api._swallow("WATCH", self.path, self._client):
-                return  # black-holed: the stream went silent; lifted, the connection is dropped
             events: list[Obj] = []
             error: Obj | None = None
             finished = False
@@ -522,6 +520,8 @@ class ApiHandler(BaseHTTPRequestHandler):
                     store.cond.wait(max(0.0, min(deadline - now, next_bookmark - now, 1.0)))
                     if self._peer_closed():
                         return  # the client went away: free this thread now, not at the timeout
+            if api._swallow("WATCH", self.path, self._client):
+                return  # black-holed: nothing more is delivered; lifted, the connection is dropped
             try:
                 if error is not None:
                     self._chunk({"type": "ERROR", "object": error})
