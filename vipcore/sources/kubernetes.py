@@ -59,6 +59,8 @@ class KubernetesAgentSource:
         if not isinstance(classes, list):
             raise ConfigError("must be a list of loadBalancerClass names", field="controller.classes")
         self.client = client if client is not None else api_client(kube.get("kubeconfig"), context=kube.get("context"))
+        # Say who we are in every request (API server audit logs; the test server's records).
+        self.client.user_agent = f"vipcore-agent/{self.node}"
         hb = self.heartbeat_config
         kinds = ALL_KINDS + ((lease_kind(hb.namespace),) if hb.enabled else ())
         self.cache = KubernetesSource(self.client, kinds=kinds, classes=frozenset(classes),
