@@ -240,6 +240,9 @@ class Resolution:
     unresolved: tuple[Unresolved, ...] = ()
     #: The addresses each Service ended up with (allocated or honoured).
     allocations: Mapping[str, tuple[IPAddress, ...]] = attrs.field(factory=dict, hash=False)
+    #: IPAM's answer for every Service it gave addresses, with or without a group (the
+    #: controller keeps those in the Service status: a Local Service without endpoints keeps its IP).
+    addresses: Mapping[str, tuple[IPAddress, ...]] = attrs.field(factory=dict, hash=False)
 
     def group(self, name: str) -> VipGroup | None:
         for group in self.groups:

@@ -161,6 +161,7 @@ def resolve(
         groups=tuple(groups),
         unresolved=tuple(Unresolved(k, v) for k, v in sorted(unresolved.items())),
         allocations={k: v for k, v in allocation.addresses.items() if k not in unresolved},
+        addresses=dict(allocation.addresses),
     )
 
 
