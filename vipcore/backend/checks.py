@@ -65,11 +65,14 @@ def argument_problems(hook: str, function: object, *, bound: bool) -> list[str]:
     if not bound and parameters:
         parameters = parameters[1:]  # ``self`` of a method read from the class
     allowed = spec_arguments(hook)
-    return [
-        f"{hook}() takes argument {arg!r}, which the hook does not pass (it passes: {', '.join(allowed) or 'none'})"
-        + suggestion(arg, allowed).replace("did you mean ", "did you mean argument ")
-        for arg in parameters if arg not in allowed
-    ]
+    problems = []
+    for arg in parameters:
+        if arg in allowed:
+            continue
+        close = difflib.get_close_matches(arg, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"it passes: {', '.join(allowed) or 'nothing'}"
+        problems.append(f"{hook}() takes argument {arg!r}, which the hook does not pass ({hint})")
+    return problems
 
 
 def backend_class_problems(cls: type, *, automatic: bool) -> list[str]:
