@@ -132,3 +132,20 @@ def plugin_problems(plugin: object, *, automatic: bool = False) -> list[str]:
         target = getattr(plugin, name) if not inspect.isclass(plugin) else function
         problems += argument_problems(name, target, bound=bound)
     return problems
+
+
+def automatic_hooks(backend: object) -> bool:
+    """Whether ``backend`` (a class or instance) derives from :class:`vipcore.Backend`,
+    whose methods named like hooks need no marker."""
+    return bool(getattr(backend, AUTOMATIC_HOOKS, False))
+
+
+def class_problems(backend: type) -> list[str]:
+    """Load-time problems of a backend class, as :meth:`BackendRegistry.add` reports them.
+
+    A factory that overrides ``__new__`` (its instances are of another type)
+    is checked when the agent instantiates it.
+    """
+    if "__new__" in vars(backend):
+        return []
+    return backend_class_problems(backend, automatic=automatic_hooks(backend))

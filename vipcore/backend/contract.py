@@ -30,7 +30,6 @@ from typing import Any
 
 import attrs
 
-from vipcore.backend.checks import AUTOMATIC_HOOKS, backend_class_problems
 from vipcore.core import placement
 from vipcore.core.errors import PluginError
 from vipcore.core.model import IPAddress, StateChange, VipGroup
@@ -74,10 +73,12 @@ class BackendRegistry:
     conflicts: list[RegistryProblem] = attrs.field(factory=list)
     #: Every (name, info) added, duplicates included; :meth:`settle` decides between duplicates.
     _added: list[BackendInfo] = attrs.field(factory=list)
+    #: Finds a class's mistakes (the plugin host passes :func:`vipcore.backend.checks.class_problems`).
+    _check: Callable[[type[Any]], list[str]] = attrs.field(default=lambda backend: [])
 
     def bind(self, plugin: str, distribution: str | None, version: str | None) -> "BackendRegistry":
         """A registry that records ``plugin`` as the origin of what it adds."""
-        bound = BackendRegistry(plugin, distribution, version)
+        bound = BackendRegistry(plugin, distribution, version, check=self._check)
         bound.backends = self.backends
         bound.problems = self.problems
         bound.conflicts = self.conflicts
@@ -95,7 +96,7 @@ class BackendRegistry:
             self.problems.append(RegistryProblem(None, self.error(
                 f"backend class {getattr(backend, '__qualname__', backend)!r} has no 'name' attribute")))
             return
-        problems = class_problems(backend)
+        problems = self._check(backend)
         if problems:
             self.problems.append(RegistryProblem(name, self.error(
                 f"backend {name!r} ({backend.__qualname__}): " + "; ".join(problems))))
@@ -139,23 +140,6 @@ class BackendRegistry:
 
 def _origin(info: BackendInfo) -> str:
     return f"plugin {info.plugin!r}" + (f" (from {info.distribution})" if info.distribution else "")
-
-
-def class_problems(backend: type[Any]) -> list[str]:
-    """Load-time problems of a backend class (see :mod:`vipcore.backend.checks`).
-
-    A factory that overrides ``__new__`` (its instances are of another type)
-    is checked when the agent instantiates it.
-    """
-    if "__new__" in vars(backend):
-        return []
-    return backend_class_problems(backend, automatic=automatic_hooks(backend))
-
-
-def automatic_hooks(backend: object) -> bool:
-    """Whether ``backend`` (a class or instance) derives from :class:`vipcore.Backend`,
-    whose methods named like hooks need no marker."""
-    return bool(getattr(backend, AUTOMATIC_HOOKS, False))
 
 
 def rank_nodes(group: VipGroup, nodes: Iterable[str], weights: Mapping[str, float] | None = None) -> tuple[str, ...]:

@@ -32,12 +32,14 @@ from vipcore.backend import hookspecs
 from vipcore.backend.checks import (
     DISPATCH_HOOKS,
     REQUIRED_HOOKS,
+    automatic_hooks,
     backend_class_problems,
+    class_problems,
     hook_names,
     plugin_problems,
     unknown_hook_message,
 )
-from vipcore.backend.contract import BackendInfo, BackendRegistry, RegistryProblem, automatic_hooks
+from vipcore.backend.contract import BackendInfo, BackendRegistry, RegistryProblem
 from vipcore.core.errors import PluginError, UnknownBackendError
 from vipcore.core.model import Membership, MetricSample, Resolution, StateChange
 
@@ -201,7 +203,7 @@ class Hooks:
     # -- registration ------------------------------------------------------
 
     def _registry(self) -> BackendRegistry:
-        registry = BackendRegistry()
+        registry = BackendRegistry(check=class_problems)
         for impl in self.pm.hook.vipcore_register_backends.get_hookimpls():
             dist, version = self._origin(impl.plugin_name)
             bound = registry.bind(impl.plugin_name, dist, version)
