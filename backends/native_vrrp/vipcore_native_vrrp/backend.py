@@ -4,14 +4,10 @@ One :class:`~vipcore_native_vrrp.driver.RouterDriver` per (group, family),
 priorities straight from :attr:`Membership.priority` (the core's rendezvous
 placement), VIPs only through :class:`vipcore.net.addresses.AddressHolder`.
 
-**Family sync.** Both routers of a group get the same priority, so with
-preemption they elect the same node. To keep them together when timing
-differs (one family fails over first, or preemption is off), a router that
-becomes master for any reason other than a sync nudges its sibling: a
-sibling in BACKUP (not released) whose current master it outranks (lower
-priority, or none heard) takes over at once. A sibling that hears a better
-master stays put, so the nudge never fights the election — and a backup
-promoted only because its process stalled does not drag the other family along.
+**Family sync.** Both routers of a group get the same priority; which
+sibling follows a router that became master is decided in the protocol
+(:func:`vipcore_native_vrrp.protocol.followers`, on the typed cause); this
+module only carries it out.
 """
 
 from __future__ import annotations
@@ -29,14 +25,13 @@ from vipcore.core.model import Family, IPAddress, Membership, MetricSample, Stat
 from vipcore_native_vrrp import BACKEND_NAME
 from vipcore_native_vrrp.config import NativeVrrpConfig
 from vipcore_native_vrrp.driver import RouterDriver
-from vipcore_native_vrrp.protocol import Router, RouterConfig, StateChanged
+from vipcore_native_vrrp.protocol import Router, RouterConfig, StateChanged, followers
 from vipcore_native_vrrp.protocol.machine import RECEIVE_REASONS
 from vipcore_native_vrrp.protocol.packet import DECODE_REASONS, MULTICAST
 from vipcore_native_vrrp.transport import Link
 
 log = logging.getLogger(__name__)
 
-SYNC_PREFIX = "sync"
 #: Extra wait beyond the router's own hand-over bound before forcing a stop.
 STOP_MARGIN = 1.0
 
@@ -241,15 +236,13 @@ class NativeVrrpBackend:
         context.report(StateChange(
             group=driver.group, family=driver.family, old=change.old, new=change.new, reason=change.reason,
             at=context.clock(), node=context.node, backend=self.name, vrid=driver.vrid, failover_seconds=failover,
+            cause=change.cause,
         ))
-        if change.new is State.MASTER and not change.reason.startswith(f"takeover: {SYNC_PREFIX}"):
-            for sibling in self.routers.get(driver.group, {}).values():
-                router = sibling.router
-                # Only pull a sibling whose master we outrank: a sibling that
-                # hears a better master stays put (no flap under load).
-                if sibling is not driver and router.state is State.BACKUP and not router.released \
-                        and router.outranks_master():
-                    sibling.takeover(f"{SYNC_PREFIX} with IPv{int(driver.family)} (became master)")
+        siblings = [d for d in self.routers.get(driver.group, {}).values() if d is not driver]
+        pulled = followers(change, [d.router for d in siblings])
+        for sibling in siblings:
+            if any(router is sibling.router for router in pulled):
+                sibling.follow(f"IPv{int(driver.family)}")
 
     async def _stop_group(self, name: str, graceful: bool) -> None:
         drivers = self.routers.pop(name, {})

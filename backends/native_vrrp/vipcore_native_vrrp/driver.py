@@ -70,7 +70,6 @@ class RouterDriver:
         self._queue: collections.deque[tuple[list[Action], float]] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
-        self._send_failed = False
         #: Queued batches whose advert must follow their address work.
         self._ordered_sends = 0
 
@@ -109,6 +108,15 @@ class RouterDriver:
 
     def takeover(self, reason: str) -> None:
         self.feed(self.router.takeover(self.loop.time(), reason))
+
+    def follow(self, sibling: str) -> None:
+        self.feed(self.router.follow(self.loop.time(), sibling))
+
+    def link_down(self, reason: str) -> None:
+        self.feed(self.router.link_down(self.loop.time(), reason))
+
+    def link_up(self, reason: str) -> None:
+        self.feed(self.router.link_up(self.loop.time(), reason))
 
     # -- actions --------------------------------------------------------------
 
@@ -162,7 +170,7 @@ class RouterDriver:
                         # must go out even if we have lost the election since:
                         # it makes the winner announce again, pulling back the
                         # neighbours our announcement took.
-                        if not (announced and isinstance(action, Send)) and not self._still_wanted(action):
+                        if not (announced and isinstance(action, Send)) and not self.router.wants(action):
                             continue
                         announced = announced or isinstance(action, Announce)
                         if isinstance(action, _ADDRESS_WORK):
@@ -175,37 +183,12 @@ class RouterDriver:
         finally:
             self._worker = None
 
-    def _still_wanted(self, action: Action) -> bool:
-        """Whether a queued action still matches the router's state.
-
-        Under churn a router can flip several times while netlink work is
-        queued; every flip queued its own opposite action, so work the router
-        no longer wants (adding VIPs it has already given up, announcing as a
-        backup, an advert from a router that has become backup) is skipped
-        instead of feeding the churn. Address changes are idempotent, so the
-        last wanted action decides the result.
-        """
-        if isinstance(action, AddVips):
-            return self.router.holding
-        if isinstance(action, Announce):
-            return self.router.phase is Phase.MASTER
-        if isinstance(action, RemoveVips):
-            return not self.router.holding or not set(action.vips) <= set(self.router.config.vips)
-        if isinstance(action, Send):
-            return self.router.phase is not Phase.BACKUP
-        return True
-
     def _do_now(self, action: Action, decided: float) -> None:
         if isinstance(action, Send):
-            if not self.link.send(action.data, action.src, action.dst):
-                self._send_failed = True
-            elif self._send_failed:
-                self._send_failed = False
-                if self.router.phase.holds:
-                    # The link was down: Linux flushed our IPv6 VIPs with it, and
-                    # neighbours may have moved on. Put them back and announce.
-                    vips = self.router.config.vips
-                    self.feed([AddVips(vips), Announce(vips)])
+            ok = self.link.send(action.data, action.src, action.dst)
+            followup = self.router.sent(ok, self.loop.time())
+            if followup:
+                self.feed(followup)
         elif isinstance(action, Dropped):
             self.link.counters.dropped[action.reason] += 1
         elif isinstance(action, StateChanged):

@@ -16,7 +16,7 @@ import pytest
 from vipcore.net.addresses import AnnounceSchedule, InterfaceInfo
 from vipcore.backend import BackendContext
 from vipcore.core.errors import ConfigError
-from vipcore.core.model import Family, IPAddress, Membership, Node, State, StateChange, VipGroup
+from vipcore.core.model import Family, IPAddress, Membership, Node, State, StateChange, TransitionCause, VipGroup
 from vipcore.core.resolve import membership
 from vipcore_native_vrrp.backend import NativeVrrpBackend
 from vipcore_native_vrrp.config import NativeVrrpConfig
@@ -228,7 +228,7 @@ def test_family_sync_keeps_ipv4_and_ipv6_together() -> None:
         assert c.holding(VIP4) == [best()]
         assert c.holding(VIP6) == [best()]
         sync = [r for r in c.reports if r.node == best() and r.family is Family.IPV6 and r.new is State.MASTER]
-        assert sync and sync[-1].reason.startswith("takeover: sync with IPv4")
+        assert sync and sync[-1].cause is TransitionCause.SYNC and "sync with IPv4" in sync[-1].reason
 
     run(scenario)
 
