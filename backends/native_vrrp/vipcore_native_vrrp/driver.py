@@ -20,7 +20,7 @@ import attrs
 
 from vipcore.net.addresses import AddressHolder, AnnounceSchedule
 from vipcore.core.errors import VipcoreError
-from vipcore.core.model import Family, State
+from vipcore.core.model import Family, State, TransitionCause
 from vipcore_native_vrrp.protocol import (
     Action,
     AddVips,
@@ -40,6 +40,18 @@ log = logging.getLogger(__name__)
 Reporter = Callable[["RouterDriver", StateChanged, "float | None"], None]
 
 _ADDRESS_WORK = (AddVips, RemoveVips, Announce)
+#: Drops that mean someone on the LAN is lying or runs a twin of this node:
+#: logged (at most once per LOUD_EVERY seconds and reason), not only counted.
+_LOUD = {
+    "duplicate_identity": (logging.ERROR, "another speaker uses this node's identity ({source}): its adverts are "
+                                          "refused; two agents with the same node name or address?"),
+    "priority_mismatch": (logging.WARNING, "advert from {source} with a priority that member never sends: dropped "
+                                           "(spoofed, or a keepalived peer missing from keepalived_peers)"),
+    "inconsistent_resign": (logging.WARNING, "priority-0 advert from {source}, which keeps advertising at full "
+                                             "priority: dropped as forged"),
+    "auth": (logging.WARNING, "unauthenticated, forged or replayed advert from {source}: dropped"),
+}
+LOUD_EVERY = 10.0
 
 
 class RouterDriver:
@@ -72,6 +84,7 @@ class RouterDriver:
         self._announcer: asyncio.Task[None] | None = None
         #: Queued batches whose advert must follow their address work.
         self._ordered_sends = 0
+        self._logged_at: dict[str, float] = {}
 
     @property
     def family(self) -> Family:
@@ -112,8 +125,8 @@ class RouterDriver:
     def follow(self, sibling: str) -> None:
         self.feed(self.router.follow(self.loop.time(), sibling))
 
-    def link_down(self, reason: str) -> None:
-        self.feed(self.router.link_down(self.loop.time(), reason))
+    def link_down(self, reason: str, cause: TransitionCause = TransitionCause.LINK_DOWN) -> None:
+        self.feed(self.router.link_down(self.loop.time(), reason, cause))
 
     def link_up(self, reason: str) -> None:
         self.feed(self.router.link_up(self.loop.time(), reason))
@@ -191,6 +204,13 @@ class RouterDriver:
                 self.feed(followup)
         elif isinstance(action, Dropped):
             self.link.counters.dropped[action.reason] += 1
+            loud = _LOUD.get(action.reason)
+            now = self.loop.time()
+            if loud is not None and now - self._logged_at.get(action.reason, float("-inf")) >= LOUD_EVERY:
+                self._logged_at[action.reason] = now
+                level, text = loud
+                log.log(level, "group %s IPv%d VRID %d: %s", self.group[:12], self.family, self.vrid,
+                        text.format(source=action.source))
         elif isinstance(action, StateChanged):
             self.transitions += 1
             if action.new is not State.MASTER:

@@ -577,8 +577,11 @@ def test_queued_actions_are_judged_by_the_machine() -> None:
     assert not r.wants(AddVips(VIPS)) and not r.wants(Announce(VIPS)) and r.wants(RemoveVips(VIPS))
     r.handle_timer(1.0)
     assert r.wants(AddVips(VIPS)) and r.wants(Announce(VIPS)) and not r.wants(RemoveVips(VIPS))
-    r.link_down(1.1, "gone")
-    assert not r.wants(AddVips(VIPS)) and not r.wants(Send(b"", addr(1), GROUP))
+    resign = [a for a in r.link_down(1.1, "gone") if isinstance(a, Send)]
+    assert not r.wants(AddVips(VIPS)) and r.wants(resign[0])  # the priority 0 still goes out
+    b = Router(config(2, 100))
+    b.start(0.0)
+    assert not b.wants(Send(b"", addr(2), GROUP))
 
 
 # -- link state --------------------------------------------------------------------------

@@ -200,6 +200,7 @@ class Router:
     _previous_until: float = float("-inf")
     _previous_priorities: Mapping[IPAddress, int] | None = None
     _link_up: bool = True
+    _fault_reason: str = ""
     _send_failing: bool = False
     #: Per source: when it last advertised priority 0, and a positive priority.
     _resigned_at: dict[IPAddress, float] = attrs.field(factory=dict, repr=False)
@@ -342,6 +343,7 @@ class Router:
         interval_cs: int | None = None,
         peer_priorities: Mapping[IPAddress, int] | None = None,
         identity: frozenset[IPAddress] | None = None,
+        primary: IPAddress | None = None,
     ) -> list[Action]:
         """Apply a configuration change without an election when possible."""
         old = self.config
@@ -362,6 +364,8 @@ class Router:
             changes["peer_priorities"] = dict(peer_priorities)
         if identity is not None:
             changes["identity"] = identity
+        if primary is not None:
+            changes["primary"] = primary  # a re-created interface has a new link-local address
         self.config = attrs.evolve(old, **changes)
         if old.peer_priorities is not None and old.peer_priorities != self.config.peer_priorities:
             # Members apply a placement change a moment apart: accept what
@@ -429,16 +433,24 @@ class Router:
         """Become master with the other family of the group (see :func:`followers`)."""
         return self.takeover(now, f"sync with {sibling} (became master)", TransitionCause.SYNC)
 
-    def link_down(self, now: float, reason: str) -> list[Action]:
-        """The interface went away, went down or lost carrier: FAULT at once.
+    def link_down(self, now: float, reason: str, cause: TransitionCause = TransitionCause.LINK_DOWN) -> list[Action]:
+        """The interface went away, went down or lost carrier (or is otherwise unusable): FAULT at once.
 
         A holder sends priority 0 (it may still get out) so the next router
-        takes over after Skew_Time, and drops its VIPs.
+        takes over after Skew_Time, and drops its VIPs. Already in FAULT, a
+        new reason is reported as a FAULT -> FAULT change, so status says
+        why the router still waits.
         """
         self._link_up = False
-        if self.phase in (Phase.STOPPED, Phase.FAULT):
+        if self.phase is Phase.STOPPED:
             return []
-        return self._transition(Event.LINK_DOWN, now, reason, TransitionCause.LINK_DOWN)
+        if self.phase is Phase.FAULT:
+            if reason == self._fault_reason:
+                return []
+            self._fault_reason = reason
+            return [StateChanged(State.FAULT, State.FAULT, reason, None, cause)]
+        self._fault_reason = reason
+        return self._transition(Event.LINK_DOWN, now, reason, cause)
 
     def link_up(self, now: float, reason: str) -> list[Action]:
         """The interface is back: rejoin as backup (the election decides the rest)."""
@@ -485,7 +497,8 @@ class Router:
         if isinstance(action, RemoveVips):
             return not self.holding or not set(action.vips) <= set(self.config.vips)
         if isinstance(action, Send):
-            return self.phase not in (Phase.BACKUP, Phase.FAULT)
+            # FAULT and STOPPED queue only the priority 0 they decided on entering.
+            return self.phase is not Phase.BACKUP
         return True
 
     # -- RFC 5798 6.4.2 / 6.4.3 ------------------------------------------------
