@@ -276,6 +276,36 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
+class TransitionCause(enum.Enum):
+    """Why a router changed state: a bounded label any backend can attach to a
+    :class:`StateChange` (metrics label transitions with it; the free-text
+    ``reason`` stays for people)."""
+
+    STARTED = "started"
+    ADDRESS_OWNER = "address_owner"
+    #: No advert from the master for Master_Down_Interval.
+    MASTER_DOWN = "master_down"
+    #: The master advertised priority 0 (it is stopping).
+    PEER_RESIGNED = "peer_resigned"
+    #: A better router advertised.
+    PREEMPTED = "preempted"
+    #: A graceful hand-over finished (or timed out).
+    HANDED_OVER = "handed_over"
+    RELEASED = "released"
+    #: A control-plane decision to hold.
+    TAKEOVER = "takeover"
+    #: Following the other family of the same group.
+    SYNC = "sync"
+    CONFIG = "config"
+    STOPPED = "stopped"
+    PLACEMENT = "placement"
+    #: The interface went away, went down or lost carrier.
+    LINK_DOWN = "link_down"
+    #: The interface came back.
+    LINK_UP = "link_up"
+    FAULT = "fault"
+
+
 @attrs.frozen
 class PeerNode:
     """Another member of a group, as a backend sees it."""
@@ -326,6 +356,8 @@ class StateChange:
     #: holder's adverts stopping, or a control-plane decision) to the VIPs
     #: being added and the first announcement sent. None when unknown.
     failover_seconds: float | None = None
+    #: Why, as a bounded label; None for backends that give only ``reason``.
+    cause: TransitionCause | None = None
 
 
 @attrs.frozen
