@@ -101,13 +101,17 @@ class World:
 
     def apply(self, op: tuple[Any, ...]) -> None:
         verb, what = op[0], op[1]
-        table: dict[Any, Any] = {"node": self.nodes, "service": self.services, "slice": self.slices,
-                                 "pool": self.pools}[what] if what in ("node", "service", "slice", "pool") else {}
+        tables: dict[str, dict[Any, Any]] = {"node": self.nodes, "service": self.services, "slice": self.slices,
+                                             "pool": self.pools}
+        table = tables.get(what, {})
         if verb == "put":
             obj = op[2]
-            key = {"node": lambda o: o.name, "service": lambda o: o.key, "slice": lambda o: (o.namespace, o.name),
-                   "pool": lambda o: o.name}[what](obj)
-            table[key] = obj
+            if isinstance(obj, Service):
+                table[obj.key] = obj
+            elif isinstance(obj, EndpointSlice):
+                table[(obj.namespace, obj.name)] = obj
+            else:
+                table[obj.name] = obj
         elif verb == "delete" and table:
             del table[sorted(table, key=str)[op[2] % len(table)]]
         elif verb == "touch" and table:
