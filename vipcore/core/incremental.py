@@ -205,6 +205,11 @@ class IncrementalResolver:
         self._failed: dict[str, str] = {}
         self._final: dict[str, VipGroup] = {}
         self._result: Resolution | None = None
+        # What the last resolution listed, rebuilt only when what feeds them changed.
+        self._allocations: dict[str, tuple[IPAddress, ...]] = {}
+        self._unresolved: tuple[Unresolved, ...] = ()
+        self._groups: tuple[VipGroup, ...] = ()
+        self._stale = {"allocations", "unresolved", "groups"}
 
     # ------------------------------------------------------------------ the entry point
 
@@ -392,14 +397,18 @@ class IncrementalResolver:
                     target = (("local", (nodes, pool.interface)), self._addresses[key])
                 else:
                     target = (("cluster", pool.name), self._addresses[key])
-            if reason is None:
-                self._reason.pop(key, None)
-            else:
-                self._reason[key] = reason
+            if reason != self._reason.get(key):
+                self._stale.add("unresolved")
+                if reason is None:
+                    del self._reason[key]
+                else:
+                    self._reason[key] = reason
             self._index_local(key, ready)
             current = self._placed.get(key)
             if current == target:
                 continue
+            if (current and current[1]) != (target and target[1]):
+                self._stale.add("allocations")
             if current is not None:
                 moves.setdefault(current[0], ({}, {}))[0][key] = current[1]
                 dirty_keys.add(self._group_key(current[0]))
@@ -485,6 +494,8 @@ class IncrementalResolver:
                 failure = assignment.failed.get(name)
                 if vrid != self._vrid_of.get(name) or failure != self._failed.get(name):
                     renumbered.add(name)
+                if failure != self._failed.get(name):
+                    self._stale.update(("allocations", "unresolved"))
                 if vrid is None:
                     self._vrid_of.pop(name, None)
                 else:
@@ -496,6 +507,7 @@ class IncrementalResolver:
         gone = [name for name in self._final if name not in self._key_of]
         gone += [name for name in self._failed if name not in self._key_of]
         for name in gone:
+            self._stale.update(("allocations", "unresolved", "groups") if name in self._failed else ("groups",))
             self._final.pop(name, None)
             self._failed.pop(name, None)
             self._vrid_of.pop(name, None)
@@ -504,24 +516,31 @@ class IncrementalResolver:
             key = self._key_of.get(name)
             if key is None:
                 continue
+            self._stale.add("groups")
             if name in self._failed:
+                # Its Services are unresolved, and have no allocation, however its members changed.
+                self._stale.update(("allocations", "unresolved"))
                 self._final.pop(name, None)
                 continue
             _, services, addresses = self._members[key]
             self._final[name] = make_group(name, key[1], key[0], self._vrid_of[name], addresses, services)
 
     def _resolution(self) -> Resolution:
-        unresolved = dict(self._reason)
-        allocations = {key: addresses for key, (_, addresses) in self._placed.items()}
-        for name, reason in self._failed.items():
-            for service in self._members[self._key_of[name]][1]:
-                unresolved[service] = reason
-                allocations.pop(service, None)
-        return Resolution(
-            groups=tuple(self._final[name] for name in sorted(self._final)),
-            unresolved=tuple(Unresolved(k, v) for k, v in sorted(unresolved.items())),
-            allocations=allocations,
-        )
+        if "unresolved" in self._stale or "allocations" in self._stale:
+            unresolved = dict(self._reason)
+            allocations = {key: addresses for key, (_, addresses) in self._placed.items()}
+            for name, reason in self._failed.items():
+                for service in self._members[self._key_of[name]][1]:
+                    unresolved[service] = reason
+                    allocations.pop(service, None)
+            if "unresolved" in self._stale:
+                self._unresolved = tuple(Unresolved(k, v) for k, v in sorted(unresolved.items()))
+            self._allocations = allocations
+        if "groups" in self._stale:
+            self._groups = tuple(self._final[name] for name in sorted(self._final))
+        self._stale.clear()
+        # The allocations mapping is shared by resolutions until it changes: callers must not mutate it.
+        return Resolution(groups=self._groups, unresolved=self._unresolved, allocations=self._allocations)
 
 
 def resolve_incrementally(
