@@ -185,6 +185,7 @@ class IncrementalResolver:
         self._ready: dict[str, dict[tuple[str, str], frozenset[str]]] = {}
         self._eligible: dict[str, frozenset[str]] = {}
         self._chosen: dict[str, Pool] = {}
+        self._unchosen: dict[str, str] = {}
         self._pool_members: dict[str, set[str]] = {}
         self._footprint: dict[str, frozenset[IPAddress]] = {}
         self._claims: dict[IPAddress, set[str]] = {}
@@ -314,13 +315,13 @@ class IncrementalResolver:
             pool = self._chosen.pop(key, None)
             if pool is not None:
                 self._pool_members[pool.name].discard(key)
-            self._reason.pop(key, None)
+            self._unchosen.pop(key, None)
             service = self._services.get(key)
             if service is None:
                 continue
             choice = choose_pool(service, self._pools)
             if isinstance(choice, str):
-                self._reason[key] = choice
+                self._unchosen[key] = choice
                 continue
             self._chosen[key] = choice
             self._pool_members.setdefault(choice.name, set()).add(key)
@@ -384,7 +385,7 @@ class IncrementalResolver:
         moves: dict[_BucketId, tuple[dict[str, tuple[IPAddress, ...]], dict[str, tuple[IPAddress, ...]]]] = {}
         for key in dirty_services:
             target: tuple[_BucketId, tuple[IPAddress, ...]] | None = None
-            reason = self._reason.get(key) if key not in self._chosen else self._refused.get(key)
+            reason = self._unchosen.get(key) if key not in self._chosen else self._refused.get(key)
             pool = self._chosen.get(key)
             service = self._services.get(key)
             ready: frozenset[str] = frozenset()
