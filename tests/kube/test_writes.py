@@ -229,3 +229,20 @@ def test_black_holed_request_is_never_processed(server: ApiServer, client: Any) 
         assert thread.is_alive()
     thread.join(5)
     assert errors and server.get("v1", "Service", "web", "default")["status"]["loadBalancer"] == {}
+
+
+def test_what_heals_is_retried_and_what_does_not_is_not() -> None:
+    from urllib3.exceptions import NewConnectionError, ReadTimeoutError
+
+    from vipcore.kube import describe, transient
+
+    for status in (500, 503, 429):
+        assert transient(KubernetesError("x", status=status))
+    for status in (400, 403, 404, 409, 422):
+        assert not transient(KubernetesError("x", status=status))
+    assert transient(ReadTimeoutError(None, "/", "read timed out"))  # type: ignore[arg-type]
+    assert transient(NewConnectionError(None, "refused"))  # type: ignore[arg-type]
+    assert not transient(NotLeaderError("not the leader"))
+    assert describe(KubernetesError("HTTP 409: the object has been modified", status=409)) == \
+        "HTTP 409: the object has been modified"
+    assert describe(ValueError("bad\nsecond line")) == "ValueError: bad"
