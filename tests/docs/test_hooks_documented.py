@@ -82,3 +82,9 @@ def test_backend_author_docs_link_to_published_pages_or_examples_never_tests() -
     text = (DOCS / "writing-a-backend.md").read_text()
     assert "rank_nodes(membership.group" in text and "Do **not** rank by `group.name`" in text
     assert "pip install vipcore" in text and "vipcore-native-vrrp" in text
+
+
+def test_each_backend_page_names_its_distribution() -> None:
+    for page, dist in (("native-vrrp.md", "vipcore-native-vrrp"), ("keepalived.md", "vipcore-keepalived"),
+                       ("netlink-static.md", "vipcore-netlink-static")):
+        assert f'pip install "vipcore[agent]" {dist}' in (DOCS / page).read_text(), page
