@@ -122,7 +122,7 @@ def agent_status(agent: Agent) -> dict[str, Any]:
                 state = State.FAULT.value if failure is not None else State.INIT.value
                 reason = "not reported by the backend yet"
             if failure is not None:
-                reason = f"{failure.hook} failed: {failure.error}"
+                reason = f"failed: {failure.error}"
             routers.append({
                 "group": name,
                 "short_name": group.short_name,
