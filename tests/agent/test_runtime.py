@@ -409,3 +409,38 @@ def test_a_hook_exception_is_logged_with_its_traceback_at_debug(caplog: pytest.L
     assert debug.exc_info is not None and isinstance(debug.exc_info[1], KeyError)
     (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "KeyError: 'vips'" in error.getMessage() and not error.exc_info  # one line for operators
+
+
+def test_readyz_fails_while_a_group_is_failed_and_recovers_after_the_retry() -> None:
+    from tests.helpers.agents import aget
+    from vipcore.agent.telemetry import serve_agent
+
+    joins: list[int] = []
+
+    async def second_time_lucky() -> None:
+        joins.append(1)
+        if len(joins) == 1:
+            raise OSError("no carrier")
+
+    Scripted.script = {"vcP0": {"join": second_time_lucky}}
+
+    async def scenario() -> None:
+        agent = make(StaticSource(state("vcP0")), retry_initial=0.3, retry_max=0.3)
+        endpoint = await serve_agent(agent, "127.0.0.1:0")
+        try:
+            await agent.start()
+            code, _, _ = await aget(endpoint.url + "/readyz")
+            assert code == 503
+            _, _, body = await aget(endpoint.url + "/status")
+            assert json.loads(body)["failed"][0]["hook"] == "vipcore_group_join"
+            for _ in range(200):
+                if agent.ready:
+                    break
+                await asyncio.sleep(0.01)
+            code, _, _ = await aget(endpoint.url + "/readyz")
+            assert code == 200 and len(joins) == 2
+            await agent.stop()
+        finally:
+            await endpoint.close()
+
+    asyncio.run(scenario())
