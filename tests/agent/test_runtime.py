@@ -429,8 +429,9 @@ def test_readyz_fails_while_a_group_is_failed_and_recovers_after_the_retry() -> 
         endpoint = await serve_agent(agent, "127.0.0.1:0")
         try:
             await agent.start()
-            code, _, _ = await aget(endpoint.url + "/readyz")
-            assert code == 503
+            code, _, body = await aget(endpoint.url + "/readyz")
+            short = next(iter(agent.desired.values())).group.short_name
+            assert (code, body) == (503, f"not ready: 1 group(s) failed in the backend: {short}\n")
             _, _, body = await aget(endpoint.url + "/status")
             assert json.loads(body)["failed"][0]["hook"] == "vipcore_group_join"
             for _ in range(200):

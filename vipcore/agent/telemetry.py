@@ -181,6 +181,7 @@ async def serve_agent(agent: Agent, address: str | None = None) -> Endpoint:
     ``/readyz`` answers 503 while the agent starts.
     """
     endpoint = Endpoint(address if address is not None else agent.config.metrics, agent_registry(agent),
-                        ready=lambda: agent.ready, status=lambda: agent_status(agent))
+                        ready=lambda: agent.ready, status=lambda: agent_status(agent),
+                        not_ready_reason=agent.not_ready_reason)
     await endpoint.start()
     return endpoint
