@@ -4,6 +4,7 @@ concurrency, a blocking hook named, and a failing source keeping the last good s
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from vipcore.backend.host import load_hooks
 from vipcore.core.errors import ConfigError
 from vipcore.core.settings import Config
 from vipcore.ops.metrics import samples_of
+from vipcore.ops.status import status_table
 from vipcore.sources.static import StaticSource, desired_state
 
 FAST = {"retry_initial": 0.02, "retry_max": 0.05, "hook_timeout": 2.0, "stop_timeout": 2.0}
@@ -158,13 +160,20 @@ def test_a_failed_join_is_visible_unready_and_retried_with_backoff() -> None:
         registry = agent_registry(agent)
         await agent.start()
         name = group_of(agent, "vcP0")
-        assert not agent.ready and agent.not_ready_reason() == f"1 group(s) failed in the backend: {name[:12]}"
+        short = agent.desired[name].group.short_name
+        assert not agent.ready and agent.not_ready_reason() == f"1 group(s) failed in the backend: {short}"
         document = agent_status(agent)
         assert not document["ready"] and document["failed"][0]["group"] == name
         rows = [r for r in document["routers"] if r["group"] == name]
         assert rows and all(r["state"] == "fault" and r["failed"] for r in rows)
-        assert "vipcore_group_join failed: " in rows[0]["reason"] and "OSError: interface busy" in rows[0]["reason"]
+        assert rows[0]["reason"].startswith("failed: plugin 'scripted-plugin': backend 'scripted' failed in "
+                                            "vipcore_group_join")
+        assert rows[0]["reason"].endswith("OSError: interface busy")
         assert samples_of(generate_latest(registry).decode(), "vipcore_failed_groups") == {(): 1.0}
+        table = status_table(json.loads(json.dumps(document)))  # what `vipcore status` prints
+        assert "NOT READY" in table.splitlines()[0]
+        (row,) = [line for line in table.splitlines() if line.startswith(short)]
+        assert " fault " in row and "failed: plugin 'scripted-plugin'" in row
         for _ in range(200):  # retried on its own, with growing waits, until it succeeds
             if agent.ready:
                 break
@@ -383,3 +392,56 @@ def test_agent_settings_are_validated() -> None:
     config = Config(backend="scripted", node_name="node-a", sections={"agent": {"hook_timout": 3}})
     with pytest.raises(ConfigError, match=r"agent.hook_timout: unknown setting"):
         Agent(config, hooks=load_hooks(load_entrypoints=False), source=StaticSource(state()))
+
+
+def test_a_hook_exception_is_logged_with_its_traceback_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    Scripted.script = {"vcP0": {"join": raises(KeyError("vips"))}}
+
+    async def scenario() -> None:
+        agent = make(StaticSource(state("vcP0")), retry_initial=30, retry_max=30)
+        await agent.start()
+        await agent.stop()
+
+    with caplog.at_level(logging.DEBUG, logger="vipcore"):
+        asyncio.run(scenario())
+    (debug,) = [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info]
+    assert debug.getMessage().startswith("backend 'scripted' raised in vipcore_group_join")
+    assert debug.exc_info is not None and isinstance(debug.exc_info[1], KeyError)
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "KeyError: 'vips'" in error.getMessage() and not error.exc_info  # one line for operators
+
+
+def test_readyz_fails_while_a_group_is_failed_and_recovers_after_the_retry() -> None:
+    from tests.helpers.agents import aget
+    from vipcore.agent.telemetry import serve_agent
+
+    joins: list[int] = []
+
+    async def second_time_lucky() -> None:
+        joins.append(1)
+        if len(joins) == 1:
+            raise OSError("no carrier")
+
+    Scripted.script = {"vcP0": {"join": second_time_lucky}}
+
+    async def scenario() -> None:
+        agent = make(StaticSource(state("vcP0")), retry_initial=0.3, retry_max=0.3)
+        endpoint = await serve_agent(agent, "127.0.0.1:0")
+        try:
+            await agent.start()
+            code, _, body = await aget(endpoint.url + "/readyz")
+            short = next(iter(agent.desired.values())).group.short_name
+            assert (code, body) == (503, f"not ready: 1 group(s) failed in the backend: {short}\n")
+            _, _, body = await aget(endpoint.url + "/status")
+            assert json.loads(body)["failed"][0]["hook"] == "vipcore_group_join"
+            for _ in range(200):
+                if agent.ready:
+                    break
+                await asyncio.sleep(0.01)
+            code, _, _ = await aget(endpoint.url + "/readyz")
+            assert code == 200 and len(joins) == 2
+            await agent.stop()
+        finally:
+            await endpoint.close()
+
+    asyncio.run(scenario())

@@ -264,3 +264,36 @@ def test_a_backend_subclass_needs_no_markers_and_runs_under_the_agent(tmp_path: 
         assert calls[-1] == ("stop", True)
 
     asyncio.run(scenario())
+
+
+def test_an_agent_on_another_backend_runs_and_names_the_skipped_plugin_once(
+        site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    distribution(site, "vipcore-typo", "typo", "vc_typo_plugin", """
+    from vipcore import hookimpl
+
+    @hookimpl
+    def vipcore_register_backend(registry):
+        pass
+    """)
+
+    class UnmarkedPlugin:
+        @hookimpl
+        def vipcore_register_backends(self, registry: Any) -> None:
+            registry.add(Unmarked)
+
+    manifests = loopback_manifests(tmp_path / "m", nodes=("node-a",))
+    config = load_config(overrides={"backend": "unmarked", "node_name": "node-a", "manifests": [str(manifests)],
+                                    "state_dir": str(tmp_path / "state"), "metrics": ""}, environ={})
+    hooks = load_hooks(plugins=[("mine", UnmarkedPlugin())])  # entry points too: the broken one is among them
+
+    async def scenario() -> None:
+        agent = Agent(config, hooks=hooks, source=ManifestSource(config.manifests))
+        await agent.start()
+        assert agent.ready and len(agent.memberships) == 1
+        await agent.stop()
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(scenario())
+    skipped = [r.getMessage() for r in caplog.records if "vipcore-typo" in r.getMessage()]
+    assert skipped == ["skipped: plugin 'typo' (from vipcore-typo): unknown hook vipcore_register_backend "
+                       "(did you mean vipcore_register_backends?)"]

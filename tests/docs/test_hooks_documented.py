@@ -70,3 +70,21 @@ def test_the_load_time_checks_and_the_base_class_are_documented() -> None:
                    "`vipcore.backend.hookspecs`", "is skipped whole"):
         assert phrase in text, phrase
     assert "vipcore/hookspecs.py" not in text  # the module moved
+
+
+def test_backend_author_docs_link_to_published_pages_or_examples_never_tests() -> None:
+    for page in ("hooks.md", "writing-a-backend.md"):
+        text = (DOCS / page).read_text()
+        assert not re.search(r"(^|[\s`(/])tests/", text), f"{page} points authors at files under tests/"
+        for target in re.findall(r"\]\(([^)#]+)\)", text):
+            if not target.startswith(("http://", "https://")):
+                assert (DOCS / target).exists(), f"{page}: broken link {target}"
+    text = (DOCS / "writing-a-backend.md").read_text()
+    assert "rank_nodes(membership.group" in text and "Do **not** rank by `group.name`" in text
+    assert "pip install vipcore" in text and "vipcore-native-vrrp" in text
+
+
+def test_each_backend_page_names_its_distribution() -> None:
+    for page, dist in (("native-vrrp.md", "vipcore-native-vrrp"), ("keepalived.md", "vipcore-keepalived"),
+                       ("netlink-static.md", "vipcore-netlink-static")):
+        assert f'pip install "vipcore[agent]" {dist}' in (DOCS / page).read_text(), page

@@ -179,7 +179,7 @@ class Agent:
         if not self._started:
             return self._waiting or "starting"
         if self.failed:
-            names = ", ".join(sorted(f.group[:12] for f in self.failed.values()))
+            names = ", ".join(sorted(_short(f.group) for f in self.failed.values()))
             return f"{len(self.failed)} group(s) failed in the backend: {names}"
         return None
 
@@ -416,7 +416,7 @@ class Agent:
             return False
         if group in self.failed:
             self._forget_failure(group)
-            log.info("group %s recovered (%s succeeded)", group[:12], hook,
+            log.info("group %s recovered (%s succeeded)", _short(group), hook,
                      extra={"event": "group_recovered", "group": group})
         return True
 
@@ -427,7 +427,7 @@ class Agent:
         delay = self.settings.backoff(failure.attempts)
         failure.retry_at = time.time() + delay
         self.failed[group] = failure
-        log.error("group %s: %s (attempt %d; retrying in %.1f s)", group[:12], error, failure.attempts, delay,
+        log.error("group %s: %s (attempt %d; retrying in %.2g s)", _short(group), error, failure.attempts, delay,
                   extra={"event": "group_error", "group": group, "hook": hook})
         pending = self._retries.get(group)
         if pending is not None and pending is not asyncio.current_task():
@@ -451,6 +451,12 @@ class Agent:
 
 async def _concurrently(calls: Iterable[Awaitable[bool]]) -> None:
     await asyncio.gather(*calls)
+
+
+def _short(group: str) -> str:
+    """A group's name as tables show it: 12 hex digits of the hash and the interface."""
+    digest, sep, interface = group.partition("-")
+    return f"{digest[:12]}-{interface}" if sep else group
 
 
 def _describe(exc: BaseException) -> str:

@@ -122,7 +122,7 @@ def agent_status(agent: Agent) -> dict[str, Any]:
                 state = State.FAULT.value if failure is not None else State.INIT.value
                 reason = "not reported by the backend yet"
             if failure is not None:
-                reason = f"{failure.hook} failed: {failure.error}"
+                reason = f"failed: {failure.error}"
             routers.append({
                 "group": name,
                 "short_name": group.short_name,
@@ -181,6 +181,7 @@ async def serve_agent(agent: Agent, address: str | None = None) -> Endpoint:
     ``/readyz`` answers 503 while the agent starts.
     """
     endpoint = Endpoint(address if address is not None else agent.config.metrics, agent_registry(agent),
-                        ready=lambda: agent.ready, status=lambda: agent_status(agent))
+                        ready=lambda: agent.ready, status=lambda: agent_status(agent),
+                        not_ready_reason=agent.not_ready_reason)
     await endpoint.start()
     return endpoint

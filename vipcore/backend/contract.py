@@ -1,16 +1,17 @@
 """What a backend is given and how it is registered.
 
-A backend is a class with a ``name`` class attribute and ``@hookimpl``
-methods for the dispatch hooks in :mod:`vipcore.backend.hookspecs`. A plugin module
-registers it through :func:`vipcore_register_backends`::
+A backend is a class with a ``name`` class attribute and the dispatch hooks
+of :mod:`vipcore.backend.hookspecs`: a subclass of :class:`vipcore.Backend`
+(no marker needed) or a plain class whose methods are marked ``@hookimpl``.
+A plugin module registers it through ``vipcore_register_backends``::
 
-    from vipcore import hookimpl
+    from vipcore import Backend, hookimpl
 
-    class MyBackend:
+    class MyBackend(Backend):
         name = "mine"
 
-        @hookimpl
-        async def vipcore_backend_start(self, context): ...
+        async def vipcore_group_join(self, membership): ...
+        ...
 
     @hookimpl
     def vipcore_register_backends(registry):

@@ -5,9 +5,10 @@ Three kinds of hook:
 * **Registration** — every plugin may add backends to a registry.
 * **Dispatch** — the core tells the *active backend* what to do. Exactly one
   backend instance is registered for these; each call returns ``True`` or an
-  awaitable (an ``async def`` implementation) that the agent awaits. A call
-  that no plugin answers (every result ``None``) is an error that names the
-  backend. These are ``firstresult`` hooks.
+  awaitable (an ``async def`` implementation) that the agent awaits under a
+  deadline and that must finish with ``None`` or ``True``. Any other result
+  (``"ok"``, ``42``, ``False``, ``None`` from a plain ``def``) is an error
+  naming the plugin and the hook. These are ``firstresult`` hooks.
 * **Notification** — backends and the core report what happened; every
   implementation is called, results are ignored, and an exception in one
   observer is logged with the plugin's name and never reaches the backend.

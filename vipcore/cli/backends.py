@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from vipcore.backend.host import load_hooks
+from vipcore.backend.host import install_hint, load_hooks
 from vipcore.ops.tables import render_table
 
 
@@ -25,6 +25,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
         print(render_table(["BACKEND", "DISTRIBUTION", "VERSION", "PLUGIN"], rows))
         for failure in hooks.failures:
             print(f"broken: {failure.error}", file=sys.stderr)
+        if not rows:
+            print(f"no backend is installed: {install_hint()}", file=sys.stderr)
     return 0
 
 

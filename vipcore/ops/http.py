@@ -46,12 +46,15 @@ class Endpoint:
         ready: Callable[[], bool] = lambda: True,
         status: Callable[[], Mapping[str, Any]] | None = None,
         healthy: Callable[[], bool] = lambda: True,
+        not_ready_reason: Callable[[], str | None] | None = None,
     ) -> None:
         self.address = address
         self.registry = registry
         self.ready = ready
         self.healthy = healthy
         self.status = status
+        #: Why ``/readyz`` answers 503, for its body (``not ready: <reason>``).
+        self.not_ready_reason = not_ready_reason
         self._server: asyncio.base_events.Server | None = None
 
     @property
@@ -129,7 +132,10 @@ class Endpoint:
         if path == "/healthz":
             return (200, "text/plain", b"ok\n") if self.healthy() else (503, "text/plain", b"unhealthy\n")
         if path == "/readyz":
-            return (200, "text/plain", b"ready\n") if self.ready() else (503, "text/plain", b"not ready\n")
+            if self.ready():
+                return 200, "text/plain", b"ready\n"
+            reason = self.not_ready_reason() if self.not_ready_reason is not None else None
+            return 503, "text/plain", (f"not ready: {reason}\n" if reason else "not ready\n").encode()
         if path == "/status" and self.status is not None:
             return 200, "application/json", json.dumps(self.status(), indent=2).encode() + b"\n"
         return 404, "text/plain", b"not found: try /metrics, /healthz, /readyz, /status\n"

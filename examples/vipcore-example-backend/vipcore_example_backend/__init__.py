@@ -12,25 +12,24 @@ import json
 import os
 from typing import Any
 
-from vipcore import BackendContext, Family, Membership, State, StateChange, hookimpl
+from vipcore import Backend, BackendContext, BackendRegistry, Family, Membership, State, StateChange, hookimpl
 
 
-class ExampleFileBackend:
+class ExampleFileBackend(Backend):
+    """Methods named like hooks are hook implementations: a ``vipcore.Backend`` needs no ``@hookimpl``."""
+
     name = "example_file"
 
     def __init__(self) -> None:
-        self.context: BackendContext | None = None
         self.groups: dict[str, dict[str, Any]] = {}
 
     def _write(self) -> None:
-        assert self.context is not None
         path = self.context.state_dir / "example-backend.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.groups, indent=2, sort_keys=True))
         os.replace(tmp, path)
 
     def _report(self, membership: Membership, new: State, reason: str) -> None:
-        assert self.context is not None
         for family in membership.group.families:
             old = State(self.groups.get(membership.name, {}).get("state", "init"))
             self.context.report(StateChange(
@@ -50,43 +49,36 @@ class ExampleFileBackend:
         }
         self._write()
 
-    @hookimpl
     async def vipcore_backend_start(self, context: BackendContext) -> None:
-        self.context = context
+        await super().vipcore_backend_start(context)  # keeps it as self.context
         if context.config.get("fail_on_start"):
             raise RuntimeError("asked to fail by config")
         self._write()
 
-    @hookimpl
     async def vipcore_backend_stop(self, graceful: bool) -> None:
         self.groups.clear()
         self._write()
 
-    @hookimpl
     async def vipcore_group_join(self, membership: Membership) -> None:
         self._hold(membership)
 
-    @hookimpl
     async def vipcore_group_update(self, old: Membership, new: Membership) -> None:
         self._hold(new)
 
-    @hookimpl
     async def vipcore_group_leave(self, membership: Membership, graceful: bool) -> None:
         self._report(membership, State.STOPPED, "left the group")
         self.groups.pop(membership.name, None)
         self._write()
 
-    @hookimpl
     async def vipcore_group_release(self, group: str, reason: str) -> None:
         self.groups.get(group, {})["state"] = State.BACKUP.value
         self._write()
 
-    @hookimpl
     async def vipcore_group_takeover(self, group: str, reason: str) -> None:
         self.groups.get(group, {})["state"] = State.MASTER.value
         self._write()
 
 
 @hookimpl
-def vipcore_register_backends(registry: Any) -> None:
+def vipcore_register_backends(registry: BackendRegistry) -> None:
     registry.add(ExampleFileBackend)
