@@ -12,11 +12,12 @@ import attrs
 
 from vipcore.net.addresses import AnnounceSchedule
 from vipcore.core.errors import ConfigError
+from vipcore_native_vrrp.liveness.coordinator import LivenessSettings
 from vipcore_native_vrrp.protocol.packet import MAX_INTERVAL_CS
 
 SECTION = "native_vrrp"
 DEFAULT_GARP = AnnounceSchedule(count=5, interval=0.2, refresh=None)
-KEYS = ("advert_interval", "preempt", "unicast", "check_source", "garp", "resign_timeout")
+KEYS = ("advert_interval", "preempt", "unicast", "check_source", "garp", "resign_timeout", "liveness")
 
 
 @attrs.frozen
@@ -29,6 +30,8 @@ class NativeVrrpConfig:
     garp: AnnounceSchedule = DEFAULT_GARP
     #: Bound on a graceful hand-over; None: Master_Down_Interval of a priority-1 router.
     resign_timeout: float | None = None
+    #: Node-level liveness (BFD) between vipcore nodes; see docs/native-vrrp.md.
+    liveness: LivenessSettings = LivenessSettings()
 
     @property
     def advert_interval(self) -> float:
@@ -63,6 +66,8 @@ class NativeVrrpConfig:
                 raise ConfigError(f"must be a number of seconds > 0, got {value!r}", source=SECTION,
                                   field="resign_timeout")
             kwargs["resign_timeout"] = float(value)
+        if "liveness" in section:
+            kwargs["liveness"] = LivenessSettings.from_mapping(section["liveness"], source=SECTION)
         return cls(**kwargs)
 
 

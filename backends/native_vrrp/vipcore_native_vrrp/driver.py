@@ -110,6 +110,9 @@ class RouterDriver:
     def takeover(self, reason: str) -> None:
         self.feed(self.router.takeover(self.loop.time(), reason))
 
+    def peer_lost(self, delay: float, what: str) -> None:
+        self.feed(self.router.peer_lost(self.loop.time(), delay, what))
+
     # -- actions --------------------------------------------------------------
 
     def feed(self, actions: Iterable[Action]) -> None:
