@@ -360,6 +360,11 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         if backend != PLAIN_KEEPALIVED:
             sections += [("manifests", lambda: manifests(rig)), ("hostile", lambda: hostile(rig))]
         for name, section in sections:
+            if not rig.settle(20, quiet=0.3):
+                # A fault the last section left behind must not count against this one.
+                log(f"    the lab did not settle after the last section ({rig.lab.holders()}); rebuilding it")
+                rig.close()
+                rig = Rig(backend)
             log(f"{LABELS[backend]}: {name}")
             try:
                 out[name] = section()
