@@ -8,7 +8,7 @@ Library users get the model and the pure resolver::
 
 from __future__ import annotations
 
-from vipcore.backend import BackendContext, BackendInfo, BackendRegistry, hookimpl
+from vipcore.backend import Backend, BackendContext, BackendInfo, BackendRegistry, hookimpl, rank_nodes
 from vipcore.core.errors import (
     AllocationError,
     ConfigError,
@@ -44,10 +44,10 @@ from vipcore.core.vrid import allocate_vrids
 __version__ = "0.1.0"
 
 __all__ = [
-    "AllocationError", "BackendContext", "BackendInfo", "BackendRegistry", "ConfigError", "DesiredState",
+    "AllocationError", "Backend", "BackendContext", "BackendInfo", "BackendRegistry", "ConfigError", "DesiredState",
     "EndpointSlice", "Family", "InterfaceNotFoundError", "ManifestError", "Membership", "MetricSample", "Node",
     "PeerNode", "PluginError", "Pool", "Resolution", "Service", "State", "StateChange", "TrafficPolicy",
     "UnknownBackendError", "Unresolved", "VipGroup", "VipcoreError", "VridPolicy", "allocate", "allocate_vrids",
     "choose_pool", "group_name", "holder", "hookimpl", "membership", "node_eligible", "priorities", "rank",
-    "resolve",
+    "rank_nodes", "resolve",
 ]

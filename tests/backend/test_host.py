@@ -209,9 +209,11 @@ def test_backend_failing_in_a_group_hook_is_named_and_spares_others(tmp_path: Pa
 
     async def scenario() -> None:
         agent = Agent(config, hooks=hooks, source=ManifestSource(config.manifests))
-        await agent.start()  # the failing group is logged, the agent keeps running
+        await agent.start()  # the failing group is logged and recorded, the agent keeps running
         assert agent.memberships == {}
-        assert agent.ready
+        assert not agent.ready and "1 group(s) failed in the backend" in (agent.not_ready_reason() or "")
+        (failure,) = agent.failed.values()
+        assert failure.hook == "vipcore_group_join" and "OSError: cannot hold on lo" in failure.error
         with pytest.raises(PluginError, match=r"plugin 'picky-plugin'.*backend 'picky' failed in vipcore_group_join"):
             await hooks.join(membership=_any_membership(agent))
         await agent.stop()
@@ -268,17 +270,27 @@ def test_backend_raising_on_start_names_the_plugin(example_backend: str, tmp_pat
     assert "failed in vipcore_backend_start: RuntimeError: asked to fail by config" in result.stderr
 
 
-def test_missing_interface_on_this_node(example_backend: str, tmp_path: Path) -> None:
-    manifests = loopback_manifests(tmp_path / "m")
-    text = (manifests / "all.yaml").read_text().replace("interface: lo", "interface: vcnoexist0")
+def test_missing_interface_on_this_node_skips_the_group_at_start_as_later(tmp_path: Path) -> None:
+    manifests = loopback_manifests(tmp_path / "m", nodes=("node-a",))
+    text = (manifests / "all.yaml").read_text().replace("interface: lo", "interface: vcPnoexist0")
     (manifests / "all.yaml").write_text(text)
-    config = write_yaml(tmp_path / "c.yaml", {"backend": example_backend, "node_name": "node-a", "metrics": "",
-                                              "manifests": [str(manifests)], "state_dir": str(tmp_path / "s")})
-    result = run_cli("agent", "--config", str(config))
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "vipcore: error: interface 'vcnoexist0' does not exist on node 'node-a' (needed by its VIP groups)"
-    )
+    config = load_config(overrides={"backend": "recorder", "node_name": "node-a", "manifests": [str(manifests)],
+                                    "state_dir": str(tmp_path / "state"), "metrics": ""}, environ={})
+    hooks = load_hooks(plugins=[("rec", RecorderPlugin())], load_entrypoints=False)
+    Recorder.calls.clear()
+
+    async def scenario() -> None:
+        agent = Agent(config, hooks=hooks, source=ManifestSource(config.manifests))
+        await agent.start()  # today: InterfaceNotFoundError, exit 2
+        assert agent.ready
+        assert list(agent.skipped.values()) == ["interface 'vcPnoexist0' does not exist on node 'node-a'"]
+        assert [c[0] for c in Recorder.calls] == ["start"]
+        (manifests / "all.yaml").write_text(text.replace("interface: vcPnoexist0", "interface: lo"))
+        await agent.apply(ManifestSource(config.manifests).load())
+        assert agent.skipped == {} and [c[0] for c in Recorder.calls] == ["start", "join"]
+        await agent.stop()
+
+    asyncio.run(scenario())
 
 
 def _wait_for(read: Any, ok: Any, timeout: float = 15.0) -> Any:

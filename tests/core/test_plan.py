@@ -14,11 +14,10 @@ from vipcore.core.plan import (
     IP_RELEASED,
     NO_GROUP,
     Selection,
-    group_spec,
     holder_notes,
     plan,
 )
-from vipcore.core.objects import pool_from_k8s
+from vipcore.core.objects import pool_from_k8s, vipgroup_spec
 from vipcore.core.model import EndpointSlice, Node
 
 NODES = (Node("node-a"), Node("node-b"), Node("node-c"))
@@ -54,7 +53,7 @@ def run(services: list[dict[str, Any]], *, pools: tuple[Any, ...] = (), vipgroup
 
 def vipgroup_obj(group: Any, rv: str = "3") -> dict[str, Any]:
     return {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup",
-            "metadata": {"name": group.name, "resourceVersion": rv}, "spec": group_spec(group)}
+            "metadata": {"name": group.name, "resourceVersion": rv}, "spec": vipgroup_spec(group)}
 
 
 def test_new_service_gets_finalizer_address_group_and_events() -> None:

@@ -1,158 +1,231 @@
-"""The Kubernetes write helpers against the test API server."""
+"""The one writer against the test API server, with the real client over HTTP: the calls production makes."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.helpers import objects as o
-from vipcore.core.model import Family, VipGroup
-from vipcore.kube import FINALIZER, ConflictError, KubernetesWriter
+from vipcore.core.model import FINALIZER, Family, VipGroup
+from vipcore.kube import KubernetesError, KubernetesWriter, NotLeaderError, RetryPolicy, status_of
 from vipcore.testing.apiserver import ApiServer
 
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+GROUP_V = "vipcore.io/v1alpha1"
 
 
 @pytest.fixture
-def writer(server: ApiServer) -> KubernetesWriter:
-    return KubernetesWriter(server.client(), component="vipcore-controller", instance="test")
+def client(server: ApiServer) -> Iterator[Any]:
+    client = server.client()
+    client.user_agent = "writer-test"
+    yield client
+    client.close()
 
 
-class MeddlingWriter(KubernetesWriter):
-    """Changes the object between this writer's read and its write, ``times`` times: a racing writer."""
-
-    def __init__(self, server: ApiServer, times: int) -> None:
-        super().__init__(server.client())
-        self.server = server
-        self.times = times
-
-    def _raw(self, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        result = super()._raw(fn, *args, **kwargs)
-        if fn.__name__.startswith(("read_", "get_")) and self.times > 0:
-            self.times -= 1
-            meta = result["metadata"]
-            if result.get("kind") == "VipGroup":
-                self.server.patch("vipcore.io/v1alpha1", "VipGroup", meta["name"],
-                                  {"metadata": {"labels": {"meddled": str(self.times)}}})
-            else:
-                self.server.patch("v1", "Service", meta["name"], {"metadata": {"labels": {"meddled": str(self.times)}}},
-                                  namespace=meta["namespace"])
-        return result
+@pytest.fixture
+def writer(client: Any) -> KubernetesWriter:
+    return KubernetesWriter(client, component="vipcore-controller", instance="test")
 
 
-def test_service_status_is_written_through_the_status_subresource(server: ApiServer, writer: KubernetesWriter) -> None:
-    server.create(o.service("web"))
+def group(nodes: tuple[str, ...] = ("node-a", "node-b"), services: tuple[str, ...] = ("default/web",)) -> VipGroup:
+    return VipGroup(name="abc-eth0", interface="eth0", nodes=nodes, vrid=12,
+                    vips_v4=(ipaddress.IPv4Address("198.51.100.10"),), services=services)
+
+
+def test_service_status_through_the_status_subresource_with_compare_and_swap(server: ApiServer,
+                                                                             writer: KubernetesWriter) -> None:
+    svc = server.create(o.service("web"))
     ips = [ipaddress.ip_address("198.51.100.100"), ipaddress.ip_address("2001:db8::100")]
-    obj = run(writer.patch_service_status("default", "web", ips))
-    assert obj["status"]["loadBalancer"]["ingress"] == [{"ip": "198.51.100.100"}, {"ip": "2001:db8::100"}]
+    written = writer.set_service_ingress(svc, ips)
+    assert written["status"]["loadBalancer"]["ingress"] == [{"ip": "198.51.100.100"}, {"ip": "2001:db8::100"}]
     assert [r.path for r in server.requests if r.method == "PATCH"] == [
         "/api/v1/namespaces/default/services/web/status"]
-    cleared = run(writer.patch_service_status("default", "web", []))
+    # Written from a stale read: refused, nothing changes.
+    with pytest.raises(KubernetesError) as err:
+        writer.set_service_ingress(svc, [])
+    assert err.value.status == 409 and "modified" in str(err.value)
+    cleared = writer.set_service_ingress(written, [])
     assert not cleared["status"]["loadBalancer"].get("ingress")
 
 
-def test_finalizer_add_and_remove_are_idempotent(server: ApiServer, writer: KubernetesWriter) -> None:
-    server.create(o.service("web"))
-    assert run(writer.add_finalizer("default", "web"))["metadata"]["finalizers"] == [FINALIZER]
-    assert run(writer.add_finalizer("default", "web"))["metadata"]["finalizers"] == [FINALIZER]
+def test_finalizer_compare_and_swap_and_no_request_when_already_so(server: ApiServer,
+                                                                   writer: KubernetesWriter) -> None:
+    svc = server.create(o.service("web"))
+    added = writer.set_service_finalizer(svc, True)
+    assert added["metadata"]["finalizers"] == [FINALIZER]
+    before = len(server.requests)
+    assert writer.set_service_finalizer(added, True) == added
+    assert len(server.requests) == before  # already so: nothing sent
+    with pytest.raises(KubernetesError) as err:
+        writer.set_service_finalizer(svc, True)  # stale: the finalizer write changed it
+    assert err.value.status == 409
     server.delete("v1", "Service", "web", namespace="default")
-    assert server.get("v1", "Service", "web", "default")["metadata"]["deletionTimestamp"]
-    run(writer.remove_finalizer("default", "web"))
+    deleting = server.get("v1", "Service", "web", "default")
+    writer.set_service_finalizer(deleting, False)
     with pytest.raises(Exception, match="not found"):
         server.get("v1", "Service", "web", "default")
-    assert run(writer.remove_finalizer("default", "web")) is None
 
 
-def test_finalizer_write_retries_conflicts(server: ApiServer) -> None:
-    server.create(o.service("web"))
-    meddler = MeddlingWriter(server, times=2)
-    obj = run(meddler.add_finalizer("default", "web"))
-    assert obj["metadata"]["finalizers"] == [FINALIZER]
-    assert obj["metadata"]["labels"] == {"meddled": "0"}
-    codes = [r.code for r in server.requests if r.method == "PATCH" and r.path.endswith("/services/web")]
-    assert codes == [409, 409, 200]
-
-
-def test_finalizer_gives_up_after_repeated_conflicts(server: ApiServer) -> None:
-    server.create(o.service("web"))
-    meddler = MeddlingWriter(server, times=100)
-    meddler.attempts = 3
-    with pytest.raises(ConflictError, match="kept changing"):
-        run(meddler.add_finalizer("default", "web"))
-
-
-def test_vipgroup_create_update_and_status(server: ApiServer, writer: KubernetesWriter) -> None:
-    group = VipGroup(name="abc-eth0", interface="eth0", nodes=("node-b", "node-a"), vrid=12,
-                     vips_v4=(ipaddress.IPv4Address("198.51.100.10"),), services=("default/web",))
-    created = run(writer.apply_vipgroup(group))
+def test_vipgroup_create_update_delete_with_resource_version_preconditions(server: ApiServer,
+                                                                          writer: KubernetesWriter) -> None:
+    created = writer.create_vipgroup(group(), labels={"app.kubernetes.io/managed-by": "vipcore-controller"})
     assert created["spec"] == {"interface": "eth0", "nodes": ["node-a", "node-b"], "vrid": 12,
                                "vips": {"ipv4": ["198.51.100.10"], "ipv6": []}, "services": ["default/web"]}
-    same = run(writer.apply_vipgroup(group))
-    assert same["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
-    holder = run(writer.patch_vipgroup_holder("abc-eth0", Family.IPV4, "node-a", since=0.0, backend="native_vrrp"))
+    with pytest.raises(KubernetesError) as err:
+        writer.create_vipgroup(group())
+    assert err.value.status == 409
+    holder = writer.set_vipgroup_holder("abc-eth0", Family.IPV4, "node-a", since=0.0, backend="native_vrrp")
+    assert holder is not None
     assert holder["status"]["holders"]["ipv4"] == {"node": "node-a", "since": "1970-01-01T00:00:00Z",
                                                    "backend": "native_vrrp"}
-    moved = VipGroup(name="abc-eth0", interface="eth0", nodes=("node-a",), vrid=12,
-                     vips_v4=(ipaddress.IPv4Address("198.51.100.10"),))
-    updated = run(writer.apply_vipgroup(moved))
+    # The spec update carries the version the decision was made from: the holder write changed it.
+    with pytest.raises(KubernetesError) as err:
+        writer.update_vipgroup(group(nodes=("node-a",), services=()), created["metadata"]["resourceVersion"])
+    assert err.value.status == 409
+    updated = writer.update_vipgroup(group(nodes=("node-a",), services=()), holder["metadata"]["resourceVersion"])
     assert updated["spec"]["nodes"] == ["node-a"] and updated["spec"]["services"] == []
     assert updated["status"]["holders"]["ipv4"]["node"] == "node-a"  # spec writes never touch status
     assert updated["metadata"]["generation"] == 2
-    cleared = run(writer.patch_vipgroup_holder("abc-eth0", Family.IPV4, None))
-    assert "ipv4" not in cleared["status"]["holders"]
-    assert run(writer.delete_vipgroup("abc-eth0")) is True
-    assert run(writer.delete_vipgroup("abc-eth0")) is False
-    assert run(writer.patch_vipgroup_holder("abc-eth0", Family.IPV4, "node-a")) is None
+    with pytest.raises(KubernetesError) as err:
+        writer.delete_vipgroup("abc-eth0", created["metadata"]["resourceVersion"])
+    assert err.value.status == 409 and server.get(GROUP_V, "VipGroup", "abc-eth0")
+    assert writer.delete_vipgroup("abc-eth0", updated["metadata"]["resourceVersion"]) is True
+    assert writer.delete_vipgroup("abc-eth0") is False
+    assert writer.set_vipgroup_holder("abc-eth0", Family.IPV4, "node-a") is None
 
 
-def test_vipgroup_update_retries_conflicts(server: ApiServer) -> None:
-    group = VipGroup(name="abc-eth0", interface="eth0", nodes=("node-a",), vrid=12)
-    server.create(o.vip_group("abc-eth0", 12, nodes=("node-a", "node-b")))
-    meddler = MeddlingWriter(server, times=1)
-    obj = run(meddler.apply_vipgroup(group))
-    assert obj["spec"]["nodes"] == ["node-a"] and obj["metadata"]["labels"] == {"meddled": "0"}
+def test_holder_clear_is_compare_and_swap(server: ApiServer, writer: KubernetesWriter) -> None:
+    writer.create_vipgroup(group())
+    mine = writer.set_vipgroup_holder("abc-eth0", Family.IPV4, "node-a")
+    assert mine is not None
+    writer.set_vipgroup_holder("abc-eth0", Family.IPV4, "node-b")  # the new holder records itself
+    with pytest.raises(KubernetesError) as err:
+        writer.set_vipgroup_holder("abc-eth0", Family.IPV4, None, resource_version=mine["metadata"]["resourceVersion"])
+    assert err.value.status == 409
+    assert server.get(GROUP_V, "VipGroup", "abc-eth0")["status"]["holders"]["ipv4"]["node"] == "node-b"
 
 
-def test_writes_retry_5xx_within_bounds(server: ApiServer, writer: KubernetesWriter) -> None:
-    server.create(o.service("web"))
+def test_transient_failures_are_retried_within_the_policy(server: ApiServer, client: Any) -> None:
+    writer = KubernetesWriter(client, retry=RetryPolicy(attempts=3, initial=0.01, maximum=0.05))
+    svc = server.create(o.service("web"))
     server.fail_next(2)
-    run(writer.patch_service_status("default", "web", [ipaddress.ip_address("198.51.100.100")]))
+    written = writer.set_service_ingress(svc, [ipaddress.ip_address("198.51.100.100")])
+    codes = [r.code for r in server.requests if r.path.endswith("/services/web/status")]
+    assert codes == [503, 503, 200]
     server.fail_next(50)
-    started = time.monotonic()
-    with pytest.raises(Exception) as err:
-        run(writer.patch_service_status("default", "web", []))
-    assert getattr(err.value, "status", None) == 503
-    assert time.monotonic() - started < 10
+    with pytest.raises(KubernetesError) as err:
+        writer.set_service_ingress(written, [])
+    assert err.value.status == 503 and "injected failure" in str(err.value)
+    assert [r.code for r in server.requests if r.path.endswith("/services/web/status")][3:] == [503] * 3
     server.clear_failures()
+
+
+def test_connection_failures_are_retried(server: ApiServer, client: Any) -> None:
+    writer = KubernetesWriter(client, retry=RetryPolicy(attempts=8, initial=0.05, maximum=0.2))
+    svc = server.create(o.service("web"))
+    server.refuse_connections(0.4)
+    started = time.monotonic()
+    writer.set_service_ingress(svc, [ipaddress.ip_address("198.51.100.100")])
+    assert time.monotonic() - started >= 0.3
+
+
+def test_every_request_has_a_timeout(server: ApiServer, client: Any) -> None:
+    """A server that accepts and never answers: the write fails after its timeout, and is not retried by urllib3."""
+    writer = KubernetesWriter(client, timeout=0.3, retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.01))
+    svc = server.create(o.service("web"))
+    with server.black_hole("writer-test"):
+        started = time.monotonic()
+        with pytest.raises(Exception) as err:
+            writer.set_service_ingress(svc, [ipaddress.ip_address("198.51.100.100")])
+        took = time.monotonic() - started
+    assert status_of(err.value) is None  # a timeout, not an answer
+    assert 0.5 <= took < 2.0, took  # two tries of 0.3 s
+    swallowed = [r for r in server.requests if r.code == 0]
+    assert len(swallowed) == 2 and all(r.client == "writer-test" for r in swallowed)
+    assert server.get("v1", "Service", "web", "default")["status"]["loadBalancer"] == {}
+
+
+def test_fenced_writer_sends_nothing_without_leadership(server: ApiServer, client: Any) -> None:
+    left = [0.0]
+    writer = KubernetesWriter(client, fence=lambda: left[0])
+    svc = server.create(o.service("web"))
+    before = len(server.requests)
+    with pytest.raises(NotLeaderError):
+        writer.set_service_ingress(svc, [ipaddress.ip_address("198.51.100.100")])
+    with pytest.raises(NotLeaderError):
+        writer.create_event(svc, "IPAllocated", "x")
+    assert len(server.requests) == before
+    assert writer.read_service("default", "web") is not None  # reads are not fenced
+    left[0] = 30.0
+    writer.set_service_ingress(svc, [ipaddress.ip_address("198.51.100.100")])
+
+
+def test_fence_bounds_each_request_by_the_leadership_left(server: ApiServer, client: Any) -> None:
+    """A write started just before the deadline cannot outlive it, even against a server that never answers."""
+    deadline = time.monotonic() + 0.4
+    writer = KubernetesWriter(client, timeout=10.0, fence=lambda: deadline - time.monotonic())
+    svc = server.create(o.service("web"))
+    with server.black_hole("writer-test", path="/services/"):
+        with pytest.raises(Exception) as err:
+            writer.set_service_ingress(svc, [ipaddress.ip_address("198.51.100.100")])
+        ended = time.monotonic()
+    assert isinstance(err.value, NotLeaderError) or status_of(err.value) is None
+    assert ended < deadline + 0.3
 
 
 def test_events_reference_the_object(server: ApiServer, writer: KubernetesWriter) -> None:
     svc = server.create(o.service("web"))
-    event = run(writer.create_event(svc, "IPAllocated", "allocated 198.51.100.100 from pool lan"))
+    event = writer.create_event(svc, "IPAllocated", "allocated 198.51.100.100 from pool lan")
     assert event["involvedObject"]["uid"] == svc["metadata"]["uid"]
     assert event["involvedObject"]["kind"] == "Service"
     assert event["source"] == {"component": "vipcore-controller"}
+    assert event["reportingInstance"] == "test"
     assert event["metadata"]["name"].startswith("web.")
-    warning = run(writer.create_event(svc, "IPRefused", "no pool", type="Warning"))
+    warning = writer.create_event(svc, "IPRefused", "no pool", type="Warning")
     assert warning["type"] == "Warning"
 
 
-def test_leases_create_renew_and_take_over_with_compare_and_swap(server: ApiServer,
-                                                                 writer: KubernetesWriter) -> None:
-    assert run(writer.get_lease("kube-system", "vipcore-controller")) is None
-    mine = run(writer.create_lease("kube-system", "vipcore-controller", "replica-a", 15))
-    assert mine.holder == "replica-a" and mine.transitions == 0
-    assert run(writer.create_lease("kube-system", "vipcore-controller", "replica-b", 15)) is None
-    renewed = run(writer.update_lease(mine, "replica-a", 15))
-    assert renewed.holder == "replica-a" and renewed.resource_version != mine.resource_version
-    # replica-b read the lease before the renewal: its takeover must lose.
-    assert run(writer.update_lease(mine, "replica-b", 15)) is None
-    taken = run(writer.update_lease(renewed, "replica-b", 15))
-    assert taken.holder == "replica-b" and taken.transitions == 1
-    assert taken.renewed_at() is not None and abs(taken.renewed_at() - time.time()) < 5
+def test_lease_micro_times_are_sent_as_written(server: ApiServer, writer: KubernetesWriter, client: Any) -> None:
+    """The typed client (v37) re-serialises ``...00.000000Z`` as ``...00+00:00``; a real server refuses that."""
+    import kubernetes.client
+
+    spec = {"holderIdentity": "a", "leaseDurationSeconds": 15, "acquireTime": "2026-01-01T00:00:00.000000Z",
+            "renewTime": "2026-01-01T00:00:00.000000Z", "leaseTransitions": 0}
+    typed = kubernetes.client.CoordinationV1Api(client)
+    with pytest.raises(kubernetes.client.ApiException) as err:
+        typed.create_namespaced_lease("default", {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                                  "metadata": {"name": "typed"}, "spec": spec})
+    assert err.value.status == 422 and "+00:00" in str(err.value.body)
+    lease = writer.create_lease("default", "ours", spec)
+    assert lease["spec"]["renewTime"] == "2026-01-01T00:00:00.000000Z"
+    renewed = writer.replace_lease(lease, {**spec, "renewTime": "2026-01-01T00:00:10.000000Z"})
+    assert renewed["spec"]["renewTime"] == "2026-01-01T00:00:10.000000Z"
+    with pytest.raises(KubernetesError) as conflict:
+        writer.replace_lease(lease, spec)  # stale resourceVersion
+    assert conflict.value.status == 409
+    assert writer.read_lease("default", "ours") == renewed
+    assert writer.read_lease("default", "missing") is None
+
+
+def test_black_holed_request_is_never_processed(server: ApiServer, client: Any) -> None:
+    writer = KubernetesWriter(client, timeout=5.0, retry=RetryPolicy(attempts=1))
+    svc = server.create(o.service("web"))
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            writer.set_service_ingress(svc, [ipaddress.ip_address("198.51.100.100")])
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            errors.append(exc)
+
+    with server.black_hole("writer-test"):
+        thread = threading.Thread(target=write)
+        thread.start()
+        time.sleep(0.3)
+        assert thread.is_alive()
+    thread.join(5)
+    assert errors and server.get("v1", "Service", "web", "default")["status"]["loadBalancer"] == {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
+import attrs
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -14,7 +15,17 @@ from vipcore.ops.metrics import (
     sample_families, samples_of, short_name,
 )
 from vipcore.core.errors import ConfigError
-from vipcore.core.model import Family, MetricSample, Pool, Resolution, State, StateChange, VipGroup, VridPolicy
+from vipcore.core.model import (
+    Family,
+    MetricSample,
+    Pool,
+    Resolution,
+    State,
+    StateChange,
+    TransitionCause,
+    VipGroup,
+    VridPolicy,
+)
 
 GROUP = "a" * 64 + "-eth0"
 
@@ -141,3 +152,15 @@ def test_parse_address(text: str, expected: tuple[str, int]) -> None:
 def test_parse_address_rejects_garbage(text: str) -> None:
     with pytest.raises(ConfigError, match="metrics.address"):
         parse_address(text)
+
+
+def test_transition_label_comes_from_the_typed_cause_when_given() -> None:
+    registry = CollectorRegistry()
+    observer = MetricsObserver(registry)
+    # Free text a substring match would misfile ("down" -> fault, nothing -> other).
+    observer.vipcore_state_changed(attrs.evolve(change(State.MASTER, "link came back down the hall"),
+                                                cause=TransitionCause.SYNC))
+    observer.vipcore_state_changed(attrs.evolve(change(State.BACKUP, "followed IPv4"), cause=TransitionCause.LINK_UP))
+    observer.vipcore_state_changed(change(State.MASTER, "master down: no advert"))  # third party: no cause
+    transitions = samples_of(generate_latest(registry).decode(), "vipcore_transitions_total")
+    assert {dict(k)["reason"] for k in transitions} == {"sync", "link_up", "master_down"}

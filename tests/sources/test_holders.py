@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from tests.helpers.cluster import wait_for
 
+from vipcore.kube import KubernetesWriter
 from vipcore.sources.holders import HolderStatus
 from vipcore.core.model import Family, State, StateChange
 from vipcore.testing.apiserver import ApiServer
@@ -35,7 +36,7 @@ def holders(server: ApiServer) -> dict[str, Any]:
 @pytest.fixture
 def observers(server: ApiServer) -> Iterator[dict[str, HolderStatus]]:
     client = server.client()
-    made = {n: HolderStatus(client, n, retry_max=0.2) for n in ("node-a", "node-b")}
+    made = {n: HolderStatus(KubernetesWriter(client), n, retry_max=0.2) for n in ("node-a", "node-b")}
     yield made
     for observer in made.values():
         observer.close()

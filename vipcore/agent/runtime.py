@@ -2,25 +2,41 @@
 
 The agent owns no protocol: it tells the active backend (through the hooks
 facade) which groups this node takes part in, and fans the backend's state
-reports out to observers. A failure in one group is logged with the group's
-name and never disturbs the others.
+reports out to observers.
+
+Nothing a plugin or a source does stops it:
+
+* A group whose hook fails (raises, returns garbage, misses its deadline) is
+  recorded in :attr:`Agent.failed`, shown on ``/status`` and in metrics, makes
+  the agent not ready, and is retried with exponential backoff, on its own;
+  the other groups are not disturbed. Groups are dispatched concurrently, so a
+  slow one does not delay the rest.
+* A group whose interface is missing is skipped and reported, at start as later.
+* A source that fails (bad input, API down) leaves the last good state in
+  place (groups joined, VIPs held): the watch restarts with backoff. At start,
+  the first state is retried with backoff while ``/readyz`` answers 503 and
+  ``/status`` says why.
+
+Settings live in the config's ``agent:`` section (see docs/configuration.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from vipcore.backend import BackendContext
 from vipcore.core.settings import Config
-from vipcore.core.errors import InterfaceNotFoundError, VipcoreError
+from vipcore.core.errors import ConfigError, VipcoreError
 from vipcore.core.model import DesiredState, Family, IPAddress, Membership, Resolution, State, StateChange
 from vipcore.backend.host import Hooks, load_hooks
 from vipcore.core.resolve import membership, resolve
@@ -38,6 +54,55 @@ def interface_exists(name: str) -> bool:
     except OSError:
         return False
     return True
+
+
+@attrs.frozen
+class AgentSettings:
+    """The ``agent:`` section of the config."""
+
+    #: Seconds a group hook (join, update, leave, release, takeover) may take before the group is failed.
+    hook_timeout: float = 30.0
+    #: Seconds the backend's start and stop may take (SIGTERM never waits longer).
+    stop_timeout: float = 60.0
+    #: First and longest wait (seconds) before retrying a failed group or a failed source.
+    retry_initial: float = 1.0
+    retry_max: float = 60.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> "AgentSettings":
+        section = config.sections.get("agent", {})
+        where = str(config.path) if config.path else None
+        values: dict[str, float] = {}
+        for key, raw in section.items():
+            if key not in attrs.fields_dict(cls):
+                raise ConfigError(f"unknown setting (known: {', '.join(attrs.fields_dict(cls))})",
+                                  source=where, field=f"agent.{key}")
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw <= 0:
+                raise ConfigError(f"must be a positive number of seconds, got {raw!r}", source=where,
+                                  field=f"agent.{key}")
+            values[key] = float(raw)
+        settings = cls(**values)
+        if settings.retry_initial > settings.retry_max:
+            raise ConfigError("must not exceed agent.retry_max", source=where, field="agent.retry_initial")
+        return settings
+
+    def backoff(self, attempt: int) -> float:
+        """The wait before retry number ``attempt`` (1, 2, ...): doubling, capped, with +-20% jitter."""
+        base = min(self.retry_max, self.retry_initial * 2.0 ** min(attempt - 1, 30))
+        return base * random.uniform(0.8, 1.2)
+
+
+@attrs.define
+class GroupFailure:
+    """A group whose last hook failed: retried with backoff until it succeeds or the group goes away."""
+
+    group: str
+    hook: str
+    error: str
+    since: float
+    attempts: int = 1
+    #: Wall-clock time of the next retry.
+    retry_at: float | None = None
 
 
 @attrs.define
@@ -65,7 +130,10 @@ class Agent:
         interface_check: Callable[[str], bool] = interface_exists,
     ) -> None:
         self.config = config
+        self.settings = AgentSettings.from_config(config)
         self.hooks = hooks or load_hooks()
+        self.hooks.deadline = self.settings.hook_timeout
+        self.hooks.stop_deadline = self.settings.stop_timeout
         self.source = source if source is not None else make_source(config)
         # A source may bring observers of its own (the Kubernetes source's
         # holder-status writer records who holds each VipGroup).
@@ -80,12 +148,40 @@ class Agent:
         self.routers: dict[tuple[str, Family], RouterStatus] = {}
         self.skipped: dict[str, str] = {}
         self.released: set[str] = set()
+        #: What the backend should have: this node's groups as last resolved (memberships: what it has).
+        self.desired: dict[str, Membership] = {}
+        self.drained = False
+        self.failed: dict[str, GroupFailure] = {}
+        #: The source's last failure, until a state from it is applied again.
+        self.source_error: str | None = None
         self.started_at = time.time()
-        self.ready = False
+        self._started = False
+        self._waiting: str | None = "starting"
+        self._retries: dict[str, asyncio.Task[None]] = {}
         self._managed: frozenset[IPAddress] = frozenset()
         self.pools: tuple[Any, ...] = ()
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+
+    # -- readiness ---------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Started and no group failed (see :meth:`not_ready_reason`)."""
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why ``/readyz`` fails, or None: not started yet (and why), or a group of this node failed.
+
+        Skipped groups (missing interface) and unresolved Services do not make
+        the agent unready: they are input problems that another node cannot fix.
+        """
+        if not self._started:
+            return self._waiting or "starting"
+        if self.failed:
+            names = ", ".join(sorted(f.group[:12] for f in self.failed.values()))
+            return f"{len(self.failed)} group(s) failed in the backend: {names}"
+        return None
 
     # -- reporting ---------------------------------------------------------
 
@@ -127,25 +223,56 @@ class Agent:
         )
 
     async def start(self) -> None:
-        """Load the backend and the first state; every error is a VipcoreError."""
+        """Load the backend, wait for the first state, start the backend and dispatch.
+
+        A faulty configured backend is a PluginError (exit 2); other plugins'
+        mistakes are logged, one line each. A failing source is retried with
+        backoff until it answers or :meth:`request_stop` is called.
+        """
         info = self.hooks.backend(self.config.backend)
-        state = await self.source.initial()
+        for failure in self.hooks.failures:
+            log.warning("skipped: %s", failure.error, extra={"event": "plugin_skipped", "plugin": failure.plugin})
+        state = await self._first_state()
+        if state is None:
+            return
         self._remember(state, None)
-        resolution = self._resolve(state)
-        missing = sorted({
-            g.interface for g in resolution.groups_of(self.node) if not self.interface_check(g.interface)
-        })
-        if missing:
-            raise InterfaceNotFoundError(missing[0], f"node {self.node!r} (needed by its VIP groups)")
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         self.hooks.activate(info)
         await self.hooks.start(context=self.context())
-        await self.apply(state, resolution)
-        self.ready = True
+        self._started = True
+        self._waiting = None
+        await self.apply(state)
+
+    async def _first_state(self) -> DesiredState | None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                return await self.source.initial()
+            except Exception as exc:  # any source failure: wait and retry, never crash-loop
+                attempt += 1
+                delay = self.settings.backoff(attempt)
+                self._waiting = f"waiting for the first desired state: {_describe(exc)}"
+                log.error("%s; retrying in %.1f s", self._waiting, delay, extra={"event": "source_error"})
+                log.debug("source failed", exc_info=exc)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    pass
+        return None
+
+    def request_stop(self) -> None:
+        """Stop :meth:`run` (as SIGTERM does)."""
+        self._stopping.set()
 
     async def stop(self, *, graceful: bool = True) -> None:
-        """Hand over (graceful) and stop the backend."""
-        self.ready = False
+        """Hand over (graceful) and stop the backend; bounded by ``agent.stop_timeout``."""
+        started, self._started = self._started, False
+        self._waiting = "stopping"
+        for task in self._retries.values():
+            task.cancel()
+        self._retries.clear()
+        if not started or self.hooks.active is None:
+            return
         try:
             await self.hooks.stop(graceful=graceful)
         finally:
@@ -157,18 +284,36 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         await self.start()
-        log.info("agent running node=%s backend=%s groups=%d", self.node, self.config.backend,
-                 len(self.memberships), extra={"event": "started"})
-        watcher = asyncio.create_task(self.source.watch(self.apply))
-        stopper = asyncio.create_task(self._stopping.wait())
-        done, _ = await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        watcher.cancel()
-        if watcher in done and watcher.exception() is not None:
-            log.error("source failed: %s", watcher.exception())
-        # Let the source close (stop watch threads, release Leases) now.
-        await asyncio.wait({watcher})
+        if self._started:
+            log.info("agent running node=%s backend=%s groups=%d", self.node, self.config.backend,
+                     len(self.memberships), extra={"event": "started"})
+            watcher = asyncio.create_task(self._watch())
+            await self._stopping.wait()
+            watcher.cancel()
+            # Let the source close (stop watch threads, release Leases) now.
+            await asyncio.wait({watcher})
         log.info("stopping gracefully", extra={"event": "stopping"})
         await self.stop(graceful=True)
+
+    async def _watch(self) -> None:
+        """Run the source's watch; when it fails keep the last good state and restart it with backoff."""
+        attempt = 0
+        while True:
+            began = time.monotonic()
+            try:
+                await self.source.watch(self.apply)
+            except Exception as exc:
+                # A watch that ran for a while before failing starts its backoff afresh.
+                attempt = 1 if time.monotonic() - began > self.settings.retry_max else attempt + 1
+                delay = self.settings.backoff(attempt)
+                self.source_error = _describe(exc)
+                log.error("source failed: %s; keeping the last good state, restarting the watch in %.1f s",
+                          self.source_error, delay, extra={"event": "source_error"})
+                log.debug("source failed", exc_info=exc)
+                await asyncio.sleep(delay)
+                continue
+            log.info("the source ended its watch; keeping the last state until stopped", extra={"event": "source"})
+            return
 
     # -- desired state -----------------------------------------------------
 
@@ -204,43 +349,113 @@ class Agent:
             await self._dispatch(desired)
             me = next((n for n in state.nodes if n.name == self.node), None)
             await self._drain(bool(me and me.drained))
+            self.source_error = None
 
     async def _dispatch(self, desired: Mapping[str, Membership]) -> None:
         current = self.memberships
-        for name in sorted(set(current) - set(desired)):
-            await self._guard(name, self.hooks.leave(membership=current[name], graceful=True))
-            self.memberships.pop(name, None)
-            for family in Family:
-                self.routers.pop((name, family), None)
-        for name in sorted(desired):
-            new = desired[name]
-            old = current.get(name)
-            if old is None:
-                if await self._guard(name, self.hooks.join(membership=new)):
-                    self.memberships[name] = new
-            elif old != new:
-                if await self._guard(name, self.hooks.update(old=old, new=new)):
-                    self.memberships[name] = new
+        self.desired = dict(desired)
+        # Leave first (a group renamed by a node change hands its VIPs to its successor), then join and
+        # update; each group on its own, concurrently: one slow group does not delay the others.
+        leaving = sorted(set(current) - set(desired))
+        await _concurrently(self._reconcile(name) for name in leaving)
+        changed = sorted(name for name in desired if current.get(name) != desired[name])
+        await _concurrently(self._reconcile(name) for name in changed)
+        for name in sorted(set(self.failed) - set(desired) - set(self.memberships)):
+            self._forget_failure(name)  # gone from the desired state and not held: nothing to retry
 
     async def _drain(self, drained: bool) -> None:
         """Release this node's groups while it is drained; take them back after."""
+        self.drained = drained
         self.released &= set(self.memberships)
-        if drained:
-            for name in sorted(set(self.memberships) - self.released):
-                if await self._guard(name, self.hooks.release(group=name, reason="node drained")):
-                    self.released.add(name)
-        else:
-            for name in sorted(self.released):
-                if await self._guard(name, self.hooks.takeover(group=name, reason="node no longer drained")):
-                    self.released.discard(name)
+        await _concurrently(self._reconcile_release(name) for name in sorted(self.memberships))
 
-    async def _guard(self, group: str, call: Any) -> bool:
+    # -- one group: guard, failure, retry ------------------------------------
+
+    async def _reconcile(self, name: str) -> bool:
+        """Bring one group's membership in the backend to ``self.desired``; False if its hook failed."""
+        new, old = self.desired.get(name), self.memberships.get(name)
+        if new is None and old is not None:
+            if not await self._guard(name, "vipcore_group_leave", self.hooks.leave(membership=old, graceful=True)):
+                return False  # still held by the backend: stays in status as failed and is retried
+            self.memberships.pop(name, None)
+            self.released.discard(name)
+            for family in Family:
+                self.routers.pop((name, family), None)
+        elif new is not None and old is None:
+            if not await self._guard(name, "vipcore_group_join", self.hooks.join(membership=new)):
+                return False
+            self.memberships[name] = new
+        elif new is not None and old is not None and old != new:
+            if not await self._guard(name, "vipcore_group_update", self.hooks.update(old=old, new=new)):
+                return False
+            self.memberships[name] = new
+        return True
+
+    async def _reconcile_release(self, name: str) -> bool:
+        """Release or take back one group as the node's drain label says; False if the hook failed."""
+        if name not in self.memberships:
+            return True
+        if self.drained and name not in self.released:
+            if not await self._guard(name, "vipcore_group_release",
+                                     self.hooks.release(group=name, reason="node drained")):
+                return False
+            self.released.add(name)
+        elif not self.drained and name in self.released:
+            if not await self._guard(name, "vipcore_group_takeover",
+                                     self.hooks.takeover(group=name, reason="node no longer drained")):
+                return False
+            self.released.discard(name)
+        return True
+
+    async def _guard(self, group: str, hook: str, call: Awaitable[None]) -> bool:
+        """Await one group hook; a failure is recorded, logged in one line and retried later."""
         try:
             await call
         except VipcoreError as exc:
-            log.error("group %s: %s", group[:12], exc, extra={"event": "group_error", "group": group})
+            self._record_failure(group, hook, str(exc))
             return False
+        if group in self.failed:
+            self._forget_failure(group)
+            log.info("group %s recovered (%s succeeded)", group[:12], hook,
+                     extra={"event": "group_recovered", "group": group})
         return True
+
+    def _record_failure(self, group: str, hook: str, error: str) -> None:
+        previous = self.failed.get(group)
+        failure = GroupFailure(group, hook, error, since=previous.since if previous else time.time(),
+                               attempts=previous.attempts + 1 if previous else 1)
+        delay = self.settings.backoff(failure.attempts)
+        failure.retry_at = time.time() + delay
+        self.failed[group] = failure
+        log.error("group %s: %s (attempt %d; retrying in %.1f s)", group[:12], error, failure.attempts, delay,
+                  extra={"event": "group_error", "group": group, "hook": hook})
+        pending = self._retries.get(group)
+        if pending is not None and pending is not asyncio.current_task():
+            pending.cancel()
+        self._retries[group] = asyncio.get_running_loop().create_task(self._retry(group, delay))
+
+    def _forget_failure(self, group: str) -> None:
+        self.failed.pop(group, None)
+        pending = self._retries.pop(group, None)
+        if pending is not None and pending is not asyncio.current_task():
+            pending.cancel()
+
+    async def _retry(self, group: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with self._lock:
+            if self._retries.get(group) is not asyncio.current_task() or not self._started:
+                return
+            if await self._reconcile(group) and await self._reconcile_release(group):
+                self._forget_failure(group)  # also when no hook was needed any more
+
+
+async def _concurrently(calls: Iterable[Awaitable[bool]]) -> None:
+    await asyncio.gather(*calls)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an error: a VipcoreError's message, else the exception type and message."""
+    return str(exc) if isinstance(exc, VipcoreError) else f"{type(exc).__name__}: {exc}"
 
 
 def make_source(config: Config) -> Source:

@@ -59,6 +59,10 @@ class AgentCollector:
         yield gauge("vipcore_groups", "VIP groups this node takes part in", len(agent.memberships))
         yield gauge("vipcore_skipped_groups", "VIP groups of this node skipped (e.g. missing interface)",
                      len(agent.skipped))
+        yield gauge("vipcore_failed_groups", "VIP groups of this node whose last backend hook failed (retried with "
+                    "backoff; the agent is not ready while any is)", len(agent.failed))
+        yield gauge("vipcore_source_failing", "1 while the source of desired state fails (the last good state is "
+                    "kept)", 1.0 if agent.source_error is not None else 0.0)
         unresolved = len(agent.resolution.unresolved) if agent.resolution is not None else 0
         yield gauge("vipcore_unresolved_services", "Services that got no VIP group", unresolved)
         yield gauge("vipcore_ready", "1 when the agent has started and dispatched its groups",
@@ -98,14 +102,27 @@ def _source_samples(agent: Agent) -> list[MetricSample]:
 def agent_status(agent: Agent) -> dict[str, Any]:
     """The ``/status`` document of a running agent (see the module docstring).
 
-    A router the backend has not reported yet appears with state ``init``.
+    A router the backend has not reported yet appears with state ``init``
+    (``fault`` when its join failed). A group whose last hook failed is listed
+    in ``failed`` and its routers carry ``"failed": true`` and the error as
+    their reason, also when a failed leave keeps it held.
     """
     routers: list[dict[str, Any]] = []
-    for name in sorted(agent.memberships):
-        membership = agent.memberships[name]
+    for name in sorted(set(agent.memberships) | set(agent.failed)):
+        membership = agent.memberships.get(name) or agent.desired.get(name)
+        if membership is None:
+            continue
         group = membership.group
+        failure = agent.failed.get(name)
         for family in group.families:
             router = agent.routers.get((name, family))
+            if router is not None:
+                state, reason = router.state.value, router.reason
+            else:
+                state = State.FAULT.value if failure is not None else State.INIT.value
+                reason = "not reported by the backend yet"
+            if failure is not None:
+                reason = f"{failure.hook} failed: {failure.error}"
             routers.append({
                 "group": name,
                 "short_name": group.short_name,
@@ -113,23 +130,28 @@ def agent_status(agent: Agent) -> dict[str, Any]:
                 "interface": group.interface,
                 "vrid": router.vrid if router is not None and router.vrid is not None else group.vrid,
                 "vips": [str(ip) for ip in group.vips(family)],
-                "state": router.state.value if router is not None else State.INIT.value,
+                "state": state,
                 "since": router.since if router is not None else None,
-                "reason": router.reason if router is not None else "not reported by the backend yet",
+                "reason": reason,
                 "last_failover_seconds": router.last_failover_seconds if router is not None else None,
                 "priority": membership.priority,
                 "preferred_holder": membership.preferred_holder,
+                "failed": failure is not None,
             })
     unresolved = agent.resolution.unresolved if agent.resolution is not None else ()
     return {
         "node": agent.node,
         "backend": agent.config.backend,
         "ready": agent.ready,
+        "not_ready_reason": agent.not_ready_reason(),
         "started_at": agent.started_at,
         "now": time.time(),
         "routers": routers,
         "skipped": [{"group": g, "reason": r} for g, r in sorted(agent.skipped.items())],
         "unresolved": [{"service": u.service, "reason": u.reason} for u in unresolved],
+        "failed": [{"group": f.group, "hook": f.hook, "error": f.error, "since": f.since, "attempts": f.attempts,
+                    "retry_at": f.retry_at} for _, f in sorted(agent.failed.items())],
+        "source_error": agent.source_error,
     }
 
 

@@ -24,15 +24,15 @@ instance with the plugin manager, and calls ``vipcore_backend_start`` with a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from vipcore.core import placement
 from vipcore.core.errors import PluginError
-from vipcore.backend.markers import hookimpl
-from vipcore.core.model import IPAddress, StateChange
+from vipcore.core.model import IPAddress, StateChange, VipGroup
 
 
 @attrs.frozen
@@ -46,35 +46,111 @@ class BackendInfo:
     version: str | None = None
 
 
+@attrs.frozen
+class RegistryProblem:
+    """A backend a plugin tried to add and could not: skipped, named, fatal only if chosen."""
+
+    #: The backend name, when the class had one.
+    name: str | None
+    error: PluginError
+
+
 @attrs.define
 class BackendRegistry:
-    """Collects backends; passed to ``vipcore_register_backends``."""
+    """Collects backends; passed to ``vipcore_register_backends``.
+
+    :meth:`add` never raises: a class with a mistake is recorded in
+    ``problems`` (naming the plugin and its distribution) and left out, so one
+    plugin's mistake never hides another plugin's backends.
+    """
 
     _plugin: str = "?"
     _distribution: str | None = None
     _version: str | None = None
     backends: dict[str, BackendInfo] = attrs.field(factory=dict)
+    problems: list[RegistryProblem] = attrs.field(factory=list)
+    #: Names registered by more than one plugin (recomputed by :meth:`settle`).
+    conflicts: list[RegistryProblem] = attrs.field(factory=list)
+    #: Every (name, info) added, duplicates included; :meth:`settle` decides between duplicates.
+    _added: list[BackendInfo] = attrs.field(factory=list)
+    #: Finds a class's mistakes (the plugin host passes :func:`vipcore.backend.checks.class_problems`).
+    _check: Callable[[type[Any]], list[str]] = attrs.field(default=lambda backend: [])
 
     def bind(self, plugin: str, distribution: str | None, version: str | None) -> "BackendRegistry":
         """A registry that records ``plugin`` as the origin of what it adds."""
-        bound = BackendRegistry(plugin, distribution, version)
+        bound = BackendRegistry(plugin, distribution, version, check=self._check)
         bound.backends = self.backends
+        bound.problems = self.problems
+        bound.conflicts = self.conflicts
+        bound._added = self._added
         return bound
 
+    def error(self, message: str) -> PluginError:
+        """A :class:`PluginError` naming this registry's plugin and distribution."""
+        return PluginError(self._plugin, message, distribution=self._distribution)
+
     def add(self, backend: type[Any]) -> None:
-        """Register a backend class; it must have a ``name`` class attribute."""
+        """Register a backend class; it must have a ``name`` class attribute and the dispatch hooks."""
         name = getattr(backend, "name", None)
         if not isinstance(name, str) or not name:
-            raise PluginError(self._plugin, f"backend class {backend!r} has no 'name' attribute",
-                              distribution=self._distribution)
-        existing = self.backends.get(name)
-        if existing is not None and existing.factory is not backend:
-            raise PluginError(
-                self._plugin,
-                f"backend name {name!r} is already registered by plugin {existing.plugin!r}",
-                distribution=self._distribution,
-            )
-        self.backends[name] = BackendInfo(name, backend, self._plugin, self._distribution, self._version)
+            self.problems.append(RegistryProblem(None, self.error(
+                f"backend class {getattr(backend, '__qualname__', backend)!r} has no 'name' attribute")))
+            return
+        problems = self._check(backend)
+        if problems:
+            self.problems.append(RegistryProblem(name, self.error(
+                f"backend {name!r} ({backend.__qualname__}): " + "; ".join(problems))))
+            return
+        info = BackendInfo(name, backend, self._plugin, self._distribution, self._version)
+        self._added.append(info)
+        self.settle()
+
+    def settle(self) -> None:
+        """Decide every name registered more than once.
+
+        Two plugins registering the same name: the one whose plugin (entry point)
+        name is the backend name keeps it and the other is skipped, named; when
+        neither or both are, the name is ambiguous and neither is used.
+        """
+        by_name: dict[str, list[BackendInfo]] = {}
+        for info in self._added:
+            same = by_name.setdefault(info.name, [])
+            if not any(other.factory is info.factory for other in same):
+                same.append(info)
+        self.backends.clear()
+        self.conflicts.clear()
+        for name, infos in by_name.items():
+            if len(infos) == 1:
+                self.backends[name] = infos[0]
+                continue
+            owners = [i for i in infos if i.plugin == name]
+            keep = owners[0] if len(owners) == 1 else None
+            if keep is not None:
+                self.backends[name] = keep
+            for info in infos:
+                if info is keep:
+                    continue
+                others = " and ".join(_origin(o) for o in infos if o is not info)
+                message = (f"registers backend {name!r}, which {others} also registers; "
+                           + ("skipped (the plugin named after the backend keeps it)" if keep is not None
+                              else "neither is used: uninstall one"))
+                error = PluginError(info.plugin, message, distribution=info.distribution)
+                self.conflicts.append(RegistryProblem(name, error))
+
+
+def _origin(info: BackendInfo) -> str:
+    return f"plugin {info.plugin!r}" + (f" (from {info.distribution})" if info.distribution else "")
+
+
+def rank_nodes(group: VipGroup, nodes: Iterable[str], weights: Mapping[str, float] | None = None) -> tuple[str, ...]:
+    """Order ``nodes`` for ``group``, best holder first, exactly as the agent does.
+
+    The one placement helper for backends: it ranks by ``group.placement_key``
+    (never by the group name, which changes whenever a node joins or leaves).
+    ``Membership.members`` is already in this order; use this to rank another
+    set of nodes (say, the members still reachable).
+    """
+    return placement.rank(group.placement_key, nodes, weights)
 
 
 def _no_report(change: StateChange) -> None:

@@ -46,7 +46,8 @@ async def _serve(controller: Controller, metrics_address: str) -> None:
     endpoint = None
     if metrics_address:
         endpoint = Endpoint(metrics_address, controller.registry,
-                            ready=lambda: controller.source.connection().synced, status=controller.status)
+                            ready=lambda: controller.source.connection().synced, status=controller.status,
+                            healthy=controller.healthy)
         await endpoint.start()
     runner = asyncio.create_task(controller.run())
     stopper = asyncio.create_task(stopping.wait())

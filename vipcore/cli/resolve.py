@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from vipcore.core.model import Family, Resolution
+from vipcore.core.objects import vipgroup_spec
 from vipcore.core.resolve import resolve
 from vipcore.core.settings import load_config
 from vipcore.ops.tables import render_table
@@ -17,14 +18,7 @@ def resolution_to_json(resolution: Resolution) -> dict[str, Any]:
     """The ``vipcore resolve -o json`` document."""
     return {
         "groups": [
-            {
-                "name": g.name,
-                "interface": g.interface,
-                "nodes": list(g.nodes),
-                "vrid": g.vrid,
-                "vips": {"ipv4": [str(ip) for ip in g.vips_v4], "ipv6": [str(ip) for ip in g.vips_v6]},
-                "services": list(g.services),
-            }
+            {"name": g.name, **vipgroup_spec(g)}
             for g in resolution.groups
         ],
         "unresolved": [{"service": u.service, "reason": u.reason} for u in resolution.unresolved],

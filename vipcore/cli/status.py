@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections import deque
 from typing import Any
 
 from vipcore.core.settings import load_config
@@ -17,6 +19,8 @@ from vipcore.ops.status import (
     default_address,
     fetch_status,
     status_table,
+    transitions,
+    watch_frame,
 )
 
 
@@ -61,12 +65,53 @@ def agent_address(args: argparse.Namespace) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return watch(args)
     if args.kubeconfig:
         document = cluster_status(args.kubeconfig, context=args.context, timeout=args.timeout)
         print(json.dumps(document, indent=2) if args.output == "json" else cluster_table(document))
         return 0
     document = fetch_status(agent_address(args), timeout=args.timeout)
     print(json.dumps(document, indent=2) if args.output == "json" else status_table(document))
+    return 0
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Redraw the status in place whenever it changes, with the transitions seen meanwhile; until Ctrl-C.
+
+    Polls every ``--interval`` seconds; an unreachable agent is shown and retried
+    (an agent restart is exactly when one watches).
+    """
+    out = sys.stdout
+    address = None if args.kubeconfig else agent_address(args)
+    source = f"cluster {args.kubeconfig}" if args.kubeconfig else f"agent {address}"
+    events: deque[str] = deque(maxlen=args.events)
+    previous: dict[str, Any] | None = None
+    shown = ""
+    try:
+        while True:
+            error = None
+            try:
+                if args.kubeconfig:
+                    document = cluster_status(args.kubeconfig, context=args.context, timeout=args.timeout)
+                    body = cluster_table(document)
+                else:
+                    assert address is not None
+                    document = fetch_status(address, timeout=args.timeout)
+                    body = status_table(document)
+                events.extend(transitions(previous, document))
+                previous = document
+            except AgentUnreachableError as exc:
+                error, body = str(exc), ""
+            title = f"vipcore status --watch: {source}, every {args.interval:g}s  (Ctrl-C to quit)"
+            frame = watch_frame(title, body, list(events), error=error)
+            if frame != shown:
+                out.write(frame)
+                out.flush()
+                shown = frame
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        out.write("\n")
     return 0
 
 
@@ -84,4 +129,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the agent (default 3)")
     p.add_argument("--kubeconfig", metavar="FILE", help="read VipGroups from the cluster instead of the local agent")
     p.add_argument("--context", help="kubeconfig context (with --kubeconfig)")
+    p.add_argument("-w", "--watch", action="store_true",
+                   help="live view: redraw in place on every change, list transitions as they happen (Ctrl-C quits)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="--watch poll interval (default 1)")
+    p.add_argument("--events", type=int, default=10, metavar="N", help="--watch: transitions to keep (default 10)")
     p.set_defaults(func=cmd_status)

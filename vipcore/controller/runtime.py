@@ -6,9 +6,16 @@ only the replica holding the ``coordination.k8s.io/v1`` Lease reconciles. A
 reconcile pass is level-triggered: it takes the cache as it is, asks
 :func:`vipcore.core.plan.plan` what should change (the core's resolver
 decides addresses, groups and VRIDs), and carries that out with
-:class:`vipcore.controller.writer.ClusterWriter`. Any object change wakes it;
+:class:`vipcore.controller.writer.ClusterWriter` over the one writer,
+:class:`vipcore.kube.KubernetesWriter`. Any object change wakes it;
 bursts coalesce; a pass that met a conflict or an error is retried with a
 bounded backoff; a periodic resync catches anything else.
+
+Writes are fenced by leadership: a pass runs in a worker thread with a
+writer whose fence is the time left in *this* leadership term
+(:meth:`vipcore.kube.leases.LeaderElector.lease_left`), so a pass still
+running when the Lease is lost (or from an earlier term) sends nothing more.
+``/healthz`` fails once the Lease is overdue (:meth:`Controller.healthy`).
 
 Configuration (the ``controller`` and ``kubernetes`` sections of the config
 file)::
@@ -29,7 +36,6 @@ file)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -42,6 +48,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from vipcore.core.settings import Config
 from vipcore.kube.leases import LeaderElector, LeaseClient, LeaseTiming
 from vipcore.core.plan import (
+    COMPONENT,
     GROUP_ASSIGNED,
     IP_ALLOCATED,
     Note,
@@ -52,11 +59,11 @@ from vipcore.core.plan import (
     key_of,
     plan,
 )
-from vipcore.controller.writer import ClusterWriter, WriteResult
+from vipcore.controller.writer import ClusterWriter, NotLeading, WriteResult
 from vipcore.core.errors import ConfigError
 from vipcore.kube.heartbeat import HeartbeatConfig, HeartbeatTracker, with_heartbeats
 from vipcore.core.model import LOAD_BALANCER_CLASS
-from vipcore.kube import ALL_KINDS, KubernetesSource, lease_kind, wait_event
+from vipcore.kube import ALL_KINDS, Fence, KubernetesSource, KubernetesWriter, Wakeup, lease_kind
 from vipcore.ops.metrics import SampleCollector, allocation_samples
 
 log = logging.getLogger("vipcore.controller")
@@ -142,8 +149,9 @@ class Controller:
         # The source's own Service filter is irrelevant here: the controller reads raw Services.
         self.source = KubernetesSource(client, kinds=kinds, classes=sel.classes, default_class=sel.default_class,
                                        openelb=sel.openelb)
-        self.writer = ClusterWriter(client, selection=sel, instance=settings.identity)
-        self.elector = LeaderElector(LeaseClient(client, settings.namespace), settings.lease_name,
+        # Say who we are in every request (API server audit logs; the test server's records).
+        client.user_agent = f"{COMPONENT}/{settings.identity}"
+        self.elector = LeaderElector(LeaseClient(self._writer(None), settings.namespace), settings.lease_name,
                                      settings.identity, settings.timing)
         self.tracker = HeartbeatTracker()
         self.registry = registry or CollectorRegistry(auto_describe=False)
@@ -153,9 +161,18 @@ class Controller:
         self.last_pools: tuple[Any, ...] = ()
         self._noted: dict[tuple[str, str], str] = {}
         self._holders: dict[str, dict[str, str]] | None = None
-        self._dirty: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.source.on_object_change.append(self._changed)
+        self._dirty = Wakeup()
+        self.source.on_object_change.append(self._dirty.set)
+        #: Counts leadership terms; a pass's fence holds only during the term it started in.
+        self._term = 0
+
+    def _writer(self, fence: Fence | None) -> KubernetesWriter:
+        return KubernetesWriter(self.client, component=COMPONENT, instance=self.settings.identity, fence=fence)
+
+    def _term_fence(self) -> Fence:
+        """Leadership left, for the current term only."""
+        term = self._term
+        return lambda: self.elector.lease_left() if self._term == term else 0.0
 
     # -- one pass ----------------------------------------------------------------
 
@@ -171,14 +188,21 @@ class Controller:
         return {"services": services, "nodes": state.nodes, "endpoint_slices": state.endpoint_slices,
                 "pools": state.pools, "vipgroups": list(self.source.objects("vipgroups").values())}
 
-    def reconcile(self, inputs: Mapping[str, Any] | None = None) -> WriteResult:
-        """Plan from ``inputs`` (default: the cache now) and write; blocking."""
+    def reconcile(self, inputs: Mapping[str, Any] | None = None, *, fence: Fence | None = None) -> WriteResult:
+        """Plan from ``inputs`` (default: the cache now) and write; blocking.
+
+        ``fence``: the writer's leadership fence (the running controller passes
+        its term's); without one the pass writes unconditionally (tests, one-shot use).
+        Raises :class:`~vipcore.controller.writer.NotLeading` when the fence stops the pass.
+        """
         inputs = dict(inputs) if inputs is not None else self.inputs()
-        result_plan = plan(selection=self.settings.selection, vrid_policy=self.config.vrid_policy, **inputs)
+        result_plan = plan(selection=self.settings.selection, vrid_policy=self.config.vrid_policy,
+                           convert=self.source.service_model, **inputs)
         self.last_plan = result_plan
         self.last_pools = tuple(inputs["pools"])
         originals = {key_of(o): o for o in inputs["services"]}
-        result = self.writer.apply(result_plan, originals)
+        writer = ClusterWriter(self._writer(fence), selection=self.settings.selection)
+        result = writer.apply(result_plan, originals)
         failed = set(result.stale) | set(result.failed)
         for key, addresses in result_plan.allocated.items():
             if key not in failed:
@@ -191,7 +215,7 @@ class Controller:
         if self._holders is None:
             holder_changes = []  # a fresh leader does not announce holders it did not see change
         self._holders = holders
-        self._record(notes + holder_changes, live={key_of(o) for o in inputs["services"]})
+        self._record(writer, notes + holder_changes, live={key_of(o) for o in inputs["services"]})
         self.metrics.conflicts.inc(result.conflicts)
         self.metrics.groups.set(len(result_plan.resolution.groups))
         self.metrics.reconciles.labels("clean" if result.clean else "retry").inc()
@@ -204,7 +228,7 @@ class Controller:
             return []
         return allocation_samples(plan_.resolution, self.last_pools, self.config.vrid_policy)
 
-    def _record(self, notes: list[Note], live: set[str]) -> None:
+    def _record(self, writer: ClusterWriter, notes: list[Note], live: set[str]) -> None:
         """Write Events, once per (Service, reason) until the message changes."""
         for note in notes:
             key = (note.service, note.reason)
@@ -215,7 +239,7 @@ class Controller:
                 self.metrics.refusals.inc()
                 log.warning("refused %s: %s", note.service, note.message,
                             extra={"event": "refused", "service": note.service})
-            self.writer.event(note)
+            writer.event(note)
         current = {(n.service, n.reason) for n in notes}
         for key in list(self._noted):
             # Forget a refusal once it is over (so a new one is reported), and Services that are gone.
@@ -224,19 +248,14 @@ class Controller:
 
     # -- the loop ------------------------------------------------------------------
 
-    def _changed(self, change: Any) -> None:
-        loop, dirty = self._loop, self._dirty
-        if loop is not None and dirty is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(dirty.set)
-
     def wake(self) -> None:
         """Ask for a pass soon (thread-safe)."""
-        self._changed(None)
+        self._dirty.set()
 
     async def lead(self) -> None:
         """Reconcile while leading: on every change, on retry, and every ``resync`` seconds."""
-        assert self._dirty is not None
+        self._term += 1
+        fence = self._term_fence()
         self.metrics.leader.set(1)
         self._holders = None
         backoff = 0.1
@@ -248,12 +267,15 @@ class Controller:
                     expiry = self.tracker.next_expiry()
                     if expiry is not None:
                         timeout = min(timeout, expiry + 0.05)
-                await wait_event(self._dirty, timeout)
+                await self._dirty.wait(timeout)
                 self._dirty.clear()
                 await asyncio.sleep(0.02)  # let a burst of watch events land in the cache
                 self._dirty.clear()
                 try:
-                    result = await asyncio.to_thread(self.reconcile)
+                    result = await asyncio.to_thread(self.reconcile, fence=fence)
+                except NotLeading as exc:
+                    log.warning("reconcile pass stopped: %s", exc, extra={"event": "not_leading"})
+                    return
                 except Exception as exc:  # noqa: BLE001 - a pass that fails is retried, never fatal
                     log.exception("reconcile failed: %s", exc)
                     result = None
@@ -264,12 +286,12 @@ class Controller:
                 else:
                     backoff = 0.1
         finally:
+            self._term += 1  # a pass still running in its thread is fenced off from now on
             self.metrics.leader.set(0)
 
     async def run(self, *, timeout: float = 60.0) -> None:
         """Sync the cache, then campaign for the Lease and lead while holding it; until cancelled."""
-        self._loop = asyncio.get_running_loop()
-        self._dirty = asyncio.Event()
+        self._dirty.bind()
         await self.source.initial(timeout=timeout)
         log.info("controller %s synced; campaigning for lease %s/%s", self.settings.identity,
                  self.settings.namespace, self.settings.lease_name, extra={"event": "synced"})
@@ -278,12 +300,17 @@ class Controller:
         finally:
             await asyncio.to_thread(self.source.stop, 2.0)
 
+    def healthy(self) -> bool:
+        """For ``/healthz``: False once this replica believes it leads but its Lease is overdue."""
+        return self.elector.healthy()
+
     def status(self) -> dict[str, Any]:
         conn = self.source.connection()
         last = self.last_plan
         return {
             "identity": self.settings.identity,
             "leader": self.elector.leading,
+            "lease_left": round(self.elector.lease_left(), 3),
             "connected": conn.connected,
             "last_error": conn.last_error,
             "groups": [g.name for g in last.resolution.groups] if last else [],

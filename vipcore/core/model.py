@@ -240,6 +240,9 @@ class Resolution:
     unresolved: tuple[Unresolved, ...] = ()
     #: The addresses each Service ended up with (allocated or honoured).
     allocations: Mapping[str, tuple[IPAddress, ...]] = attrs.field(factory=dict, hash=False)
+    #: IPAM's answer for every Service it gave addresses, with or without a group (the
+    #: controller keeps those in the Service status: a Local Service without endpoints keeps its IP).
+    addresses: Mapping[str, tuple[IPAddress, ...]] = attrs.field(factory=dict, hash=False)
 
     def group(self, name: str) -> VipGroup | None:
         for group in self.groups:
@@ -271,6 +274,38 @@ class State(enum.Enum):
     MASTER = "master"
     FAULT = "fault"
     STOPPED = "stopped"
+
+
+class TransitionCause(enum.Enum):
+    """Why a router changed state: a bounded label any backend can attach to a
+    :class:`StateChange` (metrics label transitions with it; the free-text
+    ``reason`` stays for people)."""
+
+    STARTED = "started"
+    ADDRESS_OWNER = "address_owner"
+    #: No advert from the master for Master_Down_Interval.
+    MASTER_DOWN = "master_down"
+    #: The master advertised priority 0 (it is stopping).
+    PEER_RESIGNED = "peer_resigned"
+    #: Node-level liveness lost the master's node (faster than Master_Down_Interval).
+    PEER_LOST = "peer_lost"
+    #: A better router advertised.
+    PREEMPTED = "preempted"
+    #: A graceful hand-over finished (or timed out).
+    HANDED_OVER = "handed_over"
+    RELEASED = "released"
+    #: A control-plane decision to hold.
+    TAKEOVER = "takeover"
+    #: Following the other family of the same group.
+    SYNC = "sync"
+    CONFIG = "config"
+    STOPPED = "stopped"
+    PLACEMENT = "placement"
+    #: The interface went away, went down or lost carrier.
+    LINK_DOWN = "link_down"
+    #: The interface came back.
+    LINK_UP = "link_up"
+    FAULT = "fault"
 
 
 @attrs.frozen
@@ -323,6 +358,8 @@ class StateChange:
     #: holder's adverts stopping, or a control-plane decision) to the VIPs
     #: being added and the first announcement sent. None when unknown.
     failover_seconds: float | None = None
+    #: Why, as a bounded label; None for backends that give only ``reason``.
+    cause: TransitionCause | None = None
 
 
 @attrs.frozen

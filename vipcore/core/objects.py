@@ -1,4 +1,4 @@
-"""Kubernetes objects (plain dicts) to vipcore model values: the only place this happens.
+"""Kubernetes objects (plain dicts) to vipcore model values and back: the only place this happens.
 
 Functions take objects as plain dicts, the way they come from YAML files, from
 ``ApiClient.sanitize_for_serialization`` or from ``CustomObjectsApi``. Every
@@ -23,6 +23,7 @@ from vipcore.core.model import (
     Pool,
     Service,
     TrafficPolicy,
+    VipGroup,
 )
 
 #: OpenELB's opt-in and selection annotations, honoured for migration.
@@ -295,3 +296,24 @@ def pinned_vrid(obj: Obj) -> tuple[str, int]:
     if not isinstance(vrid, int) or isinstance(vrid, bool) or not 1 <= vrid <= 255:
         raise _fail(obj, "spec.vrid", f"must be an integer in 1..255, got {vrid!r}")
     return name, vrid
+
+
+def family_key(family: Family) -> str:
+    """The key of a family in a VipGroup's ``spec.vips`` and ``status.holders``: ``ipv4`` or ``ipv6``."""
+    return "ipv4" if family is Family.IPV4 else "ipv6"
+
+
+def vipgroup_spec(group: VipGroup) -> dict[str, Any]:
+    """The ``spec`` of the VipGroup object of a resolved group: the one VipGroup serializer.
+
+    (Also the group part of ``vipcore resolve -o json``.) ``vrid`` is None for a
+    group without one; the API refuses such a VipGroup.
+    """
+    return {
+        "interface": group.interface,
+        "nodes": list(group.nodes),
+        "vrid": group.vrid,
+        "vips": {family_key(Family.IPV4): [str(ip) for ip in group.vips_v4],
+                 family_key(Family.IPV6): [str(ip) for ip in group.vips_v6]},
+        "services": list(group.services),
+    }

@@ -29,8 +29,7 @@ from typing import Any
 
 import attrs
 
-from vipcore.core import ipam
-from vipcore.core.objects import service_from_k8s, service_wanted
+from vipcore.core.objects import service_from_k8s, service_wanted, vipgroup_spec
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import (
     LOAD_BALANCER_CLASS,
@@ -100,22 +99,34 @@ class ServiceWrite:
 
 @attrs.frozen
 class GroupWrite:
-    """Create (``resource_version`` None) or update the spec of one VipGroup."""
+    """Create (``resource_version`` None) or update the spec of one VipGroup.
 
-    name: str
-    spec: Mapping[str, Any] = attrs.field(hash=False)
+    ``resource_version``: the version the plan read; the update is made only if
+    the object is still at it (the plan's decision depends on that read).
+    """
+
+    group: VipGroup
     resource_version: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.group.name
 
     @property
     def create(self) -> bool:
         return self.resource_version is None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The spec to write (:func:`~vipcore.core.objects.vipgroup_spec`)."""
+        return vipgroup_spec(self.group)
 
 
 @attrs.frozen
 class Plan:
     services: tuple[ServiceWrite, ...]
     groups: tuple[GroupWrite, ...]
-    #: VipGroup names to delete.
+    #: VipGroup names to delete (each only at the resourceVersion in ``group_versions``).
     deletes: tuple[str, ...]
     notes: tuple[Note, ...]
     resolution: Resolution
@@ -123,6 +134,8 @@ class Plan:
     allocated: Mapping[str, tuple[IPAddress, ...]] = attrs.field(factory=dict, hash=False)
     #: Service key -> why it got no address.
     refused: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    #: VipGroup name -> the resourceVersion the plan read (the precondition of its update or delete).
+    group_versions: Mapping[str, str] = attrs.field(factory=dict, hash=False)
 
     @property
     def empty(self) -> bool:
@@ -181,19 +194,8 @@ def ingress_body(addresses: Sequence[IPAddress]) -> list[dict[str, str]]:
     return [{"ip": str(ip)} for ip in addresses]
 
 
-def group_spec(group: VipGroup) -> dict[str, Any]:
-    """A VipGroup object's spec for a resolved group."""
-    return {
-        "interface": group.interface,
-        "nodes": list(group.nodes),
-        "vrid": group.vrid,
-        "vips": {"ipv4": [str(ip) for ip in group.vips_v4], "ipv6": [str(ip) for ip in group.vips_v6]},
-        "services": list(group.services),
-    }
-
-
 def _normal_spec(spec: Any) -> dict[str, Any]:
-    """An existing spec in the shape :func:`group_spec` writes, for comparison."""
+    """An existing spec in the shape :func:`~vipcore.core.objects.vipgroup_spec` writes, for comparison."""
     spec = spec if isinstance(spec, Mapping) else {}
     vips = spec.get("vips") if isinstance(spec.get("vips"), Mapping) else {}
     return {
@@ -245,8 +247,13 @@ def plan(
     vipgroups: Iterable[Obj],
     selection: Selection = Selection(),
     vrid_policy: Callable[[str], VridPolicy] | VridPolicy = VridPolicy(),
+    convert: Callable[[Obj], Service] = service_from_k8s,
 ) -> Plan:
-    """Everything the controller should write so the cluster matches the resolver's answer."""
+    """Everything the controller should write so the cluster matches the resolver's answer.
+
+    ``convert``: Service object to model (raises ManifestError); the controller
+    passes its cache's, so a Service is converted once per resourceVersion.
+    """
     service_objs = sorted(services, key=key_of)
     group_objs = {str(_meta(o).get("name")): o for o in vipgroups}
     notes: list[Note] = []
@@ -276,7 +283,7 @@ def plan(
                 writes.append(ServiceWrite(ns, name, rv, finalizer=False))
             continue
         try:
-            served[key_of(obj)] = (obj, service_from_k8s(obj))
+            served[key_of(obj)] = (obj, convert(obj))
         except ManifestError as exc:
             note(obj, "Warning", INVALID_SERVICE, str(exc))
 
@@ -288,7 +295,7 @@ def plan(
         vrids=persisted_vrids(group_objs.values()),
     )
     resolution = resolve(state, vrid_policy=vrid_policy, allocate=True)
-    addresses = _addresses(state)
+    addresses = resolution.addresses
     unresolved = {u.service: u.reason for u in resolution.unresolved}
 
     old_group_of: dict[str, str] = {}
@@ -335,12 +342,11 @@ def plan(
 
     group_writes: list[GroupWrite] = []
     for group in resolution.groups:
-        spec = group_spec(group)
         existing = group_objs.get(group.name)
         if existing is None:
-            group_writes.append(GroupWrite(group.name, spec))
-        elif _normal_spec(existing.get("spec")) != spec:
-            group_writes.append(GroupWrite(group.name, spec, str(_meta(existing).get("resourceVersion"))))
+            group_writes.append(GroupWrite(group))
+        elif _normal_spec(existing.get("spec")) != vipgroup_spec(group):
+            group_writes.append(GroupWrite(group, str(_meta(existing).get("resourceVersion"))))
     wanted_groups = {g.name for g in resolution.groups}
     deletes = tuple(sorted(name for name in group_objs if name not in wanted_groups))
 
@@ -352,23 +358,9 @@ def plan(
         resolution=resolution,
         allocated=allocated,
         refused=refused,
+        group_versions={name: str(_meta(obj).get("resourceVersion")) for name, obj in group_objs.items()
+                        if _meta(obj).get("resourceVersion")},
     )
-
-
-def _addresses(state: DesiredState) -> dict[str, tuple[IPAddress, ...]]:
-    """The addresses IPAM gives each Service, whether or not it also got a group.
-
-    The same call :func:`vipcore.core.resolve.resolve` makes on the same input, so
-    the answers agree; the resolver drops Services without a group from its
-    ``allocations``, but their addresses must stay in their status.
-    """
-    pools = {p.name: p for p in state.pools}
-    chosen = []
-    for service in state.services:
-        pool = choose_pool(service, pools)
-        if not isinstance(pool, str):
-            chosen.append((service, pool))
-    return dict(ipam.allocate(chosen, allocate_new=True).addresses)
 
 
 def _pool_name(service: Service, pools: Sequence[Pool]) -> str | None:
@@ -410,5 +402,5 @@ def holder_notes(
 
 __all__ = [
     "FINALIZER", "COMPONENT", "Note", "ServiceWrite", "GroupWrite", "Plan", "Selection", "plan",
-    "holder_notes", "group_spec", "persisted_vrids", "ingress_body", "ingress_of",
+    "holder_notes", "persisted_vrids", "ingress_body", "ingress_of",
 ]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from vipcore.core import ipam, placement
 from vipcore.core.model import (
     DesiredState,
+    IPAddress,
     Membership,
     Node,
     PeerNode,
@@ -68,6 +69,53 @@ def choose_pool(service: Service, pools: Mapping[str, Pool]) -> Pool | str:
     return pool
 
 
+def place(
+    service: Service, pool: Pool, candidates: frozenset[str], with_endpoints: Iterable[str]
+) -> frozenset[str] | str:
+    """The nodes that may hold ``service``'s addresses, or why there are none.
+
+    ``candidates``: the pool's eligible nodes (:func:`node_eligible`);
+    ``with_endpoints``: the nodes with a ready endpoint of the Service (read
+    only for ``Local`` Services).
+    """
+    if service.traffic_policy is TrafficPolicy.LOCAL:
+        with_endpoints = frozenset(with_endpoints)
+        node_set = frozenset(n for n in with_endpoints if n in candidates)
+        if not node_set:
+            return ("externalTrafficPolicy Local: no eligible node has a ready endpoint"
+                    if with_endpoints else "externalTrafficPolicy Local: the Service has no ready endpoint")
+        return node_set
+    if not candidates:
+        return f"no eligible node (Ready, not excluded, matching pool {pool.name!r})"
+    return candidates
+
+
+def address_order(ip: IPAddress) -> tuple[int, int]:
+    """How a group lists its addresses: IPv4 first, then by value."""
+    return (ip.version, int(ip))
+
+
+def make_group(
+    name: str,
+    interface: str,
+    nodes: Iterable[str],
+    vrid: int | None,
+    addresses: Iterable[IPAddress],
+    services: Iterable[str],
+) -> VipGroup:
+    """A group from its parts; ``addresses`` and ``services`` already sorted and unique."""
+    addrs = tuple(addresses)
+    return VipGroup(
+        name=name,
+        interface=interface,
+        nodes=tuple(nodes),
+        vrid=vrid,
+        vips_v4=tuple(ip for ip in addrs if isinstance(ip, ipaddress.IPv4Address)),
+        vips_v6=tuple(ip for ip in addrs if isinstance(ip, ipaddress.IPv6Address)),
+        services=tuple(services),
+    )
+
+
 def resolve(
     state: DesiredState,
     *,
@@ -109,26 +157,15 @@ def resolve(
         return eligible_cache[pool.name]
 
     members: dict[tuple[frozenset[str], str], list[Service]] = {}
-    vips: dict[tuple[frozenset[str], str], list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
+    vips: dict[tuple[frozenset[str], str], list[IPAddress]] = {}
     for service, pool in chosen:
         addresses = allocation.addresses.get(service.key)
         if service.key in unresolved or not addresses:
             continue
-        candidates = eligible(pool)
-        if service.traffic_policy is TrafficPolicy.LOCAL:
-            with_endpoints = ready_by_service.get(service.key, set())
-            node_set = frozenset(n for n in with_endpoints if n in candidates)
-            if not node_set:
-                unresolved[service.key] = (
-                    "externalTrafficPolicy Local: no eligible node has a ready endpoint"
-                    if with_endpoints else "externalTrafficPolicy Local: the Service has no ready endpoint"
-                )
-                continue
-        else:
-            node_set = candidates
-            if not node_set:
-                unresolved[service.key] = f"no eligible node (Ready, not excluded, matching pool {pool.name!r})"
-                continue
+        node_set = place(service, pool, eligible(pool), ready_by_service.get(service.key, ()))
+        if isinstance(node_set, str):
+            unresolved[service.key] = node_set
+            continue
         key = (node_set, pool.interface)
         members.setdefault(key, []).append(service)
         vips.setdefault(key, []).extend(addresses)
@@ -144,23 +181,15 @@ def resolve(
             for service in services:
                 unresolved[service.key] = assignment.failed[name]
             continue
-        addrs = sorted(set(vips[key]), key=lambda ip: (ip.version, int(ip)))
-        groups.append(
-            VipGroup(
-                name=name,
-                interface=key[1],
-                nodes=tuple(key[0]),
-                vrid=assignment.vrids[name],
-                vips_v4=tuple(ip for ip in addrs if isinstance(ip, ipaddress.IPv4Address)),
-                vips_v6=tuple(ip for ip in addrs if isinstance(ip, ipaddress.IPv6Address)),
-                services=tuple(sorted(s.key for s in services)),
-            )
-        )
+        groups.append(make_group(
+            name, key[1], key[0], assignment.vrids[name], sorted(set(vips[key]), key=address_order),
+            sorted(s.key for s in services)))
     groups.sort(key=lambda g: g.name)
     return Resolution(
         groups=tuple(groups),
         unresolved=tuple(Unresolved(k, v) for k, v in sorted(unresolved.items())),
         allocations={k: v for k, v in allocation.addresses.items() if k not in unresolved},
+        addresses=dict(allocation.addresses),
     )
 
 

@@ -9,6 +9,7 @@ same map from the same input.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 
@@ -24,9 +25,15 @@ class VridAssignment:
     failed: Mapping[str, str]
 
 
+@functools.lru_cache(maxsize=64)
+def _usable(policy: VridPolicy) -> tuple[int, ...]:
+    # Policies are frozen values and few; ``usable`` is rebuilt on every access otherwise.
+    return policy.usable
+
+
 def preferred_vrid(group: str, policy: VridPolicy) -> int:
     """Where probing starts for ``group`` (OpenELB's rule: first 4 hash bytes)."""
-    usable = policy.usable
+    usable = _usable(policy)
     digest = hashlib.sha256(group.encode()).digest()
     return usable[int.from_bytes(digest[:4], "big") % len(usable)]
 
@@ -54,7 +61,7 @@ def allocate_vrids(
     failed: dict[str, str] = {}
     for interface, names in sorted(by_interface.items()):
         pol = policy_of(interface)
-        usable = pol.usable
+        usable = _usable(pol)
         index = {v: i for i, v in enumerate(usable)}
         used: set[int] = set()
         fresh: list[str] = []

@@ -13,26 +13,35 @@ unhealthy API server never sees a reconnect storm. Changes reach asyncio through
 ``loop.call_soon_threadsafe`` and become :class:`~vipcore.core.model.DesiredState`
 values, converted only by :mod:`vipcore.core.objects`.
 
-Writing: :class:`KubernetesWriter` holds the writes the controller and agent
-need (Service status through ``/status``, finalizers with compare-and-swap,
-VipGroups and their status, Events, Leases), each retried on 5xx/429 and
-connection errors, and on 409 Conflict where a re-read makes sense.
+Writing: :class:`KubernetesWriter` is the one writer: Service status through
+``/status`` and finalizers (compare-and-swap), VipGroup specs (with
+resourceVersion preconditions) and status, Events, Leases. Every request has
+a timeout and transient failures are retried with one policy
+(:data:`API_RETRY`); the controller's writer is fenced by its leadership.
 """
 
 from __future__ import annotations
 
 from vipcore.core.model import FINALIZER
 from vipcore.kube.client import (
+    API_RETRY,
     GROUP,
+    MERGE_PATCH,
     VERSION,
+    VIPGROUPS,
+    VIPPOOLS,
     ApiUnavailableError,
-    ConflictError,
     KubernetesError,
+    NotLeaderError,
+    RetryPolicy,
     api_client,
-    list_objects,
     backoff,
+    describe,
+    list_objects,
+    micro_time,
+    rfc3339,
+    status_of,
     transient,
-    write_retrying,
 )
 from vipcore.kube.kinds import (
     ALL_KINDS,
@@ -46,14 +55,12 @@ from vipcore.kube.kinds import (
     lease_kind,
     object_key,
 )
-from vipcore.kube.informer import ConnectionState, KubernetesSource, ObjectChange, wait_event
-from vipcore.kube.writes import KubernetesWriter, LeaseRecord, now_rfc3339, vipgroup_manifest
-
-
+from vipcore.kube.informer import ConnectionState, KubernetesSource, ObjectChange, Wakeup, wait_event
+from vipcore.kube.writes import Fence, KubernetesWriter
 
 __all__ = [
-    "ALL_KINDS", "EIPS", "ENDPOINT_SLICES", "FINALIZER", "GROUP", "NODES", "SERVICES", "VERSION", "VIP_GROUPS",
-    "VIP_POOLS", "ApiUnavailableError", "ConflictError", "ConnectionState", "Kind", "KubernetesError",
-    "KubernetesSource", "KubernetesWriter", "LeaseRecord", "ObjectChange", "api_client", "lease_kind", "list_objects", "backoff",
-    "now_rfc3339", "object_key", "transient", "vipgroup_manifest", "wait_event", "write_retrying",
+    "ALL_KINDS", "API_RETRY", "EIPS", "ENDPOINT_SLICES", "FINALIZER", "GROUP", "MERGE_PATCH", "NODES", "SERVICES",
+    "VERSION", "VIPGROUPS", "VIPPOOLS", "VIP_GROUPS", "VIP_POOLS", "ApiUnavailableError", "ConnectionState", "Fence", "Kind", "KubernetesError", "KubernetesSource", "KubernetesWriter", "NotLeaderError",
+    "ObjectChange", "RetryPolicy", "Wakeup", "api_client", "backoff", "describe", "lease_kind", "list_objects",
+    "micro_time", "object_key", "rfc3339", "status_of", "transient", "wait_event",
 ]

@@ -1,12 +1,22 @@
-"""The Kubernetes client: configuration, errors and retry policies (used only inside this package)."""
+"""The Kubernetes client: configuration, the API's names and formats, errors, the retry policy, one request.
+
+Everything in :mod:`vipcore.kube` that reaches the API server goes through
+:func:`request` (writes, Lease reads) or the typed list/watch calls of
+:mod:`vipcore.kube.informer`. A request always has a timeout, never retries
+on its own (urllib3's hidden retries are off), and fails with a
+:class:`KubernetesError` whose message :func:`describe` wrote.
+"""
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import tenacity
 import urllib3
 
@@ -14,8 +24,15 @@ from vipcore.core.errors import VipcoreError
 
 log = logging.getLogger("vipcore.kube")
 
+#: vipcore's API group and version, and the plurals of its kinds.
 GROUP = "vipcore.io"
 VERSION = "v1alpha1"
+VIPGROUPS = "vipgroups"
+VIPPOOLS = "vippools"
+#: The patch type of every vipcore write (RFC 7386; valid on built-in kinds and custom resources alike).
+MERGE_PATCH = "application/merge-patch+json"
+#: Seconds a request may take unless the caller gives less.
+REQUEST_TIMEOUT = 10.0
 
 
 class KubernetesError(VipcoreError):
@@ -30,8 +47,86 @@ class ApiUnavailableError(KubernetesError):
     """The source could not get a first complete state in time."""
 
 
-class ConflictError(KubernetesError):
-    """A compare-and-swap write lost against another writer (HTTP 409) too many times."""
+class NotLeaderError(KubernetesError):
+    """A fenced write was refused before it was sent: this replica does not (or no longer) lead."""
+
+
+# ------------------------------------------------------------------ errors
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status of an API error (the client's ``ApiException`` or ours), else None."""
+    if isinstance(exc, KubernetesError):
+        return exc.status
+    import kubernetes.client
+
+    return exc.status if isinstance(exc, kubernetes.client.ApiException) else None
+
+
+def transient(exc: BaseException) -> bool:
+    """Errors that can heal: 5xx, 429, timeouts and connection failures."""
+    if isinstance(exc, NotLeaderError):
+        return False
+    status = status_of(exc)
+    if status is not None:
+        return status >= 500 or status == 429
+    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError, TimeoutError))
+
+
+def describe(exc: BaseException) -> str:
+    """One line about an API or connection error: ``HTTP 409: <the Status message>``, or the exception."""
+    if isinstance(exc, KubernetesError):
+        return str(exc)
+    status = status_of(exc)
+    if status is not None:
+        return f"HTTP {status}: {_status_message(getattr(exc, 'body', None)) or getattr(exc, 'reason', '')}"
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def _status_message(body: Any) -> str:
+    """The ``message`` of a ``Status`` body (bytes or text), else the start of the body."""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    if not body:
+        return ""
+    try:
+        message = json.loads(body).get("message")
+    except (TypeError, ValueError, AttributeError):
+        message = None
+    return str(message or body).splitlines()[0][:300]
+
+
+# ------------------------------------------------------------------ retries
+
+
+def backoff(initial: float, maximum: float) -> Any:
+    """Exponential from ``initial`` doubling to ``maximum``, plus up to ``initial`` of random jitter."""
+    return tenacity.wait_exponential(multiplier=initial, max=maximum) + tenacity.wait_random(0, initial)
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How a request that failed transiently (:func:`transient`) is tried again: bounded and jittered."""
+
+    attempts: int = 5
+    initial: float = 0.1
+    maximum: float = 2.0
+
+    def retrying(self) -> tenacity.Retrying:
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception(transient),
+            wait=backoff(self.initial, self.maximum),
+            stop=tenacity.stop_after_attempt(self.attempts),
+            before_sleep=tenacity.before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        )
+
+
+#: The one policy of API requests (writes and Lease reads): 5 tries within about 2 s.
+API_RETRY = RetryPolicy()
+
+
+# ------------------------------------------------------------------ the client
 
 
 def api_client(kubeconfig: str | None = None, *, context: str | None = None) -> Any:
@@ -54,52 +149,65 @@ def api_client(kubeconfig: str | None = None, *, context: str | None = None) -> 
         raise KubernetesError(f"cannot configure the Kubernetes client from {where}: {exc}") from None
 
 
-def status_of(exc: BaseException) -> int | None:
-    import kubernetes.client
+def request(client: Any, method: str, path: str, body: Any = None, *, timeout: float = REQUEST_TIMEOUT,
+            content_type: str = "application/json",
+            query: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """One HTTP request through ``client`` (its host, TLS and credentials); the response body as a dict.
 
-    return exc.status if isinstance(exc, kubernetes.client.ApiException) else None
-
-
-def transient(exc: BaseException) -> bool:
-    """Errors that can heal: 5xx, 429, timeouts and connection failures."""
-    status = status_of(exc)
-    if status is not None:
-        return status >= 500 or status == 429
-    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
-
-
-def describe(exc: BaseException) -> str:
-    status = status_of(exc)
-    if status is not None:
-        try:
-            message = json.loads(exc.body).get("message")  # type: ignore[attr-defined]
-        except (TypeError, ValueError, AttributeError):
-            message = getattr(exc, "reason", "")
-        return f"HTTP {status}: {message}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def backoff(initial: float, maximum: float) -> Any:
-    """Exponential from ``initial`` doubling to ``maximum``, plus up to ``initial`` of random jitter."""
-    return tenacity.wait_exponential(multiplier=initial, max=maximum) + tenacity.wait_random(0, initial)
+    The body is sent exactly as given (JSON): the typed APIs of the client
+    (v37) re-serialise dict bodies through their models, which turns a
+    ``MicroTime`` such as ``...00.000000Z`` into ``...00+00:00`` that a real
+    server rejects. Raises :class:`KubernetesError` (with ``status``) for
+    anything but 2xx, urllib3's errors for connection failures and timeouts.
+    """
+    method_, url, headers, _, _ = client.param_serialize(
+        method=method, resource_path=path, query_params=list(query),
+        header_params={"Accept": "application/json", **({"Content-Type": content_type} if body is not None else {})},
+        auth_settings=["BearerToken"])
+    data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
+    resp = client.rest_client.pool_manager.request(
+        method_, url, body=data, headers=headers, timeout=urllib3.Timeout(total=timeout), retries=False,
+        preload_content=True)
+    if not 200 <= resp.status <= 299:
+        raise KubernetesError(f"HTTP {resp.status}: {_status_message(resp.data) or resp.reason}",
+                              status=resp.status)
+    result: dict[str, Any] = json.loads(resp.data) if resp.data else {}
+    return result
 
 
-def write_retrying(attempts: int = 5, initial: float = 0.1, maximum: float = 2.0) -> tenacity.Retrying:
-    """The retry policy of writes: transient errors only, bounded, jittered."""
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception(transient),
-        wait=backoff(initial, maximum),
-        stop=tenacity.stop_after_attempt(attempts),
-        before_sleep=tenacity.before_sleep_log(log, logging.WARNING),
-        reraise=True,
-    )
-
-
-def list_objects(client: Any, kind: Any, *, timeout: float = 10.0) -> list[dict[str, Any]]:
+def list_objects(client: Any, kind: Any, *, timeout: float = REQUEST_TIMEOUT) -> list[dict[str, Any]]:
     """One list of ``kind`` (a :class:`~vipcore.kube.kinds.Kind`) as plain dicts; a KubernetesError on failure."""
     try:
         resp = kind.lister(client)(_request_timeout=timeout, _preload_content=False)
         items: list[dict[str, Any]] = json.loads(resp.data).get("items") or []
     except Exception as exc:  # noqa: BLE001 - ApiException and urllib3's many connection errors
-        raise KubernetesError(describe(exc).splitlines()[0][:300], status=status_of(exc)) from None
+        raise KubernetesError(describe(exc), status=status_of(exc)) from None
     return items
+
+
+# ------------------------------------------------------------------ the API's time formats
+
+
+def rfc3339(at: float) -> str:
+    """A Kubernetes ``Time`` (RFC 3339, whole seconds, UTC), e.g. ``2026-01-01T00:00:00Z``."""
+    return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def micro_time(at: float) -> str:
+    """A Kubernetes ``MicroTime`` (RFC 3339 with exactly six fractional digits, UTC)."""
+    return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def object_path(api_version: str, plural: str, name: str | None = None, *, namespace: str | None = None,
+                subresource: str | None = None) -> str:
+    """The REST path of a collection or an object: ``/api/v1/namespaces/ns/services/web/status``."""
+    parts = ["/api/v1" if api_version == "v1" else f"/apis/{api_version}"]
+    if namespace is not None:
+        parts.append(f"/namespaces/{namespace}")
+    parts.append(f"/{plural}")
+    if name is not None:
+        parts.append(f"/{name}")
+    if subresource is not None:
+        parts.append(f"/{subresource}")
+    return "".join(parts)
+

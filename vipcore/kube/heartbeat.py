@@ -26,6 +26,7 @@ Configuration (``kubernetes.heartbeat`` in the shared config)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -34,7 +35,8 @@ from typing import Any
 
 import attrs
 
-from vipcore.kube.leases import LeaseClient, micro_time
+from vipcore.kube.client import describe, micro_time, status_of
+from vipcore.kube.leases import LeaseClient, call_bounded
 from vipcore.core.errors import ConfigError
 from vipcore.core.model import DesiredState
 
@@ -151,12 +153,10 @@ class NodeHeartbeat:
     def name(self) -> str:
         return lease_name(self.node)
 
-    def renew(self, *, release: bool = False) -> None:
-        """Create or renew the Lease (one round trip, plus one on conflict)."""
-        from kubernetes.client.exceptions import ApiException
-
+    def renew(self, *, release: bool = False, timeout: float | None = None) -> None:
+        """Create or renew the Lease (one round trip, plus one on conflict), each request within ``timeout``."""
         for _ in range(3):
-            lease = self.leases.read(self.name)
+            lease = self.leases.read(self.name, timeout=timeout)
             spec = {
                 "holderIdentity": "" if release else self.node,
                 "leaseDurationSeconds": max(1, math.ceil(self.duration)),
@@ -166,12 +166,12 @@ class NodeHeartbeat:
                 if lease is None:
                     if release:
                         return
-                    self.leases.create(self.name, spec)
+                    self.leases.create(self.name, spec, timeout=timeout)
                 else:
-                    self.leases.replace(lease, {**(lease.get("spec") or {}), **spec})
+                    self.leases.replace(lease, {**(lease.get("spec") or {}), **spec}, timeout=timeout)
                 return
-            except ApiException as exc:
-                if exc.status != 409:
+            except Exception as exc:
+                if status_of(exc) != 409:
                     raise
 
     async def run(self) -> None:
@@ -179,16 +179,16 @@ class NodeHeartbeat:
         try:
             while True:
                 try:
-                    await asyncio.to_thread(self.renew)
+                    # Bounded: a renewal that cannot finish within the interval is abandoned.
+                    await call_bounded(lambda: self.renew(timeout=interval), interval, name=f"heartbeat:{self.node}")
                     self.renewals += 1
                 except Exception as exc:  # noqa: BLE001 - the API may be unreachable; keep trying
                     self.failures += 1
-                    log.warning("heartbeat lease %s: %s", self.name, type(exc).__name__,
+                    log.warning("heartbeat lease %s: %s", self.name, describe(exc),
                                 extra={"event": "heartbeat_error"})
                 await asyncio.sleep(interval)
         except asyncio.CancelledError:
-            try:
-                await asyncio.shield(asyncio.to_thread(self.renew, release=True))
-            except Exception:  # noqa: BLE001 - best effort on the way out
-                pass
+            with contextlib.suppress(Exception, asyncio.CancelledError):  # best effort on the way out
+                await asyncio.shield(call_bounded(lambda: self.renew(release=True, timeout=interval), interval,
+                                                  name=f"heartbeat-release:{self.node}"))
             raise

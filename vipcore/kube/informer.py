@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -125,8 +126,7 @@ class KubernetesSource:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._responses: set[Any] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
+        self._wake = Wakeup()
         self._synced_event = threading.Event()
         self._delivered: DesiredState | None = None
         #: Per kind, the resourceVersion to resume watching from (None: list first).
@@ -138,11 +138,8 @@ class KubernetesSource:
         """Start one watching thread per kind; idempotent. Call from the event loop if using :meth:`watch`."""
         if self._threads:
             return
-        try:
-            self._loop = asyncio.get_running_loop()
-            self._wake = asyncio.Event()
-        except RuntimeError:
-            self._loop = None
+        with contextlib.suppress(RuntimeError):  # no running loop: watch() is not used
+            self._wake.bind()
         for kind in self.kinds:
             thread = threading.Thread(target=self._run, args=(kind,), name=f"k8s-watch:{kind.name}", daemon=True)
             self._threads.append(thread)
@@ -180,13 +177,13 @@ class KubernetesSource:
     async def watch(self, on_change: Callable[[DesiredState], Awaitable[None]]) -> None:
         """Call ``on_change`` after every change of the desired state (bursts coalesce), until cancelled."""
         self.start()
-        if self._wake is None:
+        if not self._wake.bound:
             raise RuntimeError("KubernetesSource.watch needs start() to run inside the event loop")
         # Compare with what initial() handed out, so a change in between is not lost.
         last = self._delivered
         self._wake.set()
         while True:
-            await self._wake.wait()
+            await self._wake.wait(None)
             self._wake.clear()
             if not self._synced_event.is_set():
                 continue
@@ -238,6 +235,18 @@ class KubernetesSource:
         """Objects skipped because they failed validation: ``kind/key`` -> message."""
         with self._lock:
             return {f"{k}/{key}": msg for (k, key), msg in self._invalid.items()}
+
+    def service_model(self, obj: Mapping[str, Any]) -> Service:
+        """The model of a Service object: the one :meth:`state` converted for this resourceVersion, if any.
+
+        Raises :class:`~vipcore.core.errors.ManifestError` for an invalid Service, as the conversion does.
+        """
+        rv = (obj.get("metadata") or {}).get("resourceVersion", "")
+        with self._lock:
+            cached = self._converted.get(("services", object_key(obj)))
+        if cached is not None and cached[0] == rv and isinstance(cached[1], Service):
+            return cached[1]
+        return objects.service_from_k8s(obj)
 
     def _converted_items(self, kind: str, fn: Callable[[Obj], Any]) -> list[Any]:
         """Converted values of one kind; conversion is cached per resourceVersion; invalid objects skipped."""
@@ -491,12 +500,7 @@ class KubernetesSource:
         self._notify()
 
     def _notify(self) -> None:
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(wake.set)
-            except RuntimeError:
-                pass  # the loop closed meanwhile
+        self._wake.set()
 
 
 def _newer(rv: str, known: str) -> bool:
@@ -528,6 +532,57 @@ def _shutdown(resp: Any) -> None:
             resp.close()
     except Exception:
         pass
+
+
+class Wakeup:
+    """Wakes a task on an event loop from any thread: the one thread-to-loop wake-up.
+
+    :meth:`bind` (on the loop) before use; :meth:`set` may be called from any
+    thread, also before binding or after the loop closed (then it does nothing).
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def bind(self) -> None:
+        """Attach to the running loop (RuntimeError if none runs)."""
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+
+    @property
+    def bound(self) -> bool:
+        return self._event is not None
+
+    def set(self, *_: object) -> None:
+        """Wake the waiter (thread-safe); extra arguments are ignored so this can be a change callback."""
+        loop, event = self._loop, self._event
+        if loop is None or event is None or loop.is_closed():
+            return
+        if _on_loop(loop):
+            event.set()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(event.set)
+
+    def clear(self) -> None:
+        if self._event is not None:
+            self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event is not None and self._event.is_set()
+
+    async def wait(self, timeout: float | None) -> bool:
+        """Wait (on the bound loop) until set or ``timeout`` passes; True if set."""
+        assert self._event is not None, "Wakeup.bind() first"
+        return await wait_event(self._event, timeout)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from vipcore.core import objects
-from vipcore.kube.client import GROUP, VERSION
+from vipcore.kube.client import GROUP, VERSION, VIPGROUPS, VIPPOOLS
 
 
 @attrs.frozen
@@ -53,10 +53,10 @@ SERVICES = Kind("services", "v1", "Service", True, lambda c: _core(c).list_servi
 ENDPOINT_SLICES = Kind("endpointslices", "discovery.k8s.io/v1", "EndpointSlice", True,
                        lambda c: _discovery(c).list_endpoint_slice_for_all_namespaces,
                        label_selector=objects.SERVICE_NAME_LABEL)
-VIP_POOLS = Kind("vippools", f"{GROUP}/{VERSION}", "VipPool", False, _custom(GROUP, VERSION, "vippools"))
+VIP_POOLS = Kind(VIPPOOLS, f"{GROUP}/{VERSION}", "VipPool", False, _custom(GROUP, VERSION, VIPPOOLS))
 EIPS = Kind("eips", "network.kubesphere.io/v1alpha2", "Eip", False,
             _custom("network.kubesphere.io", "v1alpha2", "eips"), optional=True)
-VIP_GROUPS = Kind("vipgroups", f"{GROUP}/{VERSION}", "VipGroup", False, _custom(GROUP, VERSION, "vipgroups"))
+VIP_GROUPS = Kind(VIPGROUPS, f"{GROUP}/{VERSION}", "VipGroup", False, _custom(GROUP, VERSION, VIPGROUPS))
 ALL_KINDS = (NODES, SERVICES, ENDPOINT_SLICES, VIP_POOLS, EIPS, VIP_GROUPS)
 
 

@@ -1,243 +1,213 @@
-"""Writes the controller and the agent make: Service status, finalizers, VipGroups, Events, Leases."""
+"""The one writer: every write vipcore makes to the Kubernetes API goes through :class:`KubernetesWriter`.
+
+Service finalizers and status, VipGroup specs and status, Events and Leases.
+Each request goes through :func:`vipcore.kube.client.request`: a timeout on
+every request, transient failures (5xx, 429, connection errors, timeouts)
+retried with the one policy :data:`vipcore.kube.client.API_RETRY`, errors as
+:class:`~vipcore.kube.client.KubernetesError` described by
+:func:`~vipcore.kube.client.describe`.
+
+Writes whose decision depends on what was read carry that read's
+``resourceVersion`` (compare-and-swap): a concurrent change makes them fail
+with 409, and the caller decides whether to re-read and write again.
+
+A writer built with a ``fence`` (the controller's: "seconds of leadership
+left") refuses every write, before each try, once the fence says 0, and
+bounds each request by the time left, so a replica that lost its Lease stops
+writing even in the middle of a reconcile pass. Reads and Lease writes are
+not fenced (a candidate needs them to become leader).
+
+The client is synchronous: call these from a worker thread.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import datetime
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
-import attrs
-
-from vipcore.core.model import Family, IPAddress
+from vipcore.core.model import FINALIZER, Family, IPAddress
 from vipcore.core.model import VipGroup as ModelVipGroup
-from vipcore.core.model import FINALIZER
-from vipcore.kube.client import GROUP, VERSION, ConflictError, write_retrying
+from vipcore.core.objects import family_key, vipgroup_spec
+from vipcore.kube.client import (
+    API_RETRY,
+    GROUP,
+    MERGE_PATCH,
+    REQUEST_TIMEOUT,
+    VERSION,
+    VIPGROUPS,
+    NotLeaderError,
+    RetryPolicy,
+    object_path,
+    request,
+    rfc3339,
+    status_of,
+)
 
 log = logging.getLogger("vipcore.kube")
 
-T = TypeVar("T")
 Obj = dict[str, Any]
+#: Seconds this writer may still write (its leadership left); 0 or less refuses every fenced write.
+Fence = Callable[[], float]
+
+LEASES = "coordination.k8s.io/v1"
+#: Lease requests are tried once: the elector retries on its own clock, under its renew deadline.
+LEASE_RETRY = RetryPolicy(attempts=1)
 
 
-def now_rfc3339(micro: bool = False) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
-
-
-def vipgroup_manifest(group: ModelVipGroup) -> Obj:
-    """A ``VipGroup`` object (spec only) for a model group; the VRID must be set."""
+def _spec(group: ModelVipGroup) -> Obj:
     if group.vrid is None:
         raise ValueError(f"group {group.name} has no VRID; the controller must assign one before writing it")
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "VipGroup",
-        "metadata": {"name": group.name},
-        "spec": {
-            "interface": group.interface,
-            "nodes": list(group.nodes),
-            "vrid": group.vrid,
-            "vips": {"ipv4": [str(v) for v in group.vips_v4], "ipv6": [str(v) for v in group.vips_v6]},
-            "services": list(group.services),
-        },
-    }
+    return vipgroup_spec(group)
 
 
-@attrs.frozen
-class LeaseRecord:
-    """A ``coordination.k8s.io/v1`` Lease as leader election and heartbeats see it."""
+def _vipgroup_path(name: str | None = None, subresource: str | None = None) -> str:
+    return object_path(f"{GROUP}/{VERSION}", VIPGROUPS, name, subresource=subresource)
 
-    name: str
-    namespace: str
-    holder: str | None
-    duration_seconds: int | None
-    acquire_time: str | None
-    renew_time: str | None
-    transitions: int
-    resource_version: str
 
-    @classmethod
-    def from_k8s(cls, obj: Mapping[str, Any]) -> "LeaseRecord":
-        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-        return cls(name=meta["name"], namespace=meta.get("namespace", ""), holder=spec.get("holderIdentity"),
-                   duration_seconds=spec.get("leaseDurationSeconds"), acquire_time=spec.get("acquireTime"),
-                   renew_time=spec.get("renewTime"), transitions=int(spec.get("leaseTransitions") or 0),
-                   resource_version=str(meta.get("resourceVersion", "")))
+def _service_path(namespace: str, name: str, subresource: str | None = None) -> str:
+    return object_path("v1", "services", name, namespace=namespace, subresource=subresource)
 
-    def renewed_at(self) -> float | None:
-        """``renewTime`` as a ``time.time()`` value."""
-        if not self.renew_time:
-            return None
-        text = self.renew_time.rstrip("Z")
-        fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in text else "%Y-%m-%dT%H:%M:%S"
-        return datetime.datetime.strptime(text, fmt).replace(tzinfo=datetime.timezone.utc).timestamp()
+
+def _lease_path(namespace: str, name: str | None = None) -> str:
+    return object_path(LEASES, "leases", name, namespace=namespace)
 
 
 class KubernetesWriter:
-    """Writes the controller and the agent make. Async methods run the blocking client in a thread."""
+    """Writes (and the reads they build on) of the controller and the agent."""
 
     def __init__(self, client: Any, *, component: str = "vipcore", instance: str | None = None,
-                 attempts: int = 5) -> None:
-        import kubernetes.client
-
+                 retry: RetryPolicy = API_RETRY, timeout: float = REQUEST_TIMEOUT,
+                 fence: Fence | None = None) -> None:
         self.client = client
-        self.core = kubernetes.client.CoreV1Api(client)
-        self.custom = kubernetes.client.CustomObjectsApi(client)
-        self.coordination = kubernetes.client.CoordinationV1Api(client)
         self.component = component
         self.instance = instance or os.uname().nodename
-        self.attempts = attempts
+        self.retry = retry
+        self.timeout = timeout
+        self.fence = fence
 
-    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        for attempt in write_retrying(self.attempts):
+    # -------------------------------------------------------------- the request
+
+    def _request(self, method: str, path: str, body: Any = None, *, fenced: bool = True,
+                 content_type: str = "application/json", retry: RetryPolicy | None = None,
+                 timeout: float | None = None) -> Obj:
+        """One API call, retried by policy; fenced writes are checked before every try."""
+        for attempt in (retry or self.retry).retrying():
             with attempt:
-                return fn(*args, **kwargs)
+                limit = min(self.timeout, timeout) if timeout is not None else self.timeout
+                if fenced and self.fence is not None:
+                    left = self.fence()
+                    if left <= 0:
+                        raise NotLeaderError(f"{method} {path} not sent: this replica is not the leader")
+                    limit = min(limit, left)
+                return request(self.client, method, path, body, timeout=limit, content_type=content_type)
         raise AssertionError("unreachable")
 
-    def _raw(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
-        """Call a typed API and return the response as a plain dict (as the server sent it)."""
-        resp = self._call(fn, *args, _preload_content=False, **kwargs)
-        result: Obj = json.loads(resp.data)
-        return result
+    def _read(self, path: str, *, retry: RetryPolicy | None = None, timeout: float | None = None) -> Obj | None:
+        """GET an object; None when it does not exist."""
+        try:
+            return self._request("GET", path, fenced=False, retry=retry, timeout=timeout)
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return None
+            raise
 
     # -------------------------------------------------------------- Services
 
-    def patch_service_status_sync(self, namespace: str, name: str, vips: Sequence[IPAddress]) -> Obj:
-        """Set ``status.loadBalancer.ingress`` through ``/status`` (merge-patch); empty clears it."""
-        body = {"status": {"loadBalancer": {"ingress": [{"ip": str(ip)} for ip in vips] or None}}}
-        return self._raw(self.core.patch_namespaced_service_status, name, namespace, body,
-                         _content_type="application/merge-patch+json")
+    def read_service(self, namespace: str, name: str) -> Obj | None:
+        return self._read(_service_path(namespace, name))
 
-    async def patch_service_status(self, namespace: str, name: str, vips: Sequence[IPAddress]) -> Obj:
-        return await asyncio.to_thread(self.patch_service_status_sync, namespace, name, vips)
+    def set_service_ingress(self, obj: Mapping[str, Any], addresses: Sequence[IPAddress]) -> Obj:
+        """Make ``status.loadBalancer.ingress`` exactly ``addresses`` (empty clears it), through ``/status``.
 
-    def _finalizers_sync(self, namespace: str, name: str, finalizer: str, add: bool) -> Obj | None:
-        """Compare-and-swap the finalizer list (merge-patch with resourceVersion); re-read on 409."""
-        import kubernetes.client
+        Compare-and-swap on ``obj``'s resourceVersion: 409 if the Service changed since.
+        """
+        meta = obj["metadata"]
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                "status": {"loadBalancer": {"ingress": [{"ip": str(ip)} for ip in addresses] or None}}}
+        return self._request("PATCH", _service_path(meta["namespace"], meta["name"], "status"), body,
+                             content_type=MERGE_PATCH)
 
-        for _ in range(self.attempts):
-            try:
-                obj = self._raw(self.core.read_namespaced_service, name, namespace)
-            except kubernetes.client.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-            finalizers = list(obj["metadata"].get("finalizers") or [])
-            if (finalizer in finalizers) == add:
-                return obj
-            if add and obj["metadata"].get("deletionTimestamp"):
-                return obj  # no new finalizers on an object being deleted
-            finalizers = finalizers + [finalizer] if add else [f for f in finalizers if f != finalizer]
-            patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"],
-                                  "finalizers": finalizers or None}}
-            try:
-                return self._raw(self.core.patch_namespaced_service, name, namespace, patch,
-                                 _content_type="application/merge-patch+json")
-            except kubernetes.client.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                if exc.status != 409:
-                    raise
-                log.info("finalizer update of %s/%s conflicted; re-reading", namespace, name)
-        raise ConflictError(f"could not update the finalizers of Service {namespace}/{name}: it kept changing "
-                            f"({self.attempts} conflicts)", status=409)
+    def set_service_finalizer(self, obj: Mapping[str, Any], present: bool, finalizer: str = FINALIZER) -> Obj:
+        """Add or remove ``finalizer``; ``obj`` unchanged when already so.
 
-    async def add_finalizer(self, namespace: str, name: str, finalizer: str = FINALIZER) -> Obj | None:
-        """Add ``finalizer`` to a Service; None when the Service is gone."""
-        return await asyncio.to_thread(self._finalizers_sync, namespace, name, finalizer, True)
-
-    async def remove_finalizer(self, namespace: str, name: str, finalizer: str = FINALIZER) -> Obj | None:
-        """Remove ``finalizer`` from a Service; None when the Service is gone."""
-        return await asyncio.to_thread(self._finalizers_sync, namespace, name, finalizer, False)
+        Compare-and-swap on ``obj``'s resourceVersion (the whole list is written): 409 if it changed since.
+        """
+        meta = obj["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if (finalizer in finalizers) == present:
+            return dict(obj)
+        finalizers = finalizers + [finalizer] if present else [f for f in finalizers if f != finalizer]
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"], "finalizers": finalizers or None}}
+        return self._request("PATCH", _service_path(meta["namespace"], meta["name"]), body,
+                             content_type=MERGE_PATCH)
 
     # -------------------------------------------------------------- VipGroups
 
-    def apply_vipgroup_sync(self, group: ModelVipGroup) -> Obj:
-        """Create the VipGroup, or update its spec (compare-and-swap, re-read on 409). Status is untouched."""
-        import kubernetes.client
+    def read_vipgroup(self, name: str) -> Obj | None:
+        return self._read(_vipgroup_path(name))
 
-        manifest = vipgroup_manifest(group)
-        for _ in range(self.attempts):
-            try:
-                current = self._raw(self.custom.get_cluster_custom_object, GROUP, VERSION, "vipgroups", group.name)
-            except kubernetes.client.ApiException as exc:
-                if exc.status != 404:
-                    raise
-                try:
-                    return self._raw(self.custom.create_cluster_custom_object, GROUP, VERSION, "vipgroups",
-                                     manifest)
-                except kubernetes.client.ApiException as exc2:
-                    if exc2.status != 409:
-                        raise
-                    continue
-            if current.get("spec") == manifest["spec"]:
-                return current
-            patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
-                     "spec": {**{k: None for k in current.get("spec") or {}}, **manifest["spec"]}}
-            try:
-                return self._raw(self.custom.patch_cluster_custom_object, GROUP, VERSION, "vipgroups", group.name,
-                                 patch, _content_type="application/merge-patch+json")
-            except kubernetes.client.ApiException as exc:
-                if exc.status not in (404, 409):
-                    raise
-        raise ConflictError(f"could not write VipGroup {group.name}: it kept changing", status=409)
+    def create_vipgroup(self, group: ModelVipGroup, *, labels: Mapping[str, str] | None = None) -> Obj:
+        """Create the VipGroup of a resolved group (VRID set); 409 if it exists."""
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VipGroup",
+                "metadata": {"name": group.name, **({"labels": dict(labels)} if labels else {})},
+                "spec": _spec(group)}
+        return self._request("POST", _vipgroup_path(), body)
 
-    async def apply_vipgroup(self, group: ModelVipGroup) -> Obj:
-        return await asyncio.to_thread(self.apply_vipgroup_sync, group)
+    def update_vipgroup(self, group: ModelVipGroup, resource_version: str) -> Obj:
+        """Replace the spec of an existing VipGroup, compare-and-swap on ``resource_version``; status untouched.
 
-    def delete_vipgroup_sync(self, name: str) -> bool:
-        """Delete a VipGroup; False when it was already gone."""
-        import kubernetes.client
+        Keys of the old spec that the new one lacks are removed (merge-patch null).
+        """
+        spec = _spec(group)
+        body = {"metadata": {"resourceVersion": resource_version},
+                "spec": {**{k: None for k in ("interface", "nodes", "vrid", "vips", "services")}, **spec}}
+        return self._request("PATCH", _vipgroup_path(group.name), body, content_type=MERGE_PATCH)
 
+    def delete_vipgroup(self, name: str, resource_version: str | None = None) -> bool:
+        """Delete a VipGroup (only at ``resource_version`` when given: 409 if it changed); False if gone."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions",
+                **({"preconditions": {"resourceVersion": resource_version}} if resource_version else {})}
         try:
-            self._call(self.custom.delete_cluster_custom_object, GROUP, VERSION, "vipgroups", name)
-        except kubernetes.client.ApiException as exc:
-            if exc.status == 404:
+            self._request("DELETE", _vipgroup_path(name), body)
+        except Exception as exc:
+            if status_of(exc) == 404:
                 return False
             raise
         return True
 
-    async def delete_vipgroup(self, name: str) -> bool:
-        return await asyncio.to_thread(self.delete_vipgroup_sync, name)
+    def set_vipgroup_holder(self, name: str, family: Family, node: str | None, *, since: float | None = None,
+                            backend: str | None = None, resource_version: str | None = None) -> Obj | None:
+        """Record (or, with ``node=None``, clear) the holder of one family in ``status.holders``.
 
-    def patch_vipgroup_holder_sync(self, name: str, family: Family, node: str | None, *,
-                                   since: float | None = None, backend: str | None = None) -> Obj | None:
-        """Record (or, with ``node=None``, clear) the holder of one family in the VipGroup's status."""
-        import kubernetes.client
-
-        fam = "ipv4" if family is Family.IPV4 else "ipv6"
+        With ``resource_version``: only if the VipGroup is unchanged since (409 otherwise).
+        None when the VipGroup does not exist.
+        """
         holder: Obj | None = None
         if node is not None:
-            stamp = datetime.datetime.fromtimestamp(since if since is not None else time.time(),
-                                                    datetime.timezone.utc)
-            holder = {"node": node, "since": stamp.strftime("%Y-%m-%dT%H:%M:%SZ")}
+            holder = {"node": node, "since": rfc3339(since if since is not None else time.time())}
             if backend:
                 holder["backend"] = backend
+        body: Obj = {"status": {"holders": {family_key(family): holder}}}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
-            return self._raw(self.custom.patch_cluster_custom_object_status, GROUP, VERSION, "vipgroups", name,
-                             {"status": {"holders": {fam: holder}}})
-        except kubernetes.client.ApiException as exc:
-            if exc.status == 404:
+            return self._request("PATCH", _vipgroup_path(name, "status"), body, content_type=MERGE_PATCH)
+        except Exception as exc:
+            if status_of(exc) == 404:
                 return None
             raise
 
-    async def patch_vipgroup_holder(self, name: str, family: Family, node: str | None, *,
-                                    since: float | None = None, backend: str | None = None) -> Obj | None:
-        return await asyncio.to_thread(self.patch_vipgroup_holder_sync, name, family, node, since=since,
-                                       backend=backend)
-
     # -------------------------------------------------------------- Events
 
-    def create_event_sync(self, involved: Mapping[str, Any], reason: str, message: str, *,
-                          type: str = "Normal") -> Obj:
+    def create_event(self, involved: Mapping[str, Any], reason: str, message: str, *,
+                     type: str = "Normal") -> Obj:
         """A core/v1 Event about ``involved`` (an object dict, or a reference with kind/namespace/name)."""
         meta = involved.get("metadata") or involved
         namespace = meta.get("namespace") or "default"
-        now = now_rfc3339()
+        now = rfc3339(time.time())
         body = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta.get('name', 'vipcore')}.", "namespace": namespace},
@@ -250,65 +220,32 @@ class KubernetesWriter:
             "reportingComponent": self.component, "reportingInstance": self.instance,
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
-        return self._raw(self.core.create_namespaced_event, namespace, body)
-
-    async def create_event(self, involved: Mapping[str, Any], reason: str, message: str, *,
-                           type: str = "Normal") -> Obj:
-        return await asyncio.to_thread(self.create_event_sync, involved, reason, message, type=type)
+        return self._request("POST", object_path("v1", "events", namespace=namespace), body)
 
     # -------------------------------------------------------------- Leases
 
-    def get_lease_sync(self, namespace: str, name: str) -> LeaseRecord | None:
-        import kubernetes.client
+    def read_lease(self, namespace: str, name: str, *, timeout: float | None = None) -> Obj | None:
+        """The Lease, or None when it does not exist (one try: see :data:`LEASE_RETRY`)."""
+        return self._read(_lease_path(namespace, name), retry=LEASE_RETRY, timeout=timeout)
 
-        try:
-            return LeaseRecord.from_k8s(self._raw(self.coordination.read_namespaced_lease, name, namespace))
-        except kubernetes.client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+    def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any], *,
+                     timeout: float | None = None) -> Obj:
+        """Create a Lease; 409 if it exists. MicroTimes in ``spec`` are sent exactly as given."""
+        body = {"apiVersion": LEASES, "kind": "Lease", "metadata": {"name": name, "namespace": namespace},
+                "spec": dict(spec)}
+        return self._request("POST", _lease_path(namespace), body, fenced=False, retry=LEASE_RETRY,
+                             timeout=timeout)
 
-    def create_lease_sync(self, namespace: str, name: str, holder: str, duration_seconds: int) -> LeaseRecord | None:
-        """Create a Lease held by ``holder``; None if somebody created it first (409)."""
-        import kubernetes.client
+    def replace_lease(self, lease: Mapping[str, Any], spec: Mapping[str, Any], *,
+                      timeout: float | None = None) -> Obj:
+        """Write ``spec`` with the resourceVersion ``lease`` was read at (409 if it changed since)."""
+        meta = lease["metadata"]
+        body = {"apiVersion": LEASES, "kind": "Lease",
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                             "resourceVersion": meta["resourceVersion"]},
+                "spec": dict(spec)}
+        return self._request("PUT", _lease_path(meta["namespace"], meta["name"]), body, fenced=False,
+                             retry=LEASE_RETRY, timeout=timeout)
 
-        now = now_rfc3339(micro=True)
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": name, "namespace": namespace},
-                "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration_seconds,
-                         "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
-        try:
-            return LeaseRecord.from_k8s(self._raw(self.coordination.create_namespaced_lease, namespace, body))
-        except kubernetes.client.ApiException as exc:
-            if exc.status == 409:
-                return None
-            raise
 
-    def update_lease_sync(self, lease: LeaseRecord, holder: str, duration_seconds: int) -> LeaseRecord | None:
-        """Renew (same holder) or take over (new holder) a Lease, compare-and-swap on the resourceVersion
-        read in ``lease``; None if another writer changed it first (409)."""
-        import kubernetes.client
-
-        now = now_rfc3339(micro=True)
-        taking = lease.holder != holder
-        spec: Obj = {"holderIdentity": holder, "leaseDurationSeconds": duration_seconds, "renewTime": now,
-                     "acquireTime": now if taking else lease.acquire_time,
-                     "leaseTransitions": lease.transitions + (1 if taking and lease.holder else 0)}
-        patch = {"metadata": {"resourceVersion": lease.resource_version}, "spec": spec}
-        try:
-            obj = self._raw(self.coordination.patch_namespaced_lease, lease.name, lease.namespace, patch,
-                            _content_type="application/merge-patch+json")
-        except kubernetes.client.ApiException as exc:
-            if exc.status in (404, 409):
-                return None
-            raise
-        return LeaseRecord.from_k8s(obj)
-
-    async def get_lease(self, namespace: str, name: str) -> LeaseRecord | None:
-        return await asyncio.to_thread(self.get_lease_sync, namespace, name)
-
-    async def create_lease(self, namespace: str, name: str, holder: str, duration_seconds: int) -> LeaseRecord | None:
-        return await asyncio.to_thread(self.create_lease_sync, namespace, name, holder, duration_seconds)
-
-    async def update_lease(self, lease: LeaseRecord, holder: str, duration_seconds: int) -> LeaseRecord | None:
-        return await asyncio.to_thread(self.update_lease_sync, lease, holder, duration_seconds)
+__all__ = ["Fence", "KubernetesWriter", "LEASE_RETRY"]

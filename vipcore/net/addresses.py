@@ -29,7 +29,7 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -51,6 +51,8 @@ IFA_F_NODAD = 0x02
 IFA_F_TENTATIVE = 0x40
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
+#: rtnetlink multicast group of link changes (linux/rtnetlink.h).
+RTMGRP_LINK = 0x1
 IPV4_HOST_PREFIX = 32
 IPV6_HOST_PREFIX = 128
 #: Errnos that mean "no such interface" (ENXIO: index vanished between calls).
@@ -98,6 +100,35 @@ def _as_address(value: IPAddress | str) -> IPAddress:
 
 def _unique(vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
     return tuple(dict.fromkeys(_as_address(v) for v in vips))
+
+
+@attrs.frozen
+class LinkEvent:
+    """An interface appeared, changed or went away (rtnetlink ``RTM_NEWLINK`` / ``RTM_DELLINK``)."""
+
+    name: str
+    #: The kernel's ifindex: a re-created interface gets a new one.
+    index: int
+    #: False: the interface was deleted.
+    present: bool
+    #: Administratively up.
+    admin_up: bool = False
+    #: Carrier (``IFF_LOWER_UP``).
+    carrier: bool = False
+
+    @property
+    def up(self) -> bool:
+        return self.present and self.admin_up and self.carrier
+
+    def describe(self) -> str:
+        """Why the link is not usable, in words (or ``"is up"``)."""
+        if not self.present:
+            return f"{self.name} was deleted"
+        if not self.admin_up:
+            return f"{self.name} is down"
+        if not self.carrier:
+            return f"{self.name} lost carrier"
+        return f"{self.name} is up (ifindex {self.index})"
 
 
 @attrs.frozen
@@ -295,6 +326,41 @@ class AddressHolder:
         if code in _NO_INTERFACE:
             return InterfaceNotFoundError(interface, self._where())
         return AddressError(interface, f"{action} failed: {exc.args[-1]} (errno {code})")
+
+    # -- link events ------------------------------------------------------------
+
+    async def link_events(self, subscribed: Callable[[], None] | None = None) -> AsyncIterator[LinkEvent]:
+        """Every link change in the holder's namespace, as it happens, until cancelled.
+
+        A separate netlink socket subscribed to ``RTMGRP_LINK``, so waiting
+        for events never holds up address changes. The caller re-reads the
+        state it cares about after subscribing (events before that are not
+        replayed: ``subscribed`` is called once the subscription is in place)
+        and after an error (an overflowed socket loses events).
+        """
+        ipr = AsyncIPRoute(netns=self.netns, flags=0)
+        try:
+            await ipr.bind(groups=RTMGRP_LINK)
+            if subscribed is not None:
+                subscribed()
+            while True:
+                async for msg in ipr.get():
+                    event = msg.get("event")
+                    if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
+                        continue
+                    flags = int(msg["flags"])
+                    yield LinkEvent(
+                        name=str(msg.get_attr("IFLA_IFNAME")),
+                        index=int(msg["index"]),
+                        present=event == "RTM_NEWLINK",
+                        admin_up=bool(flags & IFF_UP),
+                        carrier=bool(flags & IFF_LOWER_UP),
+                    )
+        finally:
+            try:
+                ipr.close()
+            except Exception:  # closing must not mask the reason we stopped
+                log.debug("closing the link-event socket failed", exc_info=True)
 
     # -- queries --------------------------------------------------------------
 

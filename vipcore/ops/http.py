@@ -33,8 +33,9 @@ def parse_address(address: str) -> tuple[str, int]:
 class Endpoint:
     """``/metrics``, ``/healthz``, ``/readyz`` and ``/status`` on one asyncio server.
 
-    ``ready`` and ``status`` are called on the event loop for every request;
-    they must be quick and must not block.
+    ``ready``, ``healthy`` and ``status`` are called on the event loop for every
+    request; they must be quick and must not block. ``/healthz`` answers 503
+    while ``healthy()`` is False (the controller: its Lease is overdue).
     """
 
     def __init__(
@@ -44,10 +45,12 @@ class Endpoint:
         *,
         ready: Callable[[], bool] = lambda: True,
         status: Callable[[], Mapping[str, Any]] | None = None,
+        healthy: Callable[[], bool] = lambda: True,
     ) -> None:
         self.address = address
         self.registry = registry
         self.ready = ready
+        self.healthy = healthy
         self.status = status
         self._server: asyncio.base_events.Server | None = None
 
@@ -124,7 +127,7 @@ class Endpoint:
                           extra={"event": "metrics_error"})
                 return 500, "text/plain", f"collection failed: {exc}\n".encode()
         if path == "/healthz":
-            return 200, "text/plain", b"ok\n"
+            return (200, "text/plain", b"ok\n") if self.healthy() else (503, "text/plain", b"unhealthy\n")
         if path == "/readyz":
             return (200, "text/plain", b"ready\n") if self.ready() else (503, "text/plain", b"not ready\n")
         if path == "/status" and self.status is not None:

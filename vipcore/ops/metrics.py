@@ -109,8 +109,10 @@ class MetricsObserver:
     @hookimpl
     def vipcore_state_changed(self, change: StateChange) -> None:
         family = change.family.k8s_name
-        self.transitions.labels(short_name(change.group), family, change.new.value,
-                                reason_class(change.reason)).inc()
+        # The typed cause when the backend gives one; the substring classes
+        # only for third-party backends that send free text alone.
+        label = change.cause.value if change.cause is not None else reason_class(change.reason)
+        self.transitions.labels(short_name(change.group), family, change.new.value, label).inc()
         if change.new is State.MASTER and change.failover_seconds is not None:
             self.failover.labels(family).observe(change.failover_seconds)
 

@@ -199,6 +199,66 @@ def cluster_table(document: Mapping[str, Any]) -> str:
     return render_table(["GROUP", "FAMILY", "INTERFACE", "VRID", "VIPS", "HOLDER", "SINCE", "LAST FAILOVER"], rows)
 
 
+# -- the live view (--watch) ------------------------------------------------------------
+
+#: ANSI: cursor home, clear to the end of the line, clear to the end of the screen.
+HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
+
+
+def transitions(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[str]:
+    """One line per router (or cluster holder) that changed between two documents, oldest first.
+
+    Works on an agent's status document (``routers``: state, since, reason,
+    last failover) and on the cluster document (``groups``: holder).
+    """
+    if previous is None:
+        return []
+    lines: list[tuple[float, str]] = []
+    if "routers" in current:
+        before = {(r.get("group"), r.get("family")): r for r in previous.get("routers", [])}
+        for r in current.get("routers", []):
+            old = before.get((r.get("group"), r.get("family")))
+            if old is not None and old.get("state") == r.get("state") and old.get("since") == r.get("since"):
+                continue
+            at = float(r.get("since") or current.get("now") or time.time())
+            change = f"{old.get('state')} -> {r.get('state')}" if old is not None else f"joined as {r.get('state')}"
+            took = f" in {duration(r['last_failover_seconds'])}" if r.get("state") == State.MASTER.value \
+                and r.get("last_failover_seconds") is not None and old is not None else ""
+            lines.append((at, f"{_clock(at)}  {r.get('short_name') or _short(str(r.get('group')))} "
+                              f"{r.get('family')}  {change}{took}  {r.get('reason') or ''}".rstrip()))
+        gone = set(before) - {(r.get("group"), r.get("family")) for r in current.get("routers", [])}
+        now = float(current.get("now") or time.time())
+        lines += [(now, f"{_clock(now)}  {_short(str(g))} {f}  left") for g, f in sorted(gone, key=str)]
+    else:
+        before = {(g.get("group"), g.get("family")): g for g in previous.get("groups", [])}
+        for g in current.get("groups", []):
+            old = before.get((g.get("group"), g.get("family")))
+            if old is None or old.get("holder") == g.get("holder"):
+                continue
+            at = float(g.get("since") or current.get("now") or time.time())
+            took = f" in {duration(g['last_failover_seconds'])}" if g.get("last_failover_seconds") is not None else ""
+            lines.append((at, f"{_clock(at)}  {g.get('short_name')} {g.get('family')}  holder "
+                              f"{old.get('holder') or 'none'} -> {g.get('holder') or 'none'}{took}"))
+    return [text for _, text in sorted(lines)]
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
+
+
+def watch_frame(title: str, body: str, events: Sequence[str], *, error: str | None = None) -> str:
+    """A full screen of the live view: a title line, the table, the latest transitions.
+
+    Plain ANSI (cursor home, clear line, clear below) so it redraws in place over SSH
+    without curses; every line is cleared to its end so a shorter frame leaves nothing behind.
+    """
+    lines = [title, ""]
+    lines += [f"agent unreachable: {error} (retrying)"] if error else body.splitlines()
+    lines += ["", "TRANSITIONS (newest last)" if events else "no transition seen yet"]
+    lines += [f"  {event}" for event in events]
+    return HOME + "".join(line + CLEAR_LINE + "\n" for line in lines) + CLEAR_BELOW
+
+
 # -- the command ---------------------------------------------------------------------
 
 
@@ -215,5 +275,5 @@ def default_address(environ: Mapping[str, str] | None = None) -> str:
 
 __all__ = [
     "AgentUnreachableError", "DEFAULT_ADDRESS", "age", "cluster_rows", "cluster_table", "default_address", "duration",
-    "fetch_status", "first_line", "status_table",
+    "fetch_status", "status_table", "transitions", "watch_frame",
 ]

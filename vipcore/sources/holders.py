@@ -8,16 +8,15 @@ resourceVersion it read, so it never erases the new holder's record). So
 ``kubectl get vipgroups`` answers "which node holds my VIP?".
 
 The hook is called on the agent's event loop and must not block: it only
-records the latest wish per (group, family); one worker thread writes them,
-coalescing bursts and retrying with a bounded backoff while the API server is
+records the latest wish per (group, family); one worker thread writes them
+through the one writer (:class:`vipcore.kube.KubernetesWriter`), coalescing
+bursts and retrying with a bounded backoff while the API server is
 unreachable. A VipGroup that does not exist (yet, or any more) is skipped.
 """
 
 from __future__ import annotations
 
 import atexit
-import datetime
-import json
 import logging
 import threading
 import time
@@ -26,31 +25,21 @@ from typing import Any
 
 from vipcore.backend import hookimpl
 from vipcore.core.model import Family, State, StateChange
+from vipcore.core.objects import family_key
+from vipcore.kube import KubernetesWriter, describe, status_of
 
 log = logging.getLogger("vipcore.sources.holders")
 
-GROUP, VERSION, PLURAL = "vipcore.io", "v1alpha1", "vipgroups"
-MERGE = "application/merge-patch+json"
 CONFLICT_RETRIES = 5
 #: Seconds between two re-recordings of one router (a real split brain must not become a write storm).
 REASSERT_INTERVAL = 1.0
 
 
-def family_key(family: Family) -> str:
-    return "ipv4" if family is Family.IPV4 else "ipv6"
-
-
-def rfc3339(at: float) -> str:
-    return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class HolderStatus:
     """The observer plugin; register it with the agent's plugin manager, :meth:`close` on stop."""
 
-    def __init__(self, api_client: Any, node: str, *, retry_max: float = 5.0) -> None:
-        import kubernetes.client
-
-        self.custom: Any = kubernetes.client.CustomObjectsApi(api_client)
+    def __init__(self, writer: KubernetesWriter, node: str, *, retry_max: float = 5.0) -> None:
+        self.writer = writer
         self.node = node
         self.retry_max = retry_max
         self._pending: dict[tuple[str, Family], StateChange] = {}
@@ -124,7 +113,7 @@ class HolderStatus:
         if self._closed:
             return
         try:
-            fresh: Mapping[str, Any] | None = self._read(key[0])
+            fresh: Mapping[str, Any] | None = self.writer.read_vipgroup(key[0])
         except Exception:  # noqa: BLE001 - the API may be down: judge by what was seen last
             fresh = obj
         if fresh is not None:
@@ -168,7 +157,7 @@ class HolderStatus:
                 self.failures += 1
                 failed = True
                 log.warning("holder status of group %s (%s): %s; retrying in %.1fs", change.group[:12],
-                            change.family.k8s_name, _describe(exc), delay,
+                            change.family.k8s_name, describe(exc), delay,
                             extra={"event": "holder_status_error", "group": change.group})
             with self._cond:
                 self._busy = False
@@ -181,54 +170,24 @@ class HolderStatus:
                     delay = min(delay * 2, self.retry_max)
 
     def _write(self, change: StateChange) -> None:
-        family = family_key(change.family)
         if change.new is State.MASTER:
-            claim: dict[str, Any] = {"status": {"holders": {family: {
-                "node": self.node, "since": rfc3339(change.at), "backend": change.backend}}}}
-            if not self._patch(change.group, claim):
+            recorded = self.writer.set_vipgroup_holder(change.group, change.family, self.node, since=change.at,
+                                                       backend=change.backend)
+            if recorded is None:
                 # The agent can be faster than the controller's VipGroup write: try again shortly.
                 raise LookupError(f"VipGroup {change.group} does not exist yet")
             return
-        body: dict[str, Any]
         for _ in range(CONFLICT_RETRIES):
-            obj = self._read(change.group)
+            obj = self.writer.read_vipgroup(change.group)
             if obj is None:
                 return
-            holder = ((obj.get("status") or {}).get("holders") or {}).get(family) or {}
+            holder = ((obj.get("status") or {}).get("holders") or {}).get(family_key(change.family)) or {}
             if holder.get("node") != self.node:
                 return  # someone else holds it now: their record stays
-            body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
-                    "status": {"holders": {family: None}}}
             try:
-                self._patch(change.group, body)
+                self.writer.set_vipgroup_holder(change.group, change.family, None,
+                                                resource_version=obj["metadata"]["resourceVersion"])
                 return
             except Exception as exc:
-                if getattr(exc, "status", None) != 409:
+                if status_of(exc) != 409:
                     raise
-
-    def _read(self, name: str) -> dict[str, Any] | None:
-        try:
-            resp = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name, _preload_content=False)
-        except Exception as exc:
-            if getattr(exc, "status", None) == 404:
-                return None
-            raise
-        obj: dict[str, Any] = json.loads(resp.data)
-        return obj
-
-    def _patch(self, name: str, body: dict[str, Any]) -> bool:
-        """Merge-patch the status; False when the VipGroup does not exist."""
-        try:
-            self.custom.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, name, body, _content_type=MERGE)
-        except Exception as exc:
-            if getattr(exc, "status", None) == 404:
-                return False
-            raise
-        return True
-
-
-def _describe(exc: BaseException) -> str:
-    status = getattr(exc, "status", None)
-    if status:
-        return f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]

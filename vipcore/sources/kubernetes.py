@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from vipcore.core.settings import Config
-from vipcore.kube import ALL_KINDS, KubernetesSource, api_client, lease_kind, wait_event
+from vipcore.kube import ALL_KINDS, KubernetesSource, KubernetesWriter, Wakeup, api_client, lease_kind
 from vipcore.kube.leases import LeaseClient
 from vipcore.core.errors import ConfigError
 from vipcore.kube.heartbeat import HeartbeatConfig, HeartbeatTracker, NodeHeartbeat, with_heartbeats
@@ -59,19 +59,21 @@ class KubernetesAgentSource:
         if not isinstance(classes, list):
             raise ConfigError("must be a list of loadBalancerClass names", field="controller.classes")
         self.client = client if client is not None else api_client(kube.get("kubeconfig"), context=kube.get("context"))
+        # Say who we are in every request (API server audit logs; the test server's records).
+        self.client.user_agent = f"vipcore-agent/{self.node}"
         hb = self.heartbeat_config
         kinds = ALL_KINDS + ((lease_kind(hb.namespace),) if hb.enabled else ())
         self.cache = KubernetesSource(self.client, kinds=kinds, classes=frozenset(classes),
                                       default_class=bool(section.get("default_class", False)),
                                       openelb=bool(section.get("openelb", True)))
         self.tracker = HeartbeatTracker()
-        self.heartbeat = NodeHeartbeat(LeaseClient(self.client, hb.namespace), self.node, hb.duration) \
+        self.writer = KubernetesWriter(self.client, component="vipcore-agent", instance=self.node)
+        self.heartbeat = NodeHeartbeat(LeaseClient(self.writer, hb.namespace), self.node, hb.duration) \
             if hb.enabled else None
-        self.holder_status = HolderStatus(self.client, self.node) if record_holders else None
+        self.holder_status = HolderStatus(self.writer, self.node) if record_holders else None
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.cache.on_object_change.append(self._changed)
+        self._wake = Wakeup()
+        self.cache.on_object_change.append(self._wake.set)
         if self.holder_status is not None:
             self.cache.on_object_change.append(self._vipgroup_changed)
 
@@ -92,30 +94,23 @@ class KubernetesAgentSource:
         if change.kind == "vipgroups" and change.type != "DELETED" and self.holder_status is not None:
             self.holder_status.check(change.obj)
 
-    def _changed(self, change: Any) -> None:
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(wake.set)
-
     async def initial(self, timeout: float = 30.0) -> DesiredState:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._wake.bind()
         if self.heartbeat is not None and self._heartbeat_task is None:
             self._heartbeat_task = asyncio.create_task(self.heartbeat.run())
         await self.cache.initial(timeout=timeout)
         if self.heartbeat is not None:
             # Our own Lease must be in the cache before we judge anyone (us included).
-            deadline = self._loop.time() + min(timeout, self.heartbeat_config.duration)
-            while self.heartbeat.name not in self.cache.objects("leases") and self._loop.time() < deadline:
+            deadline = loop.time() + min(timeout, self.heartbeat_config.duration)
+            while self.heartbeat.name not in self.cache.objects("leases") and loop.time() < deadline:
                 await asyncio.sleep(0.05)
         return self.state()
 
     async def watch(self, on_change: Callable[[DesiredState], Awaitable[None]]) -> None:
         """Call ``on_change`` when the desired state changes (objects, or a Lease expiring); until cancelled."""
-        if self._wake is None:
+        if not self._wake.bound:
             await self.initial()
-        assert self._wake is not None
         last = self.state()
         try:
             while True:
@@ -124,7 +119,7 @@ class KubernetesAgentSource:
                     expiry = self.tracker.next_expiry()
                     timeout = self.heartbeat_config.duration / 3 if expiry is None else min(
                         expiry + 0.05, self.heartbeat_config.duration / 3)
-                await wait_event(self._wake, timeout)
+                await self._wake.wait(timeout)
                 self._wake.clear()
                 state = self.state()
                 if state != last:

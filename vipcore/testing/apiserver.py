@@ -14,7 +14,9 @@ client and ``kubectl`` talk to it through a generated kubeconfig::
 Semantics follow the real API server (see :mod:`vipcore.testing.apiserver_store`).
 Fault injection: :meth:`ApiServer.close_watches`, :meth:`compact`,
 :meth:`expire`, :meth:`hold_watches`, :meth:`fail_next`,
-:meth:`refuse_connections`. Run it standalone with
+:meth:`refuse_connections`, :meth:`black_hole` (one client's requests are
+accepted and never answered). Every answered request is recorded with the
+client's User-Agent (:attr:`ApiServer.requests`): who wrote what, when. Run it standalone with
 ``python -m vipcore.testing.apiserver --port 8080 --crds deploy/crds --kubeconfig out.yaml``.
 """
 
@@ -54,7 +56,8 @@ class RequestRecord:
     at: float  # time.monotonic()
     method: str  # GET, POST, ..., or WATCH for a watch stream that started
     path: str
-    code: int
+    code: int  # 0: swallowed by a black hole (never answered, never processed)
+    client: str = ""  # the User-Agent header
 
 
 class ApiServer:
@@ -82,6 +85,10 @@ class ApiServer:
         self._failures: list[int] = []
         self._replay = 0
         self._connections: set[socket.socket] = set()
+        #: Black holes: (User-Agent part, path part); guarded by _lock, waited on with _holes_changed.
+        self._holes: list[tuple[str, str]] = []
+        self._holes_changed = threading.Condition(self._lock)
+        self._stopping = False
         self._httpd: ApiHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._relisten: threading.Timer | None = None
@@ -97,6 +104,9 @@ class ApiServer:
         return self
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._holes_changed.notify_all()
         if self._relisten is not None:
             self._relisten.cancel()
         self._stop_listening()
@@ -144,9 +154,23 @@ class ApiServer:
             else:
                 self._connections.discard(conn)
 
-    def _record(self, method: str, path: str, code: int) -> None:
+    def _record(self, method: str, path: str, code: int, client: str = "") -> None:
         with self._lock:
-            self.requests.append(RequestRecord(time.monotonic(), method, path, code))
+            self.requests.append(RequestRecord(time.monotonic(), method, path, code, client))
+
+    def _black_holed(self, client: str, path: str) -> bool:
+        with self._lock:
+            return not self._stopping and any(c in client and p in path for c, p in self._holes)
+
+    def _swallow(self, method: str, path: str, client: str) -> bool:
+        """Hold a request from a black-holed client until the hole is lifted; True if it was swallowed."""
+        with self._lock:
+            if not any(c in client and p in path for c, p in self._holes) or self._stopping:
+                return False
+            self.requests.append(RequestRecord(time.monotonic(), method, path, 0, client))
+            self._holes_changed.wait_for(
+                lambda: self._stopping or not any(c in client and p in path for c, p in self._holes))
+        return True
 
     def _take_failure(self) -> int:
         with self._lock:
@@ -267,6 +291,22 @@ class ApiServer:
             with self.store.cond:
                 self.store.held = False
                 self.store.cond.notify_all()
+
+    @contextlib.contextmanager
+    def black_hole(self, client: str, *, path: str = "") -> Iterator[None]:
+        """Inside the block, requests from clients whose User-Agent contains ``client`` (and whose path
+        contains ``path``) are accepted and never answered, and their open watch streams go silent: a
+        network black hole between that client and the server. On leaving, the held connections are
+        closed unanswered: those requests were never processed."""
+        hole = (client, path)
+        with self._lock:
+            self._holes.append(hole)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holes.remove(hole)
+                self._holes_changed.notify_all()
 
     def fail_next(self, count: int, code: int = 503) -> None:
         """Answer the next ``count`` requests (of any kind) with ``code`` (500 or 503) and a Status body."""

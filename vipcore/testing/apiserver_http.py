@@ -35,7 +35,11 @@ class ServerState(Protocol):
 
     def _track(self, conn: socket.socket, add: bool) -> None: ...
 
-    def _record(self, method: str, path: str, code: int) -> None: ...
+    def _record(self, method: str, path: str, code: int, client: str = "") -> None: ...
+
+    def _black_holed(self, client: str, path: str) -> bool: ...
+
+    def _swallow(self, method: str, path: str, client: str) -> bool: ...
 
     def _take_failure(self) -> int: ...
 
@@ -251,8 +255,13 @@ class ApiHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        # Recorded before the answer leaves: a client that got it finds it in the record.
+        self.server.api._record(self.command, self.path, code, self._client)
         self.wfile.write(data)
-        self.server.api._record(self.command, self.path, code)
+
+    @property
+    def _client(self) -> str:
+        return str(self.headers.get("User-Agent") or "")
 
     def _body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
@@ -285,6 +294,11 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         api = self.server.api
+        if api._black_holed(self._client, self.path):
+            self._body()
+            api._swallow(self.command, self.path, self._client)
+            self.close_connection = True  # lifted: drop the connection, the request was never processed
+            return
         try:
             failure = api._take_failure()
             if failure:
@@ -462,7 +476,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        self.server.api._record("WATCH", self.path, 200)
+        self.server.api._record("WATCH", self.path, 200, self._client)
         self.close_connection = True
 
         def emit(event: Obj) -> None:
@@ -506,6 +520,8 @@ class ApiHandler(BaseHTTPRequestHandler):
                     store.cond.wait(max(0.0, min(deadline - now, next_bookmark - now, 1.0)))
                     if self._peer_closed():
                         return  # the client went away: free this thread now, not at the timeout
+            if api._swallow("WATCH", self.path, self._client):
+                return  # black-holed: nothing more is delivered; lifted, the connection is dropped
             try:
                 if error is not None:
                     self._chunk({"type": "ERROR", "object": error})

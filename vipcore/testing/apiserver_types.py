@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,6 +59,31 @@ def _default_endpoint_slice(obj: Obj) -> None:
                       'Required value')
 
 
+#: A ``MicroTime`` as the API server parses it (Go layout ``2006-01-02T15:04:05.000000Z07:00``).
+_MICRO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})")
+
+
+def _validate_lease(obj: Obj) -> None:
+    """``coordination.k8s.io/v1`` Lease rules of the real API server (on create and update)."""
+    spec = obj.get("spec") or {}
+    where = f'Lease.coordination.k8s.io "{obj["metadata"]["name"]}" is invalid'
+    if not isinstance(spec, dict):
+        raise invalid(f"{where}: spec: must be an object")
+    duration = spec.get("leaseDurationSeconds")
+    if duration is not None and (not isinstance(duration, int) or isinstance(duration, bool) or duration <= 0):
+        raise invalid(f"{where}: spec.leaseDurationSeconds: Invalid value: {duration!r}: must be greater than 0")
+    transitions = spec.get("leaseTransitions")
+    if transitions is not None and (not isinstance(transitions, int) or isinstance(transitions, bool)
+                                    or transitions < 0):
+        raise invalid(f"{where}: spec.leaseTransitions: Invalid value: {transitions!r}: must be greater than or "
+                      "equal to 0")
+    for field in ("acquireTime", "renewTime"):
+        value = spec.get(field)
+        if value is not None and not (isinstance(value, str) and _MICRO_TIME.fullmatch(value)):
+            raise invalid(f'{where}: spec.{field}: Invalid value: {value!r}: parsing time as '
+                          '"2006-01-02T15:04:05.000000Z07:00": a MicroTime needs exactly six fractional digits')
+
+
 _AGE = PrinterColumn("Age", "date", ".metadata.creationTimestamp")
 
 BUILTIN: tuple[ResourceType, ...] = (
@@ -89,7 +115,7 @@ BUILTIN: tuple[ResourceType, ...] = (
                  kind="EndpointSlice", namespaced=True, defaulter=_default_endpoint_slice,
                  printer_columns=(PrinterColumn("AddressType", "string", ".addressType"), _AGE)),
     ResourceType(group="coordination.k8s.io", version="v1", plural="leases", singular="lease", kind="Lease",
-                 namespaced=True,
+                 namespaced=True, defaulter=_validate_lease,
                  printer_columns=(PrinterColumn("Holder", "string", ".spec.holderIdentity"), _AGE)),
     ResourceType(
         group="apiextensions.k8s.io", version="v1", plural="customresourcedefinitions",

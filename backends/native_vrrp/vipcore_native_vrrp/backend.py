@@ -4,43 +4,45 @@ One :class:`~vipcore_native_vrrp.driver.RouterDriver` per (group, family),
 priorities straight from :attr:`Membership.priority` (the core's rendezvous
 placement), VIPs only through :class:`vipcore.net.addresses.AddressHolder`.
 
-**Family sync.** Both routers of a group get the same priority, so with
-preemption they elect the same node. To keep them together when timing
-differs (one family fails over first, or preemption is off), a router that
-becomes master for any reason other than a sync nudges its sibling: a
-sibling in BACKUP (not released) whose current master it outranks (lower
-priority, or none heard) takes over at once. A sibling that hears a better
-master stays put, so the nudge never fights the election — and a backup
-promoted only because its process stalled does not drag the other family along.
+**Family sync.** Both routers of a group get the same priority; which
+sibling follows a router that became master is decided in the protocol
+(:func:`vipcore_native_vrrp.protocol.followers`, on the typed cause); this
+module only carries it out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from vipcore.net.addresses import AddressHolder
+from vipcore.net.addresses import AddressHolder, LinkEvent
 from vipcore.backend import BackendContext, hookimpl
 from vipcore.core.errors import AddressError, AllocationError, VipcoreError
-from vipcore.core.model import Family, IPAddress, Membership, MetricSample, State, StateChange
+from vipcore.core.model import Family, IPAddress, Membership, MetricSample, State, StateChange, TransitionCause
 from vipcore_native_vrrp import BACKEND_NAME
-from vipcore_native_vrrp.config import NativeVrrpConfig
+from vipcore_native_vrrp.config import NativeVrrpConfig, keepalived_addresses
 from vipcore_native_vrrp.driver import RouterDriver
 from vipcore_native_vrrp.liveness.coordinator import Coordinator
 from vipcore_native_vrrp.liveness.detector import Detector
-from vipcore_native_vrrp.protocol import Router, RouterConfig, StateChanged
+from vipcore_native_vrrp.protocol import Authenticator, Router, RouterConfig, StateChanged, followers
 from vipcore_native_vrrp.protocol.machine import RECEIVE_REASONS
 from vipcore_native_vrrp.protocol.packet import DECODE_REASONS, MULTICAST
 from vipcore_native_vrrp.transport import Link
 
 log = logging.getLogger(__name__)
 
-SYNC_PREFIX = "sync"
 #: Extra wait beyond the router's own hand-over bound before forcing a stop.
 STOP_MARGIN = 1.0
+#: Seconds between re-checks of an interface that came back incomplete
+#: (no address to send from, or no global IPv6 prefix).
+RECHECK_INTERVAL = 1.0
+#: Seconds to wait before re-subscribing to link events after an error.
+WATCH_RETRY = 1.0
 
 
 class NativeVrrpBackend:
@@ -59,7 +61,11 @@ class NativeVrrpBackend:
         self.links: dict[tuple[str, Family], Link] = {}
         self.routers: dict[str, dict[Family, RouterDriver]] = {}
         self.memberships: dict[str, Membership] = {}
+        #: Interfaces that came back from a link flap without a global IPv6 address.
+        self.ipv6_prefix_missing: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._rechecks: dict[str, asyncio.TimerHandle] = {}
         self.liveness: Coordinator | None = None
 
     # -- lifecycle ----------------------------------------------------------------
@@ -82,9 +88,18 @@ class NativeVrrpBackend:
                 continue
             if removed:
                 log.info("removed stale VIPs %s from %s", ", ".join(map(str, removed)), interface)
+        self._watcher = self._loop.create_task(self._watch_links(), name="native_vrrp link events")
 
     @hookimpl
     async def vipcore_backend_stop(self, graceful: bool) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        for handle in self._rechecks.values():
+            handle.cancel()
+        self._rechecks.clear()
         names = list(self.routers)
         await asyncio.gather(*(self._stop_group(name, graceful) for name in names))
         if self.liveness is not None:
@@ -132,7 +147,8 @@ class NativeVrrpBackend:
                 continue
             config = await self._router_config(new, family)
             driver.update(
-                priority=config.priority, vips=config.vips, sources=config.sources, destinations=config.destinations
+                priority=config.priority, vips=config.vips, sources=config.sources, destinations=config.destinations,
+                peer_priorities=config.peer_priorities, identity=config.identity,
             )
         self._refresh_liveness()
 
@@ -176,6 +192,12 @@ class NativeVrrpBackend:
                     MetricSample("vipcore_vrrp_transitions", driver.transitions, router_labels,
                                  help="state transitions of the router"),
                 ]
+        for interface in sorted({i for i, _ in self.links} | self.ipv6_prefix_missing):
+            samples.append(MetricSample(
+                "vipcore_vrrp_ipv6_prefix_missing", float(interface in self.ipv6_prefix_missing),
+                (("interface", interface),), kind="gauge",
+                help="1 if the interface came back from a link flap without a global IPv6 address "
+                     "(IPv6 VIPs would have no route back; its IPv6 routers stay in fault)"))
         if self.liveness is not None:
             samples += self.liveness.samples()
         return samples
@@ -213,6 +235,14 @@ class NativeVrrpBackend:
             what = "an IPv4 address" if family is Family.IPV4 else (
                 "a global IPv6 address" if self.settings.unicast else "an IPv6 link-local address")
             raise AddressError(group.interface, f"has no {what} to send VRRP adverts from (group {group.short_name})")
+        members = membership.members
+        own = next((m for m in members if m.name == membership.node), None)
+        relaxed_names = self.settings.keepalived_peers
+        relaxed = {a for m in members if m.name in relaxed_names for a in m.addresses if a.version == family}
+        relaxed |= {a for a in keepalived_addresses(relaxed_names) if a.version == family}
+        priorities = {a: m.priority for m in members if m.name != membership.node
+                      for a in m.addresses if a.version == family}
+        key = self.settings.auth_key
         return RouterConfig(
             vrid=group.vrid,
             family=family,
@@ -226,6 +256,13 @@ class NativeVrrpBackend:
             # Multicast IPv6 adverts come from link-local addresses the core does not know.
             link_local_sources=family is Family.IPV6 and not self.settings.unicast,
             resign_timeout=self.settings.resign_timeout,
+            peer_priorities=priorities if self.settings.check_priority else None,
+            relaxed_sources=frozenset(relaxed),
+            # Multicast IPv6 keepalived peers send from link-local addresses the core does not know.
+            relax_link_local=bool(relaxed_names) and family is Family.IPV6,
+            identity=frozenset(a for a in (own.addresses if own else ()) if a.version == family),
+            auth=Authenticator(key) if key is not None else None,
+            wall_offset=time.time() - self._require_started()[2].time(),
         )
 
     async def _add_router(self, membership: Membership, family: Family) -> None:
@@ -250,22 +287,150 @@ class NativeVrrpBackend:
         )
         self.routers[membership.name][family] = driver
         driver.start()
+        info = await holder.interface(interface)
+        if not info.up:
+            driver.link_down(f"{interface} is down or has no carrier")
 
     def _report(self, driver: RouterDriver, change: StateChanged, failover: float | None) -> None:
         context, _, _ = self._require_started()
         context.report(StateChange(
             group=driver.group, family=driver.family, old=change.old, new=change.new, reason=change.reason,
             at=context.clock(), node=context.node, backend=self.name, vrid=driver.vrid, failover_seconds=failover,
+            cause=change.cause,
         ))
         self._refresh_liveness()
-        if change.new is State.MASTER and not change.reason.startswith(f"takeover: {SYNC_PREFIX}"):
-            for sibling in self.routers.get(driver.group, {}).values():
-                router = sibling.router
-                # Only pull a sibling whose master we outrank: a sibling that
-                # hears a better master stays put (no flap under load).
-                if sibling is not driver and router.state is State.BACKUP and not router.released \
-                        and router.outranks_master():
-                    sibling.takeover(f"{SYNC_PREFIX} with IPv{int(driver.family)} (became master)")
+        siblings = [d for d in self.routers.get(driver.group, {}).values() if d is not driver]
+        pulled = followers(change, [d.router for d in siblings])
+        for sibling in siblings:
+            if any(router is sibling.router for router in pulled):
+                sibling.follow(f"IPv{int(driver.family)}")
+
+    # -- link state ------------------------------------------------------------------
+
+    async def _watch_links(self) -> None:
+        """Feed link events to the routers until cancelled; re-subscribe after an error."""
+        _, holder, loop = self._require_started()
+        while True:
+            subscribed = asyncio.Event()
+            resync = loop.create_task(self._resync(subscribed))
+            try:
+                async for event in holder.link_events(subscribed.set):
+                    await self._on_link(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an overflowed or broken socket: events were lost
+                log.warning("link events: %s; re-reading link state", exc)
+                await asyncio.sleep(WATCH_RETRY)
+            finally:
+                resync.cancel()
+
+    async def _resync(self, subscribed: asyncio.Event) -> None:
+        """After (re)subscribing: the current state of every interface we use."""
+        await subscribed.wait()
+        for interface in sorted({i for i, _ in self.links}):
+            await self._recheck(interface)
+
+    async def _recheck(self, interface: str) -> None:
+        self._rechecks.pop(interface, None)
+        _, holder, _ = self._require_started()
+        try:
+            info = await holder.interface(interface)
+        except VipcoreError:
+            event = LinkEvent(interface, 0, present=False)
+        else:
+            event = LinkEvent(interface, info.index, present=True, admin_up=info.up, carrier=info.up)
+        await self._on_link(event)
+
+    def _drivers_on(self, interface: str) -> list[RouterDriver]:
+        return [d for drivers in self.routers.values() for d in drivers.values() if d.interface == interface]
+
+    async def _on_link(self, event: LinkEvent) -> None:
+        """An interface we use changed: FAULT while it is unusable, rejoin as backup when it is back."""
+        interface = event.name
+        if not any(i == interface for i, _ in self.links):
+            return
+        drivers = self._drivers_on(interface)
+        if not event.up:
+            reason = event.describe()
+            if any(d.router.state is not State.FAULT for d in drivers):
+                log.warning("%s: its routers resign and wait for it to come back", reason)
+            for driver in drivers:
+                driver.link_down(reason)
+            if not event.present:
+                self._close_links(interface)  # the sockets are bound to an ifindex that is gone
+            return
+        if not self._reopen_links(interface, event.index, drivers):
+            self._schedule_recheck(interface)
+            return
+        holder = self._require_started()[1]
+        try:
+            info = await holder.interface(interface)
+        except VipcoreError as exc:
+            log.warning("%s", exc)
+            self._schedule_recheck(interface)
+            return
+        has_prefix = any(not n.ip.is_link_local and n.network.prefixlen < n.max_prefixlen for n in info.ipv6)
+        if has_prefix and interface in self.ipv6_prefix_missing:
+            log.info("%s has a global IPv6 address again", interface)
+            self.ipv6_prefix_missing.discard(interface)
+        incomplete = False
+        for driver in self._drivers_on(interface):
+            membership = self.memberships.get(driver.group)
+            if membership is None or driver.router.state is not State.FAULT:
+                continue
+            if driver.family is Family.IPV6 and not has_prefix:
+                if interface not in self.ipv6_prefix_missing:
+                    log.warning("%s came back without a global IPv6 address (the kernel drops it with the link): "
+                                "IPv6 VIPs here would have no route back, so IPv6 routers stay in fault", interface)
+                    self.ipv6_prefix_missing.add(interface)
+                driver.link_down(f"{interface} has no global IPv6 address after the link flap (no route back)",
+                                 TransitionCause.FAULT)
+                incomplete = True
+                continue
+            try:
+                config = await self._router_config(membership, driver.family)
+            except VipcoreError as exc:
+                driver.link_down(f"{interface} is up but not usable yet: {exc}", TransitionCause.FAULT)
+                incomplete = True
+                continue
+            if config.primary != driver.router.config.primary:
+                driver.update(primary=config.primary)
+            driver.link_up(event.describe())
+        if incomplete:
+            self._schedule_recheck(interface)
+
+    def _schedule_recheck(self, interface: str) -> None:
+        _, _, loop = self._require_started()
+        if interface not in self._rechecks:
+            self._rechecks[interface] = loop.call_later(
+                RECHECK_INTERVAL, lambda: loop.create_task(self._recheck(interface)))
+
+    def _close_links(self, interface: str) -> None:
+        for (name, _family), link in self.links.items():
+            if name == interface:
+                link.close()
+
+    def _reopen_links(self, interface: str, index: int, drivers: list[RouterDriver]) -> bool:
+        """Sockets on the interface's current ifindex (a re-created interface); False if not possible yet."""
+        _, _, loop = self._require_started()
+        for (name, family), link in list(self.links.items()):
+            if name != interface or (link.ifindex == index and not link.closed):
+                continue
+            try:
+                fresh = self.link_factory(interface, family, multicast=not self.settings.unicast)
+            except OSError as exc:
+                log.warning("cannot reopen the VRRP socket on %s for IPv%d: %s", interface, family, exc)
+                return False
+            link.close()
+            fresh.handlers.update(link.handlers)
+            fresh.counters = link.counters
+            fresh.start(loop)
+            self.links[(name, family)] = fresh
+            for driver in drivers:
+                if driver.link is link:
+                    driver.link = fresh
+            log.info("reopened the VRRP socket on %s for IPv%d (ifindex %d)", interface, family, fresh.ifindex)
+        return True
 
     async def _stop_group(self, name: str, graceful: bool) -> None:
         drivers = self.routers.pop(name, {})

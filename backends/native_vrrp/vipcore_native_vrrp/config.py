@@ -5,7 +5,9 @@ Every problem raises :class:`vipcore.core.errors.ConfigError` naming the key.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -13,11 +15,13 @@ import attrs
 from vipcore.net.addresses import AnnounceSchedule
 from vipcore.core.errors import ConfigError
 from vipcore_native_vrrp.liveness.coordinator import LivenessSettings
+from vipcore_native_vrrp.protocol.auth import MIN_KEY_LENGTH
 from vipcore_native_vrrp.protocol.packet import MAX_INTERVAL_CS
 
 SECTION = "native_vrrp"
 DEFAULT_GARP = AnnounceSchedule(count=5, interval=0.2, refresh=None)
-KEYS = ("advert_interval", "preempt", "unicast", "check_source", "garp", "resign_timeout", "liveness")
+KEYS = ("advert_interval", "preempt", "unicast", "check_source", "garp", "resign_timeout", "check_priority",
+        "keepalived_peers", "auth_key_file", "liveness")
 
 
 @attrs.frozen
@@ -32,6 +36,13 @@ class NativeVrrpConfig:
     resign_timeout: float | None = None
     #: Node-level liveness (BFD) between vipcore nodes; see docs/native-vrrp.md.
     liveness: LivenessSettings = LivenessSettings()
+    #: Drop adverts whose priority the sending member would never advertise.
+    check_priority: bool = True
+    #: Peers (node names or addresses) exempt from the priority check:
+    #: keepalived with hand-set priorities.
+    keepalived_peers: frozenset[str] = frozenset()
+    #: Authenticated mode: the shared key (read from ``auth_key_file``).
+    auth_key: bytes | None = attrs.field(default=None, repr=False)
 
     @property
     def advert_interval(self) -> float:
@@ -46,7 +57,7 @@ class NativeVrrpConfig:
         kwargs: dict[str, Any] = {}
         if "advert_interval" in section:
             kwargs["interval_cs"] = _interval(section["advert_interval"])
-        for key in ("preempt", "unicast", "check_source"):
+        for key in ("preempt", "unicast", "check_source", "check_priority"):
             if key in section:
                 if not isinstance(section[key], bool):
                     raise ConfigError(f"must be true or false, got {section[key]!r}", source=SECTION, field=key)
@@ -68,6 +79,13 @@ class NativeVrrpConfig:
             kwargs["resign_timeout"] = float(value)
         if "liveness" in section:
             kwargs["liveness"] = LivenessSettings.from_mapping(section["liveness"], source=SECTION)
+        if section.get("keepalived_peers") is not None:
+            kwargs["keepalived_peers"] = _peers(section["keepalived_peers"])
+        if section.get("auth_key_file") is not None:
+            kwargs["auth_key"] = _key(section["auth_key_file"])
+            if kwargs.get("keepalived_peers"):
+                raise ConfigError("keepalived cannot authenticate: leave keepalived_peers empty in authenticated "
+                                  "mode (auth_key_file)", source=SECTION, field="keepalived_peers")
         return cls(**kwargs)
 
 
@@ -82,3 +100,35 @@ def _interval(value: object) -> int:
         raise ConfigError(f"must be 0.01..{MAX_INTERVAL_CS / 100} s, got {value}", source=SECTION,
                           field="advert_interval")
     return cs
+
+
+def _peers(value: object) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"must be a list of node names or addresses, got {value!r}", source=SECTION,
+                          field="keepalived_peers")
+    return frozenset(v.strip() for v in value)
+
+
+def _key(value: object) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"must be the path of a file holding the shared key, got {value!r}", source=SECTION,
+                          field="auth_key_file")
+    try:
+        key = Path(value).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {value}: {exc.strerror}", source=SECTION, field="auth_key_file") from None
+    if len(key) < MIN_KEY_LENGTH:
+        raise ConfigError(f"{value} holds {len(key)} bytes; the key needs at least {MIN_KEY_LENGTH} "
+                          "(e.g. head -c 32 /dev/urandom | base64)", source=SECTION, field="auth_key_file")
+    return key
+
+
+def keepalived_addresses(names: frozenset[str]) -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The entries of ``keepalived_peers`` that are addresses (the rest are node names)."""
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for name in names:
+        try:
+            found.add(ipaddress.ip_address(name))
+        except ValueError:
+            continue
+    return frozenset(found)

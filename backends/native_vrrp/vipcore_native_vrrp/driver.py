@@ -20,7 +20,7 @@ import attrs
 
 from vipcore.net.addresses import AddressHolder, AnnounceSchedule
 from vipcore.core.errors import VipcoreError
-from vipcore.core.model import Family, State
+from vipcore.core.model import Family, State, TransitionCause
 from vipcore_native_vrrp.protocol import (
     Action,
     AddVips,
@@ -40,6 +40,18 @@ log = logging.getLogger(__name__)
 Reporter = Callable[["RouterDriver", StateChanged, "float | None"], None]
 
 _ADDRESS_WORK = (AddVips, RemoveVips, Announce)
+#: Drops that mean someone on the LAN is lying or runs a twin of this node:
+#: logged (at most once per LOUD_EVERY seconds and reason), not only counted.
+_LOUD = {
+    "duplicate_identity": (logging.ERROR, "another speaker uses this node's identity ({source}): its adverts are "
+                                          "refused; two agents with the same node name or address?"),
+    "priority_mismatch": (logging.WARNING, "advert from {source} with a priority that member never sends: dropped "
+                                           "(spoofed, or a keepalived peer missing from keepalived_peers)"),
+    "inconsistent_resign": (logging.WARNING, "priority-0 advert from {source}, which keeps advertising at full "
+                                             "priority: dropped as forged"),
+    "auth": (logging.WARNING, "unauthenticated, forged or replayed advert from {source}: dropped"),
+}
+LOUD_EVERY = 10.0
 
 
 class RouterDriver:
@@ -70,9 +82,9 @@ class RouterDriver:
         self._queue: collections.deque[tuple[list[Action], float]] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
-        self._send_failed = False
         #: Queued batches whose advert must follow their address work.
         self._ordered_sends = 0
+        self._logged_at: dict[str, float] = {}
 
     @property
     def family(self) -> Family:
@@ -109,6 +121,15 @@ class RouterDriver:
 
     def takeover(self, reason: str) -> None:
         self.feed(self.router.takeover(self.loop.time(), reason))
+
+    def follow(self, sibling: str) -> None:
+        self.feed(self.router.follow(self.loop.time(), sibling))
+
+    def link_down(self, reason: str, cause: TransitionCause = TransitionCause.LINK_DOWN) -> None:
+        self.feed(self.router.link_down(self.loop.time(), reason, cause))
+
+    def link_up(self, reason: str) -> None:
+        self.feed(self.router.link_up(self.loop.time(), reason))
 
     def peer_lost(self, delay: float, what: str) -> None:
         self.feed(self.router.peer_lost(self.loop.time(), delay, what))
@@ -165,7 +186,7 @@ class RouterDriver:
                         # must go out even if we have lost the election since:
                         # it makes the winner announce again, pulling back the
                         # neighbours our announcement took.
-                        if not (announced and isinstance(action, Send)) and not self._still_wanted(action):
+                        if not (announced and isinstance(action, Send)) and not self.router.wants(action):
                             continue
                         announced = announced or isinstance(action, Announce)
                         if isinstance(action, _ADDRESS_WORK):
@@ -178,39 +199,21 @@ class RouterDriver:
         finally:
             self._worker = None
 
-    def _still_wanted(self, action: Action) -> bool:
-        """Whether a queued action still matches the router's state.
-
-        Under churn a router can flip several times while netlink work is
-        queued; every flip queued its own opposite action, so work the router
-        no longer wants (adding VIPs it has already given up, announcing as a
-        backup, an advert from a router that has become backup) is skipped
-        instead of feeding the churn. Address changes are idempotent, so the
-        last wanted action decides the result.
-        """
-        if isinstance(action, AddVips):
-            return self.router.holding
-        if isinstance(action, Announce):
-            return self.router.phase is Phase.MASTER
-        if isinstance(action, RemoveVips):
-            return not self.router.holding or not set(action.vips) <= set(self.router.config.vips)
-        if isinstance(action, Send):
-            return self.router.phase is not Phase.BACKUP
-        return True
-
     def _do_now(self, action: Action, decided: float) -> None:
         if isinstance(action, Send):
-            if not self.link.send(action.data, action.src, action.dst):
-                self._send_failed = True
-            elif self._send_failed:
-                self._send_failed = False
-                if self.router.phase.holds:
-                    # The link was down: Linux flushed our IPv6 VIPs with it, and
-                    # neighbours may have moved on. Put them back and announce.
-                    vips = self.router.config.vips
-                    self.feed([AddVips(vips), Announce(vips)])
+            ok = self.link.send(action.data, action.src, action.dst)
+            followup = self.router.sent(ok, self.loop.time())
+            if followup:
+                self.feed(followup)
         elif isinstance(action, Dropped):
             self.link.counters.dropped[action.reason] += 1
+            loud = _LOUD.get(action.reason)
+            now = self.loop.time()
+            if loud is not None and now - self._logged_at.get(action.reason, float("-inf")) >= LOUD_EVERY:
+                self._logged_at[action.reason] = now
+                level, text = loud
+                log.log(level, "group %s IPv%d VRID %d: %s", self.group[:12], self.family, self.vrid,
+                        text.format(source=action.source))
         elif isinstance(action, StateChanged):
             self.transitions += 1
             if action.new is not State.MASTER:

@@ -68,6 +68,7 @@ class Link:
         self.handlers: dict[int, Handler] = {}
         self.ifindex = socket.if_nametoindex(interface)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
         self._failing = False
         self._sources: dict[str, ipaddress.IPv6Address] = {}
         self.sock = self._open()
@@ -111,6 +112,10 @@ class Link:
         loop.add_reader(self.sock.fileno(), self._readable)
 
     def close(self) -> None:
+        """Idempotent: a link closed because its interface vanished is closed again at stop."""
+        if self.closed:
+            return
+        self.closed = True
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
             self._loop = None

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from vipcore.net.addresses import AnnounceSchedule, InterfaceInfo
+from vipcore.net.addresses import AnnounceSchedule, InterfaceInfo, LinkEvent
 from vipcore.backend import BackendContext
 from vipcore.core.errors import ConfigError
-from vipcore.core.model import Family, IPAddress, Membership, Node, State, StateChange, VipGroup
+from vipcore.core.model import Family, IPAddress, Membership, Node, State, StateChange, TransitionCause, VipGroup
 from vipcore.core.resolve import membership
 from vipcore_native_vrrp.backend import NativeVrrpBackend
 from vipcore_native_vrrp.config import NativeVrrpConfig
@@ -41,6 +42,7 @@ class Bus:
         self.links: list[FakeLink] = []
         #: (node, family) pairs whose sends are lost (a broken link).
         self.mute: set[tuple[str, Family]] = set()
+        self.holders: dict[str, FakeHolder] = {}
 
 
 class FakeLink:
@@ -49,12 +51,16 @@ class FakeLink:
         self.counters = LinkCounters()
         self.handlers: dict[int, Handler] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+        holder = bus.holders.get(node)
+        self.ifindex = holder.index if holder is not None else 2
         bus.links.append(self)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
 
     def close(self) -> None:
+        self.closed = True
         if self in self.bus.links:
             self.bus.links.remove(self)
 
@@ -82,14 +88,34 @@ class FakeHolder:
         self.held: set[IPAddress] = set(preexisting)
         self.announced: list[IPAddress] = []
         self.closed = False
+        self.index = 2
+        self.up = True
+        self.ipv6_prefix = True
+        self.events: asyncio.Queue[LinkEvent] = asyncio.Queue()
 
     async def interface(self, name: str) -> InterfaceInfo:
         i = NODE_NUMBER[self.node]
+        ipv6 = [ipaddress.IPv6Interface(f"fe80::{i}/64")]
+        if self.ipv6_prefix:
+            ipv6.append(ipaddress.IPv6Interface(f"2001:db8:100::{i}/64"))
         return InterfaceInfo(
-            name=name, index=2, mac=bytes(6), up=True,
-            ipv4=(ipaddress.IPv4Interface(f"198.51.100.{i}/24"),),
-            ipv6=(ipaddress.IPv6Interface(f"fe80::{i}/64"), ipaddress.IPv6Interface(f"2001:db8:100::{i}/64")),
+            name=name, index=self.index, mac=bytes(6), up=self.up,
+            ipv4=(ipaddress.IPv4Interface(f"198.51.100.{i}/24"),), ipv6=tuple(ipv6),
         )
+
+    async def link_events(self, subscribed: Callable[[], None] | None = None) -> AsyncIterator[LinkEvent]:
+        if subscribed is not None:
+            subscribed()
+        while True:
+            yield await self.events.get()
+
+    def link(self, *, present: bool = True, up: bool = True, carrier: bool = True, index: int | None = None,
+             prefix: bool = True) -> None:
+        """The interface changes as the kernel would report it."""
+        self.index = index if index is not None else self.index
+        self.up = present and up and carrier
+        self.ipv6_prefix = prefix
+        self.events.put_nowait(LinkEvent("eth0", self.index, present=present, admin_up=up, carrier=up and carrier))
 
     async def interfaces(self) -> tuple[str, ...]:
         return ("lo", "eth0")
@@ -132,6 +158,7 @@ class Cluster:
     async def start(self, node: str, preexisting: Iterable[IPAddress] = ()) -> NativeVrrpBackend:
         backend = NativeVrrpBackend()
         holder = FakeHolder(node, preexisting)
+        self.bus.holders[node] = holder
         backend.holder_factory = lambda: holder  # type: ignore[assignment,method-assign,return-value]
         bus = self.bus
         backend.link_factory = lambda interface, family, multicast=True: FakeLink(  # type: ignore[assignment,method-assign]
@@ -228,7 +255,7 @@ def test_family_sync_keeps_ipv4_and_ipv6_together() -> None:
         assert c.holding(VIP4) == [best()]
         assert c.holding(VIP6) == [best()]
         sync = [r for r in c.reports if r.node == best() and r.family is Family.IPV6 and r.new is State.MASTER]
-        assert sync and sync[-1].reason.startswith("takeover: sync with IPv4")
+        assert sync and sync[-1].cause is TransitionCause.SYNC and "sync with IPv4" in sync[-1].reason
 
     run(scenario)
 
@@ -434,5 +461,151 @@ def test_update_adds_and_removes_a_family_and_changes_vrid() -> None:
         await asyncio.sleep(0.5)
         assert c.holding(VIP6) == [holder]
         assert all(d.vrid == 43 for b in c.backends.values() for d in b.routers[renumbered.name].values())
+
+    run(scenario)
+
+
+# -- link state (issue 12: a node that lost its interface) ------------------------------------
+
+
+def states(c: Cluster, node: str, family: Family) -> list[tuple[State, TransitionCause | None, str]]:
+    return [(r.new, r.cause, r.reason) for r in c.reports if r.node == node and r.family is family]
+
+
+def test_interface_deleted_and_recreated_faults_reopens_and_rejoins() -> None:
+    async def scenario() -> None:
+        c = Cluster()
+        for node in NODE_NUMBER:
+            await c.start(node)
+            await c.join(node)
+        await asyncio.sleep(0.5)
+        top = best()
+        assert c.holding(VIP4) == [top] and c.holding(VIP6) == [top]
+        backend, holder = c.backends[top], c.holders[top]
+        old_links = dict(backend.links)
+        c.bus.mute |= {(top, Family.IPV4), (top, Family.IPV6)}  # gone: nothing gets out
+        holder.link(present=False)
+        await asyncio.sleep(0.3)
+        # Honest meanwhile: FAULT with a reason, VIPs dropped, not master in metrics.
+        for family in Family:
+            new, cause, reason = states(c, top, family)[-1]
+            assert new is State.FAULT and cause is TransitionCause.LINK_DOWN and "deleted" in reason
+        assert top not in c.holding(VIP4) and top not in c.holding(VIP6)
+        masters = [s for s in backend.vipcore_collect_metrics() if s.name == "vipcore_vrrp_master"]
+        assert masters and all(s.value == 0 for s in masters)
+        assert all(link.closed for link in old_links.values())
+        second = [n for n in membership(group(), top, NODES).members if n.name != top][0].name
+        assert c.holding(VIP4) == [second] and c.holding(VIP6) == [second]
+        # Re-created with a new ifindex: fresh sockets, rejoin as backup, preempt back.
+        c.bus.mute.clear()
+        holder.link(present=True, up=False, index=7)
+        holder.link(present=True, up=True, index=7)
+        await asyncio.sleep(0.6)
+        assert all(link.ifindex == 7 and not link.closed for link in backend.links.values())
+        assert [s[0] for s in states(c, top, Family.IPV4)][-3:] == [State.FAULT, State.BACKUP, State.MASTER]
+        assert c.holding(VIP4) == [top] and c.holding(VIP6) == [top]
+
+    run(scenario)
+
+
+def test_carrier_loss_resigns_at_once_and_ipv6_waits_for_its_prefix() -> None:
+    async def scenario() -> None:
+        c = Cluster({"advert_interval": 0.2})
+        for node in NODE_NUMBER:
+            await c.start(node)
+            await c.join(node)
+        await asyncio.sleep(1.2)
+        top = best()
+        assert c.holding(VIP4) == [top]
+        holder = c.holders[top]
+        lost = asyncio.get_running_loop().time()
+        holder.link(carrier=False)  # carrier gone; our priority 0 still reached the others (fake bus)
+        second = [n for n in membership(group(), top, NODES).members if n.name != top][0].name
+        while c.holding(VIP4) != [second]:
+            await asyncio.sleep(0.005)
+        # Skew_Time after our priority 0, far below Master_Down_Interval (0.6 s here).
+        assert asyncio.get_running_loop().time() - lost < 0.3
+        assert "carrier" in states(c, top, Family.IPV4)[-1][2]
+        # Back, but the kernel dropped the node's IPv6 prefix with the link.
+        holder.link(up=True, prefix=False)
+        await asyncio.sleep(0.2)
+        new, cause, reason = states(c, top, Family.IPV6)[-1]
+        assert new is State.FAULT and "no global IPv6 address" in reason
+        assert states(c, top, Family.IPV4)[-1][0] in (State.BACKUP, State.MASTER)
+        gauge = {s.labels: s.value for s in c.backends[top].vipcore_collect_metrics()
+                 if s.name == "vipcore_vrrp_ipv6_prefix_missing"}
+        assert gauge == {(("interface", "eth0"),): 1.0}
+        holder.ipv6_prefix = True  # the network configuration puts it back
+        await asyncio.sleep(2.5)
+        assert states(c, top, Family.IPV6)[-1][0] is State.MASTER
+        assert c.holding(VIP6) == [top]
+        gauge = {s.labels: s.value for s in c.backends[top].vipcore_collect_metrics()
+                 if s.name == "vipcore_vrrp_ipv6_prefix_missing"}
+        assert gauge == {(("interface", "eth0"),): 0.0}
+
+    run(scenario)
+
+
+# -- spoofing options and authenticated mode ---------------------------------------------------
+
+
+def test_priority_check_options_and_keepalived_peers() -> None:
+    async def scenario() -> None:
+        c = Cluster({"keepalived_peers": ["node-c", "198.51.100.99"]})
+        backend = await c.start("node-a")
+        m = membership(group(), "node-a", NODES)
+        await backend.vipcore_group_join(m)
+        v4 = backend.routers[m.name][Family.IPV4].router.config
+        peers = {p.name: p.priority for p in m.members}
+        assert v4.peer_priorities == {V4("198.51.100.12"): peers["node-b"], V4("198.51.100.13"): peers["node-c"]}
+        assert v4.relaxed_sources == {V4("198.51.100.13"), V4("198.51.100.99")}
+        assert v4.identity == {V4("198.51.100.11")}
+        v6 = backend.routers[m.name][Family.IPV6].router.config
+        assert v6.relax_link_local and v6.identity == {V6("2001:db8:100::11")}
+        off = NativeVrrpConfig.from_mapping({"check_priority": False})
+        assert not off.check_priority
+
+    run(scenario)
+
+
+def test_auth_key_file_is_validated(tmp_path: Path) -> None:
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    good = tmp_path / "key"
+    good.write_text("x" * 32 + "\n")
+    with pytest.raises(ConfigError, match="auth_key_file.*at least 16"):
+        NativeVrrpConfig.from_mapping({"auth_key_file": str(short)})
+    with pytest.raises(ConfigError, match="auth_key_file.*cannot read"):
+        NativeVrrpConfig.from_mapping({"auth_key_file": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="keepalived_peers"):
+        NativeVrrpConfig.from_mapping({"auth_key_file": str(good), "keepalived_peers": ["node-c"]})
+    with pytest.raises(ConfigError, match="keepalived_peers"):
+        NativeVrrpConfig.from_mapping({"keepalived_peers": "node-c"})
+    assert NativeVrrpConfig.from_mapping({"auth_key_file": str(good)}).auth_key == b"x" * 32
+
+
+def test_authenticated_nodes_elect_and_ignore_an_unauthenticated_node(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        key = tmp_path / "key"
+        key.write_text("s3cret-s3cret-s3cret-s3cret")
+        c = Cluster({"auth_key_file": str(key)})
+        top = best()
+        others = [n for n in NODE_NUMBER if n != top]
+        for node in others:
+            await c.start(node)
+            await c.join(node)
+        await asyncio.sleep(0.5)
+        # The best-placed node without the key: its adverts are not believed.
+        plain = Cluster()
+        plain.bus = c.bus
+        plain_backend = await plain.start(top)
+        c.holders[top] = plain.holders[top]
+        await plain_backend.vipcore_group_join(membership(group(), top, NODES))
+        await asyncio.sleep(0.5)
+        holders = c.holding(VIP4)
+        assert top in holders and len(holders) == 2  # it cannot displace the authenticated master
+        dropped = sum(s.value for n in others for s in c.backends[n].vipcore_collect_metrics()
+                      if s.name == "vipcore_vrrp_packets_dropped" and dict(s.labels)["reason"] == "auth")
+        assert dropped > 0
 
     run(scenario)

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv6Address
 import attrs
 import pytest
 
-from vipcore.core.model import Family, IPAddress, State
+from vipcore.core.model import Family, IPAddress, State, TransitionCause
 from vipcore_native_vrrp.protocol import (
     AddVips,
     Advertisement,
@@ -22,9 +22,11 @@ from vipcore_native_vrrp.protocol import (
     StateChanged,
     TransitionError,
     encode,
+    followers,
     master_down_interval,
     skew_time,
 )
+from vipcore_native_vrrp.protocol.auth import Authenticator
 from vipcore_native_vrrp.protocol.machine import TRANSITIONS, Event
 
 GROUP = IPv4Address("224.0.0.18")
@@ -108,7 +110,7 @@ def test_rfc_timer_values() -> None:
     r = Router(config(1, 200))
     actions = r.start(10.0)
     assert r.phase is Phase.BACKUP
-    assert actions == [StateChanged(State.INIT, State.BACKUP, "started", None)]
+    assert actions == [StateChanged(State.INIT, State.BACKUP, "started", None, TransitionCause.STARTED)]
     assert r.next_timer() == pytest.approx(10.0 + 0.3 + 56 * 0.1 / 256)
 
 
@@ -308,7 +310,8 @@ def test_validation_drops_with_reasons() -> None:
     assert reason(good, ttl=64) == [Dropped("ttl")]
     assert reason(good[:5]) == [Dropped("short")]
     assert reason(encode(Advertisement(8, 200, 10, VIPS), addr(2), GROUP)) == [Dropped("vrid")]
-    assert reason(encode(Advertisement(7, 200, 10, VIPS), addr(1), GROUP), src=addr(1)) == [Dropped("own")]
+    assert reason(encode(Advertisement(7, 200, 10, VIPS), addr(1), GROUP), src=addr(1)) == [
+        Dropped("duplicate_identity")]
     outsider = IPv4Address("198.51.100.99")
     assert reason(encode(Advertisement(7, 200, 10, VIPS), outsider, GROUP), src=outsider) == [Dropped("source")]
     other = encode(Advertisement(7, 200, 10, VIPS[:1]), addr(2), GROUP)
@@ -390,7 +393,7 @@ def test_unicast_sends_one_advert_per_peer() -> None:
 def test_transition_table_is_closed() -> None:
     r = Router(config(1, 100))
     with pytest.raises(TransitionError):
-        r._transition(Event.MASTER_DOWN, 0.0, "x")  # INIT has no MASTER_DOWN
+        r._transition(Event.MASTER_DOWN, 0.0, "x", TransitionCause.MASTER_DOWN)  # INIT has no MASTER_DOWN
     assert all(isinstance(k[0], Phase) and isinstance(v, Phase) for k, v in TRANSITIONS.items())
 
 
@@ -503,3 +506,256 @@ def test_outranks_master_compares_priority_then_address() -> None:
     tie.start(0.0)
     tie.receive(encode(Advertisement(7, 150, 10, VIPS), addr(1), GROUP), addr(1), GROUP, 255, 0.01)
     assert tie.outranks_master()  # equal priority, our address is higher
+
+
+# -- typed causes and decisions that live in the machine -------------------------------
+
+
+def causes(net: Net, name: str) -> list[TransitionCause | None]:
+    return [c.cause for n, c in net.changes if n == name]
+
+
+def test_every_transition_carries_a_typed_cause() -> None:
+    net = Net()
+    a = net.add("a", config(1, 200, handover_linger=0.0))
+    net.add("b", config(2, 100))
+    net.add("c", config(3, 50))
+    net.start()
+    net.run(1.0)
+    assert causes(net, "a") == [TransitionCause.STARTED, TransitionCause.MASTER_DOWN]
+    net.apply("a", a.resign(net.now))
+    net.run(1.0)
+    assert causes(net, "a")[-1] is TransitionCause.HANDED_OVER
+    assert causes(net, "b")[-1] is TransitionCause.PEER_RESIGNED
+    net.down.add("b")
+    net.run(1.0)
+    assert causes(net, "c")[-1] is TransitionCause.MASTER_DOWN
+    net.down.discard("b")
+    net.apply("b", net.routers["b"].link_down(net.now, "x"))
+    net.apply("b", net.routers["b"].link_up(net.now, "x"))
+    net.run(1.0)
+    assert causes(net, "c")[-1] is TransitionCause.PREEMPTED
+    assert all(c is not None for _, c in [(n, ch.cause) for n, ch in net.changes])
+
+
+def test_family_sync_is_decided_on_the_typed_cause() -> None:
+    v4 = Router(config(1, 200))
+    v6 = Router(config(1, 200))
+    v6.start(0.0)
+    v4.start(0.0)
+    became = [a for a in v4.handle_timer(1.0) if isinstance(a, StateChanged)][0]
+    assert followers(became, [v6]) == [v6]
+    synced = [a for a in v6.follow(1.0, "IPv4") if isinstance(a, StateChanged)][0]
+    assert synced.cause is TransitionCause.SYNC and "sync with IPv4" in synced.reason
+    # A sync never pulls back (no ping-pong), whatever its text says.
+    assert followers(synced, [v4]) == []
+    text_only = StateChanged(State.BACKUP, State.MASTER, "takeover: sync with IPv6", None, TransitionCause.TAKEOVER)
+    released = Router(config(1, 200))
+    released.start(0.0)
+    released.release(0.5, "drain")
+    assert followers(text_only, [released]) == []
+
+
+def test_sending_again_after_failures_puts_the_vips_back() -> None:
+    r = Router(config(1, 200))
+    r.start(0.0)
+    r.handle_timer(1.0)
+    assert r.phase is Phase.MASTER
+    assert r.sent(True, 1.0) == []
+    assert r.sent(False, 1.1) == [] and r.sent(False, 1.2) == []
+    assert r.sent(True, 1.3) == [AddVips(VIPS), Announce(VIPS)]
+    assert r.sent(True, 1.4) == []
+    b = Router(config(2, 100))
+    b.start(0.0)
+    b.sent(False, 0.1)
+    assert b.sent(True, 0.2) == []  # a backup holds nothing to restore
+
+
+def test_queued_actions_are_judged_by_the_machine() -> None:
+    r = Router(config(1, 200))
+    r.start(0.0)
+    assert not r.wants(AddVips(VIPS)) and not r.wants(Announce(VIPS)) and r.wants(RemoveVips(VIPS))
+    r.handle_timer(1.0)
+    assert r.wants(AddVips(VIPS)) and r.wants(Announce(VIPS)) and not r.wants(RemoveVips(VIPS))
+    resign = [a for a in r.link_down(1.1, "gone") if isinstance(a, Send)]
+    assert not r.wants(AddVips(VIPS)) and r.wants(resign[0])  # the priority 0 still goes out
+    b = Router(config(2, 100))
+    b.start(0.0)
+    assert not b.wants(Send(b"", addr(2), GROUP))
+
+
+# -- link state --------------------------------------------------------------------------
+
+
+def test_holder_losing_its_link_resigns_at_once_and_rejoins_as_backup() -> None:
+    net = Net()
+    a = net.add("a", config(1, 200, handover_linger=0.0))
+    net.add("b", config(2, 100))
+    net.start()
+    net.run(1.0)
+    assert net.holders() == ["a"]
+    lost = net.now
+    actions = a.link_down(net.now, "eth0 lost carrier")
+    sent = [x for x in actions if isinstance(x, Send)]
+    assert sent and decode_priority(sent[0]) == 0  # priority 0 where it still can send
+    net.apply("a", actions)
+    assert a.phase is Phase.FAULT and a.state is State.FAULT and net.holding["a"] == frozenset()
+    assert a.next_timer() is None and a.handle_timer(net.now + 10) == []
+    change = net.changes[-1][1]
+    assert change.new is State.FAULT and change.cause is TransitionCause.LINK_DOWN and "carrier" in change.reason
+    net.down.add("a")  # its link is down: nothing in or out
+    net.run(skew_time(100, 0.1) + 0.002)
+    net.down.discard("a")
+    # b took over after Skew_Time, not Master_Down_Interval.
+    took = [c for n, c in net.changes if n == "b" and c.new is State.MASTER][-1]
+    assert took.cause is TransitionCause.PEER_RESIGNED and net.now - lost < master_down_interval(100, 0.1) / 2
+    assert a.receive(b"x", addr(2), GROUP, 255, net.now) == [Dropped("fault")]
+    net.apply("a", a.link_up(net.now, "eth0 is up"))
+    assert a.phase is Phase.BACKUP and net.changes[-1][1].cause is TransitionCause.LINK_UP
+    net.run(1.0)
+    assert net.holders() == ["a"]  # preempts back after a Master_Down_Interval
+
+
+def test_link_down_before_start_waits_for_the_link() -> None:
+    r = Router(config(1, 200))
+    r.link_down(0.0, "no carrier")
+    assert r.start(0.0) == [] and r.phase is Phase.FAULT
+    r.link_up(1.0, "up")
+    assert r.phase is Phase.BACKUP and r.next_timer() is not None
+    # A resigning holder that loses its link stops at once: no hand-over possible.
+    m = Router(config(1, 200))
+    m.start(0.0)
+    m.handle_timer(1.0)
+    m.resign(1.0)
+    actions = m.link_down(1.1, "gone")
+    assert m.phase is Phase.STOPPED and RemoveVips(VIPS) in actions
+
+
+def decode_priority(send: Send) -> int:
+    return send.data[2]
+
+
+# -- inconsistent adverts (issue 12, High) ----------------------------------------------------
+
+PRIORITIES = {addr(1): 254, addr(2): 253, addr(3): 252}
+
+
+def member(i: int, **kw: object) -> RouterConfig:
+    values: dict[str, object] = {"peer_priorities": PRIORITIES, "identity": frozenset({addr(i)}), **kw}
+    return config(i, PRIORITIES[addr(i)], **values)
+
+
+def test_a_member_advertising_a_priority_placement_never_gives_it_is_dropped() -> None:
+    net = Net()
+    a = net.add("a", member(1))
+    b = net.add("b", member(2))
+    net.start()
+    net.run(1.0)
+    assert net.masters() == ["a"]
+    # Priority 255 rotating through the members' addresses (30/s in the report).
+    for i in range(60):
+        src = addr(2 + i % 2)
+        forged = encode(Advertisement(7, 255, 10, VIPS), src, GROUP)
+        for name, router in (("a", a), ("b", b)):
+            if src != router.config.primary:
+                net.apply(name, router.receive(forged, src, GROUP, 255, net.now))
+        net.run(0.033)
+    assert net.masters() == ["a"] and net.holders() == ["a"]
+    assert [c for n, c in net.changes if c.cause is TransitionCause.PREEMPTED] == []
+    assert net.drops.count(("a", "priority_mismatch")) >= 30
+
+
+def test_relaxed_and_link_local_sources() -> None:
+    keepalived = addr(3)
+    r = Router(member(1, relaxed_sources=frozenset({keepalived})))
+    r.start(0.0)
+    hand_set = encode(Advertisement(7, 100, 10, VIPS), keepalived, GROUP)
+    # Named peer: any priority; judged by the election alone (lower than ours).
+    assert r.receive(hand_set, keepalived, GROUP, 255, 0.1) == [Dropped("lower_priority")]
+    strict = Router(member(1))
+    strict.start(0.0)
+    assert strict.receive(hand_set, keepalived, GROUP, 255, 0.1) == [Dropped("priority_mismatch")]
+    # IPv6 multicast: a link-local source may carry a member's priority, not 255.
+    v6vips = (IPv6Address("2001:db8::100"),)
+    ll, ff = IPv6Address("fe80::2"), IPv6Address("ff02::12")
+    six = Router(RouterConfig(vrid=7, family=Family.IPV6, primary=IPv6Address("fe80::1"), vips=v6vips, priority=252,
+                              destinations=(ff,), sources=frozenset(), link_local_sources=True,
+                              peer_priorities={IPv6Address("2001:db8::2"): 253}))
+    six.start(0.0)
+    assert six.receive(encode(Advertisement(7, 253, 10, v6vips), ll, ff), ll, ff, 255, 0.1) == []
+    forged = six.receive(encode(Advertisement(7, 255, 10, v6vips), ll, ff), ll, ff, 255, 0.2)
+    assert forged == [Dropped("priority_mismatch")]
+    relaxed = Router(attrs.evolve(six.config, relax_link_local=True))
+    relaxed.start(0.0)
+    assert relaxed.receive(encode(Advertisement(7, 255, 10, v6vips), ll, ff), ll, ff, 255, 0.2) == []
+
+
+def test_priorities_before_a_placement_change_are_accepted_for_the_grace() -> None:
+    r = Router(member(3, update_grace=2.0))
+    r.start(0.0)
+    r.update(0.0, peer_priorities={addr(1): 254, addr(2): 250, addr(3): 252})
+    old = encode(Advertisement(7, 253, 10, VIPS), addr(2), GROUP)
+    assert r.receive(old, addr(2), GROUP, 255, 1.0) == []
+    assert r.receive(old + b"", addr(2), GROUP, 255, 2.5) == [Dropped("priority_mismatch")]
+
+
+def test_forged_resignations_from_a_master_that_keeps_advertising_are_dropped() -> None:
+    net = Net()
+    net.add("a", member(1))
+    b = net.add("b", member(2))
+    c = net.add("c", member(3))
+    net.start()
+    net.run(1.0)
+    assert net.masters() == ["a"]
+    resign = encode(Advertisement(7, 0, 10, VIPS), addr(1), GROUP)
+    holders_seen: set[tuple[str, ...]] = set()
+    for _ in range(2000):  # 1000/s for 2 s, while a keeps advertising
+        for name, router in (("b", b), ("c", c)):
+            net.apply(name, router.receive(resign, addr(1), GROUP, 255, net.now))
+        net.run(0.001)
+        holders_seen.add(tuple(net.holders()))
+    # The first forgery can pass (nothing told it apart yet); once a
+    # contradicted itself, none does: at most one brief takeover.
+    took = [c for n, c in net.changes if n in ("b", "c") and c.new is State.MASTER]
+    assert len(took) <= 1, took
+    assert net.holders() == ["a"]
+    assert net.drops.count(("b", "inconsistent_resign")) > 1900
+    # A genuine resignation later still hands over (after a quiet Master_Down_Interval).
+    net.apply("a", net.routers["a"].resign(net.now))
+    net.run(1.0)
+    assert net.holders() == ["b"]
+
+
+def test_an_advert_from_our_own_identity_is_refused() -> None:
+    r = Router(member(2, identity=frozenset({addr(2), IPv4Address("198.51.100.200")})))
+    r.start(0.0)
+    twin = IPv4Address("198.51.100.200")
+    data = encode(Advertisement(7, 253, 10, VIPS), twin, GROUP)
+    dropped = r.receive(data, twin, GROUP, 255, 0.1)
+    assert dropped == [Dropped("duplicate_identity")] and dropped[0].source == twin
+    assert r.master is None
+
+
+# -- authenticated mode --------------------------------------------------------------------
+
+
+def test_authenticated_routers_elect_and_ignore_unsealed_forged_and_replayed_adverts() -> None:
+    key = Authenticator(b"k" * 32)
+    net = Net()
+    a = net.add("a", member(1, auth=key, wall_offset=1_800_000_000.0))
+    b = net.add("b", member(2, auth=key, wall_offset=1_800_000_000.0))
+    net.start()
+    net.run(1.0)
+    assert net.masters() == ["a"] and not [d for d in net.drops if d[1] == "auth"]
+    plain = encode(Advertisement(7, 253, 10, VIPS), addr(2), GROUP)  # a correct member priority, unsealed
+    assert a.receive(plain, addr(2), GROUP, 255, net.now) == [Dropped("auth")]
+    wrong = Authenticator(b"x" * 32).seal(plain, addr(2), GROUP, net.now + 1_800_000_000.0)
+    assert a.receive(wrong, addr(2), GROUP, 255, net.now) == [Dropped("auth")]
+    sealed = [s for n, s in net.sent if n == "a"][-1]
+    assert b.receive(sealed.data, sealed.src, sealed.dst, 255, net.now) == [Dropped("auth")]  # a replay
+    stale = key.seal(plain, addr(2), GROUP, net.now + 1_800_000_000.0 - 60)
+    assert a.receive(stale, addr(2), GROUP, 255, net.now) == [Dropped("auth")]
+    # The resignation of an authenticated master still hands over.
+    net.apply("a", a.resign(net.now))
+    net.run(1.0)
+    assert net.holders() == ["b"]

@@ -13,7 +13,8 @@ from vipcore_native_vrrp.protocol.actions import (
     Send,
     StateChanged,
 )
-from vipcore_native_vrrp.protocol.machine import Phase, Router, TransitionError
+from vipcore_native_vrrp.protocol.auth import Authenticator
+from vipcore_native_vrrp.protocol.machine import Phase, Router, TransitionError, followers
 from vipcore_native_vrrp.protocol.router_config import RouterConfig, master_down_interval, skew_time
 from vipcore_native_vrrp.protocol.packet import Advertisement, PacketError, decode, encode
 
@@ -22,6 +23,7 @@ __all__ = [
     "AddVips",
     "Advertisement",
     "Announce",
+    "Authenticator",
     "Dropped",
     "PacketError",
     "Phase",
@@ -33,6 +35,7 @@ __all__ = [
     "TransitionError",
     "decode",
     "encode",
+    "followers",
     "master_down_interval",
     "skew_time",
 ]

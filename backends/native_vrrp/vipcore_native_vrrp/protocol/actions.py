@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import attrs
 
-from vipcore.core.model import IPAddress, State
+from vipcore.core.model import IPAddress, State, TransitionCause
 
 
 @attrs.frozen
@@ -44,13 +44,21 @@ class StateChanged:
     #: For transitions into MASTER: seconds since the trigger (the last advert
     #: heard from the old master, or its priority-0 advert). None if unknown.
     failover_seconds: float | None = None
+    #: Why, typed: what metrics and the family sync decide on (``reason`` is for people).
+    cause: TransitionCause | None = None
 
 
 @attrs.frozen
 class Dropped:
-    """A received message was discarded; ``reason`` is a counter label."""
+    """A received message was discarded; ``reason`` is a counter label.
+
+    ``source`` is the sender for the reasons that say something about a peer
+    (``duplicate_identity``, ``priority_mismatch``, ``inconsistent_resign``), so
+    the caller can name it in a log line.
+    """
 
     reason: str
+    source: IPAddress | None = attrs.field(default=None, eq=False)
 
 
 Action = Send | AddVips | RemoveVips | Announce | StateChanged | Dropped

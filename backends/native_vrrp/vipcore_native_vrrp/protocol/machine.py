@@ -3,7 +3,8 @@
 Sans-IO in the style of h11 and aioquic: the :class:`Router` never reads a
 clock or touches a socket. The caller feeds it events with the current time
 (``start``, ``receive``, ``handle_timer``, ``update``, ``resign``,
-``shutdown``, ``release``, ``takeover``) and each call returns the
+``shutdown``, ``release``, ``takeover``, ``link_down``, ``link_up``,
+``sent``) and each call returns the
 :data:`Action` objects the caller must carry out, in order. ``next_timer()``
 says when ``handle_timer`` must be called next.
 
@@ -30,6 +31,15 @@ Beyond RFC 5798 (documented in ``docs/native-vrrp.md``):
   its announcement come back.
 * A preempted master keeps its VIPs for one linger (without announcing)
   before removing them, so neighbours still pointing at it lose nothing.
+* **Link state is an input.** ``link_down()`` puts the router in FAULT at
+  once (a master sends priority 0 where it still can and drops its VIPs);
+  ``link_up()`` rejoins as backup. After sends failed and work again, a
+  holder re-adds and re-announces its VIPs (Linux flushed IPv6 with the link).
+* **Inconsistent adverts are dropped** (see ``docs/native-vrrp.md``, threat
+  model): a member advertising a priority placement never gives it, an
+  advert from our own identity, and a priority-0 resignation from a source
+  that keeps advertising at full priority.
+* Every transition carries a typed :class:`TransitionCause`.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from typing import Any
 
 import attrs
 
-from vipcore.core.model import IPAddress, State
+from vipcore.core.model import IPAddress, State, TransitionCause
 from vipcore_native_vrrp.protocol.actions import (
     Action,
     AddVips,
@@ -57,7 +67,7 @@ from vipcore_native_vrrp.protocol.router_config import RouterConfig, master_down
 __all__ = [
     "Action", "AddVips", "Announce", "Dropped", "RemoveVips", "Send", "StateChanged",
     "RouterConfig", "master_down_interval", "skew_time",
-    "Phase", "Event", "TRANSITIONS", "TransitionError", "Router", "RECEIVE_REASONS",
+    "Phase", "Event", "TRANSITIONS", "TransitionError", "Router", "RECEIVE_REASONS", "followers",
 ]
 
 #: Priority of an address owner (RFC 5798): master at once.
@@ -76,6 +86,8 @@ class Phase(enum.Enum):
     RESIGNING = "resigning"
     #: Sent priority 0, still holds the VIPs, ends in BACKUP (released).
     RELEASING = "releasing"
+    #: The interface is gone, down or without carrier: no adverts, no VIPs.
+    FAULT = "fault"
     STOPPED = "stopped"
 
     @property
@@ -94,6 +106,7 @@ _PUBLIC = {
     Phase.MASTER: State.MASTER,
     Phase.RESIGNING: State.MASTER,
     Phase.RELEASING: State.MASTER,
+    Phase.FAULT: State.FAULT,
     Phase.STOPPED: State.STOPPED,
 }
 
@@ -108,6 +121,8 @@ class Event(enum.Enum):
     RELEASE = "release"
     HANDED_OVER = "handed_over"
     SHUTDOWN = "shutdown"
+    LINK_DOWN = "link_down"
+    LINK_UP = "link_up"
 
 
 P, E = Phase, Event
@@ -131,6 +146,14 @@ TRANSITIONS: Mapping[tuple[Phase, Event], Phase] = {
     (P.RELEASING, E.TAKEOVER): P.MASTER,
     (P.RELEASING, E.RESIGN): P.RESIGNING,
     (P.RELEASING, E.SHUTDOWN): P.STOPPED,
+    (P.INIT, E.LINK_DOWN): P.FAULT,
+    (P.BACKUP, E.LINK_DOWN): P.FAULT,
+    (P.MASTER, E.LINK_DOWN): P.FAULT,
+    (P.RELEASING, E.LINK_DOWN): P.FAULT,
+    (P.RESIGNING, E.LINK_DOWN): P.STOPPED,
+    (P.FAULT, E.LINK_UP): P.BACKUP,
+    (P.FAULT, E.RESIGN): P.STOPPED,
+    (P.FAULT, E.SHUTDOWN): P.STOPPED,
 }
 del P, E
 
@@ -140,7 +163,10 @@ class TransitionError(RuntimeError):
 
 
 #: Reasons :meth:`Router.receive` can drop for, besides the decoder's.
-RECEIVE_REASONS = ("ttl", "vrid", "own", "source", "addr_mismatch", "lower_priority", "not_running")
+RECEIVE_REASONS = ("ttl", "vrid", "duplicate_identity", "source", "addr_mismatch", "lower_priority", "not_running",
+                   "priority_mismatch", "inconsistent_resign", "auth", "fault")
+#: Sources remembered for the resignation check (bounded: peers are a handful).
+MAX_TRACKED_SOURCES = 1024
 
 
 # -- the router -----------------------------------------------------------------
@@ -173,6 +199,17 @@ class Router:
     _sends: dict[tuple[int, tuple[IPAddress, ...]], list[Action]] = attrs.field(factory=dict, repr=False)
     _previous_vips: tuple[IPAddress, ...] = ()
     _previous_until: float = float("-inf")
+    _previous_priorities: Mapping[IPAddress, int] | None = None
+    _link_up: bool = True
+    _fault_reason: str = ""
+    _send_failing: bool = False
+    #: Per source: when it last advertised priority 0, and a positive priority.
+    _resigned_at: dict[IPAddress, float] = attrs.field(factory=dict, repr=False)
+    _advertised_at: dict[IPAddress, float] = attrs.field(factory=dict, repr=False)
+    #: Sources that advertised at full priority right after a priority 0.
+    _contradicted: set[IPAddress] = attrs.field(factory=set, repr=False)
+    #: Newest authenticated timestamp (µs) accepted per source.
+    _auth_stamps: dict[IPAddress, int] = attrs.field(factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.master_adver_interval = self.config.interval
@@ -209,10 +246,13 @@ class Router:
 
     def start(self, now: float) -> list[Action]:
         """Leave INIT (RFC 5798 6.4.1)."""
+        if self.phase is not Phase.INIT:
+            return []  # already started, or FAULT since before the start (link_up rejoins)
         if self.config.priority == OWNER_PRIORITY:
-            return self._transition(Event.START_OWNER, now, "address owner (priority 255)")
+            return self._transition(Event.START_OWNER, now, "address owner (priority 255)",
+                                    TransitionCause.ADDRESS_OWNER)
         self.master_adver_interval = self.config.interval
-        actions = self._transition(Event.START, now, "started")
+        actions = self._transition(Event.START, now, "started", TransitionCause.STARTED)
         self._down_at = now + self.master_down_interval
         return actions
 
@@ -220,8 +260,19 @@ class Router:
         """A VRRP message arrived from ``src`` to ``dst`` with IP TTL / hop limit ``ttl``."""
         if self.phase in (Phase.INIT, Phase.STOPPED):
             return [Dropped("not_running")]
+        if self.phase is Phase.FAULT:
+            return [Dropped("fault")]
         if ttl != TTL:
             return [Dropped("ttl")]
+        auth = self.config.auth
+        if auth is not None:
+            try:
+                data, stamp = auth.open(data, src, dst, now + self.config.wall_offset)
+            except PacketError as error:
+                return [Dropped(error.reason, src)]
+            if stamp <= self._auth_stamps.get(src, -1):
+                return [Dropped("auth", src)]  # a replay
+            self._auth_stamps[src] = stamp
         last = self._last_received
         if last is not None and last[0] == data and last[1] == src and last[2] == dst:
             adv = last[3]  # a master repeats itself: skip the checksum
@@ -233,12 +284,17 @@ class Router:
             self._last_received = (data, src, dst, adv)
         if adv.vrid != self.config.vrid:
             return [Dropped("vrid")]
-        if src == self.config.primary:
-            return [Dropped("own")]
+        if src == self.config.primary or src in self.config.identity:
+            # Multicast loopback is off and unicast never targets us: this is
+            # another speaker using our address.
+            return [Dropped("duplicate_identity", src)]
         if not self._source_allowed(src):
             return [Dropped("source")]
         if not self._addresses_match(adv.addresses, now):
             return [Dropped("addr_mismatch")]
+        verdict = self._consistency(adv.priority, src, now)
+        if verdict is not None:
+            return [Dropped(verdict, src)]
         if self.phase is Phase.BACKUP:
             return self._backup_receive(adv, src, now)
         if self.phase is Phase.MASTER:
@@ -254,18 +310,21 @@ class Router:
         if self.phase is Phase.BACKUP and self._down_at is not None and now >= self._down_at:
             self._down_at = None
             if self._trigger == "resigned":
-                reason = f"master {self.master} resigned (priority 0)"
+                reason, cause = f"master {self.master} resigned (priority 0)", TransitionCause.PEER_RESIGNED
             elif self._trigger == "peer_lost":
-                reason = f"master {self.master} unreachable: {self._lost}"
+                reason, cause = f"master {self.master} unreachable: {self._lost}", TransitionCause.PEER_LOST
             else:
                 reason = f"master down: no advert for {self.master_down_interval:.3f}s"
-            actions += self._transition(Event.MASTER_DOWN, now, reason)
+                cause = TransitionCause.MASTER_DOWN
+            actions += self._transition(Event.MASTER_DOWN, now, reason, cause)
         elif self.phase in (Phase.RESIGNING, Phase.RELEASING):
             if self._handover_at is not None and now >= self._handover_at:
-                actions += self._transition(Event.HANDED_OVER, now, f"handed over to {self._handover_to}")
+                actions += self._transition(Event.HANDED_OVER, now, f"handed over to {self._handover_to}",
+                                            TransitionCause.HANDED_OVER)
             elif self._handover_deadline is not None and now >= self._handover_deadline:
                 actions += self._transition(
-                    Event.HANDED_OVER, now, f"no new master advertised within {self.resign_timeout_bound:.3f}s"
+                    Event.HANDED_OVER, now, f"no new master advertised within {self.resign_timeout_bound:.3f}s",
+                    TransitionCause.HANDED_OVER,
                 )
             elif self._advert_at is not None and now >= self._advert_at:
                 actions += self._advertise(now, RESIGN_PRIORITY)
@@ -285,6 +344,9 @@ class Router:
         sources: frozenset[IPAddress] | None = None,
         destinations: Iterable[IPAddress] | None = None,
         interval_cs: int | None = None,
+        peer_priorities: Mapping[IPAddress, int] | None = None,
+        identity: frozenset[IPAddress] | None = None,
+        primary: IPAddress | None = None,
     ) -> list[Action]:
         """Apply a configuration change without an election when possible."""
         old = self.config
@@ -301,12 +363,23 @@ class Router:
             changes["destinations"] = tuple(destinations)
         if interval_cs is not None:
             changes["interval_cs"] = interval_cs
+        if peer_priorities is not None:
+            changes["peer_priorities"] = dict(peer_priorities)
+        if identity is not None:
+            changes["identity"] = identity
+        if primary is not None:
+            changes["primary"] = primary  # a re-created interface has a new link-local address
         self.config = attrs.evolve(old, **changes)
+        if old.peer_priorities is not None and old.peer_priorities != self.config.peer_priorities:
+            # Members apply a placement change a moment apart: accept what
+            # they advertised before it for the same grace as the address set.
+            self._previous_priorities = old.peer_priorities
+            self._previous_until = max(self._previous_until, now + self.config.update_grace)
         self._sends.clear()
         actions: list[Action] = []
         old_set, new_set = frozenset(old.vips), frozenset(self.config.vips)
         if old_set != new_set:
-            if now >= self._previous_until:
+            if now >= self._previous_until or not self._previous_vips:
                 self._previous_vips = old.vips
             self._previous_until = now + self.config.update_grace
             if self.holding:
@@ -326,19 +399,19 @@ class Router:
         """Graceful stop: hand over make-before-break, then STOPPED."""
         if self.phase is Phase.STOPPED or self.phase is Phase.RESIGNING:
             return []
-        return self._transition(Event.RESIGN, now, "graceful stop")
+        return self._transition(Event.RESIGN, now, "graceful stop", TransitionCause.STOPPED)
 
     def shutdown(self, now: float) -> list[Action]:
         """Immediate stop: a master sends priority 0 and drops its VIPs at once."""
         if self.phase is Phase.STOPPED:
             return []
-        return self._transition(Event.SHUTDOWN, now, "stopped")
+        return self._transition(Event.SHUTDOWN, now, "stopped", TransitionCause.STOPPED)
 
     def release(self, now: float, reason: str) -> list[Action]:
         """Stop holding but stay a member; never become master until :meth:`takeover`."""
         self.released = True
         if self.phase is Phase.MASTER:
-            return self._transition(Event.RELEASE, now, f"released: {reason}")
+            return self._transition(Event.RELEASE, now, f"released: {reason}", TransitionCause.RELEASED)
         if self.phase is Phase.BACKUP:
             self._down_at = None
         return []
@@ -351,13 +424,85 @@ class Router:
             return self.master_priority < self.config.priority
         return _address_key(self.master) < _address_key(self.config.primary)
 
-    def takeover(self, now: float, reason: str) -> list[Action]:
+    def takeover(self, now: float, reason: str, cause: TransitionCause = TransitionCause.TAKEOVER) -> list[Action]:
         """Undo a release and become master now (the election may take it back)."""
         self.released = False
         if self.phase in (Phase.BACKUP, Phase.RELEASING):
             self._trigger_at, self._trigger = now, "takeover"
-            return self._transition(Event.TAKEOVER, now, f"takeover: {reason}")
+            return self._transition(Event.TAKEOVER, now, f"takeover: {reason}", cause)
         return []
+
+    def follow(self, now: float, sibling: str) -> list[Action]:
+        """Become master with the other family of the group (see :func:`followers`)."""
+        return self.takeover(now, f"sync with {sibling} (became master)", TransitionCause.SYNC)
+
+    def link_down(self, now: float, reason: str, cause: TransitionCause = TransitionCause.LINK_DOWN) -> list[Action]:
+        """The interface went away, went down or lost carrier (or is otherwise unusable): FAULT at once.
+
+        A holder sends priority 0 (it may still get out) so the next router
+        takes over after Skew_Time, and drops its VIPs. Already in FAULT, a
+        new reason is reported as a FAULT -> FAULT change, so status says
+        why the router still waits.
+        """
+        self._link_up = False
+        if self.phase is Phase.STOPPED:
+            return []
+        if self.phase is Phase.FAULT:
+            if reason == self._fault_reason:
+                return []
+            self._fault_reason = reason
+            return [StateChanged(State.FAULT, State.FAULT, reason, None, cause)]
+        self._fault_reason = reason
+        return self._transition(Event.LINK_DOWN, now, reason, cause)
+
+    def link_up(self, now: float, reason: str) -> list[Action]:
+        """The interface is back: rejoin as backup (the election decides the rest)."""
+        self._link_up = True
+        if self.phase is not Phase.FAULT:
+            return []
+        self.master = self.master_priority = None
+        self.master_adver_interval = self.config.interval
+        return self._transition(Event.LINK_UP, now, reason, TransitionCause.LINK_UP)
+
+    def sent(self, ok: bool, now: float) -> list[Action]:
+        """The outcome of carrying out a :class:`Send`.
+
+        When sending works again after failures, the link was down meanwhile:
+        Linux flushed our IPv6 VIPs with it and neighbours may have moved on,
+        so a holder puts its VIPs back and announces them.
+        """
+        if not ok:
+            self._send_failing = True
+            return []
+        if not self._send_failing:
+            return []
+        self._send_failing = False
+        if not self.phase.holds:
+            return []
+        vips = self.config.vips
+        return [AddVips(vips), Announce(vips)] if self.phase is Phase.MASTER else [AddVips(vips)]
+
+    def wants(self, action: Action) -> bool:
+        """Whether an action returned earlier still matches the router's state.
+
+        A caller that queues address work behind netlink round trips asks
+        before carrying each action out. Under churn a router can flip several
+        times while work is queued; every flip queued its own opposite action,
+        so work the router no longer wants (adding VIPs it has given up,
+        announcing as a backup, an advert from a router that is backup now) is
+        skipped instead of feeding the churn. Address changes are idempotent,
+        so the last wanted action decides the result.
+        """
+        if isinstance(action, AddVips):
+            return self.holding
+        if isinstance(action, Announce):
+            return self.phase is Phase.MASTER
+        if isinstance(action, RemoveVips):
+            return not self.holding or not set(action.vips) <= set(self.config.vips)
+        if isinstance(action, Send):
+            # FAULT and STOPPED queue only the priority 0 they decided on entering.
+            return self.phase is not Phase.BACKUP
+        return True
 
     def peer_lost(self, now: float, delay: float, what: str) -> list[Action]:
         """Node-level liveness says the master's node is gone: act as Master_Down_Interval would, ``delay``
@@ -399,7 +544,8 @@ class Router:
             self.master, self.master_priority = src, adv.priority
             self.master_adver_interval = adv.interval
             self._trigger_at, self._trigger = now, "heard"
-            return self._transition(Event.PREEMPTED, now, f"preempted by {src} (priority {adv.priority})")
+            return self._transition(Event.PREEMPTED, now, f"preempted by {src} (priority {adv.priority})",
+                                    TransitionCause.PREEMPTED)
         # A lower-priority router thinks it is master: it has announced the
         # VIPs too, so win the neighbours back first, then make it back off.
         # At most once per interval: announcing costs far more than an advert.
@@ -418,7 +564,7 @@ class Router:
 
     # -- transitions -------------------------------------------------------------
 
-    def _transition(self, event: Event, now: float, reason: str) -> list[Action]:
+    def _transition(self, event: Event, now: float, reason: str, cause: TransitionCause) -> list[Action]:
         old = self.phase
         try:
             new = TRANSITIONS[(old, event)]
@@ -434,7 +580,7 @@ class Router:
         # Entering a phase: its effects, in the order the caller must apply them.
         if self._yield_at is not None and new is not Phase.BACKUP:
             self._yield_at = None
-            if new is Phase.STOPPED:
+            if new in (Phase.STOPPED, Phase.FAULT):
                 actions.append(RemoveVips(self.config.vips))
         if new is Phase.MASTER:
             self.master = self.master_priority = None
@@ -462,13 +608,13 @@ class Router:
             actions += self._advertise(now, RESIGN_PRIORITY)
             self._advert_at = now + self.config.interval
             self._handover_deadline = now + self.resign_timeout_bound
-        elif new is Phase.STOPPED:
+        elif new in (Phase.STOPPED, Phase.FAULT):
             if old is Phase.MASTER:
                 actions += self._advertise(now, RESIGN_PRIORITY)
             if old.holds:
                 actions.append(RemoveVips(self.config.vips))
         if new.state is not old.state:
-            actions.append(StateChanged(old.state, new.state, reason, failover))
+            actions.append(StateChanged(old.state, new.state, reason, failover, cause))
         if new is not Phase.BACKUP:
             self._trigger_at, self._trigger = None, ""
         return actions
@@ -490,6 +636,11 @@ class Router:
             src = self.config.primary
             sends = [Send(encode(adv, src, dst), src, dst) for dst in self.config.destinations]
             self._sends[key] = sends
+        auth = self.config.auth
+        if auth is not None:
+            wall = now + self.config.wall_offset
+            return [Send(auth.seal(s.data, s.src, s.dst, wall), s.src, s.dst) for s in sends
+                    if isinstance(s, Send)]
         return list(sends)
 
     # -- checks ---------------------------------------------------------------
@@ -500,6 +651,54 @@ class Router:
         if src in self.config.sources:
             return True
         return self.config.link_local_sources and src.is_link_local
+
+    def _consistency(self, priority: int, src: IPAddress, now: float) -> str | None:
+        """A drop reason if the advert contradicts what ``src`` can send, else None."""
+        if len(self._advertised_at) > MAX_TRACKED_SOURCES:  # only without the source check
+            self._advertised_at.clear()
+            self._resigned_at.clear()
+            self._contradicted.clear()
+        # A genuine resignation follows the source's last full-priority advert;
+        # a forged one comes while the source keeps advertising. Answer each
+        # priority 0 only if the source has been quiet for a Master_Down_Interval
+        # since it was caught contradicting itself.
+        window = self.master_down_interval
+        if priority == RESIGN_PRIORITY:
+            if src in self._contradicted and now - self._advertised_at.get(src, float("-inf")) < window:
+                return "inconsistent_resign"
+            self._resigned_at[src] = now
+        else:
+            self._advertised_at[src] = now
+            resigned = self._resigned_at.pop(src, None)
+            if resigned is not None and now - resigned < window:
+                self._contradicted.add(src)
+        if priority == RESIGN_PRIORITY or not self._priority_checked(src):
+            return None
+        if priority in self._allowed_priorities(src, now):
+            return None
+        return "priority_mismatch"
+
+    def _priority_checked(self, src: IPAddress) -> bool:
+        if self.config.peer_priorities is None or src in self.config.relaxed_sources:
+            return False
+        return not (self.config.relax_link_local and src.is_link_local)
+
+    def _allowed_priorities(self, src: IPAddress, now: float) -> set[int]:
+        tables = [self.config.peer_priorities or {}]
+        if self._previous_priorities is not None and now < self._previous_until:
+            tables.append(self._previous_priorities)
+        allowed: set[int] = set()
+        for table in tables:
+            if src in table:
+                allowed.add(table[src])
+            elif src.is_link_local and self.config.link_local_sources:
+                # IPv6 multicast comes from link-local addresses the core does
+                # not know: any member's priority, never one nobody has.
+                allowed.update(table.values())
+            else:
+                # Not a known member (only reachable with check_source off): no claim to check.
+                allowed.update(range(1, 256))
+        return allowed
 
     def _addresses_match(self, addresses: tuple[IPAddress, ...], now: float) -> bool:
         if addresses == self.config.vips:
@@ -522,6 +721,21 @@ class Router:
         if self.config.handover_linger is not None:
             return self.config.handover_linger
         return self.config.interval
+
+
+def followers(change: StateChanged, siblings: Iterable[Router]) -> list[Router]:
+    """The routers of the same group's other family that should follow ``change``.
+
+    Both families get the same priority, so with preemption they elect the
+    same node; this keeps them together when timing differs (one family
+    fails over first, or preemption is off). A router that became master for
+    any cause but a sync pulls each sibling that is a backup, not released,
+    and outranks the master it last heard (or heard none). A sibling that
+    hears a better master stays put, so the sync never fights the election.
+    """
+    if change.new is not State.MASTER or change.cause is TransitionCause.SYNC:
+        return []
+    return [r for r in siblings if r.phase is Phase.BACKUP and not r.released and r.outranks_master()]
 
 
 def _address_key(address: IPAddress) -> int:

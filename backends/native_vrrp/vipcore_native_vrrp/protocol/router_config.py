@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import attrs
 
 from vipcore.core.model import Family, IPAddress
+from vipcore_native_vrrp.protocol.auth import Authenticator
 from vipcore_native_vrrp.protocol.packet import MAX_INTERVAL_CS, address_tuple
 
 
@@ -43,6 +46,22 @@ class RouterConfig:
     handover_linger: float | None = None
     #: How long adverts with the previous address set are accepted after a change.
     update_grace: float = 5.0
+    #: The priority each member advertises, by its address (placement is
+    #: shared, so every vipcore node knows them). An advert from a member with
+    #: another priority is dropped (``priority_mismatch``); a link-local source
+    #: (IPv6 multicast) may carry any member's priority. None disables the check.
+    peer_priorities: Mapping[IPAddress, int] | None = attrs.field(default=None, hash=False)
+    #: Sources whose priority is not checked (keepalived peers with hand-set priorities).
+    relaxed_sources: frozenset[IPAddress] = frozenset()
+    #: Also relax the check for link-local sources (IPv6 multicast with keepalived peers).
+    relax_link_local: bool = False
+    #: This node's own addresses: an advert from one of them (or from
+    #: ``primary``) comes from a second speaker with our identity.
+    identity: frozenset[IPAddress] = frozenset()
+    #: Authenticated mode: adverts are sealed and only sealed adverts are accepted.
+    auth: Authenticator | None = attrs.field(default=None, eq=False, hash=False)
+    #: Wall-clock time minus the ``now`` the router is fed (for auth timestamps).
+    wall_offset: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         if not self.vips:

@@ -1,0 +1,97 @@
+"""``vipcore status --watch``: a live view in a terminal (a pty), redrawn in place as the agent's routers move."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.helpers.agents import backend_of, make_agent, running
+from tests.helpers.cli import VIPCORE
+from vipcore.core.model import Family
+from vipcore.ops.status import CLEAR_BELOW, HOME, transitions
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class Terminal:
+    """``vipcore status --watch`` on a pseudo-terminal, as over SSH."""
+
+    def __init__(self, *args: str) -> None:
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen([VIPCORE, "status", "--watch", *args], stdin=slave, stdout=slave,
+                                     stderr=slave, close_fds=True, env=dict(os.environ, TERM="xterm"))
+        os.close(slave)
+        self.raw = ""
+
+    def read_until(self, pattern: str, timeout: float = 30.0) -> str:
+        """Everything read so far once the latest frame contains ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    self.raw += os.read(self.master, 65536).decode(errors="replace")
+                except OSError:
+                    break
+            if re.search(pattern, self.screen()):
+                return self.raw
+        raise AssertionError(f"{pattern!r} not on screen; last frame:\n{self.screen()}")
+
+    def screen(self) -> str:
+        """The latest frame, escape sequences removed."""
+        return ANSI.sub("", self.raw.rsplit(HOME, 1)[-1])
+
+    def quit(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(15)
+        finally:
+            os.close(self.master)
+
+
+def test_watch_redraws_on_a_failover_and_lists_the_transition(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        agent = make_agent(tmp_path)
+        async with running(agent) as url:
+            eth0 = next(name for name, m in agent.memberships.items() if m.group.interface == "eth0")
+            short = agent.memberships[eth0].group.short_name
+            term = Terminal("--address", url.removeprefix("http://"), "--interval", "0.1")
+            try:
+                first = await asyncio.to_thread(term.read_until, rf"{short}\s+IPv4\s+eth0.*backup")
+                assert first.startswith(HOME) and CLEAR_BELOW in first
+                assert "no transition seen yet" in term.screen()
+                frames_before = first.count(HOME)
+                backend_of(agent).fail_over(eth0, Family.IPV4, 0.125)
+                await asyncio.to_thread(term.read_until, rf"{short} IPv4  backup -> master in 125ms  master down")
+                screen = term.screen()
+                assert re.search(rf"{short}\s+IPv4\s+eth0\s+\d+\s+\S+\s+master\s+\d+s\s+125ms", screen), screen
+                assert term.raw.count(HOME) > frames_before
+                assert "\x1b[2J" not in term.raw  # redrawn in place, never a full clear (no flicker)
+            finally:
+                code = await asyncio.to_thread(term.quit)
+            assert code == 0
+        # The agent is gone: the view says so and keeps trying.
+        term = Terminal("--address", url.removeprefix("http://"), "--interval", "0.1", "--timeout", "0.5")
+        try:
+            await asyncio.to_thread(term.read_until, r"agent unreachable: cannot reach the vipcore agent.*\(retrying\)")
+        finally:
+            assert await asyncio.to_thread(term.quit) == 0
+
+    asyncio.run(scenario())
+
+
+def test_transitions_of_the_cluster_document_name_old_and_new_holder() -> None:
+    before = {"now": 100.0, "groups": [{"group": "g", "short_name": "abc-eth0", "family": "IPv4", "holder": "node-a",
+                                        "since": 50.0, "last_failover_seconds": None}]}
+    after = {"now": 101.0, "groups": [{"group": "g", "short_name": "abc-eth0", "family": "IPv4", "holder": "node-b",
+                                       "since": 100.5, "last_failover_seconds": 0.3}]}
+    (line,) = transitions(before, after)
+    assert line.endswith("abc-eth0 IPv4  holder node-a -> node-b in 300ms")
+    assert transitions(after, after) == [] and transitions(None, after) == []

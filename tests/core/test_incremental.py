@@ -1,0 +1,253 @@
+"""Incremental resolution gives what a full ``resolve`` gives, and recomputes only what a change reaches."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vipcore.core.incremental import IncrementalResolver
+from vipcore.core.model import (
+    DRAIN_LABEL,
+    EXCLUDE_LABEL,
+    DesiredState,
+    EndpointSlice,
+    Family,
+    Node,
+    Pool,
+    Service,
+    TrafficPolicy,
+    VridPolicy,
+)
+from vipcore.core.objects import parse_range
+from vipcore.core.resolve import resolve
+
+ip = ipaddress.ip_address
+
+NODES = ["n1", "n2", "n3", "n4", "n5"]
+SERVICES = [("default", "a"), ("default", "b"), ("default", "c"), ("team", "d"), ("team", "e"), ("team", "f")]
+# Few addresses, so that requests collide, held addresses are shared and pools run out.
+ADDRESSES = ["198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.9", "2001:db8::1", "2001:db8::2"]
+POOL_SHAPES = {
+    "lan": (("198.51.100.1-198.51.100.3", "2001:db8::1-2001:db8::2"), "eth0"),
+    "small": (("198.51.100.2-198.51.100.3",), "eth0"),
+    "other": (("198.51.100.9",), "eth1"),
+}
+
+
+def node_strategy() -> st.SearchStrategy[Node]:
+    labels = st.fixed_dictionaries({}, optional={
+        EXCLUDE_LABEL: st.just(""), "zone": st.sampled_from(["x", "y"]), DRAIN_LABEL: st.just("true")})
+    return st.builds(lambda name, ready, lab, last: Node(name, (ip(f"203.0.113.{last}"),), ready=ready, labels=lab),
+                     st.sampled_from(NODES), st.booleans(), labels, st.integers(1, 3))
+
+
+def service_strategy() -> st.SearchStrategy[Service]:
+    addresses = st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True).map(
+        lambda ips: tuple(ip(a) for a in ips))
+    one_per_family = addresses.map(lambda ips: tuple({a.version: a for a in ips}.values()))
+    return st.builds(
+        lambda key, policy, requested, held, pool, families: Service(
+            key[0], key[1], traffic_policy=policy, requested_ips=requested, vips=held, pool=pool, families=families),
+        st.sampled_from(SERVICES),
+        st.sampled_from(TrafficPolicy),
+        st.one_of(st.just(()), one_per_family),
+        st.one_of(st.just(()), addresses),
+        st.sampled_from([None, None, "lan", "small", "other", "missing"]),
+        st.sampled_from([(), (Family.IPV4,), (Family.IPV6,), (Family.IPV6, Family.IPV4)]),
+    )
+
+
+def slice_strategy() -> st.SearchStrategy[EndpointSlice]:
+    return st.builds(
+        lambda key, index, ready: EndpointSlice(key[0], f"{key[1]}-{index}", key[1], frozenset(ready)),
+        st.sampled_from(SERVICES), st.integers(0, 1), st.sets(st.sampled_from(NODES), max_size=3))
+
+
+def pool_strategy() -> st.SearchStrategy[Pool]:
+    return st.builds(
+        lambda name, default, selector, disabled, namespaces: Pool(
+            name, tuple(parse_range(r) for r in POOL_SHAPES[name][0]), interface=POOL_SHAPES[name][1],
+            default=default, node_selector=selector, disabled=disabled, namespaces=namespaces),
+        st.sampled_from(sorted(POOL_SHAPES)),
+        st.booleans(),
+        st.sampled_from([{}, {}, {"zone": "x"}]),
+        st.sampled_from([False, False, False, True]),
+        st.sampled_from([frozenset(), frozenset(), frozenset({"team"})]),
+    )
+
+
+@attrs.define
+class World:
+    """A cluster edited one object at a time; ``state()`` is what a source would hand over."""
+
+    nodes: dict[str, Node] = attrs.Factory(dict)
+    services: dict[str, Service] = attrs.Factory(dict)
+    slices: dict[tuple[str, str], EndpointSlice] = attrs.Factory(dict)
+    pools: dict[str, Pool] = attrs.Factory(dict)
+    vrids: dict[str, int] = attrs.Factory(dict)
+
+    def state(self) -> DesiredState:
+        return DesiredState(
+            nodes=tuple(self.nodes[k] for k in sorted(self.nodes)),
+            services=tuple(self.services[k] for k in sorted(self.services)),
+            endpoint_slices=tuple(self.slices[k] for k in sorted(self.slices)),
+            pools=tuple(self.pools[k] for k in sorted(self.pools)),
+            vrids=dict(self.vrids),
+        )
+
+    def apply(self, op: tuple[Any, ...]) -> None:
+        verb, what = op[0], op[1]
+        tables: dict[str, dict[Any, Any]] = {"node": self.nodes, "service": self.services, "slice": self.slices,
+                                             "pool": self.pools}
+        table = tables.get(what, {})
+        if verb == "put":
+            obj = op[2]
+            if isinstance(obj, Service):
+                table[obj.key] = obj
+            elif isinstance(obj, EndpointSlice):
+                table[(obj.namespace, obj.name)] = obj
+            else:
+                table[obj.name] = obj
+        elif verb == "delete" and table:
+            del table[sorted(table, key=str)[op[2] % len(table)]]
+        elif verb == "touch" and table:
+            # An equal but new object, as a source that re-parses everything hands over.
+            key = sorted(table, key=str)[op[2] % len(table)]
+            table[key] = attrs.evolve(table[key])
+        elif verb == "pin":
+            # What the controller does: persist the VRIDs it allocated (op[2] chooses a few to move).
+            groups = resolve(self.state(), vrid_policy=op[3]).groups
+            self.vrids = {g.name: (g.vrid if i % 3 else 1 + (g.vrid or 0) % 4)
+                          for i, g in enumerate(groups) if g.vrid is not None and (i + op[2]) % 2}
+
+
+def base_world() -> World:
+    """Every node ready, Services holding addresses, Local ones with endpoints: changes have something to reach."""
+    world = World(pools={"lan": Pool("lan", tuple(parse_range(r) for r in POOL_SHAPES["lan"][0]), interface="eth0",
+                                     default=True),
+                         "other": Pool("other", (parse_range("198.51.100.9"),), interface="eth1")})
+    for i, name in enumerate(NODES):
+        world.nodes[name] = Node(name, (ip(f"203.0.113.{i + 1}"),), labels={"zone": "x" if i % 2 else "y"})
+    for i, (ns, name) in enumerate(SERVICES[:5]):
+        policy = TrafficPolicy.LOCAL if i % 2 else TrafficPolicy.CLUSTER
+        held = (ip(ADDRESSES[i]),)
+        world.services[f"{ns}/{name}"] = Service(ns, name, traffic_policy=policy, vips=held,
+                                                 pool="other" if i == 3 else None)
+        world.slices[(ns, f"{name}-0")] = EndpointSlice(ns, f"{name}-0", name, frozenset(NODES[i % 3: i % 3 + 2]))
+    return world
+
+
+OPS = st.one_of(
+    st.tuples(st.just("put"), st.just("node"), node_strategy()),
+    st.tuples(st.just("put"), st.just("node"), node_strategy()),
+    st.tuples(st.just("put"), st.just("service"), service_strategy()),
+    st.tuples(st.just("put"), st.just("service"), service_strategy()),
+    st.tuples(st.just("put"), st.just("slice"), slice_strategy()),
+    st.tuples(st.just("put"), st.just("slice"), slice_strategy()),
+    st.tuples(st.just("put"), st.just("pool"), pool_strategy()),
+    st.tuples(st.just("delete"), st.sampled_from(["node", "service", "slice", "pool"]), st.integers(0, 9)),
+    st.tuples(st.just("touch"), st.sampled_from(["node", "service", "slice", "pool"]), st.integers(0, 9)),
+    st.tuples(st.just("pin"), st.just("vrids"), st.integers(0, 1)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    initial=st.lists(OPS, max_size=12),
+    changes=st.lists(st.lists(OPS, min_size=1, max_size=3), min_size=1, max_size=15),
+    allocate=st.booleans(),
+    narrow=st.booleans(),
+)
+def test_incremental_equals_full_resolve(
+    initial: list[tuple[Any, ...]], changes: list[list[tuple[Any, ...]]], allocate: bool, narrow: bool
+) -> None:
+    # A narrow VRID range makes groups fail for want of a VRID, and persisted VRIDs clash.
+    policy = VridPolicy(first=1, last=3) if narrow else VridPolicy()
+    world = base_world()
+    for op in initial:
+        world.apply(op + ((policy,) if op[0] == "pin" else ()))
+    resolver = IncrementalResolver(vrid_policy=policy, allocate=allocate)
+    assert resolver.update(world.state()) == resolve(world.state(), vrid_policy=policy, allocate=allocate)
+    for burst in changes:
+        # A burst is coalesced: several edits, one update.
+        for op in burst:
+            world.apply(op + ((policy,) if op[0] == "pin" else ()))
+        state = world.state()
+        assert resolver.update(state) == resolve(state, vrid_policy=policy, allocate=allocate)
+
+
+# -- what a change reaches ------------------------------------------------------
+
+
+def cluster(services: int, nodes: int = 50) -> DesiredState:
+    node_list = tuple(Node(f"node-{i:03d}") for i in range(nodes))
+    svcs = []
+    slices = []
+    for i in range(services):
+        local = i % 2 == 0
+        held = (ip("198.51.100.0") + 1 + i % 250,) if i < 250 else (ip(f"2001:db8::{i:x}"),)
+        svcs.append(Service("ns", f"s{i:04d}", traffic_policy=TrafficPolicy.LOCAL if local else TrafficPolicy.CLUSTER,
+                            vips=held))
+        slices.append(EndpointSlice("ns", f"s{i:04d}-x", f"s{i:04d}",
+                                    frozenset(f"node-{(i + k) % 10:03d}" for k in range(3))))
+    pools = (Pool("lan", (parse_range("198.51.100.0/24"), parse_range("2001:db8::/112")), interface="eth0"),)
+    return DesiredState(nodes=node_list, services=tuple(svcs), endpoint_slices=tuple(slices), pools=pools)
+
+
+def test_an_endpoint_slice_change_replaces_only_its_service() -> None:
+    state = cluster(400)
+    resolver = IncrementalResolver(allocate=False)
+    resolver.update(state)
+    slices = list(state.endpoint_slices)
+    slices[10] = attrs.evolve(slices[10], ready_nodes=frozenset({"node-040", "node-041"}))
+    changed = attrs.evolve(state, endpoint_slices=tuple(slices))
+    assert resolver.update(changed) == resolve(changed, allocate=False)
+    assert resolver.stats is not None
+    assert resolver.stats.services == 1 and not resolver.stats.full_allocation and not resolver.stats.rebuilt
+    assert resolver.stats.groups == 2  # the group it left and the one it joined
+
+
+def test_a_node_going_not_ready_moves_cluster_services_as_one_block() -> None:
+    state = cluster(400)
+    resolver = IncrementalResolver(allocate=False)
+    resolver.update(state)
+    nodes = list(state.nodes)
+    nodes[30] = attrs.evolve(nodes[30], ready=False)  # no Local Service has an endpoint there
+    changed = attrs.evolve(state, nodes=tuple(nodes))
+    assert resolver.update(changed) == resolve(changed, allocate=False)
+    assert resolver.stats is not None
+    assert resolver.stats.services == 0 and resolver.stats.groups == 2
+
+    nodes[3] = attrs.evolve(nodes[3], ready=False)  # Local Services with an endpoint there re-place
+    again = attrs.evolve(changed, nodes=tuple(nodes))
+    assert resolver.update(again) == resolve(again, allocate=False)
+    assert resolver.stats is not None
+    assert 0 < resolver.stats.services < 100
+
+
+def test_a_new_service_with_its_own_address_allocates_alone() -> None:
+    state = cluster(400)
+    resolver = IncrementalResolver(allocate=False)
+    resolver.update(state)
+    extra = Service("ns", "zzz", vips=(ip("2001:db8::ffff"),))
+    changed = attrs.evolve(state, services=state.services + (extra,))
+    assert resolver.update(changed) == resolve(changed, allocate=False)
+    assert resolver.stats is not None and not resolver.stats.full_allocation and resolver.stats.services == 1
+
+    # Asking for an address another Service holds couples them: allocation runs for all.
+    thief = Service("ns", "aaa", requested_ips=(ip("198.51.100.1"),))
+    clash = attrs.evolve(changed, services=(thief,) + changed.services)
+    assert resolver.update(clash) == resolve(clash, allocate=False)
+    assert resolver.stats is not None and resolver.stats.full_allocation
+
+
+def test_an_unchanged_state_recomputes_nothing() -> None:
+    state = cluster(100)
+    resolver = IncrementalResolver(allocate=False)
+    first = resolver.update(state)
+    assert resolver.update(state) is first
+    assert resolver.stats is not None and resolver.stats.services == 0 and resolver.stats.groups == 0
