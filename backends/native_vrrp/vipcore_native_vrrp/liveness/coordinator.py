@@ -33,7 +33,7 @@ from vipcore_native_vrrp.liveness.session import SessionConfig
 
 log = logging.getLogger("vipcore_native_vrrp.liveness")
 
-KEYS = ("enabled", "interval", "multiplier", "slow_interval", "rank_step")
+KEYS = ("enabled", "interval", "multiplier", "slow_interval", "rank_step", "realtime")
 
 
 @attrs.frozen
@@ -48,6 +48,8 @@ class LivenessSettings:
     slow_interval: float = 1.0
     #: Extra Master_Down delay per member ranked before this node, after a peer is lost.
     rank_step: float = 0.02
+    #: Run the session thread with the lowest real-time priority (SCHED_RR 1) when allowed.
+    realtime: bool = True
 
     @property
     def session(self) -> SessionConfig:
@@ -72,11 +74,12 @@ class LivenessSettings:
             raise ConfigError(f"unknown key(s) {', '.join(map(str, unknown))}; known keys: {', '.join(KEYS)}",
                               source=source, field="liveness")
         kwargs: dict[str, object] = {}
-        if "enabled" in value:
-            if not isinstance(value["enabled"], bool):
-                raise ConfigError(f"must be true or false, got {value['enabled']!r}", source=source,
-                                  field="liveness.enabled")
-            kwargs["enabled"] = value["enabled"]
+        for flag in ("enabled", "realtime"):
+            if flag in value:
+                if not isinstance(value[flag], bool):
+                    raise ConfigError(f"must be true or false, got {value[flag]!r}", source=source,
+                                      field=f"liveness.{flag}")
+                kwargs[flag] = value[flag]
         for key, low, high in (("interval", 0.001, 10.0), ("slow_interval", 0.001, 60.0), ("rank_step", 0.0, 5.0)):
             if key in value:
                 number = value[key]
@@ -146,7 +149,7 @@ class Coordinator:
             return
         try:
             detector = self.detector_factory(info.name, local, self.settings.session, loop=self.loop,
-                                             on_change=self._changed)
+                                             on_change=self._changed, realtime=self.settings.realtime)
         except OSError as exc:
             log.warning("liveness: cannot open BFD sockets on %s (%s); VRRP timers alone detect failures there",
                         info.name, exc)

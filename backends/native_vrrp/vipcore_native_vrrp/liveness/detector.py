@@ -16,6 +16,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import random
 import select
 import socket
@@ -48,7 +49,7 @@ class Detector:
 
     def __init__(self, interface: str, local: IPAddress, config: SessionConfig, *,
                  loop: asyncio.AbstractEventLoop, on_change: ChangeCallback,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, realtime: bool = True) -> None:
         self.interface = interface
         self.local = local
         self.family = Family.IPV4 if local.version == 4 else Family.IPV6
@@ -56,6 +57,9 @@ class Detector:
         self.loop = loop
         self.on_change = on_change
         self.clock = clock
+        self.realtime = realtime
+        #: Whether the thread runs with a real-time scheduling policy (see :meth:`_run`).
+        self.scheduled_realtime = False
         self.sessions: dict[IPAddress, Session] = {}
         self.drops: Counter[str] = Counter()
         self.send_errors = 0
@@ -154,6 +158,16 @@ class Detector:
     # -- the thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.realtime:
+            # Like keepalived's bfd_rt_priority: the lowest real-time priority, so a loaded node
+            # (other processes, or this process's event loop) cannot delay a packet past the
+            # detection time. The thread sleeps in select() and does bounded work per wake-up.
+            try:
+                os.sched_setscheduler(threading.get_native_id(), os.SCHED_RR, os.sched_param(1))
+                self.scheduled_realtime = True
+            except (OSError, AttributeError) as exc:
+                log.info("liveness on %s: no real-time scheduling (%s); timing follows the node's load",
+                         self.interface, exc)
         while True:
             with self._lock:
                 if self._closed:
