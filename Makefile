@@ -1,6 +1,6 @@
 # vipcore: one entry point for set-up, demo, tests and benchmarks.
 # Everything the project needs is installed from here (Python packages into
-# .venv; keepalived, iproute2 and ping with apt when run as root).
+# .venv; keepalived, nftables, iproute2 and ping with apt when run as root).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -18,6 +18,7 @@ system:
 	@if [ "$$(id -u)" = "0" ]; then \
 	  missing=""; \
 	  command -v keepalived >/dev/null 2>&1 || missing="$$missing keepalived"; \
+	  command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
 	  command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	  command -v ping >/dev/null 2>&1 || missing="$$missing iputils-ping"; \
 	  if [ -n "$$missing" ]; then \
@@ -55,6 +56,7 @@ test: setup typecheck lint
 bench: setup
 	$(PY) bench/resolve.py
 	$(PY) bench/failover.py
+	$(PY) bench/chaos.py
 
 clean-lab:
 	$(VENV)/bin/vipcore lab down || true

@@ -17,7 +17,10 @@ torn down afterwards, also on Ctrl-C or an error. Sections:
 2. **Stability**: 16 dual-stack groups on three nodes; for shrinking advert
    intervals, the number of VIP moves (kernel address events) in a quiet
    window. The smallest interval with none is reported.
-3. **CPU**: one node holding 64 dual-stack groups (128 VRRP routers) at 0.1 s
+3. **Many groups**: the node holding most of 64 dual-stack groups dies; the
+   client's gap for up to 8 of its VIPs, pooled over the trials (median, p95).
+   native_vrrp runs with its default node-level liveness (BFD) and without it.
+4. **CPU**: one node holding 64 dual-stack groups (128 VRRP routers) at 0.1 s
    adverts; utime+stime of everything in its namespace, per minute.
 
 Backends that are not installed are skipped with a note.
@@ -56,9 +59,18 @@ from vipcore.lab.probe import Probe  # noqa: E402
 from vipcore.lab.topology import Lab, require_root  # noqa: E402
 
 PREFIX = "vcLb"
-VRRP_BACKENDS = ("native_vrrp", PLAIN_KEEPALIVED, "keepalived")
-LABELS = {"native_vrrp": "native_vrrp", PLAIN_KEEPALIVED: "keepalived (plain)",
+#: native_vrrp with its node-level liveness off: VRRP timers alone, for comparison.
+NO_LIVENESS = "native_vrrp-noliveness"
+VRRP_BACKENDS = ("native_vrrp", NO_LIVENESS, PLAIN_KEEPALIVED, "keepalived")
+LABELS = {"native_vrrp": "native_vrrp", NO_LIVENESS: "native_vrrp (no liveness)", PLAIN_KEEPALIVED: "keepalived (plain)",
           "keepalived": "keepalived (vipcore)", "netlink_static": "netlink_static"}
+#: Variants: (backend, extra settings of its config section).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {NO_LIVENESS: ("native_vrrp", {"liveness": False})}
+
+
+def deployment_for(variant: str, **kwargs: Any) -> Deployment:
+    backend, settings = VARIANTS.get(variant, (variant, {}))
+    return Deployment(backend=backend, settings=settings, **kwargs)
 STABILITY_LADDER = (0.1, 0.05, 0.03, 0.02, 0.01)
 
 
@@ -76,6 +88,7 @@ def installed_backends() -> set[str]:
     from vipcore.backend.host import load_hooks
 
     found = set(load_hooks().backends())
+    found |= {variant for variant, (backend, _) in VARIANTS.items() if backend in found}
     try:
         keepalived_command()
         found.add(PLAIN_KEEPALIVED)
@@ -114,8 +127,8 @@ class FailoverRig:
         self.teardown()
         lab = Lab(prefix=PREFIX).up()
         self.lab = lab
-        deployment = Deployment(backend=self.backend, advert_interval=self.advert,
-                                manifests=write_example_manifests(lab, lab.run_dir / "manifests"))
+        deployment = deployment_for(self.backend, advert_interval=self.advert,
+                                    manifests=write_example_manifests(lab, lab.run_dir / "manifests"))
         self.deployment = deployment
         deployment.start_all(lab)
         self.settle()
@@ -220,6 +233,53 @@ def run_failover(backend: str, advert: float | None, trials: int) -> dict[str, l
     return results
 
 
+# -- many groups: one node's failure ---------------------------------------------------
+
+
+def run_many(backend: str, trials: int, groups: int = 64, sample: int = 8, advert: float | None = None) -> list[float]:
+    """Kill the node holding most of ``groups`` dual-stack groups on 3 nodes; the client's gap (ms) for up to
+    ``sample`` of its IPv4 VIPs per trial, pooled over ``trials``."""
+    gaps: list[float] = []
+    with lab_for() as lab:
+        deployment = deployment_for(backend, metrics=False, advert_interval=advert,
+                                    manifests=write_scenario_manifests(lab, lab.run_dir / "manifests", groups))
+        deployment.start_all(lab)
+        for index in range(trials):
+            expected = deployment.expected_holders(lab.nodes)
+            if not wait_for_holders(lab, expected, timeout=60, quiet=1.0):
+                raise TrialFailed(f"{backend}: VIPs did not settle")
+            time.sleep(2.5)  # liveness sessions come up at the slow rate (1 s) first
+            counts: dict[str, int] = {}
+            for holder in expected.values():
+                counts[holder] = counts.get(holder, 0) + 1
+            victim = max(counts, key=lambda n: counts[n])
+            vips = [v for v, n in expected.items() if n == victim and v.version == 4][:sample]
+            probes = [Probe(lab.client, str(v)).start() for v in vips]
+            try:
+                for probe in probes:
+                    if not probe.wait_replies(10, timeout=5):
+                        raise TrialFailed(f"no replies from {probe.target}")
+                time.sleep(random.uniform(0, 0.1))
+                started = time.time()
+                lab.kill(victim)
+                survivors = [n for n in lab.nodes if n != victim]
+                after = deployment.expected_holders(survivors)
+                if not wait_for_holders(lab, {v: after[v] for v in vips}, timeout=10):
+                    raise TrialFailed(f"VIPs did not move off {victim}")
+                for probe in probes:
+                    probe.wait_replies(20, after=time.time(), timeout=5)
+                results = [probe.stop(after=started) for probe in probes]
+            finally:
+                for probe in probes:
+                    probe.__exit__()
+            trial = [r.longest_gap_ms for r in results]
+            gaps += trial
+            log(f"    trial {index + 1}: {victim} held {counts[victim]} VIPs; gaps ms "
+                + ", ".join(f"{g:.0f}" for g in trial))
+            deployment.start(lab, victim)
+    return gaps
+
+
 # -- stability -----------------------------------------------------------------------
 
 
@@ -247,8 +307,8 @@ def run_stability(backend: str, advert: float, window: float, groups: int = 16) 
 
 def run_cpu(backend: str, window: float, groups: int = 64, advert: float = 0.1) -> dict[str, Any]:
     with lab_for(("node-a",)) as lab:
-        deployment = Deployment(backend=backend, advert_interval=advert, metrics=False,
-                                manifests=write_scenario_manifests(lab, lab.run_dir / "manifests", groups))
+        deployment = deployment_for(backend, advert_interval=advert, metrics=False,
+                                    manifests=write_scenario_manifests(lab, lab.run_dir / "manifests", groups))
         deployment.start_all(lab)
         expected = deployment.expected_holders(lab.nodes)
         if not wait_for_holders(lab, expected, timeout=60, quiet=1.0):
@@ -304,6 +364,14 @@ def report(data: dict[str, Any], trials: int) -> str:
                    "the agent polls them every 0.25 s):\n" + table(["event", "family", "gap ms median / p95 (lost)"], rows))
     for note in data.get("notes", []):
         out.append(f"note: {note}")
+    if data.get("many"):
+        rows = [[LABELS[b], str(len(g)), f"{statistics.median(g):.0f}", f"{p95(g):.0f}", f"{max(g):.0f}"]
+                for b, g in data["many"].items() if g]
+        many_advert = data.get("many_advert")
+        setting = "default configuration" if many_advert is None else f"adverts every {many_advert:g} s"
+        out.append(f"Hard failure of the node holding most of 64 dual-stack groups (3 nodes, {setting}; "
+                   "the client pings up to 8 of its IPv4 VIPs every 10 ms): longest gap per group, ms\n"
+                   + table(["backend", "groups x trials", "median", "p95", "max"], rows))
     if data.get("stability"):
         rows = []
         for backend, runs in data["stability"].items():
@@ -333,7 +401,9 @@ def main() -> int:
                         help="3 trials, short stability and CPU windows (a smoke run, not for numbers)")
     parser.add_argument("--backends", help="comma-separated subset of "
                         + ", ".join([*VRRP_BACKENDS, "netlink_static"]))
-    parser.add_argument("--sections", default="failover,stability,cpu", help="failover,stability,cpu")
+    parser.add_argument("--sections", default="failover,many,stability,cpu", help="failover,many,stability,cpu")
+    parser.add_argument("--many-advert", type=float, default=None,
+                        help="advert interval of the many-groups section (default: each backend's default)")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     args = parser.parse_args()
     trials = 3 if args.quick and args.trials == 10 else args.trials
@@ -345,7 +415,8 @@ def main() -> int:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, interrupt)
 
-    data: dict[str, Any] = {"failover": {}, "stability": {}, "cpu": {}, "notes": [], "trials": trials}
+    data: dict[str, Any] = {"failover": {}, "many": {}, "stability": {}, "cpu": {}, "notes": [], "trials": trials,
+                            "many_advert": args.many_advert}
     try:
         require_root()
         available = installed_backends()
@@ -365,6 +436,13 @@ def main() -> int:
                         data["failover"][key] = run_failover(backend, advert, trials)
                     except (TrialFailed, VipcoreError) as exc:
                         data["notes"].append(f"{LABELS[backend]} at {advert}: {exc}")
+        if "many" in sections:
+            for backend in [b for b in VRRP_BACKENDS if b in backends]:
+                step(f"many groups {LABELS[backend]}: {trials} hard failures")
+                try:
+                    data["many"][backend] = run_many(backend, trials, advert=args.many_advert)
+                except (TrialFailed, VipcoreError) as exc:
+                    data["notes"].append(f"many groups {LABELS[backend]}: {exc}")
         if "stability" in sections:
             for backend in [b for b in ("native_vrrp", PLAIN_KEEPALIVED) if b in backends]:
                 runs = data["stability"][backend] = []

@@ -287,6 +287,8 @@ class TransitionCause(enum.Enum):
     MASTER_DOWN = "master_down"
     #: The master advertised priority 0 (it is stopping).
     PEER_RESIGNED = "peer_resigned"
+    #: Node-level liveness lost the master's node (faster than Master_Down_Interval).
+    PEER_LOST = "peer_lost"
     #: A better router advertised.
     PREEMPTED = "preempted"
     #: A graceful hand-over finished (or timed out).

@@ -27,6 +27,8 @@ from vipcore.core.model import Family, IPAddress, Membership, MetricSample, Stat
 from vipcore_native_vrrp import BACKEND_NAME
 from vipcore_native_vrrp.config import NativeVrrpConfig, keepalived_addresses
 from vipcore_native_vrrp.driver import RouterDriver
+from vipcore_native_vrrp.liveness.coordinator import Coordinator
+from vipcore_native_vrrp.liveness.detector import Detector
 from vipcore_native_vrrp.protocol import Authenticator, Router, RouterConfig, StateChanged, followers
 from vipcore_native_vrrp.protocol.machine import RECEIVE_REASONS
 from vipcore_native_vrrp.protocol.packet import DECODE_REASONS, MULTICAST
@@ -50,6 +52,7 @@ class NativeVrrpBackend:
     #: Seams for tests without root: how the holder and the sockets are made.
     holder_factory: Callable[[], AddressHolder] = AddressHolder
     link_factory: Callable[..., Link] = Link
+    detector_factory: Callable[..., Detector] = Detector
 
     def __init__(self) -> None:
         self.context: BackendContext | None = None
@@ -63,6 +66,7 @@ class NativeVrrpBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._rechecks: dict[str, asyncio.TimerHandle] = {}
+        self.liveness: Coordinator | None = None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -72,6 +76,8 @@ class NativeVrrpBackend:
         self.context = context
         self._loop = asyncio.get_running_loop()
         self.holder = self.holder_factory()
+        if self.settings.liveness.enabled:
+            self.liveness = Coordinator(self.settings.liveness, self._loop, self._groups, self.detector_factory)
         # A killed predecessor leaves its VIPs behind: remove every managed
         # host address before any router of ours holds something.
         for interface in await self.holder.interfaces():
@@ -96,6 +102,9 @@ class NativeVrrpBackend:
         self._rechecks.clear()
         names = list(self.routers)
         await asyncio.gather(*(self._stop_group(name, graceful) for name in names))
+        if self.liveness is not None:
+            self.liveness.close(graceful=graceful)
+            self.liveness = None
         for link in self.links.values():
             link.close()
         self.links.clear()
@@ -114,6 +123,7 @@ class NativeVrrpBackend:
         self.routers[membership.name] = {}
         for family in membership.group.families:
             await self._add_router(membership, family)
+        self._refresh_liveness()
 
     @hookimpl
     async def vipcore_group_update(self, old: Membership, new: Membership) -> None:
@@ -140,6 +150,7 @@ class NativeVrrpBackend:
                 priority=config.priority, vips=config.vips, sources=config.sources, destinations=config.destinations,
                 peer_priorities=config.peer_priorities, identity=config.identity,
             )
+        self._refresh_liveness()
 
     @hookimpl
     async def vipcore_group_leave(self, membership: Membership, graceful: bool) -> None:
@@ -187,6 +198,8 @@ class NativeVrrpBackend:
                 (("interface", interface),), kind="gauge",
                 help="1 if the interface came back from a link flap without a global IPv6 address "
                      "(IPv6 VIPs would have no route back; its IPv6 routers stay in fault)"))
+        if self.liveness is not None:
+            samples += self.liveness.samples()
         return samples
 
     # -- internals -------------------------------------------------------------------
@@ -202,6 +215,8 @@ class NativeVrrpBackend:
         if group.vrid is None:
             raise AllocationError(f"group {group.short_name} has no VRID; native_vrrp needs one")
         info = await holder.interface(group.interface)
+        if self.liveness is not None:
+            self.liveness.ensure(info)
         peers = membership.peers()
         peer_addresses = [a for p in peers for a in p.addresses if a.version == family]
         own_networks: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [n for n in (info.ipv4 if family is Family.IPV4 else info.ipv6)
@@ -283,6 +298,7 @@ class NativeVrrpBackend:
             at=context.clock(), node=context.node, backend=self.name, vrid=driver.vrid, failover_seconds=failover,
             cause=change.cause,
         ))
+        self._refresh_liveness()
         siblings = [d for d in self.routers.get(driver.group, {}).values() if d is not driver]
         pulled = followers(change, [d.router for d in siblings])
         for sibling in siblings:
@@ -420,6 +436,15 @@ class NativeVrrpBackend:
         drivers = self.routers.pop(name, {})
         self.memberships.pop(name, None)
         await asyncio.gather(*(self._stop_router(d, graceful) for d in drivers.values()))
+        self._refresh_liveness()
+
+    def _groups(self) -> list[tuple[Membership, dict[Family, RouterDriver]]]:
+        return [(self.memberships[name], drivers) for name, drivers in self.routers.items()
+                if name in self.memberships]
+
+    def _refresh_liveness(self) -> None:
+        if self.liveness is not None:
+            self.liveness.refresh()
 
     async def _stop_router(self, driver: RouterDriver, graceful: bool) -> None:
         _, holder, _ = self._require_started()

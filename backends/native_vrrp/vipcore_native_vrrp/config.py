@@ -14,13 +14,14 @@ import attrs
 
 from vipcore.net.addresses import AnnounceSchedule
 from vipcore.core.errors import ConfigError
+from vipcore_native_vrrp.liveness.coordinator import LivenessSettings
 from vipcore_native_vrrp.protocol.auth import MIN_KEY_LENGTH
 from vipcore_native_vrrp.protocol.packet import MAX_INTERVAL_CS
 
 SECTION = "native_vrrp"
 DEFAULT_GARP = AnnounceSchedule(count=5, interval=0.2, refresh=None)
 KEYS = ("advert_interval", "preempt", "unicast", "check_source", "garp", "resign_timeout", "check_priority",
-        "keepalived_peers", "auth_key_file")
+        "keepalived_peers", "auth_key_file", "liveness")
 
 
 @attrs.frozen
@@ -33,6 +34,8 @@ class NativeVrrpConfig:
     garp: AnnounceSchedule = DEFAULT_GARP
     #: Bound on a graceful hand-over; None: Master_Down_Interval of a priority-1 router.
     resign_timeout: float | None = None
+    #: Node-level liveness (BFD) between vipcore nodes; see docs/native-vrrp.md.
+    liveness: LivenessSettings = LivenessSettings()
     #: Drop adverts whose priority the sending member would never advertise.
     check_priority: bool = True
     #: Peers (node names or addresses) exempt from the priority check:
@@ -74,6 +77,8 @@ class NativeVrrpConfig:
                 raise ConfigError(f"must be a number of seconds > 0, got {value!r}", source=SECTION,
                                   field="resign_timeout")
             kwargs["resign_timeout"] = float(value)
+        if "liveness" in section:
+            kwargs["liveness"] = LivenessSettings.from_mapping(section["liveness"], source=SECTION)
         if section.get("keepalived_peers") is not None:
             kwargs["keepalived_peers"] = _peers(section["keepalived_peers"])
         if section.get("auth_key_file") is not None:

@@ -131,6 +131,9 @@ class RouterDriver:
     def link_up(self, reason: str) -> None:
         self.feed(self.router.link_up(self.loop.time(), reason))
 
+    def peer_lost(self, delay: float, what: str) -> None:
+        self.feed(self.router.peer_lost(self.loop.time(), delay, what))
+
     # -- actions --------------------------------------------------------------
 
     def feed(self, actions: Iterable[Action]) -> None:

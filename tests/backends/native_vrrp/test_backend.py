@@ -150,7 +150,7 @@ class FakeHolder:
 class Cluster:
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.bus = Bus()
-        self.settings = {"advert_interval": 0.05, **(settings or {})}
+        self.settings = {"advert_interval": 0.05, "liveness": False, **(settings or {})}
         self.backends: dict[str, NativeVrrpBackend] = {}
         self.holders: dict[str, FakeHolder] = {}
         self.reports: list[StateChange] = []

@@ -194,6 +194,7 @@ class Router:
     _reannounced_at: float = float("-inf")
     _trigger_at: float | None = None
     _trigger: str = ""
+    _lost: str = ""
     _last_received: tuple[bytes, IPAddress, IPAddress, Advertisement] | None = attrs.field(default=None, repr=False)
     _sends: dict[tuple[int, tuple[IPAddress, ...]], list[Action]] = attrs.field(factory=dict, repr=False)
     _previous_vips: tuple[IPAddress, ...] = ()
@@ -310,6 +311,8 @@ class Router:
             self._down_at = None
             if self._trigger == "resigned":
                 reason, cause = f"master {self.master} resigned (priority 0)", TransitionCause.PEER_RESIGNED
+            elif self._trigger == "peer_lost":
+                reason, cause = f"master {self.master} unreachable: {self._lost}", TransitionCause.PEER_LOST
             else:
                 reason = f"master down: no advert for {self.master_down_interval:.3f}s"
                 cause = TransitionCause.MASTER_DOWN
@@ -500,6 +503,18 @@ class Router:
             # FAULT and STOPPED queue only the priority 0 they decided on entering.
             return self.phase is not Phase.BACKUP
         return True
+
+    def peer_lost(self, now: float, delay: float, what: str) -> list[Action]:
+        """Node-level liveness says the master's node is gone: act as Master_Down_Interval would, ``delay``
+        from now (0 for the best-ranked backup, more for each one ranked after it, so exactly one takes
+        over). A backup that hears a master again before then resets its timer as usual."""
+        if self.phase is not Phase.BACKUP or self.released:
+            return []
+        at = now + max(0.0, delay)
+        if self._down_at is None or at < self._down_at:
+            self._down_at = at
+            self._trigger_at, self._trigger, self._lost = now, "peer_lost", what
+        return []
 
     # -- RFC 5798 6.4.2 / 6.4.3 ------------------------------------------------
 

@@ -1,0 +1,288 @@
+"""Liveness for the native_vrrp backend: which peers need a session, and what a lost peer means.
+
+A node keeps sessions only with the peers it needs: the masters of the groups it
+backs up, and every member of the groups it holds (its backups). The set follows
+the routers' states (refreshed on every transition and group change), so the
+per-node cost grows with the groups a node takes part in, not with the cluster.
+
+When a session that was Up expires (the peer sent nothing for the detection
+time), every group whose master lived on that node acts at once: its backups
+run Master_Down after a delay by rank — 0 for the best-ranked surviving member,
+one ``step`` more for each member ranked before this node — so exactly one
+takes each group and the others hear it before their own timer fires. An
+AdminDown (a peer stopping gracefully, or no longer needing us) is not a
+failure: the VRRP hand-over handles a graceful stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
+
+import attrs
+
+from vipcore.core.errors import ConfigError
+from vipcore.core.model import Family, IPAddress, Membership, MetricSample, State
+from vipcore.net.addresses import InterfaceInfo
+from vipcore_native_vrrp.liveness.detector import Detector
+from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
+from vipcore_native_vrrp.liveness.session import SessionConfig
+
+log = logging.getLogger("vipcore_native_vrrp.liveness")
+
+KEYS = ("enabled", "interval", "multiplier", "slow_interval", "rank_step", "realtime")
+
+
+@attrs.frozen
+class LivenessSettings:
+    """The ``native_vrrp.liveness`` section."""
+
+    enabled: bool = True
+    #: Desired Min TX and Required Min RX, seconds.
+    interval: float = 0.01
+    multiplier: int = 4
+    #: Transmit interval while a session is not Up (RFC 5880 asks for at least 1 s).
+    slow_interval: float = 1.0
+    #: Extra Master_Down delay per member ranked before this node, after a peer is lost.
+    rank_step: float = 0.02
+    #: Run the session thread with the lowest real-time priority (SCHED_RR 1) when allowed.
+    realtime: bool = True
+
+    @property
+    def session(self) -> SessionConfig:
+        return SessionConfig(desired_min_tx=self.interval, required_min_rx=self.interval,
+                             detect_mult=self.multiplier, slow_interval=self.slow_interval)
+
+    @property
+    def detection_time(self) -> float:
+        return self.interval * self.multiplier
+
+    @classmethod
+    def from_mapping(cls, value: object, *, source: str = "native_vrrp") -> "LivenessSettings":
+        if value is None:
+            return cls()
+        if isinstance(value, bool):
+            return cls(enabled=value)
+        if not isinstance(value, Mapping):
+            raise ConfigError("must be true, false or a mapping {enabled, interval, multiplier, slow_interval, "
+                              "rank_step}", source=source, field="liveness")
+        unknown = sorted(set(value) - set(KEYS))
+        if unknown:
+            raise ConfigError(f"unknown key(s) {', '.join(map(str, unknown))}; known keys: {', '.join(KEYS)}",
+                              source=source, field="liveness")
+        kwargs: dict[str, object] = {}
+        for flag in ("enabled", "realtime"):
+            if flag in value:
+                if not isinstance(value[flag], bool):
+                    raise ConfigError(f"must be true or false, got {value[flag]!r}", source=source,
+                                      field=f"liveness.{flag}")
+                kwargs[flag] = value[flag]
+        for key, low, high in (("interval", 0.001, 10.0), ("slow_interval", 0.001, 60.0), ("rank_step", 0.0, 5.0)):
+            if key in value:
+                number = value[key]
+                if isinstance(number, bool) or not isinstance(number, int | float) or not low <= number <= high:
+                    raise ConfigError(f"must be a number of seconds within {low}..{high}, got {number!r}",
+                                      source=source, field=f"liveness.{key}")
+                kwargs[key] = float(number)
+        if "multiplier" in value:
+            mult = value["multiplier"]
+            if isinstance(mult, bool) or not isinstance(mult, int) or not 2 <= mult <= 255:
+                raise ConfigError(f"must be a whole number within 2..255, got {mult!r}", source=source,
+                                  field="liveness.multiplier")
+            kwargs["multiplier"] = mult
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+class RouterView(Protocol):
+    """What the coordinator reads of a router driver."""
+
+    @property
+    def router(self) -> "RouterState": ...
+
+    def peer_lost(self, delay: float, what: str) -> None: ...
+
+
+class RouterState(Protocol):
+    @property
+    def state(self) -> State: ...
+
+    master: IPAddress | None
+    released: bool
+
+
+class Coordinator:
+    """The detectors of one backend instance, one per interface."""
+
+    def __init__(self, settings: LivenessSettings, loop: asyncio.AbstractEventLoop,
+                 groups: Callable[[], Iterable[tuple[Membership, Mapping[Family, RouterView]]]],
+                 detector_factory: Callable[..., Detector] = Detector) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.groups = groups
+        self.detector_factory = detector_factory
+        self.detectors: dict[str, Detector] = {}
+        self.networks: dict[str, tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]] = {}
+        #: Peers whose session expired and has not come back, by node name.
+        self.lost: set[str] = set()
+        self.peers_lost = 0
+        self.groups_acted = 0
+        self._unavailable: set[str] = set()
+
+    def ensure(self, info: InterfaceInfo) -> None:
+        """A detector for ``info``'s interface (IPv4 preferred, else a global IPv6 address)."""
+        if not self.settings.enabled or info.name in self.detectors or info.name in self._unavailable:
+            return
+        local = info.primary(Family.IPV4)
+        networks: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = tuple(
+            n for n in info.ipv4 if n.network.prefixlen < n.max_prefixlen)
+        if local is None:
+            globals_ = [n for n in info.ipv6 if not n.ip.is_link_local and n.network.prefixlen < n.max_prefixlen]
+            local = globals_[0].ip if globals_ else None
+            networks = tuple(globals_)
+        if local is None:
+            log.warning("liveness: %s has no address to run sessions from; VRRP timers alone detect failures there",
+                        info.name)
+            self._unavailable.add(info.name)
+            return
+        try:
+            detector = self.detector_factory(info.name, local, self.settings.session, loop=self.loop,
+                                             on_change=self._changed, realtime=self.settings.realtime)
+        except OSError as exc:
+            log.warning("liveness: cannot open BFD sockets on %s (%s); VRRP timers alone detect failures there",
+                        info.name, exc)
+            self._unavailable.add(info.name)
+            return
+        detector.start()
+        self.detectors[info.name] = detector
+        self.networks[info.name] = networks
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute which peers each interface needs, from the routers' states now."""
+        wanted: dict[str, set[IPAddress]] = {name: set() for name in self.detectors}
+        for membership, drivers in self.groups():
+            interface = membership.group.interface
+            if interface not in wanted:
+                continue
+            for node in self._needed(membership, drivers):
+                address = self._address(interface, node)
+                if address is not None:
+                    wanted[interface].add(address)
+        for interface, detector in self.detectors.items():
+            detector.set_peers(wanted[interface])
+
+    def close(self, *, graceful: bool) -> None:
+        for detector in self.detectors.values():
+            detector.close(graceful=graceful)
+        self.detectors.clear()
+
+    # -- decisions -----------------------------------------------------------------
+
+    def _needed(self, membership: Membership, drivers: Mapping[Family, RouterView]) -> set[str]:
+        states = [d.router.state for d in drivers.values()]
+        everyone = {p.name for p in membership.peers()}
+        if State.MASTER in states:
+            return everyone  # our backups watch us; we keep their sessions up
+        if State.BACKUP not in states:
+            return set()
+        masters = {self._node_of(membership, d.router.master) for d in drivers.values()}
+        known = {m for m in masters if m is not None}
+        return known if known else everyone
+
+    def _changed(self, peer: IPAddress, old: SessionState, new: SessionState, diagnostic: Diagnostic) -> None:
+        node = self._node_by_address(peer)
+        if new is SessionState.UP:
+            if node is not None:
+                self.lost.discard(node)
+            return
+        if old is not SessionState.UP or new is not SessionState.DOWN:
+            return
+        if diagnostic is not Diagnostic.CONTROL_DETECTION_EXPIRED:
+            return  # AdminDown from the peer, or it stopped needing us: not a failure
+        if node is None:
+            return
+        self.lost.add(node)
+        self.peers_lost += 1
+        detect = self.settings.detection_time
+        log.warning("liveness: session to %s (%s) expired after %.0f ms without a packet", node, peer, detect * 1000,
+                    extra={"event": "peer_lost", "peer": node})
+        for membership, drivers in self.groups():
+            if node not in {p.name for p in membership.peers()}:
+                continue
+            backups = [d for d in drivers.values() if d.router.state is State.BACKUP and not d.router.released]
+            if not backups:
+                continue
+            masters = {self._node_of(membership, d.router.master) for d in drivers.values()}
+            known = masters - {None}
+            if known and node not in known:
+                continue  # this group's master lives elsewhere
+            if not known and self._expected_master(membership) != node:
+                continue
+            survivors = [p.name for p in membership.members if p.name != node and p.name not in self.lost]
+            rank = survivors.index(membership.node) if membership.node in survivors else len(survivors)
+            self.groups_acted += 1
+            for driver in backups:
+                driver.peer_lost(rank * self.settings.rank_step,
+                                 f"liveness session to {node} expired ({detect * 1000:.0f} ms)")
+
+    def _expected_master(self, membership: Membership) -> str | None:
+        for member in membership.members:
+            if member.name not in self.lost:
+                return member.name
+        return None
+
+    # -- addresses -----------------------------------------------------------------
+
+    def _node_of(self, membership: Membership, address: IPAddress | None) -> str | None:
+        if address is None:
+            return None
+        for member in membership.members:
+            if address in member.addresses:
+                return member.name
+        return None
+
+    def _node_by_address(self, address: IPAddress) -> str | None:
+        for membership, _ in self.groups():
+            found = self._node_of(membership, address)
+            if found is not None:
+                return found
+        return None
+
+    def _address(self, interface: str, node: str) -> IPAddress | None:
+        networks = self.networks.get(interface, ())
+        for membership, _ in self.groups():
+            for member in membership.members:
+                if member.name != node:
+                    continue
+                for address in member.addresses:
+                    if any(address.version == n.version and address in n.network for n in networks):
+                        return address
+        return None
+
+    # -- metrics -------------------------------------------------------------------
+
+    def samples(self) -> list[MetricSample]:
+        out = [
+            MetricSample("vipcore_liveness_peers_lost", float(self.peers_lost),
+                         help="Liveness sessions that expired (a peer node stopped answering)"),
+            MetricSample("vipcore_liveness_groups_acted", float(self.groups_acted),
+                         help="Groups whose backups started Master_Down early after a lost peer"),
+        ]
+        for interface, detector in sorted(self.detectors.items()):
+            for peer, session in sorted(detector.snapshot().items(), key=lambda item: str(item[0])):
+                labels = (("interface", interface), ("peer", str(peer)))
+                out.append(MetricSample("vipcore_liveness_session_up", 1.0 if session.state is SessionState.UP
+                                        else 0.0, labels=labels, kind="gauge",
+                                        help="1 while the BFD session with the peer is Up"))
+                out.append(MetricSample("vipcore_liveness_session_flaps", float(session.flaps), labels=labels,
+                                        help="Times the session left Up"))
+                out.append(MetricSample("vipcore_liveness_detection_seconds", session.detection_time, labels=labels,
+                                        kind="gauge", help="Negotiated detection time of the session"))
+            for reason, count in sorted(detector.drops.items()):
+                out.append(MetricSample("vipcore_liveness_drops", float(count),
+                                        labels=(("interface", interface), ("reason", reason)),
+                                        help="Liveness packets dropped, by reason"))
+        return out

@@ -1,0 +1,236 @@
+"""One BFD session in asynchronous mode (RFC 5880 section 6, single hop per RFC 5881), sans-IO.
+
+Like the VRRP :class:`~vipcore_native_vrrp.protocol.machine.Router`, a :class:`Session`
+never reads a clock or touches a socket: the caller feeds it received bytes and the
+time, calls :meth:`Session.handle_timer` at :meth:`Session.next_timer`, and carries
+out what comes back (:class:`Send`, :class:`StateChanged`, :class:`Dropped`).
+
+What is implemented: the three-way handshake (Down -> Init -> Up), negotiated
+transmit intervals (the larger of our Desired Min TX and the peer's Required Min
+RX), the detection time (the *peer's* Detect Mult times the larger of our
+Required Min RX and the peer's Desired Min TX), transmit jitter (RFC 5880 6.8.7),
+the Poll/Final exchange, the slow rate while the session is not Up (6.8.3), and
+AdminDown. Not implemented: demand mode, the echo function, authentication.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import attrs
+
+from vipcore_native_vrrp.liveness.packet import (
+    TTL,
+    ControlPacket,
+    Diagnostic,
+    PacketError,
+    SessionState,
+    decode,
+    encode,
+)
+
+#: RFC 5880 6.8.3: while a session is not Up, Desired Min TX is at least one second.
+SLOW_INTERVAL = 1.0
+
+
+@attrs.frozen
+class SessionConfig:
+    """Our side's parameters, in seconds."""
+
+    desired_min_tx: float = 0.01
+    required_min_rx: float = 0.01
+    detect_mult: int = 4
+    #: Desired Min TX while the session is not Up (RFC 5880 asks for >= 1 s).
+    slow_interval: float = SLOW_INTERVAL
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("desired_min_tx", "required_min_rx", "slow_interval"):
+            value = getattr(self, name)
+            if not 0.001 <= value <= 60.0:
+                raise ValueError(f"{name} must be within 1 ms .. 60 s, got {value!r}")
+        if not 1 <= self.detect_mult <= 255:
+            raise ValueError(f"detect_mult must be 1..255, got {self.detect_mult!r}")
+
+
+@attrs.frozen
+class Send:
+    data: bytes
+
+
+@attrs.frozen
+class StateChanged:
+    old: SessionState
+    new: SessionState
+    diagnostic: Diagnostic
+
+
+@attrs.frozen
+class Dropped:
+    reason: str
+
+
+Action = Send | StateChanged | Dropped
+
+#: Every reason a :class:`Dropped` can carry (drop counters start at zero for each).
+RECEIVE_REASONS = ("ttl", "your_discriminator", "admin_down")
+
+
+def _micro(seconds: float) -> int:
+    return max(1, round(seconds * 1_000_000))
+
+
+@attrs.define
+class Session:
+    """bfd.* state variables of RFC 5880 section 6.8.1, for one peer."""
+
+    config: SessionConfig
+    my_discriminator: int
+    #: A uniform [0, 1) source for transmit jitter; tests pass a seeded one.
+    rng: Callable[[], float] = attrs.field(factory=lambda: random.Random().random)
+    state: SessionState = SessionState.DOWN
+    remote_state: SessionState = SessionState.DOWN
+    remote_discriminator: int = 0
+    remote_min_rx: int = 1  # microseconds; RFC 5880 6.8.1 initial value
+    remote_desired_min_tx: int = 0
+    remote_detect_mult: int = 0
+    diagnostic: Diagnostic = Diagnostic.NONE
+    #: Counters for operators.
+    flaps: int = 0
+    received: int = 0
+    sent: int = 0
+    _tx_at: float | None = None
+    _detect_at: float | None = None
+    _polling: bool = False
+    _final_due: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.my_discriminator <= 0xFFFFFFFF:
+            raise ValueError("my_discriminator must be a non-zero 32-bit value")
+
+    # -- derived values ---------------------------------------------------
+
+    @property
+    def desired_min_tx(self) -> float:
+        """What we advertise: the configured rate while Up, the slow rate otherwise."""
+        if self.state is SessionState.UP:
+            return self.config.desired_min_tx
+        return max(self.config.desired_min_tx, self.config.slow_interval)
+
+    @property
+    def tx_interval(self) -> float:
+        return max(self.desired_min_tx, self.remote_min_rx / 1_000_000)
+
+    @property
+    def detection_time(self) -> float:
+        """How long without a packet from the peer before the session is declared down."""
+        return self.remote_detect_mult * max(self.config.required_min_rx, self.remote_desired_min_tx / 1_000_000)
+
+    def next_timer(self) -> float | None:
+        times = [t for t in (self._tx_at, self._detect_at) if t is not None]
+        return min(times) if times else None
+
+    # -- inputs -----------------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        """Begin sending (state Down); the first packet goes out now."""
+        self._tx_at = now
+        return self.handle_timer(now)
+
+    def receive(self, data: bytes, ttl: int, now: float) -> list[Action]:
+        """A control packet from this session's peer (the caller demultiplexes by address/discriminator)."""
+        if ttl != TTL:
+            return [Dropped("ttl")]
+        try:
+            packet = decode(data)
+        except PacketError as error:
+            return [Dropped(error.reason)]
+        if packet.your_discriminator not in (0, self.my_discriminator):
+            return [Dropped("your_discriminator")]
+        if self.state is SessionState.ADMIN_DOWN:
+            return [Dropped("admin_down")]
+        self.received += 1
+        self.remote_discriminator = packet.my_discriminator
+        self.remote_state = packet.state
+        self.remote_min_rx = packet.required_min_rx
+        self.remote_desired_min_tx = packet.desired_min_tx
+        self.remote_detect_mult = packet.detect_mult
+        if packet.final:
+            self._polling = False
+        actions: list[Action] = []
+        if packet.state is SessionState.ADMIN_DOWN:
+            if self.state is not SessionState.DOWN:
+                actions += self._change(SessionState.DOWN, Diagnostic.NEIGHBOR_DOWN, now)
+        elif self.state is SessionState.DOWN:
+            if packet.state is SessionState.DOWN:
+                actions += self._change(SessionState.INIT, Diagnostic.NONE, now)
+            elif packet.state is SessionState.INIT:
+                actions += self._change(SessionState.UP, Diagnostic.NONE, now)
+        elif self.state is SessionState.INIT:
+            if packet.state in (SessionState.INIT, SessionState.UP):
+                actions += self._change(SessionState.UP, Diagnostic.NONE, now)
+        elif packet.state is SessionState.DOWN:  # we are Up
+            actions += self._change(SessionState.DOWN, Diagnostic.NEIGHBOR_DOWN, now)
+        if self.state in (SessionState.INIT, SessionState.UP):
+            self._detect_at = now + self.detection_time
+        if packet.poll:
+            # RFC 5880 6.8.6: answer a Poll with a Final as soon as practicable.
+            self._final_due = True
+            actions += self._transmit(now)
+        return actions
+
+    def handle_timer(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self._detect_at is not None and now >= self._detect_at:
+            self._detect_at = None
+            if self.state in (SessionState.INIT, SessionState.UP):
+                self.remote_discriminator = 0
+                actions += self._change(SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED, now)
+        if self._tx_at is not None and now >= self._tx_at:
+            actions += self._transmit(now)
+        return actions
+
+    def admin_down(self, now: float) -> list[Action]:
+        """Take the session down on purpose (a graceful stop): the peer sees AdminDown, not a failure."""
+        actions = self._change(SessionState.ADMIN_DOWN, Diagnostic.ADMIN_DOWN, now)
+        self._detect_at = None
+        return actions + self._transmit(now)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _change(self, new: SessionState, diagnostic: Diagnostic, now: float) -> list[Action]:
+        old = self.state
+        if new is old:
+            return []
+        self.state = new
+        self.diagnostic = diagnostic
+        if old is SessionState.UP:
+            self.flaps += 1
+        if new is SessionState.DOWN:
+            self._detect_at = None
+        if SessionState.UP in (old, new) and self.config.desired_min_tx != self.config.slow_interval:
+            # Our Desired Min TX changes with Up: tell the peer with a Poll (RFC 5880 6.8.3).
+            self._polling = True
+            # Going faster may take effect at once; send now so the peer learns it.
+            if new is SessionState.UP:
+                self._tx_at = now
+        return [StateChanged(old, new, diagnostic)]
+
+    def _transmit(self, now: float) -> list[Action]:
+        if self.remote_min_rx == 0 and self.state is not SessionState.ADMIN_DOWN:
+            # The peer asked for no packets (RFC 5880 6.8.7); look again at the slow rate.
+            self._tx_at = now + self.config.slow_interval
+            return []
+        final, self._final_due = self._final_due, False
+        packet = ControlPacket(
+            state=self.state, my_discriminator=self.my_discriminator,
+            your_discriminator=self.remote_discriminator,
+            desired_min_tx=_micro(self.desired_min_tx), required_min_rx=_micro(self.config.required_min_rx),
+            detect_mult=self.config.detect_mult, diagnostic=self.diagnostic,
+            poll=self._polling and not final, final=final,
+        )
+        self.sent += 1
+        # RFC 5880 6.8.7: each interval is 75..100% of the negotiated one (75..90% with Detect Mult 1).
+        top = 0.9 if self.config.detect_mult == 1 else 1.0
+        self._tx_at = now + self.tx_interval * (0.75 + (top - 0.75) * self.rng())
+        return [Send(encode(packet))]

@@ -1,0 +1,176 @@
+"""The BFD session (sans-IO) driven against another in memory with a float clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vipcore_native_vrrp.liveness import (
+    ControlPacket,
+    Diagnostic,
+    Dropped,
+    PacketError,
+    Send,
+    Session,
+    SessionConfig,
+    SessionState,
+    StateChanged,
+    decode,
+    encode,
+)
+
+FAST = SessionConfig(desired_min_tx=0.01, required_min_rx=0.01, detect_mult=4, slow_interval=0.05)
+STEP = 0.0005
+
+
+class Wire:
+    """Two sessions joined by a lossless zero-delay wire unless ``cut`` or ``loss`` say otherwise."""
+
+    def __init__(self, config: SessionConfig = FAST, seed: int = 1) -> None:
+        self.a = Session(config, 0x1111, rng=random.Random(seed).random)
+        self.b = Session(config, 0x2222, rng=random.Random(seed + 1).random)
+        self.now = 0.0
+        self.cut: set[str] = set()  # "a" or "b": that side's packets are lost
+        self.loss = 0.0
+        self.lossy = random.Random(seed + 2)
+        self.changes: dict[str, list[tuple[float, StateChanged]]] = {"a": [], "b": []}
+        self.dropped: list[str] = []
+        self._deliver("a", self.a.start(self.now))
+        self._deliver("b", self.b.start(self.now))
+
+    def _deliver(self, side: str, actions: list[object]) -> None:
+        other = self.b if side == "a" else self.a
+        for action in actions:
+            if isinstance(action, StateChanged):
+                self.changes[side].append((self.now, action))
+            elif isinstance(action, Dropped):
+                self.dropped.append(action.reason)
+            elif isinstance(action, Send):
+                if side in self.cut or (self.loss and self.lossy.random() < self.loss):
+                    continue
+                self._deliver("b" if side == "a" else "a", other.receive(action.data, 255, self.now))
+
+    def run(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.now = round(self.now + STEP, 6)
+            for side, session in (("a", self.a), ("b", self.b)):
+                timer = session.next_timer()
+                if timer is not None and timer <= self.now:
+                    self._deliver(side, session.handle_timer(self.now))
+
+
+def test_three_way_handshake_brings_both_sides_up_at_the_slow_rate_then_fast() -> None:
+    wire = Wire()
+    wire.run(0.2)
+    assert wire.a.state is SessionState.UP and wire.b.state is SessionState.UP
+    assert [c.new for _, c in wire.changes["a"]][-1] is SessionState.UP
+    # Up: both advertise the fast rate; the interval is the larger of ours and the peer's Required Min RX.
+    assert wire.a.desired_min_tx == pytest.approx(0.01) and wire.a.tx_interval == pytest.approx(0.01)
+    assert wire.a.detection_time == pytest.approx(0.04)
+
+
+def test_a_silent_peer_is_declared_down_within_the_detection_time() -> None:
+    wire = Wire()
+    wire.run(0.3)
+    assert wire.a.state is SessionState.UP
+    cut_at = wire.now
+    wire.cut.add("b")
+    wire.run(0.1)
+    down = [(t, c) for t, c in wire.changes["a"] if c.new is SessionState.DOWN]
+    assert len(down) == 1
+    at, change = down[0]
+    assert change.diagnostic is Diagnostic.CONTROL_DETECTION_EXPIRED
+    # Detection time = peer's Detect Mult (4) x max(our Required Min RX, peer's Desired Min TX) = 40 ms
+    # after the last packet, which left b at most one TX interval (10 ms) before the cut.
+    assert 0.04 - 0.0105 <= at - cut_at <= 0.04 + 2 * STEP
+    assert wire.a.flaps == 1 and wire.a.remote_discriminator == 0
+
+
+def test_the_session_comes_back_up_when_the_peer_returns() -> None:
+    wire = Wire()
+    wire.run(0.3)
+    wire.cut.add("b")
+    wire.run(0.1)
+    assert wire.a.state is SessionState.DOWN
+    wire.cut.clear()
+    wire.run(0.3)
+    assert wire.a.state is SessionState.UP and wire.b.state is SessionState.UP
+
+
+def test_admin_down_is_not_a_failure() -> None:
+    wire = Wire()
+    wire.run(0.3)
+    wire._deliver("b", wire.b.admin_down(wire.now))
+    down = [c for _, c in wire.changes["a"] if c.new is SessionState.DOWN]
+    assert down and down[-1].diagnostic is Diagnostic.NEIGHBOR_DOWN
+    assert wire.a.state is SessionState.DOWN
+
+
+def test_two_percent_loss_for_ten_simulated_minutes_never_declares_the_peer_down() -> None:
+    wire = Wire(seed=7)
+    wire.run(0.3)
+    wire.loss = 0.02
+    flaps = wire.a.flaps + wire.b.flaps
+    wire.run(60)  # one simulated minute keeps the test fast; bench/ runs the 10-minute soak
+    assert wire.a.flaps + wire.b.flaps == flaps
+
+
+def test_a_poll_is_answered_with_a_final() -> None:
+    session = Session(FAST, 0x1234, rng=random.Random(0).random)
+    session.start(0.0)
+    poll = ControlPacket(state=SessionState.DOWN, my_discriminator=9, your_discriminator=0, desired_min_tx=10_000,
+                         required_min_rx=10_000, detect_mult=3, poll=True)
+    actions = session.receive(encode(poll), 255, 0.001)
+    sent = [decode(a.data) for a in actions if isinstance(a, Send)]
+    assert sent and sent[0].final and not sent[0].poll
+
+
+def test_only_ttl_255_is_accepted() -> None:
+    session = Session(FAST, 0x1234)
+    packet = ControlPacket(state=SessionState.DOWN, my_discriminator=9, your_discriminator=0, desired_min_tx=10_000,
+                           required_min_rx=10_000, detect_mult=3)
+    assert session.receive(encode(packet), 254, 0.0) == [Dropped("ttl")]
+    assert session.remote_discriminator == 0
+
+
+def test_a_packet_for_another_session_is_dropped() -> None:
+    session = Session(FAST, 0x1234)
+    packet = ControlPacket(state=SessionState.UP, my_discriminator=9, your_discriminator=0x9999,
+                           desired_min_tx=10_000, required_min_rx=10_000, detect_mult=3)
+    assert session.receive(encode(packet), 255, 0.0) == [Dropped("your_discriminator")]
+
+
+def test_codec_round_trip_and_the_rfc_5880_discard_rules() -> None:
+    packet = ControlPacket(state=SessionState.UP, my_discriminator=1, your_discriminator=2, desired_min_tx=10_000,
+                           required_min_rx=20_000, detect_mult=5, diagnostic=Diagnostic.PATH_DOWN, poll=True)
+    data = encode(packet)
+    assert len(data) == 24 and decode(data) == packet
+    for mutate, reason in [
+        (lambda d: d[:23], "short"),
+        (lambda d: bytes([0x40 | d[0] & 0x1F]) + d[1:], "version"),
+        (lambda d: d[:1] + bytes([d[1] | 0x04]) + d[2:], "auth"),
+        (lambda d: d[:2] + b"\x00" + d[3:], "detect_mult"),
+        (lambda d: d[:3] + b"\x30" + d[4:], "length"),
+        (lambda d: d[:1] + bytes([d[1] | 0x01]) + d[2:], "multipoint"),
+        (lambda d: d[:4] + b"\x00\x00\x00\x00" + d[8:], "my_discriminator"),
+        (lambda d: d[:8] + b"\x00\x00\x00\x00" + d[12:], "your_discriminator"),
+    ]:
+        with pytest.raises(PacketError) as info:
+            decode(mutate(data))
+        assert info.value.reason == reason
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=64))
+def test_fuzzed_bytes_raise_nothing_but_packet_error(data: bytes) -> None:
+    try:
+        decode(data)
+    except PacketError:
+        pass
+    session = Session(FAST, 0x1234)
+    for action in session.receive(data, 255, 0.0):
+        assert isinstance(action, Dropped | StateChanged | Send)
