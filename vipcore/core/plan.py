@@ -19,23 +19,28 @@ Rules the plan follows:
   held it is gone.
 * The VRID of a group that already has a VipGroup object is kept (fed to the
   resolver as ``DesiredState.vrids``); a group no longer resolved is deleted.
+* An OpenELB Service whose Eip is a ``bgp`` or ``layer2`` one is OpenELB's:
+  its status is never written (at most vipcore's own finalizer is removed).
+* Addresses a pass frees are listed in :attr:`Plan.released`, so the
+  controller can keep them in quarantine before they are given out again.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from vipcore.core import ipam
-from vipcore.core.objects import service_from_k8s, service_wanted
+from vipcore.core.objects import openelb_foreign, service_from_k8s, service_wanted
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import (
     LOAD_BALANCER_CLASS,
     DesiredState,
     EndpointSlice,
+    Family,
     IPAddress,
     Node,
     Pool,
@@ -123,6 +128,10 @@ class Plan:
     allocated: Mapping[str, tuple[IPAddress, ...]] = attrs.field(factory=dict, hash=False)
     #: Service key -> why it got no address.
     refused: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    #: Addresses some Service listed before this plan and none lists after it.
+    released: frozenset[IPAddress] = frozenset()
+    #: Service key -> every address it has after this plan (held or new).
+    addresses: Mapping[str, tuple[IPAddress, ...]] = attrs.field(factory=dict, hash=False)
 
     @property
     def empty(self) -> bool:
@@ -137,8 +146,9 @@ class Selection:
     default_class: bool = False
     openelb: bool = True
 
-    def wants(self, obj: Obj) -> bool:
-        return service_wanted(obj, classes=self.classes, default_class=self.default_class, openelb=self.openelb)
+    def wants(self, obj: Obj, eips: Iterable[Obj] | None = None) -> bool:
+        return service_wanted(obj, classes=self.classes, default_class=self.default_class, openelb=self.openelb,
+                              eips=eips)
 
 
 # -- small readers of raw objects ---------------------------------------------------
@@ -245,8 +255,15 @@ def plan(
     vipgroups: Iterable[Obj],
     selection: Selection = Selection(),
     vrid_policy: Callable[[str], VridPolicy] | VridPolicy = VridPolicy(),
+    eips: Iterable[Obj] = (),
+    quarantined: Collection[IPAddress] = (),
 ) -> Plan:
-    """Everything the controller should write so the cluster matches the resolver's answer."""
+    """Everything the controller should write so the cluster matches the resolver's answer.
+
+    ``eips``: every OpenELB Eip object (any protocol), to leave OpenELB's own
+    Services alone; ``quarantined``: addresses not to give out fresh.
+    """
+    eip_objs = list(eips)
     service_objs = sorted(services, key=key_of)
     group_objs = {str(_meta(o).get("name")): o for o in vipgroups}
     notes: list[Note] = []
@@ -262,9 +279,12 @@ def plan(
         meta = _meta(obj)
         rv = meta.get("resourceVersion")
         ns, name = str(meta.get("namespace") or "default"), str(meta.get("name"))
-        if not selection.wants(obj):
+        if not selection.wants(obj, eip_objs):
             # Only Services this controller once served (its finalizer) are touched.
-            if has_finalizer(obj):
+            if has_finalizer(obj) and openelb_foreign(obj, eip_objs) and selection.openelb:
+                # OpenELB's own Service: its status is OpenELB's; drop only our finalizer.
+                writes.append(ServiceWrite(ns, name, rv, finalizer=False))
+            elif has_finalizer(obj):
                 writes.append(ServiceWrite(ns, name, rv, finalizer=False,
                                            ingress=None if deleting(obj) else ()))
                 if not deleting(obj) and ingress_of(obj):
@@ -287,8 +307,8 @@ def plan(
         pools=tuple(pools),
         vrids=persisted_vrids(group_objs.values()),
     )
-    resolution = resolve(state, vrid_policy=vrid_policy, allocate=True)
-    addresses = _addresses(state)
+    resolution = resolve(state, vrid_policy=vrid_policy, allocate=True, quarantined=quarantined)
+    addresses = _addresses(state, quarantined)
     unresolved = {u.service: u.reason for u in resolution.unresolved}
 
     old_group_of: dict[str, str] = {}
@@ -344,6 +364,10 @@ def plan(
     wanted_groups = {g.name for g in resolution.groups}
     deletes = tuple(sorted(name for name in group_objs if name not in wanted_groups))
 
+    before = {ip for obj in service_objs
+              if (selection.wants(obj, eip_objs) or has_finalizer(obj)) and not openelb_foreign(obj, eip_objs)
+              for ip in ingress_of(obj)}
+    after = {ip for ips in addresses.items() for ip in ips[1]}
     return Plan(
         services=tuple(writes),
         groups=tuple(group_writes),
@@ -352,10 +376,12 @@ def plan(
         resolution=resolution,
         allocated=allocated,
         refused=refused,
+        released=frozenset(before - after),
+        addresses=addresses,
     )
 
 
-def _addresses(state: DesiredState) -> dict[str, tuple[IPAddress, ...]]:
+def _addresses(state: DesiredState, quarantined: Collection[IPAddress] = ()) -> dict[str, tuple[IPAddress, ...]]:
     """The addresses IPAM gives each Service, whether or not it also got a group.
 
     The same call :func:`vipcore.core.resolve.resolve` makes on the same input, so
@@ -368,12 +394,57 @@ def _addresses(state: DesiredState) -> dict[str, tuple[IPAddress, ...]]:
         pool = choose_pool(service, pools)
         if not isinstance(pool, str):
             chosen.append((service, pool))
-    return dict(ipam.allocate(chosen, allocate_new=True).addresses)
+    return dict(ipam.allocate(chosen, allocate_new=True, quarantined=quarantined).addresses)
 
 
 def _pool_name(service: Service, pools: Sequence[Pool]) -> str | None:
     chosen = choose_pool(service, {p.name: p for p in pools})
     return None if isinstance(chosen, str) else chosen.name
+
+
+#: The finalizer vipcore puts on a VipPool: deleting the pool waits until no Service holds an address from it.
+POOL_FINALIZER = "vipcore.io/pool"
+
+
+def pool_status(
+    pool: Pool,
+    addresses: Mapping[str, tuple[IPAddress, ...]],
+    *,
+    invalid: str | None = None,
+    generation: int | None = None,
+    previous: Mapping[str, Any] | None = None,
+    now: str = "",
+) -> dict[str, Any]:
+    """A VipPool's status: allocated and free addresses per family, and a ``Valid`` condition.
+
+    ``pool`` is the pool in force (the last valid one when the object's
+    current spec is ``invalid``, with why). ``previous``: the status now,
+    so the condition keeps its ``lastTransitionTime`` while it does not change.
+    """
+    status: dict[str, Any] = {}
+    used = {ip for ips in addresses.values() for ip in ips if pool.contains(ip)}
+    for family in pool.families:
+        allocated = sum(1 for ip in used if Family.of(ip) is family)
+        status["ipv4" if family is Family.IPV4 else "ipv6"] = {"allocated": allocated, "free": pool.size(family) - allocated}
+    if invalid is None:
+        cond: dict[str, Any] = {"type": "Valid", "status": "True", "reason": "Valid", "message": "the spec is in force"}
+    else:
+        cond = {"type": "Valid", "status": "False", "reason": "InvalidSpec",
+                "message": f"{invalid}; the last valid spec stays in force"}
+    if generation is not None:
+        cond["observedGeneration"] = generation
+        status["observedGeneration"] = generation
+    old = next((c for c in (previous or {}).get("conditions") or []
+                if isinstance(c, Mapping) and c.get("type") == "Valid"), None)
+    same = old is not None and old.get("status") == cond["status"] and old.get("reason") == cond["reason"]
+    cond["lastTransitionTime"] = str(old.get("lastTransitionTime")) if same and old else now
+    status["conditions"] = [cond]
+    return status
+
+
+def pool_in_use(pool: Pool, addresses: Mapping[str, tuple[IPAddress, ...]]) -> bool:
+    """Whether any Service still holds an address from ``pool``."""
+    return any(pool.contains(ip) for ips in addresses.values() for ip in ips)
 
 
 def holder_notes(
@@ -410,5 +481,6 @@ def holder_notes(
 
 __all__ = [
     "FINALIZER", "COMPONENT", "Note", "ServiceWrite", "GroupWrite", "Plan", "Selection", "plan",
-    "holder_notes", "group_spec", "persisted_vrids", "ingress_body", "ingress_of",
+    "holder_notes", "group_spec", "persisted_vrids", "ingress_body", "ingress_of", "POOL_FINALIZER",
+    "pool_status", "pool_in_use",
 ]

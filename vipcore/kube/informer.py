@@ -74,6 +74,10 @@ class _Gone(Exception):
 
 # ------------------------------------------------------------------ the source
 
+#: Kinds whose last valid conversion stays in force when an edit makes the object invalid (pools).
+KEEP_LAST_VALID = frozenset({"vippools", "eips"})
+
+
 class KubernetesSource:
     """List+watch into a cache; :meth:`state` is the :class:`DesiredState`; :meth:`watch` streams it.
 
@@ -252,10 +256,13 @@ class KubernetesSource:
                     value = fn(obj)
                     self._invalid.pop((kind, key), None)
                 except ManifestError as exc:
+                    # A pool edit that fails conversion keeps the last valid pool in force (as MetalLB
+                    # keeps its last good configuration): addresses never vanish behind a Service's back.
+                    value = cached[1] if cached is not None and kind in KEEP_LAST_VALID else None
                     if self._invalid.get((kind, key)) != str(exc):
-                        log.error("skipping invalid %s %s: %s", kind, key, exc)
+                        log.error("%s invalid %s %s: %s", "keeping the last valid" if value is not None
+                                  else "skipping", kind, key, exc)
                     self._invalid[(kind, key)] = str(exc)
-                    value = None
                 self._converted[(kind, key)] = (rv, value)
             if value is not None:
                 out.append(value)

@@ -312,3 +312,34 @@ class KubernetesWriter:
 
     async def update_lease(self, lease: LeaseRecord, holder: str, duration_seconds: int) -> LeaseRecord | None:
         return await asyncio.to_thread(self.update_lease_sync, lease, holder, duration_seconds)
+
+    # -------------------------------------------------------------- VipPools
+
+    def patch_vippool_status_sync(self, name: str, status: Mapping[str, Any]) -> Obj | None:
+        """Replace a VipPool's status through ``/status`` (merge-patch); None when the pool is gone."""
+        import kubernetes.client
+
+        body = {"status": {"ipv4": None, "ipv6": None, **status}}
+        try:
+            return self._raw(self.custom.patch_cluster_custom_object_status, GROUP, VERSION, "vippools", name,
+                             body, _content_type="application/merge-patch+json")
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def vippool_finalizer_sync(self, name: str, resource_version: str, finalizers: Sequence[str]) -> Obj | None:
+        """Set a VipPool's finalizers, compare-and-swap on ``resource_version``; None when gone or changed.
+
+        A 409 returns None: the caller plans again from the fresh object.
+        """
+        import kubernetes.client
+
+        patch = {"metadata": {"resourceVersion": resource_version, "finalizers": list(finalizers) or None}}
+        try:
+            return self._raw(self.custom.patch_cluster_custom_object, GROUP, VERSION, "vippools", name, patch,
+                             _content_type="application/merge-patch+json")
+        except kubernetes.client.ApiException as exc:
+            if exc.status in (404, 409):
+                return None
+            raise
