@@ -47,8 +47,15 @@ def test_every_manifest_is_valid_against_kubernetes_schemas() -> None:
 def test_kustomization_lists_every_file() -> None:
     listed = set(yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"])
     files = {str(p.relative_to(DEPLOY)) for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml"}
-    # The OpenELB Eip CRD is OpenELB's: installed by OpenELB, never by vipcore.
-    assert listed == files - {"crds/network.kubesphere.io_eips.yaml"}
+    assert listed == files
+
+
+def test_no_foreign_crd_in_the_default_apply_path() -> None:
+    """``kubectl apply -f deploy/crds`` (or ``-k deploy``) must never write over OpenELB's own Eip CRD."""
+    for path in DEPLOY.rglob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                assert doc["spec"]["group"] == "vipcore.io", f"{path} ships a CRD of group {doc['spec']['group']}"
 
 
 def test_agent_daemonset_is_host_network_and_not_privileged() -> None:
