@@ -50,7 +50,9 @@ def test_service_status_is_written_through_the_status_subresource(server: ApiSer
     server.create(o.service("web"))
     ips = [ipaddress.ip_address("198.51.100.100"), ipaddress.ip_address("2001:db8::100")]
     obj = run(writer.patch_service_status("default", "web", ips))
-    assert obj["status"]["loadBalancer"]["ingress"] == [{"ip": "198.51.100.100"}, {"ip": "2001:db8::100"}]
+    # ipMode VIP is the server's default (1.30+).
+    assert obj["status"]["loadBalancer"]["ingress"] == [{"ip": "198.51.100.100", "ipMode": "VIP"},
+                                                        {"ip": "2001:db8::100", "ipMode": "VIP"}]
     assert [r.path for r in server.requests if r.method == "PATCH"] == [
         "/api/v1/namespaces/default/services/web/status"]
     cleared = run(writer.patch_service_status("default", "web", []))
