@@ -223,7 +223,7 @@ def check_list_options(query: Mapping[str, str]) -> None:
         # This server has no watch-list (as with the WatchList feature gate off): clients fall back to list+watch.
         problems.append("sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the "
                         "WatchList feature gate is enabled")
-    if match:
+    if match and "sendInitialEvents" not in query:
         if watch:
             problems.append("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch")
         if not rv:
