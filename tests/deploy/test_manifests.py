@@ -13,8 +13,8 @@ import yaml
 from vipcore.core.settings import load_config
 from vipcore.controller.runtime import ControllerSettings
 from vipcore.kube.heartbeat import HeartbeatConfig
+from tests.helpers.deploy_kinds import APPLY_ORDER, EXTRA_KINDS
 from vipcore.testing.apiserver import ApiServer
-from vipcore.testing.apiserver_store import ResourceType
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_VERSION = "1.31.0"
@@ -133,31 +133,6 @@ def test_configmap_config_is_valid_for_both_components(tmp_path: Path) -> None:
     assert settings.namespace == "vipcore-system"
     assert settings.timing.duration == 15
     assert HeartbeatConfig.from_config(config.kubernetes).namespace == "vipcore-heartbeats"
-
-
-EXTRA_KINDS = (
-    ResourceType(group="", version="v1", plural="serviceaccounts", singular="serviceaccount", kind="ServiceAccount",
-                 namespaced=True),
-    ResourceType(group="", version="v1", plural="configmaps", singular="configmap", kind="ConfigMap", namespaced=True),
-    ResourceType(group="apps", version="v1", plural="deployments", singular="deployment", kind="Deployment",
-                 namespaced=True, status_subresource=True),
-    ResourceType(group="apps", version="v1", plural="daemonsets", singular="daemonset", kind="DaemonSet",
-                 namespaced=True, status_subresource=True),
-    *(ResourceType(group="rbac.authorization.k8s.io", version="v1", plural=p, singular=p[:-1], kind=k, namespaced=n)
-      for p, k, n in (("clusterroles", "ClusterRole", False), ("clusterrolebindings", "ClusterRoleBinding", False),
-                      ("roles", "Role", True), ("rolebindings", "RoleBinding", True))),
-    ResourceType(group="policy", version="v1", plural="poddisruptionbudgets", singular="poddisruptionbudget",
-                 kind="PodDisruptionBudget", namespaced=True, status_subresource=True),
-    ResourceType(group="scheduling.k8s.io", version="v1", plural="priorityclasses", singular="priorityclass",
-                 kind="PriorityClass", namespaced=False),
-    *(ResourceType(group="admissionregistration.k8s.io", version="v1", plural=p, singular=p[:-1], kind=k,
-                   namespaced=False)
-      for p, k in (("validatingadmissionpolicies", "ValidatingAdmissionPolicy"),
-                   ("validatingadmissionpolicybindings", "ValidatingAdmissionPolicyBinding"))),
-)
-#: deploy/ files in the order kustomize applies them.
-APPLY_ORDER = ["namespace.yaml", "crds/vipcore.io_vippools.yaml", "crds/vipcore.io_vipgroups.yaml", "rbac.yaml",
-               "admission.yaml", "priority.yaml", "configmap.yaml", "controller.yaml", "agent.yaml"]
 
 
 def test_manifests_apply_to_the_test_api_server(tmp_path: Path) -> None:
