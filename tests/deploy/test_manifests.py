@@ -180,7 +180,38 @@ def test_dockerfile_copies_what_exists_and_builds_every_in_tree_backend() -> Non
     for sources in copies:
         for source in sources:
             assert (root / source).exists(), source
-    wheel = next(line for line in lines if "pip wheel" in line)
+    wheel = next(line for line in lines if "pip wheel" in line and "./backends/" in line)
     built = {part.rstrip("/").split("/")[-1] for part in wheel.split() if part.startswith("./backends/")}
     in_tree = {p.parent.name for p in (root / "backends").glob("*/pyproject.toml")}
     assert built == in_tree
+
+
+def test_image_build_is_pinned() -> None:
+    """Every runtime requirement (the closure, as installed here) is pinned in the lock the image installs
+    with --no-deps, and the base image is a fixed Python release."""
+    import importlib.metadata as md
+    import re
+
+    from packaging.requirements import Requirement
+
+    lines = (DEPLOY / "Dockerfile").read_text().splitlines()
+    base = next(line for line in lines if line.startswith("ARG PYTHON_IMAGE="))
+    assert re.fullmatch(r"ARG PYTHON_IMAGE=python:\d+\.\d+\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base)
+    assert any("--no-deps --no-index" in line for line in lines)
+    assert any("-r requirements.lock" in line and "--no-deps" in line for line in lines)
+    lock = {}
+    for line in (DEPLOY / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            lock[name] = version
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+    seen, todo = set(), [req for req in md.requires("vipcore") or []]
+    while todo:
+        req = Requirement(todo.pop())
+        if req.marker and not req.marker.evaluate({"extra": ""}) or norm(req.name) in seen:
+            continue
+        seen.add(norm(req.name))
+        assert norm(req.name) in lock, f"{req.name} is not pinned in deploy/requirements.lock"
+        assert req.specifier.contains(lock[norm(req.name)], prereleases=True), (req, lock[norm(req.name)])
+        todo.extend(md.requires(req.name) or [])
+    assert set(lock) == seen, f"pinned but not needed: {sorted(set(lock) - seen)}"
