@@ -61,6 +61,7 @@ from vipcore.core.plan import (
     has_finalizer,
     holder_notes,
     key_of,
+    group_status,
     plan,
     pool_in_use,
     pool_status,
@@ -229,6 +230,7 @@ class Controller:
         self.metrics.groups.set(len(result_plan.resolution.groups))
         self.metrics.reconciles.labels("clean" if result.clean else "retry").inc()
         self.keep_pools(result_plan, inputs["pools"])
+        self.keep_groups()
         return result
 
     # -- pools and quarantine ------------------------------------------------------
@@ -291,6 +293,20 @@ class Controller:
                     writer.patch_vippool_status_sync(name, status)
             except Exception as exc:  # noqa: BLE001 - pool bookkeeping never stops a pass
                 log.warning("VipPool %s: %s", name, exc, extra={"event": "pool_error"})
+
+    def keep_groups(self) -> None:
+        """Each VipGroup's ``observedGeneration`` and ``Held`` condition (agents write the holders)."""
+        if self._pool_writer is None:
+            return
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for name, obj in self.source.objects("vipgroups").items():
+            status = group_status(obj, now=stamp)
+            if status is None:
+                continue
+            try:
+                self._pool_writer.patch_vipgroup_status_sync(name, status)
+            except Exception as exc:  # noqa: BLE001 - reported, retried on the next pass
+                log.warning("VipGroup %s status: %s", name, exc, extra={"event": "group_status_error"})
 
     def _wake_after(self, delay: float) -> None:
         """Ask for a pass in ``delay`` seconds (thread-safe): a quarantine ends then."""

@@ -447,6 +447,42 @@ def pool_in_use(pool: Pool, addresses: Mapping[str, tuple[IPAddress, ...]]) -> b
     return any(pool.contains(ip) for ips in addresses.values() for ip in ips)
 
 
+def group_status(obj: Obj, *, now: str = "") -> dict[str, Any] | None:
+    """The status fields the controller owns on a VipGroup (``observedGeneration`` and the ``Held``
+    condition), or None when they are already right. Agents own ``status.holders``.
+    """
+    meta = _meta(obj)
+    generation = meta.get("generation")
+    raw_spec, raw_status = obj.get("spec"), obj.get("status")
+    spec: Mapping[str, Any] = raw_spec if isinstance(raw_spec, Mapping) else {}
+    raw_vips = spec.get("vips")
+    vips: Mapping[str, Any] = raw_vips if isinstance(raw_vips, Mapping) else {}
+    holders = holders_of(obj)
+    families = [f for f in ("ipv4", "ipv6") if vips.get(f)]
+    missing = [f for f in families if f not in holders]
+    if missing:
+        cond: dict[str, Any] = {"type": "Held", "status": "False", "reason": "NoHolder",
+                                "message": "no node holds the " + " and ".join(
+                                    "IPv4" if f == "ipv4" else "IPv6" for f in missing) + " VIPs"}
+    else:
+        cond = {"type": "Held", "status": "True", "reason": "Held",
+                "message": ", ".join(f"{holders[f]} holds {'IPv4' if f == 'ipv4' else 'IPv6'}" for f in families)
+                or "no VIPs"}
+    if isinstance(generation, int):
+        cond["observedGeneration"] = generation
+    status: Mapping[str, Any] = raw_status if isinstance(raw_status, Mapping) else {}
+    old = next((c for c in status.get("conditions") or []
+                if isinstance(c, Mapping) and c.get("type") == "Held"), None)
+    same = old is not None and old.get("status") == cond["status"]
+    cond["lastTransitionTime"] = str(old.get("lastTransitionTime")) if same and old else now
+    if old is not None and {k: v for k, v in old.items()} == cond and status.get("observedGeneration") == generation:
+        return None
+    result: dict[str, Any] = {"conditions": [cond]}
+    if isinstance(generation, int):
+        result["observedGeneration"] = generation
+    return result
+
+
 def holder_notes(
     before: Mapping[str, Mapping[str, str]],
     groups: Iterable[Obj],
@@ -482,5 +518,5 @@ def holder_notes(
 __all__ = [
     "FINALIZER", "COMPONENT", "Note", "ServiceWrite", "GroupWrite", "Plan", "Selection", "plan",
     "holder_notes", "group_spec", "persisted_vrids", "ingress_body", "ingress_of", "POOL_FINALIZER",
-    "pool_status", "pool_in_use",
+    "pool_status", "pool_in_use", "group_status",
 ]

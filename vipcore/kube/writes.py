@@ -343,3 +343,15 @@ class KubernetesWriter:
             if exc.status in (404, 409):
                 return None
             raise
+
+    def patch_vipgroup_status_sync(self, name: str, status: Mapping[str, Any]) -> Obj | None:
+        """Merge ``status`` into a VipGroup's status through ``/status``; None when the group is gone."""
+        import kubernetes.client
+
+        try:
+            return self._raw(self.custom.patch_cluster_custom_object_status, GROUP, VERSION, "vipgroups", name,
+                             {"status": dict(status)}, _content_type="application/merge-patch+json")
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
