@@ -243,11 +243,12 @@ class KubernetesSource:
         with self._lock:
             return {f"{k}/{key}": msg for (k, key), msg in self._invalid.items()}
 
-    def _converted_items(self, kind: str, fn: Callable[[Obj], Any]) -> list[Any]:
-        """Converted values of one kind; conversion is cached per resourceVersion; invalid objects skipped."""
+    def _converted_items(self, kind: str, fn: Callable[[Obj], Any], depends: str = "") -> list[Any]:
+        """Converted values of one kind; conversion is cached per resourceVersion (and ``depends``, a
+        fingerprint of other objects the conversion reads); invalid objects skipped."""
         out = []
         for key, obj in self._cache.get(kind, {}).items():
-            rv = obj["metadata"].get("resourceVersion", "")
+            rv = obj["metadata"].get("resourceVersion", "") + depends
             cached = self._converted.get((kind, key))
             if cached is not None and cached[0] == rv:
                 value = cached[1]
@@ -271,8 +272,9 @@ class KubernetesSource:
     def state(self) -> DesiredState:
         """The desired state from the cache, now."""
         def service(obj: Obj) -> Service | None:
+            # Eips too: a Service of a bgp/layer2 Eip is OpenELB's, on the agents as on the controller.
             wanted = objects.service_wanted(obj, classes=self.classes, default_class=self.default_class,
-                                            openelb=self.openelb)
+                                            openelb=self.openelb, eips=list(self._cache.get("eips", {}).values()))
             return objects.service_from_k8s(obj) if wanted else None
 
         def pool(obj: Obj) -> Pool | None:
@@ -282,7 +284,9 @@ class KubernetesSource:
 
         with self._lock:
             nodes: list[Node] = self._converted_items("nodes", objects.node_from_k8s)
-            services: list[Service] = self._converted_items("services", service)
+            eip_versions = ",".join(sorted(str(e["metadata"].get("resourceVersion"))
+                                           for e in self._cache.get("eips", {}).values()))
+            services: list[Service] = self._converted_items("services", service, depends="/" + eip_versions)
             slices: list[EndpointSlice] = self._converted_items("endpointslices", objects.endpoint_slice_from_k8s)
             pools: list[Pool] = self._converted_items("vippools", pool) + self._converted_items("eips", pool)
             vrids = dict(self._converted_items("vipgroups", objects.pinned_vrid))
