@@ -194,6 +194,14 @@ def allocate(
     result: dict[str, list[IPAddress]] = {}
     refused: dict[str, str] = {}
     resting = frozenset(int(ip) for ip in quarantined)
+    offered_by_pool: dict[str, tuple[Family, ...]] = {}
+
+    def offered(pool: Pool) -> tuple[Family, ...]:
+        # Pool.families is computed; once per pool keeps large runs fast (bench/resolve.py).
+        found = offered_by_pool.get(pool.name)
+        if found is None:
+            found = offered_by_pool[pool.name] = pool.families
+        return found
 
     def space(pool: Pool, family: Family) -> _FamilySpace:
         key = (pool.name, family)
@@ -226,10 +234,10 @@ def allocate(
     def dual_stack_gap(service: Service, pool: Pool) -> str | None:
         if not service.require_dual_stack:
             return None
-        missing = [f.k8s_name for f in (Family.IPV4, Family.IPV6) if f not in pool.families]
+        missing = [f.k8s_name for f in (Family.IPV4, Family.IPV6) if f not in offered(pool)]
         if missing:
-            offered = ", ".join(f.k8s_name for f in pool.families) or "nothing"
-            return (f"ipFamilyPolicy RequireDualStack, but pool {pool.name!r} offers only {offered} "
+            has = ", ".join(f.k8s_name for f in offered(pool)) or "nothing"
+            return (f"ipFamilyPolicy RequireDualStack, but pool {pool.name!r} offers only {has} "
                     f"(no {', '.join(missing)} range)")
         return None
 
@@ -237,7 +245,7 @@ def allocate(
     for service, pool in pairs:
         if service.requested_ips and set(service.requested_ips) != set(service.vips):
             continue
-        wanted = wanted_families(service, pool)
+        wanted = wanted_families(service, pool, offered(pool))
         for ip in service.vips:
             if pool.contains(ip) and Family.of(ip) in wanted and problem(service, pool, ip) is None \
                     and ip not in result.get(service.key, []):
@@ -270,7 +278,8 @@ def allocate(
         if gap is not None and not have:
             refused[service.key] = gap
             continue
-        missing = [f for f in wanted_families(service, pool) if f not in have and f in pool.families]
+        families = offered(pool)
+        missing = [f for f in wanted_families(service, pool, families) if f not in have and f in families]
         if not missing and not have:
             asked = ", ".join(f.k8s_name for f in service.families) or "any"
             refused[service.key] = f"pool {pool.name!r} offers none of the families the Service asks for ({asked})"
