@@ -179,3 +179,16 @@ def test_vippool_status_counts_allocated_and_free_per_family(server: ApiServer, 
     status = pool_obj(server, "lan")["status"]
     assert status["ipv6"] == {"allocated": 0, "free": 2}
     assert status["observedGeneration"] == pool_obj(server, "lan")["metadata"]["generation"]
+
+
+def test_controller_reports_api_connectivity_and_invalid_objects(
+        server: ApiServer, start: Callable[..., Any]) -> None:
+    cluster(server, vippool("lan", "203.0.113.10-203.0.113.19", default=True))
+    running = start()
+    registry = running.controller.registry
+    wait_for(lambda: registry.get_sample_value("vipcore_kubernetes_connected") == 1.0, what="connected gauge")
+    server.patch(POOLS, "VipPool", "lan", {"spec": {"addresses": ["203.0.113.19-203.0.113.10"]}})
+    wait_for(lambda: registry.get_sample_value("vipcore_kubernetes_invalid_objects") == 1.0,
+             what="invalid objects gauge")
+    server.stop()
+    wait_for(lambda: registry.get_sample_value("vipcore_kubernetes_connected") == 0.0, what="disconnected")

@@ -178,6 +178,8 @@ class Controller:
         self.registry = registry or CollectorRegistry(auto_describe=False)
         self.metrics = ControllerMetrics(self.registry)
         self.registry.register(SampleCollector(self._usage_samples))
+        # API connectivity and invalid objects, as the agents report them.
+        self.registry.register(SampleCollector(self.source.metrics))
         self.last_plan: Plan | None = None
         self.last_pools: tuple[Any, ...] = ()
         self._noted: dict[tuple[str, str], str] = {}
