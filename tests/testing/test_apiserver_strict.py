@@ -118,10 +118,30 @@ def raw(server: ApiServer, method: str, path: str, body: bytes | None = None,
     return resp.status, json.loads(resp.data or b"{}")
 
 
-def test_protobuf_bodies_get_415(server: ApiServer) -> None:
-    code, body = raw(server, "POST", "/api/v1/namespaces/default/services", b"k8s\x00\x0a",
-                     {"Content-Type": "application/vnd.kubernetes.protobuf"})
-    assert code == 415 and "application/json" in body["message"]
+def test_protobuf_bodies_of_undescribed_kinds_or_garbage_get_415(server: ApiServer) -> None:
+    for body in (b"k8s\x00\x0a", b"not protobuf at all"):
+        code, reply = raw(server, "POST", "/api/v1/namespaces/default/services", body,
+                          {"Content-Type": "application/vnd.kubernetes.protobuf"})
+        assert code == 415 and "application/json" in reply["message"]
+    # A described kind with a field that is not described is refused too, never guessed.
+    envelope = b"\x0a\x10\x0a\x02v1\x12\x0aConfigMap" + b"\x12\x00"
+    code, reply = raw(server, "POST", "/api/v1/namespaces/default/configmaps", b"k8s\x00" + envelope,
+                      {"Content-Type": "application/vnd.kubernetes.protobuf"})
+    assert code in (404, 415)
+
+
+def test_kubectl_creates_services_and_namespaces_in_protobuf(server: ApiServer, tmp_path: Path) -> None:
+    """kubectl 1.37 sends protobuf for built-in kinds and does not fall back on 415."""
+    base = [kubectl(), "--kubeconfig", str(server.write_kubeconfig(tmp_path / "kubeconfig"))]
+    for args in (["create", "service", "loadbalancer", "web", "--tcp=80:8080"], ["create", "namespace", "team"]):
+        out = subprocess.run(base + args, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    svc = server.get("v1", "Service", "web", "default")
+    assert svc["metadata"]["labels"] == {"app": "web"}
+    assert svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["selector"] == {"app": "web"}
+    assert svc["spec"]["ports"] == [{"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080}]
+    assert "publishNotReadyAddresses" not in svc["spec"]
+    assert server.get("v1", "Namespace", "team")["status"]["phase"] == "Active"
 
 
 def test_list_options_as_upstream_validates_them(server: ApiServer) -> None:

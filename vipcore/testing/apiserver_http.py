@@ -22,6 +22,7 @@ from vipcore.testing.apiserver_match import ApiError, Obj, bad_request, field_se
 from vipcore.testing.apiserver_store import Change, Expired, PrinterColumn, ResourceType
 
 from vipcore.testing.apiserver_store import Store
+from vipcore.testing import apiserver_protobuf as protobuf
 
 
 class ServerState(Protocol):
@@ -294,8 +295,15 @@ class ApiHandler(BaseHTTPRequestHandler):
         if not raw:
             return None
         ctype = (self.headers.get("Content-Type") or "").split(";")[0]
-        if "protobuf" in ctype or "cbor" in ctype:
-            # Not spoken here: 415 with the types that are, so clients (kubectl) fall back to JSON.
+        if "protobuf" in ctype:
+            # kubectl sends these for built-in kinds and does not fall back: decode what is described.
+            try:
+                return protobuf.decode(raw)
+            except protobuf.Unsupported as exc:
+                raise ApiError(415, "UnsupportedMediaType",
+                               f"the body of the request was in an unknown format - accepted media types "
+                               f"include: application/json, application/yaml ({ctype}: {exc})") from None
+        if "cbor" in ctype:
             raise ApiError(415, "UnsupportedMediaType",
                            f"the body of the request was in an unknown format - accepted media types include: "
                            f"application/json, application/yaml (got {ctype})")
