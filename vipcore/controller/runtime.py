@@ -262,7 +262,8 @@ class Controller:
         in_force = {p.name: p for p in pools}
         invalid = {key.split("/", 1)[1]: msg for key, msg in self.source.invalid.items()
                    if key.startswith("vippools/")}
-        self.metrics.stale_pools.set(len(invalid))
+        # Eips count too (their last valid form is kept as well), though vipcore writes nothing to them.
+        self.metrics.stale_pools.set(sum(1 for key in self.source.invalid if key.startswith(("vippools/", "eips/"))))
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         for name, obj in self.source.objects("vippools").items():
             meta = obj.get("metadata") or {}
