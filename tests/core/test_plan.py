@@ -188,3 +188,57 @@ def test_vrid_exhaustion_reported_on_the_services_that_got_none() -> None:
     assert {w.key for w in result.services if w.ingress} == {"default/web", "default/local"}
     no_group = [n for n in result.notes if n.reason == NO_GROUP]
     assert len(no_group) == 1 and "no free VRID" in no_group[0].message and "7-7" in no_group[0].message
+
+
+def test_released_addresses_are_reported_for_quarantine() -> None:
+    gone = svc("gone", ips=("203.0.113.10",), finalizers=(FINALIZER,), deleting=True)
+    kept = svc("kept", ips=("203.0.113.11",), finalizers=(FINALIZER,))
+    foreign = svc("foreign", cls="example.com/other", ips=("198.51.100.1",))
+    result = run([gone, kept, foreign])
+    assert result.released == frozenset({ipaddress.ip_address("203.0.113.10")})
+    # A quarantined address is not handed out fresh in the same pass.
+    fresh = plan([svc("next")], nodes=NODES, endpoint_slices=(), pools=(pool(addresses=("203.0.113.10",)),),
+                 vipgroups=(), quarantined={ipaddress.ip_address("203.0.113.10")})
+    assert "quarantine" in fresh.refused["default/next"]
+
+
+def test_openelb_service_of_a_bgp_eip_loses_only_our_finalizer() -> None:
+    eips = [{"apiVersion": "network.kubesphere.io/v1alpha2", "kind": "Eip", "metadata": {"name": "bgp"},
+             "spec": {"address": "198.51.100.0/28", "protocol": "bgp"}}]
+    obj = svc("old", cls=None, ips=("198.51.100.3",), finalizers=(FINALIZER,),
+              annotations={"lb.kubesphere.io/v1alpha1": "openelb", "eip.openelb.kubesphere.io/v1alpha2": "bgp"})
+    result = plan([obj], nodes=NODES, endpoint_slices=(), pools=(pool(),), vipgroups=(), eips=eips)
+    (write,) = result.services
+    assert write.finalizer is False and write.ingress is None
+    assert result.notes == () and result.released == frozenset()
+
+
+def test_pool_status_counts_and_keeps_the_transition_time() -> None:
+    from vipcore.core.plan import pool_status
+
+    lan = pool(addresses=("203.0.113.10-203.0.113.12", "2001:db8::1"))
+    addresses = {"default/a": (ipaddress.ip_address("203.0.113.10"), ipaddress.ip_address("2001:db8::1"))}
+    status = pool_status(lan, addresses, generation=3, now="T1")
+    assert status["ipv4"] == {"allocated": 1, "free": 2} and status["ipv6"] == {"allocated": 1, "free": 0}
+    assert status["conditions"][0]["status"] == "True" and status["observedGeneration"] == 3
+    again = pool_status(lan, addresses, generation=3, previous=status, now="T2")
+    assert again == status
+    bad = pool_status(lan, addresses, invalid="spec.addresses[0]: reversed", previous=status, now="T3")
+    assert bad["conditions"][0]["status"] == "False" and bad["conditions"][0]["lastTransitionTime"] == "T3"
+    assert "last valid spec stays in force" in bad["conditions"][0]["message"]
+
+
+def test_group_status_held_condition() -> None:
+    from vipcore.core.plan import group_status
+
+    obj: dict[str, Any] = {"metadata": {"name": "g", "generation": 2},
+                           "spec": {"vips": {"ipv4": ["203.0.113.10"], "ipv6": ["2001:db8::1"]}},
+                           "status": {"holders": {"ipv4": {"node": "node-a"}}}}
+    status = group_status(obj, now="T1")
+    assert status is not None and status["observedGeneration"] == 2
+    assert status["conditions"][0]["status"] == "False" and "IPv6" in status["conditions"][0]["message"]
+    obj["status"].update(status)
+    assert group_status(obj, now="T2") is None
+    obj["status"]["holders"]["ipv6"] = {"node": "node-b"}
+    held = group_status(obj, now="T3")
+    assert held is not None and held["conditions"][0]["status"] == "True"

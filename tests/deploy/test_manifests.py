@@ -13,8 +13,8 @@ import yaml
 from vipcore.core.settings import load_config
 from vipcore.controller.runtime import ControllerSettings
 from vipcore.kube.heartbeat import HeartbeatConfig
+from tests.helpers.deploy_kinds import APPLY_ORDER, EXTRA_KINDS
 from vipcore.testing.apiserver import ApiServer
-from vipcore.testing.apiserver_store import ResourceType
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_VERSION = "1.31.0"
@@ -47,8 +47,15 @@ def test_every_manifest_is_valid_against_kubernetes_schemas() -> None:
 def test_kustomization_lists_every_file() -> None:
     listed = set(yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"])
     files = {str(p.relative_to(DEPLOY)) for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml"}
-    # The OpenELB Eip CRD is OpenELB's: installed by OpenELB, never by vipcore.
-    assert listed == files - {"crds/network.kubesphere.io_eips.yaml"}
+    assert listed == files
+
+
+def test_no_foreign_crd_in_the_default_apply_path() -> None:
+    """``kubectl apply -f deploy/crds`` (or ``-k deploy``) must never write over OpenELB's own Eip CRD."""
+    for path in DEPLOY.rglob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                assert doc["spec"]["group"] == "vipcore.io", f"{path} ships a CRD of group {doc['spec']['group']}"
 
 
 def test_agent_daemonset_is_host_network_and_not_privileged() -> None:
@@ -74,48 +81,46 @@ def test_controller_deployment_has_two_replicas_and_nothing_added() -> None:
     assert container["args"][0] == "controller"
 
 
-def _allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
-    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules)
-
-
-# What the code does, per component: (API group, resource, verb).
-CONTROLLER_NEEDS = [
-    ("", "services", v) for v in ("list", "watch", "get", "patch")] + [
-    ("", "services/status", "patch"), ("", "nodes", "list"), ("", "nodes", "watch"),
-    ("discovery.k8s.io", "endpointslices", "watch"), ("", "events", "create"),
-    ("vipcore.io", "vippools", "watch"), ("vipcore.io", "vipgroups", "create"), ("vipcore.io", "vipgroups", "patch"),
-    ("vipcore.io", "vipgroups", "delete"), ("network.kubesphere.io", "eips", "watch"),
-]
-AGENT_NEEDS = [
-    ("", "services", "watch"), ("", "nodes", "watch"), ("discovery.k8s.io", "endpointslices", "watch"),
-    ("vipcore.io", "vippools", "watch"), ("vipcore.io", "vipgroups", "watch"), ("vipcore.io", "vipgroups/status", "get"),
-    ("vipcore.io", "vipgroups/status", "patch"), ("network.kubesphere.io", "eips", "watch"),
-]
-LEASES = [("coordination.k8s.io", "leases", v) for v in ("get", "list", "watch", "create", "update", "patch")]
-
-
-def test_rbac_grants_what_the_code_uses_and_no_more() -> None:
-    controller = one("ClusterRole", "vipcore-controller")["rules"]
-    agent = one("ClusterRole", "vipcore-agent")["rules"]
-    leases = one("Role", "vipcore-leases")
-    for need in CONTROLLER_NEEDS:
-        assert _allowed(controller, *need), need
-    for need in AGENT_NEEDS:
-        assert _allowed(agent, *need), need
-    for need in LEASES:
-        assert _allowed(leases["rules"], *need), need
-    assert leases["metadata"]["namespace"] == "vipcore-system"
-    # Least privilege: no wildcards, no Secrets, agents never write Services or VipGroup specs.
-    for rules in (controller, agent, leases["rules"]):
+def test_leases_are_separated_by_namespace_and_name() -> None:
+    """Agents cannot write the leader Lease; heartbeats live in their own namespace (tests/deploy/test_rbac.py
+    derives every verb from the code; this checks where each Lease right lives)."""
+    leader = one("Role", "vipcore-leader")
+    assert leader["metadata"]["namespace"] == "vipcore-system"
+    named = [r for r in leader["rules"] if r.get("resourceNames")]
+    assert named and all(r["resourceNames"] == ["vipcore-controller"] for r in named)
+    assert {s["name"] for s in one("RoleBinding", "vipcore-leader")["subjects"]} == {"vipcore-controller"}
+    for binding in by_kind("RoleBinding"):
+        if binding["metadata"]["namespace"] == "vipcore-system":
+            assert "vipcore-agent" not in {s["name"] for s in binding["subjects"]}, binding["metadata"]["name"]
+    writer = one("Role", "vipcore-heartbeat-writer")
+    assert writer["metadata"]["namespace"] == "vipcore-heartbeats"
+    assert {s["name"] for s in one("RoleBinding", "vipcore-heartbeat-writer")["subjects"]} == {"vipcore-agent"}
+    policy = one("ValidatingAdmissionPolicy", "vipcore-heartbeat-own-node")
+    assert policy["spec"]["matchConstraints"]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "vipcore-heartbeats"}
+    assert one("ValidatingAdmissionPolicyBinding", "vipcore-heartbeat-own-node")["spec"]["validationActions"] == [
+        "Deny"]
+    for rules in (one("ClusterRole", "vipcore-controller")["rules"], one("ClusterRole", "vipcore-agent")["rules"]):
         for rule in rules:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
-            assert "secrets" not in rule["resources"]
-    for verb in ("patch", "update", "create", "delete"):
-        assert not _allowed(agent, "", "services", verb)
-        assert not _allowed(agent, "vipcore.io", "vipgroups", verb)
-        assert not _allowed(controller, "coordination.k8s.io", "leases", verb)  # only the namespaced Role
-    subjects = {(s["name"], s["namespace"]) for s in one("RoleBinding", "vipcore-leases")["subjects"]}
-    assert subjects == {("vipcore-controller", "vipcore-system"), ("vipcore-agent", "vipcore-system")}
+            assert "secrets" not in rule["resources"] and "leases" not in rule["resources"]
+
+
+def test_agents_tolerate_every_taint_and_both_have_priority_and_dual_stack_probes() -> None:
+    pod = one("DaemonSet", "vipcore-agent")["spec"]["template"]["spec"]
+    assert {"operator": "Exists"} in pod["tolerations"]
+    assert pod["priorityClassName"] == "vipcore-node-critical"
+    controller = one("Deployment", "vipcore-controller")["spec"]["template"]["spec"]
+    assert controller["priorityClassName"] == "vipcore-controller"
+    classes = {p["metadata"]["name"]: p["value"] for p in by_kind("PriorityClass")}
+    assert classes["vipcore-node-critical"] > classes["vipcore-controller"]
+    for spec in (pod, controller):
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert env["VIPCORE_METRICS"].startswith("[::]:")
+    pdb = one("PodDisruptionBudget", "vipcore-controller")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == \
+        one("Deployment", "vipcore-controller")["spec"]["selector"]["matchLabels"]
 
 
 def test_configmap_config_is_valid_for_both_components(tmp_path: Path) -> None:
@@ -127,21 +132,7 @@ def test_configmap_config_is_valid_for_both_components(tmp_path: Path) -> None:
     settings = ControllerSettings.from_config(config)
     assert settings.namespace == "vipcore-system"
     assert settings.timing.duration == 15
-    assert HeartbeatConfig.from_config(config.kubernetes).namespace == "vipcore-system"
-
-
-EXTRA_KINDS = (
-    ResourceType(group="", version="v1", plural="serviceaccounts", singular="serviceaccount", kind="ServiceAccount",
-                 namespaced=True),
-    ResourceType(group="", version="v1", plural="configmaps", singular="configmap", kind="ConfigMap", namespaced=True),
-    ResourceType(group="apps", version="v1", plural="deployments", singular="deployment", kind="Deployment",
-                 namespaced=True, status_subresource=True),
-    ResourceType(group="apps", version="v1", plural="daemonsets", singular="daemonset", kind="DaemonSet",
-                 namespaced=True, status_subresource=True),
-    *(ResourceType(group="rbac.authorization.k8s.io", version="v1", plural=p, singular=p[:-1], kind=k, namespaced=n)
-      for p, k, n in (("clusterroles", "ClusterRole", False), ("clusterrolebindings", "ClusterRoleBinding", False),
-                      ("roles", "Role", True), ("rolebindings", "RoleBinding", True))),
-)
+    assert HeartbeatConfig.from_config(config.kubernetes).namespace == "vipcore-heartbeats"
 
 
 def test_manifests_apply_to_the_test_api_server(tmp_path: Path) -> None:
@@ -153,9 +144,7 @@ def test_manifests_apply_to_the_test_api_server(tmp_path: Path) -> None:
             server.store.register(rtype)
         client = server.client()
         try:
-            order = ["namespace.yaml", "crds/vipcore.io_vippools.yaml", "crds/vipcore.io_vipgroups.yaml",
-                     "rbac.yaml", "configmap.yaml", "controller.yaml", "agent.yaml"]
-            for name in order:
+            for name in APPLY_ORDER:
                 create_from_yaml(client, str(DEPLOY / name))
         finally:
             client.close()
@@ -175,8 +164,7 @@ def test_kubectl_creates_the_manifests(tmp_path: Path) -> None:
         for rtype in EXTRA_KINDS:
             server.store.register(rtype)
         kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
-        for name in ("namespace.yaml", "crds/vipcore.io_vippools.yaml", "crds/vipcore.io_vipgroups.yaml",
-                     "rbac.yaml", "configmap.yaml", "controller.yaml", "agent.yaml"):
+        for name in APPLY_ORDER:
             result = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "create", "-f", str(DEPLOY / name)],
                                     capture_output=True, text=True, timeout=60)
             assert result.returncode == 0, result.stderr
@@ -192,7 +180,38 @@ def test_dockerfile_copies_what_exists_and_builds_every_in_tree_backend() -> Non
     for sources in copies:
         for source in sources:
             assert (root / source).exists(), source
-    wheel = next(line for line in lines if "pip wheel" in line)
+    wheel = next(line for line in lines if "pip wheel" in line and "./backends/" in line)
     built = {part.rstrip("/").split("/")[-1] for part in wheel.split() if part.startswith("./backends/")}
     in_tree = {p.parent.name for p in (root / "backends").glob("*/pyproject.toml")}
     assert built == in_tree
+
+
+def test_image_build_is_pinned() -> None:
+    """Every runtime requirement (the closure, as installed here) is pinned in the lock the image installs
+    with --no-deps, and the base image is a fixed Python release."""
+    import importlib.metadata as md
+    import re
+
+    from packaging.requirements import Requirement
+
+    lines = (DEPLOY / "Dockerfile").read_text().splitlines()
+    base = next(line for line in lines if line.startswith("ARG PYTHON_IMAGE="))
+    assert re.fullmatch(r"ARG PYTHON_IMAGE=python:\d+\.\d+\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base)
+    assert any("--no-deps --no-index" in line for line in lines)
+    assert any("-r requirements.lock" in line and "--no-deps" in line for line in lines)
+    lock = {}
+    for line in (DEPLOY / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            lock[name] = version
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+    seen, todo = set(), [req for req in md.requires("vipcore") or []]
+    while todo:
+        req = Requirement(todo.pop())
+        if req.marker and not req.marker.evaluate({"extra": ""}) or norm(req.name) in seen:
+            continue
+        seen.add(norm(req.name))
+        assert norm(req.name) in lock, f"{req.name} is not pinned in deploy/requirements.lock"
+        assert req.specifier.contains(lock[norm(req.name)], prereleases=True), (req, lock[norm(req.name)])
+        todo.extend(md.requires(req.name) or [])
+    assert set(lock) == seen, f"pinned but not needed: {sorted(set(lock) - seen)}"

@@ -18,6 +18,8 @@ from vipcore.testing.apiserver import ApiServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "deploy" / "crds"
+#: CRDs of other projects that tests need (OpenELB's Eip): never under deploy/, where they would be applied.
+TEST_CRDS = ROOT / "tests" / "helpers" / "crds"
 REAL = os.environ.get("VIPCORE_TEST_KUBECONFIG")
 
 
@@ -65,7 +67,7 @@ def _install_crds(client: Any) -> None:
 
 @pytest.fixture
 def server() -> Iterator[ApiServer]:
-    with ApiServer(crds=[CRDS], bookmark_interval=0.5) as srv:
+    with ApiServer(crds=[CRDS, TEST_CRDS], bookmark_interval=0.5) as srv:
         yield srv
 
 
@@ -87,7 +89,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
                     pass
             k8s.CoreV1Api(client).delete_namespace(namespace)
         return
-    with ApiServer(crds=[CRDS], bookmark_interval=0.5) as srv:
+    with ApiServer(crds=[CRDS, TEST_CRDS], bookmark_interval=0.5) as srv:
         client = srv.client()
         try:
             yield Cluster(client, "default", srv)

@@ -107,6 +107,7 @@ class Running:
 
 def settings(identity: str = "c1", **kwargs: Any) -> ControllerSettings:
     values: dict[str, Any] = {"identity": identity, "namespace": "default", "timing": FAST, "resync": 5.0,
+                              "quarantine": 0.0,
                               "selection": Selection()}
     values.update(kwargs)
     return ControllerSettings(**values)

@@ -32,6 +32,7 @@ PREFIX = "vcE"
 NODES = ("node-a", "node-b", "node-c")
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "deploy" / "crds"
+TEST_CRDS = ROOT / "tests" / "helpers" / "crds"
 VIPCORE = Path(sys.executable).parent / "vipcore"
 CLONE_NEWNET = 0x40000000
 ADVERT = 0.1
@@ -86,7 +87,7 @@ class Environment:
     def up(self) -> "Environment":
         self.lab.up()
         host = str(self.lab.address(None, "eth0", 4))
-        server = ApiServer(host=host, crds=[CRDS], bookmark_interval=1.0)
+        server = ApiServer(host=host, crds=[CRDS, TEST_CRDS], bookmark_interval=1.0)
         in_netns(self.lab.client, server.start)
         self.server = server
         self.kubeconfig = server.write_kubeconfig(self.lab.run_dir / "kubeconfig")

@@ -41,7 +41,9 @@ def test_service_status_through_the_status_subresource_with_compare_and_swap(ser
     svc = server.create(o.service("web"))
     ips = [ipaddress.ip_address("198.51.100.100"), ipaddress.ip_address("2001:db8::100")]
     written = writer.set_service_ingress(svc, ips)
-    assert written["status"]["loadBalancer"]["ingress"] == [{"ip": "198.51.100.100"}, {"ip": "2001:db8::100"}]
+    # ipMode VIP is the server's default (1.30+).
+    assert written["status"]["loadBalancer"]["ingress"] == [{"ip": "198.51.100.100", "ipMode": "VIP"},
+                                                            {"ip": "2001:db8::100", "ipMode": "VIP"}]
     assert [r.path for r in server.requests if r.method == "PATCH"] == [
         "/api/v1/namespaces/default/services/web/status"]
     # Written from a stale read: refused, nothing changes.

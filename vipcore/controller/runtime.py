@@ -31,14 +31,24 @@ file)::
       identity: ""                        # default: $POD_NAME, else hostname_pid
       leader_election: {duration: 15, renew_deadline: 10, retry_period: 2}
       resync: 60
+      quarantine: 5                       # seconds a freed address rests before reuse
+
+Pools (see :meth:`Controller.keep_pools`): each VipPool gets the finalizer
+``vipcore.io/pool`` and a status (allocated and free addresses per family, a
+``Valid`` condition); a deleted pool stays until no Service holds an address
+from it; an invalid edit keeps the last valid pool in force, with a Warning
+Event, ``Valid=False`` and the ``vipcore_controller_stale_pools`` gauge.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,6 +59,7 @@ from vipcore.core.settings import Config
 from vipcore.kube.leases import LeaderElector, LeaseClient, LeaseTiming
 from vipcore.core.plan import (
     COMPONENT,
+    POOL_FINALIZER,
     GROUP_ASSIGNED,
     IP_ALLOCATED,
     Note,
@@ -57,7 +68,10 @@ from vipcore.core.plan import (
     has_finalizer,
     holder_notes,
     key_of,
+    group_status,
     plan,
+    pool_in_use,
+    pool_status,
 )
 from vipcore.controller.writer import ClusterWriter, NotLeading, WriteResult
 from vipcore.core.errors import ConfigError
@@ -71,7 +85,9 @@ log = logging.getLogger("vipcore.controller")
 DEFAULT_NAMESPACE = "vipcore-system"
 DEFAULT_LEASE = "vipcore-controller"
 _CONTROLLER_KEYS = {"default_class", "classes", "openelb", "lease_name", "identity", "leader_election", "resync",
-                    "namespace"}
+                    "namespace", "quarantine"}
+#: Seconds a released address is kept from fresh allocation (clients' ARP caches age out meanwhile).
+DEFAULT_QUARANTINE = 5.0
 
 
 @attrs.frozen
@@ -87,6 +103,7 @@ class ControllerSettings:
     resync: float = 60.0
     kubeconfig: str | None = None
     context: str | None = None
+    quarantine: float = DEFAULT_QUARANTINE
 
     @classmethod
     def from_config(cls, config: Config) -> "ControllerSettings":
@@ -104,6 +121,12 @@ class ControllerSettings:
             resync = float(section.get("resync", 60.0))
         except (TypeError, ValueError):
             raise ConfigError("must be a number of seconds", field="controller.resync") from None
+        try:
+            quarantine = float(section.get("quarantine", DEFAULT_QUARANTINE))
+        except (TypeError, ValueError):
+            raise ConfigError("must be a number of seconds", field="controller.quarantine") from None
+        if quarantine < 0:
+            raise ConfigError("must not be negative", field="controller.quarantine")
         namespace = str(section.get("namespace") or kube.get("namespace") or DEFAULT_NAMESPACE)
         identity = str(section.get("identity") or os.environ.get("POD_NAME") or f"{socket.gethostname()}_{os.getpid()}")
         return cls(
@@ -117,6 +140,7 @@ class ControllerSettings:
             resync=resync,
             kubeconfig=kube.get("kubeconfig"),
             context=kube.get("context"),
+            quarantine=quarantine,
         )
 
 
@@ -134,6 +158,11 @@ class ControllerMetrics:
         self.leader = Gauge("vipcore_controller_leader", "1 while this replica holds the leader Lease",
                             registry=registry)
         self.groups = Gauge("vipcore_controller_groups", "VipGroups the last pass resolved", registry=registry)
+        self.stale_pools = Gauge("vipcore_controller_stale_pools",
+                                 "Pools whose current spec is invalid (the last valid one stays in force)",
+                                 registry=registry)
+        self.quarantined = Gauge("vipcore_controller_quarantined_addresses",
+                                 "Released addresses resting before reuse", registry=registry)
 
 
 class Controller:
@@ -157,6 +186,8 @@ class Controller:
         self.registry = registry or CollectorRegistry(auto_describe=False)
         self.metrics = ControllerMetrics(self.registry)
         self.registry.register(SampleCollector(self._usage_samples))
+        # API connectivity and invalid objects, as the agents report them.
+        self.registry.register(SampleCollector(self.source.metrics))
         self.last_plan: Plan | None = None
         self.last_pools: tuple[Any, ...] = ()
         self._noted: dict[tuple[str, str], str] = {}
@@ -165,6 +196,8 @@ class Controller:
         self.source.on_object_change.append(self._dirty.set)
         #: Counts leadership terms; a pass's fence holds only during the term it started in.
         self._term = 0
+        self._released: dict[Any, float] = {}
+        self._pool_noted: dict[str, str] = {}
 
     def _writer(self, fence: Fence | None) -> KubernetesWriter:
         return KubernetesWriter(self.client, component=COMPONENT, instance=self.settings.identity, fence=fence)
@@ -186,7 +219,8 @@ class Controller:
         services = [o for o in self.source.objects("services").values()
                     if (o.get("spec") or {}).get("type") == "LoadBalancer" or has_finalizer(o)]
         return {"services": services, "nodes": state.nodes, "endpoint_slices": state.endpoint_slices,
-                "pools": state.pools, "vipgroups": list(self.source.objects("vipgroups").values())}
+                "pools": state.pools, "vipgroups": list(self.source.objects("vipgroups").values()),
+                "eips": list(self.source.objects("eips").values())}
 
     def reconcile(self, inputs: Mapping[str, Any] | None = None, *, fence: Fence | None = None) -> WriteResult:
         """Plan from ``inputs`` (default: the cache now) and write; blocking.
@@ -197,7 +231,7 @@ class Controller:
         """
         inputs = dict(inputs) if inputs is not None else self.inputs()
         result_plan = plan(selection=self.settings.selection, vrid_policy=self.config.vrid_policy,
-                           convert=self.source.service_model, **inputs)
+                           convert=self.source.service_model, quarantined=self.quarantined(), **inputs)
         self.last_plan = result_plan
         self.last_pools = tuple(inputs["pools"])
         originals = {key_of(o): o for o in inputs["services"]}
@@ -219,7 +253,81 @@ class Controller:
         self.metrics.conflicts.inc(result.conflicts)
         self.metrics.groups.set(len(result_plan.resolution.groups))
         self.metrics.reconciles.labels("clean" if result.clean else "retry").inc()
+        self.keep_pools(result_plan, inputs["pools"], writer.writer)
+        self.keep_groups(writer.writer)
         return result
+
+    # -- pools and quarantine ------------------------------------------------------
+
+    def quarantined(self) -> frozenset[Any]:
+        """Released addresses still resting (forgetting those whose quarantine is over)."""
+        now = time.monotonic()
+        self._released = {ip: t for ip, t in self._released.items() if now - t < self.settings.quarantine}
+        self.metrics.quarantined.set(len(self._released))
+        return frozenset(self._released)
+
+    def keep_pools(self, result_plan: Plan, pools: Any, writer: KubernetesWriter) -> None:
+        """After a pass: start the quarantine of released addresses, and keep every VipPool's
+        finalizer, status, Events and the stale-pool gauge. Errors are logged; the next pass retries."""
+        now = time.monotonic()
+        if self.settings.quarantine > 0 and result_plan.released:
+            for ip in result_plan.released:
+                self._released.setdefault(ip, now)
+            self._wake_after(self.settings.quarantine + 0.05)
+        self.metrics.quarantined.set(len(self._released))
+        in_force = {p.name: p for p in pools}
+        invalid = {key.split("/", 1)[1]: msg for key, msg in self.source.invalid.items()
+                   if key.startswith("vippools/")}
+        # Eips count too (their last valid form is kept as well), though vipcore writes nothing to them.
+        self.metrics.stale_pools.set(sum(1 for key in self.source.invalid if key.startswith(("vippools/", "eips/"))))
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for name, obj in self.source.objects("vippools").items():
+            meta = obj.get("metadata") or {}
+            try:
+                pool = in_force.get(name)
+                finalizers = list(meta.get("finalizers") or [])
+                if meta.get("deletionTimestamp"):
+                    if POOL_FINALIZER in finalizers and (pool is None or not pool_in_use(pool, result_plan.addresses)):
+                        writer.set_vippool_finalizers(name, str(meta.get("resourceVersion")),
+                                                      [f for f in finalizers if f != POOL_FINALIZER])
+                    continue
+                if POOL_FINALIZER not in finalizers:
+                    obj = writer.set_vippool_finalizers(name, str(meta.get("resourceVersion")),
+                                                        finalizers + [POOL_FINALIZER]) or obj
+                problem = invalid.get(name)
+                if problem is not None and self._pool_noted.get(name) != problem:
+                    writer.create_event(obj, "InvalidPool", f"{problem}; the last valid spec stays in force"
+                                             if pool is not None else problem, type="Warning")
+                    log.warning("VipPool %s is invalid: %s", name, problem, extra={"event": "invalid_pool"})
+                if problem is None:
+                    self._pool_noted.pop(name, None)
+                else:
+                    self._pool_noted[name] = problem
+                if pool is None:
+                    continue  # never valid: no usage to report
+                status = pool_status(pool, result_plan.addresses, invalid=problem,
+                                     generation=(obj.get("metadata") or {}).get("generation"),
+                                     previous=obj.get("status"), now=stamp)
+                if status != {k: v for k, v in (obj.get("status") or {}).items()}:
+                    writer.patch_vippool_status(name, status)
+            except Exception as exc:  # noqa: BLE001 - pool bookkeeping never stops a pass
+                log.warning("VipPool %s: %s", name, exc, extra={"event": "pool_error"})
+
+    def keep_groups(self, writer: KubernetesWriter) -> None:
+        """Each VipGroup's ``observedGeneration`` and ``Held`` condition (agents write the holders)."""
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for name, obj in self.source.objects("vipgroups").items():
+            status = group_status(obj, now=stamp)
+            if status is None:
+                continue
+            try:
+                writer.patch_vipgroup_status(name, status)
+            except Exception as exc:  # noqa: BLE001 - reported, retried on the next pass
+                log.warning("VipGroup %s status: %s", name, exc, extra={"event": "group_status_error"})
+
+    def _wake_after(self, delay: float) -> None:
+        """Ask for a pass in ``delay`` seconds (thread-safe): a quarantine ends then."""
+        self._dirty.set_after(delay)
 
     def _usage_samples(self) -> list[Any]:
         """Pool and VRID usage of the last pass (the agent's gauges, from the controller's view)."""

@@ -3,17 +3,30 @@
 Deterministic: the same input gives the same allocation on every node, and a
 fresh address starts at a position derived from the Service's key, so adding
 one Service does not shift the addresses of others.
+
+Addresses never move or vanish behind a Service's back:
+
+* a held address (``status.loadBalancer.ingress``) stays while *any* pool
+  contains it (:func:`choose_pool` finds that pool from the address, as
+  MetalLB does), even when the pool is disabled or being deleted; those
+  only stop *new* allocations;
+* a requested address without a pool annotation picks the pool containing it;
+* a freed address is held back (``quarantined``) before another Service gets
+  it fresh, so clients' ARP and neighbour caches age out first;
+* two Services share an address only when both opt in with the same sharing
+  key, their ports do not clash, both use ``externalTrafficPolicy: Cluster``
+  (so they land in one VIP group) and they use the same pool.
 """
 
 from __future__ import annotations
 
 import hashlib
 from ipaddress import ip_address
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import attrs
 
-from vipcore.core.model import Family, IPAddress, Pool, Service
+from vipcore.core.model import Family, IPAddress, Pool, Service, TrafficPolicy
 
 
 @attrs.frozen
@@ -33,6 +46,8 @@ def wanted_families(
     offered = pool.families if offered is None else offered
     if service.requested_ips:
         return tuple(Family.of(ip) for ip in service.requested_ips)
+    if service.require_dual_stack:
+        return tuple(service.families or (Family.IPV4, Family.IPV6))
     if service.families:
         return tuple(f for f in service.families if f in offered)
     return offered[:1]
@@ -55,13 +70,14 @@ class _FamilySpace:
             index -= span
         raise IndexError(index)
 
-    def first_free(self, start: int) -> int | None:
+    def first_free(self, start: int, resting: frozenset[int] = frozenset()) -> int | None:
+        """The first address at or after ``start`` that is neither taken nor ``resting`` (quarantined)."""
         if len(self.taken) >= self.size:
             return None
         # Linear probe from a key-derived start; bounded by the pool size.
         for step in range(self.size):
             candidate = self.at((start + step) % self.size)
-            if candidate not in self.taken:
+            if candidate not in self.taken and candidate not in resting:
                 return candidate
         return None
 
@@ -71,31 +87,121 @@ def _start(key: str, family: Family, size: int) -> int:
     return int.from_bytes(digest[:8], "big") % size
 
 
+def _closed(pool: Pool) -> bool:
+    """A pool that gives out nothing new (disabled, or being deleted)."""
+    return pool.disabled or pool.deleting
+
+
+def _closed_reason(pool: Pool) -> str:
+    return f"pool {pool.name!r} is {'being deleted' if pool.deleting else 'disabled'}"
+
+
+def _by_address(addresses: Sequence[IPAddress], pools: Mapping[str, Pool]) -> Pool | None:
+    """The pool containing ``addresses``: most of them, then the default, then the first by name."""
+    best: tuple[int, bool, str] | None = None
+    for name, pool in pools.items():
+        count = sum(1 for ip in addresses if pool.contains(ip))
+        if count and (best is None or (-count, not pool.default, name) < (-best[0], not best[1], best[2])):
+            best = (count, pool.default, name)
+    return pools[best[2]] if best is not None else None
+
+
+def choose_pool(service: Service, pools: Mapping[str, Pool]) -> Pool | str:
+    """The Service's pool, or the reason it has none.
+
+    In order: the pool annotation; the pool containing the addresses the
+    Service holds (unless it now requests others); the pool containing the
+    addresses it requests; otherwise a pool listing its namespace in
+    ``auto_namespaces`` (OpenELB), first by name; the pool marked default
+    (first by name); the only pool. A disabled or deleting pool still serves
+    the addresses a Service holds from it; a pool's ``namespaces`` restrict
+    new allocations only.
+    """
+    holds = bool(service.vips) and not (service.requested_ips and set(service.requested_ips) != set(service.vips))
+    pool: Pool | None = None
+    if service.pool is not None:
+        pool = pools.get(service.pool)
+        if pool is None:
+            return f"pool {service.pool!r} does not exist"
+    elif holds and (held := _by_address(service.vips, pools)) is not None:
+        pool = held
+    elif service.requested_ips and (asked := _by_address(service.requested_ips, pools)) is not None:
+        pool = asked
+    else:
+        # Nothing held or requested is in any pool: the usual choice (a request outside it is refused later).
+        open_pools = {name: p for name, p in pools.items() if not _closed(p)}
+        by_namespace = sorted(n for n, p in open_pools.items() if service.namespace in p.auto_namespaces)
+        defaults = sorted(name for name, p in open_pools.items() if p.default)
+        if by_namespace:
+            pool = pools[by_namespace[0]]
+        elif defaults:
+            pool = pools[defaults[0]]
+        elif len(pools) == 1:
+            pool = next(iter(pools.values()))
+        elif not pools:
+            return "no pool is defined"
+        else:
+            return "no pool is marked default and the Service names none (annotation vipcore.io/pool)"
+    held_here = any(pool.contains(ip) for ip in service.vips)
+    if _closed(pool) and not held_here:
+        return _closed_reason(pool)
+    if pool.namespaces and service.namespace not in pool.namespaces and not held_here:
+        return f"pool {pool.name!r} does not serve namespace {service.namespace!r}"
+    return pool
+
+
+def share_problem(service: Service, others: Sequence[Service]) -> str | None:
+    """Why ``service`` cannot share an address with ``others`` (its current users), or None if it can."""
+    if not others:
+        return None
+    users = ", ".join(o.key for o in others)
+    if not service.sharing_key and not any(o.sharing_key for o in others):
+        return f"already used by {users}"
+    if not service.sharing_key or any(o.sharing_key != service.sharing_key for o in others):
+        return f"already used by {users} (sharing needs the same sharing key on every Service)"
+    if service.traffic_policy is not TrafficPolicy.CLUSTER or any(
+            o.traffic_policy is not TrafficPolicy.CLUSTER for o in others):
+        return f"already used by {users} (sharing needs externalTrafficPolicy Cluster on every Service)"
+    taken = {p for o in others for p in o.ports}
+    clash = sorted(p for p in service.ports if p in taken)
+    if clash:
+        ports = ", ".join(f"{proto}/{port}" for proto, port in clash)
+        return f"already used by {users} with the same port(s) {ports}"
+    return None
+
+
 def allocate(
     services: Iterable[tuple[Service, Pool]],
     *,
     allocate_new: bool = True,
+    quarantined: Collection[IPAddress] = (),
 ) -> Allocation:
     """Give each (Service, pool) pair its addresses.
 
     Order of precedence: addresses a Service already holds (status) that are
-    still valid, then requested addresses, then fresh ones (``allocate_new``).
-    A requested address outside the pool or held by another Service is refused
-    with a reason; so is a Service whose pool has no free address. Services
-    are processed in key order so conflicts resolve the same way everywhere.
+    still valid, then requested addresses, then fresh ones (``allocate_new``;
+    never from a disabled or deleting pool, never a ``quarantined`` address).
+    A requested address outside the pool or held by another Service it may
+    not share with is refused with a reason; so is a Service whose pool has
+    no free address, and a ``RequireDualStack`` Service whose pool lacks a
+    family. Services are processed in key order so conflicts resolve the same
+    way everywhere.
     """
     pairs = sorted(services, key=lambda sp: sp[0].key)
-    offered_by_pool: dict[str, tuple[Family, ...]] = {}
-
-    def families(service: Service, pool: Pool) -> tuple[Family, ...]:
-        offered = offered_by_pool.get(pool.name)
-        if offered is None:
-            offered = offered_by_pool[pool.name] = pool.families
-        return wanted_families(service, pool, offered)
     spaces: dict[tuple[str, Family], _FamilySpace] = {}
-    owner: dict[IPAddress, str] = {}
+    users: dict[IPAddress, list[Service]] = {}
+    pool_of: dict[IPAddress, str] = {}
     result: dict[str, list[IPAddress]] = {}
     refused: dict[str, str] = {}
+    resting = frozenset(int(ip) for ip in quarantined)
+    offered_by_pool: dict[str, tuple[Family, ...]] = {}
+
+    def offered(pool: Pool) -> tuple[Family, ...]:
+        # Pool.families is computed; once per pool keeps large runs fast (bench/resolve.py).
+        found = offered_by_pool.get(pool.name)
+        if found is None:
+            found = offered_by_pool[pool.name] = pool.families
+        return found
 
     def space(pool: Pool, family: Family) -> _FamilySpace:
         key = (pool.name, family)
@@ -103,18 +209,46 @@ def allocate(
             spaces[key] = _FamilySpace([r for r in pool.ranges if r[0].version == family])
         return spaces[key]
 
+    def problem(service: Service, pool: Pool, ip: IPAddress) -> str | None:
+        others = users.get(ip, [])
+        if others and pool_of.get(ip) != pool.name:
+            return f"already used by {', '.join(o.key for o in others)} from pool {pool_of[ip]!r}"
+        return share_problem(service, others)
+
     def claim(service: Service, pool: Pool, ip: IPAddress) -> None:
-        owner[ip] = service.key
+        users.setdefault(ip, []).append(service)
+        pool_of[ip] = pool.name
         space(pool, Family.of(ip)).taken.add(int(ip))
         result.setdefault(service.key, []).append(ip)
+
+    def release(service: Service, pool: Pool) -> None:
+        for ip in result.pop(service.key, []):
+            rest = [o for o in users.get(ip, []) if o.key != service.key]
+            if rest:
+                users[ip] = rest
+            else:
+                users.pop(ip, None)
+                pool_of.pop(ip, None)
+                spaces[(pool.name, Family.of(ip))].taken.discard(int(ip))
+
+    def dual_stack_gap(service: Service, pool: Pool) -> str | None:
+        if not service.require_dual_stack:
+            return None
+        missing = [f.k8s_name for f in (Family.IPV4, Family.IPV6) if f not in offered(pool)]
+        if missing:
+            has = ", ".join(f.k8s_name for f in offered(pool)) or "nothing"
+            return (f"ipFamilyPolicy RequireDualStack, but pool {pool.name!r} offers only {has} "
+                    f"(no {', '.join(missing)} range)")
+        return None
 
     # 1. Keep what is held, unless the Service now requests something else.
     for service, pool in pairs:
         if service.requested_ips and set(service.requested_ips) != set(service.vips):
             continue
-        wanted = families(service, pool)
+        wanted = wanted_families(service, pool, offered(pool))
         for ip in service.vips:
-            if pool.contains(ip) and ip not in owner and Family.of(ip) in wanted:
+            if pool.contains(ip) and Family.of(ip) in wanted and problem(service, pool, ip) is None \
+                    and ip not in result.get(service.key, []):
                 claim(service, pool, ip)
 
     # 2. Requested addresses.
@@ -125,8 +259,10 @@ def allocate(
         for ip in service.requested_ips:
             if not pool.contains(ip):
                 problems.append(f"requested address {ip} is outside pool {pool.name!r}")
-            elif ip in owner:
-                problems.append(f"requested address {ip} is already used by {owner[ip]}")
+            elif (why := problem(service, pool, ip)) is not None:
+                problems.append(f"requested address {ip} is {why}")
+            elif _closed(pool) and ip not in service.vips:
+                problems.append(f"requested address {ip}: {_closed_reason(pool)}, it allocates nothing new")
         if problems:
             refused[service.key] = "; ".join(problems)
             continue
@@ -138,28 +274,38 @@ def allocate(
         if service.key in refused or service.requested_ips:
             continue
         have = {Family.of(ip) for ip in result.get(service.key, [])}
-        missing = [f for f in families(service, pool) if f not in have]
+        gap = dual_stack_gap(service, pool)
+        if gap is not None and not have:
+            refused[service.key] = gap
+            continue
+        families = offered(pool)
+        missing = [f for f in wanted_families(service, pool, families) if f not in have and f in families]
         if not missing and not have:
             asked = ", ".join(f.k8s_name for f in service.families) or "any"
             refused[service.key] = f"pool {pool.name!r} offers none of the families the Service asks for ({asked})"
             continue
-        if not allocate_new:
+        if not missing:
+            continue
+        if _closed(pool) or not allocate_new:
             if not have:
-                refused[service.key] = "no address allocated yet"
+                refused[service.key] = (f"{_closed_reason(pool)}: it allocates nothing new" if _closed(pool)
+                                        else "no address allocated yet")
             continue
         for family in missing:
-            fs = space(pool, family)
-            found = fs.first_free(_start(service.key, family, fs.size)) if fs.size else None
+            found = _shared(service, pool, family, users, pool_of)
             if found is None:
-                refused[service.key] = f"pool {pool.name!r} has no free {family.k8s_name} address"
+                fs = space(pool, family)
+                found = fs.first_free(_start(service.key, family, fs.size), resting) if fs.size else None
+            if found is None:
+                resting_here = sum(1 for ip in quarantined if pool.contains(ip) and Family.of(ip) is family)
+                refused[service.key] = f"pool {pool.name!r} has no free {family.k8s_name} address" + (
+                    f" ({resting_here} recently released, in quarantine)" if resting_here else "")
                 break
             claim(service, pool, ip_address(found))
         else:
             continue
         # Exhaustion is all-or-nothing for a Service: give back what it got this run.
-        for ip in result.pop(service.key, []):
-            owner.pop(ip, None)
-            spaces[(pool.name, Family.of(ip))].taken.discard(int(ip))
+        release(service, pool)
 
     addresses = {
         key: tuple(sorted(ips, key=lambda ip: ip.version))
@@ -167,3 +313,15 @@ def allocate(
         if key not in refused
     }
     return Allocation(addresses=addresses, refused=refused)
+
+
+def _shared(service: Service, pool: Pool, family: Family, users: Mapping[IPAddress, list[Service]],
+            pool_of: Mapping[IPAddress, str]) -> int | None:
+    """The lowest address of ``family`` in ``pool`` that ``service`` may share, as MetalLB picks one."""
+    if not service.sharing_key:
+        return None
+    for ip in sorted((ip for ip, who in users.items() if Family.of(ip) is family and pool_of.get(ip) == pool.name
+                      and service not in who), key=int):
+        if share_problem(service, users[ip]) is None:
+            return int(ip)
+    return None

@@ -124,6 +124,11 @@ class Service:
     #: Families the Service wants, in order (``spec.ipFamilies``); empty means "as the pool offers, IPv4 first".
     families: tuple[Family, ...] = ()
     ports: tuple[tuple[str, int], ...] = ()
+    #: Services with the same key may share an address when their ports do not clash
+    #: (MetalLB's ``metallb.universe.tf/allow-shared-ip``, or OpenELB's shared requested IP).
+    sharing_key: str | None = None
+    #: ``spec.ipFamilyPolicy: RequireDualStack``: one address of each family, or none.
+    require_dual_stack: bool = False
 
     @property
     def key(self) -> str:
@@ -167,6 +172,10 @@ class Pool:
     disabled: bool = False
     #: Namespaces allowed to use the pool; empty means all.
     namespaces: frozenset[str] = frozenset()
+    #: Namespaces whose Services get this pool when they name none (OpenELB's Eip ``spec.namespaces``).
+    auto_namespaces: frozenset[str] = frozenset()
+    #: Being deleted: allocates nothing new, like ``disabled``, until no Service holds an address from it.
+    deleting: bool = False
 
     @property
     def families(self) -> tuple[Family, ...]:

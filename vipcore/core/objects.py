@@ -9,7 +9,7 @@ object and the field.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vipcore.core.errors import ManifestError
@@ -31,6 +31,8 @@ OPENELB_OPT_IN = "lb.kubesphere.io/v1alpha1"
 OPENELB_POOL = "eip.openelb.kubesphere.io/v1alpha2"
 OPENELB_IP = "eip.openelb.kubesphere.io/v1alpha1"
 OPENELB_DEFAULT_POOL = "eip.openelb.kubesphere.io/is-default-eip"
+#: MetalLB's IP sharing annotation: Services with the same value may share an address.
+SHARED_IP_ANNOTATION = "metallb.universe.tf/allow-shared-ip"
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -140,6 +142,11 @@ def service_from_k8s(obj: Obj) -> Service:
 
     pool = annotations.get(POOL_ANNOTATION) or annotations.get(OPENELB_POOL) or None
 
+    # Sharing: MetalLB's explicit key; else OpenELB Services asking for the same address share it.
+    sharing_key = annotations.get(SHARED_IP_ANNOTATION) or None
+    if sharing_key is None and annotations.get(OPENELB_OPT_IN) == "openelb" and annotations.get(OPENELB_IP):
+        sharing_key = "openelb:" + ",".join(sorted(str(ip) for ip in requested))
+
     vips: list[IPAddress] = []
     lb = _mapping(obj, "status.loadBalancer", status.get("loadBalancer"))
     for i, entry in enumerate(_list(obj, "status.loadBalancer.ingress", lb.get("ingress"))):
@@ -162,6 +169,7 @@ def service_from_k8s(obj: Obj) -> Service:
         if not isinstance(port, Mapping) or not isinstance(port.get("port"), int):
             raise _fail(obj, f"spec.ports[{i}].port", "must be an integer")
         ports.append((str(port.get("protocol") or "TCP"), int(port["port"])))
+    require_dual_stack = spec.get("ipFamilyPolicy") == "RequireDualStack"
 
     return Service(
         namespace=namespace,
@@ -172,15 +180,71 @@ def service_from_k8s(obj: Obj) -> Service:
         vips=tuple(vips),
         families=tuple(families),
         ports=tuple(ports),
+        sharing_key=sharing_key,
+        require_dual_stack=require_dual_stack,
     )
 
 
-def service_wanted(obj: Obj, *, classes: frozenset[str], default_class: bool, openelb: bool = True) -> bool:
+def openelb_eip(obj: Obj, eips: Iterable[Obj]) -> Obj | None:
+    """The Eip OpenELB would serve this OpenELB Service from, by OpenELB's own rules; None if none.
+
+    The Eip named by ``eip.openelb.kubesphere.io/v1alpha2``; else the Eip
+    containing the address requested by ``eip.openelb.kubesphere.io/v1alpha1``
+    (or ``spec.loadBalancerIP``); else an enabled Eip listing the Service's
+    namespace in ``spec.namespaces``; else the enabled default Eip. Eips whose
+    addresses do not parse are skipped.
+    """
+    meta = obj.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    namespace = str(meta.get("namespace") or "default")
+    by_name = {str((e.get("metadata") or {}).get("name")): e for e in eips}
+    named = annotations.get(OPENELB_POOL)
+    if named:
+        return by_name.get(str(named))
+    wanted = annotations.get(OPENELB_IP) or (obj.get("spec") or {}).get("loadBalancerIP")
+    if wanted:
+        try:
+            ips = [ipaddress.ip_address(p.strip()) for p in str(wanted).split(",") if p.strip()]
+        except ValueError:
+            return None
+        for name in sorted(by_name):
+            ranges = _eip_ranges(by_name[name])
+            if ips and all(any(a.version == ip.version and a <= ip <= b for a, b in ranges)  # type: ignore[operator]
+                           for ip in ips):
+                return by_name[name]
+        return None
+    enabled = [by_name[n] for n in sorted(by_name) if not (by_name[n].get("spec") or {}).get("disable")]
+    for eip in enabled:
+        if namespace in ((eip.get("spec") or {}).get("namespaces") or []):
+            return eip
+    for eip in enabled:
+        ann = (eip.get("metadata") or {}).get("annotations") or {}
+        if str(ann.get(OPENELB_DEFAULT_POOL, "false")).lower() == "true":
+            return eip
+    return None
+
+
+def _eip_ranges(eip: Obj) -> list[tuple[IPAddress, IPAddress]]:
+    try:
+        return [parse_range(str((eip.get("spec") or {}).get("address") or ""))]
+    except ValueError:
+        return []
+
+
+def openelb_foreign(obj: Obj, eips: Iterable[Obj]) -> bool:
+    """Whether an OpenELB Service belongs to OpenELB itself: its Eip's protocol is not ``vip`` (bgp, layer2)."""
+    eip = openelb_eip(obj, eips)
+    return eip is not None and (eip.get("spec") or {}).get("protocol", "bgp") != "vip"
+
+
+def service_wanted(obj: Obj, *, classes: frozenset[str], default_class: bool, openelb: bool = True,
+                   eips: Iterable[Obj] | None = None) -> bool:
     """Whether vipcore should serve this Service object.
 
     ``type: LoadBalancer`` and either ``spec.loadBalancerClass`` in ``classes``,
     no class while vipcore is the default implementation, or (``openelb``)
-    OpenELB's opt-in annotation with no class.
+    OpenELB's opt-in annotation with no class, unless (``eips`` given) the Eip
+    OpenELB picks for it is a ``bgp`` or ``layer2`` one: those are OpenELB's.
     """
     spec = obj.get("spec") or {}
     if spec.get("type") != "LoadBalancer":
@@ -190,7 +254,7 @@ def service_wanted(obj: Obj, *, classes: frozenset[str], default_class: bool, op
         return cls in classes
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
     if openelb and annotations.get(OPENELB_OPT_IN) == "openelb":
-        return True
+        return eips is None or not openelb_foreign(obj, eips)
     return default_class
 
 
@@ -255,11 +319,16 @@ def pool_from_k8s(obj: Obj) -> Pool:
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
         default = str(annotations.get(OPENELB_DEFAULT_POOL, "false")).lower() == "true"
         field = "spec.address"
+        # OpenELB: spec.namespaces picks the Eip for those namespaces' Services; it restricts nobody.
+        auto_namespaces = frozenset(str(n) for n in _list(obj, "spec.namespaces", spec.get("namespaces")))
+        namespaces: frozenset[str] = frozenset()
     else:
         entries = _list(obj, "spec.addresses", spec.get("addresses"))
         disabled = bool(spec.get("disabled", False))
         default = bool(spec.get("default", False))
         field = "spec.addresses"
+        auto_namespaces = frozenset()
+        namespaces = frozenset(str(n) for n in _list(obj, "spec.namespaces", spec.get("namespaces")))
     if not entries:
         raise _fail(obj, field, "lists no address")
     ranges = []
@@ -273,7 +342,7 @@ def pool_from_k8s(obj: Obj) -> Pool:
         raise _fail(obj, "spec.interface", "is missing")
     if interface.startswith("can_reach:"):
         raise _fail(obj, "spec.interface", "can_reach: is not supported; name the interface")
-    namespaces = frozenset(str(n) for n in _list(obj, "spec.namespaces", spec.get("namespaces")))
+    meta = _mapping(obj, "metadata", obj.get("metadata"))
     try:
         return Pool(
             name=name,
@@ -283,6 +352,8 @@ def pool_from_k8s(obj: Obj) -> Pool:
             node_selector=_str_map(obj, "spec.nodeSelector", spec.get("nodeSelector")),
             disabled=disabled,
             namespaces=namespaces,
+            auto_namespaces=auto_namespaces,
+            deleting=bool(meta.get("deletionTimestamp")),
         )
     except ValueError as exc:
         raise _fail(obj, "spec.interface", str(exc)) from None

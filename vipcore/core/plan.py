@@ -19,22 +19,27 @@ Rules the plan follows:
   held it is gone.
 * The VRID of a group that already has a VipGroup object is kept (fed to the
   resolver as ``DesiredState.vrids``); a group no longer resolved is deleted.
+* An OpenELB Service whose Eip is a ``bgp`` or ``layer2`` one is OpenELB's:
+  its status is never written (at most vipcore's own finalizer is removed).
+* Addresses a pass frees are listed in :attr:`Plan.released`, so the
+  controller can keep them in quarantine before they are given out again.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from vipcore.core.objects import service_from_k8s, service_wanted, vipgroup_spec
+from vipcore.core.objects import openelb_foreign, service_from_k8s, service_wanted, vipgroup_spec
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import (
     LOAD_BALANCER_CLASS,
     DesiredState,
     EndpointSlice,
+    Family,
     IPAddress,
     Node,
     Pool,
@@ -136,6 +141,10 @@ class Plan:
     refused: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     #: VipGroup name -> the resourceVersion the plan read (the precondition of its update or delete).
     group_versions: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    #: Addresses some Service listed before this plan and none lists after it.
+    released: frozenset[IPAddress] = frozenset()
+    #: Service key -> every address it has after this plan (held or new).
+    addresses: Mapping[str, tuple[IPAddress, ...]] = attrs.field(factory=dict, hash=False)
 
     @property
     def empty(self) -> bool:
@@ -150,8 +159,9 @@ class Selection:
     default_class: bool = False
     openelb: bool = True
 
-    def wants(self, obj: Obj) -> bool:
-        return service_wanted(obj, classes=self.classes, default_class=self.default_class, openelb=self.openelb)
+    def wants(self, obj: Obj, eips: Iterable[Obj] | None = None) -> bool:
+        return service_wanted(obj, classes=self.classes, default_class=self.default_class, openelb=self.openelb,
+                              eips=eips)
 
 
 # -- small readers of raw objects ---------------------------------------------------
@@ -248,12 +258,17 @@ def plan(
     selection: Selection = Selection(),
     vrid_policy: Callable[[str], VridPolicy] | VridPolicy = VridPolicy(),
     convert: Callable[[Obj], Service] = service_from_k8s,
+    eips: Iterable[Obj] = (),
+    quarantined: Collection[IPAddress] = (),
 ) -> Plan:
     """Everything the controller should write so the cluster matches the resolver's answer.
 
     ``convert``: Service object to model (raises ManifestError); the controller
     passes its cache's, so a Service is converted once per resourceVersion.
+    ``eips``: every OpenELB Eip object (any protocol), to leave OpenELB's own
+    Services alone; ``quarantined``: addresses not to give out fresh.
     """
+    eip_objs = list(eips)
     service_objs = sorted(services, key=key_of)
     group_objs = {str(_meta(o).get("name")): o for o in vipgroups}
     notes: list[Note] = []
@@ -269,9 +284,12 @@ def plan(
         meta = _meta(obj)
         rv = meta.get("resourceVersion")
         ns, name = str(meta.get("namespace") or "default"), str(meta.get("name"))
-        if not selection.wants(obj):
+        if not selection.wants(obj, eip_objs):
             # Only Services this controller once served (its finalizer) are touched.
-            if has_finalizer(obj):
+            if has_finalizer(obj) and openelb_foreign(obj, eip_objs) and selection.openelb:
+                # OpenELB's own Service: its status is OpenELB's; drop only our finalizer.
+                writes.append(ServiceWrite(ns, name, rv, finalizer=False))
+            elif has_finalizer(obj):
                 writes.append(ServiceWrite(ns, name, rv, finalizer=False,
                                            ingress=None if deleting(obj) else ()))
                 if not deleting(obj) and ingress_of(obj):
@@ -294,7 +312,7 @@ def plan(
         pools=tuple(pools),
         vrids=persisted_vrids(group_objs.values()),
     )
-    resolution = resolve(state, vrid_policy=vrid_policy, allocate=True)
+    resolution = resolve(state, vrid_policy=vrid_policy, allocate=True, quarantined=quarantined)
     addresses = resolution.addresses
     unresolved = {u.service: u.reason for u in resolution.unresolved}
 
@@ -350,6 +368,10 @@ def plan(
     wanted_groups = {g.name for g in resolution.groups}
     deletes = tuple(sorted(name for name in group_objs if name not in wanted_groups))
 
+    before = {ip for obj in service_objs
+              if (selection.wants(obj, eip_objs) or has_finalizer(obj)) and not openelb_foreign(obj, eip_objs)
+              for ip in ingress_of(obj)}
+    after = {ip for ips in addresses.items() for ip in ips[1]}
     return Plan(
         services=tuple(writes),
         groups=tuple(group_writes),
@@ -360,12 +382,95 @@ def plan(
         refused=refused,
         group_versions={name: str(_meta(obj).get("resourceVersion")) for name, obj in group_objs.items()
                         if _meta(obj).get("resourceVersion")},
+        released=frozenset(before - after),
+        addresses=addresses,
     )
 
 
 def _pool_name(service: Service, pools: Sequence[Pool]) -> str | None:
     chosen = choose_pool(service, {p.name: p for p in pools})
     return None if isinstance(chosen, str) else chosen.name
+
+
+#: The finalizer vipcore puts on a VipPool: deleting the pool waits until no Service holds an address from it.
+POOL_FINALIZER = "vipcore.io/pool"
+
+
+def pool_status(
+    pool: Pool,
+    addresses: Mapping[str, tuple[IPAddress, ...]],
+    *,
+    invalid: str | None = None,
+    generation: int | None = None,
+    previous: Mapping[str, Any] | None = None,
+    now: str = "",
+) -> dict[str, Any]:
+    """A VipPool's status: allocated and free addresses per family, and a ``Valid`` condition.
+
+    ``pool`` is the pool in force (the last valid one when the object's
+    current spec is ``invalid``, with why). ``previous``: the status now,
+    so the condition keeps its ``lastTransitionTime`` while it does not change.
+    """
+    status: dict[str, Any] = {}
+    used = {ip for ips in addresses.values() for ip in ips if pool.contains(ip)}
+    for family in pool.families:
+        allocated = sum(1 for ip in used if Family.of(ip) is family)
+        status["ipv4" if family is Family.IPV4 else "ipv6"] = {"allocated": allocated, "free": pool.size(family) - allocated}
+    if invalid is None:
+        cond: dict[str, Any] = {"type": "Valid", "status": "True", "reason": "Valid", "message": "the spec is in force"}
+    else:
+        cond = {"type": "Valid", "status": "False", "reason": "InvalidSpec",
+                "message": f"{invalid}; the last valid spec stays in force"}
+    if generation is not None:
+        cond["observedGeneration"] = generation
+        status["observedGeneration"] = generation
+    old = next((c for c in (previous or {}).get("conditions") or []
+                if isinstance(c, Mapping) and c.get("type") == "Valid"), None)
+    same = old is not None and old.get("status") == cond["status"] and old.get("reason") == cond["reason"]
+    cond["lastTransitionTime"] = str(old.get("lastTransitionTime")) if same and old else now
+    status["conditions"] = [cond]
+    return status
+
+
+def pool_in_use(pool: Pool, addresses: Mapping[str, tuple[IPAddress, ...]]) -> bool:
+    """Whether any Service still holds an address from ``pool``."""
+    return any(pool.contains(ip) for ips in addresses.values() for ip in ips)
+
+
+def group_status(obj: Obj, *, now: str = "") -> dict[str, Any] | None:
+    """The status fields the controller owns on a VipGroup (``observedGeneration`` and the ``Held``
+    condition), or None when they are already right. Agents own ``status.holders``.
+    """
+    meta = _meta(obj)
+    generation = meta.get("generation")
+    raw_spec, raw_status = obj.get("spec"), obj.get("status")
+    spec: Mapping[str, Any] = raw_spec if isinstance(raw_spec, Mapping) else {}
+    raw_vips = spec.get("vips")
+    vips: Mapping[str, Any] = raw_vips if isinstance(raw_vips, Mapping) else {}
+    holders = holders_of(obj)
+    families = [f for f in ("ipv4", "ipv6") if vips.get(f)]
+    missing = [f for f in families if f not in holders]
+    if missing:
+        cond: dict[str, Any] = {"type": "Held", "status": "False", "reason": "NoHolder",
+                                "message": "no node holds the " + " and ".join(
+                                    "IPv4" if f == "ipv4" else "IPv6" for f in missing) + " VIPs"}
+    else:
+        cond = {"type": "Held", "status": "True", "reason": "Held",
+                "message": ", ".join(f"{holders[f]} holds {'IPv4' if f == 'ipv4' else 'IPv6'}" for f in families)
+                or "no VIPs"}
+    if isinstance(generation, int):
+        cond["observedGeneration"] = generation
+    status: Mapping[str, Any] = raw_status if isinstance(raw_status, Mapping) else {}
+    old = next((c for c in status.get("conditions") or []
+                if isinstance(c, Mapping) and c.get("type") == "Held"), None)
+    same = old is not None and old.get("status") == cond["status"]
+    cond["lastTransitionTime"] = str(old.get("lastTransitionTime")) if same and old else now
+    if old is not None and {k: v for k, v in old.items()} == cond and status.get("observedGeneration") == generation:
+        return None
+    result: dict[str, Any] = {"conditions": [cond]}
+    if isinstance(generation, int):
+        result["observedGeneration"] = generation
+    return result
 
 
 def holder_notes(
@@ -402,5 +507,6 @@ def holder_notes(
 
 __all__ = [
     "FINALIZER", "COMPONENT", "Note", "ServiceWrite", "GroupWrite", "Plan", "Selection", "plan",
-    "holder_notes", "persisted_vrids", "ingress_body", "ingress_of",
+    "holder_notes", "persisted_vrids", "ingress_body", "ingress_of", "POOL_FINALIZER",
+    "pool_status", "pool_in_use", "group_status",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from vipcore.core import ipam, placement
 from vipcore.core.model import (
@@ -43,30 +43,8 @@ def node_eligible(node: Node, pool: Pool) -> bool:
 
 
 def choose_pool(service: Service, pools: Mapping[str, Pool]) -> Pool | str:
-    """The Service's pool, or the reason it has none.
-
-    By annotation; else the pool marked default (the first by name if several);
-    else the only pool.
-    """
-    if service.pool is not None:
-        pool = pools.get(service.pool)
-        if pool is None:
-            return f"pool {service.pool!r} does not exist"
-    else:
-        defaults = sorted(name for name, p in pools.items() if p.default and not p.disabled)
-        if defaults:
-            pool = pools[defaults[0]]
-        elif len(pools) == 1:
-            pool = next(iter(pools.values()))
-        elif not pools:
-            return "no pool is defined"
-        else:
-            return "no pool is marked default and the Service names none (annotation vipcore.io/pool)"
-    if pool.disabled:
-        return f"pool {pool.name!r} is disabled"
-    if pool.namespaces and service.namespace not in pool.namespaces:
-        return f"pool {pool.name!r} does not serve namespace {service.namespace!r}"
-    return pool
+    """The Service's pool, or the reason it has none (see :func:`vipcore.core.ipam.choose_pool`)."""
+    return ipam.choose_pool(service, pools)
 
 
 def place(
@@ -121,12 +99,14 @@ def resolve(
     *,
     vrid_policy: Callable[[str], VridPolicy] | VridPolicy = VridPolicy(),
     allocate: bool = True,
+    quarantined: Collection[IPAddress] = (),
 ) -> Resolution:
     """Resolve ``state`` into groups.
 
     ``allocate``: allocate fresh addresses from pools (manifest source,
     controller). When False (agent reading a cluster) only addresses already
-    in the Services' status are used. VRIDs persisted in ``state.vrids`` are
+    in the Services' status are used; ``quarantined`` addresses are not
+    given out fresh (:func:`vipcore.core.ipam.allocate`). VRIDs persisted in ``state.vrids`` are
     kept. Services that get no group are listed in ``unresolved`` with why.
     """
     pools = {p.name: p for p in state.pools}
@@ -140,7 +120,7 @@ def resolve(
         else:
             chosen.append((service, pool))
 
-    allocation = ipam.allocate(chosen, allocate_new=allocate)
+    allocation = ipam.allocate(chosen, allocate_new=allocate, quarantined=quarantined)
     unresolved.update(allocation.refused)
 
     ready_by_service: dict[str, set[str]] = {}

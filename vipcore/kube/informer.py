@@ -75,6 +75,10 @@ class _Gone(Exception):
 
 # ------------------------------------------------------------------ the source
 
+#: Kinds whose last valid conversion stays in force when an edit makes the object invalid (pools).
+KEEP_LAST_VALID = frozenset({"vippools", "eips"})
+
+
 class KubernetesSource:
     """List+watch into a cache; :meth:`state` is the :class:`DesiredState`; :meth:`watch` streams it.
 
@@ -244,15 +248,17 @@ class KubernetesSource:
         rv = (obj.get("metadata") or {}).get("resourceVersion", "")
         with self._lock:
             cached = self._converted.get(("services", object_key(obj)))
-        if cached is not None and cached[0] == rv and isinstance(cached[1], Service):
+        # The cache key is the resourceVersion plus, for Services, a fingerprint of the Eips they read.
+        if cached is not None and cached[0].split("/", 1)[0] == rv and isinstance(cached[1], Service):
             return cached[1]
         return objects.service_from_k8s(obj)
 
-    def _converted_items(self, kind: str, fn: Callable[[Obj], Any]) -> list[Any]:
-        """Converted values of one kind; conversion is cached per resourceVersion; invalid objects skipped."""
+    def _converted_items(self, kind: str, fn: Callable[[Obj], Any], depends: str = "") -> list[Any]:
+        """Converted values of one kind; conversion is cached per resourceVersion (and ``depends``, a
+        fingerprint of other objects the conversion reads); invalid objects skipped."""
         out = []
         for key, obj in self._cache.get(kind, {}).items():
-            rv = obj["metadata"].get("resourceVersion", "")
+            rv = obj["metadata"].get("resourceVersion", "") + depends
             cached = self._converted.get((kind, key))
             if cached is not None and cached[0] == rv:
                 value = cached[1]
@@ -261,10 +267,13 @@ class KubernetesSource:
                     value = fn(obj)
                     self._invalid.pop((kind, key), None)
                 except ManifestError as exc:
+                    # A pool edit that fails conversion keeps the last valid pool in force (as MetalLB
+                    # keeps its last good configuration): addresses never vanish behind a Service's back.
+                    value = cached[1] if cached is not None and kind in KEEP_LAST_VALID else None
                     if self._invalid.get((kind, key)) != str(exc):
-                        log.error("skipping invalid %s %s: %s", kind, key, exc)
+                        log.error("%s invalid %s %s: %s", "keeping the last valid" if value is not None
+                                  else "skipping", kind, key, exc)
                     self._invalid[(kind, key)] = str(exc)
-                    value = None
                 self._converted[(kind, key)] = (rv, value)
             if value is not None:
                 out.append(value)
@@ -273,8 +282,9 @@ class KubernetesSource:
     def state(self) -> DesiredState:
         """The desired state from the cache, now."""
         def service(obj: Obj) -> Service | None:
+            # Eips too: a Service of a bgp/layer2 Eip is OpenELB's, on the agents as on the controller.
             wanted = objects.service_wanted(obj, classes=self.classes, default_class=self.default_class,
-                                            openelb=self.openelb)
+                                            openelb=self.openelb, eips=list(self._cache.get("eips", {}).values()))
             return objects.service_from_k8s(obj) if wanted else None
 
         def pool(obj: Obj) -> Pool | None:
@@ -284,7 +294,9 @@ class KubernetesSource:
 
         with self._lock:
             nodes: list[Node] = self._converted_items("nodes", objects.node_from_k8s)
-            services: list[Service] = self._converted_items("services", service)
+            eip_versions = ",".join(sorted(str(e["metadata"].get("resourceVersion"))
+                                           for e in self._cache.get("eips", {}).values()))
+            services: list[Service] = self._converted_items("services", service, depends="/" + eip_versions)
             slices: list[EndpointSlice] = self._converted_items("endpointslices", objects.endpoint_slice_from_k8s)
             pools: list[Pool] = self._converted_items("vippools", pool) + self._converted_items("eips", pool)
             vrids = dict(self._converted_items("vipgroups", objects.pinned_vrid))
@@ -564,6 +576,14 @@ class Wakeup:
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(event.set)
+
+    def set_after(self, delay: float) -> None:
+        """Wake the waiter ``delay`` seconds from now (thread-safe; nothing once the loop closed)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(loop.call_later, delay, self.set)
 
     def clear(self) -> None:
         if self._event is not None:

@@ -67,6 +67,10 @@ def _vipgroup_path(name: str | None = None, subresource: str | None = None) -> s
     return object_path(f"{GROUP}/{VERSION}", VIPGROUPS, name, subresource=subresource)
 
 
+def _vippool_path(name: str | None = None, subresource: str | None = None) -> str:
+    return object_path(f"{GROUP}/{VERSION}", "vippools", name, subresource=subresource)
+
+
 def _service_path(namespace: str, name: str, subresource: str | None = None) -> str:
     return object_path("v1", "services", name, namespace=namespace, subresource=subresource)
 
@@ -246,6 +250,42 @@ class KubernetesWriter:
                 "spec": dict(spec)}
         return self._request("PUT", _lease_path(meta["namespace"], meta["name"]), body, fenced=False,
                              retry=LEASE_RETRY, timeout=timeout)
+
+
+    # -------------------------------------------------------------- VipPools
+
+    def patch_vippool_status(self, name: str, status: Mapping[str, Any]) -> Obj | None:
+        """Replace a VipPool's status through ``/status`` (merge-patch); None when the pool is gone."""
+        body = {"status": {"ipv4": None, "ipv6": None, **status}}
+        try:
+            return self._request("PATCH", _vippool_path(name, "status"), body, content_type=MERGE_PATCH)
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return None
+            raise
+
+    def set_vippool_finalizers(self, name: str, resource_version: str, finalizers: Sequence[str]) -> Obj | None:
+        """Set a VipPool's finalizers, compare-and-swap on ``resource_version``; None when gone or changed.
+
+        A 409 returns None: the caller plans again from the fresh object.
+        """
+        patch = {"metadata": {"resourceVersion": resource_version, "finalizers": list(finalizers) or None}}
+        try:
+            return self._request("PATCH", _vippool_path(name), patch, content_type=MERGE_PATCH)
+        except Exception as exc:
+            if status_of(exc) in (404, 409):
+                return None
+            raise
+
+    def patch_vipgroup_status(self, name: str, status: Mapping[str, Any]) -> Obj | None:
+        """Merge ``status`` into a VipGroup's status through ``/status``; None when the group is gone."""
+        try:
+            return self._request("PATCH", _vipgroup_path(name, "status"), {"status": dict(status)},
+                                 content_type=MERGE_PATCH)
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return None
+            raise
 
 
 __all__ = ["Fence", "KubernetesWriter", "LEASE_RETRY"]

@@ -70,8 +70,10 @@ class Endpoint:
 
     async def start(self) -> None:
         host, port = parse_address(self.address)
+        # "[::]:port" means every address of both families (asyncio makes IPv6 sockets IPv6-only).
+        hosts: str | list[str] = ["::", "0.0.0.0"] if host == "::" else host
         try:
-            self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+            self._server = await asyncio.start_server(self._handle, hosts, port, reuse_address=True)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {self.address}: {exc.strerror or exc} "
                               "(set metrics.address to a free host:port, or '' to disable)",

@@ -261,6 +261,10 @@ class ApiServer:
         spec = change.obj.get("spec") or {}
         group, plural = spec.get("group", ""), (spec.get("names") or {}).get("plural", "")
         if change.event == "DELETED":
+            # Its objects go first, with DELETED events to every watcher, as the CRD cleanup does.
+            for served in list(self.store.served()):
+                if served.group == group and served.plural == plural:
+                    self.store.drop_kind(served)
             self.store.unregister(group, plural)
             return
         for served in types_from_crd(change.obj):

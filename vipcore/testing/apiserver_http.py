@@ -22,6 +22,7 @@ from vipcore.testing.apiserver_match import ApiError, Obj, bad_request, field_se
 from vipcore.testing.apiserver_store import Change, Expired, PrinterColumn, ResourceType
 
 from vipcore.testing.apiserver_store import Store
+from vipcore.testing import apiserver_protobuf as protobuf
 
 
 class ServerState(Protocol):
@@ -214,6 +215,40 @@ def translate(change: Change, rtype: ResourceType, namespace: str | None, labels
     return None
 
 
+# ------------------------------------------------------------------ list options
+
+
+def check_list_options(query: Mapping[str, str]) -> None:
+    """Upstream's ValidateListOptions (422) and the storage layer's continue rule (400)."""
+    watch = query.get("watch") in ("1", "true", "True")
+    rv = query.get("resourceVersion") or ""
+    match = query.get("resourceVersionMatch") or ""
+    problems = []
+    if "sendInitialEvents" in query:
+        # This server has no watch-list (as with the WatchList feature gate off): clients fall back to list+watch.
+        problems.append("sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the "
+                        "WatchList feature gate is enabled")
+    if match and "sendInitialEvents" not in query:
+        if watch:
+            problems.append("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch")
+        if not rv:
+            problems.append("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless "
+                            "resourceVersion is provided")
+        if query.get("continue"):
+            problems.append("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden when continue "
+                            "is provided")
+        if match not in ("Exact", "NotOlderThan"):
+            problems.append(f'resourceVersionMatch: Unsupported value: "{match}": supported values: "Exact", '
+                            '"NotOlderThan"')
+        elif match == "Exact" and rv == "0":
+            problems.append('resourceVersionMatch: Forbidden: resourceVersionMatch "exact" is forbidden for '
+                            'resourceVersion "0"')
+    if problems:
+        raise ApiError(422, "Invalid", 'ListOptions.meta.k8s.io "" is invalid: ' + ", ".join(problems))
+    if query.get("continue") and rv not in ("", "0"):
+        raise bad_request("specifying resource version is not allowed when using continue")
+
+
 # ------------------------------------------------------------------ the handler
 
 class ApiHTTPServer(ThreadingHTTPServer):
@@ -269,6 +304,18 @@ class ApiHandler(BaseHTTPRequestHandler):
         if not raw:
             return None
         ctype = (self.headers.get("Content-Type") or "").split(";")[0]
+        if "protobuf" in ctype:
+            # kubectl sends these for built-in kinds and does not fall back: decode what is described.
+            try:
+                return protobuf.decode(raw)
+            except protobuf.Unsupported as exc:
+                raise ApiError(415, "UnsupportedMediaType",
+                               f"the body of the request was in an unknown format - accepted media types "
+                               f"include: application/json, application/yaml ({ctype}: {exc})") from None
+        if "cbor" in ctype:
+            raise ApiError(415, "UnsupportedMediaType",
+                           f"the body of the request was in an unknown format - accepted media types include: "
+                           f"application/json, application/yaml (got {ctype})")
         try:
             if "yaml" in ctype:
                 import yaml
@@ -357,6 +404,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         strict = query.get("fieldValidation") == "Strict"
         include = query.get("includeObject", "")
         method = self.command
+        if method == "GET" and name is None:
+            check_list_options(query)
         if name is None:
             if method == "GET" and query.get("watch") in ("1", "true", "True"):
                 self._watch(rtype, namespace, query, as_table=as_table, include=include)

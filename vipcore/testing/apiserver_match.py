@@ -160,27 +160,77 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def strategic_merge_patch(target: Any, patch: Any) -> Any:
-    """Strategic merge patch, approximated as a merge patch.
+#: Lists that strategic merge patch merges by a key (``patchMergeKey``), by path from the object root.
+SMP_MERGE_KEYS: dict[tuple[str, ...], str] = {
+    ("spec", "ports"): "port",                    # Service
+    ("metadata", "ownerReferences"): "uid",
+    ("status", "conditions"): "type",
+    ("spec", "template", "spec", "containers"): "name",
+}
+#: Primitive lists with the ``merge`` strategy: a patch adds to the set.
+SMP_SET_LISTS = frozenset({("metadata", "finalizers")})
 
-    Directives (``$setElementOrder``, ``$retainKeys``...) are dropped and
-    ``metadata.finalizers`` (the one primitive list vipcore writes that has
-    the ``merge`` strategy upstream) is merged as a set union.
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _strip(v) for k, v in value.items() if not k.startswith(_DIRECTIVE_PREFIX)}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return copy.deepcopy(value)
+
+
+def strategic_merge_patch(target: Any, patch: Any, path: tuple[str, ...] = ()) -> Any:
+    """Strategic merge patch for the lists vipcore and kubectl touch on built-in kinds.
+
+    Lists in :data:`SMP_MERGE_KEYS` merge item by item on their key (``$patch:
+    delete`` removes one, ``$patch: replace`` replaces the list); lists in
+    :data:`SMP_SET_LISTS` are set unions (``$deleteFromPrimitiveList/<field>``
+    removes); other lists are replaced, as upstream for lists without a strategy.
+    ``$setElementOrder`` and ``$retainKeys`` are accepted and ignored.
     """
-    def strip(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {k: strip(v) for k, v in value.items() if not k.startswith(_DIRECTIVE_PREFIX)}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    patch = strip(patch)
-    result = merge_patch(target, patch)
-    finalizers = (patch.get("metadata") or {}).get("finalizers") if isinstance(patch, Mapping) else None
-    if isinstance(finalizers, list) and isinstance(target, Mapping):
-        old = list((target.get("metadata") or {}).get("finalizers") or [])
-        result["metadata"]["finalizers"] = old + [f for f in finalizers if f not in old]
+    if not isinstance(patch, Mapping):
+        return _strip(patch)
+    if patch.get("$patch") == "replace":
+        return _strip(patch)
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if key.startswith("$deleteFromPrimitiveList/"):
+            field = key.split("/", 1)[1]
+            result[field] = [v for v in result.get(field) or [] if v not in (value or [])]
+            continue
+        if key.startswith(_DIRECTIVE_PREFIX):
+            continue
+        sub = path + (key,)
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, list) and sub in SMP_MERGE_KEYS:
+            result[key] = _merge_keyed(list(result.get(key) or []), value, SMP_MERGE_KEYS[sub], sub)
+        elif isinstance(value, list) and sub in SMP_SET_LISTS:
+            old = list(result.get(key) or [])
+            result[key] = old + [v for v in value if v not in old]
+        elif isinstance(value, Mapping):
+            result[key] = strategic_merge_patch(result.get(key), value, sub)
+        else:
+            result[key] = _strip(value)
     return result
+
+
+def _merge_keyed(old: list[Any], items: list[Any], key: str, path: tuple[str, ...]) -> list[Any]:
+    if any(isinstance(i, Mapping) and i.get("$patch") == "replace" for i in items):
+        return [_strip(i) for i in items if not (isinstance(i, Mapping) and i.get("$patch") == "replace")]
+    out = [copy.deepcopy(i) for i in old]
+    for item in items:
+        if not isinstance(item, Mapping) or key not in item:
+            raise invalid(f"the patch of {'.'.join(path)} needs the merge key {key!r} in every item")
+        at = next((n for n, o in enumerate(out) if isinstance(o, Mapping) and o.get(key) == item[key]), None)
+        if item.get("$patch") == "delete":
+            if at is not None:
+                del out[at]
+        elif at is None:
+            out.append(_strip(item))
+        else:
+            out[at] = strategic_merge_patch(out[at], item, path)
+    return out
 
 
 def _pointer(path: str) -> list[str]:

@@ -95,6 +95,12 @@ class ResourceType:
     defaulter: Callable[[Obj], None] | None = attrs.field(default=None, hash=False, eq=False)
     #: Checks a main-resource update (old, new) after defaulting; raises ApiError.
     update_check: Callable[[Obj, Obj], None] | None = attrs.field(default=None, hash=False, eq=False)
+    #: Adjusts a main-resource update (old, new) before defaulting, as upstream's PrepareForUpdate.
+    prepare_update: Callable[[Obj, Obj], None] | None = attrs.field(default=None, hash=False, eq=False)
+    #: Defaults and validates the object after a status write; raises ApiError.
+    status_check: Callable[[Obj], None] | None = attrs.field(default=None, hash=False, eq=False)
+    #: Top-level and nested fields a built-in kind knows, for ``fieldValidation=Strict`` (None: not checked).
+    known_fields: Mapping[str, Any] | None = attrs.field(default=None, hash=False, eq=False)
 
     @property
     def api_version(self) -> str:
@@ -220,6 +226,8 @@ class Store:
             self.compacted = self._history.popleft().rv
         for hook in self.on_commit:
             hook(rtype, change)
+        if event == "DELETED" and rtype.namespaced:
+            self._namespace_done(key[0])
         self.cond.notify_all()
         return obj
 
@@ -340,6 +348,38 @@ class Store:
             raise invalid(f'{rtype.kind}.{rtype.group} "{name}" is invalid: ' + ", ".join(errors))
         return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": obj["metadata"], **body}
 
+    def _strict_builtin(self, rtype: ResourceType, obj: Obj, name: str) -> None:
+        """``fieldValidation=Strict`` on a built-in kind: unknown fields are a 400, as upstream."""
+        assert rtype.known_fields is not None
+        unknown: list[str] = []
+
+        def walk(value: Any, known: Any, path: str) -> None:
+            if known is None or not isinstance(value, Mapping):
+                return
+            if isinstance(known, list):  # a list of items of one shape
+                return
+            for key, sub in value.items():
+                if key not in known:
+                    unknown.append(f"{path}{key}")
+                elif isinstance(known[key], list) and isinstance(sub, list):
+                    for i, item in enumerate(sub):
+                        walk(item, known[key][0] if known[key] else None, f"{path}{key}[{i}].")
+                else:
+                    walk(sub, known[key], f"{path}{key}.")
+
+        walk({k: v for k, v in obj.items() if k != "metadata"}, rtype.known_fields, "")
+        if unknown:
+            raise bad_request("strict decoding error: " + ", ".join(f'unknown field "{u}"' for u in unknown))
+
+    def _namespace_not_terminating(self, rtype: ResourceType, namespace: str | None) -> None:
+        if not rtype.namespaced:
+            return
+        ns = self._objects.get("namespaces", {}).get(("", namespace or ""))
+        if ns is not None and ns["metadata"].get("deletionTimestamp"):
+            raise ApiError(403, "Forbidden", f'{rtype.resource} is forbidden: unable to create new content in '
+                                             f'namespace {namespace} because it is being terminated',
+                           details={"kind": rtype.plural, "group": rtype.group})
+
     def _check_body_kind(self, rtype: ResourceType, body: Any) -> Obj:
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object")
@@ -388,10 +428,13 @@ class Store:
                 meta.pop("generation", None)
             if rtype.status_subresource and not rtype.keep_status_on_create:
                 obj.pop("status", None)
+            if rtype.known_fields is not None and strict:
+                self._strict_builtin(rtype, obj, name)
             if rtype.defaulter is not None:
                 rtype.defaulter(obj)
             if rtype.custom:
                 obj = self._validate_custom(rtype, obj, name, strict=strict)
+            self._namespace_not_terminating(rtype, meta.get("namespace"))
             return copy.deepcopy(self._commit(rtype, "ADDED", obj, None))
 
     def _write(
@@ -435,6 +478,8 @@ class Store:
                 else:
                     result.pop("status", None)
                 new = result
+                if rtype.status_check is not None:
+                    rtype.status_check(new)
             else:
                 if rtype.status_subresource:
                     if "status" in old:
@@ -454,6 +499,10 @@ class Store:
                         raise invalid(f'{rtype.kind} "{name}" is invalid: metadata.finalizers: Forbidden: no new '
                                       "finalizers can be added if the object is being deleted, found new "
                                       f"finalizers {sorted(added)!r}")
+                if rtype.prepare_update is not None:
+                    rtype.prepare_update(old, new)
+                if rtype.known_fields is not None and strict:
+                    self._strict_builtin(rtype, new, name)
                 if rtype.defaulter is not None:
                     rtype.defaulter(new)
                 if rtype.update_check is not None:
@@ -515,6 +564,8 @@ class Store:
                                    f'Operation cannot be fulfilled on {rtype.resource} "{name}": Precondition '
                                    f"failed: {label} in precondition: {wanted}, {label} in object meta: "
                                    f"{meta.get(field)}")
+            if rtype.key == "namespaces":
+                return self._delete_namespace(rtype, old)
             if meta.get("finalizers"):
                 if "deletionTimestamp" in meta:
                     return copy.deepcopy(old)
@@ -523,6 +574,48 @@ class Store:
                 new["metadata"]["deletionGracePeriodSeconds"] = 0
                 return copy.deepcopy(self._commit(rtype, "MODIFIED", new, old))
             return copy.deepcopy(self._commit(rtype, "DELETED", copy.deepcopy(old), old))
+
+    def _delete_namespace(self, rtype: ResourceType, old: Obj) -> Obj:
+        """Terminate a namespace: delete everything in it; it goes once the last object is gone (caller holds cond)."""
+        name = old["metadata"]["name"]
+        if "deletionTimestamp" not in old["metadata"]:
+            new = copy.deepcopy(old)
+            new["metadata"]["deletionTimestamp"] = now_rfc3339()
+            new["metadata"]["deletionGracePeriodSeconds"] = 0
+            new["status"] = {"phase": "Terminating"}
+            old = self._commit(rtype, "MODIFIED", new, old)
+        for key, inner in list(self.types.items()):
+            if not inner.namespaced:
+                continue
+            for (ns, obj_name), obj in list(self._objects.get(key, {}).items()):
+                if ns != name:
+                    continue
+                if obj["metadata"].get("finalizers"):
+                    if "deletionTimestamp" not in obj["metadata"]:
+                        marked = copy.deepcopy(obj)
+                        marked["metadata"]["deletionTimestamp"] = now_rfc3339()
+                        marked["metadata"]["deletionGracePeriodSeconds"] = 0
+                        self._commit(inner, "MODIFIED", marked, obj)
+                else:
+                    self._commit(inner, "DELETED", copy.deepcopy(obj), obj)
+        return copy.deepcopy(self._namespace_done(name) or old)
+
+    def _namespace_done(self, name: str) -> Obj | None:
+        """Remove a terminating namespace once it is empty; the deleted object, or None (caller holds cond)."""
+        ns_type = self.types.get("namespaces")
+        ns = self._objects.get("namespaces", {}).get(("", name))
+        if ns_type is None or ns is None or "deletionTimestamp" not in ns["metadata"]:
+            return None
+        for key, inner in self.types.items():
+            if inner.namespaced and any(k[0] == name for k in self._objects.get(key, {})):
+                return None
+        return self._commit(ns_type, "DELETED", copy.deepcopy(ns), ns)
+
+    def drop_kind(self, rtype: ResourceType) -> None:
+        """Every object of a kind goes, with DELETED events (its CRD was deleted)."""
+        with self.cond:
+            for obj in list(self._objects.get(rtype.key, {}).values()):
+                self._commit(rtype, "DELETED", copy.deepcopy(obj), obj)
 
     # ------------------------------------------------------------ watches and faults
 

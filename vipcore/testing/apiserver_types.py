@@ -32,11 +32,55 @@ def _default_service(obj: Obj) -> None:
         spec["ipFamilies"] = ["IPv4", "IPv6"] if policy in ("PreferDualStack", "RequireDualStack") else ["IPv4"]
     if not policy:
         spec["ipFamilyPolicy"] = "SingleStack" if len(spec["ipFamilies"]) == 1 else "RequireDualStack"
+    name = obj["metadata"]["name"]
+    if not spec.get("ports") and spec["type"] != "ExternalName" and spec.get("clusterIP") != "None":
+        raise invalid(f'Service "{name}" is invalid: spec.ports: Required value')
     for port in spec.get("ports") or []:
         if isinstance(port, dict):
             port.setdefault("protocol", "TCP")
             if "port" in port:
                 port.setdefault("targetPort", port["port"])
+    _check_service_status(obj)
+
+
+def _check_service_status(obj: Obj) -> None:
+    """``status.loadBalancer.ingress``: LoadBalancer Services only (1.29+); ``ipMode`` defaults to VIP (1.30+)."""
+    status = obj.get("status") or {}
+    lb = status.get("loadBalancer") if isinstance(status, dict) else None
+    ingress = (lb or {}).get("ingress") if isinstance(lb, dict) else None
+    if not ingress:
+        return
+    name = obj["metadata"]["name"]
+    if (obj.get("spec") or {}).get("type") != "LoadBalancer":
+        raise invalid(f'Service "{name}" is invalid: status.loadBalancer.ingress: Forbidden: may only be used '
+                      "when `spec.type` is 'LoadBalancer'")
+    for i, entry in enumerate(ingress):
+        if not isinstance(entry, dict):
+            raise invalid(f'Service "{name}" is invalid: status.loadBalancer.ingress[{i}]: must be an object')
+        if entry.get("ip"):
+            entry.setdefault("ipMode", "VIP")
+            if entry["ipMode"] not in ("VIP", "Proxy"):
+                raise invalid(f'Service "{name}" is invalid: status.loadBalancer.ingress[{i}].ipMode: Unsupported '
+                              f'value: "{entry["ipMode"]}": supported values: "Proxy", "VIP"')
+        elif entry.get("ipMode"):
+            raise invalid(f'Service "{name}" is invalid: status.loadBalancer.ingress[{i}].ipMode: Forbidden: must '
+                          "not be set when `ip` is empty")
+
+
+def _prepare_service_update(old: Obj, new: Obj) -> None:
+    """Upstream's dropTypeDependentFields: leaving LoadBalancer drops what only it uses, and its status."""
+    old_spec, new_spec = old.get("spec") or {}, new.get("spec") or {}
+    if old_spec.get("type") == "LoadBalancer" and new_spec.get("type") != "LoadBalancer":
+        for field in ("loadBalancerClass", "allocateLoadBalancerNodePorts"):
+            if new_spec.get(field) == old_spec.get(field):
+                new_spec.pop(field, None)
+        if new_spec.get("type") not in ("NodePort",):
+            for field in ("externalTrafficPolicy", "healthCheckNodePort"):
+                if new_spec.get(field) == old_spec.get(field):
+                    new_spec.pop(field, None)
+        status = new.get("status")
+        if isinstance(status, dict):
+            status["loadBalancer"] = {}
 
 
 def _check_service_update(old: Obj, new: Obj) -> None:
@@ -46,6 +90,69 @@ def _check_service_update(old: Obj, new: Obj) -> None:
         if old_spec.get("loadBalancerClass") != new_spec.get("loadBalancerClass"):
             raise invalid(f'Service "{new["metadata"]["name"]}" is invalid: spec.loadBalancerClass: Invalid value: '
                           f'{new_spec.get("loadBalancerClass")!r}: may not change once set')
+
+
+_MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _validate_event(obj: Obj) -> None:
+    """core/v1 Event validation, as upstream's ValidateEventCreate for the v1 API."""
+    name = obj["metadata"]["name"]
+    problems = []
+    involved = obj.get("involvedObject")
+    if not isinstance(involved, dict) or not involved.get("kind") or not involved.get("name"):
+        problems.append("involvedObject: Required value: kind and name")
+    else:
+        namespace = obj["metadata"].get("namespace")
+        inv_ns = involved.get("namespace")
+        if inv_ns and inv_ns != namespace:
+            problems.append(f"involvedObject.namespace: Invalid value: {inv_ns!r}: does not match event.namespace")
+        if not inv_ns and namespace not in ("default", "", None):
+            problems.append(f"involvedObject.namespace: Invalid value: \"\": does not match event.namespace")
+    if obj.get("type") not in ("Normal", "Warning"):
+        problems.append(f'type: Unsupported value: {obj.get("type")!r}: supported values: "Normal", "Warning"')
+    if len(str(obj.get("reason") or "")) > 128:
+        problems.append("reason: Too long: may not be more than 128 bytes")
+    for field in ("reportingComponent", "reportingInstance"):
+        if len(str(obj.get(field) or "")) > 128:
+            problems.append(f"{field}: Too long: may not be more than 128 bytes")
+    for field in ("firstTimestamp", "lastTimestamp"):
+        value = obj.get(field)
+        if value is not None and not (isinstance(value, str) and _TIME.match(value)):
+            problems.append(f"{field}: Invalid value: {value!r}: must be an RFC 3339 time")
+    if obj.get("eventTime") is not None and not _MICRO_TIME.match(str(obj["eventTime"])):
+        problems.append(f"eventTime: Invalid value: {obj['eventTime']!r}: must be a MicroTime "
+                        "(RFC 3339 with six fractional digits)")
+    if problems:
+        raise invalid(f'Event "{name}" is invalid: ' + ", ".join(problems))
+
+
+_SERVICE_FIELDS: dict[str, Any] = {
+    "apiVersion": None, "kind": None, "metadata": None,
+    "spec": {
+        "ports": [{"name": None, "protocol": None, "appProtocol": None, "port": None, "targetPort": None,
+                   "nodePort": None}],
+        "selector": None, "clusterIP": None, "clusterIPs": None, "type": None, "externalIPs": None,
+        "sessionAffinity": None, "loadBalancerIP": None, "loadBalancerSourceRanges": None, "externalName": None,
+        "externalTrafficPolicy": None, "healthCheckNodePort": None, "publishNotReadyAddresses": None,
+        "sessionAffinityConfig": None, "ipFamilies": None, "ipFamilyPolicy": None,
+        "allocateLoadBalancerNodePorts": None, "loadBalancerClass": None, "internalTrafficPolicy": None,
+        "trafficDistribution": None,
+    },
+    "status": {"loadBalancer": {"ingress": [{"ip": None, "hostname": None, "ipMode": None, "ports": None}]},
+               "conditions": None},
+}
+_EVENT_FIELDS: dict[str, Any] = {k: None for k in (
+    "apiVersion", "kind", "metadata", "involvedObject", "reason", "message", "source", "firstTimestamp",
+    "lastTimestamp", "count", "type", "eventTime", "series", "action", "related", "reportingComponent",
+    "reportingInstance")}
+_LEASE_FIELDS: dict[str, Any] = {"apiVersion": None, "kind": None, "metadata": None, "spec": {k: None for k in (
+    "holderIdentity", "leaseDurationSeconds", "acquireTime", "renewTime", "leaseTransitions", "strategy",
+    "preferredHolder")}}
+_ENDPOINT_SLICE_FIELDS: dict[str, Any] = {k: None for k in (
+    "apiVersion", "kind", "metadata", "addressType", "endpoints", "ports")}
+_OBJECT_FIELDS: dict[str, Any] = {k: None for k in ("apiVersion", "kind", "metadata", "spec", "status")}
 
 
 def _default_namespace(obj: Obj) -> None:
@@ -89,22 +196,23 @@ _AGE = PrinterColumn("Age", "date", ".metadata.creationTimestamp")
 BUILTIN: tuple[ResourceType, ...] = (
     ResourceType(group="", version="v1", plural="namespaces", singular="namespace", kind="Namespace",
                  namespaced=False, status_subresource=True, short_names=("ns",),
-                 fields=frozenset({"status.phase"}), defaulter=_default_namespace,
+                 fields=frozenset({"status.phase"}), defaulter=_default_namespace, known_fields=_OBJECT_FIELDS,
                  printer_columns=(PrinterColumn("Status", "string", ".status.phase"), _AGE)),
     ResourceType(group="", version="v1", plural="nodes", singular="node", kind="Node", namespaced=False,
-                 status_subresource=True, keep_status_on_create=True, short_names=("no",),
+                 status_subresource=True, keep_status_on_create=True, short_names=("no",), known_fields=_OBJECT_FIELDS,
                  fields=frozenset({"spec.unschedulable"}), printer_columns=(_AGE,)),
     ResourceType(group="", version="v1", plural="services", singular="service", kind="Service", namespaced=True,
                  status_subresource=True, short_names=("svc",), categories=("all",),
                  fields=frozenset({"spec.type", "spec.clusterIP"}), defaulter=_default_service,
-                 update_check=_check_service_update,
+                 update_check=_check_service_update, prepare_update=_prepare_service_update,
+                 status_check=_check_service_status, known_fields=_SERVICE_FIELDS,
                  printer_columns=(
                      PrinterColumn("Type", "string", ".spec.type"),
                      PrinterColumn("Class", "string", ".spec.loadBalancerClass"),
                      PrinterColumn("External-IP", "string", ".status.loadBalancer.ingress[*].ip"),
                      _AGE)),
     ResourceType(group="", version="v1", plural="events", singular="event", kind="Event", namespaced=True,
-                 short_names=("ev",),
+                 short_names=("ev",), defaulter=_validate_event, known_fields=_EVENT_FIELDS,
                  fields=frozenset({"involvedObject.kind", "involvedObject.namespace", "involvedObject.name",
                                    "involvedObject.uid", "involvedObject.apiVersion", "reason", "type",
                                    "source", "reportingComponent"}),
@@ -113,9 +221,10 @@ BUILTIN: tuple[ResourceType, ...] = (
                                   PrinterColumn("Message", "string", ".message"))),
     ResourceType(group="discovery.k8s.io", version="v1", plural="endpointslices", singular="endpointslice",
                  kind="EndpointSlice", namespaced=True, defaulter=_default_endpoint_slice,
+                 known_fields=_ENDPOINT_SLICE_FIELDS,
                  printer_columns=(PrinterColumn("AddressType", "string", ".addressType"), _AGE)),
     ResourceType(group="coordination.k8s.io", version="v1", plural="leases", singular="lease", kind="Lease",
-                 namespaced=True, defaulter=_validate_lease,
+                 namespaced=True, defaulter=_validate_lease, known_fields=_LEASE_FIELDS,
                  printer_columns=(PrinterColumn("Holder", "string", ".spec.holderIdentity"), _AGE)),
     ResourceType(
         group="apiextensions.k8s.io", version="v1", plural="customresourcedefinitions",
