@@ -401,3 +401,39 @@ class TestLab:
                 assert holder.counters.errors == 0
 
         run(go())
+
+
+# -- link events and ARP probing (pure parts) --------------------------------------------------
+
+
+def _newlink(kind: int, index: int, flags: int, name: bytes) -> bytes:
+    from vipcore.net.addresses import IFINFO, NLMSG_HEADER, RTATTR
+
+    attr_payload = name + b"\0"
+    attr = RTATTR.pack(RTATTR.size + len(attr_payload), 3) + attr_payload
+    attr += b"\0" * (-len(attr) % 4)
+    body = IFINFO.pack(0, 1, index, flags, 0) + attr
+    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), kind, 0, 0, 0) + body
+
+
+def test_link_messages_parse_into_events() -> None:
+    from vipcore.net.addresses import IFF_LOWER_UP, IFF_UP, RTM_DELLINK, RTM_NEWLINK, parse_link_messages
+
+    data = (_newlink(RTM_NEWLINK, 7, IFF_UP | IFF_LOWER_UP, b"eth0") + _newlink(RTM_NEWLINK, 7, IFF_UP, b"eth0")
+            + _newlink(RTM_DELLINK, 7, IFF_UP, b"eth0") + _newlink(20, 7, 0, b"x"))  # RTM_NEWADDR: skipped
+    events = parse_link_messages(data)
+    assert [(e.name, e.index, e.up) for e in events] == [("eth0", 7, True), ("eth0", 7, False), ("eth0", 7, False)]
+    assert [e.describe() for e in events[1:]] == ["eth0 lost carrier", "eth0 was deleted"]
+    assert parse_link_messages(data[:10]) == [] and parse_link_messages(data[:-3])[:3] == events
+
+
+def test_arp_request_and_reply_sender() -> None:
+    from vipcore.net.addresses import ARP_BODY, ETH_P_ARP, ETH_P_IP, arp_reply_sender, arp_request
+
+    vip = ipaddress.IPv4Address("198.51.100.100")
+    request = arp_request(b"\x02" * 6, ipaddress.IPv4Address("198.51.100.11"), vip)
+    assert len(request) == 60 and request[:6] == b"\xff" * 6 and arp_reply_sender(request, vip) is None
+    reply = b"\x02" * 6 + b"\x04" * 6 + struct.pack("!H", ETH_P_ARP) + ARP_BODY.pack(
+        1, ETH_P_IP, 6, 4, 2, b"\x04" * 6, vip.packed, b"\x02" * 6, ipaddress.IPv4Address("198.51.100.11").packed)
+    assert arp_reply_sender(reply, vip) == b"\x04" * 6
+    assert arp_reply_sender(reply, ipaddress.IPv4Address("198.51.100.101")) is None

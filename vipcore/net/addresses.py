@@ -53,6 +53,14 @@ IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 #: rtnetlink multicast group of link changes (linux/rtnetlink.h).
 RTMGRP_LINK = 0x1
+NETLINK_ROUTE = 0
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+IFLA_IFNAME = 3
+NLMSG_HEADER = struct.Struct("=IHHII")
+IFINFO = struct.Struct("=BxHiII")
+RTATTR = struct.Struct("=HH")
+NETLINK_BUFFER = 65536
 IPV4_HOST_PREFIX = 32
 IPV6_HOST_PREFIX = 128
 #: Errnos that mean "no such interface" (ENXIO: index vanished between calls).
@@ -68,6 +76,11 @@ ETH_P_ARP = 0x0806
 ETH_P_IP = 0x0800
 ARP_HTYPE_ETHERNET = 1
 ARP_OP_REQUEST = 1
+ARP_OP_REPLY = 2
+ETHER_HEADER = 14
+ARP_BODY = struct.Struct("!HHBBH6s4s6s4s")
+#: How long :meth:`AddressHolder.responders` listens for replies by default (seconds).
+RESPONDERS_WAIT = 0.2
 ETHER_BROADCAST = b"\xff" * 6
 ETHER_ZERO = b"\x00" * 6
 #: Ethernet frames shorter than this (without FCS) are padded on the wire.
@@ -224,6 +237,51 @@ def gratuitous_arp(mac: bytes, vip: ipaddress.IPv4Address) -> bytes:
     return frame.ljust(ETHER_MIN_FRAME, b"\x00")
 
 
+def arp_request(mac: bytes, sender: ipaddress.IPv4Address | None, target: ipaddress.IPv4Address) -> bytes:
+    """A broadcast "who has ``target``" from ``mac`` (sender 0.0.0.0 if None: an RFC 5227 probe)."""
+    arp = ARP_BODY.pack(ARP_HTYPE_ETHERNET, ETH_P_IP, MAC_LENGTH, 4, ARP_OP_REQUEST, mac,
+                        (sender or ipaddress.IPv4Address(0)).packed, ETHER_ZERO, target.packed)
+    frame = ETHER_BROADCAST + mac + struct.pack("!H", ETH_P_ARP) + arp
+    return frame.ljust(ETHER_MIN_FRAME, b"\x00")
+
+
+def arp_reply_sender(frame: bytes, target: ipaddress.IPv4Address) -> bytes | None:
+    """The MAC that ``frame`` says answers for ``target`` (an ARP reply from it), else None."""
+    if len(frame) < ETHER_HEADER + ARP_BODY.size or frame[12:14] != struct.pack("!H", ETH_P_ARP):
+        return None
+    _, ptype, _, _, op, sender_mac, sender_ip, _, _ = ARP_BODY.unpack_from(frame, ETHER_HEADER)
+    if ptype != ETH_P_IP or op != ARP_OP_REPLY or sender_ip != target.packed:
+        return None
+    return bytes(sender_mac)
+
+
+def parse_link_messages(data: bytes) -> list["LinkEvent"]:
+    """The ``RTM_NEWLINK`` / ``RTM_DELLINK`` messages in one netlink datagram (others skipped)."""
+    events: list[LinkEvent] = []
+    offset = 0
+    while offset + NLMSG_HEADER.size <= len(data):
+        length, kind, _, _, _ = NLMSG_HEADER.unpack_from(data, offset)
+        if length < NLMSG_HEADER.size or offset + length > len(data):
+            break
+        body = offset + NLMSG_HEADER.size
+        if kind in (RTM_NEWLINK, RTM_DELLINK) and length >= NLMSG_HEADER.size + IFINFO.size:
+            _, _, index, flags, _ = IFINFO.unpack_from(data, body)
+            name = ""
+            attr = body + IFINFO.size
+            end = offset + length
+            while attr + RTATTR.size <= end:
+                attr_length, attr_type = RTATTR.unpack_from(data, attr)
+                if attr_length < RTATTR.size:
+                    break
+                if attr_type == IFLA_IFNAME:
+                    name = data[attr + RTATTR.size: attr + attr_length].split(b"\0", 1)[0].decode(errors="replace")
+                attr += (attr_length + 3) & ~3
+            events.append(LinkEvent(name=name, index=index, present=kind == RTM_NEWLINK,
+                                    admin_up=bool(flags & IFF_UP), carrier=bool(flags & IFF_LOWER_UP)))
+        offset += (length + 3) & ~3
+    return events
+
+
 def unsolicited_na(mac: bytes, vip: ipaddress.IPv6Address) -> bytes:
     """An ICMPv6 Neighbor Advertisement for ``vip`` with Override set and the
     target link-layer address option. The checksum is left 0: the kernel
@@ -332,35 +390,27 @@ class AddressHolder:
     async def link_events(self, subscribed: Callable[[], None] | None = None) -> AsyncIterator[LinkEvent]:
         """Every link change in the holder's namespace, as it happens, until cancelled.
 
-        A separate netlink socket subscribed to ``RTMGRP_LINK``, so waiting
-        for events never holds up address changes. The caller re-reads the
-        state it cares about after subscribing (events before that are not
-        replayed: ``subscribed`` is called once the subscription is in place)
-        and after an error (an overflowed socket loses events).
+        A netlink socket of its own subscribed to ``RTMGRP_LINK`` (a plain
+        socket, parsed here: a second pyroute2 socket in the same loop was
+        seen to hang the agent's start), so waiting for events never holds
+        up address changes. The caller re-reads the state it cares about once
+        subscribed (``subscribed`` is called then; earlier events are not
+        replayed) and after an error: an overflowed socket (ENOBUFS) loses
+        events and raises :class:`OSError`.
         """
-        ipr = AsyncIPRoute(netns=self.netns, flags=0)
+        sock = self._socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         try:
-            await ipr.bind(groups=RTMGRP_LINK)
+            sock.setblocking(False)
+            sock.bind((0, RTMGRP_LINK))
             if subscribed is not None:
                 subscribed()
+            loop = asyncio.get_running_loop()
             while True:
-                async for msg in ipr.get():
-                    event = msg.get("event")
-                    if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
-                        continue
-                    flags = int(msg["flags"])
-                    yield LinkEvent(
-                        name=str(msg.get_attr("IFLA_IFNAME")),
-                        index=int(msg["index"]),
-                        present=event == "RTM_NEWLINK",
-                        admin_up=bool(flags & IFF_UP),
-                        carrier=bool(flags & IFF_LOWER_UP),
-                    )
+                data = await loop.sock_recv(sock, NETLINK_BUFFER)
+                for event in parse_link_messages(data):
+                    yield event
         finally:
-            try:
-                ipr.close()
-            except Exception:  # closing must not mask the reason we stopped
-                log.debug("closing the link-event socket failed", exc_info=True)
+            sock.close()
 
     # -- queries --------------------------------------------------------------
 
@@ -611,6 +661,47 @@ class AddressHolder:
             if exc.errno in _NO_INTERFACE:
                 raise InterfaceNotFoundError(interface, self._where()) from None
             raise AddressError(interface, f"announcing {', '.join(map(str, wanted))} failed: {exc.strerror}") from None
+
+    async def responders(self, interface: str, vip: ipaddress.IPv4Address,
+                         wait: float = RESPONDERS_WAIT) -> frozenset[bytes]:
+        """The MAC addresses that answer an ARP request for ``vip`` on ``interface`` within ``wait`` s.
+
+        Exactly one is healthy; two or more is a split brain (or a host
+        answering for an address it should not); none, no holder. Our own
+        MAC is included when the VIP is on our interface (the kernel does not
+        answer its own request). IPv4 only.
+        """
+        info = await self.interface(interface)
+        loop = asyncio.get_running_loop()
+        found: set[bytes] = set()
+        if any(i.ip == vip for i in info.ipv4):
+            found.add(info.mac)
+        try:
+            sock = self._socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        except OSError as exc:
+            raise AddressError(interface, f"cannot open an ARP socket: {exc.strerror}") from None
+        try:
+            sock.setblocking(False)
+            sock.bind((interface, ETH_P_ARP))
+            primary = info.primary(Family.IPV4)
+            sender = primary if isinstance(primary, ipaddress.IPv4Address) else None
+            sock.sendto(arp_request(info.mac, sender, vip), (interface, ETH_P_ARP))
+            deadline = loop.time() + wait
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    frame = await asyncio.wait_for(loop.sock_recv(sock, 128), left)
+                except asyncio.TimeoutError:
+                    break
+                mac = arp_reply_sender(frame, vip)
+                if mac is not None:
+                    found.add(mac)
+        except OSError as exc:
+            if exc.errno in _NO_INTERFACE:
+                raise InterfaceNotFoundError(interface, self._where()) from None
+            raise AddressError(interface, f"asking who answers for {vip} failed: {exc.strerror}") from None
+        finally:
+            sock.close()
+        return frozenset(found)
 
     def start_announcing(
         self, interface: str, vips: Iterable[IPAddress | str], schedule: AnnounceSchedule

@@ -41,6 +41,11 @@ STOP_MARGIN = 1.0
 RECHECK_INTERVAL = 1.0
 #: Seconds to wait before re-subscribing to link events after an error.
 WATCH_RETRY = 1.0
+#: Split-brain detector: ask the LAN who answers for each IPv4 VIP this long
+#: after a transition of its group (announcements have gone out by then) ...
+PROBE_AFTER_TRANSITION = 1.0
+#: ... and this often in any case.
+PROBE_EVERY = 30.0
 
 
 class NativeVrrpBackend:
@@ -62,6 +67,11 @@ class NativeVrrpBackend:
         self.ipv6_prefix_missing: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: asyncio.Task[None] | None = None
+        #: Split-brain detector: how many MACs answered for each VIP at the last probe.
+        self.responders: dict[IPAddress, int] = {}
+        self._prober: asyncio.Task[None] | None = None
+        self._probes: dict[str, asyncio.TimerHandle] = {}
+        self._probe_tasks: set[asyncio.Task[None]] = set()
         self._rechecks: dict[str, asyncio.TimerHandle] = {}
 
     # -- lifecycle ----------------------------------------------------------------
@@ -83,6 +93,7 @@ class NativeVrrpBackend:
             if removed:
                 log.info("removed stale VIPs %s from %s", ", ".join(map(str, removed)), interface)
         self._watcher = self._loop.create_task(self._watch_links(), name="native_vrrp link events")
+        self._prober = self._loop.create_task(self._probe_periodically(), name="native_vrrp responders")
 
     @hookimpl
     async def vipcore_backend_stop(self, graceful: bool) -> None:
@@ -94,6 +105,14 @@ class NativeVrrpBackend:
         for handle in self._rechecks.values():
             handle.cancel()
         self._rechecks.clear()
+        for handle in self._probes.values():
+            handle.cancel()
+        self._probes.clear()
+        tasks = [t for t in (self._prober, *self._probe_tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._prober = None
         names = list(self.routers)
         await asyncio.gather(*(self._stop_group(name, graceful) for name in names))
         for link in self.links.values():
@@ -181,6 +200,11 @@ class NativeVrrpBackend:
                     MetricSample("vipcore_vrrp_transitions", driver.transitions, router_labels,
                                  help="state transitions of the router"),
                 ]
+        for vip, count in sorted(self.responders.items(), key=lambda item: (item[0].version, item[0])):
+            samples.append(MetricSample(
+                "vipcore_vip_responders", count, (("vip", str(vip)),), kind="gauge",
+                help="MAC addresses that answered an ARP request for the VIP at the last probe "
+                     "(1 is healthy; 0: no holder; 2 or more: split brain)"))
         for interface in sorted({i for i, _ in self.links} | self.ipv6_prefix_missing):
             samples.append(MetricSample(
                 "vipcore_vrrp_ipv6_prefix_missing", float(interface in self.ipv6_prefix_missing),
@@ -283,6 +307,7 @@ class NativeVrrpBackend:
             at=context.clock(), node=context.node, backend=self.name, vrid=driver.vrid, failover_seconds=failover,
             cause=change.cause,
         ))
+        self._probe_soon(driver.group)
         siblings = [d for d in self.routers.get(driver.group, {}).values() if d is not driver]
         pulled = followers(change, [d.router for d in siblings])
         for sibling in siblings:
@@ -416,9 +441,59 @@ class NativeVrrpBackend:
             log.info("reopened the VRRP socket on %s for IPv%d (ifindex %d)", interface, family, fresh.ifindex)
         return True
 
+    # -- split-brain detector -------------------------------------------------------
+
+    def _probe_soon(self, group: str) -> None:
+        """Probe the group's VIPs once announcements after a transition have gone out."""
+        loop = self._loop
+        if loop is None or group in self._probes:
+            return
+
+        def fire() -> None:
+            self._probes.pop(group, None)
+            task = loop.create_task(self._probe(group))
+            self._probe_tasks.add(task)
+            task.add_done_callback(self._probe_tasks.discard)
+
+        self._probes[group] = loop.call_later(PROBE_AFTER_TRANSITION, fire)
+
+    async def _probe_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_EVERY)
+            for group in list(self.memberships):
+                await self._probe(group)
+
+    async def _probe(self, group: str) -> None:
+        """Ask the LAN who answers for each IPv4 VIP of ``group``; log anything but one answer."""
+        membership = self.memberships.get(group)
+        holder = self.holder
+        if membership is None or holder is None:
+            return
+        interface = membership.group.interface
+        for vip in membership.group.vips(Family.IPV4):
+            try:
+                macs = await holder.responders(interface, vip)  # type: ignore[arg-type]
+            except VipcoreError as exc:
+                log.debug("who answers for %s: %s", vip, exc)
+                continue
+            if group not in self.memberships:
+                return  # left meanwhile
+            self.responders[vip] = len(macs)
+            if len(macs) != 1:
+                log.warning("VIP %s is answered by %d MAC addresses%s: %s", vip, len(macs),
+                            f" ({', '.join(m.hex(':') for m in sorted(macs))})" if macs else "",
+                            "split brain: two holders" if macs else "nobody holds it",
+                            extra={"event": "vip_responders", "vip": str(vip), "responders": len(macs)})
+
     async def _stop_group(self, name: str, graceful: bool) -> None:
         drivers = self.routers.pop(name, {})
-        self.memberships.pop(name, None)
+        left = self.memberships.pop(name, None)
+        if left is not None:
+            for vip in left.group.vips(Family.IPV4):
+                self.responders.pop(vip, None)
+        probe = self._probes.pop(name, None)
+        if probe is not None:
+            probe.cancel()
         await asyncio.gather(*(self._stop_router(d, graceful) for d in drivers.values()))
 
     async def _stop_router(self, driver: RouterDriver, graceful: bool) -> None:

@@ -251,6 +251,9 @@ vrrp_instance web6 {{
 def test_interoperates_with_keepalived_both_ways(lab: Lab) -> None:
     lab.services = "web"
     lab.settings["advert_interval"] = 0.1
+    # node-c runs keepalived with a hand-set priority (100), not its placement
+    # priority: named so the priority check lets its adverts through.
+    lab.settings["keepalived_peers"] = ["node-c"]
     vipcore_nodes = ["node-a", "node-b"]
     top = next(n for n in lab.placement(WEB_V4) if n in vipcore_nodes)
     start_all(lab, vipcore_nodes)
@@ -320,7 +323,7 @@ def test_sixteen_dual_stack_groups_stay_put(lab: Lab) -> None:
     interval can be on a shared machine (that is bench/ material)."""
     procs = [
         subprocess.Popen(
-            ["ip", "netns", "exec", ns_of(node), sys.executable, "-m", "tests.native_vrrp.many_groups",
+            ["ip", "netns", "exec", ns_of(node), sys.executable, "-m", "tests.helpers.many_groups",
              "--node", node, "--groups", "16", "--interval", "0.2"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
         )

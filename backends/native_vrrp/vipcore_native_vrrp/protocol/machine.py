@@ -285,7 +285,12 @@ class Router:
             return [Dropped("vrid")]
         if src == self.config.primary or src in self.config.identity:
             # Multicast loopback is off and unicast never targets us: this is
-            # another speaker using our address.
+            # another speaker using our identity. Refuse it (never obeyed) and,
+            # as a backup, refuse to take over while it advertises: two
+            # masters with one identity would be a silent split brain. A
+            # master keeps the VIPs (a forger must not be able to demote it).
+            if self.phase is Phase.BACKUP and adv.priority != RESIGN_PRIORITY and not self.released:
+                self._down_at = now + self.master_down_interval
             return [Dropped("duplicate_identity", src)]
         if not self._source_allowed(src):
             return [Dropped("source")]
