@@ -20,7 +20,7 @@ from tests.helpers.vrrp_lab import CLIENT, NODES, WEB_V4, WEB_V6, Lab, forge, ns
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
-ADVERT = 0.05
+ADVERT = 0.1  # 0.05 s (Master_Down 0.15 s) flaps on this shared 2-core machine whatever the attack
 START_TIMEOUT = 20.0
 
 
@@ -73,11 +73,16 @@ def test_forged_member_priorities_and_resignations_do_not_move_the_vip(lab: Lab)
     # 2. Priority 0 "from the master" at up to 1000/s while it keeps advertising
     #    (put the VIP on every node at once before). The first forgery cannot be
     #    told apart; once the master contradicts it, none passes.
-    attack = forge(CLIENT, vrid, 0, [address(holder)], rate=1000, seconds=2.0, background=True)
-    samples = lab.watch(WEB_V4, 2.0)
+    attack = forge(CLIENT, vrid, 0, [address(holder)], rate=1000, seconds=3.0, background=True)
+    samples = lab.watch(WEB_V4, 4.0)
     attack.communicate(timeout=30)
-    late = [s for s in bad_samples(samples, holder) if s[0] > 0.5]
-    assert late == [], samples
+    bad = bad_samples(samples, holder)
+    # At most one blip (a backup takes over, the master preempts it back at its next advert):
+    assert not bad or bad[-1][0] - bad[0][0] < 0.3, bad
+    assert all(holder in holders for _, holders in bad), bad  # the master never let go
+    for node in (n for n in NODES if n != holder):
+        took = [line for line in lab.log(node) if line.get("new") == "master" and "resigned" in str(line.get("reason"))]
+        assert len(took) <= 1, took
     assert lab.holders(WEB_V4) == [holder] and lab.holders(WEB_V6) == [holder]
     backups = [n for n in NODES if n != holder]
     text = "\n".join(messages(lab, n) for n in backups)

@@ -199,6 +199,7 @@ class Router:
     _previous_vips: tuple[IPAddress, ...] = ()
     _previous_until: float = float("-inf")
     _previous_priorities: Mapping[IPAddress, int] | None = None
+    _priorities_until: float = float("-inf")
     _link_up: bool = True
     _fault_reason: str = ""
     _send_failing: bool = False
@@ -376,12 +377,12 @@ class Router:
             # Members apply a placement change a moment apart: accept what
             # they advertised before it for the same grace as the address set.
             self._previous_priorities = old.peer_priorities
-            self._previous_until = max(self._previous_until, now + self.config.update_grace)
+            self._priorities_until = now + self.config.update_grace
         self._sends.clear()
         actions: list[Action] = []
         old_set, new_set = frozenset(old.vips), frozenset(self.config.vips)
         if old_set != new_set:
-            if now >= self._previous_until or not self._previous_vips:
+            if now >= self._previous_until:
                 self._previous_vips = old.vips
             self._previous_until = now + self.config.update_grace
             if self.holding:
@@ -675,7 +676,7 @@ class Router:
 
     def _allowed_priorities(self, src: IPAddress, now: float) -> set[int]:
         tables = [self.config.peer_priorities or {}]
-        if self._previous_priorities is not None and now < self._previous_until:
+        if self._previous_priorities is not None and now < self._priorities_until:
             tables.append(self._previous_priorities)
         allowed: set[int] = set()
         for table in tables:
