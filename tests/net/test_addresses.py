@@ -437,3 +437,24 @@ def test_arp_request_and_reply_sender() -> None:
         1, ETH_P_IP, 6, 4, 2, b"\x04" * 6, vip.packed, b"\x02" * 6, ipaddress.IPv4Address("198.51.100.11").packed)
     assert arp_reply_sender(reply, vip) == b"\x04" * 6
     assert arp_reply_sender(reply, ipaddress.IPv4Address("198.51.100.101")) is None
+
+
+def test_neighbor_solicitation_and_advert_responder() -> None:
+    from vipcore.net.addresses import (
+        icmpv6_filter_only,
+        na_responder,
+        neighbor_solicitation,
+        solicited_node,
+    )
+
+    vip = ipaddress.IPv6Address("2001:db8:100::1:2:100")
+    assert solicited_node(vip) == ipaddress.IPv6Address("ff02::1:ff02:100")
+    ns = neighbor_solicitation(b"\x02" * 6, vip)
+    assert ns[0] == 135 and ns[8:24] == vip.packed and ns[24:26] == b"\x01\x01" and ns[26:] == b"\x02" * 6
+    na = struct.pack("!BBHI16s", 136, 0, 0, 0x60000000, vip.packed) + b"\x02\x01" + b"\x04" * 6
+    assert na_responder(na, "fe80::4%eth0", vip) == b"\x04" * 6
+    assert na_responder(na[:24], "fe80::4%eth0", vip) == b"fe80::4"  # no option: by source address
+    assert na_responder(na, "fe80::4", ipaddress.IPv6Address("2001:db8::1")) is None
+    assert na_responder(ns, "fe80::4", vip) is None
+    words = struct.unpack("=8I", icmpv6_filter_only(136))
+    assert words[4] == 0xFFFFFFFF & ~(1 << 8) and all(w == 0xFFFFFFFF for i, w in enumerate(words) if i != 4)

@@ -89,7 +89,9 @@ MAC_LENGTH = 6
 
 # -- Neighbor Discovery (RFC 4861) ------------------------------------------
 
+ICMPV6_NEIGHBOR_SOLICIT = 135
 ICMPV6_NEIGHBOR_ADVERT = 136
+ND_OPT_SOURCE_LINKADDR = 1
 ND_OPT_TARGET_LINKADDR = 2
 #: The Override flag: replace the cached link-layer address.
 NA_FLAG_OVERRIDE = 0x20000000
@@ -280,6 +282,40 @@ def parse_link_messages(data: bytes) -> list["LinkEvent"]:
                                     admin_up=bool(flags & IFF_UP), carrier=bool(flags & IFF_LOWER_UP)))
         offset += (length + 3) & ~3
     return events
+
+
+def solicited_node(address: ipaddress.IPv6Address) -> ipaddress.IPv6Address:
+    """The solicited-node multicast address of ``address`` (RFC 4291): ff02::1:ffXX:XXXX."""
+    return ipaddress.IPv6Address(b"\xff\x02" + b"\x00" * 9 + b"\x01\xff" + address.packed[13:])
+
+
+def neighbor_solicitation(mac: bytes, target: ipaddress.IPv6Address) -> bytes:
+    """An ICMPv6 Neighbor Solicitation for ``target`` with our link-layer address (checksum by the kernel)."""
+    option = struct.pack("!BB6s", ND_OPT_SOURCE_LINKADDR, 1, mac)
+    return struct.pack("!BBHI16s", ICMPV6_NEIGHBOR_SOLICIT, 0, 0, 0, target.packed) + option
+
+
+def na_responder(message: bytes, source: str, target: ipaddress.IPv6Address) -> bytes | None:
+    """Who ``message`` (an ICMPv6 packet from ``source``) says answers for ``target``:
+    the target link-layer address of a Neighbor Advertisement, else its source address; None if not one."""
+    if len(message) < 24 or message[0] != ICMPV6_NEIGHBOR_ADVERT or message[8:24] != target.packed:
+        return None
+    offset = 24
+    while offset + 8 <= len(message):
+        kind, units = message[offset], message[offset + 1]
+        if units == 0:
+            break
+        if kind == ND_OPT_TARGET_LINKADDR:
+            return bytes(message[offset + 2: offset + 8])
+        offset += units * 8
+    return source.split("%", 1)[0].encode()
+
+
+def icmpv6_filter_only(kind: int) -> bytes:
+    """An ``ICMP6_FILTER`` value that passes ICMPv6 type ``kind`` alone (a set bit blocks)."""
+    words = [0xFFFFFFFF] * 8
+    words[kind >> 5] &= ~(1 << (kind & 31)) & 0xFFFFFFFF
+    return struct.pack("=8I", *words)
 
 
 def unsolicited_na(mac: bytes, vip: ipaddress.IPv6Address) -> bytes:
@@ -662,30 +698,42 @@ class AddressHolder:
                 raise InterfaceNotFoundError(interface, self._where()) from None
             raise AddressError(interface, f"announcing {', '.join(map(str, wanted))} failed: {exc.strerror}") from None
 
-    async def responders(self, interface: str, vip: ipaddress.IPv4Address,
-                         wait: float = RESPONDERS_WAIT) -> frozenset[bytes]:
-        """The MAC addresses that answer an ARP request for ``vip`` on ``interface`` within ``wait`` s.
+    async def responders(self, interface: str, vip: IPAddress, wait: float = RESPONDERS_WAIT) -> frozenset[bytes]:
+        """Who answers for ``vip`` on ``interface`` within ``wait`` seconds.
 
+        IPv4: an ARP request; IPv6: a Neighbor Solicitation to the VIP's
+        solicited-node group. Each responder is its MAC address (an NA
+        without a target link-layer option counts by its source address).
         Exactly one is healthy; two or more is a split brain (or a host
         answering for an address it should not); none, no holder. Our own
         MAC is included when the VIP is on our interface (the kernel does not
-        answer its own request). IPv4 only.
+        answer its own request).
         """
         info = await self.interface(interface)
-        loop = asyncio.get_running_loop()
         found: set[bytes] = set()
-        if any(i.ip == vip for i in info.ipv4):
+        if vip in info.addresses():
             found.add(info.mac)
         try:
-            sock = self._socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+            if isinstance(vip, ipaddress.IPv4Address):
+                found |= await self._ask_arp(info, vip, wait)
+            else:
+                found |= await self._ask_nd(info, vip, wait)
         except OSError as exc:
-            raise AddressError(interface, f"cannot open an ARP socket: {exc.strerror}") from None
+            if exc.errno in _NO_INTERFACE:
+                raise InterfaceNotFoundError(interface, self._where()) from None
+            raise AddressError(interface, f"asking who answers for {vip} failed: {exc.strerror}") from None
+        return frozenset(found)
+
+    async def _ask_arp(self, info: InterfaceInfo, vip: ipaddress.IPv4Address, wait: float) -> set[bytes]:
+        loop = asyncio.get_running_loop()
+        found: set[bytes] = set()
+        sock = self._socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
         try:
             sock.setblocking(False)
-            sock.bind((interface, ETH_P_ARP))
+            sock.bind((info.name, ETH_P_ARP))
             primary = info.primary(Family.IPV4)
             sender = primary if isinstance(primary, ipaddress.IPv4Address) else None
-            sock.sendto(arp_request(info.mac, sender, vip), (interface, ETH_P_ARP))
+            sock.sendto(arp_request(info.mac, sender, vip), (info.name, ETH_P_ARP))
             deadline = loop.time() + wait
             while (left := deadline - loop.time()) > 0:
                 try:
@@ -695,13 +743,33 @@ class AddressHolder:
                 mac = arp_reply_sender(frame, vip)
                 if mac is not None:
                     found.add(mac)
-        except OSError as exc:
-            if exc.errno in _NO_INTERFACE:
-                raise InterfaceNotFoundError(interface, self._where()) from None
-            raise AddressError(interface, f"asking who answers for {vip} failed: {exc.strerror}") from None
         finally:
             sock.close()
-        return frozenset(found)
+        return found
+
+    async def _ask_nd(self, info: InterfaceInfo, vip: ipaddress.IPv6Address, wait: float) -> set[bytes]:
+        loop = asyncio.get_running_loop()
+        found: set[bytes] = set()
+        sock = self._socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, info.name.encode())
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ND_HOP_LIMIT)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            sock.setsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, icmpv6_filter_only(ICMPV6_NEIGHBOR_ADVERT))
+            sock.sendto(neighbor_solicitation(info.mac, vip), (str(solicited_node(vip)), 0, 0, info.index))
+            deadline = loop.time() + wait
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    message, address = await asyncio.wait_for(loop.sock_recvfrom(sock, 256), left)
+                except asyncio.TimeoutError:
+                    break
+                responder = na_responder(message, str(address[0]), vip)
+                if responder is not None:
+                    found.add(responder)
+        finally:
+            sock.close()
+        return found
 
     def start_announcing(
         self, interface: str, vips: Iterable[IPAddress | str], schedule: AnnounceSchedule

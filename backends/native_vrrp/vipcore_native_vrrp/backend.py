@@ -464,15 +464,15 @@ class NativeVrrpBackend:
                 await self._probe(group)
 
     async def _probe(self, group: str) -> None:
-        """Ask the LAN who answers for each IPv4 VIP of ``group``; log anything but one answer."""
+        """Ask the LAN who answers for each VIP of ``group``; log anything but one answer."""
         membership = self.memberships.get(group)
         holder = self.holder
         if membership is None or holder is None:
             return
         interface = membership.group.interface
-        for vip in membership.group.vips(Family.IPV4):
+        for vip in (*membership.group.vips(Family.IPV4), *membership.group.vips(Family.IPV6)):
             try:
-                macs = await holder.responders(interface, vip)  # type: ignore[arg-type]
+                macs = await holder.responders(interface, vip)
             except VipcoreError as exc:
                 log.debug("who answers for %s: %s", vip, exc)
                 continue
@@ -481,7 +481,7 @@ class NativeVrrpBackend:
             self.responders[vip] = len(macs)
             if len(macs) != 1:
                 log.warning("VIP %s is answered by %d MAC addresses%s: %s", vip, len(macs),
-                            f" ({', '.join(m.hex(':') for m in sorted(macs))})" if macs else "",
+                            f" ({', '.join(_responder(m) for m in sorted(macs))})" if macs else "",
                             "split brain: two holders" if macs else "nobody holds it",
                             extra={"event": "vip_responders", "vip": str(vip), "responders": len(macs)})
 
@@ -489,7 +489,7 @@ class NativeVrrpBackend:
         drivers = self.routers.pop(name, {})
         left = self.memberships.pop(name, None)
         if left is not None:
-            for vip in left.group.vips(Family.IPV4):
+            for vip in (*left.group.vips(Family.IPV4), *left.group.vips(Family.IPV6)):
                 self.responders.pop(vip, None)
         probe = self._probes.pop(name, None)
         if probe is not None:
@@ -524,3 +524,8 @@ def _peer_destinations(
             if address.version == family and any(address in n.network for n in own):
                 yield address
                 break
+
+
+def _responder(identity: bytes) -> str:
+    """A MAC as aa:bb:..., or the source address an NA without a link-layer option came from."""
+    return identity.hex(":") if len(identity) == 6 else identity.decode(errors="replace")

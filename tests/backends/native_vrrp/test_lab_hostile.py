@@ -186,3 +186,22 @@ def test_link_flap_without_the_ipv6_prefix_is_reported(lab: Lab) -> None:
     lab.link(holder, "up")  # the network configuration restores the prefix
     assert wait_until(lambda: lab.holders(WEB_V6) == [holder], 10), transitions(lab, holder)
     assert "has a global IPv6 address again" in messages(lab, holder)
+
+
+# -- split-brain detector ------------------------------------------------------------------------
+
+
+def test_two_holders_after_sigkill_are_seen_by_the_detector(lab: Lab) -> None:
+    lab.settings["preempt"] = False
+    holder, _ = start_all(lab)
+    lab.kill(holder)  # the link stays up: its kernel keeps answering for the VIPs
+    assert wait_until(lambda: len(lab.holders(WEB_V4)) == 2 and len(lab.holders(WEB_V6)) == 2, 5), (
+        lab.holders(WEB_V4), lab.holders(WEB_V6))
+    new = next(n for n in lab.holders(WEB_V4) if n != holder)
+
+    def seen(vip: str) -> bool:
+        return any(line.get("event") == "vip_responders" and line.get("vip") == vip and line.get("responders") == 2
+                   for line in lab.log(new))
+
+    assert wait_until(lambda: seen(str(WEB_V4)) and seen(str(WEB_V6)), 5), messages(lab, new)[-2000:]
+    assert "split brain" in messages(lab, new)
