@@ -698,8 +698,9 @@ class AddressHolder:
                 raise InterfaceNotFoundError(interface, self._where()) from None
             raise AddressError(interface, f"announcing {', '.join(map(str, wanted))} failed: {exc.strerror}") from None
 
-    async def responders(self, interface: str, vip: IPAddress, wait: float = RESPONDERS_WAIT) -> frozenset[bytes]:
-        """Who answers for ``vip`` on ``interface`` within ``wait`` seconds.
+    async def responders(self, interface: str, vips: Iterable[IPAddress | str],
+                         wait: float = RESPONDERS_WAIT) -> dict[IPAddress, frozenset[bytes]]:
+        """Who answers for each of ``vips`` on ``interface``, asked all at once and heard for ``wait`` s.
 
         IPv4: an ARP request; IPv6: a Neighbor Solicitation to the VIP's
         solicited-node group. Each responder is its MAC address (an NA
@@ -707,49 +708,58 @@ class AddressHolder:
         Exactly one is healthy; two or more is a split brain (or a host
         answering for an address it should not); none, no holder. Our own
         MAC is included when the VIP is on our interface (the kernel does not
-        answer its own request).
+        answer its own request). One socket per family per call, closed off
+        the event loop (closing an AF_PACKET socket waits for an RCU grace
+        period).
         """
+        wanted = _unique(vips)
         info = await self.interface(interface)
-        found: set[bytes] = set()
-        if vip in info.addresses():
-            found.add(info.mac)
+        found: dict[IPAddress, set[bytes]] = {vip: set() for vip in wanted}
+        own = info.addresses()
+        for vip in wanted:
+            if vip in own:
+                found[vip].add(info.mac)
+        v4 = [v for v in wanted if isinstance(v, ipaddress.IPv4Address)]
+        v6 = [v for v in wanted if isinstance(v, ipaddress.IPv6Address)]
         try:
-            if isinstance(vip, ipaddress.IPv4Address):
-                found |= await self._ask_arp(info, vip, wait)
-            else:
-                found |= await self._ask_nd(info, vip, wait)
+            await asyncio.gather(self._ask_arp(info, v4, wait, found), self._ask_nd(info, v6, wait, found))
         except OSError as exc:
             if exc.errno in _NO_INTERFACE:
                 raise InterfaceNotFoundError(interface, self._where()) from None
-            raise AddressError(interface, f"asking who answers for {vip} failed: {exc.strerror}") from None
-        return frozenset(found)
+            raise AddressError(interface, f"asking who answers for its VIPs failed: {exc.strerror}") from None
+        return {vip: frozenset(macs) for vip, macs in found.items()}
 
-    async def _ask_arp(self, info: InterfaceInfo, vip: ipaddress.IPv4Address, wait: float) -> set[bytes]:
+    async def _ask_arp(self, info: InterfaceInfo, vips: list[ipaddress.IPv4Address], wait: float,
+                       found: dict[IPAddress, set[bytes]]) -> None:
+        if not vips:
+            return
         loop = asyncio.get_running_loop()
-        found: set[bytes] = set()
         sock = self._socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
         try:
             sock.setblocking(False)
             sock.bind((info.name, ETH_P_ARP))
             primary = info.primary(Family.IPV4)
             sender = primary if isinstance(primary, ipaddress.IPv4Address) else None
-            sock.sendto(arp_request(info.mac, sender, vip), (info.name, ETH_P_ARP))
+            for vip in vips:
+                sock.sendto(arp_request(info.mac, sender, vip), (info.name, ETH_P_ARP))
             deadline = loop.time() + wait
             while (left := deadline - loop.time()) > 0:
                 try:
                     frame = await asyncio.wait_for(loop.sock_recv(sock, 128), left)
                 except asyncio.TimeoutError:
                     break
-                mac = arp_reply_sender(frame, vip)
-                if mac is not None:
-                    found.add(mac)
+                for vip in vips:
+                    mac = arp_reply_sender(frame, vip)
+                    if mac is not None:
+                        found[vip].add(mac)
         finally:
-            sock.close()
-        return found
+            await loop.run_in_executor(None, sock.close)
 
-    async def _ask_nd(self, info: InterfaceInfo, vip: ipaddress.IPv6Address, wait: float) -> set[bytes]:
+    async def _ask_nd(self, info: InterfaceInfo, vips: list[ipaddress.IPv6Address], wait: float,
+                      found: dict[IPAddress, set[bytes]]) -> None:
+        if not vips:
+            return
         loop = asyncio.get_running_loop()
-        found: set[bytes] = set()
         sock = self._socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
         try:
             sock.setblocking(False)
@@ -757,19 +767,20 @@ class AddressHolder:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ND_HOP_LIMIT)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
             sock.setsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, icmpv6_filter_only(ICMPV6_NEIGHBOR_ADVERT))
-            sock.sendto(neighbor_solicitation(info.mac, vip), (str(solicited_node(vip)), 0, 0, info.index))
+            for vip in vips:
+                sock.sendto(neighbor_solicitation(info.mac, vip), (str(solicited_node(vip)), 0, 0, info.index))
             deadline = loop.time() + wait
             while (left := deadline - loop.time()) > 0:
                 try:
                     message, address = await asyncio.wait_for(loop.sock_recvfrom(sock, 256), left)
                 except asyncio.TimeoutError:
                     break
-                responder = na_responder(message, str(address[0]), vip)
-                if responder is not None:
-                    found.add(responder)
+                for vip in vips:
+                    responder = na_responder(message, str(address[0]), vip)
+                    if responder is not None:
+                        found[vip].add(responder)
         finally:
             sock.close()
-        return found
 
     def start_announcing(
         self, interface: str, vips: Iterable[IPAddress | str], schedule: AnnounceSchedule

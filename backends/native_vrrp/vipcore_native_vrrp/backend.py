@@ -70,7 +70,7 @@ class NativeVrrpBackend:
         #: Split-brain detector: how many MACs answered for each VIP at the last probe.
         self.responders: dict[IPAddress, int] = {}
         self._prober: asyncio.Task[None] | None = None
-        self._probes: dict[str, asyncio.TimerHandle] = {}
+        self._probe_handle: asyncio.TimerHandle | None = None
         self._probe_tasks: set[asyncio.Task[None]] = set()
         self._rechecks: dict[str, asyncio.TimerHandle] = {}
 
@@ -105,9 +105,9 @@ class NativeVrrpBackend:
         for handle in self._rechecks.values():
             handle.cancel()
         self._rechecks.clear()
-        for handle in self._probes.values():
-            handle.cancel()
-        self._probes.clear()
+        if self._probe_handle is not None:
+            self._probe_handle.cancel()
+            self._probe_handle = None
         tasks = [t for t in (self._prober, *self._probe_tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -307,7 +307,7 @@ class NativeVrrpBackend:
             at=context.clock(), node=context.node, backend=self.name, vrid=driver.vrid, failover_seconds=failover,
             cause=change.cause,
         ))
-        self._probe_soon(driver.group)
+        self._probe_soon()
         siblings = [d for d in self.routers.get(driver.group, {}).values() if d is not driver]
         pulled = followers(change, [d.router for d in siblings])
         for sibling in siblings:
@@ -443,47 +443,56 @@ class NativeVrrpBackend:
 
     # -- split-brain detector -------------------------------------------------------
 
-    def _probe_soon(self, group: str) -> None:
-        """Probe the group's VIPs once announcements after a transition have gone out."""
+    def _probe_soon(self) -> None:
+        """Probe every VIP once the announcements after a transition have gone out.
+
+        Debounced: transitions of many groups at once (a node dying) make
+        one round, not one per group.
+        """
         loop = self._loop
-        if loop is None or group in self._probes:
+        if loop is None or self._probe_handle is not None:
             return
 
         def fire() -> None:
-            self._probes.pop(group, None)
-            task = loop.create_task(self._probe(group))
+            self._probe_handle = None
+            task = loop.create_task(self._probe_all())
             self._probe_tasks.add(task)
             task.add_done_callback(self._probe_tasks.discard)
 
-        self._probes[group] = loop.call_later(PROBE_AFTER_TRANSITION, fire)
+        self._probe_handle = loop.call_later(PROBE_AFTER_TRANSITION, fire)
 
     async def _probe_periodically(self) -> None:
         while True:
             await asyncio.sleep(PROBE_EVERY)
-            for group in list(self.memberships):
-                await self._probe(group)
+            await self._probe_all()
 
-    async def _probe(self, group: str) -> None:
-        """Ask the LAN who answers for each VIP of ``group``; log anything but one answer."""
-        membership = self.memberships.get(group)
+    async def _probe_all(self) -> None:
+        """Ask the LAN who answers for each VIP of our groups (one round per interface);
+        log anything but one answer."""
         holder = self.holder
-        if membership is None or holder is None:
+        if holder is None:
             return
-        interface = membership.group.interface
-        for vip in (*membership.group.vips(Family.IPV4), *membership.group.vips(Family.IPV6)):
+        by_interface: dict[str, list[IPAddress]] = {}
+        for membership in self.memberships.values():
+            group = membership.group
+            by_interface.setdefault(group.interface, []).extend((*group.vips(Family.IPV4), *group.vips(Family.IPV6)))
+        for interface, vips in sorted(by_interface.items()):
             try:
-                macs = await holder.responders(interface, vip)
+                answers = await holder.responders(interface, vips)
             except VipcoreError as exc:
-                log.debug("who answers for %s: %s", vip, exc)
+                log.debug("who answers on %s: %s", interface, exc)
                 continue
-            if group not in self.memberships:
-                return  # left meanwhile
-            self.responders[vip] = len(macs)
-            if len(macs) != 1:
-                log.warning("VIP %s is answered by %d MAC addresses%s: %s", vip, len(macs),
-                            f" ({', '.join(_responder(m) for m in sorted(macs))})" if macs else "",
-                            "split brain: two holders" if macs else "nobody holds it",
-                            extra={"event": "vip_responders", "vip": str(vip), "responders": len(macs)})
+            current = {v for m in self.memberships.values() for v in (*m.group.vips(Family.IPV4),
+                                                                        *m.group.vips(Family.IPV6))}
+            for vip, macs in answers.items():
+                if vip not in current:
+                    continue  # its group left meanwhile
+                self.responders[vip] = len(macs)
+                if len(macs) != 1:
+                    log.warning("VIP %s is answered by %d MAC addresses%s: %s", vip, len(macs),
+                                f" ({', '.join(_responder(m) for m in sorted(macs))})" if macs else "",
+                                "split brain: two holders" if macs else "nobody holds it",
+                                extra={"event": "vip_responders", "vip": str(vip), "responders": len(macs)})
 
     async def _stop_group(self, name: str, graceful: bool) -> None:
         drivers = self.routers.pop(name, {})
@@ -491,9 +500,7 @@ class NativeVrrpBackend:
         if left is not None:
             for vip in (*left.group.vips(Family.IPV4), *left.group.vips(Family.IPV6)):
                 self.responders.pop(vip, None)
-        probe = self._probes.pop(name, None)
-        if probe is not None:
-            probe.cancel()
+
         await asyncio.gather(*(self._stop_router(d, graceful) for d in drivers.values()))
 
     async def _stop_router(self, driver: RouterDriver, graceful: bool) -> None:

@@ -104,9 +104,10 @@ class FakeHolder:
             ipv4=(ipaddress.IPv4Interface(f"198.51.100.{i}/24"),), ipv6=tuple(ipv6),
         )
 
-    async def responders(self, interface: str, vip: IPAddress) -> frozenset[bytes]:
-        """Every node of the bus holding ``vip`` answers with its own MAC."""
-        return frozenset(bytes([NODE_NUMBER[h.node]]) * 6 for h in self.bus_holders if vip in h.held and not h.closed)
+    async def responders(self, interface: str, vips: Iterable[IPAddress]) -> dict[IPAddress, frozenset[bytes]]:
+        """Every node of the bus holding a VIP answers with its own MAC."""
+        return {vip: frozenset(bytes([NODE_NUMBER[h.node]]) * 6 for h in self.bus_holders
+                               if vip in h.held and not h.closed) for vip in vips}
 
     async def link_events(self, subscribed: Callable[[], None] | None = None) -> AsyncIterator[LinkEvent]:
         if subscribed is not None:
