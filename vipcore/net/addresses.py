@@ -371,6 +371,7 @@ class AddressHolder:
         self._tasks: set[asyncio.Task[None]] = set()
         self._packet_socket: socket.socket | None = None
         self._nd_sockets: dict[str, tuple[int, socket.socket]] = {}
+        self._arp_listeners: dict[str, tuple[int, socket.socket]] = {}
 
     async def __aenter__(self) -> "AddressHolder":
         return self
@@ -638,6 +639,9 @@ class AddressHolder:
     def _close_sockets(self) -> None:
         for name in list(self._nd_sockets):
             self._discard_nd(name)
+        for _, listener in self._arp_listeners.values():
+            listener.close()
+        self._arp_listeners.clear()
         if self._packet_socket is not None:
             self._packet_socket.close()
             self._packet_socket = None
@@ -708,9 +712,9 @@ class AddressHolder:
         Exactly one is healthy; two or more is a split brain (or a host
         answering for an address it should not); none, no holder. Our own
         MAC is included when the VIP is on our interface (the kernel does not
-        answer its own request). One socket per family per call, closed off
-        the event loop (closing an AF_PACKET socket waits for an RCU grace
-        period).
+        answer its own request). The ND socket is opened per call,
+        the ARP one kept open per interface (binding or closing a packet
+        socket waits for an RCU grace period).
         """
         wanted = _unique(vips)
         info = await self.interface(interface)
@@ -724,6 +728,9 @@ class AddressHolder:
         try:
             await asyncio.gather(self._ask_arp(info, v4, wait, found), self._ask_nd(info, v6, wait, found))
         except OSError as exc:
+            stale = self._arp_listeners.pop(interface, None)
+            if stale is not None:
+                stale[1].close()
             if exc.errno in _NO_INTERFACE:
                 raise InterfaceNotFoundError(interface, self._where()) from None
             raise AddressError(interface, f"asking who answers for its VIPs failed: {exc.strerror}") from None
@@ -734,26 +741,50 @@ class AddressHolder:
         if not vips:
             return
         loop = asyncio.get_running_loop()
-        sock = self._socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        sock = self._arp_listener(info)
+        try:
+            while True:  # what queued up since the last round is stale
+                sock.recv(128)
+        except (BlockingIOError, InterruptedError):
+            pass
+        primary = info.primary(Family.IPV4)
+        sender = primary if isinstance(primary, ipaddress.IPv4Address) else None
+        for vip in vips:
+            sock.sendto(arp_request(info.mac, sender, vip), (info.name, ETH_P_ARP))
+        deadline = loop.time() + wait
+        while (left := deadline - loop.time()) > 0:
+            try:
+                frame = await asyncio.wait_for(loop.sock_recv(sock, 128), left)
+            except asyncio.TimeoutError:
+                break
+            for vip in vips:
+                mac = arp_reply_sender(frame, vip)
+                if mac is not None:
+                    found[vip].add(mac)
+
+    def _arp_listener(self, info: InterfaceInfo) -> socket.socket:
+        """An AF_PACKET socket receiving ARP on ``info``, kept for the holder's lifetime.
+
+        Binding and closing a packet socket with a protocol waits for an RCU
+        grace period, which took hundreds of milliseconds on a loaded host and
+        stalled every router on the loop: open it once per interface (and
+        again only if the interface was re-created).
+        """
+        cached = self._arp_listeners.get(info.name)
+        if cached is not None and cached[0] == info.index:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        # Protocol 0 at creation: the one protocol hook is registered by bind().
+        sock = self._socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             sock.setblocking(False)
             sock.bind((info.name, ETH_P_ARP))
-            primary = info.primary(Family.IPV4)
-            sender = primary if isinstance(primary, ipaddress.IPv4Address) else None
-            for vip in vips:
-                sock.sendto(arp_request(info.mac, sender, vip), (info.name, ETH_P_ARP))
-            deadline = loop.time() + wait
-            while (left := deadline - loop.time()) > 0:
-                try:
-                    frame = await asyncio.wait_for(loop.sock_recv(sock, 128), left)
-                except asyncio.TimeoutError:
-                    break
-                for vip in vips:
-                    mac = arp_reply_sender(frame, vip)
-                    if mac is not None:
-                        found[vip].add(mac)
-        finally:
-            await loop.run_in_executor(None, sock.close)
+        except OSError:
+            sock.close()
+            raise
+        self._arp_listeners[info.name] = (info.index, sock)
+        return sock
 
     async def _ask_nd(self, info: InterfaceInfo, vips: list[ipaddress.IPv6Address], wait: float,
                       found: dict[IPAddress, set[bytes]]) -> None:

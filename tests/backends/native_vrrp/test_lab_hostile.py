@@ -36,15 +36,18 @@ def start_all(lab: Lab) -> tuple[str, int]:
     """Every agent started; the placed holder holds both VIPs. Returns (holder, VRID)."""
     for node in NODES:
         lab.start(node)
-    top = lab.placement(WEB_V4)[0]
+    # Without preemption whoever wins first keeps the group.
+    top = lab.placement(WEB_V4)[0] if lab.settings.get("preempt", True) else None
 
     def settled() -> bool:
-        if lab.holders(WEB_V4) != [top] or lab.holders(WEB_V6) != [top]:
+        first = lab.holders(WEB_V4)
+        if len(first) != 1 or lab.holders(WEB_V6) != first or (top is not None and first != [top]):
             return False
         time.sleep(0.3)
-        return lab.holders(WEB_V4) == [top] and lab.holders(WEB_V6) == [top]
+        return lab.holders(WEB_V4) == first and lab.holders(WEB_V6) == first
 
     assert wait_until(settled, START_TIMEOUT, interval=0.05), (lab.holders(WEB_V4), lab.holders(WEB_V6))
+    top = lab.holders(WEB_V4)[0]
     vrid = lab.vrid(top, lab.group_of(WEB_V4))
     assert vrid is not None
     return top, vrid
