@@ -41,8 +41,8 @@ STOP_MARGIN = 1.0
 RECHECK_INTERVAL = 1.0
 #: Seconds to wait before re-subscribing to link events after an error.
 WATCH_RETRY = 1.0
-#: Split-brain detector: ask the LAN who answers for each IPv4 VIP this long
-#: after a transition of its group (announcements have gone out by then) ...
+#: Split-brain detector: ask the LAN who answers for each VIP this long after
+#: a transition (announcements have gone out by then) ...
 PROBE_AFTER_TRANSITION = 1.0
 #: ... and this often in any case.
 PROBE_EVERY = 30.0
@@ -203,7 +203,7 @@ class NativeVrrpBackend:
         for vip, count in sorted(self.responders.items(), key=lambda item: (item[0].version, item[0])):
             samples.append(MetricSample(
                 "vipcore_vip_responders", count, (("vip", str(vip)),), kind="gauge",
-                help="MAC addresses that answered an ARP request for the VIP at the last probe "
+                help="MAC addresses that answered ARP / neighbour solicitation for the VIP at the last probe "
                      "(1 is healthy; 0: no holder; 2 or more: split brain)"))
         for interface in sorted({i for i, _ in self.links} | self.ipv6_prefix_missing):
             samples.append(MetricSample(
@@ -464,7 +464,10 @@ class NativeVrrpBackend:
     async def _probe_periodically(self) -> None:
         while True:
             await asyncio.sleep(PROBE_EVERY)
-            await self._probe_all()
+            try:
+                await self._probe_all()
+            except Exception:  # the detector must outlive a bad round
+                log.exception("split-brain probe failed")
 
     async def _probe_all(self) -> None:
         """Ask the LAN who answers for each VIP of our groups (one round per interface);
