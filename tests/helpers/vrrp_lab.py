@@ -1,8 +1,8 @@
 """A minimal network-namespace lab for the native_vrrp integration tests.
 
-Topology (every name starts with ``vcA-``; nothing touches the host's own
-interfaces): a switch namespace ``vcA-sw`` with bridge ``br0``; node
-namespaces ``vcA-na``, ``vcA-nb``, ``vcA-nc`` and a client ``vcA-cl``, each
+Topology (every name starts with ``vcV-``; nothing touches the host's own
+interfaces): a switch namespace ``vcV-sw`` with bridge ``br0``; node
+namespaces ``vcV-na``, ``vcV-nb``, ``vcV-nc`` and a client ``vcV-cl``, each
 with ``eth0`` on the bridge, addresses from 198.51.100.0/24 and
 2001:db8:100::/64. Nodes run the real agent (``vipcore agent --config``)
 or keepalived; every process is ended by its PID and every namespace is
@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-PREFIX = "vcA"
+PREFIX = "vcV"
 SWITCH = f"{PREFIX}-sw"
 CLIENT = f"{PREFIX}-cl"
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,6 +158,27 @@ class Lab:
             run("ip", "netns", "del", ns, check=False)
         self.namespaces.clear()
 
+    def port(self, node: str) -> str:
+        """The node's switch port (the other end of its eth0)."""
+        return f"p{ns_of(node)[-2:]}"
+
+    def carrier(self, node: str, up: bool) -> None:
+        """Switch port down/up: the node's eth0 stays administratively up but loses carrier."""
+        run("ip", "-n", SWITCH, "link", "set", self.port(node), "up" if up else "down")
+
+    def delete_link(self, node: str) -> None:
+        """Delete the node's eth0 (the veth pair goes with it)."""
+        run("ip", "-n", ns_of(node), "link", "del", "eth0")
+
+    def recreate_link(self, node: str) -> None:
+        """A new eth0 (new ifindex, new MAC) with the node's addresses, plugged into the switch."""
+        ns, last, port = ns_of(node), NODES[node], self.port(node)
+        run("ip", "-n", SWITCH, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        run("ip", "-n", SWITCH, "link", "set", port, "master", "br0", "up")
+        run("ip", "-n", ns, "addr", "add", f"198.51.100.{last}/24", "dev", "eth0")
+        run("ip", "-n", ns, "addr", "add", f"2001:db8:100::{last}/64", "dev", "eth0", "nodad")
+        run("ip", "-n", ns, "link", "set", "eth0", "up")
+
     def link(self, node: str, state: str) -> None:
         run("ip", "-n", ns_of(node), "link", "set", "eth0", state)
         if state == "up":
@@ -169,14 +190,22 @@ class Lab:
 
     def write_manifests(self) -> Path:
         path = self.tmp / "manifests" / "all.yaml"
-        path.write_text(yaml.safe_dump_all(manifests(self.services)))
+        text = yaml.safe_dump_all(manifests(self.services))
+        if not path.exists() or path.read_text() != text:
+            # Atomically: agents watch the directory and must never read half a file
+            # (an empty read makes them leave every group).
+            partial = self.tmp / "all.yaml.partial"
+            partial.write_text(text)
+            partial.replace(path)
         return path
 
-    def start(self, node: str) -> None:
+    def start(self, node: str, *, ns: str | None = None, as_node: str | None = None) -> None:
+        """Start the agent of ``node`` (in its namespace, or ``ns`` under the name ``node``,
+        claiming to be ``as_node``: a twin with another node's identity)."""
         assert node not in self.procs, f"{node} already runs"
         self.write_manifests()
         config = {
-            "backend": "native_vrrp", "node_name": node, "source": "manifests",
+            "backend": "native_vrrp", "node_name": as_node or node, "source": "manifests",
             "manifests": [str(self.tmp / "manifests")], "state_dir": str(self.tmp / "state" / node),
             "log_format": "json", "metrics": {"address": ""}, "native_vrrp": dict(self.settings),
         }
@@ -184,7 +213,7 @@ class Lab:
         path.write_text(yaml.safe_dump(config))
         log = open(self.tmp / f"{node}.log", "ab")  # noqa: SIM115 (closed with the process)
         self.procs[node] = subprocess.Popen(
-            ["ip", "netns", "exec", ns_of(node), str(VIPCORE), "agent", "--config", str(path)],
+            ["ip", "netns", "exec", ns or ns_of(node), str(VIPCORE), "agent", "--config", str(path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         log.close()
@@ -288,6 +317,16 @@ class Lab:
                 found.append(node)
         return found
 
+    def watch(self, vip: ipaddress.IPv4Address | ipaddress.IPv6Address, seconds: float,
+              interval: float = 0.02) -> list[tuple[float, tuple[str, ...]]]:
+        """Sample who holds ``vip`` for ``seconds``: (time offset, holders) pairs."""
+        samples = []
+        start = time.monotonic()
+        while (now := time.monotonic()) - start < seconds:
+            samples.append((now - start, tuple(self.holders(vip))))
+            time.sleep(interval)
+        return samples
+
     def one_holder(self, vip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
         holders = self.holders(vip)
         return holders[0] if len(holders) == 1 else None
@@ -303,6 +342,46 @@ class Lab:
             ["ip", "netns", "exec", CLIENT, "ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", str(vip)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
+
+
+#: Forged VRRPv3 adverts with any IPv4 source (IP_HDRINCL), sent from inside a namespace.
+FORGE = """
+import ipaddress, socket, struct, sys, time
+from vipcore_native_vrrp.protocol.packet import Advertisement, encode
+vrid, prio, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+sources, destinations = sys.argv[5].split(","), sys.argv[6].split(",")
+vips = [ipaddress.ip_address(v) for v in sys.argv[7:]]
+sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+packets = []
+for src in sources:
+    for dst in destinations:
+        body = encode(Advertisement(vrid, prio, 5, vips), ipaddress.ip_address(src), ipaddress.ip_address(dst))
+        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 255, 112, 0,
+                             socket.inet_aton(src), socket.inet_aton(dst))
+        packets.append((header + body, dst))
+end, i = time.monotonic() + seconds, 0
+while time.monotonic() < end:
+    data, dst = packets[i % len(packets)]
+    sock.sendto(data, (dst, 0))
+    i += 1
+    time.sleep(1 / rate)
+print(i)
+"""
+
+
+def forge(ns: str, vrid: int, priority: int, sources: list[str], *, rate: float, seconds: float,
+          destinations: tuple[str, ...] = ("224.0.0.18",), vip: ipaddress.IPv4Address = WEB_V4,
+          background: bool = False) -> subprocess.Popen[str]:
+    """Send forged adverts from ``ns`` (TTL 255, any source address) for ``seconds``."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", FORGE, str(vrid), str(priority), str(rate), str(seconds),
+         ",".join(sources), ",".join(destinations), str(vip)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    if not background:
+        proc.communicate(timeout=seconds + COMMAND_TIMEOUT)
+    return proc
 
 
 def ping_loss(output: str) -> tuple[int, int]:

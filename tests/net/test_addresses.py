@@ -401,3 +401,60 @@ class TestLab:
                 assert holder.counters.errors == 0
 
         run(go())
+
+
+# -- link events and ARP probing (pure parts) --------------------------------------------------
+
+
+def _newlink(kind: int, index: int, flags: int, name: bytes) -> bytes:
+    from vipcore.net.addresses import IFINFO, NLMSG_HEADER, RTATTR
+
+    attr_payload = name + b"\0"
+    attr = RTATTR.pack(RTATTR.size + len(attr_payload), 3) + attr_payload
+    attr += b"\0" * (-len(attr) % 4)
+    body = IFINFO.pack(0, 1, index, flags, 0) + attr
+    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), kind, 0, 0, 0) + body
+
+
+def test_link_messages_parse_into_events() -> None:
+    from vipcore.net.addresses import IFF_LOWER_UP, IFF_UP, RTM_DELLINK, RTM_NEWLINK, parse_link_messages
+
+    data = (_newlink(RTM_NEWLINK, 7, IFF_UP | IFF_LOWER_UP, b"eth0") + _newlink(RTM_NEWLINK, 7, IFF_UP, b"eth0")
+            + _newlink(RTM_DELLINK, 7, IFF_UP, b"eth0") + _newlink(20, 7, 0, b"x"))  # RTM_NEWADDR: skipped
+    events = parse_link_messages(data)
+    assert [(e.name, e.index, e.up) for e in events] == [("eth0", 7, True), ("eth0", 7, False), ("eth0", 7, False)]
+    assert [e.describe() for e in events[1:]] == ["eth0 lost carrier", "eth0 was deleted"]
+    assert parse_link_messages(data[:10]) == [] and parse_link_messages(data[:-3])[:3] == events
+
+
+def test_arp_request_and_reply_sender() -> None:
+    from vipcore.net.addresses import ARP_BODY, ETH_P_ARP, ETH_P_IP, arp_reply_sender, arp_request
+
+    vip = ipaddress.IPv4Address("198.51.100.100")
+    request = arp_request(b"\x02" * 6, ipaddress.IPv4Address("198.51.100.11"), vip)
+    assert len(request) == 60 and request[:6] == b"\xff" * 6 and arp_reply_sender(request, vip) is None
+    reply = b"\x02" * 6 + b"\x04" * 6 + struct.pack("!H", ETH_P_ARP) + ARP_BODY.pack(
+        1, ETH_P_IP, 6, 4, 2, b"\x04" * 6, vip.packed, b"\x02" * 6, ipaddress.IPv4Address("198.51.100.11").packed)
+    assert arp_reply_sender(reply, vip) == b"\x04" * 6
+    assert arp_reply_sender(reply, ipaddress.IPv4Address("198.51.100.101")) is None
+
+
+def test_neighbor_solicitation_and_advert_responder() -> None:
+    from vipcore.net.addresses import (
+        icmpv6_filter_only,
+        na_responder,
+        neighbor_solicitation,
+        solicited_node,
+    )
+
+    vip = ipaddress.IPv6Address("2001:db8:100::1:2:100")
+    assert solicited_node(vip) == ipaddress.IPv6Address("ff02::1:ff02:100")
+    ns = neighbor_solicitation(b"\x02" * 6, vip)
+    assert ns[0] == 135 and ns[8:24] == vip.packed and ns[24:26] == b"\x01\x01" and ns[26:] == b"\x02" * 6
+    na = struct.pack("!BBHI16s", 136, 0, 0, 0x60000000, vip.packed) + b"\x02\x01" + b"\x04" * 6
+    assert na_responder(na, "fe80::4%eth0", vip) == b"\x04" * 6
+    assert na_responder(na[:24], "fe80::4%eth0", vip) == b"fe80::4"  # no option: by source address
+    assert na_responder(na, "fe80::4", ipaddress.IPv6Address("2001:db8::1")) is None
+    assert na_responder(ns, "fe80::4", vip) is None
+    words = struct.unpack("=8I", icmpv6_filter_only(136))
+    assert words[4] == 0xFFFFFFFF & ~(1 << 8) and all(w == 0xFFFFFFFF for i, w in enumerate(words) if i != 4)

@@ -53,6 +53,14 @@ IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 #: rtnetlink multicast group of link changes (linux/rtnetlink.h).
 RTMGRP_LINK = 0x1
+NETLINK_ROUTE = 0
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+IFLA_IFNAME = 3
+NLMSG_HEADER = struct.Struct("=IHHII")
+IFINFO = struct.Struct("=BxHiII")
+RTATTR = struct.Struct("=HH")
+NETLINK_BUFFER = 65536
 IPV4_HOST_PREFIX = 32
 IPV6_HOST_PREFIX = 128
 #: Errnos that mean "no such interface" (ENXIO: index vanished between calls).
@@ -68,6 +76,11 @@ ETH_P_ARP = 0x0806
 ETH_P_IP = 0x0800
 ARP_HTYPE_ETHERNET = 1
 ARP_OP_REQUEST = 1
+ARP_OP_REPLY = 2
+ETHER_HEADER = 14
+ARP_BODY = struct.Struct("!HHBBH6s4s6s4s")
+#: How long :meth:`AddressHolder.responders` listens for replies by default (seconds).
+RESPONDERS_WAIT = 0.2
 ETHER_BROADCAST = b"\xff" * 6
 ETHER_ZERO = b"\x00" * 6
 #: Ethernet frames shorter than this (without FCS) are padded on the wire.
@@ -76,7 +89,9 @@ MAC_LENGTH = 6
 
 # -- Neighbor Discovery (RFC 4861) ------------------------------------------
 
+ICMPV6_NEIGHBOR_SOLICIT = 135
 ICMPV6_NEIGHBOR_ADVERT = 136
+ND_OPT_SOURCE_LINKADDR = 1
 ND_OPT_TARGET_LINKADDR = 2
 #: The Override flag: replace the cached link-layer address.
 NA_FLAG_OVERRIDE = 0x20000000
@@ -224,6 +239,85 @@ def gratuitous_arp(mac: bytes, vip: ipaddress.IPv4Address) -> bytes:
     return frame.ljust(ETHER_MIN_FRAME, b"\x00")
 
 
+def arp_request(mac: bytes, sender: ipaddress.IPv4Address | None, target: ipaddress.IPv4Address) -> bytes:
+    """A broadcast "who has ``target``" from ``mac`` (sender 0.0.0.0 if None: an RFC 5227 probe)."""
+    arp = ARP_BODY.pack(ARP_HTYPE_ETHERNET, ETH_P_IP, MAC_LENGTH, 4, ARP_OP_REQUEST, mac,
+                        (sender or ipaddress.IPv4Address(0)).packed, ETHER_ZERO, target.packed)
+    frame = ETHER_BROADCAST + mac + struct.pack("!H", ETH_P_ARP) + arp
+    return frame.ljust(ETHER_MIN_FRAME, b"\x00")
+
+
+def arp_reply_sender(frame: bytes, target: ipaddress.IPv4Address) -> bytes | None:
+    """The MAC that ``frame`` says answers for ``target`` (an ARP reply from it), else None."""
+    if len(frame) < ETHER_HEADER + ARP_BODY.size or frame[12:14] != struct.pack("!H", ETH_P_ARP):
+        return None
+    _, ptype, _, _, op, sender_mac, sender_ip, _, _ = ARP_BODY.unpack_from(frame, ETHER_HEADER)
+    if ptype != ETH_P_IP or op != ARP_OP_REPLY or sender_ip != target.packed:
+        return None
+    return bytes(sender_mac)
+
+
+def parse_link_messages(data: bytes) -> list["LinkEvent"]:
+    """The ``RTM_NEWLINK`` / ``RTM_DELLINK`` messages in one netlink datagram (others skipped)."""
+    events: list[LinkEvent] = []
+    offset = 0
+    while offset + NLMSG_HEADER.size <= len(data):
+        length, kind, _, _, _ = NLMSG_HEADER.unpack_from(data, offset)
+        if length < NLMSG_HEADER.size or offset + length > len(data):
+            break
+        body = offset + NLMSG_HEADER.size
+        if kind in (RTM_NEWLINK, RTM_DELLINK) and length >= NLMSG_HEADER.size + IFINFO.size:
+            _, _, index, flags, _ = IFINFO.unpack_from(data, body)
+            name = ""
+            attr = body + IFINFO.size
+            end = offset + length
+            while attr + RTATTR.size <= end:
+                attr_length, attr_type = RTATTR.unpack_from(data, attr)
+                if attr_length < RTATTR.size:
+                    break
+                if attr_type == IFLA_IFNAME:
+                    name = data[attr + RTATTR.size: attr + attr_length].split(b"\0", 1)[0].decode(errors="replace")
+                attr += (attr_length + 3) & ~3
+            events.append(LinkEvent(name=name, index=index, present=kind == RTM_NEWLINK,
+                                    admin_up=bool(flags & IFF_UP), carrier=bool(flags & IFF_LOWER_UP)))
+        offset += (length + 3) & ~3
+    return events
+
+
+def solicited_node(address: ipaddress.IPv6Address) -> ipaddress.IPv6Address:
+    """The solicited-node multicast address of ``address`` (RFC 4291): ff02::1:ffXX:XXXX."""
+    return ipaddress.IPv6Address(b"\xff\x02" + b"\x00" * 9 + b"\x01\xff" + address.packed[13:])
+
+
+def neighbor_solicitation(mac: bytes, target: ipaddress.IPv6Address) -> bytes:
+    """An ICMPv6 Neighbor Solicitation for ``target`` with our link-layer address (checksum by the kernel)."""
+    option = struct.pack("!BB6s", ND_OPT_SOURCE_LINKADDR, 1, mac)
+    return struct.pack("!BBHI16s", ICMPV6_NEIGHBOR_SOLICIT, 0, 0, 0, target.packed) + option
+
+
+def na_responder(message: bytes, source: str, target: ipaddress.IPv6Address) -> bytes | None:
+    """Who ``message`` (an ICMPv6 packet from ``source``) says answers for ``target``:
+    the target link-layer address of a Neighbor Advertisement, else its source address; None if not one."""
+    if len(message) < 24 or message[0] != ICMPV6_NEIGHBOR_ADVERT or message[8:24] != target.packed:
+        return None
+    offset = 24
+    while offset + 8 <= len(message):
+        kind, units = message[offset], message[offset + 1]
+        if units == 0:
+            break
+        if kind == ND_OPT_TARGET_LINKADDR:
+            return bytes(message[offset + 2: offset + 8])
+        offset += units * 8
+    return source.split("%", 1)[0].encode()
+
+
+def icmpv6_filter_only(kind: int) -> bytes:
+    """An ``ICMP6_FILTER`` value that passes ICMPv6 type ``kind`` alone (a set bit blocks)."""
+    words = [0xFFFFFFFF] * 8
+    words[kind >> 5] &= ~(1 << (kind & 31)) & 0xFFFFFFFF
+    return struct.pack("=8I", *words)
+
+
 def unsolicited_na(mac: bytes, vip: ipaddress.IPv6Address) -> bytes:
     """An ICMPv6 Neighbor Advertisement for ``vip`` with Override set and the
     target link-layer address option. The checksum is left 0: the kernel
@@ -277,6 +371,7 @@ class AddressHolder:
         self._tasks: set[asyncio.Task[None]] = set()
         self._packet_socket: socket.socket | None = None
         self._nd_sockets: dict[str, tuple[int, socket.socket]] = {}
+        self._arp_listeners: dict[str, tuple[int, socket.socket]] = {}
 
     async def __aenter__(self) -> "AddressHolder":
         return self
@@ -332,35 +427,27 @@ class AddressHolder:
     async def link_events(self, subscribed: Callable[[], None] | None = None) -> AsyncIterator[LinkEvent]:
         """Every link change in the holder's namespace, as it happens, until cancelled.
 
-        A separate netlink socket subscribed to ``RTMGRP_LINK``, so waiting
-        for events never holds up address changes. The caller re-reads the
-        state it cares about after subscribing (events before that are not
-        replayed: ``subscribed`` is called once the subscription is in place)
-        and after an error (an overflowed socket loses events).
+        A netlink socket of its own subscribed to ``RTMGRP_LINK`` (a plain
+        socket, parsed here: a second pyroute2 socket in the same loop was
+        seen to hang the agent's start), so waiting for events never holds
+        up address changes. The caller re-reads the state it cares about once
+        subscribed (``subscribed`` is called then; earlier events are not
+        replayed) and after an error: an overflowed socket (ENOBUFS) loses
+        events and raises :class:`OSError`.
         """
-        ipr = AsyncIPRoute(netns=self.netns, flags=0)
+        sock = self._socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         try:
-            await ipr.bind(groups=RTMGRP_LINK)
+            sock.setblocking(False)
+            sock.bind((0, RTMGRP_LINK))
             if subscribed is not None:
                 subscribed()
+            loop = asyncio.get_running_loop()
             while True:
-                async for msg in ipr.get():
-                    event = msg.get("event")
-                    if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
-                        continue
-                    flags = int(msg["flags"])
-                    yield LinkEvent(
-                        name=str(msg.get_attr("IFLA_IFNAME")),
-                        index=int(msg["index"]),
-                        present=event == "RTM_NEWLINK",
-                        admin_up=bool(flags & IFF_UP),
-                        carrier=bool(flags & IFF_LOWER_UP),
-                    )
+                data = await loop.sock_recv(sock, NETLINK_BUFFER)
+                for event in parse_link_messages(data):
+                    yield event
         finally:
-            try:
-                ipr.close()
-            except Exception:  # closing must not mask the reason we stopped
-                log.debug("closing the link-event socket failed", exc_info=True)
+            sock.close()
 
     # -- queries --------------------------------------------------------------
 
@@ -552,6 +639,9 @@ class AddressHolder:
     def _close_sockets(self) -> None:
         for name in list(self._nd_sockets):
             self._discard_nd(name)
+        for _, listener in self._arp_listeners.values():
+            listener.close()
+        self._arp_listeners.clear()
         if self._packet_socket is not None:
             self._packet_socket.close()
             self._packet_socket = None
@@ -611,6 +701,117 @@ class AddressHolder:
             if exc.errno in _NO_INTERFACE:
                 raise InterfaceNotFoundError(interface, self._where()) from None
             raise AddressError(interface, f"announcing {', '.join(map(str, wanted))} failed: {exc.strerror}") from None
+
+    async def responders(self, interface: str, vips: Iterable[IPAddress | str],
+                         wait: float = RESPONDERS_WAIT) -> dict[IPAddress, frozenset[bytes]]:
+        """Who answers for each of ``vips`` on ``interface``, asked all at once and heard for ``wait`` s.
+
+        IPv4: an ARP request; IPv6: a Neighbor Solicitation to the VIP's
+        solicited-node group. Each responder is its MAC address (an NA
+        without a target link-layer option counts by its source address).
+        Exactly one is healthy; two or more is a split brain (or a host
+        answering for an address it should not); none, no holder. Our own
+        MAC is included when the VIP is on our interface (the kernel does not
+        answer its own request). The ND socket is opened per call,
+        the ARP one kept open per interface (binding or closing a packet
+        socket waits for an RCU grace period).
+        """
+        wanted = _unique(vips)
+        info = await self.interface(interface)
+        found: dict[IPAddress, set[bytes]] = {vip: set() for vip in wanted}
+        own = info.addresses()
+        for vip in wanted:
+            if vip in own:
+                found[vip].add(info.mac)
+        v4 = [v for v in wanted if isinstance(v, ipaddress.IPv4Address)]
+        v6 = [v for v in wanted if isinstance(v, ipaddress.IPv6Address)]
+        try:
+            await asyncio.gather(self._ask_arp(info, v4, wait, found), self._ask_nd(info, v6, wait, found))
+        except OSError as exc:
+            stale = self._arp_listeners.pop(interface, None)
+            if stale is not None:
+                stale[1].close()
+            if exc.errno in _NO_INTERFACE:
+                raise InterfaceNotFoundError(interface, self._where()) from None
+            raise AddressError(interface, f"asking who answers for its VIPs failed: {exc.strerror}") from None
+        return {vip: frozenset(macs) for vip, macs in found.items()}
+
+    async def _ask_arp(self, info: InterfaceInfo, vips: list[ipaddress.IPv4Address], wait: float,
+                       found: dict[IPAddress, set[bytes]]) -> None:
+        if not vips:
+            return
+        loop = asyncio.get_running_loop()
+        sock = self._arp_listener(info)
+        try:
+            while True:  # what queued up since the last round is stale
+                sock.recv(128)
+        except (BlockingIOError, InterruptedError):
+            pass
+        primary = info.primary(Family.IPV4)
+        sender = primary if isinstance(primary, ipaddress.IPv4Address) else None
+        for vip in vips:
+            sock.sendto(arp_request(info.mac, sender, vip), (info.name, ETH_P_ARP))
+        deadline = loop.time() + wait
+        while (left := deadline - loop.time()) > 0:
+            try:
+                frame = await asyncio.wait_for(loop.sock_recv(sock, 128), left)
+            except asyncio.TimeoutError:
+                break
+            for vip in vips:
+                mac = arp_reply_sender(frame, vip)
+                if mac is not None:
+                    found[vip].add(mac)
+
+    def _arp_listener(self, info: InterfaceInfo) -> socket.socket:
+        """An AF_PACKET socket receiving ARP on ``info``, kept for the holder's lifetime.
+
+        Binding and closing a packet socket with a protocol waits for an RCU
+        grace period, which took hundreds of milliseconds on a loaded host and
+        stalled every router on the loop: open it once per interface (and
+        again only if the interface was re-created).
+        """
+        cached = self._arp_listeners.get(info.name)
+        if cached is not None and cached[0] == info.index:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        # Protocol 0 at creation: the one protocol hook is registered by bind().
+        sock = self._socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            sock.setblocking(False)
+            sock.bind((info.name, ETH_P_ARP))
+        except OSError:
+            sock.close()
+            raise
+        self._arp_listeners[info.name] = (info.index, sock)
+        return sock
+
+    async def _ask_nd(self, info: InterfaceInfo, vips: list[ipaddress.IPv6Address], wait: float,
+                      found: dict[IPAddress, set[bytes]]) -> None:
+        if not vips:
+            return
+        loop = asyncio.get_running_loop()
+        sock = self._socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, info.name.encode())
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ND_HOP_LIMIT)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            sock.setsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, icmpv6_filter_only(ICMPV6_NEIGHBOR_ADVERT))
+            for vip in vips:
+                sock.sendto(neighbor_solicitation(info.mac, vip), (str(solicited_node(vip)), 0, 0, info.index))
+            deadline = loop.time() + wait
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    message, address = await asyncio.wait_for(loop.sock_recvfrom(sock, 256), left)
+                except asyncio.TimeoutError:
+                    break
+                for vip in vips:
+                    responder = na_responder(message, str(address[0]), vip)
+                    if responder is not None:
+                        found[vip].add(responder)
+        finally:
+            sock.close()
 
     def start_announcing(
         self, interface: str, vips: Iterable[IPAddress | str], schedule: AnnounceSchedule

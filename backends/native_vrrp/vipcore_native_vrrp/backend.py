@@ -43,6 +43,11 @@ STOP_MARGIN = 1.0
 RECHECK_INTERVAL = 1.0
 #: Seconds to wait before re-subscribing to link events after an error.
 WATCH_RETRY = 1.0
+#: Split-brain detector: ask the LAN who answers for each VIP this long after
+#: a transition (announcements have gone out by then) ...
+PROBE_AFTER_TRANSITION = 1.0
+#: ... and this often in any case.
+PROBE_EVERY = 30.0
 
 
 class NativeVrrpBackend:
@@ -65,6 +70,11 @@ class NativeVrrpBackend:
         self.ipv6_prefix_missing: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: asyncio.Task[None] | None = None
+        #: Split-brain detector: how many MACs answered for each VIP at the last probe.
+        self.responders: dict[IPAddress, int] = {}
+        self._prober: asyncio.Task[None] | None = None
+        self._probe_handle: asyncio.TimerHandle | None = None
+        self._probe_tasks: set[asyncio.Task[None]] = set()
         self._rechecks: dict[str, asyncio.TimerHandle] = {}
         self.liveness: Coordinator | None = None
 
@@ -89,6 +99,7 @@ class NativeVrrpBackend:
             if removed:
                 log.info("removed stale VIPs %s from %s", ", ".join(map(str, removed)), interface)
         self._watcher = self._loop.create_task(self._watch_links(), name="native_vrrp link events")
+        self._prober = self._loop.create_task(self._probe_periodically(), name="native_vrrp responders")
 
     @hookimpl
     async def vipcore_backend_stop(self, graceful: bool) -> None:
@@ -100,6 +111,14 @@ class NativeVrrpBackend:
         for handle in self._rechecks.values():
             handle.cancel()
         self._rechecks.clear()
+        if self._probe_handle is not None:
+            self._probe_handle.cancel()
+            self._probe_handle = None
+        tasks = [t for t in (self._prober, *self._probe_tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._prober = None
         names = list(self.routers)
         await asyncio.gather(*(self._stop_group(name, graceful) for name in names))
         if self.liveness is not None:
@@ -192,6 +211,11 @@ class NativeVrrpBackend:
                     MetricSample("vipcore_vrrp_transitions", driver.transitions, router_labels,
                                  help="state transitions of the router"),
                 ]
+        for vip, count in sorted(self.responders.items(), key=lambda item: (item[0].version, item[0])):
+            samples.append(MetricSample(
+                "vipcore_vip_responders", count, (("vip", str(vip)),), kind="gauge",
+                help="MAC addresses that answered ARP / neighbour solicitation for the VIP at the last probe "
+                     "(1 is healthy; 0: no holder; 2 or more: split brain)"))
         for interface in sorted({i for i, _ in self.links} | self.ipv6_prefix_missing):
             samples.append(MetricSample(
                 "vipcore_vrrp_ipv6_prefix_missing", float(interface in self.ipv6_prefix_missing),
@@ -299,6 +323,7 @@ class NativeVrrpBackend:
             cause=change.cause,
         ))
         self._refresh_liveness()
+        self._probe_soon()
         siblings = [d for d in self.routers.get(driver.group, {}).values() if d is not driver]
         pulled = followers(change, [d.router for d in siblings])
         for sibling in siblings:
@@ -432,9 +457,69 @@ class NativeVrrpBackend:
             log.info("reopened the VRRP socket on %s for IPv%d (ifindex %d)", interface, family, fresh.ifindex)
         return True
 
+    # -- split-brain detector -------------------------------------------------------
+
+    def _probe_soon(self) -> None:
+        """Probe every VIP once the announcements after a transition have gone out.
+
+        Debounced: transitions of many groups at once (a node dying) make
+        one round, not one per group.
+        """
+        loop = self._loop
+        if loop is None or self._probe_handle is not None:
+            return
+
+        def fire() -> None:
+            self._probe_handle = None
+            task = loop.create_task(self._probe_all())
+            self._probe_tasks.add(task)
+            task.add_done_callback(self._probe_tasks.discard)
+
+        self._probe_handle = loop.call_later(PROBE_AFTER_TRANSITION, fire)
+
+    async def _probe_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_EVERY)
+            try:
+                await self._probe_all()
+            except Exception:  # the detector must outlive a bad round
+                log.exception("split-brain probe failed")
+
+    async def _probe_all(self) -> None:
+        """Ask the LAN who answers for each VIP of our groups (one round per interface);
+        log anything but one answer."""
+        holder = self.holder
+        if holder is None:
+            return
+        by_interface: dict[str, list[IPAddress]] = {}
+        for membership in self.memberships.values():
+            group = membership.group
+            by_interface.setdefault(group.interface, []).extend((*group.vips(Family.IPV4), *group.vips(Family.IPV6)))
+        for interface, vips in sorted(by_interface.items()):
+            try:
+                answers = await holder.responders(interface, vips)
+            except VipcoreError as exc:
+                log.debug("who answers on %s: %s", interface, exc)
+                continue
+            current = {v for m in self.memberships.values() for v in (*m.group.vips(Family.IPV4),
+                                                                        *m.group.vips(Family.IPV6))}
+            for vip, macs in answers.items():
+                if vip not in current:
+                    continue  # its group left meanwhile
+                self.responders[vip] = len(macs)
+                if len(macs) != 1:
+                    log.warning("VIP %s is answered by %d MAC addresses%s: %s", vip, len(macs),
+                                f" ({', '.join(_responder(m) for m in sorted(macs))})" if macs else "",
+                                "split brain: two holders" if macs else "nobody holds it",
+                                extra={"event": "vip_responders", "vip": str(vip), "responders": len(macs)})
+
     async def _stop_group(self, name: str, graceful: bool) -> None:
         drivers = self.routers.pop(name, {})
-        self.memberships.pop(name, None)
+        left = self.memberships.pop(name, None)
+        if left is not None:
+            for vip in (*left.group.vips(Family.IPV4), *left.group.vips(Family.IPV6)):
+                self.responders.pop(vip, None)
+
         await asyncio.gather(*(self._stop_router(d, graceful) for d in drivers.values()))
         self._refresh_liveness()
 
@@ -474,3 +559,8 @@ def _peer_destinations(
             if address.version == family and any(address in n.network for n in own):
                 yield address
                 break
+
+
+def _responder(identity: bytes) -> str:
+    """A MAC as aa:bb:..., or the source address an NA without a link-layer option came from."""
+    return identity.hex(":") if len(identity) == 6 else identity.decode(errors="replace")

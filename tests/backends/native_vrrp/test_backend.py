@@ -92,6 +92,7 @@ class FakeHolder:
         self.up = True
         self.ipv6_prefix = True
         self.events: asyncio.Queue[LinkEvent] = asyncio.Queue()
+        self.bus_holders: list[FakeHolder] = []
 
     async def interface(self, name: str) -> InterfaceInfo:
         i = NODE_NUMBER[self.node]
@@ -102,6 +103,11 @@ class FakeHolder:
             name=name, index=self.index, mac=bytes(6), up=self.up,
             ipv4=(ipaddress.IPv4Interface(f"198.51.100.{i}/24"),), ipv6=tuple(ipv6),
         )
+
+    async def responders(self, interface: str, vips: Iterable[IPAddress]) -> dict[IPAddress, frozenset[bytes]]:
+        """Every node of the bus holding a VIP answers with its own MAC."""
+        return {vip: frozenset(bytes([NODE_NUMBER[h.node]]) * 6 for h in self.bus_holders
+                               if vip in h.held and not h.closed) for vip in vips}
 
     async def link_events(self, subscribed: Callable[[], None] | None = None) -> AsyncIterator[LinkEvent]:
         if subscribed is not None:
@@ -159,6 +165,8 @@ class Cluster:
         backend = NativeVrrpBackend()
         holder = FakeHolder(node, preexisting)
         self.bus.holders[node] = holder
+        for other in self.bus.holders.values():
+            other.bus_holders = list(self.bus.holders.values())
         backend.holder_factory = lambda: holder  # type: ignore[assignment,method-assign,return-value]
         bus = self.bus
         backend.link_factory = lambda interface, family, multicast=True: FakeLink(  # type: ignore[assignment,method-assign]
@@ -607,5 +615,33 @@ def test_authenticated_nodes_elect_and_ignore_an_unauthenticated_node(tmp_path: 
         dropped = sum(s.value for n in others for s in c.backends[n].vipcore_collect_metrics()
                       if s.name == "vipcore_vrrp_packets_dropped" and dict(s.labels)["reason"] == "auth")
         assert dropped > 0
+
+    run(scenario)
+
+
+# -- split-brain detector ----------------------------------------------------------------------
+
+
+def test_members_count_who_answers_for_each_vip_after_transitions(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        c = Cluster()
+        for node in NODE_NUMBER:
+            await c.start(node)
+            await c.join(node)
+        await asyncio.sleep(1.6)  # elected, then probed after the transitions
+        top = best()
+
+        def responders(node: str) -> dict[str, float]:
+            return {dict(s.labels)["vip"]: s.value for s in c.backends[node].vipcore_collect_metrics()
+                    if s.name == "vipcore_vip_responders"}
+
+        healthy = {str(VIP4): 1.0, str(VIP6): 1.0}
+        assert all(responders(n) == healthy for n in NODE_NUMBER), [responders(n) for n in NODE_NUMBER]
+        # The holder stalls (its adverts stop arriving) but keeps its VIPs: two holders.
+        c.bus.mute |= {(top, Family.IPV4), (top, Family.IPV6)}
+        await asyncio.sleep(1.6)
+        others = [n for n in NODE_NUMBER if n != top]
+        assert any(responders(n) == {str(VIP4): 2.0, str(VIP6): 2.0} for n in others), [responders(n) for n in others]
+        assert "answered by 2 MAC addresses" in caplog.text and "split brain" in caplog.text
 
     run(scenario)

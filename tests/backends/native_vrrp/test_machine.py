@@ -734,6 +734,11 @@ def test_an_advert_from_our_own_identity_is_refused() -> None:
     dropped = r.receive(data, twin, GROUP, 255, 0.1)
     assert dropped == [Dropped("duplicate_identity")] and dropped[0].source == twin
     assert r.master is None
+    # A backup refuses to take over while a speaker with its identity advertises.
+    for step in range(1, 40):
+        r.receive(data, twin, GROUP, 255, 0.1 + step * 0.1)
+        assert r.handle_timer(0.1 + step * 0.1) == []
+    assert r.phase is Phase.BACKUP
 
 
 # -- authenticated mode --------------------------------------------------------------------

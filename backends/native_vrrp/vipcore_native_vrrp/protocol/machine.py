@@ -200,6 +200,7 @@ class Router:
     _previous_vips: tuple[IPAddress, ...] = ()
     _previous_until: float = float("-inf")
     _previous_priorities: Mapping[IPAddress, int] | None = None
+    _priorities_until: float = float("-inf")
     _link_up: bool = True
     _fault_reason: str = ""
     _send_failing: bool = False
@@ -286,7 +287,12 @@ class Router:
             return [Dropped("vrid")]
         if src == self.config.primary or src in self.config.identity:
             # Multicast loopback is off and unicast never targets us: this is
-            # another speaker using our address.
+            # another speaker using our identity. Refuse it (never obeyed) and,
+            # as a backup, refuse to take over while it advertises: two
+            # masters with one identity would be a silent split brain. A
+            # master keeps the VIPs (a forger must not be able to demote it).
+            if self.phase is Phase.BACKUP and adv.priority != RESIGN_PRIORITY and not self.released:
+                self._down_at = now + self.master_down_interval
             return [Dropped("duplicate_identity", src)]
         if not self._source_allowed(src):
             return [Dropped("source")]
@@ -374,12 +380,12 @@ class Router:
             # Members apply a placement change a moment apart: accept what
             # they advertised before it for the same grace as the address set.
             self._previous_priorities = old.peer_priorities
-            self._previous_until = max(self._previous_until, now + self.config.update_grace)
+            self._priorities_until = now + self.config.update_grace
         self._sends.clear()
         actions: list[Action] = []
         old_set, new_set = frozenset(old.vips), frozenset(self.config.vips)
         if old_set != new_set:
-            if now >= self._previous_until or not self._previous_vips:
+            if now >= self._previous_until:
                 self._previous_vips = old.vips
             self._previous_until = now + self.config.update_grace
             if self.holding:
@@ -685,7 +691,7 @@ class Router:
 
     def _allowed_priorities(self, src: IPAddress, now: float) -> set[int]:
         tables = [self.config.peer_priorities or {}]
-        if self._previous_priorities is not None and now < self._previous_until:
+        if self._previous_priorities is not None and now < self._priorities_until:
             tables.append(self._previous_priorities)
         allowed: set[int] = set()
         for table in tables:
