@@ -233,3 +233,25 @@ def test_a_generic_endpoint_for_the_controller(tmp_path: Path) -> None:
     assert samples_of(first, "vipcore_controller_allocations_total") == {(): 0.0}
     assert samples_of(second, "vipcore_controller_allocations_total") == {(): 5.0}
     assert code == 404
+
+
+def test_a_router_in_fault_makes_the_agent_unready_until_it_recovers(tmp_path: Path) -> None:
+    from vipcore.core.model import State, StateChange, TransitionCause
+
+    async def scenario() -> None:
+        agent = make_agent(tmp_path)
+        async with running(agent) as url:
+            assert (await aget(url + "/readyz"))[0] == 200
+            group = sorted(agent.memberships)[0]
+
+            def report(new: State, reason: str) -> None:
+                agent.report(StateChange(group=group, family=Family.IPV4, old=State.BACKUP, new=new, reason=reason,
+                                         at=0.0, node=agent.node, backend=BACKEND, cause=TransitionCause.LINK_DOWN))
+
+            report(State.FAULT, "eth0 lost carrier")
+            code, _, body = await aget(url + "/readyz")
+            assert code == 503 and "fault" in body and "eth0 lost carrier" in body
+            report(State.BACKUP, "eth0 is back")
+            assert (await aget(url + "/readyz"))[0] == 200
+
+    asyncio.run(scenario())

@@ -173,6 +173,8 @@ class Agent:
     def not_ready_reason(self) -> str | None:
         """Why ``/readyz`` fails, or None: not started yet (and why), or a group of this node failed.
 
+        A router in FAULT (its interface went away, lost carrier, or its IPv6
+        prefix did not come back) makes the agent unready until it recovers.
         Skipped groups (missing interface) and unresolved Services do not make
         the agent unready: they are input problems that another node cannot fix.
         """
@@ -181,6 +183,12 @@ class Agent:
         if self.failed:
             names = ", ".join(sorted(_short(f.group) for f in self.failed.values()))
             return f"{len(self.failed)} group(s) failed in the backend: {names}"
+        faults = sorted((r for r in self.routers.values() if r.state is State.FAULT and r.group in self.memberships),
+                        key=lambda r: (r.group, r.family.value))
+        if faults:
+            first = faults[0]
+            return (f"{len(faults)} router(s) in fault, e.g. group {_short(first.group)} "
+                    f"{first.family.k8s_name}: {first.reason}")
         return None
 
     # -- reporting ---------------------------------------------------------
