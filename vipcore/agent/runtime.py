@@ -23,7 +23,7 @@ from vipcore.core.settings import Config
 from vipcore.core.errors import InterfaceNotFoundError, VipcoreError
 from vipcore.core.model import DesiredState, Family, IPAddress, Membership, Resolution, State, StateChange
 from vipcore.backend.host import Hooks, load_hooks
-from vipcore.core.resolve import membership, resolve
+from vipcore.core.resolve import membership, membership_changes, resolve
 from vipcore.sources import Source
 from vipcore.sources.kubernetes import KubernetesAgentSource
 from vipcore.sources.manifests import ManifestSource
@@ -206,21 +206,30 @@ class Agent:
             await self._drain(bool(me and me.drained))
 
     async def _dispatch(self, desired: Mapping[str, Membership]) -> None:
-        current = self.memberships
-        for name in sorted(set(current) - set(desired)):
-            await self._guard(name, self.hooks.leave(membership=current[name], graceful=True))
+        changes = membership_changes(self.memberships, desired)
+        for gone in changes.leaves:
+            name = gone.name
+            await self._guard(name, self.hooks.leave(membership=gone, graceful=True))
             self.memberships.pop(name, None)
             for family in Family:
                 self.routers.pop((name, family), None)
-        for name in sorted(desired):
-            new = desired[name]
-            old = current.get(name)
+        dispatched = [(None, new) for new in changes.joins] + list(changes.updates)
+        for old, new in sorted(dispatched, key=lambda pair: pair[1].name):
             if old is None:
-                if await self._guard(name, self.hooks.join(membership=new)):
-                    self.memberships[name] = new
-            elif old != new:
-                if await self._guard(name, self.hooks.update(old=old, new=new)):
-                    self.memberships[name] = new
+                if await self._guard(new.name, self.hooks.join(membership=new)):
+                    self.memberships[new.name] = new
+            elif await self._guard(new.name, self.hooks.update(old=old, new=new)):
+                if old.name != new.name:
+                    # A rename keeps the router: its status and drain carry over.
+                    self.memberships.pop(old.name, None)
+                    for family in Family:
+                        status = self.routers.pop((old.name, family), None)
+                        if status is not None:
+                            self.routers[(new.name, family)] = attrs.evolve(status, group=new.name)
+                    if old.name in self.released:
+                        self.released.discard(old.name)
+                        self.released.add(new.name)
+                self.memberships[new.name] = new
 
     async def _drain(self, drained: bool) -> None:
         """Release this node's groups while it is drained; take them back after."""

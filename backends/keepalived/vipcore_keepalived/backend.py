@@ -252,8 +252,21 @@ class KeepalivedBackend:
         if new.group.vrid is None:
             raise VipcoreError(f"group {new.group.name} has no VRID; keepalived needs one")
         async with self._lock:
-            before = tuple(i for i in (self.rendered.instances if self.rendered else ()) if i.group == new.name)
-            await self._change(lambda: self.memberships.__setitem__(new.name, new))
+            before = tuple(i for i in (self.rendered.instances if self.rendered else ())
+                           if i.group in (old.name, new.name))
+
+            def change() -> None:
+                # A rename (same VRID) renders the same instance names: keepalived
+                # keeps the instances, their state and their VIPs across the reload.
+                if old.name != new.name:
+                    self.memberships.pop(old.name, None)
+                    for marks in (self.released, self.taken_over):
+                        if old.name in marks:
+                            marks.discard(old.name)
+                            marks.add(new.name)
+                self.memberships[new.name] = new
+
+            await self._change(change)
             # A VIP taken out of the group (or a family dropped) must not stay behind.
             await self._drop(self._unrendered_vips(before), LEAVE_SETTLE)
         return True

@@ -274,6 +274,10 @@ class NetlinkStaticBackend:
     async def vipcore_group_update(self, old: Membership, new: Membership) -> None:
         trigger = time.monotonic()
         async with self._lock:
+            if old.name != new.name and old.name in self._groups and new.name not in self._groups:
+                # A rename by a membership change: keep the record (its states,
+                # announcer, release) so an unchanged holder keeps its VIPs quietly.
+                self._groups[new.name] = self._groups.pop(old.name)
             record = self._groups.get(new.name)
             if record is None:
                 record = self._groups[new.name] = GroupRecord(new)
