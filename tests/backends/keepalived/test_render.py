@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from vipcore.core.errors import ConfigError
 from vipcore.core.model import Family, Node
 from vipcore.core.resolve import membership
+from vipcore.core.placement import PRIORITY_STEP
 from vipcore_keepalived.render import instance_name, render
 from vipcore_keepalived.settings import KeepalivedSettings
 
@@ -83,7 +84,7 @@ def test_priorities_are_the_cores_placement_on_every_node() -> None:
         assert v4.priority == v6.priority == member(WEB, node).priority
         assert f"priority {v4.priority}\n" in rendered.text
         seen[node] = v4.priority
-    assert sorted(seen.values()) == [252, 253, 254]
+    assert sorted(seen.values()) == [254 - 2 * PRIORITY_STEP, 254 - PRIORITY_STEP, 254]
 
 
 def test_instance_names_are_short_deterministic_and_documented_in_comments() -> None:
