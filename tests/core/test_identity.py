@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from vipcore.core.model import DesiredState, EndpointSlice, Node, Pool, Resolution, Service, TrafficPolicy, VipGroup
 from vipcore.core.objects import parse_range
+from vipcore.core.plan import GROUP_ASSIGNED, HOLDER_CHANGED, group_spec, holder_notes, plan
 from vipcore.core.resolve import membership, membership_changes, resolve
 
 ip = ipaddress.ip_address
@@ -187,3 +188,62 @@ def test_different_routers_are_not_paired() -> None:
     new = {b.name: membership(b, "node-a", nodes)}
     changes = membership_changes(old, new)
     assert changes.leaves == (old[a.name],) and changes.joins == (new[b.name],) and changes.updates == ()
+
+
+# -- the controller: persisted inheritance, no Event spam --------------------------------
+
+
+def _service(name: str, ip: str) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "resourceVersion": "7",
+                         "finalizers": ["vipcore.io/vip"]},
+            "spec": {"type": "LoadBalancer", "loadBalancerClass": "vipcore.io/vip", "externalTrafficPolicy": "Cluster",
+                     "ports": [{"port": 80, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}}
+
+
+def _vipgroup(group: VipGroup, holder: str | None) -> dict[str, object]:
+    obj: dict[str, object] = {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup",
+                              "metadata": {"name": group.name, "resourceVersion": "3"}, "spec": group_spec(group)}
+    if holder:
+        obj["status"] = {"holders": {"ipv4": {"node": holder}}}
+    return obj
+
+
+def test_controller_persists_the_inherited_vrid_and_a_rename_is_no_event() -> None:
+    three = tuple(node(n) for n in NAMES[:3])
+    services = [_service("web", "198.51.100.100")]
+    first = plan(services, nodes=three, endpoint_slices=(), pools=POOLS, vipgroups=())
+    (group,) = first.resolution.groups
+    legacy = VipGroup(name=group.name, interface=group.interface, nodes=group.nodes, vrid=190,
+                      vips_v4=group.vips_v4, services=group.services)
+    holder = membership(legacy, legacy.nodes[0], three).preferred_holder
+    other = next(n for n in NAMES[:3] if n != holder)
+    flapped = tuple(node(n.name, ready=n.name != other) for n in three)
+
+    renamed = plan(services, nodes=flapped, endpoint_slices=(), pools=POOLS, vipgroups=(_vipgroup(legacy, holder),))
+    (write,) = renamed.groups
+    assert write.create and write.name != legacy.name and write.spec["vrid"] == 190
+    assert renamed.deletes == (legacy.name,)
+    assert [n for n in renamed.notes if n.reason == GROUP_ASSIGNED] == []
+
+    # The holder goes NotReady: the group moves, and that is worth an Event.
+    gone = tuple(node(n.name, ready=n.name != holder) for n in three)
+    moved = plan(services, nodes=gone, endpoint_slices=(), pools=POOLS, vipgroups=(_vipgroup(legacy, holder),))
+    assert [n.name for n in moved.notes if n.reason == GROUP_ASSIGNED] == ["web"]
+
+
+def test_holder_events_follow_services_across_renames() -> None:
+    old = VipGroup(name="a" * 64 + "-eth0", interface="eth0", nodes=NAMES[:3], vrid=9,
+                   vips_v4=(ipaddress.IPv4Address("198.51.100.100"),), services=("default/web",))
+    new = VipGroup(name="b" * 64 + "-eth0", interface="eth0", nodes=NAMES[:2], vrid=9,
+                   vips_v4=old.vips_v4, services=old.services)
+    holders, notes = holder_notes({}, [_vipgroup(old, "node-a")])
+    assert [n.reason for n in notes] == [HOLDER_CHANGED]
+    # Renamed: the new VipGroup has no holder yet, then the same one. No Event.
+    holders, notes = holder_notes(holders, [_vipgroup(new, None)])
+    assert notes == []
+    holders, notes = holder_notes(holders, [_vipgroup(old, "node-a"), _vipgroup(new, "node-a")])
+    assert notes == []
+    holders, notes = holder_notes(holders, [_vipgroup(new, "node-b")])
+    assert [n.message for n in notes] == ["node node-b holds 198.51.100.100 (IPv4) (was node-a)"]

@@ -17,6 +17,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
 def test_non_holder_not_ready_loses_no_ping(tmp_path: Path) -> None:
     with membership_lab(tmp_path) as lab:
-        holder, flapped, result = flap_non_holder(lab, tmp_path, "keepalived", advert_interval=0.1)
+        holder, flapped, result = flap_non_holder(lab, "keepalived", advert_interval=0.1)
     print(f"\nkeepalived: {flapped} NotReady and back while {holder} holds: {result.summary()}")
     assert result.lost == 0, result.summary()

@@ -17,6 +17,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
 def test_non_holder_not_ready_loses_no_ping(tmp_path: Path) -> None:
     with membership_lab(tmp_path) as lab:
-        holder, flapped, result = flap_non_holder(lab, tmp_path, "native_vrrp", advert_interval=0.05)
+        holder, flapped, result = flap_non_holder(lab, "native_vrrp", advert_interval=0.05)
     print(f"\nnative_vrrp: {flapped} NotReady and back while {holder} holds: {result.summary()}")
     assert result.lost == 0, result.summary()

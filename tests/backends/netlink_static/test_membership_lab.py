@@ -17,6 +17,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
 def test_non_holder_not_ready_loses_no_ping(tmp_path: Path) -> None:
     with membership_lab(tmp_path) as lab:
-        holder, flapped, result = flap_non_holder(lab, tmp_path, "netlink_static", settings={"garp": {"count": 3, "interval": 0.05}})
+        holder, flapped, result = flap_non_holder(lab, "netlink_static", settings={"garp": {"count": 3, "interval": 0.05}})
     print(f"\nnetlink_static: {flapped} NotReady and back while {holder} holds: {result.summary()}")
     assert result.lost == 0, result.summary()
