@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 #: Interfaces never scanned for stale VIPs.
 SKIP_INTERFACES = frozenset({"lo"})
+#: Seconds a holder that is no longer the chosen one (a better node joined or
+#: returned, a drain) keeps its VIPs: every node reads the change on its own,
+#: so without it the old holder may remove before the new one has added and
+#: announced (break-before-make). Covers the manifest poll (0.25 s) twice.
+HANDOVER_GRACE = 0.5
 METRIC_PREFIX = "vipcore_netlink_static"
 
 
@@ -61,6 +66,17 @@ class GroupRecord:
     announcer: asyncio.Task[None] | None = None
     #: The VIP set the running announcer covers.
     announced: frozenset[IPAddress] = frozenset()
+    #: A pending hand-over: removes the VIPs after :data:`HANDOVER_GRACE`.
+    handover: asyncio.Task[None] | None = None
+
+    @property
+    def holding(self) -> bool:
+        return any(state is State.MASTER for state in self.states.values())
+
+    def cancel_handover(self) -> None:
+        if self.handover is not None and self.handover is not asyncio.current_task():
+            self.handover.cancel()
+        self.handover = None
 
     @property
     def name(self) -> str:
@@ -165,14 +181,27 @@ class NetlinkStaticBackend:
             removed = await self.holder.remove(record.interface, _ordered(doomed))
             self.counters.vips_removed += len(removed)
 
-    async def _apply(self, record: GroupRecord, trigger: float, previous: frozenset[IPAddress] = frozenset()) -> None:
-        """Make the interface match the decision for ``record`` and report the outcome."""
+    async def _apply(self, record: GroupRecord, trigger: float, previous: frozenset[IPAddress] = frozenset(),
+                     *, handing_over: bool = False) -> None:
+        """Make the interface match the decision for ``record`` and report the outcome.
+
+        A holder that is no longer chosen keeps its VIPs for :data:`HANDOVER_GRACE`
+        (``handing_over``: that time is up).
+        """
         hold, reason = record.decision()
         wanted = record.vips
         try:
             if hold:
+                record.cancel_handover()
                 await self._hold(record, wanted, previous - wanted, reason, trigger)
+            elif record.holding and record.fault is None and not handing_over:
+                # Make-before-break: the new holder adds and announces first.
+                await self._remove(record, previous - wanted)
+                if record.handover is None:
+                    record.handover = asyncio.get_running_loop().create_task(
+                        self._hand_over(record), name=f"netlink_static hand-over {record.name[:12]}")
             else:
+                record.cancel_handover()
                 record.stop_announcing()
                 await self._remove(record, wanted | previous)
                 record.fault = None
@@ -318,8 +347,18 @@ class NetlinkStaticBackend:
                 record.forced = reason
             await self._apply(record, trigger)
 
+    async def _hand_over(self, record: GroupRecord) -> None:
+        await asyncio.sleep(HANDOVER_GRACE)
+        async with self._lock:
+            if record.handover is not asyncio.current_task():
+                return  # cancelled or superseded while waiting for the lock
+            record.handover = None
+            if self._groups.get(record.name) is record:
+                await self._apply(record, time.monotonic(), handing_over=True)
+
     async def _drop(self, record: GroupRecord, reason: str) -> None:
         """Stop holding ``record`` for good: remove its VIPs, report STOPPED."""
+        record.cancel_handover()
         record.stop_announcing()
         try:
             await self._remove(record, record.vips)
@@ -355,6 +394,8 @@ class NetlinkStaticBackend:
                     except (InterfaceNotFoundError, AddressError):
                         held[record.interface] = None
                 present = held[record.interface]
+                if record.handover is not None:
+                    continue  # handing over: the VIPs stay until the grace is up
                 hold, _ = record.decision()
                 if record.fault is None and present is not None:
                     if hold and record.vips <= present:

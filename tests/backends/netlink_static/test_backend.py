@@ -25,6 +25,7 @@ from vipcore.core.model import Family, IPAddress, Membership, Node, State, State
 from vipcore.backend.host import load_hooks
 from vipcore.core.resolve import group_name, membership
 from vipcore_netlink_static import NetlinkStaticBackend, Settings
+from vipcore_netlink_static.backend import HANDOVER_GRACE
 
 LAN = "vcBlan"
 V4 = (ipaddress.IPv4Address("198.51.100.101"), ipaddress.IPv4Address("198.51.100.102"))
@@ -246,6 +247,9 @@ class TestLab:
             for d in nodes.values():
                 await d.backend.vipcore_group_join(membership=member(g, d.node))
             await nodes[chosen].backend.vipcore_group_release(group=g.name, reason="drain")
+            # Make-before-break: the VIPs stay while the next holder learns of the drain.
+            assert holding(lab.nodes[chosen]) == {*V4, *V6}
+            await asyncio.sleep(HANDOVER_GRACE + 0.2)
             assert holding(lab.nodes[chosen]) == set()
             assert nodes[chosen].reports[-1].new is State.BACKUP
             assert nodes[chosen].reports[-1].reason == "released: drain"
@@ -259,6 +263,7 @@ class TestLab:
             assert nodes[other].reports[-1].reason == "takeover: operator"
             # Takeover after a release only undoes the release: the ranking decides again.
             await nodes[other].backend.vipcore_group_release(group=g.name, reason="done")
+            await asyncio.sleep(HANDOVER_GRACE + 0.2)
             assert holding(lab.nodes[other]) == set()
             await nodes[other].backend.vipcore_group_takeover(group=g.name, reason="node no longer drained")
             assert holding(lab.nodes[other]) == set()
@@ -266,6 +271,29 @@ class TestLab:
             await nodes[chosen].backend.vipcore_group_takeover(group=g.name, reason="node no longer drained")
             assert holding(lab.nodes[chosen]) == {*V4, *V6}
             assert nodes[chosen].reports[-1].new is State.MASTER
+
+        drive(lab, body)
+
+    def test_a_better_holder_adds_before_the_old_one_removes(self, lab: Lab) -> None:
+        """A node returning (or joining) that wins the ranking: the old holder keeps
+        the VIPs for the hand-over grace, so the new one has them first."""
+        both = group(("node-a", "node-b"))
+        winner = member(both, "node-a").preferred_holder
+        loser = "node-b" if winner == "node-a" else "node-a"
+        alone = group((loser,))
+
+        async def body(nodes: dict[str, Driven]) -> None:
+            await nodes[loser].backend.vipcore_group_join(membership=member(alone, loser))
+            assert holding(lab.nodes[loser]) == {*V4, *V6}
+            # The winner comes back: the loser's group is renamed (same router), the winner joins.
+            await nodes[loser].backend.vipcore_group_update(old=member(alone, loser), new=member(both, loser))
+            assert holding(lab.nodes[loser]) == {*V4, *V6}, "removed before the new holder could add"
+            assert nodes[loser].states(both.name) == {}, "a rename keeps the router: no report under the new name"
+            await nodes[winner].backend.vipcore_group_join(membership=member(both, winner))
+            assert holding(lab.nodes[winner]) == {*V4, *V6}
+            await asyncio.sleep(HANDOVER_GRACE + 0.2)
+            assert holding(lab.nodes[loser]) == set()
+            assert nodes[loser].states(both.name) == {Family.IPV4: State.BACKUP, Family.IPV6: State.BACKUP}
 
         drive(lab, body)
 
