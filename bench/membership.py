@@ -19,7 +19,9 @@ and these events, in order, in every round:
    groups is SIGKILLed and its links set down (netlink_static: and marked
    NotReady at the same moment, its only way to notice).
 
-Groups: one Cluster group, 14 Local groups whose endpoints are on the three
+Round *k* names its Services with *k* in them, so every round has another
+placement (which node holds what, whether the 4th node wins the Cluster
+group); every backend sees the same rounds. Groups: one Cluster group, 14 Local groups whose endpoints are on the three
 first nodes plus a distinct subset of four "phantom" nodes (Ready Nodes in the
 manifests that run no agent, so the groups differ), and the Local group of
 the moving endpoint. Service names are chosen so that running nodes rank
@@ -103,15 +105,17 @@ def _name(prefix: str, accept: Callable[[str], bool]) -> str:
 class Cluster:
     """The bench's manifests: Nodes (which exist, Ready, drained) and Services with pinned VIPs."""
 
-    def __init__(self, lab: Lab, directory: Path) -> None:
+    def __init__(self, lab: Lab, directory: Path, variant: int = 0) -> None:
         self.lab = lab
         self.directory = directory
+        #: Each round names its Services differently: another placement, another holder layout.
+        self.variant = variant
         self.present: list[str] = list(FIRST)
         self.not_ready: set[str] = set()
         self.drained: set[str] = set()
-        self.web = _name("web", lambda n: _ranks_first(n, NODES, PHANTOMS))
+        self.web = _name(f"web{variant}", lambda n: _ranks_first(n, NODES, PHANTOMS))
         self.locals = [(self._local(i), self._subset(i)) for i in range(LOCAL_GROUPS)]
-        self.mover = _name("mover", lambda n: True)
+        self.mover = _name(f"mover{variant}", lambda n: True)
         order = placement.rank(f"{INTERFACE}/{NAMESPACE}/{self.mover}", FIRST)
         #: The mover's holder keeps its VIP while its other endpoint moves from one non-holder to another.
         self.mover_holder, self.mover_from, self.mover_to = order
@@ -119,7 +123,7 @@ class Cluster:
 
     def _local(self, index: int) -> str:
         phantoms = self._subset(index)
-        return _name(f"local-{index:02d}", lambda n: _ranks_first(n, FIRST, phantoms))
+        return _name(f"local{self.variant}-{index:02d}", lambda n: _ranks_first(n, FIRST, phantoms))
 
     @staticmethod
     def _subset(index: int) -> tuple[str, ...]:
@@ -182,11 +186,11 @@ class RoundFailed(Exception):
 class Round:
     """A fresh lab running one backend; plays every event once and measures each."""
 
-    def __init__(self, backend: str, advert: float = ADVERT) -> None:
+    def __init__(self, backend: str, advert: float = ADVERT, variant: int = 0) -> None:
         self.backend = backend
         self.advert = advert
         self.lab = Lab(prefix=PREFIX, nodes=NODES)
-        self.cluster = Cluster(self.lab, self.lab.run_dir / "manifests")
+        self.cluster = Cluster(self.lab, self.lab.run_dir / "manifests", variant)
         settings: dict[str, Any] = {"garp": {"count": 3, "interval": 0.05}} if backend == "netlink_static" else {}
         self.deployment = Deployment(backend=backend, manifests=self.cluster.directory, metrics=False,
                                      advert_interval=None if backend == "netlink_static" else advert,
@@ -357,7 +361,7 @@ def main() -> int:
             for index in range(args.rounds):
                 log(f"[{time.strftime('%H:%M:%S')}] {backend}: round {index + 1} of {args.rounds}")
                 try:
-                    data[backend].append(Round(backend, args.advert).run())
+                    data[backend].append(Round(backend, args.advert, variant=index).run())
                 except (RoundFailed, LabError) as exc:
                     log(f"    round failed: {exc}")
     except KeyboardInterrupt:

@@ -17,6 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from vipcore.core.model import DRAIN_LABEL
 from vipcore.lab.agents import Deployment, wait_for_holders, wait_until, write_example_manifests
 from vipcore.lab.probe import Probe, ProbeResult
 from vipcore.lab.topology import Lab
@@ -73,3 +76,45 @@ def flap_non_holder(lab: Lab, backend: str, *, advert_interval: float | None = N
         assert lab.holders_of(VIP) == [holder], f"the VIP moved: {lab.holders()}"
         result = probe.stop(after=started)
     return holder, flapped, result
+
+
+def set_drained(deployment: Deployment, node: str, drained: bool) -> None:
+    """Label ``node`` ``vipcore.io/drain=true`` in the lab's ``nodes.yaml`` (or remove the label), atomically."""
+    path = deployment.manifests / "nodes.yaml"
+    docs = list(yaml.safe_load_all(path.read_text()))
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "Node" and doc["metadata"]["name"] == node:
+            labels = doc["metadata"].setdefault("labels", {})
+            if drained:
+                labels[DRAIN_LABEL] = "true"
+            else:
+                labels.pop(DRAIN_LABEL, None)
+    tmp = path.with_name(".nodes.yaml.tmp")
+    tmp.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    tmp.replace(path)
+
+
+def drain_holder(lab: Lab, backend: str, *, advert_interval: float | None = None,
+                 settings: Mapping[str, Any] | None = None) -> tuple[str, str, ProbeResult]:
+    """Start every agent, drain the VIP's holder until the VIP moved, undrain it until it is back;
+    (holder, the node that held meanwhile, what the client saw)."""
+    manifests = write_example_manifests(lab, lab.run_dir / "manifests")
+    deployment = Deployment(backend=backend, manifests=manifests, advert_interval=advert_interval,
+                            settings=dict(settings or {}), metrics=False)
+    expected = deployment.expected_holders(NODES)
+    holder = expected[VIP]
+    deployment.start_all(lab)
+    assert wait_for_holders(lab, expected, timeout=SETTLE_TIMEOUT, quiet=0.5), f"not settled: {lab.holders()}"
+    with Probe(lab.client, str(VIP), interval=0.01) as probe:
+        assert probe.wait_replies(5), "the client cannot reach the VIP"
+        started = time.time()
+        set_drained(deployment, holder, True)
+        deputy = deployment.expected_holders(NODES)[VIP]
+        assert deputy != holder
+        assert wait_for_holders(lab, {VIP: deputy}, timeout=SETTLE_TIMEOUT), f"drain: {lab.holders()}"
+        time.sleep(OBSERVE)
+        set_drained(deployment, holder, False)
+        assert wait_for_holders(lab, {VIP: holder}, timeout=SETTLE_TIMEOUT), f"undrain: {lab.holders()}"
+        time.sleep(OBSERVE)
+        result = probe.stop(after=started)
+    return holder, deputy, result

@@ -39,6 +39,8 @@ LEAVE_SETTLE = 1.0
 #: keepalived may still be applying the reload.
 RELOAD_GRACE = 0.5
 _POLL = 0.02
+#: Beyond three advert intervals, how long a drained master waits for a peer to take over.
+HANDOVER_MARGIN = 1.0
 
 
 def _address_key(address: IPAddress) -> tuple[int, int]:
@@ -286,10 +288,31 @@ class KeepalivedBackend:
             if group not in self.memberships:
                 raise VipcoreError(f"cannot release group {group}: this node is not a member")
             log.info("releasing group %s: %s", group[:12], reason)
+            await self._await_handover(group)
             self.released.add(group)
             self.taken_over.discard(group)
             await self._remove_group(group, settle=LEAVE_SETTLE)
         return True
+
+    async def _await_handover(self, group: str) -> None:
+        """Make-before-break for a drain: let a peer take over before the instance goes.
+
+        The agent updates a drained node's memberships (priority 1) before it
+        releases them, so a preempting peer becomes master at its next
+        Master_Down_Interval and this instance falls back to BACKUP, dropping
+        the VIPs only then. Removing the instance at once would send priority 0
+        and drop them before anyone holds them. Bounded: with preemption off,
+        no peer, or a priority that is not the lowest, release at once.
+        """
+        membership = self.memberships[group]
+        if not self.settings.preempt or not membership.peers() or \
+                membership.priority > min(m.priority for m in membership.members):
+            return
+        mine = [i.name for i in (self.rendered.instances if self.rendered else ()) if i.group == group]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3 * self.settings.advert_interval + HANDOVER_MARGIN
+        while any(self.states.get(name) is State.MASTER for name in mine) and loop.time() < deadline:
+            await asyncio.sleep(_POLL)
 
     @hookimpl
     async def vipcore_group_takeover(self, group: str, reason: str) -> bool:

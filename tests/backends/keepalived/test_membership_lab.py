@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.membership_lab import flap_non_holder, membership_lab
+from tests.helpers.membership_lab import drain_holder, flap_non_holder, membership_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]
 
@@ -19,4 +19,11 @@ def test_non_holder_not_ready_loses_no_ping(tmp_path: Path) -> None:
     with membership_lab(tmp_path) as lab:
         holder, flapped, result = flap_non_holder(lab, "keepalived", advert_interval=0.1)
     print(f"\nkeepalived: {flapped} NotReady and back while {holder} holds: {result.summary()}")
+    assert result.lost == 0, result.summary()
+
+
+def test_drain_and_undrain_are_make_before_break(tmp_path: Path) -> None:
+    with membership_lab(tmp_path) as lab:
+        holder, deputy, result = drain_holder(lab, "keepalived", advert_interval=0.1)
+    print(f"\nkeepalived: {holder} drained to {deputy} and back: {result.summary()}")
     assert result.lost == 0, result.summary()
