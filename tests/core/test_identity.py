@@ -247,3 +247,20 @@ def test_holder_events_follow_services_across_renames() -> None:
     assert notes == []
     holders, notes = holder_notes(holders, [_vipgroup(new, "node-b")])
     assert [n.message for n in notes] == ["node node-b holds 198.51.100.100 (IPv4) (was node-a)"]
+
+
+def test_more_services_than_vrids_still_never_collide() -> None:
+    """No slots when Services outnumber usable VRIDs: groups probe, the surplus fails with a message."""
+    from vipcore.core.model import VridPolicy
+
+    services = tuple(Service(namespace="shop", name=f"cart{i}", traffic_policy=TrafficPolicy.LOCAL)
+                     for i in range(6))
+    endpoints = {s.key: frozenset(NAMES[:i + 1]) for i, s in enumerate(services)}
+    state = DesiredState(nodes=tuple(node(n) for n in NAMES), services=services,
+                         endpoint_slices=slices(endpoints), pools=POOLS)
+    resolution = resolve(state, vrid_policy=VridPolicy(first=1, last=4))
+    vrids = [g.vrid for g in resolution.groups]
+    assert len(vrids) == 4 and len(set(vrids)) == 4
+    assert len(resolution.unresolved) == 2
+    assert all(u.reason.startswith("no free VRID for group ") for u in resolution.unresolved)
+    assert resolve(state, vrid_policy=VridPolicy(first=1, last=4)) == resolution

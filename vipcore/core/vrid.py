@@ -154,10 +154,15 @@ def allocate_vrids(
         )
 
         def start(name: str) -> int:
+            """Where probing starts: the first Service's slot, else its (or the name's) hash position."""
+            if not usable:
+                return 0
             own = sorted(services.get(name, ()))
-            if own and own[0] in slots:
+            if not own:
+                return index[preferred_vrid(name, pol)]
+            if own[0] in slots:
                 return index[slots[own[0]]]
-            return index[preferred_vrid(own and f"{interface}/{own[0]}" or name, pol)] if usable else 0
+            return index[preferred_vrid(f"{interface}/{own[0]}", pol)]
 
         # Deterministic order: by starting slot, then name.
         pending.sort(key=lambda n: (start(n), n))
