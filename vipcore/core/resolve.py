@@ -82,7 +82,8 @@ def resolve(
     controller). When False (agent reading a cluster) only addresses already
     in the Services' status are used. VRIDs persisted in ``state.vrids`` are
     kept; a renamed group inherits its predecessor's (``state.lineage``), or
-    else derives one from its first Service (see :mod:`vipcore.core.vrid`). Services that get no group are listed in ``unresolved`` with why.
+    else derives one from its first Service (see :mod:`vipcore.core.vrid`).
+    Services that get no group are listed in ``unresolved`` with why.
     """
     pools = {p.name: p for p in state.pools}
     unresolved: dict[str, str] = {}
