@@ -39,8 +39,11 @@ LEAVE_SETTLE = 1.0
 #: keepalived may still be applying the reload.
 RELOAD_GRACE = 0.5
 _POLL = 0.02
-#: Beyond three advert intervals, how long a drained master waits for a peer to take over.
-HANDOVER_MARGIN = 1.0
+#: A drained master waits for a peer to take over at most this many advert
+#: intervals (a peer preempts after Master_Down_Interval, about three, and
+#: reloads keepalived first) plus :data:`HANDOVER_MARGIN` seconds.
+HANDOVER_INTERVALS = 5
+HANDOVER_MARGIN = 2.0
 
 
 def _address_key(address: IPAddress) -> tuple[int, int]:
@@ -310,7 +313,7 @@ class KeepalivedBackend:
             return
         mine = [i.name for i in (self.rendered.instances if self.rendered else ()) if i.group == group]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 3 * self.settings.advert_interval + HANDOVER_MARGIN
+        deadline = loop.time() + HANDOVER_INTERVALS * self.settings.advert_interval + HANDOVER_MARGIN
         while any(self.states.get(name) is State.MASTER for name in mine) and loop.time() < deadline:
             await asyncio.sleep(_POLL)
 

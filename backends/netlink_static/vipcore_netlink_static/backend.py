@@ -40,9 +40,9 @@ SKIP_INTERFACES = frozenset({"lo"})
 #: returned, a drain) keeps its VIPs: every node reads the change on its own,
 #: so without it the old holder may remove before the new one has added and
 #: announced (break-before-make). Covers the manifest poll (0.25 s) and a new
-#: holder taking over many groups one by one on a loaded node (0.5 s still
-#: lost echoes in the membership bench).
-HANDOVER_GRACE = 1.0
+#: holder taking over many groups one by one on a loaded node (0.5 s and 1 s
+#: still lost echoes in the membership bench at load average 20).
+HANDOVER_GRACE = 2.0
 METRIC_PREFIX = "vipcore_netlink_static"
 
 
