@@ -304,8 +304,9 @@ class KeepalivedBackend:
         releases them, so a preempting peer becomes master at its next
         Master_Down_Interval and this instance falls back to BACKUP, dropping
         the VIPs only then. Removing the instance at once would send priority 0
-        and drop them before anyone holds them. Bounded: with preemption off,
-        no peer, or a priority that is not the lowest, release at once.
+        and drop them before anyone holds them. Bounded by :data:`HANDOVER_INTERVALS`
+        advert intervals and :data:`HANDOVER_MARGIN` s; with preemption off, no
+        peer, or a priority that is not the lowest, release at once.
         """
         membership = self.memberships[group]
         if not self.settings.preempt or not membership.peers() or \
