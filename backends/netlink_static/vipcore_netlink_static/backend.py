@@ -122,6 +122,8 @@ class NetlinkStaticBackend:
     """Hold each group's VIPs on its chosen node; see the module docstring."""
 
     name: ClassVar[str] = "netlink_static"
+    #: Seconds a no-longer-chosen holder keeps its VIPs (tests shorten it).
+    handover_grace: float = HANDOVER_GRACE
 
     def __init__(self, *, holder: AddressHolder | None = None) -> None:
         # Tests pass a holder bound to a namespace; the agent passes nothing.
@@ -350,7 +352,7 @@ class NetlinkStaticBackend:
             await self._apply(record, trigger)
 
     async def _hand_over(self, record: GroupRecord) -> None:
-        await asyncio.sleep(HANDOVER_GRACE)
+        await asyncio.sleep(self.handover_grace)
         async with self._lock:
             if record.handover is not asyncio.current_task():
                 return  # cancelled or superseded while waiting for the lock

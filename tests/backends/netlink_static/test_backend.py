@@ -25,7 +25,6 @@ from vipcore.core.model import Family, IPAddress, Membership, Node, State, State
 from vipcore.backend.host import load_hooks
 from vipcore.core.resolve import group_name, membership
 from vipcore_netlink_static import NetlinkStaticBackend, Settings
-from vipcore_netlink_static.backend import HANDOVER_GRACE
 
 LAN = "vcBlan"
 V4 = (ipaddress.IPv4Address("198.51.100.101"), ipaddress.IPv4Address("198.51.100.102"))
@@ -33,6 +32,8 @@ V6 = (ipaddress.IPv6Address("2001:db8:5::101"),)
 POOL = ipaddress.ip_network("198.51.100.96/27")
 POOL6 = ipaddress.ip_network("2001:db8:5::/64")
 FAST = {"garp": {"count": 2, "interval": 0.01}, "verify_interval": None}
+#: The hand-over grace in these tests (the default is for real nodes).
+GRACE = 0.3
 
 
 def ip(*args: str) -> str:
@@ -139,6 +140,7 @@ def drive(lab: Lab, body: Callable[[dict[str, Driven]], Awaitable[None]],
                 holder = AddressHolder(netns=ns)
                 holders.append(holder)
                 d = Driven(node, NetlinkStaticBackend(holder=holder))
+                d.backend.handover_grace = GRACE
                 context = BackendContext(node=node, config=FAST if config is None else config,
                                          report=d.reports.append, is_managed=managed, backend_name="netlink_static")
                 await d.backend.vipcore_backend_start(context=context)
@@ -249,7 +251,7 @@ class TestLab:
             await nodes[chosen].backend.vipcore_group_release(group=g.name, reason="drain")
             # Make-before-break: the VIPs stay while the next holder learns of the drain.
             assert holding(lab.nodes[chosen]) == {*V4, *V6}
-            await asyncio.sleep(HANDOVER_GRACE + 0.2)
+            await asyncio.sleep(GRACE + 0.2)
             assert holding(lab.nodes[chosen]) == set()
             assert nodes[chosen].reports[-1].new is State.BACKUP
             assert nodes[chosen].reports[-1].reason == "released: drain"
@@ -263,7 +265,7 @@ class TestLab:
             assert nodes[other].reports[-1].reason == "takeover: operator"
             # Takeover after a release only undoes the release: the ranking decides again.
             await nodes[other].backend.vipcore_group_release(group=g.name, reason="done")
-            await asyncio.sleep(HANDOVER_GRACE + 0.2)
+            await asyncio.sleep(GRACE + 0.2)
             assert holding(lab.nodes[other]) == set()
             await nodes[other].backend.vipcore_group_takeover(group=g.name, reason="node no longer drained")
             assert holding(lab.nodes[other]) == set()
@@ -291,7 +293,7 @@ class TestLab:
             assert nodes[loser].states(both.name) == {}, "a rename keeps the router: no report under the new name"
             await nodes[winner].backend.vipcore_group_join(membership=member(both, winner))
             assert holding(lab.nodes[winner]) == {*V4, *V6}
-            await asyncio.sleep(HANDOVER_GRACE + 0.2)
+            await asyncio.sleep(GRACE + 0.2)
             assert holding(lab.nodes[loser]) == set()
             assert nodes[loser].states(both.name) == {Family.IPV4: State.BACKUP, Family.IPV6: State.BACKUP}
 
