@@ -134,6 +134,8 @@ class NetlinkStaticBackend:
         self._groups: dict[str, GroupRecord] = {}
         self._lock = asyncio.Lock()
         self._verifier: asyncio.Task[None] | None = None
+        #: Groups left gracefully while holding: their VIPs go after the hand-over grace.
+        self._retiring: dict[asyncio.Task[None], GroupRecord] = {}
         self.counters = Counters()
 
     # -- helpers -------------------------------------------------------------
@@ -281,8 +283,17 @@ class NetlinkStaticBackend:
             self._verifier.cancel()
             await asyncio.gather(self._verifier, return_exceptions=True)
             self._verifier = None
+        retiring = list(self._retiring.items())
+        for task, _ in retiring:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in retiring), return_exceptions=True)
         async with self._lock:
             reason = "agent stopping" if graceful else "agent stopping (hard)"
+            for _, record in retiring:
+                try:
+                    await self._remove(record, record.vips)
+                except (InterfaceNotFoundError, AddressError) as exc:
+                    log.warning("group %s: %s", record.name[:12], exc)
             for record in list(self._groups.values()):
                 await self._drop(record, reason)
             self._groups.clear()
@@ -324,7 +335,28 @@ class NetlinkStaticBackend:
     async def vipcore_group_leave(self, membership: Membership, graceful: bool) -> None:
         async with self._lock:
             record = self._groups.pop(membership.name, None) or GroupRecord(membership)
+            if graceful and record.holding and record.fault is None and membership.peers():
+                # This node left (NotReady, say) but still runs: the next holder reads
+                # the same change; keep the VIPs until it has added and announced them.
+                record.cancel_handover()
+                record.stop_announcing()
+                self._set_all(record, State.STOPPED, f"left the group (VIPs kept {self.handover_grace:g} s "
+                                                     "for the next holder)")
+                task = asyncio.get_running_loop().create_task(
+                    self._retire(record), name=f"netlink_static retire {record.name[:12]}")
+                self._retiring[task] = record
+                task.add_done_callback(lambda done: self._retiring.pop(done, None))
+                return
             await self._drop(record, "left the group")
+
+    async def _retire(self, record: GroupRecord) -> None:
+        """After the grace, remove a left group's VIPs that no group held here claims."""
+        await asyncio.sleep(self.handover_grace)
+        async with self._lock:
+            try:
+                await self._remove(record, record.vips)
+            except (InterfaceNotFoundError, AddressError) as exc:
+                log.warning("group %s: %s", record.name[:12], exc)
 
     @hookimpl
     async def vipcore_group_release(self, group: str, reason: str) -> None:

@@ -196,8 +196,11 @@ class TestLab:
             await nodes[chosen].backend.vipcore_group_leave(membership=member(both, chosen), graceful=True)
             await nodes[survivor].backend.vipcore_group_leave(membership=member(both, survivor), graceful=True)
             await nodes[survivor].backend.vipcore_group_join(membership=member(alone, survivor))
-            assert holding(lab.nodes[chosen]) == set()
             assert holding(lab.nodes[survivor]) == {*V4, *V6}
+            # Make-before-break: the node that left keeps the VIPs until the grace is up.
+            assert holding(lab.nodes[chosen]) == {*V4, *V6}
+            await asyncio.sleep(GRACE + 0.2)
+            assert holding(lab.nodes[chosen]) == set()
             assert nodes[chosen].states(both.name) == {Family.IPV4: State.STOPPED, Family.IPV6: State.STOPPED}
             assert nodes[survivor].states(alone.name) == {Family.IPV4: State.MASTER, Family.IPV6: State.MASTER}
 
@@ -298,6 +301,23 @@ class TestLab:
             assert nodes[loser].states(both.name) == {Family.IPV4: State.BACKUP, Family.IPV6: State.BACKUP}
 
         drive(lab, body)
+
+    def test_a_left_group_waiting_for_its_grace_goes_at_stop(self, lab: Lab) -> None:
+        both = group(("node-a", "node-b"))
+        chosen = member(both, "node-a").preferred_holder
+        seen: dict[str, Driven] = {}
+
+        async def body(nodes: dict[str, Driven]) -> None:
+            seen.update(nodes)
+            for d in nodes.values():
+                d.backend.handover_grace = 30.0  # longer than the test
+                await d.backend.vipcore_group_join(membership=member(both, d.node))
+            await nodes[chosen].backend.vipcore_group_leave(membership=member(both, chosen), graceful=True)
+            assert holding(lab.nodes[chosen]) == {*V4, *V6}
+            assert nodes[chosen].states(both.name) == {Family.IPV4: State.STOPPED, Family.IPV6: State.STOPPED}
+
+        drive(lab, body)  # stops both backends
+        assert holding(lab.nodes[chosen]) == set()
 
     def test_stop_removes_everything(self, lab: Lab) -> None:
         g = group(("node-a", "node-b"))
