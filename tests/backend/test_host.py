@@ -142,13 +142,17 @@ def test_agent_dispatches_only_differences_and_observers_cannot_break_it(tmp_pat
         await agent.apply(source.load())  # same state: nothing dispatched
         assert [c[0] for c in Recorder.calls] == ["start", "join"]
 
-        # node-b goes away: the group changes name (new node list) -> leave old, join new.
+        # node-b goes away: the group changes name (new node list) but keeps its
+        # VRID: the same router, so an update of the old membership, not leave + join.
         text = (manifests / "all.yaml").read_text()
         docs = text.split("\n---\n")
         (manifests / "all.yaml").write_text("\n---\n".join(d for d in docs if "name: node-b" not in d))
         await agent.apply(source.load())
-        assert [c[0] for c in Recorder.calls][2:] == ["leave", "join"]
-        assert Recorder.calls[-1][1].group.nodes == ("node-a",)
+        assert [c[0] for c in Recorder.calls][2:] == ["update"]
+        renamed = Recorder.calls[-1][1]
+        assert renamed.group.nodes == ("node-a",) and renamed.name != joined.name
+        assert renamed.group.vrid == joined.group.vrid
+        assert set(agent.memberships) == {renamed.name}
         await agent.stop(graceful=True)
         assert Recorder.calls[-1] == ("stop", True)
 

@@ -169,7 +169,7 @@ def test_holder_notes_only_on_change() -> None:
              "spec": {"services": ["default/web"], "vips": {"ipv4": ["203.0.113.10"]}},
              "status": {"holders": {"ipv4": {"node": "node-a"}}}}
     holders, notes = holder_notes({}, [group])
-    assert holders == {"g-eth0": {"ipv4": "node-a"}}
+    assert holders == {"default/web": {"ipv4": "node-a"}}
     assert [(n.name, n.reason) for n in notes] == [("web", HOLDER_CHANGED)]
     assert holder_notes(holders, [group])[1] == []
     group["status"]["holders"]["ipv4"]["node"] = "node-b"

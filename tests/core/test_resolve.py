@@ -306,7 +306,8 @@ def test_membership_priorities_follow_placement_and_drained_nodes_rank_last() ->
     order = placement.rank(group.placement_key, group.nodes)
     m = membership(group, "a", node_list)
     assert [p.name for p in m.members] == list(order)
-    assert [p.priority for p in m.members] == [254, 253, 252]
+    # Spaced so that backups' Skew_Times differ by more than advert jitter.
+    assert [p.priority for p in m.members] == [254, 254 - placement.PRIORITY_STEP, 254 - 2 * placement.PRIORITY_STEP]
     assert m.preferred_holder == order[0]
 
     top = order[0]
@@ -317,6 +318,18 @@ def test_membership_priorities_follow_placement_and_drained_nodes_rank_last() ->
     m2 = membership(same_group, top, drained)
     assert m2.preferred_holder == order[1]
     assert m2.priority == 1 and m2.members[-1].name == top
+
+
+def test_rank_priorities_are_spaced_distinct_and_in_range() -> None:
+    from vipcore.core import placement
+
+    for count in (1, 2, 3, 5, 16, 17, 40, 254, 300):
+        prios = [placement.rank_priority(i, count) for i in range(count)]
+        assert prios[0] == placement.TOP_PRIORITY and min(prios) >= placement.BOTTOM_PRIORITY
+        assert prios == sorted(prios, reverse=True)
+        distinct = min(count, placement.TOP_PRIORITY)
+        assert len(set(prios)) == distinct
+    assert placement.rank_priority(1, 5) == placement.TOP_PRIORITY - placement.PRIORITY_STEP
 
 
 def test_a_node_leaving_moves_only_the_groups_it_was_preferred_for() -> None:

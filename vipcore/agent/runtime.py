@@ -39,7 +39,7 @@ from vipcore.core.settings import Config
 from vipcore.core.errors import ConfigError, VipcoreError
 from vipcore.core.model import DesiredState, Family, IPAddress, Membership, Resolution, State, StateChange
 from vipcore.backend.host import Hooks, load_hooks
-from vipcore.core.resolve import membership, resolve
+from vipcore.core.resolve import membership, membership_changes, resolve
 from vipcore.sources import Source
 from vipcore.sources.kubernetes import KubernetesAgentSource
 from vipcore.sources.manifests import ManifestSource
@@ -360,8 +360,13 @@ class Agent:
             self.source_error = None
 
     async def _dispatch(self, desired: Mapping[str, Membership]) -> None:
-        current = self.memberships
         self.desired = dict(desired)
+        # A group renamed by a membership change keeps its identity (same VRID and interface): the
+        # backend gets one update(old, new) and keeps its router, not a leave and a join.
+        renames = [(old, new) for old, new in membership_changes(self.memberships, desired).updates
+                   if old.name != new.name]
+        await _concurrently(self._rename(old, new) for old, new in renames)
+        current = self.memberships
         # Leave first (a group renamed by a node change hands its VIPs to its successor), then join and
         # update; each group on its own, concurrently: one slow group does not delay the others.
         leaving = sorted(set(current) - set(desired))
@@ -378,6 +383,22 @@ class Agent:
         await _concurrently(self._reconcile_release(name) for name in sorted(self.memberships))
 
     # -- one group: guard, failure, retry ------------------------------------
+
+    async def _rename(self, old: Membership, new: Membership) -> bool:
+        """Carry a renamed group over with one update; on failure the old name is left and the new one
+        joined as usual (by :meth:`_dispatch`, right after)."""
+        if not await self._guard(new.name, "vipcore_group_update", self.hooks.update(old=old, new=new)):
+            return False
+        self.memberships.pop(old.name, None)
+        for family in Family:
+            status = self.routers.pop((old.name, family), None)
+            if status is not None:
+                self.routers[(new.name, family)] = attrs.evolve(status, group=new.name)
+        if old.name in self.released:
+            self.released.discard(old.name)
+            self.released.add(new.name)
+        self.memberships[new.name] = new
+        return True
 
     async def _reconcile(self, name: str) -> bool:
         """Bring one group's membership in the backend to ``self.desired``; False if its hook failed."""

@@ -74,8 +74,11 @@ def vipcore_group_join(membership: Membership) -> bool | Awaitable[Any] | None:
 def vipcore_group_update(old: Membership, new: Membership) -> bool | Awaitable[Any] | None:
     """A group this node takes part in changed (VIPs, members, priorities, VRID).
 
-    The group name is the same in ``old`` and ``new``. A backend must apply
-    the difference without moving the holder when only VIPs changed.
+    ``new.name`` may differ from ``old.name``: a membership change renames a
+    group (the name hashes the node list) and the agent pairs the old and the
+    new one by interface and VRID. A backend keeps its router (instance,
+    addresses) under the new name and applies the difference without moving
+    the holder when the holder did not change.
     First non-None result wins.
     """
 

@@ -273,6 +273,9 @@ class DesiredState:
     pools: tuple[Pool, ...] = ()
     #: Persisted or pinned VRIDs: group name -> VRID.
     vrids: Mapping[str, int] = attrs.field(factory=dict, hash=False)
+    #: Services of each persisted group (group name -> Service keys): a renamed
+    #: group inherits the VRID of the one it shares Services with.
+    lineage: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, hash=False)
 
 
 class State(enum.Enum):

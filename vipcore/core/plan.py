@@ -49,7 +49,7 @@ from vipcore.core.model import (
     VridPolicy,
 )
 from vipcore.core.model import FINALIZER
-from vipcore.core.resolve import choose_pool, resolve
+from vipcore.core.resolve import choose_pool, membership, resolve
 
 Obj = Mapping[str, Any]
 
@@ -229,6 +229,18 @@ def persisted_vrids(vipgroups: Iterable[Obj]) -> dict[str, int]:
     return vrids
 
 
+def persisted_lineage(vipgroups: Iterable[Obj]) -> dict[str, tuple[str, ...]]:
+    """Group name -> the Services of every existing VipGroup: a renamed group inherits its VRID."""
+    lineage: dict[str, tuple[str, ...]] = {}
+    for obj in vipgroups:
+        spec = obj.get("spec") or {}
+        services = spec.get("services") if isinstance(spec, Mapping) else None
+        name = _meta(obj).get("name")
+        if isinstance(name, str) and isinstance(services, list):
+            lineage[name] = tuple(str(s) for s in services)
+    return lineage
+
+
 def holders_of(obj: Obj) -> dict[str, str]:
     """``{"ipv4": node, "ipv6": node}`` from a VipGroup's status (families with a holder only)."""
     status = obj.get("status") or {}
@@ -243,6 +255,31 @@ def holders_of(obj: Obj) -> dict[str, str]:
 def _describe_group(group: VipGroup) -> str:
     return (f"VIP group {group.short_name} (VRID {group.vrid}, interface {group.interface}, "
             f"nodes {','.join(group.nodes)})")
+
+
+def _same_router(previous: Obj | None, group: VipGroup, nodes: Sequence[Node]) -> bool:
+    """Whether ``group`` only renames ``previous``: same interface, VRID and holder.
+
+    Every membership change renames groups (the name hashes the node list);
+    such a rename is nothing a user can act on, so it is not an Event. The
+    holder is the one ``previous`` reports, else the one placement predicted.
+    """
+    if previous is None:
+        return False
+    spec = previous.get("spec") or {}
+    if not isinstance(spec, Mapping) or spec.get("interface") != group.interface or spec.get("vrid") != group.vrid:
+        return False
+    holder = membership(group, group.nodes[0], nodes).preferred_holder if group.nodes else None
+    held = set(holders_of(previous).values())
+    if held:
+        return held == {holder}
+    services = [str(s) for s in spec.get("services") or []]
+    old_nodes = [str(n) for n in spec.get("nodes") or []]
+    if not services or not old_nodes:
+        return False
+    old = VipGroup(name=str(_meta(previous).get("name")), interface=group.interface, nodes=tuple(old_nodes),
+                   vrid=group.vrid, services=tuple(services))
+    return membership(old, old.nodes[0], nodes).preferred_holder == holder
 
 
 # -- the plan ------------------------------------------------------------------------
@@ -311,6 +348,7 @@ def plan(
         endpoint_slices=tuple(endpoint_slices),
         pools=tuple(pools),
         vrids=persisted_vrids(group_objs.values()),
+        lineage=persisted_lineage(group_objs.values()),
     )
     resolution = resolve(state, vrid_policy=vrid_policy, allocate=True, quarantined=quarantined)
     addresses = resolution.addresses
@@ -353,7 +391,8 @@ def plan(
             group = new_group_of.get(key)
             if group is None:
                 note(obj, "Warning", NO_GROUP, unresolved.get(key, "no VIP group"))
-            elif old_group_of.get(key) != group.name:
+            elif old_group_of.get(key) != group.name and not _same_router(
+                    group_objs.get(old_group_of.get(key, "")), group, state.nodes):
                 note(obj, "Normal", GROUP_ASSIGNED, _describe_group(group))
         if finalizer is not None or ingress is not None:
             writes.append(ServiceWrite(ns, name, rv, finalizer=finalizer, ingress=ingress))
@@ -479,34 +518,43 @@ def holder_notes(
 ) -> tuple[dict[str, dict[str, str]], list[Note]]:
     """Events for holder changes between the holders seen ``before`` and ``groups`` now.
 
-    Returns the holders now (group name -> family -> node) and one
-    ``HolderChanged`` note per Service of each group whose holder changed.
-    A group seen for the first time produces notes only if it has a holder.
+    Holders are tracked per Service (Service key -> family -> node), not per
+    group: a membership change renames the group, and a renamed group whose
+    holder did not change is no Event. Returns the holders now and one
+    ``HolderChanged`` note per Service whose holder changed. A Service whose
+    group reports no holder yet (just created by a rename) keeps its last one.
     """
-    now: dict[str, dict[str, str]] = {}
-    notes: list[Note] = []
-    for obj in groups:
-        name = str(_meta(obj).get("name"))
-        holders = holders_of(obj)
-        now[name] = holders
-        old = before.get(name, {})
+    seen: dict[str, dict[str, set[str]]] = {}
+    vips_of: dict[tuple[str, str], str] = {}
+    for obj in sorted(groups, key=lambda o: str(_meta(o).get("name"))):
         spec = obj.get("spec") or {}
         vips = spec.get("vips") or {}
-        for family, node in sorted(holders.items()):
-            if old.get(family) == node:
-                continue
+        holders = holders_of(obj)
+        for svc_key in spec.get("services") or []:
+            families = seen.setdefault(str(svc_key), {})
+            for family, node in holders.items():
+                families.setdefault(family, set()).add(node)
+                vips_of.setdefault((str(svc_key), family), ", ".join(vips.get(family) or []) or "its VIPs")
+    now: dict[str, dict[str, str]] = {}
+    notes: list[Note] = []
+    for svc_key, families in sorted(seen.items()):
+        old = before.get(svc_key, {})
+        now[svc_key] = dict(old)
+        for family, nodes in sorted(families.items()):
+            if old.get(family) in nodes:
+                continue  # still held where it was (perhaps by the renamed group)
+            node = sorted(nodes)[0]
+            now[svc_key][family] = node
             family_name = "IPv4" if family == "ipv4" else "IPv6" if family == "ipv6" else family
-            addresses = ", ".join(vips.get(family) or []) or "its VIPs"
             was = f" (was {old[family]})" if old.get(family) else ""
-            for svc_key in spec.get("services") or []:
-                ns, _, svc_name = str(svc_key).partition("/")
-                notes.append(Note(ns, svc_name, None, "Normal", HOLDER_CHANGED,
-                                  f"node {node} holds {addresses} ({family_name}){was}"))
+            ns, _, svc_name = svc_key.partition("/")
+            notes.append(Note(ns, svc_name, None, "Normal", HOLDER_CHANGED,
+                              f"node {node} holds {vips_of[(svc_key, family)]} ({family_name}){was}"))
     return now, notes
 
 
 __all__ = [
     "FINALIZER", "COMPONENT", "Note", "ServiceWrite", "GroupWrite", "Plan", "Selection", "plan",
-    "holder_notes", "persisted_vrids", "ingress_body", "ingress_of", "POOL_FINALIZER",
+    "holder_notes", "persisted_vrids", "persisted_lineage", "ingress_body", "ingress_of", "POOL_FINALIZER",
     "pool_status", "pool_in_use", "group_status",
 ]

@@ -11,6 +11,8 @@ import hashlib
 import ipaddress
 from collections.abc import Callable, Collection, Iterable, Mapping
 
+import attrs
+
 from vipcore.core import ipam, placement
 from vipcore.core.model import (
     DesiredState,
@@ -107,7 +109,9 @@ def resolve(
     controller). When False (agent reading a cluster) only addresses already
     in the Services' status are used; ``quarantined`` addresses are not
     given out fresh (:func:`vipcore.core.ipam.allocate`). VRIDs persisted in ``state.vrids`` are
-    kept. Services that get no group are listed in ``unresolved`` with why.
+    kept; a renamed group inherits its predecessor's (``state.lineage``), or
+    else derives one from its first Service (see :mod:`vipcore.core.vrid`).
+    Services that get no group are listed in ``unresolved`` with why.
     """
     pools = {p.name: p for p in state.pools}
     unresolved: dict[str, str] = {}
@@ -151,8 +155,18 @@ def resolve(
         vips.setdefault(key, []).extend(addresses)
 
     names = {key: group_name(key[0], key[1]) for key in members}
+    # Every Service that may form a group on an interface, whatever its nodes:
+    # derived VRIDs must not move when membership does.
+    anchors: dict[str, list[str]] = {}
+    for service, pool in chosen:
+        anchors.setdefault(pool.interface, []).append(service.key)
     assignment = allocate_vrids(
-        ((names[key], key[1]) for key in members), policy=vrid_policy, persisted=state.vrids
+        ((names[key], key[1]) for key in members),
+        policy=vrid_policy,
+        persisted=state.vrids,
+        services={names[key]: [s.key for s in services] for key, services in members.items()},
+        lineage=state.lineage,
+        anchors=anchors,
     )
     groups = []
     for key, services in members.items():
@@ -185,7 +199,7 @@ def membership(group: VipGroup, node: str, nodes: Mapping[str, Node] | Iterable[
     drained = {n for n in group.nodes if n in by_name and by_name[n].drained}
     order = placement.rank(group.placement_key, [n for n in group.nodes if n not in drained])
     order += placement.rank(group.placement_key, drained)
-    prios = {n: max(placement.BOTTOM_PRIORITY, placement.TOP_PRIORITY - i) for i, n in enumerate(order)}
+    prios = {n: placement.rank_priority(i, len(order)) for i, n in enumerate(order)}
     for n in drained:
         prios[n] = placement.BOTTOM_PRIORITY
     members = tuple(
@@ -193,3 +207,44 @@ def membership(group: VipGroup, node: str, nodes: Mapping[str, Node] | Iterable[
         for n in order
     )
     return Membership(group=group, node=node, priority=prios[node], members=members)
+
+
+@attrs.frozen
+class MembershipChanges:
+    """What the agent dispatches to go from one set of memberships to the next."""
+
+    #: Memberships to leave (gone, and no successor took over their router).
+    leaves: tuple[Membership, ...] = ()
+    #: New memberships without a predecessor.
+    joins: tuple[Membership, ...] = ()
+    #: (old, new) pairs: the same group changed, or a renamed group that keeps
+    #: its router (same interface and VRID). ``old.name != new.name`` is a rename.
+    updates: tuple[tuple[Membership, Membership], ...] = ()
+
+
+def membership_changes(current: Mapping[str, Membership], desired: Mapping[str, Membership]) -> MembershipChanges:
+    """Pair ``current`` and ``desired`` memberships by name, then renames by router.
+
+    A group renamed by a membership change keeps its VRID (see
+    :mod:`vipcore.core.vrid`); on this node it is the same router, so it is an
+    update of the old membership, not a leave and a join (which would cost an
+    election). Unchanged memberships appear nowhere.
+    """
+    gone = {name: m for name, m in current.items() if name not in desired}
+    by_router = {(m.group.interface, m.group.vrid): m for m in gone.values() if m.group.vrid is not None}
+    joins: list[Membership] = []
+    updates: list[tuple[Membership, Membership]] = []
+    for name in sorted(desired):
+        new = desired[name]
+        old = current.get(name)
+        if old is None and new.group.vrid is not None:
+            old = by_router.pop((new.group.interface, new.group.vrid), None)
+            if old is not None:
+                del gone[old.name]
+        if old is None:
+            joins.append(new)
+        elif old != new:
+            updates.append((old, new))
+    return MembershipChanges(
+        leaves=tuple(gone[name] for name in sorted(gone)), joins=tuple(joins), updates=tuple(updates)
+    )

@@ -39,6 +39,11 @@ LEAVE_SETTLE = 1.0
 #: keepalived may still be applying the reload.
 RELOAD_GRACE = 0.5
 _POLL = 0.02
+#: A drained master waits for a peer to take over at most this many advert
+#: intervals (a peer preempts after Master_Down_Interval, about three, and
+#: reloads keepalived first) plus :data:`HANDOVER_MARGIN` seconds.
+HANDOVER_INTERVALS = 5
+HANDOVER_MARGIN = 2.0
 
 
 def _address_key(address: IPAddress) -> tuple[int, int]:
@@ -252,8 +257,21 @@ class KeepalivedBackend:
         if new.group.vrid is None:
             raise VipcoreError(f"group {new.group.name} has no VRID; keepalived needs one")
         async with self._lock:
-            before = tuple(i for i in (self.rendered.instances if self.rendered else ()) if i.group == new.name)
-            await self._change(lambda: self.memberships.__setitem__(new.name, new))
+            before = tuple(i for i in (self.rendered.instances if self.rendered else ())
+                           if i.group in (old.name, new.name))
+
+            def change() -> None:
+                # A rename (same VRID) renders the same instance names: keepalived
+                # keeps the instances, their state and their VIPs across the reload.
+                if old.name != new.name:
+                    self.memberships.pop(old.name, None)
+                    for marks in (self.released, self.taken_over):
+                        if old.name in marks:
+                            marks.discard(old.name)
+                            marks.add(new.name)
+                self.memberships[new.name] = new
+
+            await self._change(change)
             # A VIP taken out of the group (or a family dropped) must not stay behind.
             await self._drop(self._unrendered_vips(before), LEAVE_SETTLE)
         return True
@@ -273,10 +291,32 @@ class KeepalivedBackend:
             if group not in self.memberships:
                 raise VipcoreError(f"cannot release group {group}: this node is not a member")
             log.info("releasing group %s: %s", group[:12], reason)
+            await self._await_handover(group)
             self.released.add(group)
             self.taken_over.discard(group)
             await self._remove_group(group, settle=LEAVE_SETTLE)
         return True
+
+    async def _await_handover(self, group: str) -> None:
+        """Make-before-break for a drain: let a peer take over before the instance goes.
+
+        The agent updates a drained node's memberships (priority 1) before it
+        releases them, so a preempting peer becomes master at its next
+        Master_Down_Interval and this instance falls back to BACKUP, dropping
+        the VIPs only then. Removing the instance at once would send priority 0
+        and drop them before anyone holds them. Bounded by :data:`HANDOVER_INTERVALS`
+        advert intervals and :data:`HANDOVER_MARGIN` s; with preemption off, no
+        peer, or a priority that is not the lowest, release at once.
+        """
+        membership = self.memberships[group]
+        if not self.settings.preempt or not membership.peers() or \
+                membership.priority > min(m.priority for m in membership.members):
+            return
+        mine = [i.name for i in (self.rendered.instances if self.rendered else ()) if i.group == group]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANDOVER_INTERVALS * self.settings.advert_interval + HANDOVER_MARGIN
+        while any(self.states.get(name) is State.MASTER for name in mine) and loop.time() < deadline:
+            await asyncio.sleep(_POLL)
 
     @hookimpl
     async def vipcore_group_takeover(self, group: str, reason: str) -> bool:

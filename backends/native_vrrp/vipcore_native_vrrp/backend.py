@@ -147,6 +147,13 @@ class NativeVrrpBackend:
     @hookimpl
     async def vipcore_group_update(self, old: Membership, new: Membership) -> None:
         name = new.name
+        if old.name != name and old.name in self.routers and name not in self.routers:
+            # A rename by a membership change: same VRID, same router. Keep it
+            # (state, timers, VIPs) under the new name; no election.
+            self.routers[name] = self.routers.pop(old.name)
+            self.memberships.pop(old.name, None)
+            for kept in self.routers[name].values():
+                kept.group = name
         if name not in self.routers:
             await self.vipcore_group_join(new)
             return

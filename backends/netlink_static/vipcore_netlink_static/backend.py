@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 
 #: Interfaces never scanned for stale VIPs.
 SKIP_INTERFACES = frozenset({"lo"})
+#: Seconds a holder that is no longer the chosen one (a better node joined or
+#: returned, a drain) keeps its VIPs: every node reads the change on its own,
+#: so without it the old holder may remove before the new one has added and
+#: announced (break-before-make). Covers the manifest poll (0.25 s) and a new
+#: holder taking over many groups one by one on a loaded node (0.5 s and 1 s
+#: still lost echoes in the membership bench at load average 20).
+HANDOVER_GRACE = 2.0
 METRIC_PREFIX = "vipcore_netlink_static"
 
 
@@ -61,6 +68,17 @@ class GroupRecord:
     announcer: asyncio.Task[None] | None = None
     #: The VIP set the running announcer covers.
     announced: frozenset[IPAddress] = frozenset()
+    #: A pending hand-over: removes the VIPs after :data:`HANDOVER_GRACE`.
+    handover: asyncio.Task[None] | None = None
+
+    @property
+    def holding(self) -> bool:
+        return any(state is State.MASTER for state in self.states.values())
+
+    def cancel_handover(self) -> None:
+        if self.handover is not None and self.handover is not asyncio.current_task():
+            self.handover.cancel()
+        self.handover = None
 
     @property
     def name(self) -> str:
@@ -104,6 +122,8 @@ class NetlinkStaticBackend:
     """Hold each group's VIPs on its chosen node; see the module docstring."""
 
     name: ClassVar[str] = "netlink_static"
+    #: Seconds a no-longer-chosen holder keeps its VIPs (tests shorten it).
+    handover_grace: float = HANDOVER_GRACE
 
     def __init__(self, *, holder: AddressHolder | None = None) -> None:
         # Tests pass a holder bound to a namespace; the agent passes nothing.
@@ -114,6 +134,8 @@ class NetlinkStaticBackend:
         self._groups: dict[str, GroupRecord] = {}
         self._lock = asyncio.Lock()
         self._verifier: asyncio.Task[None] | None = None
+        #: Groups left gracefully while holding: their VIPs go after the hand-over grace.
+        self._retiring: dict[asyncio.Task[None], GroupRecord] = {}
         self.counters = Counters()
 
     # -- helpers -------------------------------------------------------------
@@ -165,14 +187,27 @@ class NetlinkStaticBackend:
             removed = await self.holder.remove(record.interface, _ordered(doomed))
             self.counters.vips_removed += len(removed)
 
-    async def _apply(self, record: GroupRecord, trigger: float, previous: frozenset[IPAddress] = frozenset()) -> None:
-        """Make the interface match the decision for ``record`` and report the outcome."""
+    async def _apply(self, record: GroupRecord, trigger: float, previous: frozenset[IPAddress] = frozenset(),
+                     *, handing_over: bool = False) -> None:
+        """Make the interface match the decision for ``record`` and report the outcome.
+
+        A holder that is no longer chosen keeps its VIPs for :data:`HANDOVER_GRACE`
+        (``handing_over``: that time is up).
+        """
         hold, reason = record.decision()
         wanted = record.vips
         try:
             if hold:
+                record.cancel_handover()
                 await self._hold(record, wanted, previous - wanted, reason, trigger)
+            elif record.holding and record.fault is None and not handing_over:
+                # Make-before-break: the new holder adds and announces first.
+                await self._remove(record, previous - wanted)
+                if record.handover is None:
+                    record.handover = asyncio.get_running_loop().create_task(
+                        self._hand_over(record), name=f"netlink_static hand-over {record.name[:12]}")
             else:
+                record.cancel_handover()
                 record.stop_announcing()
                 await self._remove(record, wanted | previous)
                 record.fault = None
@@ -248,8 +283,17 @@ class NetlinkStaticBackend:
             self._verifier.cancel()
             await asyncio.gather(self._verifier, return_exceptions=True)
             self._verifier = None
+        retiring = list(self._retiring.items())
+        for task, _ in retiring:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in retiring), return_exceptions=True)
         async with self._lock:
             reason = "agent stopping" if graceful else "agent stopping (hard)"
+            for _, record in retiring:
+                try:
+                    await self._remove(record, record.vips)
+                except (InterfaceNotFoundError, AddressError) as exc:
+                    log.warning("group %s: %s", record.name[:12], exc)
             for record in list(self._groups.values()):
                 await self._drop(record, reason)
             self._groups.clear()
@@ -274,6 +318,10 @@ class NetlinkStaticBackend:
     async def vipcore_group_update(self, old: Membership, new: Membership) -> None:
         trigger = time.monotonic()
         async with self._lock:
+            if old.name != new.name and old.name in self._groups and new.name not in self._groups:
+                # A rename by a membership change: keep the record (its states,
+                # announcer, release) so an unchanged holder keeps its VIPs quietly.
+                self._groups[new.name] = self._groups.pop(old.name)
             record = self._groups.get(new.name)
             if record is None:
                 record = self._groups[new.name] = GroupRecord(new)
@@ -287,7 +335,28 @@ class NetlinkStaticBackend:
     async def vipcore_group_leave(self, membership: Membership, graceful: bool) -> None:
         async with self._lock:
             record = self._groups.pop(membership.name, None) or GroupRecord(membership)
+            if graceful and record.holding and record.fault is None and membership.peers():
+                # This node left (NotReady, say) but still runs: the next holder reads
+                # the same change; keep the VIPs until it has added and announced them.
+                record.cancel_handover()
+                record.stop_announcing()
+                self._set_all(record, State.STOPPED, f"left the group (VIPs kept {self.handover_grace:g} s "
+                                                     "for the next holder)")
+                task = asyncio.get_running_loop().create_task(
+                    self._retire(record), name=f"netlink_static retire {record.name[:12]}")
+                self._retiring[task] = record
+                task.add_done_callback(lambda done: self._retiring.pop(done, None))
+                return
             await self._drop(record, "left the group")
+
+    async def _retire(self, record: GroupRecord) -> None:
+        """After the grace, remove a left group's VIPs that no group held here claims."""
+        await asyncio.sleep(self.handover_grace)
+        async with self._lock:
+            try:
+                await self._remove(record, record.vips)
+            except (InterfaceNotFoundError, AddressError) as exc:
+                log.warning("group %s: %s", record.name[:12], exc)
 
     @hookimpl
     async def vipcore_group_release(self, group: str, reason: str) -> None:
@@ -314,8 +383,18 @@ class NetlinkStaticBackend:
                 record.forced = reason
             await self._apply(record, trigger)
 
+    async def _hand_over(self, record: GroupRecord) -> None:
+        await asyncio.sleep(self.handover_grace)
+        async with self._lock:
+            if record.handover is not asyncio.current_task():
+                return  # cancelled or superseded while waiting for the lock
+            record.handover = None
+            if self._groups.get(record.name) is record:
+                await self._apply(record, time.monotonic(), handing_over=True)
+
     async def _drop(self, record: GroupRecord, reason: str) -> None:
         """Stop holding ``record`` for good: remove its VIPs, report STOPPED."""
+        record.cancel_handover()
         record.stop_announcing()
         try:
             await self._remove(record, record.vips)
@@ -351,6 +430,8 @@ class NetlinkStaticBackend:
                     except (InterfaceNotFoundError, AddressError):
                         held[record.interface] = None
                 present = held[record.interface]
+                if record.handover is not None:
+                    continue  # handing over: the VIPs stay until the grace is up
                 hold, _ = record.decision()
                 if record.fault is None and present is not None:
                     if hold and record.vips <= present:

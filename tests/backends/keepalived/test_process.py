@@ -173,7 +173,7 @@ def test_restart_with_backoff_then_give_up(env: Path, monkeypatch: pytest.Monkey
 
 def test_backend_reports_fifo_transitions_and_faults(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     web = group(["node-a", "node-b"], "vcKnone0", 9, ["198.51.100.101"])
-    v4 = instance_name(web.name, "vcKnone0", Family.IPV4)
+    v4 = instance_name(9, "vcKnone0", Family.IPV4)
     monkeypatch.setenv("STANDIN_EVENTS", f'INSTANCE "{v4}" BACKUP 254;GROUP "x" MASTER 0;INSTANCE "{v4}" MASTER 254')
     reports: list[StateChange] = []
 

@@ -32,6 +32,8 @@ V6 = (ipaddress.IPv6Address("2001:db8:5::101"),)
 POOL = ipaddress.ip_network("198.51.100.96/27")
 POOL6 = ipaddress.ip_network("2001:db8:5::/64")
 FAST = {"garp": {"count": 2, "interval": 0.01}, "verify_interval": None}
+#: The hand-over grace in these tests (the default is for real nodes).
+GRACE = 0.3
 
 
 def ip(*args: str) -> str:
@@ -138,6 +140,7 @@ def drive(lab: Lab, body: Callable[[dict[str, Driven]], Awaitable[None]],
                 holder = AddressHolder(netns=ns)
                 holders.append(holder)
                 d = Driven(node, NetlinkStaticBackend(holder=holder))
+                d.backend.handover_grace = GRACE
                 context = BackendContext(node=node, config=FAST if config is None else config,
                                          report=d.reports.append, is_managed=managed, backend_name="netlink_static")
                 await d.backend.vipcore_backend_start(context=context)
@@ -193,8 +196,11 @@ class TestLab:
             await nodes[chosen].backend.vipcore_group_leave(membership=member(both, chosen), graceful=True)
             await nodes[survivor].backend.vipcore_group_leave(membership=member(both, survivor), graceful=True)
             await nodes[survivor].backend.vipcore_group_join(membership=member(alone, survivor))
-            assert holding(lab.nodes[chosen]) == set()
             assert holding(lab.nodes[survivor]) == {*V4, *V6}
+            # Make-before-break: the node that left keeps the VIPs until the grace is up.
+            assert holding(lab.nodes[chosen]) == {*V4, *V6}
+            await asyncio.sleep(GRACE + 0.2)
+            assert holding(lab.nodes[chosen]) == set()
             assert nodes[chosen].states(both.name) == {Family.IPV4: State.STOPPED, Family.IPV6: State.STOPPED}
             assert nodes[survivor].states(alone.name) == {Family.IPV4: State.MASTER, Family.IPV6: State.MASTER}
 
@@ -246,6 +252,9 @@ class TestLab:
             for d in nodes.values():
                 await d.backend.vipcore_group_join(membership=member(g, d.node))
             await nodes[chosen].backend.vipcore_group_release(group=g.name, reason="drain")
+            # Make-before-break: the VIPs stay while the next holder learns of the drain.
+            assert holding(lab.nodes[chosen]) == {*V4, *V6}
+            await asyncio.sleep(GRACE + 0.2)
             assert holding(lab.nodes[chosen]) == set()
             assert nodes[chosen].reports[-1].new is State.BACKUP
             assert nodes[chosen].reports[-1].reason == "released: drain"
@@ -259,6 +268,7 @@ class TestLab:
             assert nodes[other].reports[-1].reason == "takeover: operator"
             # Takeover after a release only undoes the release: the ranking decides again.
             await nodes[other].backend.vipcore_group_release(group=g.name, reason="done")
+            await asyncio.sleep(GRACE + 0.2)
             assert holding(lab.nodes[other]) == set()
             await nodes[other].backend.vipcore_group_takeover(group=g.name, reason="node no longer drained")
             assert holding(lab.nodes[other]) == set()
@@ -268,6 +278,46 @@ class TestLab:
             assert nodes[chosen].reports[-1].new is State.MASTER
 
         drive(lab, body)
+
+    def test_a_better_holder_adds_before_the_old_one_removes(self, lab: Lab) -> None:
+        """A node returning (or joining) that wins the ranking: the old holder keeps
+        the VIPs for the hand-over grace, so the new one has them first."""
+        both = group(("node-a", "node-b"))
+        winner = member(both, "node-a").preferred_holder
+        loser = "node-b" if winner == "node-a" else "node-a"
+        alone = group((loser,))
+
+        async def body(nodes: dict[str, Driven]) -> None:
+            await nodes[loser].backend.vipcore_group_join(membership=member(alone, loser))
+            assert holding(lab.nodes[loser]) == {*V4, *V6}
+            # The winner comes back: the loser's group is renamed (same router), the winner joins.
+            await nodes[loser].backend.vipcore_group_update(old=member(alone, loser), new=member(both, loser))
+            assert holding(lab.nodes[loser]) == {*V4, *V6}, "removed before the new holder could add"
+            assert nodes[loser].states(both.name) == {}, "a rename keeps the router: no report under the new name"
+            await nodes[winner].backend.vipcore_group_join(membership=member(both, winner))
+            assert holding(lab.nodes[winner]) == {*V4, *V6}
+            await asyncio.sleep(GRACE + 0.2)
+            assert holding(lab.nodes[loser]) == set()
+            assert nodes[loser].states(both.name) == {Family.IPV4: State.BACKUP, Family.IPV6: State.BACKUP}
+
+        drive(lab, body)
+
+    def test_a_left_group_waiting_for_its_grace_goes_at_stop(self, lab: Lab) -> None:
+        both = group(("node-a", "node-b"))
+        chosen = member(both, "node-a").preferred_holder
+        seen: dict[str, Driven] = {}
+
+        async def body(nodes: dict[str, Driven]) -> None:
+            seen.update(nodes)
+            for d in nodes.values():
+                d.backend.handover_grace = 30.0  # longer than the test
+                await d.backend.vipcore_group_join(membership=member(both, d.node))
+            await nodes[chosen].backend.vipcore_group_leave(membership=member(both, chosen), graceful=True)
+            assert holding(lab.nodes[chosen]) == {*V4, *V6}
+            assert nodes[chosen].states(both.name) == {Family.IPV4: State.STOPPED, Family.IPV6: State.STOPPED}
+
+        drive(lab, body)  # stops both backends
+        assert holding(lab.nodes[chosen]) == set()
 
     def test_stop_removes_everything(self, lab: Lab) -> None:
         g = group(("node-a", "node-b"))

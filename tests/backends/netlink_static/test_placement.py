@@ -98,7 +98,8 @@ def test_weights_shift_share_proportionally() -> None:
 def test_priorities_follow_rank() -> None:
     ranked = placement.rank("g", NODES)
     prios = placement.priorities("g", NODES)
-    assert [prios[n] for n in ranked] == list(range(254, 254 - len(NODES), -1))
+    step = min(placement.PRIORITY_STEP, 253 // (len(NODES) - 1))
+    assert [prios[n] for n in ranked] == list(range(254, 254 - step * len(NODES), -step))
     many = placement.priorities("g", [f"n{i}" for i in range(300)])
     assert min(many.values()) == 1 and max(many.values()) == 254
 
