@@ -41,6 +41,8 @@ def eip(name: str, address: str, *, protocol: str = "vip", interface: str = "eth
             "spec": {"address": address, "protocol": protocol, "interface": interface}}
 
 
-def vip_group(name: str, vrid: int, *, nodes: tuple[str, ...] = ("node-a", "node-b")) -> dict[str, Any]:
+def vip_group(name: str, vrid: int, *, nodes: tuple[str, ...] = ("node-a", "node-b"),
+              services: tuple[str, ...] = ("default/web",)) -> dict[str, Any]:
     return {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup", "metadata": {"name": name},
-            "spec": {"interface": "eth0", "nodes": list(nodes), "vrid": vrid, "vips": {"ipv4": ["198.51.100.10"]}}}
+            "spec": {"interface": "eth0", "nodes": list(nodes), "vrid": vrid, "vips": {"ipv4": ["198.51.100.10"]},
+                     "services": list(services)}}

@@ -90,6 +90,8 @@ def test_first_state_is_converted_and_filtered(source: tuple[KubernetesSource, R
     assert [(s.service, s.ready_nodes) for s in state.endpoint_slices] == [("web", frozenset({"node-a"}))]
     assert [p.name for p in state.pools] == ["lan", "legacy"]
     assert state.vrids == {"abc-eth0": 42}
+    # The VipGroups' Services: a renamed group inherits the VRID of the one it replaces, on every agent.
+    assert state.lineage == {"abc-eth0": ("default/web",)}
     connection = src.connection()
     assert connection.connected and connection.synced and connection.relists == 0
     metrics = {(m.name, m.labels): m.value for m in src.metrics()}

@@ -17,6 +17,7 @@ import attrs
 import tenacity
 
 from vipcore.core import objects
+from vipcore.core.plan import persisted_lineage
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import (
     LOAD_BALANCER_CLASS,
@@ -300,12 +301,16 @@ class KubernetesSource:
             slices: list[EndpointSlice] = self._converted_items("endpointslices", objects.endpoint_slice_from_k8s)
             pools: list[Pool] = self._converted_items("vippools", pool) + self._converted_items("eips", pool)
             vrids = dict(self._converted_items("vipgroups", objects.pinned_vrid))
+            # Each VipGroup's Services: a group renamed by a membership change inherits its VRID
+            # (as the controller decides), so agents agree before the renamed VipGroup is written.
+            lineage = persisted_lineage(self._cache.get("vipgroups", {}).values())
         return DesiredState(
             nodes=tuple(sorted(nodes, key=lambda n: n.name)),
             services=tuple(sorted(services, key=lambda s: s.key)),
             endpoint_slices=tuple(sorted(slices, key=lambda s: (s.namespace, s.name))),
             pools=tuple(sorted(pools, key=lambda p: p.name)),
             vrids=vrids,
+            lineage=lineage,
         )
 
     # -------------------------------------------------------------- the watching thread
