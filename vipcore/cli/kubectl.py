@@ -195,8 +195,11 @@ def why_not(snapshot: Snapshot, name: str, service_key: str | None = None) -> li
         if service.key in unresolved and group is None:
             lines.append(f"{service.key}: has no group at all: {unresolved[service.key]}")
             continue
-        reasons = list(general) if general else []
-        if node is not None and not general:
+        if general:
+            lines.append(f"{service.key}: not a member (the node is not eligible: above)")
+            continue
+        reasons = []
+        if node is not None:
             reasons += pool_problems(node, pool)
             if not reasons and not node_eligible(node, pool):
                 reasons.append(f"not eligible for pool {pool.name!r}")
