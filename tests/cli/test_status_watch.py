@@ -95,3 +95,16 @@ def test_transitions_of_the_cluster_document_name_old_and_new_holder() -> None:
     (line,) = transitions(before, after)
     assert line.endswith("abc-eth0 IPv4  holder node-a -> node-b in 300ms")
     assert transitions(after, after) == [] and transitions(None, after) == []
+
+
+def test_transitions_between_two_polls_are_not_hidden() -> None:
+    def doc(state: str, since: float, failover: float | None) -> dict[str, object]:
+        return {"now": since + 1, "routers": [{"group": "g" * 64 + "-eth0", "short_name": "gggggggggggg-eth0",
+                                               "family": "IPv4", "state": state, "since": since,
+                                               "last_failover_seconds": failover, "reason": "why"}]}
+    (line,) = transitions(doc("backup", 10.0, None), doc("backup", 20.0, 0.393))
+    assert "gggggggggggg-eth0 IPv4  backup -> master -> backup (master after 393ms)  why" in line
+    (line,) = transitions(doc("backup", 10.0, None), doc("master", 20.0, 0.2))
+    assert "backup -> master in 200ms  why" in line
+    (line,) = transitions(doc("backup", 10.0, None), doc("backup", 20.0, None))
+    assert "backup again  why" in line
