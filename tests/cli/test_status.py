@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import subprocess
 import sys
@@ -48,7 +49,9 @@ def test_status_table_against_a_live_agent(tmp_path: Path) -> None:
     master = next(r for r in rows if r[1] == "IPv4" and r[0] == facts["short"])
     assert master[2:4] == ["eth0", facts["vrid"]]
     assert "198.51.100.120" in master[4]
-    assert master[5] == "master" and master[6] == "0s" and master[7] == "125ms"
+    # SINCE: seconds since the failover, however long the CLI took to start on a loaded machine.
+    assert master[5] == "master" and re.fullmatch(r"\d+s", master[6]) and int(master[6][:-1]) < 60
+    assert master[7] == "125ms"
     assert " ".join(master[8:]).startswith("master down: no advert")
     ipv6 = next(r for r in rows if r[1] == "IPv6")
     assert ipv6[5] == "backup" and ipv6[4].startswith("2001:db8:100::")

@@ -322,13 +322,14 @@ def status_text(document: Mapping[str, Any]) -> str:
     from vipcore.ops.status import cluster_table
 
     parts = [cluster_table(document)]
-    rows = [[n["node"], "Ready" if n["ready"] else "NotReady",
-             n["heartbeat"] if n["heartbeat"] is None or n["heartbeat_age"] is None
-             else f"{n['heartbeat']} ({age(n['heartbeat_age'])} ago)",
-             ",".join(flag for flag, on in (("excluded", n["excluded"]), ("drained", n["drained"])) if on) or "-",
-             str(n["groups"]), str(n["holds"])] for n in document["nodes"]]
-    for row in rows:
-        row[2] = row[2] or "-"
+    rows = []
+    for n in document["nodes"]:
+        heartbeat = n["heartbeat"] or "-"
+        if n["heartbeat_age"] is not None:
+            heartbeat += f" ({age(n['heartbeat_age'])} ago)"
+        flags = [flag for flag in ("excluded", "drained") if n[flag]]
+        rows.append([n["node"], "Ready" if n["ready"] else "NotReady", heartbeat, ",".join(flags) or "-",
+                     str(n["groups"]), str(n["holds"])])
     parts.append(render_table(["NODE", "STATUS", "HEARTBEAT", "FLAGS", "GROUPS", "HOLDS"], rows))
     if document["unresolved"]:
         parts.append(render_table(["UNRESOLVED SERVICE", "REASON"],
