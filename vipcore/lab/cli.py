@@ -259,12 +259,13 @@ def timeline(replies: list[float], event: float, *, before: float = 0.2, after: 
         if all(c == " " for c in scale[max(0, position - 1):position + len(words) + 1]):
             scale[position:position + len(words)] = list(words)
 
-    put(0, f"-{before * 1000:.0f} ms")
+    # Most important first: a label that would overlap an earlier one is left out.
     put(mark, f"0 ({label})")
     if gap_to is not None:
         put(int((gap_to - start) / slot), f"+{(gap_to - event) * 1000:.0f} ms")
     elif not times or times[-1] < event:
         put(mark + len(label) + 5, "no reply since")
+    put(0, f"-{before * 1000:.0f} ms")
     return "".join(strip).rstrip(), "".join(scale).rstrip(), slot
 
 
