@@ -1,8 +1,8 @@
 """Failover as a client sees it: vipcore's backends against plain keepalived, in one run.
 
-Run (root): .venv/bin/python bench/failover.py [--trials N] [--quick] [--json FILE]
+Run (root): .venv/bin/python bench/failover.py [--trials N] [--quick] [--json FILE] [--png DIR]
 
-Everything happens in the namespace lab (prefix ``vcLb``, three nodes, a
+Everything happens in the namespace lab (prefix ``vcLb`` or ``--prefix``, three nodes, a
 client pinging every 10 ms); each configuration gets a fresh lab that is
 torn down afterwards, also on Ctrl-C or an error. Sections:
 
@@ -23,7 +23,10 @@ torn down afterwards, also on Ctrl-C or an error. Sections:
 4. **CPU**: one node holding 64 dual-stack groups (128 VRRP routers) at 0.1 s
    adverts; utime+stime of everything in its namespace, per minute.
 
-Backends that are not installed are skipped with a note.
+Backends that are not installed are skipped with a note. ``--png DIR`` also
+draws the client's replies around the failure per backend and the failover
+times side by side (``bench/plots.py``; needs matplotlib, the ``bench`` extra);
+``--from-json FILE --png DIR`` draws them again from a saved run.
 """
 
 from __future__ import annotations
@@ -178,7 +181,9 @@ class FailoverRig:
             for probe in probes:
                 probe.__exit__()
         self._restore(holder)
-        return {f"IPv{v.version}": {"gap_ms": r.longest_gap_ms, "lost": r.lost} for v, r in zip(vips, results)}
+        return {f"IPv{v.version}": {"gap_ms": r.longest_gap_ms, "lost": r.lost,
+                                    "replies_ms": around(probe.replies(), started, r)}
+                for v, r, probe in zip(vips, results, probes)}
 
     def _fail(self, event: str, holder: str) -> None:
         assert self.lab and self.deployment
@@ -205,6 +210,12 @@ class FailoverRig:
             self.deployment.set_ready(self.lab, holder, True)
         self.deployment.start(self.lab, holder)
         self.settle()
+
+
+def around(replies: list[float], started: float, result: Any, margin: float = 0.3) -> list[float]:
+    """Reply times in ms from the failure, from ``margin`` before it to ``margin`` after the gap (for pictures)."""
+    end = (result.gap_start or started) + result.longest_gap + margin
+    return [round((rx - started) * 1000, 1) for rx in replies if started - margin <= rx <= end]
 
 
 def run_failover(backend: str, advert: float | None, trials: int) -> dict[str, list[dict[str, Any]]]:
@@ -405,7 +416,17 @@ def main() -> int:
     parser.add_argument("--many-advert", type=float, default=None,
                         help="advert interval of the many-groups section (default: each backend's default)")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
+    parser.add_argument("--png", type=Path, metavar="DIR",
+                        help="also draw failover-replies.png and failover-times.png into DIR (needs matplotlib)")
+    parser.add_argument("--from-json", type=Path, metavar="FILE",
+                        help="measure nothing: print the tables and draw the pictures of a saved --json run")
+    parser.add_argument("--prefix", default=PREFIX, help=f"lab namespace prefix (default {PREFIX})")
     args = parser.parse_args()
+    set_prefix(args.prefix)
+    if args.from_json:
+        data = json.loads(args.from_json.read_text())
+        print(report(data, int(data.get("trials", 0))))
+        return draw(data, args.png) if args.png else 0
     trials = 3 if args.quick and args.trials == 10 else args.trials
     window = 8.0 if args.quick else 20.0
     cpu_window = 10.0 if args.quick else 30.0
@@ -478,7 +499,26 @@ def main() -> int:
     print(report(data, trials))
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, default=str))
+    if args.png:
+        status = draw(data, args.png) or status
     return status
+
+
+def set_prefix(prefix: str) -> None:
+    global PREFIX
+    PREFIX = prefix
+
+
+def draw(data: dict[str, Any], folder: Path) -> int:
+    """The pictures of ``data`` into ``folder``; 1 (with one line) if matplotlib is missing."""
+    try:
+        from plots import failover_figures
+    except ImportError as exc:  # matplotlib: the optional 'bench' extra
+        log(f"no pictures: {exc} (pip install -e '.[bench]')")
+        return 1
+    for path in failover_figures(data, folder, LABELS):
+        log(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":

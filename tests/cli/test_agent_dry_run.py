@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import EXAMPLES, REPO, write_yaml
+from vipcore.testing.apiserver import ApiServer
 
 AUDITED = r"""
 import json, sys
@@ -154,3 +155,35 @@ def test_readme_agent_example_is_a_dry_run() -> None:
     readme = (REPO / "README.md").read_text()
     assert "vipcore agent --config examples/agent.yaml --node-name node-a --dry-run" in readme
     assert EXAMPLES.is_dir()
+
+
+def test_dry_run_reads_a_cluster_once_and_writes_nothing(server: ApiServer, tmp_path: Path) -> None:
+    """``source: kubernetes``: the addresses the controller wrote, the VRIDs of the VipGroups; no write at all."""
+    import time
+
+    from tests.helpers.cluster import node as k8s_node, service, vippool
+
+    for name in ("node-a", "node-b"):
+        server.create(k8s_node(name, ip=f"198.51.100.{11 if name == 'node-a' else 12}"))
+    server.create(vippool("lan", "203.0.113.10-203.0.113.19", interface="lo"))
+    server.create(service("web"))
+    server.patch("v1", "Service", "web", {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.12"}]}}},
+                 namespace="default", subresource="status")
+    kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"backend: native_vrrp\nsource: kubernetes\nnode_name: node-a\nstate_dir: {tmp_path / 'state'}\n"
+                      # With heartbeats on, a running agent would create its Lease at once: the dry run must not.
+                      f"kubernetes: {{kubeconfig: {kubeconfig}, heartbeat: {{enabled: true, namespace: default}}}}\n")
+    since = time.monotonic()  # RequestRecord.at is monotonic
+    result = subprocess.run([str(Path(sys.executable).parent / "vipcore"), "agent", "--config", str(config),
+                             "--dry-run", "-o", "json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["source"] == "kubernetes"
+    (group,) = document["join"]
+    assert group["vips"] == ["203.0.113.12"] and group["members"] in (["node-a", "node-b"], ["node-b", "node-a"])
+    assert group["services"] == ["default/web"]
+    requests = server.requests_since(since)
+    assert any(r.method == "GET" and "services" in r.path for r in requests)  # it did read the cluster
+    assert [r for r in requests if r.method not in ("GET", "WATCH")] == []
+    assert not (tmp_path / "state").exists()

@@ -36,7 +36,7 @@ def now_rfc3339() -> str:
 def lease(name: str, *, renewed: str | None = None, holder: str | None = None) -> dict[str, Any]:
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": f"vipcore-node-{name}", "namespace": HEARTBEAT_NS},
-            "spec": {"holderIdentity": holder or name, "leaseDurationSeconds": 60,
+            "spec": {"holderIdentity": holder or name, "leaseDurationSeconds": 3600,  # outlives a slow test run
                      "renewTime": renewed or now_rfc3339()}}
 
 

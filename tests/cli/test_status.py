@@ -49,8 +49,8 @@ def test_status_table_against_a_live_agent(tmp_path: Path) -> None:
     master = next(r for r in rows if r[1] == "IPv4" and r[0] == facts["short"])
     assert master[2:4] == ["eth0", facts["vrid"]]
     assert "198.51.100.120" in master[4]
-    # SINCE is an age: a few seconds on a loaded machine (the CLI is a subprocess).
-    assert master[5] == "master" and re.fullmatch(r"\d+s", master[6]) and int(master[6][:-1]) < 30
+    # SINCE: seconds since the failover, however long the CLI took to start on a loaded machine.
+    assert master[5] == "master" and re.fullmatch(r"\d+s", master[6]) and int(master[6][:-1]) < 60
     assert master[7] == "125ms"
     assert " ".join(master[8:]).startswith("master down: no advert")
     ipv6 = next(r for r in rows if r[1] == "IPv6")

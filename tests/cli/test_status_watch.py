@@ -16,6 +16,7 @@ from tests.helpers.agents import backend_of, make_agent, running
 from tests.helpers.cli import VIPCORE
 from vipcore.core.model import Family
 from vipcore.ops.status import CLEAR_BELOW, HOME, transitions
+from vipcore.testing.apiserver import ApiServer
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -95,3 +96,41 @@ def test_transitions_of_the_cluster_document_name_old_and_new_holder() -> None:
     (line,) = transitions(before, after)
     assert line.endswith("abc-eth0 IPv4  holder node-a -> node-b in 300ms")
     assert transitions(after, after) == [] and transitions(None, after) == []
+
+
+def test_transitions_between_two_polls_are_not_hidden() -> None:
+    def doc(state: str, since: float, failover: float | None) -> dict[str, object]:
+        return {"now": since + 1, "routers": [{"group": "g" * 64 + "-eth0", "short_name": "gggggggggggg-eth0",
+                                               "family": "IPv4", "state": state, "since": since,
+                                               "last_failover_seconds": failover, "reason": "why"}]}
+    (line,) = transitions(doc("backup", 10.0, None), doc("backup", 20.0, 0.393))
+    assert "gggggggggggg-eth0 IPv4  backup -> master -> backup (master after 393ms)  why" in line
+    (line,) = transitions(doc("backup", 10.0, None), doc("master", 20.0, 0.2))
+    assert "backup -> master in 200ms  why" in line
+    (line,) = transitions(doc("backup", 10.0, None), doc("backup", 20.0, None))
+    assert "backup again  why" in line
+
+
+def test_watch_the_cluster_lists_holder_changes(server: ApiServer, tmp_path: Path) -> None:
+    name = "a" * 64 + "-eth0"
+    server.create({"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup", "metadata": {"name": name},
+                   "spec": {"interface": "eth0", "nodes": ["node-a", "node-b"], "vrid": 7,
+                            "vips": {"ipv4": ["203.0.113.10"], "ipv6": []}, "services": ["default/web"]}})
+
+    def hold(node: str, failover: float | None = None) -> None:
+        record: dict[str, object] = {"node": node, "since": "2026-01-01T00:00:00Z", "backend": "native_vrrp"}
+        if failover is not None:
+            record["lastFailoverSeconds"] = failover
+        server.patch("vipcore.io/v1alpha1", "VipGroup", name, {"status": {"holders": {"ipv4": record}}},
+                     subresource="status")
+
+    hold("node-a")
+    kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
+    term = Terminal("--kubeconfig", str(kubeconfig), "--interval", "0.2")
+    try:
+        term.read_until(r"aaaaaaaaaaaa-eth0\s+IPv4\s+eth0\s+7\s+203\.0\.113\.10\s+node-a")
+        hold("node-b", 0.25)
+        term.read_until(r"aaaaaaaaaaaa-eth0 IPv4  holder node-a -> node-b in 250ms")
+        assert re.search(r"aaaaaaaaaaaa-eth0\s+IPv4\s+eth0\s+7\s+203\.0\.113\.10\s+node-b", term.screen())
+    finally:
+        assert term.quit() == 0

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from vipcore.core.model import DesiredState, EndpointSlice, Node, Pool, Resolution, Service, TrafficPolicy, VipGroup
 from vipcore.core.objects import parse_range
-from vipcore.core.plan import GROUP_ASSIGNED, HOLDER_CHANGED, group_spec, holder_notes, plan
+from vipcore.core.objects import vipgroup_spec as group_spec
+from vipcore.core.plan import GROUP_ASSIGNED, HOLDER_CHANGED, holder_notes, plan
 from vipcore.core.resolve import membership, membership_changes, resolve
 
 ip = ipaddress.ip_address

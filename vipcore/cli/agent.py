@@ -68,7 +68,8 @@ def desired_state(config: Config) -> DesiredState:
 
     Manifests are read from disk (no event loop: not even its self-pipe); a
     cluster is listed once through the Kubernetes source's read-only cache (no
-    heartbeat Lease, no holder records).
+    heartbeat Lease, no holder records). Heartbeat verdicts are not applied:
+    every Ready node counts as alive (``kubectl vipcore why-not`` judges Leases).
     """
     if config.source == "manifests":
         return ManifestSource(config.manifests).load()

@@ -195,8 +195,11 @@ def why_not(snapshot: Snapshot, name: str, service_key: str | None = None) -> li
         if service.key in unresolved and group is None:
             lines.append(f"{service.key}: has no group at all: {unresolved[service.key]}")
             continue
-        reasons = list(general) if general else []
-        if node is not None and not general:
+        if general:
+            lines.append(f"{service.key}: not a member (the node is not eligible: above)")
+            continue
+        reasons = []
+        if node is not None:
             reasons += pool_problems(node, pool)
             if not reasons and not node_eligible(node, pool):
                 reasons.append(f"not eligible for pool {pool.name!r}")
@@ -319,13 +322,14 @@ def status_text(document: Mapping[str, Any]) -> str:
     from vipcore.ops.status import cluster_table
 
     parts = [cluster_table(document)]
-    rows = [[n["node"], "Ready" if n["ready"] else "NotReady",
-             n["heartbeat"] if n["heartbeat"] is None or n["heartbeat_age"] is None
-             else f"{n['heartbeat']} ({age(n['heartbeat_age'])} ago)",
-             ",".join(flag for flag, on in (("excluded", n["excluded"]), ("drained", n["drained"])) if on) or "-",
-             str(n["groups"]), str(n["holds"])] for n in document["nodes"]]
-    for row in rows:
-        row[2] = row[2] or "-"
+    rows = []
+    for n in document["nodes"]:
+        heartbeat = n["heartbeat"] or "-"
+        if n["heartbeat_age"] is not None:
+            heartbeat += f" ({age(n['heartbeat_age'])} ago)"
+        flags = [flag for flag in ("excluded", "drained") if n[flag]]
+        rows.append([n["node"], "Ready" if n["ready"] else "NotReady", heartbeat, ",".join(flags) or "-",
+                     str(n["groups"]), str(n["holds"])])
     parts.append(render_table(["NODE", "STATUS", "HEARTBEAT", "FLAGS", "GROUPS", "HOLDS"], rows))
     if document["unresolved"]:
         parts.append(render_table(["UNRESOLVED SERVICE", "REASON"],

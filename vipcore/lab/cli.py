@@ -24,6 +24,8 @@ from vipcore.lab.topology import DEFAULT_NODES, DEFAULT_PREFIX, IPAddress, Lab, 
 
 DEFAULT_BACKEND = "native_vrrp"
 SETTLE_TIMEOUT = 30.0
+#: A silence shorter than this is ping jitter, not an outage (the client pings every 10 ms).
+QUIET_GAP = 0.05
 
 
 def node_names(count: int) -> tuple[str, ...]:
@@ -126,7 +128,7 @@ def status_text(lab: Lab, deployment: Deployment) -> str:
 
 def outage_line(family: str, result: ProbeResult) -> str:
     state = "" if result.recovered else " (no reply since)"
-    return (f"  {family} {result.target}: client outage {result.longest_gap_ms:.0f} ms{state}, "
+    return (f"   {family} {result.target}: client outage {result.longest_gap_ms:.0f} ms{state}, "
             f"{result.lost} of {result.sent} echoes lost")
 
 
@@ -212,38 +214,155 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(f"lab {lab.prefix} torn down")
 
 
+def timeline(replies: list[float], event: float, *, before: float = 0.2, after: float = 0.2,
+             until: float | None = None, width: int = 64, label: str = "kill") -> tuple[str, str, float]:
+    """The client's replies around ``event``: a strip, its scale in milliseconds, and one slot's seconds.
+
+    Each character is one time slot: ``•`` if at least one reply arrived in it,
+    a blank if none did; ``|`` marks the event. The window runs from ``before``
+    seconds ahead of the event to ``after`` seconds past the first reply after
+    the longest gap that ends after the event (or ``until``, to align several
+    strips). The gap is labelled with its length::
+
+        ••••••••••|           312 ms           ••••••••••
+        -200 ms   0 (kill)                     +312 ms
+    """
+    # The outage: the longest silence between two replies that ends after the event.
+    times = sorted(replies)
+    gaps = [(a, b) for a, b in zip(times, times[1:]) if b > event]
+    gap_from, gap_to = max(gaps, key=lambda g: g[1] - g[0]) if gaps else (times[-1] if times else event, None)
+    if gap_to is not None and gap_to - gap_from < QUIET_GAP:
+        gap_to = None  # no outage worth the name (a graceful hand-over): show a fixed window
+        gap_from = event
+    start = event - before
+    end = until if until is not None else (gap_to if gap_to is not None else event + after) + after
+    # At least two echoes (10 ms apart) per slot: a loaded client's jitter must not look like loss.
+    slot = max(0.02, (end - start) / width)
+    cells = int((end - start) / slot) + 1
+    strip = [" "] * cells
+    for t in replies:
+        if start <= t <= end:
+            strip[int((t - start) / slot)] = "•"
+    mark = int((event - start) / slot)
+    strip[mark] = "|"
+    if gap_to is not None:
+        text = f" {(gap_to - gap_from) * 1000:.0f} ms "
+        first, last = int((gap_from - start) / slot) + 1, int((gap_to - start) / slot) - 1
+        blank = [i for i in range(max(first, mark + 1), last + 1) if strip[i] == " "]
+        if len(blank) >= len(text) + 2:
+            at = blank[0] + (len(blank) - len(text)) // 2
+            strip[at:at + len(text)] = list(text)
+    scale = [" "] * (cells + 12)
+
+    def put(position: int, words: str) -> None:
+        position = max(0, min(position, len(scale) - len(words)))
+        if all(c == " " for c in scale[max(0, position - 1):position + len(words) + 1]):
+            scale[position:position + len(words)] = list(words)
+
+    # Most important first: a label that would overlap an earlier one is left out.
+    put(mark, f"0 ({label})")
+    if gap_to is not None:
+        put(int((gap_to - start) / slot), f"+{(gap_to - event) * 1000:.0f} ms")
+    elif not times or times[-1] < event:
+        put(mark + len(label) + 5, "no reply since")
+    put(0, f"-{before * 1000:.0f} ms")
+    return "".join(strip).rstrip(), "".join(scale).rstrip(), slot
+
+
+def _print_timelines(vips: list[IPAddress], probes: list[Probe], results: list[ProbeResult], event: float,
+                     label: str) -> None:
+    """One strip per VIP on a common time axis, then the outage line of each."""
+    ends = [r.gap_start + r.longest_gap for r in results if r.gap_start is not None and r.longest_gap >= QUIET_GAP]
+    until = max(ends, default=event + 0.2) + 0.2
+    for index, (vip, probe) in enumerate(zip(vips, probes)):
+        strip, scale, slot = timeline(probe.replies(), event, until=until, label=label)
+        if index == 0:
+            print(f"   client replies around the {label} (• replies, blank: none; one slot = {slot * 1000:.0f} ms):")
+        name = f"   IPv{vip.version} "
+        print(f"{name}{strip}\n{' ' * len(name)}{scale}")
+    for vip, result in zip(vips, results):
+        print(outage_line(f"IPv{vip.version}", result))
+
+
+def _probe_around(lab: Lab, vips: list[IPAddress], action: Any, settled: Any) -> tuple[float, list[ProbeResult],
+                                                                                       list[Probe]]:
+    """Ping ``vips`` from the client, run ``action()``, wait for ``settled()``; results from the action on."""
+    probes = [Probe(lab.client, str(vip)).start() for vip in vips]
+    try:
+        for probe in probes:
+            if not probe.wait_replies(20, timeout=5):
+                raise LabError(f"the client gets no replies from {probe.target}")
+        at = time.time()
+        action()
+        settled()
+        for probe in probes:
+            probe.wait_replies(30, after=time.time(), timeout=3)
+        results = [probe.stop(after=at) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.__exit__()
+    return at, results, probes
+
+
 def _demo_failover(lab: Lab, deployment: Deployment) -> int:
     resolution, _ = deployment.state()
     group = max(resolution.groups, key=lambda g: (len(g.families), len(g.nodes), g.name))
     vips = first_vips(group)
     expected = deployment.expected_holders(lab.nodes)
     master = expected[vips[0]]
-    probes = [Probe(lab.client, str(vip)).start() for vip in vips]
-    try:
-        for probe in probes:
-            if not probe.wait_replies(20, timeout=5):
-                raise LabError(f"the client gets no replies from {probe.target}")
-        print(f"client pings {', '.join(str(v) for v in vips)} every 10 ms; all answered by {master}")
-        print(f"killing {master}: SIGKILL to every process in {lab.ns(master)}, links down")
-        killed_at = time.time()
+    survivors = [n for n in lab.nodes if n != master]
+    after = deployment.expected_holders(survivors)
+    wait = 10 + 5 * (deployment.advert_interval or 1)
+    print(f"client pings {', '.join(str(v) for v in vips)} every 10 ms; all answered by {master}")
+
+    # 1. Hard failure.
+    print(f"\n1. killing {master}: SIGKILL to every process in {lab.ns(master)}, links down")
+    moved = False
+
+    def kill() -> None:
         lab.kill(master)
         if deployment.backend == "netlink_static":
             deployment.set_ready(lab, master, False)
-            print(f"netlink_static has no peer protocol: marking {master} NotReady in the manifests")
-        survivors = [n for n in lab.nodes if n != master]
-        after = deployment.expected_holders(survivors)
-        moved = wait_for_holders(lab, {v: after[v] for v in vips}, timeout=10 + 5 * (deployment.advert_interval or 1))
-        for probe in probes:
-            probe.wait_replies(30, after=time.time(), timeout=3)
-        results = [probe.stop(after=killed_at) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.__exit__()
+
+    def moved_away() -> None:
+        nonlocal moved
+        moved = wait_for_holders(lab, {v: after[v] for v in vips}, timeout=wait)
+
+    killed_at, results, probes = _probe_around(lab, vips, kill, moved_away)
+    if deployment.backend == "netlink_static":
+        print(f"   (netlink_static has no peer protocol: {master} was marked NotReady in the manifests)")
     new = ",".join(lab.holders_of(vips[0])) or "nobody"
-    print(f"now held by {new}" + ("" if moved else " (not the expected node!)"))
-    for vip, result in zip(vips, results):
-        print(outage_line(f"IPv{vip.version}", result))
-    return 0 if moved and all(r.recovered for r in results) else 1
+    print(f"   now held by {new}" + ("" if moved else " (not the expected node!)"))
+    _print_timelines(vips, probes, results, killed_at, "kill")
+    ok = moved and all(r.recovered for r in results)
+
+    # 2. The node comes back and takes its groups back.
+    print(f"\n2. starting {master} again")
+    if deployment.backend == "netlink_static":
+        deployment.set_ready(lab, master, True)
+    deployment.start(lab, master)
+    back = wait_for_holders(lab, {v: master for v in vips}, timeout=wait + SETTLE_TIMEOUT)
+    print(f"   {master} holds {', '.join(str(v) for v in vips)} again" + ("" if back else " (it did not!)"))
+    ok = ok and back
+
+    # 3. Graceful hand-over (what a rolling update does).
+    print(f"\n3. graceful stop of {master} (SIGTERM: it hands its groups over before removing its VIPs)")
+    handed = False
+
+    def stop() -> None:
+        if deployment.backend == "netlink_static":
+            deployment.set_ready(lab, master, False)
+            wait_for_holders(lab, {v: after[v] for v in vips}, timeout=wait)
+        lab.stop(master)
+
+    def handed_over() -> None:
+        nonlocal handed
+        handed = wait_for_holders(lab, {v: after[v] for v in vips}, timeout=wait)
+
+    stopped_at, results, probes = _probe_around(lab, vips, stop, handed_over)
+    print(f"   now held by {','.join(lab.holders_of(vips[0])) or 'nobody'}")
+    _print_timelines(vips, probes, results, stopped_at, "SIGTERM")
+    return 0 if ok and handed and all(r.recovered for r in results) else 1
 
 
 def register(subparsers: Any) -> None:

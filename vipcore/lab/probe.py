@@ -281,6 +281,11 @@ class Probe:
             return self._changed.wait_for(lambda: enough() or self._data.ended is not None, timeout=timeout) \
                 and enough()
 
+    def replies(self) -> list[float]:
+        """Kernel receive times (epoch seconds) of every reply so far, in arrival order."""
+        with self._lock:
+            return [rx for _, _, rx in self._data.items]
+
     def last_reply(self) -> float | None:
         with self._lock:
             return self._data.items[-1][2] if self._data.items else None

@@ -221,9 +221,20 @@ def transitions(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) 
             if old is not None and old.get("state") == r.get("state") and old.get("since") == r.get("since"):
                 continue
             at = float(r.get("since") or current.get("now") or time.time())
-            change = f"{old.get('state')} -> {r.get('state')}" if old is not None else f"joined as {r.get('state')}"
-            took = f" in {duration(r['last_failover_seconds'])}" if r.get("state") == State.MASTER.value \
-                and r.get("last_failover_seconds") is not None and old is not None else ""
+            failover = r.get("last_failover_seconds")
+            took = ""
+            if old is None:
+                change = f"joined as {r.get('state')}"
+            elif old.get("state") != r.get("state"):
+                change = f"{old.get('state')} -> {r.get('state')}"
+                if r.get("state") == State.MASTER.value and failover is not None:
+                    took = f" in {duration(failover)}"
+            elif failover != old.get("last_failover_seconds") and r.get("state") != State.MASTER.value:
+                # Several transitions between two polls: it was master in between.
+                change = f"{old.get('state')} -> master -> {r.get('state')}"
+                took = f" (master after {duration(failover)})"
+            else:
+                change = f"{r.get('state')} again"
             lines.append((at, f"{_clock(at)}  {r.get('short_name') or _short(str(r.get('group')))} "
                               f"{r.get('family')}  {change}{took}  {r.get('reason') or ''}".rstrip()))
         gone = set(before) - {(r.get("group"), r.get("family")) for r in current.get("routers", [])}
