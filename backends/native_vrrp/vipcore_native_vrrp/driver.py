@@ -131,8 +131,10 @@ class RouterDriver:
     def link_up(self, reason: str) -> None:
         self.feed(self.router.link_up(self.loop.time(), reason))
 
-    def peer_lost(self, delay: float, what: str) -> None:
-        self.feed(self.router.peer_lost(self.loop.time(), delay, what))
+    def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None:
+        """The master's node stopped answering ``silent_for`` seconds ago (node-level liveness)."""
+        now = self.loop.time()
+        self.feed(self.router.peer_lost(now, delay, what, since=now - silent_for))
 
     # -- actions --------------------------------------------------------------
 

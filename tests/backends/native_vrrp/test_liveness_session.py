@@ -174,3 +174,15 @@ def test_fuzzed_bytes_raise_nothing_but_packet_error(data: bytes) -> None:
     session = Session(FAST, 0x1234)
     for action in session.receive(data, 255, 0.0):
         assert isinstance(action, Dropped | StateChanged | Send)
+
+
+def test_admin_down_is_repeated_so_one_lost_packet_does_not_look_like_a_failure() -> None:
+    wire = Wire()
+    wire.run(0.3)
+    wire.cut.add("b")
+    wire._deliver("b", wire.b.admin_down(wire.now))  # the first AdminDown is lost
+    wire.cut.clear()
+    wire.run(0.2)
+    down = [c for _, c in wire.changes["a"] if c.new is SessionState.DOWN]
+    assert [c.diagnostic for c in down] == [Diagnostic.NEIGHBOR_DOWN]
+    assert wire.b.retired and wire.b.next_timer() is None

@@ -102,7 +102,7 @@ class RouterView(Protocol):
     @property
     def router(self) -> "RouterState": ...
 
-    def peer_lost(self, delay: float, what: str) -> None: ...
+    def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None: ...
 
 
 class RouterState(Protocol):
@@ -226,7 +226,7 @@ class Coordinator:
             self.groups_acted += 1
             for driver in backups:
                 driver.peer_lost(rank * self.settings.rank_step,
-                                 f"liveness session to {node} expired ({detect * 1000:.0f} ms)")
+                                 f"liveness session to {node} expired ({detect * 1000:.0f} ms)", silent_for=detect)
 
     def _expected_master(self, membership: Membership) -> str | None:
         for member in membership.members:

@@ -61,6 +61,8 @@ class Detector:
         #: Whether the thread runs with a real-time scheduling policy (see :meth:`_run`).
         self.scheduled_realtime = False
         self.sessions: dict[IPAddress, Session] = {}
+        #: Sessions given up on purpose, still repeating AdminDown so the peer does not take us for dead.
+        self._retiring: dict[IPAddress, Session] = {}
         self.drops: Counter[str] = Counter()
         self.send_errors = 0
         self._lock = threading.Lock()
@@ -124,7 +126,10 @@ class Detector:
             for peer in set(self.sessions) - wanted:
                 session = self.sessions.pop(peer)
                 self._carry_out(peer, session.admin_down(now), notify=False)
+                if not session.retired:
+                    self._retiring[peer] = session
             for peer in wanted - set(self.sessions):
+                self._retiring.pop(peer, None)
                 session = Session(self.config, self._discriminator(), rng=self._rng.random)
                 self.sessions[peer] = session
                 self._carry_out(peer, session.start(now))
@@ -148,6 +153,18 @@ class Detector:
                 now = self.clock()
                 for peer, session in self.sessions.items():
                     self._carry_out(peer, session.admin_down(now), notify=False)
+                    self._retiring[peer] = session
+                self.sessions.clear()
+        if graceful and self._thread.is_alive():
+            # Let the thread repeat AdminDown (a few tens of milliseconds at the fast rate), bounded.
+            self._wake()
+            deadline = self.clock() + 1.0
+            while self.clock() < deadline:
+                with self._lock:
+                    if not self._retiring:
+                        break
+                time.sleep(0.005)
+        with self._lock:
             self._closed = True
         self._wake()
         if self._thread.is_alive():
@@ -172,7 +189,8 @@ class Detector:
             with self._lock:
                 if self._closed:
                     return
-                timers = [t for t in (s.next_timer() for s in self.sessions.values()) if t is not None]
+                timers = [t for t in (s.next_timer() for s in (*self.sessions.values(), *self._retiring.values()))
+                          if t is not None]
             wait = min(timers) - self.clock() if timers else _MAX_WAIT
             try:
                 readable, _, _ = select.select([self._recv, self._wake_r], [], [], min(max(wait, 0.0), _MAX_WAIT))
@@ -192,6 +210,12 @@ class Detector:
                     timer = session.next_timer()
                     if timer is not None and timer <= now:
                         self._carry_out(peer, session.handle_timer(now))
+                for peer, session in list(self._retiring.items()):
+                    timer = session.next_timer()
+                    if timer is not None and timer <= now:
+                        self._carry_out(peer, session.handle_timer(now), notify=False)
+                    if session.retired:
+                        del self._retiring[peer]
 
     def _receive_all(self) -> None:
         for _ in range(256):  # bounded: one flood cannot starve the timers

@@ -103,6 +103,8 @@ class Session:
     _detect_at: float | None = None
     _polling: bool = False
     _final_due: bool = False
+    _admin_repeats: int = 0
+    _admin_interval: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.my_discriminator <= 0xFFFFFFFF:
@@ -191,10 +193,23 @@ class Session:
         return actions
 
     def admin_down(self, now: float) -> list[Action]:
-        """Take the session down on purpose (a graceful stop): the peer sees AdminDown, not a failure."""
+        """Take the session down on purpose (a graceful stop): the peer sees AdminDown, not a failure.
+
+        The AdminDown packet is repeated ``detect_mult`` times at half the
+        negotiated interval, so the peer hears it even if one is lost, before
+        its detection time could expire (then it would take us for dead).
+        """
+        interval = self.tx_interval  # while still Up: the fast rate the peer's detection time follows
         actions = self._change(SessionState.ADMIN_DOWN, Diagnostic.ADMIN_DOWN, now)
         self._detect_at = None
+        self._admin_repeats = self.config.detect_mult
+        self._admin_interval = interval / 2
         return actions + self._transmit(now)
+
+    @property
+    def retired(self) -> bool:
+        """AdminDown and every repeat of it sent: the session can be dropped."""
+        return self.state is SessionState.ADMIN_DOWN and self._admin_repeats <= 0
 
     # -- internals ------------------------------------------------------------------
 
@@ -230,6 +245,10 @@ class Session:
             poll=self._polling and not final, final=final,
         )
         self.sent += 1
+        if self.state is SessionState.ADMIN_DOWN:
+            self._admin_repeats -= 1
+            self._tx_at = now + self._admin_interval if self._admin_repeats > 0 else None
+            return [Send(encode(packet))]
         # RFC 5880 6.8.7: each interval is 75..100% of the negotiated one (75..90% with Detect Mult 1).
         top = 0.9 if self.config.detect_mult == 1 else 1.0
         self._tx_at = now + self.tx_interval * (0.75 + (top - 0.75) * self.rng())

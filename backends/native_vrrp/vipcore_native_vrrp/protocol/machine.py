@@ -510,16 +510,18 @@ class Router:
             return self.phase is not Phase.BACKUP
         return True
 
-    def peer_lost(self, now: float, delay: float, what: str) -> list[Action]:
+    def peer_lost(self, now: float, delay: float, what: str, since: float | None = None) -> list[Action]:
         """Node-level liveness says the master's node is gone: act as Master_Down_Interval would, ``delay``
         from now (0 for the best-ranked backup, more for each one ranked after it, so exactly one takes
-        over). A backup that hears a master again before then resets its timer as usual."""
+        over). A backup that hears a master again before then resets its timer as usual. ``since``: when
+        the node was last heard (the failover is counted from then, as after Master_Down)."""
         if self.phase is not Phase.BACKUP or self.released:
             return []
         at = now + max(0.0, delay)
         if self._down_at is None or at < self._down_at:
             self._down_at = at
-            self._trigger_at, self._trigger, self._lost = now, "peer_lost", what
+            self._trigger_at = min(since, now) if since is not None else now
+            self._trigger, self._lost = "peer_lost", what
         return []
 
     # -- RFC 5798 6.4.2 / 6.4.3 ------------------------------------------------
