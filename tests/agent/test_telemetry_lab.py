@@ -39,6 +39,7 @@ SCRAPE = ("import sys, urllib.request; "
 FOREIGN_ADVERT = """
 import ipaddress, socket, sys
 from vipcore_native_vrrp.protocol.packet import Advertisement, encode
+from tests.helpers.wait import wait_for
 src, dst = ipaddress.ip_address("198.51.100.2"), ipaddress.ip_address("224.0.0.18")
 data = encode(Advertisement(vrid=int(sys.argv[1]), priority=100, interval_cs=100,
                             addresses=(ipaddress.ip_address("198.51.100.250"),)), src, dst)
@@ -65,15 +66,6 @@ def manifests(lab: Lab) -> list[dict[str, Any]]:
     return docs
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

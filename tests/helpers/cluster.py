@@ -17,6 +17,7 @@ from vipcore.kube.leases import LeaseTiming
 from vipcore.core.plan import Selection
 from vipcore.kube.heartbeat import HeartbeatConfig
 from vipcore.testing.apiserver import ApiServer
+from tests.helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "deploy" / "crds"
@@ -57,15 +58,6 @@ def endpoint_slice(service_name: str, nodes: list[str], *, namespace: str = "def
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Running:

@@ -27,6 +27,7 @@ import yaml
 from vipcore.lab import Lab
 from vipcore.lab.agents import vipcore_command
 from vipcore.testing.apiserver import ApiServer
+from tests.helpers.wait import wait_for
 
 PREFIX = "vcE"
 NODES = ("node-a", "node-b", "node-c")
@@ -62,15 +63,6 @@ def in_netns(ns: str, fn: Callable[[], Any]) -> Any:
     return result.get("value")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Environment:
