@@ -5,6 +5,7 @@ Every problem raises :class:`vipcore.core.errors.ConfigError` naming the key.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,10 +13,16 @@ import attrs
 
 from vipcore.net.addresses import AnnounceSchedule
 from vipcore.core.errors import ConfigError
+from vipcore.core.yamldocs import show
 from vipcore_native_vrrp.protocol.packet import MAX_INTERVAL_CS
 
 SECTION = "native_vrrp"
 DEFAULT_GARP = AnnounceSchedule(count=5, interval=0.2, refresh=None)
+#: Upper bounds: a typo such as ``.inf`` must not make SIGTERM or a GARP burst last forever.
+RESIGN_TIMEOUT_MAX = 600.0
+GARP_COUNT_MAX = 100
+GARP_INTERVAL_MAX = 60.0
+GARP_REFRESH_MAX = 86400.0
 KEYS = ("advert_interval", "preempt", "unicast", "check_source", "garp", "resign_timeout")
 
 
@@ -52,23 +59,39 @@ class NativeVrrpConfig:
             garp = section["garp"]
             if garp is not None and not isinstance(garp, Mapping):
                 raise ConfigError("must be a mapping {count, interval, refresh}", source=SECTION, field="garp")
+            for key, low, high in (("count", 0, GARP_COUNT_MAX), ("interval", 0.0, GARP_INTERVAL_MAX),
+                                   ("refresh", 0.0, GARP_REFRESH_MAX)):
+                value = (garp or {}).get(key)
+                if value is not None and not (key == "refresh" and value == 0):
+                    _number(value, f"garp.{key}", low, high, integer=key == "count")
             defaults = {"count": DEFAULT_GARP.count, "interval": DEFAULT_GARP.interval, "refresh": DEFAULT_GARP.refresh}
             try:
                 kwargs["garp"] = AnnounceSchedule.from_config({**defaults, **(garp or {})})
             except ConfigError as exc:
                 raise ConfigError(str(exc), source=SECTION) from None
         if section.get("resign_timeout") is not None:
-            value = section["resign_timeout"]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"must be a number of seconds > 0, got {value!r}", source=SECTION,
+            value = _number(section["resign_timeout"], "resign_timeout", 0.0, RESIGN_TIMEOUT_MAX)
+            if value <= 0:
+                raise ConfigError(f"must be a number of seconds > 0, got {value}", source=SECTION,
                                   field="resign_timeout")
-            kwargs["resign_timeout"] = float(value)
+            kwargs["resign_timeout"] = value
         return cls(**kwargs)
 
 
+def _number(value: object, field: str, low: float, high: float, *, integer: bool = False) -> float:
+    """A finite number within ``low..high`` (an int if ``integer``); a ConfigError naming ``field`` otherwise."""
+    kinds = int if integer else int | float
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ConfigError(f"must be {'an integer' if integer else 'a number'}, got {show(value)}",
+                          source=SECTION, field=field)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"must be within {low}..{high}, got {value}", source=SECTION, field=field)
+    return float(value)
+
+
 def _interval(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"must be a number of seconds, got {value!r}", source=SECTION, field="advert_interval")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"must be a number of seconds, got {show(value)}", source=SECTION, field="advert_interval")
     cs = round(value * 100)
     if abs(cs - value * 100) > 1e-6:
         raise ConfigError(f"{value} s is not a whole number of centiseconds (VRRPv3 resolution is 0.01 s)",
