@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import codecs
 import time
 from pathlib import Path
@@ -251,3 +252,75 @@ def test_parsing_a_big_file_does_not_stall_the_event_loop(tmp_path: Path) -> Non
     took, worst = asyncio.run(scenario())
     # Parsing on the loop would stall it for the whole parse; off-loop, the GIL hands it back every 5 ms.
     assert worst < took / 2, (took, worst)
+
+
+# -- fuzz: random bytes and mutated valid documents give a state or a ManifestError, nothing else ---------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.helpers.fuzz import hostile_values, mutate  # noqa: E402
+
+SEEDS: list[dict[str, Any]] = [
+    NODE, POOL, SERVICE,
+    {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+     "metadata": {"name": "web-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+     "endpoints": [{"nodeName": "node-a", "conditions": {"ready": True}}]},
+    {"apiVersion": "network.kubesphere.io/v1alpha2", "kind": "Eip", "metadata": {"name": "eip"},
+     "spec": {"address": "203.0.113.64/28", "protocol": "vip", "interface": "eth1", "disable": False}},
+    {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup", "metadata": {"name": "g"}, "spec": {"vrid": 7}},
+    {"apiVersion": "v1", "kind": "List", "items": [{**SERVICE, "metadata": {"name": "api", "namespace": "x",
+                                                                           "annotations": {"vipcore.io/ip": "203.0.113.3"}},
+                                                    "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                                                             "ipFamilies": ["IPv4"], "loadBalancerIP": "203.0.113.3"}}]},
+]
+SEED_TEXT = yaml.safe_dump_all(SEEDS).encode()
+FUZZ = settings(max_examples=int(os.environ.get("VIPCORE_FUZZ_EXAMPLES", "40")), deadline=5000, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _load_or_refuse(data: bytes) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "m.yaml"
+        path.write_bytes(data)
+        try:
+            load_manifests([path])
+        except ManifestError as exc:
+            assert "\n" not in str(exc) and str(path) in str(exc), str(exc)
+
+
+@FUZZ
+@given(st.binary(max_size=3000))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    _load_or_refuse(data)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_mutated_bytes_of_a_valid_file(data: st.DataObject) -> None:
+    text = bytearray(SEED_TEXT)
+    for _ in range(data.draw(st.integers(1, 8))):
+        at = data.draw(st.integers(0, len(text) - 1))
+        action = data.draw(st.sampled_from(["replace", "insert", "delete"]))
+        byte = data.draw(st.sampled_from(list(b"\x00\xff:-[]{}&*!|>'\"#\n \t5xY") + [data.draw(st.integers(0, 255))]))
+        if action == "replace":
+            text[at] = byte
+        elif action == "insert":
+            text.insert(at, byte)
+        else:
+            del text[at]
+    _load_or_refuse(bytes(text))
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_mutated_objects(data: st.DataObject) -> None:
+    docs = [mutate(doc, data) for doc in SEEDS]
+    _load_or_refuse(yaml.safe_dump_all(docs).encode())
+
+
+@FUZZ
+@given(st.lists(hostile_values(), max_size=4))
+def test_fuzz_hostile_documents(docs: list[Any]) -> None:
+    _load_or_refuse(yaml.safe_dump_all(docs).encode())

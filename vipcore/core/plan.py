@@ -368,7 +368,8 @@ def _addresses(state: DesiredState) -> dict[str, tuple[IPAddress, ...]]:
         pool = choose_pool(service, pools)
         if not isinstance(pool, str):
             chosen.append((service, pool))
-    return dict(ipam.allocate(chosen, allocate_new=True).addresses)
+    refused_pools = ipam.pool_conflicts(state.pools, state.nodes)
+    return dict(ipam.allocate(chosen, allocate_new=True, refused_pools=refused_pools).addresses)
 
 
 def _pool_name(service: Service, pools: Sequence[Pool]) -> str | None:
