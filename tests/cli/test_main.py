@@ -165,3 +165,14 @@ def test_state_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"state_dir: {tmp_path / 'state'}\nmanifests: [x]\n")
     assert_one_line_error(run_cli("agent", "--config", str(config)), "state_dir", "not a folder")
+
+
+def test_second_agent_on_one_state_dir_is_one_line(tmp_path: Path) -> None:
+    from vipcore.ops.statedir import StateDirLock
+
+    manifests = loopback_manifests(tmp_path / "m")
+    config = write_yaml(tmp_path / "config.yaml", {"backend": "native_vrrp", "node_name": "node-a",
+                                                   "manifests": [str(manifests)], "metrics": "",
+                                                   "state_dir": str(tmp_path / "state")})
+    with StateDirLock(tmp_path / "state"):  # the first agent
+        assert_one_line_error(run_cli("agent", "--config", str(config)), "state_dir", "in use by another vipcore agent")

@@ -10,14 +10,17 @@ from vipcore.agent.runtime import Agent
 from vipcore.agent.telemetry import serve_agent
 from vipcore.core.settings import load_config
 from vipcore.ops import logs
+from vipcore.ops.statedir import StateDirLock
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
     overrides = {"node_name": args.node_name, "backend": args.backend, "log_format": args.log_format}
     config = load_config(args.config, overrides=overrides)
     logs.configure(config.log_format, config.log_level)
-    agent = Agent(config)
-    asyncio.run(run_agent(agent))
+    # Before anything writes there: a second agent on the same state_dir stops here, with one line.
+    with StateDirLock(config.state_dir):
+        agent = Agent(config)
+        asyncio.run(run_agent(agent))
     return 0
 
 
