@@ -79,3 +79,54 @@ def test_a_good_config_loads(tmp_path: Path) -> None:
     config = load_config(path, environ={})
     assert config.vrid.usable == (10, 12, 15, 16, 17, 18, 19, 20)
     assert config.manifests == (tmp_path / "m",)
+
+
+# -- fuzz: random bytes and mutated valid configs give a Config or a ConfigError, nothing else ------------
+
+import os  # noqa: E402
+import tempfile  # noqa: E402
+
+import yaml  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.helpers.fuzz import mutate  # noqa: E402
+
+SEED = {
+    "backend": "native_vrrp", "node_name": "node-a", "source": "manifests", "manifests": ["m"],
+    "state_dir": "run", "log_format": "json", "log_level": "INFO", "metrics": {"address": "127.0.0.1:0"},
+    "vrid": {"range": "10-200", "exclude": [7, "100-110"], "interfaces": {"eth1": {"range": "1-50"}}},
+    "kubernetes": {"kubeconfig": "k"}, "controller": {}, "native_vrrp": {"advert_interval": 0.1, "resign_timeout": 2},
+}
+FUZZ = settings(max_examples=int(os.environ.get("VIPCORE_FUZZ_EXAMPLES", "40")), deadline=5000,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+def _load_or_refuse(data: bytes, environ: dict[str, str] | None = None) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "config.yaml"
+        path.write_bytes(data)
+        try:
+            load_config(path, environ=environ or {})
+        except ConfigError as exc:
+            assert "\n" not in str(exc), str(exc)
+
+
+@FUZZ
+@given(st.binary(max_size=2000))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    _load_or_refuse(data)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_mutated_config(data: st.DataObject) -> None:
+    _load_or_refuse(yaml.safe_dump(mutate(SEED, data, rounds=4)).encode())
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["VIPCORE_BACKEND", "VIPCORE_LOG_LEVEL", "VIPCORE_STATE_DIR",
+                                        "VIPCORE_VRID__EXCLUDE", "VIPCORE_METRICS", "VIPCORE_MANIFESTS"]),
+                       st.text(max_size=30), max_size=3))
+def test_fuzz_environment_overrides(environ: dict[str, str]) -> None:
+    _load_or_refuse(yaml.safe_dump(SEED).encode(), environ)

@@ -43,8 +43,10 @@ class NativeVrrpConfig:
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any] | None) -> "NativeVrrpConfig":
+        if section is not None and not isinstance(section, Mapping):
+            raise ConfigError(f"must be a mapping, got {show(section)}", source=SECTION)
         section = dict(section or {})
-        unknown = sorted(set(section) - set(KEYS))
+        unknown = sorted(str(k) for k in set(section) - set(KEYS))
         if unknown:
             raise ConfigError(f"unknown key(s) {', '.join(unknown)}; known keys: {', '.join(KEYS)}", source=SECTION)
         kwargs: dict[str, Any] = {}
@@ -59,6 +61,10 @@ class NativeVrrpConfig:
             garp = section["garp"]
             if garp is not None and not isinstance(garp, Mapping):
                 raise ConfigError("must be a mapping {count, interval, refresh}", source=SECTION, field="garp")
+            unknown_garp = sorted(str(k) for k in (garp or {}) if k not in ("count", "interval", "refresh"))
+            if unknown_garp:
+                raise ConfigError(f"unknown key(s) {', '.join(unknown_garp)}; known keys: count, interval, refresh",
+                                  source=SECTION, field="garp")
             for key, low, high in (("count", 0, GARP_COUNT_MAX), ("interval", 0.0, GARP_INTERVAL_MAX),
                                    ("refresh", 0.0, GARP_REFRESH_MAX)):
                 value = (garp or {}).get(key)

@@ -38,3 +38,21 @@ def test_sane_numbers_pass() -> None:
     cfg = NativeVrrpConfig.from_mapping({"resign_timeout": 2.5, "advert_interval": 0.05,
                                          "garp": {"count": 3, "interval": 0.1, "refresh": 0}})
     assert cfg.resign_timeout == 2.5 and cfg.interval_cs == 5 and cfg.garp.refresh is None
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.helpers.fuzz import mutate  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_fuzz_mutated_sections_give_a_config_or_a_config_error(data: st.DataObject) -> None:
+    seed = {"advert_interval": 0.1, "preempt": True, "unicast": False, "check_source": True,
+            "garp": {"count": 5, "interval": 0.2, "refresh": 30}, "resign_timeout": 2.0}
+    section = mutate(seed, data, rounds=3)
+    try:
+        NativeVrrpConfig.from_mapping(section)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
