@@ -56,7 +56,7 @@ def parse_vrid_policy(data: Any, where: str = "vrid", *, allow: frozenset[str] =
         raise ConfigError("must be a mapping with 'range' and 'exclude'", field=where)
     unknown = set(data) - {"range", "exclude"} - allow
     if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)}", field=where)
+        raise ConfigError(f"unknown key(s) {sorted(str(k) for k in unknown)}", field=where)
     lo, hi = _parse_vrid_range(data.get("range", f"{VRID_MIN}-{VRID_MAX}"), f"{where}.range")
     exclude: set[int] = set()
     excluded = data.get("exclude") or []

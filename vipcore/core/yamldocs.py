@@ -104,6 +104,7 @@ def load_all(text: str, *, source: str, error: type[ConfigError] = ConfigError) 
     documents: list[Any] = []
     # Aliases need a '*': text without one cannot hold a bomb, and the walk is skipped.
     aliases = "*" in text
+    builder = _Builder(loader, source=source, error=error)
     try:
         while loader.check_node():
             node = loader.get_node()
@@ -111,7 +112,7 @@ def load_all(text: str, *, source: str, error: type[ConfigError] = ConfigError) 
                 break
             if aliases:
                 _check_node(node, source=source, error=error)
-            documents.append(_Builder(loader, source=source, error=error).build(node))
+            documents.append(builder.build(node))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -153,18 +154,26 @@ class _Builder:
             return self.scalar(node)
         if node.tag != _IMPLICIT:
             return self.delegate(node)
+        tags = self.tags
         if kind is yaml.SequenceNode:
             return [self.scalar(c) if isinstance(c, yaml.ScalarNode) else self.build(c, depth + 1)
                     for c in node.value]
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            # Inlined fast path (most nodes): an untagged string, quoted or already known to resolve to str.
             if not isinstance(key_node, yaml.ScalarNode):
                 raise self.error("invalid YAML: a mapping key must be a plain value, not a list or mapping",
                                  source=self.source, field=_line(key_node))
-            key = self.scalar(key_node)
-            if key_node.tag == _MERGE:  # "<<: *base": PyYAML's own flattening rules
-                return self.delegate(node)
-            if isinstance(value_node, yaml.ScalarNode):
+            elif key_node.tag == _IMPLICIT and (key_node.style or tags.get(key_node.value) == _STR):
+                key = key_node.value
+            else:
+                key = self.scalar(key_node)
+                if key_node.tag == _MERGE:  # "<<: *base": PyYAML's own flattening rules
+                    return self.delegate(node)
+            if value_node.tag == _IMPLICIT and isinstance(value_node, yaml.ScalarNode) and (
+                    value_node.style or tags.get(value_node.value) == _STR):
+                out[key] = value_node.value
+            elif isinstance(value_node, yaml.ScalarNode):
                 out[key] = self.scalar(value_node)
             else:
                 out[key] = self.build(value_node, depth + 1)
