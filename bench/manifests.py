@@ -9,6 +9,9 @@ Prints median and p95 wall time per size for:
 - ``yaml C safe_load``: ``yaml.load_all(Loader=yaml.CSafeLoader)``, PyYAML's C loader as is;
 - ``yaml Python safe_load``: ``yaml.safe_load_all``, the pure-Python loader main used before.
 
+Wall time and CPU time (user + system, the child's for ``resolve -f``): on a
+shared machine the wall time includes waiting for a CPU, the CPU time does not.
+
 A manifest of N objects holds N/4 Nodes, N/2 Services and N/4 EndpointSlices
 (three endpoints each) and one pool, written by ``yaml.safe_dump_all``.
 """
@@ -16,6 +19,8 @@ A manifest of N objects holds N/4 Nodes, N/2 Services and N/4 EndpointSlices
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -69,13 +74,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def timed(fn: Callable[[], object], runs: int) -> list[float]:
-    times = []
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (on a shared machine, wall time includes waiting)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(fn: Callable[[], object], runs: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of each run."""
+    wall, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), _cpu()
         fn()
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start)
+        cpu.append(_cpu() - start_cpu)
+    return wall, cpu
 
 
 def resolve_cli(path: Path) -> None:
@@ -105,12 +119,14 @@ def main() -> int:
                 cases.append(("yaml Python safe_load", lambda: list(yaml.safe_load_all(text))))
             for name, fn in cases:
                 runs = args.runs if name != "yaml Python safe_load" else max(1, min(args.runs, 3))
-                times = timed(fn, runs)
+                times, cpu = timed(fn, runs)
                 rows.append([str(size), f"{path.stat().st_size / 1e6:.1f}", name, str(runs),
-                             f"{statistics.median(times):.3f}", f"{percentile(times, 0.95):.3f}"])
+                             f"{statistics.median(times):.3f}", f"{percentile(times, 0.95):.3f}",
+                             f"{statistics.median(cpu):.3f}", f"{percentile(cpu, 0.95):.3f}"])
                 print(f"  {size} {name}: median {statistics.median(times):.3f} s", file=sys.stderr)
-    print(f"C loader: {'yes' if yamldocs.C_LOADER else 'no (PyYAML without libyaml)'}")
-    print(render_table(["OBJECTS", "MB", "WHAT", "RUNS", "MEDIAN S", "P95 S"], rows))
+    print(f"C loader: {'yes' if yamldocs.C_LOADER else 'no (PyYAML without libyaml)'}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(render_table(["OBJECTS", "MB", "WHAT", "RUNS", "MEDIAN S", "P95 S", "CPU MEDIAN S", "CPU P95 S"], rows))
     return 0
 
 

@@ -7,6 +7,7 @@ scalars, so numbers and booleans work.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from collections.abc import Mapping
@@ -31,6 +32,44 @@ _TOP_KEYS = {
     "backend", "node_name", "source", "manifests", "state_dir", "log_format", "log_level",
     "metrics", "vrid", "kubernetes", "controller",
 }
+
+
+def check_number(value: Any, *, source: str | None = None, field: str, low: float, high: float,
+                 integer: bool = False) -> float:
+    """``value`` as a finite number within ``low..high`` (an int if ``integer``; never a bool, NaN or infinity).
+
+    The one number check for config sections (the core's and the backends'):
+    a ConfigError naming ``source`` and ``field`` otherwise.
+    """
+    kinds = int if integer else int | float
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ConfigError(f"must be {'an integer' if integer else 'a number'}, got {show(value)}",
+                          source=source, field=field)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"must be within {low:g}..{high:g}, got {value}", source=source, field=field)
+    return float(value)
+
+
+#: Bounds of an announcement schedule (``garp`` sections): a typo must not make a burst last forever.
+GARP_COUNT_MAX = 100
+GARP_INTERVAL_MAX = 60.0
+GARP_REFRESH_MAX = 86400.0
+
+
+def check_garp(section: Any, *, source: str | None = None, field: str = "garp") -> None:
+    """Check a ``garp: {count, interval, refresh}`` mapping's keys and numbers (``refresh`` 0 or null: never)."""
+    if section is None:
+        return
+    if not isinstance(section, Mapping):
+        raise ConfigError("must be a mapping {count, interval, refresh}", source=source, field=field)
+    unknown = sorted(str(k) for k in section if k not in ("count", "interval", "refresh"))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)}; known keys: count, interval, refresh",
+                          source=source, field=field)
+    for key, high in (("count", GARP_COUNT_MAX), ("interval", GARP_INTERVAL_MAX), ("refresh", GARP_REFRESH_MAX)):
+        value = section.get(key)
+        if value is not None and not (key == "refresh" and value == 0 and not isinstance(value, bool)):
+            check_number(value, source=source, field=f"{field}.{key}", low=0, high=high, integer=key == "count")
 
 
 def _parse_vrid_range(text: Any, where: str) -> tuple[int, int]:

@@ -13,16 +13,14 @@ import attrs
 
 from vipcore.net.addresses import AnnounceSchedule
 from vipcore.core.errors import ConfigError
+from vipcore.core.settings import check_garp, check_number
 from vipcore.core.yamldocs import show
 from vipcore_native_vrrp.protocol.packet import MAX_INTERVAL_CS
 
 SECTION = "native_vrrp"
 DEFAULT_GARP = AnnounceSchedule(count=5, interval=0.2, refresh=None)
-#: Upper bounds: a typo such as ``.inf`` must not make SIGTERM or a GARP burst last forever.
+#: A typo such as ``.inf`` must not make SIGTERM last forever.
 RESIGN_TIMEOUT_MAX = 600.0
-GARP_COUNT_MAX = 100
-GARP_INTERVAL_MAX = 60.0
-GARP_REFRESH_MAX = 86400.0
 KEYS = ("advert_interval", "preempt", "unicast", "check_source", "garp", "resign_timeout")
 
 
@@ -61,15 +59,7 @@ class NativeVrrpConfig:
             garp = section["garp"]
             if garp is not None and not isinstance(garp, Mapping):
                 raise ConfigError("must be a mapping {count, interval, refresh}", source=SECTION, field="garp")
-            unknown_garp = sorted(str(k) for k in (garp or {}) if k not in ("count", "interval", "refresh"))
-            if unknown_garp:
-                raise ConfigError(f"unknown key(s) {', '.join(unknown_garp)}; known keys: count, interval, refresh",
-                                  source=SECTION, field="garp")
-            for key, low, high in (("count", 0, GARP_COUNT_MAX), ("interval", 0.0, GARP_INTERVAL_MAX),
-                                   ("refresh", 0.0, GARP_REFRESH_MAX)):
-                value = (garp or {}).get(key)
-                if value is not None and not (key == "refresh" and value == 0):
-                    _number(value, f"garp.{key}", low, high, integer=key == "count")
+            check_garp(garp, source=SECTION)
             defaults = {"count": DEFAULT_GARP.count, "interval": DEFAULT_GARP.interval, "refresh": DEFAULT_GARP.refresh}
             try:
                 kwargs["garp"] = AnnounceSchedule.from_config({**defaults, **(garp or {})})
@@ -85,14 +75,7 @@ class NativeVrrpConfig:
 
 
 def _number(value: object, field: str, low: float, high: float, *, integer: bool = False) -> float:
-    """A finite number within ``low..high`` (an int if ``integer``); a ConfigError naming ``field`` otherwise."""
-    kinds = int if integer else int | float
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise ConfigError(f"must be {'an integer' if integer else 'a number'}, got {show(value)}",
-                          source=SECTION, field=field)
-    if not math.isfinite(value) or not low <= value <= high:
-        raise ConfigError(f"must be within {low}..{high}, got {value}", source=SECTION, field=field)
-    return float(value)
+    return check_number(value, source=SECTION, field=field, low=low, high=high, integer=integer)
 
 
 def _interval(value: object) -> int:
