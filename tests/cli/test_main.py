@@ -176,3 +176,12 @@ def test_second_agent_on_one_state_dir_is_one_line(tmp_path: Path) -> None:
                                                    "state_dir": str(tmp_path / "state")})
     with StateDirLock(tmp_path / "state"):  # the first agent
         assert_one_line_error(run_cli("agent", "--config", str(config)), "state_dir", "in use by another vipcore agent")
+
+
+def test_agent_starting_on_junk_manifests_is_one_line(tmp_path: Path) -> None:
+    manifests = loopback_manifests(tmp_path / "m")
+    (manifests / "junk.yaml").write_bytes(bytes(range(256)) * 12)
+    config = write_yaml(tmp_path / "config.yaml", {"backend": "native_vrrp", "node_name": "node-a",
+                                                   "manifests": [str(manifests)], "metrics": "",
+                                                   "state_dir": str(tmp_path / "state")})
+    assert_one_line_error(run_cli("agent", "--config", str(config)), str(manifests / "junk.yaml"), "not UTF-8")
