@@ -54,6 +54,7 @@ test: setup typecheck lint
 
 bench: setup
 	$(PY) bench/resolve.py
+	$(PY) bench/manifests.py
 	$(PY) bench/failover.py
 
 clean-lab:
