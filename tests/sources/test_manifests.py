@@ -324,3 +324,10 @@ def test_fuzz_mutated_objects(data: st.DataObject) -> None:
 @given(st.lists(hostile_values(), max_size=4))
 def test_fuzz_hostile_documents(docs: list[Any]) -> None:
     _load_or_refuse(yaml.safe_dump_all(docs).encode())
+
+
+def test_eip_cidr_with_host_bits_is_read_as_its_network_as_openelb_does(tmp_path: Path) -> None:
+    eip = {"apiVersion": "network.kubesphere.io/v1alpha2", "kind": "Eip", "metadata": {"name": "eip"},
+           "spec": {"address": "203.0.113.5/28", "protocol": "vip", "interface": "eth1"}}
+    (pool,) = load_manifests([write(tmp_path / "m.yaml", eip)]).pools
+    assert [(str(a), str(b)) for a, b in pool.ranges] == [("203.0.113.1", "203.0.113.14")]

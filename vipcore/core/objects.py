@@ -260,10 +260,11 @@ def endpoint_slice_from_k8s(obj: Obj) -> EndpointSlice:
                          service=service, ready_nodes=frozenset(ready))
 
 
-def parse_range(text: str) -> tuple[IPAddress, IPAddress]:
+def parse_range(text: str, *, strict: bool = True) -> tuple[IPAddress, IPAddress]:
     """One pool entry: an address, a CIDR (network and broadcast left out) or ``a-b``.
 
-    Raises ValueError with a precise message.
+    Raises ValueError with a precise message; with ``strict``, also for a CIDR
+    with host bits set (``198.51.100.5/24``), which is usually a typo.
     """
     text = text.strip()
     if "-" in text:
@@ -277,7 +278,7 @@ def parse_range(text: str) -> tuple[IPAddress, IPAddress]:
         return first, last
     if "/" in text:
         try:
-            net = ipaddress.ip_network(text)
+            net = ipaddress.ip_network(text, strict=strict)
         except ValueError as exc:
             if "host bits set" not in str(exc):
                 raise
@@ -326,7 +327,8 @@ def pool_from_k8s(obj: Obj) -> Pool:
         if not isinstance(entry, str):
             raise _fail(obj, where, f"must be an address, CIDR or range (a string), got {show(entry)}")
         try:
-            ranges.append(parse_range(entry))
+            # OpenELB reads an Eip's CIDR with host bits as its network: Eips keep working when migrated.
+            ranges.append(parse_range(entry, strict=kind != "Eip"))
         except ValueError as exc:
             raise _fail(obj, where, str(exc)) from None
     interface = spec.get("interface")

@@ -9,7 +9,8 @@ traceback, and nothing here grows without bound:
   they start with their BOM, as YAML 1.1 allows); anything else is refused
   with the offset of the first bad byte;
 - the C loader (``yaml.CSafeLoader``) is used when PyYAML was built with
-  libyaml (about 10x faster), the pure-Python ``SafeLoader`` otherwise;
+  libyaml (with the builder below, about 13x faster than the pure-Python
+  loader on manifests: ``bench/manifests.py``), ``SafeLoader`` otherwise;
 - nesting is limited to :data:`MAX_DEPTH` levels (libyaml stops at 1,000; the
   pure-Python composer would hit ``RecursionError``);
 - aliases may add at most :data:`ALIAS_BUDGET` nodes to a document once
