@@ -331,3 +331,41 @@ def test_eip_cidr_with_host_bits_is_read_as_its_network_as_openelb_does(tmp_path
            "spec": {"address": "203.0.113.5/28", "protocol": "vip", "interface": "eth1"}}
     (pool,) = load_manifests([write(tmp_path / "m.yaml", eip)]).pools
     assert [(str(a), str(b)) for a, b in pool.ranges] == [("203.0.113.1", "203.0.113.14")]
+
+
+def test_a_failed_read_is_retried_without_a_change(tmp_path: Path) -> None:
+    path = write(tmp_path / "all.yaml", NODE, POOL, SERVICE)
+
+    class FlakyDisk(ManifestSource):
+        """A read that fails once (EIO on a flaky disk), then works: the files themselves never change."""
+
+        failed = False
+
+        def load(self) -> DesiredState:
+            if self.last_error is None and not self.failed and self.loads == 1:
+                self.failed = True
+                self._fingerprint = self._snapshot()
+                self.failures += 1
+                self.last_error = f"{path}: cannot read: Input/output error"
+                raise ManifestError("cannot read: Input/output error", source=str(path))
+            return super().load()
+
+    source = FlakyDisk([path], poll_interval=0.01, retry_interval=0.1)
+    seen: list[DesiredState] = []
+
+    async def on_change(state: DesiredState) -> None:
+        seen.append(state)
+
+    async def scenario() -> None:
+        await source.initial()
+        source._fingerprint = ()  # as if the files had just changed
+        watcher = asyncio.create_task(source.watch(on_change))
+        try:
+            await _until(lambda: source.failed)
+            assert _metrics(source)["vipcore_manifests_stale"] == 1.0
+            await _until(lambda: bool(seen))  # retried although nothing changed on disk
+            assert _metrics(source)["vipcore_manifests_stale"] == 0.0
+        finally:
+            watcher.cancel()
+
+    asyncio.run(scenario())

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
 POLL_INTERVAL = 0.25
+#: Seconds between re-reads of unchanged files while they are invalid (a read may have failed transiently).
+RETRY_INTERVAL = 10.0
 
 
 def manifest_files(paths: Iterable[Path]) -> list[Path]:
@@ -157,9 +159,11 @@ class ManifestSource:
 
     allocates = True
 
-    def __init__(self, paths: Iterable[Path], *, poll_interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, paths: Iterable[Path], *, poll_interval: float = POLL_INTERVAL,
+                 retry_interval: float = RETRY_INTERVAL) -> None:
         self.paths = tuple(paths)
         self.poll_interval = poll_interval
+        self.retry_interval = retry_interval
         self._fingerprint: tuple[tuple[str, int, int, int], ...] = ()
         #: The problem with the files as they are now (None: the state in use is theirs).
         self.last_error: str | None = None
@@ -203,13 +207,19 @@ class ManifestSource:
     async def watch(self, on_change: Callable[[DesiredState], Awaitable[None]]) -> None:
         """Call ``on_change`` with the new state after every valid edit; forever.
 
-        An invalid edit is logged once and ignored: the last good state stays.
+        An invalid edit is logged once and ignored: the last good state stays;
+        the files are read again on their next change, and every
+        ``retry_interval`` seconds while they stay invalid.
         """
+        loop = asyncio.get_running_loop()
+        tried = loop.time()
         while True:
             await asyncio.sleep(self.poll_interval)
             snapshot = await asyncio.to_thread(self._snapshot)
-            if snapshot == self._fingerprint:
+            if snapshot == self._fingerprint and not (
+                    self.last_error is not None and loop.time() - tried >= self.retry_interval):
                 continue
+            tried = loop.time()
             previous = self.last_error
             try:
                 state = await asyncio.to_thread(self.load)
