@@ -124,7 +124,8 @@ def resolve(
         else:
             chosen.append((service, pool))
 
-    allocation = ipam.allocate(chosen, allocate_new=allocate, quarantined=quarantined)
+    refused_pools = ipam.pool_conflicts(state.pools, state.nodes)
+    allocation = ipam.allocate(chosen, allocate_new=allocate, quarantined=quarantined, refused_pools=refused_pools)
     unresolved.update(allocation.refused)
 
     ready_by_service: dict[str, set[str]] = {}
