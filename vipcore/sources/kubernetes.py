@@ -32,6 +32,7 @@ from typing import Any
 
 from vipcore.core.settings import Config
 from vipcore.kube import ALL_KINDS, KubernetesSource, api_client, lease_kind, wait_event
+from vipcore.kube.informer import AGENT_FIELDS
 from vipcore.kube.leases import LeaseClient
 from vipcore.core.errors import ConfigError
 from vipcore.kube.heartbeat import HeartbeatConfig, HeartbeatTracker, NodeHeartbeat, with_heartbeats
@@ -63,7 +64,7 @@ class KubernetesAgentSource:
         kinds = ALL_KINDS + ((lease_kind(hb.namespace),) if hb.enabled else ())
         self.cache = KubernetesSource(self.client, kinds=kinds, classes=frozenset(classes),
                                       default_class=bool(section.get("default_class", False)),
-                                      openelb=bool(section.get("openelb", True)))
+                                      openelb=bool(section.get("openelb", True)), keep=AGENT_FIELDS)
         self.tracker = HeartbeatTracker()
         self.heartbeat = NodeHeartbeat(LeaseClient(self.client, hb.namespace), self.node, hb.duration) \
             if hb.enabled else None
