@@ -291,6 +291,83 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
             "peak_mb": rss().get("VmHWM", 0.0), "latency_ms": latencies, "agent_ms": agent_share}
 
 
+# ------------------------------------------------------------------ the controller
+
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+async def controller_child(kubeconfig: str) -> dict[str, Any]:
+    """Run one controller replica until SIGTERM; report its peak memory."""
+    import signal
+
+    from vipcore.controller.runtime import Controller, ControllerSettings
+    from vipcore.kube import api_client
+
+    settings = ControllerSettings(identity="bench", kubeconfig=kubeconfig, resync=3600)
+    controller = Controller(settings, api_client(kubeconfig))
+    runner = asyncio.create_task(controller.run(timeout=1800))
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+    await asyncio.wait({runner, asyncio.create_task(stopping.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    runner.cancel()
+    await asyncio.wait({runner})
+    return {"peak_mb": rss().get("VmHWM", 0.0)}
+
+
+def run_controller(services: int, nodes: int = 100) -> dict[str, Any]:
+    """``services`` LoadBalancers created at once; time until all have an address, writes per Service."""
+    from vipcore.testing.apiserver import ApiServer
+
+    namespaces = ("default", "kube-system", "vipcore-system") + tuple(f"ns{i}" for i in range(50))
+    with ApiServer(crds=[ROOT / "deploy" / "crds"], history_limit=max(5000, services * 6),
+                   namespaces=namespaces) as server:
+        for i in range(nodes):
+            server.create(node_obj(i))
+        server.create({"apiVersion": "vipcore.io/v1alpha1", "kind": "VipPool", "metadata": {"name": "lan"},
+                       "spec": {"addresses": [POOL], "interface": "eth0", "default": True}})
+        with tempfile.TemporaryDirectory() as tmp:
+            kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
+            child = subprocess.Popen([sys.executable, __file__, "--controller-child", str(kubeconfig)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:  # leading: the Lease is held
+                    try:
+                        server.get("coordination.k8s.io/v1", "Lease", "vipcore-controller", "vipcore-system")
+                        break
+                    except Exception:  # noqa: BLE001 - not yet
+                        time.sleep(0.2)
+                time.sleep(1.0)
+                mark = time.monotonic()
+                started = time.perf_counter()
+                for i in range(services):
+                    server.create(service_obj(i, i % 2 == 0))
+                created = time.perf_counter() - started
+                deadline = time.monotonic() + 3600
+                done = 0
+                while time.monotonic() < deadline:
+                    listed = server.objects("v1", "Service")
+                    done = sum(1 for s in listed if ((s.get("status") or {}).get("loadBalancer") or {}).get("ingress"))
+                    if done >= services:
+                        break
+                    time.sleep(0.5)
+                elapsed = time.perf_counter() - started
+                time.sleep(2.0)  # writes that follow the last address (VipGroups, Events)
+            finally:
+                child.terminate()
+                out, err = child.communicate(timeout=120)
+            writes: dict[str, int] = {}
+            for record in server.requests_since(mark):
+                if record.method in WRITES and "/leases/" not in record.path:
+                    parts = record.path.split("?")[0].rstrip("/").split("/")
+                    what = "status" if parts[-1] == "status" else next(
+                        (p for p in reversed(parts) if p in ("services", "vipgroups", "events")), parts[-2])
+                    writes[f"{record.method} {what}"] = writes.get(f"{record.method} {what}", 0) + 1
+    peak = json.loads(out.strip().splitlines()[-1])["peak_mb"] if out.strip() else float("nan")
+    return {"services": services, "done": done, "create_s": created, "elapsed_s": elapsed, "writes": writes,
+            "peak_mb": peak, "stderr": err[-2000:]}
+
+
 # ------------------------------------------------------------------ the table
 
 def percentile(values: list[float], q: float) -> float:
@@ -325,16 +402,22 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000x10000,5000x50000", help="NODESxSERVICES, comma-separated")
     parser.add_argument("--events", type=int, default=30, help="events of each kind")
     parser.add_argument("--full-cache", action="store_true", help="cache whole objects (before slimming)")
+    parser.add_argument("--controller", type=int, default=0,
+                        help="also time the controller: this many Services created at once")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--controller-child", help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.controller_child:
+        print(json.dumps(asyncio.run(controller_child(args.controller_child))))
+        return 0
     if args.child:
         result = asyncio.run(agent_child(args.child, json.loads(args.plan), args.events, args.full_cache))
         print(json.dumps(result))
         return 0
     print(f"{'nodes':>6} {'services':>8} {'cache':>5} {'sync s':>7} {'groups':>6} {'base MB':>7} {'RSS MB':>7} "
           f"{'peak MB':>7}  {'event':<7} {'n':>3} {'median ms':>9} {'p95 ms':>7} {'agent p95':>9} {'resolve p95':>11}")
-    for size in args.sizes.split(","):
+    for size in [s for s in args.sizes.split(",") if s]:
         nodes, services = (int(x) for x in size.split("x"))
         r = run_size(nodes, services, args.events, args.full_cache)
         for n, kind in enumerate(("slice", "service", "node")):
@@ -345,6 +428,14 @@ def main() -> int:
             tail = f" {percentile(r['resolve_ms'], 0.95):>11.1f}" if n == 0 else ""
             print(f"{head}  {kind:<7} {len(lat):>3} {statistics.median(lat) if lat else float('nan'):>9.1f} "
                   f"{percentile(lat, 0.95):>7.1f} {percentile(share, 0.95):>9.1f}{tail}", flush=True)
+    if args.controller:
+        c = run_controller(args.controller)
+        total = sum(c["writes"].values())
+        print(f"\ncontroller: {c['done']}/{c['services']} Services with an address {c['elapsed_s']:.1f} s after "
+              f"the first create (creating took {c['create_s']:.1f} s); {total} writes, "
+              f"{total / max(1, c['services']):.2f} per Service; peak RSS {c['peak_mb']:.0f} MB")
+        for what, count in sorted(c["writes"].items()):
+            print(f"  {what:<20} {count:>7} ({count / max(1, c['services']):.2f} per Service)")
     return 0
 
 
