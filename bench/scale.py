@@ -20,8 +20,10 @@ of the backend dispatch it causes:
 * ``service``: a Service gets its address in status (what the controller writes);
 * ``node``: a Node's Ready condition flips.
 
-``arrival`` is the same, from the moment the agent's watch delivered the
-change (the agent's own share). RSS is the child's resident memory after the
+``agent`` is the same, from the moment the agent's watch delivered the
+change (the agent's own share); ``CPU`` is the agent process's CPU time
+over the same span (what the event cost, whatever the machine's load);
+``resolve`` is the time spent in the agent's incremental resolution. RSS is the child's resident memory after the
 first dispatch, and its peak (VmHWM). ``--full-cache`` runs the agent with
 whole objects cached (the behaviour before slimming) for comparison.
 Prints a table; median and p95 per event kind.
@@ -220,6 +222,7 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
     rnd = random.Random(3)
     latencies: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
     agent_share: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
+    cpu: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
     moved: dict[int, bool] = {}
     pending = iter(range(plan["services"], plan["services"] + plan["pending"]))
     flipped: dict[int, bool] = {}
@@ -260,6 +263,7 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
         await asyncio.sleep(0.05)  # let the previous event settle
         before = len(calls)
         arrivals.clear()
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         key = await asyncio.to_thread(write, kind)
         deadline = time.perf_counter() + 30
@@ -275,6 +279,7 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
             if len(calls) == count:
                 break
         done = calls[-1]
+        cpu[kind].append((time.process_time() - cpu0) * 1000)
         latencies[kind].append((done - t0) * 1000)
         if key in arrivals:
             agent_share[kind].append((done - arrivals[key]) * 1000)
@@ -287,7 +292,7 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
     await asyncio.wait({watcher})
     await agent.stop(graceful=False)
     return {"sync_s": synced, "groups": groups, "rss_mb": memory.get("VmRSS", 0.0), "base_mb": base,
-            "resolve_ms": resolving,
+            "resolve_ms": resolving, "cpu_ms": cpu,
             "peak_mb": rss().get("VmHWM", 0.0), "latency_ms": latencies, "agent_ms": agent_share}
 
 
@@ -416,7 +421,8 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     print(f"{'nodes':>6} {'services':>8} {'cache':>5} {'sync s':>7} {'groups':>6} {'base MB':>7} {'RSS MB':>7} "
-          f"{'peak MB':>7}  {'event':<7} {'n':>3} {'median ms':>9} {'p95 ms':>7} {'agent p95':>9} {'resolve p95':>11}")
+          f"{'peak MB':>7}  {'event':<7} {'n':>3} {'median ms':>9} {'p95 ms':>7} {'agent p95':>9} {'CPU p95':>7} "
+          f"{'resolve p95':>11}")
     for size in [s for s in args.sizes.split(",") if s]:
         nodes, services = (int(x) for x in size.split("x"))
         r = run_size(nodes, services, args.events, args.full_cache)
@@ -427,7 +433,8 @@ def main() -> int:
                     if n == 0 else " " * 62)
             tail = f" {percentile(r['resolve_ms'], 0.95):>11.1f}" if n == 0 else ""
             print(f"{head}  {kind:<7} {len(lat):>3} {statistics.median(lat) if lat else float('nan'):>9.1f} "
-                  f"{percentile(lat, 0.95):>7.1f} {percentile(share, 0.95):>9.1f}{tail}", flush=True)
+                  f"{percentile(lat, 0.95):>7.1f} {percentile(share, 0.95):>9.1f} "
+                  f"{percentile(r['cpu_ms'][kind], 0.95):>7.1f}{tail}", flush=True)
     if args.controller:
         c = run_controller(args.controller)
         total = sum(c["writes"].values())
