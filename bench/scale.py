@@ -123,7 +123,7 @@ def populate(server: Any, nodes: int, services: int, pending: int, seed: int = 7
     server.create({"apiVersion": "vipcore.io/v1alpha1", "kind": "VipPool", "metadata": {"name": "lan"},
                    "spec": {"addresses": [POOL], "interface": "eth0", "default": True}})
     for i in range(services + pending):
-        local = i % 2 == 0
+        local = i % 2 == 0 and i < services  # pending Services are Cluster: each address reaches this node
         svc = server.create(service_obj(i, local))
         if i < services:
             svc["status"] = {"loadBalancer": {"ingress": [{"ip": vip(i), "ipMode": "VIP"}]}}

@@ -125,13 +125,19 @@ def test_the_agent_cache_keeps_only_what_it_reads(populated: ApiServer) -> None:
             services = {s.key: s for s in slim.state().services}
             slices = {s.name for s in slim.state().endpoint_slices}
             ready = {n.name for n in slim.state().nodes if n.ready}
-            return (str(services["default/web1"].requested_ips[0]) == "203.0.113.99"
+            return ([str(ip) for ip in services["default/web1"].requested_ips] == ["203.0.113.99"]
                     and "web2-x2" in slices and "web2-x1" not in slices and "node-5" in ready)
 
         wait_for(caught_up)
         wait_for(lambda: full.state() == slim.state())
         text = json.dumps(slim.objects("endpointslices"))
         assert "managedFields" not in text and "targetRef" not in text
+        # Equal pieces are one object: every slice's endpoint on node-4 (ready) is the same dict.
+        on_node_4 = [ep for eps in slim.objects("endpointslices").values() for ep in eps["endpoints"]
+                     if ep["nodeName"] == "node-4"]
+        assert len(on_node_4) > 1 and all(ep is on_node_4[0] for ep in on_node_4)
+        specs = [s["spec"] for key, s in slim.objects("services").items() if key in ("default/web0", "default/web2")]
+        assert specs[0] is specs[1]
     finally:
         full.stop(2.0)
         slim.stop(2.0)

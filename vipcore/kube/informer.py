@@ -563,6 +563,41 @@ def _head(obj: Obj, **meta: Any) -> dict[str, Any]:
     return {"kind": obj.get("kind"), "apiVersion": obj.get("apiVersion"), "metadata": _meta(obj, **meta)}
 
 
+class _Shared:
+    """Equal pieces of slimmed objects, one copy each: 10,000 Services often have a few distinct specs.
+
+    Bounded: past ``limit`` distinct pieces, new ones are kept as they are.
+    Cached objects are never mutated, so sharing is safe.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._pieces: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, key: Any, value: Any) -> Any:
+        with self._lock:
+            found = self._pieces.get(key)
+            if found is not None:
+                return found
+            if len(self._pieces) < self.limit:
+                self._pieces[key] = value
+        return value
+
+
+_SPECS = _Shared(4096)
+#: One per (node, readiness): a slice's endpoints become references to these.
+_ENDPOINTS = _Shared(65536)
+
+
+def _shared_json(shared: _Shared, value: Any) -> Any:
+    try:
+        key = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return value
+    return shared(key, value)
+
+
 def keep_node(obj: Obj) -> Obj:
     """A Node: labels, the Ready condition, addresses."""
     out = _head(obj, labels=None)
@@ -599,7 +634,7 @@ def keep_service(obj: Obj) -> Obj:
         kept = {k: spec[k] for k in _SERVICE_SPEC if k in spec}
         if "ports" in spec:
             kept["ports"] = _entries(spec["ports"], ("port", "protocol"))
-        out["spec"] = kept
+        out["spec"] = _shared_json(_SPECS, kept)
     elif spec is not None:
         out["spec"] = spec
     status = obj.get("status")
@@ -624,10 +659,13 @@ def keep_endpoint_slice(obj: Obj) -> Obj:
             entry: dict[str, Any] = {}
             node = ep.get("nodeName")
             if node is not None:
-                # Thousands of slices name the same few thousand nodes: share the strings.
-                entry["nodeName"] = sys.intern(node) if isinstance(node, str) else node
+                entry["nodeName"] = node
             if "conditions" in ep:
                 entry["conditions"] = _pick(ep["conditions"], ("ready",))
+            conditions = entry.get("conditions", {})
+            if isinstance(node, str) and isinstance(conditions, dict) and isinstance(conditions.get("ready", True), bool):
+                # Thousands of slices name the same few thousand nodes: one entry per node and readiness.
+                entry = _ENDPOINTS((sys.intern(node), "conditions" in entry, conditions.get("ready")), entry)
             kept.append(entry)
         out["endpoints"] = kept
     elif endpoints is not None:
