@@ -296,6 +296,51 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
             "peak_mb": rss().get("VmHWM", 0.0), "latency_ms": latencies, "agent_ms": agent_share}
 
 
+# ------------------------------------------------------------------ the cache alone
+
+def cache_child(nodes: int, services: int, slim: bool, pages: int) -> dict[str, Any]:
+    """What the agent's cache holds after listing, without the server: the list bodies as the API sends them.
+
+    Each kind is listed in ``pages`` pages (1: one list, as the informer does today), parsed, slimmed (or
+    not) and converted as :class:`vipcore.kube.KubernetesSource` does; RSS is measured after.
+    """
+    import gc
+
+    from vipcore.core import objects
+    from vipcore.kube.informer import AGENT_FIELDS
+
+    rnd = random.Random(7)
+    names = [f"node-{i:05d}" for i in range(nodes)]
+    shapes = [rnd.sample(names, ENDPOINTS) for _ in range(SHAPES)]
+    base = rss()["VmRSS"]
+    cache: dict[str, dict[str, Any]] = {"nodes": {}, "services": {}, "endpointslices": {}}
+    converted: dict[str, dict[str, Any]] = {"nodes": {}, "services": {}, "endpointslices": {}}
+    makers = {
+        "nodes": (nodes, lambda i: node_obj(i), objects.node_from_k8s),
+        "services": (services, lambda i: {**service_obj(i, i % 2 == 0),
+                                          "status": {"loadBalancer": {"ingress": [{"ip": vip(i)}]}}},
+                     objects.service_from_k8s),
+        "endpointslices": (services, lambda i: slice_obj(i, shapes[i % SHAPES] if i % 2 == 0
+                                                         else rnd.sample(names, ENDPOINTS)),
+                           objects.endpoint_slice_from_k8s),
+    }
+    for kind, (count, make, convert) in makers.items():
+        per_page = -(-count // pages)
+        for start in range(0, count, per_page):
+            body = json.dumps({"items": [make(i) for i in range(start, min(count, start + per_page))]}).encode()
+            items = json.loads(body)["items"]
+            del body
+            for item in items:
+                kept = AGENT_FIELDS[kind](item) if slim else item
+                meta = kept["metadata"]
+                key = f"{meta.get('namespace')}/{meta['name']}" if meta.get("namespace") else meta["name"]
+                cache[kind][key] = kept
+                converted[kind][key] = (meta.get("resourceVersion", ""), convert(kept))
+            del items
+    gc.collect()
+    return {"base_mb": base, "rss_mb": rss()["VmRSS"], "peak_mb": rss()["VmHWM"]}
+
+
 # ------------------------------------------------------------------ the controller
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
@@ -409,10 +454,17 @@ def main() -> int:
     parser.add_argument("--full-cache", action="store_true", help="cache whole objects (before slimming)")
     parser.add_argument("--controller", type=int, default=0,
                         help="also time the controller: this many Services created at once")
+    parser.add_argument("--cache", default="",
+                        help="NODESxSERVICES sizes: measure the agent's cache alone (no server), slim and whole")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-child", help=argparse.SUPPRESS)
     parser.add_argument("--controller-child", help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cache_child:
+        nodes, services, slim, pages = (int(x) for x in args.cache_child.split(","))
+        print(json.dumps(cache_child(nodes, services, bool(slim), pages)))
+        return 0
     if args.controller_child:
         print(json.dumps(asyncio.run(controller_child(args.controller_child))))
         return 0
@@ -420,6 +472,19 @@ def main() -> int:
         result = asyncio.run(agent_child(args.child, json.loads(args.plan), args.events, args.full_cache))
         print(json.dumps(result))
         return 0
+    if args.cache:
+        print(f"{'nodes':>6} {'services':>8} {'cache':>5} {'list':>8} {'base MB':>7} {'RSS MB':>7} {'peak MB':>7}")
+        for size in args.cache.split(","):
+            nodes, services = (int(x) for x in size.split("x"))
+            for slim, pages in ((0, 1), (1, 1), (1, max(1, services // 500))):
+                out = subprocess.run([sys.executable, __file__, "--cache-child", f"{nodes},{services},{slim},{pages}"],
+                                     capture_output=True, text=True, timeout=3600, check=True).stdout
+                r = json.loads(out.strip().splitlines()[-1])
+                listing = "1 page" if pages == 1 else f"{pages} pg"
+                print(f"{nodes:>6} {services:>8} {'slim' if slim else 'whole':>5} {listing:>8} {r['base_mb']:>7.0f} "
+                      f"{r['rss_mb']:>7.0f} {r['peak_mb']:>7.0f}", flush=True)
+        if not args.sizes:
+            return 0
     print(f"{'nodes':>6} {'services':>8} {'cache':>5} {'sync s':>7} {'groups':>6} {'base MB':>7} {'RSS MB':>7} "
           f"{'peak MB':>7}  {'event':<7} {'n':>3} {'median ms':>9} {'p95 ms':>7} {'agent p95':>9} {'CPU p95':>7} "
           f"{'resolve p95':>11}")
