@@ -27,8 +27,9 @@ only keeps their results and works out what a change reaches.
 
 A burst of changes is one :meth:`IncrementalResolver.update` call: callers
 coalesce by handing over the latest state, not every intermediate one.
-Services, EndpointSlices, Nodes and pools are identified by key (namespace and
-name; name): a state never lists two objects with the same key.
+Services, EndpointSlices and Nodes are identified by key (namespace and name;
+name). A state that lists two of one kind under one key (manifests can list
+an EndpointSlice twice) is resolved in full, and the next one rebuilds.
 """
 
 from __future__ import annotations
@@ -54,7 +55,15 @@ from vipcore.core.model import (
     VipGroup,
     VridPolicy,
 )
-from vipcore.core.resolve import address_order, choose_pool, group_name, make_group, node_eligible, place
+from vipcore.core.resolve import (
+    address_order,
+    choose_pool,
+    group_name,
+    make_group,
+    node_eligible,
+    place,
+    resolve,
+)
 from vipcore.core.vrid import allocate_vrids
 
 #: A group before its VRID: (nodes, interface), as in :func:`resolve`.
@@ -120,6 +129,10 @@ class _Bucket:
             self.addresses = sorted(self.counts, key=address_order)
 
 
+class _Duplicates(Exception):
+    """Two objects of one kind share a key (manifests may list an EndpointSlice twice)."""
+
+
 def _diff(
     current: dict[K, V], old: tuple[V, ...], new: tuple[V, ...], key: Callable[[V], K]
 ) -> tuple[dict[K, V], dict[K, V | None]]:
@@ -145,6 +158,8 @@ def _diff(
                 current[k] = value
             return current, changes
     fresh = {key(v): v for v in new}
+    if len(fresh) != len(new):
+        raise _Duplicates()
     changes = {k: p for k, v in fresh.items() if (p := current.get(k)) is not v and p != v}
     changes.update((k, v) for k, v in current.items() if k not in fresh)
     return fresh, changes
@@ -227,9 +242,17 @@ class IncrementalResolver:
 
         dirty_services: set[str] = set()
         dirty_keys: set[GroupKey] = set()
-        self._nodes_changed(old, state, dirty_services, dirty_keys)
-        self._slices_changed(old, state, dirty_services)
-        self._services, service_changes = _diff(self._services, old.services, state.services, lambda s: s.key)
+        try:
+            self._nodes_changed(old, state, dirty_services, dirty_keys)
+            self._slices_changed(old, state, dirty_services)
+            self._services, service_changes = _diff(self._services, old.services, state.services, lambda s: s.key)
+        except _Duplicates:
+            # Rare (hand-written manifests): resolve in full, and rebuild on the next state.
+            self._reset()
+            self._state = DesiredState()
+            self.stats = UpdateStats(services=len(state.services), groups=0, interfaces=0, full_allocation=True,
+                                     rebuilt=True)
+            return resolve(state, vrid_policy=self.vrid_policy, allocate=self.allocate)
         changed = set(service_changes)
         dirty_services |= changed
         full = self._allocation_changed(changed, dirty_services, force=rebuilt)
