@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
@@ -200,3 +201,23 @@ def test_a_transform_that_cannot_cope_caches_the_object_whole(server: ApiServer)
         assert [n.name for n in src.state().nodes] == ["node-a"]
     finally:
         src.stop(2.0)
+
+
+def test_the_agents_kubernetes_source_caches_slim_objects(populated: ApiServer, tmp_path: Any) -> None:
+    from vipcore.core.settings import Config
+    from vipcore.sources.kubernetes import KubernetesAgentSource
+
+    config = Config(node_name="node-1", source="kubernetes", state_dir=tmp_path,
+                    kubernetes={"heartbeat": {"enabled": False}})
+    agent_source = KubernetesAgentSource(config, client=populated.client(), record_holders=False)
+
+    async def first() -> Any:
+        try:
+            return await agent_source.initial(timeout=30)
+        finally:
+            await agent_source.close()
+
+    state = asyncio.run(first())
+    assert len(state.services) == 8
+    text = json.dumps([agent_source.cache.objects(kind) for kind in ("nodes", "services", "endpointslices")])
+    assert "managedFields" not in text and "targetRef" not in text and "images" not in text
