@@ -202,8 +202,9 @@ class IncrementalResolver:
         self._chosen: dict[str, Pool] = {}
         self._unchosen: dict[str, str] = {}
         self._pool_members: dict[str, set[str]] = {}
-        self._footprint: dict[str, frozenset[IPAddress]] = {}
-        self._claims: dict[IPAddress, set[str]] = {}
+        self._footprint: dict[str, tuple[IPAddress, ...]] = {}
+        # Address -> the Service holding or requesting it; a set only while several do (rare).
+        self._claims: dict[IPAddress, str | set[str]] = {}
         self._addresses: dict[str, tuple[IPAddress, ...]] = {}
         self._refused: dict[str, str] = {}
         self._seekers: set[str] = set()
@@ -328,13 +329,15 @@ class IncrementalResolver:
         """Re-run pool choice and allocation for ``changed``; True when allocation ran for all."""
         shared = force
         for key in changed:
-            for ip in self._footprint.pop(key, frozenset()):
+            for ip in self._footprint.pop(key, ()):
                 owners = self._claims[ip]
-                owners.discard(key)
-                if owners:
-                    shared = True  # another Service may now get (or lose) this address
-                else:
+                if isinstance(owners, str):
                     del self._claims[ip]
+                    continue
+                owners.discard(key)
+                shared = True  # another Service may now get (or lose) this address
+                if len(owners) == 1:
+                    self._claims[ip] = next(iter(owners))
             pool = self._chosen.pop(key, None)
             if pool is not None:
                 self._pool_members[pool.name].discard(key)
@@ -348,13 +351,18 @@ class IncrementalResolver:
                 continue
             self._chosen[key] = choice
             self._pool_members.setdefault(choice.name, set()).add(key)
-            footprint = frozenset(service.vips) | frozenset(service.requested_ips)
+            footprint = tuple(dict.fromkeys(service.vips + service.requested_ips))
             self._footprint[key] = footprint
             for ip in footprint:
-                owners = self._claims.setdefault(ip, set())
-                owners.add(key)
-                if len(owners) > 1:
-                    shared = True
+                held = self._claims.get(ip)
+                if held is None:
+                    self._claims[ip] = key
+                    continue
+                shared = True
+                if isinstance(held, str):
+                    self._claims[ip] = {held, key}
+                else:
+                    held.add(key)
         if not shared:
             for key in changed:
                 self._allocate_alone(key)
