@@ -37,7 +37,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
@@ -72,6 +72,9 @@ GroupKey = tuple[frozenset[str], str]
 _BucketId = tuple[str, Hashable]
 #: Above this many changes a bucket is re-sorted instead of edited in place.
 _BULK = 64
+#: Whether a Resolution also carries IPAM's whole answer (``addresses``: every Service with
+#: addresses, grouped or not), as ``resolve`` then fills it.
+_WHOLE_ANSWER = "addresses" in attrs.fields_dict(Resolution)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -226,7 +229,8 @@ class IncrementalResolver:
         self._allocations: dict[str, tuple[IPAddress, ...]] = {}
         self._unresolved: tuple[Unresolved, ...] = ()
         self._groups: tuple[VipGroup, ...] = ()
-        self._stale = {"allocations", "unresolved", "groups"}
+        self._answer: dict[str, tuple[IPAddress, ...]] = {}
+        self._stale = {"allocations", "unresolved", "groups", "addresses"}
 
     # ------------------------------------------------------------------ the entry point
 
@@ -376,6 +380,8 @@ class IncrementalResolver:
         """Keep one Service's allocation result; True when it differs from before."""
         before = (self._addresses.get(key), self._refused.get(key))
         after = (allocation.addresses.get(key), allocation.refused.get(key))
+        if before[0] != after[0]:
+            self._stale.add("addresses")
         if after[0] is None:
             self._addresses.pop(key, None)
         else:
@@ -570,9 +576,15 @@ class IncrementalResolver:
             self._allocations = allocations
         if "groups" in self._stale:
             self._groups = tuple(self._final[name] for name in sorted(self._final))
+        extra: dict[str, Any] = {}
+        if _WHOLE_ANSWER:
+            if "addresses" in self._stale:
+                self._answer = dict(self._addresses)
+            extra["addresses"] = self._answer
         self._stale.clear()
-        # The allocations mapping is shared by resolutions until it changes: callers must not mutate it.
-        return Resolution(groups=self._groups, unresolved=self._unresolved, allocations=self._allocations)
+        # The mappings are shared by resolutions until they change: callers must not mutate them.
+        return Resolution(groups=self._groups, unresolved=self._unresolved, allocations=self._allocations,
+                          **extra)
 
 
 def resolve_incrementally(
