@@ -251,3 +251,14 @@ def test_an_unchanged_state_recomputes_nothing() -> None:
     first = resolver.update(state)
     assert resolver.update(state) is first
     assert resolver.stats is not None and resolver.stats.services == 0 and resolver.stats.groups == 0
+
+
+def test_an_endpoint_slice_listed_twice_is_resolved_as_resolve_does() -> None:
+    state = cluster(20)
+    twice = attrs.evolve(state, endpoint_slices=state.endpoint_slices + (
+        attrs.evolve(state.endpoint_slices[0], ready_nodes=frozenset({"node-040"})),))
+    resolver = IncrementalResolver(allocate=False)
+    resolver.update(state)
+    assert resolver.update(twice) == resolve(twice, allocate=False)
+    assert resolver.update(state) == resolve(state, allocate=False)
+    assert resolver.stats is not None and resolver.stats.rebuilt

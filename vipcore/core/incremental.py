@@ -27,8 +27,9 @@ only keeps their results and works out what a change reaches.
 
 A burst of changes is one :meth:`IncrementalResolver.update` call: callers
 coalesce by handing over the latest state, not every intermediate one.
-Services, EndpointSlices, Nodes and pools are identified by key (namespace and
-name; name): a state never lists two objects with the same key.
+Services, EndpointSlices and Nodes are identified by key (namespace and name;
+name). A state that lists two of one kind under one key (manifests can list
+an EndpointSlice twice) is resolved in full, and the next one rebuilds.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
@@ -54,7 +55,15 @@ from vipcore.core.model import (
     VipGroup,
     VridPolicy,
 )
-from vipcore.core.resolve import address_order, choose_pool, group_name, make_group, node_eligible, place
+from vipcore.core.resolve import (
+    address_order,
+    choose_pool,
+    group_name,
+    make_group,
+    node_eligible,
+    place,
+    resolve,
+)
 from vipcore.core.vrid import allocate_vrids
 
 #: A group before its VRID: (nodes, interface), as in :func:`resolve`.
@@ -63,6 +72,9 @@ GroupKey = tuple[frozenset[str], str]
 _BucketId = tuple[str, Hashable]
 #: Above this many changes a bucket is re-sorted instead of edited in place.
 _BULK = 64
+#: Whether a Resolution also carries IPAM's whole answer (``addresses``: every Service with
+#: addresses, grouped or not), as ``resolve`` then fills it.
+_WHOLE_ANSWER = "addresses" in attrs.fields_dict(Resolution)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -120,6 +132,10 @@ class _Bucket:
             self.addresses = sorted(self.counts, key=address_order)
 
 
+class _Duplicates(Exception):
+    """Two objects of one kind share a key (manifests may list an EndpointSlice twice)."""
+
+
 def _diff(
     current: dict[K, V], old: tuple[V, ...], new: tuple[V, ...], key: Callable[[V], K]
 ) -> tuple[dict[K, V], dict[K, V | None]]:
@@ -145,6 +161,8 @@ def _diff(
                 current[k] = value
             return current, changes
     fresh = {key(v): v for v in new}
+    if len(fresh) != len(new):
+        raise _Duplicates()
     changes = {k: p for k, v in fresh.items() if (p := current.get(k)) is not v and p != v}
     changes.update((k, v) for k, v in current.items() if k not in fresh)
     return fresh, changes
@@ -187,8 +205,9 @@ class IncrementalResolver:
         self._chosen: dict[str, Pool] = {}
         self._unchosen: dict[str, str] = {}
         self._pool_members: dict[str, set[str]] = {}
-        self._footprint: dict[str, frozenset[IPAddress]] = {}
-        self._claims: dict[IPAddress, set[str]] = {}
+        self._footprint: dict[str, tuple[IPAddress, ...]] = {}
+        # Address -> the Service holding or requesting it; a set only while several do (rare).
+        self._claims: dict[IPAddress, str | set[str]] = {}
         self._addresses: dict[str, tuple[IPAddress, ...]] = {}
         self._refused: dict[str, str] = {}
         self._seekers: set[str] = set()
@@ -210,7 +229,8 @@ class IncrementalResolver:
         self._allocations: dict[str, tuple[IPAddress, ...]] = {}
         self._unresolved: tuple[Unresolved, ...] = ()
         self._groups: tuple[VipGroup, ...] = ()
-        self._stale = {"allocations", "unresolved", "groups"}
+        self._answer: dict[str, tuple[IPAddress, ...]] = {}
+        self._stale = {"allocations", "unresolved", "groups", "addresses"}
 
     # ------------------------------------------------------------------ the entry point
 
@@ -227,9 +247,17 @@ class IncrementalResolver:
 
         dirty_services: set[str] = set()
         dirty_keys: set[GroupKey] = set()
-        self._nodes_changed(old, state, dirty_services, dirty_keys)
-        self._slices_changed(old, state, dirty_services)
-        self._services, service_changes = _diff(self._services, old.services, state.services, lambda s: s.key)
+        try:
+            self._nodes_changed(old, state, dirty_services, dirty_keys)
+            self._slices_changed(old, state, dirty_services)
+            self._services, service_changes = _diff(self._services, old.services, state.services, lambda s: s.key)
+        except _Duplicates:
+            # Rare (hand-written manifests): resolve in full, and rebuild on the next state.
+            self._reset()
+            self._state = DesiredState()
+            self.stats = UpdateStats(services=len(state.services), groups=0, interfaces=0, full_allocation=True,
+                                     rebuilt=True)
+            return resolve(state, vrid_policy=self.vrid_policy, allocate=self.allocate)
         changed = set(service_changes)
         dirty_services |= changed
         full = self._allocation_changed(changed, dirty_services, force=rebuilt)
@@ -305,13 +333,15 @@ class IncrementalResolver:
         """Re-run pool choice and allocation for ``changed``; True when allocation ran for all."""
         shared = force
         for key in changed:
-            for ip in self._footprint.pop(key, frozenset()):
+            for ip in self._footprint.pop(key, ()):
                 owners = self._claims[ip]
-                owners.discard(key)
-                if owners:
-                    shared = True  # another Service may now get (or lose) this address
-                else:
+                if isinstance(owners, str):
                     del self._claims[ip]
+                    continue
+                owners.discard(key)
+                shared = True  # another Service may now get (or lose) this address
+                if len(owners) == 1:
+                    self._claims[ip] = next(iter(owners))
             pool = self._chosen.pop(key, None)
             if pool is not None:
                 self._pool_members[pool.name].discard(key)
@@ -325,13 +355,18 @@ class IncrementalResolver:
                 continue
             self._chosen[key] = choice
             self._pool_members.setdefault(choice.name, set()).add(key)
-            footprint = frozenset(service.vips) | frozenset(service.requested_ips)
+            footprint = tuple(dict.fromkeys(service.vips + service.requested_ips))
             self._footprint[key] = footprint
             for ip in footprint:
-                owners = self._claims.setdefault(ip, set())
-                owners.add(key)
-                if len(owners) > 1:
-                    shared = True
+                held = self._claims.get(ip)
+                if held is None:
+                    self._claims[ip] = key
+                    continue
+                shared = True
+                if isinstance(held, str):
+                    self._claims[ip] = {held, key}
+                else:
+                    held.add(key)
         if not shared:
             for key in changed:
                 self._allocate_alone(key)
@@ -345,6 +380,8 @@ class IncrementalResolver:
         """Keep one Service's allocation result; True when it differs from before."""
         before = (self._addresses.get(key), self._refused.get(key))
         after = (allocation.addresses.get(key), allocation.refused.get(key))
+        if before[0] != after[0]:
+            self._stale.add("addresses")
         if after[0] is None:
             self._addresses.pop(key, None)
         else:
@@ -539,9 +576,15 @@ class IncrementalResolver:
             self._allocations = allocations
         if "groups" in self._stale:
             self._groups = tuple(self._final[name] for name in sorted(self._final))
+        extra: dict[str, Any] = {}
+        if _WHOLE_ANSWER:
+            if "addresses" in self._stale:
+                self._answer = dict(self._addresses)
+            extra["addresses"] = self._answer
         self._stale.clear()
-        # The allocations mapping is shared by resolutions until it changes: callers must not mutate it.
-        return Resolution(groups=self._groups, unresolved=self._unresolved, allocations=self._allocations)
+        # The mappings are shared by resolutions until they change: callers must not mutate them.
+        return Resolution(groups=self._groups, unresolved=self._unresolved, allocations=self._allocations,
+                          **extra)
 
 
 def resolve_incrementally(
