@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
+from typing import TypeVar
 
 import attrs
 
@@ -72,9 +72,6 @@ GroupKey = tuple[frozenset[str], str]
 _BucketId = tuple[str, Hashable]
 #: Above this many changes a bucket is re-sorted instead of edited in place.
 _BULK = 64
-#: Whether a Resolution also carries IPAM's whole answer (``addresses``: every Service with
-#: addresses, grouped or not), as ``resolve`` then fills it.
-_WHOLE_ANSWER = "addresses" in attrs.fields_dict(Resolution)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -138,14 +135,15 @@ class _Duplicates(Exception):
 
 def _diff(
     current: dict[K, V], old: tuple[V, ...], new: tuple[V, ...], key: Callable[[V], K]
-) -> tuple[dict[K, V], dict[K, V | None]]:
-    """``new`` by key (``current`` updated, or a new dict), and the previous value of each changed key.
+) -> tuple[dict[K, V], dict[K, V | None], bool]:
+    """``new`` by key (``current`` updated, or a new dict), the previous value of each changed key,
+    and whether the keys may have changed order (the slow path: keys added, removed or moved).
 
     Sources hand the same objects back for what did not change, so the usual
     case (same length, same order) is one pass of identity checks.
     """
     if new is old:
-        return current, {}
+        return current, {}, False
     if len(new) == len(old):
         modified: list[V] = []
         for a, b in zip(old, new):
@@ -159,13 +157,13 @@ def _diff(
                 k = key(value)
                 changes[k] = current.get(k)
                 current[k] = value
-            return current, changes
+            return current, changes, False
     fresh = {key(v): v for v in new}
     if len(fresh) != len(new):
         raise _Duplicates()
     changes = {k: p for k, v in fresh.items() if (p := current.get(k)) is not v and p != v}
     changes.update((k, v) for k, v in current.items() if k not in fresh)
-    return fresh, changes
+    return fresh, changes, True
 
 
 def _slice_id(eps: EndpointSlice) -> tuple[str, str]:
@@ -177,7 +175,7 @@ class IncrementalResolver:
 
     ``vrid_policy`` and ``allocate`` mean what they mean for :func:`resolve`.
     Call :meth:`update` with each new state; it returns the resolution
-    ``resolve(state, vrid_policy=..., allocate=...)`` would.
+    ``resolve(state, vrid_policy=..., allocate=..., quarantined=...)`` would.
     """
 
     def __init__(
@@ -199,12 +197,18 @@ class IncrementalResolver:
         self._slices: dict[tuple[str, str], EndpointSlice] = {}
         self._pools: dict[str, Pool] = {}
         self._vrids: Mapping[str, int] = {}
+        self._lineage: Mapping[str, tuple[str, ...]] = {}
+        self._quarantined: frozenset[IPAddress] = frozenset()
+        # Pools that allocate nothing (overlaps, node addresses), as ``ipam.pool_conflicts`` says.
+        self._refused_pools: dict[str, str] = {}
         # Per Service: its slices' ready nodes; pool; allocation; why it has no group.
         self._ready: dict[str, dict[tuple[str, str], frozenset[str]]] = {}
         self._eligible: dict[str, frozenset[str]] = {}
         self._chosen: dict[str, Pool] = {}
         self._unchosen: dict[str, str] = {}
         self._pool_members: dict[str, set[str]] = {}
+        # Interface -> every Service with a pool there: they anchor derived VRIDs (``allocate_vrids``).
+        self._anchors: dict[str, set[str]] = {}
         self._footprint: dict[str, tuple[IPAddress, ...]] = {}
         # Address -> the Service holding or requesting it; a set only while several do (rare).
         self._claims: dict[IPAddress, str | set[str]] = {}
@@ -234,8 +238,12 @@ class IncrementalResolver:
 
     # ------------------------------------------------------------------ the entry point
 
-    def update(self, state: DesiredState) -> Resolution:
-        """The resolution of ``state``, recomputing only what changed since the last call."""
+    def update(self, state: DesiredState, *, quarantined: Collection[IPAddress] = ()) -> Resolution:
+        """The resolution of ``state``, recomputing only what changed since the last call.
+
+        ``quarantined`` means what it means for :func:`resolve`; when it changes
+        (and fresh addresses are handed out) allocation runs for every Service.
+        """
         old = self._state
         rebuilt = self._result is None or state.pools != old.pools
         if rebuilt:
@@ -247,28 +255,43 @@ class IncrementalResolver:
 
         dirty_services: set[str] = set()
         dirty_keys: set[GroupKey] = set()
+        anchored: set[str] = set()
         try:
-            self._nodes_changed(old, state, dirty_services, dirty_keys)
+            addressed = self._nodes_changed(old, state, dirty_services, dirty_keys)
             self._slices_changed(old, state, dirty_services)
-            self._services, service_changes = _diff(self._services, old.services, state.services, lambda s: s.key)
+            self._services, service_changes, _ = _diff(self._services, old.services, state.services,
+                                                       lambda s: s.key)
         except _Duplicates:
             # Rare (hand-written manifests): resolve in full, and rebuild on the next state.
             self._reset()
             self._state = DesiredState()
             self.stats = UpdateStats(services=len(state.services), groups=0, interfaces=0, full_allocation=True,
                                      rebuilt=True)
-            return resolve(state, vrid_policy=self.vrid_policy, allocate=self.allocate)
+            return resolve(state, vrid_policy=self.vrid_policy, allocate=self.allocate, quarantined=quarantined)
+        force = rebuilt
+        if addressed:
+            # A node address entering or leaving a pool (or every pool's first) flips its refusal.
+            refused_pools = ipam.pool_conflicts(state.pools, state.nodes)
+            if refused_pools != self._refused_pools:
+                self._refused_pools = refused_pools
+                force = True
+        quarantine = frozenset(quarantined)
+        if quarantine != self._quarantined:
+            self._quarantined = quarantine
+            force = force or self.allocate
         changed = set(service_changes)
         dirty_services |= changed
-        full = self._allocation_changed(changed, dirty_services, force=rebuilt)
+        full = self._allocation_changed(changed, dirty_services, anchored, force=force)
         placed = self._place(dirty_services, dirty_keys)
         dirty_ifaces = self._regroup(dirty_keys)
-        vrids_changed = dict(state.vrids) != dict(self._vrids)
-        if vrids_changed:
+        if state.vrids is not old.vrids and dict(state.vrids) != self._vrids:
             self._vrids = dict(state.vrids)
             dirty_ifaces = set(self._names)
-        self._number(dirty_ifaces, dirty_keys)
-        self.stats = UpdateStats(services=placed, groups=len(dirty_keys), interfaces=len(dirty_ifaces),
+        if state.lineage is not old.lineage and dict(state.lineage) != self._lineage:
+            self._lineage = dict(state.lineage)
+            dirty_ifaces = set(self._names)
+        renumbered = self._number(dirty_ifaces, anchored, dirty_keys)
+        self.stats = UpdateStats(services=placed, groups=len(dirty_keys), interfaces=renumbered,
                                  full_allocation=full, rebuilt=rebuilt)
         if (self._result is None or dirty_services or dirty_keys or dirty_ifaces):
             self._result = self._resolution()
@@ -277,10 +300,18 @@ class IncrementalResolver:
     # ------------------------------------------------------------------ inputs
 
     def _nodes_changed(self, old: DesiredState, state: DesiredState, dirty_services: set[str],
-                       dirty_keys: set[GroupKey]) -> None:
-        self._nodes, changes = _diff(self._nodes, old.nodes, state.nodes, lambda n: n.name)
+                       dirty_keys: set[GroupKey]) -> bool:
+        """Re-evaluate eligibility of the nodes that changed; True when pool refusals may have changed.
+
+        Refusals read every node's addresses, in order (the first node found
+        in a pool names it): they may change when addresses or the order did.
+        """
+        self._nodes, changes, reordered = _diff(self._nodes, old.nodes, state.nodes, lambda n: n.name)
+        addressed = reordered or any(
+            (was.addresses if was is not None else ()) != (now.addresses if (now := self._nodes.get(name)) else ())
+            for name, was in changes.items())
         if not changes:
-            return
+            return addressed
         flipped: set[str] = set()
         for pool in self._pools.values():
             turned_on: set[str] = set()
@@ -304,9 +335,10 @@ class IncrementalResolver:
                 dirty_services |= self._pool_members.get(pool.name, set())
         for name in flipped:
             dirty_services |= self._local_by_node.get(name, set())
+        return addressed
 
     def _slices_changed(self, old: DesiredState, state: DesiredState, dirty_services: set[str]) -> None:
-        self._slices, changes = _diff(self._slices, old.endpoint_slices, state.endpoint_slices, _slice_id)
+        self._slices, changes, _ = _diff(self._slices, old.endpoint_slices, state.endpoint_slices, _slice_id)
         for sid, was in changes.items():
             now = self._slices.get(sid)
             if was is not None:
@@ -329,8 +361,12 @@ class IncrementalResolver:
 
     # ------------------------------------------------------------------ pools and addresses
 
-    def _allocation_changed(self, changed: set[str], dirty_services: set[str], *, force: bool) -> bool:
-        """Re-run pool choice and allocation for ``changed``; True when allocation ran for all."""
+    def _allocation_changed(self, changed: set[str], dirty_services: set[str], anchored: set[str], *,
+                            force: bool) -> bool:
+        """Re-run pool choice and allocation for ``changed``; True when allocation ran for all.
+
+        ``anchored`` collects the interfaces whose set of Services with a pool changed.
+        """
         shared = force
         for key in changed:
             for ip in self._footprint.pop(key, ()):
@@ -347,9 +383,10 @@ class IncrementalResolver:
                 self._pool_members[pool.name].discard(key)
             self._unchosen.pop(key, None)
             service = self._services.get(key)
-            if service is None:
+            choice = choose_pool(service, self._pools) if service is not None else None
+            self._anchor(key, pool, choice if isinstance(choice, Pool) else None, anchored)
+            if service is None or choice is None:
                 continue
-            choice = choose_pool(service, self._pools)
             if isinstance(choice, str):
                 self._unchosen[key] = choice
                 continue
@@ -375,6 +412,27 @@ class IncrementalResolver:
         if shared:
             self._allocate_all(dirty_services)
         return shared
+
+    def _anchor(self, key: str, before: Pool | None, after: Pool | None, anchored: set[str]) -> None:
+        """Move ``key`` between interfaces' anchors when its pool's interface changed."""
+        old = before.interface if before is not None else None
+        new = after.interface if after is not None else None
+        if old == new:
+            return
+        if old is not None:
+            keys = self._anchors[old]
+            keys.discard(key)
+            if not keys:
+                del self._anchors[old]
+            anchored.add(old)
+        if new is not None:
+            self._anchors.setdefault(new, set()).add(key)
+            anchored.add(new)
+
+    def _allocate(self, pairs: list[tuple[Service, Pool]], *, allocate_new: bool) -> ipam.Allocation:
+        """:func:`ipam.allocate` as :func:`resolve` calls it."""
+        return ipam.allocate(pairs, allocate_new=allocate_new, quarantined=self._quarantined,
+                             refused_pools=self._refused_pools)
 
     def _store_allocation(self, key: str, allocation: ipam.Allocation, plain: ipam.Allocation | None) -> bool:
         """Keep one Service's allocation result; True when it differs from before."""
@@ -403,14 +461,14 @@ class IncrementalResolver:
             self._store_allocation(key, ipam.Allocation(addresses={}, refused={}), None)
             return
         pair = [(self._services[key], pool)]
-        allocation = ipam.allocate(pair, allocate_new=self.allocate)
-        plain = ipam.allocate(pair, allocate_new=False) if self.allocate else None
+        allocation = self._allocate(pair, allocate_new=self.allocate)
+        plain = self._allocate(pair, allocate_new=False) if self.allocate else None
         self._store_allocation(key, allocation, plain)
 
     def _allocate_all(self, dirty_services: set[str]) -> None:
         pairs = [(self._services[key], pool) for key, pool in self._chosen.items()]
-        allocation = ipam.allocate(pairs, allocate_new=self.allocate)
-        plain = ipam.allocate(pairs, allocate_new=False) if self.allocate else None
+        allocation = self._allocate(pairs, allocate_new=self.allocate)
+        plain = self._allocate(pairs, allocate_new=False) if self.allocate else None
         for key in set(self._addresses) | set(self._refused) | set(self._chosen):
             if self._store_allocation(key, allocation, plain):
                 dirty_services.add(key)
@@ -490,7 +548,12 @@ class IncrementalResolver:
     # ------------------------------------------------------------------ groups and VRIDs
 
     def _regroup(self, dirty_keys: set[GroupKey]) -> set[str]:
-        """Rebuild the members of ``dirty_keys``; the interfaces whose set of group names changed."""
+        """Rebuild the members of ``dirty_keys``; the interfaces whose VRIDs may have moved.
+
+        Those are where the set of group names changed, or a group that did
+        not keep its persisted VRID changed Services: a derived VRID follows
+        the first Service, an inherited one the Services shared with ``lineage``.
+        """
         dirty_ifaces: set[str] = set()
         for key in dirty_keys:
             nodes, interface = key
@@ -513,20 +576,44 @@ class IncrementalResolver:
             else:
                 services = tuple(heapq.merge(*(b.services for b in buckets)))
                 addresses = tuple(sorted({ip for b in buckets for ip in b.counts}, key=address_order))
-            if key not in self._members:
+            previous = self._members.get(key)
+            if previous is None:
                 self._names.setdefault(interface, set()).add(name)
                 self._key_of[name] = key
+                dirty_ifaces.add(interface)
+            elif not self._kept(name) and (previous[1][:1] != services[:1]
+                                           or (self._lineage and previous[1] != services)):
                 dirty_ifaces.add(interface)
             self._members[key] = (name, services, addresses)
         return dirty_ifaces
 
-    def _number(self, dirty_ifaces: set[str], dirty_keys: set[GroupKey]) -> None:
-        """Re-allocate VRIDs on ``dirty_ifaces``; rebuild the finished groups that changed."""
+    def _kept(self, name: str) -> bool:
+        """Whether ``name`` kept its persisted VRID last time: then its Services and anchors do not matter.
+
+        (A persisted VRID that was not kept went to another group or lies
+        outside the range: the group cannot end up with it by another way.)
+        """
+        vrid = self._vrid_of.get(name)
+        return vrid is not None and self._vrids.get(name) == vrid
+
+    def _number(self, dirty_ifaces: set[str], anchored: set[str], dirty_keys: set[GroupKey]) -> int:
+        """Re-allocate VRIDs on ``dirty_ifaces``, and on ``anchored`` interfaces unless every group there
+        kept its persisted VRID; rebuild the finished groups that changed. How many interfaces were."""
         renumbered: set[str] = set()
-        for interface in dirty_ifaces:
+        interfaces = 0
+        for interface in dirty_ifaces | anchored:
             names = self._names.get(interface, set())
-            assignment = allocate_vrids(((n, interface) for n in names), policy=self.vrid_policy,
-                                        persisted=self._vrids)
+            if interface not in dirty_ifaces and all(self._kept(n) for n in names):
+                continue
+            interfaces += 1
+            assignment = allocate_vrids(
+                ((n, interface) for n in names),
+                policy=self.vrid_policy,
+                persisted=self._vrids,
+                services={n: self._members[self._key_of[n]][1] for n in names},
+                lineage=self._lineage,
+                anchors={interface: self._anchors.get(interface, ())},
+            )
             for name in names:
                 vrid = assignment.vrids.get(name)
                 failure = assignment.failed.get(name)
@@ -562,6 +649,7 @@ class IncrementalResolver:
                 continue
             _, services, addresses = self._members[key]
             self._final[name] = make_group(name, key[1], key[0], self._vrid_of[name], addresses, services)
+        return interfaces
 
     def _resolution(self) -> Resolution:
         if "unresolved" in self._stale or "allocations" in self._stale:
@@ -576,15 +664,12 @@ class IncrementalResolver:
             self._allocations = allocations
         if "groups" in self._stale:
             self._groups = tuple(self._final[name] for name in sorted(self._final))
-        extra: dict[str, Any] = {}
-        if _WHOLE_ANSWER:
-            if "addresses" in self._stale:
-                self._answer = dict(self._addresses)
-            extra["addresses"] = self._answer
+        if "addresses" in self._stale:
+            self._answer = dict(self._addresses)
         self._stale.clear()
         # The mappings are shared by resolutions until they change: callers must not mutate them.
         return Resolution(groups=self._groups, unresolved=self._unresolved, allocations=self._allocations,
-                          **extra)
+                          addresses=self._answer)
 
 
 def resolve_incrementally(
