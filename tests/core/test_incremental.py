@@ -45,6 +45,12 @@ def node_strategy() -> st.SearchStrategy[Node]:
                      st.sampled_from(NODES), st.booleans(), labels, st.integers(1, 3))
 
 
+def node_in_pool_strategy() -> st.SearchStrategy[Node]:
+    """A node whose address may lie in a pool: that pool is then refused, until the node moves or goes."""
+    return st.builds(lambda name, address: Node(name, (ip(address),)), st.sampled_from(NODES),
+                     st.sampled_from(["198.51.100.3", "198.51.100.9", "2001:db8::2", "203.0.113.7"]))
+
+
 def service_strategy() -> st.SearchStrategy[Service]:
     addresses = st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True).map(
         lambda ips: tuple(ip(a) for a in ips))
@@ -89,6 +95,9 @@ class World:
     slices: dict[tuple[str, str], EndpointSlice] = attrs.Factory(dict)
     pools: dict[str, Pool] = attrs.Factory(dict)
     vrids: dict[str, int] = attrs.Factory(dict)
+    lineage: dict[str, tuple[str, ...]] = attrs.Factory(dict)
+    #: Addresses recently released (the controller's quarantine): an argument of resolve, not state.
+    quarantined: frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address] = frozenset()
 
     def state(self) -> DesiredState:
         return DesiredState(
@@ -97,6 +106,7 @@ class World:
             endpoint_slices=tuple(self.slices[k] for k in sorted(self.slices)),
             pools=tuple(self.pools[k] for k in sorted(self.pools)),
             vrids=dict(self.vrids),
+            lineage=dict(self.lineage),
         )
 
     def apply(self, op: tuple[Any, ...]) -> None:
@@ -123,6 +133,11 @@ class World:
             groups = resolve(self.state(), vrid_policy=op[3]).groups
             self.vrids = {g.name: (g.vrid if i % 3 else 1 + (g.vrid or 0) % 4)
                           for i, g in enumerate(groups) if g.vrid is not None and (i + op[2]) % 2}
+            if what == "lineage":
+                # ... and the Services of its groups: a group renamed later inherits its predecessor's VRID.
+                self.lineage = {g.name: g.services for i, g in enumerate(groups) if (i + op[2]) % 3}
+        elif verb == "quarantine":
+            self.quarantined = frozenset(ip(a) for i, a in enumerate(ADDRESSES) if op[2] >> i & 1)
 
 
 def base_world() -> World:
@@ -152,6 +167,9 @@ OPS = st.one_of(
     st.tuples(st.just("delete"), st.sampled_from(["node", "service", "slice", "pool"]), st.integers(0, 9)),
     st.tuples(st.just("touch"), st.sampled_from(["node", "service", "slice", "pool"]), st.integers(0, 9)),
     st.tuples(st.just("pin"), st.just("vrids"), st.integers(0, 1)),
+    st.tuples(st.just("put"), st.just("node"), node_in_pool_strategy()),
+    st.tuples(st.just("pin"), st.just("lineage"), st.integers(0, 2)),
+    st.tuples(st.just("quarantine"), st.just("addresses"), st.integers(0, 63)),
 )
 
 
@@ -171,13 +189,15 @@ def test_incremental_equals_full_resolve(
     for op in initial:
         world.apply(op + ((policy,) if op[0] == "pin" else ()))
     resolver = IncrementalResolver(vrid_policy=policy, allocate=allocate)
-    assert resolver.update(world.state()) == resolve(world.state(), vrid_policy=policy, allocate=allocate)
+    assert resolver.update(world.state(), quarantined=world.quarantined) == resolve(
+        world.state(), vrid_policy=policy, allocate=allocate, quarantined=world.quarantined)
     for burst in changes:
         # A burst is coalesced: several edits, one update.
         for op in burst:
             world.apply(op + ((policy,) if op[0] == "pin" else ()))
         state = world.state()
-        assert resolver.update(state) == resolve(state, vrid_policy=policy, allocate=allocate)
+        assert resolver.update(state, quarantined=world.quarantined) == resolve(
+            state, vrid_policy=policy, allocate=allocate, quarantined=world.quarantined)
 
 
 # -- what a change reaches ------------------------------------------------------
