@@ -16,14 +16,34 @@ change reaches:
   held address), or fresh addresses are being handed out (``allocate=True``
   with a Service still waiting for one): then allocation runs for all, as
   ``resolve`` does, and only Services whose result changed are re-placed;
-* VRIDs are re-allocated per interface when that interface's set of group
-  names (or the persisted VRIDs) changed;
+* VRIDs are re-allocated per interface (:func:`allocate_vrids` on that
+  interface's groups alone gives what it gives on all) when that interface's
+  set of group names changed, or a group that did not keep its persisted
+  VRID changed its first Service (a derived VRID starts at that Service's
+  slot) or, with ``lineage`` given, any of its Services (inheritance counts
+  shared Services);
 * a pool change rebuilds everything (pools are few and rarely change).
 
+The resolver's newer rules force wider recomputation in these cases:
+
+* a Service gaining, losing or changing its pool's interface changes that
+  interface's *anchors* (every Service with a pool there deals the derived
+  VRID slots): VRIDs are re-allocated for the whole interface, unless every
+  group there kept its persisted VRID (then slots are not read);
+* a change of the persisted VRIDs or of ``lineage`` re-allocates VRIDs on
+  every interface;
+* a Node whose addresses changed (or Nodes added, removed or reordered)
+  re-runs :func:`vipcore.core.ipam.pool_conflicts`, which reads every pool
+  and node address; when a pool's refusal flips, allocation runs for every
+  Service (and only Services whose result changed are re-placed);
+* a change of ``quarantined`` (with ``allocate=True``) runs allocation for
+  every Service.
+
 Every decision reuses the resolver's own functions (:func:`choose_pool`,
-:func:`vipcore.core.ipam.allocate`, :func:`node_eligible`, :func:`place`,
-:func:`group_name`, :func:`allocate_vrids`, :func:`make_group`); this module
-only keeps their results and works out what a change reaches.
+:func:`vipcore.core.ipam.pool_conflicts`, :func:`vipcore.core.ipam.allocate`,
+:func:`node_eligible`, :func:`place`, :func:`group_name`,
+:func:`allocate_vrids`, :func:`make_group`); this module only keeps their
+results and works out what a change reaches.
 
 A burst of changes is one :meth:`IncrementalResolver.update` call: callers
 coalesce by handing over the latest state, not every intermediate one.
@@ -269,8 +289,8 @@ class IncrementalResolver:
                                      rebuilt=True)
             return resolve(state, vrid_policy=self.vrid_policy, allocate=self.allocate, quarantined=quarantined)
         force = rebuilt
-        if addressed:
-            # A node address entering or leaving a pool (or every pool's first) flips its refusal.
+        if rebuilt or addressed:
+            # Overlapping pools are refused; a node address entering or leaving a pool flips its refusal.
             refused_pools = ipam.pool_conflicts(state.pools, state.nodes)
             if refused_pools != self._refused_pools:
                 self._refused_pools = refused_pools
@@ -284,10 +304,10 @@ class IncrementalResolver:
         full = self._allocation_changed(changed, dirty_services, anchored, force=force)
         placed = self._place(dirty_services, dirty_keys)
         dirty_ifaces = self._regroup(dirty_keys)
-        if state.vrids is not old.vrids and dict(state.vrids) != self._vrids:
+        if dict(state.vrids) != self._vrids:
             self._vrids = dict(state.vrids)
             dirty_ifaces = set(self._names)
-        if state.lineage is not old.lineage and dict(state.lineage) != self._lineage:
+        if dict(state.lineage) != self._lineage:
             self._lineage = dict(state.lineage)
             dirty_ifaces = set(self._names)
         renumbered = self._number(dirty_ifaces, anchored, dirty_keys)
