@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections import Counter
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from typing import TypeVar
 
@@ -218,7 +219,7 @@ class IncrementalResolver:
         self._pools: dict[str, Pool] = {}
         self._vrids: Mapping[str, int] = {}
         self._lineage: Mapping[str, tuple[str, ...]] = {}
-        self._quarantined: frozenset[IPAddress] = frozenset()
+        self._quarantined: tuple[IPAddress, ...] = ()
         # Pools that allocate nothing (overlaps, node addresses), as ``ipam.pool_conflicts`` says.
         self._refused_pools: dict[str, str] = {}
         # Per Service: its slices' ready nodes; pool; allocation; why it has no group.
@@ -295,10 +296,11 @@ class IncrementalResolver:
             if refused_pools != self._refused_pools:
                 self._refused_pools = refused_pools
                 force = True
-        quarantine = frozenset(quarantined)
-        if quarantine != self._quarantined:
-            self._quarantined = quarantine
+        # As given, repeats included: a refusal counts the quarantined addresses of its pool.
+        quarantine = tuple(quarantined)
+        if quarantine != self._quarantined and Counter(quarantine) != Counter(self._quarantined):
             force = force or self.allocate
+        self._quarantined = quarantine
         changed = set(service_changes)
         dirty_services |= changed
         full = self._allocation_changed(changed, dirty_services, anchored, force=force)
