@@ -55,6 +55,7 @@ test: setup typecheck lint
 
 bench: setup
 	$(PY) bench/resolve.py
+	$(PY) bench/manifests.py
 	$(PY) bench/failover.py
 	$(PY) bench/membership.py
 	$(PY) bench/chaos.py

@@ -120,3 +120,68 @@ def test_environment_overrides_the_backend(tmp_path: Path) -> None:
                                               "manifests": [str(manifests)], "metrics": ""})
     result = run_cli("agent", "--config", str(config), env={"VIPCORE_BACKEND": "from-env"})
     assert_one_line_error(result, "plugin 'from-env'")
+
+
+HOSTILE_MANIFESTS = {
+    "junk.yaml": (bytes(range(256)) * 12, ("not UTF-8",)),
+    "utf16.yaml": ("kind: Node\nmetadata: {name: n}\n".encode("utf-16-le"), ("invalid YAML",)),
+    "list1.yaml": (b"kind: List\nitems: [1]\n", ("document 1", "items[0]")),
+    "list5.yaml": (b"kind: List\nitems: 5\n", ("items", "must be a list")),
+    "meta.yaml": (b"kind: Service\nmetadata: {name: 5, namespace: [a]}\nspec: {type: LoadBalancer}\n",
+                  ("metadata.name", "must be a string")),
+    "spec.yaml": (b"kind: Service\nmetadata: {name: s}\nspec: x\n", ("Service s", "spec", "mapping")),
+    "deep.yaml": (b"kind: Node\nmetadata: " + b"[" * 5000 + b"]" * 5000 + b"\n", ("invalid YAML",)),
+    "bomb.yaml": (b'a: &a ["l","l","l","l","l","l","l","l","l"]\n'
+                  + b"".join(f"{chr(98 + i)}: &{chr(98 + i)} [".encode() + b",".join([f"*{chr(97 + i)}".encode()] * 9)
+                             + b"]\n" for i in range(8)), ("aliases expand",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_MANIFESTS))
+def test_hostile_manifest_is_one_line_exit_2(tmp_path: Path, name: str) -> None:
+    data, needles = HOSTILE_MANIFESTS[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    assert_one_line_error(run_cli("resolve", "-f", str(path), timeout=30), str(path), *needles)
+
+
+@pytest.mark.parametrize(
+    ("data", "needles"),
+    [
+        (b"log_level: LOUD\nmanifests: [x]\n", ("log_level", "DEBUG, INFO")),
+        (b"backend: native_vrrp\nnode_name: \xff\xfe\nmanifests: [x]\n", ("not UTF-8",)),
+        (b"state_dir: [a, b]\nmanifests: [x]\n", ("state_dir", "folder")),
+        (b"vrid: {exclude: [0, 300, -5]}\nmanifests: [x]\n", ("vrid.exclude[0]",)),
+    ],
+)
+def test_hostile_config_is_one_line_exit_2(tmp_path: Path, data: bytes, needles: tuple[str, ...]) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(data)
+    assert_one_line_error(run_cli("agent", "--config", str(config)), str(config), *needles)
+
+
+def test_state_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nmanifests: [x]\n")
+    assert_one_line_error(run_cli("agent", "--config", str(config)), "state_dir", "not a folder")
+
+
+def test_second_agent_on_one_state_dir_is_one_line(tmp_path: Path) -> None:
+    from vipcore.ops.statedir import StateDirLock
+
+    manifests = loopback_manifests(tmp_path / "m")
+    config = write_yaml(tmp_path / "config.yaml", {"backend": "native_vrrp", "node_name": "node-a",
+                                                   "manifests": [str(manifests)], "metrics": "",
+                                                   "state_dir": str(tmp_path / "state")})
+    with StateDirLock(tmp_path / "state"):  # the first agent
+        assert_one_line_error(run_cli("agent", "--config", str(config)), "state_dir", "in use by another vipcore agent")
+
+
+def test_agent_starting_on_junk_manifests_is_one_line(tmp_path: Path) -> None:
+    manifests = loopback_manifests(tmp_path / "m")
+    (manifests / "junk.yaml").write_bytes(bytes(range(256)) * 12)
+    config = write_yaml(tmp_path / "config.yaml", {"backend": "native_vrrp", "node_name": "node-a",
+                                                   "manifests": [str(manifests)], "metrics": "",
+                                                   "state_dir": str(tmp_path / "state")})
+    assert_one_line_error(run_cli("agent", "--config", str(config)), str(manifests / "junk.yaml"), "not UTF-8")

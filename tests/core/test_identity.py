@@ -22,7 +22,8 @@ from vipcore.core.resolve import membership, membership_changes, resolve
 ip = ipaddress.ip_address
 NAMES = tuple(f"node-{c}" for c in "abcdef")
 POOLS = (
-    Pool(name="lan", ranges=(parse_range("198.51.100.0/24"),), interface="eth0", default=True),
+    # Node addresses (198.51.100.10+) stay out of the pool: a pool holding them is refused.
+    Pool(name="lan", ranges=(parse_range("198.51.100.128/25"),), interface="eth0", default=True),
     Pool(name="dmz", ranges=(parse_range("203.0.113.0/24"),), interface="eth1"),
 )
 

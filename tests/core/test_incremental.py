@@ -45,6 +45,12 @@ def node_strategy() -> st.SearchStrategy[Node]:
                      st.sampled_from(NODES), st.booleans(), labels, st.integers(1, 3))
 
 
+def node_in_pool_strategy() -> st.SearchStrategy[Node]:
+    """A node whose address may lie in a pool: that pool is then refused, until the node moves or goes."""
+    return st.builds(lambda name, address: Node(name, (ip(address),)), st.sampled_from(NODES),
+                     st.sampled_from(["198.51.100.3", "198.51.100.9", "2001:db8::2", "203.0.113.7"]))
+
+
 def service_strategy() -> st.SearchStrategy[Service]:
     addresses = st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True).map(
         lambda ips: tuple(ip(a) for a in ips))
@@ -89,6 +95,9 @@ class World:
     slices: dict[tuple[str, str], EndpointSlice] = attrs.Factory(dict)
     pools: dict[str, Pool] = attrs.Factory(dict)
     vrids: dict[str, int] = attrs.Factory(dict)
+    lineage: dict[str, tuple[str, ...]] = attrs.Factory(dict)
+    #: Addresses recently released (the controller's quarantine): an argument of resolve, not state.
+    quarantined: frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address] = frozenset()
 
     def state(self) -> DesiredState:
         return DesiredState(
@@ -97,6 +106,7 @@ class World:
             endpoint_slices=tuple(self.slices[k] for k in sorted(self.slices)),
             pools=tuple(self.pools[k] for k in sorted(self.pools)),
             vrids=dict(self.vrids),
+            lineage=dict(self.lineage),
         )
 
     def apply(self, op: tuple[Any, ...]) -> None:
@@ -123,6 +133,11 @@ class World:
             groups = resolve(self.state(), vrid_policy=op[3]).groups
             self.vrids = {g.name: (g.vrid if i % 3 else 1 + (g.vrid or 0) % 4)
                           for i, g in enumerate(groups) if g.vrid is not None and (i + op[2]) % 2}
+            if what == "lineage":
+                # ... and the Services of its groups: a group renamed later inherits its predecessor's VRID.
+                self.lineage = {g.name: g.services for i, g in enumerate(groups) if (i + op[2]) % 3}
+        elif verb == "quarantine":
+            self.quarantined = frozenset(ip(a) for i, a in enumerate(ADDRESSES) if op[2] >> i & 1)
 
 
 def base_world() -> World:
@@ -152,6 +167,9 @@ OPS = st.one_of(
     st.tuples(st.just("delete"), st.sampled_from(["node", "service", "slice", "pool"]), st.integers(0, 9)),
     st.tuples(st.just("touch"), st.sampled_from(["node", "service", "slice", "pool"]), st.integers(0, 9)),
     st.tuples(st.just("pin"), st.just("vrids"), st.integers(0, 1)),
+    st.tuples(st.just("put"), st.just("node"), node_in_pool_strategy()),
+    st.tuples(st.just("pin"), st.just("lineage"), st.integers(0, 2)),
+    st.tuples(st.just("quarantine"), st.just("addresses"), st.integers(0, 63)),
 )
 
 
@@ -171,13 +189,15 @@ def test_incremental_equals_full_resolve(
     for op in initial:
         world.apply(op + ((policy,) if op[0] == "pin" else ()))
     resolver = IncrementalResolver(vrid_policy=policy, allocate=allocate)
-    assert resolver.update(world.state()) == resolve(world.state(), vrid_policy=policy, allocate=allocate)
+    assert resolver.update(world.state(), quarantined=world.quarantined) == resolve(
+        world.state(), vrid_policy=policy, allocate=allocate, quarantined=world.quarantined)
     for burst in changes:
         # A burst is coalesced: several edits, one update.
         for op in burst:
             world.apply(op + ((policy,) if op[0] == "pin" else ()))
         state = world.state()
-        assert resolver.update(state) == resolve(state, vrid_policy=policy, allocate=allocate)
+        assert resolver.update(state, quarantined=world.quarantined) == resolve(
+            state, vrid_policy=policy, allocate=allocate, quarantined=world.quarantined)
 
 
 # -- what a change reaches ------------------------------------------------------
@@ -251,3 +271,111 @@ def test_an_unchanged_state_recomputes_nothing() -> None:
     first = resolver.update(state)
     assert resolver.update(state) is first
     assert resolver.stats is not None and resolver.stats.services == 0 and resolver.stats.groups == 0
+
+
+def test_an_endpoint_slice_listed_twice_is_resolved_as_resolve_does() -> None:
+    state = cluster(20)
+    twice = attrs.evolve(state, endpoint_slices=state.endpoint_slices + (
+        attrs.evolve(state.endpoint_slices[0], ready_nodes=frozenset({"node-040"})),))
+    resolver = IncrementalResolver(allocate=False)
+    resolver.update(state)
+    assert resolver.update(twice) == resolve(twice, allocate=False)
+    assert resolver.update(state) == resolve(state, allocate=False)
+    assert resolver.stats is not None and resolver.stats.rebuilt
+
+
+# -- the resolver's newer rules: what they force ---------------------------------
+
+
+def test_a_node_address_entering_a_pool_refuses_it_and_reallocates_for_all() -> None:
+    state = cluster(100)
+    resolver = IncrementalResolver(allocate=False)
+    resolver.update(state)
+    nodes = list(state.nodes)
+    nodes[7] = attrs.evolve(nodes[7], addresses=(ip("198.51.100.200"),))
+    inside = attrs.evolve(state, nodes=tuple(nodes))
+    result = resolver.update(inside)
+    assert result == resolve(inside, allocate=False)
+    assert not result.groups and all("is refused" in u.reason for u in result.unresolved)
+    assert resolver.stats is not None and resolver.stats.full_allocation
+
+    # Readiness alone reads no address: no refusal can flip, allocation does not run.
+    nodes[8] = attrs.evolve(nodes[8], ready=False)
+    not_ready = attrs.evolve(inside, nodes=tuple(nodes))
+    assert resolver.update(not_ready) == resolve(not_ready, allocate=False)
+    assert resolver.stats is not None and not resolver.stats.full_allocation
+
+    nodes[7] = attrs.evolve(nodes[7], addresses=(ip("203.0.113.7"),))
+    outside = attrs.evolve(not_ready, nodes=tuple(nodes))
+    assert resolver.update(outside) == resolve(outside, allocate=False)
+    assert resolver.update(outside).groups
+
+
+def test_the_first_node_in_a_refused_pool_names_it_whatever_the_order() -> None:
+    state = cluster(10, nodes=3)
+    nodes = tuple(attrs.evolve(n, addresses=(ip(f"198.51.100.{250 + i}"),)) for i, n in enumerate(state.nodes))
+    resolver = IncrementalResolver(allocate=False)
+    for order in (nodes, nodes[::-1], nodes):
+        moved = attrs.evolve(state, nodes=order)
+        assert resolver.update(moved) == resolve(moved, allocate=False)
+
+
+def test_overlapping_pools_are_refused_without_nodes() -> None:
+    pools = (Pool("a", (parse_range("198.51.100.0/24"),), interface="eth0", default=True),
+             Pool("b", (parse_range("198.51.100.128/25"),), interface="eth0"))
+    state = DesiredState(services=(Service("ns", "x", pool="b", vips=(ip("198.51.100.130"),)),), pools=pools)
+    result = IncrementalResolver(allocate=False).update(state)
+    assert result == resolve(state, allocate=False) and result.unresolved
+
+
+def test_a_new_service_renumbers_its_interface_only_where_vrids_are_derived() -> None:
+    state = cluster(100)
+    extra = Service("ns", "zzz", vips=(ip("2001:db8::ffff"),))
+    grown = attrs.evolve(state, services=state.services + (extra,))
+
+    # Derived VRIDs hang on the slots every Service on the interface deals: the interface is renumbered.
+    resolver = IncrementalResolver(allocate=False)
+    resolver.update(state)
+    assert resolver.update(grown) == resolve(grown, allocate=False)
+    assert resolver.stats is not None and resolver.stats.interfaces == 1 and resolver.stats.services == 1
+
+    # Every group keeps its persisted VRID: slots are not read, nothing is renumbered.
+    persisted = {g.name: g.vrid for g in resolve(state, allocate=False).groups if g.vrid is not None}
+    state = attrs.evolve(state, vrids=persisted)
+    grown = attrs.evolve(grown, vrids=persisted)
+    resolver = IncrementalResolver(allocate=False)
+    resolver.update(state)
+    assert resolver.update(grown) == resolve(grown, allocate=False)
+    assert resolver.stats is not None and resolver.stats.interfaces == 0
+
+
+def test_a_renamed_group_inherits_its_predecessors_vrid() -> None:
+    state = cluster(40)
+    first = resolve(state, allocate=False)
+    persisted = {g.name: g.vrid for g in first.groups if g.vrid is not None}
+    lineage = {g.name: g.services for g in first.groups}
+    state = attrs.evolve(state, vrids=persisted, lineage=lineage)
+    resolver = IncrementalResolver(allocate=False)
+    assert resolver.update(state) == resolve(state, allocate=False)
+    nodes = list(state.nodes)
+    nodes[0] = attrs.evolve(nodes[0], ready=False)  # every Cluster Service's group is renamed
+    renamed = attrs.evolve(state, nodes=tuple(nodes))
+    result = resolver.update(renamed)
+    assert result == resolve(renamed, allocate=False)
+    block = next(g for g in first.groups if len(g.nodes) == len(nodes))
+    assert any(g.vrid == block.vrid and g.services == block.services and g.name != block.name
+               for g in result.groups)
+
+
+def test_quarantined_addresses_are_not_given_out_fresh() -> None:
+    pools = (Pool("lan", (parse_range("198.51.100.1-198.51.100.4"),), interface="eth0"),)
+    services = tuple(Service("ns", f"s{i}") for i in range(3))
+    state = DesiredState(nodes=(Node("n1"),), services=services, pools=pools)
+    resolver = IncrementalResolver(allocate=True)
+    twice = (ip("198.51.100.1"), ip("198.51.100.2"), ip("198.51.100.2"))  # a refusal counts repeats too
+    for quarantined in ((), twice[:2], twice, (ip("198.51.100.3"),), ()):
+        assert resolver.update(state, quarantined=quarantined) == resolve(state, quarantined=quarantined)
+        assert resolver.stats is not None
+    tight = tuple(ip(f"198.51.100.{i}") for i in (1, 2))
+    assert resolver.update(state, quarantined=tight) == resolve(state, quarantined=tight)
+    assert resolver.stats is not None and resolver.stats.full_allocation

@@ -35,7 +35,8 @@ def pool(name: str = "lan", *entries: str, interface: str = "eth0", **kw: object
 
 
 def nodes(*names: str, ready: bool = True) -> tuple[Node, ...]:
-    return tuple(Node(name=n, addresses=(ip(f"198.51.100.{10 + i}"),), ready=ready) for i, n in enumerate(names))
+    # Node addresses outside every pool of these tests: a pool holding one is refused.
+    return tuple(Node(name=n, addresses=(ip(f"2001:db8:ffff::{10 + i}"),), ready=ready) for i, n in enumerate(names))
 
 
 def svc(name: str, ns: str = "default", **kw: object) -> Service:

@@ -39,7 +39,8 @@ from vipcore.core.settings import Config
 from vipcore.core.errors import ConfigError, VipcoreError
 from vipcore.core.model import DesiredState, Family, IPAddress, Membership, Resolution, State, StateChange
 from vipcore.backend.host import Hooks, load_hooks
-from vipcore.core.resolve import membership, membership_changes, resolve
+from vipcore.core.incremental import IncrementalResolver
+from vipcore.core.resolve import membership, membership_changes
 from vipcore.sources import Source
 from vipcore.sources.kubernetes import KubernetesAgentSource
 from vipcore.sources.manifests import ManifestSource
@@ -145,6 +146,7 @@ class Agent:
         self.node = config.node_name
         self.memberships: dict[str, Membership] = {}
         self.resolution: Resolution | None = None
+        self._resolver: IncrementalResolver | None = None
         self.routers: dict[tuple[str, Family], RouterStatus] = {}
         self.skipped: dict[str, str] = {}
         self.released: set[str] = set()
@@ -326,7 +328,14 @@ class Agent:
     # -- desired state -----------------------------------------------------
 
     def _resolve(self, state: DesiredState) -> Resolution:
-        return resolve(state, vrid_policy=self.config.vrid_policy, allocate=self.source.allocates)
+        """What ``resolve`` gives for ``state``, recomputing only what changed since the last state.
+
+        One resolver per agent: a burst of changes the source coalesced into
+        one state is one update, and its cost follows the groups it reaches.
+        """
+        if self._resolver is None:
+            self._resolver = IncrementalResolver(vrid_policy=self.config.vrid_policy, allocate=self.source.allocates)
+        return self._resolver.update(state)
 
     def _remember(self, state: DesiredState, resolution: Resolution | None) -> None:
         self.pools = state.pools

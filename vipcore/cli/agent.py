@@ -29,6 +29,7 @@ from vipcore.kube import ApiUnavailableError
 from vipcore.ops import logs
 from vipcore.ops.tables import render_table
 from vipcore.sources.manifests import ManifestSource
+from vipcore.ops.statedir import StateDirLock
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -39,8 +40,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print(json.dumps(plan.to_json(), indent=2) if args.output == "json" else plan.text())
         return 0
     logs.configure(config.log_format, config.log_level)
-    agent = Agent(config)
-    asyncio.run(run_agent(agent))
+    # Before anything writes there: a second agent on the same state_dir stops here, with one line.
+    with StateDirLock(config.state_dir):
+        agent = Agent(config)
+        asyncio.run(run_agent(agent))
     return 0
 
 

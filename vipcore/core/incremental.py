@@ -16,26 +16,48 @@ change reaches:
   held address), or fresh addresses are being handed out (``allocate=True``
   with a Service still waiting for one): then allocation runs for all, as
   ``resolve`` does, and only Services whose result changed are re-placed;
-* VRIDs are re-allocated per interface when that interface's set of group
-  names (or the persisted VRIDs) changed;
+* VRIDs are re-allocated per interface (:func:`allocate_vrids` on that
+  interface's groups alone gives what it gives on all) when that interface's
+  set of group names changed, or a group that did not keep its persisted
+  VRID changed its first Service (a derived VRID starts at that Service's
+  slot) or, with ``lineage`` given, any of its Services (inheritance counts
+  shared Services);
 * a pool change rebuilds everything (pools are few and rarely change).
 
+The resolver's newer rules force wider recomputation in these cases:
+
+* a Service gaining, losing or changing its pool's interface changes that
+  interface's *anchors* (every Service with a pool there deals the derived
+  VRID slots): VRIDs are re-allocated for the whole interface, unless every
+  group there kept its persisted VRID (then slots are not read);
+* a change of the persisted VRIDs or of ``lineage`` re-allocates VRIDs on
+  every interface;
+* a Node whose addresses changed (or Nodes added, removed or reordered)
+  re-runs :func:`vipcore.core.ipam.pool_conflicts`, which reads every pool
+  and node address; when a pool's refusal flips, allocation runs for every
+  Service (and only Services whose result changed are re-placed);
+* a change of ``quarantined`` (with ``allocate=True``) runs allocation for
+  every Service.
+
 Every decision reuses the resolver's own functions (:func:`choose_pool`,
-:func:`vipcore.core.ipam.allocate`, :func:`node_eligible`, :func:`place`,
-:func:`group_name`, :func:`allocate_vrids`, :func:`make_group`); this module
-only keeps their results and works out what a change reaches.
+:func:`vipcore.core.ipam.pool_conflicts`, :func:`vipcore.core.ipam.allocate`,
+:func:`node_eligible`, :func:`place`, :func:`group_name`,
+:func:`allocate_vrids`, :func:`make_group`); this module only keeps their
+results and works out what a change reaches.
 
 A burst of changes is one :meth:`IncrementalResolver.update` call: callers
 coalesce by handing over the latest state, not every intermediate one.
-Services, EndpointSlices, Nodes and pools are identified by key (namespace and
-name; name): a state never lists two objects with the same key.
+Services, EndpointSlices and Nodes are identified by key (namespace and name;
+name). A state that lists two of one kind under one key (manifests can list
+an EndpointSlice twice) is resolved in full, and the next one rebuilds.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from typing import TypeVar
 
 import attrs
@@ -54,7 +76,15 @@ from vipcore.core.model import (
     VipGroup,
     VridPolicy,
 )
-from vipcore.core.resolve import address_order, choose_pool, group_name, make_group, node_eligible, place
+from vipcore.core.resolve import (
+    address_order,
+    choose_pool,
+    group_name,
+    make_group,
+    node_eligible,
+    place,
+    resolve,
+)
 from vipcore.core.vrid import allocate_vrids
 
 #: A group before its VRID: (nodes, interface), as in :func:`resolve`.
@@ -120,16 +150,21 @@ class _Bucket:
             self.addresses = sorted(self.counts, key=address_order)
 
 
+class _Duplicates(Exception):
+    """Two objects of one kind share a key (manifests may list an EndpointSlice twice)."""
+
+
 def _diff(
     current: dict[K, V], old: tuple[V, ...], new: tuple[V, ...], key: Callable[[V], K]
-) -> tuple[dict[K, V], dict[K, V | None]]:
-    """``new`` by key (``current`` updated, or a new dict), and the previous value of each changed key.
+) -> tuple[dict[K, V], dict[K, V | None], bool]:
+    """``new`` by key (``current`` updated, or a new dict), the previous value of each changed key,
+    and whether the keys may have changed order (the slow path: keys added, removed or moved).
 
     Sources hand the same objects back for what did not change, so the usual
     case (same length, same order) is one pass of identity checks.
     """
     if new is old:
-        return current, {}
+        return current, {}, False
     if len(new) == len(old):
         modified: list[V] = []
         for a, b in zip(old, new):
@@ -143,11 +178,13 @@ def _diff(
                 k = key(value)
                 changes[k] = current.get(k)
                 current[k] = value
-            return current, changes
+            return current, changes, False
     fresh = {key(v): v for v in new}
+    if len(fresh) != len(new):
+        raise _Duplicates()
     changes = {k: p for k, v in fresh.items() if (p := current.get(k)) is not v and p != v}
     changes.update((k, v) for k, v in current.items() if k not in fresh)
-    return fresh, changes
+    return fresh, changes, True
 
 
 def _slice_id(eps: EndpointSlice) -> tuple[str, str]:
@@ -159,7 +196,7 @@ class IncrementalResolver:
 
     ``vrid_policy`` and ``allocate`` mean what they mean for :func:`resolve`.
     Call :meth:`update` with each new state; it returns the resolution
-    ``resolve(state, vrid_policy=..., allocate=...)`` would.
+    ``resolve(state, vrid_policy=..., allocate=..., quarantined=...)`` would.
     """
 
     def __init__(
@@ -181,14 +218,21 @@ class IncrementalResolver:
         self._slices: dict[tuple[str, str], EndpointSlice] = {}
         self._pools: dict[str, Pool] = {}
         self._vrids: Mapping[str, int] = {}
+        self._lineage: Mapping[str, tuple[str, ...]] = {}
+        self._quarantined: tuple[IPAddress, ...] = ()
+        # Pools that allocate nothing (overlaps, node addresses), as ``ipam.pool_conflicts`` says.
+        self._refused_pools: dict[str, str] = {}
         # Per Service: its slices' ready nodes; pool; allocation; why it has no group.
         self._ready: dict[str, dict[tuple[str, str], frozenset[str]]] = {}
         self._eligible: dict[str, frozenset[str]] = {}
         self._chosen: dict[str, Pool] = {}
         self._unchosen: dict[str, str] = {}
         self._pool_members: dict[str, set[str]] = {}
-        self._footprint: dict[str, frozenset[IPAddress]] = {}
-        self._claims: dict[IPAddress, set[str]] = {}
+        # Interface -> every Service with a pool there: they anchor derived VRIDs (``allocate_vrids``).
+        self._anchors: dict[str, set[str]] = {}
+        self._footprint: dict[str, tuple[IPAddress, ...]] = {}
+        # Address -> the Service holding or requesting it; a set only while several do (rare).
+        self._claims: dict[IPAddress, str | set[str]] = {}
         self._addresses: dict[str, tuple[IPAddress, ...]] = {}
         self._refused: dict[str, str] = {}
         self._seekers: set[str] = set()
@@ -210,12 +254,17 @@ class IncrementalResolver:
         self._allocations: dict[str, tuple[IPAddress, ...]] = {}
         self._unresolved: tuple[Unresolved, ...] = ()
         self._groups: tuple[VipGroup, ...] = ()
-        self._stale = {"allocations", "unresolved", "groups"}
+        self._answer: dict[str, tuple[IPAddress, ...]] = {}
+        self._stale = {"allocations", "unresolved", "groups", "addresses"}
 
     # ------------------------------------------------------------------ the entry point
 
-    def update(self, state: DesiredState) -> Resolution:
-        """The resolution of ``state``, recomputing only what changed since the last call."""
+    def update(self, state: DesiredState, *, quarantined: Collection[IPAddress] = ()) -> Resolution:
+        """The resolution of ``state``, recomputing only what changed since the last call.
+
+        ``quarantined`` means what it means for :func:`resolve`; when it changes
+        (and fresh addresses are handed out) allocation runs for every Service.
+        """
         old = self._state
         rebuilt = self._result is None or state.pools != old.pools
         if rebuilt:
@@ -227,20 +276,44 @@ class IncrementalResolver:
 
         dirty_services: set[str] = set()
         dirty_keys: set[GroupKey] = set()
-        self._nodes_changed(old, state, dirty_services, dirty_keys)
-        self._slices_changed(old, state, dirty_services)
-        self._services, service_changes = _diff(self._services, old.services, state.services, lambda s: s.key)
+        anchored: set[str] = set()
+        try:
+            addressed = self._nodes_changed(old, state, dirty_services, dirty_keys)
+            self._slices_changed(old, state, dirty_services)
+            self._services, service_changes, _ = _diff(self._services, old.services, state.services,
+                                                       lambda s: s.key)
+        except _Duplicates:
+            # Rare (hand-written manifests): resolve in full, and rebuild on the next state.
+            self._reset()
+            self._state = DesiredState()
+            self.stats = UpdateStats(services=len(state.services), groups=0, interfaces=0, full_allocation=True,
+                                     rebuilt=True)
+            return resolve(state, vrid_policy=self.vrid_policy, allocate=self.allocate, quarantined=quarantined)
+        force = rebuilt
+        if rebuilt or addressed:
+            # Overlapping pools are refused; a node address entering or leaving a pool flips its refusal.
+            refused_pools = ipam.pool_conflicts(state.pools, state.nodes)
+            if refused_pools != self._refused_pools:
+                self._refused_pools = refused_pools
+                force = True
+        # As given, repeats included: a refusal counts the quarantined addresses of its pool.
+        quarantine = tuple(quarantined)
+        if quarantine != self._quarantined and Counter(quarantine) != Counter(self._quarantined):
+            force = force or self.allocate
+        self._quarantined = quarantine
         changed = set(service_changes)
         dirty_services |= changed
-        full = self._allocation_changed(changed, dirty_services, force=rebuilt)
+        full = self._allocation_changed(changed, dirty_services, anchored, force=force)
         placed = self._place(dirty_services, dirty_keys)
         dirty_ifaces = self._regroup(dirty_keys)
-        vrids_changed = dict(state.vrids) != dict(self._vrids)
-        if vrids_changed:
+        if dict(state.vrids) != self._vrids:
             self._vrids = dict(state.vrids)
             dirty_ifaces = set(self._names)
-        self._number(dirty_ifaces, dirty_keys)
-        self.stats = UpdateStats(services=placed, groups=len(dirty_keys), interfaces=len(dirty_ifaces),
+        if dict(state.lineage) != self._lineage:
+            self._lineage = dict(state.lineage)
+            dirty_ifaces = set(self._names)
+        renumbered = self._number(dirty_ifaces, anchored, dirty_keys)
+        self.stats = UpdateStats(services=placed, groups=len(dirty_keys), interfaces=renumbered,
                                  full_allocation=full, rebuilt=rebuilt)
         if (self._result is None or dirty_services or dirty_keys or dirty_ifaces):
             self._result = self._resolution()
@@ -249,10 +322,18 @@ class IncrementalResolver:
     # ------------------------------------------------------------------ inputs
 
     def _nodes_changed(self, old: DesiredState, state: DesiredState, dirty_services: set[str],
-                       dirty_keys: set[GroupKey]) -> None:
-        self._nodes, changes = _diff(self._nodes, old.nodes, state.nodes, lambda n: n.name)
+                       dirty_keys: set[GroupKey]) -> bool:
+        """Re-evaluate eligibility of the nodes that changed; True when pool refusals may have changed.
+
+        Refusals read every node's addresses, in order (the first node found
+        in a pool names it): they may change when addresses or the order did.
+        """
+        self._nodes, changes, reordered = _diff(self._nodes, old.nodes, state.nodes, lambda n: n.name)
+        addressed = reordered or any(
+            (was.addresses if was is not None else ()) != (now.addresses if (now := self._nodes.get(name)) else ())
+            for name, was in changes.items())
         if not changes:
-            return
+            return addressed
         flipped: set[str] = set()
         for pool in self._pools.values():
             turned_on: set[str] = set()
@@ -276,9 +357,10 @@ class IncrementalResolver:
                 dirty_services |= self._pool_members.get(pool.name, set())
         for name in flipped:
             dirty_services |= self._local_by_node.get(name, set())
+        return addressed
 
     def _slices_changed(self, old: DesiredState, state: DesiredState, dirty_services: set[str]) -> None:
-        self._slices, changes = _diff(self._slices, old.endpoint_slices, state.endpoint_slices, _slice_id)
+        self._slices, changes, _ = _diff(self._slices, old.endpoint_slices, state.endpoint_slices, _slice_id)
         for sid, was in changes.items():
             now = self._slices.get(sid)
             if was is not None:
@@ -301,37 +383,49 @@ class IncrementalResolver:
 
     # ------------------------------------------------------------------ pools and addresses
 
-    def _allocation_changed(self, changed: set[str], dirty_services: set[str], *, force: bool) -> bool:
-        """Re-run pool choice and allocation for ``changed``; True when allocation ran for all."""
+    def _allocation_changed(self, changed: set[str], dirty_services: set[str], anchored: set[str], *,
+                            force: bool) -> bool:
+        """Re-run pool choice and allocation for ``changed``; True when allocation ran for all.
+
+        ``anchored`` collects the interfaces whose set of Services with a pool changed.
+        """
         shared = force
         for key in changed:
-            for ip in self._footprint.pop(key, frozenset()):
+            for ip in self._footprint.pop(key, ()):
                 owners = self._claims[ip]
-                owners.discard(key)
-                if owners:
-                    shared = True  # another Service may now get (or lose) this address
-                else:
+                if isinstance(owners, str):
                     del self._claims[ip]
+                    continue
+                owners.discard(key)
+                shared = True  # another Service may now get (or lose) this address
+                if len(owners) == 1:
+                    self._claims[ip] = next(iter(owners))
             pool = self._chosen.pop(key, None)
             if pool is not None:
                 self._pool_members[pool.name].discard(key)
             self._unchosen.pop(key, None)
             service = self._services.get(key)
-            if service is None:
+            choice = choose_pool(service, self._pools) if service is not None else None
+            self._anchor(key, pool, choice if isinstance(choice, Pool) else None, anchored)
+            if service is None or choice is None:
                 continue
-            choice = choose_pool(service, self._pools)
             if isinstance(choice, str):
                 self._unchosen[key] = choice
                 continue
             self._chosen[key] = choice
             self._pool_members.setdefault(choice.name, set()).add(key)
-            footprint = frozenset(service.vips) | frozenset(service.requested_ips)
+            footprint = tuple(dict.fromkeys(service.vips + service.requested_ips))
             self._footprint[key] = footprint
             for ip in footprint:
-                owners = self._claims.setdefault(ip, set())
-                owners.add(key)
-                if len(owners) > 1:
-                    shared = True
+                held = self._claims.get(ip)
+                if held is None:
+                    self._claims[ip] = key
+                    continue
+                shared = True
+                if isinstance(held, str):
+                    self._claims[ip] = {held, key}
+                else:
+                    held.add(key)
         if not shared:
             for key in changed:
                 self._allocate_alone(key)
@@ -341,10 +435,33 @@ class IncrementalResolver:
             self._allocate_all(dirty_services)
         return shared
 
+    def _anchor(self, key: str, before: Pool | None, after: Pool | None, anchored: set[str]) -> None:
+        """Move ``key`` between interfaces' anchors when its pool's interface changed."""
+        old = before.interface if before is not None else None
+        new = after.interface if after is not None else None
+        if old == new:
+            return
+        if old is not None:
+            keys = self._anchors[old]
+            keys.discard(key)
+            if not keys:
+                del self._anchors[old]
+            anchored.add(old)
+        if new is not None:
+            self._anchors.setdefault(new, set()).add(key)
+            anchored.add(new)
+
+    def _allocate(self, pairs: list[tuple[Service, Pool]], *, allocate_new: bool) -> ipam.Allocation:
+        """:func:`ipam.allocate` as :func:`resolve` calls it."""
+        return ipam.allocate(pairs, allocate_new=allocate_new, quarantined=self._quarantined,
+                             refused_pools=self._refused_pools)
+
     def _store_allocation(self, key: str, allocation: ipam.Allocation, plain: ipam.Allocation | None) -> bool:
         """Keep one Service's allocation result; True when it differs from before."""
         before = (self._addresses.get(key), self._refused.get(key))
         after = (allocation.addresses.get(key), allocation.refused.get(key))
+        if before[0] != after[0]:
+            self._stale.add("addresses")
         if after[0] is None:
             self._addresses.pop(key, None)
         else:
@@ -366,14 +483,14 @@ class IncrementalResolver:
             self._store_allocation(key, ipam.Allocation(addresses={}, refused={}), None)
             return
         pair = [(self._services[key], pool)]
-        allocation = ipam.allocate(pair, allocate_new=self.allocate)
-        plain = ipam.allocate(pair, allocate_new=False) if self.allocate else None
+        allocation = self._allocate(pair, allocate_new=self.allocate)
+        plain = self._allocate(pair, allocate_new=False) if self.allocate else None
         self._store_allocation(key, allocation, plain)
 
     def _allocate_all(self, dirty_services: set[str]) -> None:
         pairs = [(self._services[key], pool) for key, pool in self._chosen.items()]
-        allocation = ipam.allocate(pairs, allocate_new=self.allocate)
-        plain = ipam.allocate(pairs, allocate_new=False) if self.allocate else None
+        allocation = self._allocate(pairs, allocate_new=self.allocate)
+        plain = self._allocate(pairs, allocate_new=False) if self.allocate else None
         for key in set(self._addresses) | set(self._refused) | set(self._chosen):
             if self._store_allocation(key, allocation, plain):
                 dirty_services.add(key)
@@ -453,7 +570,12 @@ class IncrementalResolver:
     # ------------------------------------------------------------------ groups and VRIDs
 
     def _regroup(self, dirty_keys: set[GroupKey]) -> set[str]:
-        """Rebuild the members of ``dirty_keys``; the interfaces whose set of group names changed."""
+        """Rebuild the members of ``dirty_keys``; the interfaces whose VRIDs may have moved.
+
+        Those are where the set of group names changed, or a group that did
+        not keep its persisted VRID changed Services: a derived VRID follows
+        the first Service, an inherited one the Services shared with ``lineage``.
+        """
         dirty_ifaces: set[str] = set()
         for key in dirty_keys:
             nodes, interface = key
@@ -476,20 +598,44 @@ class IncrementalResolver:
             else:
                 services = tuple(heapq.merge(*(b.services for b in buckets)))
                 addresses = tuple(sorted({ip for b in buckets for ip in b.counts}, key=address_order))
-            if key not in self._members:
+            previous = self._members.get(key)
+            if previous is None:
                 self._names.setdefault(interface, set()).add(name)
                 self._key_of[name] = key
+                dirty_ifaces.add(interface)
+            elif not self._kept(name) and (previous[1][:1] != services[:1]
+                                           or (self._lineage and previous[1] != services)):
                 dirty_ifaces.add(interface)
             self._members[key] = (name, services, addresses)
         return dirty_ifaces
 
-    def _number(self, dirty_ifaces: set[str], dirty_keys: set[GroupKey]) -> None:
-        """Re-allocate VRIDs on ``dirty_ifaces``; rebuild the finished groups that changed."""
+    def _kept(self, name: str) -> bool:
+        """Whether ``name`` kept its persisted VRID last time: then its Services and anchors do not matter.
+
+        (A persisted VRID that was not kept went to another group or lies
+        outside the range: the group cannot end up with it by another way.)
+        """
+        vrid = self._vrid_of.get(name)
+        return vrid is not None and self._vrids.get(name) == vrid
+
+    def _number(self, dirty_ifaces: set[str], anchored: set[str], dirty_keys: set[GroupKey]) -> int:
+        """Re-allocate VRIDs on ``dirty_ifaces``, and on ``anchored`` interfaces unless every group there
+        kept its persisted VRID; rebuild the finished groups that changed. How many interfaces were."""
         renumbered: set[str] = set()
-        for interface in dirty_ifaces:
+        interfaces = 0
+        for interface in dirty_ifaces | anchored:
             names = self._names.get(interface, set())
-            assignment = allocate_vrids(((n, interface) for n in names), policy=self.vrid_policy,
-                                        persisted=self._vrids)
+            if interface not in dirty_ifaces and all(self._kept(n) for n in names):
+                continue
+            interfaces += 1
+            assignment = allocate_vrids(
+                ((n, interface) for n in names),
+                policy=self.vrid_policy,
+                persisted=self._vrids,
+                services={n: self._members[self._key_of[n]][1] for n in names},
+                lineage=self._lineage,
+                anchors={interface: self._anchors.get(interface, ())},
+            )
             for name in names:
                 vrid = assignment.vrids.get(name)
                 failure = assignment.failed.get(name)
@@ -525,6 +671,7 @@ class IncrementalResolver:
                 continue
             _, services, addresses = self._members[key]
             self._final[name] = make_group(name, key[1], key[0], self._vrid_of[name], addresses, services)
+        return interfaces
 
     def _resolution(self) -> Resolution:
         if "unresolved" in self._stale or "allocations" in self._stale:
@@ -539,9 +686,12 @@ class IncrementalResolver:
             self._allocations = allocations
         if "groups" in self._stale:
             self._groups = tuple(self._final[name] for name in sorted(self._final))
+        if "addresses" in self._stale:
+            self._answer = dict(self._addresses)
         self._stale.clear()
-        # The allocations mapping is shared by resolutions until it changes: callers must not mutate it.
-        return Resolution(groups=self._groups, unresolved=self._unresolved, allocations=self._allocations)
+        # The mappings are shared by resolutions until they change: callers must not mutate them.
+        return Resolution(groups=self._groups, unresolved=self._unresolved, allocations=self._allocations,
+                          addresses=self._answer)
 
 
 def resolve_incrementally(

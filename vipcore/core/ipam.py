@@ -20,13 +20,14 @@ Addresses never move or vanish behind a Service's back:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from ipaddress import ip_address
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import attrs
 
-from vipcore.core.model import Family, IPAddress, Pool, Service, TrafficPolicy
+from vipcore.core.model import Family, IPAddress, Node, Pool, Service, TrafficPolicy
 
 
 @attrs.frozen
@@ -80,6 +81,46 @@ class _FamilySpace:
             if candidate not in self.taken and candidate not in resting:
                 return candidate
         return None
+
+
+def pool_conflicts(pools: Iterable[Pool], nodes: Iterable[Node] = ()) -> dict[str, str]:
+    """Pools that must not allocate, by name, with why: overlaps and node addresses.
+
+    Two pools that share an address would hand it to two Services, so of
+    two overlapping pools the one whose name sorts later is refused (the
+    same answer on every node; the other keeps working). A pool that
+    contains a node's own address would hand that address out as a VIP.
+    """
+    refused: dict[str, str] = {}
+    # Accepted ranges per IP version, sorted by start: (first, last, pool name).
+    accepted: dict[int, list[tuple[int, int, str]]] = {4: [], 6: []}
+    for pool in sorted(pools, key=lambda p: p.name):
+        clash = None
+        for first, last in pool.ranges:
+            ranges = accepted[first.version]
+            lo, hi = int(first), int(last)
+            at = bisect.bisect_right(ranges, (lo, hi, "\uffff"))
+            for other in ranges[max(0, at - 1):at + 1]:
+                if other[0] <= hi and lo <= other[1] and other[2] != pool.name:
+                    clash = (other[2], ip_address(max(lo, other[0])))
+                    break
+            if clash:
+                break
+        if clash:
+            refused[pool.name] = f"it overlaps pool {clash[0]!r} (both contain {clash[1]}); make the pools disjoint"
+            continue
+        for first, last in pool.ranges:
+            bisect.insort(accepted[first.version], (int(first), int(last), pool.name))
+    for node in nodes:
+        for address in node.addresses:
+            ranges = accepted[address.version]
+            value = int(address)
+            at = bisect.bisect_right(ranges, (value, value, "\uffff")) - 1
+            # Ranges are disjoint once overlaps are refused: only the one starting at or before can hold it.
+            if at >= 0 and ranges[at][0] <= value <= ranges[at][1] and ranges[at][2] not in refused:
+                refused[ranges[at][2]] = (f"it contains {address}, an address of node {node.name!r}; "
+                                          "leave node addresses out of the pool")
+    return refused
 
 
 def _start(key: str, family: Family, size: int) -> int:
@@ -175,6 +216,7 @@ def allocate(
     *,
     allocate_new: bool = True,
     quarantined: Collection[IPAddress] = (),
+    refused_pools: Mapping[str, str] | None = None,
 ) -> Allocation:
     """Give each (Service, pool) pair its addresses.
 
@@ -186,8 +228,14 @@ def allocate(
     no free address, and a ``RequireDualStack`` Service whose pool lacks a
     family. Services are processed in key order so conflicts resolve the same
     way everywhere.
+
+    ``refused_pools`` (from :func:`pool_conflicts`, with the nodes) gives no
+    address to the Services of those pools; without it, the overlaps among
+    the pools in ``services`` are refused.
     """
     pairs = sorted(services, key=lambda sp: sp[0].key)
+    if refused_pools is None:
+        refused_pools = pool_conflicts({p.name: p for _, p in pairs}.values())
     spaces: dict[tuple[str, Family], _FamilySpace] = {}
     users: dict[IPAddress, list[Service]] = {}
     pool_of: dict[IPAddress, str] = {}
@@ -202,6 +250,10 @@ def allocate(
         if found is None:
             found = offered_by_pool[pool.name] = pool.families
         return found
+    for service, pool in pairs:
+        if pool.name in refused_pools:
+            refused[service.key] = f"pool {pool.name!r} is refused: {refused_pools[pool.name]}"
+    pairs = [(s, p) for s, p in pairs if s.key not in refused]
 
     def space(pool: Pool, family: Family) -> _FamilySpace:
         key = (pool.name, family)

@@ -8,11 +8,13 @@ object and the field.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vipcore.core.errors import ManifestError
+from vipcore.core.yamldocs import show
 from vipcore.core.model import (
     IP_ANNOTATION,
     POOL_ANNOTATION,
@@ -35,16 +37,23 @@ OPENELB_DEFAULT_POOL = "eip.openelb.kubesphere.io/is-default-eip"
 SHARED_IP_ANNOTATION = "metallb.universe.tf/allow-shared-ip"
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+#: The keys of a VipPool's spec (deploy/crds/vipcore.io_vippools.yaml).
+POOL_KEYS = ("addresses", "interface", "default", "disabled", "nodeSelector", "namespaces")
 
 Obj = Mapping[str, Any]
 
 
 def describe(obj: Obj) -> str:
-    """``Kind namespace/name`` for messages."""
-    meta = obj.get("metadata") or {}
-    name = meta.get("name", "<unnamed>")
+    """``Kind namespace/name`` for messages (whatever types the fields have)."""
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    name = meta.get("name")
+    name = name if isinstance(name, str) and name else "<unnamed>"
     ns = meta.get("namespace")
-    return f"{obj.get('kind', 'object')} {ns + '/' if ns else ''}{name}"
+    ns = ns if isinstance(ns, str) else None
+    kind = obj.get("kind")
+    kind = kind if isinstance(kind, str) and kind else "object"
+    return f"{kind} {ns + '/' if ns else ''}{name}"
 
 
 def _fail(obj: Obj, field: str, message: str) -> ManifestError:
@@ -59,6 +68,12 @@ def _mapping(obj: Obj, field: str, value: Any) -> Mapping[str, Any]:
     return value
 
 
+def _bool(obj: Obj, field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(obj, field, f"must be true or false, got {show(value)}")
+    return value
+
+
 def _list(obj: Obj, field: str, value: Any) -> list[Any]:
     if value is None:
         return []
@@ -70,20 +85,43 @@ def _list(obj: Obj, field: str, value: Any) -> list[Any]:
 def _name(obj: Obj) -> str:
     meta = _mapping(obj, "metadata", obj.get("metadata"))
     name = meta.get("name")
-    if not isinstance(name, str) or not name:
+    if name is None or name == "":
         raise _fail(obj, "metadata.name", "is missing")
+    if not isinstance(name, str):
+        raise _fail(obj, "metadata.name", f"must be a string, got {show(name)}")
     return name
 
 
+def _namespace(obj: Obj) -> str:
+    meta = _mapping(obj, "metadata", obj.get("metadata"))
+    namespace = meta.get("namespace")
+    if namespace is None or namespace == "":
+        return "default"
+    if not isinstance(namespace, str):
+        raise _fail(obj, "metadata.namespace", f"must be a string, got {show(namespace)}")
+    return namespace
+
+
+_SCALARS = (str, int, float, bool)
+
+
 def _str_map(obj: Obj, field: str, value: Any) -> dict[str, str]:
-    return {str(k): str(v) for k, v in _mapping(obj, field, value).items()}
+    out: dict[str, str] = {}
+    for k, v in _mapping(obj, field, value).items():
+        # Kubernetes wants strings; a number or a boolean (an unquoted YAML scalar) is taken as its text.
+        if not isinstance(k, _SCALARS) or not isinstance(v, _SCALARS):
+            raise _fail(obj, f"{field}[{show(k)}]", f"must be a string, got {show(v)}")
+        out[str(k)] = str(v)
+    return out
 
 
 def _address(obj: Obj, field: str, text: Any) -> IPAddress:
+    if not isinstance(text, str):
+        raise _fail(obj, field, f"must be an IP address (a string), got {show(text)}")
     try:
-        return ipaddress.ip_address(str(text).strip())
+        return ipaddress.ip_address(text.strip())
     except ValueError:
-        raise _fail(obj, field, f"{text!r} is not an IP address") from None
+        raise _fail(obj, field, f"{show(text)} is not an IP address") from None
 
 
 def node_from_k8s(obj: Obj) -> Node:
@@ -94,12 +132,12 @@ def node_from_k8s(obj: Obj) -> Node:
     ready = False
     for cond in _list(obj, "status.conditions", status.get("conditions")):
         if isinstance(cond, Mapping) and cond.get("type") == "Ready":
-            ready = str(cond.get("status")) == "True"
+            ready = cond.get("status") in ("True", True)
     addresses: list[IPAddress] = []
     for i, entry in enumerate(_list(obj, "status.addresses", status.get("addresses"))):
         if not isinstance(entry, Mapping):
             raise _fail(obj, f"status.addresses[{i}]", "expected a mapping")
-        if entry.get("type") in ("InternalIP", "ExternalIP"):
+        if entry.get("type") in ("InternalIP", "ExternalIP"):  # type may be anything: compared, never hashed
             addresses.append(_address(obj, f"status.addresses[{i}].address", entry.get("address")))
     # A cordoned (unschedulable) node still forwards traffic: it stays eligible.
     return Node(name=name, addresses=tuple(addresses), ready=ready,
@@ -119,16 +157,15 @@ def service_from_k8s(obj: Obj) -> Service:
     """A ``v1 Service`` of type LoadBalancer."""
     name = _name(obj)
     meta = _mapping(obj, "metadata", obj.get("metadata"))
-    namespace = str(meta.get("namespace") or "default")
+    namespace = _namespace(obj)
     annotations = _str_map(obj, "metadata.annotations", meta.get("annotations"))
     spec = _mapping(obj, "spec", obj.get("spec"))
     status = _mapping(obj, "status", obj.get("status"))
 
     policy_text = spec.get("externalTrafficPolicy") or "Cluster"
-    try:
-        policy = TrafficPolicy(policy_text)
-    except ValueError:
-        raise _fail(obj, "spec.externalTrafficPolicy", f"must be Cluster or Local, got {policy_text!r}") from None
+    if policy_text not in ("Cluster", "Local"):
+        raise _fail(obj, "spec.externalTrafficPolicy", f"must be Cluster or Local, got {show(policy_text)}")
+    policy = TrafficPolicy(policy_text)
 
     requested: tuple[IPAddress, ...] = ()
     for field, text in (
@@ -137,7 +174,9 @@ def service_from_k8s(obj: Obj) -> Service:
         ("spec.loadBalancerIP", spec.get("loadBalancerIP")),
     ):
         if text:
-            requested = _split_ips(obj, field, str(text))
+            if not isinstance(text, str):
+                raise _fail(obj, field, f"must be a string of addresses, got {show(text)}")
+            requested = _split_ips(obj, field, text)
             break
 
     pool = annotations.get(POOL_ANNOTATION) or annotations.get(OPENELB_POOL) or None
@@ -160,15 +199,19 @@ def service_from_k8s(obj: Obj) -> Service:
         elif fam == "IPv6":
             families.append(Family.IPV6)
         else:
-            raise _fail(obj, f"spec.ipFamilies[{i}]", f"must be IPv4 or IPv6, got {fam!r}")
+            raise _fail(obj, f"spec.ipFamilies[{i}]", f"must be IPv4 or IPv6, got {show(fam)}")
     if families and spec.get("ipFamilyPolicy") in (None, "SingleStack"):
         families = families[:1]
 
     ports: list[tuple[str, int]] = []
     for i, port in enumerate(_list(obj, "spec.ports", spec.get("ports"))):
-        if not isinstance(port, Mapping) or not isinstance(port.get("port"), int):
-            raise _fail(obj, f"spec.ports[{i}].port", "must be an integer")
-        ports.append((str(port.get("protocol") or "TCP"), int(port["port"])))
+        number = port.get("port") if isinstance(port, Mapping) else None
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+            raise _fail(obj, f"spec.ports[{i}].port", f"must be an integer in 1..65535, got {show(number)}")
+        protocol = port.get("protocol") or "TCP"
+        if not isinstance(protocol, str):
+            raise _fail(obj, f"spec.ports[{i}].protocol", f"must be a string, got {show(protocol)}")
+        ports.append((protocol, number))
     require_dual_stack = spec.get("ipFamilyPolicy") == "RequireDualStack"
 
     return Service(
@@ -246,13 +289,14 @@ def service_wanted(obj: Obj, *, classes: frozenset[str], default_class: bool, op
     OpenELB's opt-in annotation with no class, unless (``eips`` given) the Eip
     OpenELB picks for it is a ``bgp`` or ``layer2`` one: those are OpenELB's.
     """
-    spec = obj.get("spec") or {}
+    spec = _mapping(obj, "spec", obj.get("spec"))
     if spec.get("type") != "LoadBalancer":
         return False
     cls = spec.get("loadBalancerClass")
     if cls:
-        return cls in classes
-    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        return isinstance(cls, str) and cls in classes
+    meta = _mapping(obj, "metadata", obj.get("metadata"))
+    annotations = _mapping(obj, "metadata.annotations", meta.get("annotations"))
     if openelb and annotations.get(OPENELB_OPT_IN) == "openelb":
         return eips is None or not openelb_foreign(obj, eips)
     return default_class
@@ -271,17 +315,21 @@ def endpoint_slice_from_k8s(obj: Obj) -> EndpointSlice:
         if not isinstance(ep, Mapping):
             raise _fail(obj, f"endpoints[{i}]", "expected a mapping")
         conditions = _mapping(obj, f"endpoints[{i}].conditions", ep.get("conditions"))
+        node = ep.get("nodeName")
+        if node is not None and not isinstance(node, str):
+            raise _fail(obj, f"endpoints[{i}].nodeName", f"must be a string, got {show(node)}")
         # Per the API, an unset ready condition means ready.
-        if conditions.get("ready", True) is not False and ep.get("nodeName"):
-            ready.add(str(ep["nodeName"]))
-    return EndpointSlice(namespace=str(meta.get("namespace") or "default"), name=name,
+        if conditions.get("ready", True) is not False and node:
+            ready.add(node)
+    return EndpointSlice(namespace=_namespace(obj), name=name,
                          service=service, ready_nodes=frozenset(ready))
 
 
-def parse_range(text: str) -> tuple[IPAddress, IPAddress]:
+def parse_range(text: str, *, strict: bool = True) -> tuple[IPAddress, IPAddress]:
     """One pool entry: an address, a CIDR (network and broadcast left out) or ``a-b``.
 
-    Raises ValueError with a precise message.
+    Raises ValueError with a precise message; with ``strict``, also for a CIDR
+    with host bits set (``198.51.100.5/24``), which is usually a typo.
     """
     text = text.strip()
     if "-" in text:
@@ -294,7 +342,13 @@ def parse_range(text: str) -> tuple[IPAddress, IPAddress]:
             raise ValueError(f"range {text!r} ends before it starts")
         return first, last
     if "/" in text:
-        net = ipaddress.ip_network(text, strict=False)
+        try:
+            net = ipaddress.ip_network(text, strict=strict)
+        except ValueError as exc:
+            if "host bits set" not in str(exc):
+                raise
+            meant = ipaddress.ip_network(text, strict=False)
+            raise ValueError(f"{text!r} has host bits set; did you mean {meant}?") from None
         if net.version == 4 and net.prefixlen <= 30:
             return net.network_address + 1, net.broadcast_address - 1
         if net.version == 6 and net.prefixlen <= 126:
@@ -314,18 +368,24 @@ def pool_from_k8s(obj: Obj) -> Pool:
         entries: list[Any] = [spec.get("address")] if spec.get("address") else []
         protocol = spec.get("protocol", "bgp")
         if protocol != "vip":
-            raise _fail(obj, "spec.protocol", f"only 'vip' Eips can be used by vipcore, got {protocol!r}")
-        disabled = bool(spec.get("disable", False))
-        annotations = (obj.get("metadata") or {}).get("annotations") or {}
-        default = str(annotations.get(OPENELB_DEFAULT_POOL, "false")).lower() == "true"
+            raise _fail(obj, "spec.protocol", f"only 'vip' Eips can be used by vipcore, got {show(protocol)}")
+        disabled = _bool(obj, "spec.disable", spec.get("disable", False))
+        meta = _mapping(obj, "metadata", obj.get("metadata"))
+        annotations = _str_map(obj, "metadata.annotations", meta.get("annotations"))
+        default = annotations.get(OPENELB_DEFAULT_POOL, "false").lower() == "true"
         field = "spec.address"
         # OpenELB: spec.namespaces picks the Eip for those namespaces' Services; it restricts nobody.
         auto_namespaces = frozenset(str(n) for n in _list(obj, "spec.namespaces", spec.get("namespaces")))
         namespaces: frozenset[str] = frozenset()
     else:
+        unknown = sorted(str(k) for k in spec if k not in POOL_KEYS)
+        if unknown:
+            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, POOL_KEYS, 1))
+                     else repr(k) for k in unknown]
+            raise _fail(obj, "spec", f"unknown key(s) {', '.join(hints)}; known keys: {', '.join(POOL_KEYS)}")
         entries = _list(obj, "spec.addresses", spec.get("addresses"))
-        disabled = bool(spec.get("disabled", False))
-        default = bool(spec.get("default", False))
+        disabled = _bool(obj, "spec.disabled", spec.get("disabled", False))
+        default = _bool(obj, "spec.default", spec.get("default", False))
         field = "spec.addresses"
         auto_namespaces = frozenset()
         namespaces = frozenset(str(n) for n in _list(obj, "spec.namespaces", spec.get("namespaces")))
@@ -333,16 +393,23 @@ def pool_from_k8s(obj: Obj) -> Pool:
         raise _fail(obj, field, "lists no address")
     ranges = []
     for i, entry in enumerate(entries):
+        where = f"{field}[{i}]" if kind != "Eip" else field
+        if not isinstance(entry, str):
+            raise _fail(obj, where, f"must be an address, CIDR or range (a string), got {show(entry)}")
         try:
-            ranges.append(parse_range(str(entry)))
+            # OpenELB reads an Eip's CIDR with host bits as its network: Eips keep working when migrated.
+            ranges.append(parse_range(entry, strict=kind != "Eip"))
         except ValueError as exc:
-            raise _fail(obj, f"{field}[{i}]" if kind != "Eip" else field, str(exc)) from None
+            raise _fail(obj, where, str(exc)) from None
     interface = spec.get("interface")
     if not isinstance(interface, str) or not interface:
         raise _fail(obj, "spec.interface", "is missing")
     if interface.startswith("can_reach:"):
         raise _fail(obj, "spec.interface", "can_reach: is not supported; name the interface")
     meta = _mapping(obj, "metadata", obj.get("metadata"))
+    for i, namespace in enumerate(_list(obj, "spec.namespaces", spec.get("namespaces"))):
+        if not isinstance(namespace, str) or not namespace:
+            raise _fail(obj, f"spec.namespaces[{i}]", f"must be a namespace name, got {show(namespace)}")
     try:
         return Pool(
             name=name,
@@ -365,7 +432,7 @@ def pinned_vrid(obj: Obj) -> tuple[str, int]:
     spec = _mapping(obj, "spec", obj.get("spec"))
     vrid = spec.get("vrid")
     if not isinstance(vrid, int) or isinstance(vrid, bool) or not 1 <= vrid <= 255:
-        raise _fail(obj, "spec.vrid", f"must be an integer in 1..255, got {vrid!r}")
+        raise _fail(obj, "spec.vrid", f"must be an integer in 1..255, got {show(vrid)}")
     return name, vrid
 
 

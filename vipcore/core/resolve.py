@@ -7,9 +7,11 @@ gets a VRID unique on its interface. Nothing here does I/O.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import ipaddress
 from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import cast
 
 import attrs
 
@@ -83,15 +85,17 @@ def make_group(
     addresses: Iterable[IPAddress],
     services: Iterable[str],
 ) -> VipGroup:
-    """A group from its parts; ``addresses`` and ``services`` already sorted and unique."""
+    """A group from its parts; ``addresses`` and ``services`` already sorted (:func:`address_order`) and unique."""
     addrs = tuple(addresses)
+    # Sorted IPv4 first: one bisection splits the families (groups can hold tens of thousands of VIPs).
+    split = bisect.bisect_left(addrs, 6, key=lambda ip: ip.version)
     return VipGroup(
         name=name,
         interface=interface,
         nodes=tuple(nodes),
         vrid=vrid,
-        vips_v4=tuple(ip for ip in addrs if isinstance(ip, ipaddress.IPv4Address)),
-        vips_v6=tuple(ip for ip in addrs if isinstance(ip, ipaddress.IPv6Address)),
+        vips_v4=cast("tuple[ipaddress.IPv4Address, ...]", addrs[:split]),
+        vips_v6=cast("tuple[ipaddress.IPv6Address, ...]", addrs[split:]),
         services=tuple(services),
     )
 
@@ -124,7 +128,8 @@ def resolve(
         else:
             chosen.append((service, pool))
 
-    allocation = ipam.allocate(chosen, allocate_new=allocate, quarantined=quarantined)
+    refused_pools = ipam.pool_conflicts(state.pools, state.nodes)
+    allocation = ipam.allocate(chosen, allocate_new=allocate, quarantined=quarantined, refused_pools=refused_pools)
     unresolved.update(allocation.refused)
 
     ready_by_service: dict[str, set[str]] = {}

@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -20,7 +21,9 @@ from vipcore.core import objects
 from vipcore.core.plan import persisted_lineage
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import (
+    IP_ANNOTATION,
     LOAD_BALANCER_CLASS,
+    POOL_ANNOTATION,
     DesiredState,
     EndpointSlice,
     MetricSample,
@@ -103,8 +106,11 @@ class KubernetesSource:
         healthy_after: float = 1.0,
         optional_recheck: float = 30.0,
         request_timeout: float = 10.0,
+        keep: Mapping[str, Callable[[Obj], Obj]] | None = None,
     ) -> None:
         self.client = client
+        #: Per kind, the transform applied to every object before it is cached (see :data:`AGENT_FIELDS`).
+        self.keep = dict(keep or {})
         self.kinds = tuple(kinds)
         self.classes = classes
         self.default_class = default_class
@@ -390,13 +396,17 @@ class KubernetesSource:
                 return None
             raise
         items = body.get("items") or []
+        version = str(body["metadata"]["resourceVersion"])
+        del body, resp  # the full list need not outlive its slimmed items
         for item in items:
             item.setdefault("kind", kind.kind)
             item.setdefault("apiVersion", kind.api_version)
+        for i, item in enumerate(items):
+            items[i] = self._kept(kind, item)  # in place: each full object is freed as it is replaced
         self._replace(kind, items, relist=relist)
         self._mark_healthy(kind)
         self._synced_now(kind)
-        return str(body["metadata"]["resourceVersion"])
+        return version
 
     def _synced_now(self, kind: Kind) -> None:
         with self._lock:
@@ -472,7 +482,7 @@ class KubernetesSource:
                 if etype in ("ADDED", "MODIFIED", "DELETED"):
                     obj.setdefault("kind", kind.kind)
                     obj.setdefault("apiVersion", kind.api_version)
-                    self._apply(kind, etype, obj)
+                    self._apply(kind, etype, self._kept(kind, obj))
                 if rv:
                     # Advance at once: a failure later in this stream resumes from here.
                     self._positions[kind.name] = rv
@@ -485,6 +495,16 @@ class KubernetesSource:
             resp.release_conn()
         if time.monotonic() - started < self.healthy_after and not self._stop.is_set():
             raise _StreamEnded(f"watch of {kind.name} ended after {time.monotonic() - started:.2f}s")
+
+    def _kept(self, kind: Kind, obj: Obj) -> Obj:
+        """``obj`` reduced by the kind's transform; unchanged if there is none or it cannot cope."""
+        transform = self.keep.get(kind.name)
+        if transform is None:
+            return obj
+        try:
+            return transform(obj)
+        except Exception:  # noqa: BLE001 - a malformed object is cached whole and reported by conversion
+            return obj
 
     def _apply(self, kind: Kind, etype: str, obj: Obj) -> None:
         key = object_key(obj)
@@ -518,6 +538,199 @@ class KubernetesSource:
 
     def _notify(self) -> None:
         self._wake.set()
+
+
+# ------------------------------------------------------------------ what an agent keeps
+
+# Each transform keeps what vipcore.core.objects (and the agent's observers)
+# read, and nothing else: no managedFields, no last-applied annotation, no
+# endpoint addresses or node images. A field of the wrong shape is kept as
+# it came, so conversion reports it exactly as it would have; list entries
+# keep their positions, so messages name the same index.
+
+_META = ("name", "namespace", "resourceVersion")
+
+
+def _meta(obj: Obj, *, labels: tuple[str, ...] | None = (), annotations: tuple[str, ...] = ()) -> Any:
+    """``metadata`` with the identity fields, the given labels (None: all) and annotations."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return meta
+    out = {k: meta[k] for k in _META if k in meta}
+    for field, wanted in (("labels", labels), ("annotations", annotations)):
+        value = meta.get(field)
+        if value is None:
+            continue
+        if wanted is None or not isinstance(value, dict):
+            out[field] = value
+        else:
+            picked = {k: value[k] for k in wanted if k in value}
+            if picked:
+                out[field] = picked
+    return out
+
+
+def _pick(value: Any, keys: tuple[str, ...]) -> Any:
+    """A mapping reduced to ``keys``; anything else as it is."""
+    return {k: value[k] for k in keys if k in value} if isinstance(value, dict) else value
+
+
+def _entries(value: Any, keys: tuple[str, ...]) -> Any:
+    """Each mapping of a list reduced to ``keys``; anything else as it is."""
+    return [_pick(v, keys) for v in value] if isinstance(value, list) else value
+
+
+def _head(obj: Obj, **meta: Any) -> dict[str, Any]:
+    return {"kind": obj.get("kind"), "apiVersion": obj.get("apiVersion"), "metadata": _meta(obj, **meta)}
+
+
+class _Shared:
+    """Equal pieces of slimmed objects, one copy each: 10,000 Services often have a few distinct specs.
+
+    Bounded: past ``limit`` distinct pieces, new ones are kept as they are.
+    Cached objects are never mutated, so sharing is safe.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._pieces: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, key: Any, value: Any) -> Any:
+        with self._lock:
+            found = self._pieces.get(key)
+            if found is not None:
+                return found
+            if len(self._pieces) < self.limit:
+                self._pieces[key] = value
+        return value
+
+
+_SPECS = _Shared(4096)
+#: One per (node, readiness): a slice's endpoints become references to these.
+_ENDPOINTS = _Shared(65536)
+
+
+def _shared_json(shared: _Shared, value: Any) -> Any:
+    try:
+        key = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return value
+    return shared(key, value)
+
+
+def keep_node(obj: Obj) -> Obj:
+    """A Node: labels, the Ready condition, addresses."""
+    out = _head(obj, labels=None)
+    status = obj.get("status")
+    if isinstance(status, dict):
+        kept: dict[str, Any] = {}
+        conditions = status.get("conditions")
+        if isinstance(conditions, list):
+            kept["conditions"] = [_pick(c, ("type", "status")) for c in conditions
+                                  if isinstance(c, dict) and c.get("type") == "Ready"]
+        elif conditions is not None:
+            kept["conditions"] = conditions
+        if "addresses" in status:
+            kept["addresses"] = _entries(status["addresses"], ("type", "address"))
+        out["status"] = kept
+    elif status is not None:
+        out["status"] = status
+    return out
+
+
+_SERVICE_SPEC = ("type", "loadBalancerClass", "externalTrafficPolicy", "loadBalancerIP", "ipFamilies",
+                 "ipFamilyPolicy")
+_SERVICE_ANNOTATIONS = (IP_ANNOTATION, POOL_ANNOTATION, objects.OPENELB_OPT_IN, objects.OPENELB_POOL,
+                        objects.OPENELB_IP)
+
+
+def keep_service(obj: Obj) -> Obj:
+    """A Service: what selects it and what it asks for; only the type when it is no LoadBalancer."""
+    spec = obj.get("spec")
+    if isinstance(spec, dict) and spec.get("type") != "LoadBalancer":
+        return {**_head(obj), "spec": {"type": spec.get("type")}}
+    out = _head(obj, annotations=_SERVICE_ANNOTATIONS)
+    if isinstance(spec, dict):
+        kept = {k: spec[k] for k in _SERVICE_SPEC if k in spec}
+        if "ports" in spec:
+            kept["ports"] = _entries(spec["ports"], ("port", "protocol"))
+        out["spec"] = _shared_json(_SPECS, kept)
+    elif spec is not None:
+        out["spec"] = spec
+    status = obj.get("status")
+    if isinstance(status, dict) and isinstance(status.get("loadBalancer"), dict):
+        lb = status["loadBalancer"]
+        out["status"] = {"loadBalancer": {"ingress": _entries(lb["ingress"], ("ip",))} if "ingress" in lb else {}}
+    elif status is not None and not isinstance(status, dict):
+        out["status"] = status
+    return out
+
+
+def keep_endpoint_slice(obj: Obj) -> Obj:
+    """An EndpointSlice: its Service, and each endpoint's node and readiness."""
+    out = _head(obj, labels=(objects.SERVICE_NAME_LABEL,))
+    endpoints = obj.get("endpoints")
+    if isinstance(endpoints, list):
+        kept = []
+        for ep in endpoints:
+            if not isinstance(ep, dict):
+                kept.append(ep)
+                continue
+            entry: dict[str, Any] = {}
+            node = ep.get("nodeName")
+            if node is not None:
+                entry["nodeName"] = node
+            if "conditions" in ep:
+                entry["conditions"] = _pick(ep["conditions"], ("ready",))
+            conditions = entry.get("conditions", {})
+            if isinstance(node, str) and isinstance(conditions, dict) and isinstance(conditions.get("ready", True), bool):
+                # Thousands of slices name the same few thousand nodes: one entry per node and readiness.
+                entry = _ENDPOINTS((sys.intern(node), "conditions" in entry, conditions.get("ready")), entry)
+            kept.append(entry)
+        out["endpoints"] = kept
+    elif endpoints is not None:
+        out["endpoints"] = endpoints
+    return out
+
+
+def keep_pool(obj: Obj) -> Obj:
+    """A VipPool or Eip: all of its spec (pools are few), the default-pool annotation."""
+    out = _head(obj, annotations=(objects.OPENELB_DEFAULT_POOL,))
+    if "spec" in obj:
+        out["spec"] = obj["spec"]
+    return out
+
+
+def keep_vipgroup(obj: Obj) -> Obj:
+    """A VipGroup: its VRID and holders (the agent's holder-status writer reads them)."""
+    out = _head(obj)
+    if "spec" in obj:
+        out["spec"] = _pick(obj["spec"], ("vrid",))
+    if "status" in obj:
+        out["status"] = _pick(obj["status"], ("holders",))
+    return out
+
+
+def keep_lease(obj: Obj) -> Obj:
+    """A heartbeat Lease: its spec."""
+    out = _head(obj)
+    if "spec" in obj:
+        out["spec"] = obj["spec"]
+    return out
+
+
+#: What an agent caches of each kind (``KubernetesSource(keep=AGENT_FIELDS)``). The
+#: controller caches whole objects: it writes them back.
+AGENT_FIELDS: Mapping[str, Callable[[Obj], Obj]] = {
+    "nodes": keep_node,
+    "services": keep_service,
+    "endpointslices": keep_endpoint_slice,
+    "vippools": keep_pool,
+    "eips": keep_pool,
+    "vipgroups": keep_vipgroup,
+    "leases": keep_lease,
+}
 
 
 def _newer(rv: str, known: str) -> bool:

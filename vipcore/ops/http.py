@@ -20,6 +20,13 @@ from vipcore.core.errors import ConfigError
 log = logging.getLogger("vipcore.ops.http")
 
 DEFAULT_ADDRESS = "127.0.0.1:9641"
+#: Connections served at once; more are closed at once (a scraper needs one).
+MAX_CONNECTIONS = 16
+#: Seconds from accepting a connection to having sent the answer, whatever the client does.
+REQUEST_TIMEOUT = 5.0
+#: Longest request line or header line (asyncio's stream limit), and most header lines.
+LINE_LIMIT = 64 * 1024
+MAX_HEADERS = 100
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -36,6 +43,11 @@ class Endpoint:
     ``ready``, ``healthy`` and ``status`` are called on the event loop for every
     request; they must be quick and must not block. ``/healthz`` answers 503
     while ``healthy()`` is False (the controller: its Lease is overdue).
+
+    Hostile or broken clients cost little and log nothing: each connection
+    has ``request_timeout`` seconds in all (slow senders are cut off),
+    at most ``max_connections`` are served at once (the rest are closed on
+    accept), and an oversized request line or header is answered 414 / 431.
     """
 
     def __init__(
@@ -47,6 +59,8 @@ class Endpoint:
         status: Callable[[], Mapping[str, Any]] | None = None,
         healthy: Callable[[], bool] = lambda: True,
         not_ready_reason: Callable[[], str | None] | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         self.address = address
         self.registry = registry
@@ -55,6 +69,12 @@ class Endpoint:
         self.status = status
         #: Why ``/readyz`` answers 503, for its body (``not ready: <reason>``).
         self.not_ready_reason = not_ready_reason
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self._active = 0
+        #: Connections closed for the cap, and requests cut off at the deadline.
+        self.turned_away = 0
+        self.timed_out = 0
         self._server: asyncio.base_events.Server | None = None
 
     @property
@@ -73,7 +93,7 @@ class Endpoint:
         # "[::]:port" means every address of both families (asyncio makes IPv6 sockets IPv6-only).
         hosts: str | list[str] = ["::", "0.0.0.0"] if host == "::" else host
         try:
-            self._server = await asyncio.start_server(self._handle, hosts, port, reuse_address=True)
+            self._server = await asyncio.start_server(self._handle, hosts, port, reuse_address=True, limit=LINE_LIMIT)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {self.address}: {exc.strerror or exc} "
                               "(set metrics.address to a free host:port, or '' to disable)",
@@ -94,32 +114,51 @@ class Endpoint:
         await self.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._active >= self.max_connections:
+            self.turned_away += 1
+            writer.transport.abort()
+            return
+        self._active += 1
         try:
-            request = await asyncio.wait_for(reader.readline(), 5.0)
-            # Headers are read and ignored; a blank line ends them.
-            while True:
-                line = await asyncio.wait_for(reader.readline(), 5.0)
-                if line in (b"\r\n", b"\n", b""):
-                    break
-            parts = request.decode("latin-1").split()
-            if len(parts) < 2:
-                status, ctype, body = 400, "text/plain", b"bad request\n"
-                method = "GET"
-            else:
-                method, target = parts[0], parts[1]
-                status, ctype, body = self._route(method, target.split("?", 1)[0])
-            head = (f"HTTP/1.0 {status} {_REASONS.get(status, 'OK')}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-            writer.write(head if method == "HEAD" else head + body)
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError):
-            pass  # a scraper that went away or sent garbage: nothing to answer
+            async with asyncio.timeout(self.request_timeout):
+                status, ctype, body, method = await self._read_and_route(reader)
+                head = (f"HTTP/1.0 {status} {_REASONS.get(status, 'OK')}\r\nContent-Type: {ctype}\r\n"
+                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+                writer.write(head if method == "HEAD" else head + body)
+                await writer.drain()
+        except TimeoutError:
+            self.timed_out += 1  # a slow or stalled client: cut off, nothing to answer
+        except ConnectionError:
+            pass  # a scraper that went away
         finally:
+            self._active -= 1
             writer.close()
             try:
-                await writer.wait_closed()
-            except ConnectionError:
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
+            except (ConnectionError, TimeoutError):
                 pass
+
+    async def _read_and_route(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes, str]:
+        """Read the request line and headers (ignored); the answer as (status, content type, body, method)."""
+        try:
+            request = await reader.readline()
+        except ValueError:  # over LINE_LIMIT (asyncio's LimitOverrunError)
+            return 414, "text/plain", b"request line too long\n", "GET"
+        for _ in range(MAX_HEADERS + 1):
+            try:
+                line = await reader.readline()
+            except ValueError:
+                return 431, "text/plain", b"header line too long\n", "GET"
+            if line in (b"\r\n", b"\n", b""):
+                break
+        else:
+            return 431, "text/plain", b"too many header lines\n", "GET"
+        parts = request.decode("latin-1").split()
+        if len(parts) < 2:
+            return 400, "text/plain", b"bad request\n", "GET"
+        method, target = parts[0], parts[1]
+        return (*self._route(method, target.split("?", 1)[0]), method)
 
     def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
@@ -144,6 +183,7 @@ class Endpoint:
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            414: "URI Too Long", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 503: "Service Unavailable"}
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from vipcore.core.settings import Config
 from vipcore.kube import ALL_KINDS, KubernetesSource, KubernetesWriter, Wakeup, api_client, lease_kind
+from vipcore.kube.informer import AGENT_FIELDS
 from vipcore.kube.leases import LeaseClient
 from vipcore.core.errors import ConfigError
 from vipcore.kube.heartbeat import HeartbeatConfig, HeartbeatTracker, NodeHeartbeat, with_heartbeats
@@ -65,7 +66,7 @@ class KubernetesAgentSource:
         kinds = ALL_KINDS + ((lease_kind(hb.namespace),) if hb.enabled else ())
         self.cache = KubernetesSource(self.client, kinds=kinds, classes=frozenset(classes),
                                       default_class=bool(section.get("default_class", False)),
-                                      openelb=bool(section.get("openelb", True)))
+                                      openelb=bool(section.get("openelb", True)), keep=AGENT_FIELDS)
         self.tracker = HeartbeatTracker()
         self.writer = KubernetesWriter(self.client, component="vipcore-agent", instance=self.node)
         self.heartbeat = NodeHeartbeat(LeaseClient(self.writer, hb.namespace), self.node, hb.duration) \

@@ -14,16 +14,24 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from vipcore.core import objects
+from vipcore.core import objects, yamldocs
 from vipcore.core.errors import ManifestError, VipcoreError
-from vipcore.core.model import LOAD_BALANCER_CLASS, DesiredState, EndpointSlice, Node, Pool, Service
+from vipcore.core.model import (
+    LOAD_BALANCER_CLASS,
+    DesiredState,
+    EndpointSlice,
+    MetricSample,
+    Node,
+    Pool,
+    Service,
+)
 
 log = logging.getLogger(__name__)
 
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
 POLL_INTERVAL = 0.25
+#: Seconds between re-reads of unchanged files while they are invalid (a read may have failed transiently).
+RETRY_INTERVAL = 10.0
 
 
 def manifest_files(paths: Iterable[Path]) -> list[Path]:
@@ -44,27 +52,41 @@ def manifest_files(paths: Iterable[Path]) -> list[Path]:
 
 def _documents(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        where = f"line {mark.line + 1}" if mark is not None else None
-        raise ManifestError(f"invalid YAML: {problem}", source=str(path), field=where) from None
+    text = yamldocs.decode(data, source=str(path), error=ManifestError)
+    docs = yamldocs.load_all(text, source=str(path), error=ManifestError)
     for index, doc in enumerate(docs):
         if doc is None:
             continue
+        where = f"{path} (document {index + 1})"
         if not isinstance(doc, Mapping):
-            raise ManifestError("each YAML document must be a Kubernetes object (a mapping)",
-                                source=f"{path} (document {index + 1})")
+            raise ManifestError("each YAML document must be a Kubernetes object (a mapping)", source=where)
         if doc.get("kind") == "List":
-            for item in doc.get("items") or []:
+            items = doc.get("items")
+            if items is None:
+                continue
+            if not isinstance(items, list):
+                raise ManifestError(f"must be a list of objects, got {type(items).__name__}", source=where,
+                                    field="items")
+            for i, item in enumerate(items):
+                if not isinstance(item, Mapping):
+                    raise ManifestError(f"must be a Kubernetes object (a mapping), got {type(item).__name__}",
+                                        source=where, field=f"items[{i}]")
                 yield index, item
         else:
             yield index, doc
+
+
+def _eip_protocol(obj: Mapping[str, Any]) -> Any:
+    spec = obj.get("spec")
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise ManifestError(f"expected a mapping, got {type(spec).__name__}", source=objects.describe(obj),
+                            field="spec")
+    return spec.get("protocol", "bgp")
 
 
 def load_manifests(
@@ -73,15 +95,22 @@ def load_manifests(
     classes: frozenset[str] = frozenset({LOAD_BALANCER_CLASS}),
     default_class: bool = True,
 ) -> DesiredState:
-    """Read every manifest into a :class:`DesiredState`."""
+    """Read every manifest into a :class:`DesiredState`.
+
+    Raises :class:`ManifestError` (one line naming the file, document, object
+    and field) for anything invalid, and for nothing else: undecodable bytes,
+    hostile YAML, wrong types, a pool or Service defined twice.
+    """
     nodes: dict[str, Node] = {}
     services: dict[str, Service] = {}
+    service_origin: dict[str, str] = {}
     slices: list[EndpointSlice] = []
     pools: dict[str, Pool] = {}
     vrids: dict[str, int] = {}
     for path in manifest_files(paths):
         for index, obj in _documents(path):
             kind = obj.get("kind")
+            origin = f"{path} (document {index + 1})"
             try:
                 if kind == "Node":
                     node = objects.node_from_k8s(obj)
@@ -89,10 +118,14 @@ def load_manifests(
                 elif kind == "Service":
                     if objects.service_wanted(obj, classes=classes, default_class=default_class):
                         service = objects.service_from_k8s(obj)
+                        if service.key in services:
+                            raise ManifestError(f"Service {service.key} is defined twice (first in "
+                                                f"{service_origin[service.key]})", source=objects.describe(obj))
                         services[service.key] = service
+                        service_origin[service.key] = origin
                 elif kind == "EndpointSlice":
                     slices.append(objects.endpoint_slice_from_k8s(obj))
-                elif kind == "VipPool" or (kind == "Eip" and (obj.get("spec") or {}).get("protocol") == "vip"):
+                elif kind == "VipPool" or (kind == "Eip" and _eip_protocol(obj) == "vip"):
                     pool = objects.pool_from_k8s(obj)
                     if pool.name in pools:
                         raise ManifestError(f"pool {pool.name!r} is defined twice", source=objects.describe(obj))
@@ -101,7 +134,7 @@ def load_manifests(
                     name, vrid = objects.pinned_vrid(obj)
                     vrids[name] = vrid
             except ManifestError as exc:
-                raise ManifestError(str(exc), source=f"{path} (document {index + 1})") from None
+                raise ManifestError(str(exc), source=origin) from None
     return DesiredState(
         nodes=tuple(nodes.values()),
         services=tuple(services.values()),
@@ -116,53 +149,102 @@ class ManifestSource:
 
     Every node reads the same files, so addresses are allocated locally
     (deterministically): ``allocates`` is True.
+
+    Parsing runs in a worker thread: a 20k-object file takes seconds and must
+    not stall the event loop that times VRRP adverts. An invalid edit (junk
+    bytes, bad YAML, a bad field) never reaches the agent: the last good state
+    stays, one line is logged per distinct problem, the files are read again
+    on their next change, and ``vipcore_manifests_stale`` says so.
     """
 
     allocates = True
 
-    def __init__(self, paths: Iterable[Path], *, poll_interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, paths: Iterable[Path], *, poll_interval: float = POLL_INTERVAL,
+                 retry_interval: float = RETRY_INTERVAL) -> None:
         self.paths = tuple(paths)
         self.poll_interval = poll_interval
-        self._fingerprint: tuple[tuple[str, int, int], ...] = ()
+        self.retry_interval = retry_interval
+        self._fingerprint: tuple[tuple[str, int, int, int], ...] = ()
+        #: The problem with the files as they are now (None: the state in use is theirs).
         self.last_error: str | None = None
+        self.loads = 0
+        self.failures = 0
 
-    def _snapshot(self) -> tuple[tuple[str, int, int], ...]:
+    def _snapshot(self) -> tuple[tuple[str, int, int, int], ...]:
         items = []
         for path in self.paths:
-            candidates = [p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES] if path.is_dir() else [path]
+            try:
+                candidates = ([p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES] if path.is_dir()
+                              else [path])
+            except OSError:
+                candidates = [path]
             for p in candidates:
                 try:
                     st = p.stat()
                 except OSError:
                     continue
-                items.append((str(p), st.st_mtime_ns, st.st_size))
+                # ctime too: a chmod that makes an unreadable file readable is a change worth a retry.
+                items.append((str(p), st.st_mtime_ns, st.st_ctime_ns, st.st_size))
         return tuple(sorted(items))
 
     def load(self) -> DesiredState:
-        """Read now; raises ManifestError on any invalid manifest."""
+        """Read now (blocking); raises ManifestError on any invalid manifest."""
         self._fingerprint = self._snapshot()
-        return load_manifests(self.paths)
+        try:
+            state = load_manifests(self.paths)
+        except VipcoreError as exc:
+            self.failures += 1
+            self.last_error = str(exc)
+            raise
+        self.loads += 1
+        self.last_error = None
+        return state
 
     async def initial(self) -> DesiredState:
-        return self.load()
+        """The first state, parsed off the event loop; ManifestError if the files are invalid."""
+        return await asyncio.to_thread(self.load)
 
     async def watch(self, on_change: Callable[[DesiredState], Awaitable[None]]) -> None:
         """Call ``on_change`` with the new state after every valid edit; forever.
 
-        An invalid edit is logged once and ignored: the last good state stays.
+        An invalid edit is logged once and ignored: the last good state stays;
+        the files are read again on their next change, and every
+        ``retry_interval`` seconds while they stay invalid.
         """
+        loop = asyncio.get_running_loop()
+        tried = loop.time()
         while True:
             await asyncio.sleep(self.poll_interval)
-            snapshot = self._snapshot()
-            if snapshot == self._fingerprint:
+            snapshot = await asyncio.to_thread(self._snapshot)
+            if snapshot == self._fingerprint and not (
+                    self.last_error is not None and loop.time() - tried >= self.retry_interval):
                 continue
-            self._fingerprint = snapshot
+            tried = loop.time()
+            previous = self.last_error
             try:
-                state = load_manifests(self.paths)
+                state = await asyncio.to_thread(self.load)
             except VipcoreError as exc:
-                if str(exc) != self.last_error:
-                    log.error("manifests changed but are invalid; keeping the last good state: %s", exc)
-                self.last_error = str(exc)
+                if str(exc) != previous:
+                    log.error("manifests changed but are invalid; keeping the last good state: %s", exc,
+                              extra={"event": "manifests_invalid"})
                 continue
-            self.last_error = None
+            except Exception as exc:  # a bug in a loader must not take the VIPs down either
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self.last_error != previous:
+                    log.exception("reading the manifests failed; keeping the last good state",
+                                  extra={"event": "manifests_invalid"})
+                continue
+            if previous is not None:
+                log.info("manifests are valid again", extra={"event": "manifests_valid"})
             await on_change(state)
+
+    def vipcore_collect_metrics(self) -> list[MetricSample]:
+        """Whether the state in use is stale, and load counts, for the agent's /metrics."""
+        return [
+            MetricSample("vipcore_manifests_stale", 1.0 if self.last_error is not None else 0.0, kind="gauge",
+                         help="1 while the manifests on disk are invalid and the last good state is in use"),
+            MetricSample("vipcore_manifests_loads", float(self.loads), help="Manifest reads that were valid"),
+            MetricSample("vipcore_manifests_load_failures", float(self.failures),
+                         help="Manifest reads refused as invalid"),
+        ]

@@ -14,12 +14,15 @@ from typing import Any
 import attrs
 
 from vipcore.core.errors import ConfigError
+from vipcore.core.settings import check_number
 
 SECTION = "keepalived"
 
 #: VRRPv3 carries the advert interval in centiseconds in 12 bits.
 ADVERT_MIN = 0.01
 ADVERT_MAX = 40.95
+#: Bounds of the integer GARP settings: a typo must not make keepalived announce forever.
+GARP_INT_MAX = {"count": 100, "delay": 3600, "refresh": 86400}
 
 
 @attrs.frozen
@@ -54,12 +57,12 @@ class GarpSettings:
             raise ConfigError("must be a mapping with count, interval, delay, refresh", source=SECTION, field="garp")
         unknown = set(data) - {"count", "interval", "delay", "refresh"}
         if unknown:
-            raise ConfigError(f"unknown key(s) {sorted(unknown)}; expected count, interval, delay, refresh",
+            raise ConfigError(f"unknown key(s) {sorted(map(str, unknown))}; expected count, interval, delay, refresh",
                               source=SECTION, field="garp")
         kwargs: dict[str, Any] = {}
         for key in ("count", "delay", "refresh"):
             if data.get(key) is not None:
-                kwargs[key] = _int(data[key], f"garp.{key}", minimum=0)
+                kwargs[key] = _int(data[key], f"garp.{key}", minimum=0, maximum=GARP_INT_MAX[key])
         if data.get("interval") is not None:
             kwargs["interval"] = _float(data["interval"], "garp.interval", 0.0, 60.0)
         return cls(**kwargs)
@@ -97,7 +100,7 @@ class KeepalivedSettings:
         known = {f.name for f in attrs.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ConfigError(f"unknown key(s) {sorted(unknown)}; known keys: {', '.join(sorted(known))}",
+            raise ConfigError(f"unknown key(s) {sorted(map(str, unknown))}; known keys: {', '.join(sorted(known))}",
                               source=SECTION)
         kwargs: dict[str, Any] = {}
         if data.get("advert_interval") is not None:
@@ -121,7 +124,7 @@ class KeepalivedSettings:
         if data.get("stop_timeout") is not None:
             kwargs["stop_timeout"] = _float(data["stop_timeout"], "stop_timeout", 0.1, 600.0)
         if data.get("restart_attempts") is not None:
-            kwargs["restart_attempts"] = _int(data["restart_attempts"], "restart_attempts", minimum=1)
+            kwargs["restart_attempts"] = _int(data["restart_attempts"], "restart_attempts", minimum=1, maximum=1000)
         if data.get("restart_backoff_max") is not None:
             kwargs["restart_backoff_max"] = _float(data["restart_backoff_max"], "restart_backoff_max", 0.0, 600.0)
         if data.get("stable_after") is not None:
@@ -130,16 +133,8 @@ class KeepalivedSettings:
 
 
 def _float(value: Any, field: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"must be a number, got {value!r}", source=SECTION, field=field)
-    if not low <= float(value) <= high:
-        raise ConfigError(f"must be within {low}..{high}, got {value}", source=SECTION, field=field)
-    return float(value)
+    return check_number(value, source=SECTION, field=field, low=low, high=high)
 
 
-def _int(value: Any, field: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"must be an integer, got {value!r}", source=SECTION, field=field)
-    if value < minimum:
-        raise ConfigError(f"must be >= {minimum}, got {value}", source=SECTION, field=field)
-    return value
+def _int(value: Any, field: str, *, minimum: int, maximum: int = 1_000_000) -> int:
+    return int(check_number(value, source=SECTION, field=field, low=minimum, high=maximum, integer=True))

@@ -6,6 +6,7 @@ Every problem raises :class:`vipcore.core.errors.ConfigError` naming the key.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,14 @@ from vipcore.net.addresses import AnnounceSchedule
 from vipcore.core.errors import ConfigError
 from vipcore_native_vrrp.liveness.coordinator import LivenessSettings
 from vipcore_native_vrrp.protocol.auth import MIN_KEY_LENGTH
+from vipcore.core.settings import check_garp, check_number
+from vipcore.core.yamldocs import show
 from vipcore_native_vrrp.protocol.packet import MAX_INTERVAL_CS
 
 SECTION = "native_vrrp"
 DEFAULT_GARP = AnnounceSchedule(count=5, interval=0.2, refresh=None)
+#: A typo such as ``.inf`` must not make SIGTERM last forever.
+RESIGN_TIMEOUT_MAX = 600.0
 KEYS = ("advert_interval", "preempt", "unicast", "check_source", "garp", "resign_timeout", "check_priority",
         "keepalived_peers", "auth_key_file", "liveness")
 
@@ -50,8 +55,10 @@ class NativeVrrpConfig:
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any] | None) -> "NativeVrrpConfig":
+        if section is not None and not isinstance(section, Mapping):
+            raise ConfigError(f"must be a mapping, got {show(section)}", source=SECTION)
         section = dict(section or {})
-        unknown = sorted(set(section) - set(KEYS))
+        unknown = sorted(str(k) for k in set(section) - set(KEYS))
         if unknown:
             raise ConfigError(f"unknown key(s) {', '.join(unknown)}; known keys: {', '.join(KEYS)}", source=SECTION)
         kwargs: dict[str, Any] = {}
@@ -66,15 +73,16 @@ class NativeVrrpConfig:
             garp = section["garp"]
             if garp is not None and not isinstance(garp, Mapping):
                 raise ConfigError("must be a mapping {count, interval, refresh}", source=SECTION, field="garp")
+            check_garp(garp, source=SECTION)
             defaults = {"count": DEFAULT_GARP.count, "interval": DEFAULT_GARP.interval, "refresh": DEFAULT_GARP.refresh}
             try:
                 kwargs["garp"] = AnnounceSchedule.from_config({**defaults, **(garp or {})})
             except ConfigError as exc:
                 raise ConfigError(str(exc), source=SECTION) from None
         if section.get("resign_timeout") is not None:
-            value = section["resign_timeout"]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"must be a number of seconds > 0, got {value!r}", source=SECTION,
+            value = _number(section["resign_timeout"], "resign_timeout", 0.0, RESIGN_TIMEOUT_MAX)
+            if value <= 0:
+                raise ConfigError(f"must be a number of seconds > 0, got {value}", source=SECTION,
                                   field="resign_timeout")
             kwargs["resign_timeout"] = float(value)
         if "liveness" in section:
@@ -89,9 +97,13 @@ class NativeVrrpConfig:
         return cls(**kwargs)
 
 
+def _number(value: object, field: str, low: float, high: float, *, integer: bool = False) -> float:
+    return check_number(value, source=SECTION, field=field, low=low, high=high, integer=integer)
+
+
 def _interval(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"must be a number of seconds, got {value!r}", source=SECTION, field="advert_interval")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"must be a number of seconds, got {show(value)}", source=SECTION, field="advert_interval")
     cs = round(value * 100)
     if abs(cs - value * 100) > 1e-6:
         raise ConfigError(f"{value} s is not a whole number of centiseconds (VRRPv3 resolution is 0.01 s)",

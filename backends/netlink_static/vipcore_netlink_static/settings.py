@@ -16,6 +16,7 @@ import attrs
 
 from vipcore.net.addresses import AnnounceSchedule
 from vipcore.core.errors import ConfigError
+from vipcore.core.settings import check_garp
 
 SECTION = "netlink_static"
 #: Gratuitous ARPs / unsolicited NAs sent when a node starts holding.
@@ -25,6 +26,8 @@ DEFAULT_ANNOUNCE_INTERVAL = 0.2
 #: Seconds between checks that held VIPs are still there (a link flap
 #: flushes IPv6 addresses) and retries of groups in FAULT.
 DEFAULT_VERIFY_INTERVAL = 5.0
+
+VERIFY_INTERVAL_MAX = 86400.0
 
 _KEYS = frozenset({"garp", "verify_interval"})
 
@@ -44,8 +47,9 @@ class Settings:
         unknown = set(section) - _KEYS
         if unknown:
             raise ConfigError(
-                f"unknown keys {sorted(unknown)}; expected {', '.join(sorted(_KEYS))}", field=SECTION
+                f"unknown keys {sorted(map(str, unknown))}; expected {', '.join(sorted(_KEYS))}", field=SECTION
             )
+        check_garp(section.get("garp"), field=f"{SECTION}.garp")
         garp = {"count": DEFAULT_ANNOUNCE_COUNT, "interval": DEFAULT_ANNOUNCE_INTERVAL, "refresh": None}
         given = section.get("garp") or {}
         if not isinstance(given, Mapping):
@@ -59,7 +63,8 @@ class Settings:
                 verify = None if raw in (None, 0, "") else float(raw)
             except (TypeError, ValueError):
                 verify = -1.0
-            if verify is not None and verify <= 0:
+            # NaN and infinity would never verify (or crash the timer): finite, at most a day.
+            if verify is not None and not 0 < verify <= VERIFY_INTERVAL_MAX:
                 raise ConfigError(f"must be a number of seconds > 0 or null, got {raw!r}",
                                   field=f"{SECTION}.verify_interval")
         return cls(announce=announce, verify_interval=verify)

@@ -56,7 +56,7 @@ def test_settings_defaults_and_errors() -> None:
     )
     with pytest.raises(ConfigError, match=r"netlink_static: unknown keys \['garps'\]"):
         Settings.from_config({"garps": {}})
-    with pytest.raises(ConfigError, match=r"netlink_static.garp: .*count must be"):
+    with pytest.raises(ConfigError, match=r"netlink_static.garp.count: must be an integer"):
         Settings.from_config({"garp": {"count": "many"}})
     with pytest.raises(ConfigError, match=r"netlink_static.verify_interval: must be"):
         Settings.from_config({"verify_interval": -1})

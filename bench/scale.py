@@ -1,0 +1,515 @@
+"""Scale: an agent's per-event dispatch latency and memory against a synthetic cluster.
+
+Run: .venv/bin/python bench/scale.py [--sizes 1000x10000,5000x50000] [--events 30] [--full-cache]
+
+For each size (nodes x Services) the test API server (vipcore.testing, in
+this process, on loopback) is filled with a synthetic cluster: Nodes with
+labels and conditions, LoadBalancer Services (half ``Local``) that already
+hold an address, and one EndpointSlice of 10 endpoints per Service; objects
+carry managedFields, a last-applied annotation and pod references as a real
+cluster serves them. ``Local`` endpoints land on one of 200 ten-node
+placements, so there are ~200 groups, within one interface's 255 VRIDs.
+
+A real agent (``vipcore.agent.runtime.Agent`` with the Kubernetes source, a
+recording backend and no heartbeat) runs in a child process so its memory is
+its own. After the sync it takes events one at a time and times each from
+the write (the child sends it through the ``kubernetes`` client) to the end
+of the backend dispatch it causes:
+
+* ``slice``: an EndpointSlice of a Local Service moves to other nodes;
+* ``service``: a Service gets its address in status (what the controller writes);
+* ``node``: a Node's Ready condition flips.
+
+``agent`` is the same, from the moment the agent's watch delivered the
+change (the agent's own share); ``CPU`` is the agent process's CPU time
+over the same span (what the event cost, whatever the machine's load);
+``resolve`` is the time spent in the agent's incremental resolution. RSS is the child's resident memory after the
+first dispatch, and its peak (VmHWM). ``--full-cache`` runs the agent with
+whole objects cached (the behaviour before slimming) for comparison.
+Prints a table; median and p95 per event kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES = 200
+ENDPOINTS = 10
+POOL = "2001:db8:ff::/104"
+MANAGED = [{"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+            "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+                         "f:spec": {"f:ports": {'k:{"port":80,"protocol":"TCP"}': {".": {}, "f:port": {}}}}}}]
+
+
+def vip(i: int) -> str:
+    return str(ipaddress.ip_address("2001:db8:ff::1") + i)
+
+
+def node_obj(i: int, ready: bool = True) -> dict[str, Any]:
+    name = f"node-{i:05d}"
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "managedFields": MANAGED,
+                     "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                "topology.kubernetes.io/zone": f"zone-{i % 3}"}},
+        "status": {
+            "conditions": [{"type": t, "status": "False", "reason": f"KubeletHas{t}", "message": "ok"}
+                           for t in ("MemoryPressure", "DiskPressure", "PIDPressure")]
+            + [{"type": "Ready", "status": "True" if ready else "False", "reason": "KubeletReady"}],
+            "addresses": [{"type": "InternalIP", "address": str(ipaddress.ip_address("2001:db8:1::1") + i)},
+                          {"type": "Hostname", "address": name}],
+            "nodeInfo": {"kernelVersion": "6.1.0-18-amd64", "osImage": "Debian GNU/Linux 12 (bookworm)",
+                         "kubeletVersion": "v1.31.0", "containerRuntimeVersion": "containerd://1.7.13"},
+            "images": [{"names": [f"registry.example/team/app{k}@sha256:{k:064x}"], "sizeBytes": 10_000_000 + k}
+                       for k in range(10)],
+        },
+    }
+
+
+def service_obj(i: int, local: bool) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": f"s{i}", "namespace": f"ns{i % 50}", "managedFields": MANAGED,
+                     "labels": {"app": f"s{i}"},
+                     "annotations": {"kubectl.kubernetes.io/last-applied-configuration":
+                                     json.dumps({"kind": "Service", "metadata": {"name": f"s{i}"},
+                                                 "spec": {"type": "LoadBalancer"}})}},
+        "spec": {"type": "LoadBalancer", "loadBalancerClass": "vipcore.io/vip", "ipFamilies": ["IPv6"],
+                 "externalTrafficPolicy": "Local" if local else "Cluster", "selector": {"app": f"s{i}"},
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]},
+    }
+
+
+def slice_obj(i: int, nodes: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv6",
+        "metadata": {"name": f"s{i}-abcde", "namespace": f"ns{i % 50}", "managedFields": MANAGED,
+                     "labels": {"kubernetes.io/service-name": f"s{i}",
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [str(ipaddress.ip_address("2001:db8:2::1") + i * ENDPOINTS + k)],
+                       "conditions": {"ready": True, "serving": True, "terminating": False},
+                       "nodeName": n, "zone": "zone-0",
+                       "targetRef": {"kind": "Pod", "namespace": f"ns{i % 50}", "name": f"s{i}-pod-{k}",
+                                     "uid": f"{i:08x}-0000-0000-0000-{k:012x}"}}
+                      for k, n in enumerate(nodes)],
+    }
+
+
+def populate(server: Any, nodes: int, services: int, pending: int, seed: int = 7) -> dict[str, Any]:
+    """Fill ``server``; returns what the agent child needs to make its events."""
+    rnd = random.Random(seed)
+    names = [f"node-{i:05d}" for i in range(nodes)]
+    shapes = [rnd.sample(names, ENDPOINTS) for _ in range(SHAPES)]
+    me = shapes[0][0]
+    for i in range(nodes):
+        server.create(node_obj(i))
+    server.create({"apiVersion": "vipcore.io/v1alpha1", "kind": "VipPool", "metadata": {"name": "lan"},
+                   "spec": {"addresses": [POOL], "interface": "eth0", "default": True}})
+    for i in range(services + pending):
+        local = i % 2 == 0 and i < services  # pending Services are Cluster: each address reaches this node
+        svc = server.create(service_obj(i, local))
+        if i < services:
+            svc["status"] = {"loadBalancer": {"ingress": [{"ip": vip(i), "ipMode": "VIP"}]}}
+            server.update(svc, subresource="status")
+        server.create(slice_obj(i, shapes[i % SHAPES] if local else rnd.sample(names, ENDPOINTS)))
+    # Local Services whose slices can move between a placement with this node and one without.
+    movable = [i for i in range(0, services, 2) if me in shapes[i % SHAPES]][:200]
+    without = next(s for s in shapes if me not in s)
+    return {"node": me, "nodes": nodes, "services": services, "pending": pending, "movable": movable,
+            "with": shapes[0], "without": without}
+
+
+# ------------------------------------------------------------------ the agent, in a child process
+
+def rss() -> dict[str, float]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+
+async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_cache: bool) -> dict[str, Any]:
+    import kubernetes.client as k8s
+
+    from vipcore import hookimpl
+    from vipcore.agent.runtime import Agent
+    from vipcore.backend.host import load_hooks
+    from vipcore.core.settings import Config
+    from vipcore.kube import api_client
+    from vipcore.sources.kubernetes import KubernetesAgentSource
+
+    calls: list[float] = []
+
+    class Recorder:
+        name = "bench_recorder"
+
+        @hookimpl
+        async def vipcore_backend_start(self, context: Any) -> None:
+            pass
+
+        @hookimpl
+        async def vipcore_backend_stop(self, graceful: bool) -> None:
+            pass
+
+        @hookimpl
+        async def vipcore_group_join(self, membership: Any) -> None:
+            calls.append(time.perf_counter())
+
+        @hookimpl
+        async def vipcore_group_update(self, old: Any, new: Any) -> None:
+            calls.append(time.perf_counter())
+
+        @hookimpl
+        async def vipcore_group_leave(self, membership: Any, graceful: bool) -> None:
+            calls.append(time.perf_counter())
+
+    class Registers:
+        @hookimpl
+        def vipcore_register_backends(self, registry: Any) -> None:
+            registry.add(Recorder)
+
+    state_dir = Path(tempfile.mkdtemp(prefix="vipcore-bench-"))
+    config = Config(backend="bench_recorder", node_name=plan["node"], source="kubernetes", state_dir=state_dir,
+                    metrics="", kubernetes={"kubeconfig": kubeconfig, "heartbeat": {"enabled": False}})
+    source = KubernetesAgentSource(config, record_holders=False)
+    if full_cache:
+        source.cache.keep = {}
+    arrivals: dict[str, float] = {}
+    source.cache.on_object_change.append(lambda change: arrivals.setdefault(change.key, time.perf_counter()))
+    hooks = load_hooks(plugins=[("bench", Registers())], load_entrypoints=False)
+    agent = Agent(config, hooks=hooks, source=source, interface_check=lambda name: True)
+    resolving: list[float] = []
+    resolve_once = agent._resolve
+
+    def timed_resolve(state: Any) -> Any:
+        begun = time.perf_counter()
+        try:
+            return resolve_once(state)
+        finally:
+            resolving.append((time.perf_counter() - begun) * 1000)
+
+    agent._resolve = timed_resolve  # type: ignore[method-assign]
+    base = rss().get("VmRSS", 0.0)
+    started = time.perf_counter()
+    await source.initial(timeout=1800)  # the loaded test server lists slowly; agent.start() finds it synced
+    await agent.start()
+    synced = time.perf_counter() - started
+    memory = rss()
+    groups = len(agent.memberships)
+    watcher = asyncio.create_task(source.watch(agent.apply))
+
+    client = api_client(kubeconfig)
+    core, discovery = k8s.CoreV1Api(client), k8s.DiscoveryV1Api(client)
+    rnd = random.Random(3)
+    latencies: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
+    agent_share: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
+    cpu: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
+    moved: dict[int, bool] = {}
+    pending = iter(range(plan["services"], plan["services"] + plan["pending"]))
+    flipped: dict[int, bool] = {}
+
+    def write(kind: str) -> str:
+        if kind == "slice":
+            i = rnd.choice(plan["movable"])
+            moved[i] = not moved.get(i, False)
+            nodes = plan["without"] if moved[i] else plan["with"]
+            body = {"endpoints": slice_obj(i, nodes)["endpoints"]}
+            discovery.patch_namespaced_endpoint_slice(f"s{i}-abcde", f"ns{i % 50}", body, _preload_content=False)
+            return f"ns{i % 50}/s{i}-abcde"
+        if kind == "service":
+            i = next(pending)
+            core.patch_namespaced_service_status(f"s{i}", f"ns{i % 50}",
+                                                 {"status": {"loadBalancer": {"ingress": [{"ip": vip(i)}]}}},
+                                                 _preload_content=False)
+            return f"ns{i % 50}/s{i}"
+        i = rnd.randrange(1, plan["nodes"])
+        while f"node-{i:05d}" == plan["node"]:
+            i = rnd.randrange(1, plan["nodes"])
+        flipped[i] = not flipped.get(i, False)
+        conditions = node_obj(i, ready=not flipped[i])["status"]["conditions"]
+        core.patch_node_status(f"node-{i:05d}", {"status": {"conditions": conditions}}, _preload_content=False)
+        return f"node-{i:05d}"
+
+    profile = None
+    if os.environ.get("VIPCORE_BENCH_PROFILE"):
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
+    resolving.clear()
+    for n in range(events * 3):
+        kind = ("slice", "service", "node")[n % 3]
+        if kind == "service" and n // 3 >= plan["pending"]:
+            continue
+        await asyncio.sleep(0.05)  # let the previous event settle
+        before = len(calls)
+        arrivals.clear()
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        key = await asyncio.to_thread(write, kind)
+        deadline = time.perf_counter() + 30
+        while len(calls) == before and time.perf_counter() < deadline:
+            await asyncio.sleep(0.0005)
+        if len(calls) == before:
+            print(f"no dispatch for {kind} {key}", file=sys.stderr)
+            continue
+        # The dispatch is over when its last hook call is in; wait for the burst to end.
+        while True:
+            count = len(calls)
+            await asyncio.sleep(0.002)
+            if len(calls) == count:
+                break
+        done = calls[-1]
+        cpu[kind].append((time.process_time() - cpu0) * 1000)
+        latencies[kind].append((done - t0) * 1000)
+        if key in arrivals:
+            agent_share[kind].append((done - arrivals[key]) * 1000)
+    if profile is not None:
+        import pstats
+
+        profile.disable()
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+    watcher.cancel()
+    await asyncio.wait({watcher})
+    await agent.stop(graceful=False)
+    return {"sync_s": synced, "groups": groups, "rss_mb": memory.get("VmRSS", 0.0), "base_mb": base,
+            "resolve_ms": resolving, "cpu_ms": cpu,
+            "peak_mb": rss().get("VmHWM", 0.0), "latency_ms": latencies, "agent_ms": agent_share}
+
+
+# ------------------------------------------------------------------ the cache alone
+
+def cache_child(nodes: int, services: int, slim: bool, pages: int) -> dict[str, Any]:
+    """What the agent's cache holds after listing, without the server: the list bodies as the API sends them.
+
+    Each kind is listed in ``pages`` pages (1: one list, as the informer does today), parsed, slimmed (or
+    not) and converted as :class:`vipcore.kube.KubernetesSource` does; RSS is measured after.
+    """
+    import gc
+
+    from vipcore.core import objects
+    from vipcore.kube.informer import AGENT_FIELDS
+
+    rnd = random.Random(7)
+    names = [f"node-{i:05d}" for i in range(nodes)]
+    shapes = [rnd.sample(names, ENDPOINTS) for _ in range(SHAPES)]
+    base = rss()["VmRSS"]
+    cache: dict[str, dict[str, Any]] = {"nodes": {}, "services": {}, "endpointslices": {}}
+    converted: dict[str, dict[str, Any]] = {"nodes": {}, "services": {}, "endpointslices": {}}
+    makers = {
+        "nodes": (nodes, lambda i: node_obj(i), objects.node_from_k8s),
+        "services": (services, lambda i: {**service_obj(i, i % 2 == 0),
+                                          "status": {"loadBalancer": {"ingress": [{"ip": vip(i)}]}}},
+                     objects.service_from_k8s),
+        "endpointslices": (services, lambda i: slice_obj(i, shapes[i % SHAPES] if i % 2 == 0
+                                                         else rnd.sample(names, ENDPOINTS)),
+                           objects.endpoint_slice_from_k8s),
+    }
+    for kind, (count, make, convert) in makers.items():
+        per_page = -(-count // pages)
+        for start in range(0, count, per_page):
+            body = json.dumps({"items": [make(i) for i in range(start, min(count, start + per_page))]}).encode()
+            items = json.loads(body)["items"]
+            del body
+            for item in items:
+                kept = AGENT_FIELDS[kind](item) if slim else item
+                meta = kept["metadata"]
+                key = f"{meta.get('namespace')}/{meta['name']}" if meta.get("namespace") else meta["name"]
+                cache[kind][key] = kept
+                converted[kind][key] = (meta.get("resourceVersion", ""), convert(kept))
+            del items
+    gc.collect()
+    return {"base_mb": base, "rss_mb": rss()["VmRSS"], "peak_mb": rss()["VmHWM"]}
+
+
+# ------------------------------------------------------------------ the controller
+
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+async def controller_child(kubeconfig: str) -> dict[str, Any]:
+    """Run one controller replica until SIGTERM; report its peak memory."""
+    import signal
+
+    from vipcore.controller.runtime import Controller, ControllerSettings
+    from vipcore.kube import api_client
+
+    settings = ControllerSettings(identity="bench", kubeconfig=kubeconfig, resync=3600)
+    controller = Controller(settings, api_client(kubeconfig))
+    runner = asyncio.create_task(controller.run(timeout=1800))
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+    await asyncio.wait({runner, asyncio.create_task(stopping.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    runner.cancel()
+    await asyncio.wait({runner})
+    return {"peak_mb": rss().get("VmHWM", 0.0)}
+
+
+def run_controller(services: int, nodes: int = 100) -> dict[str, Any]:
+    """``services`` LoadBalancers created at once; time until all have an address, writes per Service."""
+    from vipcore.testing.apiserver import ApiServer
+
+    namespaces = ("default", "kube-system", "vipcore-system") + tuple(f"ns{i}" for i in range(50))
+    with ApiServer(crds=[ROOT / "deploy" / "crds"], history_limit=max(5000, services * 6),
+                   namespaces=namespaces) as server:
+        for i in range(nodes):
+            server.create(node_obj(i))
+        server.create({"apiVersion": "vipcore.io/v1alpha1", "kind": "VipPool", "metadata": {"name": "lan"},
+                       "spec": {"addresses": [POOL], "interface": "eth0", "default": True}})
+        with tempfile.TemporaryDirectory() as tmp:
+            kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
+            child = subprocess.Popen([sys.executable, __file__, "--controller-child", str(kubeconfig)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:  # leading: the Lease is held
+                    try:
+                        server.get("coordination.k8s.io/v1", "Lease", "vipcore-controller", "vipcore-system")
+                        break
+                    except Exception:  # noqa: BLE001 - not yet
+                        time.sleep(0.2)
+                time.sleep(1.0)
+                mark = time.monotonic()
+                started = time.perf_counter()
+                for i in range(services):
+                    server.create(service_obj(i, i % 2 == 0))
+                created = time.perf_counter() - started
+                deadline = time.monotonic() + 3600
+                done = 0
+                while time.monotonic() < deadline:
+                    listed = server.objects("v1", "Service")
+                    done = sum(1 for s in listed if ((s.get("status") or {}).get("loadBalancer") or {}).get("ingress"))
+                    if done >= services:
+                        break
+                    time.sleep(0.5)
+                elapsed = time.perf_counter() - started
+                time.sleep(2.0)  # writes that follow the last address (VipGroups, Events)
+            finally:
+                child.terminate()
+                out, err = child.communicate(timeout=120)
+            writes: dict[str, int] = {}
+            for record in server.requests_since(mark):
+                if record.method in WRITES and "/leases/" not in record.path:
+                    parts = record.path.split("?")[0].rstrip("/").split("/")
+                    what = "status" if parts[-1] == "status" else next(
+                        (p for p in reversed(parts) if p in ("services", "vipgroups", "events")), parts[-2])
+                    writes[f"{record.method} {what}"] = writes.get(f"{record.method} {what}", 0) + 1
+    peak = json.loads(out.strip().splitlines()[-1])["peak_mb"] if out.strip() else float("nan")
+    return {"services": services, "done": done, "create_s": created, "elapsed_s": elapsed, "writes": writes,
+            "peak_mb": peak, "stderr": err[-2000:]}
+
+
+# ------------------------------------------------------------------ the table
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def run_size(nodes: int, services: int, events: int, full_cache: bool) -> dict[str, Any]:
+    from vipcore.testing.apiserver import ApiServer
+
+    namespaces = ("default", "kube-system") + tuple(f"ns{i}" for i in range(50))
+    with ApiServer(crds=[ROOT / "deploy" / "crds"], history_limit=5000, namespaces=namespaces) as server:
+        started = time.perf_counter()
+        plan = populate(server, nodes, services, pending=events)
+        filled = time.perf_counter() - started
+        with tempfile.TemporaryDirectory() as tmp:
+            kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
+            argv = [sys.executable, __file__, "--child", str(kubeconfig), "--plan", json.dumps(plan),
+                    "--events", str(events)] + (["--full-cache"] if full_cache else [])
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+            if proc.returncode != 0:
+                raise SystemExit(f"agent child failed ({proc.returncode}):\n{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}")
+            if os.environ.get("VIPCORE_BENCH_PROFILE"):
+                Path(os.environ["VIPCORE_BENCH_PROFILE"]).write_text(proc.stderr)
+            result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["fill_s"] = filled
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000x10000,5000x50000", help="NODESxSERVICES, comma-separated")
+    parser.add_argument("--events", type=int, default=30, help="events of each kind")
+    parser.add_argument("--full-cache", action="store_true", help="cache whole objects (before slimming)")
+    parser.add_argument("--controller", type=int, default=0,
+                        help="also time the controller: this many Services created at once")
+    parser.add_argument("--cache", default="",
+                        help="NODESxSERVICES sizes: measure the agent's cache alone (no server), slim and whole")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-child", help=argparse.SUPPRESS)
+    parser.add_argument("--controller-child", help=argparse.SUPPRESS)
+    parser.add_argument("--plan", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cache_child:
+        nodes, services, slim, pages = (int(x) for x in args.cache_child.split(","))
+        print(json.dumps(cache_child(nodes, services, bool(slim), pages)))
+        return 0
+    if args.controller_child:
+        print(json.dumps(asyncio.run(controller_child(args.controller_child))))
+        return 0
+    if args.child:
+        result = asyncio.run(agent_child(args.child, json.loads(args.plan), args.events, args.full_cache))
+        print(json.dumps(result))
+        return 0
+    if args.cache:
+        print(f"{'nodes':>6} {'services':>8} {'cache':>5} {'list':>8} {'base MB':>7} {'RSS MB':>7} {'peak MB':>7}")
+        for size in args.cache.split(","):
+            nodes, services = (int(x) for x in size.split("x"))
+            for slim, pages in ((0, 1), (1, 1), (1, max(1, services // 500))):
+                out = subprocess.run([sys.executable, __file__, "--cache-child", f"{nodes},{services},{slim},{pages}"],
+                                     capture_output=True, text=True, timeout=3600, check=True).stdout
+                r = json.loads(out.strip().splitlines()[-1])
+                listing = "1 page" if pages == 1 else f"{pages} pg"
+                print(f"{nodes:>6} {services:>8} {'slim' if slim else 'whole':>5} {listing:>8} {r['base_mb']:>7.0f} "
+                      f"{r['rss_mb']:>7.0f} {r['peak_mb']:>7.0f}", flush=True)
+        if not args.sizes:
+            return 0
+    print(f"{'nodes':>6} {'services':>8} {'cache':>5} {'sync s':>7} {'groups':>6} {'base MB':>7} {'RSS MB':>7} "
+          f"{'peak MB':>7}  {'event':<7} {'n':>3} {'median ms':>9} {'p95 ms':>7} {'agent p95':>9} {'CPU p95':>7} "
+          f"{'resolve p95':>11}")
+    for size in [s for s in args.sizes.split(",") if s]:
+        nodes, services = (int(x) for x in size.split("x"))
+        r = run_size(nodes, services, args.events, args.full_cache)
+        for n, kind in enumerate(("slice", "service", "node")):
+            lat, share = r["latency_ms"][kind], r["agent_ms"][kind]
+            head = (f"{nodes:>6} {services:>8} {'full' if args.full_cache else 'slim':>5} {r['sync_s']:>7.1f} "
+                    f"{r['groups']:>6} {r['base_mb']:>7.0f} {r['rss_mb']:>7.0f} {r['peak_mb']:>7.0f}"
+                    if n == 0 else " " * 62)
+            tail = f" {percentile(r['resolve_ms'], 0.95):>11.1f}" if n == 0 else ""
+            print(f"{head}  {kind:<7} {len(lat):>3} {statistics.median(lat) if lat else float('nan'):>9.1f} "
+                  f"{percentile(lat, 0.95):>7.1f} {percentile(share, 0.95):>9.1f} "
+                  f"{percentile(r['cpu_ms'][kind], 0.95):>7.1f}{tail}", flush=True)
+    if args.controller:
+        c = run_controller(args.controller)
+        total = sum(c["writes"].values())
+        print(f"\ncontroller: {c['done']}/{c['services']} Services with an address {c['elapsed_s']:.1f} s after "
+              f"the first create (creating took {c['create_s']:.1f} s); {total} writes, "
+              f"{total / max(1, c['services']):.2f} per Service; peak RSS {c['peak_mb']:.0f} MB")
+        for what, count in sorted(c["writes"].items()):
+            print(f"  {what:<20} {count:>7} ({count / max(1, c['services']):.2f} per Service)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

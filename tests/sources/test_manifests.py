@@ -1,0 +1,371 @@
+"""The manifest source: hostile files give one ManifestError, the agent keeps its last good state, parsing is off-loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import codecs
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from vipcore.core.errors import ManifestError
+from vipcore.core.model import DesiredState
+from vipcore.sources.manifests import ManifestSource, load_manifests
+
+NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                   "addresses": [{"type": "InternalIP", "address": "198.51.100.11"}]}}
+POOL = {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipPool", "metadata": {"name": "lan"},
+        "spec": {"interface": "eth0", "addresses": ["203.0.113.0/28"]}}
+SERVICE = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+           "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}
+
+
+def write(path: Path, *docs: Any) -> Path:
+    path.write_text(yaml.safe_dump_all(list(docs), sort_keys=False))
+    return path
+
+
+def refused(path: Path, *needles: str) -> str:
+    with pytest.raises(ManifestError) as info:
+        load_manifests([path])
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert str(path) in message, message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+def test_valid_manifest_loads(tmp_path: Path) -> None:
+    state = load_manifests([write(tmp_path / "m.yaml", NODE, POOL, SERVICE)])
+    assert [s.key for s in state.services] == ["default/web"]
+    assert [p.name for p in state.pools] == ["lan"]
+
+
+def test_binary_junk_is_one_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "junk.yaml"
+    path.write_bytes(b"kind: Node\n" + bytes(range(128, 256)) * 20)
+    refused(path, "not UTF-8", "offset 11")
+
+
+def test_utf16_with_a_bom_is_read_and_without_one_refused(tmp_path: Path) -> None:
+    text = yaml.safe_dump_all([NODE, POOL, SERVICE])
+    with_bom = tmp_path / "bom.yaml"
+    with_bom.write_bytes(codecs.BOM_UTF16_LE + text.encode("utf-16-le"))
+    assert [s.key for s in load_manifests([with_bom]).services] == ["default/web"]
+    without = tmp_path / "nobom.yaml"
+    without.write_bytes(text.encode("utf-16-le"))
+    refused(without, "invalid YAML")
+
+
+@pytest.mark.parametrize(
+    ("doc", "needles"),
+    [
+        ({"kind": "List", "items": [1]}, ("items[0]", "mapping")),
+        ({"kind": "List", "items": 5}, ("items", "must be a list")),
+        ({"kind": "Service", "metadata": {"name": 5, "namespace": ["a"]}, "spec": {"type": "LoadBalancer"}},
+         ("metadata.name", "must be a string")),
+        ({"kind": "Service", "metadata": {"name": "s", "namespace": ["a"]}, "spec": {"type": "LoadBalancer"}},
+         ("Service s", "metadata.namespace", "must be a string")),
+        ({"kind": "Node", "metadata": {"name": "n", "namespace": ["a"]}}, ()),
+        ({"kind": "Service", "metadata": {"name": "s"}, "spec": "x"}, ("Service s", "spec", "mapping")),
+        ({"kind": "Eip", "metadata": {"name": "e"}, "spec": "x"}, ("Eip e", "spec", "mapping")),
+        ({"kind": "Service", "metadata": {"name": "s", "annotations": "x"}, "spec": {"type": "LoadBalancer"}},
+         ("metadata.annotations", "mapping")),
+        ({"kind": "Service", "metadata": {"name": "s", "annotations": {"vipcore.io/ip": [[1]]}},
+          "spec": {"type": "LoadBalancer"}}, ("vipcore.io/ip", "must be a string")),
+        ({"kind": "Service", "metadata": {"name": "s"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 70000}]}},
+         ("spec.ports[0].port", "1..65535")),
+        ({"kind": "Node", "metadata": {"name": "n"}, "status": {"addresses": [{"type": "InternalIP", "address": 5}]}},
+         ("status.addresses[0].address", "must be an IP address")),
+        ({"kind": "EndpointSlice", "metadata": {"name": "e", "labels": {"kubernetes.io/service-name": "s"}},
+          "endpoints": [{"nodeName": ["a"]}]}, ("endpoints[0].nodeName", "must be a string")),
+        ({"kind": "VipPool", "metadata": {"name": "p"}, "spec": {"interface": "eth0", "adresses": ["203.0.113.1"]}},
+         ("VipPool p", "unknown key", "'adresses' (did you mean 'addresses'?)")),
+        ({"kind": "VipPool", "metadata": {"name": "p"}, "spec": {"interface": "eth0", "addresses": ["203.0.113.5/28"]}},
+         ("spec.addresses[0]", "host bits set", "did you mean 203.0.113.0/28")),
+        ({"kind": "VipPool", "metadata": {"name": "p"},
+          "spec": {"interface": "eth0", "addresses": ["203.0.113.1"], "disabled": "false"}},
+         ("spec.disabled", "true or false")),
+        ({"kind": "VipPool", "metadata": {"name": "p"}, "spec": {"interface": "eth0", "addresses": [{"a": 1}]}},
+         ("spec.addresses[0]", "a string")),
+    ],
+)
+def test_wrong_types_name_the_object_and_field(tmp_path: Path, doc: dict[str, Any], needles: tuple[str, ...]) -> None:
+    path = write(tmp_path / "m.yaml", doc)
+    if not needles:  # the namespace of a cluster-scoped object is not read: no error
+        load_manifests([path])
+        return
+    refused(path, *needles)
+
+
+def test_duplicate_service_is_refused(tmp_path: Path) -> None:
+    refused(write(tmp_path / "m.yaml", POOL, SERVICE, SERVICE), "Service default/web is defined twice",
+            "document 3", "first in")
+
+
+@pytest.mark.parametrize("style", ["flow", "block", "block-list"])
+def test_5000_deep_nesting_is_refused(tmp_path: Path, style: str) -> None:
+    path = tmp_path / "deep.yaml"
+    if style == "flow":
+        path.write_text("kind: Node\nmetadata: " + "[" * 5000 + "]" * 5000 + "\n")
+    elif style == "block":
+        path.write_text("".join("  " * i + "a:\n" for i in range(5000)) + "  " * 5000 + "b\n")
+    else:
+        path.write_text("".join("  " * i + "-\n" for i in range(5000)))
+    refused(path, "invalid YAML")
+
+
+def test_moderate_nesting_beyond_the_limit_is_refused(tmp_path: Path) -> None:
+    # 500 levels: within libyaml's own limit, beyond vipcore's; with an alias so the walk runs.
+    path = tmp_path / "deep.yaml"
+    path.write_text("x: &x 1\ny: *x\nkind: Node\nmetadata: {name: n, labels: " + "[" * 500 + "]" * 500 + "}\n")
+    refused(path, "nested deeper than")
+
+
+def test_alias_bomb_is_refused_quickly_and_small(tmp_path: Path) -> None:
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+    lines.append("kind: Service\nmetadata: {name: bomb, annotations: {x: *a9}}\nspec: {type: LoadBalancer}")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    refused(path, "aliases expand to more than")
+
+
+def test_recursive_alias_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text("kind: Node\nmetadata: &m {name: n, labels: {x: *m}}\n")
+    refused(path, "alias refers to the node that contains it")
+
+
+def test_a_few_honest_aliases_are_fine(tmp_path: Path) -> None:
+    path = tmp_path / "aliases.yaml"
+    path.write_text(
+        "kind: VipPool\nmetadata: {name: p}\nspec: {interface: eth0, addresses: &a [203.0.113.1], namespaces: [x]}\n"
+        "---\nkind: VipPool\nmetadata: {name: q}\nspec: {interface: eth1, addresses: [203.0.113.9]}\n"
+        "---\nkind: List\nitems:\n- {kind: Node, metadata: {name: n, labels: &l {zone: a}}}\n"
+        "- {kind: Node, metadata: {name: m, labels: *l}}\n")
+    state = load_manifests([path])
+    assert {n.name: dict(n.labels) for n in state.nodes} == {"n": {"zone": "a"}, "m": {"zone": "a"}}
+
+
+def test_huge_integer_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "int.yaml"
+    path.write_text("kind: VipGroup\nmetadata: {name: g}\nspec: {vrid: " + "9" * 5000 + "}\n")
+    refused(path, "invalid YAML")
+
+
+# -- the source in an agent -----------------------------------------------------------------
+
+
+async def _until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def _metrics(source: ManifestSource) -> dict[str, float]:
+    return {s.name: s.value for s in source.vipcore_collect_metrics()}
+
+
+def test_junk_while_running_keeps_the_last_good_state(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = write(folder / "all.yaml", NODE, POOL, SERVICE)
+    source = ManifestSource([folder], poll_interval=0.01)
+    seen: list[DesiredState] = []
+
+    async def on_change(state: DesiredState) -> None:
+        seen.append(state)
+
+    async def scenario() -> None:
+        first = await source.initial()
+        assert [s.key for s in first.services] == ["default/web"]
+        watcher = asyncio.create_task(source.watch(on_change))
+        try:
+            for _ in range(3):  # several junk writes: one log line, no state change, the watch keeps going
+                path.write_bytes(b"\xff\xfe\x00junk" + bytes(range(256)) * 10 + str(time.monotonic()).encode())
+                await _until(lambda: source.failures >= 1)
+                await asyncio.sleep(0.05)
+            assert not watcher.done()
+            assert seen == []
+            assert _metrics(source)["vipcore_manifests_stale"] == 1.0
+            write(path, NODE, POOL, SERVICE, {**SERVICE, "metadata": {"name": "api", "namespace": "default"}})
+            await _until(lambda: bool(seen))
+            assert sorted(s.key for s in seen[-1].services) == ["default/api", "default/web"]
+            assert _metrics(source)["vipcore_manifests_stale"] == 0.0
+        finally:
+            watcher.cancel()
+
+    asyncio.run(scenario())
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert 1 <= len(errors) <= 3, [r.getMessage() for r in errors]
+    assert all(str(path) in r.getMessage() and "keeping the last good state" in r.getMessage() for r in errors)
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_junk_at_start_is_one_manifest_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ManifestError, match="junk.yaml"):
+        asyncio.run(ManifestSource([path]).initial())
+
+
+def big_manifest(path: Path, services: int) -> Path:
+    head = yaml.safe_dump_all([NODE, {**POOL, "spec": {"interface": "eth0", "addresses": ["2001:db8::/64"]}}])
+    service = ("---\napiVersion: v1\nkind: Service\nmetadata:\n  name: s{i}\n  namespace: default\n"
+               "  labels: {{app: s{i}, tier: web}}\nspec:\n  type: LoadBalancer\n  ports:\n"
+               "  - {{port: 80, protocol: TCP}}\n  - {{port: 443}}\n")
+    path.write_text(head + "".join(service.format(i=i) for i in range(services)))
+    return path
+
+
+def test_parsing_a_big_file_does_not_stall_the_event_loop(tmp_path: Path) -> None:
+    path = big_manifest(tmp_path / "big.yaml", 2000)
+    source = ManifestSource([path])
+
+    async def scenario() -> tuple[float, float]:
+        ticks: list[float] = []
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.005)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0.02)
+        start = time.monotonic()
+        state = await source.initial()
+        took = time.monotonic() - start
+        task.cancel()
+        assert len(state.services) == 2000
+        gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+        return took, max(gaps)
+
+    took, worst = asyncio.run(scenario())
+    # Parsing on the loop would stall it for the whole parse; off-loop, the GIL hands it back every 5 ms.
+    assert worst < took / 2, (took, worst)
+
+
+# -- fuzz: random bytes and mutated valid documents give a state or a ManifestError, nothing else ---------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.helpers.fuzz import hostile_values, mutate  # noqa: E402
+
+SEEDS: list[dict[str, Any]] = [
+    NODE, POOL, SERVICE,
+    {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+     "metadata": {"name": "web-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+     "endpoints": [{"nodeName": "node-a", "conditions": {"ready": True}}]},
+    {"apiVersion": "network.kubesphere.io/v1alpha2", "kind": "Eip", "metadata": {"name": "eip"},
+     "spec": {"address": "203.0.113.64/28", "protocol": "vip", "interface": "eth1", "disable": False}},
+    {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup", "metadata": {"name": "g"}, "spec": {"vrid": 7}},
+    {"apiVersion": "v1", "kind": "List", "items": [{**SERVICE, "metadata": {"name": "api", "namespace": "x",
+                                                                           "annotations": {"vipcore.io/ip": "203.0.113.3"}},
+                                                    "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                                                             "ipFamilies": ["IPv4"], "loadBalancerIP": "203.0.113.3"}}]},
+]
+SEED_TEXT = yaml.safe_dump_all(SEEDS).encode()
+FUZZ = settings(max_examples=int(os.environ.get("VIPCORE_FUZZ_EXAMPLES", "40")), deadline=5000, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _load_or_refuse(data: bytes) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "m.yaml"
+        path.write_bytes(data)
+        try:
+            load_manifests([path])
+        except ManifestError as exc:
+            assert "\n" not in str(exc) and str(path) in str(exc), str(exc)
+
+
+@FUZZ
+@given(st.binary(max_size=3000))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    _load_or_refuse(data)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_mutated_bytes_of_a_valid_file(data: st.DataObject) -> None:
+    text = bytearray(SEED_TEXT)
+    for _ in range(data.draw(st.integers(1, 8))):
+        at = data.draw(st.integers(0, len(text) - 1))
+        action = data.draw(st.sampled_from(["replace", "insert", "delete"]))
+        byte = data.draw(st.sampled_from(list(b"\x00\xff:-[]{}&*!|>'\"#\n \t5xY") + [data.draw(st.integers(0, 255))]))
+        if action == "replace":
+            text[at] = byte
+        elif action == "insert":
+            text.insert(at, byte)
+        else:
+            del text[at]
+    _load_or_refuse(bytes(text))
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_mutated_objects(data: st.DataObject) -> None:
+    docs = [mutate(doc, data) for doc in SEEDS]
+    _load_or_refuse(yaml.safe_dump_all(docs).encode())
+
+
+@FUZZ
+@given(st.lists(hostile_values(), max_size=4))
+def test_fuzz_hostile_documents(docs: list[Any]) -> None:
+    _load_or_refuse(yaml.safe_dump_all(docs).encode())
+
+
+def test_eip_cidr_with_host_bits_is_read_as_its_network_as_openelb_does(tmp_path: Path) -> None:
+    eip = {"apiVersion": "network.kubesphere.io/v1alpha2", "kind": "Eip", "metadata": {"name": "eip"},
+           "spec": {"address": "203.0.113.5/28", "protocol": "vip", "interface": "eth1"}}
+    (pool,) = load_manifests([write(tmp_path / "m.yaml", eip)]).pools
+    assert [(str(a), str(b)) for a, b in pool.ranges] == [("203.0.113.1", "203.0.113.14")]
+
+
+def test_a_failed_read_is_retried_without_a_change(tmp_path: Path) -> None:
+    path = write(tmp_path / "all.yaml", NODE, POOL, SERVICE)
+
+    class FlakyDisk(ManifestSource):
+        """A read that fails once (EIO on a flaky disk), then works: the files themselves never change."""
+
+        failed = False
+
+        def load(self) -> DesiredState:
+            if self.last_error is None and not self.failed and self.loads == 1:
+                self.failed = True
+                self._fingerprint = self._snapshot()
+                self.failures += 1
+                self.last_error = f"{path}: cannot read: Input/output error"
+                raise ManifestError("cannot read: Input/output error", source=str(path))
+            return super().load()
+
+    source = FlakyDisk([path], poll_interval=0.01, retry_interval=0.1)
+    seen: list[DesiredState] = []
+
+    async def on_change(state: DesiredState) -> None:
+        seen.append(state)
+
+    async def scenario() -> None:
+        await source.initial()
+        source._fingerprint = ()  # as if the files had just changed
+        watcher = asyncio.create_task(source.watch(on_change))
+        try:
+            await _until(lambda: source.failed)
+            assert _metrics(source)["vipcore_manifests_stale"] == 1.0
+            await _until(lambda: bool(seen))  # retried although nothing changed on disk
+            assert _metrics(source)["vipcore_manifests_stale"] == 0.0
+        finally:
+            watcher.cancel()
+
+    asyncio.run(scenario())
