@@ -59,6 +59,8 @@ bench: setup
 	$(PY) bench/failover.py
 	$(PY) bench/membership.py
 	$(PY) bench/chaos.py
+	$(PY) bench/leadership.py
+	$(PY) bench/scale.py
 
 clean-lab:
 	$(VENV)/bin/vipcore lab down || true
