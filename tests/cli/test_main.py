@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli import EXAMPLES, loopback_manifests, run_cli, write_yaml
+from tests.helpers.cli import EXAMPLES, VIPCORE, loopback_manifests, run_cli, write_yaml
 
 
 def assert_one_line_error(result: object, *needles: str) -> None:
@@ -178,10 +181,26 @@ def test_second_agent_on_one_state_dir_is_one_line(tmp_path: Path) -> None:
         assert_one_line_error(run_cli("agent", "--config", str(config)), "state_dir", "in use by another vipcore agent")
 
 
-def test_agent_starting_on_junk_manifests_is_one_line(tmp_path: Path) -> None:
+def test_agent_starting_on_junk_manifests_waits_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    """Junk at start: no crash loop and no traceback. The agent names the file and what is wrong, keeps
+    retrying the first state (not ready meanwhile), and stops promptly on SIGTERM."""
     manifests = loopback_manifests(tmp_path / "m")
     (manifests / "junk.yaml").write_bytes(bytes(range(256)) * 12)
     config = write_yaml(tmp_path / "config.yaml", {"backend": "native_vrrp", "node_name": "node-a",
                                                    "manifests": [str(manifests)], "metrics": "",
                                                    "state_dir": str(tmp_path / "state")})
-    assert_one_line_error(run_cli("agent", "--config", str(config)), str(manifests / "junk.yaml"), "not UTF-8")
+    proc = subprocess.Popen([VIPCORE, "agent", "--config", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(3.0)
+        assert proc.poll() is None, "the agent exited instead of waiting for valid manifests"
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if str(manifests / "junk.yaml") in line]
+    assert errors and all("not UTF-8" in line for line in errors), output

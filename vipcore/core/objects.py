@@ -17,7 +17,9 @@ from vipcore.core.errors import ManifestError
 from vipcore.core.yamldocs import show
 from vipcore.core.model import (
     IP_ANNOTATION,
+    LOAD_BALANCER_CLASS,
     POOL_ANNOTATION,
+    DesiredState,
     EndpointSlice,
     Family,
     IPAddress,
@@ -455,3 +457,66 @@ def vipgroup_spec(group: VipGroup) -> dict[str, Any]:
                  family_key(Family.IPV6): [str(ip) for ip in group.vips_v6]},
         "services": list(group.services),
     }
+
+
+def _eip_protocol(obj: Obj) -> Any:
+    spec = obj.get("spec")
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise _fail(obj, "spec", f"expected a mapping, got {type(spec).__name__}")
+    return spec.get("protocol", "bgp")
+
+
+def state_from_objects(
+    items: Iterable[tuple[str | None, Any]],
+    *,
+    classes: frozenset[str] = frozenset({LOAD_BALANCER_CLASS}),
+    default_class: bool = True,
+) -> DesiredState:
+    """``(origin, object)`` pairs (Nodes, Services, EndpointSlices, VipPools or ``vip`` Eips, VipGroups) as
+    a :class:`DesiredState`: the one place objects become a desired state (manifests, static sources).
+
+    Other kinds are ignored. An invalid object, a pool or a Service defined twice, is a
+    :class:`ManifestError` naming the object, the field and ``origin`` (a file and document, or None).
+    """
+    nodes: dict[str, Node] = {}
+    services: dict[str, Service] = {}
+    service_origin: dict[str, str] = {}
+    slices: list[EndpointSlice] = []
+    pools: dict[str, Pool] = {}
+    vrids: dict[str, int] = {}
+    for origin, obj in items:
+        try:
+            if not isinstance(obj, Mapping):
+                raise ManifestError(f"not a Kubernetes object (a mapping): {show(obj)}")
+            kind = obj.get("kind")
+            if kind == "Node":
+                node = node_from_k8s(obj)
+                nodes[node.name] = node
+            elif kind == "Service":
+                if service_wanted(obj, classes=classes, default_class=default_class):
+                    service = service_from_k8s(obj)
+                    if service.key in services:
+                        first = service_origin[service.key]
+                        raise ManifestError(f"Service {service.key} is defined twice"
+                                            + (f" (first in {first})" if first else ""), source=describe(obj))
+                    services[service.key] = service
+                    service_origin[service.key] = origin or ""
+            elif kind == "EndpointSlice":
+                slices.append(endpoint_slice_from_k8s(obj))
+            elif kind == "VipPool" or (kind == "Eip" and _eip_protocol(obj) == "vip"):
+                pool = pool_from_k8s(obj)
+                if pool.name in pools:
+                    raise ManifestError(f"pool {pool.name!r} is defined twice", source=describe(obj))
+                pools[pool.name] = pool
+            elif kind == "VipGroup":
+                name, vrid = pinned_vrid(obj)
+                vrids[name] = vrid
+        except ManifestError as exc:
+            if origin is None:
+                raise
+            raise ManifestError(str(exc), source=origin) from None
+    return DesiredState(nodes=tuple(nodes.values()), services=tuple(services.values()),
+                        endpoint_slices=tuple(slices), pools=tuple(pools.values()), vrids=vrids)
+

@@ -16,15 +16,7 @@ from typing import Any
 
 from vipcore.core import objects, yamldocs
 from vipcore.core.errors import ManifestError, VipcoreError
-from vipcore.core.model import (
-    LOAD_BALANCER_CLASS,
-    DesiredState,
-    EndpointSlice,
-    MetricSample,
-    Node,
-    Pool,
-    Service,
-)
+from vipcore.core.model import LOAD_BALANCER_CLASS, DesiredState, MetricSample, Service
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +71,6 @@ def _documents(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
             yield index, doc
 
 
-def _eip_protocol(obj: Mapping[str, Any]) -> Any:
-    spec = obj.get("spec")
-    if spec is None:
-        return None
-    if not isinstance(spec, Mapping):
-        raise ManifestError(f"expected a mapping, got {type(spec).__name__}", source=objects.describe(obj),
-                            field="spec")
-    return spec.get("protocol", "bgp")
-
-
 def load_manifests(
     paths: Iterable[Path],
     *,
@@ -101,47 +83,9 @@ def load_manifests(
     and field) for anything invalid, and for nothing else: undecodable bytes,
     hostile YAML, wrong types, a pool or Service defined twice.
     """
-    nodes: dict[str, Node] = {}
-    services: dict[str, Service] = {}
-    service_origin: dict[str, str] = {}
-    slices: list[EndpointSlice] = []
-    pools: dict[str, Pool] = {}
-    vrids: dict[str, int] = {}
-    for path in manifest_files(paths):
-        for index, obj in _documents(path):
-            kind = obj.get("kind")
-            origin = f"{path} (document {index + 1})"
-            try:
-                if kind == "Node":
-                    node = objects.node_from_k8s(obj)
-                    nodes[node.name] = node
-                elif kind == "Service":
-                    if objects.service_wanted(obj, classes=classes, default_class=default_class):
-                        service = objects.service_from_k8s(obj)
-                        if service.key in services:
-                            raise ManifestError(f"Service {service.key} is defined twice (first in "
-                                                f"{service_origin[service.key]})", source=objects.describe(obj))
-                        services[service.key] = service
-                        service_origin[service.key] = origin
-                elif kind == "EndpointSlice":
-                    slices.append(objects.endpoint_slice_from_k8s(obj))
-                elif kind == "VipPool" or (kind == "Eip" and _eip_protocol(obj) == "vip"):
-                    pool = objects.pool_from_k8s(obj)
-                    if pool.name in pools:
-                        raise ManifestError(f"pool {pool.name!r} is defined twice", source=objects.describe(obj))
-                    pools[pool.name] = pool
-                elif kind == "VipGroup":
-                    name, vrid = objects.pinned_vrid(obj)
-                    vrids[name] = vrid
-            except ManifestError as exc:
-                raise ManifestError(str(exc), source=origin) from None
-    return DesiredState(
-        nodes=tuple(nodes.values()),
-        services=tuple(services.values()),
-        endpoint_slices=tuple(slices),
-        pools=tuple(pools.values()),
-        vrids=vrids,
-    )
+    return objects.state_from_objects(
+        ((f"{path} (document {index + 1})", obj) for path in manifest_files(paths) for index, obj in _documents(path)),
+        classes=classes, default_class=default_class)
 
 
 class ManifestSource:

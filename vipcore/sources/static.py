@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from vipcore.core import objects
-from vipcore.core.errors import ManifestError
-from vipcore.core.model import LOAD_BALANCER_CLASS, DesiredState, EndpointSlice, Node, Pool, Service
+
+from vipcore.core.model import LOAD_BALANCER_CLASS, DesiredState
 
 
 def desired_state(
@@ -31,34 +31,8 @@ def desired_state(
     """Plain Kubernetes objects (Nodes, Services, EndpointSlices, VipPools or OpenELB Eips, VipGroups) as a
     :class:`DesiredState`, through the one converter (:mod:`vipcore.core.objects`). Other kinds are ignored;
     an invalid object is a :class:`ManifestError` naming it and the field."""
-    nodes: dict[str, Node] = {}
-    services: dict[str, Service] = {}
-    slices: list[EndpointSlice] = []
-    pools: dict[str, Pool] = {}
-    vrids: dict[str, int] = {}
-    for obj in items:
-        if not isinstance(obj, Mapping):
-            raise ManifestError(f"not a Kubernetes object (a mapping): {obj!r}")
-        kind = obj.get("kind")
-        if kind == "Node":
-            node = objects.node_from_k8s(obj)
-            nodes[node.name] = node
-        elif kind == "Service":
-            if objects.service_wanted(obj, classes=classes, default_class=default_class):
-                service = objects.service_from_k8s(obj)
-                services[service.key] = service
-        elif kind == "EndpointSlice":
-            slices.append(objects.endpoint_slice_from_k8s(obj))
-        elif kind == "VipPool" or (kind == "Eip" and (obj.get("spec") or {}).get("protocol") == "vip"):
-            pool = objects.pool_from_k8s(obj)
-            if pool.name in pools:
-                raise ManifestError(f"pool {pool.name!r} is defined twice", source=objects.describe(obj))
-            pools[pool.name] = pool
-        elif kind == "VipGroup":
-            name, vrid = objects.pinned_vrid(obj)
-            vrids[name] = vrid
-    return DesiredState(nodes=tuple(nodes.values()), services=tuple(services.values()),
-                        endpoint_slices=tuple(slices), pools=tuple(pools.values()), vrids=vrids)
+    return objects.state_from_objects(((None, obj) for obj in items), classes=classes,
+                                      default_class=default_class)
 
 
 class StaticSource:
