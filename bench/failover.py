@@ -62,13 +62,13 @@ from vipcore.lab.probe import Probe  # noqa: E402
 from vipcore.lab.topology import Lab, require_root  # noqa: E402
 
 PREFIX = "vcLb"
-#: native_vrrp with its node-level liveness off: VRRP timers alone, for comparison.
-NO_LIVENESS = "native_vrrp-noliveness"
-VRRP_BACKENDS = ("native_vrrp", NO_LIVENESS, PLAIN_KEEPALIVED, "keepalived")
-LABELS = {"native_vrrp": "native_vrrp", NO_LIVENESS: "native_vrrp (no liveness)", PLAIN_KEEPALIVED: "keepalived (plain)",
+#: native_vrrp with its node-level liveness (BFD) sessions on (opt-in: docs/native-vrrp.md).
+LIVENESS = "native_vrrp-liveness"
+VRRP_BACKENDS = (LIVENESS, "native_vrrp", PLAIN_KEEPALIVED, "keepalived")
+LABELS = {"native_vrrp": "native_vrrp", LIVENESS: "native_vrrp (liveness)", PLAIN_KEEPALIVED: "keepalived (plain)",
           "keepalived": "keepalived (vipcore)", "netlink_static": "netlink_static"}
 #: Variants: (backend, extra settings of its config section).
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {NO_LIVENESS: ("native_vrrp", {"liveness": False})}
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {LIVENESS: ("native_vrrp", {"liveness": True})}
 
 
 def deployment_for(variant: str, **kwargs: Any) -> Deployment:

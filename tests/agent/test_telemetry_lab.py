@@ -130,7 +130,7 @@ def test_scrape_during_a_lab_failover(lab: Lab, tmp_path: Path) -> None:
     assert total(after, "vipcore_router_state", group=group, state="master") == 1.0
     assert total(after, "vipcore_router_state", group=group, state="backup") == 0.0
     assert total(after, "vipcore_transitions_total", group=group, to="master") == masters_before + 1
-    # Master_Down_Interval, or node-level liveness (on by default) noticing the node first.
+    # Master_Down_Interval, or node-level liveness (when enabled) noticing the node first.
     assert (total(after, "vipcore_transitions_total", group=group, to="master", reason="master_down")
             + total(after, "vipcore_transitions_total", group=group, to="master", reason="peer_lost")) >= 1
     assert total(after, "vipcore_failover_seconds_count") == failovers_before + 1

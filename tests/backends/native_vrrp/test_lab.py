@@ -120,7 +120,7 @@ def test_killed_holder_fails_over_within_master_down_interval(lab: Lab) -> None:
     # the kernel's locktime ignores the first ones: the burst covers that).
     assert wait_until(lambda: lab.ping(WEB_V4) and lab.ping(WEB_V6), 5)
     reasons = [line.get("reason", "") for line in lab.log(new) if line.get("new") == "master"]
-    # Master_Down_Interval, or sooner when node-level liveness (on by default) noticed the node first.
+    # Master_Down_Interval, or sooner when node-level liveness (when enabled) noticed the node first.
     assert any("master down" in r or "liveness session" in r for r in reasons), reasons
 
 
