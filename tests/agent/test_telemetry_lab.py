@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers.wait import wait_for
 from vipcore.lab.topology import Lab
 from vipcore.ops.metrics import samples_of, short_name
 
@@ -39,7 +40,6 @@ SCRAPE = ("import sys, urllib.request; "
 FOREIGN_ADVERT = """
 import ipaddress, socket, sys
 from vipcore_native_vrrp.protocol.packet import Advertisement, encode
-from tests.helpers.wait import wait_for
 src, dst = ipaddress.ip_address("198.51.100.2"), ipaddress.ip_address("224.0.0.18")
 data = encode(Advertisement(vrid=int(sys.argv[1]), priority=100, interval_cs=100,
                             addresses=(ipaddress.ip_address("198.51.100.250"),)), src, dst)

@@ -703,10 +703,11 @@ def keep_pool(obj: Obj) -> Obj:
 
 
 def keep_vipgroup(obj: Obj) -> Obj:
-    """A VipGroup: its VRID and holders (the agent's holder-status writer reads them)."""
+    """A VipGroup: its VRID and Services (a renamed group inherits the VRID) and holders (the agent's
+    holder-status writer reads them)."""
     out = _head(obj)
     if "spec" in obj:
-        out["spec"] = _pick(obj["spec"], ("vrid",))
+        out["spec"] = _pick(obj["spec"], ("vrid", "services"))
     if "status" in obj:
         out["status"] = _pick(obj["status"], ("holders",))
     return out
