@@ -208,6 +208,11 @@ def test_conflict_is_retried(server: ApiServer) -> None:
         assert result.stale == ["default/other"] and lb_ips(server, "other") == []
         wait_for(lambda: controller.source.objects("services")["default/other"]["spec"].get("loadBalancerIP"),
                  what="cache")
+        # VipGroup writes carry the resourceVersion the plan read: wait until the cache has the groups the
+        # last pass wrote, or the next pass meets 409 and (rightly) plans again.
+        wait_for(lambda: {k: o["metadata"]["resourceVersion"] for k, o in controller.source.objects("vipgroups").items()}
+                 == {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in vipgroups(server)},
+                 what="the cache to hold the VipGroups the last pass wrote")
         assert controller.reconcile().clean
         assert lb_ips(server, "other") == ["203.0.113.19"]
     finally:
