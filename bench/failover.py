@@ -19,7 +19,7 @@ torn down afterwards, also on Ctrl-C or an error. Sections:
    window. The smallest interval with none is reported.
 3. **Many groups**: the node holding most of 64 dual-stack groups dies; the
    client's gap for up to 8 of its VIPs, pooled over the trials (median, p95).
-   native_vrrp runs with its default node-level liveness (BFD) and without it.
+   native_vrrp runs without and (column "native_vrrp (liveness)") with its opt-in node-level liveness.
 4. **CPU**: one node holding 64 dual-stack groups (128 VRRP routers) at 0.1 s
    adverts; utime+stime of everything in its namespace, per minute.
 
