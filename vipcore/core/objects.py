@@ -459,6 +459,39 @@ def vipgroup_spec(group: VipGroup) -> dict[str, Any]:
     }
 
 
+def vipgroup_from_k8s(obj: Obj) -> VipGroup:
+    """A ``VipGroup`` object as the controller wrote it (:func:`vipgroup_spec`): the group an agent in
+    the VipGroup view joins, without resolving anything itself."""
+    name, vrid = pinned_vrid(obj)
+    spec = _mapping(obj, "spec", obj.get("spec"))
+    nodes = _list(obj, "spec.nodes", spec.get("nodes"))
+    for i, n in enumerate(nodes):
+        if not isinstance(n, str) or not n:
+            raise _fail(obj, f"spec.nodes[{i}]", f"must be a node name, got {show(n)}")
+    services = _list(obj, "spec.services", spec.get("services"))
+    for i, key in enumerate(services):
+        if not isinstance(key, str) or "/" not in key:
+            raise _fail(obj, f"spec.services[{i}]", f"must be namespace/name, got {show(key)}")
+    vips = _mapping(obj, "spec.vips", spec.get("vips") or {})
+    found: dict[Family, list[IPAddress]] = {}
+    for family in Family:
+        field = f"spec.vips.{family_key(family)}"
+        found[family] = [_address(obj, f"{field}[{i}]", text)
+                         for i, text in enumerate(_list(obj, field, vips.get(family_key(family))))]
+        if any(ip.version != family for ip in found[family]):
+            raise _fail(obj, field, f"holds an address of the other family: {show(vips.get(family_key(family)))}")
+    interface = spec.get("interface")
+    if not isinstance(interface, str):
+        raise _fail(obj, "spec.interface", f"must be an interface name, got {show(interface)}")
+    try:
+        return VipGroup(name=name, interface=interface, nodes=tuple(nodes), vrid=vrid,
+                        vips_v4=tuple(found[Family.IPV4]),  # type: ignore[arg-type]  # families checked above
+                        vips_v6=tuple(found[Family.IPV6]),  # type: ignore[arg-type]
+                        services=tuple(services))
+    except (TypeError, ValueError) as exc:
+        raise _fail(obj, "spec.interface", str(exc)) from None
+
+
 def _eip_protocol(obj: Obj) -> Any:
     spec = obj.get("spec")
     if spec is None:

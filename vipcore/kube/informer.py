@@ -289,6 +289,12 @@ class KubernetesSource:
                 out.append(value)
         return out
 
+    def pools(self) -> tuple[Pool, ...]:
+        """The pools (VipPools and ``vip`` Eips) from the cache, now, by name."""
+        with self._lock:
+            pools: list[Pool] = self._converted_items("vippools", _pool) + self._converted_items("eips", _pool)
+        return tuple(sorted(pools, key=lambda p: p.name))
+
     def state(self) -> DesiredState:
         """The desired state from the cache, now."""
         def service(obj: Obj) -> Service | None:
@@ -297,11 +303,7 @@ class KubernetesSource:
                                             openelb=self.openelb, eips=list(self._cache.get("eips", {}).values()))
             return objects.service_from_k8s(obj) if wanted else None
 
-        def pool(obj: Obj) -> Pool | None:
-            if obj.get("kind") == "Eip" and (obj.get("spec") or {}).get("protocol") != "vip":
-                return None
-            return objects.pool_from_k8s(obj)
-
+        pool = _pool
         with self._lock:
             nodes: list[Node] = self._converted_items("nodes", objects.node_from_k8s)
             eip_versions = ",".join(sorted(str(e["metadata"].get("resourceVersion"))
@@ -573,6 +575,13 @@ class KubernetesSource:
         self._wake.set()
 
 
+def _pool(obj: Obj) -> Pool | None:
+    """A VipPool or an Eip of protocol ``vip`` (other Eips are OpenELB's BGP/layer2 pools: None)."""
+    if obj.get("kind") == "Eip" and (obj.get("spec") or {}).get("protocol") != "vip":
+        return None
+    return objects.pool_from_k8s(obj)
+
+
 # ------------------------------------------------------------------ what an agent keeps
 
 # Each transform keeps what vipcore.core.objects (and the agent's observers)
@@ -736,11 +745,12 @@ def keep_pool(obj: Obj) -> Obj:
 
 
 def keep_vipgroup(obj: Obj) -> Obj:
-    """A VipGroup: its VRID and Services (a renamed group inherits the VRID) and holders (the agent's
-    holder-status writer reads them)."""
+    """A VipGroup: its spec (the VipGroup view joins it as written; the full view reads the VRID and
+    Services, as a renamed group inherits the VRID) and holders (the agent's holder-status writer
+    reads them)."""
     out = _head(obj)
     if "spec" in obj:
-        out["spec"] = _pick(obj["spec"], ("vrid", "services"))
+        out["spec"] = _pick(obj["spec"], ("interface", "nodes", "vrid", "vips", "services"))
     if "status" in obj:
         out["status"] = _pick(obj["status"], ("holders",))
     return out

@@ -1,0 +1,219 @@
+"""The agent's VipGroup view: its groups as the controller wrote them, kept up to date change by change.
+
+In ``source: kubernetes`` an agent does not re-derive the cluster from every
+Service and EndpointSlice (what the controller already did): it watches the
+VipGroups, which carry each group's nodes, VRID, VIPs per family and Services,
+and the Nodes (for its members' addresses and drain labels). :class:`GroupView`
+turns those watch changes into a :class:`~vipcore.core.model.GroupState`:
+
+* one change costs what it reaches: a VipGroup change recomputes that group's
+  membership, a Node change the memberships of this node's groups that have
+  the Node as a member; nothing walks every group or Node;
+* priorities come from :func:`vipcore.core.resolve.membership`, the function
+  the full view uses, so both views give a backend the same memberships for
+  the same groups;
+* an invalid VipGroup or Node (one line in the log) leaves its last valid
+  version in force: a bad edit never disturbs a group that was fine;
+* two VipGroups of this node on one router (interface and VRID) are a group
+  renamed by a membership change, briefly both present while the controller
+  replaces one with the other: the newer one is handed on, so the agent
+  updates its router instead of running two.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from vipcore.core import objects
+from vipcore.core.errors import ManifestError
+from vipcore.core.model import Family, GroupState, IPAddress, Membership, Node, Pool, VipGroup
+from vipcore.core.resolve import membership
+
+log = logging.getLogger("vipcore.sources.vipgroups")
+
+Obj = Mapping[str, Any]
+
+
+def _version(obj: Obj) -> int:
+    rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    return int(rv) if rv.isdigit() else 0
+
+
+class GroupView:
+    """This node's groups from VipGroup and Node changes; thread-safe (changes arrive on watch threads).
+
+    Feed it with :meth:`change` (kind ``vipgroups`` or ``nodes``); :meth:`take` says whether anything
+    this node dispatches changed since the last call; :meth:`state` is the current
+    :class:`GroupState`. ``pools`` returns the current pools (read when :meth:`pools_changed` was
+    called).
+    """
+
+    def __init__(self, node: str, pools: Callable[[], tuple[Pool, ...]] = tuple) -> None:
+        self.node = node
+        self._read_pools = pools
+        self._lock = threading.Lock()
+        self._groups: dict[str, VipGroup] = {}
+        self._versions: dict[str, int] = {}
+        self._nodes: dict[str, Node] = {}
+        self._invalid: dict[tuple[str, str], str] = {}
+        #: This node's memberships, by group name, as last computed.
+        self._memberships: dict[str, Membership] = {}
+        #: Node name -> this node's groups that have it as a member (whose memberships it changes).
+        self._member_of: dict[str, set[str]] = {}
+        #: Groups whose membership must be recomputed.
+        self._dirty: set[str] = set()
+        #: VIP -> how many groups hold it.
+        self._vips: dict[IPAddress, int] = {}
+        self._pools: tuple[Pool, ...] = ()
+        self._all: tuple[VipGroup, ...] | None = ()
+        self._changed = True
+
+    # -------------------------------------------------------------- input
+
+    def change(self, kind: str, etype: str, key: str, obj: Obj) -> None:
+        """Apply one watch change (``ADDED``, ``MODIFIED``, ``DELETED``) of a VipGroup or a Node."""
+        with self._lock:
+            if kind == "vipgroups":
+                self._group_changed(etype, key, obj)
+            elif kind == "nodes":
+                self._node_changed(etype, key, obj)
+
+    def pools_changed(self) -> None:
+        """The pools changed: read them again (they are few)."""
+        pools = self._read_pools()
+        with self._lock:
+            if pools != self._pools:
+                self._pools = pools
+                self._changed = True
+
+    def _convert(self, kind: str, key: str, obj: Obj, fn: Callable[[Obj], Any]) -> Any:
+        try:
+            value = fn(obj)
+        except ManifestError as exc:
+            if self._invalid.get((kind, key)) != str(exc):
+                log.error("%s %s invalid, %s: %s", kind, key,
+                          "keeping its last valid version" if key in (self._groups if kind == "vipgroups"
+                                                                      else self._nodes) else "skipped", exc)
+            self._invalid[(kind, key)] = str(exc)
+            return None
+        self._invalid.pop((kind, key), None)
+        return value
+
+    def _group_changed(self, etype: str, key: str, obj: Obj) -> None:
+        if etype == "DELETED":
+            self._invalid.pop(("vipgroups", key), None)
+            group = None
+        else:
+            group = self._convert("vipgroups", key, obj, objects.vipgroup_from_k8s)
+            if group is None:
+                return
+        old = self._groups.get(key)
+        if group == old:
+            return
+        if old is not None:
+            self._count_vips(old, -1)
+        if group is None:
+            self._groups.pop(key, None)
+            self._versions.pop(key, None)
+        else:
+            self._groups[key] = group
+            self._versions[key] = _version(obj)
+            self._count_vips(group, 1)
+        self._all = None
+        self._changed = True  # the list of groups changed (status shows it), whether or not it is ours
+        if (old is not None and self.node in old.nodes) or (group is not None and self.node in group.nodes):
+            self._dirty.add(key)
+
+    def _node_changed(self, etype: str, key: str, obj: Obj) -> None:
+        if etype == "DELETED":
+            self._invalid.pop(("nodes", key), None)
+            node = None
+        else:
+            node = self._convert("nodes", key, obj, objects.node_from_k8s)
+            if node is None:
+                return
+        old = self._nodes.get(key)
+        if node == old:
+            return
+        if node is None:
+            self._nodes.pop(key, None)
+        else:
+            self._nodes[key] = node
+        reaches = self._member_of.get(key, set())
+        if old is not None and node is not None and old.addresses == node.addresses \
+                and old.drained == node.drained:
+            reaches = set()  # readiness and other labels are the controller's: they change no membership
+        self._dirty |= reaches
+        if key == self.node and (old is None or node is None or old.drained != node.drained):
+            self._changed = True
+
+    def _count_vips(self, group: VipGroup, delta: int) -> None:
+        for family in Family:
+            for ip in group.vips(family):
+                count = self._vips.get(ip, 0) + delta
+                if count > 0:
+                    self._vips[ip] = count
+                else:
+                    self._vips.pop(ip, None)
+
+    # -------------------------------------------------------------- output
+
+    def take(self) -> bool:
+        """Recompute what changes reached; True if the :meth:`state` differs from the last one taken."""
+        with self._lock:
+            for name in self._dirty:
+                self._refresh(name)
+            changed = self._changed or bool(self._dirty)
+            self._dirty.clear()
+            self._changed = False
+            return changed
+
+    def _refresh(self, name: str) -> None:
+        old = self._memberships.pop(name, None)
+        if old is not None:
+            for member in old.group.nodes:
+                names = self._member_of.get(member)
+                if names is not None:
+                    names.discard(name)
+                    if not names:
+                        del self._member_of[member]
+        group = self._groups.get(name)
+        if group is None or self.node not in group.nodes:
+            return
+        self._memberships[name] = membership(group, self.node, self._nodes)
+        for member in group.nodes:
+            self._member_of.setdefault(member, set()).add(name)
+
+    def state(self) -> GroupState:
+        """This node's groups now (call :meth:`take` first to bring in the latest changes)."""
+        with self._lock:
+            if self._all is None:
+                self._all = tuple(self._groups[k] for k in sorted(self._groups))
+            me = self._nodes.get(self.node)
+            return GroupState(node=self.node, memberships=self._handed_on(), groups=self._all,
+                              pools=self._pools, drained=bool(me and me.drained),
+                              managed=self._vips.__contains__)
+
+    def _handed_on(self) -> dict[str, Membership]:
+        """This node's memberships, the newer one only where two share a router (a rename in flight)."""
+        by_router: dict[tuple[str, int | None], str] = {}
+        out = dict(self._memberships)
+        for name, m in self._memberships.items():
+            router = (m.group.interface, m.group.vrid)
+            other = by_router.get(router)
+            if other is None:
+                by_router[router] = name
+                continue
+            older, newer = sorted((other, name), key=lambda n: (self._versions.get(n, 0), n))
+            out.pop(older, None)
+            by_router[router] = newer
+        return out
+
+    @property
+    def invalid(self) -> dict[str, str]:
+        """Objects whose last version failed validation: ``kind/key`` -> message."""
+        with self._lock:
+            return {f"{k}/{key}": msg for (k, key), msg in self._invalid.items()}
