@@ -8,6 +8,7 @@ import logging
 import random
 from typing import Any
 
+import attrs
 import pytest
 
 from tests.helpers import objects as o
@@ -71,7 +72,7 @@ def test_memberships_equal_the_full_views_through_changes(seed: int) -> None:
             assert dict(view.state().memberships) == resolved
         # One random change, as the watch delivers it to every agent.
         rv += 1
-        what = rng.choice(["drain", "address", "group", "drop"])
+        what = rng.choice(["drain", "address", "group", "drop", "vips"])
         if what in ("drain", "address"):
             n = nodes[rng.choice(NODES)]
             if what == "drain":
@@ -81,6 +82,17 @@ def test_memberships_equal_the_full_views_through_changes(seed: int) -> None:
             nodes[n.name] = n
             for view in views.values():
                 view.change("nodes", "MODIFIED", n.name, node_obj(n.name, str(n.addresses[0]), n.drained))
+        elif what == "vips" and groups:
+            # The controller adds a Service to a group: a new VIP, and (sometimes) a new first Service,
+            # which moves placement.
+            g = groups[rng.choice(sorted(groups))]
+            first = rng.random() < 0.5
+            key = f"a/{rv}" if first else f"z/{rv}"
+            g = attrs.evolve(g, vips_v4=g.vips_v4 + (ipaddress.IPv4Address(f"198.51.100.{150 + rv}"),),
+                             services=tuple(sorted(g.services + (key,))))
+            groups[g.name] = g
+            for view in views.values():
+                view.change("vipgroups", "MODIFIED", g.name, group_obj(g, rv))
         elif what == "group" or not groups:
             members = tuple(sorted(rng.sample(NODES, rng.randint(1, 5))))
             # On eth1: its own VRIDs (two groups on one router would be a rename in flight).

@@ -27,6 +27,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
+
 from vipcore.core import objects
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import Family, GroupState, IPAddress, Membership, Node, Pool, VipGroup
@@ -63,10 +65,13 @@ class GroupView:
         self._memberships: dict[str, Membership] = {}
         #: Node name -> this node's groups that have it as a member (whose memberships it changes).
         self._member_of: dict[str, set[str]] = {}
-        #: Groups whose membership must be recomputed.
-        self._dirty: set[str] = set()
+        #: Groups whose membership must be recomputed -> whether a member Node changed (else only the
+        #: VipGroup did, and placement is recomputed only if its nodes or placement key changed).
+        self._dirty: dict[str, bool] = {}
         #: VIP -> how many groups hold it.
         self._vips: dict[IPAddress, int] = {}
+        #: VIPs already parsed, by text (see :func:`vipcore.core.objects.vipgroup_from_k8s`).
+        self._parsed: dict[str, IPAddress] = {}
         self._pools: tuple[Pool, ...] = ()
         self._all: tuple[VipGroup, ...] | None = ()
         self._changed = True
@@ -107,25 +112,26 @@ class GroupView:
             self._invalid.pop(("vipgroups", key), None)
             group = None
         else:
-            group = self._convert("vipgroups", key, obj, objects.vipgroup_from_k8s)
+            group = self._convert("vipgroups", key, obj,
+                                  lambda o: objects.vipgroup_from_k8s(o, self._parsed))
+            if len(self._parsed) > 2 * len(self._vips) + 1024:  # forget addresses no group holds
+                self._parsed = {t: ip for t, ip in self._parsed.items() if ip in self._vips}
             if group is None:
                 return
         old = self._groups.get(key)
         if group == old:
             return
-        if old is not None:
-            self._count_vips(old, -1)
+        self._count_vips(old, group)
         if group is None:
             self._groups.pop(key, None)
             self._versions.pop(key, None)
         else:
             self._groups[key] = group
             self._versions[key] = _version(obj)
-            self._count_vips(group, 1)
         self._all = None
         self._changed = True  # the list of groups changed (status shows it), whether or not it is ours
         if (old is not None and self.node in old.nodes) or (group is not None and self.node in group.nodes):
-            self._dirty.add(key)
+            self._dirty.setdefault(key, False)
 
     def _node_changed(self, etype: str, key: str, obj: Obj) -> None:
         if etype == "DELETED":
@@ -146,33 +152,45 @@ class GroupView:
         if old is not None and node is not None and old.addresses == node.addresses \
                 and old.drained == node.drained:
             reaches = set()  # readiness and other labels are the controller's: they change no membership
-        self._dirty |= reaches
+        for name in reaches:
+            self._dirty[name] = True
         if key == self.node and (old is None or node is None or old.drained != node.drained):
             self._changed = True
 
-    def _count_vips(self, group: VipGroup, delta: int) -> None:
-        for family in Family:
-            for ip in group.vips(family):
-                count = self._vips.get(ip, 0) + delta
-                if count > 0:
-                    self._vips[ip] = count
-                else:
-                    self._vips.pop(ip, None)
+    def _count_vips(self, old: VipGroup | None, new: VipGroup | None) -> None:
+        """Count the VIPs ``new`` holds and ``old`` held: only the difference is walked twice."""
+        before = {ip for f in Family for ip in old.vips(f)} if old is not None else set()
+        after = {ip for f in Family for ip in new.vips(f)} if new is not None else set()
+        for ip in before - after:
+            count = self._vips.get(ip, 0) - 1
+            if count > 0:
+                self._vips[ip] = count
+            else:
+                self._vips.pop(ip, None)
+        for ip in after - before:
+            self._vips[ip] = self._vips.get(ip, 0) + 1
 
     # -------------------------------------------------------------- output
 
     def take(self) -> bool:
         """Recompute what changes reached; True if the :meth:`state` differs from the last one taken."""
         with self._lock:
-            for name in self._dirty:
-                self._refresh(name)
+            for name, members in self._dirty.items():
+                self._refresh(name, members)
             changed = self._changed or bool(self._dirty)
             self._dirty.clear()
             self._changed = False
             return changed
 
-    def _refresh(self, name: str) -> None:
-        old = self._memberships.pop(name, None)
+    def _refresh(self, name: str, members_changed: bool) -> None:
+        group = self._groups.get(name)
+        old = self._memberships.get(name)
+        if (not members_changed and old is not None and group is not None and group.nodes == old.group.nodes
+                and group.placement_key == old.group.placement_key):
+            # Only VIPs or Services changed, not what placement reads: the same ranking, the new group.
+            self._memberships[name] = attrs.evolve(old, group=group)
+            return
+        self._memberships.pop(name, None)
         if old is not None:
             for member in old.group.nodes:
                 names = self._member_of.get(member)
@@ -180,7 +198,6 @@ class GroupView:
                     names.discard(name)
                     if not names:
                         del self._member_of[member]
-        group = self._groups.get(name)
         if group is None or self.node not in group.nodes:
             return
         self._memberships[name] = membership(group, self.node, self._nodes)
