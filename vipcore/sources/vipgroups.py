@@ -39,6 +39,15 @@ log = logging.getLogger("vipcore.sources.vipgroups")
 Obj = Mapping[str, Any]
 
 
+_NO_TEXTS: tuple[frozenset[str], ...] = tuple(frozenset() for _ in Family)
+
+
+def _texts_of(obj: Obj) -> tuple[frozenset[str], ...]:
+    """A valid VipGroup object's VIPs as text, per family (in :class:`Family` order)."""
+    vips = obj["spec"].get("vips") or {}
+    return tuple(frozenset(vips.get(objects.family_key(f)) or ()) for f in Family)
+
+
 def _version(obj: Obj) -> int:
     rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
     return int(rv) if rv.isdigit() else 0
@@ -70,8 +79,10 @@ class GroupView:
         self._dirty: dict[str, bool] = {}
         #: VIP -> how many groups hold it.
         self._vips: dict[IPAddress, int] = {}
-        #: VIPs already parsed, by text (see :func:`vipcore.core.objects.vipgroup_from_k8s`).
-        self._parsed: dict[str, IPAddress] = {}
+        #: VIPs already parsed, per family, by text (see :func:`vipcore.core.objects.vipgroup_from_k8s`).
+        self._parsed: dict[Family, dict[str, IPAddress]] = {f: {} for f in Family}
+        #: Each group's VIPs as text: what changed is found by hashing strings (C), not addresses.
+        self._texts: dict[str, tuple[frozenset[str], ...]] = {}
         self._pools: tuple[Pool, ...] = ()
         self._all: tuple[VipGroup, ...] | None = ()
         self._changed = True
@@ -114,20 +125,23 @@ class GroupView:
         else:
             group = self._convert("vipgroups", key, obj,
                                   lambda o: objects.vipgroup_from_k8s(o, self._parsed))
-            if len(self._parsed) > 2 * len(self._vips) + 1024:  # forget addresses no group holds
-                self._parsed = {t: ip for t, ip in self._parsed.items() if ip in self._vips}
             if group is None:
                 return
         old = self._groups.get(key)
         if group == old:
             return
-        self._count_vips(old, group)
+        texts = _texts_of(obj) if group is not None else _NO_TEXTS
+        self._count_vips(self._texts.pop(key, _NO_TEXTS), texts)
         if group is None:
             self._groups.pop(key, None)
             self._versions.pop(key, None)
         else:
             self._groups[key] = group
             self._versions[key] = _version(obj)
+            self._texts[key] = texts
+        if sum(map(len, self._parsed.values())) > 2 * len(self._vips) + 1024:  # forget what no group holds
+            self._parsed = {f: {t: ip for t, ip in memo.items() if ip in self._vips}
+                            for f, memo in self._parsed.items()}
         self._all = None
         self._changed = True  # the list of groups changed (status shows it), whether or not it is ours
         if (old is not None and self.node in old.nodes) or (group is not None and self.node in group.nodes):
@@ -157,18 +171,21 @@ class GroupView:
         if key == self.node and (old is None or node is None or old.drained != node.drained):
             self._changed = True
 
-    def _count_vips(self, old: VipGroup | None, new: VipGroup | None) -> None:
-        """Count the VIPs ``new`` holds and ``old`` held: only the difference is walked twice."""
-        before = {ip for f in Family for ip in old.vips(f)} if old is not None else set()
-        after = {ip for f in Family for ip in new.vips(f)} if new is not None else set()
-        for ip in before - after:
-            count = self._vips.get(ip, 0) - 1
-            if count > 0:
-                self._vips[ip] = count
-            else:
-                self._vips.pop(ip, None)
-        for ip in after - before:
-            self._vips[ip] = self._vips.get(ip, 0) + 1
+    def _count_vips(self, before: tuple[frozenset[str], ...], after: tuple[frozenset[str], ...]) -> None:
+        """Count the VIPs a group holds now (``after``) and held (``before``), per family as text: only
+        the difference is walked."""
+        for family, old, new in zip(Family, before, after):
+            memo = self._parsed[family]
+            for text in old - new:
+                ip = memo[text]
+                count = self._vips.get(ip, 0) - 1
+                if count > 0:
+                    self._vips[ip] = count
+                else:
+                    self._vips.pop(ip, None)
+            for text in new - old:
+                ip = memo[text]
+                self._vips[ip] = self._vips.get(ip, 0) + 1
 
     # -------------------------------------------------------------- output
 
