@@ -183,3 +183,16 @@ def test_a_rename_in_flight_hands_on_the_newer_group_only() -> None:
     view.change("vipgroups", "DELETED", old.name, group_obj(old, rv=6))
     view.take()
     assert set(view.state().memberships) == {"g9-eth0", "g2-eth0"}
+
+
+def test_addresses_no_group_holds_are_forgotten_and_not_managed() -> None:
+    view = GroupView("node-a")
+    for rv in range(1, 40):
+        # One group whose 100 VIPs are replaced every time: the parsed addresses must not pile up.
+        g = VipGroup("g-eth0", "eth0", ("node-a",), vrid=1,
+                     vips_v6=tuple(ipaddress.IPv6Address(f"2001:db8::{rv:x}:{k:x}") for k in range(100)))
+        view.change("vipgroups", "MODIFIED" if rv > 1 else "ADDED", g.name, group_obj(g, rv))
+    assert sum(len(m) for m in view._parsed.values()) <= 2 * 100 + 1024
+    state = view.state()
+    assert state.managed(ipaddress.ip_address("2001:db8::27:5"))
+    assert not state.managed(ipaddress.ip_address("2001:db8::1:5"))

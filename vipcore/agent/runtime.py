@@ -23,6 +23,7 @@ Settings live in the config's ``agent:`` section (see docs/configuration.md).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import random
@@ -262,6 +263,10 @@ class Agent:
         self._started = True
         self._waiting = None
         await self.apply(state)
+        # What the first sync built (caches, groups) lives as long as the agent: keep the collector from
+        # walking it on every full collection (events make thousands of objects; a full collection over
+        # a large heap is tens of milliseconds in the middle of an event).
+        gc.freeze()
 
     async def _first_state(self) -> DesiredState | GroupState | None:
         attempt = 0
@@ -288,6 +293,7 @@ class Agent:
         """Hand over (graceful) and stop the backend; bounded by ``agent.stop_timeout``."""
         started, self._started = self._started, False
         self._waiting = "stopping"
+        gc.unfreeze()  # what start() froze may be collected again (a process that starts agents again)
         for task in self._retries.values():
             task.cancel()
         self._retries.clear()

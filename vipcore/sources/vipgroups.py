@@ -77,8 +77,6 @@ class GroupView:
         #: Groups whose membership must be recomputed -> whether a member Node changed (else only the
         #: VipGroup did, and placement is recomputed only if its nodes or placement key changed).
         self._dirty: dict[str, bool] = {}
-        #: VIP -> how many groups hold it.
-        self._vips: dict[IPAddress, int] = {}
         #: VIPs already parsed, per family, by text (see :func:`vipcore.core.objects.vipgroup_from_k8s`).
         self._parsed: dict[Family, dict[str, IPAddress]] = {f: {} for f in Family}
         #: Each group's VIPs as text: what changed is found by hashing strings (C), not addresses.
@@ -130,18 +128,19 @@ class GroupView:
         old = self._groups.get(key)
         if group == old:
             return
-        texts = _texts_of(obj) if group is not None else _NO_TEXTS
-        self._count_vips(self._texts.pop(key, _NO_TEXTS), texts)
         if group is None:
             self._groups.pop(key, None)
             self._versions.pop(key, None)
+            self._texts.pop(key, None)
         else:
             self._groups[key] = group
             self._versions[key] = _version(obj)
-            self._texts[key] = texts
-        if sum(map(len, self._parsed.values())) > 2 * len(self._vips) + 1024:  # forget what no group holds
-            self._parsed = {f: {t: ip for t, ip in memo.items() if ip in self._vips}
-                            for f, memo in self._parsed.items()}
+            self._texts[key] = _texts_of(obj)
+        held = sum(len(t) for texts in self._texts.values() for t in texts)
+        if sum(map(len, self._parsed.values())) > 2 * held + 1024:  # forget addresses no group holds
+            live = [frozenset().union(*(texts[i] for texts in self._texts.values())) for i in range(len(Family))]
+            self._parsed = {f: {t: ip for t, ip in memo.items() if t in live[i]}
+                            for i, (f, memo) in enumerate(self._parsed.items())}
         self._all = None
         self._changed = True  # the list of groups changed (status shows it), whether or not it is ours
         if (old is not None and self.node in old.nodes) or (group is not None and self.node in group.nodes):
@@ -171,21 +170,12 @@ class GroupView:
         if key == self.node and (old is None or node is None or old.drained != node.drained):
             self._changed = True
 
-    def _count_vips(self, before: tuple[frozenset[str], ...], after: tuple[frozenset[str], ...]) -> None:
-        """Count the VIPs a group holds now (``after``) and held (``before``), per family as text: only
-        the difference is walked."""
-        for family, old, new in zip(Family, before, after):
-            memo = self._parsed[family]
-            for text in old - new:
-                ip = memo[text]
-                count = self._vips.get(ip, 0) - 1
-                if count > 0:
-                    self._vips[ip] = count
-                else:
-                    self._vips.pop(ip, None)
-            for text in new - old:
-                ip = memo[text]
-                self._vips[ip] = self._vips.get(ip, 0) + 1
+    def managed(self, address: IPAddress) -> bool:
+        """Whether any group holds ``address`` (a backend's clean-up asks, rarely: O(groups), nothing
+        is kept up to date per change). Compared as the controller writes addresses (``str``)."""
+        text, index = str(address), list(Family).index(Family.of(address))
+        with self._lock:
+            return any(text in texts[index] for texts in self._texts.values())
 
     # -------------------------------------------------------------- output
 
@@ -229,7 +219,7 @@ class GroupView:
             me = self._nodes.get(self.node)
             return GroupState(node=self.node, memberships=self._handed_on(), groups=self._all,
                               pools=self._pools, drained=bool(me and me.drained),
-                              managed=self._vips.__contains__)
+                              managed=self.managed)
 
     def _handed_on(self) -> dict[str, Membership]:
         """This node's memberships, the newer one only where two share a router (a rename in flight)."""
