@@ -306,3 +306,35 @@ def test_the_full_view_needs_saying(server: ApiServer, tmp_path: Any) -> None:
         KubernetesAgentSource(agent_config("node-a", kubeconfig, False, agent_view="all"), record_holders=False)
     with pytest.raises(ConfigError, match="kubernetes.page_size"):
         KubernetesAgentSource(agent_config("node-a", kubeconfig, False, page_size="many"), record_holders=False)
+
+
+def test_a_change_between_the_first_state_and_the_watch_is_delivered(server: ApiServer, tmp_path: Any) -> None:
+    from tests.helpers import objects as o
+
+    server.create(node("node-a"))
+    server.create(o.vip_group("g1-eth0", 1, nodes=("node-a",)))
+    config = agent_config("node-a", str(server.write_kubeconfig(tmp_path / "kubeconfig")), False, page_size=1)
+
+    async def scenario() -> None:
+        source = KubernetesAgentSource(config, record_holders=False)
+        first = await source.initial(timeout=10)
+        assert isinstance(first, GroupState) and set(first.memberships) == {"g1-eth0"}
+        server.create(o.vip_group("g2-eth0", 2, nodes=("node-a",)))
+        await wait(lambda: "g2-eth0" in source.cache.objects("vipgroups"), what="the new group in the cache")
+        seen: list[GroupState] = []
+
+        async def on_change(state: Any) -> None:
+            seen.append(state)
+
+        task = asyncio.create_task(source.watch(on_change))
+        try:
+            await wait(lambda: seen and set(seen[-1].memberships) == {"g1-eth0", "g2-eth0"}, timeout=5,
+                       what="the change made before watch() to be delivered")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+    # kubernetes.page_size reached the informer: lists asked for one object at a time.
+    assert any("limit=1" in r.path and "continue=" in r.path for r in server.requests if "/vipgroups" in r.path)

@@ -161,7 +161,10 @@ class KubernetesAgentSource:
         """
         if not self._wake.bound:
             await self.initial()
-        last = self.state()
+        # The VipGroup view compares nothing: what changed since the state last handed out is pending in
+        # the view (taken at the first wake-up, which is now).
+        last = self.state() if self.groups is None else None
+        self._wake.set()
         try:
             while True:
                 if self.groups is not None:
