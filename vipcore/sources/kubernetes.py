@@ -4,10 +4,11 @@
 config. It wraps :class:`vipcore.kube.KubernetesSource` (the
 one module that reads the API) and adds what only an agent does:
 
-* the desired state it hands the agent is the cache's, with nodes whose
-  heartbeat Lease expired marked not ready (when ``kubernetes.heartbeat`` is
-  enabled; see :mod:`vipcore.kube.heartbeat`), re-evaluated when a Lease would
-  expire, not only when an object changes;
+* the desired state it hands the agent: this node's groups from the
+  VipGroups (the default view), or the cache's whole state with nodes whose
+  heartbeat Lease expired marked not ready (the full view, when
+  ``kubernetes.heartbeat`` is enabled; see :mod:`vipcore.kube.heartbeat`),
+  re-evaluated when a Lease would expire, not only when an object changes;
 * this node's own heartbeat Lease is renewed while the source runs, and
   released when it stops;
 * :meth:`plugins` offers the :class:`vipcore.sources.holders.HolderStatus`
@@ -26,9 +27,9 @@ What the agent watches is ``kubernetes.agent_view``:
   controller, with ``kubernetes.heartbeat`` judged by each agent); memory and
   per-event cost follow the cluster.
 
-In the full view, Services are selected as the controller selects them (``controller.classes``,
-``controller.default_class``, ``controller.openelb`` from the same config), so
-agents and controller agree. VRIDs come from the VipGroup objects the
+In the full view, Services are selected as the controller selects them
+(``controller.classes``, ``controller.default_class``, ``controller.openelb``
+from the same config), so agents and controller agree. VRIDs come from the VipGroup objects the
 controller wrote (``DesiredState.vrids``). While the API server is
 unreachable nothing changes: the last state stays dispatched and VRRP
 backends keep holding and failing over on their own; on reconnect only
