@@ -431,7 +431,8 @@ def test_continue_token_expires_after_compaction(fake_only: Any, cluster: Cluste
     for _ in range(2):
         cluster.core.create_namespaced_service(cluster.namespace, service(cluster.name("page")))
     first = cluster.core.list_namespaced_service(cluster.namespace, limit=1)
-    cluster.core.create_namespaced_service(cluster.namespace, service(cluster.name("page")))
+    # Named to sort after the first page: the inconsistent continuation below starts after its last key.
+    cluster.core.create_namespaced_service(cluster.namespace, service(cluster.name("zpage")))
     fake_only.compact()
     with pytest.raises(k8s.ApiException) as err:
         cluster.core.list_namespaced_service(cluster.namespace, limit=1, _continue=first.metadata._continue)
