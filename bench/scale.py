@@ -1,6 +1,7 @@
 """Scale: an agent's per-event dispatch latency and memory against a synthetic cluster.
 
-Run: .venv/bin/python bench/scale.py [--sizes 1000x10000,5000x50000] [--events 30] [--full-cache]
+Run: .venv/bin/python bench/scale.py [--sizes 1000x10000,5000x50000] [--events 30] [--view groups|full|both]
+     [--full-cache]
 
 For each size (nodes x Services) the test API server (vipcore.testing, in
 this process, on loopback) is filled with a synthetic cluster: Nodes with
@@ -20,9 +21,20 @@ of the backend dispatch it causes:
 * ``service``: a Service gets its address in status (what the controller writes);
 * ``node``: a Node's Ready condition flips.
 
+``--view`` is the agent's ``kubernetes.agent_view``. ``groups`` (the
+default): the server also holds the VipGroups the controller's planner
+(``vipcore.core.plan.plan``, run once) writes for that cluster, and the
+agent watches those, the Nodes and the pools; each event is then what the
+controller writes for that change (VipGroup creates, patches, deletes),
+computed by a stand-in (the cluster as a model and the incremental resolver,
+equal to ``resolve``) in the agent's process before the clock starts; the
+stand-in's memory is left out (RSS and peak are taken at sync). ``full``:
+the agent watches every Service and EndpointSlice and resolves.
+
 ``agent`` is the same, from the moment the agent's watch delivered the
 change (the agent's own share); ``CPU`` is the agent process's CPU time
-over the same span (what the event cost, whatever the machine's load);
+over the same span, less the writing thread's (what the event cost the
+agent, whatever the machine's load);
 ``resolve`` is the time spent in the agent's incremental resolution. RSS is the child's resident memory after the
 first dispatch, and its peak (VmHWM). ``--full-cache`` runs the agent with
 whole objects cached (the behaviour before slimming) for comparison.
@@ -112,28 +124,118 @@ def slice_obj(i: int, nodes: list[str]) -> dict[str, Any]:
     }
 
 
-def populate(server: Any, nodes: int, services: int, pending: int, seed: int = 7) -> dict[str, Any]:
-    """Fill ``server``; returns what the agent child needs to make its events."""
+POOL_OBJ = {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipPool", "metadata": {"name": "lan"},
+            "spec": {"addresses": [POOL], "interface": "eth0", "default": True}}
+
+
+def cluster(nodes: int, services: int, pending: int, seed: int = 7) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    """The synthetic cluster: the Local placements (shapes) and every object, Services with their status
+    (pending ones without), in creation order. Deterministic: the agent child rebuilds the same."""
     rnd = random.Random(seed)
     names = [f"node-{i:05d}" for i in range(nodes)]
     shapes = [rnd.sample(names, ENDPOINTS) for _ in range(SHAPES)]
-    me = shapes[0][0]
-    for i in range(nodes):
-        server.create(node_obj(i))
-    server.create({"apiVersion": "vipcore.io/v1alpha1", "kind": "VipPool", "metadata": {"name": "lan"},
-                   "spec": {"addresses": [POOL], "interface": "eth0", "default": True}})
+    objs: list[dict[str, Any]] = [node_obj(i) for i in range(nodes)] + [POOL_OBJ]
     for i in range(services + pending):
         local = i % 2 == 0 and i < services  # pending Services are Cluster: each address reaches this node
-        svc = server.create(service_obj(i, local))
+        svc = service_obj(i, local)
         if i < services:
             svc["status"] = {"loadBalancer": {"ingress": [{"ip": vip(i), "ipMode": "VIP"}]}}
-            server.update(svc, subresource="status")
-        server.create(slice_obj(i, shapes[i % SHAPES] if local else rnd.sample(names, ENDPOINTS)))
+        objs.append(svc)
+        objs.append(slice_obj(i, shapes[i % SHAPES] if local else rnd.sample(names, ENDPOINTS)))
+    return shapes, objs
+
+
+def populate(server: Any, nodes: int, services: int, pending: int, view: str = "full",
+             seed: int = 7) -> dict[str, Any]:
+    """Fill ``server``; returns what the agent child needs to make its events.
+
+    For the VipGroup view the VipGroups are written as the controller writes them: the controller's
+    planner (:func:`vipcore.core.plan.plan`) runs once over the cluster.
+    """
+    shapes, objs = cluster(nodes, services, pending, seed)
+    me = shapes[0][0]
+    for obj in objs:
+        status = obj.pop("status", None)
+        created = server.create(obj)
+        if status is not None:
+            created["status"] = status
+            server.update(created, subresource="status")
+    if view == "groups":
+        from vipcore.core import objects
+        from vipcore.core.plan import plan
+
+        listed = {k: server.objects(*k) for k in (("v1", "Node"), ("v1", "Service"),
+                                                  ("discovery.k8s.io/v1", "EndpointSlice"))}
+        # Pending Services get their address during the events (as the controller writes it): not yet.
+        served = [s for s in listed[("v1", "Service")] if (s.get("status") or {}).get("loadBalancer")]
+        planned = plan(served, nodes=[objects.node_from_k8s(n) for n in listed[("v1", "Node")]],
+                       endpoint_slices=[objects.endpoint_slice_from_k8s(e)
+                                        for e in listed[("discovery.k8s.io/v1", "EndpointSlice")]],
+                       pools=[objects.pool_from_k8s(POOL_OBJ)], vipgroups=[])
+        for write in planned.groups:
+            server.create({"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup",
+                           "metadata": {"name": write.name}, "spec": write.spec})
     # Local Services whose slices can move between a placement with this node and one without.
     movable = [i for i in range(0, services, 2) if me in shapes[i % SHAPES]][:200]
     without = next(s for s in shapes if me not in s)
     return {"node": me, "nodes": nodes, "services": services, "pending": pending, "movable": movable,
-            "with": shapes[0], "without": without}
+            "with": shapes[0], "without": without, "view": view}
+
+
+class ControllerStandIn:
+    """What the controller writes for one change, in the VipGroup view's bench: the cluster as a model,
+    the incremental resolver (equal to ``resolve``, property-tested), and the VipGroup writes that take
+    the server's VipGroups to the new answer. Runs in the agent child before each timed write."""
+
+    def __init__(self, plan_: dict[str, Any], custom: Any) -> None:
+        from vipcore.core import objects
+        from vipcore.core.incremental import IncrementalResolver
+
+        self.custom = custom
+        _, objs = cluster(plan_["nodes"], plan_["services"], plan_["pending"])
+        served = [o for o in objs if o["kind"] != "Service" or "status" in o]
+        self.state = objects.state_from_objects((None, o) for o in served)
+        self.pending = {f"ns{i % 50}/s{i}": next(o for o in objs if o["kind"] == "Service"
+                                                 and o["metadata"]["name"] == f"s{i}")
+                        for i in range(plan_["services"], plan_["services"] + plan_["pending"])}
+        self.resolver = IncrementalResolver(allocate=False)
+        listed = custom.list_cluster_custom_object("vipcore.io", "v1alpha1", "vipgroups")["items"]
+        self.groups = {g["metadata"]["name"]: g["spec"] for g in listed}
+        self.resolver.update(self._persisted(self.state))
+
+    def _persisted(self, state: Any) -> Any:
+        import attrs
+
+        return attrs.evolve(state, vrids={n: s["vrid"] for n, s in self.groups.items()},
+                            lineage={n: tuple(s.get("services") or ()) for n, s in self.groups.items()})
+
+    def change(self, state: Any) -> list[tuple[str, str, Any]]:
+        """The VipGroup writes for ``state``: (verb, name, spec), creates and updates before deletes."""
+        from vipcore.core.objects import vipgroup_spec
+
+        self.state = state
+        resolution = self.resolver.update(self._persisted(state))
+        wanted = {g.name: vipgroup_spec(g) for g in resolution.groups}
+        writes = [("create" if n not in self.groups else "patch", n, spec) for n, spec in wanted.items()
+                  if self.groups.get(n) != spec]
+        writes += [("delete", n, None) for n in self.groups if n not in wanted]
+        self.groups = wanted
+        return writes
+
+    def write(self, writes: list[tuple[str, str, Any]]) -> str:
+        """Send the writes; the first one's name (the key the agent's watch sees)."""
+        for verb, name, spec in writes:  # each response read: the connection goes back to the pool
+            if verb == "create":
+                self.custom.create_cluster_custom_object(
+                    "vipcore.io", "v1alpha1", "vipgroups",
+                    {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup", "metadata": {"name": name},
+                     "spec": spec})
+            elif verb == "patch":
+                self.custom.patch_cluster_custom_object("vipcore.io", "v1alpha1", "vipgroups", name,
+                                                        {"spec": spec})
+            else:
+                self.custom.delete_cluster_custom_object("vipcore.io", "v1alpha1", "vipgroups", name)
+        return writes[0][1] if writes else ""
 
 
 # ------------------------------------------------------------------ the agent, in a child process
@@ -189,7 +291,8 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
 
     state_dir = Path(tempfile.mkdtemp(prefix="vipcore-bench-"))
     config = Config(backend="bench_recorder", node_name=plan["node"], source="kubernetes", state_dir=state_dir,
-                    metrics="", kubernetes={"kubeconfig": kubeconfig, "heartbeat": {"enabled": False}})
+                    metrics="", kubernetes={"kubeconfig": kubeconfig, "heartbeat": {"enabled": False},
+                                            "agent_view": plan["view"]})
     source = KubernetesAgentSource(config, record_holders=False)
     if full_cache:
         source.cache.keep = {}
@@ -219,6 +322,9 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
 
     client = api_client(kubeconfig)
     core, discovery = k8s.CoreV1Api(client), k8s.DiscoveryV1Api(client)
+    # The VipGroup view's events are what the controller writes for each change (built after the
+    # agent's memory was measured: the stand-in is the controller's memory, not the agent's).
+    standin = ControllerStandIn(plan, k8s.CustomObjectsApi(client)) if plan["view"] == "groups" else None
     rnd = random.Random(3)
     latencies: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
     agent_share: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
@@ -226,6 +332,40 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
     moved: dict[int, bool] = {}
     pending = iter(range(plan["services"], plan["services"] + plan["pending"]))
     flipped: dict[int, bool] = {}
+
+    def prepare(kind: str) -> Any:
+        """The writes of one event, computed (by the controller stand-in) before the clock starts."""
+        if standin is None:
+            return lambda: write(kind)
+        import attrs
+
+        from vipcore.core import objects
+        from vipcore.core.model import EndpointSlice
+
+        state = standin.state
+        if kind == "slice":
+            i = rnd.choice(plan["movable"])
+            moved[i] = not moved.get(i, False)
+            nodes = plan["without"] if moved[i] else plan["with"]
+            name = f"s{i}-abcde"
+            slices = tuple(EndpointSlice(e.namespace, e.name, e.service, frozenset(nodes)) if e.name == name
+                           else e for e in state.endpoint_slices)
+            state = attrs.evolve(state, endpoint_slices=slices)
+        elif kind == "service":
+            i = next(pending)
+            obj = dict(standin.pending[f"ns{i % 50}/s{i}"])
+            obj["status"] = {"loadBalancer": {"ingress": [{"ip": vip(i)}]}}
+            state = attrs.evolve(state, services=state.services + (objects.service_from_k8s(obj),))
+        else:
+            i = rnd.randrange(1, plan["nodes"])
+            while f"node-{i:05d}" == plan["node"]:
+                i = rnd.randrange(1, plan["nodes"])
+            flipped[i] = not flipped.get(i, False)
+            name = f"node-{i:05d}"
+            state = attrs.evolve(state, nodes=tuple(attrs.evolve(n, ready=not flipped[i]) if n.name == name else n
+                                                    for n in state.nodes))
+        writes = standin.change(state)
+        return lambda: standin.write(writes)
 
     def write(kind: str) -> str:
         if kind == "slice":
@@ -261,11 +401,17 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
         if kind == "service" and n // 3 >= plan["pending"]:
             continue
         await asyncio.sleep(0.05)  # let the previous event settle
+        send = prepare(kind)
+
+        def timed_send() -> tuple[str, float]:
+            began = time.thread_time()
+            return send(), time.thread_time() - began
+
         before = len(calls)
         arrivals.clear()
         cpu0 = time.process_time()
         t0 = time.perf_counter()
-        key = await asyncio.to_thread(write, kind)
+        key, writer_cpu = await asyncio.to_thread(timed_send)
         deadline = time.perf_counter() + 30
         while len(calls) == before and time.perf_counter() < deadline:
             await asyncio.sleep(0.0005)
@@ -279,7 +425,8 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
             if len(calls) == count:
                 break
         done = calls[-1]
-        cpu[kind].append((time.process_time() - cpu0) * 1000)
+        # The writes are the cluster's (the kubernetes client serialising them), not the agent's.
+        cpu[kind].append((time.process_time() - cpu0 - writer_cpu) * 1000)
         latencies[kind].append((done - t0) * 1000)
         if key in arrivals:
             agent_share[kind].append((done - arrivals[key]) * 1000)
@@ -291,9 +438,11 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
     watcher.cancel()
     await asyncio.wait({watcher})
     await agent.stop(graceful=False)
+    # The VipGroup view's child also ran the controller stand-in: its peak is the one at sync.
+    peak = memory.get("VmHWM", 0.0) if standin is not None else rss().get("VmHWM", 0.0)
     return {"sync_s": synced, "groups": groups, "rss_mb": memory.get("VmRSS", 0.0), "base_mb": base,
             "resolve_ms": resolving, "cpu_ms": cpu,
-            "peak_mb": rss().get("VmHWM", 0.0), "latency_ms": latencies, "agent_ms": agent_share}
+            "peak_mb": peak, "latency_ms": latencies, "agent_ms": agent_share}
 
 
 # ------------------------------------------------------------------ the cache alone
@@ -425,13 +574,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def run_size(nodes: int, services: int, events: int, full_cache: bool) -> dict[str, Any]:
+def run_size(nodes: int, services: int, events: int, full_cache: bool, view: str = "groups") -> dict[str, Any]:
     from vipcore.testing.apiserver import ApiServer
 
     namespaces = ("default", "kube-system") + tuple(f"ns{i}" for i in range(50))
     with ApiServer(crds=[ROOT / "deploy" / "crds"], history_limit=5000, namespaces=namespaces) as server:
         started = time.perf_counter()
-        plan = populate(server, nodes, services, pending=events)
+        plan = populate(server, nodes, services, pending=events, view=view)
         filled = time.perf_counter() - started
         with tempfile.TemporaryDirectory() as tmp:
             kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
@@ -447,11 +596,25 @@ def run_size(nodes: int, services: int, events: int, full_cache: bool) -> dict[s
     return result
 
 
+def print_rows(nodes: int, services: int, view: str, full_cache: bool, r: dict[str, Any]) -> None:
+    for n, kind in enumerate(("slice", "service", "node")):
+        lat, share = r["latency_ms"][kind], r["agent_ms"][kind]
+        head = (f"{nodes:>6} {services:>8} {view:>6} {'full' if full_cache else 'slim':>5} {r['sync_s']:>7.1f} "
+                f"{r['groups']:>6} {r['base_mb']:>7.0f} {r['rss_mb']:>7.0f} {r['peak_mb']:>7.0f}"
+                if n == 0 else " " * 69)
+        tail = f" {percentile(r['resolve_ms'], 0.95):>11.1f}" if n == 0 else ""
+        print(f"{head}  {kind:<7} {len(lat):>3} {statistics.median(lat) if lat else float('nan'):>9.1f} "
+              f"{percentile(lat, 0.95):>7.1f} {percentile(share, 0.95):>9.1f} "
+              f"{percentile(r['cpu_ms'][kind], 0.95):>7.1f}{tail}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000x10000,5000x50000", help="NODESxSERVICES, comma-separated")
     parser.add_argument("--events", type=int, default=30, help="events of each kind")
     parser.add_argument("--full-cache", action="store_true", help="cache whole objects (before slimming)")
+    parser.add_argument("--view", default="groups", help="the agent's kubernetes.agent_view: groups, full or "
+                        "both (comma-separated)")
     parser.add_argument("--controller", type=int, default=0,
                         help="also time the controller: this many Services created at once")
     parser.add_argument("--cache", default="",
@@ -485,21 +648,15 @@ def main() -> int:
                       f"{r['rss_mb']:>7.0f} {r['peak_mb']:>7.0f}", flush=True)
         if not args.sizes:
             return 0
-    print(f"{'nodes':>6} {'services':>8} {'cache':>5} {'sync s':>7} {'groups':>6} {'base MB':>7} {'RSS MB':>7} "
-          f"{'peak MB':>7}  {'event':<7} {'n':>3} {'median ms':>9} {'p95 ms':>7} {'agent p95':>9} {'CPU p95':>7} "
-          f"{'resolve p95':>11}")
+    print(f"{'nodes':>6} {'services':>8} {'view':>6} {'cache':>5} {'sync s':>7} {'groups':>6} {'base MB':>7} "
+          f"{'RSS MB':>7} {'peak MB':>7}  {'event':<7} {'n':>3} {'median ms':>9} {'p95 ms':>7} {'agent p95':>9} "
+          f"{'CPU p95':>7} {'resolve p95':>11}")
+    views = ["groups", "full"] if args.view == "both" else args.view.split(",")
     for size in [s for s in args.sizes.split(",") if s]:
         nodes, services = (int(x) for x in size.split("x"))
-        r = run_size(nodes, services, args.events, args.full_cache)
-        for n, kind in enumerate(("slice", "service", "node")):
-            lat, share = r["latency_ms"][kind], r["agent_ms"][kind]
-            head = (f"{nodes:>6} {services:>8} {'full' if args.full_cache else 'slim':>5} {r['sync_s']:>7.1f} "
-                    f"{r['groups']:>6} {r['base_mb']:>7.0f} {r['rss_mb']:>7.0f} {r['peak_mb']:>7.0f}"
-                    if n == 0 else " " * 62)
-            tail = f" {percentile(r['resolve_ms'], 0.95):>11.1f}" if n == 0 else ""
-            print(f"{head}  {kind:<7} {len(lat):>3} {statistics.median(lat) if lat else float('nan'):>9.1f} "
-                  f"{percentile(lat, 0.95):>7.1f} {percentile(share, 0.95):>9.1f} "
-                  f"{percentile(r['cpu_ms'][kind], 0.95):>7.1f}{tail}", flush=True)
+        for view in views:
+            r = run_size(nodes, services, args.events, args.full_cache, view)
+            print_rows(nodes, services, view, args.full_cache, r)
     if args.controller:
         c = run_controller(args.controller)
         total = sum(c["writes"].values())

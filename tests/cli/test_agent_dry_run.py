@@ -9,6 +9,7 @@ for IPv6 support with a loopback socket when it is imported.)
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -157,11 +158,18 @@ def test_readme_agent_example_is_a_dry_run() -> None:
     assert EXAMPLES.is_dir()
 
 
-def test_dry_run_reads_a_cluster_once_and_writes_nothing(server: ApiServer, tmp_path: Path) -> None:
-    """``source: kubernetes``: the addresses the controller wrote, the VRIDs of the VipGroups; no write at all."""
+@pytest.mark.parametrize("view", ["groups", "full"])
+def test_dry_run_reads_a_cluster_once_and_writes_nothing(server: ApiServer, tmp_path: Path, view: str) -> None:
+    """``source: kubernetes``: the addresses the controller wrote, the VRIDs of the VipGroups; no write at all.
+
+    In the VipGroup view (the default) the groups are the VipGroups the controller wrote; in the full
+    view the dry run resolves the Services itself.
+    """
     import time
 
     from tests.helpers.cluster import node as k8s_node, service, vippool
+    from vipcore.core.model import VipGroup
+    from vipcore.core.objects import vipgroup_spec
 
     for name in ("node-a", "node-b"):
         server.create(k8s_node(name, ip=f"198.51.100.{11 if name == 'node-a' else 12}"))
@@ -169,11 +177,16 @@ def test_dry_run_reads_a_cluster_once_and_writes_nothing(server: ApiServer, tmp_
     server.create(service("web"))
     server.patch("v1", "Service", "web", {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.12"}]}}},
                  namespace="default", subresource="status")
+    group = VipGroup("f00d-lo", "lo", ("node-a", "node-b"), vrid=9,
+                     vips_v4=(ipaddress.IPv4Address("203.0.113.12"),), services=("default/web",))
+    server.create({"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup", "metadata": {"name": group.name},
+                   "spec": vipgroup_spec(group)})
     kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
     config = tmp_path / "agent.yaml"
     config.write_text(f"backend: native_vrrp\nsource: kubernetes\nnode_name: node-a\nstate_dir: {tmp_path / 'state'}\n"
                       # With heartbeats on, a running agent would create its Lease at once: the dry run must not.
-                      f"kubernetes: {{kubeconfig: {kubeconfig}, heartbeat: {{enabled: true, namespace: default}}}}\n")
+                      f"kubernetes: {{kubeconfig: {kubeconfig}, agent_view: {view}, "
+                      "heartbeat: {enabled: true, namespace: default}}\n")
     since = time.monotonic()  # RequestRecord.at is monotonic
     result = subprocess.run([str(Path(sys.executable).parent / "vipcore"), "agent", "--config", str(config),
                              "--dry-run", "-o", "json"], capture_output=True, text=True, timeout=120)
@@ -183,7 +196,10 @@ def test_dry_run_reads_a_cluster_once_and_writes_nothing(server: ApiServer, tmp_
     (group,) = document["join"]
     assert group["vips"] == ["203.0.113.12"] and group["members"] in (["node-a", "node-b"], ["node-b", "node-a"])
     assert group["services"] == ["default/web"]
+    if view == "groups":
+        assert group["name"] == "f00d-lo" and group["vrid"] == 9
     requests = server.requests_since(since)
-    assert any(r.method == "GET" and "services" in r.path for r in requests)  # it did read the cluster
+    read = "vipgroups" if view == "groups" else "services"
+    assert any(r.method == "GET" and read in r.path for r in requests)  # it did read the cluster
     assert [r for r in requests if r.method not in ("GET", "WATCH")] == []
     assert not (tmp_path / "state").exists()

@@ -124,7 +124,17 @@ def test_controller_rbac_is_what_it_calls(server: ApiServer, start: Callable[...
     compare("vipcore-controller", used(server.requests))
 
 
-def test_agent_rbac_is_what_it_calls(server: ApiServer, tmp_path: Path) -> None:
+def extra_roles(name: str) -> dict[str | None, set[Verb]]:
+    """Namespace -> what the unbound roles called ``name`` grant (bound by the operator who needs them)."""
+    out: dict[str | None, set[Verb]] = {}
+    for d in manifests():
+        if d["kind"] in ("Role", "ClusterRole") and d["metadata"]["name"] == name:
+            out.setdefault(d["metadata"].get("namespace"), set()).update(granted(d["rules"]))
+    return out
+
+
+def run_agent_source(server: ApiServer, tmp_path: Path, **kube: Any) -> None:
+    """An agent's Kubernetes source through its start, two holder records and a heartbeat renewal."""
     namespaces(server)
     server.create(node("node-a"))
     server.create({"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup", "metadata": {"name": "g-eth0"},
@@ -133,7 +143,7 @@ def test_agent_rbac_is_what_it_calls(server: ApiServer, tmp_path: Path) -> None:
     kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
     config = Config(node_name="node-a", source="kubernetes", metrics="", kubernetes={
         "kubeconfig": str(kubeconfig), "namespace": SYSTEM,
-        "heartbeat": {"enabled": True, "namespace": HEARTBEATS, "duration": 2}})
+        "heartbeat": {"enabled": True, "namespace": HEARTBEATS, "duration": 2}, **kube})
 
     async def scenario() -> None:
         source = KubernetesAgentSource(config)
@@ -150,4 +160,21 @@ def test_agent_rbac_is_what_it_calls(server: ApiServer, tmp_path: Path) -> None:
         holder.close()
 
     asyncio.run(scenario())
+
+
+def test_agent_rbac_is_what_it_calls(server: ApiServer, tmp_path: Path) -> None:
+    run_agent_source(server, tmp_path)
     compare("vipcore-agent", used(server.requests))
+
+
+def test_the_full_view_roles_are_what_it_calls_beyond_the_default(server: ApiServer, tmp_path: Path) -> None:
+    run_agent_source(server, tmp_path, agent_view="full")
+    observed = used(server.requests)
+    grants, extra = grants_of("vipcore-agent"), extra_roles("vipcore-agent-full-view")
+    for ns, verbs in observed.items():
+        missing = verbs - grants.get(ns, set()) - extra.get(ns, set())
+        assert not missing, f"the full view calls {sorted(missing)} in {ns or 'the cluster'} without a grant"
+    for ns, verbs in extra.items():
+        beyond = verbs - observed.get(ns, set())
+        assert not beyond, f"vipcore-agent-full-view grants {sorted(beyond)} in {ns or 'the cluster'} unused"
+        assert not verbs & grants.get(ns, set()), "the full-view roles repeat what the agent has anyway"

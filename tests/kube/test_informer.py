@@ -315,3 +315,54 @@ def test_the_agent_finds_its_kubernetes_source(server: ApiServer, tmp_path: obje
     assert isinstance(source, KubernetesAgentSource)
     if source.holder_status is not None:
         source.holder_status.close()
+
+
+# ---------------------------------------------------------------- paged lists
+
+def _service_lists(server: ApiServer) -> list[tuple[str, int]]:
+    return [(r.path, r.code) for r in server.requests if r.method == "GET" and "/services" in r.path
+            and "watch=true" not in r.path]
+
+
+def test_lists_come_in_pages_of_page_size(server: ApiServer) -> None:
+    for i in range(7):
+        server.create(o.service(f"s{i}"))
+    src = make_source(server, page_size=3)
+    src.start()
+    try:
+        assert src.wait_synced(10)
+        assert len(src.objects("services")) == 7
+        lists = _service_lists(server)
+        # 7 objects, 3 a page: three requests, all with limit=3, the last two continuing.
+        assert len(lists) == 3 and all("limit=3" in path and code == 200 for path, code in lists)
+        assert ["continue=" in path for path, _ in lists] == [False, True, True]
+        # The watch resumes from the paged list's resourceVersion: a change after it arrives.
+        server.create(o.service("after"))
+        wait_for(lambda: "default/after" in src.objects("services"))
+    finally:
+        src.stop()
+
+
+def test_a_continue_that_expires_mid_list_restarts_the_list(server: ApiServer) -> None:
+    for i in range(7):
+        server.create(o.service(f"s{i}"))
+    compacted = threading.Event()
+
+    def compact_after_first_page(obj: dict[str, object]) -> dict[str, object]:
+        # Runs between pages: a write and a compaction make the first page's continue token too old.
+        if not compacted.is_set() and (obj.get("metadata") or {}).get("name") == "s2":  # type: ignore[union-attr]
+            compacted.set()
+            server.create(o.service("late"))
+            server.compact()
+        return obj
+
+    src = make_source(server, page_size=3, keep={"services": compact_after_first_page})
+    src.start()
+    try:
+        assert src.wait_synced(10)
+        assert set(src.objects("services")) == {f"default/s{i}" for i in range(7)} | {"default/late"}
+        codes = [code for path, code in _service_lists(server) if "continue=" in path]
+        assert 410 in codes and codes[-1] == 200
+        assert src.connection().errors == 0  # restarted at once, not backed off as a failure
+    finally:
+        src.stop()

@@ -208,7 +208,7 @@ def test_the_agents_kubernetes_source_caches_slim_objects(populated: ApiServer, 
     from vipcore.sources.kubernetes import KubernetesAgentSource
 
     config = Config(node_name="node-1", source="kubernetes", state_dir=tmp_path,
-                    kubernetes={"heartbeat": {"enabled": False}})
+                    kubernetes={"heartbeat": {"enabled": False}, "agent_view": "full"})
     agent_source = KubernetesAgentSource(config, client=populated.client(), record_holders=False)
 
     async def first() -> Any:
@@ -221,3 +221,24 @@ def test_the_agents_kubernetes_source_caches_slim_objects(populated: ApiServer, 
     assert len(state.services) == 8
     text = json.dumps([agent_source.cache.objects(kind) for kind in ("nodes", "services", "endpointslices")])
     assert "managedFields" not in text and "targetRef" not in text and "images" not in text
+
+
+def test_the_vipgroup_view_caches_no_service_and_no_endpointslice(populated: ApiServer, tmp_path: Any) -> None:
+    from vipcore.core.model import GroupState
+    from vipcore.core.settings import Config
+    from vipcore.sources.kubernetes import KubernetesAgentSource
+
+    config = Config(node_name="node-1", source="kubernetes", state_dir=tmp_path,
+                    kubernetes={"heartbeat": {"enabled": False}})
+    agent_source = KubernetesAgentSource(config, client=populated.client(), record_holders=False)
+
+    async def first() -> Any:
+        try:
+            return await agent_source.initial(timeout=30)
+        finally:
+            await agent_source.close()
+
+    state = asyncio.run(first())
+    assert isinstance(state, GroupState)
+    assert {k.name for k in agent_source.cache.kinds} == {"nodes", "vippools", "eips", "vipgroups"}
+    assert agent_source.cache.objects("nodes") and "managedFields" not in json.dumps(agent_source.cache.objects("nodes"))

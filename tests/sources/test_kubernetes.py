@@ -13,15 +13,18 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 
-from tests.helpers.cluster import FAST, events, lb_ips, node, service, settings, vipgroups, vippool
+from tests.helpers.cluster import FAST, endpoint_slice, events, lb_ips, node, service, settings, vipgroups, vippool
 
 from vipcore.agent.runtime import Agent
 from vipcore.backend import BackendContext, BackendRegistry, hookimpl
+from vipcore.core.errors import ConfigError
 from vipcore.core.settings import Config
 from vipcore.controller.runtime import Controller
 from vipcore.kube.heartbeat import HeartbeatConfig
-from vipcore.core.model import Membership, State, StateChange
+from vipcore.core.model import DesiredState, GroupState, Membership, State, StateChange
+from vipcore.core.resolve import membership, resolve
 from vipcore.backend.host import load_hooks
 from vipcore.sources.kubernetes import KubernetesAgentSource
 from vipcore.testing.apiserver import ApiServer
@@ -78,8 +81,8 @@ class PreferredHolder:
         self._set(membership, State.STOPPED, "left the group")
 
 
-def agent_config(name: str, kubeconfig: str, heartbeat: bool) -> Config:
-    kube: dict[str, Any] = {"kubeconfig": kubeconfig}
+def agent_config(name: str, kubeconfig: str, heartbeat: bool, **options: Any) -> Config:
+    kube: dict[str, Any] = {"kubeconfig": kubeconfig, **options}
     if heartbeat:
         kube["heartbeat"] = {"enabled": True, "namespace": "default", "duration": 2}
     return Config(backend="preferred_holder", node_name=name, source="kubernetes", metrics="", kubernetes=kube)
@@ -240,3 +243,98 @@ def test_api_outage_changes_nothing_and_reconnect_does_not_flap(server: ApiServe
             assert after == before
 
     asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- the VipGroup view (the default)
+
+def test_the_vipgroup_view_dispatches_what_the_full_view_resolves(server: ApiServer, tmp_path: Any) -> None:
+    for i, name in enumerate(NODES):
+        server.create(node(name, ip=f"198.51.100.{i + 1}"))
+    server.create(vippool("lan", "203.0.113.10-203.0.113.19", default=True))
+
+    async def full_view(name: str) -> dict[str, Membership]:
+        """This node's memberships as an agent with ``agent_view: full`` resolves them."""
+        config = agent_config(name, str(server.write_kubeconfig(tmp_path / "kubeconfig")), False, agent_view="full")
+        source = KubernetesAgentSource(config, record_holders=False)
+        try:
+            state = await source.initial(timeout=10)
+        finally:
+            await source.close()
+        assert isinstance(state, DesiredState)
+        return {g.name: membership(g, name, state.nodes) for g in resolve(state, allocate=False).groups_of(name)}
+
+    async def scenario() -> None:
+        async with running(server, tmp_path, heartbeat=False) as agents:
+            assert all(a.source.view == "groups" for a in agents.values())
+            server.create(service("web"))
+            server.create(service("api", policy="Local"))
+            server.create(endpoint_slice("api", ["node-b", "node-c"]))
+            server.create(service("db", policy="Local"))
+            server.create(endpoint_slice("db", ["node-a"]))
+            await wait(lambda: len(vipgroups(server)) == 3 and all(lb_ips(server, s) for s in ("web", "api", "db")),
+                       what="three groups")
+            # The agents never read a Service or an EndpointSlice: their memory and watch traffic
+            # follow the VipGroups.
+            read = {r.path.split("?")[0].rsplit("/", 1)[-1] for r in server.requests
+                    if r.client.startswith("vipcore-agent/") and r.method in ("GET", "WATCH")}
+            assert "services" not in read and "endpointslices" not in read, read
+            assert {"vipgroups", "nodes"} <= read
+            for name, agent in agents.items():
+                expected = await full_view(name)
+                await wait(lambda: agent.agent.memberships == expected, timeout=10,
+                           what=f"{name}'s memberships to match the full view")
+
+            # A Service edit that changes no group reaches no agent; a node's drain label reaches
+            # only its own groups, through the priorities it gives.
+            counts = {n: len(a.dispatched) for n, a in agents.items()}
+            server.patch("v1", "Service", "web", {"metadata": {"labels": {"team": "x"}}}, namespace="default")
+            server.patch("v1", "Node", "node-a", {"metadata": {"labels": {"vipcore.io/drain": "true"}}})
+            await wait(lambda: all(m.priority == 1 for m in agents["node-a"].agent.memberships.values()),
+                       what="node-a drained")
+            await wait(lambda: len(agents["node-b"].dispatched) > counts["node-b"], what="node-b to see it")
+            b = agents["node-b"].agent.memberships
+            assert all(m.members[-1].name == "node-a" for m in b.values() if "node-a" in m.group.nodes)
+            assert isinstance(agents["node-b"].source.state(), GroupState)
+
+    asyncio.run(scenario())
+
+
+def test_the_full_view_needs_saying(server: ApiServer, tmp_path: Any) -> None:
+    kubeconfig = str(server.write_kubeconfig(tmp_path / "kubeconfig"))
+    assert KubernetesAgentSource(agent_config("node-a", kubeconfig, False), record_holders=False).view == "groups"
+    with pytest.raises(ConfigError, match="kubernetes.agent_view"):
+        KubernetesAgentSource(agent_config("node-a", kubeconfig, False, agent_view="all"), record_holders=False)
+    with pytest.raises(ConfigError, match="kubernetes.page_size"):
+        KubernetesAgentSource(agent_config("node-a", kubeconfig, False, page_size="many"), record_holders=False)
+
+
+def test_a_change_between_the_first_state_and_the_watch_is_delivered(server: ApiServer, tmp_path: Any) -> None:
+    from tests.helpers import objects as o
+
+    server.create(node("node-a"))
+    server.create(o.vip_group("g1-eth0", 1, nodes=("node-a",)))
+    config = agent_config("node-a", str(server.write_kubeconfig(tmp_path / "kubeconfig")), False, page_size=1)
+
+    async def scenario() -> None:
+        source = KubernetesAgentSource(config, record_holders=False)
+        first = await source.initial(timeout=10)
+        assert isinstance(first, GroupState) and set(first.memberships) == {"g1-eth0"}
+        server.create(o.vip_group("g2-eth0", 2, nodes=("node-a",)))
+        await wait(lambda: "g2-eth0" in source.cache.objects("vipgroups"), what="the new group in the cache")
+        seen: list[GroupState] = []
+
+        async def on_change(state: Any) -> None:
+            seen.append(state)
+
+        task = asyncio.create_task(source.watch(on_change))
+        try:
+            await wait(lambda: seen and set(seen[-1].memberships) == {"g1-eth0", "g2-eth0"}, timeout=5,
+                       what="the change made before watch() to be delivered")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+    # kubernetes.page_size reached the informer: lists asked for one object at a time.
+    assert any("limit=1" in r.path for r in server.requests if "/vipgroups" in r.path)

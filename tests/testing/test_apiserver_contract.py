@@ -431,11 +431,29 @@ def test_continue_token_expires_after_compaction(fake_only: Any, cluster: Cluste
     for _ in range(2):
         cluster.core.create_namespaced_service(cluster.namespace, service(cluster.name("page")))
     first = cluster.core.list_namespaced_service(cluster.namespace, limit=1)
-    cluster.core.create_namespaced_service(cluster.namespace, service(cluster.name("page")))
+    # Named to sort after the first page: the inconsistent continuation below starts after its last key.
+    cluster.core.create_namespaced_service(cluster.namespace, service(cluster.name("zpage")))
     fake_only.compact()
     with pytest.raises(k8s.ApiException) as err:
         cluster.core.list_namespaced_service(cluster.namespace, limit=1, _continue=first.metadata._continue)
-    assert err.value.status == 410 and status_body(err.value)["reason"] == "Expired"
+    body = status_body(err.value)
+    assert err.value.status == 410 and body["reason"] == "Expired"
+    # As upstream (etcd3 store, handleCompactedErrorForPaging): the 410 carries a token that continues
+    # the list at the latest resourceVersion, for a client that accepts an inconsistent list.
+    token = body["metadata"]["continue"]
+    rest = cluster.core.list_namespaced_service(cluster.namespace, limit=10, _continue=token)
+    names = [s.metadata.name for s in first.items] + [s.metadata.name for s in rest.items]
+    assert len(names) == len(set(names)) == 3
+    assert int(rest.metadata.resource_version) > int(first.metadata.resource_version)
+
+
+def test_a_paged_list_says_how_many_items_remain(cluster: Cluster) -> None:
+    for _ in range(3):
+        cluster.core.create_namespaced_service(cluster.namespace, service(cluster.name("page")))
+    first = cluster.core.list_namespaced_service(cluster.namespace, limit=2)
+    assert first.metadata.remaining_item_count == 1 and first.metadata._continue
+    last = cluster.core.list_namespaced_service(cluster.namespace, limit=2, _continue=first.metadata._continue)
+    assert last.metadata.remaining_item_count is None and not last.metadata._continue
 
 
 # ---------------------------------------------------------------- other kinds

@@ -23,6 +23,7 @@ Settings live in the config's ``agent:`` section (see docs/configuration.md).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import random
@@ -37,7 +38,16 @@ import attrs
 from vipcore.backend import BackendContext
 from vipcore.core.settings import Config
 from vipcore.core.errors import ConfigError, VipcoreError
-from vipcore.core.model import DesiredState, Family, IPAddress, Membership, Resolution, State, StateChange
+from vipcore.core.model import (
+    DesiredState,
+    Family,
+    GroupState,
+    IPAddress,
+    Membership,
+    Resolution,
+    State,
+    StateChange,
+)
 from vipcore.backend.host import Hooks, load_hooks
 from vipcore.core.incremental import IncrementalResolver
 from vipcore.core.resolve import membership, membership_changes
@@ -160,7 +170,8 @@ class Agent:
         self._started = False
         self._waiting: str | None = "starting"
         self._retries: dict[str, asyncio.Task[None]] = {}
-        self._managed: frozenset[IPAddress] = frozenset()
+        #: Whether an address is a VIP of a known group.
+        self._managed: Callable[[IPAddress], bool] = frozenset[IPAddress]().__contains__
         self.pools: tuple[Any, ...] = ()
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -218,7 +229,7 @@ class Agent:
 
     def is_managed(self, address: IPAddress) -> bool:
         """A VIP of a known group or an address inside a known pool."""
-        return address in self._managed or any(pool.contains(address) for pool in self.pools)
+        return self._managed(address) or any(pool.contains(address) for pool in self.pools)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -252,8 +263,12 @@ class Agent:
         self._started = True
         self._waiting = None
         await self.apply(state)
+        # What the first sync built (caches, groups) lives as long as the agent: keep the collector from
+        # walking it on every full collection (events make thousands of objects; a full collection over
+        # a large heap is tens of milliseconds in the middle of an event).
+        gc.freeze()
 
-    async def _first_state(self) -> DesiredState | None:
+    async def _first_state(self) -> DesiredState | GroupState | None:
         attempt = 0
         while not self._stopping.is_set():
             try:
@@ -278,6 +293,7 @@ class Agent:
         """Hand over (graceful) and stop the backend; bounded by ``agent.stop_timeout``."""
         started, self._started = self._started, False
         self._waiting = "stopping"
+        gc.unfreeze()  # what start() froze may be collected again (a process that starts agents again)
         for task in self._retries.values():
             task.cancel()
         self._retries.clear()
@@ -337,13 +353,19 @@ class Agent:
             self._resolver = IncrementalResolver(vrid_policy=self.config.vrid_policy, allocate=self.source.allocates)
         return self._resolver.update(state)
 
-    def _remember(self, state: DesiredState, resolution: Resolution | None) -> None:
+    def _remember(self, state: DesiredState | GroupState, resolution: Resolution | None) -> None:
         self.pools = state.pools
-        if resolution is not None:
-            self._managed = frozenset(ip for g in resolution.groups for f in Family for ip in g.vips(f))
+        if isinstance(state, GroupState):
+            self._managed = state.managed
+        elif resolution is not None:
+            self._managed = frozenset(ip for g in resolution.groups for f in Family for ip in g.vips(f)).__contains__
 
-    async def apply(self, state: DesiredState, resolution: Resolution | None = None) -> None:
-        """Resolve ``state`` and dispatch only what changed for this node."""
+    async def apply(self, state: DesiredState | GroupState, resolution: Resolution | None = None) -> None:
+        """Resolve ``state`` (or take a :class:`GroupState`'s groups as they are) and dispatch only what
+        changed for this node."""
+        if isinstance(state, GroupState):
+            await self._apply_groups(state)
+            return
         async with self._lock:
             resolution = resolution or self._resolve(state)
             self.resolution = resolution
@@ -359,14 +381,35 @@ class Agent:
                     skipped[group.name] = f"interface {group.interface!r} does not exist on node {self.node!r}"
                     continue
                 desired[group.name] = membership(group, self.node, state.nodes)
-            for name, reason in skipped.items():
-                if self.skipped.get(name) != reason:
-                    log.error("group %s skipped: %s", name[:12], reason, extra={"event": "group_error", "group": name})
-            self.skipped = skipped
+            self._note_skipped(skipped)
             await self._dispatch(desired)
             me = next((n for n in state.nodes if n.name == self.node), None)
             await self._drain(bool(me and me.drained))
             self.source_error = None
+
+    async def _apply_groups(self, state: GroupState) -> None:
+        """Dispatch the VipGroup view's memberships: nothing resolved, nothing walked but this node's groups."""
+        async with self._lock:
+            self.resolution = Resolution(groups=state.groups)
+            self._remember(state, None)
+            self.hooks.resolved(node=self.node, resolution=self.resolution)
+            desired: dict[str, Membership] = {}
+            skipped: dict[str, str] = {}
+            for name, member in state.memberships.items():
+                if not self.interface_check(member.group.interface):
+                    skipped[name] = f"interface {member.group.interface!r} does not exist on node {self.node!r}"
+                    continue
+                desired[name] = member
+            self._note_skipped(skipped)
+            await self._dispatch(desired)
+            await self._drain(state.drained)
+            self.source_error = None
+
+    def _note_skipped(self, skipped: dict[str, str]) -> None:
+        for name, reason in skipped.items():
+            if self.skipped.get(name) != reason:
+                log.error("group %s skipped: %s", name[:12], reason, extra={"event": "group_error", "group": name})
+        self.skipped = skipped
 
     async def _dispatch(self, desired: Mapping[str, Membership]) -> None:
         self.desired = dict(desired)

@@ -22,7 +22,7 @@ from vipcore.agent.runtime import Agent
 from vipcore.agent.telemetry import serve_agent
 from vipcore.backend.host import load_hooks
 from vipcore.core.errors import UnknownBackendError
-from vipcore.core.model import DesiredState, Family, Resolution
+from vipcore.core.model import DesiredState, Family, GroupState, Resolution
 from vipcore.core.resolve import membership, resolve
 from vipcore.core.settings import Config, load_config
 from vipcore.kube import ApiUnavailableError
@@ -66,7 +66,7 @@ def interface_present(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
-def desired_state(config: Config) -> DesiredState:
+def desired_state(config: Config) -> DesiredState | GroupState:
     """The agent's first desired state, read without side effects.
 
     Manifests are read from disk (no event loop: not even its self-pipe); a
@@ -78,12 +78,16 @@ def desired_state(config: Config) -> DesiredState:
         return ManifestSource(config.manifests).load()
     from vipcore.sources.kubernetes import KubernetesAgentSource
 
-    cache = KubernetesAgentSource(config, record_holders=False).cache
+    source = KubernetesAgentSource(config, record_holders=False)
+    cache = source.cache
     cache.start()
     try:
         if not cache.wait_synced(30.0):
             raise ApiUnavailableError("no complete state from the Kubernetes API within 30s "
                                       f"(last error: {cache.connection().last_error or 'none'})")
+        if source.groups is not None:  # the VipGroup view: the groups the controller wrote
+            source.groups.pools_changed()
+            return source.state()
         return cache.state()
     finally:
         cache.stop()
@@ -157,23 +161,32 @@ class DryRun:
         return "\n".join(lines)
 
 
-def dry_run(config: Config, state: DesiredState, *,
+def dry_run(config: Config, state: DesiredState | GroupState, *,
             interface_check: Callable[[str], bool] = interface_present) -> DryRun:
-    """Resolve ``state`` as the agent would and say what this node would do; the backend must be installed."""
+    """Resolve ``state`` as the agent would (a :class:`GroupState`'s groups are taken as they are) and say
+    what this node would do; the backend must be installed."""
     hooks = load_hooks()
     installed = hooks.backends()
     if config.backend not in installed:
         raise UnknownBackendError(config.backend, list(installed), [f.name for f in hooks.failures])
-    source_allocates = config.source == "manifests"
-    resolution: Resolution = resolve(state, vrid_policy=config.vrid_policy, allocate=source_allocates)
-    me = next((n for n in state.nodes if n.name == config.node_name), None)
+    unresolved: tuple[tuple[str, str], ...] = ()
+    if isinstance(state, GroupState):
+        parts = [state.memberships[name] for name in sorted(state.memberships)]
+        drained = state.drained
+    else:
+        source_allocates = config.source == "manifests"
+        resolution: Resolution = resolve(state, vrid_policy=config.vrid_policy, allocate=source_allocates)
+        me = next((n for n in state.nodes if n.name == config.node_name), None)
+        parts = [membership(group, config.node_name, state.nodes) for group in resolution.groups_of(config.node_name)]
+        drained = bool(me and me.drained)
+        unresolved = tuple((u.service, u.reason) for u in resolution.unresolved)
     groups: list[PlannedGroup] = []
     skipped: list[tuple[str, str]] = []
-    for group in resolution.groups_of(config.node_name):
+    for part in parts:
+        group = part.group
         if not interface_check(group.interface):
             skipped.append((group.name, f"interface {group.interface!r} does not exist on this host"))
             continue
-        part = membership(group, config.node_name, state.nodes)
         names = tuple(m.name for m in part.members)
         groups.append(PlannedGroup(
             name=group.name, short_name=group.short_name, interface=group.interface, vrid=group.vrid,
@@ -182,8 +195,7 @@ def dry_run(config: Config, state: DesiredState, *,
             vips=tuple(str(ip) for f in Family for ip in group.vips(f)), services=group.services,
         ))
     return DryRun(node=config.node_name, backend=config.backend, source=config.source,
-                  drained=bool(me and me.drained), groups=tuple(groups), skipped=tuple(skipped),
-                  unresolved=tuple((u.service, u.reason) for u in resolution.unresolved))
+                  drained=drained, groups=tuple(groups), skipped=tuple(skipped), unresolved=unresolved)
 
 
 def register(subparsers: Any) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Union
 
 import attrs
@@ -350,6 +350,32 @@ class Membership:
 
     def peers(self) -> tuple[PeerNode, ...]:
         return tuple(m for m in self.members if m.name != self.node)
+
+
+def _nothing_managed(address: IPAddress) -> bool:
+    return False
+
+
+@attrs.frozen
+class GroupState:
+    """An agent's desired state in the VipGroup view: its groups as the controller wrote them.
+
+    The agent resolves nothing: each VipGroup already says its nodes, VRID and
+    VIPs per family; only this node's part (priority, members in placement
+    order, by :func:`vipcore.core.resolve.membership`) is computed, and only
+    for the groups a change reached.
+    """
+
+    node: str
+    #: This node's memberships by group name.
+    memberships: Mapping[str, Membership] = attrs.field(factory=dict, hash=False)
+    #: Every group the controller wrote (status pages and metrics show them).
+    groups: tuple[VipGroup, ...] = ()
+    pools: tuple[Pool, ...] = ()
+    #: This node carries ``vipcore.io/drain=true``.
+    drained: bool = False
+    #: Whether an address is a VIP of any group (a backend's clean-up asks).
+    managed: Callable[[IPAddress], bool] = attrs.field(default=_nothing_managed, eq=False, repr=False)
 
 
 @attrs.frozen

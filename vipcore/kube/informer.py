@@ -107,8 +107,11 @@ class KubernetesSource:
         optional_recheck: float = 30.0,
         request_timeout: float = 10.0,
         keep: Mapping[str, Callable[[Obj], Obj]] | None = None,
+        page_size: int = 500,
     ) -> None:
         self.client = client
+        #: Objects per list request (``limit``); 0 lists each kind in one request.
+        self.page_size = page_size
         #: Per kind, the transform applied to every object before it is cached (see :data:`AGENT_FIELDS`).
         self.keep = dict(keep or {})
         self.kinds = tuple(kinds)
@@ -286,6 +289,12 @@ class KubernetesSource:
                 out.append(value)
         return out
 
+    def pools(self) -> tuple[Pool, ...]:
+        """The pools (VipPools and ``vip`` Eips) from the cache, now, by name."""
+        with self._lock:
+            pools: list[Pool] = self._converted_items("vippools", _pool) + self._converted_items("eips", _pool)
+        return tuple(sorted(pools, key=lambda p: p.name))
+
     def state(self) -> DesiredState:
         """The desired state from the cache, now."""
         def service(obj: Obj) -> Service | None:
@@ -294,11 +303,7 @@ class KubernetesSource:
                                             openelb=self.openelb, eips=list(self._cache.get("eips", {}).values()))
             return objects.service_from_k8s(obj) if wanted else None
 
-        def pool(obj: Obj) -> Pool | None:
-            if obj.get("kind") == "Eip" and (obj.get("spec") or {}).get("protocol") != "vip":
-                return None
-            return objects.pool_from_k8s(obj)
-
+        pool = _pool
         with self._lock:
             nodes: list[Node] = self._converted_items("nodes", objects.node_from_k8s)
             eip_versions = ",".join(sorted(str(e["metadata"].get("resourceVersion"))
@@ -379,13 +384,8 @@ class KubernetesSource:
 
         None for an optional kind that is not served (its CRD is not installed).
         """
-        func = kind.lister(self.client)
-        kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": self.request_timeout}
-        if kind.label_selector:
-            kwargs["label_selector"] = kind.label_selector
         try:
-            resp = func(**kwargs)
-            body = json.loads(resp.data)
+            listed = self._list_pages(kind)
         except Exception as exc:
             if kind.optional and status_of(exc) == 404:
                 self._replace(kind, [], relist=relist)
@@ -395,18 +395,53 @@ class KubernetesSource:
                          self.optional_recheck)
                 return None
             raise
-        items = body.get("items") or []
-        version = str(body["metadata"]["resourceVersion"])
-        del body, resp  # the full list need not outlive its slimmed items
-        for item in items:
-            item.setdefault("kind", kind.kind)
-            item.setdefault("apiVersion", kind.api_version)
-        for i, item in enumerate(items):
-            items[i] = self._kept(kind, item)  # in place: each full object is freed as it is replaced
+        items, version = listed
         self._replace(kind, items, relist=relist)
         self._mark_healthy(kind)
         self._synced_now(kind)
         return version
+
+    def _list_pages(self, kind: Kind) -> tuple[list[Obj], str]:
+        """Every object of ``kind`` (slimmed) and the list's resourceVersion, ``page_size`` at a time.
+
+        As client-go's reflector: each page is one request within ``request_timeout`` (one list of
+        50,000 objects is not), and all pages are one consistent snapshot. A continue token that
+        expired between pages (410) restarts the list: the cache is compared with a consistent list
+        to find deletions, so the inconsistent continuation the 410 offers is not taken.
+        """
+        func = kind.lister(self.client)
+        kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": self.request_timeout}
+        if kind.label_selector:
+            kwargs["label_selector"] = kind.label_selector
+        if self.page_size:
+            kwargs["limit"] = self.page_size
+        restarts = 0
+        items: list[Obj] = []
+        while True:
+            try:
+                resp = func(**kwargs)
+            except Exception as exc:
+                if "_continue" not in kwargs or status_of(exc) != 410 or restarts >= 3:
+                    raise
+                restarts += 1
+                log.info("listing %s: the continue token expired after %d objects; listing again",
+                         kind.name, len(items))
+                kwargs.pop("_continue")
+                items = []
+                continue
+            body = json.loads(resp.data)
+            page = body.get("items") or []
+            meta = body.get("metadata") or {}
+            del body, resp  # a page need not outlive its slimmed items
+            for i, item in enumerate(page):
+                item.setdefault("kind", kind.kind)
+                item.setdefault("apiVersion", kind.api_version)
+                page[i] = self._kept(kind, item)  # in place: each full object is freed as it is replaced
+            items.extend(page)
+            token = meta.get("continue")
+            if not token:
+                return items, str(meta["resourceVersion"])
+            kwargs["_continue"] = token
 
     def _synced_now(self, kind: Kind) -> None:
         with self._lock:
@@ -538,6 +573,13 @@ class KubernetesSource:
 
     def _notify(self) -> None:
         self._wake.set()
+
+
+def _pool(obj: Obj) -> Pool | None:
+    """A VipPool or an Eip of protocol ``vip`` (other Eips are OpenELB's BGP/layer2 pools: None)."""
+    if obj.get("kind") == "Eip" and (obj.get("spec") or {}).get("protocol") != "vip":
+        return None
+    return objects.pool_from_k8s(obj)
 
 
 # ------------------------------------------------------------------ what an agent keeps
@@ -703,11 +745,12 @@ def keep_pool(obj: Obj) -> Obj:
 
 
 def keep_vipgroup(obj: Obj) -> Obj:
-    """A VipGroup: its VRID and Services (a renamed group inherits the VRID) and holders (the agent's
-    holder-status writer reads them)."""
+    """A VipGroup: its spec (the VipGroup view joins it as written; the full view reads the VRID and
+    Services, as a renamed group inherits the VRID) and holders (the agent's holder-status writer
+    reads them)."""
     out = _head(obj)
     if "spec" in obj:
-        out["spec"] = _pick(obj["spec"], ("vrid", "services"))
+        out["spec"] = _pick(obj["spec"], ("interface", "nodes", "vrid", "vips", "services"))
     if "status" in obj:
         out["status"] = _pick(obj["status"], ("holders",))
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from vipcore.core.model import DesiredState
+from vipcore.core.model import DesiredState, GroupState
 
 
 class Source(Protocol):
@@ -27,10 +27,10 @@ class Source(Protocol):
     #: and writes them to the Service status) and the agent only honours them.
     allocates: bool
 
-    async def initial(self) -> DesiredState:
+    async def initial(self) -> DesiredState | GroupState:
         """The first complete state; raises (a VipcoreError, ideally) if it cannot be had yet."""
         ...
 
-    async def watch(self, on_change: Callable[[DesiredState], Awaitable[None]]) -> None:
+    async def watch(self, on_change: Callable[[DesiredState | GroupState], Awaitable[None]]) -> None:
         """Call ``on_change`` after every change, until cancelled. Raising ends this watch only."""
         ...

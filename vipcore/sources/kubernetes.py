@@ -4,18 +4,32 @@
 config. It wraps :class:`vipcore.kube.KubernetesSource` (the
 one module that reads the API) and adds what only an agent does:
 
-* the desired state it hands the agent is the cache's, with nodes whose
-  heartbeat Lease expired marked not ready (when ``kubernetes.heartbeat`` is
-  enabled; see :mod:`vipcore.kube.heartbeat`), re-evaluated when a Lease would
-  expire, not only when an object changes;
+* the desired state it hands the agent: this node's groups from the
+  VipGroups (the default view), or the cache's whole state with nodes whose
+  heartbeat Lease expired marked not ready (the full view, when
+  ``kubernetes.heartbeat`` is enabled; see :mod:`vipcore.kube.heartbeat`),
+  re-evaluated when a Lease would expire, not only when an object changes;
 * this node's own heartbeat Lease is renewed while the source runs, and
   released when it stops;
 * :meth:`plugins` offers the :class:`vipcore.sources.holders.HolderStatus`
   observer, which records in each VipGroup's status which node holds it.
 
-Services are selected as the controller selects them (``controller.classes``,
-``controller.default_class``, ``controller.openelb`` from the same config), so
-agents and controller agree. VRIDs come from the VipGroup objects the
+What the agent watches is ``kubernetes.agent_view``:
+
+* ``groups`` (the default): the VipGroups the controller writes, the Nodes
+  (members' addresses and drain labels) and the pools; the agent resolves
+  nothing and dispatches :class:`~vipcore.core.model.GroupState` from a
+  :class:`vipcore.sources.vipgroups.GroupView`, so its memory and per-event
+  cost follow the VipGroups, not the Services. Needs the controller running
+  (it also judges heartbeats: an expired Lease leaves the VipGroup's nodes).
+* ``full``: every Service, EndpointSlice, Node, pool and VipGroup, resolved on
+  the agent as the controller resolves them (for clusters without the
+  controller, with ``kubernetes.heartbeat`` judged by each agent); memory and
+  per-event cost follow the cluster.
+
+In the full view, Services are selected as the controller selects them
+(``controller.classes``, ``controller.default_class``, ``controller.openelb``
+from the same config), so agents and controller agree. VRIDs come from the VipGroup objects the
 controller wrote (``DesiredState.vrids``). While the API server is
 unreachable nothing changes: the last state stays dispatched and VRRP
 backends keep holding and failing over on their own; on reconnect only
@@ -32,16 +46,22 @@ from typing import Any
 
 from vipcore.core.settings import Config
 from vipcore.kube import ALL_KINDS, KubernetesSource, KubernetesWriter, Wakeup, api_client, lease_kind
-from vipcore.kube.informer import AGENT_FIELDS
+from vipcore.kube.informer import AGENT_FIELDS, ObjectChange
+from vipcore.kube.kinds import EIPS, NODES, VIP_GROUPS, VIP_POOLS
 from vipcore.kube.leases import LeaseClient
 from vipcore.core.errors import ConfigError
 from vipcore.kube.heartbeat import HeartbeatConfig, HeartbeatTracker, NodeHeartbeat, with_heartbeats
 from vipcore.sources.holders import HolderStatus
-from vipcore.core.model import LOAD_BALANCER_CLASS, DesiredState, MetricSample
+from vipcore.core.model import LOAD_BALANCER_CLASS, DesiredState, GroupState, MetricSample
+from vipcore.sources.vipgroups import GroupView
 
 log = logging.getLogger("vipcore.sources.kubernetes")
 
 HOLDER_STATUS_PLUGIN = "vipcore.sources.holders"
+#: ``kubernetes.agent_view`` values.
+VIEWS = ("groups", "full")
+#: What the VipGroup view watches (Leases too with the heartbeat: this node's own, renewed).
+GROUP_VIEW_KINDS = (NODES, VIP_POOLS, EIPS, VIP_GROUPS)
 
 
 class KubernetesAgentSource:
@@ -62,11 +82,24 @@ class KubernetesAgentSource:
         self.client = client if client is not None else api_client(kube.get("kubeconfig"), context=kube.get("context"))
         # Say who we are in every request (API server audit logs; the test server's records).
         self.client.user_agent = f"vipcore-agent/{self.node}"
+        self.view = kube.get("agent_view", "groups")
+        if self.view not in VIEWS:
+            raise ConfigError(f"must be one of {', '.join(VIEWS)}, got {self.view!r}", field="kubernetes.agent_view")
+        page_size = kube.get("page_size", 500)
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 0:
+            raise ConfigError(f"must be a whole number of objects (0: no paging), got {page_size!r}",
+                              field="kubernetes.page_size")
         hb = self.heartbeat_config
-        kinds = ALL_KINDS + ((lease_kind(hb.namespace),) if hb.enabled else ())
+        if self.view == "groups":
+            # The controller judges heartbeats into the VipGroups' nodes: no Lease watch needed here.
+            kinds: tuple[Any, ...] = GROUP_VIEW_KINDS
+        else:
+            kinds = ALL_KINDS + ((lease_kind(hb.namespace),) if hb.enabled else ())
         self.cache = KubernetesSource(self.client, kinds=kinds, classes=frozenset(classes),
                                       default_class=bool(section.get("default_class", False)),
-                                      openelb=bool(section.get("openelb", True)), keep=AGENT_FIELDS)
+                                      openelb=bool(section.get("openelb", True)), keep=AGENT_FIELDS,
+                                      page_size=page_size)
+        self.groups: GroupView | None = GroupView(self.node, self.cache.pools) if self.view == "groups" else None
         self.tracker = HeartbeatTracker()
         self.writer = KubernetesWriter(self.client, component="vipcore-agent", instance=self.node)
         self.heartbeat = NodeHeartbeat(LeaseClient(self.writer, hb.namespace), self.node, hb.duration) \
@@ -74,6 +107,8 @@ class KubernetesAgentSource:
         self.holder_status = HolderStatus(self.writer, self.node) if record_holders else None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._wake = Wakeup()
+        if self.groups is not None:
+            self.cache.on_object_change.append(self._group_view_change)  # before the wake-up
         self.cache.on_object_change.append(self._wake.set)
         if self.holder_status is not None:
             self.cache.on_object_change.append(self._vipgroup_changed)
@@ -82,8 +117,18 @@ class KubernetesAgentSource:
         """Observer plugins the agent should register (the holder-status writer)."""
         return [(HOLDER_STATUS_PLUGIN, self.holder_status)] if self.holder_status is not None else []
 
-    def state(self) -> DesiredState:
-        """The cache's desired state, with heartbeat verdicts applied."""
+    def _group_view_change(self, change: ObjectChange) -> None:
+        assert self.groups is not None
+        if change.kind in ("vippools", "eips"):
+            self.groups.pools_changed()
+        else:
+            self.groups.change(change.kind, change.type, change.key, change.obj)
+
+    def state(self) -> DesiredState | GroupState:
+        """The desired state: the VipGroup view's groups, or the cache's state with heartbeat verdicts."""
+        if self.groups is not None:
+            self.groups.take()
+            return self.groups.state()
         state = self.cache.state()
         if self.heartbeat is None:
             return state
@@ -95,26 +140,40 @@ class KubernetesAgentSource:
         if change.kind == "vipgroups" and change.type != "DELETED" and self.holder_status is not None:
             self.holder_status.check(change.obj)
 
-    async def initial(self, timeout: float = 30.0) -> DesiredState:
+    async def initial(self, timeout: float = 30.0) -> DesiredState | GroupState:
         loop = asyncio.get_running_loop()
         self._wake.bind()
         if self.heartbeat is not None and self._heartbeat_task is None:
             self._heartbeat_task = asyncio.create_task(self.heartbeat.run())
         await self.cache.initial(timeout=timeout)
-        if self.heartbeat is not None:
+        if self.groups is not None:
+            self.groups.pools_changed()
+        elif self.heartbeat is not None:
             # Our own Lease must be in the cache before we judge anyone (us included).
             deadline = loop.time() + min(timeout, self.heartbeat_config.duration)
             while self.heartbeat.name not in self.cache.objects("leases") and loop.time() < deadline:
                 await asyncio.sleep(0.05)
         return self.state()
 
-    async def watch(self, on_change: Callable[[DesiredState], Awaitable[None]]) -> None:
-        """Call ``on_change`` when the desired state changes (objects, or a Lease expiring); until cancelled."""
+    async def watch(self, on_change: Callable[[DesiredState | GroupState], Awaitable[None]]) -> None:
+        """Call ``on_change`` when the desired state changes (objects, or a Lease expiring); until cancelled.
+
+        In the VipGroup view a change costs what it reaches (:class:`GroupView`); nothing is rebuilt.
+        """
         if not self._wake.bound:
             await self.initial()
-        last = self.state()
+        # The VipGroup view compares nothing: what changed since the state last handed out is pending in
+        # the view (taken at the first wake-up, which is now).
+        last = self.state() if self.groups is None else None
+        self._wake.set()
         try:
             while True:
+                if self.groups is not None:
+                    await self._wake.wait(None)
+                    self._wake.clear()
+                    if self.groups.take():
+                        await on_change(self.groups.state())
+                    continue
                 timeout = None
                 if self.heartbeat is not None:
                     expiry = self.tracker.next_expiry()

@@ -18,18 +18,21 @@ Obj = dict[str, Any]
 class ApiError(Exception):
     """A failed request, rendered as a ``Status`` body."""
 
-    def __init__(self, code: int, reason: str, message: str, *, details: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, code: int, reason: str, message: str, *, details: Mapping[str, Any] | None = None,
+                 metadata: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
         self.details = dict(details or {})
+        #: The Status's ListMeta (an expired continue's 410 carries a new ``continue`` there).
+        self.metadata = dict(metadata or {})
 
     def status(self) -> Obj:
         body: Obj = {
             "kind": "Status",
             "apiVersion": "v1",
-            "metadata": {},
+            "metadata": dict(self.metadata),
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,

@@ -292,9 +292,21 @@ class Store:
                     at, start_after = int(token["rv"]), (token["start"][0], token["start"][1])
                 except (ValueError, KeyError, TypeError, IndexError):
                     raise bad_request("continue key is not valid") from None
-                if at < self.compacted:
-                    raise _gone("The provided continue parameter is too old to display a consistent list "
-                                "result. You can start a new list without the continue parameter.")
+                if at == -1:  # an inconsistent continuation (handed out with a 410): the latest version
+                    at = self._rv
+                elif at < self.compacted:
+                    # As upstream's etcd3 store: the 410 carries a token continuing at the latest
+                    # resourceVersion, for clients that accept an inconsistent list.
+                    fresh = {"rv": -1, "start": list(start_after)}
+                    raise ApiError(410, "Expired", "The provided continue parameter is too old to display a "
+                                   "consistent list result. You can start a new list without the continue "
+                                   "parameter, or use the continue token in this response to retrieve the "
+                                   "remainder of the results. Continuing with the provided token results in "
+                                   "an inconsistent list - objects that were created, modified, or deleted "
+                                   "between the time the first chunk was returned and now may show up in "
+                                   "the list.",
+                                   metadata={"continue": base64.urlsafe_b64encode(
+                                       json.dumps(fresh).encode()).decode()})
             elif resource_version_match == "Exact" and resource_version:
                 at = int(resource_version)
                 if at < self.compacted:
