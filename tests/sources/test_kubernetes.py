@@ -338,3 +338,30 @@ def test_a_change_between_the_first_state_and_the_watch_is_delivered(server: Api
     asyncio.run(scenario())
     # kubernetes.page_size reached the informer: lists asked for one object at a time.
     assert any("limit=1" in r.path for r in server.requests if "/vipgroups" in r.path)
+
+
+def test_the_agent_exports_the_informers_health(server: ApiServer, tmp_path: Any) -> None:
+    """The agent's /metrics carries what the informer counts: invalid objects skipped, failed requests."""
+    from tests.helpers import objects as o
+
+    server.create(node("node-a"))
+    server.create(o.vip_group("g1-eth0", 1, nodes=("node-a",)))
+    bad = o.vip_group("g2-eth0", 2, nodes=("node-a",))
+    bad["spec"]["vips"]["ipv4"] = ["not-an-address"]  # the view skips it and counts it
+    server.create(bad)
+    config = agent_config("node-a", str(server.write_kubeconfig(tmp_path / "kubeconfig")), False)
+
+    async def scenario() -> dict[str, float]:
+        source = KubernetesAgentSource(config, record_holders=False)
+        try:
+            state = await source.initial(timeout=10)
+            assert isinstance(state, GroupState) and set(state.memberships) == {"g1-eth0"}
+            return {s.name: s.value for s in source.vipcore_collect_metrics() if not s.labels}
+        finally:
+            await source.close()
+
+    samples = asyncio.run(scenario())
+    assert samples["vipcore_kubernetes_connected"] == 1.0
+    assert samples["vipcore_kubernetes_invalid_objects"] == 1.0
+    assert "vipcore_kubernetes_errors_total" in samples
+    assert "vipcore_kubernetes_relists_total" in samples

@@ -198,14 +198,15 @@ class KubernetesAgentSource:
         await asyncio.to_thread(self.cache.stop, 2.0)
 
     def vipcore_collect_metrics(self) -> list[MetricSample]:
-        """Watch health and heartbeat counters, for the agent's /metrics."""
-        conn = self.cache.connection()
-        samples = [
-            MetricSample("vipcore_kubernetes_connected", 1.0 if conn.connected else 0.0, kind="gauge",
-                         help="1 while every watch of the Kubernetes source is healthy"),
-            MetricSample("vipcore_kubernetes_relists", float(conn.relists), help="Re-lists after 410 Gone or errors"),
-            MetricSample("vipcore_kubernetes_reconnects", float(conn.reconnects), help="Watches re-established"),
-        ]
+        """Watch health (the informer's own samples: connection, relists, errors, cached and invalid
+        objects) and heartbeat counters, for the agent's /metrics."""
+        samples = self.cache.metrics()
+        if self.groups is not None:
+            # In the VipGroup view the view validates VipGroups and Nodes; the informer, the rest.
+            samples = [s for s in samples if s.name != "vipcore_kubernetes_invalid_objects"]
+            samples.append(MetricSample("vipcore_kubernetes_invalid_objects",
+                                        float(len(self.cache.invalid) + len(self.groups.invalid)), kind="gauge",
+                                        help="Objects skipped because they failed validation"))
         if self.heartbeat is not None:
             samples.append(MetricSample("vipcore_heartbeat_renewal_failures", float(self.heartbeat.failures),
                                         help="Heartbeat Lease renewals that failed"))
