@@ -175,6 +175,7 @@ class NativeVrrpBackend:
             driver.update(
                 priority=config.priority, vips=config.vips, sources=config.sources, destinations=config.destinations,
                 peer_priorities=config.peer_priorities, identity=config.identity,
+                member_priorities=config.member_priorities,
             )
         self._refresh_liveness()
 
@@ -189,8 +190,15 @@ class NativeVrrpBackend:
 
     @hookimpl
     async def vipcore_group_takeover(self, group: str, reason: str) -> None:
+        # Undoing a release (undrain) rejoins the election: taking every group
+        # at once made the returning node master where it does not rank first
+        # until preemption took those back (VIPs held twice). A router that
+        # was not released is a control-plane order to hold now.
         for driver in self.routers.get(group, {}).values():
-            driver.takeover(reason)
+            if driver.router.released:
+                driver.rejoin(reason)
+            else:
+                driver.takeover(reason)
 
     # -- metrics ---------------------------------------------------------------------
 
@@ -292,6 +300,7 @@ class NativeVrrpBackend:
             # Multicast IPv6 keepalived peers send from link-local addresses the core does not know.
             relax_link_local=bool(relaxed_names) and family is Family.IPV6,
             identity=frozenset(a for a in (own.addresses if own else ()) if a.version == family),
+            member_priorities=frozenset(m.priority for m in members if m.name != membership.node),
             auth=Authenticator(key) if key is not None else None,
             wall_offset=time.time() - self._require_started()[2].time(),
         )

@@ -122,6 +122,9 @@ class RouterDriver:
     def takeover(self, reason: str) -> None:
         self.feed(self.router.takeover(self.loop.time(), reason))
 
+    def rejoin(self, reason: str) -> None:
+        self.feed(self.router.rejoin(self.loop.time(), reason))
+
     def follow(self, sibling: str) -> None:
         self.feed(self.router.follow(self.loop.time(), sibling))
 

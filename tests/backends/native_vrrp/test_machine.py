@@ -764,3 +764,78 @@ def test_authenticated_routers_elect_and_ignore_unsealed_forged_and_replayed_adv
     net.apply("a", a.resign(net.now))
     net.run(1.0)
     assert net.holders() == ["b"]
+
+
+def _ranked(i: int, priority: int, members: Iterable[int]) -> RouterConfig:
+    return config(i, priority, member_priorities=frozenset(members) - {priority})
+
+
+def test_rejoin_after_a_drain_preempts_only_where_it_ranks_first() -> None:
+    """Undrain: the returning node takes back the group it ranks first for, make-before-break."""
+    net = Net()
+    a = net.add("a", config(1, 254))
+    net.add("b", config(2, 238))
+    net.start()
+    net.run(1.0)
+    net.apply("a", a.release(net.now, "drain"))
+    net.run(1.0)
+    assert net.holders() == ["b"]
+    net.changes.clear()
+    net.apply("a", a.rejoin(net.now, "undrain"))
+    # a holds before b lets go: both hold for the linger, never nobody.
+    assert net.holding["a"] and net.holding["b"]
+    net.run(1.0)
+    assert net.holders() == ["a"] and net.masters() == ["a"]
+    assert sorted((n, c.new.value) for n, c in net.changes) == [("a", "master"), ("b", "backup")]
+
+
+def test_rejoin_where_it_does_not_rank_first_stays_backup() -> None:
+    """The bug: takeover() made the undrained node master of every group, then preemption took it back."""
+    net = Net()
+    net.add("a", config(1, 254))
+    net.add("b", config(2, 238))
+    c = net.add("c", config(3, 222))
+    net.start()
+    net.run(1.0)
+    net.apply("c", c.release(net.now, "drain"))
+    net.run(1.0)
+    net.changes.clear()
+    net.apply("c", c.rejoin(net.now, "undrain"))
+    net.run(1.0)
+    assert net.changes == [] and net.holders() == ["a"] and not c.released
+    # Back in the election: it takes over when the others are gone.
+    net.down |= {"a", "b"}
+    net.run(1.0)
+    assert net.masters() == ["c"]
+
+
+def test_rejoin_while_still_handing_over_resumes_as_master() -> None:
+    net = Net()
+    a = net.add("a", config(1, 254))
+    net.add("b", config(2, 238))
+    net.start()
+    net.run(1.0)
+    net.partitioned = True  # nobody hears the priority 0: a is still RELEASING
+    net.apply("a", a.release(net.now, "drain"))
+    assert a.phase is Phase.RELEASING
+    net.apply("a", a.rejoin(net.now, "undrain"))
+    net.partitioned = False
+    assert a.phase is Phase.MASTER and net.holding["a"]
+
+
+def test_rank_delay_follows_the_master_heard() -> None:
+    """The silent master is not counted as a better-ranked survivor; every other better member is."""
+    members = (254, 238, 222)
+    net = Net()
+    for i, p in enumerate(members, start=1):
+        net.add(f"r{i}", _ranked(i, p, members))
+    net.start()
+    net.run(1.0)
+    assert net.masters() == ["r1"]
+    assert net.routers["r2"].rank_delay == 0.0
+    assert net.routers["r3"].rank_delay == pytest.approx(0.1)
+    net.down.add("r1")
+    net.run(1.0)
+    assert net.masters() == ["r2"]
+    # r1 (better than r3) may be back any time: r3 still waits a step behind r2.
+    assert net.routers["r3"].rank_delay == pytest.approx(0.1)

@@ -3,7 +3,7 @@
 Sans-IO in the style of h11 and aioquic: the :class:`Router` never reads a
 clock or touches a socket. The caller feeds it events with the current time
 (``start``, ``receive``, ``handle_timer``, ``update``, ``resign``,
-``shutdown``, ``release``, ``takeover``, ``link_down``, ``link_up``,
+``shutdown``, ``release``, ``rejoin``, ``takeover``, ``link_down``, ``link_up``,
 ``sent``) and each call returns the
 :data:`Action` objects the caller must carry out, in order. ``next_timer()``
 says when ``handle_timer`` must be called next.
@@ -62,7 +62,7 @@ from vipcore_native_vrrp.protocol.actions import (
     StateChanged,
 )
 from vipcore_native_vrrp.protocol.packet import TTL, Advertisement, PacketError, decode, encode
-from vipcore_native_vrrp.protocol.router_config import RouterConfig, master_down_interval, skew_time
+from vipcore_native_vrrp.protocol.router_config import RouterConfig, master_down_interval, rank_delay, skew_time
 
 __all__ = [
     "Action", "AddVips", "Announce", "Dropped", "RemoveVips", "Send", "StateChanged",
@@ -235,6 +235,12 @@ class Router:
     def master_down_interval(self) -> float:
         return master_down_interval(self.config.priority, self.master_adver_interval)
 
+    @property
+    def rank_delay(self) -> float:
+        """The extra Master_Down wait for a backup that is not the best-ranked survivor (0 for it)."""
+        return rank_delay(self.config.priority, self.config.member_priorities, self.master_priority,
+                          self.config.rank_delay)
+
     def next_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
         times = [
@@ -254,7 +260,7 @@ class Router:
                                     TransitionCause.ADDRESS_OWNER)
         self.master_adver_interval = self.config.interval
         actions = self._transition(Event.START, now, "started", TransitionCause.STARTED)
-        self._down_at = now + self.master_down_interval
+        self._down_at = now + self.master_down_interval + self.rank_delay
         return actions
 
     def receive(self, data: bytes, src: IPAddress, dst: IPAddress, ttl: int, now: float) -> list[Action]:
@@ -353,6 +359,7 @@ class Router:
         peer_priorities: Mapping[IPAddress, int] | None = None,
         identity: frozenset[IPAddress] | None = None,
         primary: IPAddress | None = None,
+        member_priorities: frozenset[int] | None = None,
     ) -> list[Action]:
         """Apply a configuration change without an election when possible."""
         old = self.config
@@ -375,6 +382,8 @@ class Router:
             changes["identity"] = identity
         if primary is not None:
             changes["primary"] = primary  # a re-created interface has a new link-local address
+        if member_priorities is not None:
+            changes["member_priorities"] = member_priorities
         self.config = attrs.evolve(old, **changes)
         if old.peer_priorities is not None and old.peer_priorities != self.config.peer_priorities:
             # Members apply a placement change a moment apart: accept what
@@ -436,6 +445,34 @@ class Router:
         if self.phase in (Phase.BACKUP, Phase.RELEASING):
             self._trigger_at, self._trigger = now, "takeover"
             return self._transition(Event.TAKEOVER, now, f"takeover: {reason}", cause)
+        return []
+
+    def rejoin(self, now: float, reason: str) -> list[Action]:
+        """Undo a release: back into the election, not master of everything at once.
+
+        A released router that still holds (RELEASING, nobody took over yet)
+        resumes as master. A released backup takes over only where it would
+        win the election anyway: with preemption, when it outranks the master
+        it hears (make-before-break: it adds and announces the VIPs before
+        its advert makes that master yield). Otherwise it stays backup with
+        its Master_Down timer armed, like any member.
+        """
+        if not self.released:
+            return []
+        self.released = False
+        if self.phase is Phase.RELEASING:
+            if self._handover_to is None:
+                self._trigger_at, self._trigger = now, "takeover"
+                return self._transition(Event.TAKEOVER, now, f"rejoined: {reason}", TransitionCause.TAKEOVER)
+            return []  # a new master took over: finish handing over, then back up it as usual
+        if self.phase is not Phase.BACKUP:
+            return []
+        heard = self.master is not None and self.master_priority not in (None, RESIGN_PRIORITY)
+        if heard and self.config.preempt and self.outranks_master():
+            self._trigger_at, self._trigger = now, "takeover"
+            return self._transition(Event.TAKEOVER, now, f"rejoined: {reason}, outranks {self.master}",
+                                    TransitionCause.PREEMPTED)
+        self._down_at = now + self.master_down_interval + self.rank_delay
         return []
 
     def follow(self, now: float, sibling: str) -> list[Action]:
@@ -528,17 +565,20 @@ class Router:
 
     def _backup_receive(self, adv: Advertisement, src: IPAddress, now: float) -> list[Action]:
         if adv.priority == RESIGN_PRIORITY:
+            extra = self.rank_delay  # the resigning master's own rank is not a survivor's
             self.master, self.master_priority = src, adv.priority
             if not self.released:
-                self._down_at = now + self.skew_time
+                self._down_at = now + self.skew_time + extra
                 self._trigger_at, self._trigger = now, "resigned"
             return []
-        if not self.config.preempt or adv.priority >= self.config.priority:
+        if not self.config.preempt or adv.priority >= self.config.priority or self.released:
+            # A released router defers to any master: remember it, so that
+            # rejoin() knows whether it outranks the master it returns to.
             self.master, self.master_priority = src, adv.priority
             self.master_adver_interval = adv.interval
             self._trigger_at, self._trigger = now, "heard"
             if not self.released:
-                self._down_at = now + self.master_down_interval
+                self._down_at = now + self.master_down_interval + self.rank_delay
             return []
         return [Dropped("lower_priority")]
 
@@ -611,7 +651,7 @@ class Router:
             elif old.holds:
                 actions.append(RemoveVips(self.config.vips))
             if not self.released:
-                self._down_at = now + self.master_down_interval
+                self._down_at = now + self.master_down_interval + self.rank_delay
         elif new in (Phase.RESIGNING, Phase.RELEASING):
             actions += self._advertise(now, RESIGN_PRIORITY)
             self._advert_at = now + self.config.interval
