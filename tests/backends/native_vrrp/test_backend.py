@@ -645,3 +645,44 @@ def test_members_count_who_answers_for_each_vip_after_transitions(caplog: pytest
         assert "answered by 2 MAC addresses" in caplog.text and "split brain" in caplog.text
 
     run(scenario)
+
+
+def test_undrain_takes_back_only_the_groups_the_node_ranks_first_for() -> None:
+    """The agent's takeover after a drain rejoins the election: a node that does not rank first stays backup
+    (before, it became master of the group at once and preemption took it back: VIPs held twice)."""
+    async def scenario() -> None:
+        c = Cluster()
+        for node in NODE_NUMBER:
+            await c.start(node)
+            await c.join(node)
+        await asyncio.sleep(0.5)
+        holder = best()
+        other = next(n for n in NODE_NUMBER if n != holder)
+        for node in (holder, other):
+            await c.backends[node].vipcore_group_release(group().name, "node drained")
+        await asyncio.sleep(0.5)
+        (interim,) = c.holding(VIP4)
+        assert interim not in (holder, other)
+        c.reports.clear()
+        await c.backends[other].vipcore_group_takeover(group().name, "node no longer drained")
+        await asyncio.sleep(0.3)
+        assert c.holding(VIP4) == [interim] and not [r for r in c.reports if r.node == other]
+        gaps = 0
+        watching = True
+
+        async def watch() -> None:
+            nonlocal gaps
+            while watching:
+                gaps += not c.holding(VIP4) or not c.holding(VIP6)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        await c.backends[holder].vipcore_group_takeover(group().name, "node no longer drained")
+        await asyncio.sleep(0.3)
+        watching = False
+        await watcher
+        assert gaps == 0 and c.holding(VIP4) == [holder] and c.holding(VIP6) == [holder]
+        for b in c.backends.values():
+            await b.vipcore_backend_stop(graceful=False)
+
+    run(scenario)
