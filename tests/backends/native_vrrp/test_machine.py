@@ -839,3 +839,69 @@ def test_rank_delay_follows_the_master_heard() -> None:
     assert net.masters() == ["r2"]
     # r1 (better than r3) may be back any time: r3 still waits a step behind r2.
     assert net.routers["r3"].rank_delay == pytest.approx(0.1)
+
+
+def _adverts(actions: Iterable[object]) -> list[bytes]:
+    return [a.data for a in actions if isinstance(a, Send)]
+
+
+def test_advert_bytes_are_encoded_once_per_change() -> None:
+    """A master's periodic advert is the same bytes object until priority, VIPs or interval change."""
+    r = Router(config(1, 200))
+    r.start(0.0)
+    first = _adverts(r.takeover(0.0, "test"))
+    again = _adverts(r.handle_timer(0.1))
+    assert again == first and again[0] is first[0]  # the cached object, not a re-encoding
+    changes: list[dict[str, object]] = [
+        {"priority": 150}, {"vips": VIPS[:1]}, {"interval_cs": 20},
+    ]
+    seen = {first[0]}
+    now = 0.1
+    for change in changes:
+        now += 10.0  # past the address-set grace
+        r.update(now, **change)  # type: ignore[arg-type]
+        # Past the first half of the address-set grace (the previous set is advertised during it).
+        periodic = _adverts(r.handle_timer(now + r.config.update_grace))
+        data = periodic[0]
+        assert data not in seen, change
+        seen.add(data)
+    decoded = Advertisement(7, 150, 20, VIPS[:1])
+    assert data == encode(decoded, addr(1), GROUP)
+
+
+def test_an_identical_advert_still_resets_master_down_and_counts() -> None:
+    master = Router(config(1, 200))
+    master.start(0.0)
+    (data,) = _adverts(master.takeover(0.0, "test"))
+    backup = Router(config(2, 100))
+    backup.start(0.0)
+    for i in range(1, 6):
+        now = i * 0.25
+        assert backup.receive(data, addr(1), GROUP, 255, now) == []
+        assert backup.next_timer() == pytest.approx(now + backup.master_down_interval)
+        assert backup.master == addr(1)
+
+
+def test_a_changed_advert_is_fully_decoded_and_checked() -> None:
+    """The shortcut is by bytes, source and destination: anything else takes the whole path."""
+    master = Router(config(1, 200))
+    master.start(0.0)
+    (data,) = _adverts(master.takeover(0.0, "test"))
+    backup = Router(config(2, 100, peer_priorities={addr(1): 200, addr(3): 150}))
+    backup.start(0.0)
+    assert backup.receive(data, addr(1), GROUP, 255, 0.1) == []
+    # Same bytes, another TTL, another source, a source outside the members: each checked again.
+    assert backup.receive(data, addr(1), GROUP, 64, 0.2) == [Dropped("ttl")]
+    outsider = IPv4Address("203.0.113.9")
+    assert backup.receive(data, outsider, GROUP, 255, 0.3) == [Dropped("checksum")]  # pseudo-header differs
+    forged = encode(Advertisement(7, 200, 10, VIPS), outsider, GROUP)
+    assert backup.receive(forged, outsider, GROUP, 255, 0.3) == [Dropped("source")]
+    assert backup.receive(data, addr(3), GROUP, 255, 0.4) == [Dropped("checksum")]  # pseudo-header differs
+    spoofed = encode(Advertisement(7, 200, 10, VIPS), addr(3), GROUP)  # member 3 never sends 200
+    assert backup.receive(spoofed, addr(3), GROUP, 255, 0.5) == [Dropped("priority_mismatch", addr(3))]
+    corrupt = bytearray(data)
+    corrupt[2] = 201  # priority changed, checksum not
+    assert backup.receive(bytes(corrupt), addr(1), GROUP, 255, 0.6) == [Dropped("checksum")]
+    # The genuine advert still works after all that, through the shortcut or not.
+    assert backup.receive(data, addr(1), GROUP, 255, 0.7) == []
+    assert backup.next_timer() == pytest.approx(0.7 + backup.master_down_interval)
