@@ -362,7 +362,9 @@ def run_cpu(backend: str, window: float, groups: int = 64, advert: float | None 
         expected = deployment.expected_holders(lab.nodes)
         if not wait_for_holders(lab, expected, timeout=60 + groups / 4, quiet=1.0):
             raise TrialFailed(f"{backend}: {len(expected)} VIPs not all held within {60 + groups / 4:.0f} s")
-        time.sleep(max(2.0, 2 * (advert or 0.1)))  # past the start-up burst (GARPs, initial adverts)
+        # Past the start-up burst: every router's GARP schedule (1 s) and the split-brain probes after the
+        # transitions; with 510 routers they outlast 2 s and tripled native_vrrp's number.
+        time.sleep(6.0)
         before, t0 = lab.cpu_seconds("node-a"), time.monotonic()
         time.sleep(window)
         used, elapsed = lab.cpu_seconds("node-a") - before, time.monotonic() - t0
@@ -391,8 +393,8 @@ def cpu_key(backend: str, advert: float | None, groups: int) -> str:
 def drop_fast_path(lab: Lab, node: str, percent: float) -> None:
     """nftables in the node's namespace: drop ``percent`` % of the BFD packets it receives (no netem here)."""
     ns = lab.ns(node)
-    rules = (f"table inet vcsoak {{ chain input {{ type filter hook input priority 0; "
-             f"udp dport {FAST_PATH_PORT} numgen random mod 1000 < {round(percent * 10)} counter drop; }} }}")
+    rules = (f"table inet vcsoak {{\n chain input {{\n  type filter hook input priority 0;\n"
+             f"  udp dport {FAST_PATH_PORT} numgen random mod 1000 < {round(percent * 10)} counter drop\n }}\n}}\n")
     subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True, check=True,
                    capture_output=True)
 
