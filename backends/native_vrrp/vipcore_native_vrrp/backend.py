@@ -32,6 +32,7 @@ from vipcore_native_vrrp.liveness.detector import Detector
 from vipcore_native_vrrp.protocol import Authenticator, Router, RouterConfig, StateChanged, followers
 from vipcore_native_vrrp.protocol.machine import RECEIVE_REASONS
 from vipcore_native_vrrp.protocol.packet import DECODE_REASONS, MULTICAST
+from vipcore_native_vrrp.timers import TimerBatch
 from vipcore_native_vrrp.transport import Link
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class NativeVrrpBackend:
         #: Interfaces that came back from a link flap without a global IPv6 address.
         self.ipv6_prefix_missing: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._batch: TimerBatch | None = None
         self._watcher: asyncio.Task[None] | None = None
         #: Split-brain detector: how many MACs answered for each VIP at the last probe.
         self.responders: dict[IPAddress, int] = {}
@@ -323,13 +325,18 @@ class NativeVrrpBackend:
             )
         driver = RouterDriver(
             group=membership.name, interface=interface, router=Router(config), link=link, holder=holder,
-            schedule=self.settings.garp, report=self._report, loop=loop,
+            schedule=self.settings.garp, report=self._report, loop=loop, batch=self._timer_batch(loop),
         )
         self.routers[membership.name][family] = driver
         driver.start()
         info = await holder.interface(interface)
         if not info.up:
             driver.link_down(f"{interface} is down or has no carrier")
+
+    def _timer_batch(self, loop: asyncio.AbstractEventLoop) -> TimerBatch:
+        if self._batch is None or self._batch.loop is not loop:
+            self._batch = TimerBatch(loop)
+        return self._batch
 
     def _report(self, driver: RouterDriver, change: StateChanged, failover: float | None) -> None:
         context, _, _ = self._require_started()

@@ -32,6 +32,7 @@ from vipcore_native_vrrp.protocol import (
     Send,
     StateChanged,
 )
+from vipcore_native_vrrp.timers import BatchedTimer, TimerBatch
 from vipcore_native_vrrp.transport import Link
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class RouterDriver:
         schedule: AnnounceSchedule,
         report: Reporter,
         loop: asyncio.AbstractEventLoop,
+        batch: TimerBatch | None = None,
     ) -> None:
         self.group = group
         self.interface = interface
@@ -77,8 +79,10 @@ class RouterDriver:
         self.schedule = schedule
         self.report = report
         self.loop = loop
+        #: Shared by the backend's drivers: a master's advert timer joins a slot (see timers.py).
+        self.batch = batch
         self.transitions = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | BatchedTimer | None = None
         self._queue: collections.deque[tuple[list[Action], float]] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
@@ -177,7 +181,11 @@ class RouterDriver:
                 # a cancel and a new timer per advert.
                 return
             self._timer.cancel()
-        self._timer = self.loop.call_at(due, self._on_timer)
+        if self.batch is not None and self.router.phase is Phase.MASTER:
+            # Adverts only: a backup's Master_Down timer keeps its precision (the failover time).
+            self._timer = self.batch.call_at(due, self._on_timer)
+        else:
+            self._timer = self.loop.call_at(due, self._on_timer)
 
     async def _work(self) -> None:
         try:
