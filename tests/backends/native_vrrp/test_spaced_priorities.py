@@ -20,7 +20,7 @@ import pytest
 
 from vipcore.core import placement
 from vipcore.core.model import Family
-from vipcore_native_vrrp.protocol import Phase, Router, RouterConfig, Send, master_down_interval
+from vipcore_native_vrrp.protocol import Phase, Router, RouterConfig, Send, master_down_interval, skew_time
 from vipcore_native_vrrp.protocol.router_config import MAX_RANK_STEPS
 
 GROUP = IPv4Address("224.0.0.18")
@@ -171,10 +171,46 @@ def test_the_best_ranked_backup_keeps_its_failover_time() -> None:
     for backup in (second, third):
         backup.receive(advert.data, advert.src, advert.dst, 255, 1.0)
     # RFC 5798 for the best-ranked survivor; one rank step (0.1 s) more for the next.
-    assert second.next_timer() == pytest.approx(1.0 + master_down_interval(238, 0.1))
-    assert third.next_timer() == pytest.approx(1.0 + master_down_interval(222, 0.1) + 0.1)
+    assert expiry(second) == pytest.approx(1.0 + master_down_interval(238, 0.1))
+    assert expiry(third) == pytest.approx(1.0 + master_down_interval(222, 0.1) + 0.1)
     # Bounded: never more than MAX_RANK_STEPS steps, however many members rank better.
     many = Router(RouterConfig(vrid=7, family=Family.IPV4, primary=addr(1), vips=VIPS, priority=10,
                                destinations=(GROUP,), member_priorities=frozenset(range(20, 255, 16))))
     many.start(0.0)
-    assert many.next_timer() == pytest.approx(master_down_interval(10, 0.1) + MAX_RANK_STEPS * 0.1)
+    assert expiry(many) == pytest.approx(master_down_interval(10, 0.1) + MAX_RANK_STEPS * 0.1)
+
+
+def expiry(router: Router) -> float:
+    """When a silent master makes ``router`` master: fire its timer until it is master."""
+    while router.phase is not Phase.MASTER:
+        due = router.next_timer()
+        assert due is not None
+        router.handle_timer(due)
+    return due
+
+
+def test_a_drain_that_swaps_priorities_still_delays_the_second_backup() -> None:
+    """A drained master re-ranked to last advertises its new low priority, then resigns; the member that now
+    has the master's old priority is a live, better-ranked survivor, so the third backup still waits behind
+    it (before, it left out priority 254 as the silent master's: two masters 62.5 ms apart at 1 s)."""
+    a, b, c = addr(1), addr(2), addr(3)
+
+    def config(primary: IPv4Address, priority: int, members: frozenset[int]) -> RouterConfig:
+        return RouterConfig(vrid=7, family=Family.IPV4, primary=primary, vips=VIPS, priority=priority,
+                            destinations=(GROUP,), member_priorities=members)
+
+    master = Router(config(a, 254, frozenset({238, 222})))
+    master.start(0.0)
+    (advert,) = [x for x in master.takeover(0.0, "test") if isinstance(x, Send)]
+    third = Router(config(c, 222, frozenset({254, 238})))
+    third.start(0.0)
+    third.receive(advert.data, a, GROUP, 255, 0.5)
+    # The drain: a goes last (222), b first (254), c second (238); a still advertises, now at 222.
+    (low,) = [x for x in master.update(0.6, priority=222, member_priorities=frozenset({254, 238}))
+              if isinstance(x, Send)]  # a master tells its backups its new priority at once
+    third.update(0.6, priority=238, member_priorities=frozenset({254, 222}))
+    assert third.receive(low.data, a, GROUP, 255, 0.6)[0].reason == "lower_priority"
+    # Then the drained master hands over: priority 0. b (254, alive) outranks c: c waits a step behind it.
+    (resign,) = [x for x in master.release(0.7, "drain") if isinstance(x, Send)]
+    assert third.receive(resign.data, a, GROUP, 255, 0.7) == []
+    assert expiry(third) == pytest.approx(0.7 + skew_time(238, 0.1) + 0.1)

@@ -186,6 +186,10 @@ class Router:
     master_priority: int | None = None
     released: bool = False
     _down_at: float | None = None
+    #: Whether the armed Master_Down timer already waited its rank delay (or needs none: liveness ranks itself).
+    _down_ranked: bool = False
+    #: The last positive priority the master we follow advertised (for the rank delay).
+    _master_rank: int | None = None
     _advert_at: float | None = None
     _handover_deadline: float | None = None
     _handover_at: float | None = None
@@ -237,8 +241,14 @@ class Router:
 
     @property
     def rank_delay(self) -> float:
-        """The extra Master_Down wait for a backup that is not the best-ranked survivor (0 for it)."""
-        return rank_delay(self.config.priority, self.config.member_priorities, self.master_priority,
+        """The extra Master_Down wait for a backup that is not the best-ranked survivor (0 for it).
+
+        Judged when the timer runs out, with what is known then: the current
+        member priorities (a drain re-ranks them) and the last positive
+        priority the silent master advertised (a resignation's priority 0
+        does not make it a survivor).
+        """
+        return rank_delay(self.config.priority, self.config.member_priorities, self._master_rank,
                           self.config.rank_delay)
 
     def next_timer(self) -> float | None:
@@ -260,7 +270,7 @@ class Router:
                                     TransitionCause.ADDRESS_OWNER)
         self.master_adver_interval = self.config.interval
         actions = self._transition(Event.START, now, "started", TransitionCause.STARTED)
-        self._down_at = now + self.master_down_interval + self.rank_delay
+        self._arm_down(now + self.master_down_interval)
         return actions
 
     def receive(self, data: bytes, src: IPAddress, dst: IPAddress, ttl: int, now: float) -> list[Action]:
@@ -298,7 +308,7 @@ class Router:
             # masters with one identity would be a silent split brain. A
             # master keeps the VIPs (a forger must not be able to demote it).
             if self.phase is Phase.BACKUP and adv.priority != RESIGN_PRIORITY and not self.released:
-                self._down_at = now + self.master_down_interval
+                self._arm_down(now + self.master_down_interval)
             return [Dropped("duplicate_identity", src)]
         if not self._source_allowed(src):
             return [Dropped("source")]
@@ -319,6 +329,14 @@ class Router:
         if self._yield_at is not None and now >= self._yield_at:
             self._yield_at = None
             actions.append(RemoveVips(self.config.vips))
+        if self.phase is Phase.BACKUP and self._down_at is not None and now >= self._down_at \
+                and not self._down_ranked:
+            # RFC 5798's wait is over; a backup that is not the best-ranked survivor waits its rank delay more.
+            self._down_ranked = True
+            extra = self.rank_delay
+            if extra > 0:
+                self._down_at += extra
+                return actions
         if self.phase is Phase.BACKUP and self._down_at is not None and now >= self._down_at:
             self._down_at = None
             if self._trigger == "resigned":
@@ -472,7 +490,7 @@ class Router:
             self._trigger_at, self._trigger = now, "takeover"
             return self._transition(Event.TAKEOVER, now, f"rejoined: {reason}, outranks {self.master}",
                                     TransitionCause.PREEMPTED)
-        self._down_at = now + self.master_down_interval + self.rank_delay
+        self._arm_down(now + self.master_down_interval)
         return []
 
     def follow(self, now: float, sibling: str) -> list[Action]:
@@ -503,7 +521,7 @@ class Router:
         self._link_up = True
         if self.phase is not Phase.FAULT:
             return []
-        self.master = self.master_priority = None
+        self.master = self.master_priority = self._master_rank = None
         self.master_adver_interval = self.config.interval
         return self._transition(Event.LINK_UP, now, reason, TransitionCause.LINK_UP)
 
@@ -556,30 +574,42 @@ class Router:
             return []
         at = now + max(0.0, delay)
         if self._down_at is None or at < self._down_at:
-            self._down_at = at
+            self._arm_down(at, ranked=True)  # the caller's delay already orders the backups by rank
             self._trigger_at = min(since, now) if since is not None else now
             self._trigger, self._lost = "peer_lost", what
         return []
+
+    def _arm_down(self, at: float, ranked: bool = False) -> None:
+        """Arm the Master_Down timer at ``at`` (RFC 5798's wait); the rank delay is added when it runs out."""
+        self._down_at = at
+        self._down_ranked = ranked
 
     # -- RFC 5798 6.4.2 / 6.4.3 ------------------------------------------------
 
     def _backup_receive(self, adv: Advertisement, src: IPAddress, now: float) -> list[Action]:
         if adv.priority == RESIGN_PRIORITY:
-            extra = self.rank_delay  # the resigning master's own rank is not a survivor's
+            if src != self.master:
+                self._master_rank = None
             self.master, self.master_priority = src, adv.priority
             if not self.released:
-                self._down_at = now + self.skew_time + extra
+                self._arm_down(now + self.skew_time)
                 self._trigger_at, self._trigger = now, "resigned"
             return []
         if not self.config.preempt or adv.priority >= self.config.priority or self.released:
             # A released router defers to any master: remember it, so that
             # rejoin() knows whether it outranks the master it returns to.
             self.master, self.master_priority = src, adv.priority
+            self._master_rank = adv.priority
             self.master_adver_interval = adv.interval
             self._trigger_at, self._trigger = now, "heard"
             if not self.released:
-                self._down_at = now + self.master_down_interval + self.rank_delay
+                self._arm_down(now + self.master_down_interval)
             return []
+        if src == self.master:
+            # Our master now advertises less than us (a drain re-ranked it): not
+            # obeyed (RFC: we preempt it), but its new rank is what the rank delay
+            # must leave out, not the rank it had (another member has that now).
+            self.master_priority = self._master_rank = adv.priority
         return [Dropped("lower_priority")]
 
     def _master_receive(self, adv: Advertisement, src: IPAddress, now: float) -> list[Action]:
@@ -590,6 +620,7 @@ class Router:
             adv.priority == self.config.priority and _address_key(src) > _address_key(self.config.primary)
         ):
             self.master, self.master_priority = src, adv.priority
+            self._master_rank = adv.priority
             self.master_adver_interval = adv.interval
             self._trigger_at, self._trigger = now, "heard"
             return self._transition(Event.PREEMPTED, now, f"preempted by {src} (priority {adv.priority})",
@@ -631,7 +662,7 @@ class Router:
             if new in (Phase.STOPPED, Phase.FAULT):
                 actions.append(RemoveVips(self.config.vips))
         if new is Phase.MASTER:
-            self.master = self.master_priority = None
+            self.master = self.master_priority = self._master_rank = None
             if not old.holds:
                 # Make-before-break: VIPs up and announced before our advert
                 # makes a resigning master let go of them.
@@ -651,7 +682,7 @@ class Router:
             elif old.holds:
                 actions.append(RemoveVips(self.config.vips))
             if not self.released:
-                self._down_at = now + self.master_down_interval + self.rank_delay
+                self._arm_down(now + self.master_down_interval)
         elif new in (Phase.RESIGNING, Phase.RELEASING):
             actions += self._advertise(now, RESIGN_PRIORITY)
             self._advert_at = now + self.config.interval
