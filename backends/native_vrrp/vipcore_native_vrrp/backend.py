@@ -31,6 +31,7 @@ from vipcore_native_vrrp.liveness.coordinator import Coordinator
 from vipcore_native_vrrp.liveness.detector import Detector
 from vipcore_native_vrrp.protocol import Authenticator, Router, RouterConfig, StateChanged, followers
 from vipcore_native_vrrp.protocol.machine import RECEIVE_REASONS
+from vipcore_native_vrrp.protocol.router_config import Member
 from vipcore_native_vrrp.protocol.packet import DECODE_REASONS, MULTICAST
 from vipcore_native_vrrp.timers import TimerBatch
 from vipcore_native_vrrp.transport import Link
@@ -177,7 +178,7 @@ class NativeVrrpBackend:
             driver.update(
                 priority=config.priority, vips=config.vips, sources=config.sources, destinations=config.destinations,
                 peer_priorities=config.peer_priorities, identity=config.identity,
-                member_priorities=config.member_priorities,
+                members=config.members,
             )
         self._refresh_liveness()
 
@@ -302,7 +303,8 @@ class NativeVrrpBackend:
             # Multicast IPv6 keepalived peers send from link-local addresses the core does not know.
             relax_link_local=bool(relaxed_names) and family is Family.IPV6,
             identity=frozenset(a for a in (own.addresses if own else ()) if a.version == family),
-            member_priorities=frozenset(m.priority for m in members if m.name != membership.node),
+            members=[Member(m.priority, frozenset(a for a in m.addresses if a.version == family))
+                     for m in members if m.name != membership.node],
             auth=Authenticator(key) if key is not None else None,
             wall_offset=time.time() - self._require_started()[2].time(),
         )

@@ -767,7 +767,7 @@ def test_authenticated_routers_elect_and_ignore_unsealed_forged_and_replayed_adv
 
 
 def _ranked(i: int, priority: int, members: Iterable[int]) -> RouterConfig:
-    return config(i, priority, member_priorities=frozenset(members) - {priority})
+    return config(i, priority, members=frozenset(members) - {priority})
 
 
 def test_rejoin_after_a_drain_preempts_only_where_it_ranks_first() -> None:

@@ -21,7 +21,7 @@ import pytest
 from vipcore.core import placement
 from vipcore.core.model import Family
 from vipcore_native_vrrp.protocol import Phase, Router, RouterConfig, Send, master_down_interval, skew_time
-from vipcore_native_vrrp.protocol.router_config import MAX_RANK_STEPS
+from vipcore_native_vrrp.protocol.router_config import MAX_RANK_STEPS, Member
 
 GROUP = IPv4Address("224.0.0.18")
 VIPS = (IPv4Address("198.51.100.100"),)
@@ -49,7 +49,7 @@ def most_masters_after_failure(
         name: Router(RouterConfig(
             vrid=7, family=Family.IPV4, primary=addr(i), vips=VIPS, priority=priorities[name],
             interval_cs=interval_cs, destinations=(GROUP,),
-            member_priorities=frozenset(p for n, p in priorities.items() if n != name) if ranked else frozenset(),
+            members=frozenset(p for n, p in priorities.items() if n != name) if ranked else frozenset(),
         ))
         for i, name in enumerate(names)
     }
@@ -160,7 +160,7 @@ def test_the_best_ranked_backup_keeps_its_failover_time() -> None:
     def router(priority: int) -> Router:
         return Router(RouterConfig(vrid=7, family=Family.IPV4, primary=addr(priority % 7), vips=VIPS,
                                    priority=priority, destinations=(GROUP,),
-                                   member_priorities=members - {priority}))
+                                   members=members - {priority}))
 
     second, third = router(238), router(222)
     second.start(0.0)
@@ -175,7 +175,7 @@ def test_the_best_ranked_backup_keeps_its_failover_time() -> None:
     assert expiry(third) == pytest.approx(1.0 + master_down_interval(222, 0.1) + 0.1)
     # Bounded: never more than MAX_RANK_STEPS steps, however many members rank better.
     many = Router(RouterConfig(vrid=7, family=Family.IPV4, primary=addr(1), vips=VIPS, priority=10,
-                               destinations=(GROUP,), member_priorities=frozenset(range(20, 255, 16))))
+                               destinations=(GROUP,), members=frozenset(range(20, 255, 16))))
     many.start(0.0)
     assert expiry(many) == pytest.approx(master_down_interval(10, 0.1) + MAX_RANK_STEPS * 0.1)
 
@@ -197,7 +197,7 @@ def test_a_drain_that_swaps_priorities_still_delays_the_second_backup() -> None:
 
     def config(primary: IPv4Address, priority: int, members: frozenset[int]) -> RouterConfig:
         return RouterConfig(vrid=7, family=Family.IPV4, primary=primary, vips=VIPS, priority=priority,
-                            destinations=(GROUP,), member_priorities=members)
+                            destinations=(GROUP,), members=members)
 
     master = Router(config(a, 254, frozenset({238, 222})))
     master.start(0.0)
@@ -206,11 +206,36 @@ def test_a_drain_that_swaps_priorities_still_delays_the_second_backup() -> None:
     third.start(0.0)
     third.receive(advert.data, a, GROUP, 255, 0.5)
     # The drain: a goes last (222), b first (254), c second (238); a still advertises, now at 222.
-    (low,) = [x for x in master.update(0.6, priority=222, member_priorities=frozenset({254, 238}))
+    (low,) = [x for x in master.update(0.6, priority=222, members=frozenset({254, 238}))
               if isinstance(x, Send)]  # a master tells its backups its new priority at once
-    third.update(0.6, priority=238, member_priorities=frozenset({254, 222}))
+    third.update(0.6, priority=238, members=frozenset({254, 222}))
     assert third.receive(low.data, a, GROUP, 255, 0.6)[0].reason == "lower_priority"
     # Then the drained master hands over: priority 0. b (254, alive) outranks c: c waits a step behind it.
     (resign,) = [x for x in master.release(0.7, "drain") if isinstance(x, Send)]
     assert third.receive(resign.data, a, GROUP, 255, 0.7) == []
     assert expiry(third) == pytest.approx(0.7 + skew_time(238, 0.1) + 0.1)
+
+
+def test_members_applying_a_drain_a_moment_apart_still_rank_apart() -> None:
+    """b has not read the drain yet (238, a still 254), c has (238, b now 254, a 1): both hear a at 1, then its
+    priority 0. By priority they would both leave out 254 or both count it and time out together; by the silent
+    master's address b is first (nothing but a above it) and c waits a step behind b."""
+    a, b, c = addr(1), addr(2), addr(3)
+
+    def router(primary: IPv4Address, priority: int, members: list[Member]) -> Router:
+        r = Router(RouterConfig(vrid=7, family=Family.IPV4, primary=primary, vips=VIPS, priority=priority,
+                                destinations=(GROUP,), members=members))
+        r.start(0.0)
+        return r
+
+    stale = router(b, 238, [Member(254, frozenset({a})), Member(222, frozenset({c}))])
+    fresh = router(c, 238, [Member(254, frozenset({b})), Member(1, frozenset({a}))])
+    master = Router(RouterConfig(vrid=7, family=Family.IPV4, primary=a, vips=VIPS, priority=1, destinations=(GROUP,)))
+    master.start(0.0)
+    (low,) = [x for x in master.takeover(0.5, "test") if isinstance(x, Send)]
+    (resign,) = [x for x in master.release(0.6, "drain") if isinstance(x, Send)]
+    for backup in (stale, fresh):
+        backup.receive(low.data, a, GROUP, 255, 0.5)
+        assert backup.receive(resign.data, a, GROUP, 255, 0.6) == []
+    assert expiry(stale) == pytest.approx(0.6 + skew_time(238, 0.1))
+    assert expiry(fresh) == pytest.approx(0.6 + skew_time(238, 0.1) + 0.1)

@@ -62,7 +62,13 @@ from vipcore_native_vrrp.protocol.actions import (
     StateChanged,
 )
 from vipcore_native_vrrp.protocol.packet import TTL, Advertisement, PacketError, decode, encode
-from vipcore_native_vrrp.protocol.router_config import RouterConfig, master_down_interval, rank_delay, skew_time
+from vipcore_native_vrrp.protocol.router_config import (
+    Member,
+    RouterConfig,
+    master_down_interval,
+    rank_delay,
+    skew_time,
+)
 
 __all__ = [
     "Action", "AddVips", "Announce", "Dropped", "RemoveVips", "Send", "StateChanged",
@@ -248,7 +254,7 @@ class Router:
         priority the silent master advertised (a resignation's priority 0
         does not make it a survivor).
         """
-        return rank_delay(self.config.priority, self.config.member_priorities, self._master_rank,
+        return rank_delay(self.config.priority, self.config.members, self.master, self._master_rank,
                           self.config.rank_delay)
 
     def next_timer(self) -> float | None:
@@ -377,7 +383,7 @@ class Router:
         peer_priorities: Mapping[IPAddress, int] | None = None,
         identity: frozenset[IPAddress] | None = None,
         primary: IPAddress | None = None,
-        member_priorities: frozenset[int] | None = None,
+        members: Iterable[Member | int] | None = None,
     ) -> list[Action]:
         """Apply a configuration change without an election when possible."""
         old = self.config
@@ -400,8 +406,8 @@ class Router:
             changes["identity"] = identity
         if primary is not None:
             changes["primary"] = primary  # a re-created interface has a new link-local address
-        if member_priorities is not None:
-            changes["member_priorities"] = member_priorities
+        if members is not None:
+            changes["members"] = members
         self.config = attrs.evolve(old, **changes)
         if old.peer_priorities is not None and old.peer_priorities != self.config.peer_priorities:
             # Members apply a placement change a moment apart: accept what

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -16,6 +16,22 @@ def _interval_cs(seconds: float) -> int:
     if not 1 <= cs <= MAX_INTERVAL_CS:
         raise ValueError(f"advert interval must be 0.01..{MAX_INTERVAL_CS / 100} s, got {seconds}")
     return cs
+
+
+@attrs.frozen
+class Member:
+    """Another member of the group, for the rank delay."""
+
+    priority: int
+    addresses: frozenset[IPAddress] = frozenset()
+
+
+def _members(value: Iterable[Member | int]) -> tuple[Member, ...]:
+    return tuple(sorted((m if isinstance(m, Member) else Member(int(m)) for m in value), key=_member_order))
+
+
+def _member_order(member: Member) -> tuple[int, list[str]]:
+    return -member.priority, sorted(str(a) for a in member.addresses)
 
 
 @attrs.frozen
@@ -62,11 +78,12 @@ class RouterConfig:
     auth: Authenticator | None = attrs.field(default=None, eq=False, hash=False)
     #: Wall-clock time minus the ``now`` the router is fed (for auth timestamps).
     wall_offset: float = 0.0
-    #: The priorities the other members advertise (placement is shared). A
-    #: backup that is not the best-ranked survivor among them waits
-    #: ``rank_delay`` longer per better-ranked survivor (see :func:`rank_delay`).
-    #: Empty: no member list, plain RFC 5798 timers.
-    member_priorities: frozenset[int] = frozenset()
+    #: The other members: the priority each advertises (placement is shared)
+    #: and its addresses. A backup that is not the best-ranked survivor among
+    #: them waits ``rank_delay`` longer per better-ranked survivor (see
+    #: :func:`rank_delay`). Empty: no member list, plain RFC 5798 timers.
+    #: Plain integers are members whose addresses are unknown.
+    members: tuple[Member, ...] = attrs.field(default=(), converter=_members)
     #: Extra Master_Down wait per better-ranked surviving member (seconds).
     rank_delay: float = attrs.field(default=0.1, validator=attrs.validators.ge(0.0))
 
@@ -104,18 +121,32 @@ def master_down_interval(priority: int, master_adver_interval: float) -> float:
 MAX_RANK_STEPS = 3
 
 
-def rank_delay(priority: int, members: frozenset[int], master_priority: int | None, step: float) -> float:
+def rank_delay(
+    priority: int, members: Iterable[Member], master: IPAddress | None, master_priority: int | None, step: float
+) -> float:
     """The extra wait before a backup of ``priority`` declares the master down.
 
     RFC 5798 separates backups only by Skew_Time: 6.25 ms per 16 priority
     points at a 0.1 s interval, 62.5 ms at 1 s. A best-ranked backup whose
     timer fires later than that (a loaded node) lets the next one time out
     before the new master's first advert arrives: two masters. So a backup
-    waits ``step`` more for every member that outranks it and survives (is
-    not the master that went silent, known by its priority), at most
-    :data:`MAX_RANK_STEPS` steps. The best-ranked survivor waits nothing
-    extra, so the usual failover keeps its time; waiting longer only delays
-    this node, which is safe with any RFC 5798 peer.
+    waits ``step`` more for every member that outranks it and survives, at
+    most :data:`MAX_RANK_STEPS` steps. The silent master is not a survivor:
+    it is known by its address (``master``) when that is a member's, else
+    (IPv6 multicast comes from link-local addresses) by the last positive
+    priority it advertised. By address is what survives a re-ranking that
+    members apply a moment apart (a drain: the drained master goes last and
+    another member takes its priority). The best-ranked survivor waits
+    nothing extra, so the usual failover keeps its time; waiting longer only
+    delays this node, which is safe with any RFC 5798 peer.
     """
-    better = sum(1 for p in members if p > priority and p != master_priority)
+    members = tuple(members)
+    known = master is not None and any(master in m.addresses for m in members)
+    better = 0
+    for member in members:
+        if member.priority <= priority:
+            continue
+        if (master in member.addresses) if known else (member.priority == master_priority):
+            continue
+        better += 1
     return min(better, MAX_RANK_STEPS) * step
