@@ -259,11 +259,11 @@ class Router:
 
     def next_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
-        times = [
-            t for t in (self._down_at, self._advert_at, self._handover_at, self._handover_deadline, self._yield_at)
-            if t is not None
-        ]
-        return min(times) if times else None
+        due: float | None = None
+        for t in (self._down_at, self._advert_at, self._handover_at, self._handover_deadline, self._yield_at):
+            if t is not None and (due is None or t < due):
+                due = t
+        return due
 
     # -- inputs ------------------------------------------------------------
 
