@@ -169,6 +169,12 @@ class RouterDriver:
                 self._queue.append((batch, self.loop.time()))
                 if self._worker is None:
                     self._worker = self.loop.create_task(self._work(), name=f"vrrp {self.group[:12]} IPv{int(self.family)}")
+        if self._announcer is not None and self.router.phase is not Phase.MASTER:
+            # Resigning or releasing still reports MASTER (it holds the VIPs), but its
+            # announcements would pull neighbours back from the new master: a
+            # client's ARP entry refreshed by our burst ignores the new master's
+            # first gratuitous ARPs for its locktime, and we let go after the linger.
+            self._stop_announcing()
         self._rearm()
 
     def _rearm(self) -> None:

@@ -147,7 +147,17 @@ class FakeHolder:
         self.announced.extend(vips)
 
     def start_announcing(self, interface: str, vips: Iterable[IPAddress], schedule: AnnounceSchedule) -> asyncio.Task[None]:
-        return asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+        wanted = tuple(vips)
+
+        async def rounds() -> None:  # the schedule, as the real holder runs it
+            await asyncio.sleep(schedule.initial_delay)
+            for round_ in range(schedule.count):
+                if round_:
+                    await asyncio.sleep(schedule.interval)
+                self.announced.extend(wanted)
+            await asyncio.sleep(3600)
+
+        return asyncio.get_running_loop().create_task(rounds())
 
     async def close(self) -> None:
         self.closed = True
@@ -682,6 +692,30 @@ def test_undrain_takes_back_only_the_groups_the_node_ranks_first_for() -> None:
         watching = False
         await watcher
         assert gaps == 0 and c.holding(VIP4) == [holder] and c.holding(VIP6) == [holder]
+        for b in c.backends.values():
+            await b.vipcore_backend_stop(graceful=False)
+
+    run(scenario)
+
+
+def test_a_releasing_master_stops_announcing() -> None:
+    """A drained master still holds the VIPs while it hands over, but its gratuitous ARPs would keep clients
+    on it (their neighbour entry, refreshed, ignores the new master's first announcements for its locktime)."""
+    async def scenario() -> None:
+        c = Cluster({"garp": {"count": 20, "interval": 0.02}})
+        for node in NODE_NUMBER:
+            await c.start(node)
+            await c.join(node)
+        await asyncio.sleep(0.4)
+        holder = best()
+        for family in Family:
+            c.bus.mute.add((holder, family))  # nobody hears its priority 0: it stays RELEASING, holding
+        await c.backends[holder].vipcore_group_release(group().name, "node drained")
+        await asyncio.sleep(0)
+        before = len(c.holders[holder].announced)
+        await asyncio.sleep(0.15)
+        assert c.holders[holder].announced[before:] == []
+        assert VIP4 in c.holders[holder].held  # still holding: make-before-break
         for b in c.backends.values():
             await b.vipcore_backend_stop(graceful=False)
 
