@@ -21,7 +21,7 @@ import pytest
 from vipcore.core import placement
 from vipcore.core.model import Family
 from vipcore_native_vrrp.protocol import Phase, Router, RouterConfig, Send, master_down_interval, skew_time
-from vipcore_native_vrrp.protocol.router_config import MAX_RANK_STEPS, Member
+from vipcore_native_vrrp.protocol.router_config import MAX_RANK_STEPS, Member, rank_step
 
 GROUP = IPv4Address("224.0.0.18")
 VIPS = (IPv4Address("198.51.100.100"),)
@@ -239,3 +239,11 @@ def test_members_applying_a_drain_a_moment_apart_still_rank_apart() -> None:
         assert backup.receive(resign.data, a, GROUP, 255, 0.6) == []
     assert expiry(stale) == pytest.approx(0.6 + skew_time(238, 0.1))
     assert expiry(fresh) == pytest.approx(0.6 + skew_time(238, 0.1) + 0.1)
+
+
+def test_the_rank_step_follows_the_interval_within_bounds() -> None:
+    assert [rank_step(i) for i in (0.01, 0.1, 0.4, 1.0, 40.0)] == pytest.approx([0.1, 0.1, 0.1, 0.25, 0.25])
+    third = Router(RouterConfig(vrid=7, family=Family.IPV4, primary=addr(3), vips=VIPS, priority=222,
+                                interval_cs=100, destinations=(GROUP,), members=[254, 238]))
+    third.start(0.0)
+    assert expiry(third) == pytest.approx(master_down_interval(222, 1.0) + 2 * 0.25)

@@ -67,6 +67,7 @@ from vipcore_native_vrrp.protocol.router_config import (
     RouterConfig,
     master_down_interval,
     rank_delay,
+    rank_step,
     skew_time,
 )
 
@@ -254,8 +255,10 @@ class Router:
         priority the silent master advertised (a resignation's priority 0
         does not make it a survivor).
         """
-        return rank_delay(self.config.priority, self.config.members, self.master, self._master_rank,
-                          self.config.rank_delay)
+        step = self.config.rank_delay
+        if step is None:
+            step = rank_step(self.master_adver_interval)
+        return rank_delay(self.config.priority, self.config.members, self.master, self._master_rank, step)
 
     def next_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""

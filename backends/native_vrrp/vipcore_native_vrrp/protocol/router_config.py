@@ -85,7 +85,9 @@ class RouterConfig:
     #: Plain integers are members whose addresses are unknown.
     members: tuple[Member, ...] = attrs.field(default=(), converter=_members)
     #: Extra Master_Down wait per better-ranked surviving member (seconds).
-    rank_delay: float = attrs.field(default=0.1, validator=attrs.validators.ge(0.0))
+    #: None: :func:`rank_step` of the master's advert interval (0.1 s at 0.1 s adverts, 0.25 s at 1 s).
+    rank_delay: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(0.0)))
 
     def __attrs_post_init__(self) -> None:
         if not self.vips:
@@ -119,6 +121,19 @@ def master_down_interval(priority: int, master_adver_interval: float) -> float:
 
 #: Ranks beyond this many better-ranked survivors wait no longer (the bound on the extra delay).
 MAX_RANK_STEPS = 3
+#: Bounds of the default rank step (seconds): at least what a loaded node's timers were seen to
+#: run late (40-80 ms), at most a quarter second per rank.
+RANK_STEP_MIN, RANK_STEP_MAX = 0.1, 0.25
+
+
+def rank_step(master_adver_interval: float) -> float:
+    """The default rank delay step: a quarter of the advert interval, within 0.1..0.25 s.
+
+    Late timers are scheduling delays, not a fraction of the interval, so the
+    step has a floor; at 1 s adverts a busier node's stalls reach further, and
+    0.25 s is still less than a tenth of the Master_Down_Interval it adds to.
+    """
+    return min(max(RANK_STEP_MIN, master_adver_interval / 4), RANK_STEP_MAX)
 
 
 def rank_delay(
