@@ -56,6 +56,7 @@ test: setup typecheck lint
 bench: setup
 	$(PY) bench/resolve.py
 	$(PY) bench/manifests.py
+	$(PY) bench/advert_path.py
 	$(PY) bench/failover.py
 	$(PY) bench/membership.py
 	$(PY) bench/chaos.py

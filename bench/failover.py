@@ -1,6 +1,7 @@
 """Failover as a client sees it: vipcore's backends against plain keepalived, in one run.
 
-Run (root): .venv/bin/python bench/failover.py [--trials N] [--quick] [--json FILE] [--png DIR]
+Run (root): .venv/bin/python bench/failover.py [--trials N] [--quick] [--sections ...] [--soak SECONDS]
+[--json FILE] [--png DIR]
 
 Everything happens in the namespace lab (prefix ``vcLb`` or ``--prefix``, three nodes, a
 client pinging every 10 ms); each configuration gets a fresh lab that is
@@ -20,8 +21,21 @@ torn down afterwards, also on Ctrl-C or an error. Sections:
 3. **Many groups**: the node holding most of 64 dual-stack groups dies; the
    client's gap for up to 8 of its VIPs, pooled over the trials (median, p95).
    native_vrrp runs without and (column "native_vrrp (liveness)") with its opt-in node-level liveness.
-4. **CPU**: one node holding 64 dual-stack groups (128 VRRP routers) at 0.1 s
-   adverts; utime+stime of everything in its namespace, per minute.
+4. **CPU**: one node holding 64 dual-stack groups (128 VRRP routers): native_vrrp
+   with its default configuration (and at 0.1 s) against plain keepalived at 0.1 s
+   adverts; and 255 groups (every VRID of one interface) at 1 s adverts, native_vrrp
+   against plain keepalived. utime+stime of everything in the node's namespace per
+   minute, and the ratio to plain keepalived (``--cpu-groups`` picks the tables).
+5. **Soak** (false failovers): 3 nodes, 16 groups, every node dropping 2 % of
+   the BFD / liveness packets it receives (nftables ``numgen random``; this
+   kernel has no netem) for ``--soak`` seconds (default 600): session expiries
+   and VIP moves, all of them false since every node lives. For the backends
+   with a fast path: native_vrrp (liveness) and keepalived (plain, BFD).
+
+"keepalived (plain, BFD)" is plain keepalived with one ``bfd_instance`` per
+other node (keepalived's defaults: 10 ms x 5) and ``track_bfd`` in every
+instance, weight -10 reversed (a backup gains 10 while its session to a peer
+is down): the strongest keepalived configuration at hand.
 
 Backends that are not installed are skipped with a note. ``--png DIR`` also
 draws the client's replies around the failure per backend and the failover
@@ -35,8 +49,10 @@ import argparse
 import json
 import math
 import random
+import re
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -64,11 +80,24 @@ from vipcore.lab.topology import Lab, require_root  # noqa: E402
 PREFIX = "vcLb"
 #: native_vrrp with its node-level liveness (BFD) sessions on (opt-in: docs/native-vrrp.md).
 LIVENESS = "native_vrrp-liveness"
-VRRP_BACKENDS = (LIVENESS, "native_vrrp", PLAIN_KEEPALIVED, "keepalived")
+#: Plain keepalived with its own BFD (RFC 5880) sessions to every other node, tracked by every instance.
+KEEPALIVED_BFD = "plain-keepalived-bfd"
+#: keepalived's BFD as issue 14 describes it: keepalived's default timers (10 ms x 5) and a track_bfd whose
+#: weight raises a backup's priority while its session to a peer is down (negative weight, reversed).
+BFD_SETTINGS = {"min_rx": 10, "min_tx": 10, "multiplier": 5, "weight": -10, "reverse": True}
+VRRP_BACKENDS = (LIVENESS, "native_vrrp", PLAIN_KEEPALIVED, KEEPALIVED_BFD, "keepalived")
 LABELS = {"native_vrrp": "native_vrrp", LIVENESS: "native_vrrp (liveness)", PLAIN_KEEPALIVED: "keepalived (plain)",
-          "keepalived": "keepalived (vipcore)", "netlink_static": "netlink_static"}
+          KEEPALIVED_BFD: "keepalived (plain, BFD)", "keepalived": "keepalived (vipcore)",
+          "netlink_static": "netlink_static"}
 #: Variants: (backend, extra settings of its config section).
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {LIVENESS: ("native_vrrp", {"liveness": True})}
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    LIVENESS: ("native_vrrp", {"liveness": True}),
+    KEEPALIVED_BFD: (PLAIN_KEEPALIVED, {"bfd": BFD_SETTINGS}),
+}
+#: The backends whose fast path (liveness / BFD sessions, UDP 3784) the soak section drops packets of.
+FAST_PATH = (LIVENESS, KEEPALIVED_BFD)
+#: BFD control packets (RFC 5881), keepalived's and native_vrrp's liveness alike.
+FAST_PATH_PORT = 3784
 
 
 def deployment_for(variant: str, **kwargs: Any) -> Deployment:
@@ -91,13 +120,21 @@ def installed_backends() -> set[str]:
     from vipcore.backend.host import load_hooks
 
     found = set(load_hooks().backends())
-    found |= {variant for variant, (backend, _) in VARIANTS.items() if backend in found}
     try:
         keepalived_command()
         found.add(PLAIN_KEEPALIVED)
     except LabError:
         pass
+    found |= {variant for variant, (backend, _) in VARIANTS.items() if backend in found}
     return found
+
+
+def native_default() -> str:
+    """native_vrrp's default configuration, as the CPU table names it (it follows the code's defaults)."""
+    from vipcore_native_vrrp.config import NativeVrrpConfig
+
+    config = NativeVrrpConfig.from_mapping({})
+    return f"adverts {config.advert_interval:g} s, liveness {'on' if config.liveness.enabled else 'off'}"
 
 
 @contextmanager
@@ -316,20 +353,92 @@ def run_stability(backend: str, advert: float, window: float, groups: int = 16) 
 # -- cpu --------------------------------------------------------------------------------
 
 
-def run_cpu(backend: str, window: float, groups: int = 64, advert: float = 0.1) -> dict[str, Any]:
+def run_cpu(backend: str, window: float, groups: int = 64, advert: float | None = 0.1) -> dict[str, Any]:
+    """CPU of one node holding ``groups`` dual-stack groups on eth0 (``advert`` None: the backend's default)."""
     with lab_for(("node-a",)) as lab:
         deployment = deployment_for(backend, advert_interval=advert, metrics=False,
                                     manifests=write_scenario_manifests(lab, lab.run_dir / "manifests", groups))
         deployment.start_all(lab)
         expected = deployment.expected_holders(lab.nodes)
-        if not wait_for_holders(lab, expected, timeout=60, quiet=1.0):
-            raise TrialFailed(f"{backend}: {len(expected)} VIPs not all held within 60 s")
-        time.sleep(1.0)  # past the start-up burst (GARPs, initial adverts)
+        if not wait_for_holders(lab, expected, timeout=60 + groups / 4, quiet=1.0):
+            raise TrialFailed(f"{backend}: {len(expected)} VIPs not all held within {60 + groups / 4:.0f} s")
+        # Past the start-up burst: every router's GARP schedule (1 s) and the split-brain probes after the
+        # transitions; with 510 routers they outlast 2 s and tripled native_vrrp's number.
+        time.sleep(6.0)
         before, t0 = lab.cpu_seconds("node-a"), time.monotonic()
         time.sleep(window)
         used, elapsed = lab.cpu_seconds("node-a") - before, time.monotonic() - t0
         held = wait_for_holders(lab, expected, timeout=0.1)
-        return {"cpu_s_per_min": used / elapsed * 60, "window": elapsed, "routers": len(expected), "held": held}
+        return {"cpu_s_per_min": used / elapsed * 60, "window": elapsed, "routers": len(expected), "held": held,
+                "groups": groups, "advert": advert}
+
+
+#: The CPU cases: (backend, advert interval or None for the backend's default, groups on one interface).
+#: 64 groups: native_vrrp as shipped against plain keepalived at 0.1 s (issue 14's comparison); 255 groups
+#: (every VRID of one interface) at 1 s adverts.
+CPU_CASES = (
+    ("native_vrrp", None, 64), (LIVENESS, None, 64), ("native_vrrp", 0.1, 64), ("keepalived", 0.1, 64),
+    (PLAIN_KEEPALIVED, 0.1, 64),
+    ("native_vrrp", 1.0, 255), (PLAIN_KEEPALIVED, 1.0, 255),
+)
+
+
+def cpu_key(backend: str, advert: float | None, groups: int) -> str:
+    return f"{backend}@{'default' if advert is None else f'{advert:g}'}#{groups}"
+
+
+# -- soak: false failovers under packet loss -----------------------------------------------
+
+
+def drop_fast_path(lab: Lab, node: str, percent: float) -> None:
+    """nftables in the node's namespace: drop ``percent`` % of the BFD packets it receives (no netem here)."""
+    ns = lab.ns(node)
+    rules = (f"table inet vcsoak {{\n chain input {{\n  type filter hook input priority 0;\n"
+             f"  udp dport {FAST_PATH_PORT} numgen random mod 1000 < {round(percent * 10)} counter drop\n }}\n}}\n")
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True, check=True,
+                   capture_output=True)
+
+
+def dropped_fast_path(lab: Lab, node: str) -> int:
+    out = subprocess.run(["ip", "netns", "exec", lab.ns(node), "nft", "list", "table", "inet", "vcsoak"],
+                         text=True, capture_output=True, check=False).stdout
+    match = re.search(r"counter packets (\d+)", out)
+    return int(match.group(1)) if match else 0
+
+
+def run_soak(backend: str, duration: float, loss: float = 2.0, groups: int = 16) -> dict[str, Any]:
+    """3 nodes, ``groups`` dual-stack groups, ``loss`` % of fast-path packets dropped on every node for
+    ``duration`` s: VIP moves (kernel address events) and session expiries logged (false: every node lives)."""
+    with lab_for() as lab:
+        deployment = deployment_for(backend, metrics=False,
+                                    manifests=write_scenario_manifests(lab, lab.run_dir / "manifests", groups))
+        deployment.start_all(lab)
+        expected = deployment.expected_holders(lab.nodes)
+        if not wait_for_holders(lab, expected, timeout=60, quiet=1.0):
+            raise TrialFailed(f"{backend}: VIPs did not settle")
+        time.sleep(3.0)  # sessions up (liveness starts at the slow rate)
+        logs = [Path(r.log) for n in lab.nodes for r in lab.records(n)]
+        expired_before = sum(_expiries(p) for p in logs)
+        for node in lab.nodes:
+            drop_fast_path(lab, node, loss)
+        with AddressMonitor(lab) as monitor:
+            deadline = time.monotonic() + duration
+            while time.monotonic() < deadline and all(lab.alive(n) for n in lab.nodes):
+                time.sleep(0.5)
+        dropped = sum(dropped_fast_path(lab, n) for n in lab.nodes)
+        return {"duration": duration, "loss": loss, "moves": len(monitor.events),
+                "expiries": sum(_expiries(p) for p in logs) - expired_before, "dropped": dropped,
+                "alive": all(lab.alive(n) for n in lab.nodes), "still_expected": wait_for_holders(lab, expected,
+                                                                                                  timeout=0.1)}
+
+
+def _expiries(log_file: Path) -> int:
+    """Session expiries a node logged: keepalived's "Expired after" and native_vrrp's "expired after"."""
+    try:
+        text = log_file.read_text(errors="replace")
+    except OSError:
+        return 0
+    return len(re.findall(r"(?i)expired after", text))
 
 
 # -- output -----------------------------------------------------------------------------
@@ -398,11 +507,40 @@ def report(data: dict[str, Any], trials: int) -> str:
                    + "\n".join(f"smallest stable interval, {LABELS[b]}: {'none' if s is None else f'{s:g} s'}"
                                for b, s in smallest.items()))
     if data.get("cpu"):
-        rows = [[LABELS[b], f"{r['cpu_s_per_min']:.2f}", f"{r['window']:.0f} s", str(r["routers"]),
-                 "yes" if r["held"] else "NO"] for b, r in data["cpu"].items()]
-        out.append("CPU, one node holding 64 dual-stack groups at 0.1 s adverts (everything in its namespace)\n"
-                   + table(["backend", "CPU s / min", "measured", "VIPs", "all held"], rows))
+        out.append(cpu_report(data["cpu"], data.get("native_default", "")))
+    if data.get("soak"):
+        rows = [[LABELS[b], f"{r['duration']:.0f} s", f"{r['loss']:g} %", str(r["dropped"]), str(r["expiries"]),
+                 str(r["moves"]), "yes" if r["alive"] and r["still_expected"] else "NO"]
+                for b, r in data["soak"].items()]
+        out.append("False failovers: 3 nodes, 16 dual-stack groups, every node drops the given share of the BFD / "
+                   "liveness packets it receives (nftables numgen random); every node stays alive, so every "
+                   "session expiry and VIP move is false\n"
+                   + table(["backend", "duration", "loss", "packets dropped", "session expiries", "VIP moves",
+                            "VIPs where placed"], rows))
     return "\n\n".join(out)
+
+
+def cpu_report(cpu: dict[str, Any], default: str) -> str:
+    """One table per group count; ratio against plain keepalived at 0.1 s (64 groups) or 1 s (255 groups)."""
+    tables = []
+    for groups in sorted({r.get("groups", 64) for r in cpu.values()}):
+        reference_advert = 0.1 if groups <= 64 else 1.0
+        reference = cpu.get(cpu_key(PLAIN_KEEPALIVED, reference_advert, groups))
+        rows = []
+        for key, r in cpu.items():
+            if r.get("groups", 64) != groups:
+                continue
+            backend = key.split("@", 1)[0]
+            advert = "default" + (f" ({default})" if default and backend in ("native_vrrp", LIVENESS) else "") \
+                if r.get("advert", 0.1) is None else f"{r.get('advert', 0.1):g} s"
+            ratio = f"{r['cpu_s_per_min'] / reference['cpu_s_per_min']:.2f}" if reference and \
+                reference["cpu_s_per_min"] > 0 else "n/a"
+            rows.append([LABELS[backend], advert, f"{r['cpu_s_per_min']:.2f}", ratio, f"{r['window']:.0f} s",
+                         str(r["routers"]), "yes" if r["held"] else "NO"])
+        tables.append(f"CPU, one node holding {groups} dual-stack groups on one interface (utime+stime of "
+                      f"everything in its namespace); ratio against plain keepalived at {reference_advert:g} s\n"
+                      + table(["backend", "adverts", "CPU s / min", "ratio", "measured", "VIPs", "all held"], rows))
+    return "\n\n".join(tables)
 
 
 def main() -> int:
@@ -412,7 +550,13 @@ def main() -> int:
                         help="3 trials, short stability and CPU windows (a smoke run, not for numbers)")
     parser.add_argument("--backends", help="comma-separated subset of "
                         + ", ".join([*VRRP_BACKENDS, "netlink_static"]))
-    parser.add_argument("--sections", default="failover,many,stability,cpu", help="failover,many,stability,cpu")
+    parser.add_argument("--sections", default="failover,many,stability,cpu,soak",
+                        help="failover,many,stability,cpu,soak")
+    parser.add_argument("--cpu-groups", default="64,255",
+                        help="group counts of the CPU section (default 64,255; 64 runs the 0.1 s comparison)")
+    parser.add_argument("--soak", type=float, default=600.0,
+                        help="seconds of the false-failover soak (default 600; 30 for a smoke run)")
+    parser.add_argument("--soak-loss", type=float, default=2.0, help="percent of fast-path packets dropped")
     parser.add_argument("--many-advert", type=float, default=None,
                         help="advert interval of the many-groups section (default: each backend's default)")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
@@ -436,8 +580,8 @@ def main() -> int:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, interrupt)
 
-    data: dict[str, Any] = {"failover": {}, "many": {}, "stability": {}, "cpu": {}, "notes": [], "trials": trials,
-                            "many_advert": args.many_advert}
+    data: dict[str, Any] = {"failover": {}, "many": {}, "stability": {}, "cpu": {}, "soak": {}, "notes": [],
+                            "trials": trials, "many_advert": args.many_advert}
     try:
         require_root()
         available = installed_backends()
@@ -479,13 +623,27 @@ def main() -> int:
                     if not (run["settled"] and run["moves"] == 0 and run["alive"]):
                         break
         if "cpu" in sections:
-            for backend in [b for b in VRRP_BACKENDS if b in backends]:
-                step(f"cpu {LABELS[backend]}, 64 groups, {cpu_window:.0f} s")
+            if "native_vrrp" in backends:
+                data["native_default"] = native_default()
+            counts = {int(n) for n in args.cpu_groups.split(",") if n}
+            for backend, advert, groups in CPU_CASES:
+                if backend not in backends or groups not in counts:
+                    continue
+                step(f"cpu {LABELS[backend]} adverts {advert or 'default'}, {groups} groups, {cpu_window:.0f} s")
+                key = cpu_key(backend, advert, groups)
                 try:
-                    data["cpu"][backend] = run_cpu(backend, cpu_window)
-                    log(f"    {data['cpu'][backend]}")
+                    data["cpu"][key] = run_cpu(backend, cpu_window, groups=groups, advert=advert)
+                    log(f"    {data['cpu'][key]}")
                 except (TrialFailed, VipcoreError) as exc:
-                    data["notes"].append(f"cpu {LABELS[backend]}: {exc}")
+                    data["notes"].append(f"cpu {LABELS[backend]} ({groups} groups): {exc}")
+        if "soak" in sections:
+            for backend in [b for b in FAST_PATH if b in backends]:
+                step(f"soak {LABELS[backend]}: {args.soak:.0f} s at {args.soak_loss:g} % fast-path loss")
+                try:
+                    data["soak"][backend] = run_soak(backend, args.soak, args.soak_loss)
+                    log(f"    {data['soak'][backend]}")
+                except (TrialFailed, VipcoreError, subprocess.CalledProcessError) as exc:
+                    data["notes"].append(f"soak {LABELS[backend]}: {exc}")
     except KeyboardInterrupt:
         Lab(prefix=PREFIX).down()
         log("interrupted; lab torn down; what was measured so far:")

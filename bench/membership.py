@@ -1,6 +1,6 @@
 """Membership changes as clients see them: joins, flaps, drains, endpoint moves, a hard failure.
 
-Run (root): .venv/bin/python bench/membership.py [--rounds N] [--backends a,b] [--json FILE]
+Run (root): .venv/bin/python bench/membership.py [--rounds N] [--backends a,b] [--prefix P] [--json FILE]
 
 A group's name hashes its node list, so every membership change renames
 groups. This bench measures what that costs: 16 IPv4 VIP groups on the lab's
@@ -346,7 +346,9 @@ def main() -> int:
     parser.add_argument("--advert", type=float, default=ADVERT,
                         help=f"VRRP advert interval in seconds (default {ADVERT:g})")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
+    parser.add_argument("--prefix", default=PREFIX, help=f"lab namespace prefix (default {PREFIX})")
     args = parser.parse_args()
+    set_prefix(args.prefix)
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -376,6 +378,11 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, default=str))
     return status
+
+
+def set_prefix(prefix: str) -> None:
+    global PREFIX
+    PREFIX = prefix
 
 
 if __name__ == "__main__":

@@ -49,7 +49,20 @@ def test_plain_keepalived_config_matches_what_the_agents_compute(tmp_path: Path)
     assert "nopreempt" in render_plain_keepalived(resolution, nodes, "node-a", advert_interval=1.0, preempt=False)
 
 
-@pytest.mark.parametrize("groups", [1, 16, 64])
+def test_plain_keepalived_with_bfd_has_a_session_per_peer_tracked_by_every_instance(tmp_path: Path) -> None:
+    deployment = Deployment(backend=PLAIN_KEEPALIVED, manifests=write_example_manifests(lab(tmp_path), tmp_path / "m"))
+    resolution, nodes = deployment.state()
+    text = render_plain_keepalived(resolution, nodes, "node-a", advert_interval=0.1,
+                                   bfd={"weight": -10, "reverse": True})
+    assert text.count("bfd_instance ") == 2 and "bfd_instance bfd_node_a" not in text
+    assert "neighbor_ip 198.51.100.12" in text and "source_ip 198.51.100.11" in text
+    assert "min_rx 10" in text and "min_tx 10" in text and "multiplier 5" in text
+    assert text.count("track_bfd {") == text.count("vrrp_instance")
+    assert "bfd_node_b weight -10 reverse" in text
+    assert "bfd_instance" not in render_plain_keepalived(resolution, nodes, "node-a", advert_interval=0.1)
+
+
+@pytest.mark.parametrize("groups", [1, 16, 64, 255])
 def test_scenario_manifests_give_that_many_groups_with_every_lab_node(tmp_path: Path, groups: int) -> None:
     the_lab = lab(tmp_path)
     deployment = Deployment(backend="native_vrrp", manifests=write_scenario_manifests(the_lab, tmp_path / "m", groups))

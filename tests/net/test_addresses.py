@@ -380,6 +380,18 @@ class TestLab:
         assert 4 <= sent <= 6
         assert len(got) == sent
 
+    def test_link_only_query_skips_the_address_dump(self, pair: Pair) -> None:
+        # What an announcement reads: index and MAC, not the (growing) address list.
+        async def go() -> None:
+            async with AddressHolder(netns=pair.ns) as holder:
+                await holder.add(pair.link, [V4_VIP])
+                full = await holder.interface(pair.link)
+                light = await holder.interface(pair.link, addresses=False)
+                assert (light.index, light.mac, light.up) == (full.index, full.mac, full.up)
+                assert V4_VIP in full.addresses() and light.ipv4 == () and light.ipv6 == ()
+
+        run(go())
+
     def test_announce_after_interface_recreated(self, pair: Pair) -> None:
         # Announcement sockets are cached; a re-created interface (new index)
         # must still get its NA, on the new interface.

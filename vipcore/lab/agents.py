@@ -36,6 +36,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "manifests"
 #: The bench's pool: room for 150 IPv4 and 256 IPv6 VIPs on eth0.
 SCENARIO_POOL_V4 = "198.51.100.100-198.51.100.249"
 SCENARIO_POOL_V6 = "2001:db8:100::100-2001:db8:100::1ff"
+#: More IPv4 VIPs for scenarios beyond 150 groups (up to 255, every VRID of the interface): held on eth0
+#: as /32s, not in its subnet (the CPU bench needs no replies from them).
+SCENARIO_POOL_V4_MORE = "203.0.113.100-203.0.113.249"
+#: The most groups a scenario can have: one VRID per group on one interface.
+SCENARIO_MAX_GROUPS = 255
 
 
 def vipcore_command() -> Path:
@@ -107,14 +112,15 @@ def write_scenario_manifests(lab: Lab, directory: Path, groups: int, *, dual_sta
     """
     phantom_count = max(0, (groups - 1).bit_length())
     phantoms = [f"phantom-{i}" for i in range(phantom_count)]
-    if groups > 150:
-        raise LabError("the scenario pool has room for 150 groups")
+    if groups > SCENARIO_MAX_GROUPS:
+        raise LabError(f"one interface has room for {SCENARIO_MAX_GROUPS} groups (VRIDs)")
     directory.mkdir(parents=True, exist_ok=True)
     write_nodes(lab, directory, phantoms=phantoms)
     docs: list[dict[str, Any]] = [{
         "apiVersion": "vipcore.io/v1alpha1", "kind": "VipPool", "metadata": {"name": "bench"},
         "spec": {"default": True, "interface": "eth0",
-                 "addresses": [SCENARIO_POOL_V4, *([SCENARIO_POOL_V6] if dual_stack else [])]},
+                 "addresses": [SCENARIO_POOL_V4, *([SCENARIO_POOL_V4_MORE] if groups > 150 else []),
+                               *([SCENARIO_POOL_V6] if dual_stack else [])]},
     }]
     for index in range(groups):
         extra = [p for bit, p in enumerate(phantoms) if index >> bit & 1]
@@ -146,15 +152,34 @@ def _interval(seconds: float) -> str:
 
 
 def render_plain_keepalived(resolution: Resolution, nodes: Mapping[str, Any], node: str, *,
-                            advert_interval: float, preempt: bool = True) -> str:
+                            advert_interval: float, preempt: bool = True,
+                            bfd: Mapping[str, Any] | None = None) -> str:
     """keepalived.conf for ``node``: one instance per (group, family), as vipcore would run it.
 
     VRRPv3, the core's VRIDs and priorities, the same VIPs, a sync group per
     dual-stack group (the vipcore backends keep a group's families together),
     keepalived's default GARP behaviour, never ``vrrp_strict``.
+
+    ``bfd`` (keepalived's own fast detection, RFC 5880): one ``bfd_instance``
+    per other node (``min_rx``/``min_tx`` ms, ``multiplier``; keepalived's
+    defaults 10/10/5) and a ``track_bfd`` on each in every instance with
+    ``weight`` (keepalived: a negative weight is subtracted while the session
+    is down; ``reverse`` adds it instead).
     """
     lines = ["# Rendered by the vipcore lab: plain keepalived, equivalent to the agents' groups.",
              "global_defs {", f"    router_id {node}", "    vrrp_version 3", "}", ""]
+    sessions: list[str] = []
+    if bfd is not None:
+        own = next(a for a in nodes[node].addresses if a.version == 4)
+        for peer in sorted(nodes):
+            addresses = [a for a in nodes[peer].addresses if a.version == 4]
+            if peer == node or not addresses or not any(peer in g.nodes for g in resolution.groups_of(node)):
+                continue
+            name = f"bfd_{peer}".replace("-", "_")
+            sessions.append(name)
+            lines += [f"bfd_instance {name} {{", f"    neighbor_ip {addresses[0]}", f"    source_ip {own}",
+                      f"    min_rx {bfd.get('min_rx', 10)}", f"    min_tx {bfd.get('min_tx', 10)}",
+                      f"    multiplier {bfd.get('multiplier', 5)}", "}", ""]
     for group in resolution.groups_of(node):
         member = membership(group, node, nodes)
         instances = []
@@ -166,6 +191,10 @@ def render_plain_keepalived(resolution: Resolution, nodes: Mapping[str, Any], no
                       f"    priority {member.priority}", f"    advert_int {_interval(advert_interval)}"]
             if not preempt:
                 lines.append("    nopreempt")
+            if sessions and bfd is not None:
+                weight = f"weight {bfd.get('weight', -100)}" + (" reverse" if bfd.get("reverse") else "")
+                lines += ["    track_bfd {", *[f"        {name} {weight}" for name in sessions
+                                                if name != f"bfd_{node}".replace("-", "_")], "    }"]
             lines.append("    virtual_ipaddress {")
             lines += [f"        {vip}/{vip.max_prefixlen} dev {group.interface}" for vip in group.vips(family)]
             lines += ["    }", "}", ""]
@@ -287,14 +316,20 @@ class Deployment:
         conf = directory / "keepalived.conf"
         conf.write_text(render_plain_keepalived(resolution, nodes, node,
                                                 advert_interval=self.advert_interval or 1.0,
-                                                preempt=bool(self.settings.get("preempt", True))))
+                                                preempt=bool(self.settings.get("preempt", True)),
+                                                bfd=self.settings.get("bfd")))
         # Own pid files: a second keepalived on the machine would otherwise exit 0 at once. Nothing
         # runs in the node's namespace now, so old ones are stale (a killed VRRP child may still be
         # an unreaped zombie, which keepalived takes for a running daemon).
-        for stale in ("keepalived.pid", "vrrp.pid"):
+        for stale in ("keepalived.pid", "vrrp.pid", "bfd.pid", "checkers.pid"):
             (directory / stale).unlink(missing_ok=True)
-        argv = [keepalived_command(), "-n", "-l", "-D", "-P", "-f", str(conf),
+        argv = [keepalived_command(), "-n", "-l", "-D", "-f", str(conf),
                 "-p", str(directory / "keepalived.pid"), "-r", str(directory / "vrrp.pid")]
+        if self.settings.get("bfd") is not None:
+            # The BFD child runs next to the VRRP one (-P would leave it out), with its own pid files.
+            argv += ["-b", str(directory / "bfd.pid"), "-c", str(directory / "checkers.pid")]
+        else:
+            argv.append("-P")
         return lab.spawn(node, "keepalived", argv, log=directory / "keepalived.log", cwd=directory)
 
 

@@ -31,7 +31,9 @@ from vipcore_native_vrrp.liveness.coordinator import Coordinator
 from vipcore_native_vrrp.liveness.detector import Detector
 from vipcore_native_vrrp.protocol import Authenticator, Router, RouterConfig, StateChanged, followers
 from vipcore_native_vrrp.protocol.machine import RECEIVE_REASONS
+from vipcore_native_vrrp.protocol.router_config import Member
 from vipcore_native_vrrp.protocol.packet import DECODE_REASONS, MULTICAST
+from vipcore_native_vrrp.timers import TimerBatch
 from vipcore_native_vrrp.transport import Link
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class NativeVrrpBackend:
         #: Interfaces that came back from a link flap without a global IPv6 address.
         self.ipv6_prefix_missing: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._batch: TimerBatch | None = None
         self._watcher: asyncio.Task[None] | None = None
         #: Split-brain detector: how many MACs answered for each VIP at the last probe.
         self.responders: dict[IPAddress, int] = {}
@@ -175,6 +178,7 @@ class NativeVrrpBackend:
             driver.update(
                 priority=config.priority, vips=config.vips, sources=config.sources, destinations=config.destinations,
                 peer_priorities=config.peer_priorities, identity=config.identity,
+                members=config.members,
             )
         self._refresh_liveness()
 
@@ -189,8 +193,15 @@ class NativeVrrpBackend:
 
     @hookimpl
     async def vipcore_group_takeover(self, group: str, reason: str) -> None:
+        # Undoing a release (undrain) rejoins the election: taking every group
+        # at once made the returning node master where it does not rank first
+        # until preemption took those back (VIPs held twice). A router that
+        # was not released is a control-plane order to hold now.
         for driver in self.routers.get(group, {}).values():
-            driver.takeover(reason)
+            if driver.router.released:
+                driver.rejoin(reason)
+            else:
+                driver.takeover(reason)
 
     # -- metrics ---------------------------------------------------------------------
 
@@ -292,6 +303,8 @@ class NativeVrrpBackend:
             # Multicast IPv6 keepalived peers send from link-local addresses the core does not know.
             relax_link_local=bool(relaxed_names) and family is Family.IPV6,
             identity=frozenset(a for a in (own.addresses if own else ()) if a.version == family),
+            members=[Member(m.priority, frozenset(a for a in m.addresses if a.version == family))
+                     for m in members if m.name != membership.node],
             auth=Authenticator(key) if key is not None else None,
             wall_offset=time.time() - self._require_started()[2].time(),
         )
@@ -314,13 +327,18 @@ class NativeVrrpBackend:
             )
         driver = RouterDriver(
             group=membership.name, interface=interface, router=Router(config), link=link, holder=holder,
-            schedule=self.settings.garp, report=self._report, loop=loop,
+            schedule=self.settings.garp, report=self._report, loop=loop, batch=self._timer_batch(loop),
         )
         self.routers[membership.name][family] = driver
         driver.start()
         info = await holder.interface(interface)
         if not info.up:
             driver.link_down(f"{interface} is down or has no carrier")
+
+    def _timer_batch(self, loop: asyncio.AbstractEventLoop) -> TimerBatch:
+        if self._batch is None or self._batch.loop is not loop:
+            self._batch = TimerBatch(loop)
+        return self._batch
 
     def _report(self, driver: RouterDriver, change: StateChanged, failover: float | None) -> None:
         context, _, _ = self._require_started()

@@ -32,6 +32,7 @@ from vipcore_native_vrrp.protocol import (
     Send,
     StateChanged,
 )
+from vipcore_native_vrrp.timers import BatchedTimer, TimerBatch
 from vipcore_native_vrrp.transport import Link
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class RouterDriver:
         schedule: AnnounceSchedule,
         report: Reporter,
         loop: asyncio.AbstractEventLoop,
+        batch: TimerBatch | None = None,
     ) -> None:
         self.group = group
         self.interface = interface
@@ -77,8 +79,10 @@ class RouterDriver:
         self.schedule = schedule
         self.report = report
         self.loop = loop
+        #: Shared by the backend's drivers: a master's advert timer joins a slot (see timers.py).
+        self.batch = batch
         self.transitions = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | BatchedTimer | None = None
         self._queue: collections.deque[tuple[list[Action], float]] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
@@ -122,6 +126,9 @@ class RouterDriver:
     def takeover(self, reason: str) -> None:
         self.feed(self.router.takeover(self.loop.time(), reason))
 
+    def rejoin(self, reason: str) -> None:
+        self.feed(self.router.rejoin(self.loop.time(), reason))
+
     def follow(self, sibling: str) -> None:
         self.feed(self.router.follow(self.loop.time(), sibling))
 
@@ -140,8 +147,12 @@ class RouterDriver:
 
     def feed(self, actions: Iterable[Action]) -> None:
         """Carry out ``actions`` in order, then re-arm the timer."""
-        batch = list(actions)
-        if batch:
+        batch = actions if isinstance(actions, list) else list(actions)
+        if len(batch) == 1 and type(batch[0]) is Send and (not self._ordered_sends or
+                                                           (self._worker is None and not self._queue)):
+            # The periodic advert, the path every master takes every interval: the rule below for one Send.
+            self._do_now(batch[0], 0.0)
+        elif batch:
             idle = self._worker is None and not self._queue
             address_work = any(isinstance(a, _ADDRESS_WORK) for a in batch)
             # Periodic adverts must not wait behind slow netlink work (the
@@ -158,6 +169,12 @@ class RouterDriver:
                 self._queue.append((batch, self.loop.time()))
                 if self._worker is None:
                     self._worker = self.loop.create_task(self._work(), name=f"vrrp {self.group[:12]} IPv{int(self.family)}")
+        if self._announcer is not None and self.router.phase is not Phase.MASTER:
+            # Resigning or releasing still reports MASTER (it holds the VIPs), but its
+            # announcements would pull neighbours back from the new master: a
+            # client's ARP entry refreshed by our burst ignores the new master's
+            # first gratuitous ARPs for its locktime, and we let go after the linger.
+            self._stop_announcing()
         self._rearm()
 
     def _rearm(self) -> None:
@@ -174,7 +191,11 @@ class RouterDriver:
                 # a cancel and a new timer per advert.
                 return
             self._timer.cancel()
-        self._timer = self.loop.call_at(due, self._on_timer)
+        if self.batch is not None and self.router.phase is Phase.MASTER:
+            # Adverts only: a backup's Master_Down timer keeps its precision (the failover time).
+            self._timer = self.batch.call_at(due, self._on_timer)
+        else:
+            self._timer = self.loop.call_at(due, self._on_timer)
 
     async def _work(self) -> None:
         try:
@@ -202,7 +223,7 @@ class RouterDriver:
             self._worker = None
 
     def _do_now(self, action: Action, decided: float) -> None:
-        if isinstance(action, Send):
+        if type(action) is Send:
             ok = self.link.send(action.data, action.src, action.dst)
             followup = self.router.sent(ok, self.loop.time())
             if followup:

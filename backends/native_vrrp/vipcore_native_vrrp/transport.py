@@ -29,6 +29,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -71,6 +72,8 @@ class Link:
         self.closed = False
         self._failing = False
         self._sources: dict[str, ipaddress.IPv6Address] = {}
+        self._addresses4: dict[bytes, ipaddress.IPv4Address] = {}
+        self._routes: dict[tuple[IPAddress, IPAddress], tuple[list[tuple[int, int, bytes]], tuple[Any, ...]]] = {}
         self.sock = self._open()
 
     def _open(self) -> socket.socket:
@@ -159,9 +162,7 @@ class Link:
             ihl = (data[0] & 0x0F) * 4
             if ihl < IPV4_HEADER_MIN or len(data) < ihl:
                 return None
-            src4 = ipaddress.IPv4Address(data[12:16])
-            dst4 = ipaddress.IPv4Address(data[16:20])
-            return data[ihl:], src4, dst4, data[8]
+            return data[ihl:], self._v4(data[12:16]), self._v4(data[16:20]), data[8]
         hops: int | None = None
         dst6: ipaddress.IPv6Address | None = None
         for level, kind, value in ancillary:
@@ -181,19 +182,37 @@ class Link:
             src6 = self._sources[text] = ipaddress.IPv6Address(text.split("%", 1)[0])
         return data, src6, dst6, hops
 
+    def _v4(self, packed: bytes) -> ipaddress.IPv4Address:
+        # Sources and destinations are a handful of peers and one group: parse each once.
+        address = self._addresses4.get(packed)
+        if address is None:
+            if len(self._addresses4) > 1024:
+                self._addresses4.clear()
+            address = self._addresses4[packed] = ipaddress.IPv4Address(packed)
+        return address
+
     # -- send ---------------------------------------------------------------
+
+    def _route(self, src: IPAddress, dst: IPAddress) -> tuple[list[tuple[int, int, bytes]], tuple[Any, ...]]:
+        """The ancillary data and socket address for ``src`` -> ``dst``, built once per pair (every
+        advert of a router repeats them; packing and formatting them per send showed in the profile)."""
+        if len(self._routes) > 1024:  # bounded: pairs are routers x destinations
+            self._routes.clear()
+        route: tuple[list[tuple[int, int, bytes]], tuple[Any, ...]]
+        if self.family is Family.IPV4:
+            pktinfo = struct.pack("=i4s4s", self.ifindex, src.packed, b"\0" * 4)
+            route = [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], (str(dst), 0)
+        else:
+            pktinfo6 = struct.pack("=16si", src.packed, self.ifindex)
+            route = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo6)], (str(dst), 0, 0, self.ifindex)
+        self._routes[(src, dst)] = route
+        return route
 
     def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
         """Send one message from ``src`` to ``dst``; a failure is counted, not raised."""
         try:
-            if self.family is Family.IPV4:
-                pktinfo = struct.pack("=i4s4s", self.ifindex, src.packed, b"\0" * 4)
-                self.sock.sendmsg([data], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], 0, (str(dst), 0))
-            else:
-                pktinfo6 = struct.pack("=16si", src.packed, self.ifindex)
-                self.sock.sendmsg(
-                    [data], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo6)], 0, (str(dst), 0, 0, self.ifindex)
-                )
+            ancillary, address = self._routes.get((src, dst)) or self._route(src, dst)
+            self.sock.sendmsg([data], ancillary, 0, address)
         except OSError as exc:
             self.counters.send_errors += 1
             # A downed link or a still-tentative source address heals on its

@@ -147,7 +147,17 @@ class FakeHolder:
         self.announced.extend(vips)
 
     def start_announcing(self, interface: str, vips: Iterable[IPAddress], schedule: AnnounceSchedule) -> asyncio.Task[None]:
-        return asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+        wanted = tuple(vips)
+
+        async def rounds() -> None:  # the schedule, as the real holder runs it
+            await asyncio.sleep(schedule.initial_delay)
+            for round_ in range(schedule.count):
+                if round_:
+                    await asyncio.sleep(schedule.interval)
+                self.announced.extend(wanted)
+            await asyncio.sleep(3600)
+
+        return asyncio.get_running_loop().create_task(rounds())
 
     async def close(self) -> None:
         self.closed = True
@@ -643,5 +653,70 @@ def test_members_count_who_answers_for_each_vip_after_transitions(caplog: pytest
         others = [n for n in NODE_NUMBER if n != top]
         assert any(responders(n) == {str(VIP4): 2.0, str(VIP6): 2.0} for n in others), [responders(n) for n in others]
         assert "answered by 2 MAC addresses" in caplog.text and "split brain" in caplog.text
+
+    run(scenario)
+
+
+def test_undrain_takes_back_only_the_groups_the_node_ranks_first_for() -> None:
+    """The agent's takeover after a drain rejoins the election: a node that does not rank first stays backup
+    (before, it became master of the group at once and preemption took it back: VIPs held twice)."""
+    async def scenario() -> None:
+        c = Cluster()
+        for node in NODE_NUMBER:
+            await c.start(node)
+            await c.join(node)
+        await asyncio.sleep(0.5)
+        holder = best()
+        other = next(n for n in NODE_NUMBER if n != holder)
+        for node in (holder, other):
+            await c.backends[node].vipcore_group_release(group().name, "node drained")
+        await asyncio.sleep(0.5)
+        (interim,) = c.holding(VIP4)
+        assert interim not in (holder, other)
+        c.reports.clear()
+        await c.backends[other].vipcore_group_takeover(group().name, "node no longer drained")
+        await asyncio.sleep(0.3)
+        assert c.holding(VIP4) == [interim] and not [r for r in c.reports if r.node == other]
+        gaps = 0
+        watching = True
+
+        async def watch() -> None:
+            nonlocal gaps
+            while watching:
+                gaps += not c.holding(VIP4) or not c.holding(VIP6)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        await c.backends[holder].vipcore_group_takeover(group().name, "node no longer drained")
+        await asyncio.sleep(0.3)
+        watching = False
+        await watcher
+        assert gaps == 0 and c.holding(VIP4) == [holder] and c.holding(VIP6) == [holder]
+        for b in c.backends.values():
+            await b.vipcore_backend_stop(graceful=False)
+
+    run(scenario)
+
+
+def test_a_releasing_master_stops_announcing() -> None:
+    """A drained master still holds the VIPs while it hands over, but its gratuitous ARPs would keep clients
+    on it (their neighbour entry, refreshed, ignores the new master's first announcements for its locktime)."""
+    async def scenario() -> None:
+        c = Cluster({"garp": {"count": 20, "interval": 0.02}})
+        for node in NODE_NUMBER:
+            await c.start(node)
+            await c.join(node)
+        await asyncio.sleep(0.4)
+        holder = best()
+        for family in Family:
+            c.bus.mute.add((holder, family))  # nobody hears its priority 0: it stays RELEASING, holding
+        await c.backends[holder].vipcore_group_release(group().name, "node drained")
+        await asyncio.sleep(0)
+        before = len(c.holders[holder].announced)
+        await asyncio.sleep(0.15)
+        assert c.holders[holder].announced[before:] == []
+        assert VIP4 in c.holders[holder].held  # still holding: make-before-break
+        for b in c.backends.values():
+            await b.vipcore_backend_stop(graceful=False)
 
     run(scenario)

@@ -764,3 +764,144 @@ def test_authenticated_routers_elect_and_ignore_unsealed_forged_and_replayed_adv
     net.apply("a", a.resign(net.now))
     net.run(1.0)
     assert net.holders() == ["b"]
+
+
+def _ranked(i: int, priority: int, members: Iterable[int]) -> RouterConfig:
+    return config(i, priority, members=frozenset(members) - {priority})
+
+
+def test_rejoin_after_a_drain_preempts_only_where_it_ranks_first() -> None:
+    """Undrain: the returning node takes back the group it ranks first for, make-before-break."""
+    net = Net()
+    a = net.add("a", config(1, 254))
+    net.add("b", config(2, 238))
+    net.start()
+    net.run(1.0)
+    net.apply("a", a.release(net.now, "drain"))
+    net.run(1.0)
+    assert net.holders() == ["b"]
+    net.changes.clear()
+    net.apply("a", a.rejoin(net.now, "undrain"))
+    # a holds before b lets go: both hold for the linger, never nobody.
+    assert net.holding["a"] and net.holding["b"]
+    net.run(1.0)
+    assert net.holders() == ["a"] and net.masters() == ["a"]
+    assert sorted((n, c.new.value) for n, c in net.changes) == [("a", "master"), ("b", "backup")]
+
+
+def test_rejoin_where_it_does_not_rank_first_stays_backup() -> None:
+    """The bug: takeover() made the undrained node master of every group, then preemption took it back."""
+    net = Net()
+    net.add("a", config(1, 254))
+    net.add("b", config(2, 238))
+    c = net.add("c", config(3, 222))
+    net.start()
+    net.run(1.0)
+    net.apply("c", c.release(net.now, "drain"))
+    net.run(1.0)
+    net.changes.clear()
+    net.apply("c", c.rejoin(net.now, "undrain"))
+    net.run(1.0)
+    assert net.changes == [] and net.holders() == ["a"] and not c.released
+    # Back in the election: it takes over when the others are gone.
+    net.down |= {"a", "b"}
+    net.run(1.0)
+    assert net.masters() == ["c"]
+
+
+def test_rejoin_while_still_handing_over_resumes_as_master() -> None:
+    net = Net()
+    a = net.add("a", config(1, 254))
+    net.add("b", config(2, 238))
+    net.start()
+    net.run(1.0)
+    net.partitioned = True  # nobody hears the priority 0: a is still RELEASING
+    net.apply("a", a.release(net.now, "drain"))
+    assert a.phase is Phase.RELEASING
+    net.apply("a", a.rejoin(net.now, "undrain"))
+    net.partitioned = False
+    assert a.phase is Phase.MASTER and net.holding["a"]
+
+
+def test_rank_delay_follows_the_master_heard() -> None:
+    """The silent master is not counted as a better-ranked survivor; every other better member is."""
+    members = (254, 238, 222)
+    net = Net()
+    for i, p in enumerate(members, start=1):
+        net.add(f"r{i}", _ranked(i, p, members))
+    net.start()
+    net.run(1.0)
+    assert net.masters() == ["r1"]
+    assert net.routers["r2"].rank_delay == 0.0
+    assert net.routers["r3"].rank_delay == pytest.approx(0.1)
+    net.down.add("r1")
+    net.run(1.0)
+    assert net.masters() == ["r2"]
+    # r1 (better than r3) may be back any time: r3 still waits a step behind r2.
+    assert net.routers["r3"].rank_delay == pytest.approx(0.1)
+
+
+def _adverts(actions: Iterable[object]) -> list[bytes]:
+    return [a.data for a in actions if isinstance(a, Send)]
+
+
+def test_advert_bytes_are_encoded_once_per_change() -> None:
+    """A master's periodic advert is the same bytes object until priority, VIPs or interval change."""
+    r = Router(config(1, 200))
+    r.start(0.0)
+    first = _adverts(r.takeover(0.0, "test"))
+    again = _adverts(r.handle_timer(0.1))
+    assert again == first and again[0] is first[0]  # the cached object, not a re-encoding
+    changes: list[dict[str, object]] = [
+        {"priority": 150}, {"vips": VIPS[:1]}, {"interval_cs": 20},
+    ]
+    seen = {first[0]}
+    now = 0.1
+    for change in changes:
+        now += 10.0  # past the address-set grace
+        r.update(now, **change)  # type: ignore[arg-type]
+        # Past the first half of the address-set grace (the previous set is advertised during it).
+        periodic = _adverts(r.handle_timer(now + r.config.update_grace))
+        data = periodic[0]
+        assert data not in seen, change
+        seen.add(data)
+    decoded = Advertisement(7, 150, 20, VIPS[:1])
+    assert data == encode(decoded, addr(1), GROUP)
+
+
+def test_an_identical_advert_still_resets_master_down_and_counts() -> None:
+    master = Router(config(1, 200))
+    master.start(0.0)
+    (data,) = _adverts(master.takeover(0.0, "test"))
+    backup = Router(config(2, 100))
+    backup.start(0.0)
+    for i in range(1, 6):
+        now = i * 0.25
+        assert backup.receive(data, addr(1), GROUP, 255, now) == []
+        assert backup.next_timer() == pytest.approx(now + backup.master_down_interval)
+        assert backup.master == addr(1)
+
+
+def test_a_changed_advert_is_fully_decoded_and_checked() -> None:
+    """The shortcut is by bytes, source and destination: anything else takes the whole path."""
+    master = Router(config(1, 200))
+    master.start(0.0)
+    (data,) = _adverts(master.takeover(0.0, "test"))
+    backup = Router(config(2, 100, peer_priorities={addr(1): 200, addr(3): 150}))
+    backup.start(0.0)
+    assert backup.receive(data, addr(1), GROUP, 255, 0.1) == []
+    # Same bytes, another TTL, another source, a source outside the members: each checked again.
+    assert backup.receive(data, addr(1), GROUP, 64, 0.2) == [Dropped("ttl")]
+    outsider = IPv4Address("203.0.113.9")
+    assert backup.receive(data, outsider, GROUP, 255, 0.3) == [Dropped("checksum")]  # pseudo-header differs
+    forged = encode(Advertisement(7, 200, 10, VIPS), outsider, GROUP)
+    assert backup.receive(forged, outsider, GROUP, 255, 0.3) == [Dropped("source")]
+    assert backup.receive(data, addr(3), GROUP, 255, 0.4) == [Dropped("checksum")]  # pseudo-header differs
+    spoofed = encode(Advertisement(7, 200, 10, VIPS), addr(3), GROUP)  # member 3 never sends 200
+    assert backup.receive(spoofed, addr(3), GROUP, 255, 0.5) == [Dropped("priority_mismatch", addr(3))]
+    corrupt = bytearray(data)
+    corrupt[2] = 201  # priority changed, checksum not
+    assert backup.receive(bytes(corrupt), addr(1), GROUP, 255, 0.6) == [Dropped("checksum")]
+    # The genuine advert still works after all that, through the shortcut or not.
+    assert backup.receive(data, addr(1), GROUP, 255, 0.7) == []
+    assert backup.next_timer() == pytest.approx(0.7 + backup.master_down_interval)

@@ -3,7 +3,7 @@
 Sans-IO in the style of h11 and aioquic: the :class:`Router` never reads a
 clock or touches a socket. The caller feeds it events with the current time
 (``start``, ``receive``, ``handle_timer``, ``update``, ``resign``,
-``shutdown``, ``release``, ``takeover``, ``link_down``, ``link_up``,
+``shutdown``, ``release``, ``rejoin``, ``takeover``, ``link_down``, ``link_up``,
 ``sent``) and each call returns the
 :data:`Action` objects the caller must carry out, in order. ``next_timer()``
 says when ``handle_timer`` must be called next.
@@ -62,7 +62,14 @@ from vipcore_native_vrrp.protocol.actions import (
     StateChanged,
 )
 from vipcore_native_vrrp.protocol.packet import TTL, Advertisement, PacketError, decode, encode
-from vipcore_native_vrrp.protocol.router_config import RouterConfig, master_down_interval, skew_time
+from vipcore_native_vrrp.protocol.router_config import (
+    Member,
+    RouterConfig,
+    master_down_interval,
+    rank_delay,
+    rank_step,
+    skew_time,
+)
 
 __all__ = [
     "Action", "AddVips", "Announce", "Dropped", "RemoveVips", "Send", "StateChanged",
@@ -186,6 +193,10 @@ class Router:
     master_priority: int | None = None
     released: bool = False
     _down_at: float | None = None
+    #: Whether the armed Master_Down timer already waited its rank delay (or needs none: liveness ranks itself).
+    _down_ranked: bool = False
+    #: The last positive priority the master we follow advertised (for the rank delay).
+    _master_rank: int | None = None
     _advert_at: float | None = None
     _handover_deadline: float | None = None
     _handover_at: float | None = None
@@ -235,13 +246,27 @@ class Router:
     def master_down_interval(self) -> float:
         return master_down_interval(self.config.priority, self.master_adver_interval)
 
+    @property
+    def rank_delay(self) -> float:
+        """The extra Master_Down wait for a backup that is not the best-ranked survivor (0 for it).
+
+        Judged when the timer runs out, with what is known then: the current
+        member priorities (a drain re-ranks them) and the last positive
+        priority the silent master advertised (a resignation's priority 0
+        does not make it a survivor).
+        """
+        step = self.config.rank_delay
+        if step is None:
+            step = rank_step(self.master_adver_interval)
+        return rank_delay(self.config.priority, self.config.members, self.master, self._master_rank, step)
+
     def next_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
-        times = [
-            t for t in (self._down_at, self._advert_at, self._handover_at, self._handover_deadline, self._yield_at)
-            if t is not None
-        ]
-        return min(times) if times else None
+        due: float | None = None
+        for t in (self._down_at, self._advert_at, self._handover_at, self._handover_deadline, self._yield_at):
+            if t is not None and (due is None or t < due):
+                due = t
+        return due
 
     # -- inputs ------------------------------------------------------------
 
@@ -254,7 +279,7 @@ class Router:
                                     TransitionCause.ADDRESS_OWNER)
         self.master_adver_interval = self.config.interval
         actions = self._transition(Event.START, now, "started", TransitionCause.STARTED)
-        self._down_at = now + self.master_down_interval
+        self._arm_down(now + self.master_down_interval)
         return actions
 
     def receive(self, data: bytes, src: IPAddress, dst: IPAddress, ttl: int, now: float) -> list[Action]:
@@ -292,7 +317,7 @@ class Router:
             # masters with one identity would be a silent split brain. A
             # master keeps the VIPs (a forger must not be able to demote it).
             if self.phase is Phase.BACKUP and adv.priority != RESIGN_PRIORITY and not self.released:
-                self._down_at = now + self.master_down_interval
+                self._arm_down(now + self.master_down_interval)
             return [Dropped("duplicate_identity", src)]
         if not self._source_allowed(src):
             return [Dropped("source")]
@@ -313,6 +338,14 @@ class Router:
         if self._yield_at is not None and now >= self._yield_at:
             self._yield_at = None
             actions.append(RemoveVips(self.config.vips))
+        if self.phase is Phase.BACKUP and self._down_at is not None and now >= self._down_at \
+                and not self._down_ranked:
+            # RFC 5798's wait is over; a backup that is not the best-ranked survivor waits its rank delay more.
+            self._down_ranked = True
+            extra = self.rank_delay
+            if extra > 0:
+                self._down_at += extra
+                return actions
         if self.phase is Phase.BACKUP and self._down_at is not None and now >= self._down_at:
             self._down_at = None
             if self._trigger == "resigned":
@@ -353,6 +386,7 @@ class Router:
         peer_priorities: Mapping[IPAddress, int] | None = None,
         identity: frozenset[IPAddress] | None = None,
         primary: IPAddress | None = None,
+        members: Iterable[Member | int] | None = None,
     ) -> list[Action]:
         """Apply a configuration change without an election when possible."""
         old = self.config
@@ -375,6 +409,8 @@ class Router:
             changes["identity"] = identity
         if primary is not None:
             changes["primary"] = primary  # a re-created interface has a new link-local address
+        if members is not None:
+            changes["members"] = members
         self.config = attrs.evolve(old, **changes)
         if old.peer_priorities is not None and old.peer_priorities != self.config.peer_priorities:
             # Members apply a placement change a moment apart: accept what
@@ -438,6 +474,34 @@ class Router:
             return self._transition(Event.TAKEOVER, now, f"takeover: {reason}", cause)
         return []
 
+    def rejoin(self, now: float, reason: str) -> list[Action]:
+        """Undo a release: back into the election, not master of everything at once.
+
+        A released router that still holds (RELEASING, nobody took over yet)
+        resumes as master. A released backup takes over only where it would
+        win the election anyway: with preemption, when it outranks the master
+        it hears (make-before-break: it adds and announces the VIPs before
+        its advert makes that master yield). Otherwise it stays backup with
+        its Master_Down timer armed, like any member.
+        """
+        if not self.released:
+            return []
+        self.released = False
+        if self.phase is Phase.RELEASING:
+            if self._handover_to is None:
+                self._trigger_at, self._trigger = now, "takeover"
+                return self._transition(Event.TAKEOVER, now, f"rejoined: {reason}", TransitionCause.TAKEOVER)
+            return []  # a new master took over: finish handing over, then back up it as usual
+        if self.phase is not Phase.BACKUP:
+            return []
+        heard = self.master is not None and self.master_priority not in (None, RESIGN_PRIORITY)
+        if heard and self.config.preempt and self.outranks_master():
+            self._trigger_at, self._trigger = now, "takeover"
+            return self._transition(Event.TAKEOVER, now, f"rejoined: {reason}, outranks {self.master}",
+                                    TransitionCause.PREEMPTED)
+        self._arm_down(now + self.master_down_interval)
+        return []
+
     def follow(self, now: float, sibling: str) -> list[Action]:
         """Become master with the other family of the group (see :func:`followers`)."""
         return self.takeover(now, f"sync with {sibling} (became master)", TransitionCause.SYNC)
@@ -466,7 +530,7 @@ class Router:
         self._link_up = True
         if self.phase is not Phase.FAULT:
             return []
-        self.master = self.master_priority = None
+        self.master = self.master_priority = self._master_rank = None
         self.master_adver_interval = self.config.interval
         return self._transition(Event.LINK_UP, now, reason, TransitionCause.LINK_UP)
 
@@ -519,27 +583,42 @@ class Router:
             return []
         at = now + max(0.0, delay)
         if self._down_at is None or at < self._down_at:
-            self._down_at = at
+            self._arm_down(at, ranked=True)  # the caller's delay already orders the backups by rank
             self._trigger_at = min(since, now) if since is not None else now
             self._trigger, self._lost = "peer_lost", what
         return []
+
+    def _arm_down(self, at: float, ranked: bool = False) -> None:
+        """Arm the Master_Down timer at ``at`` (RFC 5798's wait); the rank delay is added when it runs out."""
+        self._down_at = at
+        self._down_ranked = ranked
 
     # -- RFC 5798 6.4.2 / 6.4.3 ------------------------------------------------
 
     def _backup_receive(self, adv: Advertisement, src: IPAddress, now: float) -> list[Action]:
         if adv.priority == RESIGN_PRIORITY:
+            if src != self.master:
+                self._master_rank = None
             self.master, self.master_priority = src, adv.priority
             if not self.released:
-                self._down_at = now + self.skew_time
+                self._arm_down(now + self.skew_time)
                 self._trigger_at, self._trigger = now, "resigned"
             return []
-        if not self.config.preempt or adv.priority >= self.config.priority:
+        if not self.config.preempt or adv.priority >= self.config.priority or self.released:
+            # A released router defers to any master: remember it, so that
+            # rejoin() knows whether it outranks the master it returns to.
             self.master, self.master_priority = src, adv.priority
+            self._master_rank = adv.priority
             self.master_adver_interval = adv.interval
             self._trigger_at, self._trigger = now, "heard"
             if not self.released:
-                self._down_at = now + self.master_down_interval
+                self._arm_down(now + self.master_down_interval)
             return []
+        if src == self.master:
+            # Our master now advertises less than us (a drain re-ranked it): not
+            # obeyed (RFC: we preempt it), but its new rank is what the rank delay
+            # must leave out, not the rank it had (another member has that now).
+            self.master_priority = self._master_rank = adv.priority
         return [Dropped("lower_priority")]
 
     def _master_receive(self, adv: Advertisement, src: IPAddress, now: float) -> list[Action]:
@@ -550,6 +629,7 @@ class Router:
             adv.priority == self.config.priority and _address_key(src) > _address_key(self.config.primary)
         ):
             self.master, self.master_priority = src, adv.priority
+            self._master_rank = adv.priority
             self.master_adver_interval = adv.interval
             self._trigger_at, self._trigger = now, "heard"
             return self._transition(Event.PREEMPTED, now, f"preempted by {src} (priority {adv.priority})",
@@ -591,7 +671,7 @@ class Router:
             if new in (Phase.STOPPED, Phase.FAULT):
                 actions.append(RemoveVips(self.config.vips))
         if new is Phase.MASTER:
-            self.master = self.master_priority = None
+            self.master = self.master_priority = self._master_rank = None
             if not old.holds:
                 # Make-before-break: VIPs up and announced before our advert
                 # makes a resigning master let go of them.
@@ -611,7 +691,7 @@ class Router:
             elif old.holds:
                 actions.append(RemoveVips(self.config.vips))
             if not self.released:
-                self._down_at = now + self.master_down_interval
+                self._arm_down(now + self.master_down_interval)
         elif new in (Phase.RESIGNING, Phase.RELEASING):
             actions += self._advertise(now, RESIGN_PRIORITY)
             self._advert_at = now + self.config.interval

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -16,6 +16,22 @@ def _interval_cs(seconds: float) -> int:
     if not 1 <= cs <= MAX_INTERVAL_CS:
         raise ValueError(f"advert interval must be 0.01..{MAX_INTERVAL_CS / 100} s, got {seconds}")
     return cs
+
+
+@attrs.frozen
+class Member:
+    """Another member of the group, for the rank delay."""
+
+    priority: int
+    addresses: frozenset[IPAddress] = frozenset()
+
+
+def _members(value: Iterable[Member | int]) -> tuple[Member, ...]:
+    return tuple(sorted((m if isinstance(m, Member) else Member(int(m)) for m in value), key=_member_order))
+
+
+def _member_order(member: Member) -> tuple[int, list[str]]:
+    return -member.priority, sorted(str(a) for a in member.addresses)
 
 
 @attrs.frozen
@@ -62,6 +78,16 @@ class RouterConfig:
     auth: Authenticator | None = attrs.field(default=None, eq=False, hash=False)
     #: Wall-clock time minus the ``now`` the router is fed (for auth timestamps).
     wall_offset: float = 0.0
+    #: The other members: the priority each advertises (placement is shared)
+    #: and its addresses. A backup that is not the best-ranked survivor among
+    #: them waits ``rank_delay`` longer per better-ranked survivor (see
+    #: :func:`rank_delay`). Empty: no member list, plain RFC 5798 timers.
+    #: Plain integers are members whose addresses are unknown.
+    members: tuple[Member, ...] = attrs.field(default=(), converter=_members)
+    #: Extra Master_Down wait per better-ranked surviving member (seconds).
+    #: None: :func:`rank_step` of the master's advert interval (0.1 s at 0.1 s adverts, 0.25 s at 1 s).
+    rank_delay: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(0.0)))
 
     def __attrs_post_init__(self) -> None:
         if not self.vips:
@@ -91,3 +117,51 @@ def master_down_interval(priority: int, master_adver_interval: float) -> float:
     """RFC 5798: 3 * Master_Adver_Interval + Skew_Time."""
     return 3 * master_adver_interval + skew_time(priority, master_adver_interval)
 
+
+
+#: Ranks beyond this many better-ranked survivors wait no longer (the bound on the extra delay).
+MAX_RANK_STEPS = 3
+#: Bounds of the default rank step (seconds): at least what a loaded node's timers were seen to
+#: run late (40-80 ms), at most a quarter second per rank.
+RANK_STEP_MIN, RANK_STEP_MAX = 0.1, 0.25
+
+
+def rank_step(master_adver_interval: float) -> float:
+    """The default rank delay step: a quarter of the advert interval, within 0.1..0.25 s.
+
+    Late timers are scheduling delays, not a fraction of the interval, so the
+    step has a floor; at 1 s adverts a busier node's stalls reach further, and
+    0.25 s is still less than a tenth of the Master_Down_Interval it adds to.
+    """
+    return min(max(RANK_STEP_MIN, master_adver_interval / 4), RANK_STEP_MAX)
+
+
+def rank_delay(
+    priority: int, members: Iterable[Member], master: IPAddress | None, master_priority: int | None, step: float
+) -> float:
+    """The extra wait before a backup of ``priority`` declares the master down.
+
+    RFC 5798 separates backups only by Skew_Time: 6.25 ms per 16 priority
+    points at a 0.1 s interval, 62.5 ms at 1 s. A best-ranked backup whose
+    timer fires later than that (a loaded node) lets the next one time out
+    before the new master's first advert arrives: two masters. So a backup
+    waits ``step`` more for every member that outranks it and survives, at
+    most :data:`MAX_RANK_STEPS` steps. The silent master is not a survivor:
+    it is known by its address (``master``) when that is a member's, else
+    (IPv6 multicast comes from link-local addresses) by the last positive
+    priority it advertised. By address is what survives a re-ranking that
+    members apply a moment apart (a drain: the drained master goes last and
+    another member takes its priority). The best-ranked survivor waits
+    nothing extra, so the usual failover keeps its time; waiting longer only
+    delays this node, which is safe with any RFC 5798 peer.
+    """
+    members = tuple(members)
+    known = master is not None and any(master in m.addresses for m in members)
+    better = 0
+    for member in members:
+        if member.priority <= priority:
+            continue
+        if (master in member.addresses) if known else (member.priority == master_priority):
+            continue
+        better += 1
+    return min(better, MAX_RANK_STEPS) * step

@@ -1,0 +1,102 @@
+"""native_vrrp's advert path in Python alone: CPU per periodic advert of many masters, no sockets.
+
+Run: .venv/bin/python bench/advert_path.py [--routers N] [--interval S] [--trials N] [--seconds S]
+
+``--routers`` masters (default 128: one node holding 64 dual-stack groups)
+run in one event loop with the real sans-IO router, driver and batched
+timers; their link counts sends instead of making syscalls. CPU time of the
+process (``time.process_time``) per advert sent, per trial; the table gives
+median and p95 over the trials. What the lab's CPU section (``failover.py
+--sections cpu``) adds on top is the kernel's side of each ``sendmsg`` and
+the agent's other work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vipcore.core.model import Family, IPAddress  # noqa: E402
+from vipcore.net.addresses import AnnounceSchedule  # noqa: E402
+from vipcore_native_vrrp.driver import RouterDriver  # noqa: E402
+from vipcore_native_vrrp.protocol import Router, RouterConfig  # noqa: E402
+from vipcore_native_vrrp.timers import TimerBatch  # noqa: E402
+from vipcore_native_vrrp.transport import Handler, LinkCounters  # noqa: E402
+
+
+class CountingLink:
+    """A link that counts what it would send."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[int, Handler] = {}
+        self.counters = LinkCounters()
+
+    def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
+        self.counters.sent += 1
+        return True
+
+
+async def trial(routers: int, interval: float, seconds: float) -> float:
+    """µs of CPU per advert over ``seconds`` of ``routers`` masters."""
+    loop = asyncio.get_running_loop()
+    link, batch = CountingLink(), TimerBatch(loop)
+    drivers = []
+    for i in range(routers):
+        config = RouterConfig(
+            vrid=1 + i % 255, family=Family.IPV4, primary=ipaddress.IPv4Address("198.51.100.11"),
+            vips=(ipaddress.IPv4Address(f"198.51.100.{100 + i % 150}"),), priority=254,
+            interval_cs=RouterConfig.seconds(interval), destinations=(ipaddress.IPv4Address("224.0.0.18"),),
+        )
+        driver = RouterDriver(group=f"group-{i}", interface="eth0", router=Router(config), link=link,  # type: ignore[arg-type]
+                              holder=None, schedule=AnnounceSchedule(count=0), report=lambda *a: None,  # type: ignore[arg-type]
+                              loop=loop, batch=batch)
+        driver.router.start(loop.time())
+        driver.router.takeover(loop.time(), "bench")  # master; its address work is not carried out here
+        driver.feed([])
+        drivers.append(driver)
+    await asyncio.sleep(2 * interval)  # past the first round
+    sent, cpu = link.counters.sent, time.process_time()
+    await asyncio.sleep(seconds)
+    cpu, sent = time.process_time() - cpu, link.counters.sent - sent
+    for driver in drivers:
+        await driver.close()
+    return cpu / max(1, sent) * 1e6
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--routers", type=int, default=128, help="masters in the loop (default 128)")
+    parser.add_argument("--interval", type=float, default=0.1, help="advert interval in seconds (default 0.1)")
+    parser.add_argument("--trials", type=int, default=10, help="trials (default 10)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per trial (default 3)")
+    args = parser.parse_args()
+    results: list[float] = [asyncio.run(trial(args.routers, args.interval, args.seconds)) for _ in range(args.trials)]
+    adverts = args.routers / args.interval
+    rows: list[Any] = [
+        ("µs CPU per advert", f"{statistics.median(results):.1f}", f"{p95(results):.1f}"),
+        ("CPU s / min", f"{statistics.median(results) * adverts * 60 / 1e6:.2f}",
+         f"{p95(results) * adverts * 60 / 1e6:.2f}"),
+    ]
+    print(f"{args.routers} masters, adverts every {args.interval:g} s ({adverts:.0f} / s), "
+          f"{args.trials} trials of {args.seconds:g} s; Python only (no syscalls)")
+    print(f"{'':<20}{'median':>8}{'p95':>8}")
+    for name, median, worst in rows:
+        print(f"{name:<20}{median:>8}{worst:>8}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
