@@ -40,9 +40,8 @@ KEYS = ("enabled", "interval", "multiplier", "slow_interval", "rank_step", "real
 class LivenessSettings:
     """The ``native_vrrp.liveness`` section."""
 
-    #: Off by default for now: see "Known limit" in docs/native-vrrp.md (the sessions share the agent's
-    #: interpreter lock, and a loaded node can delay them past the detection time).
-    enabled: bool = False
+    #: On by default: the sessions run in a worker process of their own (docs/native-vrrp.md, "Isolation").
+    enabled: bool = True
     #: Desired Min TX and Required Min RX, seconds.
     interval: float = 0.01
     multiplier: int = 4
@@ -50,7 +49,7 @@ class LivenessSettings:
     slow_interval: float = 1.0
     #: Extra Master_Down delay per member ranked before this node, after a peer is lost.
     rank_step: float = 0.02
-    #: Run the session thread with the lowest real-time priority (SCHED_RR 1) when allowed.
+    #: Run the session worker with the lowest real-time priority (SCHED_RR 1) when allowed.
     realtime: bool = True
 
     @property
@@ -283,6 +282,23 @@ class Coordinator:
                                         help="Times the session left Up"))
                 out.append(MetricSample("vipcore_liveness_detection_seconds", session.detection_time, labels=labels,
                                         kind="gauge", help="Negotiated detection time of the session"))
+            worker = (("interface", interface),)
+            out.append(MetricSample("vipcore_liveness_expiries", float(detector.expiries), labels=worker,
+                                    help="Sessions that expired (Up, then nothing from the peer for the detection "
+                                         "time); each one is a lost peer"))
+            out.append(MetricSample("vipcore_liveness_worker_crashes", float(detector.crashes), labels=worker,
+                                    help="Liveness worker processes that exited unasked (each one restarted)"))
+            out.append(MetricSample("vipcore_liveness_control_bad_frames", float(detector.bad_frames), labels=worker,
+                                    help="Frames from the liveness worker that made no sense (skipped)"))
+            out.append(MetricSample("vipcore_liveness_worker_realtime", 1.0 if detector.scheduled_realtime else 0.0,
+                                    labels=worker, kind="gauge",
+                                    help="1 while the liveness worker runs with real-time scheduling (SCHED_RR)"))
+            out.append(MetricSample("vipcore_liveness_worker_rss_bytes", float(detector.worker_rss), labels=worker,
+                                    kind="gauge", help="Resident memory of the liveness worker process"))
+            if detector.start_seconds is not None:
+                out.append(MetricSample("vipcore_liveness_worker_start_seconds", detector.start_seconds,
+                                        labels=worker, kind="gauge",
+                                        help="Seconds from starting the liveness worker to its first frame"))
             for reason, count in sorted(detector.drops.items()):
                 out.append(MetricSample("vipcore_liveness_drops", float(count),
                                         labels=(("interface", interface), ("reason", reason)),
