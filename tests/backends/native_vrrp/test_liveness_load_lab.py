@@ -63,7 +63,7 @@ def write_load(path: Path, generation: int) -> None:
 @pytest.fixture
 def deployed() -> Iterator[tuple[Lab, Deployment]]:
     with Lab(prefix="vcQl") as lab:
-        deployment = Deployment(backend="native_vrrp", settings={"liveness": True}, manifests=write_scenario_manifests(
+        deployment = Deployment(backend="native_vrrp", manifests=write_scenario_manifests(
             lab, lab.run_dir / "manifests", GROUPS))
         deployment.start_all(lab)
         yield lab, deployment
