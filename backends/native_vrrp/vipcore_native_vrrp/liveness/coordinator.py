@@ -282,6 +282,10 @@ class Coordinator:
                                         help="Times the session left Up"))
                 out.append(MetricSample("vipcore_liveness_detection_seconds", session.detection_time, labels=labels,
                                         kind="gauge", help="Negotiated detection time of the session"))
+                out.append(MetricSample("vipcore_liveness_longest_silence_seconds", session.longest_silence,
+                                        labels=labels, kind="gauge",
+                                        help="Longest time between two packets from the peer while the session "
+                                             "was Up"))
             worker = (("interface", interface),)
             out.append(MetricSample("vipcore_liveness_expiries", float(detector.expiries), labels=worker,
                                     help="Sessions that expired (Up, then nothing from the peer for the detection "
@@ -295,6 +299,9 @@ class Coordinator:
                                     help="1 while the liveness worker runs with real-time scheduling (SCHED_RR)"))
             out.append(MetricSample("vipcore_liveness_worker_rss_bytes", float(detector.worker_rss), labels=worker,
                                     kind="gauge", help="Resident memory of the liveness worker process"))
+            out.append(MetricSample("vipcore_liveness_worker_wake_late_max_seconds", detector.wake_late_max,
+                                    labels=worker, kind="gauge",
+                                    help="Longest delay of a liveness worker wake-up past its timer"))
             if detector.start_seconds is not None:
                 out.append(MetricSample("vipcore_liveness_worker_start_seconds", detector.start_seconds,
                                         labels=worker, kind="gauge",

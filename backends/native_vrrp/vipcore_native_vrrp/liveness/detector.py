@@ -89,6 +89,8 @@ class SessionView:
     my_discriminator: int = 0
     your_discriminator: int = 0
     tx_interval: float = 0.0
+    #: Longest time between two packets from the peer while Up (worker's view; reset by a restart).
+    longest_silence: float = 0.0
 
 
 class Detector:
@@ -117,6 +119,8 @@ class Detector:
         self.bad_frames = 0
         #: Frames from the agent the current worker skipped (it says so in its stats).
         self.worker_bad_frames = 0
+        #: The current worker's longest delay of a wake-up past its timer (its scheduling latency).
+        self.wake_late_max = 0.0
         #: Seconds from spawn to the worker's ready frame, and its resident size (bytes), last start.
         self.start_seconds: float | None = None
         self.worker_rss = 0
@@ -339,10 +343,12 @@ class Detector:
             self.sessions[peer] = attrs.evolve(
                 session, detection_time=float(values["detection"]), received=int(values["received"]),
                 sent=int(values["sent"]), my_discriminator=int(values["mine"]),
-                your_discriminator=int(values["yours"]), tx_interval=float(values["tx"]))
+                your_discriminator=int(values["yours"]), tx_interval=float(values["tx"]),
+                longest_silence=float(values.get("longest_silence", 0.0)))
         self._drops_now = Counter({str(k): int(v) for k, v in frame["drops"].items()})
         self._send_errors_now = int(frame["send_errors"])
         self.worker_bad_frames = int(frame.get("bad_frames", 0))
+        self.wake_late_max = float(frame.get("wake_late_max", 0.0))
         self.worker_rss = int(frame.get("rss", self.worker_rss))
         self.scheduled_realtime = bool(frame.get("realtime", self.scheduled_realtime))
 

@@ -72,6 +72,11 @@ class Worker:
         self.drops: Counter[str] = Counter()
         self.send_errors = 0
         self.stats_skipped = 0
+        #: Longest delay of a wake-up past its timer (scheduling latency), and per peer the longest
+        #: silence between two of its packets: which one explains an expiry, this node or the path.
+        self.wake_late_max = 0.0
+        self.longest_silence: dict[Address, float] = {}
+        self._heard: dict[Address, float] = {}
         self.realtime = False
         self.reader = FrameReader("op")
         self._out = bytearray()
@@ -106,8 +111,12 @@ class Worker:
                 return EXIT_PARENT_GONE
             if self.control in readable and not self._read_control():
                 return EXIT_PARENT_GONE  # EOF: the agent is gone or dropped us; nothing to say to anyone
-            if self.recv in readable:
-                self._receive_all()
+            woke = self.clock()
+            if woke >= min(due):
+                self.wake_late_max = max(self.wake_late_max, woke - min(due))
+            # Read the socket even when select did not flag it: a packet that arrived after select
+            # returned must count before a detection timer is allowed to expire.
+            self._receive_all()
             self._fire(self.clock())
 
     def _fire(self, now: float) -> None:
@@ -160,6 +169,8 @@ class Worker:
         now = self.clock()
         for peer in set(self.sessions) - wanted:
             session = self.sessions.pop(peer)
+            self._heard.pop(peer, None)
+            self.longest_silence.pop(peer, None)
             self._carry_out(peer, session.admin_down(now), notify=False)
             if not session.retired:
                 self.retiring[peer] = session
@@ -198,8 +209,9 @@ class Worker:
         return {
             "sessions": {str(peer): {"state": int(s.state), "detection": s.detection_time, "mine": s.my_discriminator,
                                      "yours": s.remote_discriminator, "received": s.received, "sent": s.sent,
-                                     "tx": s.tx_interval}
+                                     "tx": s.tx_interval, "longest_silence": self.longest_silence.get(peer, 0.0)}
                          for peer, s in self.sessions.items()},
+            "wake_late_max": self.wake_late_max,
             "drops": dict(self.drops), "send_errors": self.send_errors, "bad_frames": self.reader.bad,
             "stats_skipped": self.stats_skipped, "rss": _rss(), "realtime": self.realtime,
         }
@@ -236,7 +248,11 @@ class Worker:
             if session is None:
                 self.drops["source"] += 1
                 continue
-            self._carry_out(peer, session.receive(data, _ttl(ancillary), self.clock()))
+            now = self.clock()
+            if session.state is SessionState.UP and peer in self._heard:
+                self.longest_silence[peer] = max(self.longest_silence.get(peer, 0.0), now - self._heard[peer])
+            self._heard[peer] = now
+            self._carry_out(peer, session.receive(data, _ttl(ancillary), now))
 
     def _carry_out(self, peer: Address, actions: list[Send | StateChanged | Dropped], *, notify: bool = True) -> None:
         for action in actions:
