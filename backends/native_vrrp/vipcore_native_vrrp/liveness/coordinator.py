@@ -119,11 +119,22 @@ class Coordinator:
 
     def __init__(self, settings: LivenessSettings, loop: asyncio.AbstractEventLoop,
                  groups: Callable[[], Iterable[tuple[Membership, Mapping[Family, RouterView]]]],
-                 detector_factory: Callable[..., Detector] = Detector) -> None:
+                 detector_factory: Callable[..., Detector] = Detector, *,
+                 keepalived_peers: Iterable[str] = ()) -> None:
         self.settings = settings
         self.loop = loop
         self.groups = groups
         self.detector_factory = detector_factory
+        #: keepalived members (node names or addresses): no session with them, VRRP timers alone.
+        self.keepalived_names: frozenset[str] = frozenset()
+        self.keepalived_addresses: frozenset[IPAddress] = frozenset()
+        names, addresses = set(), set()
+        for entry in keepalived_peers:
+            try:
+                addresses.add(ipaddress.ip_address(entry))
+            except ValueError:
+                names.add(entry)
+        self.keepalived_names, self.keepalived_addresses = frozenset(names), frozenset(addresses)
         self.detectors: dict[str, Detector] = {}
         self.networks: dict[str, tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]] = {}
         #: Peers whose session expired and has not come back, by node name.
@@ -168,9 +179,9 @@ class Coordinator:
             interface = membership.group.interface
             if interface not in wanted:
                 continue
-            for node in self._needed(membership, drivers):
+            for node in self._needed(membership, drivers) - self.keepalived_names:
                 address = self._address(interface, node)
-                if address is not None:
+                if address is not None and address not in self.keepalived_addresses:
                     wanted[interface].add(address)
         for interface, detector in self.detectors.items():
             detector.set_peers(wanted[interface])
