@@ -1,4 +1,4 @@
-"""The liveness worker process and its control channel (no packets: no peers, loopback sockets).
+"""The liveness worker process and its control channel (no packets: sockets in a namespace with no link up).
 
 Framing, bad frames counted and skipped on both sides, a worker that dies is
 restarted (and its death is not a lost peer), EOF on the control channel ends a
@@ -8,6 +8,7 @@ worker at once, a graceful close ends it cleanly.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import ipaddress
 import json
 import logging
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -27,18 +29,21 @@ from vipcore_native_vrrp.liveness.detector import Detector
 from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
 from vipcore_native_vrrp.liveness.session import SessionConfig
 
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace of its own needs root")
+
 CONFIG = SessionConfig(desired_min_tx=0.01, required_min_rx=0.01, detect_mult=4, slow_interval=0.05)
+CLONE_NEWNET = 0x40000000
 LOCAL = ipaddress.ip_address("127.0.0.1")
 Change = tuple[object, SessionState, SessionState, Diagnostic]
 
 
 class LoopbackDetector(Detector):
-    """A detector whose sockets are plain UDP sockets on 127.0.0.1 (no device, no root, no peers: no traffic)."""
+    """A detector whose sockets are plain UDP sockets on 127.0.0.1 (no device to bind to)."""
 
     def _open(self) -> tuple[socket.socket, socket.socket]:
         recv, send = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        recv.bind(("127.0.0.1", 0))
-        send.bind(("127.0.0.1", 0))
+        recv.bind(("0.0.0.0", 0))
+        send.bind(("0.0.0.0", 0))
         return recv, send
 
 
@@ -60,8 +65,29 @@ def run(scenario: Callable[[asyncio.AbstractEventLoop, list[Change]], Awaitable[
 
 
 def detector(loop: asyncio.AbstractEventLoop, changes: list[Change]) -> LoopbackDetector:
-    return LoopbackDetector("lo", LOCAL, CONFIG, loop=loop, on_change=lambda *args: changes.append(args),
-                            realtime=False, stats_interval=0.05)
+    """A detector whose sockets live in a network namespace of their own with every link down.
+
+    Whatever its sessions send fails at once (counted as send errors): nothing reaches
+    any interface, not even the machine's loopback.
+    """
+    made: list[LoopbackDetector | BaseException] = []
+
+    def body() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(CLONE_NEWNET) != 0:  # this thread only; the sockets stay in its namespace
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+            made.append(LoopbackDetector("lo", LOCAL, CONFIG, loop=loop, on_change=lambda *args: changes.append(args),
+                                         realtime=False, stats_interval=0.05))
+        except BaseException as exc:  # re-raised in the caller
+            made.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    if isinstance(made[0], BaseException):
+        raise made[0]
+    return made[0]
 
 
 def alive(pid: int) -> bool:
