@@ -114,9 +114,9 @@ class Detector:
         self.sessions: dict[IPAddress, SessionView] = {}
         #: Session expiries (Up -> Down, detection time expired): each one acts as a lost peer.
         self.expiries = 0
-        #: Workers that died without being asked to, and the frames from them that made no sense.
+        #: Workers that died without being asked to (each one restarted).
         self.crashes = 0
-        self.bad_frames = 0
+        self._bad_frames_before = 0  # skipped by the readers of workers that are gone
         #: Frames from the agent the current worker skipped (it says so in its stats).
         self.worker_bad_frames = 0
         #: The current worker's longest delay of a wake-up past its timer (its scheduling latency).
@@ -210,6 +210,11 @@ class Detector:
         return self._drops_before + self._drops_now
 
     @property
+    def bad_frames(self) -> int:
+        """Frames from workers (this one and the ones before) that made no sense, skipped."""
+        return self._bad_frames_before + self._reader.bad
+
+    @property
     def send_errors(self) -> int:
         return self._send_errors_before + self._send_errors_now
 
@@ -268,6 +273,7 @@ class Detector:
         self._spawned_at = self.clock()
         ours.setblocking(False)
         self._channel = ours
+        self._bad_frames_before += self._reader.bad
         self._reader = FrameReader("ev")
         self._out.clear()
         self.loop.add_reader(ours, self._readable)
@@ -299,7 +305,6 @@ class Detector:
                 return
             for frame in self._reader.feed(data):
                 self._handle(frame)
-            self.bad_frames = self._reader.bad
             if self._channel is not channel:
                 return
 
