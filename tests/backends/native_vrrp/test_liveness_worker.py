@@ -289,3 +289,53 @@ def test_a_worker_whose_parent_is_already_gone_exits() -> None:
         ours.close()
         for sock in udp:
             sock.close()
+
+
+INTERMEDIATE = """
+import json, os, socket, subprocess, sys, time
+control = int(sys.argv[1])
+udp = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+for sock in udp:
+    sock.bind(("127.0.0.1", 0))
+spec = {"parent": os.getpid(), "control_fd": control, "recv_fd": udp[0].fileno(), "send_fd": udp[1].fileno(),
+        "local": "127.0.0.1", "tx": 0.01, "rx": 0.01, "mult": 4, "slow": 0.05, "realtime": False}
+worker = subprocess.Popen([sys.executable, "-m", "vipcore_native_vrrp.liveness.worker", json.dumps(spec)],
+                          pass_fds=(control, udp[0].fileno(), udp[1].fileno()))
+print(worker.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_worker_dies_with_its_agent_even_when_its_channel_stays_open() -> None:
+    # The test keeps the agent's end of the channel open, so no EOF: only PR_SET_PDEATHSIG can end the worker.
+    ours, theirs = socket.socketpair()
+    agent = subprocess.Popen([sys.executable, "-c", INTERMEDIATE, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                             stdout=subprocess.PIPE)
+    theirs.close()
+    worker = 0
+    try:
+        assert agent.stdout is not None
+        worker = int(agent.stdout.readline())
+        ours.settimeout(5)
+        assert b'"ev":"ready"' in ours.recv(65536)
+        agent.kill()  # by PID: ours
+        agent.wait()
+        deadline = time.monotonic() + 5
+        while alive(worker) and not _zombie(worker):
+            assert time.monotonic() < deadline, "the worker outlived its agent"
+            time.sleep(0.01)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        if worker and alive(worker) and not _zombie(worker):
+            os.kill(worker, signal.SIGKILL)
+        ours.close()
+
+
+def _zombie(pid: int) -> bool:
+    """Dead but not yet reaped (its parent was killed; init reaps it soon)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
