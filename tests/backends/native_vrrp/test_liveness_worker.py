@@ -166,8 +166,8 @@ def test_bad_frames_to_the_worker_are_counted_and_it_keeps_serving() -> None:
             pid = d.pid
             assert d._channel is not None
             d._channel.sendall(b"garbage\n" + encode({"op": "dance"}) + encode({"op": "peers", "peers": ["x"]})
-                               + b'{"op": "peers", "peers": 5}\n')
-            await until(lambda: d.worker_bad_frames == 4)
+                               + b'{"op": "peers", "peers": 5}\n' + encode({"op": "peers", "peers": [1]}))
+            await until(lambda: d.worker_bad_frames == 5)
             assert d.pid == pid and d.crashes == 0
         finally:
             d.close(graceful=False)

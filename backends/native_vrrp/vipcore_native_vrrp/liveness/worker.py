@@ -151,10 +151,14 @@ class Worker:
     def handle(self, frame: Frame) -> None:
         """Carry out one control frame; an unknown or malformed one is counted, never fatal."""
         op = frame["op"]
-        if op == "peers" and isinstance(frame.get("peers"), list):
+        if op == "peers":
+            raw = frame.get("peers")
+            if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+                self.reader.bad += 1
+                return
             try:
-                peers = [ipaddress.ip_address(p) for p in frame["peers"]]
-            except (TypeError, ValueError):
+                peers = [ipaddress.ip_address(p) for p in raw]
+            except ValueError:
                 self.reader.bad += 1
                 return
             self.set_peers(peers)
