@@ -43,6 +43,9 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _PR_SET_PDEATHSIG = 1
 _IP_TTL = 2
 _IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
+#: The kernel's receive time of each packet (struct timespec, CLOCK_REALTIME); Python 3.11 does not name it.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("qq")
 #: Longest sleep without a timer: the loop also looks at the parent and the stats clock.
 _MAX_WAIT = 0.5
 #: Bound of a graceful close: AdminDown repeats take a few tens of milliseconds at the fast rate.
@@ -73,7 +76,8 @@ class Worker:
         self.send_errors = 0
         self.stats_skipped = 0
         #: Longest delay of a wake-up past its timer (scheduling latency), and per peer the longest
-        #: silence between two of its packets: which one explains an expiry, this node or the path.
+        #: silence between two of its packets as the kernel received them (not as we read them):
+        #: which one explains an expiry, this node or the peer and the path.
         self.wake_late_max = 0.0
         self.longest_silence: dict[Address, float] = {}
         self._heard: dict[Address, float] = {}
@@ -83,6 +87,8 @@ class Worker:
         self._closing_until: float | None = None
         for sock in (control, recv, send):
             sock.setblocking(False)
+        with contextlib.suppress(OSError):  # diagnostics only: without it, silences include our own lateness
+            recv.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -241,7 +247,7 @@ class Worker:
     def _receive_all(self) -> None:
         for _ in range(256):  # bounded: one flood cannot starve the timers
             try:
-                data, ancillary, _, source = self.recv.recvmsg(128, 64)
+                data, ancillary, _, source = self.recv.recvmsg(128, 128)
             except BlockingIOError:
                 return
             except OSError:
@@ -253,9 +259,10 @@ class Worker:
                 self.drops["source"] += 1
                 continue
             now = self.clock()
+            arrived = _arrival(ancillary, now)
             if session.state is SessionState.UP and peer in self._heard:
-                self.longest_silence[peer] = max(self.longest_silence.get(peer, 0.0), now - self._heard[peer])
-            self._heard[peer] = now
+                self.longest_silence[peer] = max(self.longest_silence.get(peer, 0.0), arrived - self._heard[peer])
+            self._heard[peer] = arrived
             self._carry_out(peer, session.receive(data, _ttl(ancillary), now))
 
     def _carry_out(self, peer: Address, actions: list[Send | StateChanged | Dropped], *, notify: bool = True) -> None:
@@ -285,6 +292,16 @@ def _ttl(ancillary: list[tuple[int, int, bytes]]) -> int:
             value: int = struct.unpack("i", data[:4])[0]
             return value
     return -1  # no TTL reported: treat as not 255
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]], now: float) -> float:
+    """When the kernel received the packet, on our clock (``now`` if it did not say)."""
+    for level, kind, data in ancillary:
+        if (level, kind) == (socket.SOL_SOCKET, _SO_TIMESTAMPNS) and len(data) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            received: float = seconds + nanoseconds / 1e9
+            return now - max(0.0, time.time() - received)
+    return now
 
 
 def _rss() -> int:
