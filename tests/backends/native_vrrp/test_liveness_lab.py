@@ -19,7 +19,7 @@ from vipcore.ops.metrics import samples_of
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
-#: With the default configuration, recovery within this (liveness: 10 ms x 4, then one election).
+#: With the default configuration, recovery within this (liveness: 10 ms x 5, then one election).
 HARD_FAILURE_BOUND = 0.1
 
 SCRAPE = ("import urllib.request; "

@@ -44,7 +44,9 @@ class LivenessSettings:
     enabled: bool = True
     #: Desired Min TX and Required Min RX, seconds.
     interval: float = 0.01
-    multiplier: int = 4
+    #: 5 (50 ms, keepalived's BFD default): a real-time worker on a shared 2-core VM was measured
+    #: waking up to 32 ms late, more than 4 x 10 ms leaves after one interval (docs/native-vrrp.md).
+    multiplier: int = 5
     #: Transmit interval while a session is not Up (RFC 5880 asks for at least 1 s).
     slow_interval: float = 1.0
     #: Extra Master_Down delay per member ranked before this node, after a peer is lost.

@@ -80,7 +80,7 @@ class Worker:
         #: which one explains an expiry, this node or the peer and the path.
         self.wake_late_max = 0.0
         self.longest_silence: dict[Address, float] = {}
-        self._heard: dict[Address, float] = {}
+        self._heard: dict[Address, tuple[float, bool]] = {}  # last receive time, and Up then
         self.realtime = False
         self.reader = FrameReader("op")
         self._out = bytearray()
@@ -260,10 +260,11 @@ class Worker:
                 continue
             now = self.clock()
             arrived = _arrival(ancillary, now)
-            if session.state is SessionState.UP and peer in self._heard:
-                self.longest_silence[peer] = max(self.longest_silence.get(peer, 0.0), arrived - self._heard[peer])
-            self._heard[peer] = arrived
+            last = self._heard.get(peer)
+            if last is not None and last[1]:  # Up when we last heard it: this gap counts, expired or not
+                self.longest_silence[peer] = max(self.longest_silence.get(peer, 0.0), arrived - last[0])
             self._carry_out(peer, session.receive(data, _ttl(ancillary), now))
+            self._heard[peer] = (arrived, session.state is SessionState.UP)
 
     def _carry_out(self, peer: Address, actions: list[Send | StateChanged | Dropped], *, notify: bool = True) -> None:
         for action in actions:
