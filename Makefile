@@ -61,6 +61,7 @@ bench: setup
 	$(PY) bench/membership.py
 	$(PY) bench/chaos.py
 	$(PY) bench/leadership.py
+	$(PY) bench/liveness_worker.py
 	$(PY) bench/scale.py --sizes 1000x10000
 
 clean-lab:

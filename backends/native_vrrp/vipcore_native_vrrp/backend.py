@@ -90,7 +90,8 @@ class NativeVrrpBackend:
         self._loop = asyncio.get_running_loop()
         self.holder = self.holder_factory()
         if self.settings.liveness.enabled:
-            self.liveness = Coordinator(self.settings.liveness, self._loop, self._groups, self.detector_factory)
+            self.liveness = Coordinator(self.settings.liveness, self._loop, self._groups, self.detector_factory,
+                                        keepalived_peers=self.settings.keepalived_peers)
         # A killed predecessor leaves its VIPs behind: remove every managed
         # host address before any router of ours holds something.
         for interface in await self.holder.interfaces():

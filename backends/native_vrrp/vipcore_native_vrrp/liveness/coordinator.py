@@ -40,17 +40,18 @@ KEYS = ("enabled", "interval", "multiplier", "slow_interval", "rank_step", "real
 class LivenessSettings:
     """The ``native_vrrp.liveness`` section."""
 
-    #: Off by default for now: see "Known limit" in docs/native-vrrp.md (the sessions share the agent's
-    #: interpreter lock, and a loaded node can delay them past the detection time).
-    enabled: bool = False
+    #: On by default: the sessions run in a worker process of their own (docs/native-vrrp.md, "Isolation").
+    enabled: bool = True
     #: Desired Min TX and Required Min RX, seconds.
     interval: float = 0.01
-    multiplier: int = 4
+    #: 5 (50 ms, keepalived's BFD default): a real-time worker on a shared 2-core VM was measured
+    #: waking up to 32 ms late, more than 4 x 10 ms leaves after one interval (docs/native-vrrp.md).
+    multiplier: int = 5
     #: Transmit interval while a session is not Up (RFC 5880 asks for at least 1 s).
     slow_interval: float = 1.0
     #: Extra Master_Down delay per member ranked before this node, after a peer is lost.
     rank_step: float = 0.02
-    #: Run the session thread with the lowest real-time priority (SCHED_RR 1) when allowed.
+    #: Run the session worker with the lowest real-time priority (SCHED_RR 1) when allowed.
     realtime: bool = True
 
     @property
@@ -120,11 +121,22 @@ class Coordinator:
 
     def __init__(self, settings: LivenessSettings, loop: asyncio.AbstractEventLoop,
                  groups: Callable[[], Iterable[tuple[Membership, Mapping[Family, RouterView]]]],
-                 detector_factory: Callable[..., Detector] = Detector) -> None:
+                 detector_factory: Callable[..., Detector] = Detector, *,
+                 keepalived_peers: Iterable[str] = ()) -> None:
         self.settings = settings
         self.loop = loop
         self.groups = groups
         self.detector_factory = detector_factory
+        #: keepalived members (node names or addresses): no session with them, VRRP timers alone.
+        self.keepalived_names: frozenset[str] = frozenset()
+        self.keepalived_addresses: frozenset[IPAddress] = frozenset()
+        names, addresses = set(), set()
+        for entry in keepalived_peers:
+            try:
+                addresses.add(ipaddress.ip_address(entry))
+            except ValueError:
+                names.add(entry)
+        self.keepalived_names, self.keepalived_addresses = frozenset(names), frozenset(addresses)
         self.detectors: dict[str, Detector] = {}
         self.networks: dict[str, tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]] = {}
         #: Peers whose session expired and has not come back, by node name.
@@ -169,9 +181,9 @@ class Coordinator:
             interface = membership.group.interface
             if interface not in wanted:
                 continue
-            for node in self._needed(membership, drivers):
+            for node in self._needed(membership, drivers) - self.keepalived_names:
                 address = self._address(interface, node)
-                if address is not None:
+                if address is not None and address not in self.keepalived_addresses:
                     wanted[interface].add(address)
         for interface, detector in self.detectors.items():
             detector.set_peers(wanted[interface])
@@ -283,6 +295,30 @@ class Coordinator:
                                         help="Times the session left Up"))
                 out.append(MetricSample("vipcore_liveness_detection_seconds", session.detection_time, labels=labels,
                                         kind="gauge", help="Negotiated detection time of the session"))
+                out.append(MetricSample("vipcore_liveness_longest_silence_seconds", session.longest_silence,
+                                        labels=labels, kind="gauge",
+                                        help="Longest time between two packets from the peer while the session "
+                                             "was Up"))
+            worker = (("interface", interface),)
+            out.append(MetricSample("vipcore_liveness_expiries", float(detector.expiries), labels=worker,
+                                    help="Sessions that expired (Up, then nothing from the peer for the detection "
+                                         "time); each one is a lost peer"))
+            out.append(MetricSample("vipcore_liveness_worker_crashes", float(detector.crashes), labels=worker,
+                                    help="Liveness worker processes that exited unasked (each one restarted)"))
+            out.append(MetricSample("vipcore_liveness_control_bad_frames", float(detector.bad_frames), labels=worker,
+                                    help="Frames from the liveness worker that made no sense (skipped)"))
+            out.append(MetricSample("vipcore_liveness_worker_realtime", 1.0 if detector.scheduled_realtime else 0.0,
+                                    labels=worker, kind="gauge",
+                                    help="1 while the liveness worker runs with real-time scheduling (SCHED_RR)"))
+            out.append(MetricSample("vipcore_liveness_worker_rss_bytes", float(detector.worker_rss), labels=worker,
+                                    kind="gauge", help="Resident memory of the liveness worker process"))
+            out.append(MetricSample("vipcore_liveness_worker_wake_late_max_seconds", detector.wake_late_max,
+                                    labels=worker, kind="gauge",
+                                    help="Longest delay of a liveness worker wake-up past its timer"))
+            if detector.start_seconds is not None:
+                out.append(MetricSample("vipcore_liveness_worker_start_seconds", detector.start_seconds,
+                                        labels=worker, kind="gauge",
+                                        help="Seconds from starting the liveness worker to its first frame"))
             for reason, count in sorted(detector.drops.items()):
                 out.append(MetricSample("vipcore_liveness_drops", float(count),
                                         labels=(("interface", interface), ("reason", reason)),

@@ -1,12 +1,27 @@
-"""The liveness detector: BFD sessions with this node's peers on one interface, in a thread of their own.
+"""The liveness detector: BFD sessions with this node's peers on one interface, in a process of their own.
 
-Why a thread: detection must keep its timing while the agent's event loop is busy
-(a large manifest parse, a slow backend hook). The thread owns two UDP sockets
-(RFC 5881: receive on port 3784, send from one port in 49152..65535 with TTL 255),
-sleeps in ``select`` until the next session timer or packet, and reports session
-changes to the event loop with ``call_soon_threadsafe``. Only packets from the
-addresses of current peers are accepted (the member-source filter), only with
-TTL / hop limit 255, and a session sends at most once per negotiated interval.
+Why a process: detection must keep its timing while the agent is busy (a large
+manifest parse, a slow backend hook, both cores saturated). A thread shares the
+agent's interpreter lock and was measured to cry wolf on an oversubscribed node
+(docs/native-vrrp.md, "Isolation"); a worker process
+(:mod:`vipcore_native_vrrp.liveness.worker`) has an interpreter of its own and
+runs at SCHED_RR 1 when allowed.
+
+This class is the agent's side. It opens the two UDP sockets (RFC 5881: receive
+on port 3784, send from one port in 49152..65535 with TTL 255) so that errors
+surface here, at once, and hands them to the worker, which is the only one to use
+them. Control frames (:mod:`.control`) go over a Unix socket pair; the agent reads
+the worker's on the event loop (``loop.add_reader``): a late read only delays
+acting on a change, it cannot make a session expire.
+
+One worker per detector (per interface): a detector is one set of sockets bound
+to one device, and a failing worker takes down the fast path of one interface only.
+
+A worker that dies is logged naming the plugin, counted, and started again with
+exponential backoff. Meanwhile the groups run on VRRP timers alone (no session
+state change is reported, so nothing fails over early), and the agent sends
+AdminDown for the sessions that were Up, from the socket it kept, so that peers
+do not take the gap for a dead node.
 """
 
 from __future__ import annotations
@@ -15,20 +30,32 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import json
 import logging
 import os
 import random
-import select
 import socket
-import struct
-import threading
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+import attrs
+
 from vipcore.core.model import Family, IPAddress
-from vipcore_native_vrrp.liveness.packet import PORT, SOURCE_PORTS, TTL, Diagnostic, SessionState
-from vipcore_native_vrrp.liveness.session import Dropped, Send, Session, SessionConfig, StateChanged
+from vipcore_native_vrrp import BACKEND_NAME
+from vipcore_native_vrrp.liveness.control import Frame, FrameReader, encode
+from vipcore_native_vrrp.liveness.packet import (
+    PORT,
+    SOURCE_PORTS,
+    TTL,
+    ControlPacket,
+    Diagnostic,
+    SessionState,
+)
+from vipcore_native_vrrp.liveness.packet import encode as encode_packet
+from vipcore_native_vrrp.liveness.session import SessionConfig
 
 log = logging.getLogger("vipcore_native_vrrp.liveness")
 
@@ -37,19 +64,42 @@ _IP_RECVTTL = 12
 _IP_TTL = 2
 _SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 _IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
-_IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
-_MAX_WAIT = 0.5
+
+WORKER_MODULE = "vipcore_native_vrrp.liveness.worker"
+#: Restart delays after a worker died: doubling from the first to the last, reset after a stable run.
+RESTART_BACKOFF = (0.05, 5.0)
+STABLE_RUN = 30.0
+#: Bound on a close: the worker repeats AdminDown for a few tens of milliseconds, then exits.
+CLOSE_BOUND = 1.5
 
 #: ``on_change(peer, old, new, diagnostic)``, called on the event loop.
 ChangeCallback = Callable[[IPAddress, SessionState, SessionState, Diagnostic], None]
 
 
+@attrs.frozen
+class SessionView:
+    """What the agent knows of one session (from the worker's change and stats frames)."""
+
+    state: SessionState = SessionState.DOWN
+    #: Times the session left Up while this detector ran it (across worker restarts).
+    flaps: int = 0
+    detection_time: float = 0.0
+    received: int = 0
+    sent: int = 0
+    my_discriminator: int = 0
+    your_discriminator: int = 0
+    tx_interval: float = 0.0
+    #: Longest time between two packets from the peer while Up (worker's view; reset by a restart).
+    longest_silence: float = 0.0
+
+
 class Detector:
-    """BFD sessions with a set of peers reachable on ``interface``, sending from ``local``."""
+    """BFD sessions with a set of peers reachable on ``interface``, sending from ``local``, in a worker process."""
 
     def __init__(self, interface: str, local: IPAddress, config: SessionConfig, *,
                  loop: asyncio.AbstractEventLoop, on_change: ChangeCallback,
-                 clock: Callable[[], float] = time.monotonic, realtime: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, realtime: bool = True,
+                 stats_interval: float = 0.5) -> None:
         self.interface = interface
         self.local = local
         self.family = Family.IPV4 if local.version == 4 else Family.IPV6
@@ -58,20 +108,37 @@ class Detector:
         self.on_change = on_change
         self.clock = clock
         self.realtime = realtime
-        #: Whether the thread runs with a real-time scheduling policy (see :meth:`_run`).
+        self.stats_interval = stats_interval
+        #: Whether the worker runs with a real-time scheduling policy (it says so when ready).
         self.scheduled_realtime = False
-        self.sessions: dict[IPAddress, Session] = {}
-        #: Sessions given up on purpose, still repeating AdminDown so the peer does not take us for dead.
-        self._retiring: dict[IPAddress, Session] = {}
-        self.drops: Counter[str] = Counter()
-        self.send_errors = 0
-        self._lock = threading.Lock()
+        self.sessions: dict[IPAddress, SessionView] = {}
+        #: Session expiries (Up -> Down, detection time expired): each one acts as a lost peer.
+        self.expiries = 0
+        #: Workers that died without being asked to (each one restarted).
+        self.crashes = 0
+        self._bad_frames_before = 0  # skipped by the readers of workers that are gone
+        #: Frames from the agent the current worker skipped (it says so in its stats).
+        self.worker_bad_frames = 0
+        #: The current worker's longest delay of a wake-up past its timer (its scheduling latency).
+        self.wake_late_max = 0.0
+        #: Seconds from spawn to the worker's ready frame, and its resident size (bytes), last start.
+        self.start_seconds: float | None = None
+        self.worker_rss = 0
+        self._drops_before: Counter[str] = Counter()  # counters of workers that are gone
+        self._drops_now: Counter[str] = Counter()
+        self._send_errors_before = 0
+        self._send_errors_now = 0
+        self._peers: set[IPAddress] = set()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._channel: socket.socket | None = None
+        self._reader = FrameReader("ev")
+        self._out = bytearray()
+        self._spawned_at = 0.0
+        self._restart: asyncio.TimerHandle | None = None
+        self._backoff = RESTART_BACKOFF[0]
+        self._closing = False
         self._closed = False
-        self._rng = random.Random()
         self._recv, self._send = self._open()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._thread = threading.Thread(target=self._run, name=f"vipcore-liveness-{interface}", daemon=True)
 
     # -- sockets ----------------------------------------------------------------
 
@@ -83,7 +150,6 @@ class Detector:
         try:
             for sock in (recv, send):
                 sock.setsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, device)
-                sock.setblocking(False)
             recv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.family is Family.IPV4:
                 recv.setsockopt(socket.IPPROTO_IP, _IP_RECVTTL, 1)
@@ -103,8 +169,9 @@ class Detector:
 
     def _bind_source_port(self, sock: socket.socket) -> None:
         low, high = SOURCE_PORTS
+        rng = random.Random()
         for _ in range(64):
-            port = self._rng.randint(low, high)
+            port = rng.randint(low, high)
             try:
                 sock.bind((str(self.local), port))
                 return
@@ -113,154 +180,267 @@ class Detector:
                     raise
         raise OSError(errno.EADDRINUSE, f"no free BFD source port in {low}..{high}")
 
-    # -- control (event-loop side) ----------------------------------------------------
+    # -- the agent's API --------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread.start()
+        """Start the worker. Call it on the event loop's thread: the worker dies with that thread."""
+        self._spawn()
 
     def set_peers(self, peers: Iterable[IPAddress]) -> None:
         """Keep sessions with exactly ``peers``: new ones start, dropped ones say AdminDown and go."""
         wanted = {p for p in peers if p.version == self.local.version and p != self.local}
-        with self._lock:
-            now = self.clock()
-            for peer in set(self.sessions) - wanted:
-                session = self.sessions.pop(peer)
-                self._carry_out(peer, session.admin_down(now), notify=False)
-                if not session.retired:
-                    self._retiring[peer] = session
-            for peer in wanted - set(self.sessions):
-                self._retiring.pop(peer, None)
-                session = Session(self.config, self._discriminator(), rng=self._rng.random)
-                self.sessions[peer] = session
-                self._carry_out(peer, session.start(now))
-        self._wake()
+        if wanted == self._peers:
+            return
+        self._peers = wanted
+        for peer in set(self.sessions) - wanted:
+            del self.sessions[peer]
+        for peer in wanted - set(self.sessions):
+            self.sessions[peer] = SessionView()
+        self._write({"op": "peers", "peers": sorted(map(str, wanted))})
 
     def state(self, peer: IPAddress) -> SessionState | None:
-        with self._lock:
-            session = self.sessions.get(peer)
-            return session.state if session is not None else None
+        session = self.sessions.get(peer)
+        return session.state if session is not None else None
 
-    def snapshot(self) -> dict[IPAddress, Session]:
-        with self._lock:
-            return dict(self.sessions)
+    def snapshot(self) -> dict[IPAddress, SessionView]:
+        return dict(self.sessions)
+
+    @property
+    def drops(self) -> Counter[str]:
+        return self._drops_before + self._drops_now
+
+    @property
+    def bad_frames(self) -> int:
+        """Frames from workers (this one and the ones before) that made no sense, skipped."""
+        return self._bad_frames_before + self._reader.bad
+
+    @property
+    def send_errors(self) -> int:
+        return self._send_errors_before + self._send_errors_now
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
 
     def close(self, *, graceful: bool = True) -> None:
-        """Stop the thread; ``graceful`` tells every peer AdminDown first (not a failure)."""
-        with self._lock:
-            if self._closed:
-                return
+        """Stop the worker; ``graceful`` has it tell every peer AdminDown first (not a failure)."""
+        if self._closed:
+            return
+        self._closing = True
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
+        process = self._process
+        if process is not None and self._channel is not None:
             if graceful:
-                now = self.clock()
-                for peer, session in self.sessions.items():
-                    self._carry_out(peer, session.admin_down(now), notify=False)
-                    self._retiring[peer] = session
-                self.sessions.clear()
-        if graceful and self._thread.is_alive():
-            # Let the thread repeat AdminDown (a few tens of milliseconds at the fast rate), bounded.
-            self._wake()
-            deadline = self.clock() + 1.0
-            while self.clock() < deadline:
-                with self._lock:
-                    if not self._retiring:
-                        break
-                time.sleep(0.005)
-        with self._lock:
-            self._closed = True
-        self._wake()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2.0)
-        for sock in (self._recv, self._send, self._wake_r, self._wake_w):
+                self._write({"op": "close", "graceful": True})
+                self._drain_out(deadline=self.clock() + 0.2)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=CLOSE_BOUND)
+            self._detach()  # EOF: a worker still running exits at once
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=0.5)
+            if process.poll() is None:
+                process.kill()  # by PID: ours
+                process.wait()
+        self._process = None
+        self._closed = True
+        for sock in (self._recv, self._send):
             sock.close()
 
-    # -- the thread -------------------------------------------------------------------
+    # -- the worker ------------------------------------------------------------------
 
-    def _run(self) -> None:
-        if self.realtime:
-            # Like keepalived's bfd_rt_priority: the lowest real-time priority, so a loaded node
-            # (other processes, or this process's event loop) cannot delay a packet past the
-            # detection time. The thread sleeps in select() and does bounded work per wake-up.
-            try:
-                os.sched_setscheduler(threading.get_native_id(), os.SCHED_RR, os.sched_param(1))
-                self.scheduled_realtime = True
-            except (OSError, AttributeError) as exc:
-                log.info("liveness on %s: no real-time scheduling (%s); timing follows the node's load",
-                         self.interface, exc)
+    def _spawn(self) -> None:
+        self._restart = None
+        if self._closing:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        spec = {"parent": os.getpid(), "control_fd": theirs.fileno(), "recv_fd": self._recv.fileno(),
+                "send_fd": self._send.fileno(), "local": str(self.local), "tx": self.config.desired_min_tx,
+                "rx": self.config.required_min_rx, "mult": self.config.detect_mult,
+                "slow": self.config.slow_interval, "realtime": self.realtime, "stats_interval": self.stats_interval}
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", WORKER_MODULE, json.dumps(spec)],
+                pass_fds=(theirs.fileno(), self._recv.fileno(), self._send.fileno()),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
+        except OSError as exc:
+            ours.close()
+            self._died(f"cannot start: {exc}")
+            return
+        finally:
+            theirs.close()  # the worker has its own copy
+        self._spawned_at = self.clock()
+        ours.setblocking(False)
+        self._channel = ours
+        self._bad_frames_before += self._reader.bad
+        self._reader = FrameReader("ev")
+        self._out.clear()
+        self.loop.add_reader(ours, self._readable)
+        if self._peers:
+            self._write({"op": "peers", "peers": sorted(map(str, self._peers))})
+
+    def _detach(self) -> None:
+        if self._channel is not None:
+            with contextlib.suppress(ValueError, RuntimeError):  # the loop may be closed
+                self.loop.remove_reader(self._channel)
+                self.loop.remove_writer(self._channel)
+            self._channel.close()
+            self._channel = None
+
+    def _readable(self) -> None:
+        channel = self._channel
+        if channel is None:
+            return
         while True:
-            with self._lock:
-                if self._closed:
-                    return
-                timers = [t for t in (s.next_timer() for s in (*self.sessions.values(), *self._retiring.values()))
-                          if t is not None]
-            wait = min(timers) - self.clock() if timers else _MAX_WAIT
             try:
-                readable, _, _ = select.select([self._recv, self._wake_r], [], [], min(max(wait, 0.0), _MAX_WAIT))
-            except (OSError, ValueError):
-                return  # closed under us
-            if self._wake_r in readable:
-                with contextlib.suppress(OSError):
-                    while self._wake_r.recv(64):
-                        pass
-            with self._lock:
-                if self._closed:
-                    return
-                if self._recv in readable:
-                    self._receive_all()
-                now = self.clock()
-                for peer, session in list(self.sessions.items()):
-                    timer = session.next_timer()
-                    if timer is not None and timer <= now:
-                        self._carry_out(peer, session.handle_timer(now))
-                for peer, session in list(self._retiring.items()):
-                    timer = session.next_timer()
-                    if timer is not None and timer <= now:
-                        self._carry_out(peer, session.handle_timer(now), notify=False)
-                    if session.retired:
-                        del self._retiring[peer]
-
-    def _receive_all(self) -> None:
-        for _ in range(256):  # bounded: one flood cannot starve the timers
-            try:
-                data, ancillary, _, source = self._recv.recvmsg(128, 64)
+                data = channel.recv(65536)
             except BlockingIOError:
                 return
-            except OSError:
-                self.drops["socket"] += 1
+            except OSError as exc:
+                self._died(f"control channel failed: {exc}")
                 return
-            peer = ipaddress.ip_address(source[0].split("%", 1)[0])
+            if not data:
+                self._died("control channel closed")
+                return
+            for frame in self._reader.feed(data):
+                self._handle(frame)
+            if self._channel is not channel:
+                return
+
+    def _handle(self, frame: Frame) -> None:
+        try:
+            kind = frame["ev"]
+            if kind == "change":
+                self._on_change(ipaddress.ip_address(frame["peer"]), SessionState(frame["old"]),
+                                SessionState(frame["new"]), Diagnostic(frame["diag"]))
+            elif kind == "stats":
+                self._on_stats(frame)
+            elif kind == "ready":
+                self.start_seconds = self.clock() - self._spawned_at
+                self.scheduled_realtime = bool(frame.get("realtime"))
+                self.worker_rss = int(frame.get("rss", 0))
+            elif kind == "log":
+                level = logging.INFO if frame.get("level") == "info" else logging.WARNING
+                log.log(level, "%s liveness on %s: %s", BACKEND_NAME, self.interface, frame.get("message"))
+            elif kind != "closed":
+                self._reader.bad += 1
+        except (KeyError, TypeError, ValueError):
+            self._reader.bad += 1
+
+    def _on_change(self, peer: IPAddress, old: SessionState, new: SessionState, diagnostic: Diagnostic) -> None:
+        session = self.sessions.get(peer)
+        if session is None:
+            return  # a peer we dropped since; the worker retires it
+        flaps = session.flaps + (1 if old is SessionState.UP and new is not SessionState.UP else 0)
+        self.sessions[peer] = attrs.evolve(session, state=new, flaps=flaps)
+        if old is SessionState.UP and new is SessionState.DOWN and diagnostic is Diagnostic.CONTROL_DETECTION_EXPIRED:
+            self.expiries += 1
+        self.on_change(peer, old, new, diagnostic)
+
+    def _on_stats(self, frame: Frame) -> None:
+        for address, values in frame["sessions"].items():
+            peer = ipaddress.ip_address(address)
             session = self.sessions.get(peer)
             if session is None:
-                self.drops["source"] += 1
                 continue
-            self._carry_out(peer, session.receive(data, _ttl(ancillary), self.clock()))
+            # The state comes from change frames, which are ordered; stats only fill in the rest.
+            self.sessions[peer] = attrs.evolve(
+                session, detection_time=float(values["detection"]), received=int(values["received"]),
+                sent=int(values["sent"]), my_discriminator=int(values["mine"]),
+                your_discriminator=int(values["yours"]), tx_interval=float(values["tx"]),
+                longest_silence=float(values.get("longest_silence", 0.0)))
+        self._drops_now = Counter({str(k): int(v) for k, v in frame["drops"].items()})
+        self._send_errors_now = int(frame["send_errors"])
+        self.worker_bad_frames = int(frame.get("bad_frames", 0))
+        self.wake_late_max = float(frame.get("wake_late_max", 0.0))
+        self.worker_rss = int(frame.get("rss", self.worker_rss))
+        self.scheduled_realtime = bool(frame.get("realtime", self.scheduled_realtime))
 
-    def _carry_out(self, peer: IPAddress, actions: list[Send | StateChanged | Dropped], *, notify: bool = True) -> None:
-        for action in actions:
-            if isinstance(action, Send):
+    def _died(self, why: str) -> None:
+        """The worker is gone without being asked to: count, say so, cover for it, start another."""
+        process = self._process
+        self._detach()
+        self._process = None
+        status = None
+        if process is not None:
+            if process.poll() is None:
+                process.kill()  # it closed the channel but lingers: ours, by PID
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                status = process.wait(timeout=1.0)
+        if self._closing:
+            return
+        self.crashes += 1
+        self._admin_down_from_here()
+        self._drops_before += self._drops_now
+        self._drops_now = Counter()
+        self._send_errors_before += self._send_errors_now
+        self._send_errors_now = 0
+        for peer, session in self.sessions.items():
+            # No change is reported: a gap in our own sessions is not a lost peer.
+            self.sessions[peer] = attrs.evolve(session, state=SessionState.DOWN)
+        if self.clock() - self._spawned_at > STABLE_RUN:
+            self._backoff = RESTART_BACKOFF[0]
+        delay = self._backoff
+        self._backoff = min(self._backoff * 2, RESTART_BACKOFF[1])
+        log.warning("%s liveness on %s: worker process %s exited (%s, status %s); restarting it in %.2f s, "
+                    "VRRP timers alone detect failures meanwhile", BACKEND_NAME, self.interface,
+                    process.pid if process is not None else "-", why, status, delay,
+                    extra={"event": "liveness_worker_died", "plugin": BACKEND_NAME})
+        self._restart = self.loop.call_later(delay, self._spawn)
+
+    def _admin_down_from_here(self) -> None:
+        """Best effort: tell the peers whose sessions were Up that this is not a node failure."""
+        for peer, session in self.sessions.items():
+            if session.state is not SessionState.UP or not session.my_discriminator:
+                continue
+            data = encode_packet(ControlPacket(
+                state=SessionState.ADMIN_DOWN, my_discriminator=session.my_discriminator,
+                your_discriminator=session.your_discriminator,
+                desired_min_tx=max(1, round(session.tx_interval * 1_000_000)),
+                required_min_rx=max(1, round(self.config.required_min_rx * 1_000_000)),
+                detect_mult=self.config.detect_mult, diagnostic=Diagnostic.ADMIN_DOWN))
+            for _ in range(2):
                 try:
-                    self._send.sendto(action.data, (str(peer), PORT))
+                    self._send.sendto(data, (str(peer), PORT))
                 except OSError:
-                    self.send_errors += 1
-            elif isinstance(action, Dropped):
-                self.drops[action.reason] += 1
-            elif notify:
-                with contextlib.suppress(RuntimeError):  # the loop is closing
-                    self.loop.call_soon_threadsafe(self.on_change, peer, action.old, action.new, action.diagnostic)
+                    self._send_errors_before += 1
 
-    def _discriminator(self) -> int:
-        used = {s.my_discriminator for s in self.sessions.values()}
-        while True:
-            value = self._rng.randint(1, 0xFFFFFFFF)
-            if value not in used:
-                return value
+    # -- output to the worker ----------------------------------------------------------
 
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
+    def _write(self, frame: Frame) -> None:
+        if self._channel is None:
+            return  # not running: the peers go out when it starts
+        self._out += encode(frame)
+        self._flush()
 
+    def _flush(self) -> None:
+        channel = self._channel
+        if channel is None:
+            return
+        while self._out:
+            try:
+                sent = channel.send(self._out)
+            except BlockingIOError:
+                self.loop.add_writer(channel, self._flush)
+                return
+            except OSError:
+                self._out.clear()
+                return  # the reader sees the EOF and restarts the worker
+            del self._out[:sent]
+        with contextlib.suppress(ValueError, RuntimeError):
+            self.loop.remove_writer(channel)
 
-def _ttl(ancillary: list[tuple[int, int, bytes]]) -> int:
-    for level, kind, data in ancillary:
-        if (level, kind) in ((socket.IPPROTO_IP, _IP_TTL), (socket.IPPROTO_IPV6, _IPV6_HOPLIMIT)) and len(data) >= 4:
-            value: int = struct.unpack("i", data[:4])[0]
-            return value
-    return -1  # no TTL reported: treat as not 255
+    def _drain_out(self, deadline: float) -> None:
+        channel = self._channel
+        if channel is None:
+            return
+        while self._out and self.clock() < deadline:
+            try:
+                sent = channel.send(self._out)
+            except BlockingIOError:
+                time.sleep(0.002)
+                continue
+            except OSError:
+                return
+            del self._out[:sent]

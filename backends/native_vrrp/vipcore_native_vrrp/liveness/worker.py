@@ -1,0 +1,369 @@
+"""The liveness worker process: BFD sessions with one interface's peers, apart from the agent.
+
+Run by :class:`~vipcore_native_vrrp.liveness.detector.Detector` as
+``python -m vipcore_native_vrrp.liveness.worker CONFIG_JSON`` with three inherited
+file descriptors: the control socket (see :mod:`.control`), the UDP socket bound to
+port 3784 and the UDP socket it sends from. It has its own interpreter (no lock
+shared with the agent's event loop), runs at SCHED_RR 1 when allowed, and imports
+only the sans-IO liveness modules and the standard library, so it starts in tens
+of milliseconds.
+
+It lives exactly as long as the agent wants it: EOF on the control socket (the
+agent exited or closed it) ends it at once, ``PR_SET_PDEATHSIG`` kills it if the
+agent dies first, SIGINT and SIGTERM aimed at the agent's process group are
+ignored (the agent closes it: a graceful close still sends AdminDown first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import gc
+import ipaddress
+import json
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from vipcore_native_vrrp.liveness.control import MAX_FRAME, Frame, FrameReader, encode
+from vipcore_native_vrrp.liveness.packet import PORT, SessionState
+from vipcore_native_vrrp.liveness.session import Dropped, Send, Session, SessionConfig, StateChanged
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_PR_SET_PDEATHSIG = 1
+_IP_TTL = 2
+_IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
+#: The kernel's receive time of each packet (struct timespec, CLOCK_REALTIME); Python 3.11 does not name it.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("qq")
+#: Longest sleep without a timer: the loop also looks at the parent and the stats clock.
+_MAX_WAIT = 0.5
+#: Bound of a graceful close: AdminDown repeats take a few tens of milliseconds at the fast rate.
+_CLOSE_BOUND = 1.0
+#: Stats frames are skipped while this much output waits for a busy agent (changes never are).
+_STATS_BACKLOG = 64 * 1024
+EXIT_PARENT_GONE = 3
+
+
+class Worker:
+    """The sessions of one interface, driven by ``select`` on the packet and control sockets."""
+
+    def __init__(self, config: SessionConfig, local: Address, control: socket.socket, recv: socket.socket,
+                 send: socket.socket, *, stats_interval: float = 0.5, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self.config = config
+        self.local = local
+        self.control = control
+        self.recv = recv
+        self.send = send
+        self.stats_interval = stats_interval
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.sessions: dict[Address, Session] = {}
+        #: Sessions given up on purpose, still repeating AdminDown so the peer does not take us for dead.
+        self.retiring: dict[Address, Session] = {}
+        self.drops: Counter[str] = Counter()
+        self.send_errors = 0
+        self.stats_skipped = 0
+        #: Longest delay of a wake-up past its timer (scheduling latency), and per peer the longest
+        #: silence between two of its packets as the kernel received them (not as we read them):
+        #: which one explains an expiry, this node or the peer and the path.
+        self.wake_late_max = 0.0
+        self.longest_silence: dict[Address, float] = {}
+        self._heard: dict[Address, tuple[float, bool]] = {}  # last receive time, and Up then
+        self.realtime = False
+        self.reader = FrameReader("op")
+        self._out = bytearray()
+        self._closing_until: float | None = None
+        for sock in (control, recv, send):
+            sock.setblocking(False)
+        with contextlib.suppress(OSError):  # diagnostics only: without it, silences include our own lateness
+            recv.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until the agent closes the channel (or says ``close``); the exit status."""
+        next_stats = self.clock()
+        while True:
+            now = self.clock()
+            if now >= next_stats:
+                self.emit_stats()
+                next_stats = now + self.stats_interval
+            if self._closing_until is not None and (not self.retiring or now >= self._closing_until):
+                self.emit({"ev": "closed"})
+                self._flush(block_for=0.2)
+                return 0
+            due = [t for t in (s.next_timer() for s in (*self.sessions.values(), *self.retiring.values()))
+                   if t is not None]
+            due.append(next_stats)
+            wait = min(max(min(due) - now, 0.0), _MAX_WAIT)
+            try:
+                readable, writable, _ = select.select([self.recv, self.control], [self.control] if self._out else [],
+                                                      [], wait)
+            except InterruptedError:
+                continue
+            if self.control in writable and not self._flush():
+                return EXIT_PARENT_GONE
+            if self.control in readable and not self._read_control():
+                return EXIT_PARENT_GONE  # EOF: the agent is gone or dropped us; nothing to say to anyone
+            woke = self.clock()
+            if woke >= min(due):
+                self.wake_late_max = max(self.wake_late_max, woke - min(due))
+            # Read the socket even when select did not flag it: a packet that arrived after select
+            # returned must count before a detection timer is allowed to expire.
+            self._receive_all()
+            self._fire(self.clock())
+
+    def _fire(self, now: float) -> None:
+        for peer, session in list(self.sessions.items()):
+            timer = session.next_timer()
+            if timer is not None and timer <= now:
+                self._carry_out(peer, session.handle_timer(now))
+        for peer, session in list(self.retiring.items()):
+            timer = session.next_timer()
+            if timer is not None and timer <= now:
+                self._carry_out(peer, session.handle_timer(now), notify=False)
+            if session.retired:
+                del self.retiring[peer]
+
+    # -- control ------------------------------------------------------------------------
+
+    def _read_control(self) -> bool:
+        """Read what the agent sent; False on EOF (or a broken channel)."""
+        for _ in range(64):  # bounded: a chatty agent cannot starve the timers
+            try:
+                data = self.control.recv(65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            for frame in self.reader.feed(data):
+                self.handle(frame)
+        return True
+
+    def handle(self, frame: Frame) -> None:
+        """Carry out one control frame; an unknown or malformed one is counted, never fatal."""
+        op = frame["op"]
+        if op == "peers":
+            raw = frame.get("peers")
+            if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+                self.reader.bad += 1
+                return
+            try:
+                peers = [ipaddress.ip_address(p) for p in raw]
+            except ValueError:
+                self.reader.bad += 1
+                return
+            self.set_peers(peers)
+        elif op == "close":
+            self.close(graceful=frame.get("graceful") is not False)
+        else:
+            self.reader.bad += 1
+
+    def set_peers(self, peers: Iterable[Address]) -> None:
+        """Keep sessions with exactly ``peers``: new ones start, dropped ones say AdminDown and go."""
+        wanted = {p for p in peers if p.version == self.local.version and p != self.local}
+        now = self.clock()
+        for peer in set(self.sessions) - wanted:
+            session = self.sessions.pop(peer)
+            self._heard.pop(peer, None)
+            self.longest_silence.pop(peer, None)
+            self._carry_out(peer, session.admin_down(now), notify=False)
+            if not session.retired:
+                self.retiring[peer] = session
+        for peer in sorted(wanted - set(self.sessions)):
+            self.retiring.pop(peer, None)
+            session = Session(self.config, self._discriminator(), rng=self.rng.random)
+            self.sessions[peer] = session
+            self._carry_out(peer, session.start(now))
+
+    def close(self, *, graceful: bool) -> None:
+        if self._closing_until is not None:
+            return
+        if graceful:
+            now = self.clock()
+            for peer, session in self.sessions.items():
+                self._carry_out(peer, session.admin_down(now), notify=False)
+                self.retiring[peer] = session
+        else:
+            self.retiring.clear()
+        self.sessions.clear()
+        self._closing_until = self.clock() + _CLOSE_BOUND
+
+    # -- output to the agent --------------------------------------------------------------
+
+    def emit(self, frame: Frame) -> None:
+        self._out += encode(frame)
+        self._flush()
+
+    def emit_stats(self) -> None:
+        if len(self._out) > _STATS_BACKLOG:
+            self.stats_skipped += 1  # the agent is not reading; the next stats frame says it all
+            return
+        self.emit({"ev": "stats", **self.stats()})
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "sessions": {str(peer): {"state": int(s.state), "detection": s.detection_time, "mine": s.my_discriminator,
+                                     "yours": s.remote_discriminator, "received": s.received, "sent": s.sent,
+                                     "tx": s.tx_interval, "longest_silence": self.longest_silence.get(peer, 0.0)}
+                         for peer, s in self.sessions.items()},
+            "wake_late_max": self.wake_late_max,
+            "drops": dict(self.drops), "send_errors": self.send_errors, "bad_frames": self.reader.bad,
+            "stats_skipped": self.stats_skipped, "rss": _rss(), "realtime": self.realtime,
+        }
+
+    def _flush(self, block_for: float = 0.0) -> bool:
+        """Send what the agent can take now (or within ``block_for``); False if the channel is broken."""
+        deadline = self.clock() + block_for
+        while self._out:
+            try:
+                sent = self.control.send(self._out)
+            except BlockingIOError:
+                if self.clock() >= deadline:
+                    return True
+                select.select([], [self.control], [], max(deadline - self.clock(), 0.0))
+                continue
+            except OSError:
+                return False
+            del self._out[:sent]
+        return True
+
+    # -- packets --------------------------------------------------------------------------
+
+    def _receive_all(self) -> None:
+        for _ in range(256):  # bounded: one flood cannot starve the timers
+            try:
+                data, ancillary, _, source = self.recv.recvmsg(128, 128)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.drops["socket"] += 1
+                return
+            peer = ipaddress.ip_address(source[0].split("%", 1)[0])
+            session = self.sessions.get(peer)
+            if session is None:
+                self.drops["source"] += 1
+                continue
+            now = self.clock()
+            arrived = _arrival(ancillary, now)
+            last = self._heard.get(peer)
+            if last is not None and last[1]:  # Up when we last heard it: this gap counts, expired or not
+                self.longest_silence[peer] = max(self.longest_silence.get(peer, 0.0), arrived - last[0])
+            self._carry_out(peer, session.receive(data, _ttl(ancillary), now))
+            self._heard[peer] = (arrived, session.state is SessionState.UP)
+
+    def _carry_out(self, peer: Address, actions: list[Send | StateChanged | Dropped], *, notify: bool = True) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                try:
+                    self.send.sendto(action.data, (str(peer), PORT))
+                except OSError:
+                    self.send_errors += 1
+            elif isinstance(action, Dropped):
+                self.drops[action.reason] += 1
+            elif notify:
+                self.emit({"ev": "change", "peer": str(peer), "old": int(action.old), "new": int(action.new),
+                           "diag": int(action.diagnostic)})
+
+    def _discriminator(self) -> int:
+        used = {s.my_discriminator for s in (*self.sessions.values(), *self.retiring.values())}
+        while True:
+            value = self.rng.randint(1, 0xFFFFFFFF)
+            if value not in used:
+                return value
+
+
+def _ttl(ancillary: list[tuple[int, int, bytes]]) -> int:
+    for level, kind, data in ancillary:
+        if (level, kind) in ((socket.IPPROTO_IP, _IP_TTL), (socket.IPPROTO_IPV6, _IPV6_HOPLIMIT)) and len(data) >= 4:
+            value: int = struct.unpack("i", data[:4])[0]
+            return value
+    return -1  # no TTL reported: treat as not 255
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]], now: float) -> float:
+    """When the kernel received the packet, on our clock (``now`` if it did not say)."""
+    for level, kind, data in ancillary:
+        if (level, kind) == (socket.SOL_SOCKET, _SO_TIMESTAMPNS) and len(data) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            received: float = seconds + nanoseconds / 1e9
+            return now - max(0.0, time.time() - received)
+    return now
+
+
+def _rss() -> int:
+    """Resident set size in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _die_with_parent(parent: int) -> bool:
+    """SIGKILL when the agent dies (PR_SET_PDEATHSIG); False if it already has."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return os.getppid() == parent  # it may have died before the prctl took effect
+
+
+def _realtime() -> str | None:
+    """SCHED_RR 1, like keepalived's bfd_rt_priority; the reason when not allowed."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+    except (OSError, AttributeError) as exc:
+        return str(exc)
+    return None
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or len(argv[0]) > MAX_FRAME:
+        print("usage: python -m vipcore_native_vrrp.liveness.worker CONFIG_JSON (started by the agent)",
+              file=sys.stderr)
+        return 2
+    spec = json.loads(argv[0])
+    if not _die_with_parent(int(spec["parent"])):
+        return EXIT_PARENT_GONE
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)  # the agent closes us, AdminDown first
+    control = socket.socket(fileno=int(spec["control_fd"]))
+    recv = socket.socket(fileno=int(spec["recv_fd"]))
+    send = socket.socket(fileno=int(spec["send_fd"]))
+    config = SessionConfig(desired_min_tx=float(spec["tx"]), required_min_rx=float(spec["rx"]),
+                           detect_mult=int(spec["mult"]), slow_interval=float(spec["slow"]))
+    worker = Worker(config, ipaddress.ip_address(spec["local"]), control, recv, send,
+                    stats_interval=float(spec.get("stats_interval", 0.5)))
+    refused = _realtime() if spec.get("realtime") else "not asked for"
+    worker.realtime = refused is None
+    if refused is not None and spec.get("realtime"):
+        worker.emit({"ev": "log", "level": "info",
+                     "message": f"no real-time scheduling ({refused}); timing follows the node's load"})
+    # Everything allocated so far lives for the whole run: keep the cyclic collector off it.
+    gc.freeze()
+    worker.emit({"ev": "ready", "pid": os.getpid(), "realtime": worker.realtime,
+                 "rss": _rss()})
+    try:
+        return worker.run()
+    except OSError as exc:
+        if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+            return EXIT_PARENT_GONE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

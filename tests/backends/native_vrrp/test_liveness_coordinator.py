@@ -1,0 +1,97 @@
+"""Which peers get a liveness session, and what a lost one means (no sockets: a recording detector)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from tests.helpers.memberships import NODE_A_INTERFACES, group, member
+from vipcore.core.model import Family, IPAddress, Membership, State
+from vipcore_native_vrrp.liveness.coordinator import Coordinator, LivenessSettings
+from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
+
+A = ipaddress.ip_address
+
+
+class RecordingDetector:
+    """Stands in for the worker-backed detector: remembers the peers it was given."""
+
+    def __init__(self, interface: str, local: IPAddress, config: object, **kwargs: Any) -> None:
+        self.interface = interface
+        self.peers: set[IPAddress] = set()
+
+    def start(self) -> None:
+        pass
+
+    def set_peers(self, peers: Iterable[IPAddress]) -> None:
+        self.peers = set(peers)
+
+    def close(self, *, graceful: bool) -> None:
+        pass
+
+
+@attrs.define
+class FakeRouter:
+    state: State
+    master: IPAddress | None = None
+    released: bool = False
+
+
+@attrs.define
+class FakeDriver:
+    router: FakeRouter
+    lost: list[tuple[float, str]] = attrs.Factory(list)
+
+    def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None:
+        self.lost.append((delay, what))
+
+
+def coordinator(groups: list[tuple[Membership, Mapping[Family, FakeDriver]]],
+                keepalived_peers: Iterable[str] = ()) -> Coordinator:
+    return Coordinator(LivenessSettings(), asyncio.new_event_loop(), lambda: groups,
+                       RecordingDetector, keepalived_peers=keepalived_peers)  # type: ignore[arg-type]
+
+
+def test_liveness_is_on_by_default() -> None:
+    assert LivenessSettings().enabled
+    assert LivenessSettings.from_mapping(None).enabled
+
+
+def test_a_master_keeps_sessions_with_every_member_but_keepalived_ones() -> None:
+    web = group(["node-a", "node-b", "node-c"], "eth0", 7, v4=["198.51.100.100"])
+    drivers = {Family.IPV4: FakeDriver(FakeRouter(State.MASTER))}
+    for keepalived, expected in (((), {A("198.51.100.12"), A("198.51.100.13")}),
+                                 (("node-c",), {A("198.51.100.12")}),  # by node name
+                                 (("198.51.100.12",), {A("198.51.100.13")})):  # by address
+        c = coordinator([(member(web, "node-a"), drivers)], keepalived_peers=keepalived)
+        c.ensure(NODE_A_INTERFACES["eth0"])
+        detector = c.detectors["eth0"]
+        assert isinstance(detector, RecordingDetector)
+        assert detector.peers == expected, keepalived
+
+
+def test_an_expired_session_to_the_master_starts_master_down_by_rank() -> None:
+    web = group(["node-a", "node-b", "node-c"], "eth0", 7, v4=["198.51.100.100"])
+    membership = member(web, "node-a")
+    master_node = membership.members[0].name
+    if master_node == "node-a":  # the test needs node-a to be a backup: pick a group where it is not first
+        web = group(["node-a", "node-b", "node-c"], "eth0", 8, v4=["198.51.100.101"])
+        membership = member(web, "node-a")
+        master_node = membership.members[0].name
+    master_address = next(a for a in next(m for m in membership.members if m.name == master_node).addresses
+                          if a.version == 4)
+    driver = FakeDriver(FakeRouter(State.BACKUP, master=master_address))
+    c = coordinator([(membership, {Family.IPV4: driver})])
+    c.ensure(NODE_A_INTERFACES["eth0"])
+    # AdminDown (a graceful stop) is not a failure ...
+    c._changed(master_address, SessionState.UP, SessionState.DOWN, Diagnostic.NEIGHBOR_DOWN)
+    assert driver.lost == [] and c.peers_lost == 0
+    # ... an expiry is.
+    c._changed(master_address, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+    assert c.peers_lost == 1 and len(driver.lost) == 1
+    survivors = [m.name for m in membership.members if m.name != master_node]
+    assert driver.lost[0][0] == survivors.index("node-a") * c.settings.rank_step
