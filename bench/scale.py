@@ -346,14 +346,14 @@ def cache_child(nodes: int, services: int, slim: bool, pages: int) -> dict[str, 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
-async def controller_child(kubeconfig: str) -> dict[str, Any]:
-    """Run one controller replica until SIGTERM; report its peak memory."""
+async def controller_child(kubeconfig: str, qps: float = 200.0, burst: int = 200) -> dict[str, Any]:
+    """Run one controller replica until SIGTERM (client-side limit ``qps``/``burst``); report its peak memory."""
     import signal
 
     from vipcore.controller.runtime import Controller, ControllerSettings
     from vipcore.kube import api_client
 
-    settings = ControllerSettings(identity="bench", kubeconfig=kubeconfig, resync=3600)
+    settings = ControllerSettings(identity="bench", kubeconfig=kubeconfig, resync=3600, qps=qps, burst=burst)
     controller = Controller(settings, api_client(kubeconfig))
     runner = asyncio.create_task(controller.run(timeout=1800))
     stopping = asyncio.Event()
@@ -364,7 +364,7 @@ async def controller_child(kubeconfig: str) -> dict[str, Any]:
     return {"peak_mb": rss().get("VmHWM", 0.0)}
 
 
-def run_controller(services: int, nodes: int = 100) -> dict[str, Any]:
+def run_controller(services: int, nodes: int = 100, qps: float = 200.0, burst: int = 200) -> dict[str, Any]:
     """``services`` LoadBalancers created at once; time until all have an address, writes per Service."""
     from vipcore.testing.apiserver import ApiServer
 
@@ -377,7 +377,8 @@ def run_controller(services: int, nodes: int = 100) -> dict[str, Any]:
                        "spec": {"addresses": [POOL], "interface": "eth0", "default": True}})
         with tempfile.TemporaryDirectory() as tmp:
             kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
-            child = subprocess.Popen([sys.executable, __file__, "--controller-child", str(kubeconfig)],
+            child = subprocess.Popen([sys.executable, __file__, "--controller-child", str(kubeconfig),
+                                      "--qps", str(qps), "--burst", str(burst)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
                 deadline = time.monotonic() + 600
@@ -454,6 +455,9 @@ def main() -> int:
     parser.add_argument("--full-cache", action="store_true", help="cache whole objects (before slimming)")
     parser.add_argument("--controller", type=int, default=0,
                         help="also time the controller: this many Services created at once")
+    parser.add_argument("--qps", type=float, default=200.0,
+                        help="the controller's client-side rate limit, writes a second (0: none)")
+    parser.add_argument("--burst", type=int, default=200, help="the controller's client-side burst")
     parser.add_argument("--cache", default="",
                         help="NODESxSERVICES sizes: measure the agent's cache alone (no server), slim and whole")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -466,7 +470,7 @@ def main() -> int:
         print(json.dumps(cache_child(nodes, services, bool(slim), pages)))
         return 0
     if args.controller_child:
-        print(json.dumps(asyncio.run(controller_child(args.controller_child))))
+        print(json.dumps(asyncio.run(controller_child(args.controller_child, args.qps, args.burst))))
         return 0
     if args.child:
         result = asyncio.run(agent_child(args.child, json.loads(args.plan), args.events, args.full_cache))
@@ -501,10 +505,11 @@ def main() -> int:
                   f"{percentile(lat, 0.95):>7.1f} {percentile(share, 0.95):>9.1f} "
                   f"{percentile(r['cpu_ms'][kind], 0.95):>7.1f}{tail}", flush=True)
     if args.controller:
-        c = run_controller(args.controller)
+        c = run_controller(args.controller, qps=args.qps, burst=args.burst)
         total = sum(c["writes"].values())
-        print(f"\ncontroller: {c['done']}/{c['services']} Services with an address {c['elapsed_s']:.1f} s after "
-              f"the first create (creating took {c['create_s']:.1f} s); {total} writes, "
+        limit = f"{args.qps:g} QPS, burst {args.burst}" if args.qps else "no client-side limit"
+        print(f"\ncontroller ({limit}): {c['done']}/{c['services']} Services with an address {c['elapsed_s']:.1f} s "
+              f"after the first create (creating took {c['create_s']:.1f} s); {total} writes, "
               f"{total / max(1, c['services']):.2f} per Service; peak RSS {c['peak_mb']:.0f} MB")
         for what, count in sorted(c["writes"].items()):
             print(f"  {what:<20} {count:>7} ({count / max(1, c['services']):.2f} per Service)")

@@ -152,7 +152,7 @@ def test_local_service_without_endpoints_keeps_its_address() -> None:
     local = svc("local", policy="Local", ips=("203.0.113.11",), finalizers=(FINALIZER,))
     result = run([local])
     assert result.services == () and result.groups == ()
-    assert [n.reason for n in result.notes] == [NO_GROUP]
+    assert [(n.reason, n.routine) for n in result.notes] == [(NO_GROUP, True)]  # its EndpointSlices say why
 
 
 def test_persisted_vrid_kept_and_vanished_group_deleted() -> None:
@@ -201,6 +201,7 @@ def test_vrid_exhaustion_reported_on_the_services_that_got_none() -> None:
     assert {w.key for w in result.services if w.ingress} == {"default/web", "default/local"}
     no_group = [n for n in result.notes if n.reason == NO_GROUP]
     assert len(no_group) == 1 and "no free VRID" in no_group[0].message and "7-7" in no_group[0].message
+    assert not no_group[0].routine  # vipcore's own failure: an Event
 
 
 def test_released_addresses_are_reported_for_quarantine() -> None:

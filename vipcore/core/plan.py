@@ -49,7 +49,7 @@ from vipcore.core.model import (
     VridPolicy,
 )
 from vipcore.core.model import FINALIZER
-from vipcore.core.resolve import choose_pool, membership, resolve
+from vipcore.core.resolve import NO_READY_ENDPOINT, choose_pool, membership, resolve
 
 Obj = Mapping[str, Any]
 
@@ -394,7 +394,10 @@ def plan(
         if want:
             group = new_group_of.get(key)
             if group is None:
-                note(obj, "Warning", NO_GROUP, unresolved.get(key, "no VIP group"))
+                why = unresolved.get(key, "no VIP group")
+                # A Local Service before its pods are ready (every new one, for a moment): its
+                # EndpointSlices say so; only a failure of vipcore's own is worth an Event.
+                note(obj, "Warning", NO_GROUP, why, routine=why == NO_READY_ENDPOINT)
             elif old_group_of.get(key) != group.name and not _same_router(
                     group_objs.get(old_group_of.get(key, "")), group, state.nodes):
                 note(obj, "Normal", GROUP_ASSIGNED, _describe_group(group), routine=key not in old_group_of)
