@@ -318,3 +318,29 @@ def test_watch_drops_410_and_5xx_bursts_lose_and_repeat_nothing(server: ApiServe
         assert events(server, name) == []
     (group,) = vipgroups(server)
     assert sorted(group["spec"]["vips"]["ipv4"]) == sorted(ips)
+
+
+def test_rate_limit_workers_and_backoff_settings_are_range_checked() -> None:
+    import pytest
+
+    from vipcore.controller.runtime import ControllerSettings
+    from vipcore.core.errors import ConfigError
+    from vipcore.core.settings import Config
+
+    def read(section: dict[str, Any]) -> ControllerSettings:
+        return ControllerSettings.from_config(Config(source="kubernetes", controller=section))
+
+    s = read({"qps": 200, "burst": 400, "workers": 4, "backoff": {"initial": 0.5, "max": 30}})
+    assert (s.qps, s.burst, s.workers, s.backoff_initial, s.backoff_max) == (200, 400, 4, 0.5, 30)
+    assert read({"qps": 0}).qps == 0  # no client-side limit
+    defaults = read({})
+    assert (defaults.qps, defaults.burst, defaults.workers) == (50, 100, 8)
+    for bad, field in [({"qps": -1}, "controller.qps"), ({"qps": True}, "controller.qps"),
+                       ({"qps": "fast"}, "controller.qps"), ({"burst": 0}, "controller.burst"),
+                       ({"burst": 1.5}, "controller.burst"), ({"workers": 100}, "controller.workers"),
+                       ({"backoff": {"initial": 5, "max": 1}}, "controller.backoff.max"),
+                       ({"backoff": {"initial": 0}}, "controller.backoff.initial"),
+                       ({"backoff": {"x": 1}}, "controller.backoff"), ({"backoff": 3}, "controller.backoff")]:
+        with pytest.raises(ConfigError) as err:
+            read(bad)
+        assert field in str(err.value), (bad, str(err.value))
