@@ -37,6 +37,7 @@ import ipaddress
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -361,7 +362,8 @@ async def controller_child(kubeconfig: str, qps: float = 200.0, burst: int = 200
     await asyncio.wait({runner, asyncio.create_task(stopping.wait())}, return_when=asyncio.FIRST_COMPLETED)
     runner.cancel()
     await asyncio.wait({runner})
-    return {"peak_mb": rss().get("VmHWM", 0.0)}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"peak_mb": rss().get("VmHWM", 0.0), "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
 def run_controller(services: int, nodes: int = 100, qps: float = 200.0, burst: int = 200) -> dict[str, Any]:
@@ -414,9 +416,10 @@ def run_controller(services: int, nodes: int = 100, qps: float = 200.0, burst: i
                     what = "status" if parts[-1] == "status" else next(
                         (p for p in reversed(parts) if p in ("services", "vipgroups", "events")), parts[-2])
                     writes[f"{record.method} {what}"] = writes.get(f"{record.method} {what}", 0) + 1
-    peak = json.loads(out.strip().splitlines()[-1])["peak_mb"] if out.strip() else float("nan")
+    report = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
     return {"services": services, "done": done, "create_s": created, "elapsed_s": elapsed, "writes": writes,
-            "peak_mb": peak, "stderr": err[-2000:]}
+            "peak_mb": report.get("peak_mb", float("nan")), "cpu_s": report.get("cpu_s", float("nan")),
+            "stderr": err[-2000:]}
 
 
 # ------------------------------------------------------------------ the table
@@ -510,7 +513,8 @@ def main() -> int:
         limit = f"{args.qps:g} QPS, burst {args.burst}" if args.qps else "no client-side limit"
         print(f"\ncontroller ({limit}): {c['done']}/{c['services']} Services with an address {c['elapsed_s']:.1f} s "
               f"after the first create (creating took {c['create_s']:.1f} s); {total} writes, "
-              f"{total / max(1, c['services']):.2f} per Service; peak RSS {c['peak_mb']:.0f} MB")
+              f"{total / max(1, c['services']):.2f} per Service; peak RSS {c['peak_mb']:.0f} MB; "
+              f"controller CPU {c['cpu_s']:.1f} s (from its start, sync included)")
         for what, count in sorted(c["writes"].items()):
             print(f"  {what:<20} {count:>7} ({count / max(1, c['services']):.2f} per Service)")
     return 0
