@@ -344,3 +344,30 @@ def test_rate_limit_workers_and_backoff_settings_are_range_checked() -> None:
         with pytest.raises(ConfigError) as err:
             read(bad)
         assert field in str(err.value), (bad, str(err.value))
+
+
+def test_a_pass_planned_from_a_stale_cache_writes_nothing_twice(server: ApiServer) -> None:
+    """A pass planned before the cache saw the last pass's writes meets 409, re-reads, finds them, and stops."""
+    from tests.helpers.cluster import settings
+
+    from vipcore.controller.runtime import Controller
+
+    cluster(server)
+    server.create(service("web"))
+    client = server.client()
+    controller = Controller(settings("c1"), client)  # not running: this test drives the passes
+    controller.source.start()
+    try:
+        assert controller.source.wait_synced(10)
+        stale = controller.inputs()
+        assert controller.reconcile(stale).clean
+        before = time.monotonic()
+        result = controller.reconcile(stale)  # the same inputs: the cache "has not seen" the writes
+        # The Service re-read after the 409 holds its address already (its meaning changed): given up and
+        # re-planned after its own short backoff, not written again; the VipGroup exists (409) likewise.
+        assert "default/web" in result.stale and result.written == 0
+        applied = [r for r in server.requests_since(before) if r.method == "PATCH" and "/services/web" in r.path]
+        assert [r.code for r in applied] == [409], applied
+    finally:
+        controller.source.stop()
+        client.close()
