@@ -413,9 +413,12 @@ def run_controller(services: int, nodes: int = 100, qps: float = 200.0, burst: i
             for record in server.requests_since(mark):
                 if record.method in WRITES and "/leases/" not in record.path:
                     parts = record.path.split("?")[0].rstrip("/").split("/")
-                    what = "status" if parts[-1] == "status" else next(
-                        (p for p in reversed(parts) if p in ("services", "vipgroups", "events")), parts[-2])
-                    writes[f"{record.method} {what}"] = writes.get(f"{record.method} {what}", 0) + 1
+                    kind = next((p for p in reversed(parts) if p in ("services", "vipgroups", "vippools", "events")),
+                                parts[-2])
+                    what = f"{kind}/status" if parts[-1] == "status" else kind
+                    # Refused requests (409 from a stale cache, 5xx) are counted apart from applied ones.
+                    key = f"{record.method} {what}" + ("" if 200 <= record.code < 300 else f" ({record.code})")
+                    writes[key] = writes.get(key, 0) + 1
     report = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
     return {"services": services, "done": done, "create_s": created, "elapsed_s": elapsed, "writes": writes,
             "peak_mb": report.get("peak_mb", float("nan")), "cpu_s": report.get("cpu_s", float("nan")),
@@ -516,7 +519,7 @@ def main() -> int:
               f"{total / max(1, c['services']):.2f} per Service; peak RSS {c['peak_mb']:.0f} MB; "
               f"controller CPU {c['cpu_s']:.1f} s (from its start, sync included)")
         for what, count in sorted(c["writes"].items()):
-            print(f"  {what:<20} {count:>7} ({count / max(1, c['services']):.2f} per Service)")
+            print(f"  {what:<24} {count:>7} ({count / max(1, c['services']):.2f} per Service)")
     return 0
 
 
