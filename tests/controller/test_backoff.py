@@ -45,6 +45,14 @@ def test_one_refused_service_backs_off_alone_and_delays_none_of_100_others(
         fifth = at[4]
         later = [t for t in at if t > fifth]
         assert not later or max(written) < later[0], (max(written) - fifth, [t - fifth for t in later])
+        # A user can act on a refused write (an admission webhook, a quota): one Warning Event says so,
+        # once, however many tries were refused.
+        wait_for(lambda: len(refusals(server)) >= 6, timeout=20, what="a sixth refusal")
+        (warning,) = [e for e in server.objects("v1", "Event", "default")
+                      if e["involvedObject"]["name"] == "poison"]
+        assert (warning["type"], warning["reason"], warning["count"]) == ("Warning", "WriteFailed", 1)
+        assert "HTTP 422" in warning["message"]
+        at = refusals(server)
     wait_for(lambda: lb_ips(server, "poison"), timeout=30, what="the poisoned Service, once accepted")
     # Its tries were spaced ever wider (0.1, 0.2, 0.4, 0.8 s ... after each failure; lower bounds only).
     gaps = [b - a for a, b in zip(at, at[1:])]

@@ -79,6 +79,8 @@ from vipcore.core.plan import (
     POOL_FINALIZER,
     GROUP_ASSIGNED,
     IP_ALLOCATED,
+    IP_REFUSED,
+    WRITE_FAILED,
     Note,
     Plan,
     Selection,
@@ -328,6 +330,12 @@ class Controller:
                          extra={"event": "allocated", "service": key})
         notes = [n for n in result_plan.notes
                  if not (n.reason in (IP_ALLOCATED, GROUP_ASSIGNED) and n.service in failed)]
+        for write in result_plan.services:
+            if write.key in result.why:  # refused: something a user can act on (it is retried meanwhile)
+                obj_meta = (originals.get(write.key) or {}).get("metadata") or {}
+                notes.append(Note(write.namespace, write.name, obj_meta.get("uid"), "Warning", WRITE_FAILED,
+                                  f"the API server refused vipcore's write: {result.why[write.key]}; "
+                                  "retried with backoff"))
         holders, holder_changes = holder_notes(self._holders or {}, inputs["vipgroups"])
         if self._holders is None:
             holder_changes = []  # a fresh leader does not announce holders it did not see change
@@ -438,9 +446,11 @@ class Controller:
                 continue
             writer.event(note)
         current = {(n.service, n.reason) for n in notes}
+        backing_off = self.backing_off()  # a refused write not tried this pass is not over
         for key in list(self._noted):
             # Forget a refusal once it is over (so a new one is reported), and Services that are gone.
-            if key[0] not in live or (key[1] == "IPRefused" and key not in current):
+            if key[0] not in live or (key[1] in (IP_REFUSED, WRITE_FAILED) and key not in current
+                                      and key[0] not in backing_off):
                 del self._noted[key]
 
     # -- the loop ------------------------------------------------------------------

@@ -62,6 +62,8 @@ class WriteResult:
     errors: list[str] = attrs.field(factory=list)
     #: Service keys / VipGroup names whose write failed.
     failed: set[str] = attrs.field(factory=set)
+    #: Service key / VipGroup name -> why its write failed (the API server's answer).
+    why: dict[str, str] = attrs.field(factory=dict)
     #: Service keys / VipGroup names whose write succeeded (or was not needed any more).
     done: set[str] = attrs.field(factory=set)
     #: Service keys / VipGroup names left alone (``skip``: waiting out their backoff).
@@ -139,6 +141,7 @@ class ClusterWriter:
             with self._lock:
                 result.errors.append(message)
                 result.failed.add(key)
+                result.why[key] = describe(exc)
             log.warning("write failed: %s", message, extra={"event": "write_error", "object": key})
             return
         with self._lock:

@@ -64,6 +64,8 @@ GROUP_ASSIGNED = "GroupAssigned"
 NO_GROUP = "NoGroup"
 INVALID_SERVICE = "InvalidService"
 HOLDER_CHANGED = "HolderChanged"
+#: The API server refused the controller's write to a Service (an admission webhook, a quota, a field).
+WRITE_FAILED = "WriteFailed"
 
 
 @attrs.frozen
