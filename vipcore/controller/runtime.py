@@ -8,8 +8,8 @@ reconcile pass is level-triggered: it takes the cache as it is, asks
 decides addresses, groups and VRIDs), and carries that out with
 :class:`vipcore.controller.writer.ClusterWriter` over the one writer,
 :class:`vipcore.kube.KubernetesWriter`. Any object change wakes it;
-bursts coalesce; a pass that met a conflict or an error is retried with a
-bounded backoff; a periodic resync catches anything else.
+bursts coalesce; an object whose write met a conflict or an error is retried
+on its own backoff (below); a periodic resync catches anything else.
 
 Writes are fenced by leadership: a pass runs in a worker thread with a
 writer whose fence is the time left in *this* leadership term
