@@ -112,6 +112,7 @@ def main() -> int:
             cases: list[tuple[str, Callable[[], object]]] = [
                 ("resolve -f", lambda: resolve_cli(path)),
                 ("load", lambda: load_manifests([path])),
+                ("load, 2 processes", lambda: load_manifests([path], jobs=2)),
                 ("yaml (vipcore)", lambda: yamldocs.load_all(text, source=str(path))),
                 ("yaml C safe_load", lambda: list(yaml.load_all(text, Loader=yaml.CSafeLoader))),
             ]

@@ -49,6 +49,7 @@ import ipaddress
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -495,14 +496,14 @@ def cache_child(nodes: int, services: int, slim: bool, pages: int) -> dict[str, 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
-async def controller_child(kubeconfig: str) -> dict[str, Any]:
-    """Run one controller replica until SIGTERM; report its peak memory."""
+async def controller_child(kubeconfig: str, qps: float = 200.0, burst: int = 200) -> dict[str, Any]:
+    """Run one controller replica until SIGTERM (client-side limit ``qps``/``burst``); report its peak memory."""
     import signal
 
     from vipcore.controller.runtime import Controller, ControllerSettings
     from vipcore.kube import api_client
 
-    settings = ControllerSettings(identity="bench", kubeconfig=kubeconfig, resync=3600)
+    settings = ControllerSettings(identity="bench", kubeconfig=kubeconfig, resync=3600, qps=qps, burst=burst)
     controller = Controller(settings, api_client(kubeconfig))
     runner = asyncio.create_task(controller.run(timeout=1800))
     stopping = asyncio.Event()
@@ -510,10 +511,11 @@ async def controller_child(kubeconfig: str) -> dict[str, Any]:
     await asyncio.wait({runner, asyncio.create_task(stopping.wait())}, return_when=asyncio.FIRST_COMPLETED)
     runner.cancel()
     await asyncio.wait({runner})
-    return {"peak_mb": rss().get("VmHWM", 0.0)}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"peak_mb": rss().get("VmHWM", 0.0), "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
-def run_controller(services: int, nodes: int = 100) -> dict[str, Any]:
+def run_controller(services: int, nodes: int = 100, qps: float = 200.0, burst: int = 200) -> dict[str, Any]:
     """``services`` LoadBalancers created at once; time until all have an address, writes per Service."""
     from vipcore.testing.apiserver import ApiServer
 
@@ -526,7 +528,8 @@ def run_controller(services: int, nodes: int = 100) -> dict[str, Any]:
                        "spec": {"addresses": [POOL], "interface": "eth0", "default": True}})
         with tempfile.TemporaryDirectory() as tmp:
             kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
-            child = subprocess.Popen([sys.executable, __file__, "--controller-child", str(kubeconfig)],
+            child = subprocess.Popen([sys.executable, __file__, "--controller-child", str(kubeconfig),
+                                      "--qps", str(qps), "--burst", str(burst)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
                 deadline = time.monotonic() + 600
@@ -559,12 +562,16 @@ def run_controller(services: int, nodes: int = 100) -> dict[str, Any]:
             for record in server.requests_since(mark):
                 if record.method in WRITES and "/leases/" not in record.path:
                     parts = record.path.split("?")[0].rstrip("/").split("/")
-                    what = "status" if parts[-1] == "status" else next(
-                        (p for p in reversed(parts) if p in ("services", "vipgroups", "events")), parts[-2])
-                    writes[f"{record.method} {what}"] = writes.get(f"{record.method} {what}", 0) + 1
-    peak = json.loads(out.strip().splitlines()[-1])["peak_mb"] if out.strip() else float("nan")
+                    kind = next((p for p in reversed(parts) if p in ("services", "vipgroups", "vippools", "events")),
+                                parts[-2])
+                    what = f"{kind}/status" if parts[-1] == "status" else kind
+                    # Refused requests (409 from a stale cache, 5xx) are counted apart from applied ones.
+                    key = f"{record.method} {what}" + ("" if 200 <= record.code < 300 else f" ({record.code})")
+                    writes[key] = writes.get(key, 0) + 1
+    report = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
     return {"services": services, "done": done, "create_s": created, "elapsed_s": elapsed, "writes": writes,
-            "peak_mb": peak, "stderr": err[-2000:]}
+            "peak_mb": report.get("peak_mb", float("nan")), "cpu_s": report.get("cpu_s", float("nan")),
+            "stderr": err[-2000:]}
 
 
 # ------------------------------------------------------------------ the table
@@ -617,6 +624,9 @@ def main() -> int:
                         "both (comma-separated)")
     parser.add_argument("--controller", type=int, default=0,
                         help="also time the controller: this many Services created at once")
+    parser.add_argument("--qps", type=float, default=200.0,
+                        help="the controller's client-side rate limit, writes a second (0: none)")
+    parser.add_argument("--burst", type=int, default=200, help="the controller's client-side burst")
     parser.add_argument("--cache", default="",
                         help="NODESxSERVICES sizes: measure the agent's cache alone (no server), slim and whole")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -629,7 +639,7 @@ def main() -> int:
         print(json.dumps(cache_child(nodes, services, bool(slim), pages)))
         return 0
     if args.controller_child:
-        print(json.dumps(asyncio.run(controller_child(args.controller_child))))
+        print(json.dumps(asyncio.run(controller_child(args.controller_child, args.qps, args.burst))))
         return 0
     if args.child:
         result = asyncio.run(agent_child(args.child, json.loads(args.plan), args.events, args.full_cache))
@@ -658,13 +668,15 @@ def main() -> int:
             r = run_size(nodes, services, args.events, args.full_cache, view)
             print_rows(nodes, services, view, args.full_cache, r)
     if args.controller:
-        c = run_controller(args.controller)
+        c = run_controller(args.controller, qps=args.qps, burst=args.burst)
         total = sum(c["writes"].values())
-        print(f"\ncontroller: {c['done']}/{c['services']} Services with an address {c['elapsed_s']:.1f} s after "
-              f"the first create (creating took {c['create_s']:.1f} s); {total} writes, "
-              f"{total / max(1, c['services']):.2f} per Service; peak RSS {c['peak_mb']:.0f} MB")
+        limit = f"{args.qps:g} QPS, burst {args.burst}" if args.qps else "no client-side limit"
+        print(f"\ncontroller ({limit}): {c['done']}/{c['services']} Services with an address {c['elapsed_s']:.1f} s "
+              f"after the first create (creating took {c['create_s']:.1f} s); {total} writes, "
+              f"{total / max(1, c['services']):.2f} per Service; peak RSS {c['peak_mb']:.0f} MB; "
+              f"controller CPU {c['cpu_s']:.1f} s (from its start, sync included)")
         for what, count in sorted(c["writes"].items()):
-            print(f"  {what:<20} {count:>7} ({count / max(1, c['services']):.2f} per Service)")
+            print(f"  {what:<24} {count:>7} ({count / max(1, c['services']):.2f} per Service)")
     return 0
 
 

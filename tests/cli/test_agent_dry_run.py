@@ -36,7 +36,8 @@ def hook(event, args):
             (isinstance(args[1], str) and any(c in args[1] for c in "wax+"))
             or (args[1] is None and isinstance(args[2], int) and args[2] & 0o3)):
         seen.append([event, repr(args)[:200]])
-from vipcore.cli.main import main
+from vipcore.cli.main import build_parser, main
+build_parser()  # imports every subcommand's modules (main imports only the one it runs): left out
 sys.addaudithook(hook)
 code = main(sys.argv[1:])
 print("AUDIT " + json.dumps(seen), file=sys.stderr)

@@ -66,7 +66,19 @@ def test_new_service_gets_finalizer_address_group_and_events() -> None:
     assert group.create and group.spec["services"] == ["default/web"]
     assert group.spec["nodes"] == ["node-a", "node-b", "node-c"]
     assert [n.reason for n in result.notes] == [IP_ALLOCATED, GROUP_ASSIGNED]
+    # A new Service's first address and group: the steady path, logged and not written as Events.
+    assert all(n.routine for n in result.notes)
     assert result.allocated == {"default/web": write.ingress}
+
+
+def test_a_service_whose_address_changes_gets_a_note_that_is_not_routine() -> None:
+    first = run([svc("web")])
+    ip = str(first.services[0].ingress[0])  # type: ignore[index]
+    group = first.resolution.groups[0]
+    # Another address requested: a change its owner made, reported as an Event.
+    other = "203.0.113.12" if ip != "203.0.113.12" else "203.0.113.11"
+    again = run([svc("web", ips=(ip,), finalizers=(FINALIZER,), lb_ip=other)], vipgroups=(vipgroup_obj(group),))
+    assert [(n.reason, n.routine) for n in again.notes] == [(IP_ALLOCATED, False)]
 
 
 def test_steady_state_writes_nothing() -> None:
@@ -140,7 +152,7 @@ def test_local_service_without_endpoints_keeps_its_address() -> None:
     local = svc("local", policy="Local", ips=("203.0.113.11",), finalizers=(FINALIZER,))
     result = run([local])
     assert result.services == () and result.groups == ()
-    assert [n.reason for n in result.notes] == [NO_GROUP]
+    assert [(n.reason, n.routine) for n in result.notes] == [(NO_GROUP, True)]  # its EndpointSlices say why
 
 
 def test_persisted_vrid_kept_and_vanished_group_deleted() -> None:
@@ -170,11 +182,12 @@ def test_holder_notes_only_on_change() -> None:
              "status": {"holders": {"ipv4": {"node": "node-a"}}}}
     holders, notes = holder_notes({}, [group])
     assert holders == {"default/web": {"ipv4": "node-a"}}
-    assert [(n.name, n.reason) for n in notes] == [("web", HOLDER_CHANGED)]
+    assert [(n.name, n.reason, n.routine) for n in notes] == [("web", HOLDER_CHANGED, True)]  # the first holder
     assert holder_notes(holders, [group])[1] == []
     group["status"]["holders"]["ipv4"]["node"] = "node-b"
     _, notes = holder_notes(holders, [group])
     assert "node node-b holds 203.0.113.10 (IPv4) (was node-a)" == notes[0].message
+    assert not notes[0].routine  # a move: an Event
 
 
 def test_vrid_exhaustion_reported_on_the_services_that_got_none() -> None:
@@ -188,6 +201,7 @@ def test_vrid_exhaustion_reported_on_the_services_that_got_none() -> None:
     assert {w.key for w in result.services if w.ingress} == {"default/web", "default/local"}
     no_group = [n for n in result.notes if n.reason == NO_GROUP]
     assert len(no_group) == 1 and "no free VRID" in no_group[0].message and "7-7" in no_group[0].message
+    assert not no_group[0].routine  # vipcore's own failure: an Event
 
 
 def test_released_addresses_are_reported_for_quarantine() -> None:

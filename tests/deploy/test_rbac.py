@@ -116,6 +116,20 @@ def test_controller_rbac_is_what_it_calls(server: ApiServer, start: Callable[...
              what="the group")
     wait_for(lambda: (server.get("vipcore.io/v1alpha1", "VipPool", "lan").get("status") or {}).get("ipv4"),
              what="pool status")
+    # A refusal is an Event; when it comes back after it was over, the same Event's count is raised.
+    outside = server.create(service("c", lb_ip="198.51.100.7"))
+    wait_for(lambda: [e for e in server.objects("v1", "Event", "default") if e["reason"] == "IPRefused"],
+             what="the refusal Event")
+    outside = server.get("v1", "Service", "c", "default")
+    outside["spec"]["loadBalancerIP"] = "203.0.113.15"
+    server.update(outside)
+    wait_for(lambda: lb_ips(server, "c"), what="c allocated")
+    outside = server.get("v1", "Service", "c", "default")
+    outside["spec"]["loadBalancerIP"] = "198.51.100.7"
+    server.update(outside)
+    wait_for(lambda: [e for e in server.objects("v1", "Event", "default") if e["reason"] == "IPRefused"
+                      and e["count"] == 2], what="the refusal Event counted twice")
+    server.delete("v1", "Service", "c", "default")
     server.delete("v1", "Service", "a", "default")
     wait_for(lambda: [g["spec"]["services"] for g in vipgroups(server)] == [["default/b"]], what="group update")
     server.delete("v1", "Service", "b", "default")

@@ -12,7 +12,15 @@ import pytest
 
 from tests.helpers import objects as o
 from vipcore.core.model import FINALIZER, Family, VipGroup
-from vipcore.kube import KubernetesError, KubernetesWriter, NotLeaderError, RetryPolicy, status_of
+from vipcore.kube import (
+    EventRecorder,
+    KubernetesError,
+    KubernetesWriter,
+    NotLeaderError,
+    RateLimit,
+    RetryPolicy,
+    status_of,
+)
 from vipcore.testing.apiserver import ApiServer
 
 GROUP_V = "vipcore.io/v1alpha1"
@@ -248,3 +256,58 @@ def test_what_heals_is_retried_and_what_does_not_is_not() -> None:
     assert describe(KubernetesError("HTTP 409: the object has been modified", status=409)) == \
         "HTTP 409: the object has been modified"
     assert describe(ValueError("bad\nsecond line")) == "ValueError: bad"
+
+
+def test_rate_limit_bucket_arithmetic() -> None:
+    now = [0.0]
+    bucket = RateLimit(10.0, 3, clock=lambda: now[0])
+    assert [bucket.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]  # the burst
+    assert bucket.reserve() == pytest.approx(0.1)  # then one every 1/qps s
+    assert bucket.reserve() == pytest.approx(0.2)
+    now[0] = 10.0  # a long pause refills only up to the burst
+    assert [bucket.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.reserve() == pytest.approx(0.1)
+    assert RateLimit(0, 1).reserve() == 0.0  # qps 0: no limit
+    with pytest.raises(ValueError):
+        RateLimit(1.0, 0)
+
+
+def test_every_write_takes_a_token_but_lease_requests_do_not(server: ApiServer, client: Any) -> None:
+    """Writes through a limited writer are spaced by the bucket (lower bounds only); Leases are exempt so
+    a busy writer never starves its leadership."""
+    writer = KubernetesWriter(client, limit=RateLimit(20.0, 5))
+    svc = server.create(o.service("web"))
+    start = time.monotonic()
+    for i in range(15):
+        writer.create_event(svc, "Test", f"event {i}")
+    posts = [r.at for r in server.requests_since(start, "POST")]
+    assert len(posts) == 15
+    # 5 at once, then 10 more at 20 a second: the last no earlier than 0.5 s after the start.
+    assert posts[-1] - start >= 10 / 20 * 0.95
+    # The bucket is empty now; a Lease request does not wait for it.
+    waited = writer.limit.waited if writer.limit else 0.0
+    writer.create_lease("default", "l", {"holderIdentity": "a", "leaseDurationSeconds": 15})
+    assert writer.read_lease("default", "l") is not None
+    assert writer.limit is not None and writer.limit.waited == waited
+
+
+def test_event_recorder_aggregates_repeats_into_one_event_with_a_count(server: ApiServer,
+                                                                      writer: KubernetesWriter) -> None:
+    svc = server.create(o.service("web"))
+    recorder = EventRecorder()
+    for _ in range(3):
+        recorder.record(writer, svc, "IPRefused", "no free IPv4 address in pool lan", type="Warning")
+    recorder.record(writer, svc, "IPRefused", "another reason", type="Warning")
+    events = sorted(server.objects("v1", "Event", "default"), key=lambda e: e["count"])
+    assert [(e["message"], e["count"]) for e in events] == [("another reason", 1),
+                                                           ("no free IPv4 address in pool lan", 3)]
+    assert [r.method for r in server.requests if "/events" in r.path] == ["POST", "PATCH", "PATCH", "POST"]
+    # An Event that expired (the API server's TTL) is created again.
+    server.delete("v1", "Event", events[0]["metadata"]["name"], "default")
+    again = recorder.record(writer, svc, "IPRefused", "another reason", type="Warning")
+    assert again["count"] == 1 and again["metadata"]["name"] != events[0]["metadata"]["name"]
+    # The memory is bounded: the least recently used is forgotten (its repeat is a new Event).
+    small = EventRecorder(size=1)
+    small.record(writer, svc, "A", "a")
+    small.record(writer, svc, "B", "b")
+    assert small.record(writer, svc, "A", "a")["count"] == 1

@@ -14,7 +14,7 @@ import yaml
 
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import DesiredState
-from vipcore.sources.manifests import ManifestSource, load_manifests
+from vipcore.sources.manifests import SPLIT_ABOVE, ManifestSource, _load_all, _parse_halves, load_manifests
 
 NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
         "status": {"conditions": [{"type": "Ready", "status": "True"}],
@@ -369,3 +369,41 @@ def test_a_failed_read_is_retried_without_a_change(tmp_path: Path) -> None:
             watcher.cancel()
 
     asyncio.run(scenario())
+
+
+def _large_manifest(count: int) -> str:
+    docs = [{"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": f"s{i}", "namespace": f"ns{i % 7}", "annotations": {"team": "web", "n": i}},
+             "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}],
+                      "externalTrafficPolicy": "Cluster"}} for i in range(count)]
+    text = yaml.dump_all(docs, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper))
+    assert len(text) > SPLIT_ABOVE
+    return text
+
+
+def test_a_large_manifest_parsed_on_two_processes_is_the_serial_parse(tmp_path: Path) -> None:
+    text = _large_manifest(5000)
+    serial = _load_all(text, "m.yaml", 1)
+    assert _parse_halves(text, "m.yaml") == serial and len(serial) == 5000
+    # Empty documents and explicit document ends keep their places (document numbers in errors).
+    odd = "---\n" + text.replace("\n---\n", "\n...\n---\n---\n", 3)
+    assert _parse_halves(odd, "m.yaml") == _load_all(odd, "m.yaml", 1)
+    assert _parse_halves("%YAML 1.1\n" + text, "m.yaml") is None  # directives: parsed serially
+    # And through load_manifests, as `vipcore resolve -f` calls it.
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    assert load_manifests([path], jobs=2) == load_manifests([path])
+
+
+def test_an_error_in_the_second_half_names_the_line_the_serial_parse_names() -> None:
+    text = _large_manifest(5000)
+    cut = text.rindex("\n---\n", 0, len(text) * 3 // 4)
+    broken = text[:cut] + "\n---\nkind: [unclosed\n" + text[cut:]
+    with pytest.raises(ManifestError) as serial:
+        _load_all(broken, "m.yaml", 1)
+    with pytest.raises(ManifestError) as half:
+        _parse_halves(broken, "m.yaml")  # its line counts from the second half
+    assert str(half.value) != str(serial.value)
+    with pytest.raises(ManifestError) as parallel:
+        _load_all(broken, "m.yaml", 2)
+    assert str(parallel.value) == str(serial.value) and "line" in str(serial.value)

@@ -25,6 +25,22 @@ def _service(name: str) -> dict[str, object]:
     return {"metadata": {"name": name}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}
 
 
+def test_reject_refuses_writes_to_one_object_only_and_applies_none(server: ApiServer) -> None:
+    core = k8s.CoreV1Api(server.client())
+    core.create_namespaced_service("default", _service("poison"))
+    core.create_namespaced_service("default", _service("poisonous"))  # a longer name is another object
+    with server.reject("/api/v1/namespaces/default/services/poison", 422):
+        for call in (lambda: core.patch_namespaced_service("poison", "default", {"metadata": {"labels": {"a": "b"}}}),
+                     lambda: core.patch_namespaced_service_status("poison", "default", {"status": {}})):
+            with pytest.raises(k8s.ApiException) as err:
+                call()
+            assert err.value.status == 422 and json.loads(err.value.body)["reason"] == "Invalid"
+        assert core.read_namespaced_service("poison", "default").metadata.name == "poison"  # reads pass
+        core.patch_namespaced_service("poisonous", "default", {"metadata": {"labels": {"a": "b"}}})
+    assert not core.read_namespaced_service("poison", "default").metadata.labels
+    core.patch_namespaced_service("poison", "default", {"metadata": {"labels": {"a": "b"}}})
+
+
 def test_fail_next_answers_5xx_status_then_recovers(server: ApiServer) -> None:
     core = k8s.CoreV1Api(server.client())
     server.fail_next(2, code=503)

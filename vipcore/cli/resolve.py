@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from vipcore.core.model import Family, Resolution
@@ -43,7 +44,8 @@ def resolution_to_table(resolution: Resolution) -> str:
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides={"source": "manifests", "manifests": args.files})
-    state = load_manifests(config.manifests)
+    # Single-threaded here: a large manifest may be parsed on two processes.
+    state = load_manifests(config.manifests, jobs=min(2, os.cpu_count() or 1))
     resolution = resolve(state, vrid_policy=config.vrid_policy)
     if args.output == "json":
         print(json.dumps(resolution_to_json(resolution), indent=2))

@@ -8,8 +8,8 @@ reconcile pass is level-triggered: it takes the cache as it is, asks
 decides addresses, groups and VRIDs), and carries that out with
 :class:`vipcore.controller.writer.ClusterWriter` over the one writer,
 :class:`vipcore.kube.KubernetesWriter`. Any object change wakes it;
-bursts coalesce; a pass that met a conflict or an error is retried with a
-bounded backoff; a periodic resync catches anything else.
+bursts coalesce; an object whose write met a conflict or an error is retried
+on its own backoff (below); a periodic resync catches anything else.
 
 Writes are fenced by leadership: a pass runs in a worker thread with a
 writer whose fence is the time left in *this* leadership term
@@ -32,6 +32,23 @@ file)::
       leader_election: {duration: 15, renew_deadline: 10, retry_period: 2}
       resync: 60
       quarantine: 5                       # seconds a freed address rests before reuse
+      qps: 50                             # client-side rate limit of every write (0: none) ...
+      burst: 100                          # ... and the burst it allows
+      workers: 8                          # Services written in parallel within a pass
+      backoff: {initial: 0.1, max: 60}    # per object: a write that failed waits initial * 2^n, at most max
+
+Backoff is per object (Service key or VipGroup name): a write that fails
+(an API error, or a conflict that needs a re-plan) puts that object alone on
+an exponential schedule, and passes in between leave it out, so one object the
+API server keeps refusing never slows the others. A pass that fails as a whole
+(an exception) is retried with a bounded global backoff.
+
+Events are written only for what a user can act on or wants to know happened
+later (refusals, invalid Services and pools, a holder or group that changed),
+aggregated by :class:`vipcore.kube.EventRecorder` (one Event per object,
+reason and message, its ``count`` raised on repeats). A new Service's first
+address, group and holder are log lines, not Events (its status says them):
+the steady path costs exactly two writes per Service, the finalizer and the status.
 
 Pools (see :meth:`Controller.keep_pools`): each VipPool gets the finalizer
 ``vipcore.io/pool`` and a status (allocated and free addresses per family, a
@@ -55,13 +72,15 @@ from typing import Any
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from vipcore.core.settings import Config
+from vipcore.core.settings import Config, check_number
 from vipcore.kube.leases import LeaderElector, LeaseClient, LeaseTiming
 from vipcore.core.plan import (
     COMPONENT,
     POOL_FINALIZER,
     GROUP_ASSIGNED,
     IP_ALLOCATED,
+    IP_REFUSED,
+    WRITE_FAILED,
     Note,
     Plan,
     Selection,
@@ -77,7 +96,16 @@ from vipcore.controller.writer import ClusterWriter, NotLeading, WriteResult
 from vipcore.core.errors import ConfigError
 from vipcore.kube.heartbeat import HeartbeatConfig, HeartbeatTracker, with_heartbeats
 from vipcore.core.model import LOAD_BALANCER_CLASS
-from vipcore.kube import ALL_KINDS, Fence, KubernetesSource, KubernetesWriter, Wakeup, lease_kind
+from vipcore.kube import (
+    ALL_KINDS,
+    EventRecorder,
+    Fence,
+    KubernetesSource,
+    KubernetesWriter,
+    RateLimit,
+    Wakeup,
+    lease_kind,
+)
 from vipcore.ops.metrics import SampleCollector, allocation_samples
 
 log = logging.getLogger("vipcore.controller")
@@ -85,9 +113,14 @@ log = logging.getLogger("vipcore.controller")
 DEFAULT_NAMESPACE = "vipcore-system"
 DEFAULT_LEASE = "vipcore-controller"
 _CONTROLLER_KEYS = {"default_class", "classes", "openelb", "lease_name", "identity", "leader_election", "resync",
-                    "namespace", "quarantine"}
+                    "namespace", "quarantine", "qps", "burst", "workers", "backoff"}
 #: Seconds a released address is kept from fresh allocation (clients' ARP caches age out meanwhile).
 DEFAULT_QUARANTINE = 5.0
+#: Client-side rate limit (writes a second) and burst: client-go's defaults (5/10) are sized for one
+#: object at a time; 10,000 Services at 50 writes a second are addressed in under 7 minutes.
+DEFAULT_QPS = 50.0
+DEFAULT_BURST = 100
+DEFAULT_WORKERS = 8
 
 
 @attrs.frozen
@@ -104,6 +137,14 @@ class ControllerSettings:
     kubeconfig: str | None = None
     context: str | None = None
     quarantine: float = DEFAULT_QUARANTINE
+    #: Client-side rate limit of the controller's writes (token bucket; 0: none), and its burst.
+    qps: float = DEFAULT_QPS
+    burst: int = DEFAULT_BURST
+    #: Threads writing Services within a pass.
+    workers: int = DEFAULT_WORKERS
+    #: Per-object backoff after a failed write: ``initial * 2**(failures - 1)``, at most ``backoff_max`` seconds.
+    backoff_initial: float = 0.1
+    backoff_max: float = 60.0
 
     @classmethod
     def from_config(cls, config: Config) -> "ControllerSettings":
@@ -127,6 +168,16 @@ class ControllerSettings:
             raise ConfigError("must be a number of seconds", field="controller.quarantine") from None
         if quarantine < 0:
             raise ConfigError("must not be negative", field="controller.quarantine")
+        qps = check_number(section.get("qps", DEFAULT_QPS), field="controller.qps", low=0, high=100_000)
+        burst = int(check_number(section.get("burst", DEFAULT_BURST), field="controller.burst", low=1,
+                                 high=100_000, integer=True))
+        workers = int(check_number(section.get("workers", DEFAULT_WORKERS), field="controller.workers", low=1,
+                                   high=64, integer=True))
+        backoff = section.get("backoff") or {}
+        if not isinstance(backoff, Mapping) or set(backoff) - {"initial", "max"}:
+            raise ConfigError("must be a mapping {initial, max} (seconds)", field="controller.backoff")
+        initial = check_number(backoff.get("initial", 0.1), field="controller.backoff.initial", low=0.01, high=3600)
+        most = check_number(backoff.get("max", 60.0), field="controller.backoff.max", low=initial, high=86400)
         namespace = str(section.get("namespace") or kube.get("namespace") or DEFAULT_NAMESPACE)
         identity = str(section.get("identity") or os.environ.get("POD_NAME") or f"{socket.gethostname()}_{os.getpid()}")
         return cls(
@@ -141,6 +192,11 @@ class ControllerSettings:
             kubeconfig=kube.get("kubeconfig"),
             context=kube.get("context"),
             quarantine=quarantine,
+            qps=qps,
+            burst=burst,
+            workers=workers,
+            backoff_initial=initial,
+            backoff_max=most,
         )
 
 
@@ -161,6 +217,8 @@ class ControllerMetrics:
         self.stale_pools = Gauge("vipcore_controller_stale_pools",
                                  "Pools whose current spec is invalid (the last valid one stays in force)",
                                  registry=registry)
+        self.backing_off = Gauge("vipcore_controller_backing_off",
+                                 "Objects whose last write failed, waiting out their own backoff", registry=registry)
         self.quarantined = Gauge("vipcore_controller_quarantined_addresses",
                                  "Released addresses resting before reuse", registry=registry)
 
@@ -180,6 +238,8 @@ class Controller:
                                        openelb=sel.openelb)
         # Say who we are in every request (API server audit logs; the test server's records).
         client.user_agent = f"{COMPONENT}/{settings.identity}"
+        #: One bucket for every writer this replica builds (one per pass): the limit is the process's.
+        self.limit = RateLimit(settings.qps, settings.burst)
         self.elector = LeaderElector(LeaseClient(self._writer(None), settings.namespace), settings.lease_name,
                                      settings.identity, settings.timing)
         self.tracker = HeartbeatTracker()
@@ -198,9 +258,31 @@ class Controller:
         self._term = 0
         self._released: dict[Any, float] = {}
         self._pool_noted: dict[str, str] = {}
+        self.events = EventRecorder()
+        #: Object (Service key or VipGroup name) -> (failed writes in a row, monotonic time of the next try).
+        self._backoff: dict[str, tuple[int, float]] = {}
 
     def _writer(self, fence: Fence | None) -> KubernetesWriter:
-        return KubernetesWriter(self.client, component=COMPONENT, instance=self.settings.identity, fence=fence)
+        return KubernetesWriter(self.client, component=COMPONENT, instance=self.settings.identity, fence=fence,
+                                limit=self.limit)
+
+    def backing_off(self, now: float | None = None) -> dict[str, float]:
+        """Objects waiting out their backoff: key -> seconds until their next try."""
+        now = time.monotonic() if now is None else now
+        return {key: at - now for key, (_, at) in self._backoff.items() if at > now}
+
+    def _schedule(self, result: WriteResult, now: float) -> None:
+        """Per-object backoff after a pass: failures wait longer each time, successes are forgotten."""
+        for key in result.done:
+            self._backoff.pop(key, None)
+        for key in set(result.failed) | set(result.stale):
+            failures = self._backoff.get(key, (0, 0.0))[0] + 1
+            delay = min(self.settings.backoff_initial * 2 ** min(failures - 1, 30), self.settings.backoff_max)
+            self._backoff[key] = (failures, now + delay)
+            log.info("%s: try %d failed; next try in %.1f s", key, failures, delay,
+                     extra={"event": "backoff", "object": key})
+        if self._backoff:
+            self._wake_after(max(0.0, min(at for _, at in self._backoff.values()) - now) + 0.01)
 
     def _term_fence(self) -> Fence:
         """Leadership left, for the current term only."""
@@ -235,9 +317,12 @@ class Controller:
         self.last_plan = result_plan
         self.last_pools = tuple(inputs["pools"])
         originals = {key_of(o): o for o in inputs["services"]}
-        writer = ClusterWriter(self._writer(fence), selection=self.settings.selection)
-        result = writer.apply(result_plan, originals)
-        failed = set(result.stale) | set(result.failed)
+        writer = ClusterWriter(self._writer(fence), selection=self.settings.selection,
+                               workers=self.settings.workers, events=self.events)
+        now = time.monotonic()
+        result = writer.apply(result_plan, originals, skip=self.backing_off(now))
+        self._schedule(result, time.monotonic())
+        failed = set(result.stale) | set(result.failed) | result.skipped
         for key, addresses in result_plan.allocated.items():
             if key not in failed:
                 self.metrics.allocations.inc(len(addresses))
@@ -245,6 +330,12 @@ class Controller:
                          extra={"event": "allocated", "service": key})
         notes = [n for n in result_plan.notes
                  if not (n.reason in (IP_ALLOCATED, GROUP_ASSIGNED) and n.service in failed)]
+        for write in result_plan.services:
+            if write.key in result.why:  # refused: something a user can act on (it is retried meanwhile)
+                obj_meta = (originals.get(write.key) or {}).get("metadata") or {}
+                notes.append(Note(write.namespace, write.name, obj_meta.get("uid"), "Warning", WRITE_FAILED,
+                                  f"the API server refused vipcore's write: {result.why[write.key]}; "
+                                  "retried with backoff"))
         holders, holder_changes = holder_notes(self._holders or {}, inputs["vipgroups"])
         if self._holders is None:
             holder_changes = []  # a fresh leader does not announce holders it did not see change
@@ -253,6 +344,7 @@ class Controller:
         self.metrics.conflicts.inc(result.conflicts)
         self.metrics.groups.set(len(result_plan.resolution.groups))
         self.metrics.reconciles.labels("clean" if result.clean else "retry").inc()
+        self.metrics.backing_off.set(len(self._backoff))
         self.keep_pools(result_plan, inputs["pools"], writer.writer)
         self.keep_groups(writer.writer)
         return result
@@ -347,11 +439,18 @@ class Controller:
                 self.metrics.refusals.inc()
                 log.warning("refused %s: %s", note.service, note.message,
                             extra={"event": "refused", "service": note.service})
+            if note.routine:
+                if note.reason != IP_ALLOCATED:  # "allocated" is logged already
+                    log.info("%s %s: %s", note.reason, note.service, note.message,
+                             extra={"event": note.reason, "service": note.service})
+                continue
             writer.event(note)
         current = {(n.service, n.reason) for n in notes}
+        backing_off = self.backing_off()  # a refused write not tried this pass is not over
         for key in list(self._noted):
             # Forget a refusal once it is over (so a new one is reported), and Services that are gone.
-            if key[0] not in live or (key[1] == "IPRefused" and key not in current):
+            if key[0] not in live or (key[1] in (IP_REFUSED, WRITE_FAILED) and key not in current
+                                      and key[0] not in backing_off):
                 del self._noted[key]
 
     # -- the loop ------------------------------------------------------------------
@@ -387,7 +486,9 @@ class Controller:
                 except Exception as exc:  # noqa: BLE001 - a pass that fails is retried, never fatal
                     log.exception("reconcile failed: %s", exc)
                     result = None
-                if result is None or not result.clean:
+                if result is None:
+                    # The pass itself failed: retry it whole. Failed writes of single objects
+                    # are not this: they wait on their own schedule (see _schedule).
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     self._dirty.set()

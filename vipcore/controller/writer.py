@@ -10,6 +10,11 @@ re-plans from fresh data. VipGroup updates and deletes carry the
 resourceVersion the plan read, and a create assumes there was none: any 409
 there also means "re-plan".
 
+Service writes run on up to ``workers`` threads (each Service's own writes
+stay in order on one of them): a write mostly waits on the API server, and
+the one writer's :class:`~vipcore.kube.RateLimit` is what bounds the rate.
+Keys in ``skip`` (objects waiting out their own backoff) are left alone.
+
 The writer is fenced by leadership: once this replica is no longer the
 leader, the next write raises :class:`~vipcore.kube.client.NotLeaderError`
 and the whole pass stops (:class:`NotLeading`).
@@ -20,7 +25,9 @@ Synchronous (the Kubernetes client is): call these from a worker thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -29,7 +36,7 @@ import attrs
 from vipcore.core.errors import ManifestError
 from vipcore.core.objects import service_from_k8s
 from vipcore.core.plan import COMPONENT, GroupWrite, Note, Plan, Selection, ServiceWrite, deleting
-from vipcore.kube import KubernetesWriter, NotLeaderError, describe, status_of
+from vipcore.kube import EventRecorder, KubernetesWriter, NotLeaderError, describe, status_of
 
 log = logging.getLogger("vipcore.controller")
 
@@ -55,6 +62,12 @@ class WriteResult:
     errors: list[str] = attrs.field(factory=list)
     #: Service keys / VipGroup names whose write failed.
     failed: set[str] = attrs.field(factory=set)
+    #: Service key / VipGroup name -> why its write failed (the API server's answer).
+    why: dict[str, str] = attrs.field(factory=dict)
+    #: Service keys / VipGroup names whose write succeeded (or was not needed any more).
+    done: set[str] = attrs.field(factory=set)
+    #: Service keys / VipGroup names left alone (``skip``: waiting out their backoff).
+    skipped: set[str] = attrs.field(factory=set)
 
     @property
     def clean(self) -> bool:
@@ -64,40 +77,78 @@ class WriteResult:
 class ClusterWriter:
     """The controller's orchestration of a plan's writes: order, conflicts, one failure never stops the rest."""
 
-    def __init__(self, writer: KubernetesWriter, *, selection: Selection) -> None:
+    def __init__(self, writer: KubernetesWriter, *, selection: Selection, workers: int = 1,
+                 events: EventRecorder | None = None) -> None:
         self.writer = writer
         self.selection = selection
+        self.workers = max(1, workers)
+        self.events = events or EventRecorder()
+        self._lock = threading.Lock()  # guards the WriteResult the workers share
+        self._stopped: str | None = None  # why the pass stopped (leadership lost): no more writes start
 
     # -- whole plan ------------------------------------------------------------
 
-    def apply(self, plan: Plan, services: Mapping[str, Mapping[str, Any]] | None = None) -> WriteResult:
+    def apply(self, plan: Plan, services: Mapping[str, Mapping[str, Any]] | None = None, *,
+              skip: Collection[str] = ()) -> WriteResult:
         """Carry out ``plan``; ``services``: the Service objects (by key) it was made from.
 
-        Raises :class:`NotLeading` as soon as a write is refused for lack of leadership.
+        ``skip``: Service keys and VipGroup names not to write in this pass.
+        Raises :class:`NotLeading` once a write is refused for lack of leadership
+        (writes already under way finish; none starts after).
         """
         result = WriteResult()
         originals = services or {}
+        calls: list[tuple[str, str, Callable[[], bool | None]]] = []
         for write in plan.services:
-            self._guard(result, f"Service {write.key}", write.key,
-                        partial(self.service, write, result, originals.get(write.key)))
+            if write.key in skip:
+                result.skipped.add(write.key)
+                continue
+            calls.append((f"Service {write.key}", write.key,
+                          partial(self.service, write, result, originals.get(write.key))))
+        if self.workers > 1 and len(calls) > 1:
+            with ThreadPoolExecutor(min(self.workers, len(calls)), thread_name_prefix="vipcore-write") as pool:
+                for _ in pool.map(lambda c: self._guard(result, *c), calls):
+                    pass
+        else:
+            for call in calls:
+                self._guard(result, *call)
         for group in plan.groups:
+            if group.name in skip:
+                result.skipped.add(group.name)
+                continue
             self._guard(result, f"VipGroup {group.name}", group.name, partial(self.group, group, result))
         for name in plan.deletes:
+            if name in skip:
+                result.skipped.add(name)
+                continue
             self._guard(result, f"VipGroup {name}", name,
                         partial(self.delete_group, name, plan.group_versions.get(name), result))
+        if self._stopped is not None:
+            raise NotLeading(self._stopped)
         return result
 
     def _guard(self, result: WriteResult, what: str, key: str, call: Callable[[], bool | None]) -> None:
+        if self._stopped is not None:
+            return
         try:
-            if call() is not False:
-                result.written += 1
+            outcome = call()
         except NotLeaderError as exc:
-            raise NotLeading(str(exc)) from None
+            with self._lock:
+                self._stopped = self._stopped or str(exc)
+            return
         except Exception as exc:  # noqa: BLE001 - one failed write must not stop the others
             message = f"{what}: {describe(exc)}"
-            result.errors.append(message)
-            result.failed.add(key)
-            log.warning("write failed: %s", message, extra={"event": "write_error"})
+            with self._lock:
+                result.errors.append(message)
+                result.failed.add(key)
+                result.why[key] = describe(exc)
+            log.warning("write failed: %s", message, extra={"event": "write_error", "object": key})
+            return
+        with self._lock:
+            if outcome is not False:
+                result.written += 1
+            if key not in result.stale:
+                result.done.add(key)
 
     # -- Services ----------------------------------------------------------------
 
@@ -130,13 +181,15 @@ class ClusterWriter:
                     return False  # gone: nothing to hold or release
                 if status_of(exc) != 409 or attempt == CONFLICT_RETRIES:
                     raise
-                result.conflicts += 1
+                with self._lock:
+                    result.conflicts += 1
                 meaning = meaning or self._meaning(current)
                 fresh = self.writer.read_service(write.namespace, write.name)
                 if fresh is None:
                     return False
                 if self._meaning(fresh) != meaning:
-                    result.stale.append(write.key)
+                    with self._lock:
+                        result.stale.append(write.key)
                     log.info("Service %s changed since it was read; re-planning", write.key,
                              extra={"event": "conflict", "service": write.key})
                     return False
@@ -189,12 +242,13 @@ class ClusterWriter:
     # -- Events -----------------------------------------------------------------------
 
     def event(self, note: Note) -> None:
-        """Record ``note`` as a ``v1`` Event on its Service (errors are logged, never raised)."""
+        """Record ``note`` as a ``v1`` Event on its Service, aggregated by the recorder
+        (errors are logged, never raised)."""
         involved = {"apiVersion": "v1", "kind": "Service",
                     "metadata": {"namespace": note.namespace, "name": note.name,
                                  **({"uid": note.uid} if note.uid else {})}}
         try:
-            self.writer.create_event(involved, note.reason, note.message, type=note.type)
+            self.events.record(self.writer, involved, note.reason, note.message, type=note.type)
         except NotLeaderError as exc:
             raise NotLeading(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - an Event is best effort

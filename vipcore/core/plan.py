@@ -49,7 +49,7 @@ from vipcore.core.model import (
     VridPolicy,
 )
 from vipcore.core.model import FINALIZER
-from vipcore.core.resolve import choose_pool, membership, resolve
+from vipcore.core.resolve import NO_READY_ENDPOINT, choose_pool, membership, resolve
 
 Obj = Mapping[str, Any]
 
@@ -64,6 +64,8 @@ GROUP_ASSIGNED = "GroupAssigned"
 NO_GROUP = "NoGroup"
 INVALID_SERVICE = "InvalidService"
 HOLDER_CHANGED = "HolderChanged"
+#: The API server refused the controller's write to a Service (an admission webhook, a quota, a field).
+WRITE_FAILED = "WriteFailed"
 
 
 @attrs.frozen
@@ -76,6 +78,9 @@ class Note:
     type: str  # "Normal" or "Warning"
     reason: str
     message: str
+    #: The steady path of a new Service (its first address, group or holder): nothing a user can act on,
+    #: and what its status already says. The controller logs it and writes no Event.
+    routine: bool = False
 
     @property
     def service(self) -> str:
@@ -311,10 +316,10 @@ def plan(
     notes: list[Note] = []
     writes: list[ServiceWrite] = []
 
-    def note(obj: Obj, kind: str, reason: str, message: str) -> None:
+    def note(obj: Obj, kind: str, reason: str, message: str, routine: bool = False) -> None:
         meta = _meta(obj)
         notes.append(Note(namespace=str(meta.get("namespace") or "default"), name=str(meta.get("name")),
-                          uid=meta.get("uid"), type=kind, reason=reason, message=message))
+                          uid=meta.get("uid"), type=kind, reason=reason, message=message, routine=routine))
 
     served: dict[str, tuple[Obj, Service]] = {}
     for obj in service_objs:
@@ -378,7 +383,8 @@ def plan(
                 fresh = [ip for ip in want if ip not in have]
                 pool = svc.pool or _pool_name(svc, pools)
                 note(obj, "Normal", IP_ALLOCATED,
-                     f"allocated {', '.join(map(str, fresh or want))}" + (f" from pool {pool}" if pool else ""))
+                     f"allocated {', '.join(map(str, fresh or want))}" + (f" from pool {pool}" if pool else ""),
+                     routine=not have)
         else:
             reason = unresolved.get(key, "no address")
             refused[key] = reason
@@ -390,10 +396,13 @@ def plan(
         if want:
             group = new_group_of.get(key)
             if group is None:
-                note(obj, "Warning", NO_GROUP, unresolved.get(key, "no VIP group"))
+                why = unresolved.get(key, "no VIP group")
+                # A Local Service before its pods are ready (every new one, for a moment): its
+                # EndpointSlices say so; only a failure of vipcore's own is worth an Event.
+                note(obj, "Warning", NO_GROUP, why, routine=why == NO_READY_ENDPOINT)
             elif old_group_of.get(key) != group.name and not _same_router(
                     group_objs.get(old_group_of.get(key, "")), group, state.nodes):
-                note(obj, "Normal", GROUP_ASSIGNED, _describe_group(group))
+                note(obj, "Normal", GROUP_ASSIGNED, _describe_group(group), routine=key not in old_group_of)
         if finalizer is not None or ingress is not None:
             writes.append(ServiceWrite(ns, name, rv, finalizer=finalizer, ingress=ingress))
 
@@ -549,7 +558,8 @@ def holder_notes(
             was = f" (was {old[family]})" if old.get(family) else ""
             ns, _, svc_name = svc_key.partition("/")
             notes.append(Note(ns, svc_name, None, "Normal", HOLDER_CHANGED,
-                              f"node {node} holds {vips_of[(svc_key, family)]} ({family_name}){was}"))
+                              f"node {node} holds {vips_of[(svc_key, family)]} ({family_name}){was}",
+                              routine=not was))
     return now, notes
 
 

@@ -51,6 +51,10 @@ def choose_pool(service: Service, pools: Mapping[str, Pool]) -> Pool | str:
     return ipam.choose_pool(service, pools)
 
 
+#: Why a ``Local`` Service without a ready endpoint has no group (Kubernetes' own state, not a failure).
+NO_READY_ENDPOINT = "externalTrafficPolicy Local: the Service has no ready endpoint"
+
+
 def place(
     service: Service, pool: Pool, candidates: frozenset[str], with_endpoints: Iterable[str]
 ) -> frozenset[str] | str:
@@ -65,7 +69,7 @@ def place(
         node_set = frozenset(n for n in with_endpoints if n in candidates)
         if not node_set:
             return ("externalTrafficPolicy Local: no eligible node has a ready endpoint"
-                    if with_endpoints else "externalTrafficPolicy Local: the Service has no ready endpoint")
+                    if with_endpoints else NO_READY_ENDPOINT)
         return node_set
     if not candidates:
         return f"no eligible node (Ready, not excluded, matching pool {pool.name!r})"

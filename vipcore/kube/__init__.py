@@ -56,11 +56,11 @@ from vipcore.kube.kinds import (
     object_key,
 )
 from vipcore.kube.informer import ConnectionState, KubernetesSource, ObjectChange, Wakeup, wait_event
-from vipcore.kube.writes import Fence, KubernetesWriter
+from vipcore.kube.writes import EventRecorder, Fence, KubernetesWriter, RateLimit
 
 __all__ = [
     "ALL_KINDS", "API_RETRY", "EIPS", "ENDPOINT_SLICES", "FINALIZER", "GROUP", "MERGE_PATCH", "NODES", "SERVICES",
-    "VERSION", "VIPGROUPS", "VIPPOOLS", "VIP_GROUPS", "VIP_POOLS", "ApiUnavailableError", "ConnectionState", "Fence", "Kind", "KubernetesError", "KubernetesSource", "KubernetesWriter", "NotLeaderError",
+    "VERSION", "VIPGROUPS", "VIPPOOLS", "VIP_GROUPS", "VIP_POOLS", "ApiUnavailableError", "ConnectionState", "Fence", "Kind", "KubernetesError", "KubernetesSource", "EventRecorder", "KubernetesWriter", "NotLeaderError", "RateLimit",
     "ObjectChange", "RetryPolicy", "Wakeup", "api_client", "backoff", "describe", "lease_kind", "list_objects",
     "micro_time", "object_key", "rfc3339", "status_of", "transient", "wait_event",
 ]

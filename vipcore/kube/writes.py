@@ -11,6 +11,13 @@ Writes whose decision depends on what was read carry that read's
 ``resourceVersion`` (compare-and-swap): a concurrent change makes them fail
 with 409, and the caller decides whether to re-read and write again.
 
+A writer built with a ``limit`` (a :class:`RateLimit`: client-side QPS and
+burst, a token bucket) takes a token before every try of every request but
+the Lease's, so a controller creating thousands of addresses at once stays
+within what the API server was promised; Lease requests are exempt so a busy
+writer never starves its own leadership renewals. Writers of one process
+share one bucket (the controller builds a writer per pass).
+
 A writer built with a ``fence`` (the controller's: "seconds of leadership
 left") refuses every write, before each try, once the fence says 0, and
 bounds each request by the time left, so a replica that lost its Lease stops
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -57,6 +65,45 @@ LEASES = "coordination.k8s.io/v1"
 LEASE_RETRY = RetryPolicy(attempts=1)
 
 
+class RateLimit:
+    """A token bucket: ``qps`` tokens a second, at most ``burst`` saved up; thread-safe.
+
+    :meth:`take` blocks until a token is free (first come, first served within
+    the waiting threads' wake-ups). ``qps`` 0 means no limit.
+    """
+
+    def __init__(self, qps: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if qps < 0 or burst < 1:
+            raise ValueError("qps must be >= 0 and burst >= 1")
+        self.qps = qps
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+        self._lock = threading.Lock()
+        #: Seconds callers spent waiting for a token (for metrics and the bench).
+        self.waited = 0.0
+
+    def reserve(self) -> float:
+        """Take a token now, possibly on credit: the seconds the caller must wait before using it."""
+        if self.qps <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.qps)
+            self._at = now
+            self._tokens -= 1.0
+            delay = -self._tokens / self.qps if self._tokens < 0 else 0.0
+            self.waited += delay
+            return delay
+
+    def take(self) -> None:
+        """Block until a token is ours."""
+        delay = self.reserve()
+        if delay > 0:
+            time.sleep(delay)
+
+
 def _spec(group: ModelVipGroup) -> Obj:
     if group.vrid is None:
         raise ValueError(f"group {group.name} has no VRID; the controller must assign one before writing it")
@@ -84,8 +131,9 @@ class KubernetesWriter:
 
     def __init__(self, client: Any, *, component: str = "vipcore", instance: str | None = None,
                  retry: RetryPolicy = API_RETRY, timeout: float = REQUEST_TIMEOUT,
-                 fence: Fence | None = None) -> None:
+                 fence: Fence | None = None, limit: RateLimit | None = None) -> None:
         self.client = client
+        self.limit = limit
         self.component = component
         self.instance = instance or os.uname().nodename
         self.retry = retry
@@ -96,10 +144,17 @@ class KubernetesWriter:
 
     def _request(self, method: str, path: str, body: Any = None, *, fenced: bool = True,
                  content_type: str = "application/json", retry: RetryPolicy | None = None,
-                 timeout: float | None = None) -> Obj:
-        """One API call, retried by policy; fenced writes are checked before every try."""
+                 timeout: float | None = None, limited: bool = True) -> Obj:
+        """One API call, retried by policy; fenced writes are checked before every try.
+
+        ``limited``: takes a token of the writer's :class:`RateLimit` before every try (Lease requests do not).
+        """
+        limited = limited and self.limit is not None
         for attempt in (retry or self.retry).retrying():
             with attempt:
+                if limited:
+                    assert self.limit is not None
+                    self.limit.take()
                 limit = min(self.timeout, timeout) if timeout is not None else self.timeout
                 if fenced and self.fence is not None:
                     left = self.fence()
@@ -109,10 +164,11 @@ class KubernetesWriter:
                 return request(self.client, method, path, body, timeout=limit, content_type=content_type)
         raise AssertionError("unreachable")
 
-    def _read(self, path: str, *, retry: RetryPolicy | None = None, timeout: float | None = None) -> Obj | None:
+    def _read(self, path: str, *, retry: RetryPolicy | None = None, timeout: float | None = None,
+              limited: bool = True) -> Obj | None:
         """GET an object; None when it does not exist."""
         try:
-            return self._request("GET", path, fenced=False, retry=retry, timeout=timeout)
+            return self._request("GET", path, fenced=False, retry=retry, timeout=timeout, limited=limited)
         except Exception as exc:
             if status_of(exc) == 404:
                 return None
@@ -226,11 +282,20 @@ class KubernetesWriter:
         }
         return self._request("POST", object_path("v1", "events", namespace=namespace), body)
 
+    def count_event(self, event: Mapping[str, Any], count: int, message: str | None = None) -> Obj:
+        """Record that ``event`` (an Event this writer created) happened again: its ``count`` and ``lastTimestamp``."""
+        meta = event["metadata"]
+        body: Obj = {"count": count, "lastTimestamp": rfc3339(time.time())}
+        if message is not None:
+            body["message"] = message[:1024]
+        return self._request("PATCH", object_path("v1", "events", meta["name"], namespace=meta["namespace"]),
+                             body, content_type=MERGE_PATCH)
+
     # -------------------------------------------------------------- Leases
 
     def read_lease(self, namespace: str, name: str, *, timeout: float | None = None) -> Obj | None:
         """The Lease, or None when it does not exist (one try: see :data:`LEASE_RETRY`)."""
-        return self._read(_lease_path(namespace, name), retry=LEASE_RETRY, timeout=timeout)
+        return self._read(_lease_path(namespace, name), retry=LEASE_RETRY, timeout=timeout, limited=False)
 
     def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any], *,
                      timeout: float | None = None) -> Obj:
@@ -238,7 +303,7 @@ class KubernetesWriter:
         body = {"apiVersion": LEASES, "kind": "Lease", "metadata": {"name": name, "namespace": namespace},
                 "spec": dict(spec)}
         return self._request("POST", _lease_path(namespace), body, fenced=False, retry=LEASE_RETRY,
-                             timeout=timeout)
+                             timeout=timeout, limited=False)
 
     def replace_lease(self, lease: Mapping[str, Any], spec: Mapping[str, Any], *,
                       timeout: float | None = None) -> Obj:
@@ -249,7 +314,7 @@ class KubernetesWriter:
                              "resourceVersion": meta["resourceVersion"]},
                 "spec": dict(spec)}
         return self._request("PUT", _lease_path(meta["namespace"], meta["name"]), body, fenced=False,
-                             retry=LEASE_RETRY, timeout=timeout)
+                             retry=LEASE_RETRY, timeout=timeout, limited=False)
 
 
     # -------------------------------------------------------------- VipPools
@@ -288,4 +353,45 @@ class KubernetesWriter:
             raise
 
 
-__all__ = ["Fence", "KubernetesWriter", "LEASE_RETRY"]
+#: Events an :class:`EventRecorder` remembers for aggregation (client-go's LRU holds as many).
+EVENT_CACHE = 4096
+
+
+class EventRecorder:
+    """Events aggregated as the Kubernetes event recorder does: one Event object per
+    (involved object, type, reason, message), its ``count`` raised when it happens again.
+
+    Remembers the last :data:`EVENT_CACHE` Events it wrote (least recently used
+    forgotten first; a new leader starts empty, so its first repeat is a new
+    Event). An Event that is gone (expired by the API server's TTL) is created
+    again. Thread-safe; errors propagate (the caller decides whether they matter).
+    """
+
+    def __init__(self, size: int = EVENT_CACHE) -> None:
+        self.size = size
+        self._seen: dict[tuple[str, ...], tuple[Obj, int]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, writer: KubernetesWriter, involved: Mapping[str, Any], reason: str, message: str, *,
+               type: str = "Normal") -> Obj:
+        meta = involved.get("metadata") or involved
+        key = (str(involved.get("kind")), str(meta.get("namespace") or ""), str(meta.get("name")),
+               str(meta.get("uid") or ""), type, reason, message)
+        with self._lock:
+            known = self._seen.pop(key, None)
+        event: Obj | None = None
+        if known is not None:
+            try:
+                event = writer.count_event(known[0], known[1] + 1)
+            except Exception as exc:
+                if status_of(exc) != 404:
+                    raise
+        if event is None:
+            event = writer.create_event(involved, reason, message, type=type)
+        with self._lock:
+            self._seen[key] = (event, int(event.get("count") or 1))
+            while len(self._seen) > self.size:
+                del self._seen[next(iter(self._seen))]
+        return event
+
+__all__ = ["EVENT_CACHE", "EventRecorder", "Fence", "KubernetesWriter", "LEASE_RETRY", "RateLimit"]

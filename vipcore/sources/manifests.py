@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +46,64 @@ def manifest_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def _documents(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
+#: Texts longer than this may be parsed in two halves, the second in a forked process (``jobs`` > 1).
+SPLIT_ABOVE = 1_000_000
+#: A line that starts a YAML document: a block or quoted scalar cannot hold one (YAML's c-forbidden).
+_DOCUMENT_START = re.compile(r"^---(?=[ \t]|\r?\n|$)", re.M)
+_DIRECTIVE = re.compile(r"^%", re.M)
+
+
+def _parse(text: str, source: str) -> list[Any]:
+    return yamldocs.load_all(text, source=source, error=ManifestError)
+
+
+def _parse_halves(text: str, source: str) -> list[Any] | None:
+    """The documents of ``text`` parsed in two halves, the second in a forked process;
+    None when it cannot be split here (no fork, directives, no document start past the middle).
+
+    The halves meet at a document start, so the documents are the serial
+    parse's. Raises ManifestError for bad YAML (its line counts from its half).
+    """
+    if _DIRECTIVE.search(text) or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    split = _DOCUMENT_START.search(text, len(text) // 2)
+    if split is None:
+        return None
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+            later = pool.submit(_parse, text[split.start():], source)
+            return _parse(text[:split.start()], source) + later.result()
+    except (OSError, BrokenProcessPool):
+        return None
+
+
+def _load_all(text: str, source: str, jobs: int) -> list[Any]:
+    """:func:`yamldocs.load_all`, in two halves on two processes when ``jobs`` > 1 and the text is large.
+
+    Parsing is most of ``vipcore resolve -f`` on a large manifest and the C
+    loader holds the interpreter lock, so the second half goes to a forked
+    process (:func:`_parse_halves`). Anything unusual (an error, a document
+    that is not a mapping) is parsed again serially, so errors name the same
+    line and document. Only for callers that may fork (the CLI,
+    single-threaded): the agent's ManifestSource parses serially in its worker thread.
+    """
+    if jobs > 1 and len(text) > SPLIT_ABOVE:
+        try:
+            docs = _parse_halves(text, source)
+        except ManifestError:
+            docs = None  # the serial parse below reports it, with the line it names
+        if docs is not None and all(doc is None or isinstance(doc, Mapping) for doc in docs):
+            return docs
+    return _parse(text, source)
+
+
+def _documents(path: Path, jobs: int = 1) -> Iterator[tuple[int, Mapping[str, Any]]]:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"cannot read: {exc.strerror}", source=str(path)) from None
     text = yamldocs.decode(data, source=str(path), error=ManifestError)
-    docs = yamldocs.load_all(text, source=str(path), error=ManifestError)
+    docs = _load_all(text, str(path), jobs)
     for index, doc in enumerate(docs):
         if doc is None:
             continue
@@ -76,15 +131,20 @@ def load_manifests(
     *,
     classes: frozenset[str] = frozenset({LOAD_BALANCER_CLASS}),
     default_class: bool = True,
+    jobs: int = 1,
 ) -> DesiredState:
     """Read every manifest into a :class:`DesiredState`.
+
+    ``jobs`` > 1: a large file may be parsed on two processes (forked: only
+    from a single-threaded caller, such as the CLI).
 
     Raises :class:`ManifestError` (one line naming the file, document, object
     and field) for anything invalid, and for nothing else: undecodable bytes,
     hostile YAML, wrong types, a pool or Service defined twice.
     """
     return objects.state_from_objects(
-        ((f"{path} (document {index + 1})", obj) for path in manifest_files(paths) for index, obj in _documents(path)),
+        ((f"{path} (document {index + 1})", obj) for path in manifest_files(paths)
+         for index, obj in _documents(path, jobs)),
         classes=classes, default_class=default_class)
 
 

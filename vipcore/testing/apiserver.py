@@ -13,7 +13,7 @@ client and ``kubectl`` talk to it through a generated kubeconfig::
 
 Semantics follow the real API server (see :mod:`vipcore.testing.apiserver_store`).
 Fault injection: :meth:`ApiServer.close_watches`, :meth:`compact`,
-:meth:`expire`, :meth:`hold_watches`, :meth:`fail_next`,
+:meth:`expire`, :meth:`hold_watches`, :meth:`fail_next`, :meth:`reject` (writes to one object refused),
 :meth:`refuse_connections`, :meth:`black_hole` (one client's requests are
 accepted and never answered). Every answered request is recorded with the
 client's User-Agent (:attr:`ApiServer.requests`): who wrote what, when. Run it standalone with
@@ -87,6 +87,7 @@ class ApiServer:
         self._connections: set[socket.socket] = set()
         #: Black holes: (User-Agent part, path part); guarded by _lock, waited on with _holes_changed.
         self._holes: list[tuple[str, str]] = []
+        self._rejections: list[tuple[str, int]] = []
         self._holes_changed = threading.Condition(self._lock)
         self._stopping = False
         self._httpd: ApiHTTPServer | None = None
@@ -175,6 +176,15 @@ class ApiServer:
     def _take_failure(self) -> int:
         with self._lock:
             return self._failures.pop(0) if self._failures else 0
+
+    def _rejection(self, method: str, path: str) -> int:
+        """The code a write to ``path`` is refused with (:meth:`reject`), else 0."""
+        if method == "GET":
+            return 0
+        path = path.split("?", 1)[0]
+        with self._lock:
+            return next((code for prefix, code in self._rejections if path == prefix or path.startswith(prefix + "/")),
+                        0)
 
     @property
     def address(self) -> str:
@@ -311,6 +321,20 @@ class ApiServer:
             with self._lock:
                 self._holes.remove(hole)
                 self._holes_changed.notify_all()
+
+    @contextlib.contextmanager
+    def reject(self, path: str, code: int = 422) -> Iterator[None]:
+        """Inside the block, every write (not GET) to the object at ``path`` or its subresources, such as
+        ``/api/v1/namespaces/default/services/web``, is answered ``code`` (422 Invalid, 409 Conflict, 403
+        Forbidden, ...) with a Status body and not applied: one object the server keeps refusing."""
+        rejection = (path.rstrip("/"), code)
+        with self._lock:
+            self._rejections.append(rejection)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._rejections.remove(rejection)
 
     def fail_next(self, count: int, code: int = 503) -> None:
         """Answer the next ``count`` requests (of any kind) with ``code`` (500 or 503) and a Status body."""

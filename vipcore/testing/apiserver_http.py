@@ -44,6 +44,8 @@ class ServerState(Protocol):
 
     def _take_failure(self) -> int: ...
 
+    def _rejection(self, method: str, path: str) -> int: ...
+
     def _take_replay(self) -> int: ...
 
 log = logging.getLogger("vipcore.testing.apiserver")
@@ -353,6 +355,11 @@ class ApiHandler(BaseHTTPRequestHandler):
                 reason = "ServiceUnavailable" if failure == 503 else "InternalError"
                 raise ApiError(failure, reason, "injected failure: the server is currently unable to handle "
                                                 "the request")
+            rejected = api._rejection(self.command, self.path)
+            if rejected:
+                self._body()
+                raise ApiError(rejected, {409: "Conflict", 422: "Invalid", 403: "Forbidden"}.get(rejected, "BadRequest"),
+                               f"injected rejection: {self.command} {self.path.split('?')[0]} refused")
             self._route()
         except ApiError as exc:
             self._send_json(exc.code, exc.status())
