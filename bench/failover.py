@@ -20,7 +20,7 @@ torn down afterwards, also on Ctrl-C or an error. Sections:
    window. The smallest interval with none is reported.
 3. **Many groups**: the node holding most of 64 dual-stack groups dies; the
    client's gap for up to 8 of its VIPs, pooled over the trials (median, p95).
-   native_vrrp runs without and (column "native_vrrp (liveness)") with its opt-in node-level liveness.
+   native_vrrp runs as shipped (node-level liveness on) and without liveness (column "native_vrrp (VRRP timers)").
 4. **CPU**: one node holding 64 dual-stack groups (128 VRRP routers): native_vrrp
    with its default configuration (and at 0.1 s) against plain keepalived at 0.1 s
    adverts; and 255 groups (every VRID of one interface) at 1 s adverts, native_vrrp
@@ -30,7 +30,7 @@ torn down afterwards, also on Ctrl-C or an error. Sections:
    the BFD / liveness packets it receives (nftables ``numgen random``; this
    kernel has no netem) for ``--soak`` seconds (default 600): session expiries
    and VIP moves, all of them false since every node lives. For the backends
-   with a fast path: native_vrrp (liveness) and keepalived (plain, BFD).
+   with a fast path: native_vrrp (liveness on, its default) and keepalived (plain, BFD).
 
 "keepalived (plain, BFD)" is plain keepalived with one ``bfd_instance`` per
 other node (keepalived's defaults: 10 ms x 5) and ``track_bfd`` in every
@@ -78,24 +78,24 @@ from vipcore.lab.probe import Probe  # noqa: E402
 from vipcore.lab.topology import Lab, require_root  # noqa: E402
 
 PREFIX = "vcLb"
-#: native_vrrp with its node-level liveness (BFD) sessions on (opt-in: docs/native-vrrp.md).
-LIVENESS = "native_vrrp-liveness"
+#: native_vrrp without its node-level liveness (BFD) sessions: VRRP's timers alone detect failures.
+TIMERS = "native_vrrp-timers"
 #: Plain keepalived with its own BFD (RFC 5880) sessions to every other node, tracked by every instance.
 KEEPALIVED_BFD = "plain-keepalived-bfd"
 #: keepalived's BFD as issue 14 describes it: keepalived's default timers (10 ms x 5) and a track_bfd whose
 #: weight raises a backup's priority while its session to a peer is down (negative weight, reversed).
 BFD_SETTINGS = {"min_rx": 10, "min_tx": 10, "multiplier": 5, "weight": -10, "reverse": True}
-VRRP_BACKENDS = (LIVENESS, "native_vrrp", PLAIN_KEEPALIVED, KEEPALIVED_BFD, "keepalived")
-LABELS = {"native_vrrp": "native_vrrp", LIVENESS: "native_vrrp (liveness)", PLAIN_KEEPALIVED: "keepalived (plain)",
+VRRP_BACKENDS = ("native_vrrp", TIMERS, PLAIN_KEEPALIVED, KEEPALIVED_BFD, "keepalived")
+LABELS = {"native_vrrp": "native_vrrp", TIMERS: "native_vrrp (VRRP timers)", PLAIN_KEEPALIVED: "keepalived (plain)",
           KEEPALIVED_BFD: "keepalived (plain, BFD)", "keepalived": "keepalived (vipcore)",
           "netlink_static": "netlink_static"}
 #: Variants: (backend, extra settings of its config section).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    LIVENESS: ("native_vrrp", {"liveness": True}),
+    TIMERS: ("native_vrrp", {"liveness": False}),
     KEEPALIVED_BFD: (PLAIN_KEEPALIVED, {"bfd": BFD_SETTINGS}),
 }
 #: The backends whose fast path (liveness / BFD sessions, UDP 3784) the soak section drops packets of.
-FAST_PATH = (LIVENESS, KEEPALIVED_BFD)
+FAST_PATH = ("native_vrrp", KEEPALIVED_BFD)
 #: BFD control packets (RFC 5881), keepalived's and native_vrrp's liveness alike.
 FAST_PATH_PORT = 3784
 
@@ -377,7 +377,7 @@ def run_cpu(backend: str, window: float, groups: int = 64, advert: float | None 
 #: 64 groups: native_vrrp as shipped against plain keepalived at 0.1 s (issue 14's comparison); 255 groups
 #: (every VRID of one interface) at 1 s adverts.
 CPU_CASES = (
-    ("native_vrrp", None, 64), (LIVENESS, None, 64), ("native_vrrp", 0.1, 64), ("keepalived", 0.1, 64),
+    ("native_vrrp", None, 64), ("native_vrrp", 0.1, 64), (TIMERS, 0.1, 64), ("keepalived", 0.1, 64),
     (PLAIN_KEEPALIVED, 0.1, 64),
     ("native_vrrp", 1.0, 255), (PLAIN_KEEPALIVED, 1.0, 255),
 )
@@ -531,7 +531,7 @@ def cpu_report(cpu: dict[str, Any], default: str) -> str:
             if r.get("groups", 64) != groups:
                 continue
             backend = key.split("@", 1)[0]
-            advert = "default" + (f" ({default})" if default and backend in ("native_vrrp", LIVENESS) else "") \
+            advert = "default" + (f" ({default})" if default and backend in ("native_vrrp", TIMERS) else "") \
                 if r.get("advert", 0.1) is None else f"{r.get('advert', 0.1):g} s"
             ratio = f"{r['cpu_s_per_min'] / reference['cpu_s_per_min']:.2f}" if reference and \
                 reference["cpu_s_per_min"] > 0 else "n/a"

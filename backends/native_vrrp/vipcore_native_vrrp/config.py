@@ -29,10 +29,16 @@ KEYS = ("advert_interval", "preempt", "unicast", "check_source", "garp", "resign
         "keepalived_peers", "auth_key_file", "liveness")
 
 
+#: The default advert interval when VRRP's timers detect failures (Master_Down_Interval about 0.3 s).
+TIMERS_INTERVAL_CS = 10
+
+
 @attrs.frozen
 class NativeVrrpConfig:
-    #: Advertisement interval in centiseconds (``advert_interval`` in seconds).
-    interval_cs: int = 10
+    #: Advertisement interval in centiseconds (``advert_interval`` in seconds). RFC 5798's default, 1 s,
+    #: while liveness detects failures (the default); :meth:`from_mapping` picks 0.1 s when VRRP's own
+    #: timers must (liveness off, or keepalived members, which have no session).
+    interval_cs: int = 100
     preempt: bool = True
     unicast: bool = False
     check_source: bool = True
@@ -94,6 +100,10 @@ class NativeVrrpConfig:
             if kwargs.get("keepalived_peers"):
                 raise ConfigError("keepalived cannot authenticate: leave keepalived_peers empty in authenticated "
                                   "mode (auth_key_file)", source=SECTION, field="keepalived_peers")
+        if "interval_cs" not in kwargs:
+            liveness = kwargs.get("liveness", LivenessSettings())
+            if not liveness.enabled or kwargs.get("keepalived_peers"):
+                kwargs["interval_cs"] = TIMERS_INTERVAL_CS
         return cls(**kwargs)
 
 

@@ -350,7 +350,17 @@ def test_bad_garp_and_unknown_keys_are_config_errors() -> None:
 
 def test_config_defaults_and_values() -> None:
     default = NativeVrrpConfig.from_mapping({})
-    assert default.advert_interval == 0.1 and default.preempt and not default.unicast and default.check_source
+    assert default.preempt and not default.unicast and default.check_source
+    # Liveness (on by default) detects a dead node in tens of ms, so adverts keep RFC 5798's default of 1 s.
+    assert default.liveness.enabled and default.advert_interval == 1.0
+    assert NativeVrrpConfig().advert_interval == 1.0
+    # Without liveness, or with keepalived members (no session with them), VRRP's timers detect failures:
+    # 0.1 s keeps that at about 0.3 s.
+    assert NativeVrrpConfig.from_mapping({"liveness": False}).advert_interval == 0.1
+    assert NativeVrrpConfig.from_mapping({"keepalived_peers": ["node-k"]}).advert_interval == 0.1
+    # An explicit value always wins.
+    assert NativeVrrpConfig.from_mapping({"liveness": False, "advert_interval": 2}).advert_interval == 2.0
+    assert NativeVrrpConfig.from_mapping({"advert_interval": 0.1}).advert_interval == 0.1
     cfg = NativeVrrpConfig.from_mapping({"advert_interval": 1, "garp": {"count": 2, "refresh": 30}})
     assert cfg.interval_cs == 100 and cfg.garp.count == 2 and cfg.garp.refresh == 30 and cfg.garp.interval == 0.2
 
