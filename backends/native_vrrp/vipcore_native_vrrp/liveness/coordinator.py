@@ -28,6 +28,7 @@ from vipcore.core.errors import ConfigError
 from vipcore.core.model import Family, IPAddress, Membership, MetricSample, State
 from vipcore.net.addresses import InterfaceInfo
 from vipcore_native_vrrp.liveness.detector import Detector
+from vipcore_native_vrrp.protocol.router_config import RANK_STEP_MIN
 from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
 from vipcore_native_vrrp.liveness.session import SessionConfig
 
@@ -49,8 +50,11 @@ class LivenessSettings:
     multiplier: int = 5
     #: Transmit interval while a session is not Up (RFC 5880 asks for at least 1 s).
     slow_interval: float = 1.0
-    #: Extra Master_Down delay per member ranked before this node, after a peer is lost.
-    rank_step: float = 0.02
+    #: Extra Master_Down delay per member ranked before this node, after a peer is lost. The same floor
+    #: as VRRP's own rank delay: the best survivor's first advert must beat the next one's timer even when
+    #: that advert waits behind address work or a stalled loop (tens of ms on a loaded node); it costs
+    #: nothing when one node fails (the best survivor waits 0).
+    rank_step: float = RANK_STEP_MIN
     #: Run the session worker with the lowest real-time priority (SCHED_RR 1) when allowed.
     realtime: bool = True
 
