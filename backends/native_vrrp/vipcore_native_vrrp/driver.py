@@ -164,6 +164,16 @@ class RouterDriver:
                 for action in batch:
                     self._do_now(action, self.loop.time())
             else:
+                if idle:
+                    # Adverts the machine put before the address work (a failover
+                    # from a dead master) go now, not after the next loop pass:
+                    # they are what stops the other backups taking over too.
+                    lead = 0
+                    while lead < len(batch) and type(batch[lead]) is Send:
+                        lead += 1
+                    for action in batch[:lead]:
+                        self._do_now(action, self.loop.time())
+                    batch = batch[lead:]
                 if address_work and any(isinstance(a, Send) for a in batch):
                     self._ordered_sends += 1
                 self._queue.append((batch, self.loop.time()))

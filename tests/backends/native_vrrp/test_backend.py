@@ -730,3 +730,39 @@ def test_a_releasing_master_stops_announcing() -> None:
             await b.vipcore_backend_stop(graceful=False)
 
     run(scenario)
+
+
+def test_a_failover_from_a_dead_master_advertises_before_the_address_work() -> None:
+    """The advert that silences the other backups must not wait behind netlink (many groups failing over
+    together on a loaded node made the runner-up's rank delay run out first: two masters)."""
+
+    async def scenario() -> None:
+        bus, holder = Bus(), GatedHolder("node-a")
+        driver = _driver(holder, bus)
+        driver.peer_lost(0.0, "liveness session to node-b expired (50 ms)")
+        await asyncio.sleep(0.05)  # the timer fires; add() is held at its gate
+        assert driver.router.state is State.MASTER
+        assert driver.link.counters.sent == 1 and VIP4 not in holder.held  # advertised, address work pending
+        holder.add_gate.set()
+        holder.announce_gate.set()
+        await driver.settled()
+        assert VIP4 in holder.held and holder.announced == [VIP4]
+        await driver.close()
+
+    run(scenario)
+
+
+def test_a_takeover_from_a_live_master_stays_make_before_break() -> None:
+    async def scenario() -> None:
+        bus, holder = Bus(), GatedHolder("node-a")
+        driver = _driver(holder, bus)
+        driver.takeover("test")  # the master is alive: it lets go on our advert, so the VIPs come first
+        await asyncio.sleep(0.05)
+        assert driver.link.counters.sent == 0 and VIP4 not in holder.held
+        holder.add_gate.set()
+        holder.announce_gate.set()
+        await driver.settled()
+        assert driver.link.counters.sent == 1 and VIP4 in holder.held
+        await driver.close()
+
+    run(scenario)

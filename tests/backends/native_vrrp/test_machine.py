@@ -905,3 +905,31 @@ def test_a_changed_advert_is_fully_decoded_and_checked() -> None:
     # The genuine advert still works after all that, through the shortcut or not.
     assert backup.receive(data, addr(1), GROUP, 255, 0.7) == []
     assert backup.next_timer() == pytest.approx(0.7 + backup.master_down_interval)
+
+
+def _kinds(actions: Iterable[object]) -> list[str]:
+    return [type(a).__name__ for a in actions if not isinstance(a, StateChanged)]
+
+
+def test_a_dead_master_is_replaced_advert_first_a_live_one_make_before_break() -> None:
+    master_adv = encode(Advertisement(7, 200, 10, VIPS), addr(2), GROUP)
+    resign_adv = encode(Advertisement(7, 0, 10, VIPS), addr(2), GROUP)
+    # Master_Down (the master went silent) and a lost liveness peer: nobody lets go on our advert, so it
+    # goes first (RFC 5798 6.4.2) and silences the other backups before the address work.
+    for lose in ("timer", "peer"):
+        router = Router(config(1, 100))
+        router.start(0.0)
+        router.receive(master_adv, addr(2), GROUP, 255, 0.1)
+        if lose == "peer":
+            router.peer_lost(0.2, 0.0, "liveness session expired")
+        due = router.next_timer()
+        assert due is not None
+        assert _kinds(router.handle_timer(due)) == ["Send", "AddVips", "Announce"], lose
+    # A resignation (priority 0): the old master holds the VIPs until our advert, so ours come first.
+    router = Router(config(1, 100))
+    router.start(0.0)
+    router.receive(master_adv, addr(2), GROUP, 255, 0.1)
+    router.receive(resign_adv, addr(2), GROUP, 255, 0.2)
+    due = router.next_timer()
+    assert due is not None
+    assert _kinds(router.handle_timer(due)) == ["AddVips", "Announce", "Send"]

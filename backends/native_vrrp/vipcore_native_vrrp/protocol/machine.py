@@ -673,14 +673,24 @@ class Router:
         if new is Phase.MASTER:
             self.master = self.master_priority = self._master_rank = None
             if not old.holds:
-                # Make-before-break: VIPs up and announced before our advert
-                # makes a resigning master let go of them.
-                actions += [AddVips(self.config.vips), Announce(self.config.vips)]
+                if cause in (TransitionCause.MASTER_DOWN, TransitionCause.PEER_LOST):
+                    # The master is gone: nobody lets go on our advert, so it goes
+                    # first (RFC 5798 6.4.2's order) and silences the other backups
+                    # at once, instead of waiting behind address work — which, with
+                    # many groups failing over together on a loaded node, took
+                    # longer than the runner-up's rank delay (two masters).
+                    actions += self._advertise(now)
+                    actions += [AddVips(self.config.vips), Announce(self.config.vips)]
+                else:
+                    # Make-before-break: VIPs up and announced before our advert
+                    # makes a resigning (or preempted) master let go of them.
+                    actions += [AddVips(self.config.vips), Announce(self.config.vips)]
+                    actions += self._advertise(now)
                 if self._trigger_at is not None and event is not Event.START_OWNER:
                     failover = max(0.0, now - self._trigger_at)
             else:
                 actions.append(Announce(self.config.vips))
-            actions += self._advertise(now)
+                actions += self._advertise(now)
             self._advert_at = now + self.config.interval
         elif new is Phase.BACKUP:
             if event is Event.PREEMPTED:
