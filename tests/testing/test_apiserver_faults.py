@@ -227,3 +227,20 @@ def test_binds_a_given_ipv6_address() -> None:
         assert len(k8s.CoreV1Api(server.client()).list_namespace().items) == 4
     finally:
         server.stop()
+
+
+def test_a_client_hanging_up_is_no_traceback(server: ApiServer, capfd: pytest.CaptureFixture[str]) -> None:
+    """An informer stopped mid-request resets its connection: routine for an API server, not a traceback."""
+    import socket
+    import struct
+
+    for _ in range(3):
+        sock = socket.create_connection((server.host, server.port))
+        sock.sendall(b"GET /api/v1/namespaces/default/services HTTP/1.1\r\nHost: x")  # no end of headers
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        sock.close()
+    time.sleep(0.3)
+    # The server still serves.
+    assert k8s.CoreV1Api(server.client()).list_namespaced_service("default").items == []
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err

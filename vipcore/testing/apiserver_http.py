@@ -12,6 +12,7 @@ import logging
 import re
 import select
 import socket
+import sys
 import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -262,6 +263,15 @@ class ApiHTTPServer(ThreadingHTTPServer):
         self.api = api
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, ApiHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (a stopped informer, a killed agent) is routine, as for a real API
+        server: one debug line, not socketserver's traceback on stderr. Anything else is logged in full."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            log.debug("client %s hung up: %s", client_address, exc)
+            return
+        log.exception("request from %s failed", client_address)
 
 
 class ApiHandler(BaseHTTPRequestHandler):
