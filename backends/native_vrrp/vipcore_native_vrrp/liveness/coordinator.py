@@ -25,7 +25,7 @@ from typing import Protocol
 import attrs
 
 from vipcore.core.errors import ConfigError
-from vipcore.core.model import Family, IPAddress, Membership, MetricSample, State
+from vipcore.core.model import Family, IPAddress, Membership, MetricSample, State, StatusTable
 from vipcore.net.addresses import InterfaceInfo
 from vipcore_native_vrrp.liveness.detector import Detector
 from vipcore_native_vrrp.protocol.router_config import RANK_STEP_MIN
@@ -279,6 +279,27 @@ class Coordinator:
                     if any(address.version == n.version and address in n.network for n in networks):
                         return address
         return None
+
+    # -- status --------------------------------------------------------------------
+
+    def status_table(self) -> StatusTable:
+        """The ``liveness`` table of ``vipcore status``: one row per interface and peer, from the same
+        snapshot the ``vipcore_liveness_*`` metrics read (times in milliseconds)."""
+        rows: list[tuple[str | int | float | bool | None, ...]] = []
+        for interface, detector in sorted(self.detectors.items()):
+            realtime = "yes" if detector.scheduled_realtime else "no"
+            sessions = sorted(detector.snapshot().items(), key=lambda item: str(item[0]))
+            for peer, session in sessions:
+                rows.append((interface, str(peer), self._node_by_address(peer), session.state.name.lower().replace(
+                    "_", ""), round(session.detection_time * 1000, 1), session.flaps,
+                    round(session.longest_silence * 1000, 1), realtime))
+            if not sessions:
+                rows.append((interface, None, None, "no peer needed", None, None, None, realtime))
+        return StatusTable(
+            "liveness", ("INTERFACE", "PEER", "NODE", "SESSION", "DETECT MS", "FLAPS", "LONGEST SILENCE MS",
+                         "REALTIME WORKER"), tuple(rows),
+            note="a session going down while its peer is alive would be a false failover: compare LONGEST "
+                 "SILENCE MS with DETECT MS")
 
     # -- metrics -------------------------------------------------------------------
 
