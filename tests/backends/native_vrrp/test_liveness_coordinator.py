@@ -12,6 +12,7 @@ import attrs
 from tests.helpers.memberships import NODE_A_INTERFACES, group, member
 from vipcore.core.model import Family, IPAddress, Membership, State
 from vipcore_native_vrrp.liveness.coordinator import Coordinator, LivenessSettings
+from vipcore_native_vrrp.liveness.detector import SessionView
 from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
 
 A = ipaddress.ip_address
@@ -98,3 +99,37 @@ def test_an_expired_session_to_the_master_starts_master_down_by_rank() -> None:
     assert c.peers_lost == 1 and len(driver.lost) == 1
     survivors = [m.name for m in membership.members if m.name != master_node]
     assert driver.lost[0][0] == survivors.index("node-a") * c.settings.rank_step
+
+
+class SnapshotDetector(RecordingDetector):
+    """A detector with sessions to show: what the worker's change and stats frames would have told it."""
+
+    def __init__(self, interface: str, local: IPAddress, config: object, **kwargs: Any) -> None:
+        super().__init__(interface, local, config, **kwargs)
+        self.scheduled_realtime = interface == "eth0"
+
+    def snapshot(self) -> dict[IPAddress, SessionView]:
+        return {peer: SessionView(state=SessionState.UP if peer == A("198.51.100.12") else SessionState.ADMIN_DOWN,
+                                  flaps=2 if peer == A("198.51.100.13") else 0, detection_time=0.05,
+                                  longest_silence=0.0123) for peer in self.peers}
+
+
+def test_the_status_table_shows_each_session_by_interface_and_peer() -> None:
+    web = group(["node-a", "node-b", "node-c"], "eth0", 7, v4=["198.51.100.100"])
+    drivers = {Family.IPV4: FakeDriver(FakeRouter(State.MASTER))}
+    c = Coordinator(LivenessSettings(), asyncio.new_event_loop(), lambda: [(member(web, "node-a"), drivers)],
+                    SnapshotDetector)  # type: ignore[arg-type]
+    c.ensure(NODE_A_INTERFACES["eth0"])
+    c.ensure(NODE_A_INTERFACES["eth1"])  # no group there: no peer needed
+    table = c.status_table()
+    assert table.title == "liveness"
+    assert table.columns == ("INTERFACE", "PEER", "NODE", "SESSION", "DETECT MS", "FLAPS", "LONGEST SILENCE MS",
+                             "REALTIME WORKER")
+    assert table.rows == (
+        ("eth0", "198.51.100.12", "node-b", "up", 50.0, 0, 12.3, "yes"),
+        ("eth0", "198.51.100.13", "node-c", "admindown", 50.0, 2, 12.3, "yes"),
+        ("eth1", None, None, "no peer needed", None, None, None, "no"),
+    )
+    from vipcore.backend.host import status_problem
+
+    assert status_problem([table]) is None  # JSON scalars, one per column
