@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
+import pytest
 
 from tests.helpers.memberships import NODE_A_INTERFACES, group, member
 from vipcore.core.model import Family, IPAddress, Membership, State
@@ -46,9 +47,11 @@ class FakeRouter:
 class FakeDriver:
     router: FakeRouter
     lost: list[tuple[float, str]] = attrs.Factory(list)
+    silent: list[float] = attrs.Factory(list)
 
     def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None:
         self.lost.append((delay, what))
+        self.silent.append(silent_for)
 
 
 def coordinator(groups: list[tuple[Membership, Mapping[Family, FakeDriver]]],
@@ -133,3 +136,33 @@ def test_the_status_table_shows_each_session_by_interface_and_peer() -> None:
     from vipcore.backend.host import status_problem
 
     assert status_problem([table]) is None  # JSON scalars, one per column
+
+
+class HearingDetector(RecordingDetector):
+    """Says how long each peer has been silent, as the worker's change frames let the real one."""
+
+    silences: dict[IPAddress, float] = {}
+
+    def silence(self, peer: IPAddress) -> float | None:
+        return self.silences.get(peer)
+
+
+def test_a_lost_peer_is_counted_from_when_it_was_last_heard() -> None:
+    """The failover's detect phase starts at the peer's last packet: the detection time plus however late the
+    worker and the event loop were; an implausible measure falls back to the detection time."""
+    web = group(["node-a", "node-b", "node-c"], "eth0", 8, v4=["198.51.100.101"])
+    membership = member(web, "node-a")
+    if membership.members[0].name == "node-a":
+        web = group(["node-a", "node-b", "node-c"], "eth0", 7, v4=["198.51.100.100"])
+        membership = member(web, "node-a")
+    master = membership.members[0]
+    address = next(a for a in master.addresses if a.version == 4)
+    detect = LivenessSettings().detection_time
+    for measured, expected in ((detect + 0.03, detect + 0.03), (None, detect), (detect / 2, detect), (1e6, detect)):
+        driver = FakeDriver(FakeRouter(State.BACKUP, master=address))
+        c = Coordinator(LivenessSettings(), asyncio.new_event_loop(), lambda: [(membership, {Family.IPV4: driver})],
+                        HearingDetector)  # type: ignore[arg-type]
+        c.ensure(NODE_A_INTERFACES["eth0"])
+        HearingDetector.silences = {} if measured is None else {address: measured}
+        c._changed(address, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+        assert driver.silent == [pytest.approx(expected)], measured

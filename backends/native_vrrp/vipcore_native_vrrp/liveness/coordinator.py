@@ -225,6 +225,7 @@ class Coordinator:
         self.lost.add(node)
         self.peers_lost += 1
         detect = self.settings.detection_time
+        silent = self._silence(peer, detect)
         log.warning("liveness: session to %s (%s) expired after %.0f ms without a packet", node, peer, detect * 1000,
                     extra={"event": "peer_lost", "peer": node})
         for membership, drivers in self.groups():
@@ -244,7 +245,17 @@ class Coordinator:
             self.groups_acted += 1
             for driver in backups:
                 driver.peer_lost(rank * self.settings.rank_step,
-                                 f"liveness session to {node} expired ({detect * 1000:.0f} ms)", silent_for=detect)
+                                 f"liveness session to {node} expired ({detect * 1000:.0f} ms)", silent_for=silent)
+
+    def _silence(self, peer: IPAddress, detect: float) -> float:
+        """How long ``peer`` has been silent: from the worker's last receive time when it said (the
+        detect phase then includes the worker's lateness and the control channel), else the detection time."""
+        for detector in self.detectors.values():
+            silence = getattr(detector, "silence", None)
+            value = silence(peer) if callable(silence) else None
+            if isinstance(value, float) and detect <= value < max(60.0, 10 * detect):
+                return value
+        return detect
 
     def _expected_master(self, membership: Membership) -> str | None:
         for member in membership.members:
