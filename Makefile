@@ -58,6 +58,7 @@ bench: setup
 	$(PY) bench/manifests.py
 	$(PY) bench/advert_path.py
 	$(PY) bench/failover.py
+	$(PY) bench/failover_phases.py
 	$(PY) bench/membership.py
 	$(PY) bench/chaos.py
 	$(PY) bench/leadership.py

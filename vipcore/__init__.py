@@ -22,6 +22,7 @@ from vipcore.core.ipam import allocate
 from vipcore.core.model import (
     DesiredState,
     EndpointSlice,
+    FailoverPhases,
     Family,
     Membership,
     MetricSample,
@@ -32,6 +33,7 @@ from vipcore.core.model import (
     Service,
     State,
     StateChange,
+    StatusTable,
     TrafficPolicy,
     Unresolved,
     VipGroup,
@@ -45,8 +47,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AllocationError", "Backend", "BackendContext", "BackendInfo", "BackendRegistry", "ConfigError", "DesiredState",
-    "EndpointSlice", "Family", "InterfaceNotFoundError", "ManifestError", "Membership", "MetricSample", "Node",
-    "PeerNode", "PluginError", "Pool", "Resolution", "Service", "State", "StateChange", "TrafficPolicy",
+    "EndpointSlice", "FailoverPhases", "Family", "InterfaceNotFoundError", "ManifestError", "Membership", "MetricSample", "Node",
+    "PeerNode", "PluginError", "Pool", "Resolution", "Service", "State", "StateChange", "StatusTable", "TrafficPolicy",
     "UnknownBackendError", "Unresolved", "VipGroup", "VipcoreError", "VridPolicy", "allocate", "allocate_vrids",
     "choose_pool", "group_name", "holder", "hookimpl", "membership", "node_eligible", "priorities", "rank",
     "rank_nodes", "resolve",

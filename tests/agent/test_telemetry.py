@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
+import pytest
 
 from tests.helpers.agents import (
     BACKEND, aget, astatus, backend_of, free_port, make_agent, running, wait_for,
 )
 from vipcore.cli.agent import run_agent
+from vipcore.backend import hookimpl
 from vipcore.ops.metrics import samples_of, short_name
-from vipcore.core.model import Family, MetricSample
+from vipcore.ops.status import status_table
+from vipcore.core.model import FailoverPhases, Family, MetricSample, State, StatusTable
 
 
 def labels(**kw: str) -> tuple[tuple[str, str], ...]:
@@ -255,3 +260,92 @@ def test_a_router_in_fault_makes_the_agent_unready_until_it_recovers(tmp_path: P
             assert (await aget(url + "/readyz"))[0] == 200
 
     asyncio.run(scenario())
+
+
+# -- the failover breakdown and the plugins' status sections ----------------------------
+
+
+class _BrokenSections:
+    """Third-party observers whose sections are wrong: skipped and named, the rest of /status served."""
+
+    def __init__(self, result: object = None, error: Exception | None = None) -> None:
+        self.result, self.error = result, error
+
+    @hookimpl
+    def vipcore_status_sections(self) -> object:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def test_failover_breakdown_on_status_metrics_and_the_transition_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    phases = FailoverPhases(detect=0.048, elect=0.0021, address=0.0013, announce=0.0004)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], str]:
+        agent = make_agent(tmp_path)
+        async with running(agent) as url:
+            backend = backend_of(agent)
+            eth0 = next(name for name, m in agent.memberships.items() if m.group.interface == "eth0")
+            eth1 = next(name for name, m in agent.memberships.items() if m.group.interface == "eth1")
+            with caplog.at_level(logging.INFO, logger="vipcore"):
+                backend.fail_over(eth0, Family.IPV4, 0.052, phases)
+            backend._report(eth0, Family.IPV4, State.BACKUP, "preempted")  # the breakdown stays with the failover
+            backend.fail_over(eth1, Family.IPV4, 0.05, phases)
+            backend.take_over(eth1, Family.IPV4, 0.2)  # a newer failover without one: no stale breakdown
+            first = await astatus(url)
+            _, _, metrics = await aget(url + "/metrics")
+            return first, {"metrics": metrics}, eth0
+
+    document, scraped, eth0 = asyncio.run(scenario())
+    routers = {(r["group"], r["family"]): r for r in document["routers"]}
+    kept = routers[(eth0, "IPv4")]
+    assert kept["state"] == "backup"
+    assert kept["last_failover"] == {"detect_seconds": 0.048, "elect_seconds": 0.0021, "address_seconds": 0.0013,
+                                     "announce_seconds": 0.0004, "total_seconds": pytest.approx(0.0518)}
+    assert routers[(eth0, "IPv6")]["last_failover"] is None
+    eth1 = next(r for r in document["routers"] if r["interface"] == "eth1")
+    assert eth1["last_failover_seconds"] == 0.2 and eth1["last_failover"] is None
+    counts = samples_of(scraped["metrics"], "vipcore_failover_phase_seconds_count")
+    assert counts == {labels(phase=p): 2.0 for p in ("detect", "elect", "address", "announce")}
+    buckets = samples_of(scraped["metrics"], "vipcore_failover_phase_seconds_bucket")
+    assert buckets[labels(phase="announce", le="0.0005")] == 2.0 and buckets[labels(phase="detect", le="0.025")] == 0
+    line = next(r.getMessage() for r in caplog.records if getattr(r, "event", None) == "transition"
+                and getattr(r, "new", None) == "master")
+    assert "detect_ms=48.0 elect_ms=2.1 address_ms=1.3 announce_ms=0.4" in line
+    record = next(r for r in caplog.records if getattr(r, "event", None) == "transition"
+                  and getattr(r, "new", None) == "master")
+    assert record.detect_seconds == 0.048 and record.announce_seconds == 0.0004  # type: ignore[attr-defined]
+    text = status_table(document)
+    assert "LAST FAILOVER OF" in text and "48ms" in text and "2.1ms" in text and "0.4ms" in text
+
+
+def test_plugins_add_status_sections_and_a_broken_one_is_skipped_and_named(tmp_path: Path) -> None:
+    async def scenario() -> dict[str, Any]:
+        agent = make_agent(tmp_path)
+        pm = agent.hooks.pm
+        pm.register(_BrokenSections(result={"not": "a list"}), name="acme-dict")
+        pm.register(_BrokenSections(result=[StatusTable("bad", ("A", "B"), (("only one",),))]), name="acme-row")
+        pm.register(_BrokenSections(result=[StatusTable("obj", ("A",), ((object(),),))]), name="acme-cell")
+        pm.register(_BrokenSections(error=RuntimeError("boom")), name="acme-raises")
+        pm.register(_BrokenSections(result=None), name="acme-none")
+        async with running(agent) as url:
+            backend_of(agent).sections = [StatusTable(
+                "peers", ("PEER", "STATE", "RTT MS", "UP"),
+                (("198.51.100.12", "up", 0.25, True), ("198.51.100.13", "down", None, False)), note="a note")]
+            return await astatus(url)
+
+    document = asyncio.run(scenario())
+    json.dumps(document)
+    assert document["sections"] == {BACKEND: [{
+        "title": "peers", "columns": ["PEER", "STATE", "RTT MS", "UP"], "note": "a note",
+        "rows": [["198.51.100.12", "up", 0.25, True], ["198.51.100.13", "down", None, False]]}]}
+    skipped = {s["plugin"]: s["error"] for s in document["sections_skipped"]}
+    assert sorted(skipped) == ["acme-cell", "acme-dict", "acme-raises", "acme-row"]
+    assert "returned dict, not a list of vipcore.StatusTable" in skipped["acme-dict"]
+    assert "a row of 1 cells for 2 columns" in skipped["acme-row"]
+    assert "raised RuntimeError: boom" in skipped["acme-raises"]
+    assert all(e.startswith(f"plugin '{p}'") for p, e in skipped.items())
+    text = status_table(document)
+    assert f"{BACKEND}: peers" in text and "198.51.100.13  down   -" in text and "0.25" in text
+    assert "(a note)" in text and "section skipped: plugin 'acme-raises'" in text

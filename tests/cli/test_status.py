@@ -14,19 +14,21 @@ import pytest
 
 from tests.helpers.agents import EXAMPLES, BACKEND, backend_of, free_port, make_agent, running
 from vipcore.cli.main import main
-from vipcore.core.model import Family
+from vipcore.core.model import FailoverPhases, Family, StatusTable
 from vipcore.ops.status import age, cluster_rows, cluster_table, duration, status_table
 
 VIPCORE = str(Path(sys.executable).parent / "vipcore")
 
 
-def run_status_against_agent(tmp_path: Path, *argv: str) -> tuple[int, str, str, dict[str, str]]:
+def run_status_against_agent(tmp_path: Path, *argv: str, phases: FailoverPhases | None = None,
+                             sections: tuple[StatusTable, ...] = ()) -> tuple[int, str, str, dict[str, str]]:
     """Start an agent, fail one router over, run ``vipcore status ARGV`` as a user would."""
     async def scenario() -> tuple[int, str, str, dict[str, str]]:
         agent = make_agent(tmp_path)
         async with running(agent) as url:
             eth0 = next(name for name, m in agent.memberships.items() if m.group.interface == "eth0")
-            backend_of(agent).fail_over(eth0, Family.IPV4, 0.125)
+            backend_of(agent).sections = list(sections)
+            backend_of(agent).fail_over(eth0, Family.IPV4, 0.125, phases)
             address = url.removeprefix("http://")
             result = await asyncio.to_thread(
                 subprocess.run, [VIPCORE, "status", "--address", address, *argv],
@@ -65,6 +67,30 @@ def test_status_json_against_a_live_agent(tmp_path: Path) -> None:
     master = next(r for r in document["routers"] if r["short_name"] == facts["short"] and r["family"] == "IPv4")
     assert master["state"] == "master" and master["last_failover_seconds"] == 0.125
     assert str(master["vrid"]) == facts["vrid"] and master["interface"] == "eth0"
+
+
+SESSIONS = StatusTable("liveness", ("INTERFACE", "PEER", "SESSION", "DETECT MS"),
+                       (("eth0", "198.51.100.12", "up", 50.0),))
+PHASES = FailoverPhases(detect=0.1, elect=0.02, address=0.004, announce=0.001)
+
+
+def test_status_shows_the_failover_breakdown_and_the_backends_sections(tmp_path: Path) -> None:
+    code, out, err, facts = run_status_against_agent(tmp_path, phases=PHASES, sections=(SESSIONS,))
+    assert code == 0, err
+    lines = out.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("LAST FAILOVER OF")))
+    assert lines[header].split() == ["LAST", "FAILOVER", "OF", "FAMILY", "DETECT", "ELECT", "ADDRESS", "ADDED",
+                                     "FIRST", "ANNOUNCEMENT", "TOTAL"]
+    assert lines[header + 1].split() == [facts["short"], "IPv4", "100ms", "20ms", "4.0ms", "1.0ms", "125ms"]
+    title = lines.index(f"{BACKEND}: liveness")
+    assert lines[title + 1].split() == ["INTERFACE", "PEER", "SESSION", "DETECT", "MS"]
+    assert lines[title + 2].split() == ["eth0", "198.51.100.12", "up", "50"]
+    code, out, err, facts = run_status_against_agent(tmp_path, "-o", "json", phases=PHASES, sections=(SESSIONS,))
+    assert code == 0, err
+    document = json.loads(out)
+    master = next(r for r in document["routers"] if r["short_name"] == facts["short"] and r["family"] == "IPv4")
+    assert master["last_failover"]["detect_seconds"] == 0.1 and master["last_failover"]["announce_seconds"] == 0.001
+    assert document["sections"] == {BACKEND: [SESSIONS.to_json()]} and document["sections_skipped"] == []
 
 
 def test_unreachable_agent_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

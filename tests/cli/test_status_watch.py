@@ -134,3 +134,16 @@ def test_watch_the_cluster_lists_holder_changes(server: ApiServer, tmp_path: Pat
         assert re.search(r"aaaaaaaaaaaa-eth0\s+IPv4\s+eth0\s+7\s+203\.0\.113\.10\s+node-b", term.screen())
     finally:
         assert term.quit() == 0
+
+
+def test_a_failover_line_carries_its_breakdown() -> None:
+    def doc(state: str, since: float, breakdown: dict[str, float | None] | None) -> dict[str, object]:
+        return {"now": since + 1, "routers": [{"group": "g" * 64 + "-eth0", "short_name": "gggggggggggg-eth0",
+                                               "family": "IPv4", "state": state, "since": since, "reason": "why",
+                                               "last_failover_seconds": 0.0531, "last_failover": breakdown}]}
+    breakdown = {"detect_seconds": 0.0502, "elect_seconds": 0.0, "address_seconds": 0.0021,
+                 "announce_seconds": None, "total_seconds": 0.0523}
+    (line,) = transitions(doc("backup", 10.0, None), doc("master", 20.0, breakdown))
+    assert line.endswith("backup -> master in 53ms (detect 50ms, elect 0.0ms, address 2.1ms)  why")
+    (line,) = transitions(doc("backup", 10.0, None), doc("master", 20.0, None))
+    assert line.endswith("backup -> master in 53ms  why")

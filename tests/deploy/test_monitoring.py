@@ -209,7 +209,7 @@ def test_dashboard_panels_parse_and_cover_what_operators_look_at() -> None:
         promql.parse(grafana_free(expr))
     used = set().union(*(metric_names(grafana_free(e)) for _, e in dashboard_exprs()))
     for name in ("vipcore_router_state", "vipcore_transitions_total", "vipcore_failover_seconds_bucket",
-                 "vipcore_vip_responders", "vipcore_pool_addresses_allocated", "vipcore_vrids_used",
+                 "vipcore_failover_phase_seconds_bucket", "vipcore_vip_responders", "vipcore_pool_addresses_allocated", "vipcore_vrids_used",
                  "vipcore_controller_leader", "vipcore_kubernetes_connected", "vipcore_vrrp_packets_dropped_total",
                  "vipcore_keepalived_restarts_total", "vipcore_netlink_static_announce_errors_total"):
         assert name in used, name

@@ -21,7 +21,7 @@ from typing import Any
 from vipcore.agent.runtime import Agent
 from vipcore.backend import BackendContext, BackendRegistry, hookimpl
 from vipcore.core.settings import Config
-from vipcore.core.model import Family, Membership, MetricSample, State, StateChange
+from vipcore.core.model import FailoverPhases, Family, Membership, MetricSample, State, StateChange, StatusTable
 from vipcore.backend.host import load_hooks
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "manifests"
@@ -39,21 +39,29 @@ class FakeBackend:
         self.states: dict[tuple[str, Family], State] = {}
         self.dropped: Counter[str] = Counter()
         self.sent = 0
+        #: What ``vipcore_status_sections`` returns (a test sets it).
+        self.sections: list[StatusTable] = []
 
-    def _report(self, group: str, family: Family, new: State, reason: str, failover: float | None = None) -> None:
+    def _report(self, group: str, family: Family, new: State, reason: str, failover: float | None = None,
+                phases: FailoverPhases | None = None) -> None:
         assert self.context is not None
         old = self.states.get((group, family), State.INIT)
         self.states[(group, family)] = new
         vrid = self.memberships[group].group.vrid if group in self.memberships else None
         self.context.report(StateChange(group=group, family=family, old=old, new=new, reason=reason,
                                         at=self.context.clock(), node=self.context.node, backend=self.name,
-                                        vrid=vrid, failover_seconds=failover))
+                                        vrid=vrid, failover_seconds=failover, failover_phases=phases))
 
     # -- what a test triggers ------------------------------------------------
 
-    def fail_over(self, group: str, family: Family, seconds: float) -> None:
+    def fail_over(self, group: str, family: Family, seconds: float, phases: FailoverPhases | None = None) -> None:
         """This node's router becomes MASTER after the old master's adverts stopped."""
-        self._report(group, family, State.MASTER, f"master down: no advert for {seconds * 0.9:.3f}s", seconds)
+        self._report(group, family, State.MASTER, f"master down: no advert for {seconds * 0.9:.3f}s", seconds,
+                     phases)
+
+    def take_over(self, group: str, family: Family, seconds: float) -> None:
+        """This node's router becomes MASTER by a control-plane decision (no breakdown)."""
+        self._report(group, family, State.MASTER, "takeover: control plane", seconds)
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] += count
@@ -91,6 +99,10 @@ class FakeBackend:
                                 help="Adverts dropped, by reason") for r, n in sorted(self.dropped.items())]
         samples.append(MetricSample(f"vipcore_{BACKEND}_packets_sent_total", float(self.sent), help="Adverts sent"))
         return samples
+
+    @hookimpl
+    def vipcore_status_sections(self) -> list[StatusTable]:
+        return self.sections
 
 
 class FakePlugin:

@@ -40,6 +40,7 @@ from vipcore.core.settings import Config
 from vipcore.core.errors import ConfigError, VipcoreError
 from vipcore.core.model import (
     DesiredState,
+    FailoverPhases,
     Family,
     GroupState,
     IPAddress,
@@ -127,6 +128,8 @@ class RouterStatus:
     reason: str
     vrid: int | None = None
     last_failover_seconds: float | None = None
+    #: The phases of the last failover into MASTER after a master failed (kept across later transitions).
+    last_failover: FailoverPhases | None = None
 
 
 class Agent:
@@ -215,15 +218,23 @@ class Agent:
             reason=change.reason, vrid=change.vrid,
             last_failover_seconds=change.failover_seconds if change.failover_seconds is not None
             else (previous.last_failover_seconds if previous else None),
+            # The breakdown belongs to the failover whose duration is kept: a newer failover without one
+            # (a control-plane takeover) must not show an older one's phases.
+            last_failover=change.failover_phases if change.failover_seconds is not None or change.failover_phases
+            else (previous.last_failover if previous else None),
         )
+        phases = change.failover_phases
         log.info(
-            "transition group=%s family=%s vrid=%s old=%s new=%s reason=%r%s",
+            "transition group=%s family=%s vrid=%s old=%s new=%s reason=%r%s%s",
             change.group[:12], change.family.k8s_name, change.vrid, change.old.value, change.new.value,
             change.reason,
             f" failover_ms={change.failover_seconds * 1000:.1f}" if change.failover_seconds is not None else "",
+            "".join(f" {name}_ms={value * 1000:.1f}" for name, value in phases.items() if value is not None)
+            if phases is not None else "",
             extra={"event": "transition", "group": change.group, "family": change.family.k8s_name,
                    "vrid": change.vrid, "old": change.old.value, "new": change.new.value, "reason": change.reason,
-                   "failover_seconds": change.failover_seconds},
+                   "failover_seconds": change.failover_seconds,
+                   **{f"{name}_seconds": value for name, value in (phases.items() if phases is not None else ())}},
         )
         self.hooks.state_changed(change=change)
 

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from vipcore.agent.runtime import Agent
-from vipcore.core.model import MetricSample, Pool, State
+from vipcore.core.model import FailoverPhases, MetricSample, Pool, State
 from vipcore.ops.http import Endpoint
 from vipcore.ops.metrics import (
     CORE_METRICS,
@@ -134,11 +134,13 @@ def agent_status(agent: Agent) -> dict[str, Any]:
                 "since": router.since if router is not None else None,
                 "reason": reason,
                 "last_failover_seconds": router.last_failover_seconds if router is not None else None,
+                "last_failover": phases_json(router.last_failover) if router is not None else None,
                 "priority": membership.priority,
                 "preferred_holder": membership.preferred_holder,
                 "failed": failure is not None,
             })
     unresolved = agent.resolution.unresolved if agent.resolution is not None else ()
+    sections, broken = agent.hooks.status_sections()
     return {
         "node": agent.node,
         "backend": agent.config.backend,
@@ -152,7 +154,16 @@ def agent_status(agent: Agent) -> dict[str, Any]:
         "failed": [{"group": f.group, "hook": f.hook, "error": f.error, "since": f.since, "attempts": f.attempts,
                     "retry_at": f.retry_at} for _, f in sorted(agent.failed.items())],
         "source_error": agent.source_error,
+        "sections": {name: [table.to_json() for table in tables] for name, tables in sections.items()},
+        "sections_skipped": [{"plugin": error.plugin, "error": str(error)} for error in broken],
     }
+
+
+def phases_json(phases: FailoverPhases | None) -> dict[str, float | None] | None:
+    """A router's ``last_failover``: each phase's seconds and their total, or None."""
+    if phases is None:
+        return None
+    return {**{f"{name}_seconds": value for name, value in phases.items()}, "total_seconds": phases.total}
 
 
 # -- wiring for the agent -----------------------------------------------------------

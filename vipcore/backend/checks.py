@@ -24,7 +24,8 @@ DISPATCH_HOOKS = (
 #: decides; a class without them is accepted with a warning (a drain then fails for each group).
 REQUIRED_HOOKS = DISPATCH_HOOKS[:5]
 #: Hooks a backend instance may implement besides the dispatch hooks.
-OBSERVER_HOOKS = ("vipcore_state_changed", "vipcore_resolved", "vipcore_collect_metrics")
+OBSERVER_HOOKS = ("vipcore_state_changed", "vipcore_resolved", "vipcore_collect_metrics",
+                  "vipcore_status_sections")
 _MARKER = PROJECT + "_impl"
 #: Class attribute set by :class:`vipcore.Backend`: its methods named like hooks need no marker.
 AUTOMATIC_HOOKS = "_vipcore_automatic_hooks"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vipcore.backend.contract import BackendContext, BackendRegistry
-    from vipcore.core.model import Membership, MetricSample, Resolution, StateChange
+    from vipcore.core.model import Membership, MetricSample, Resolution, StateChange, StatusTable
 
 from vipcore.backend.markers import PROJECT, hookspec
 
@@ -132,5 +132,17 @@ def vipcore_collect_metrics() -> list[MetricSample]:
     """Return metric samples (counters, gauges) at scrape time.
 
     All results are collected and concatenated; ``None`` counts as none.
+    """
+    return []
+
+
+@hookspec
+def vipcore_status_sections() -> list[StatusTable]:
+    """Return tables for the agent's ``/status`` document (``vipcore status`` prints them).
+
+    All results are collected, each under its plugin's name (the active
+    backend's under the backend's name); ``None`` counts as none. A result
+    that is not a list of well-formed :class:`vipcore.StatusTable`, or an
+    exception, skips that plugin's section with one warning naming it.
     """
     return []

@@ -23,7 +23,7 @@ import math
 import numbers
 import time
 from collections.abc import Awaitable, Generator, Iterable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pluggy
@@ -41,7 +41,7 @@ from vipcore.backend.checks import (
 )
 from vipcore.backend.contract import BackendInfo, BackendRegistry, RegistryProblem
 from vipcore.core.errors import PluginError, UnknownBackendError
-from vipcore.core.model import Membership, MetricSample, Resolution, StateChange
+from vipcore.core.model import Membership, MetricSample, Resolution, StateChange, StatusTable
 
 log = logging.getLogger(__name__)
 
@@ -401,6 +401,62 @@ class Hooks:
             samples.extend(result)
         return samples
 
+    def status_sections(self) -> tuple[dict[str, list[StatusTable]], list[PluginError]]:
+        """Every plugin's ``/status`` tables by section name, and the plugins skipped.
+
+        A section is named after its plugin, the active backend's after the
+        backend (``native_vrrp``, not ``backend:native_vrrp``). A plugin that
+        raises or returns something other than a list of well-formed
+        :class:`StatusTable` is skipped whole and named (a warning once per
+        problem, and in the returned errors, which the document lists).
+        """
+        sections: dict[str, list[StatusTable]] = {}
+        errors: list[PluginError] = []
+        for impl in self.pm.hook.vipcore_status_sections.get_hookimpls():
+            plugin = impl.plugin_name
+            dist, _ = self._origin(plugin)
+            try:
+                result = impl.function()
+            except Exception as exc:  # one broken section must not cost the document
+                log.debug("plugin %r failed in vipcore_status_sections", plugin, exc_info=exc)
+                problem: str | None = f"raised {type(exc).__name__}: {exc}"
+            else:
+                if result is None:
+                    continue
+                problem = status_problem(result)
+            if problem:
+                error = PluginError(plugin, f"vipcore_status_sections {problem}; its section is skipped",
+                                    distribution=dist)
+                _warn_once(str(error))
+                errors.append(error)
+                continue
+            name = self._backend[1].name if self._backend is not None and plugin == self._backend[0] else plugin
+            sections.setdefault(name, []).extend(cast("list[StatusTable]", result))
+        return sections, errors
+
+
+def status_problem(result: object) -> str | None:
+    """Why ``result`` is not a list of well-formed StatusTables (cells JSON scalars, one per column), or None."""
+    if not isinstance(result, (list, tuple)):
+        return f"returned {type(result).__name__}, not a list of vipcore.StatusTable"
+    for table in result:
+        if not isinstance(table, StatusTable):
+            return f"returned {table!r}, not a vipcore.StatusTable"
+        if not isinstance(table.title, str) or not all(isinstance(c, str) for c in table.columns):
+            return f"returned a table whose title or columns are not strings ({table.title!r})"
+        for row in table.rows:
+            if not isinstance(row, (list, tuple)):
+                return f"returned table {table.title!r} with row {row!r}, not a list of cells"
+            if len(row) != len(table.columns):
+                return (f"returned table {table.title!r} with a row of {len(row)} cells for "
+                        f"{len(table.columns)} columns")
+            for cell in row:
+                if cell is not None and not isinstance(cell, (str, int, float, bool)):
+                    return f"returned table {table.title!r} with cell {cell!r}, not a string, number, bool or None"
+                if isinstance(cell, float) and not math.isfinite(cell):
+                    return f"returned table {table.title!r} with cell {cell!r} (not valid JSON)"
+    return None
+
 
 def metric_problem(result: object) -> str | None:
     """Why ``result`` is not a list of well-formed MetricSamples, or None."""
@@ -458,4 +514,4 @@ def load_hooks(
 
 
 __all__ = ["BUILTIN_DISTRIBUTIONS", "ENTRY_POINT_GROUP", "Hooks", "LoadFailure", "PluginManager", "install_hint",
-           "load_hooks", "metric_problem", "plugin_manager"]
+           "load_hooks", "metric_problem", "plugin_manager", "status_problem"]

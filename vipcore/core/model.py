@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import attrs
 
@@ -379,6 +379,37 @@ class GroupState:
 
 
 @attrs.frozen
+class FailoverPhases:
+    """Where the time of one failover into MASTER went, in seconds (None: the backend does not know that phase).
+
+    ``detect``: from the previous master last heard to the failure being
+    detected (Master_Down_Interval running out, or node-level liveness
+    losing the master's node); ``elect``: detection to the decision to take
+    over (any rank delay a backup ranked after the best survivor waits);
+    ``address``: decision to the VIPs being in the kernel; ``announce``: from
+    then to the first gratuitous ARP / unsolicited NA sent.
+    """
+
+    detect: float | None = None
+    elect: float | None = None
+    address: float | None = None
+    announce: float | None = None
+
+    #: The phases in order, as they are named in metrics (``phase`` label) and on ``/status``.
+    NAMES: ClassVar[tuple[str, ...]] = ("detect", "elect", "address", "announce")
+
+    def items(self) -> list[tuple[str, float | None]]:
+        """``(name, seconds)`` in order."""
+        return [(name, getattr(self, name)) for name in self.NAMES]
+
+    @property
+    def total(self) -> float | None:
+        """The sum of the known phases, None when none is known."""
+        known = [value for _, value in self.items() if value is not None]
+        return sum(known) if known else None
+
+
+@attrs.frozen
 class StateChange:
     """A transition a backend reports through ``vipcore_state_changed``."""
 
@@ -398,6 +429,32 @@ class StateChange:
     failover_seconds: float | None = None
     #: Why, as a bounded label; None for backends that give only ``reason``.
     cause: TransitionCause | None = None
+    #: For a failover into MASTER after the master failed: its phases (None when unknown).
+    failover_phases: FailoverPhases | None = None
+
+
+#: What a cell of a :class:`StatusTable` may hold: it goes into JSON as it is.
+StatusCell = str | int | float | bool | None
+
+
+@attrs.frozen
+class StatusTable:
+    """One table a plugin adds to the agent's ``/status`` document through ``vipcore_status_sections``.
+
+    ``rows`` hold one cell per column; cells are JSON scalars (numbers stay
+    numbers in ``-o json``; ``vipcore status`` prints None as ``-``). Put the
+    unit in the column name (``"DETECT MS"``).
+    """
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[StatusCell, ...], ...] = ()
+    #: One line printed under the table (what it means, what to look at).
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"title": self.title, "columns": list(self.columns), "rows": [list(row) for row in self.rows],
+                "note": self.note}
 
 
 @attrs.frozen

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 #: Failovers range from a graceful hand-over at 0.01 s adverts (~10 ms) to a
 #: node death at 1 s adverts (~3.5 s) and control-plane failover (seconds).
 FAILOVER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Finer at the bottom: adding an address or sending the first announcement takes about a millisecond.
+PHASE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, *FAILOVER_BUCKETS)
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -105,6 +107,13 @@ class MetricsObserver:
             "to VIPs added and first announcement sent",
             ["family"], buckets=FAILOVER_BUCKETS, registry=registry,
         )
+        self.phases = Histogram(
+            "vipcore_failover_phase_seconds",
+            "Failovers into MASTER after the master failed, by phase: detect (master last heard -> failure "
+            "detected), elect (-> decision, rank delay included), address (-> VIPs in the kernel), announce "
+            "(-> first gratuitous ARP / NA sent)",
+            ["phase"], buckets=PHASE_BUCKETS, registry=registry,
+        )
 
     @hookimpl
     def vipcore_state_changed(self, change: StateChange) -> None:
@@ -115,6 +124,10 @@ class MetricsObserver:
         self.transitions.labels(short_name(change.group), family, change.new.value, label).inc()
         if change.new is State.MASTER and change.failover_seconds is not None:
             self.failover.labels(family).observe(change.failover_seconds)
+        if change.new is State.MASTER and change.failover_phases is not None:
+            for phase, seconds in change.failover_phases.items():
+                if seconds is not None:
+                    self.phases.labels(phase).observe(seconds)
 
 
 # -- plugin samples -> Prometheus families -----------------------------------------
@@ -215,7 +228,7 @@ def allocation_samples(
 
 CORE_METRICS = frozenset({
     "vipcore_router_state", "vipcore_router_state_since_seconds", "vipcore_router_last_failover_seconds",
-    "vipcore_transitions", "vipcore_failover_seconds", "vipcore_groups", "vipcore_skipped_groups",
+    "vipcore_transitions", "vipcore_failover_seconds", "vipcore_failover_phase_seconds", "vipcore_groups", "vipcore_skipped_groups",
     "vipcore_unresolved_services", "vipcore_ready", "vipcore_start_time_seconds", "vipcore_info",
     "vipcore_pool_addresses", "vipcore_pool_addresses_allocated", "vipcore_vrids_used", "vipcore_vrids_usable",
 })
@@ -265,6 +278,6 @@ def samples_of(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]
 
 
 __all__ = [
-    "CORE_METRICS", "FAILOVER_BUCKETS", "MetricsObserver", "SampleCollector", "allocation_samples", "gauge",
-    "reason_class", "sample_families", "samples_of", "short_name", "version", "warn_once",
+    "CORE_METRICS", "FAILOVER_BUCKETS", "MetricsObserver", "PHASE_BUCKETS", "SampleCollector", "allocation_samples",
+    "gauge", "reason_class", "sample_families", "samples_of", "short_name", "version", "warn_once",
 ]

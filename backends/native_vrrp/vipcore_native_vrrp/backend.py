@@ -23,7 +23,16 @@ from typing import Any
 from vipcore.net.addresses import AddressHolder, LinkEvent
 from vipcore.backend import BackendContext, hookimpl
 from vipcore.core.errors import AddressError, AllocationError, VipcoreError
-from vipcore.core.model import Family, IPAddress, Membership, MetricSample, State, StateChange, TransitionCause
+from vipcore.core.model import (
+    Family,
+    IPAddress,
+    Membership,
+    MetricSample,
+    State,
+    StateChange,
+    StatusTable,
+    TransitionCause,
+)
 from vipcore_native_vrrp import BACKEND_NAME
 from vipcore_native_vrrp.config import NativeVrrpConfig, keepalived_addresses
 from vipcore_native_vrrp.driver import RouterDriver
@@ -245,6 +254,13 @@ class NativeVrrpBackend:
             samples += self.liveness.samples()
         return samples
 
+    # -- status --------------------------------------------------------------------------
+
+    @hookimpl
+    def vipcore_status_sections(self) -> list[StatusTable]:
+        """The liveness sessions (per interface and peer) for ``vipcore status``; none while liveness is off."""
+        return [self.liveness.status_table()] if self.liveness is not None else []
+
     # -- internals -------------------------------------------------------------------
 
     def _require_started(self) -> tuple[BackendContext, AddressHolder, asyncio.AbstractEventLoop]:
@@ -346,7 +362,7 @@ class NativeVrrpBackend:
         context.report(StateChange(
             group=driver.group, family=driver.family, old=change.old, new=change.new, reason=change.reason,
             at=context.clock(), node=context.node, backend=self.name, vrid=driver.vrid, failover_seconds=failover,
-            cause=change.cause,
+            cause=change.cause, failover_phases=change.phases,
         ))
         self._refresh_liveness()
         self._probe_soon()

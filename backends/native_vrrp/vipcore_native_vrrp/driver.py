@@ -89,6 +89,10 @@ class RouterDriver:
         #: Queued batches whose advert must follow their address work.
         self._ordered_sends = 0
         self._logged_at: dict[str, float] = {}
+        #: Loop times, in the batch being carried out, when its VIPs were added and first announced:
+        #: the address and announce phases of a failover the batch ends with.
+        self._added_at: float | None = None
+        self._announced_at: float | None = None
 
     @property
     def family(self) -> Family:
@@ -211,6 +215,7 @@ class RouterDriver:
         try:
             while self._queue:
                 batch, decided = self._queue.popleft()
+                self._added_at = self._announced_at = None
                 ordered = any(isinstance(a, _ADDRESS_WORK) for a in batch) and any(isinstance(a, Send) for a in batch)
                 announced = False
                 try:
@@ -255,12 +260,21 @@ class RouterDriver:
             if failover is not None:
                 # The machine measured up to its decision; add the address work since.
                 failover += self.loop.time() - decided
+            if action.phases is not None:
+                added, announced = self._added_at, self._announced_at
+                action = attrs.evolve(action, phases=attrs.evolve(
+                    action.phases,
+                    address=added - decided if added is not None else None,
+                    announce=announced - added if announced is not None and added is not None else None,
+                ))
+            self._added_at = self._announced_at = None
             self.report(self, action, failover)
 
     async def _do_address(self, action: AddVips | RemoveVips | Announce) -> None:
         try:
             if isinstance(action, AddVips):
                 await self.holder.add(self.interface, action.vips)
+                self._added_at = self.loop.time()
             elif isinstance(action, RemoveVips):
                 if not self.router.holding:
                     self._stop_announcing()
@@ -271,6 +285,7 @@ class RouterDriver:
                 # (garp.count 0: no burst, only the refresh if configured.)
                 if self.schedule.count:
                     await self.holder.announce(self.interface, action.vips)
+                    self._announced_at = self.loop.time()
                 self._start_announcing()
         except VipcoreError as exc:
             log.error("group %s IPv%d: %s", self.group[:12], self.family, exc)

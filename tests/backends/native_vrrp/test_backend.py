@@ -752,6 +752,47 @@ def test_a_failover_from_a_dead_master_advertises_before_the_address_work() -> N
     run(scenario)
 
 
+def test_driver_times_the_address_and_announce_phases_of_a_failover() -> None:
+    """The machine decides (detect, elect); the driver measures its I/O: VIPs in the kernel, first announcement."""
+    from vipcore_native_vrrp.driver import RouterDriver
+    from vipcore_native_vrrp.protocol import Router, RouterConfig, StateChanged
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        bus, holder = Bus(), GatedHolder("node-a")
+        reports: list[tuple[StateChanged, float | None]] = []
+        config = RouterConfig(vrid=42, family=Family.IPV4, primary=V4("198.51.100.11"), vips=(VIP4,),
+                              priority=100, interval_cs=100, destinations=(V4("224.0.0.18"),), sources=None)
+        link = FakeLink(bus, "node-a", "eth0", Family.IPV4)
+        link.start(loop)
+        driver = RouterDriver(group="g", interface="eth0", router=Router(config), link=link,  # type: ignore[arg-type]
+                              holder=holder, schedule=AnnounceSchedule(count=1), loop=loop,
+                              report=lambda d, change, failover: reports.append((change, failover)))
+        driver.start()
+        driver._on_packet(*_higher_advert(), 255)  # node-b is master
+        await asyncio.sleep(0.02)
+        driver.peer_lost(0.0, "liveness session down", silent_for=0.05)  # best-ranked survivor: no delay
+        await asyncio.sleep(0.04)  # the kernel is slow to add the VIP...
+        holder.add_gate.set()
+        await asyncio.sleep(0.03)  # ...and the first gratuitous ARP slow to go out
+        holder.announce_gate.set()
+        await driver.settled()
+        change, failover = reports[-1]
+        assert change.new is State.MASTER and change.cause is TransitionCause.PEER_LOST
+        phases = change.phases
+        assert phases is not None and None not in (phases.detect, phases.elect, phases.address, phases.announce)
+        assert phases.detect == pytest.approx(0.05, abs=0.005)  # silent_for: liveness's own measure
+        assert 0.0 <= phases.elect < 0.02  # the timer at once (how late the loop ran it)
+        # Each phase ends when the worker resumes after its gate opened: a little after the sleep, never before
+        # the sum of the sleeps (the split between them moves by how late the worker resumed).
+        assert 0.035 <= phases.address < 0.5 and 0.02 <= phases.announce < 0.5  # type: ignore[operator]
+        assert phases.address + phases.announce >= 0.065  # type: ignore[operator]
+        assert failover is not None and phases.total is not None and phases.total <= failover + 1e-6
+        await driver.close()
+
+    run(scenario)
+
+
 def test_a_takeover_from_a_live_master_stays_make_before_break() -> None:
     async def scenario() -> None:
         bus, holder = Bus(), GatedHolder("node-a")
@@ -764,5 +805,27 @@ def test_a_takeover_from_a_live_master_stays_make_before_break() -> None:
         await driver.settled()
         assert driver.link.counters.sent == 1 and VIP4 in holder.held
         await driver.close()
+
+    run(scenario)
+
+
+def test_the_backend_reports_the_breakdown_of_a_master_down_failover() -> None:
+    async def scenario() -> None:
+        c = Cluster()
+        for node in NODE_NUMBER:
+            await c.start(node)
+            await c.join(node)
+        await asyncio.sleep(0.5)
+        holder = best()
+        c.bus.mute.add((holder, Family.IPV4))  # its IPv4 adverts stop arriving
+        await asyncio.sleep(0.6)
+        took = [r for r in c.reports if r.family is Family.IPV4 and r.new is State.MASTER and r.node != holder]
+        assert took and took[-1].cause is TransitionCause.MASTER_DOWN
+        phases = took[-1].failover_phases
+        assert phases is not None and phases.total is not None and took[-1].failover_seconds is not None
+        # Master_Down_Interval at 0.05 s adverts: 3 x 0.05 + skew.
+        assert 0.15 <= phases.detect < 0.5  # type: ignore[operator]
+        assert phases.address is not None and phases.announce is not None
+        assert phases.total == pytest.approx(took[-1].failover_seconds, abs=0.05)
 
     run(scenario)

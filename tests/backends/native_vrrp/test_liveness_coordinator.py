@@ -8,10 +8,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
+import pytest
 
 from tests.helpers.memberships import NODE_A_INTERFACES, group, member
 from vipcore.core.model import Family, IPAddress, Membership, State
 from vipcore_native_vrrp.liveness.coordinator import Coordinator, LivenessSettings
+from vipcore_native_vrrp.liveness.detector import SessionView
 from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
 
 A = ipaddress.ip_address
@@ -45,9 +47,11 @@ class FakeRouter:
 class FakeDriver:
     router: FakeRouter
     lost: list[tuple[float, str]] = attrs.Factory(list)
+    silent: list[float] = attrs.Factory(list)
 
     def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None:
         self.lost.append((delay, what))
+        self.silent.append(silent_for)
 
 
 def coordinator(groups: list[tuple[Membership, Mapping[Family, FakeDriver]]],
@@ -98,3 +102,67 @@ def test_an_expired_session_to_the_master_starts_master_down_by_rank() -> None:
     assert c.peers_lost == 1 and len(driver.lost) == 1
     survivors = [m.name for m in membership.members if m.name != master_node]
     assert driver.lost[0][0] == survivors.index("node-a") * c.settings.rank_step
+
+
+class SnapshotDetector(RecordingDetector):
+    """A detector with sessions to show: what the worker's change and stats frames would have told it."""
+
+    def __init__(self, interface: str, local: IPAddress, config: object, **kwargs: Any) -> None:
+        super().__init__(interface, local, config, **kwargs)
+        self.scheduled_realtime = interface == "eth0"
+
+    def snapshot(self) -> dict[IPAddress, SessionView]:
+        return {peer: SessionView(state=SessionState.UP if peer == A("198.51.100.12") else SessionState.ADMIN_DOWN,
+                                  flaps=2 if peer == A("198.51.100.13") else 0, detection_time=0.05,
+                                  longest_silence=0.0123) for peer in self.peers}
+
+
+def test_the_status_table_shows_each_session_by_interface_and_peer() -> None:
+    web = group(["node-a", "node-b", "node-c"], "eth0", 7, v4=["198.51.100.100"])
+    drivers = {Family.IPV4: FakeDriver(FakeRouter(State.MASTER))}
+    c = Coordinator(LivenessSettings(), asyncio.new_event_loop(), lambda: [(member(web, "node-a"), drivers)],
+                    SnapshotDetector)  # type: ignore[arg-type]
+    c.ensure(NODE_A_INTERFACES["eth0"])
+    c.ensure(NODE_A_INTERFACES["eth1"])  # no group there: no peer needed
+    table = c.status_table()
+    assert table.title == "liveness"
+    assert table.columns == ("INTERFACE", "PEER", "NODE", "SESSION", "DETECT MS", "FLAPS", "LONGEST SILENCE MS",
+                             "REALTIME WORKER")
+    assert table.rows == (
+        ("eth0", "198.51.100.12", "node-b", "up", 50.0, 0, 12.3, "yes"),
+        ("eth0", "198.51.100.13", "node-c", "admindown", 50.0, 2, 12.3, "yes"),
+        ("eth1", None, None, "no peer needed", None, None, None, "no"),
+    )
+    from vipcore.backend.host import status_problem
+
+    assert status_problem([table]) is None  # JSON scalars, one per column
+
+
+class HearingDetector(RecordingDetector):
+    """Says how long each peer has been silent, as the worker's change frames let the real one."""
+
+    silences: dict[IPAddress, float] = {}
+
+    def silence(self, peer: IPAddress) -> float | None:
+        return self.silences.get(peer)
+
+
+def test_a_lost_peer_is_counted_from_when_it_was_last_heard() -> None:
+    """The failover's detect phase starts at the peer's last packet: the detection time plus however late the
+    worker and the event loop were; an implausible measure falls back to the detection time."""
+    web = group(["node-a", "node-b", "node-c"], "eth0", 8, v4=["198.51.100.101"])
+    membership = member(web, "node-a")
+    if membership.members[0].name == "node-a":
+        web = group(["node-a", "node-b", "node-c"], "eth0", 7, v4=["198.51.100.100"])
+        membership = member(web, "node-a")
+    master = membership.members[0]
+    address = next(a for a in master.addresses if a.version == 4)
+    detect = LivenessSettings().detection_time
+    for measured, expected in ((detect + 0.03, detect + 0.03), (None, detect), (detect / 2, detect), (1e6, detect)):
+        driver = FakeDriver(FakeRouter(State.BACKUP, master=address))
+        c = Coordinator(LivenessSettings(), asyncio.new_event_loop(), lambda: [(membership, {Family.IPV4: driver})],
+                        HearingDetector)  # type: ignore[arg-type]
+        c.ensure(NODE_A_INTERFACES["eth0"])
+        HearingDetector.silences = {} if measured is None else {address: measured}
+        c._changed(address, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+        assert driver.silent == [pytest.approx(expected)], measured

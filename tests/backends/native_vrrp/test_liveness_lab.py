@@ -6,9 +6,11 @@ configuration; the distribution (p50/p95 over many trials) is ``bench/failover.p
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 
 #: With the default configuration, recovery within this (liveness: 10 ms x 5, then one election).
 HARD_FAILURE_BOUND = 0.1
+VIPCORE = str(Path(sys.executable).parent / "vipcore")
 
 SCRAPE = ("import urllib.request; "
           "print(urllib.request.urlopen('http://127.0.0.1:9641/metrics', timeout=2).read().decode())")
@@ -88,3 +91,39 @@ def test_a_graceful_stop_is_not_a_lost_peer(deployed: tuple[Lab, Deployment]) ->
     for node in others:
         lost = samples_of(metrics(lab, node), "vipcore_liveness_peers_lost_total")
         assert sum(lost.values()) == 0, (node, lost)
+
+
+def test_vipcore_status_shows_the_sessions_and_the_failover_breakdown_of_a_hard_failure() -> None:
+    """On the wire, default configuration: the new holder's /status and ``vipcore status`` tell where the
+    failover's time went (detect by liveness, elect, address, first announcement) and which session went down."""
+    with Lab(prefix="vcOl") as lab:
+        deployment = Deployment(backend="native_vrrp", manifests=write_example_manifests(lab, lab.run_dir / "manifests"))
+        deployment.start_all(lab)
+        assert wait_for_holders(lab, deployment.expected_holders(lab.nodes), timeout=30, quiet=0.3), lab.holders()
+        master, vips = web(deployment)
+        others = [n for n in lab.nodes if n != master]
+        assert wait_until(lambda: sessions_up(lab, master) >= len(others), timeout=15), metrics(lab, master)
+        new_holder = deployment.expected_holders(others)[vips[0]]
+        assert wait_until(lambda: sessions_up(lab, new_holder) >= 1, timeout=15)
+        lab.kill(master)
+        assert wait_for_holders(lab, {v: deployment.expected_holders(others)[v] for v in vips}, timeout=5)
+        document = json.loads(lab.exec(new_holder, [VIPCORE, "status", "-o", "json"]).stdout)
+        text = lab.exec(new_holder, [VIPCORE, "status"]).stdout
+        scraped = metrics(lab, new_holder)
+    print(text)  # -s shows it (docs/operating.md quotes one)
+    took = [r for r in document["routers"] if r["state"] == "master" and r["last_failover"] is not None
+            and "unreachable" in r["reason"]]
+    assert took, document["routers"]
+    for router in took:
+        phases = router["last_failover"]
+        assert all(phases[f"{p}_seconds"] is not None for p in ("detect", "elect", "address", "announce")), router
+        # Detected by liveness (10 ms x 5), not by Master_Down_Interval (3 s at the default 1 s adverts).
+        assert phases["detect_seconds"] < 1.0 and phases["total_seconds"] < 1.0, router
+    (liveness,) = document["sections"]["native_vrrp"]
+    assert liveness["title"] == "liveness"
+    columns = liveness["columns"]
+    down = [row for row in liveness["rows"] if row[columns.index("NODE")] == master]
+    assert down and down[0][columns.index("SESSION")] != "up" and down[0][columns.index("FLAPS")] >= 1, liveness
+    assert "LAST FAILOVER OF" in text and "native_vrrp: liveness" in text
+    counts = samples_of(scraped, "vipcore_failover_phase_seconds_count")
+    assert {dict(k)["phase"] for k, v in counts.items() if v >= 1} == {"detect", "elect", "address", "announce"}

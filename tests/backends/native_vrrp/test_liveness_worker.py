@@ -339,3 +339,48 @@ def _zombie(pid: int) -> bool:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_change_frame_says_when_the_peer_was_last_heard_and_the_detector_measures_the_silence() -> None:
+    """The detect phase of a failover is counted from the peer's last packet (the worker's kernel receive
+    time, on the monotonic clock both processes share), not assumed to be the detection time."""
+    from vipcore_native_vrrp.liveness.session import StateChanged as SessionChanged
+
+    control, agent_side = socket.socketpair()
+    recv, send = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer, other = ipaddress.ip_address("127.0.0.2"), ipaddress.ip_address("127.0.0.3")
+    try:
+        w = worker_module.Worker(CONFIG, LOCAL, control, recv, send)
+        w._heard[peer] = (12.5, True)
+        expired = SessionChanged(SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+        w._carry_out(peer, [expired])
+        w._carry_out(other, [expired])  # never heard
+        reader = FrameReader("ev")
+        agent_side.settimeout(2)
+        frames: list[dict[str, object]] = []
+        while len(frames) < 2:
+            frames += reader.feed(agent_side.recv(4096))
+    finally:
+        for sock in (control, agent_side, recv, send):
+            sock.close()
+    assert [(f["peer"], f["heard"]) for f in frames] == [("127.0.0.2", 12.5), ("127.0.0.3", None)]
+
+    async def scenario(loop: asyncio.AbstractEventLoop, changes: list[Change]) -> None:
+        d = detector(loop, changes)
+        d.clock = lambda: 100.0
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        d._channel = ours
+        d.set_peers([peer, other])
+        theirs.sendall(encode({"ev": "change", "peer": "127.0.0.2", "old": 1, "new": 3, "diag": 0, "heard": 99.93})
+                       + encode({"ev": "change", "peer": "127.0.0.3", "old": 1, "new": 3, "diag": 0,
+                                 "heard": None}))
+        d._readable()
+        assert d.silence(peer) == pytest.approx(0.07) and d.silence(other) is None
+        assert d.bad_frames == 0 and len(changes) == 2
+        d._channel = None
+        ours.close()
+        theirs.close()
+        d.close(graceful=False)
+
+    run(scenario)

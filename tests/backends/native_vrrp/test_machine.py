@@ -933,3 +933,92 @@ def test_a_dead_master_is_replaced_advert_first_a_live_one_make_before_break() -
     due = router.next_timer()
     assert due is not None
     assert _kinds(router.handle_timer(due)) == ["AddVips", "Announce", "Send"]
+
+
+# -- the failover breakdown: detect and elect, where the machine decides -------------------
+
+
+def _advert_from(i: int, priority: int, interval_cs: int = 10) -> tuple[bytes, IPv4Address, IPv4Address]:
+    return encode(Advertisement(7, priority, interval_cs, VIPS), addr(i), GROUP), addr(i), GROUP
+
+
+def _until_master(r: Router) -> tuple[float, StateChanged]:
+    """Fire the router's timers in order until it becomes master; the time and the transition."""
+    for _ in range(10):
+        due = r.next_timer()
+        assert due is not None
+        for action in r.handle_timer(due):
+            if isinstance(action, StateChanged) and action.new is State.MASTER:
+                return due, action
+    raise AssertionError("never became master")
+
+
+@pytest.mark.parametrize(("i", "priority", "elect"), [(2, 238, 0.0), (3, 222, 0.1)])
+def test_master_down_splits_detect_from_the_rank_delay(i: int, priority: int, elect: float) -> None:
+    """detect: the master last heard -> Master_Down_Interval over; elect: the rank delay after it."""
+    members = (254, 238, 222)
+    r = Router(_ranked(i, priority, members))
+    r.start(0.0)
+    r.receive(*_advert_from(1, 254), 255, 0.5)
+    at, change = _until_master(r)
+    mdi = master_down_interval(priority, 0.1)
+    assert at == pytest.approx(0.5 + mdi + elect)
+    assert change.cause is TransitionCause.MASTER_DOWN and change.phases is not None
+    assert change.phases.detect == pytest.approx(mdi)
+    assert change.phases.elect == pytest.approx(elect)
+    assert change.phases.address is None and change.phases.announce is None  # the driver's part
+    assert change.failover_seconds == pytest.approx(mdi + elect)
+
+
+def test_a_lost_peer_detects_when_liveness_says_so_and_elects_after_its_delay() -> None:
+    r = Router(_ranked(3, 222, (254, 238, 222)))
+    r.start(0.0)
+    r.receive(*_advert_from(1, 254), 255, 1.0)
+    # Liveness last heard the master's node at 1.01 and declared it lost at 1.06; this backup ranks second.
+    assert r.peer_lost(1.06, 0.1, "session down", since=1.01) == []
+    at, change = _until_master(r)
+    assert at == pytest.approx(1.16)
+    assert change.cause is TransitionCause.PEER_LOST and change.phases is not None
+    assert (change.phases.detect, change.phases.elect) == (pytest.approx(0.05), pytest.approx(0.1))
+    assert change.failover_seconds == pytest.approx(0.15)
+
+
+def test_a_resignation_is_its_own_detection() -> None:
+    r = Router(config(2, 200))
+    r.start(0.0)
+    r.receive(*_advert_from(1, 254), 255, 0.5)
+    r.receive(*_advert_from(1, 0), 255, 0.7)
+    _, change = _until_master(r)
+    assert change.cause is TransitionCause.PEER_RESIGNED and change.phases is not None
+    assert change.phases.detect == 0.0
+    assert change.phases.elect == pytest.approx(skew_time(200, 0.1))
+
+
+def test_a_master_heard_again_during_the_rank_delay_resets_the_detection() -> None:
+    """A detection that a new master's advert answered is not the one a later failover is counted from."""
+    r = Router(_ranked(3, 222, (254, 238, 222)))
+    r.start(0.0)
+    r.receive(*_advert_from(1, 254), 255, 0.5)
+    mdi = master_down_interval(222, 0.1)
+    assert r.handle_timer(0.5 + mdi) == []  # detected; waiting its rank delay
+    r.receive(*_advert_from(2, 238), 255, 0.5 + mdi + 0.05)  # r2 took over in time
+    heard = 0.5 + mdi + 0.05
+    at, change = _until_master(r)  # r2 dies too
+    assert change.phases is not None
+    assert change.phases.detect == pytest.approx(mdi)
+    # r1, better than r3, may be back any time: r3 still waits one step behind it.
+    assert at - heard == pytest.approx(mdi + 0.1)
+    assert change.phases.elect == pytest.approx(0.1)
+
+
+def test_no_breakdown_without_a_failed_master() -> None:
+    """Start-up (no master ever heard) and a control-plane takeover are no failover of a failed master."""
+    r = Router(config(1, 200))
+    r.start(0.0)
+    _, change = _until_master(r)
+    assert change.phases is None and change.failover_seconds is None
+    r2 = Router(config(2, 100))
+    r2.start(0.0)
+    r2.receive(*_advert_from(1, 254), 255, 0.5)
+    took = [a for a in r2.takeover(0.6, "control plane") if isinstance(a, StateChanged)]
+    assert took and took[0].phases is None

@@ -5,8 +5,9 @@ The agent sends ``op`` frames, the worker sends ``ev`` frames:
 
 * agent -> worker: ``{"op": "peers", "peers": ["198.51.100.2", ...]}`` (the whole set, each time),
   ``{"op": "close", "graceful": true}``;
-* worker -> agent: ``{"ev": "ready", ...}`` once, ``{"ev": "change", "peer", "old", "new", "diag"}``
-  per session state change, ``{"ev": "stats", ...}`` periodically (counters and the sessions, for
+* worker -> agent: ``{"ev": "ready", ...}`` once, ``{"ev": "change", "peer", "old", "new", "diag", "heard"}``
+  per session state change (``heard``: ``time.monotonic()`` of the last packet from the peer, or
+  null), ``{"ev": "stats", ...}`` periodically (counters and the sessions, for
   metrics and ``vipcore status``), ``{"ev": "log", "level", "message"}``, and ``{"ev": "closed"}``
   after a graceful close has sent every AdminDown.
 

@@ -25,7 +25,7 @@ from typing import Protocol
 import attrs
 
 from vipcore.core.errors import ConfigError
-from vipcore.core.model import Family, IPAddress, Membership, MetricSample, State
+from vipcore.core.model import Family, IPAddress, Membership, MetricSample, State, StatusTable
 from vipcore.net.addresses import InterfaceInfo
 from vipcore_native_vrrp.liveness.detector import Detector
 from vipcore_native_vrrp.protocol.router_config import RANK_STEP_MIN
@@ -225,6 +225,7 @@ class Coordinator:
         self.lost.add(node)
         self.peers_lost += 1
         detect = self.settings.detection_time
+        silent = self._silence(peer, detect)
         log.warning("liveness: session to %s (%s) expired after %.0f ms without a packet", node, peer, detect * 1000,
                     extra={"event": "peer_lost", "peer": node})
         for membership, drivers in self.groups():
@@ -244,7 +245,17 @@ class Coordinator:
             self.groups_acted += 1
             for driver in backups:
                 driver.peer_lost(rank * self.settings.rank_step,
-                                 f"liveness session to {node} expired ({detect * 1000:.0f} ms)", silent_for=detect)
+                                 f"liveness session to {node} expired ({detect * 1000:.0f} ms)", silent_for=silent)
+
+    def _silence(self, peer: IPAddress, detect: float) -> float:
+        """How long ``peer`` has been silent: from the worker's last receive time when it said (the
+        detect phase then includes the worker's lateness and the control channel), else the detection time."""
+        for detector in self.detectors.values():
+            silence = getattr(detector, "silence", None)
+            value = silence(peer) if callable(silence) else None
+            if isinstance(value, float) and detect <= value < max(60.0, 10 * detect):
+                return value
+        return detect
 
     def _expected_master(self, membership: Membership) -> str | None:
         for member in membership.members:
@@ -279,6 +290,27 @@ class Coordinator:
                     if any(address.version == n.version and address in n.network for n in networks):
                         return address
         return None
+
+    # -- status --------------------------------------------------------------------
+
+    def status_table(self) -> StatusTable:
+        """The ``liveness`` table of ``vipcore status``: one row per interface and peer, from the same
+        snapshot the ``vipcore_liveness_*`` metrics read (times in milliseconds)."""
+        rows: list[tuple[str | int | float | bool | None, ...]] = []
+        for interface, detector in sorted(self.detectors.items()):
+            realtime = "yes" if detector.scheduled_realtime else "no"
+            sessions = sorted(detector.snapshot().items(), key=lambda item: str(item[0]))
+            for peer, session in sessions:
+                rows.append((interface, str(peer), self._node_by_address(peer), session.state.name.lower().replace(
+                    "_", ""), round(session.detection_time * 1000, 1), session.flaps,
+                    round(session.longest_silence * 1000, 1), realtime))
+            if not sessions:
+                rows.append((interface, None, None, "no peer needed", None, None, None, realtime))
+        return StatusTable(
+            "liveness", ("INTERFACE", "PEER", "NODE", "SESSION", "DETECT MS", "FLAPS", "LONGEST SILENCE MS",
+                         "REALTIME WORKER"), tuple(rows),
+            note="a session going down while its peer is alive would be a false failover: compare LONGEST "
+                 "SILENCE MS with DETECT MS")
 
     # -- metrics -------------------------------------------------------------------
 

@@ -112,6 +112,8 @@ class Detector:
         #: Whether the worker runs with a real-time scheduling policy (it says so when ready).
         self.scheduled_realtime = False
         self.sessions: dict[IPAddress, SessionView] = {}
+        #: Per peer, when the worker last heard it (``clock()`` time, from its change frames).
+        self.last_heard: dict[IPAddress, float] = {}
         #: Session expiries (Up -> Down, detection time expired): each one acts as a lost peer.
         self.expiries = 0
         #: Workers that died without being asked to (each one restarted).
@@ -201,6 +203,11 @@ class Detector:
     def state(self, peer: IPAddress) -> SessionState | None:
         session = self.sessions.get(peer)
         return session.state if session is not None else None
+
+    def silence(self, peer: IPAddress) -> float | None:
+        """Seconds since the worker last heard ``peer`` (its kernel receive time), None if never."""
+        heard = self.last_heard.get(peer)
+        return self.clock() - heard if heard is not None else None
 
     def snapshot(self) -> dict[IPAddress, SessionView]:
         return dict(self.sessions)
@@ -312,8 +319,11 @@ class Detector:
         try:
             kind = frame["ev"]
             if kind == "change":
-                self._on_change(ipaddress.ip_address(frame["peer"]), SessionState(frame["old"]),
-                                SessionState(frame["new"]), Diagnostic(frame["diag"]))
+                peer = ipaddress.ip_address(frame["peer"])
+                heard = frame.get("heard")
+                if isinstance(heard, (int, float)) and not isinstance(heard, bool):
+                    self.last_heard[peer] = float(heard)
+                self._on_change(peer, SessionState(frame["old"]), SessionState(frame["new"]), Diagnostic(frame["diag"]))
             elif kind == "stats":
                 self._on_stats(frame)
             elif kind == "ready":

@@ -276,8 +276,11 @@ class Worker:
             elif isinstance(action, Dropped):
                 self.drops[action.reason] += 1
             elif notify:
+                heard = self._heard.get(peer)
+                # When the peer was last heard (the kernel's receive time, on the monotonic clock the agent
+                # shares): the agent counts a failover's detect phase from it, this process's lateness included.
                 self.emit({"ev": "change", "peer": str(peer), "old": int(action.old), "new": int(action.new),
-                           "diag": int(action.diagnostic)})
+                           "diag": int(action.diagnostic), "heard": heard[0] if heard is not None else None})
 
     def _discriminator(self) -> int:
         used = {s.my_discriminator for s in (*self.sessions.values(), *self.retiring.values())}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import attrs
 
-from vipcore.core.model import IPAddress, State, TransitionCause
+from vipcore.core.model import FailoverPhases, IPAddress, State, TransitionCause
 
 
 @attrs.frozen
@@ -46,6 +46,9 @@ class StateChanged:
     failover_seconds: float | None = None
     #: Why, typed: what metrics and the family sync decide on (``reason`` is for people).
     cause: TransitionCause | None = None
+    #: For a takeover after the master failed (Master_Down, a lost peer, a resignation): ``detect`` and
+    #: ``elect`` as the machine decided them; the driver adds ``address`` and ``announce`` (its I/O).
+    phases: FailoverPhases | None = None
 
 
 @attrs.frozen

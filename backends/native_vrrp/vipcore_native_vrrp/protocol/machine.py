@@ -51,7 +51,7 @@ from typing import Any
 
 import attrs
 
-from vipcore.core.model import IPAddress, State, TransitionCause
+from vipcore.core.model import FailoverPhases, IPAddress, State, TransitionCause
 from vipcore_native_vrrp.protocol.actions import (
     Action,
     AddVips,
@@ -205,6 +205,9 @@ class Router:
     _reannounced_at: float = float("-inf")
     _trigger_at: float | None = None
     _trigger: str = ""
+    #: When the master's failure was detected (Master_Down_Interval ran out, a lost peer, a priority 0):
+    #: the end of the failover's detect phase; None while the master is heard.
+    _detected_at: float | None = None
     _lost: str = ""
     _last_received: tuple[bytes, IPAddress, IPAddress, Advertisement] | None = attrs.field(default=None, repr=False)
     _sends: dict[tuple[int, tuple[IPAddress, ...]], list[Action]] = attrs.field(factory=dict, repr=False)
@@ -342,6 +345,8 @@ class Router:
                 and not self._down_ranked:
             # RFC 5798's wait is over; a backup that is not the best-ranked survivor waits its rank delay more.
             self._down_ranked = True
+            if self._detected_at is None:
+                self._detected_at = now
             extra = self.rank_delay
             if extra > 0:
                 self._down_at += extra
@@ -586,6 +591,7 @@ class Router:
             self._arm_down(at, ranked=True)  # the caller's delay already orders the backups by rank
             self._trigger_at = min(since, now) if since is not None else now
             self._trigger, self._lost = "peer_lost", what
+            self._detected_at = now
         return []
 
     def _arm_down(self, at: float, ranked: bool = False) -> None:
@@ -603,6 +609,7 @@ class Router:
             if not self.released:
                 self._arm_down(now + self.skew_time)
                 self._trigger_at, self._trigger = now, "resigned"
+                self._detected_at = now  # a resignation is its own detection
             return []
         if not self.config.preempt or adv.priority >= self.config.priority or self.released:
             # A released router defers to any master: remember it, so that
@@ -611,6 +618,7 @@ class Router:
             self._master_rank = adv.priority
             self.master_adver_interval = adv.interval
             self._trigger_at, self._trigger = now, "heard"
+            self._detected_at = None
             if not self.released:
                 self._arm_down(now + self.master_down_interval)
             return []
@@ -661,6 +669,7 @@ class Router:
         self.phase = new
         actions: list[Action] = []
         failover: float | None = None
+        phases: FailoverPhases | None = None
         # Leaving a phase: cancel its timers.
         self._down_at = self._advert_at = None
         if old in (Phase.RESIGNING, Phase.RELEASING):
@@ -688,6 +697,9 @@ class Router:
                     actions += self._advertise(now)
                 if self._trigger_at is not None and event is not Event.START_OWNER:
                     failover = max(0.0, now - self._trigger_at)
+                    if event is Event.MASTER_DOWN and self._detected_at is not None:
+                        detected = min(max(self._detected_at, self._trigger_at), now)
+                        phases = FailoverPhases(detect=detected - self._trigger_at, elect=now - detected)
             else:
                 actions.append(Announce(self.config.vips))
                 actions += self._advertise(now)
@@ -712,9 +724,9 @@ class Router:
             if old.holds:
                 actions.append(RemoveVips(self.config.vips))
         if new.state is not old.state:
-            actions.append(StateChanged(old.state, new.state, reason, failover, cause))
+            actions.append(StateChanged(old.state, new.state, reason, failover, cause, phases))
         if new is not Phase.BACKUP:
-            self._trigger_at, self._trigger = None, ""
+            self._trigger_at, self._trigger, self._detected_at = None, "", None
         return actions
 
     def _advertise(self, now: float, priority: int | None = None) -> list[Action]:

@@ -1,0 +1,125 @@
+"""Where a hard failover's time goes: detect, elect, address added, first announcement (native_vrrp).
+
+Run (root): .venv/bin/python bench/failover_phases.py [--trials N] [--variants native_vrrp,native_vrrp-timers]
+[--prefix vcOb] [--json FILE]
+
+A three-node lab per variant (prefix ``vcOb`` or ``--prefix``) with the example
+manifests; each trial kills the holder of the "web" group (every process
+SIGKILLed, links down), waits for the survivors to take its VIPs, and reads the
+new holder's ``/status`` (``vipcore status -o json`` in its namespace): the
+router's ``last_failover``, the phases the backend measured (docs/native-vrrp.md,
+"Seeing the detector and where a failover's time went"). The killed node is
+started again and the lab settles before the next trial. The table gives, per
+variant and family, the median and p95 (nearest rank) of each phase and of
+their total, in milliseconds. Variants: ``native_vrrp`` (as shipped: node-level
+liveness on) and ``native_vrrp-timers`` (liveness off: VRRP's Master_Down_Interval
+detects). The client's view of the same failures is ``bench/failover.py``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from failover import LABELS, TIMERS, TrialFailed, deployment_for, log, p95  # noqa: E402
+from vipcore.core.errors import LabError  # noqa: E402
+from vipcore.lab.agents import first_vips, wait_for_holders, write_example_manifests  # noqa: E402
+from vipcore.lab.topology import Lab, require_root  # noqa: E402
+from vipcore.ops.status import PHASES  # noqa: E402
+
+PREFIX = "vcOb"
+VIPCORE = str(Path(sys.executable).parent / "vipcore")
+VARIANTS = ("native_vrrp", TIMERS)
+
+
+def run_variant(variant: str, trials: int, prefix: str) -> list[dict[str, Any]]:
+    """``trials`` hard failures of the web group's holder; per trial and family, the phases (seconds)."""
+    samples: list[dict[str, Any]] = []
+    with Lab(prefix=prefix) as lab:
+        deployment = deployment_for(variant, manifests=write_example_manifests(lab, lab.run_dir / "manifests"))
+        deployment.start_all(lab)
+        for index in range(trials):
+            expected = deployment.expected_holders(lab.nodes)
+            if not wait_for_holders(lab, expected, timeout=60, quiet=1.0):
+                raise TrialFailed(f"{variant}: VIPs did not settle: {lab.holders()}")
+            time.sleep(2.5)  # liveness sessions come up at the slow rate (1 s) first
+            resolution, _ = deployment.state()
+            web = max(resolution.groups, key=lambda g: (len(g.families), len(g.nodes)))
+            vips = first_vips(web)
+            holder = expected[vips[0]]
+            survivors = [n for n in lab.nodes if n != holder]
+            after = deployment.expected_holders(survivors)
+            lab.kill(holder)
+            if not wait_for_holders(lab, {v: after[v] for v in vips}, timeout=20):
+                raise TrialFailed(f"{variant}: VIPs did not move off {holder}: {lab.holders()}")
+            new = after[vips[0]]
+            time.sleep(0.2)  # the other family's router may still be finishing its own takeover
+            document = json.loads(lab.exec(new, [VIPCORE, "status", "-o", "json"]).stdout)
+            for router in document["routers"]:
+                if router["group"] != web.name or router["state"] != "master":
+                    continue
+                phases = router.get("last_failover")
+                if phases is None:
+                    log(f"    trial {index + 1} {router['family']}: no breakdown ({router['reason']})")
+                    continue
+                samples.append({"family": router["family"], "reason": router["reason"], **phases})
+                log(f"    trial {index + 1} {router['family']}: " + ", ".join(
+                    f"{name} {phases[f'{name}_seconds'] * 1000:.1f}" for name, _ in PHASES
+                    if phases.get(f"{name}_seconds") is not None) + f" ms, total {phases['total_seconds'] * 1000:.1f}")
+            deployment.start(lab, holder)
+    return samples
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values) * 1000:.1f} / {p95(values) * 1000:.1f}"
+
+
+def report(data: dict[str, list[dict[str, Any]]]) -> str:
+    headers = ["VARIANT", "FAMILY", "N", *(title.lower() for _, title in PHASES), "total"]
+    rows = []
+    for variant, samples in data.items():
+        for family in sorted({s["family"] for s in samples}):
+            mine = [s for s in samples if s["family"] == family]
+            rows.append([LABELS.get(variant, variant), family, str(len(mine)),
+                         *(cell([s[f"{name}_seconds"] for s in mine if s.get(f"{name}_seconds") is not None])
+                           for name, _ in PHASES),
+                         cell([s["total_seconds"] for s in mine if s.get("total_seconds") is not None])])
+    lines = ["Failover phases after a hard failure, ms (median / p95)", "",
+             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=10, help="hard failures per variant (default 10)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
+    parser.add_argument("--prefix", default=PREFIX, help=f"lab namespace prefix (default {PREFIX})")
+    parser.add_argument("--json", type=Path, help="also write every sample to this file")
+    args = parser.parse_args()
+    require_root()
+    data: dict[str, list[dict[str, Any]]] = {}
+    for variant in args.variants.split(","):
+        log(f"{variant}: {args.trials} hard failures")
+        try:
+            data[variant] = run_variant(variant, args.trials, args.prefix)
+        except (TrialFailed, LabError) as exc:
+            log(f"  {variant}: FAILED ({exc})")
+            data[variant] = []
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2))
+    print(report(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
