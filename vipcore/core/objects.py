@@ -27,6 +27,7 @@ from vipcore.core.model import (
     Node,
     Pool,
     Service,
+    Shard,
     TrafficPolicy,
     VipGroup,
 )
@@ -450,7 +451,7 @@ def vipgroup_spec(group: VipGroup) -> dict[str, Any]:
     (Also the group part of ``vipcore resolve -o json``.) ``vrid`` is None for a
     group without one; the API refuses such a VipGroup.
     """
-    return {
+    spec: dict[str, Any] = {
         "interface": group.interface,
         "nodes": list(group.nodes),
         "vrid": group.vrid,
@@ -458,6 +459,25 @@ def vipgroup_spec(group: VipGroup) -> dict[str, Any]:
                  family_key(Family.IPV6): [str(ip) for ip in group.vips_v6]},
         "services": list(group.services),
     }
+    if group.shard is not None:  # only then: an unsharded group's spec is what it always was
+        spec["shard"] = {"group": group.shard.group, "index": group.shard.index, "count": group.shard.count}
+    return spec
+
+
+def _shard(obj: Obj, value: Any) -> Shard | None:
+    if value is None:
+        return None
+    shard = _mapping(obj, "spec.shard", value)
+    group, index, count = shard.get("group"), shard.get("index"), shard.get("count")
+    if not isinstance(group, str) or not group:
+        raise _fail(obj, "spec.shard.group", f"must be the group's name, got {show(group)}")
+    for field, number in (("index", index), ("count", count)):
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise _fail(obj, f"spec.shard.{field}", f"must be a whole number, got {show(number)}")
+    try:
+        return Shard(group, int(index), int(count))  # type: ignore[arg-type]  # checked above
+    except ValueError as exc:
+        raise _fail(obj, "spec.shard.index", str(exc)) from None
 
 
 def vipgroup_from_k8s(obj: Obj, parsed: Mapping[Family, MutableMapping[str, IPAddress]] | None = None) -> VipGroup:
@@ -504,11 +524,12 @@ def vipgroup_from_k8s(obj: Obj, parsed: Mapping[Family, MutableMapping[str, IPAd
     interface = spec.get("interface")
     if not isinstance(interface, str):
         raise _fail(obj, "spec.interface", f"must be an interface name, got {show(interface)}")
+    shard = _shard(obj, spec.get("shard"))
     try:
         return VipGroup(name=name, interface=interface, nodes=tuple(nodes), vrid=vrid,
                         vips_v4=tuple(found[Family.IPV4]),  # type: ignore[arg-type]  # families checked above
                         vips_v6=tuple(found[Family.IPV6]),  # type: ignore[arg-type]
-                        services=tuple(services))
+                        services=tuple(services), shard=shard)
     except (TypeError, ValueError) as exc:
         raise _fail(obj, "spec.interface", str(exc)) from None
 
@@ -566,7 +587,10 @@ def state_from_objects(
                 pools[pool.name] = pool
             elif kind == "VipGroup":
                 name, vrid = pinned_vrid(obj)
-                vrids[name] = vrid
+                shard = (obj.get("spec") or {}).get("shard")
+                # A shard beyond the first pins its group's VRID under the group's name (shard 0 does too).
+                vrids[shard["group"] if isinstance(shard, Mapping) and isinstance(shard.get("group"), str)
+                      else name] = vrid
         except ManifestError as exc:
             if origin is None:
                 raise

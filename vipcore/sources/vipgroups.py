@@ -16,8 +16,10 @@ turns those watch changes into a :class:`~vipcore.core.model.GroupState`:
   version in force: a bad edit never disturbs a group that was fine;
 * two VipGroups of this node on one router (interface and VRID) are a group
   renamed by a membership change, briefly both present while the controller
-  replaces one with the other: the newer one is handed on, so the agent
-  updates its router instead of running two.
+  replaces one with the other: the newer one is handed on (once it has all
+  its shards), so the agent updates its router instead of running two;
+* a big group comes as shards (:mod:`vipcore.core.shards`), merged back into
+  one group: a change to one shard parses what that shard holds.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from vipcore.core import objects
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import Family, GroupState, IPAddress, Membership, Node, Pool, VipGroup
 from vipcore.core.resolve import membership
+from vipcore.core.shards import complete, merge
 
 log = logging.getLogger("vipcore.sources.vipgroups")
 
@@ -66,7 +69,13 @@ class GroupView:
         self.node = node
         self._read_pools = pools
         self._lock = threading.Lock()
+        #: Each group (shards merged), by group name.
         self._groups: dict[str, VipGroup] = {}
+        #: Each VipGroup object as parsed (a whole group or a shard), by object name.
+        self._objects: dict[str, VipGroup] = {}
+        #: Group name -> its objects' names (one, or its shards).
+        self._parts: dict[str, set[str]] = {}
+        #: Object name -> resourceVersion (a group's version is its newest object's).
         self._versions: dict[str, int] = {}
         self._nodes: dict[str, Node] = {}
         self._invalid: dict[tuple[str, str], str] = {}
@@ -79,7 +88,7 @@ class GroupView:
         self._dirty: dict[str, bool] = {}
         #: VIPs already parsed, per family, by text (see :func:`vipcore.core.objects.vipgroup_from_k8s`).
         self._parsed: dict[Family, dict[str, IPAddress]] = {f: {} for f in Family}
-        #: Each group's VIPs as text: what changed is found by hashing strings (C), not addresses.
+        #: Each object's VIPs as text: what changed is found by hashing strings (C), not addresses.
         self._texts: dict[str, tuple[frozenset[str], ...]] = {}
         self._pools: tuple[Pool, ...] = ()
         self._all: tuple[VipGroup, ...] | None = ()
@@ -109,7 +118,7 @@ class GroupView:
         except ManifestError as exc:
             if self._invalid.get((kind, key)) != str(exc):
                 log.error("%s %s invalid, %s: %s", kind, key,
-                          "keeping its last valid version" if key in (self._groups if kind == "vipgroups"
+                          "keeping its last valid version" if key in (self._objects if kind == "vipgroups"
                                                                       else self._nodes) else "skipped", exc)
             self._invalid[(kind, key)] = str(exc)
             return None
@@ -125,17 +134,30 @@ class GroupView:
                                   lambda o: objects.vipgroup_from_k8s(o, self._parsed))
             if group is None:
                 return
-        old = self._groups.get(key)
-        if group == old:
+        before = self._objects.get(key)
+        if group == before:
             return
+        name = (group or before).shard.group if (group or before).shard else key  # type: ignore[union-attr]
+        if before is not None and before.shard is not None and before.shard.group != name:
+            self._unpart(before.shard.group, key)  # an object does not move between groups, but be sure
         if group is None:
-            self._groups.pop(key, None)
+            self._objects.pop(key, None)
             self._versions.pop(key, None)
             self._texts.pop(key, None)
+            self._unpart(name, key)
         else:
-            self._groups[key] = group
+            self._objects[key] = group
             self._versions[key] = _version(obj)
             self._texts[key] = _texts_of(obj)
+            self._parts.setdefault(name, set()).add(key)
+        old = self._groups.get(name)
+        parts = self._parts.get(name)
+        group = merge(name, (self._objects[k] for k in parts)) if parts else None
+        if group is None:
+            self._groups.pop(name, None)
+        else:
+            self._groups[name] = group
+        key = name
         held = sum(len(t) for texts in self._texts.values() for t in texts)
         if sum(map(len, self._parsed.values())) > 2 * held + 1024:  # forget addresses no group holds
             live = [frozenset().union(*(texts[i] for texts in self._texts.values())) for i in range(len(Family))]
@@ -145,6 +167,13 @@ class GroupView:
         self._changed = True  # the list of groups changed (status shows it), whether or not it is ours
         if (old is not None and self.node in old.nodes) or (group is not None and self.node in group.nodes):
             self._dirty.setdefault(key, False)
+
+    def _unpart(self, name: str, key: str) -> None:
+        parts = self._parts.get(name)
+        if parts is not None:
+            parts.discard(key)
+            if not parts:
+                del self._parts[name]
 
     def _node_changed(self, etype: str, key: str, obj: Obj) -> None:
         if etype == "DELETED":
@@ -221,6 +250,13 @@ class GroupView:
                               pools=self._pools, drained=bool(me and me.drained),
                               managed=self.managed)
 
+    def _version_of(self, name: str) -> tuple[bool, int, str]:
+        """Which of two groups on one router is handed on: a complete one (every shard here) over one
+        still being written, then the newer."""
+        parts = self._parts.get(name, ())
+        return (complete(self._objects[k] for k in parts), max((self._versions.get(k, 0) for k in parts), default=0),
+                name)
+
     def _handed_on(self) -> dict[str, Membership]:
         """This node's memberships, the newer one only where two share a router (a rename in flight)."""
         by_router: dict[tuple[str, int | None], str] = {}
@@ -231,7 +267,7 @@ class GroupView:
             if other is None:
                 by_router[router] = name
                 continue
-            older, newer = sorted((other, name), key=lambda n: (self._versions.get(n, 0), n))
+            older, newer = sorted((other, name), key=self._version_of)
             out.pop(older, None)
             by_router[router] = newer
         return out
