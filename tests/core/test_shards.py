@@ -20,8 +20,12 @@ POOL = pool(addresses=("203.0.113.1-203.0.113.250", "2001:db8::1-2001:db8::ff"))
 
 def cluster(count: int, seed: int = 0) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    return [svc(f"s{i}", annotations={"vipcore.io/ip-families": "dual"} if rng.random() < 0.2 else {})
-            for i in range(count)]
+    return [dual(svc(f"s{i}")) if rng.random() < 0.3 else svc(f"s{i}") for i in range(count)]
+
+
+def dual(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["spec"].update(ipFamilyPolicy="RequireDualStack", ipFamilies=["IPv4", "IPv6"])
+    return obj
 
 
 def apply(result: Plan, services: list[dict[str, Any]], groups: dict[str, dict[str, Any]],
@@ -36,8 +40,9 @@ def apply(result: Plan, services: list[dict[str, Any]], groups: dict[str, dict[s
     for obj in services:
         key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
         ips = [str(ip) for ip in result.addresses.get(key, ())]
-        out.append(svc(obj["metadata"]["name"], ips=tuple(ips), finalizers=(FINALIZER,),
-                       annotations=obj["metadata"]["annotations"]))
+        new = svc(obj["metadata"]["name"], ips=tuple(ips), finalizers=(FINALIZER,))
+        new["spec"] = obj["spec"]
+        out.append(new)
     return out
 
 
@@ -62,7 +67,7 @@ def merged(groups: dict[str, dict[str, Any]]) -> dict[str, VipGroup]:
 
 def test_small_group_is_written_as_today() -> None:
     groups: dict[str, dict[str, Any]] = {}
-    result = run(cluster(BOUND), groups)
+    result = run(cluster(BOUND // 2), groups)
     assert [w.name for w in result.groups] == [result.resolution.groups[0].name]
     assert "shard" not in result.groups[0].spec  # byte for byte the unsharded spec
 
@@ -76,7 +81,7 @@ def test_big_group_is_sharded_stable_and_deterministic() -> None:
     counts = {obj["spec"]["shard"]["count"] for obj in groups.values()}
     assert counts == {shards.needed(len(group.vips_v4) + len(group.vips_v6), BOUND)} and len(groups) > 1
     assert group.name in groups  # shard 0 is named as the group: holders are recorded there
-    assert merged(groups) == {group.name: group}
+    assert merged(groups) == {group.name: group} and group.vips_v6  # both families
     # Restarted controller: the same answer, nothing to write.
     again = run(services, groups)
     assert not again.groups and not again.deletes
@@ -92,7 +97,7 @@ def test_big_group_is_sharded_stable_and_deterministic() -> None:
 
 def test_growing_the_shard_count_writes_additions_before_removals() -> None:
     groups: dict[str, dict[str, Any]] = {}
-    services = cluster(BOUND)
+    services = cluster(BOUND // 2)
     services = apply(run(services, groups), services, groups, 1)
     assert len(groups) == 1
     services = cluster(40)
