@@ -75,6 +75,8 @@ class GroupView:
         self._objects: dict[str, VipGroup] = {}
         #: Group name -> its objects' names (one, or its shards).
         self._parts: dict[str, set[str]] = {}
+        #: Groups whose objects changed since they were last merged.
+        self._stale: set[str] = set()
         #: Object name -> resourceVersion (a group's version is its newest object's).
         self._versions: dict[str, int] = {}
         self._nodes: dict[str, Node] = {}
@@ -151,12 +153,8 @@ class GroupView:
             self._texts[key] = _texts_of(obj)
             self._parts.setdefault(name, set()).add(key)
         old = self._groups.get(name)
-        parts = self._parts.get(name)
-        group = merge(name, (self._objects[k] for k in parts)) if parts else None
-        if group is None:
-            self._groups.pop(name, None)
-        else:
-            self._groups[name] = group
+        # Merged in take(): a burst of shard changes (a renamed group's shards, one by one) merges once.
+        self._stale.add(name)
         key = name
         held = sum(len(t) for texts in self._texts.values() for t in texts)
         if sum(map(len, self._parsed.values())) > 2 * held + 1024:  # forget addresses no group holds
@@ -165,7 +163,8 @@ class GroupView:
                             for i, (f, memo) in enumerate(self._parsed.items())}
         self._all = None
         self._changed = True  # the list of groups changed (status shows it), whether or not it is ours
-        if (old is not None and self.node in old.nodes) or (group is not None and self.node in group.nodes):
+        if (old is not None and self.node in old.nodes) or (group is not None and self.node in group.nodes) \
+                or (before is not None and self.node in before.nodes):
             self._dirty.setdefault(key, False)
 
     def _unpart(self, name: str, key: str) -> None:
@@ -211,12 +210,39 @@ class GroupView:
     def take(self) -> bool:
         """Recompute what changes reached; True if the :meth:`state` differs from the last one taken."""
         with self._lock:
+            self._merge_stale()
             for name, members in self._dirty.items():
                 self._refresh(name, members)
             changed = self._changed or bool(self._dirty)
             self._dirty.clear()
             self._changed = False
             return changed
+
+    def _merge_stale(self) -> None:
+        """Merge the shards of the groups that changed, except a group still being written (not all its
+        shards here, or some gone) while another group on its router is complete: that one is handed
+        on meanwhile (:meth:`_handed_on`), and the group is merged when its last shard arrives."""
+        if not self._stale:
+            return
+        complete_on: set[tuple[str, int | None]] = set()
+        for names in self._parts.values():
+            whole = [self._objects[k] for k in names]
+            if complete(whole):
+                complete_on.add((whole[0].interface, whole[0].vrid))
+        for name in list(self._stale):
+            keys = self._parts.get(name)
+            if keys:
+                parts = [self._objects[k] for k in keys]
+                if not complete(parts) and (parts[0].interface, parts[0].vrid) in complete_on:
+                    group = self._groups.get(name)
+                    if group is None or (group.interface, group.vrid) == (parts[0].interface, parts[0].vrid):
+                        continue  # a rename in flight: wait for the rest
+            self._stale.discard(name)
+            group = merge(name, (self._objects[k] for k in keys)) if keys else None
+            if group is None:
+                self._groups.pop(name, None)
+            else:
+                self._groups[name] = group
 
     def _refresh(self, name: str, members_changed: bool) -> None:
         group = self._groups.get(name)
