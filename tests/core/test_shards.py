@@ -52,16 +52,16 @@ def run(services: list[dict[str, Any]], groups: dict[str, dict[str, Any]], bound
 
 
 def merged(groups: dict[str, dict[str, Any]]) -> dict[str, VipGroup]:
-    parts: dict[str, list[VipGroup]] = {}
+    """The groups an agent merges from these objects (every set complete, one shard 0 each)."""
+    sets: dict[str, list[VipGroup]] = {}
     for obj in groups.values():
         g = vipgroup_from_k8s(obj)
-        parts.setdefault(g.shard.group if g.shard else g.name, []).append(g)
+        sets.setdefault(g.shard.key if g.shard else g.name, []).append(g)
     out = {}
-    for name, ps in parts.items():
-        assert shards.complete(ps)
-        group = shards.merge(name, ps)
-        assert group is not None
-        out[name] = group
+    for parts in sets.values():
+        (zero,) = [g for g in parts if g.shard is None or g.shard.index == 0]
+        assert shards.complete(zero, parts)
+        out[zero.name] = shards.merge(zero, parts)
     return out
 
 
@@ -79,6 +79,7 @@ def test_big_group_is_sharded_stable_and_deterministic() -> None:
     (group,) = first.resolution.groups
     services = apply(first, services, groups, 1)
     counts = {obj["spec"]["shard"]["count"] for obj in groups.values()}
+    assert [obj["spec"]["nodes"] for name, obj in groups.items() if name != group.name] == [[]] * (len(groups) - 1)
     assert counts == {shards.needed(len(group.vips_v4) + len(group.vips_v6), BOUND)} and len(groups) > 1
     assert group.name in groups  # shard 0 is named as the group: holders are recorded there
     assert merged(groups) == {group.name: group} and group.vips_v6  # both families
@@ -122,16 +123,30 @@ def test_a_service_keeps_its_shard_when_the_count_doubles(seed: int) -> None:
         assert shards.shard_of(key, 8) in (shards.shard_of(key, 4), shards.shard_of(key, 4) + 4)
 
 
-def test_merge_dedupes_a_service_moving_between_shards_and_leaves_out_a_stale_identity() -> None:
+def test_merge_dedupes_a_service_moving_between_shards_and_leaves_out_another_routers() -> None:
     a, b = ipaddress.IPv4Address("203.0.113.9"), ipaddress.IPv4Address("203.0.113.2")
-    zero = VipGroup("g-eth0", "eth0", ("n1", "n2"), vrid=3, vips_v4=(a,), services=("d/x",), shard=Shard("g-eth0", 0, 2))
-    one = VipGroup("g-eth0.s1", "eth0", ("n1", "n2"), vrid=3, vips_v4=(a, b), services=("d/x", "d/y"),
-                   shard=Shard("g-eth0", 1, 2))
-    stale = VipGroup("g-eth0.s2", "eth0", ("n1",), vrid=3, vips_v4=(ipaddress.IPv4Address("203.0.113.7"),),
-                     services=("d/z",), shard=Shard("g-eth0", 2, 4))
-    group = shards.merge("g-eth0", [one, stale, zero])
+    zero = VipGroup("g-eth0", "eth0", ("n1", "n2"), vrid=3, vips_v4=(a,), services=("d/x",), shard=Shard("k", 0, 2))
+    one = VipGroup("k-1", "eth0", (), vrid=3, vips_v4=(a, b), services=("d/x", "d/y"), shard=Shard("k", 1, 2))
+    other = VipGroup("k-2", "eth0", (), vrid=4, vips_v4=(ipaddress.IPv4Address("203.0.113.7"),),
+                     services=("d/z",), shard=Shard("k", 2, 4))
+    group = shards.merge(zero, [one, other, zero])
     assert group == VipGroup("g-eth0", "eth0", ("n1", "n2"), vrid=3, vips_v4=(b, a), services=("d/x", "d/y"))
-    assert shards.complete([zero, one]) and not shards.complete([one])
+    assert shards.complete(zero, [zero, one]) and not shards.complete(zero, [zero]) and not shards.complete(None, [one])
+
+
+def test_a_node_flip_rewrites_shard_zero_only() -> None:
+    groups: dict[str, dict[str, Any]] = {}
+    services = cluster(40)
+    services = apply(run(services, groups), services, groups, 1)
+    (old,) = merged(groups)
+    # node-c leaves: the group is renamed (its name hashes its nodes); its set and other shards stay.
+    result = plan(services, nodes=NODES[:2], endpoint_slices=(), pools=(POOL,), vipgroups=list(groups.values()),
+                  shard_vips=BOUND)
+    (group,) = result.resolution.groups
+    assert group.name != old
+    assert [(w.name, w.create) for w in result.groups] == [(group.name, True)] and result.deletes == (old,)
+    apply(result, services, groups, 2)
+    assert merged(groups) == {group.name: group}
 
 
 def test_holders_lineage_and_status_of_shards() -> None:

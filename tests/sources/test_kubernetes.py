@@ -330,8 +330,8 @@ def test_sharded_groups_reach_the_agents_as_one_group(server: ApiServer, tmp_pat
                 server.create(service(name))
             await wait(lambda: all(lb_ips(server, s) for s in names) and len(shard_objects()) == 4,
                        what="12 VIPs in 4 shards")
-            (group,) = {g["spec"]["shard"]["group"] for g in shard_objects()}
-            assert group in {g["metadata"]["name"] for g in vipgroups(server)}  # shard 0 is named as the group
+            (group,) = {g["metadata"]["name"] for g in shard_objects() if g["spec"]["shard"]["index"] == 0}
+            assert all(g["spec"]["nodes"] == [] for g in shard_objects() if g["metadata"]["name"] != group)
             for name, agent in agents.items():
                 expected = await full_view(name)
                 assert set(expected) == {group} and len(expected[group].group.vips_v4) == 12
@@ -353,8 +353,13 @@ def test_sharded_groups_reach_the_agents_as_one_group(server: ApiServer, tmp_pat
             agents["node-a"].vips.clear()
             server.patch("v1", "Node", "node-c", {"status": {"conditions": [{"type": "Ready", "status": "False"}]}},
                          subresource="status")
-            await wait(lambda: group not in {g["spec"]["shard"]["group"] for g in shard_objects()},
+            others = {g["metadata"]["name"]: g["metadata"]["generation"] for g in shard_objects()
+                      if g["metadata"]["name"] != group}
+            await wait(lambda: group not in {g["metadata"]["name"] for g in shard_objects()},
                        what="the group renamed")
+            # Only shard 0 was rewritten (renamed): the spec of the other shards is untouched.
+            assert {g["metadata"]["name"]: g["metadata"]["generation"] for g in shard_objects()
+                    if g["spec"]["shard"]["index"] > 0} == others
             await wait(lambda: all(len(m.group.nodes) == 2 for m in agents["node-a"].agent.memberships.values()),
                        what="node-a to follow the rename")
             assert [len(m.group.vips_v4) for m in agents["node-a"].agent.memberships.values()] == [13]

@@ -196,10 +196,11 @@ class Pool:
 class Shard:
     """Which part of a big group one VipGroup object holds (see :mod:`vipcore.core.shards`).
 
-    ``group``: the group's name (the name of shard 0); ``index`` in ``0..count-1``.
+    ``key``: the shard set's (:func:`vipcore.core.shards.set_key`: the group's router, which a rename
+    keeps); ``index`` in ``0..count-1`` (0 is named as the group and has its nodes).
     """
 
-    group: str
+    key: str
     index: int
     count: int = attrs.field()
 

@@ -460,7 +460,7 @@ def vipgroup_spec(group: VipGroup) -> dict[str, Any]:
         "services": list(group.services),
     }
     if group.shard is not None:  # only then: an unsharded group's spec is what it always was
-        spec["shard"] = {"group": group.shard.group, "index": group.shard.index, "count": group.shard.count}
+        spec["shard"] = {"set": group.shard.key, "index": group.shard.index, "count": group.shard.count}
     return spec
 
 
@@ -468,14 +468,14 @@ def _shard(obj: Obj, value: Any) -> Shard | None:
     if value is None:
         return None
     shard = _mapping(obj, "spec.shard", value)
-    group, index, count = shard.get("group"), shard.get("index"), shard.get("count")
-    if not isinstance(group, str) or not group:
-        raise _fail(obj, "spec.shard.group", f"must be the group's name, got {show(group)}")
+    key, index, count = shard.get("set"), shard.get("index"), shard.get("count")
+    if not isinstance(key, str) or not key:
+        raise _fail(obj, "spec.shard.set", f"must be the shard set's key, got {show(key)}")
     for field, number in (("index", index), ("count", count)):
         if not isinstance(number, int) or isinstance(number, bool) or number < 0:
             raise _fail(obj, f"spec.shard.{field}", f"must be a whole number, got {show(number)}")
     try:
-        return Shard(group, int(index), int(count))  # type: ignore[arg-type]  # checked above
+        return Shard(key, int(index), int(count))  # type: ignore[arg-type]  # checked above
     except ValueError as exc:
         raise _fail(obj, "spec.shard.index", str(exc)) from None
 
@@ -588,9 +588,8 @@ def state_from_objects(
             elif kind == "VipGroup":
                 name, vrid = pinned_vrid(obj)
                 shard = (obj.get("spec") or {}).get("shard")
-                # A shard beyond the first pins its group's VRID under the group's name (shard 0 does too).
-                vrids[shard["group"] if isinstance(shard, Mapping) and isinstance(shard.get("group"), str)
-                      else name] = vrid
+                if not isinstance(shard, Mapping) or not shard.get("index"):  # shard 0 pins its group's
+                    vrids[name] = vrid
         except ManifestError as exc:
             if origin is None:
                 raise

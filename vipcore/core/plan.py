@@ -50,7 +50,7 @@ from vipcore.core.model import (
 )
 from vipcore.core.model import FINALIZER
 from vipcore.core.resolve import choose_pool, membership, resolve
-from vipcore.core.shards import SHARD_VIPS, split
+from vipcore.core.shards import SHARD_VIPS, shard_name, split
 
 Obj = Mapping[str, Any]
 
@@ -219,13 +219,29 @@ def _normal_spec(spec: Any) -> dict[str, Any]:
     }
 
 
-def group_of(obj: Obj) -> str:
-    """The name of the group a VipGroup object holds (part of): its ``spec.shard.group``, else its name."""
+def _shard(obj: Obj) -> tuple[str, int] | None:
+    """A VipGroup object's (set key, index) when it is a shard (``spec.shard``)."""
     spec = obj.get("spec")
     shard = spec.get("shard") if isinstance(spec, Mapping) else None
-    if isinstance(shard, Mapping) and isinstance(shard.get("group"), str):
-        return str(shard["group"])
-    return str(_meta(obj).get("name"))
+    if isinstance(shard, Mapping) and isinstance(shard.get("set"), str) and isinstance(shard.get("index"), int):
+        return str(shard["set"]), int(shard["index"])
+    return None
+
+
+def group_names(vipgroups: Iterable[Obj]) -> dict[str, list[str]]:
+    """VipGroup object name -> the groups whose VIPs it holds: itself (a group, or a shard 0, which is
+    named as its group), or for another shard the shard 0s of its set (two while a rename is in flight)."""
+    objs = list(vipgroups)
+    zeros: dict[str, list[str]] = {}
+    for obj in objs:
+        shard = _shard(obj)
+        if shard is not None and shard[1] == 0:
+            zeros.setdefault(shard[0], []).append(str(_meta(obj).get("name")))
+    out: dict[str, list[str]] = {}
+    for obj in objs:
+        name, shard = str(_meta(obj).get("name")), _shard(obj)
+        out[name] = sorted(zeros.get(shard[0], [])) if shard is not None and shard[1] > 0 else [name]
+    return out
 
 
 def _shard_count(obj: Obj | None) -> int | None:
@@ -252,12 +268,14 @@ def persisted_lineage(vipgroups: Iterable[Obj]) -> dict[str, tuple[str, ...]]:
     """Group name -> the Services of every existing VipGroup (of all its shards): a renamed group inherits
     its VRID."""
     lineage: dict[str, tuple[str, ...]] = {}
-    for obj in vipgroups:
+    objs = list(vipgroups)
+    names = group_names(objs)
+    for obj in objs:
         spec = obj.get("spec") or {}
         services = spec.get("services") if isinstance(spec, Mapping) else None
         if isinstance(_meta(obj).get("name"), str) and isinstance(services, list):
-            name = group_of(obj)
-            lineage[name] = lineage.get(name, ()) + tuple(str(s) for s in services)
+            for name in names[str(_meta(obj).get("name"))]:
+                lineage[name] = lineage.get(name, ()) + tuple(str(s) for s in services)
     return lineage
 
 
@@ -377,9 +395,10 @@ def plan(
     unresolved = {u.service: u.reason for u in resolution.unresolved}
 
     old_group_of: dict[str, str] = {}
-    for gobj in group_objs.values():
+    names_of = group_names(group_objs.values())
+    for gname, gobj in group_objs.items():
         for svc_key in (gobj.get("spec") or {}).get("services") or []:
-            old_group_of[str(svc_key)] = group_of(gobj)
+            old_group_of[str(svc_key)] = (names_of[gname] or [gname])[0]
     new_group_of = {svc_key: g for g in resolution.groups for svc_key in g.services}
 
     allocated: dict[str, tuple[IPAddress, ...]] = {}
@@ -425,7 +444,9 @@ def plan(
     shrinking: list[GroupWrite] = []
     wanted_groups: set[str] = set()
     for group in resolution.groups:
-        for part in split(group, addresses, _shard_count(group_objs.get(group.name)), bound=shard_vips):
+        # The count it is written with: its shard 0's, or (renamed) its set's.
+        current = _shard_count(group_objs.get(group.name)) or _shard_count(group_objs.get(shard_name(group, 1)))
+        for part in split(group, addresses, current, bound=shard_vips):
             wanted_groups.add(part.name)
             existing = group_objs.get(part.name)
             if existing is None:
@@ -521,10 +542,11 @@ def group_status(obj: Obj, *, now: str = "") -> dict[str, Any] | None:
     holders = holders_of(obj)
     families = [f for f in ("ipv4", "ipv6") if vips.get(f)]
     missing = [f for f in families if f not in holders]
-    group = group_of(obj)
-    if group != _meta(obj).get("name"):
+    shard = _shard(obj)
+    if shard is not None and shard[1] > 0:
         cond: dict[str, Any] = {"type": "Held", "status": "Unknown", "reason": "Shard",
-                                "message": f"a shard of VipGroup {group}: its holders are recorded there"}
+                                "message": f"shard {shard[1]} of set {shard[0]}: holders are recorded on its group "
+                                           "(shard 0)"}
     elif missing:
         cond = {"type": "Held", "status": "False", "reason": "NoHolder",
                                 "message": "no node holds the " + " and ".join(
@@ -564,12 +586,14 @@ def holder_notes(
     vips_of: dict[tuple[str, str], str] = {}
     objs = sorted(groups, key=lambda o: str(_meta(o).get("name")))
     by_name = {str(_meta(o).get("name")): o for o in objs}
+    names = group_names(objs)
     for obj in objs:
         spec = obj.get("spec") or {}
         vips = spec.get("vips") or {}
         # Agents record the holders of a sharded group on its shard 0 (named as the group).
-        zero = by_name.get(group_of(obj))
-        holders = holders_of(zero if zero is not None else obj)
+        holders: dict[str, str] = {}
+        for zero in names[str(_meta(obj).get("name"))]:
+            holders.update(holders_of(by_name[zero]))
         for svc_key in spec.get("services") or []:
             families = seen.setdefault(str(svc_key), {})
             for family, node in holders.items():
@@ -595,6 +619,6 @@ def holder_notes(
 
 __all__ = [
     "FINALIZER", "COMPONENT", "Note", "ServiceWrite", "GroupWrite", "Plan", "Selection", "plan",
-    "holder_notes", "group_of", "persisted_vrids", "persisted_lineage", "ingress_body", "ingress_of", "POOL_FINALIZER",
+    "holder_notes", "group_names", "persisted_vrids", "persisted_lineage", "ingress_body", "ingress_of", "POOL_FINALIZER",
     "pool_status", "pool_in_use", "group_status",
 ]

@@ -7,16 +7,19 @@ makes every agent receive and parse all of it. The controller therefore writes
 a group of more than :data:`SHARD_VIPS` addresses as ``count`` objects:
 
 * shard 0 is named as the group (what agents record holders on, what an
-  unsharded VipGroup is); shard ``k`` is named ``<group>.s<k>``;
-* every shard carries the group's identity (interface, nodes, VRID) and
-  ``spec.shard = {group, index, count}``; a Service (all its VIPs) lives in
+  unsharded VipGroup is) and carries its identity (interface, nodes, VRID);
+* the others are named ``<set key>-<k>`` after the router (interface, VRID)
+  and carry no nodes: a Node flip renames the group, and so rewrites shard 0
+  alone (a new name, the old one deleted), not every shard;
+* every shard has ``spec.shard = {set, index, count}``; a Service (all its VIPs) lives in
   shard ``hash(namespace/name) mod count``: adding or removing one Service
   rewrites one shard, and a restarted controller writes the same shards;
 * ``count`` is a power of two, so growing it splits each shard in two (a
   Service stays or moves to ``index + old count``); it is kept while the
   average stays within the bound (no flapping around a threshold);
-* an agent merges the shards of a group (:func:`merge`) into the group as it
-  would be unsharded: one router per group and family, as before.
+* an agent merges the shards of a set (:func:`merge`) into the group as it
+  would be unsharded, named and placed by the newest shard 0: one router
+  per group and family, as before.
 """
 
 from __future__ import annotations
@@ -72,9 +75,16 @@ def shard_of(service: str, count: int) -> int:
     return int.from_bytes(digest, "big") & (count - 1)
 
 
-def shard_name(group: str, index: int) -> str:
-    """The VipGroup object name of shard ``index`` of ``group``."""
-    return group if index == 0 else f"{group}.s{index}"
+def set_key(group: VipGroup) -> str:
+    """The key of a group's shard set: its router (interface, VRID), which a rename keeps."""
+    digest = hashlib.sha256(f"{group.interface}\x00{group.vrid}".encode()).hexdigest()
+    return f"vipset-{digest[:20]}"
+
+
+def shard_name(group: VipGroup, index: int) -> str:
+    """The VipGroup object name of shard ``index`` of ``group``: the group's own name for shard 0,
+    ``<set key>-<index>`` for the others (unchanged when a membership change renames the group)."""
+    return group.name if index == 0 else f"{set_key(group)}-{index}"
 
 
 def split(group: VipGroup, addresses: Mapping[str, Iterable[IPAddress]], current: int | None = None, *,
@@ -82,52 +92,61 @@ def split(group: VipGroup, addresses: Mapping[str, Iterable[IPAddress]], current
     """``group`` as the VipGroup objects to write: itself when small, else its :func:`shard_count` shards
     (all of them, empty ones too: an agent knows a group is complete when it has ``count`` shards).
 
-    ``addresses``: each Service's addresses (those in ``group`` are taken); ``current``: the
-    ``count`` the group is written with now; ``bound``: :data:`SHARD_VIPS` (tests shard small groups).
+    Shard 0 has the group's identity (interface, nodes, VRID); the others the interface and VRID
+    (their set) and no nodes, so a Node joining or leaving rewrites shard 0 only (renamed, as an
+    unsharded group is). ``addresses``: each Service's addresses (those in ``group`` are taken);
+    ``current``: the ``count`` the group is written with now; ``bound``: :data:`SHARD_VIPS`.
     """
     count = shard_count(len(group.vips_v4) + len(group.vips_v6), current, bound)
     if count == 1:
         return (group,)
     services: list[list[str]] = [[] for _ in range(count)]
-    # Address values by family (``_VALUE``: see there), each of a Service of this group.
-    held: list[set[tuple[int, int]]] = [set() for _ in range(count)]
+    index_of: dict[tuple[int, int], int] = {}  # (version, address value) -> shard
     for key in group.services:
         index = shard_of(key, count)
         services[index].append(key)
-        held[index].update((ip.version, _VALUE(ip)) for ip in addresses.get(key, ()))
+        for ip in addresses.get(key, ()):
+            index_of[(ip.version, _VALUE(ip))] = index
+    v4: list[list[IPAddress]] = [[] for _ in range(count)]
+    v6: list[list[IPAddress]] = [[] for _ in range(count)]
+    for family, vips, into in ((4, group.vips_v4, v4), (6, group.vips_v6, v6)):
+        for ip in vips:  # the group's (sorted) order
+            into[index_of.get((family, _VALUE(ip)), 0)].append(ip)
+    key = set_key(group)
     return tuple(
-        attrs.evolve(group, name=shard_name(group.name, i),
-                     vips_v4=tuple(ip for ip in group.vips_v4 if (4, _VALUE(ip)) in held[i]),  # the group's order
-                     vips_v6=tuple(ip for ip in group.vips_v6 if (6, _VALUE(ip)) in held[i]),
-                     services=tuple(services[i]), shard=Shard(group.name, i, count))
+        attrs.evolve(group, name=shard_name(group, i), nodes=group.nodes if i == 0 else (),
+                     vips_v4=tuple(v4[i]), vips_v6=tuple(v6[i]),  # type: ignore[arg-type]  # by family
+                     services=tuple(services[i]), shard=Shard(key, i, count))
         for i in range(count))
 
 
-def identity(group: VipGroup) -> tuple[str, tuple[str, ...], int | None]:
-    """What the shards of one group share: interface, nodes, VRID."""
-    return group.interface, group.nodes, group.vrid
+def merge(zero: VipGroup, others: Iterable[VipGroup]) -> VipGroup:
+    """The group whose shard 0 is ``zero``, with the other shards an agent has: equal to the
+    unsharded group once it has them all (:func:`complete`).
 
-
-def merge(name: str, parts: Iterable[VipGroup]) -> VipGroup | None:
-    """The group ``name`` from the shards an agent has: equal to the unsharded group once it has them all.
-
-    The identity (interface, nodes, VRID) is the lowest shard's; a shard that disagrees (written before
-    a change the others have not had yet) is left out. VIPs and Services are deduplicated (a Service
-    moving between shards is briefly in both) and sorted as :func:`vipcore.core.resolve.make_group`
-    sorts them. None without shards.
+    A shard of another router (written before a change the others have not had yet) is left out.
+    VIPs and Services are deduplicated (a Service moving between shards is briefly in both) and
+    sorted as :func:`vipcore.core.resolve.make_group` sorts them.
     """
-    ordered = sorted(parts, key=lambda g: g.shard.index if g.shard else 0)
-    if not ordered:
-        return None
-    first = ordered[0]
-    if len(ordered) == 1 and first.shard is None:
-        return first
-    same = [g for g in ordered if identity(g) == identity(first)]
+    if zero.shard is None:
+        return zero
+    same = [zero] + [g for g in others if (g.interface, g.vrid) == (zero.interface, zero.vrid)
+                     and g.shard is not None and g.shard.index > 0]
     return VipGroup(
-        name=name, interface=first.interface, nodes=first.nodes, vrid=first.vrid,
+        name=zero.name, interface=zero.interface, nodes=zero.nodes, vrid=zero.vrid,
         vips_v4=_union(g.vips_v4 for g in same),  # type: ignore[arg-type]  # one family in, the same out
         vips_v6=_union(g.vips_v6 for g in same),  # type: ignore[arg-type]
         services=tuple(sorted(set(itertools.chain.from_iterable(g.services for g in same)))))
+
+
+def complete(zero: VipGroup | None, others: Iterable[VipGroup]) -> bool:
+    """Whether the shards of ``zero``'s group are all here (as ``zero`` counts them)."""
+    if zero is None:
+        return False
+    if zero.shard is None:
+        return True
+    present = {g.shard.index for g in others if g.shard is not None}
+    return all(i in present for i in range(1, zero.shard.count))
 
 
 def _union(families: Iterable[tuple[IPAddress, ...]]) -> tuple[IPAddress, ...]:
@@ -136,13 +155,3 @@ def _union(families: Iterable[tuple[IPAddress, ...]]) -> tuple[IPAddress, ...]:
     found = list(itertools.chain.from_iterable(families))
     by_value = dict(zip(map(_VALUE, found), found))
     return tuple(map(by_value.__getitem__, sorted(by_value)))
-
-
-def complete(parts: Iterable[VipGroup]) -> bool:
-    """Whether ``parts`` are every shard of their group (as its shard 0 counts them)."""
-    present = {g.shard.index if g.shard else 0: g for g in parts}
-    zero = present.get(0)
-    if zero is None:
-        return False
-    count = zero.shard.count if zero.shard else 1
-    return all(i in present for i in range(count))

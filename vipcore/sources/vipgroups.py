@@ -51,6 +51,16 @@ def _texts_of(obj: Obj) -> tuple[frozenset[str], ...]:
     return tuple(frozenset(vips.get(objects.family_key(f)) or ()) for f in Family)
 
 
+def _unit(group: VipGroup, key: str) -> str:
+    """What a VipGroup object is part of: its shard set, or (a whole group) itself."""
+    return group.shard.key if group.shard is not None else key
+
+
+def _is_zero(group: VipGroup) -> bool:
+    """A whole group or a shard 0: what names and places a group."""
+    return group.shard is None or group.shard.index == 0
+
+
 def _version(obj: Obj) -> int:
     rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
     return int(rv) if rv.isdigit() else 0
@@ -73,8 +83,11 @@ class GroupView:
         self._groups: dict[str, VipGroup] = {}
         #: Each VipGroup object as parsed (a whole group or a shard), by object name.
         self._objects: dict[str, VipGroup] = {}
-        #: Group name -> its objects' names (one, or its shards).
+        #: Unit (a whole group's name, or a shard set's key) -> its objects' names. Groups, memberships
+        #: and what is dirty are kept by unit: a renamed sharded group stays one unit.
         self._parts: dict[str, set[str]] = {}
+        #: Unit -> the shard 0 (or whole group) object its group is named and placed by: the newest.
+        self._zero: dict[str, str] = {}
         #: Groups whose objects changed since they were last merged.
         self._stale: set[str] = set()
         #: Object name -> resourceVersion (a group's version is its newest object's).
@@ -139,23 +152,29 @@ class GroupView:
         before = self._objects.get(key)
         if group == before:
             return
-        name = (group or before).shard.group if (group or before).shard else key  # type: ignore[union-attr]
-        if before is not None and before.shard is not None and before.shard.group != name:
-            self._unpart(before.shard.group, key)  # an object does not move between groups, but be sure
+        unit = _unit(group or before, key)  # type: ignore[arg-type]  # not both None: equal above
+        if before is not None and _unit(before, key) != unit:  # a group became sharded, or whole again
+            self._unpart(_unit(before, key), key)
+            self._stale.add(_unit(before, key))
+            self._dirty.setdefault(_unit(before, key), False)
         if group is None:
             self._objects.pop(key, None)
             self._versions.pop(key, None)
             self._texts.pop(key, None)
-            self._unpart(name, key)
+            self._unpart(unit, key)
         else:
             self._objects[key] = group
             self._versions[key] = _version(obj)
             self._texts[key] = _texts_of(obj)
-            self._parts.setdefault(name, set()).add(key)
-        old = self._groups.get(name)
-        # Merged in take(): a burst of shard changes (a renamed group's shards, one by one) merges once.
-        self._stale.add(name)
-        key = name
+            self._parts.setdefault(unit, set()).add(key)
+        old = self._groups.get(unit)
+        chosen = self._zero.get(unit)
+        if (_is_zero(group or before) and chosen is not None and chosen != key  # type: ignore[arg-type]
+                and chosen in self._objects and (group is None or self._versions[key] <= self._versions[chosen])):
+            return  # an older shard 0 of a renamed group (written or deleted): the group is the newer one
+        # Merged in take(): a burst of shard changes merges once.
+        self._stale.add(unit)
+        key = unit
         held = sum(len(t) for texts in self._texts.values() for t in texts)
         if sum(map(len, self._parsed.values())) > 2 * held + 1024:  # forget addresses no group holds
             live = [frozenset().union(*(texts[i] for texts in self._texts.values())) for i in range(len(Family))]
@@ -225,24 +244,33 @@ class GroupView:
         if not self._stale:
             return
         complete_on: set[tuple[str, int | None]] = set()
-        for names in self._parts.values():
-            whole = [self._objects[k] for k in names]
-            if complete(whole):
-                complete_on.add((whole[0].interface, whole[0].vrid))
-        for name in list(self._stale):
-            keys = self._parts.get(name)
-            if keys:
-                parts = [self._objects[k] for k in keys]
-                if not complete(parts) and (parts[0].interface, parts[0].vrid) in complete_on:
-                    group = self._groups.get(name)
-                    if group is None or (group.interface, group.vrid) == (parts[0].interface, parts[0].vrid):
-                        continue  # a rename in flight: wait for the rest
-            self._stale.discard(name)
-            group = merge(name, (self._objects[k] for k in keys)) if keys else None
-            if group is None:
-                self._groups.pop(name, None)
-            else:
-                self._groups[name] = group
+        for unit in self._parts:
+            if self._complete(unit):
+                zero = self._objects[self._zero_of(unit) or ""]
+                complete_on.add((zero.interface, zero.vrid))
+        for unit in list(self._stale):
+            zero_key = self._zero_of(unit)
+            if zero_key is not None and not self._complete(unit):
+                zero = self._objects[zero_key]
+                if (zero.interface, zero.vrid) in complete_on:
+                    continue  # a new set being written beside a complete one: wait for the rest
+            self._stale.discard(unit)
+            if zero_key is None:  # no shard 0 (yet, or any more): no group
+                self._groups.pop(unit, None)
+                self._zero.pop(unit, None)
+                continue
+            self._zero[unit] = zero_key
+            others = (self._objects[k] for k in self._parts[unit] if not _is_zero(self._objects[k]))
+            self._groups[unit] = merge(self._objects[zero_key], others)
+
+    def _zero_of(self, unit: str) -> str | None:
+        """The newest shard 0 (or whole group) object of ``unit``."""
+        zeros = [k for k in self._parts.get(unit, ()) if _is_zero(self._objects[k])]
+        return max(zeros, key=lambda k: (self._versions.get(k, 0), k)) if zeros else None
+
+    def _complete(self, unit: str) -> bool:
+        zero = self._zero_of(unit)
+        return zero is not None and complete(self._objects[zero], (self._objects[k] for k in self._parts[unit]))
 
     def _refresh(self, name: str, members_changed: bool) -> None:
         group = self._groups.get(name)
@@ -276,12 +304,11 @@ class GroupView:
                               pools=self._pools, drained=bool(me and me.drained),
                               managed=self.managed)
 
-    def _version_of(self, name: str) -> tuple[bool, int, str]:
+    def _version_of(self, unit: str) -> tuple[bool, int, str]:
         """Which of two groups on one router is handed on: a complete one (every shard here) over one
         still being written, then the newer."""
-        parts = self._parts.get(name, ())
-        return (complete(self._objects[k] for k in parts), max((self._versions.get(k, 0) for k in parts), default=0),
-                name)
+        parts = self._parts.get(unit, ())
+        return self._complete(unit), max((self._versions.get(k, 0) for k in parts), default=0), unit
 
     def _handed_on(self) -> dict[str, Membership]:
         """This node's memberships, the newer one only where two share a router (a rename in flight)."""
@@ -296,7 +323,7 @@ class GroupView:
             older, newer = sorted((other, name), key=self._version_of)
             out.pop(older, None)
             by_router[router] = newer
-        return out
+        return {m.group.name: m for m in out.values()}
 
     @property
     def invalid(self) -> dict[str, str]:
