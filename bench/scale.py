@@ -206,11 +206,10 @@ class ControllerStandIn:
     def _persisted(self, state: Any) -> Any:
         import attrs
 
-        from vipcore.core.plan import group_of, persisted_lineage
+        from vipcore.core.plan import persisted_lineage, persisted_vrids
 
         objs = [{"metadata": {"name": n}, "spec": s} for n, s in self.groups.items()]
-        return attrs.evolve(state, vrids={group_of(o): o["spec"]["vrid"] for o in objs},
-                            lineage=persisted_lineage(objs))
+        return attrs.evolve(state, vrids=persisted_vrids(objs), lineage=persisted_lineage(objs))
 
     def change(self, state: Any) -> list[tuple[str, str, Any]]:
         """The VipGroup writes for ``state``: (verb, name, spec), creates and updates before deletes;
@@ -222,12 +221,20 @@ class ControllerStandIn:
         resolution = self.resolver.update(self._persisted(state))
         addresses = {**resolution.allocations, **resolution.addresses}
         wanted = {part.name: vipgroup_spec(part) for g in resolution.groups
-                  for part in split(g, addresses, (self.groups.get(g.name) or {}).get("shard", {}).get("count"))}
+                  for part in split(g, addresses, self._count(g))}
         writes = [("create", n, spec) for n, spec in wanted.items() if n not in self.groups]
         writes += [("patch", n, spec) for n, spec in wanted.items() if n in self.groups and self.groups[n] != spec]
         writes += [("delete", n, None) for n in self.groups if n not in wanted]
         self.groups = wanted
         return writes
+
+    def _count(self, group: Any) -> int | None:
+        """The shard count ``group`` is written with: its shard 0's, or (renamed) its set's."""
+        from vipcore.core.shards import shard_name
+
+        spec = self.groups.get(group.name) or self.groups.get(shard_name(group, 1)) or {}
+        count = (spec.get("shard") or {}).get("count")
+        return count if isinstance(count, int) else None
 
     def write(self, writes: list[tuple[str, str, Any]]) -> str:
         """Send the writes; the first one's name (the key the agent's watch sees)."""
