@@ -136,7 +136,9 @@ def merge(zero: VipGroup, others: Iterable[VipGroup]) -> VipGroup:
         name=zero.name, interface=zero.interface, nodes=zero.nodes, vrid=zero.vrid,
         vips_v4=_union(g.vips_v4 for g in same),  # type: ignore[arg-type]  # one family in, the same out
         vips_v6=_union(g.vips_v6 for g in same),  # type: ignore[arg-type]
-        services=tuple(sorted(set(itertools.chain.from_iterable(g.services for g in same)))))
+        # Sorted first (timsort merges the shards' sorted runs), then deduplicated in order: a set first
+        # would scramble the runs.
+        services=tuple(dict.fromkeys(sorted(itertools.chain.from_iterable(g.services for g in same)))))
 
 
 def complete(zero: VipGroup | None, others: Iterable[VipGroup]) -> bool:
