@@ -164,3 +164,29 @@ def test_holders_lineage_and_status_of_shards() -> None:
     other = next(obj for name, obj in groups.items() if name != group.name)
     status = group_status(other)
     assert status is not None and status["conditions"][0]["reason"] == "Shard"
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_merged_kept_incrementally_equals_merge(seed: int) -> None:
+    """Shards counted in and out (a VIP or Service briefly in two) give :func:`shards.merge`'s group."""
+    rng = random.Random(seed)
+    pool4 = [ipaddress.IPv4Address(f"203.0.113.{i}") for i in range(1, 40)]
+    pool6 = [ipaddress.IPv6Address(f"2001:db8::{i:x}") for i in range(1, 40)]
+
+    def part(index: int) -> VipGroup:
+        return VipGroup("g-eth0" if index == 0 else f"k-{index}", "eth0", ("n1",) if index == 0 else (), vrid=3,
+                        vips_v4=tuple(sorted(rng.sample(pool4, rng.randint(0, 6)))),
+                        vips_v6=tuple(sorted(rng.sample(pool6, rng.randint(0, 3)))),
+                        services=tuple(sorted({f"d/s{rng.randint(0, 30)}" for _ in range(rng.randint(0, 5))})),
+                        shard=Shard("k", index, 4))
+
+    merged, current = shards.Merged(), {}
+    for _ in range(60):
+        index = rng.randrange(4)
+        new = part(index)
+        if index in current:
+            merged.remove(current[index])
+        merged.add(new)
+        current[index] = new
+        if 0 in current:
+            assert merged.group(current[0]) == shards.merge(current[0], current.values())

@@ -24,6 +24,7 @@ a group of more than :data:`SHARD_VIPS` addresses as ``count`` objects:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import operator
@@ -157,3 +158,60 @@ def _union(families: Iterable[tuple[IPAddress, ...]]) -> tuple[IPAddress, ...]:
     found = list(itertools.chain.from_iterable(families))
     by_value = dict(zip(map(_VALUE, found), found))
     return tuple(map(by_value.__getitem__, sorted(by_value)))
+
+
+class Merged:
+    """A shard set's VIPs and Services kept merged as shards come and go (the agent's view): a change
+    to one shard costs that shard's size and a bisection per address that came or went, not a merge
+    of the whole set. :meth:`group` equals :func:`merge` of the same shards."""
+
+    def __init__(self) -> None:
+        #: How many shards hold each address (by family and value) and each Service: a Service moving
+        #: between shards is in both for a moment.
+        self._holders: dict[tuple[int, int], int] = {}
+        self._service_holders: dict[str, int] = {}
+        self._values: dict[int, list[int]] = {4: [], 6: []}
+        self._addresses: dict[int, list[IPAddress]] = {4: [], 6: []}
+        self._services: list[str] = []
+
+    def add(self, part: VipGroup, sign: int = 1) -> None:
+        """Count ``part``'s VIPs and Services in (``sign`` 1) or out (-1)."""
+        for family, vips in ((4, part.vips_v4), (6, part.vips_v6)):
+            values, addresses = self._values[family], self._addresses[family]
+            for ip in vips:
+                key = (family, _VALUE(ip))
+                count = self._holders.get(key, 0) + sign
+                if count > 0:
+                    self._holders[key] = count
+                else:
+                    self._holders.pop(key, None)
+                if sign > 0 and count == 1:
+                    at = bisect.bisect_left(values, key[1])
+                    values.insert(at, key[1])
+                    addresses.insert(at, ip)
+                elif sign < 0 and count == 0:
+                    at = bisect.bisect_left(values, key[1])
+                    if at < len(values) and values[at] == key[1]:
+                        del values[at], addresses[at]
+        for service in part.services:
+            count = self._service_holders.get(service, 0) + sign
+            if count > 0:
+                self._service_holders[service] = count
+            else:
+                self._service_holders.pop(service, None)
+            if sign > 0 and count == 1:
+                bisect.insort(self._services, service)
+            elif sign < 0 and count == 0:
+                at = bisect.bisect_left(self._services, service)
+                if at < len(self._services) and self._services[at] == service:
+                    del self._services[at]
+
+    def remove(self, part: VipGroup) -> None:
+        self.add(part, -1)
+
+    def group(self, zero: VipGroup) -> VipGroup:
+        """The merged group, named and placed by ``zero`` (counted in like the other shards)."""
+        return VipGroup(name=zero.name, interface=zero.interface, nodes=zero.nodes, vrid=zero.vrid,
+                        vips_v4=tuple(self._addresses[4]),  # type: ignore[arg-type]  # by family
+                        vips_v6=tuple(self._addresses[6]),  # type: ignore[arg-type]
+                        services=tuple(self._services))

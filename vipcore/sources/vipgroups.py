@@ -35,7 +35,7 @@ from vipcore.core import objects
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import Family, GroupState, IPAddress, Membership, Node, Pool, VipGroup
 from vipcore.core.resolve import membership
-from vipcore.core.shards import complete, merge
+from vipcore.core.shards import Merged, complete
 
 log = logging.getLogger("vipcore.sources.vipgroups")
 
@@ -88,6 +88,9 @@ class GroupView:
         self._parts: dict[str, set[str]] = {}
         #: Unit -> the shard 0 (or whole group) object its group is named and placed by: the newest.
         self._zero: dict[str, str] = {}
+        #: Sharded units: their merged VIPs and Services, and the objects counted in them.
+        self._merged: dict[str, Merged] = {}
+        self._counted: dict[str, dict[str, VipGroup]] = {}
         #: Groups whose objects changed since they were last merged.
         self._stale: set[str] = set()
         #: Object name -> resourceVersion (a group's version is its newest object's).
@@ -258,10 +261,30 @@ class GroupView:
             if zero_key is None:  # no shard 0 (yet, or any more): no group
                 self._groups.pop(unit, None)
                 self._zero.pop(unit, None)
+                self._merged.pop(unit, None)
+                self._counted.pop(unit, None)
                 continue
             self._zero[unit] = zero_key
-            others = (self._objects[k] for k in self._parts[unit] if not _is_zero(self._objects[k]))
-            self._groups[unit] = merge(self._objects[zero_key], others)
+            zero = self._objects[zero_key]
+            if zero.shard is None:  # a whole group
+                self._groups[unit] = zero
+                self._merged.pop(unit, None)
+                self._counted.pop(unit, None)
+                continue
+            # Count in what changed since the last merge: the cost of the shards that changed.
+            want = {k: g for k in self._parts[unit] if (g := self._objects[k]) is zero or (
+                not _is_zero(g) and (g.interface, g.vrid) == (zero.interface, zero.vrid))}
+            merged = self._merged.setdefault(unit, Merged())
+            counted = self._counted.setdefault(unit, {})
+            for k, g in list(counted.items()):
+                if want.get(k) is not g:
+                    merged.remove(g)
+                    del counted[k]
+            for k, g in want.items():
+                if k not in counted:
+                    merged.add(g)
+                    counted[k] = g
+            self._groups[unit] = merged.group(zero)
 
     def _zero_of(self, unit: str) -> str | None:
         """The newest shard 0 (or whole group) object of ``unit``."""
