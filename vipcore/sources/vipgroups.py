@@ -246,14 +246,13 @@ class GroupView:
         on meanwhile (:meth:`_handed_on`), and the group is merged when its last shard arrives."""
         if not self._stale:
             return
-        complete_on: set[tuple[str, int | None]] = set()
-        for unit in self._parts:
-            if self._complete(unit):
-                zero = self._objects[self._zero_of(unit) or ""]
-                complete_on.add((zero.interface, zero.vrid))
+        complete_on: set[tuple[str, int | None]] | None = None  # routers with a complete group: rarely needed
         for unit in list(self._stale):
             zero_key = self._zero_of(unit)
             if zero_key is not None and not self._complete(unit):
+                if complete_on is None:
+                    complete_on = {(z.interface, z.vrid) for u in self._parts if self._complete(u)
+                                   for z in (self._objects[self._zero_of(u) or ""],)}
                 zero = self._objects[zero_key]
                 if (zero.interface, zero.vrid) in complete_on:
                     continue  # a new set being written beside a complete one: wait for the rest
