@@ -207,21 +207,35 @@ class ControllerStandIn:
     def _persisted(self, state: Any) -> Any:
         import attrs
 
-        return attrs.evolve(state, vrids={n: s["vrid"] for n, s in self.groups.items()},
-                            lineage={n: tuple(s.get("services") or ()) for n, s in self.groups.items()})
+        from vipcore.core.plan import persisted_lineage, persisted_vrids
+
+        objs = [{"metadata": {"name": n}, "spec": s} for n, s in self.groups.items()]
+        return attrs.evolve(state, vrids=persisted_vrids(objs), lineage=persisted_lineage(objs))
 
     def change(self, state: Any) -> list[tuple[str, str, Any]]:
-        """The VipGroup writes for ``state``: (verb, name, spec), creates and updates before deletes."""
+        """The VipGroup writes for ``state``: (verb, name, spec), creates and updates before deletes;
+        big groups as shards (:func:`vipcore.core.shards.split`), as the planner writes them."""
         from vipcore.core.objects import vipgroup_spec
+        from vipcore.core.shards import split
 
         self.state = state
         resolution = self.resolver.update(self._persisted(state))
-        wanted = {g.name: vipgroup_spec(g) for g in resolution.groups}
-        writes = [("create" if n not in self.groups else "patch", n, spec) for n, spec in wanted.items()
-                  if self.groups.get(n) != spec]
+        addresses = {**resolution.allocations, **resolution.addresses}
+        wanted = {part.name: vipgroup_spec(part) for g in resolution.groups
+                  for part in split(g, addresses, self._count(g))}
+        writes = [("create", n, spec) for n, spec in wanted.items() if n not in self.groups]
+        writes += [("patch", n, spec) for n, spec in wanted.items() if n in self.groups and self.groups[n] != spec]
         writes += [("delete", n, None) for n in self.groups if n not in wanted]
         self.groups = wanted
         return writes
+
+    def _count(self, group: Any) -> int | None:
+        """The shard count ``group`` is written with: its shard 0's, or (renamed) its set's."""
+        from vipcore.core.shards import shard_name
+
+        spec = self.groups.get(group.name) or self.groups.get(shard_name(group, 1)) or {}
+        count = (spec.get("shard") or {}).get("count")
+        return count if isinstance(count, int) else None
 
     def write(self, writes: list[tuple[str, str, Any]]) -> str:
         """Send the writes; the first one's name (the key the agent's watch sees)."""
@@ -233,7 +247,7 @@ class ControllerStandIn:
                      "spec": spec})
             elif verb == "patch":
                 self.custom.patch_cluster_custom_object("vipcore.io", "v1alpha1", "vipgroups", name,
-                                                        {"spec": spec})
+                                                        {"spec": {"shard": None, **spec}})
             else:
                 self.custom.delete_cluster_custom_object("vipcore.io", "v1alpha1", "vipgroups", name)
         return writes[0][1] if writes else ""

@@ -102,6 +102,8 @@ class RunningAgent:
         hooks = load_hooks(plugins=[("preferred-holder", Plugin()), *self.source.plugins()], load_entrypoints=False)
         self.agent = Agent(config, hooks=hooks, source=self.source, interface_check=lambda _name: True)
         self.dispatched: list[frozenset[str]] = []
+        #: IPv4 VIPs of each membership, per dispatch.
+        self.vips: list[dict[str, int]] = []
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -110,6 +112,7 @@ class RunningAgent:
         async def apply(state: Any) -> None:
             await self.agent.apply(state)
             self.dispatched.append(frozenset(self.agent.memberships))
+            self.vips.append({n: len(m.group.vips_v4) for n, m in self.agent.memberships.items()})
 
         self.task = asyncio.create_task(self.source.watch(apply))
 
@@ -146,11 +149,12 @@ async def wait(predicate: Any, timeout: float = 20.0, what: str = "condition") -
 
 
 @contextlib.asynccontextmanager
-async def running(server: ApiServer, tmp_path: Any, *, heartbeat: bool) -> AsyncIterator[dict[str, RunningAgent]]:
+async def running(server: ApiServer, tmp_path: Any, *, heartbeat: bool,
+                  **options: Any) -> AsyncIterator[dict[str, RunningAgent]]:
     kubeconfig = str(server.write_kubeconfig(tmp_path / "kubeconfig"))
     client = server.client()
     hb = HeartbeatConfig(enabled=heartbeat, namespace="default", duration=2.0)
-    controller = Controller(settings("c1", heartbeat=hb, timing=FAST), client)
+    controller = Controller(settings("c1", heartbeat=hb, timing=FAST, **options), client)
     ctask = asyncio.create_task(controller.run(timeout=10))
     agents = {name: RunningAgent(agent_config(name, kubeconfig, heartbeat)) for name in NODES}
     try:
@@ -295,6 +299,74 @@ def test_the_vipgroup_view_dispatches_what_the_full_view_resolves(server: ApiSer
             b = agents["node-b"].agent.memberships
             assert all(m.members[-1].name == "node-a" for m in b.values() if "node-a" in m.group.nodes)
             assert isinstance(agents["node-b"].source.state(), GroupState)
+
+    asyncio.run(scenario())
+
+
+def test_sharded_groups_reach_the_agents_as_one_group(server: ApiServer, tmp_path: Any) -> None:
+    """A big group is written as VipGroup shards; agents merge them back into the group a full view
+    resolves; a new Service rewrites one shard; a node leaving renames every shard without a gap."""
+    for i, name in enumerate(NODES):
+        server.create(node(name, ip=f"198.51.100.{i + 1}"))
+    server.create(vippool("lan", "203.0.113.10-203.0.113.60", default=True))
+
+    def shard_objects() -> list[dict[str, Any]]:
+        return [g for g in vipgroups(server) if "shard" in g["spec"]]
+
+    async def full_view(name: str) -> dict[str, Membership]:
+        config = agent_config(name, str(server.write_kubeconfig(tmp_path / "kubeconfig")), False, agent_view="full")
+        source = KubernetesAgentSource(config, record_holders=False)
+        try:
+            state = await source.initial(timeout=10)
+        finally:
+            await source.close()
+        assert isinstance(state, DesiredState)
+        return {g.name: membership(g, name, state.nodes) for g in resolve(state, allocate=False).groups_of(name)}
+
+    async def scenario() -> None:
+        async with running(server, tmp_path, heartbeat=False, shard_vips=6) as agents:
+            names = [f"s{i}" for i in range(12)]
+            for name in names:
+                server.create(service(name))
+            await wait(lambda: all(lb_ips(server, s) for s in names) and len(shard_objects()) == 4,
+                       what="12 VIPs in 4 shards")
+            (group,) = {g["metadata"]["name"] for g in shard_objects() if g["spec"]["shard"]["index"] == 0}
+            assert all(g["spec"]["nodes"] == [] for g in shard_objects() if g["metadata"]["name"] != group)
+            for name, agent in agents.items():
+                expected = await full_view(name)
+                assert set(expected) == {group} and len(expected[group].group.vips_v4) == 12
+                await wait(lambda: agent.agent.memberships == expected, timeout=10,
+                           what=f"{name}'s memberships to match the full view")
+            # One Service more: one shard written, none created or deleted.
+            start = len(server.requests)
+            server.create(service("s12"))
+            await wait(lambda: lb_ips(server, "s12") and any(
+                "203.0.113" in str(g["spec"]["vips"]) and lb_ips(server, "s12")[0] in g["spec"]["vips"]["ipv4"]
+                for g in shard_objects()), what="s12's VIP in a shard")
+            writes = [r for r in server.requests[start:] if "/vipgroups" in r.path and not r.path.endswith("/status")
+                      and r.method in ("POST", "PUT", "PATCH", "DELETE")]
+            assert len(writes) == 1 and writes[0].method in ("PUT", "PATCH"), [(r.method, r.path) for r in writes]
+            await wait(lambda: len(agents["node-a"].agent.memberships[group].group.vips_v4) == 13,
+                       what="node-a to merge the new VIP")
+            # node-c leaves the Cluster group (drained of readiness): every shard renamed; the agents
+            # end with the renamed group and every VIP, never a membership without them.
+            agents["node-a"].vips.clear()
+            server.patch("v1", "Node", "node-c", {"status": {"conditions": [{"type": "Ready", "status": "False"}]}},
+                         subresource="status")
+            others = {g["metadata"]["name"]: g["metadata"]["generation"] for g in shard_objects()
+                      if g["metadata"]["name"] != group}
+            await wait(lambda: group not in {g["metadata"]["name"] for g in shard_objects()},
+                       what="the group renamed")
+            # Only shard 0 was rewritten (renamed): the spec of the other shards is untouched.
+            assert {g["metadata"]["name"]: g["metadata"]["generation"] for g in shard_objects()
+                    if g["spec"]["shard"]["index"] > 0} == others
+            await wait(lambda: all(len(m.group.nodes) == 2 for m in agents["node-a"].agent.memberships.values()),
+                       what="node-a to follow the rename")
+            assert [len(m.group.vips_v4) for m in agents["node-a"].agent.memberships.values()] == [13]
+            # Every state node-a dispatched on the way held all 13 VIPs in one router: the old group
+            # until the renamed one had all its shards, then the renamed one.
+            assert agents["node-a"].vips and all(list(v.values()) == [13] for v in agents["node-a"].vips), \
+                agents["node-a"].vips
 
     asyncio.run(scenario())
 

@@ -14,6 +14,7 @@ import pytest
 from tests.helpers import objects as o
 from vipcore.core.model import DesiredState, EndpointSlice, Node, Pool, Service, TrafficPolicy, VipGroup
 from vipcore.core.objects import vipgroup_spec
+from vipcore.core import shards
 from vipcore.core.resolve import membership, resolve
 from vipcore.sources.vipgroups import GroupView
 
@@ -24,6 +25,40 @@ def group_obj(group: VipGroup, rv: int = 1) -> dict[str, Any]:
     """The VipGroup object the controller writes for ``group``."""
     return {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup",
             "metadata": {"name": group.name, "resourceVersion": str(rv)}, "spec": vipgroup_spec(group)}
+
+
+class Publisher:
+    """Writes groups as the controller does: whole, or (``bound`` set) as shards of at most ``bound`` VIPs
+    on average, only the objects that changed, additions before removals (the planner's order)."""
+
+    def __init__(self, views: list[GroupView], bound: int | None) -> None:
+        self.views, self.bound = views, bound
+        self.written: dict[str, dict[str, dict[str, Any]]] = {}  # group name -> object name -> object
+
+    def objects(self, group: VipGroup, rv: int) -> dict[str, dict[str, Any]]:
+        if self.bound is None:
+            return {group.name: group_obj(group, rv)}
+        # Each VIP to one of the group's Services (the planner has each Service's own addresses).
+        vips = group.vips_v4 + group.vips_v6
+        keys = group.services or ("default/none",)
+        addresses = {k: [ip for i, ip in enumerate(vips) if i % len(keys) == j] for j, k in enumerate(keys)}
+        zero = self.written.get(group.name, {}).get(group.name)
+        count = zero["spec"].get("shard", {}).get("count") if zero else None
+        return {part.name: group_obj(part, rv) for part in shards.split(group, addresses, count, bound=self.bound)}
+
+    def publish(self, name: str, group: VipGroup | None, rv: int) -> None:
+        old = self.written.pop(name, {})
+        new = self.objects(group, rv) if group is not None else {}
+        if group is not None:
+            self.written[name] = new
+        changed = [(k, obj) for k, obj in new.items() if old.get(k, {}).get("spec") != obj["spec"]]
+        changed.sort(key=lambda item: bool(set(old.get(item[0], {}).get("spec", {}).get("vips", {}).get("ipv4", ()))
+                                            - set(item[1]["spec"]["vips"]["ipv4"])))
+        for view in self.views:
+            for k, obj in changed:
+                view.change("vipgroups", "MODIFIED" if k in old else "ADDED", k, obj)
+            for k in sorted(set(old) - set(new)):
+                view.change("vipgroups", "DELETED", k, old[k])
 
 
 def node_obj(name: str, address: str, drained: bool = False) -> dict[str, Any]:
@@ -55,14 +90,20 @@ def feed(view: GroupView, state: DesiredState) -> dict[str, VipGroup]:
     return groups
 
 
+@pytest.mark.parametrize("bound", [None, 1, 2], ids=["whole", "shards-of-1", "shards-of-2"])
 @pytest.mark.parametrize("seed", range(20))
-def test_memberships_equal_the_full_views_through_changes(seed: int) -> None:
+def test_memberships_equal_the_full_views_through_changes(seed: int, bound: int | None) -> None:
+    """Incremental == full, with groups written whole or as shards (merged back by the view)."""
     rng = random.Random(seed)
     state = random_cluster(rng)
     views = {n: GroupView(n) for n in NODES}
-    groups = {}
-    for view in views.values():
-        groups = feed(view, state)
+    for n in state.nodes:
+        for view in views.values():
+            view.change("nodes", "ADDED", n.name, node_obj(n.name, str(n.addresses[0]), n.drained))
+    groups = {g.name: g for g in resolve(state).groups}
+    publisher = Publisher(list(views.values()), bound)
+    for g in groups.values():
+        publisher.publish(g.name, g, 1)
     nodes = {n.name: n for n in state.nodes}
     rv = 1
     for _ in range(15):
@@ -88,23 +129,21 @@ def test_memberships_equal_the_full_views_through_changes(seed: int) -> None:
             g = groups[rng.choice(sorted(groups))]
             first = rng.random() < 0.5
             key = f"a/{rv}" if first else f"z/{rv}"
-            g = attrs.evolve(g, vips_v4=g.vips_v4 + (ipaddress.IPv4Address(f"198.51.100.{150 + rv}"),),
+            # Sorted, as the controller writes VIPs (make_group).
+            g = attrs.evolve(g, vips_v4=tuple(sorted(g.vips_v4 + (ipaddress.IPv4Address(f"198.51.100.{150 + rv}"),))),
                              services=tuple(sorted(g.services + (key,))))
             groups[g.name] = g
-            for view in views.values():
-                view.change("vipgroups", "MODIFIED", g.name, group_obj(g, rv))
+            publisher.publish(g.name, g, rv)
         elif what == "group" or not groups:
             members = tuple(sorted(rng.sample(NODES, rng.randint(1, 5))))
             # On eth1: its own VRIDs (two groups on one router would be a rename in flight).
             g = VipGroup(name=f"g{rv}-eth1", interface="eth1", nodes=members, vrid=rv,
                          vips_v4=(ipaddress.IPv4Address(f"203.0.113.{100 + rv % 100}"),), services=(f"default/x{rv}",))
             groups[g.name] = g
-            for view in views.values():
-                view.change("vipgroups", "ADDED", g.name, group_obj(g, rv))
+            publisher.publish(g.name, g, rv)
         else:
             gone = groups.pop(rng.choice(sorted(groups)))
-            for view in views.values():
-                view.change("vipgroups", "DELETED", gone.name, group_obj(gone, rv))
+            publisher.publish(gone.name, None, rv)
 
 
 def two_groups() -> tuple[GroupView, dict[str, VipGroup]]:

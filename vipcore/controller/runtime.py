@@ -96,6 +96,7 @@ from vipcore.controller.writer import ClusterWriter, NotLeading, WriteResult
 from vipcore.core.errors import ConfigError
 from vipcore.kube.heartbeat import HeartbeatConfig, HeartbeatTracker, with_heartbeats
 from vipcore.core.model import LOAD_BALANCER_CLASS
+from vipcore.core.shards import SHARD_VIPS
 from vipcore.kube import (
     ALL_KINDS,
     EventRecorder,
@@ -145,6 +146,8 @@ class ControllerSettings:
     #: Per-object backoff after a failed write: ``initial * 2**(failures - 1)``, at most ``backoff_max`` seconds.
     backoff_initial: float = 0.1
     backoff_max: float = 60.0
+    #: A group of more VIPs is written as VipGroup shards (vipcore.core.shards); tests set it small.
+    shard_vips: int = SHARD_VIPS
 
     @classmethod
     def from_config(cls, config: Config) -> "ControllerSettings":
@@ -313,7 +316,8 @@ class Controller:
         """
         inputs = dict(inputs) if inputs is not None else self.inputs()
         result_plan = plan(selection=self.settings.selection, vrid_policy=self.config.vrid_policy,
-                           convert=self.source.service_model, quarantined=self.quarantined(), **inputs)
+                           convert=self.source.service_model, quarantined=self.quarantined(),
+                           shard_vips=self.settings.shard_vips, **inputs)
         self.last_plan = result_plan
         self.last_pools = tuple(inputs["pools"])
         originals = {key_of(o): o for o in inputs["services"]}

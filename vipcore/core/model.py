@@ -193,10 +193,30 @@ class Pool:
 
 
 @attrs.frozen
+class Shard:
+    """Which part of a big group one VipGroup object holds (see :mod:`vipcore.core.shards`).
+
+    ``key``: the shard set's (:func:`vipcore.core.shards.set_key`: the group's router, which a rename
+    keeps); ``index`` in ``0..count-1`` (0 is named as the group and has its nodes).
+    """
+
+    key: str
+    index: int
+    count: int = attrs.field()
+
+    @count.validator
+    def _check(self, attribute: "attrs.Attribute[int]", value: int) -> None:
+        if not 0 <= self.index < value:
+            raise ValueError(f"shard index {self.index} is not in 0..{value - 1}")
+
+
+@attrs.frozen
 class VipGroup:
     """A set of VIPs held together by one VRRP router per family.
 
     The name is OpenELB's: ``sha256(",".join(sorted(nodes))).hexdigest() + "-" + interface``.
+    ``shard``: set on the part of a big group one VipGroup object holds (the
+    controller writes those; an agent merges them back into one group).
     """
 
     name: str
@@ -206,6 +226,7 @@ class VipGroup:
     vips_v4: tuple[ipaddress.IPv4Address, ...] = ()
     vips_v6: tuple[ipaddress.IPv6Address, ...] = ()
     services: tuple[str, ...] = ()
+    shard: Shard | None = None
 
     def vips(self, family: Family) -> tuple[IPAddress, ...]:
         return self.vips_v4 if family is Family.IPV4 else self.vips_v6

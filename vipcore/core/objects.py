@@ -27,6 +27,7 @@ from vipcore.core.model import (
     Node,
     Pool,
     Service,
+    Shard,
     TrafficPolicy,
     VipGroup,
 )
@@ -457,7 +458,7 @@ def vipgroup_spec(group: VipGroup) -> dict[str, Any]:
     (Also the group part of ``vipcore resolve -o json``.) ``vrid`` is None for a
     group without one; the API refuses such a VipGroup.
     """
-    return {
+    spec: dict[str, Any] = {
         "interface": group.interface,
         "nodes": list(group.nodes),
         "vrid": group.vrid,
@@ -465,6 +466,25 @@ def vipgroup_spec(group: VipGroup) -> dict[str, Any]:
                  family_key(Family.IPV6): [str(ip) for ip in group.vips_v6]},
         "services": list(group.services),
     }
+    if group.shard is not None:  # only then: an unsharded group's spec is what it always was
+        spec["shard"] = {"set": group.shard.key, "index": group.shard.index, "count": group.shard.count}
+    return spec
+
+
+def _shard(obj: Obj, value: Any) -> Shard | None:
+    if value is None:
+        return None
+    shard = _mapping(obj, "spec.shard", value)
+    key, index, count = shard.get("set"), shard.get("index"), shard.get("count")
+    if not isinstance(key, str) or not key:
+        raise _fail(obj, "spec.shard.set", f"must be the shard set's key, got {show(key)}")
+    for field, number in (("index", index), ("count", count)):
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise _fail(obj, f"spec.shard.{field}", f"must be a whole number, got {show(number)}")
+    try:
+        return Shard(key, int(index), int(count))  # type: ignore[arg-type]  # checked above
+    except ValueError as exc:
+        raise _fail(obj, "spec.shard.index", str(exc)) from None
 
 
 def vipgroup_from_k8s(obj: Obj, parsed: Mapping[Family, MutableMapping[str, IPAddress]] | None = None) -> VipGroup:
@@ -511,11 +531,12 @@ def vipgroup_from_k8s(obj: Obj, parsed: Mapping[Family, MutableMapping[str, IPAd
     interface = spec.get("interface")
     if not isinstance(interface, str):
         raise _fail(obj, "spec.interface", f"must be an interface name, got {show(interface)}")
+    shard = _shard(obj, spec.get("shard"))
     try:
         return VipGroup(name=name, interface=interface, nodes=tuple(nodes), vrid=vrid,
                         vips_v4=tuple(found[Family.IPV4]),  # type: ignore[arg-type]  # families checked above
                         vips_v6=tuple(found[Family.IPV6]),  # type: ignore[arg-type]
-                        services=tuple(services))
+                        services=tuple(services), shard=shard)
     except (TypeError, ValueError) as exc:
         raise _fail(obj, "spec.interface", str(exc)) from None
 
@@ -573,7 +594,9 @@ def state_from_objects(
                 pools[pool.name] = pool
             elif kind == "VipGroup":
                 name, vrid = pinned_vrid(obj)
-                vrids[name] = vrid
+                shard = (obj.get("spec") or {}).get("shard")
+                if not isinstance(shard, Mapping) or not shard.get("index"):  # shard 0 pins its group's
+                    vrids[name] = vrid
         except ManifestError as exc:
             if origin is None:
                 raise

@@ -50,6 +50,7 @@ from vipcore.core.model import (
 )
 from vipcore.core.model import FINALIZER
 from vipcore.core.resolve import NO_READY_ENDPOINT, choose_pool, membership, resolve
+from vipcore.core.shards import SHARD_VIPS, shard_name, split
 
 Obj = Mapping[str, Any]
 
@@ -219,7 +220,41 @@ def _normal_spec(spec: Any) -> dict[str, Any]:
         "vrid": spec.get("vrid"),
         "vips": {"ipv4": list(vips.get("ipv4") or []), "ipv6": list(vips.get("ipv6") or [])},
         "services": list(spec.get("services") or []),
+        **({"shard": spec["shard"]} if spec.get("shard") is not None else {}),
     }
+
+
+def _shard(obj: Obj) -> tuple[str, int] | None:
+    """A VipGroup object's (set key, index) when it is a shard (``spec.shard``)."""
+    spec = obj.get("spec")
+    shard = spec.get("shard") if isinstance(spec, Mapping) else None
+    if isinstance(shard, Mapping) and isinstance(shard.get("set"), str) and isinstance(shard.get("index"), int):
+        return str(shard["set"]), int(shard["index"])
+    return None
+
+
+def group_names(vipgroups: Iterable[Obj]) -> dict[str, list[str]]:
+    """VipGroup object name -> the groups whose VIPs it holds: itself (a group, or a shard 0, which is
+    named as its group), or for another shard the shard 0s of its set (two while a rename is in flight)."""
+    objs = list(vipgroups)
+    zeros: dict[str, list[str]] = {}
+    for obj in objs:
+        shard = _shard(obj)
+        if shard is not None and shard[1] == 0:
+            zeros.setdefault(shard[0], []).append(str(_meta(obj).get("name")))
+    out: dict[str, list[str]] = {}
+    for obj in objs:
+        name, shard = str(_meta(obj).get("name")), _shard(obj)
+        out[name] = sorted(zeros.get(shard[0], [])) if shard is not None and shard[1] > 0 else [name]
+    return out
+
+
+def _shard_count(obj: Obj | None) -> int | None:
+    """The ``spec.shard.count`` of a group's shard 0 object, if it has one."""
+    spec = (obj or {}).get("spec")
+    shard = spec.get("shard") if isinstance(spec, Mapping) else None
+    count = shard.get("count") if isinstance(shard, Mapping) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 def persisted_vrids(vipgroups: Iterable[Obj]) -> dict[str, int]:
@@ -235,14 +270,17 @@ def persisted_vrids(vipgroups: Iterable[Obj]) -> dict[str, int]:
 
 
 def persisted_lineage(vipgroups: Iterable[Obj]) -> dict[str, tuple[str, ...]]:
-    """Group name -> the Services of every existing VipGroup: a renamed group inherits its VRID."""
+    """Group name -> the Services of every existing VipGroup (of all its shards): a renamed group inherits
+    its VRID."""
     lineage: dict[str, tuple[str, ...]] = {}
-    for obj in vipgroups:
+    objs = list(vipgroups)
+    names = group_names(objs)
+    for obj in objs:
         spec = obj.get("spec") or {}
         services = spec.get("services") if isinstance(spec, Mapping) else None
-        name = _meta(obj).get("name")
-        if isinstance(name, str) and isinstance(services, list):
-            lineage[name] = tuple(str(s) for s in services)
+        if isinstance(_meta(obj).get("name"), str) and isinstance(services, list):
+            for name in names[str(_meta(obj).get("name"))]:
+                lineage[name] = lineage.get(name, ()) + tuple(str(s) for s in services)
     return lineage
 
 
@@ -302,13 +340,15 @@ def plan(
     convert: Callable[[Obj], Service] = service_from_k8s,
     eips: Iterable[Obj] = (),
     quarantined: Collection[IPAddress] = (),
+    shard_vips: int = SHARD_VIPS,
 ) -> Plan:
     """Everything the controller should write so the cluster matches the resolver's answer.
 
     ``convert``: Service object to model (raises ManifestError); the controller
     passes its cache's, so a Service is converted once per resourceVersion.
     ``eips``: every OpenELB Eip object (any protocol), to leave OpenELB's own
-    Services alone; ``quarantined``: addresses not to give out fresh.
+    Services alone; ``quarantined``: addresses not to give out fresh; ``shard_vips``: a group of
+    more VIPs is written as shards (:mod:`vipcore.core.shards`).
     """
     eip_objs = list(eips)
     service_objs = sorted(services, key=key_of)
@@ -360,9 +400,10 @@ def plan(
     unresolved = {u.service: u.reason for u in resolution.unresolved}
 
     old_group_of: dict[str, str] = {}
+    names_of = group_names(group_objs.values())
     for gname, gobj in group_objs.items():
         for svc_key in (gobj.get("spec") or {}).get("services") or []:
-            old_group_of[str(svc_key)] = gname
+            old_group_of[str(svc_key)] = (names_of[gname] or [gname])[0]
     new_group_of = {svc_key: g for g in resolution.groups for svc_key in g.services}
 
     allocated: dict[str, tuple[IPAddress, ...]] = {}
@@ -406,14 +447,26 @@ def plan(
         if finalizer is not None or ingress is not None:
             writes.append(ServiceWrite(ns, name, rv, finalizer=finalizer, ingress=ingress))
 
-    group_writes: list[GroupWrite] = []
+    # A big group is written as shards (vipcore.core.shards); writes that only add VIPs go first, so an
+    # agent never misses a VIP moving between shards (it has it twice for a moment, and merges).
+    growing: list[GroupWrite] = []
+    shrinking: list[GroupWrite] = []
+    wanted_groups: set[str] = set()
     for group in resolution.groups:
-        existing = group_objs.get(group.name)
-        if existing is None:
-            group_writes.append(GroupWrite(group))
-        elif _normal_spec(existing.get("spec")) != vipgroup_spec(group):
-            group_writes.append(GroupWrite(group, str(_meta(existing).get("resourceVersion"))))
-    wanted_groups = {g.name for g in resolution.groups}
+        # The count it is written with: its shard 0's, or (renamed) its set's.
+        current = _shard_count(group_objs.get(group.name)) or _shard_count(group_objs.get(shard_name(group, 1)))
+        for part in split(group, addresses, current, bound=shard_vips):
+            wanted_groups.add(part.name)
+            existing = group_objs.get(part.name)
+            if existing is None:
+                growing.append(GroupWrite(part))
+                continue
+            spec, old = vipgroup_spec(part), _normal_spec(existing.get("spec"))
+            if old != spec:
+                write = GroupWrite(part, str(_meta(existing).get("resourceVersion")))
+                gone = any(set(old["vips"][f]) - set(spec["vips"][f]) for f in ("ipv4", "ipv6"))
+                (shrinking if gone else growing).append(write)
+    group_writes = growing + shrinking
     deletes = tuple(sorted(name for name in group_objs if name not in wanted_groups))
 
     before = {ip for obj in service_objs
@@ -498,8 +551,13 @@ def group_status(obj: Obj, *, now: str = "") -> dict[str, Any] | None:
     holders = holders_of(obj)
     families = [f for f in ("ipv4", "ipv6") if vips.get(f)]
     missing = [f for f in families if f not in holders]
-    if missing:
-        cond: dict[str, Any] = {"type": "Held", "status": "False", "reason": "NoHolder",
+    shard = _shard(obj)
+    if shard is not None and shard[1] > 0:
+        cond: dict[str, Any] = {"type": "Held", "status": "Unknown", "reason": "Shard",
+                                "message": f"shard {shard[1]} of set {shard[0]}: holders are recorded on its group "
+                                           "(shard 0)"}
+    elif missing:
+        cond = {"type": "Held", "status": "False", "reason": "NoHolder",
                                 "message": "no node holds the " + " and ".join(
                                     "IPv4" if f == "ipv4" else "IPv6" for f in missing) + " VIPs"}
     else:
@@ -535,10 +593,16 @@ def holder_notes(
     """
     seen: dict[str, dict[str, set[str]]] = {}
     vips_of: dict[tuple[str, str], str] = {}
-    for obj in sorted(groups, key=lambda o: str(_meta(o).get("name"))):
+    objs = sorted(groups, key=lambda o: str(_meta(o).get("name")))
+    by_name = {str(_meta(o).get("name")): o for o in objs}
+    names = group_names(objs)
+    for obj in objs:
         spec = obj.get("spec") or {}
         vips = spec.get("vips") or {}
-        holders = holders_of(obj)
+        # Agents record the holders of a sharded group on its shard 0 (named as the group).
+        holders: dict[str, str] = {}
+        for zero in names[str(_meta(obj).get("name"))]:
+            holders.update(holders_of(by_name[zero]))
         for svc_key in spec.get("services") or []:
             families = seen.setdefault(str(svc_key), {})
             for family, node in holders.items():
@@ -565,6 +629,6 @@ def holder_notes(
 
 __all__ = [
     "FINALIZER", "COMPONENT", "Note", "ServiceWrite", "GroupWrite", "Plan", "Selection", "plan",
-    "holder_notes", "persisted_vrids", "persisted_lineage", "ingress_body", "ingress_of", "POOL_FINALIZER",
+    "holder_notes", "group_names", "persisted_vrids", "persisted_lineage", "ingress_body", "ingress_of", "POOL_FINALIZER",
     "pool_status", "pool_in_use", "group_status",
 ]

@@ -750,7 +750,7 @@ def keep_vipgroup(obj: Obj) -> Obj:
     reads them)."""
     out = _head(obj)
     if "spec" in obj:
-        out["spec"] = _pick(obj["spec"], ("interface", "nodes", "vrid", "vips", "services"))
+        out["spec"] = _pick(obj["spec"], ("interface", "nodes", "vrid", "vips", "services", "shard"))
     if "status" in obj:
         out["status"] = _pick(obj["status"], ("holders",))
     return out

@@ -223,7 +223,7 @@ class KubernetesWriter:
         """
         spec = _spec(group)
         body = {"metadata": {"resourceVersion": resource_version},
-                "spec": {**{k: None for k in ("interface", "nodes", "vrid", "vips", "services")}, **spec}}
+                "spec": {**{k: None for k in ("interface", "nodes", "vrid", "vips", "services", "shard")}, **spec}}
         return self._request("PATCH", _vipgroup_path(group.name), body, content_type=MERGE_PATCH)
 
     def delete_vipgroup(self, name: str, resource_version: str | None = None) -> bool:

@@ -16,8 +16,10 @@ turns those watch changes into a :class:`~vipcore.core.model.GroupState`:
   version in force: a bad edit never disturbs a group that was fine;
 * two VipGroups of this node on one router (interface and VRID) are a group
   renamed by a membership change, briefly both present while the controller
-  replaces one with the other: the newer one is handed on, so the agent
-  updates its router instead of running two.
+  replaces one with the other: the newer one is handed on (once it has all
+  its shards), so the agent updates its router instead of running two;
+* a big group comes as shards (:mod:`vipcore.core.shards`), merged back into
+  one group: a change to one shard parses what that shard holds.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from vipcore.core import objects
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import Family, GroupState, IPAddress, Membership, Node, Pool, VipGroup
 from vipcore.core.resolve import membership
+from vipcore.core.shards import Merged, complete
 
 log = logging.getLogger("vipcore.sources.vipgroups")
 
@@ -46,6 +49,16 @@ def _texts_of(obj: Obj) -> tuple[frozenset[str], ...]:
     """A valid VipGroup object's VIPs as text, per family (in :class:`Family` order)."""
     vips = obj["spec"].get("vips") or {}
     return tuple(frozenset(vips.get(objects.family_key(f)) or ()) for f in Family)
+
+
+def _unit(group: VipGroup, key: str) -> str:
+    """What a VipGroup object is part of: its shard set, or (a whole group) itself."""
+    return group.shard.key if group.shard is not None else key
+
+
+def _is_zero(group: VipGroup) -> bool:
+    """A whole group or a shard 0: what names and places a group."""
+    return group.shard is None or group.shard.index == 0
 
 
 def _version(obj: Obj) -> int:
@@ -66,7 +79,21 @@ class GroupView:
         self.node = node
         self._read_pools = pools
         self._lock = threading.Lock()
+        #: Each group (shards merged), by group name.
         self._groups: dict[str, VipGroup] = {}
+        #: Each VipGroup object as parsed (a whole group or a shard), by object name.
+        self._objects: dict[str, VipGroup] = {}
+        #: Unit (a whole group's name, or a shard set's key) -> its objects' names. Groups, memberships
+        #: and what is dirty are kept by unit: a renamed sharded group stays one unit.
+        self._parts: dict[str, set[str]] = {}
+        #: Unit -> the shard 0 (or whole group) object its group is named and placed by: the newest.
+        self._zero: dict[str, str] = {}
+        #: Sharded units: their merged VIPs and Services, and the objects counted in them.
+        self._merged: dict[str, Merged] = {}
+        self._counted: dict[str, dict[str, VipGroup]] = {}
+        #: Groups whose objects changed since they were last merged.
+        self._stale: set[str] = set()
+        #: Object name -> resourceVersion (a group's version is its newest object's).
         self._versions: dict[str, int] = {}
         self._nodes: dict[str, Node] = {}
         self._invalid: dict[tuple[str, str], str] = {}
@@ -79,7 +106,7 @@ class GroupView:
         self._dirty: dict[str, bool] = {}
         #: VIPs already parsed, per family, by text (see :func:`vipcore.core.objects.vipgroup_from_k8s`).
         self._parsed: dict[Family, dict[str, IPAddress]] = {f: {} for f in Family}
-        #: Each group's VIPs as text: what changed is found by hashing strings (C), not addresses.
+        #: Each object's VIPs as text: what changed is found by hashing strings (C), not addresses.
         self._texts: dict[str, tuple[frozenset[str], ...]] = {}
         self._pools: tuple[Pool, ...] = ()
         self._all: tuple[VipGroup, ...] | None = ()
@@ -109,7 +136,7 @@ class GroupView:
         except ManifestError as exc:
             if self._invalid.get((kind, key)) != str(exc):
                 log.error("%s %s invalid, %s: %s", kind, key,
-                          "keeping its last valid version" if key in (self._groups if kind == "vipgroups"
+                          "keeping its last valid version" if key in (self._objects if kind == "vipgroups"
                                                                       else self._nodes) else "skipped", exc)
             self._invalid[(kind, key)] = str(exc)
             return None
@@ -125,17 +152,32 @@ class GroupView:
                                   lambda o: objects.vipgroup_from_k8s(o, self._parsed))
             if group is None:
                 return
-        old = self._groups.get(key)
-        if group == old:
+        before = self._objects.get(key)
+        if group == before:
             return
+        unit = _unit(group or before, key)  # type: ignore[arg-type]  # not both None: equal above
+        if before is not None and _unit(before, key) != unit:  # a group became sharded, or whole again
+            self._unpart(_unit(before, key), key)
+            self._stale.add(_unit(before, key))
+            self._dirty.setdefault(_unit(before, key), False)
         if group is None:
-            self._groups.pop(key, None)
+            self._objects.pop(key, None)
             self._versions.pop(key, None)
             self._texts.pop(key, None)
+            self._unpart(unit, key)
         else:
-            self._groups[key] = group
+            self._objects[key] = group
             self._versions[key] = _version(obj)
             self._texts[key] = _texts_of(obj)
+            self._parts.setdefault(unit, set()).add(key)
+        old = self._groups.get(unit)
+        chosen = self._zero.get(unit)
+        if (_is_zero(group or before) and chosen is not None and chosen != key  # type: ignore[arg-type]
+                and chosen in self._objects and (group is None or self._versions[key] <= self._versions[chosen])):
+            return  # an older shard 0 of a renamed group (written or deleted): the group is the newer one
+        # Merged in take(): a burst of shard changes merges once.
+        self._stale.add(unit)
+        key = unit
         held = sum(len(t) for texts in self._texts.values() for t in texts)
         if sum(map(len, self._parsed.values())) > 2 * held + 1024:  # forget addresses no group holds
             live = [frozenset().union(*(texts[i] for texts in self._texts.values())) for i in range(len(Family))]
@@ -143,8 +185,16 @@ class GroupView:
                             for i, (f, memo) in enumerate(self._parsed.items())}
         self._all = None
         self._changed = True  # the list of groups changed (status shows it), whether or not it is ours
-        if (old is not None and self.node in old.nodes) or (group is not None and self.node in group.nodes):
+        if (old is not None and self.node in old.nodes) or (group is not None and self.node in group.nodes) \
+                or (before is not None and self.node in before.nodes):
             self._dirty.setdefault(key, False)
+
+    def _unpart(self, name: str, key: str) -> None:
+        parts = self._parts.get(name)
+        if parts is not None:
+            parts.discard(key)
+            if not parts:
+                del self._parts[name]
 
     def _node_changed(self, etype: str, key: str, obj: Obj) -> None:
         if etype == "DELETED":
@@ -182,12 +232,67 @@ class GroupView:
     def take(self) -> bool:
         """Recompute what changes reached; True if the :meth:`state` differs from the last one taken."""
         with self._lock:
+            self._merge_stale()
             for name, members in self._dirty.items():
                 self._refresh(name, members)
             changed = self._changed or bool(self._dirty)
             self._dirty.clear()
             self._changed = False
             return changed
+
+    def _merge_stale(self) -> None:
+        """Merge the shards of the groups that changed, except a group still being written (not all its
+        shards here, or some gone) while another group on its router is complete: that one is handed
+        on meanwhile (:meth:`_handed_on`), and the group is merged when its last shard arrives."""
+        if not self._stale:
+            return
+        complete_on: set[tuple[str, int | None]] | None = None  # routers with a complete group: rarely needed
+        for unit in list(self._stale):
+            zero_key = self._zero_of(unit)
+            if zero_key is not None and not self._complete(unit):
+                if complete_on is None:
+                    complete_on = {(z.interface, z.vrid) for u in self._parts if self._complete(u)
+                                   for z in (self._objects[self._zero_of(u) or ""],)}
+                zero = self._objects[zero_key]
+                if (zero.interface, zero.vrid) in complete_on:
+                    continue  # a new set being written beside a complete one: wait for the rest
+            self._stale.discard(unit)
+            if zero_key is None:  # no shard 0 (yet, or any more): no group
+                self._groups.pop(unit, None)
+                self._zero.pop(unit, None)
+                self._merged.pop(unit, None)
+                self._counted.pop(unit, None)
+                continue
+            self._zero[unit] = zero_key
+            zero = self._objects[zero_key]
+            if zero.shard is None:  # a whole group
+                self._groups[unit] = zero
+                self._merged.pop(unit, None)
+                self._counted.pop(unit, None)
+                continue
+            # Count in what changed since the last merge: the cost of the shards that changed.
+            want = {k: g for k in self._parts[unit] if (g := self._objects[k]) is zero or (
+                not _is_zero(g) and (g.interface, g.vrid) == (zero.interface, zero.vrid))}
+            merged = self._merged.setdefault(unit, Merged())
+            counted = self._counted.setdefault(unit, {})
+            for k, g in list(counted.items()):
+                if want.get(k) is not g:
+                    merged.remove(g)
+                    del counted[k]
+            for k, g in want.items():
+                if k not in counted:
+                    merged.add(g)
+                    counted[k] = g
+            self._groups[unit] = merged.group(zero)
+
+    def _zero_of(self, unit: str) -> str | None:
+        """The newest shard 0 (or whole group) object of ``unit``."""
+        zeros = [k for k in self._parts.get(unit, ()) if _is_zero(self._objects[k])]
+        return max(zeros, key=lambda k: (self._versions.get(k, 0), k)) if zeros else None
+
+    def _complete(self, unit: str) -> bool:
+        zero = self._zero_of(unit)
+        return zero is not None and complete(self._objects[zero], (self._objects[k] for k in self._parts[unit]))
 
     def _refresh(self, name: str, members_changed: bool) -> None:
         group = self._groups.get(name)
@@ -221,6 +326,12 @@ class GroupView:
                               pools=self._pools, drained=bool(me and me.drained),
                               managed=self.managed)
 
+    def _version_of(self, unit: str) -> tuple[bool, int, str]:
+        """Which of two groups on one router is handed on: a complete one (every shard here) over one
+        still being written, then the newer."""
+        parts = self._parts.get(unit, ())
+        return self._complete(unit), max((self._versions.get(k, 0) for k in parts), default=0), unit
+
     def _handed_on(self) -> dict[str, Membership]:
         """This node's memberships, the newer one only where two share a router (a rename in flight)."""
         by_router: dict[tuple[str, int | None], str] = {}
@@ -231,10 +342,10 @@ class GroupView:
             if other is None:
                 by_router[router] = name
                 continue
-            older, newer = sorted((other, name), key=lambda n: (self._versions.get(n, 0), n))
+            older, newer = sorted((other, name), key=self._version_of)
             out.pop(older, None)
             by_router[router] = newer
-        return out
+        return {m.group.name: m for m in out.values()}
 
     @property
     def invalid(self) -> dict[str, str]:
