@@ -518,11 +518,16 @@ def test_the_source_cache_follows_the_peers() -> None:
         pair.close()
 
 
-def test_an_up_worker_wakes_per_interval_not_per_packet_and_answers_a_poll_within_one() -> None:
+@pytest.mark.parametrize("silent_member", [False, True])
+def test_an_up_worker_wakes_per_interval_not_per_packet_and_answers_a_poll_within_one(silent_member: bool) -> None:
+    """With a member that never answers too (a keepalived node not listed in keepalived_peers): its session
+    never comes Up, and the Up session's packets still do not wake the worker one by one."""
     pair = Pair()
     thread = threading.Thread(target=pair.worker.run, daemon=True)
     try:
         pair.up()
+        if silent_member:
+            pair.worker.set_peers([PEER, ipaddress.ip_address("127.0.0.3")])  # nothing listens there
         thread.start()  # the real loop from here on
         time.sleep(0.05)
         wakeups, received, sent = (pair.worker.wakeups, pair.worker.sessions[PEER].received,
@@ -539,6 +544,7 @@ def test_an_up_worker_wakes_per_interval_not_per_packet_and_answers_a_poll_withi
         session = pair.worker.sessions[PEER]
         wakeups, received, sent = (pair.worker.wakeups - wakeups, session.received - received, session.sent - sent)
         print(f"0.5 s Up: {wakeups} wake-ups, {received} received, {sent} sent")  # -s
+        assert len(pair.worker.sessions) == (2 if silent_member else 1)
         assert session.state is SessionState.UP and received > 30 and sent > 30
         assert wakeups < 0.75 * (received + sent)  # one per packet either way would be received + sent
         # Each Poll answered by a Final within one transmit interval (10 ms; + scheduling on a shared machine).

@@ -113,22 +113,28 @@ class Worker:
                 self.emit({"ev": "closed"})
                 self._flush(block_for=0.2)
                 return 0
-            due, prompt = next_stats, False
+            due, up, not_up = next_stats, False, False
             for session in self.sessions.values():
                 timer = session.next_timer()
                 if timer is not None and timer < due:
                     due = timer
-                if session.state is not SessionState.UP:
-                    prompt = True
+                if session.state is SessionState.UP:
+                    up = True
+                else:
+                    not_up = True
             for session in self.retiring.values():
                 timer = session.next_timer()
                 if timer is not None and timer < due:
                     due = timer
+            # While a session is Up, a received packet does not wake us: each wake-up (at least one per
+            # transmit interval) reads the socket first, with the kernel's receive time, so no packet that
+            # arrived before a detection deadline is missed and a Poll is answered within one interval.
+            # Sessions not Up (a handshake; a member that never answers) are then served within the fast
+            # interval; with none Up at all, every packet wakes us (they come at the slow rate).
+            if up and not_up:
+                due = min(due, now + self.config.desired_min_tx)
             wait = min(max(due - now, 0.0), _MAX_WAIT)
-            # While every session is Up, a received packet does not wake us: each wake-up (at least one
-            # per transmit interval) reads the socket first, with the kernel's receive time, so no packet
-            # that arrived before a detection deadline is missed and a Poll is answered within one
-            # interval. A session not Up is served at once (handshake, parameter changes).
+            prompt = not_up and not up
             try:
                 readable, writable, _ = select.select([self.recv, self.control] if prompt else [self.control],
                                                       [self.control] if self._out else [], [], wait)
