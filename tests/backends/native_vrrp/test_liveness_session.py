@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import statistics
+
+import attrs
 
 import pytest
 from hypothesis import given, settings
@@ -186,3 +189,95 @@ def test_admin_down_is_repeated_so_one_lost_packet_does_not_look_like_a_failure(
     down = [c for _, c in wire.changes["a"] if c.new is SessionState.DOWN]
     assert [c.diagnostic for c in down] == [Diagnostic.NEIGHBOR_DOWN]
     assert wire.b.retired and wire.b.next_timer() is None
+
+
+# -- what the worker relies on to wake up less (issue 14) ---------------------------------
+
+
+def up_pair() -> Wire:
+    wire = Wire()
+    wire.run(0.3)
+    assert wire.a.state is SessionState.UP and wire.b.state is SessionState.UP
+    return wire
+
+
+def periodic(session: Session) -> bytes:
+    """The peer's next periodic packet, as it would send it (its timer forced due)."""
+    sends = [a for a in session.handle_timer(session.next_timer() or 0.0) if isinstance(a, Send)]
+    assert sends
+    return sends[0].data
+
+
+def test_a_packet_read_late_restarts_detection_from_when_it_arrived() -> None:
+    wire = up_pair()
+    data = periodic(wire.b)
+    # Arrived at 10.000, read 30 ms later: the peer has 40 ms from its arrival, not from our reading.
+    assert wire.a.receive(data, 255, 10.030, 10.000) == []
+    assert wire.a.next_timer() is not None
+    assert wire.a._detect_at == pytest.approx(10.000 + wire.a.detection_time)
+    # Judged at 10.035 (before the deadline it set): still Up; at the deadline: down, exactly then.
+    assert not [a for a in wire.a.handle_timer(10.035) if isinstance(a, StateChanged)]
+    changes = [a for a in wire.a.handle_timer(10.000 + wire.a.detection_time) if isinstance(a, StateChanged)]
+    assert [c.diagnostic for c in changes] == [Diagnostic.CONTROL_DETECTION_EXPIRED]
+
+
+def test_an_arrival_time_from_the_future_counts_as_now() -> None:
+    wire = up_pair()
+    wire.a.receive(periodic(wire.b), 255, 10.0, 10.5)  # clocks disagree: never extend past now + detection
+    assert wire.a._detect_at == pytest.approx(10.0 + wire.a.detection_time)
+
+
+def test_early_transmission_stays_within_the_rfc_jitter_bounds() -> None:
+    """``early`` sends a packet up to that long before its timer, never before 75 % of the interval."""
+    wire = up_pair()
+    session = wire.a
+    rng = random.Random(5)
+    heard = periodic(wire.b)
+    last, now, gaps = None, wire.now, []
+    for _ in range(2000):
+        timer = session.next_timer()
+        assert timer is not None
+        now = max(now, timer - rng.uniform(0, 0.004))  # woken by another session up to 4 ms before ours
+        if [a for a in session.handle_timer(now, 0.002) if isinstance(a, Send)]:
+            if last is not None:
+                gaps.append(now - last)
+            last = now
+        # Keep the session Up: the peer is heard at every step.
+        session.receive(heard, 255, now)
+        now += 0.0001
+    assert session.state is SessionState.UP
+    assert gaps and min(gaps) >= 0.0075 - 1e-9 and max(gaps) <= 0.0100 + 0.0002
+    assert statistics.pstdev(gaps) > 0.0004  # still jittered, not locked to one value
+
+
+def test_a_repeated_packet_is_not_decoded_again_and_changes_only_the_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    wire = up_pair()
+    data = periodic(wire.b)
+    wire.a.receive(data, 255, 11.0)
+    received = wire.a.received
+    import vipcore_native_vrrp.liveness.session as session_module
+
+    def no_decode(_: bytes) -> ControlPacket:
+        raise AssertionError("a repeat was decoded")
+
+    monkeypatch.setattr(session_module, "decode", no_decode)
+    assert wire.a.receive(data, 255, 11.01) == []
+    assert wire.a.received == received + 1 and wire.a._detect_at == pytest.approx(11.01 + wire.a.detection_time)
+    assert wire.a.receive(data, 254, 11.02) == [Dropped("ttl")]  # the TTL check comes first, repeat or not
+    # A packet that differs (here: the peer going Down) is decoded and acted upon.
+    monkeypatch.undo()
+    down = encode(attrs.evolve(decode(data), state=SessionState.DOWN))
+    assert [a for a in wire.a.receive(down, 255, 11.03) if isinstance(a, StateChanged)]
+    assert wire.a.receive(data, 255, 11.04) == [] and wire.a.state is SessionState.DOWN  # no stale fast path
+
+
+def test_the_periodic_packet_is_encoded_once_per_change() -> None:
+    wire = up_pair()
+    first, second = periodic(wire.a), periodic(wire.a)
+    assert first is second  # the same bytes object: nothing changed, nothing encoded
+    replies = [a.data for a in wire.a.receive(encode(attrs.evolve(decode(periodic(wire.b)), poll=True)), 255, 30.0)
+               if isinstance(a, Send)]
+    assert [decode(r).final for r in replies] == [True]  # a field changed: encoded again
+    assert periodic(wire.a) == first and not decode(periodic(wire.a)).final
+    sent = [a.data for a in wire.a.admin_down(31.0) if isinstance(a, Send)]
+    assert [decode(s).state for s in sent] == [SessionState.ADMIN_DOWN]

@@ -26,8 +26,8 @@ import pytest
 from vipcore_native_vrrp.liveness import worker as worker_module
 from vipcore_native_vrrp.liveness.control import FrameReader, encode
 from vipcore_native_vrrp.liveness.detector import Detector
-from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
-from vipcore_native_vrrp.liveness.session import SessionConfig
+from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState, decode
+from vipcore_native_vrrp.liveness.session import Send, Session, SessionConfig
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace of its own needs root")
 
@@ -384,3 +384,175 @@ def test_a_change_frame_says_when_the_peer_was_last_heard_and_the_detector_measu
         d.close(graceful=False)
 
     run(scenario)
+
+
+# -- fewer wake-ups, cheaper packets (issue 14): a worker and a peer over a namespace's loopback ----------
+
+PEER = ipaddress.ip_address("127.0.0.2")
+
+
+class Pair:
+    """A :class:`Worker` on 127.0.0.1 and a sans-IO peer session on 127.0.0.2, in a network namespace of
+    their own with only its loopback up (no packet leaves it), both sending with TTL 255."""
+
+    def __init__(self) -> None:
+        made: list[BaseException] = []
+
+        def body() -> None:
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                if libc.unshare(CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+                subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # forked from this thread: its netns
+                self.recv, self.send, self.peer_sock = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                                                        for _ in range(3))
+                self.recv.setsockopt(socket.IPPROTO_IP, 12, 1)  # IP_RECVTTL
+                self.recv.bind(("127.0.0.1", 3784))
+                self.send.bind(("127.0.0.1", 0))
+                self.peer_sock.bind((str(PEER), 3784))
+                for sock in (self.send, self.peer_sock):
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
+            except BaseException as exc:  # re-raised in the caller
+                made.append(exc)
+
+        thread = threading.Thread(target=body)
+        thread.start()
+        thread.join()
+        if made:
+            raise made[0]
+        self.peer_sock.setblocking(False)
+        self.control, self.agent_side = socket.socketpair()
+        self.worker = worker_module.Worker(CONFIG, LOCAL, self.control, self.recv, self.send, stats_interval=60)
+        self.peer = Session(CONFIG, 0x7777)
+        self.peer_sent = 0
+        self.finals: list[float] = []  # when the peer received a Final
+
+    def close(self) -> None:
+        for sock in (self.recv, self.send, self.peer_sock, self.control, self.agent_side):
+            sock.close()
+
+    def peer_step(self) -> None:
+        """The peer reads what reached it, answers, and sends what its timers say."""
+        now = time.monotonic()
+        while True:
+            try:
+                data = self.peer_sock.recv(128)
+            except BlockingIOError:
+                break
+            if decode(data).final:
+                self.finals.append(now)
+            self.peer_send(self.peer.receive(data, 255, now))
+        timer = self.peer.next_timer()
+        if timer is not None and timer <= now:
+            self.peer_send(self.peer.handle_timer(now))
+
+    def peer_packet(self) -> float:
+        """The peer sends its periodic packet now (having read ours first); when."""
+        self.peer_step()
+        now = time.monotonic()
+        self.peer._tx_at = now
+        self.peer_send(self.peer.handle_timer(now))
+        return now
+
+    def peer_send(self, actions: list[object]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.peer_sock.sendto(action.data, ("127.0.0.1", 3784))
+                self.peer_sent += 1
+
+    def up(self, *, worker_steps: bool = True) -> None:
+        """Both sides Up, the worker stepped by hand (``_receive_all`` then ``_fire``, as its loop does)."""
+        self.worker.set_peers([PEER])
+        self.peer_send(self.peer.start(time.monotonic()))
+        deadline = time.monotonic() + 5
+        while not (self.peer.state is SessionState.UP and self.worker.sessions[PEER].state is SessionState.UP):
+            assert time.monotonic() < deadline, "never came Up"
+            self.peer_step()
+            if worker_steps:
+                self.worker._receive_all()
+                self.worker._fire(self.worker.clock())
+            time.sleep(0.001)
+
+
+def test_a_packet_read_late_counts_from_when_the_kernel_received_it() -> None:
+    pair = Pair()
+    try:
+        pair.up()
+        session = pair.worker.sessions[PEER]
+        pair.worker._receive_all()
+        sent_at = pair.peer_packet()
+        time.sleep(0.03)  # the worker descheduled for 30 ms, most of the 40 ms detection time
+        pair.worker._receive_all()
+        # The deadline runs from the packet's arrival (within a few ms of sending), not from the late read.
+        detect_at = session._detect_at
+        assert detect_at is not None and sent_at + 0.04 <= detect_at + 0.001 < sent_at + 0.04 + 0.01
+        pair.worker._fire(pair.worker.clock())
+        assert session.state is SessionState.UP
+    finally:
+        pair.close()
+
+
+def test_the_source_cache_follows_the_peers() -> None:
+    pair = Pair()
+    try:
+        pair.up()
+        pair.worker._receive_all()
+        received, drops = pair.worker.sessions[PEER].received, pair.worker.drops["source"]
+        pair.peer_packet()
+        time.sleep(0.005)
+        pair.worker._receive_all()
+        assert pair.worker.sessions[PEER].received == received + 1 and pair.worker.drops["source"] == drops
+        pair.worker.set_peers([ipaddress.ip_address("127.0.0.3")])  # no longer a peer: its packets are outsiders'
+        assert pair.worker._sources.keys() == {"127.0.0.3"}
+        pair.peer_packet()
+        time.sleep(0.005)
+        pair.worker._receive_all()
+        assert pair.worker.drops["source"] > drops
+        drops = pair.worker.drops["source"]
+        pair.worker.set_peers([PEER])  # back: a new session, found again
+        pair.peer_packet()
+        time.sleep(0.005)
+        pair.worker._receive_all()
+        assert pair.worker.sessions[PEER].received >= 1 and pair.worker.drops["source"] == drops
+    finally:
+        pair.close()
+
+
+@pytest.mark.parametrize("silent_member", [False, True])
+def test_an_up_worker_wakes_per_interval_not_per_packet_and_answers_a_poll_within_one(silent_member: bool) -> None:
+    """With a member that never answers too (a keepalived node not listed in keepalived_peers): its session
+    never comes Up, and the Up session's packets still do not wake the worker one by one."""
+    pair = Pair()
+    thread = threading.Thread(target=pair.worker.run, daemon=True)
+    try:
+        pair.up()
+        if silent_member:
+            pair.worker.set_peers([PEER, ipaddress.ip_address("127.0.0.3")])  # nothing listens there
+        thread.start()  # the real loop from here on
+        time.sleep(0.05)
+        wakeups, received, sent = (pair.worker.wakeups, pair.worker.sessions[PEER].received,
+                                   pair.worker.sessions[PEER].sent)
+        polls_at: list[float] = []
+        start = time.monotonic()
+        while time.monotonic() < start + 0.5:
+            if len(polls_at) < 3 and time.monotonic() > start + 0.1 + 0.15 * len(polls_at):
+                pair.peer_step()
+                pair.peer._polling = True  # the peer's next packet, now, carries a Poll
+                polls_at.append(pair.peer_packet())
+            pair.peer_step()
+            time.sleep(0.0005)
+        session = pair.worker.sessions[PEER]
+        wakeups, received, sent = (pair.worker.wakeups - wakeups, session.received - received, session.sent - sent)
+        print(f"0.5 s Up: {wakeups} wake-ups, {received} received, {sent} sent")  # -s
+        assert len(pair.worker.sessions) == (2 if silent_member else 1)
+        assert session.state is SessionState.UP and received > 30 and sent > 30
+        assert wakeups < 0.75 * (received + sent)  # one per packet either way would be received + sent
+        # Each Poll answered by a Final within one transmit interval (10 ms; + scheduling on a shared machine).
+        answered = [min((f - p for f in pair.finals if f >= p), default=1.0) for p in polls_at]
+        print("Poll answered after", [f"{a * 1000:.1f} ms" for a in answered])  # -s
+        assert len(answered) == 3 and max(answered) < 0.01 + 0.015
+    finally:
+        pair.agent_side.close()  # EOF: the loop ends
+        if thread.is_alive():
+            thread.join(2)
+        pair.close()

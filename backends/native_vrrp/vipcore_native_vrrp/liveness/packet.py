@@ -22,6 +22,8 @@ TTL = 255
 _FORMAT = struct.Struct("!BBBBIIIII")
 
 _FLAG_P, _FLAG_F, _FLAG_C, _FLAG_A, _FLAG_D, _FLAG_M = 0x20, 0x10, 0x08, 0x04, 0x02, 0x01
+#: The Poll and Final bits in a packet's second byte (a packet with either set is never a plain repeat).
+POLL_OR_FINAL = _FLAG_P | _FLAG_F
 
 
 class SessionState(enum.IntEnum):
@@ -55,6 +57,10 @@ class PacketError(ValueError):
         self.reason = reason
 
 
+#: Enum members by wire value: a tuple/dict lookup per packet instead of ``EnumType.__call__``.
+_STATES = tuple(SessionState)
+_DIAGNOSTICS = {int(d): d for d in Diagnostic}
+
 #: Every reason :func:`decode` can give, for drop counters that start at zero.
 DECODE_REASONS = ("short", "version", "length", "detect_mult", "multipoint", "my_discriminator",
                   "your_discriminator", "auth", "diagnostic")
@@ -79,7 +85,7 @@ class ControlPacket:
 def encode(packet: ControlPacket) -> bytes:
     flags = (_FLAG_P if packet.poll else 0) | (_FLAG_F if packet.final else 0)
     return _FORMAT.pack(
-        (VERSION << 5) | int(packet.diagnostic), (int(packet.state) << 6) | flags, packet.detect_mult, LENGTH,
+        (VERSION << 5) | packet.diagnostic, (packet.state << 6) | flags, packet.detect_mult, LENGTH,
         packet.my_discriminator, packet.your_discriminator, packet.desired_min_tx, packet.required_min_rx,
         packet.required_min_echo_rx,
     )
@@ -102,13 +108,12 @@ def decode(data: bytes) -> ControlPacket:
         raise PacketError("multipoint", "multipoint bit set")
     if mine == 0:
         raise PacketError("my_discriminator", "my discriminator 0")
-    state = SessionState(sta_flags >> 6)
+    state = _STATES[sta_flags >> 6]
     if yours == 0 and state not in (SessionState.DOWN, SessionState.ADMIN_DOWN):
         raise PacketError("your_discriminator", f"your discriminator 0 in state {state.name}")
-    try:
-        diagnostic = Diagnostic(vers_diag & 0x1F)
-    except ValueError:
-        raise PacketError("diagnostic", f"unknown diagnostic {vers_diag & 0x1F}") from None
+    diagnostic = _DIAGNOSTICS.get(vers_diag & 0x1F)
+    if diagnostic is None:
+        raise PacketError("diagnostic", f"unknown diagnostic {vers_diag & 0x1F}")
     return ControlPacket(
         state=state, my_discriminator=mine, your_discriminator=yours, desired_min_tx=tx, required_min_rx=rx,
         detect_mult=mult, diagnostic=diagnostic, poll=bool(sta_flags & _FLAG_P), final=bool(sta_flags & _FLAG_F),

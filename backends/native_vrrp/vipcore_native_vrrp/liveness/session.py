@@ -21,6 +21,7 @@ from collections.abc import Callable
 import attrs
 
 from vipcore_native_vrrp.liveness.packet import (
+    POLL_OR_FINAL,
     TTL,
     ControlPacket,
     Diagnostic,
@@ -100,6 +101,14 @@ class Session:
     received: int = 0
     sent: int = 0
     _tx_at: float | None = None
+    #: The earliest a periodic packet may go out: 75 % of the interval after the last one (RFC 5880 6.8.7).
+    _tx_floor: float = 0.0
+    #: The last packet accepted while Up that left us Up, without Poll or Final: an identical one that
+    #: follows changes nothing but the detection timer, so it is not decoded again.
+    _repeat: bytes | None = None
+    #: The fields of the last periodic packet sent and its bytes: resent while nothing in it changed.
+    _tx_key: tuple[int, ...] | None = None
+    _tx_bytes: bytes = b""
     _detect_at: float | None = None
     _polling: bool = False
     _final_due: bool = False
@@ -129,8 +138,10 @@ class Session:
         return self.remote_detect_mult * max(self.config.required_min_rx, self.remote_desired_min_tx / 1_000_000)
 
     def next_timer(self) -> float | None:
-        times = [t for t in (self._tx_at, self._detect_at) if t is not None]
-        return min(times) if times else None
+        tx, detect = self._tx_at, self._detect_at
+        if tx is None:
+            return detect
+        return tx if detect is None or tx < detect else detect
 
     # -- inputs -----------------------------------------------------------------
 
@@ -139,10 +150,22 @@ class Session:
         self._tx_at = now
         return self.handle_timer(now)
 
-    def receive(self, data: bytes, ttl: int, now: float) -> list[Action]:
-        """A control packet from this session's peer (the caller demultiplexes by address/discriminator)."""
+    def receive(self, data: bytes, ttl: int, now: float, arrived: float | None = None) -> list[Action]:
+        """A control packet from this session's peer (the caller demultiplexes by address/discriminator).
+
+        ``arrived`` is when the packet reached this node (the kernel's receive time) if it
+        is processed later than that: the detection timer restarts from it, so a packet
+        read late counts exactly as early as it came. Anything sent in reply is sent ``now``.
+        """
         if ttl != TTL:
             return [Dropped("ttl")]
+        heard = now if arrived is None else min(arrived, now)
+        if data == self._repeat and self.state is SessionState.UP:
+            # Same bytes as the last accepted packet, which changed nothing: only the timer moves.
+            self.received += 1
+            self._detect_at = heard + self.detection_time
+            return []
+        self._repeat = None
         try:
             packet = decode(data)
         except PacketError as error:
@@ -174,21 +197,30 @@ class Session:
         elif packet.state is SessionState.DOWN:  # we are Up
             actions += self._change(SessionState.DOWN, Diagnostic.NEIGHBOR_DOWN, now)
         if self.state in (SessionState.INIT, SessionState.UP):
-            self._detect_at = now + self.detection_time
+            self._detect_at = heard + self.detection_time
         if packet.poll:
             # RFC 5880 6.8.6: answer a Poll with a Final as soon as practicable.
             self._final_due = True
             actions += self._transmit(now)
+        elif not actions and self.state is SessionState.UP and not data[1] & POLL_OR_FINAL:
+            self._repeat = bytes(data)
         return actions
 
-    def handle_timer(self, now: float) -> list[Action]:
+    def handle_timer(self, now: float, early: float = 0.0) -> list[Action]:
+        """Carry out the timers due at ``now``.
+
+        ``early`` lets a periodic packet due within that many seconds go out now, so a
+        caller with many sessions sends several per wake-up; never before 75 % of the
+        interval since the previous one, the lower bound of RFC 5880 6.8.7's jitter.
+        """
         actions: list[Action] = []
         if self._detect_at is not None and now >= self._detect_at:
             self._detect_at = None
             if self.state in (SessionState.INIT, SessionState.UP):
                 self.remote_discriminator = 0
                 actions += self._change(SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED, now)
-        if self._tx_at is not None and now >= self._tx_at:
+        tx = self._tx_at
+        if tx is not None and (now >= tx or (now >= tx - early and now >= self._tx_floor)):
             actions += self._transmit(now)
         return actions
 
@@ -219,6 +251,7 @@ class Session:
             return []
         self.state = new
         self.diagnostic = diagnostic
+        self._repeat = None
         if old is SessionState.UP:
             self.flaps += 1
         if new is SessionState.DOWN:
@@ -237,19 +270,29 @@ class Session:
             self._tx_at = now + self.config.slow_interval
             return []
         final, self._final_due = self._final_due, False
-        packet = ControlPacket(
-            state=self.state, my_discriminator=self.my_discriminator,
-            your_discriminator=self.remote_discriminator,
-            desired_min_tx=_micro(self.desired_min_tx), required_min_rx=_micro(self.config.required_min_rx),
-            detect_mult=self.config.detect_mult, diagnostic=self.diagnostic,
-            poll=self._polling and not final, final=final,
-        )
         self.sent += 1
+        data = self._encoded(final)
         if self.state is SessionState.ADMIN_DOWN:
             self._admin_repeats -= 1
             self._tx_at = now + self._admin_interval if self._admin_repeats > 0 else None
-            return [Send(encode(packet))]
+            return [Send(data)]
         # RFC 5880 6.8.7: each interval is 75..100% of the negotiated one (75..90% with Detect Mult 1).
         top = 0.9 if self.config.detect_mult == 1 else 1.0
-        self._tx_at = now + self.tx_interval * (0.75 + (top - 0.75) * self.rng())
-        return [Send(encode(packet))]
+        interval = self.tx_interval
+        self._tx_at = now + interval * (0.75 + (top - 0.75) * self.rng())
+        self._tx_floor = now + interval * 0.75
+        return [Send(data)]
+
+    def _encoded(self, final: bool) -> bytes:
+        """This packet's bytes, encoded again only when a field in it changed (usually once per state change)."""
+        poll = self._polling and not final
+        key = (self.state, self.remote_discriminator, self.diagnostic, poll, final)  # the rest is fixed by state
+        if key != self._tx_key:
+            self._tx_key = key
+            self._tx_bytes = encode(ControlPacket(
+                state=self.state, my_discriminator=self.my_discriminator,
+                your_discriminator=self.remote_discriminator,
+                desired_min_tx=_micro(self.desired_min_tx), required_min_rx=_micro(self.config.required_min_rx),
+                detect_mult=self.config.detect_mult, diagnostic=self.diagnostic, poll=poll, final=final,
+            ))
+        return self._tx_bytes
