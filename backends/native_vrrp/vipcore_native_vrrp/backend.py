@@ -571,7 +571,7 @@ class NativeVrrpBackend:
 
     def _refresh_liveness(self) -> None:
         if self.liveness is not None:
-            self.liveness.refresh()
+            self.liveness.schedule_refresh()
 
     async def _stop_router(self, driver: RouterDriver, graceful: bool) -> None:
         _, holder, _ = self._require_started()

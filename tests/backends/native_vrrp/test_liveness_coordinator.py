@@ -166,3 +166,33 @@ def test_a_lost_peer_is_counted_from_when_it_was_last_heard() -> None:
         HearingDetector.silences = {} if measured is None else {address: measured}
         c._changed(address, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
         assert driver.silent == [pytest.approx(expected)], measured
+
+
+def test_a_burst_of_transitions_is_one_refresh_in_one_pass_over_the_groups() -> None:
+    """255 groups' first transitions at start-up: a refresh per report walked every group per member —
+    a core busy for minutes (bench/failover.py --sections cpu --cpu-groups 255: 59 CPU-s/min)."""
+    memberships = [(member(group(["node-a", "node-b", "node-c"], "eth0", vrid, v4=[f"198.51.100.{100 + vrid}"]),
+                           "node-a"), {Family.IPV4: FakeDriver(FakeRouter(State.MASTER))}) for vrid in range(1, 41)]
+    walks = 0
+
+    def groups() -> list[tuple[Membership, Mapping[Family, FakeDriver]]]:
+        nonlocal walks
+        walks += 1
+        return memberships
+
+    loop = asyncio.new_event_loop()
+    try:
+        c = Coordinator(LivenessSettings(), loop, groups, RecordingDetector)  # type: ignore[arg-type]
+        c.ensure(NODE_A_INTERFACES["eth0"])
+        detector = c.detectors["eth0"]
+        assert isinstance(detector, RecordingDetector)
+        walks = 0
+        for _ in memberships:  # every router reports its transition
+            c.schedule_refresh()
+        assert walks == 0  # nothing yet: the burst is not over
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert walks == 1  # one refresh, one walk over the groups (not one per group and member)
+        assert detector.peers == {A("198.51.100.12"), A("198.51.100.13")}
+    finally:
+        loop.close()

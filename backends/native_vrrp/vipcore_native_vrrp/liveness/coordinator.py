@@ -148,6 +148,7 @@ class Coordinator:
         self.peers_lost = 0
         self.groups_acted = 0
         self._unavailable: set[str] = set()
+        self._refresh_pending = False
 
     def ensure(self, info: InterfaceInfo) -> None:
         """A detector for ``info``'s interface (IPv4 preferred, else a global IPv6 address)."""
@@ -178,15 +179,29 @@ class Coordinator:
         self.networks[info.name] = networks
         self.refresh()
 
+    def schedule_refresh(self) -> None:
+        """:meth:`refresh` once the current burst of changes is over (a loop pass later), not once per
+        change: at start-up 510 routers report their first transitions one after another, and a refresh
+        per report walked every group for each — quadratic, a core busy for minutes at 255 groups."""
+        if not self._refresh_pending:
+            self._refresh_pending = True
+            self.loop.call_soon(self._run_refresh)
+
+    def _run_refresh(self) -> None:
+        self._refresh_pending = False
+        self.refresh()
+
     def refresh(self) -> None:
-        """Recompute which peers each interface needs, from the routers' states now."""
+        """Recompute which peers each interface needs, from the routers' states now (one pass over the groups)."""
         wanted: dict[str, set[IPAddress]] = {name: set() for name in self.detectors}
-        for membership, drivers in self.groups():
+        groups = list(self.groups())
+        addresses = self._addresses(groups)
+        for membership, drivers in groups:
             interface = membership.group.interface
             if interface not in wanted:
                 continue
             for node in self._needed(membership, drivers) - self.keepalived_names:
-                address = self._address(interface, node)
+                address = addresses.get((interface, node))
                 if address is not None and address not in self.keepalived_addresses:
                     wanted[interface].add(address)
         for interface, detector in self.detectors.items():
@@ -281,15 +296,26 @@ class Coordinator:
         return None
 
     def _address(self, interface: str, node: str) -> IPAddress | None:
-        networks = self.networks.get(interface, ())
-        for membership, _ in self.groups():
+        return self._addresses(list(self.groups())).get((interface, node))
+
+    def _addresses(self, groups: Iterable[tuple[Membership, object]]) -> dict[tuple[str, str], IPAddress]:
+        """Each member node's session address per interface: its first address on that interface's networks
+        (the first group that names it decides, as before)."""
+        found: dict[tuple[str, str], IPAddress] = {}
+        for membership, _ in groups:
+            interface = membership.group.interface
+            networks = self.networks.get(interface)
+            if not networks:
+                continue
             for member in membership.members:
-                if member.name != node:
+                key = (interface, member.name)
+                if key in found:
                     continue
                 for address in member.addresses:
                     if any(address.version == n.version and address in n.network for n in networks):
-                        return address
-        return None
+                        found[key] = address
+                        break
+        return found
 
     # -- status --------------------------------------------------------------------
 
