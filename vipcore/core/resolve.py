@@ -12,7 +12,6 @@ import hashlib
 import ipaddress
 import operator
 from collections.abc import Callable, Collection, Iterable, Mapping
-from collections.abc import Set as AbstractSet
 from typing import cast
 
 import attrs
@@ -209,7 +208,7 @@ def membership(
     nodes: Mapping[str, Node] | Iterable[Node],
     *,
     previous: Membership | None = None,
-    drained: AbstractSet[str] | None = None,
+    drained: set[str] | frozenset[str] | None = None,
 ) -> Membership:
     """This node's part in ``group``: its priority and every member in placement order.
 
