@@ -294,8 +294,9 @@ def _edited(previous: Membership, group: VipGroup, node: str, by_name: Mapping[s
     fixed = min(count, max(old_bottom + len(added), _first_bottom(count, ranked)))
     for i in range(fixed):
         want = placement.rank_priority(i, count) if i < ranked else placement.BOTTOM_PRIORITY
-        if peers[i].priority != want:
-            peers[i] = attrs.evolve(peers[i], priority=want)
+        peer = peers[i]
+        if peer.priority != want:
+            peers[i] = PeerNode(name=peer.name, priority=want, addresses=peer.addresses)
     mine = peers[names.index(node)].priority
     return Membership(group=group, node=node, priority=mine, members=tuple(peers))
 
