@@ -292,8 +292,10 @@ def _edited(previous: Membership, group: VipGroup, node: str, by_name: Mapping[s
     count = len(names)
     # Past ``fixed`` every member had the bottom priority before and has it now: kept as it was.
     fixed = min(count, max(old_bottom + len(added), _first_bottom(count, ranked)))
+    top, bottom = placement.TOP_PRIORITY, placement.BOTTOM_PRIORITY
+    step = max(1, min(placement.PRIORITY_STEP, (top - bottom) // max(1, count - 1)))  # as rank_priority
     for i in range(fixed):
-        want = placement.rank_priority(i, count) if i < ranked else placement.BOTTOM_PRIORITY
+        want = max(bottom, top - i * step) if i < ranked else bottom
         peer = peers[i]
         if peer.priority != want:
             peers[i] = PeerNode(name=peer.name, priority=want, addresses=peer.addresses)

@@ -282,14 +282,24 @@ class GroupView:
                 not _is_zero(g) and (g.interface, g.vrid) == (zero.interface, zero.vrid))}
             merged = self._merged.setdefault(unit, Merged())
             counted = self._counted.setdefault(unit, {})
-            for k, g in list(counted.items()):
-                if want.get(k) is not g:
-                    merged.remove(g)
-                    del counted[k]
+            gone = [(k, g) for k, g in counted.items() if want.get(k) is not g]
             for k, g in want.items():
-                if k not in counted:
+                if k in counted and counted[k] is g:
+                    continue
+                # A renamed shard 0 (a Node flip) holds what the old one held: nothing to count
+                # out and in again (the addresses are the same parsed objects: compared by identity).
+                same = next((i for i, (_, o) in enumerate(gone) if o.shard is not None and g.shard is not None
+                             and o.shard.index == g.shard.index and o.vips_v4 == g.vips_v4
+                             and o.vips_v6 == g.vips_v6 and o.services == g.services), None)
+                if same is not None:
+                    del counted[gone.pop(same)[0]]
+                else:
                     merged.add(g)
-                    counted[k] = g
+                counted[k] = g
+            for k, g in gone:
+                merged.remove(g)
+                if counted.get(k) is g:  # not replaced above by its new version
+                    del counted[k]
             self._groups[unit] = merged.group(zero)
 
     def _zero_of(self, unit: str) -> str | None:
