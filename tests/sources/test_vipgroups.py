@@ -282,3 +282,30 @@ def test_a_node_flip_edits_the_membership_and_later_changes_of_the_new_member_re
     nodes["node-5"] = Node("node-5", (ipaddress.ip_address("198.51.100.56"),))
     view.change("nodes", "MODIFIED", "node-5", node_obj("node-5", "198.51.100.56"))
     assert not view.take()
+
+
+def test_a_shard_rewritten_twice_and_a_renamed_shard_0_count_each_vip_once() -> None:
+    """A shard modified in place (a VIP added, then removed) and a shard 0 renamed with the same VIPs
+    between them: the merged group holds exactly the VIPs written, every time."""
+    view = GroupView("node-0")
+    for i, n in enumerate(NODES):
+        view.change("nodes", "ADDED", n, node_obj(n, f"198.51.100.{i + 1}"))
+    vips = tuple(ipaddress.IPv4Address(f"203.0.113.{i + 1}") for i in range(6))
+    g = VipGroup("a-eth0", "eth0", tuple(NODES[:4]), vrid=9, vips_v4=vips, services=("c/c", "default/a", "default/b"))
+    publisher = Publisher([view], 2)
+    publisher.publish(g.name, g, 1)
+    extra = ipaddress.IPv4Address("203.0.113.99")
+    more = ipaddress.IPv4Address("203.0.113.100")
+    steps = [attrs.evolve(g, vips_v4=vips + (extra,)), attrs.evolve(g, vips_v4=vips + (extra, more)),
+             attrs.evolve(g, name="b-eth0", nodes=tuple(NODES[:3]), vips_v4=vips + (extra, more)),
+             attrs.evolve(g, name="b-eth0", nodes=tuple(NODES[:3]), vips_v4=vips + (more,)),
+             attrs.evolve(g, name="b-eth0", nodes=tuple(NODES[:3])), attrs.evolve(g, name="c-eth0")]
+    name = g.name
+    for rv, step in enumerate(steps, start=2):
+        if step.name == name:
+            publisher.publish(name, step, rv)
+        else:
+            publisher.rename(name, step, rv)
+        name = step.name
+        view.take()
+        assert view.state().memberships[name].group == step
