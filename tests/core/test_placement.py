@@ -15,4 +15,5 @@ def test_inserting_at_position_gives_the_full_ranking(names: set[str], group: st
     node = sorted(names)[0]
     others = list(placement.rank(group, names - {node}))
     others.insert(placement.position(group, others, node), node)
+    assert placement.position(group, ["zz"] + others, node, 1) == 1 + others.index(node)
     assert tuple(others) == placement.rank(group, names)

@@ -54,16 +54,17 @@ def rank(group: str, nodes: Iterable[str], weights: Mapping[str, float] | None =
     return tuple(by_name)
 
 
-def position(group: str, order: Sequence[str], node: str) -> int:
-    """Where ``node`` goes in ``order`` (``rank(group, ...)`` of other nodes, unweighted): the index
-    at which inserting it gives the rank of them all.
+def position(group: str, order: Sequence[str], node: str, lo: int = 0, hi: int | None = None) -> int:
+    """Where ``node`` goes in ``order[lo:hi]`` (``rank(group, ...)`` of other nodes, unweighted): the
+    index in ``order`` at which inserting it gives the rank of them all.
 
     Rendezvous order is a sort by each node's own score, so adding or removing one node moves no other
     node relative to the rest: a group that gains or loses a member is re-ranked by one bisection
     (a few cached scores), not by scoring and sorting every member.
     """
     mine = (-_score(group, node, 1.0), node)
-    return bisect.bisect_left(order, mine, key=lambda n: (-_score(group, n, 1.0), n))
+    return bisect.bisect_left(order, mine, lo, len(order) if hi is None else hi,
+                              key=lambda n: (-_score(group, n, 1.0), n))
 
 
 def holder(group: str, nodes: Iterable[str], weights: Mapping[str, float] | None = None) -> str | None:

@@ -262,8 +262,9 @@ def _edited(previous: Membership, group: VipGroup, node: str, by_name: Mapping[s
             held: set[str]) -> Membership | None:
     """``previous`` edited into ``group``'s membership (see :func:`membership`), or None when the
     group changed too much for an edit to pay."""
-    before, after = set(previous.group.nodes), set(group.nodes)
-    removed, added = before - after, after - before
+    before = set(previous.group.nodes)
+    changed = before.symmetric_difference(group.nodes)
+    removed, added = changed & before, changed - before
     if len(removed) + len(added) > EDITS:
         return None
     key = group.placement_key
@@ -282,9 +283,9 @@ def _edited(previous: Membership, group: VipGroup, node: str, by_name: Mapping[s
             ranked -= 1
     for n in sorted(added):
         if n in held:
-            i = ranked + placement.position(key, names[ranked:], n)
+            i = placement.position(key, names, n, ranked)
         else:
-            i = placement.position(key, names[:ranked], n)
+            i = placement.position(key, names, n, 0, ranked)
             ranked += 1
         names.insert(i, n)
         peers.insert(i, PeerNode(name=n, priority=placement.BOTTOM_PRIORITY,

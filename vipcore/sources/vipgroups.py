@@ -325,9 +325,10 @@ class GroupView:
             # last membership is edited for the members that came and went, and so is ``_member_of``.
             self._memberships[name] = membership(group, self.node, self._nodes, previous=old,
                                                  drained=self._drained)
-            before, after = set(old.group.nodes), set(group.nodes)
-            self._unmember(name, before - after)
-            for member in after - before:
+            before = set(old.group.nodes)
+            changed = before.symmetric_difference(group.nodes)
+            self._unmember(name, changed & before)
+            for member in changed - before:
                 self._member_of.setdefault(member, set()).add(name)
             return
         self._memberships.pop(name, None)
