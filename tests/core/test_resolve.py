@@ -356,3 +356,59 @@ def test_a_node_leaving_moves_only_the_groups_it_was_preferred_for() -> None:
     moved = {k for k in before if before[k] != after[k]}
     assert moved == {k for k in before if before[k] == "n3"}
     assert moved  # n3 held something, so the check is not vacuous
+
+
+# -- membership edited from the previous one ------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.integers(1, 400),
+    edits=st.lists(st.integers(0, 10**6), max_size=20),
+    drain=st.frozensets(st.integers(0, 449), max_size=30),
+    services=st.sampled_from([("default/a",), ()]),
+)
+def test_membership_edited_from_the_previous_equals_the_full_computation(
+    size: int, edits: list[int], drain: frozenset[int], services: tuple[str, ...]
+) -> None:
+    """A group gaining and losing members (a Node flip renames it, same placement key): the previous
+    membership edited equals the one computed from scratch, across the priority step and bottom
+    boundaries (groups of 1 to 400 nodes) and with drained members; also past :data:`EDITS` (recomputed)."""
+    from vipcore.core.model import Node, VipGroup
+    from vipcore.core.resolve import membership
+
+    universe = [f"n{i:03d}" for i in range(450)]
+    nodes = {n: Node(n, (ipaddress.ip_address(f"2001:db8::{i + 1:x}"),),
+                     labels={"vipcore.io/drain": "true"} if i in drain else {})
+             for i, n in enumerate(universe)}
+    drained = {universe[i] for i in drain}
+    before = set(universe[:size])
+    me = universe[0]
+    after = set(before)
+    for e in edits:
+        n = universe[1 + e % 449]
+        after ^= {n}
+    def group(members: set[str]) -> VipGroup:
+        # Without Services the placement key is the name, which hashes the nodes: no edit then.
+        name = hashlib.sha256(",".join(sorted(members)).encode()).hexdigest() + "-eth0"
+        return VipGroup(name, "eth0", tuple(members), vrid=5, services=services)
+
+    old = membership(group(before), me, nodes)
+    new = group(after)
+    assert membership(new, me, nodes, previous=old) == membership(new, me, nodes)
+    assert membership(new, me, nodes, previous=old, drained=drained) == membership(new, me, nodes)
+
+
+def test_membership_edited_when_a_drained_member_leaves_and_another_joins() -> None:
+    """The drained tail shrinks by the member that left: the ranked part keeps its length."""
+    from vipcore.core.model import Node, VipGroup
+    from vipcore.core.resolve import membership
+
+    drain = {"vipcore.io/drain": "true"}
+    nodes = {n: Node(n, labels=drain if n in ("d1", "d2") else {}) for n in ("a", "b", "c", "d1", "d2", "e", "f")}
+    before = VipGroup("g1-eth0", "eth0", ("a", "b", "c", "d1", "d2"), vrid=5, services=("default/a",))
+    old = membership(before, "a", nodes)
+    for after in (("a", "b", "c", "d2"), ("a", "b", "c", "d2", "e"), ("a", "b", "c", "d2", "e", "f"),
+                  ("a", "c", "d1", "e", "f")):
+        new = VipGroup("g2-eth0", "eth0", after, vrid=5, services=("default/a",))
+        assert membership(new, "a", nodes, previous=old) == membership(new, "a", nodes)

@@ -46,6 +46,12 @@ class Publisher:
         count = zero["spec"].get("shard", {}).get("count") if zero else None
         return {part.name: group_obj(part, rv) for part in shards.split(group, addresses, count, bound=self.bound)}
 
+    def rename(self, old: str, group: VipGroup, rv: int) -> None:
+        """``old`` renamed to ``group`` (a member came or went): shard 0 written under the new name,
+        the other shards rewritten only if they changed, the old shard 0 deleted."""
+        self.written[group.name] = self.written.pop(old, {})
+        self.publish(group.name, group, rv)
+
     def publish(self, name: str, group: VipGroup | None, rv: int) -> None:
         old = self.written.pop(name, {})
         new = self.objects(group, rv) if group is not None else {}
@@ -113,7 +119,7 @@ def test_memberships_equal_the_full_views_through_changes(seed: int, bound: int 
             assert dict(view.state().memberships) == resolved
         # One random change, as the watch delivers it to every agent.
         rv += 1
-        what = rng.choice(["drain", "address", "group", "drop", "vips"])
+        what = rng.choice(["drain", "address", "group", "drop", "vips", "flip"])
         if what in ("drain", "address"):
             n = nodes[rng.choice(NODES)]
             if what == "drain":
@@ -134,6 +140,15 @@ def test_memberships_equal_the_full_views_through_changes(seed: int, bound: int 
                              services=tuple(sorted(g.services + (key,))))
             groups[g.name] = g
             publisher.publish(g.name, g, rv)
+        elif what == "flip" and groups:
+            # A Node flip: the controller renames the group (its name hashes its nodes), same router and
+            # Services; the view edits the membership it had (sharded) or computes the new one (whole).
+            g = groups.pop(rng.choice(sorted(groups)))
+            members = set(g.nodes) ^ {rng.choice(NODES)}
+            members = members or set(g.nodes)
+            renamed = attrs.evolve(g, name=f"r{rv}-{g.interface}", nodes=tuple(sorted(members)))
+            groups[renamed.name] = renamed
+            publisher.rename(g.name, renamed, rv)
         elif what == "group" or not groups:
             members = tuple(sorted(rng.sample(NODES, rng.randint(1, 5))))
             # On eth1: its own VRIDs (two groups on one router would be a rename in flight).
@@ -235,3 +250,62 @@ def test_addresses_no_group_holds_are_forgotten_and_not_managed() -> None:
     state = view.state()
     assert state.managed(ipaddress.ip_address("2001:db8::27:5"))
     assert not state.managed(ipaddress.ip_address("2001:db8::1:5"))
+
+
+def test_a_node_flip_edits_the_membership_and_later_changes_of_the_new_member_reach_it() -> None:
+    """A sharded group renamed by a Node flip: the membership is edited (the members that stayed are the
+    very same entries), and the member that came is followed (its address change reaches the group)."""
+    view = GroupView("node-0")
+    nodes = {n: Node(n, (ipaddress.ip_address(f"198.51.100.{i + 1}"),)) for i, n in enumerate(NODES)}
+    for n in nodes.values():
+        view.change("nodes", "ADDED", n.name, node_obj(n.name, str(n.addresses[0])))
+    vips = tuple(ipaddress.IPv4Address(f"203.0.113.{i + 1}") for i in range(4))
+    g = VipGroup("a-eth0", "eth0", tuple(NODES[:6]), vrid=9, vips_v4=vips, services=("default/a", "default/b"))
+    publisher = Publisher([view], 1)
+    publisher.publish(g.name, g, 1)
+    view.take()
+    before = view.state().memberships["a-eth0"]
+    renamed = attrs.evolve(g, name="b-eth0", nodes=tuple(NODES[:5] + NODES[6:]))  # node-5 out, node-6, node-7 in
+    publisher.rename(g.name, renamed, 2)
+    assert view.take()
+    after = view.state().memberships
+    assert set(after) == {"b-eth0"} and after["b-eth0"] == membership(renamed, "node-0", nodes)
+    kept = {m.name: m for m in before.members}
+    assert all(m is kept[m.name] for m in after["b-eth0"].members if m.name in kept and m.priority == kept[m.name].priority)
+    nodes["node-7"] = Node("node-7", (ipaddress.ip_address("198.51.100.77"),))
+    view.change("nodes", "MODIFIED", "node-7", node_obj("node-7", "198.51.100.77"))
+    nodes["node-5"] = Node("node-5", (ipaddress.ip_address("198.51.100.55"),))
+    view.change("nodes", "MODIFIED", "node-5", node_obj("node-5", "198.51.100.55"))
+    assert view.take()
+    assert view.state().memberships["b-eth0"] == membership(renamed, "node-0", nodes)
+    # node-5 left the group: its change reaches nothing.
+    nodes["node-5"] = Node("node-5", (ipaddress.ip_address("198.51.100.56"),))
+    view.change("nodes", "MODIFIED", "node-5", node_obj("node-5", "198.51.100.56"))
+    assert not view.take()
+
+
+def test_a_shard_rewritten_twice_and_a_renamed_shard_0_count_each_vip_once() -> None:
+    """A shard modified in place (a VIP added, then removed) and a shard 0 renamed with the same VIPs
+    between them: the merged group holds exactly the VIPs written, every time."""
+    view = GroupView("node-0")
+    for i, n in enumerate(NODES):
+        view.change("nodes", "ADDED", n, node_obj(n, f"198.51.100.{i + 1}"))
+    vips = tuple(ipaddress.IPv4Address(f"203.0.113.{i + 1}") for i in range(6))
+    g = VipGroup("a-eth0", "eth0", tuple(NODES[:4]), vrid=9, vips_v4=vips, services=("c/c", "default/a", "default/b"))
+    publisher = Publisher([view], 2)
+    publisher.publish(g.name, g, 1)
+    extra = ipaddress.IPv4Address("203.0.113.99")
+    more = ipaddress.IPv4Address("203.0.113.100")
+    steps = [attrs.evolve(g, vips_v4=vips + (extra,)), attrs.evolve(g, vips_v4=vips + (extra, more)),
+             attrs.evolve(g, name="b-eth0", nodes=tuple(NODES[:3]), vips_v4=vips + (extra, more)),
+             attrs.evolve(g, name="b-eth0", nodes=tuple(NODES[:3]), vips_v4=vips + (more,)),
+             attrs.evolve(g, name="b-eth0", nodes=tuple(NODES[:3])), attrs.evolve(g, name="c-eth0")]
+    name = g.name
+    for rv, step in enumerate(steps, start=2):
+        if step.name == name:
+            publisher.publish(name, step, rv)
+        else:
+            publisher.rename(name, step, rv)
+        name = step.name
+        view.take()
+        assert view.state().memberships[name].group == step

@@ -10,11 +10,12 @@ answer for "who should hold this".
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 #: Priority of the best-ranked node. 255 is reserved for address owners.
 TOP_PRIORITY = 254
@@ -51,6 +52,19 @@ def rank(group: str, nodes: Iterable[str], weights: Mapping[str, float] | None =
     scores = dict(zip(by_name, map(_score, itertools.repeat(group), by_name, weight)))
     by_name.sort(key=scores.__getitem__, reverse=True)  # stable, also reversed: ties stay by name
     return tuple(by_name)
+
+
+def position(group: str, order: Sequence[str], node: str, lo: int = 0, hi: int | None = None) -> int:
+    """Where ``node`` goes in ``order[lo:hi]`` (``rank(group, ...)`` of other nodes, unweighted): the
+    index in ``order`` at which inserting it gives the rank of them all.
+
+    Rendezvous order is a sort by each node's own score, so adding or removing one node moves no other
+    node relative to the rest: a group that gains or loses a member is re-ranked by one bisection
+    (a few cached scores), not by scoring and sorting every member.
+    """
+    mine = (-_score(group, node, 1.0), node)
+    return bisect.bisect_left(order, mine, lo, len(order) if hi is None else hi,
+                              key=lambda n: (-_score(group, n, 1.0), n))
 
 
 def holder(group: str, nodes: Iterable[str], weights: Mapping[str, float] | None = None) -> str | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -96,6 +96,9 @@ class GroupView:
         #: Object name -> resourceVersion (a group's version is its newest object's).
         self._versions: dict[str, int] = {}
         self._nodes: dict[str, Node] = {}
+        #: The drained Nodes' names (a membership reads its members' drain labels from here: a set
+        #: intersection, not a look at each of 5,000 Nodes).
+        self._drained: set[str] = set()
         self._invalid: dict[tuple[str, str], str] = {}
         #: This node's memberships, by group name, as last computed.
         self._memberships: dict[str, Membership] = {}
@@ -211,6 +214,10 @@ class GroupView:
             self._nodes.pop(key, None)
         else:
             self._nodes[key] = node
+        if node is not None and node.drained:
+            self._drained.add(key)
+        else:
+            self._drained.discard(key)
         reaches = self._member_of.get(key, set())
         if old is not None and node is not None and old.addresses == node.addresses \
                 and old.drained == node.drained:
@@ -275,14 +282,24 @@ class GroupView:
                 not _is_zero(g) and (g.interface, g.vrid) == (zero.interface, zero.vrid))}
             merged = self._merged.setdefault(unit, Merged())
             counted = self._counted.setdefault(unit, {})
-            for k, g in list(counted.items()):
-                if want.get(k) is not g:
-                    merged.remove(g)
-                    del counted[k]
+            gone = [(k, g) for k, g in counted.items() if want.get(k) is not g]
             for k, g in want.items():
-                if k not in counted:
+                if k in counted and counted[k] is g:
+                    continue
+                # A renamed shard 0 (a Node flip) holds what the old one held: nothing to count
+                # out and in again (the addresses are the same parsed objects: compared by identity).
+                same = next((i for i, (_, o) in enumerate(gone) if o.shard is not None and g.shard is not None
+                             and o.shard.index == g.shard.index and o.vips_v4 == g.vips_v4
+                             and o.vips_v6 == g.vips_v6 and o.services == g.services), None)
+                if same is not None:
+                    del counted[gone.pop(same)[0]]
+                else:
                     merged.add(g)
-                    counted[k] = g
+                counted[k] = g
+            for k, g in gone:
+                merged.remove(g)
+                if counted.get(k) is g:  # not replaced above by its new version
+                    del counted[k]
             self._groups[unit] = merged.group(zero)
 
     def _zero_of(self, unit: str) -> str | None:
@@ -302,19 +319,34 @@ class GroupView:
             # Only VIPs or Services changed, not what placement reads: the same ranking, the new group.
             self._memberships[name] = attrs.evolve(old, group=group)
             return
+        if (not members_changed and old is not None and group is not None and self.node in group.nodes
+                and group.placement_key == old.group.placement_key):
+            # Only the VipGroup changed (a Node flip renames the group): no member's Node did, so the
+            # last membership is edited for the members that came and went, and so is ``_member_of``.
+            self._memberships[name] = membership(group, self.node, self._nodes, previous=old,
+                                                 drained=self._drained)
+            before = set(old.group.nodes)
+            changed = before.symmetric_difference(group.nodes)
+            self._unmember(name, changed & before)
+            for member in changed - before:
+                self._member_of.setdefault(member, set()).add(name)
+            return
         self._memberships.pop(name, None)
         if old is not None:
-            for member in old.group.nodes:
-                names = self._member_of.get(member)
-                if names is not None:
-                    names.discard(name)
-                    if not names:
-                        del self._member_of[member]
+            self._unmember(name, old.group.nodes)
         if group is None or self.node not in group.nodes:
             return
-        self._memberships[name] = membership(group, self.node, self._nodes)
+        self._memberships[name] = membership(group, self.node, self._nodes, drained=self._drained)
         for member in group.nodes:
             self._member_of.setdefault(member, set()).add(name)
+
+    def _unmember(self, name: str, members: Iterable[str]) -> None:
+        for member in members:
+            names = self._member_of.get(member)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del self._member_of[member]
 
     def state(self) -> GroupState:
         """This node's groups now (call :meth:`take` first to bring in the latest changes)."""
