@@ -130,3 +130,10 @@ def test_interrupted_demo_tears_down(sig: int) -> None:
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, out
     assert ours("vcUi") == []
+
+
+def test_a_short_gap_is_labelled_after_the_event_label() -> None:
+    """With node-level liveness the outage is a few 20 ms slots: its end still gets its label."""
+    replies = [i * 0.01 for i in range(100)] + [1.06 + i * 0.01 for i in range(100)]
+    strip, scale, _ = timeline(replies, 0.99)
+    assert "0 (kill)" in scale and re.search(r"0 \(kill\) +\+70 ms", scale), scale

@@ -262,7 +262,8 @@ def timeline(replies: list[float], event: float, *, before: float = 0.2, after: 
     # Most important first: a label that would overlap an earlier one is left out.
     put(mark, f"0 ({label})")
     if gap_to is not None:
-        put(int((gap_to - start) / slot), f"+{(gap_to - event) * 1000:.0f} ms")
+        # A short gap (node-level liveness: a few slots) ends under the event's own label: say it just after.
+        put(max(int((gap_to - start) / slot), mark + len(label) + 5), f"+{(gap_to - event) * 1000:.0f} ms")
     elif not times or times[-1] < event:
         put(mark + len(label) + 5, "no reply since")
     put(0, f"-{before * 1000:.0f} ms")
