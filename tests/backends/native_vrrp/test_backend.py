@@ -406,7 +406,7 @@ class GatedHolder(FakeHolder):
         await super().announce(interface, vips)
 
 
-def _driver(holder: FakeHolder, bus: Bus) -> Any:
+def _driver(holder: FakeHolder, bus: Bus, report: Callable[..., None] = lambda *a: None) -> Any:
     from vipcore_native_vrrp.driver import RouterDriver
     from vipcore_native_vrrp.protocol import Router, RouterConfig
 
@@ -415,7 +415,7 @@ def _driver(holder: FakeHolder, bus: Bus) -> Any:
     link = FakeLink(bus, "node-a", "eth0", Family.IPV4)
     link.start(asyncio.get_running_loop())
     driver = RouterDriver(group="g", interface="eth0", router=Router(config), link=link, holder=holder,  # type: ignore[arg-type]
-                          schedule=AnnounceSchedule(count=1), report=lambda *a: None, loop=asyncio.get_running_loop())
+                          schedule=AnnounceSchedule(count=1), report=report, loop=asyncio.get_running_loop())
     driver.start()  # BACKUP, waiting 3.6 s for a master
     return driver
 
@@ -754,21 +754,12 @@ def test_a_failover_from_a_dead_master_advertises_before_the_address_work() -> N
 
 def test_driver_times_the_address_and_announce_phases_of_a_failover() -> None:
     """The machine decides (detect, elect); the driver measures its I/O: VIPs in the kernel, first announcement."""
-    from vipcore_native_vrrp.driver import RouterDriver
-    from vipcore_native_vrrp.protocol import Router, RouterConfig, StateChanged
+    from vipcore_native_vrrp.protocol import StateChanged
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
         bus, holder = Bus(), GatedHolder("node-a")
         reports: list[tuple[StateChanged, float | None]] = []
-        config = RouterConfig(vrid=42, family=Family.IPV4, primary=V4("198.51.100.11"), vips=(VIP4,),
-                              priority=100, interval_cs=100, destinations=(V4("224.0.0.18"),), sources=None)
-        link = FakeLink(bus, "node-a", "eth0", Family.IPV4)
-        link.start(loop)
-        driver = RouterDriver(group="g", interface="eth0", router=Router(config), link=link,  # type: ignore[arg-type]
-                              holder=holder, schedule=AnnounceSchedule(count=1), loop=loop,
-                              report=lambda d, change, failover: reports.append((change, failover)))
-        driver.start()
+        driver = _driver(holder, bus, report=lambda d, change, failover: reports.append((change, failover)))
         driver._on_packet(*_higher_advert(), 255)  # node-b is master
         await asyncio.sleep(0.02)
         driver.peer_lost(0.0, "liveness session down", silent_for=0.05)  # best-ranked survivor: no delay

@@ -295,9 +295,6 @@ class Coordinator:
                 return found
         return None
 
-    def _address(self, interface: str, node: str) -> IPAddress | None:
-        return self._addresses(list(self.groups())).get((interface, node))
-
     def _addresses(self, groups: Iterable[tuple[Membership, object]]) -> dict[tuple[str, str], IPAddress]:
         """Each member node's session address per interface: its first address on that interface's networks
         (the first group that names it decides, as before)."""
