@@ -11,10 +11,11 @@ import attrs
 import pytest
 
 from tests.helpers.memberships import NODE_A_INTERFACES, group, member
-from vipcore.core.model import Family, IPAddress, Membership, State
+from vipcore.core.model import Family, IPAddress, Membership, PeerNode, State
 from vipcore_native_vrrp.liveness.coordinator import Coordinator, LivenessSettings
 from vipcore_native_vrrp.liveness.detector import SessionView
 from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
+from vipcore_native_vrrp.protocol.router_config import MAX_RANK_STEPS
 
 A = ipaddress.ip_address
 
@@ -97,7 +98,11 @@ def test_an_expired_session_to_the_master_starts_master_down_by_rank() -> None:
     # AdminDown (a graceful stop) is not a failure ...
     c._changed(master_address, SessionState.UP, SessionState.DOWN, Diagnostic.NEIGHBOR_DOWN)
     assert driver.lost == [] and c.peers_lost == 0
-    # ... an expiry is.
+    # ... an expiry is. (The survivors' sessions are Up: a live member ranked before node-a delays it.)
+    for m in membership.members:
+        if m.name not in (master_node, "node-a"):
+            c._changed(next(a for a in m.addresses if a.version == 4), SessionState.DOWN, SessionState.UP,
+                       Diagnostic.NONE)
     c._changed(master_address, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
     assert c.peers_lost == 1 and len(driver.lost) == 1
     survivors = [m.name for m in membership.members if m.name != master_node]
@@ -196,3 +201,60 @@ def test_a_burst_of_transitions_is_one_refresh_in_one_pass_over_the_groups() -> 
         assert detector.peers == {A("198.51.100.12"), A("198.51.100.13")}
     finally:
         loop.close()
+
+
+ADDRESSES = {**{f"node-{c}": A(f"198.51.100.1{i + 1}") for i, c in enumerate("abc")},
+             **{f"phantom-{i}": A(f"198.51.100.2{i}") for i in range(5)}}
+
+
+def _ranked(me: str, order: list[str]) -> Membership:
+    """A membership of ``me`` in a group ranked exactly ``order`` (best first), phantoms included: members
+    a group names whose agent never ran (a node Ready without its agent, bench/failover.py's phantoms)."""
+    addresses = ADDRESSES
+    web = group(sorted(order), "eth0", 9, v4=["198.51.100.109"])
+    members = tuple(PeerNode(name, 250 - 8 * rank, (addresses[name],)) for rank, name in enumerate(order))
+    return Membership(web, me, next(m.priority for m in members if m.name == me), members)
+
+
+def _up(c: Coordinator, *nodes: str) -> None:
+    for node in nodes:
+        c._changed(ADDRESSES[node], SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
+
+
+def test_members_ranked_before_the_dead_master_or_never_heard_do_not_delay_the_takeover() -> None:
+    """bench/failover.py's many-groups section: 64 groups on 3 nodes plus phantom members (named by the
+    groups, never running). The survivors waited 100-300 ms of rank delay for phantoms (elect 101/205/301 ms
+    in /status), so the group's gap was 200-500 ms instead of ~60. A member ranked before the master would
+    be master if it were alive (preemption); a member we keep a session with that never came Up is not a
+    survivor. Only live members between the master and us delay us."""
+    order = ["phantom-1", "node-c", "phantom-2", "node-b", "node-a"]
+    master = A("198.51.100.13")
+    delays = {}
+    for me in ("node-a", "node-b"):
+        driver = FakeDriver(FakeRouter(State.BACKUP, master=master))
+        c = coordinator([(_ranked(me, order), {Family.IPV4: driver})])
+        c.ensure(NODE_A_INTERFACES["eth0"])
+        detector = c.detectors["eth0"]
+        assert isinstance(detector, RecordingDetector)
+        # A backup watches its master and the members between it and itself (to know who survives).
+        between = {"node-a": {"node-c", "phantom-2", "node-b"}, "node-b": {"node-c", "phantom-2"}}[me]
+        assert {c._node_by_address(a) for a in detector.peers} == between
+        _up(c, *({"node-c", "node-b", "node-a"} - {me}))  # phantom-2's session never comes up
+        c._changed(master, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+        delays[me] = driver.lost[0][0]
+    assert delays == {"node-b": 0.0, "node-a": c.settings.rank_step}
+
+
+def test_a_member_between_the_master_and_us_we_cannot_see_counts_as_alive() -> None:
+    """Members we keep no session with (more than MAX_RANK_STEPS between the master and us): assumed
+    alive, so a deep-ranked backup waits the longest delay rather than racing a better survivor."""
+    order = ["node-c", "phantom-0", "phantom-1", "phantom-2", "phantom-3", "node-b", "node-a"]
+    driver = FakeDriver(FakeRouter(State.BACKUP, master=A("198.51.100.13")))
+    c = coordinator([(_ranked("node-a", order), {Family.IPV4: driver})])
+    c.ensure(NODE_A_INTERFACES["eth0"])
+    detector = c.detectors["eth0"]
+    assert isinstance(detector, RecordingDetector)
+    assert {c._node_by_address(a) for a in detector.peers} == {"node-c"}  # too deep: the master alone
+    _up(c, "node-c")
+    c._changed(A("198.51.100.13"), SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+    assert driver.lost[0][0] == MAX_RANK_STEPS * c.settings.rank_step

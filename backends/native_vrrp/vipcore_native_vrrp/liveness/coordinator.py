@@ -1,15 +1,22 @@
 """Liveness for the native_vrrp backend: which peers need a session, and what a lost peer means.
 
 A node keeps sessions only with the peers it needs: the masters of the groups it
-backs up, and every member of the groups it holds (its backups). The set follows
+backs up, the members ranked between such a master and itself (at most
+``MAX_RANK_STEPS``: they decide its rank after the master is lost), and every
+member of the groups it holds (its backups). The set follows
 the routers' states (refreshed on every transition and group change), so the
 per-node cost grows with the groups a node takes part in, not with the cluster.
 
 When a session that was Up expires (the peer sent nothing for the detection
 time), every group whose master lived on that node acts at once: its backups
 run Master_Down after a delay by rank — 0 for the best-ranked surviving member,
-one ``step`` more for each member ranked before this node — so exactly one
-takes each group and the others hear it before their own timer fires. An
+one ``step`` more for each live member ranked before this node, at most
+``MAX_RANK_STEPS`` — so exactly one takes each group and the others hear it
+before their own timer fires. Who counts as a live member ahead: not one ranked
+before the lost master (alive, it would have preempted and been master), not
+one whose session we keep but is not Up (a node named by the group whose agent
+does not run), and any member we keep no session with (unknown: assumed alive,
+so a deep-ranked backup waits rather than races). An
 AdminDown (a peer stopping gracefully, or no longer needing us) is not a
 failure: the VRRP hand-over handles a graceful stop.
 """
@@ -28,7 +35,7 @@ from vipcore.core.errors import ConfigError
 from vipcore.core.model import Family, IPAddress, Membership, MetricSample, State, StatusTable
 from vipcore.net.addresses import InterfaceInfo
 from vipcore_native_vrrp.liveness.detector import Detector
-from vipcore_native_vrrp.protocol.router_config import RANK_STEP_MIN
+from vipcore_native_vrrp.protocol.router_config import MAX_RANK_STEPS, RANK_STEP_MIN
 from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
 from vipcore_native_vrrp.liveness.session import SessionConfig
 
@@ -145,6 +152,9 @@ class Coordinator:
         self.networks: dict[str, tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]] = {}
         #: Peers whose session expired and has not come back, by node name.
         self.lost: set[str] = set()
+        #: Peers whose session is Up now, and every peer we keep a session with, by node name.
+        self.up: set[str] = set()
+        self.watched: set[str] = set()
         self.peers_lost = 0
         self.groups_acted = 0
         self._unavailable: set[str] = set()
@@ -204,6 +214,8 @@ class Coordinator:
                 address = addresses.get((interface, node))
                 if address is not None and address not in self.keepalived_addresses:
                     wanted[interface].add(address)
+        names = {address: node for (_, node), address in addresses.items()}
+        self.watched = {names[a] for peers in wanted.values() for a in peers if a in names}
         for interface, detector in self.detectors.items():
             detector.set_peers(wanted[interface])
 
@@ -223,10 +235,36 @@ class Coordinator:
             return set()
         masters = {self._node_of(membership, d.router.master) for d in drivers.values()}
         known = {m for m in masters if m is not None}
-        return known if known else everyone
+        if not known:
+            return everyone
+        order = [m.name for m in membership.members]
+        if membership.node in order and len(known) == 1:
+            (master,) = known
+            me = order.index(membership.node)
+            if master in order and order.index(master) < me:
+                between = order[order.index(master) + 1:me]
+                if len(between) <= MAX_RANK_STEPS:
+                    return known | set(between)  # they decide our rank once the master is lost
+        return known
+
+    def _rank(self, membership: Membership, lost: str) -> int:
+        """How many live members are ranked between the lost master and this node (at most MAX_RANK_STEPS)."""
+        order = [m.name for m in membership.members]
+        if membership.node not in order:
+            return MAX_RANK_STEPS
+        me = order.index(membership.node)
+        start = order.index(lost) + 1 if lost in order and order.index(lost) < me else 0
+        alive = sum(1 for node in order[start:me]
+                    if node != lost and node not in self.lost and (node in self.up or node not in self.watched))
+        return min(alive, MAX_RANK_STEPS)
 
     def _changed(self, peer: IPAddress, old: SessionState, new: SessionState, diagnostic: Diagnostic) -> None:
         node = self._node_by_address(peer)
+        if node is not None:
+            if new is SessionState.UP:
+                self.up.add(node)
+            else:
+                self.up.discard(node)
         if new is SessionState.UP:
             if node is not None:
                 self.lost.discard(node)
@@ -255,8 +293,7 @@ class Coordinator:
                 continue  # this group's master lives elsewhere
             if not known and self._expected_master(membership) != node:
                 continue
-            survivors = [p.name for p in membership.members if p.name != node and p.name not in self.lost]
-            rank = survivors.index(membership.node) if membership.node in survivors else len(survivors)
+            rank = self._rank(membership, node)
             self.groups_acted += 1
             for driver in backups:
                 driver.peer_lost(rank * self.settings.rank_step,
