@@ -258,3 +258,15 @@ def test_a_member_between_the_master_and_us_we_cannot_see_counts_as_alive() -> N
     _up(c, "node-c")
     c._changed(A("198.51.100.13"), SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
     assert driver.lost[0][0] == MAX_RANK_STEPS * c.settings.rank_step
+
+
+def test_a_live_member_ranked_before_the_master_still_counts() -> None:
+    """A node back from a drain preempts only the groups it ranks first for: it can be alive and ranked
+    before a master it did not take back. Seen Up, it is a survivor."""
+    order = ["node-b", "node-c", "node-a"]  # node-c is master although node-b outranks it
+    driver = FakeDriver(FakeRouter(State.BACKUP, master=A("198.51.100.13")))
+    c = coordinator([(_ranked("node-a", order), {Family.IPV4: driver})])
+    c.ensure(NODE_A_INTERFACES["eth0"])
+    _up(c, "node-b", "node-c")
+    c._changed(A("198.51.100.13"), SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+    assert driver.lost[0][0] == c.settings.rank_step

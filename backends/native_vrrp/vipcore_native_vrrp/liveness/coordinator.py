@@ -13,7 +13,8 @@ run Master_Down after a delay by rank — 0 for the best-ranked surviving member
 one ``step`` more for each live member ranked before this node, at most
 ``MAX_RANK_STEPS`` — so exactly one takes each group and the others hear it
 before their own timer fires. Who counts as a live member ahead: not one ranked
-before the lost master (alive, it would have preempted and been master), not
+before the lost master unless its session is Up (alive, it would have
+preempted and been master, except a node back from a drain), not
 one whose session we keep but is not Up (a node named by the group whose agent
 does not run), and any member we keep no session with (unknown: assumed alive,
 so a deep-ranked backup waits rather than races). An
@@ -254,8 +255,16 @@ class Coordinator:
             return MAX_RANK_STEPS
         me = order.index(membership.node)
         start = order.index(lost) + 1 if lost in order and order.index(lost) < me else 0
-        alive = sum(1 for node in order[start:me]
-                    if node != lost and node not in self.lost and (node in self.up or node not in self.watched))
+        alive = 0
+        for index, node in enumerate(order[:me]):
+            if node == lost or node in self.lost:
+                continue
+            if index < start:
+                # Ranked before the master: alive, it would have preempted; it counts only if we see it
+                # Up (a node back from a drain preempts only the groups it ranks first for).
+                alive += node in self.up
+            elif node in self.up or node not in self.watched:
+                alive += 1
         return min(alive, MAX_RANK_STEPS)
 
     def _changed(self, peer: IPAddress, old: SessionState, new: SessionState, diagnostic: Diagnostic) -> None:
