@@ -719,19 +719,29 @@ class AddressHolder:
             self._queue = []
 
     async def _apply(self, batch: list[_Change]) -> None:
-        """Every VIP of ``batch`` in as few ``sendmsg`` calls as :data:`MAX_BATCH` allows; retry what can heal."""
+        """Every VIP of ``batch`` in as few ``sendmsg`` calls as :data:`MAX_BATCH` allows; retry what can heal.
+
+        Acks lost to an overflowed socket are asked again at once as long as
+        each round gets some through; a round without progress (a busy
+        kernel, a failing socket) counts against :data:`NETLINK_ATTEMPTS`.
+        """
         pending = [(change, vip) for change in batch for vip in change.vips]
         last: dict[tuple[int, IPAddress], int] = {}
-        for attempt in range(NETLINK_ATTEMPTS):
-            if attempt:
-                log.warning("netlink busy; retrying %d address changes", len(pending))
-                await asyncio.sleep(NETLINK_RETRY_WAIT)
+        failures = 0
+        while pending:
             again: list[tuple[_Change, IPAddress]] = []
             for start in range(0, len(pending), MAX_BATCH):
                 again += await self._send(pending[start:start + MAX_BATCH], last)
-            pending = again
-            if not pending:
+            if not again:
                 return
+            if len(again) == len(pending):
+                failures += 1
+                if failures >= NETLINK_ATTEMPTS:
+                    break
+            if any(last.get((id(change), vip)) != errno.ENOBUFS for change, vip in again):
+                log.warning("netlink busy; retrying %d address changes", len(again))
+                await asyncio.sleep(NETLINK_RETRY_WAIT)
+            pending = again
         for change, vip in pending:
             change.fail(self._errno_error(change.interface, last.get((id(change), vip), errno.EBUSY),
                                           f"{change.verb} {vip}"))
