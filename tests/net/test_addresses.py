@@ -419,7 +419,7 @@ class TestLab:
 
 
 def _newlink(kind: int, index: int, flags: int, name: bytes) -> bytes:
-    from vipcore.net.addresses import IFINFO, NLMSG_HEADER, RTATTR
+    from vipcore.net.rtnetlink import IFINFO, NLMSG_HEADER, RTATTR
 
     attr_payload = name + b"\0"
     attr = RTATTR.pack(RTATTR.size + len(attr_payload), 3) + attr_payload
@@ -429,7 +429,8 @@ def _newlink(kind: int, index: int, flags: int, name: bytes) -> bytes:
 
 
 def test_link_messages_parse_into_events() -> None:
-    from vipcore.net.addresses import IFF_LOWER_UP, IFF_UP, RTM_DELLINK, RTM_NEWLINK, parse_link_messages
+    from vipcore.net.addresses import parse_link_messages
+    from vipcore.net.rtnetlink import IFF_LOWER_UP, IFF_UP, RTM_DELLINK, RTM_NEWLINK
 
     data = (_newlink(RTM_NEWLINK, 7, IFF_UP | IFF_LOWER_UP, b"eth0") + _newlink(RTM_NEWLINK, 7, IFF_UP, b"eth0")
             + _newlink(RTM_DELLINK, 7, IFF_UP, b"eth0") + _newlink(20, 7, 0, b"x"))  # RTM_NEWADDR: skipped
