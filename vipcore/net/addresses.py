@@ -1,10 +1,27 @@
 """The one place that puts VIPs on interfaces and tells the LAN about them.
 
-:class:`AddressHolder` adds and removes host-prefix addresses (/32, /128)
-with pyroute2's :class:`~pyroute2.AsyncIPRoute`, optionally inside a named
-network namespace, and announces them: one gratuitous ARP per IPv4 VIP, one
-unsolicited Neighbor Advertisement per IPv6 VIP. Every backend uses it; no
-other module speaks netlink or sends ARP.
+:class:`AddressHolder` adds and removes host-prefix addresses (/32, /128),
+optionally inside a named network namespace, and announces them: one
+gratuitous ARP per IPv4 VIP, one unsolicited Neighbor Advertisement per IPv6
+VIP. Every backend uses it; no other module speaks netlink or sends ARP.
+
+Two netlink paths, by cost:
+
+* The failover path (``add``, ``remove``, ``announce``) packs its messages by
+  hand (:mod:`vipcore.net.rtnetlink`) on a request socket of its own.
+  Changes asked for in the same pass of the event loop (every router of a
+  dead node's groups, woken by one detection) are queued and go out
+  together: one ``sendmsg`` carrying up to
+  :data:`~vipcore.net.rtnetlink.MAX_BATCH` ``RTM_NEWADDR``/``RTM_DELADDR``
+  messages, one wait for their acknowledgements, matched to the callers by
+  sequence number; each caller gets its own result or error.
+  :attr:`AddressHolder.netlink` counts batches, messages and link reads.
+  The interface's index and MAC come from a cache that a link-event
+  subscription of the holder invalidates (a re-created, renamed or
+  re-addressed interface is read again), and so does an error.
+* Dumps (``held``, ``tentative``, ``interface``, ``interfaces``) keep
+  pyroute2's :class:`~pyroute2.AsyncIPRoute`: they are off the failover
+  path, and parsing address dumps by hand would buy nothing there.
 
 Contracts:
 
@@ -13,10 +30,13 @@ Contracts:
   simply not part of the returned tuple.
 * IPv6 VIPs are added with ``IFA_F_NODAD``, so they are usable at once
   instead of staying tentative for about a second.
-* A missing interface raises :class:`~vipcore.core.errors.InterfaceNotFoundError`;
-  any other failure raises :class:`~vipcore.core.errors.AddressError`. Only
-  failures that can heal (an interrupted dump, a busy kernel, an overflowed
-  netlink socket) are retried, a bounded number of times.
+* A missing interface raises :class:`~vipcore.core.errors.InterfaceNotFoundError`
+  (also for the callers of a batch whose interface vanished before it went
+  out); any other failure raises :class:`~vipcore.core.errors.AddressError`
+  naming the address and the errno. Only failures that can heal (an
+  interrupted dump, a busy kernel, an overflowed netlink socket) are
+  retried, a bounded number of times; acknowledgements lost to an overflow
+  are asked for again (an "already so" then counts as done by us).
 * With ``netns=`` every socket (netlink, AF_PACKET, ICMPv6) is created in
   that namespace; the calling process never changes namespace.
 """
