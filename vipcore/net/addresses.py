@@ -723,10 +723,15 @@ class AddressHolder:
             while self._queue:
                 batch, self._queue = self._queue, []
                 await self._apply(batch)
+                # One line per interface and direction, not per caller: a takeover of 64 groups logs twice.
+                done: dict[tuple[bool, str], list[str]] = {}
                 for change in batch:
-                    if change.changed:
-                        log.info("%s %s on %s", "added" if change.add else "removed",
-                                 ", ".join(str(v) for v in change.vips if v in change.changed), change.interface)
+                    done.setdefault((change.add, change.interface), []).extend(
+                        str(v) for v in change.vips if v in change.changed)
+                for (add, interface), changed in done.items():
+                    if changed:
+                        log.info("%s %s on %s", "added" if add else "removed", ", ".join(changed), interface)
+                for change in batch:
                     change.finish()
         finally:
             self._flusher = None
@@ -749,6 +754,8 @@ class AddressHolder:
         while pending:
             again: list[tuple[_Change, IPAddress]] = []
             for start in range(0, len(pending), MAX_BATCH):
+                if start:
+                    await asyncio.sleep(0)  # the kernel's work on one batch is the longest the loop waits
                 again += await self._send(pending[start:start + MAX_BATCH], last)
             if not again:
                 return

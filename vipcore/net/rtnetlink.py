@@ -61,9 +61,12 @@ NETLINK_BUFFER = 65536
 #: net.core.rmem_max): every acknowledgement of a batch is queued before
 #: the first is read, about 768 bytes of accounting each.
 RECEIVE_BUFFER = 1 << 20
-#: Most address messages in one ``sendmsg``; the acks of a full batch fit
-#: the default receive buffer even where the forced size is refused.
-MAX_BATCH = 256
+#: Most address messages in one ``sendmsg``: the routers of 64 dual-stack
+#: groups. The kernel handles them inside that call (about 3 ms for 128 on
+#: the 2-core lab machine), so a batch is also the longest the event loop
+#: waits; the acks of a full batch fit the default receive buffer even
+#: where the forced size is refused.
+MAX_BATCH = 128
 #: How long to wait for acknowledgements the kernel has not queued by the
 #: time ``sendmsg`` returned (it normally has: rtnetlink runs in the sender's call).
 REPLY_TIMEOUT = 2.0
