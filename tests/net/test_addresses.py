@@ -689,3 +689,17 @@ class TestBatches:
                 assert holder.netlink.lookups == 2 and holder.counters.errors == 0
 
         run(go())
+
+    def test_close_answers_queued_callers(self, duo: Duo) -> None:
+        # Closed before the batch went out: the callers hear so instead of waiting forever.
+        async def go() -> None:
+            holder = AddressHolder(netns=duo.ns)
+            await holder.add(duo.link, [V4_VIP])
+            waiting = asyncio.ensure_future(holder.add(duo.link, [V6_VIP]))
+            await asyncio.sleep(0)  # queued, not sent
+            await holder.close()
+            with pytest.raises(AddressError, match="closed before the change was confirmed"):
+                await asyncio.wait_for(waiting, 2.0)
+            assert host_addresses(duo.ns, duo.link) == {V4_VIP}
+
+        run(go())

@@ -459,6 +459,9 @@ class AddressHolder:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # A flusher cancelled before its first step never ran its cleanup.
+        self._abandon(self._queue)
+        self._queue = []
         self._close_sockets()
         self._reset()
         self._close_channel()
@@ -735,11 +738,15 @@ class AddressHolder:
                     change.finish()
         finally:
             self._flusher = None
-            for change in batch + self._queue:  # cancelled (the holder closed): nobody will send these
-                if not change.done.done():
-                    change.fail(AddressError(change.interface, "the address holder closed before the change was made"))
-                    change.finish()
+            self._abandon(batch + self._queue)  # cancelled (the holder closed): nobody will send these
             self._queue = []
+
+    @staticmethod
+    def _abandon(changes: list[_Change]) -> None:
+        for change in changes:
+            if not change.done.done():
+                change.fail(AddressError(change.interface, "the address holder closed before the change was confirmed"))
+                change.finish()
 
     async def _apply(self, batch: list[_Change]) -> None:
         """Every VIP of ``batch`` in as few ``sendmsg`` calls as :data:`MAX_BATCH` allows; retry what can heal.
