@@ -63,8 +63,11 @@ async def measure(netns: str, link: str, trials: int, burst: int) -> dict[str, t
     many = vips(burst)
     one = many[:1] + many[burst // 2: burst // 2 + 1]  # an IPv4 and an IPv6 VIP, alternately
     async with AddressHolder(netns=netns) as holder:
-        await holder.add(link, many[:1])  # sockets opened, link read: the steady state
-        await holder.remove(link, many[:1])
+        # The steady state: sockets opened (netlink, ARP, ND: each a fork in
+        # another namespace), the link read.
+        await holder.add(link, one)
+        await holder.announce(link, one)
+        await holder.remove(link, one)
         for trial in range(trials):
             vip = one[trial % 2]
             for name, call in (("add", lambda: holder.add(link, [vip])),
