@@ -62,7 +62,6 @@ from pyroute2.netns import create_socket
 from vipcore.core.errors import AddressError, ConfigError, InterfaceNotFoundError
 from vipcore.core.model import Family, IPAddress
 from vipcore.net.rtnetlink import (
-    IFA_F_NODAD,
     IFF_LOWER_UP,
     IFF_UP,
     IFINFO,
