@@ -419,7 +419,7 @@ class TestLab:
 
 
 def _newlink(kind: int, index: int, flags: int, name: bytes) -> bytes:
-    from vipcore.net.addresses import IFINFO, NLMSG_HEADER, RTATTR
+    from vipcore.net.rtnetlink import IFINFO, NLMSG_HEADER, RTATTR
 
     attr_payload = name + b"\0"
     attr = RTATTR.pack(RTATTR.size + len(attr_payload), 3) + attr_payload
@@ -429,7 +429,8 @@ def _newlink(kind: int, index: int, flags: int, name: bytes) -> bytes:
 
 
 def test_link_messages_parse_into_events() -> None:
-    from vipcore.net.addresses import IFF_LOWER_UP, IFF_UP, RTM_DELLINK, RTM_NEWLINK, parse_link_messages
+    from vipcore.net.addresses import parse_link_messages
+    from vipcore.net.rtnetlink import IFF_LOWER_UP, IFF_UP, RTM_DELLINK, RTM_NEWLINK
 
     data = (_newlink(RTM_NEWLINK, 7, IFF_UP | IFF_LOWER_UP, b"eth0") + _newlink(RTM_NEWLINK, 7, IFF_UP, b"eth0")
             + _newlink(RTM_DELLINK, 7, IFF_UP, b"eth0") + _newlink(20, 7, 0, b"x"))  # RTM_NEWADDR: skipped
@@ -470,3 +471,235 @@ def test_neighbor_solicitation_and_advert_responder() -> None:
     assert na_responder(ns, "fe80::4", vip) is None
     words = struct.unpack("=8I", icmpv6_filter_only(136))
     assert words[4] == 0xFFFFFFFF & ~(1 << 8) and all(w == 0xFFFFFFFF for i, w in enumerate(words) if i != 4)
+
+
+# -- the hot path: batched rtnetlink, the link cache (lab, prefix vcFa) -------------------------
+
+
+@attrs.frozen
+class Duo:
+    """Namespace ``ns`` with veth ``link`` (peer ``peer_link`` in ``peer_ns``) and a veth ``other``
+    (its peer in ``ns`` too; this kernel has no dummy interfaces)."""
+
+    ns: str
+    link: str
+    other: str
+    peer_ns: str
+    peer_link: str
+
+
+@pytest.fixture
+def duo() -> Iterator[Duo]:
+    tag = uuid.uuid4().hex[:6]
+    made = Duo(f"vcFa{tag}a", f"vcFa{tag}a", f"vcFa{tag}d", f"vcFa{tag}b", f"vcFa{tag}b")
+    created: list[str] = []
+    try:
+        for ns in (made.ns, made.peer_ns):
+            ip("netns", "add", ns)
+            created.append(ns)
+        ip("-n", made.ns, "link", "add", made.link, "type", "veth", "peer", "name", made.peer_link,
+           "netns", made.peer_ns)
+        ip("-n", made.ns, "link", "add", made.other, "type", "veth", "peer", "name", f"{made.other}p")
+        for ns, link in ((made.ns, made.link), (made.ns, made.other), (made.peer_ns, made.peer_link)):
+            ip("-n", ns, "link", "set", link, "up")
+        yield made
+    finally:
+        for ns in created:
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+def host_addresses(ns: str, link: str) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    shown = ip("-n", ns, "-o", "addr", "show", "dev", link)
+    return {ipaddress.ip_interface(word).ip for line in shown.splitlines() for word in line.split()[3:4]
+            if word.endswith(("/32", "/128"))}
+
+
+def recreate(duo: Duo, mac: str) -> None:
+    """Delete ``duo.link`` and make it again under the same name, with ``mac``."""
+    ip("-n", duo.ns, "link", "del", duo.link)
+    ip("-n", duo.ns, "link", "add", duo.link, "address", mac, "type", "veth", "peer", "name", duo.peer_link,
+       "netns", duo.peer_ns)
+    for ns, link in ((duo.ns, duo.link), (duo.peer_ns, duo.peer_link)):
+        ip("-n", ns, "link", "set", link, "up")
+
+
+BURST = 64
+
+
+def burst_vips(n: int = BURST) -> list[tuple[ipaddress.IPv4Address, ipaddress.IPv6Address]]:
+    return [(ipaddress.IPv4Address(f"198.51.100.{100 + i}"), ipaddress.IPv6Address(f"2001:db8:fa::{i + 1:x}"))
+            for i in range(n)]
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(_lab_reason() is not None, reason=_lab_reason() or "")
+class TestBatches:
+    def test_burst_of_callers_is_one_netlink_batch(self, duo: Duo) -> None:
+        # 64 dual-stack routers becoming master in the same loop pass: 128
+        # addresses, one sendmsg, one wait for the acks; each caller its own answer.
+        pairs = burst_vips()
+
+        async def go() -> None:
+            async with AddressHolder(netns=duo.ns) as holder:
+                await holder.add(duo.link, [V4_VIP])  # reads the link once
+                before = attrs.evolve(holder.netlink)
+                added = await asyncio.gather(*(holder.add(duo.link, pair) for pair in pairs))
+                assert added == [pair for pair in pairs]
+                assert holder.netlink.batches - before.batches == 1
+                assert holder.netlink.changes - before.changes == 2 * BURST
+                assert holder.netlink.lookups == before.lookups == 1
+                assert host_addresses(duo.ns, duo.link) == {V4_VIP, *(v for pair in pairs for v in pair)}
+                assert await holder.tentative(duo.link) == frozenset()
+                assert ip("-n", duo.ns, "-6", "addr", "show", "dev", duo.link).count("nodad") == BURST
+                removed = await asyncio.gather(*(holder.remove(duo.link, pair) for pair in pairs))
+                assert removed == [pair for pair in pairs]
+                assert holder.netlink.batches - before.batches == 2
+                assert host_addresses(duo.ns, duo.link) == {V4_VIP}
+
+        run(go())
+
+    def test_same_vip_twice_in_one_batch(self, duo: Duo) -> None:
+        # Replies are matched by sequence number: the first caller added it, the second found it there.
+        async def go() -> None:
+            async with AddressHolder(netns=duo.ns) as holder:
+                first, second, gone, again = await asyncio.gather(
+                    holder.add(duo.link, [V4_VIP, V6_VIP]), holder.add(duo.link, [V6_VIP, V4_VIP]),
+                    holder.remove(duo.other, [V4_VIP]), holder.add(duo.other, [V4_VIP]))
+                assert (first, second, gone, again) == ((V4_VIP, V6_VIP), (), (), (V4_VIP,))
+                assert holder.netlink.batches == 1
+                assert host_addresses(duo.ns, duo.link) == {V4_VIP, V6_VIP}
+                assert host_addresses(duo.ns, duo.other) == {V4_VIP}
+
+        run(go())
+
+    def test_refused_address_fails_its_caller_alone(self, duo: Duo) -> None:
+        # IPv6 disabled on the other interface: the kernel refuses that add (EACCES);
+        # the other callers of the same batch get their addresses.
+        ip("netns", "exec", duo.ns, "sysctl", "-qw", f"net.ipv6.conf.{duo.other}.disable_ipv6=1")
+
+        async def go() -> None:
+            async with AddressHolder(netns=duo.ns) as holder:
+                results = await asyncio.gather(
+                    holder.add(duo.link, [V4_VIP]), holder.add(duo.other, [V6_VIP]),
+                    holder.add(duo.link, [V6_VIP]), return_exceptions=True)
+                assert results[0] == (V4_VIP,) and results[2] == (V6_VIP,)
+                error = results[1]
+                assert isinstance(error, AddressError) and not isinstance(error, InterfaceNotFoundError)
+                assert f"add {V6_VIP} failed" in str(error) and "(errno 13)" in str(error)
+                assert duo.other in str(error)
+                assert holder.netlink.batches == 1
+
+        run(go())
+
+    def test_interface_vanishes_mid_batch(self, duo: Duo) -> None:
+        # Callers queued with the other interface's index; it is deleted before the batch
+        # goes out: they get InterfaceNotFoundError, the veth's callers their VIPs.
+        pairs = burst_vips(8)
+
+        async def go() -> None:
+            async with AddressHolder(netns=duo.ns) as holder:
+                await holder.add(duo.other, [V4_VIP])
+                await holder.add(duo.link, [V4_VIP])
+                before = holder.netlink.batches
+                tasks = [asyncio.ensure_future(holder.add(duo.other if i % 2 else duo.link, pair))
+                         for i, pair in enumerate(pairs)]
+                await asyncio.sleep(0)  # every caller has queued; the batch is not sent yet
+                assert holder.netlink.batches == before
+                ip("-n", duo.ns, "link", "del", duo.other)
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                assert holder.netlink.batches == before + 1
+                for i, (pair, result) in enumerate(zip(pairs, results)):
+                    if i % 2:
+                        assert isinstance(result, InterfaceNotFoundError), result
+                        assert f"'{duo.other}' does not exist" in str(result)
+                    else:
+                        assert result == pair
+                with pytest.raises(InterfaceNotFoundError):
+                    await holder.add(duo.other, [V4_VIP])
+                assert host_addresses(duo.ns, duo.link) == {V4_VIP, *(v for p in pairs[::2] for v in p)}
+
+        run(go())
+
+    def test_lost_acks_are_asked_again(self, duo: Duo) -> None:
+        # A receive buffer too small for the batch's acks (ENOBUFS): what was
+        # lost is sent again and still reported as added, once.
+        pairs = burst_vips(32)
+
+        async def go() -> None:
+            async with AddressHolder(netns=duo.ns) as holder:
+                await holder.add(duo.link, [V4_VIP])
+                channel = holder._channel
+                assert channel is not None
+                channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel's minimum
+                added = await asyncio.gather(*(holder.add(duo.link, pair) for pair in pairs))
+                assert added == [pair for pair in pairs]
+                assert holder.netlink.batches > 2  # the overflow happened and was recovered from
+                assert host_addresses(duo.ns, duo.link) == {V4_VIP, *(v for p in pairs for v in p)}
+
+        run(go())
+
+    def test_missing_namespace_on_the_hot_path(self) -> None:
+        name = f"vcFa{uuid.uuid4().hex[:6]}x"
+
+        async def go() -> None:
+            async with AddressHolder(netns=name) as holder:
+                for call in (holder.add("lo", [V4_VIP]), holder.announce("lo", [V4_VIP])):
+                    with pytest.raises(AddressError, match="does not exist"):
+                        await call
+
+        run(go())
+        assert name not in ip("netns", "list")
+
+    def test_announce_reads_the_link_once(self, duo: Duo) -> None:
+        async def go() -> None:
+            async with AddressHolder(netns=duo.ns) as holder:
+                await holder.add(duo.link, [V4_VIP, V6_VIP])
+                for _ in range(10):
+                    await holder.announce(duo.link, [V4_VIP, V6_VIP])
+                assert holder.netlink.lookups == 1
+                assert holder.counters.garp_sent == holder.counters.na_sent == 10
+
+        run(go())
+
+    @pytest.mark.parametrize("how", ["recreated", "new-mac"])
+    def test_announce_uses_the_new_mac(self, duo: Duo, how: str) -> None:
+        # The cached index and MAC are dropped on the link event: a re-created
+        # interface (new index) or a changed MAC is announced with the MAC it has now.
+        new_mac = "02:00:5e:fa:00:42"
+
+        async def go() -> None:
+            async with AddressHolder(netns=duo.ns) as holder:
+                await holder.add(duo.link, [V4_VIP, V6_VIP])
+                await holder.announce(duo.link, [V4_VIP, V6_VIP])
+                old = (await holder.interface(duo.link, addresses=False)).index
+                if how == "recreated":
+                    recreate(duo, new_mac)
+                    await holder.add(duo.link, [V4_VIP, V6_VIP])
+                    assert (await holder.interface(duo.link, addresses=False)).index != old
+                else:
+                    ip("-n", duo.ns, "link", "set", "dev", duo.link, "address", new_mac)
+                with capture(duo.peer_ns, duo.peer_link, ETH_P_IPV6) as na, \
+                        capture(duo.peer_ns, duo.peer_link, ETH_P_ARP) as arp:
+                    await holder.announce(duo.link, [V4_VIP, V6_VIP])
+                    garps = frames(arp, 1, is_garp_for(V4_VIP))
+                    nas = frames(na, 1, is_na_for(V6_VIP))
+                mac = bytes.fromhex(new_mac.replace(":", ""))
+                assert len(garps) == 1 and garps[0][6:12] == mac and garps[0][22:28] == mac
+                assert len(nas) == 1 and nas[0][6:12] == mac and nas[0][54 + 26: 54 + 32] == mac
+                assert holder.netlink.lookups == 2 and holder.counters.errors == 0
+
+        run(go())
+
+    def test_close_answers_queued_callers(self, duo: Duo) -> None:
+        # Closed before the batch went out: the callers hear so instead of waiting forever.
+        async def go() -> None:
+            holder = AddressHolder(netns=duo.ns)
+            await holder.add(duo.link, [V4_VIP])
+            waiting = asyncio.ensure_future(holder.add(duo.link, [V6_VIP]))
+            await asyncio.sleep(0)  # queued, not sent
+            await holder.close()
+            with pytest.raises(AddressError, match="closed before the change was confirmed"):
+                await asyncio.wait_for(waiting, 2.0)
+            assert host_addresses(duo.ns, duo.link) == {V4_VIP}
+
+        run(go())

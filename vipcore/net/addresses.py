@@ -1,10 +1,27 @@
 """The one place that puts VIPs on interfaces and tells the LAN about them.
 
-:class:`AddressHolder` adds and removes host-prefix addresses (/32, /128)
-with pyroute2's :class:`~pyroute2.AsyncIPRoute`, optionally inside a named
-network namespace, and announces them: one gratuitous ARP per IPv4 VIP, one
-unsolicited Neighbor Advertisement per IPv6 VIP. Every backend uses it; no
-other module speaks netlink or sends ARP.
+:class:`AddressHolder` adds and removes host-prefix addresses (/32, /128),
+optionally inside a named network namespace, and announces them: one
+gratuitous ARP per IPv4 VIP, one unsolicited Neighbor Advertisement per IPv6
+VIP. Every backend uses it; no other module speaks netlink or sends ARP.
+
+Two netlink paths, by cost:
+
+* The failover path (``add``, ``remove``, ``announce``) packs its messages by
+  hand (:mod:`vipcore.net.rtnetlink`) on a request socket of its own.
+  Changes asked for in the same pass of the event loop (every router of a
+  dead node's groups, woken by one detection) are queued and go out
+  together: one ``sendmsg`` carrying up to
+  :data:`~vipcore.net.rtnetlink.MAX_BATCH` ``RTM_NEWADDR``/``RTM_DELADDR``
+  messages, one wait for their acknowledgements, matched to the callers by
+  sequence number; each caller gets its own result or error.
+  :attr:`AddressHolder.netlink` counts batches, messages and link reads.
+  The interface's index and MAC come from a cache that a link-event
+  subscription of the holder invalidates (a re-created, renamed or
+  re-addressed interface is read again), and so does an error.
+* Dumps (``held``, ``tentative``, ``interface``, ``interfaces``) keep
+  pyroute2's :class:`~pyroute2.AsyncIPRoute`: they are off the failover
+  path, and parsing address dumps by hand would buy nothing there.
 
 Contracts:
 
@@ -13,10 +30,13 @@ Contracts:
   simply not part of the returned tuple.
 * IPv6 VIPs are added with ``IFA_F_NODAD``, so they are usable at once
   instead of staying tentative for about a second.
-* A missing interface raises :class:`~vipcore.core.errors.InterfaceNotFoundError`;
-  any other failure raises :class:`~vipcore.core.errors.AddressError`. Only
-  failures that can heal (an interrupted dump, a busy kernel, an overflowed
-  netlink socket) are retried, a bounded number of times.
+* A missing interface raises :class:`~vipcore.core.errors.InterfaceNotFoundError`
+  (also for the callers of a batch whose interface vanished before it went
+  out); any other failure raises :class:`~vipcore.core.errors.AddressError`
+  naming the address and the errno. Only failures that can heal (an
+  interrupted dump, a busy kernel, an overflowed netlink socket) are
+  retried, a bounded number of times; acknowledgements lost to an overflow
+  are asked for again (an "already so" then counts as done by us).
 * With ``netns=`` every socket (netlink, AF_PACKET, ICMPv6) is created in
   that namespace; the calling process never changes namespace.
 """
@@ -27,6 +47,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -40,27 +61,31 @@ from pyroute2.netns import create_socket
 
 from vipcore.core.errors import AddressError, ConfigError, InterfaceNotFoundError
 from vipcore.core.model import Family, IPAddress
+from vipcore.net.rtnetlink import (
+    IFF_LOWER_UP,
+    IFF_UP,
+    IFINFO,
+    MAX_BATCH,
+    NETLINK_BUFFER,
+    NETLINK_ROUTE,
+    NLMSG_HEADER,
+    RTM_DELLINK,
+    RTM_NEWLINK,
+    RtnetlinkChannel,
+    address_message,
+    link_request,
+    messages,
+    parse_link,
+)
 
 log = logging.getLogger(__name__)
 
 # -- netlink constants (linux/if_addr.h, linux/if.h) --------------------------
 
-#: Skip duplicate address detection: an IPv6 VIP is usable at once.
-IFA_F_NODAD = 0x02
 #: The address is still undergoing duplicate address detection.
 IFA_F_TENTATIVE = 0x40
-IFF_UP = 0x1
-IFF_LOWER_UP = 0x10000
 #: rtnetlink multicast group of link changes (linux/rtnetlink.h).
 RTMGRP_LINK = 0x1
-NETLINK_ROUTE = 0
-RTM_NEWLINK = 16
-RTM_DELLINK = 17
-IFLA_IFNAME = 3
-NLMSG_HEADER = struct.Struct("=IHHII")
-IFINFO = struct.Struct("=BxHiII")
-RTATTR = struct.Struct("=HH")
-NETLINK_BUFFER = 65536
 IPV4_HOST_PREFIX = 32
 IPV6_HOST_PREFIX = 128
 #: Errnos that mean "no such interface" (ENXIO: index vanished between calls).
@@ -68,6 +93,8 @@ _NO_INTERFACE = frozenset({errno.ENODEV, errno.ENXIO})
 #: Errnos worth another try: the kernel was busy or our socket overflowed.
 _TRANSIENT = frozenset({errno.EBUSY, errno.EAGAIN, errno.EINTR, errno.ENOBUFS})
 NETLINK_ATTEMPTS = 3
+#: Interface names are shorter than this (linux/if.h, with the NUL).
+IFNAMSIZ = 16
 NETLINK_RETRY_WAIT = 0.05
 
 # -- ARP (RFC 826, RFC 5227 announcements) ----------------------------------
@@ -266,27 +293,11 @@ def arp_reply_sender(frame: bytes, target: ipaddress.IPv4Address) -> bytes | Non
 def parse_link_messages(data: bytes) -> list["LinkEvent"]:
     """The ``RTM_NEWLINK`` / ``RTM_DELLINK`` messages in one netlink datagram (others skipped)."""
     events: list[LinkEvent] = []
-    offset = 0
-    while offset + NLMSG_HEADER.size <= len(data):
-        length, kind, _, _, _ = NLMSG_HEADER.unpack_from(data, offset)
-        if length < NLMSG_HEADER.size or offset + length > len(data):
-            break
-        body = offset + NLMSG_HEADER.size
+    for kind, _, offset, length in messages(data):
         if kind in (RTM_NEWLINK, RTM_DELLINK) and length >= NLMSG_HEADER.size + IFINFO.size:
-            _, _, index, flags, _ = IFINFO.unpack_from(data, body)
-            name = ""
-            attr = body + IFINFO.size
-            end = offset + length
-            while attr + RTATTR.size <= end:
-                attr_length, attr_type = RTATTR.unpack_from(data, attr)
-                if attr_length < RTATTR.size:
-                    break
-                if attr_type == IFLA_IFNAME:
-                    name = data[attr + RTATTR.size: attr + attr_length].split(b"\0", 1)[0].decode(errors="replace")
-                attr += (attr_length + 3) & ~3
-            events.append(LinkEvent(name=name, index=index, present=kind == RTM_NEWLINK,
-                                    admin_up=bool(flags & IFF_UP), carrier=bool(flags & IFF_LOWER_UP)))
-        offset += (length + 3) & ~3
+            link = parse_link(data, offset, length)
+            events.append(LinkEvent(name=link.name, index=link.index, present=kind == RTM_NEWLINK,
+                                    admin_up=bool(link.flags & IFF_UP), carrier=bool(link.flags & IFF_LOWER_UP)))
     return events
 
 
@@ -362,6 +373,51 @@ class AnnounceCounters:
     errors: int = 0
 
 
+@attrs.define
+class NetlinkCounters:
+    """What the holder asked of rtnetlink on its own socket (not the pyroute2 dumps)."""
+
+    #: ``sendmsg`` calls carrying address changes: one per batch of up to
+    #: :data:`~vipcore.net.rtnetlink.MAX_BATCH` messages.
+    batches: int = 0
+    #: Address messages (one per VIP added or removed) in them.
+    changes: int = 0
+    #: Interfaces read by name: the link cache was empty or invalidated.
+    lookups: int = 0
+
+
+@attrs.define(eq=False)
+class _Change:
+    """One caller's ``add`` / ``remove``, waiting in the holder's queue for the next batch."""
+
+    add: bool
+    interface: str
+    index: int
+    vips: tuple[IPAddress, ...]
+    done: asyncio.Future[tuple[IPAddress, ...]]
+    changed: set[IPAddress] = attrs.Factory(set)
+    #: VIPs whose acknowledgement was lost (ENOBUFS) and that were sent again:
+    #: "already so" on the second try means the first one did it.
+    lost: set[IPAddress] = attrs.Factory(set)
+    error: Exception | None = None
+
+    @property
+    def verb(self) -> str:
+        return "add" if self.add else "del"
+
+    def fail(self, error: Exception) -> None:
+        if self.error is None:  # the first failure names the change
+            self.error = error
+
+    def finish(self) -> None:
+        if self.done.done():  # the caller was cancelled; the kernel did the work anyway
+            return
+        if self.error is not None:
+            self.done.set_exception(self.error)
+        else:
+            self.done.set_result(tuple(v for v in self.vips if v in self.changed))
+
+
 class AddressHolder:
     """Adds, removes, lists and announces VIPs; one per agent.
 
@@ -372,8 +428,17 @@ class AddressHolder:
     def __init__(self, *, netns: str | None = None) -> None:
         self.netns = netns
         self.counters = AnnounceCounters()
+        self.netlink = NetlinkCounters()
         self._ipr: Any = None
         self._lock = asyncio.Lock()
+        # The hot path (add, remove, announce) uses a request socket of its
+        # own and a link cache kept honest by a link-event subscription.
+        self._channel: RtnetlinkChannel | None = None
+        self._channel_lock = asyncio.Lock()
+        self._watch: socket.socket | None = None
+        self._links: dict[str, InterfaceInfo] = {}
+        self._queue: list[_Change] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._packet_socket: socket.socket | None = None
         self._nd_sockets: dict[str, tuple[int, socket.socket]] = {}
@@ -388,11 +453,21 @@ class AddressHolder:
     async def close(self) -> None:
         """Stop every announcing task and close the netlink socket. Held addresses stay."""
         tasks = list(self._tasks)
+        if self._flusher is not None:
+            tasks.append(self._flusher)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # A flusher cancelled before its first step never ran its cleanup.
+        self._abandon(self._queue)
+        self._queue = []
         self._close_sockets()
         self._reset()
+        self._close_channel()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._links.clear()
 
     def _reset(self) -> None:
         if self._ipr is not None:
@@ -427,6 +502,97 @@ class AddressHolder:
         if code in _NO_INTERFACE:
             return InterfaceNotFoundError(interface, self._where())
         return AddressError(interface, f"{action} failed: {exc.args[-1]} (errno {code})")
+
+    def _errno_error(self, interface: str, code: int, action: str) -> Exception:
+        return self._error(interface, OSError(code, os.strerror(code)), action)
+
+    # -- the hot path: hand-packed rtnetlink on a socket of our own ------------
+
+    def _netlink_socket(self, interface: str) -> socket.socket:
+        try:
+            return self._socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        except FileNotFoundError:
+            raise AddressError(interface, f"network namespace {self.netns!r} does not exist") from None
+        except OSError as exc:
+            raise AddressError(interface, f"opening a netlink socket failed: {exc.strerror}") from None
+
+    def _rtnl(self, interface: str) -> RtnetlinkChannel:
+        if self._channel is None:
+            self._channel = RtnetlinkChannel(self._netlink_socket(interface))
+        return self._channel
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def _watch_links(self, interface: str) -> None:
+        """Drop cached links that changed since the last look (one non-blocking read, usually empty).
+
+        The subscription exists before the first lookup, so no change that
+        follows a lookup goes unseen: a re-created interface (new index, new
+        MAC), a renamed one, a changed MAC. An overflowed subscription lost
+        events: forget every link.
+        """
+        if self._watch is None:
+            sock = self._netlink_socket(interface)
+            try:
+                sock.setblocking(False)
+                sock.bind((0, RTMGRP_LINK))
+            except OSError:
+                sock.close()
+                raise
+            self._watch = sock
+            self._links.clear()
+            return
+        try:
+            while True:
+                for event in parse_link_messages(self._watch.recv(NETLINK_BUFFER)):
+                    self._forget(event.name, event.index)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._links.clear()
+
+    def _forget(self, name: str, index: int | None = None) -> None:
+        self._links.pop(name, None)
+        if index is not None:
+            for other in [n for n, info in self._links.items() if info.index == index]:
+                del self._links[other]
+
+    async def _link(self, name: str) -> InterfaceInfo:
+        """Index and MAC of ``name`` (no addresses), from the cache when nothing changed since."""
+        self._watch_links(name)
+        cached = self._links.get(name)
+        if cached is not None:
+            return cached
+        info = await self._read_link(name)
+        self._links[name] = info
+        return info
+
+    async def _read_link(self, name: str) -> InterfaceInfo:
+        if not name or len(name.encode()) >= IFNAMSIZ:  # the kernel would answer EINVAL
+            raise InterfaceNotFoundError(name, self._where())
+        async with self._channel_lock:
+            channel = self._rtnl(name)
+            seq = channel.next_seq()
+            self.netlink.lookups += 1
+            try:
+                result = await channel.exchange([(seq, link_request(name, seq))])
+            except OSError as exc:
+                self._close_channel()
+                raise self._errno_error(name, exc.errno or errno.ETIMEDOUT, "looking up the interface") from None
+        reply = result.replies.get(seq)
+        if reply is None:
+            raise self._errno_error(name, errno.ENOBUFS, "looking up the interface")
+        if reply.error:
+            raise self._errno_error(name, reply.error, "looking up the interface")
+        link = next((parse_link(reply.data, offset, length) for kind, _, offset, length in messages(reply.data)
+                     if kind == RTM_NEWLINK), None)
+        if link is None:
+            raise AddressError(name, "looking up the interface failed: the kernel's reply carried no link")
+        return InterfaceInfo(name=name, index=link.index, mac=link.mac or ETHER_ZERO,
+                             up=bool(link.flags & IFF_UP) and bool(link.flags & IFF_LOWER_UP))
 
     # -- link events ------------------------------------------------------------
 
@@ -509,21 +675,9 @@ class AddressHolder:
             raise self._error("*", exc, "listing interfaces") from None
         return tuple(name for _, name in sorted(links))
 
-    async def _index(self, name: str) -> int:
-        async def lookup(ipr: Any) -> list[int]:
-            return list(await ipr.link_lookup(ifname=name))
-
-        try:
-            found: list[int] = await self._call(name, lookup)
-        except (NetlinkError, OSError) as exc:
-            raise self._error(name, exc, "looking up the interface") from None
-        if not found:
-            raise InterfaceNotFoundError(name, self._where())
-        return found[0]
-
     async def _host_addresses(self, name: str) -> dict[IPAddress, int]:
         """Host-prefix addresses on ``name`` with their IFA flags."""
-        index = await self._index(name)
+        index = (await self._link(name)).index
 
         async def dump(ipr: Any) -> dict[IPAddress, int]:
             found: dict[IPAddress, int] = {}
@@ -550,44 +704,139 @@ class AddressHolder:
 
     # -- changes --------------------------------------------------------------
 
-    async def _change(self, command: str, interface: str, vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
+    async def _change(self, add: bool, interface: str, vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
         wanted = _unique(vips)
         if not wanted:
             return ()
-        index = await self._index(interface)
-        already = errno.EEXIST if command == "add" else errno.EADDRNOTAVAIL
-        changed: list[IPAddress] = []
-        for vip in wanted:
-            kwargs: dict[str, Any] = {"index": index, "address": str(vip)}
-            if vip.version == 4:
-                kwargs["prefixlen"] = IPV4_HOST_PREFIX
-            else:
-                kwargs["prefixlen"] = IPV6_HOST_PREFIX
-                if command == "add":
-                    kwargs["flags"] = IFA_F_NODAD
+        index = (await self._link(interface)).index
+        loop = asyncio.get_running_loop()
+        change = _Change(add=add, interface=interface, index=index, vips=wanted, done=loop.create_future())
+        self._queue.append(change)
+        if self._flusher is None:
+            # The task's first step runs in the next pass of the loop, after
+            # every router woken in this pass has queued its change: one batch.
+            self._flusher = loop.create_task(self._flush(), name="address changes")
+        return await change.done
 
-            async def apply(ipr: Any, kwargs: dict[str, Any] = kwargs) -> Any:
-                return await ipr.addr(command, **kwargs)
+    async def _flush(self) -> None:
+        """Send what is queued, in batches, until the queue stays empty; answer every caller."""
+        batch: list[_Change] = []
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._apply(batch)
+                # One line per interface and direction, not per caller: a takeover of 64 groups logs twice.
+                done: dict[tuple[bool, str], list[str]] = {}
+                for change in batch:
+                    done.setdefault((change.add, change.interface), []).extend(
+                        str(v) for v in change.vips if v in change.changed)
+                for (add, interface), changed in done.items():
+                    if changed:
+                        log.info("%s %s on %s", "added" if add else "removed", ", ".join(changed), interface)
+                for change in batch:
+                    change.finish()
+        finally:
+            self._flusher = None
+            self._abandon(batch + self._queue)  # cancelled (the holder closed): nobody will send these
+            self._queue = []
 
+    @staticmethod
+    def _abandon(changes: list[_Change]) -> None:
+        for change in changes:
+            if not change.done.done():
+                change.fail(AddressError(change.interface, "the address holder closed before the change was confirmed"))
+                change.finish()
+
+    async def _apply(self, batch: list[_Change]) -> None:
+        """Every VIP of ``batch`` in as few ``sendmsg`` calls as :data:`MAX_BATCH` allows; retry what can heal.
+
+        Acks lost to an overflowed socket are asked again at once as long as
+        each round gets some through; a round without progress (a busy
+        kernel, a failing socket) counts against :data:`NETLINK_ATTEMPTS`.
+        """
+        pending = [(change, vip) for change in batch for vip in change.vips]
+        last: dict[tuple[int, IPAddress], int] = {}
+        failures = 0
+        while pending:
+            again: list[tuple[_Change, IPAddress]] = []
+            for start in range(0, len(pending), MAX_BATCH):
+                if start:
+                    await asyncio.sleep(0)  # the kernel's work on one batch is the longest the loop waits
+                again += await self._send(pending[start:start + MAX_BATCH], last)
+            if not again:
+                return
+            if len(again) == len(pending):
+                failures += 1
+                if failures >= NETLINK_ATTEMPTS:
+                    break
+            if any(last.get((id(change), vip)) != errno.ENOBUFS for change, vip in again):
+                log.warning("netlink busy; retrying %d address changes", len(again))
+                await asyncio.sleep(NETLINK_RETRY_WAIT)
+            pending = again
+        for change, vip in pending:
+            change.fail(self._errno_error(change.interface, last.get((id(change), vip), errno.EBUSY),
+                                          f"{change.verb} {vip}"))
+
+    async def _send(self, chunk: list[tuple[_Change, IPAddress]],
+                    last: dict[tuple[int, IPAddress], int]) -> list[tuple[_Change, IPAddress]]:
+        """One ``sendmsg`` of ``chunk``, one wait for its acks; returns what is worth another try."""
+        async with self._channel_lock:
             try:
-                await self._call(interface, apply)
-            except (NetlinkError, OSError) as exc:
-                if isinstance(exc, NetlinkError) and exc.code == already:
-                    continue
-                raise self._error(interface, exc, f"{command} {vip}") from None
-            changed.append(vip)
-        if changed:
-            log.info("%s %s on %s", "added" if command == "add" else "removed",
-                     ", ".join(map(str, changed)), interface)
-        return tuple(changed)
+                channel = self._rtnl(chunk[0][0].interface)
+            except AddressError as exc:
+                for change, _ in chunk:
+                    change.fail(exc)
+                return []
+            sent: dict[int, tuple[_Change, IPAddress]] = {}
+            requests: list[tuple[int, bytes]] = []
+            for change, vip in chunk:
+                seq = channel.next_seq()
+                sent[seq] = (change, vip)
+                requests.append((seq, address_message(change.add, change.index, vip, seq)))
+            self.netlink.batches += 1
+            self.netlink.changes += len(requests)
+            try:
+                result = await channel.exchange(requests)
+            except OSError as exc:  # the socket failed (a TimeoutError too): start afresh
+                self._close_channel()
+                code = exc.errno or errno.ETIMEDOUT
+                for change, vip in chunk:
+                    last[id(change), vip] = code
+                if code in _TRANSIENT:
+                    return chunk
+                for change, vip in chunk:
+                    change.fail(self._errno_error(change.interface, code, f"{change.verb} {vip}"))
+                return []
+        again: list[tuple[_Change, IPAddress]] = []
+        for seq, (change, vip) in sent.items():
+            reply = result.replies.get(seq)
+            if reply is None:  # its ack was dropped (ENOBUFS): ask again, the answer tells
+                change.lost.add(vip)
+                last[id(change), vip] = errno.ENOBUFS
+                again.append((change, vip))
+                continue
+            code = reply.error
+            already = errno.EEXIST if change.add else errno.EADDRNOTAVAIL
+            if code == 0 or (code == already and vip in change.lost):
+                change.changed.add(vip)
+            elif code == already:
+                pass
+            elif code in _TRANSIENT:
+                last[id(change), vip] = code
+                again.append((change, vip))
+            else:
+                if code in _NO_INTERFACE:
+                    self._forget(change.interface)  # gone or re-created: read it afresh next time
+                change.fail(self._errno_error(change.interface, code, f"{change.verb} {vip}"))
+        return again
 
     async def add(self, interface: str, vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
         """Add each VIP as a /32 or /128 (IPv6 with nodad); return those newly added."""
-        return await self._change("add", interface, vips)
+        return await self._change(True, interface, vips)
 
     async def remove(self, interface: str, vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
         """Remove each VIP's host-prefix address; return those that were present."""
-        return await self._change("del", interface, vips)
+        return await self._change(False, interface, vips)
 
     async def remove_stale(
         self,
@@ -694,7 +943,7 @@ class AddressHolder:
         v4 = [v for v in wanted if isinstance(v, ipaddress.IPv4Address)]
         v6 = [v for v in wanted if isinstance(v, ipaddress.IPv6Address)]
         try:
-            info = await self.interface(interface, addresses=False)
+            info = await self._link(interface)
         except (InterfaceNotFoundError, AddressError):
             self.counters.errors += 1
             raise
@@ -711,6 +960,7 @@ class AddressHolder:
                 self._send_na(info, v6)
         except OSError as exc:
             self.counters.errors += 1
+            self._forget(interface)  # perhaps re-created: read its index and MAC afresh next time
             if exc.errno in _NO_INTERFACE:
                 raise InterfaceNotFoundError(interface, self._where()) from None
             raise AddressError(interface, f"announcing {', '.join(map(str, wanted))} failed: {exc.strerror}") from None

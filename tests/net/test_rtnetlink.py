@@ -1,0 +1,82 @@
+"""The hand-packed rtnetlink messages of the address holder's failover path (pure: no sockets)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+from vipcore.net.rtnetlink import (
+    IFA_ADDRESS,
+    IFA_F_NODAD,
+    IFA_FLAGS,
+    IFA_LOCAL,
+    IFADDR,
+    IFINFO,
+    IFLA_ADDRESS,
+    IFLA_IFNAME,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    NLMSG_HEADER,
+    RTM_DELADDR,
+    RTM_GETLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    address_message,
+    attribute,
+    link_request,
+    message,
+    messages,
+    parse_link,
+)
+
+
+def attributes(data: bytes, offset: int) -> dict[int, bytes]:
+    found: dict[int, bytes] = {}
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        found[kind] = data[offset + 4: offset + length]
+        offset += (length + 3) & ~3
+    return found
+
+
+def test_ipv6_add_is_exclusive_acknowledged_and_nodad() -> None:
+    vip = ipaddress.IPv6Address("2001:db8::7")
+    data = address_message(True, 9, vip, seq=42)
+    length, kind, flags, seq, _ = NLMSG_HEADER.unpack_from(data)
+    assert (length, kind, seq) == (len(data), RTM_NEWADDR, 42)
+    assert flags == NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    family, prefix, ifa_flags, scope, index = IFADDR.unpack_from(data, NLMSG_HEADER.size)
+    assert (family, prefix, ifa_flags, scope, index) == (socket.AF_INET6, 128, IFA_F_NODAD, 0, 9)
+    attrs = attributes(data, NLMSG_HEADER.size + IFADDR.size)
+    assert attrs[IFA_LOCAL] == attrs[IFA_ADDRESS] == vip.packed
+    assert struct.unpack("=I", attrs[IFA_FLAGS]) == (IFA_F_NODAD,)
+    assert len(data) % 4 == 0
+
+
+def test_ipv4_add_and_deletes() -> None:
+    vip = ipaddress.IPv4Address("198.51.100.7")
+    add = address_message(True, 3, vip, seq=1)
+    assert IFADDR.unpack_from(add, NLMSG_HEADER.size) == (socket.AF_INET, 32, 0, 0, 3)
+    assert set(attributes(add, NLMSG_HEADER.size + IFADDR.size)) == {IFA_LOCAL, IFA_ADDRESS}
+    for address in (vip, ipaddress.IPv6Address("2001:db8::7")):
+        delete = address_message(False, 3, address, seq=2)
+        _, kind, flags, _, _ = NLMSG_HEADER.unpack_from(delete)
+        assert (kind, flags) == (RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK)
+        assert IFADDR.unpack_from(delete, NLMSG_HEADER.size)[2] == 0  # no NODAD on a delete
+        assert IFA_FLAGS not in attributes(delete, NLMSG_HEADER.size + IFADDR.size)
+
+
+def test_link_request_and_reply_parse() -> None:
+    request = link_request("eth0", seq=5)
+    _, kind, flags, seq, _ = NLMSG_HEADER.unpack_from(request)
+    assert (kind, flags, seq) == (RTM_GETLINK, NLM_F_REQUEST, 5)
+    assert attributes(request, NLMSG_HEADER.size + IFINFO.size)[IFLA_IFNAME] == b"eth0\0"
+    mac = bytes.fromhex("020000fa0042")
+    reply = message(RTM_NEWLINK, 0, 5, IFINFO.pack(0, 1, 7, 0x10001, 0)
+                    + attribute(IFLA_IFNAME, b"eth0\0") + attribute(IFLA_ADDRESS, mac))
+    ((kind, seq, offset, length),) = list(messages(reply + reply[:10]))  # a truncated tail is dropped
+    link = parse_link(reply, offset, length)
+    assert (kind, seq, link.name, link.index, link.flags, link.mac) == (RTM_NEWLINK, 5, "eth0", 7, 0x10001, mac)
