@@ -25,12 +25,14 @@ class RecordingDetector:
     def __init__(self, interface: str, local: IPAddress, config: object, **kwargs: Any) -> None:
         self.interface = interface
         self.peers: set[IPAddress] = set()
+        self.relaxed: set[IPAddress] = set()
 
     def start(self) -> None:
         pass
 
-    def set_peers(self, peers: Iterable[IPAddress]) -> None:
+    def set_peers(self, peers: Iterable[IPAddress], relaxed: Iterable[IPAddress] = ()) -> None:
         self.peers = set(peers)
+        self.relaxed = set(relaxed)
 
     def close(self, *, graceful: bool) -> None:
         pass
@@ -196,3 +198,70 @@ def test_a_burst_of_transitions_is_one_refresh_in_one_pass_over_the_groups() -> 
         assert detector.peers == {A("198.51.100.12"), A("198.51.100.13")}
     finally:
         loop.close()
+
+
+# -- asymmetric rates: fast only from the peers this node must see fail fast (issue 14) ------------
+
+B, C = A("198.51.100.12"), A("198.51.100.13")
+ADDRESS = {"node-b": B, "node-c": C}
+
+
+def groups_held_by(holder: str, count: int = 1) -> list[Membership]:
+    """Memberships of node-a in groups (of node-a, node-b, node-c) whose first-ranked member is ``holder``."""
+    found = []
+    for vrid in range(1, 255):
+        web = group(["node-a", "node-b", "node-c"], "eth0", vrid, v4=[f"198.51.100.{vrid}"])
+        membership = member(attrs.evolve(web, name=f"{web.name}-{vrid}"), "node-a")  # the name decides the ranking
+        if membership.members[0].name == holder:
+            found.append(membership)
+            if len(found) == count:
+                return found
+    raise AssertionError(f"no group held by {holder}")
+
+
+def peers_of(entries: list[tuple[Membership, Mapping[Family, FakeDriver]]]) -> RecordingDetector:
+    c = coordinator(entries)
+    c.ensure(NODE_A_INTERFACES["eth0"])
+    detector = c.detectors["eth0"]
+    assert isinstance(detector, RecordingDetector)
+    return detector
+
+
+def test_a_master_asks_its_backups_for_the_slow_rate() -> None:
+    """The node holding every group sends fast to its backups (they watch it) and hears them slowly."""
+    entries = [(m, {Family.IPV4: FakeDriver(FakeRouter(State.MASTER))}) for m in groups_held_by("node-a", 3)]
+    detector = peers_of(entries)
+    assert detector.peers == {B, C} and detector.relaxed == {B, C}
+
+
+def test_a_backup_asks_the_master_for_the_fast_rate_and_keeps_the_other_backups_slow() -> None:
+    [held_by_b] = groups_held_by("node-b")
+    detector = peers_of([(held_by_b, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP, master=B))})])
+    # node-c is a backup too: its session stays Up, slowly, so that it is sped up by a Poll (not a new
+    # handshake at one packet a second) if it becomes this group's master.
+    assert detector.peers == {B, C} and detector.relaxed == {C}
+
+
+def test_fast_wins_when_a_peer_is_a_backup_of_one_group_and_the_master_of_another() -> None:
+    [held_by_a], [held_by_b] = groups_held_by("node-a"), groups_held_by("node-b")
+    detector = peers_of([(held_by_a, {Family.IPV4: FakeDriver(FakeRouter(State.MASTER))}),
+                         (held_by_b, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP, master=B))})])
+    assert detector.peers == {B, C} and detector.relaxed == {C}
+
+
+def test_a_new_master_is_asked_for_the_fast_rate_and_the_old_one_slowed() -> None:
+    [held_by_b] = groups_held_by("node-b")
+    router = FakeRouter(State.BACKUP, master=B)
+    c = coordinator([(held_by_b, {Family.IPV4: FakeDriver(router)})])
+    c.ensure(NODE_A_INTERFACES["eth0"])
+    detector = c.detectors["eth0"]
+    assert isinstance(detector, RecordingDetector) and detector.relaxed == {C}
+    router.master = C  # node-b failed over to node-c (its adverts now come from node-c)
+    c.refresh()
+    assert detector.peers == {B, C} and detector.relaxed == {B}
+
+
+def test_a_backup_that_does_not_know_its_master_watches_every_member() -> None:
+    [held_by_b] = groups_held_by("node-b")
+    detector = peers_of([(held_by_b, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP))})])
+    assert detector.peers == {B, C} and detector.relaxed == set()

@@ -1,9 +1,11 @@
 """Liveness for the native_vrrp backend: which peers need a session, and what a lost peer means.
 
-A node keeps sessions only with the peers it needs: the masters of the groups it
-backs up, and every member of the groups it holds (its backups). The set follows
-the routers' states (refreshed on every transition and group change), so the
-per-node cost grows with the groups a node takes part in, not with the cluster.
+A node keeps sessions with the members of the groups it takes part in, and asks
+for the fast rate only from the peers it must see fail fast: the masters of the
+groups it backs up (RFC 5880 Required Min RX, asymmetric rates). Every other peer
+(its backups, the other backups) is asked to send once a second, so the node
+holding every group sends fast to its backups and hears them slowly. The split
+follows the routers' states (refreshed on every transition and group change).
 
 When a session that was Up expires (the peer sent nothing for the detection
 time), every group whose master lived on that node acts at once: its backups
@@ -192,20 +194,26 @@ class Coordinator:
         self.refresh()
 
     def refresh(self) -> None:
-        """Recompute which peers each interface needs, from the routers' states now (one pass over the groups)."""
+        """Recompute which peers each interface needs, and which of them fast, from the routers' states now
+        (one pass over the groups)."""
         wanted: dict[str, set[IPAddress]] = {name: set() for name in self.detectors}
+        fast: dict[str, set[IPAddress]] = {name: set() for name in self.detectors}
         groups = list(self.groups())
         addresses = self._addresses(groups)
+        excluded = self.keepalived_names
         for membership, drivers in groups:
             interface = membership.group.interface
             if interface not in wanted:
                 continue
-            for node in self._needed(membership, drivers) - self.keepalived_names:
+            needed, watched = self._needed(membership, drivers)
+            for node in needed - excluded:
                 address = addresses.get((interface, node))
                 if address is not None and address not in self.keepalived_addresses:
                     wanted[interface].add(address)
+                    if node in watched:
+                        fast[interface].add(address)
         for interface, detector in self.detectors.items():
-            detector.set_peers(wanted[interface])
+            detector.set_peers(wanted[interface], relaxed=wanted[interface] - fast[interface])
 
     def close(self, *, graceful: bool) -> None:
         for detector in self.detectors.values():
@@ -214,16 +222,18 @@ class Coordinator:
 
     # -- decisions -----------------------------------------------------------------
 
-    def _needed(self, membership: Membership, drivers: Mapping[Family, RouterView]) -> set[str]:
+    def _needed(self, membership: Membership, drivers: Mapping[Family, RouterView]) -> tuple[set[str], set[str]]:
+        """The members this node keeps a session with for this group, and those of them it must see fail
+        fast (the group's master when this node backs it up). The others are asked to send slowly: a
+        master need not watch its backups closely, a backup not the other backups; their sessions stay
+        Up so that one becoming needed (the new master after a failover) is sped up by a Poll."""
         states = [d.router.state for d in drivers.values()]
         everyone = {p.name for p in membership.peers()}
-        if State.MASTER in states:
-            return everyone  # our backups watch us; we keep their sessions up
         if State.BACKUP not in states:
-            return set()
+            return (everyone if State.MASTER in states else set()), set()
         masters = {self._node_of(membership, d.router.master) for d in drivers.values()}
-        known = {m for m in masters if m is not None}
-        return known if known else everyone
+        known = {m for m in masters if m is not None} - {membership.node}
+        return everyone, (known if known else everyone)
 
     def _changed(self, peer: IPAddress, old: SessionState, new: SessionState, diagnostic: Diagnostic) -> None:
         node = self._node_by_address(peer)

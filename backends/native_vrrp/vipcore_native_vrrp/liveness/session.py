@@ -35,6 +35,10 @@ from vipcore_native_vrrp.liveness.packet import (
 
 #: RFC 5880 6.8.3: while a session is not Up, Desired Min TX is at least one second.
 SLOW_INTERVAL = 1.0
+#: Required Min RX towards a peer we need not watch closely (not the master of a group we back up):
+#: it sends to us once a second instead of every 10 ms, and we see it fail within
+#: ``detect_mult`` seconds (VRRP's own timers are no faster at 1 s adverts). docs/native-vrrp.md.
+RELAXED_MIN_RX = 1.0
 
 
 @attrs.frozen
@@ -46,9 +50,11 @@ class SessionConfig:
     detect_mult: int = 4
     #: Desired Min TX while the session is not Up (RFC 5880 asks for >= 1 s).
     slow_interval: float = SLOW_INTERVAL
+    #: Required Min RX of the sessions with peers we need not watch closely (asymmetric rates).
+    relaxed_min_rx: float = RELAXED_MIN_RX
 
     def __attrs_post_init__(self) -> None:
-        for name in ("desired_min_tx", "required_min_rx", "slow_interval"):
+        for name in ("desired_min_tx", "required_min_rx", "slow_interval", "relaxed_min_rx"):
             value = getattr(self, name)
             if not 0.001 <= value <= 60.0:
                 raise ValueError(f"{name} must be within 1 ms .. 60 s, got {value!r}")
