@@ -351,7 +351,7 @@ def test_a_change_frame_says_when_the_peer_was_last_heard_and_the_detector_measu
     peer, other = ipaddress.ip_address("127.0.0.2"), ipaddress.ip_address("127.0.0.3")
     try:
         w = worker_module.Worker(CONFIG, LOCAL, control, recv, send)
-        w._heard[peer] = (12.5, True)
+        w._heard[str(peer)] = (12.5, True)
         expired = SessionChanged(SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
         w._carry_out(peer, [expired])
         w._carry_out(other, [expired])  # never heard

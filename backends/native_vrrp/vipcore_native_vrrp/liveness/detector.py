@@ -125,6 +125,8 @@ class Detector:
         self.worker_bad_frames = 0
         #: The current worker's longest delay of a wake-up past its timer (its scheduling latency).
         self.wake_late_max = 0.0
+        #: The current worker's wake-ups so far (what its CPU goes with, issue 14).
+        self.worker_wakeups = 0
         #: Seconds from spawn to the worker's ready frame, and its resident size (bytes), last start.
         self.start_seconds: float | None = None
         self.worker_rss = 0
@@ -381,6 +383,7 @@ class Detector:
         self._send_errors_now = int(frame["send_errors"])
         self.worker_bad_frames = int(frame.get("bad_frames", 0))
         self.wake_late_max = float(frame.get("wake_late_max", 0.0))
+        self.worker_wakeups = int(frame.get("wakeups", 0))
         self.worker_rss = int(frame.get("rss", self.worker_rss))
         self.scheduled_realtime = bool(frame.get("realtime", self.scheduled_realtime))
 

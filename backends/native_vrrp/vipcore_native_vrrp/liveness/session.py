@@ -117,6 +117,7 @@ class Session:
     #: The fields of the last periodic packet sent and its bytes: resent while nothing in it changed.
     _tx_key: tuple[float, ...] | None = None
     _tx_bytes: bytes = b""
+    _tx_send: Send = Send(b"")  # the Send of _tx_bytes, made once per encoding (frozen: shared safely)
     _detect_at: float | None = None
     _polling: bool = False
     _final_due: bool = False
@@ -332,20 +333,20 @@ class Session:
             return []
         final, self._final_due = self._final_due, False
         self.sent += 1
-        data = self._encoded(final)
+        send = self._encoded(final)
         if self.state is SessionState.ADMIN_DOWN:
             self._admin_repeats -= 1
             self._tx_at = now + self._admin_interval if self._admin_repeats > 0 else None
-            return [Send(data)]
+            return [send]
         # RFC 5880 6.8.7: each interval is 75..100% of the negotiated one (75..90% with Detect Mult 1).
         top = 0.9 if self.config.detect_mult == 1 else 1.0
         interval = self.tx_interval
         self._tx_at = now + interval * (0.75 + (top - 0.75) * self.rng())
         self._tx_floor = now + interval * 0.75
-        return [Send(data)]
+        return [send]
 
-    def _encoded(self, final: bool) -> bytes:
-        """This packet's bytes, encoded again only when a field in it changed (usually once per state change)."""
+    def _encoded(self, final: bool) -> Send:
+        """This packet, encoded again only when a field in it changed (usually once per state change)."""
         poll = self._polling and not final
         rx = self._required_min_rx
         key = (self.state, self.remote_discriminator, self.diagnostic, poll, final, rx)  # the rest is fixed by state
@@ -357,4 +358,5 @@ class Session:
                 desired_min_tx=_micro(self.desired_min_tx), required_min_rx=_micro(rx),
                 detect_mult=self.config.detect_mult, diagnostic=self.diagnostic, poll=poll, final=final,
             ))
-        return self._tx_bytes
+            self._tx_send = Send(self._tx_bytes)
+        return self._tx_send

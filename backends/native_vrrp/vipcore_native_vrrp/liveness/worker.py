@@ -94,14 +94,15 @@ class Worker:
         #: silence between two of its packets as the kernel received them (not as we read them):
         #: which one explains an expiry, this node or the peer and the path.
         self.wake_late_max = 0.0
-        self.longest_silence: dict[Address, float] = {}
-        self._heard: dict[Address, tuple[float, bool]] = {}  # last receive time, and Up then
+        #: Keyed by the peer's address text (a str hashes from a cache; an ip_address in Python, per packet).
+        self.longest_silence: dict[str, float] = {}
+        self._heard: dict[str, tuple[float, bool]] = {}  # last receive time, and Up then
         #: Per peer, resolved once (not per packet): the kernel's source text -> (address, session),
         #: and the destination tuple for sendto. Rebuilt by set_peers.
-        self._sources: dict[str, tuple[Address, Session]] = {}
+        self._sources: dict[str, tuple[Address, Session, tuple[str, int]]] = {}
         self._dest: dict[Address, tuple[str, int]] = {}
         #: The sessions as tuples for the loop (rebuilt by _reindex): with their peers, and every timed one.
-        self._active: tuple[tuple[Address, Session], ...] = ()
+        self._active: tuple[tuple[Address, Session, tuple[str, int]], ...] = ()
         self._timed: tuple[Session, ...] = ()
         #: Peers asked for the slow rate (RFC 5880 Required Min RX = ``config.relaxed_min_rx``).
         self.relaxed: frozenset[Address] = frozenset()
@@ -184,12 +185,12 @@ class Worker:
 
     def _fire(self, now: float) -> None:
         soon = now + ALIGN
-        for peer, session in self._active:  # a tuple: a change of peers while carrying out rebuilds it
+        for peer, session, dest in self._active:  # a tuple: a change of peers while carrying out rebuilds it
             timer = session.next_timer()
             if timer is not None and timer <= soon:
                 actions = session.handle_timer(now, ALIGN)
                 if actions:
-                    self._carry_out(peer, actions)
+                    self._carry_out(peer, actions, dest=dest)
         if self.retiring:
             for peer, session in list(self.retiring.items()):
                 timer = session.next_timer()
@@ -251,8 +252,8 @@ class Worker:
         now = self.clock()
         for peer in set(self.sessions) - wanted:
             session = self.sessions.pop(peer)
-            self._heard.pop(peer, None)
-            self.longest_silence.pop(peer, None)
+            self._heard.pop(str(peer), None)
+            self.longest_silence.pop(str(peer), None)
             self._carry_out(peer, session.admin_down(now), notify=False)
             if not session.retired:
                 self.retiring[peer] = session
@@ -269,9 +270,9 @@ class Worker:
 
     def _reindex(self) -> None:
         """Rebuild the per-peer caches from the sessions (after any change to them)."""
-        self._sources = {str(peer): (peer, session) for peer, session in self.sessions.items()}
         self._dest = {peer: self._dest.get(peer) or (str(peer), PORT) for peer in (*self.sessions, *self.retiring)}
-        self._active = tuple(self.sessions.items())
+        self._active = tuple((peer, session, self._dest[peer]) for peer, session in self.sessions.items())
+        self._sources = {dest[0]: (peer, session, dest) for peer, session, dest in self._active}
         self._timed = (*self.sessions.values(), *self.retiring.values())
 
     def close(self, *, graceful: bool) -> None:
@@ -305,7 +306,7 @@ class Worker:
             "sessions": {str(peer): {"state": int(s.state), "detection": s.detection_time, "mine": s.my_discriminator,
                                      "yours": s.remote_discriminator, "received": s.received, "sent": s.sent,
                                      "tx": s.tx_interval, "rx": s.required_min_rx,
-                                     "longest_silence": self.longest_silence.get(peer, 0.0)}
+                                     "longest_silence": self.longest_silence.get(str(peer), 0.0)}
                          for peer, s in self.sessions.items()},
             "wake_late_max": self.wake_late_max, "wakeups": self.wakeups,
             "drops": dict(self.drops), "send_errors": self.send_errors, "bad_frames": self.reader.bad,
@@ -348,7 +349,8 @@ class Worker:
                 if known is None:
                     self.drops["source"] += 1
                     continue
-            peer, session = known
+            peer, session, dest = known
+            text = dest[0]
             now = self.clock()
             ttl, arrived = -1, now  # no TTL reported: treated as not 255; no timestamp: read time
             for level, kind, value in ancillary:
@@ -359,39 +361,41 @@ class Worker:
                     arrived = min(now, seconds + nanoseconds / 1e9 - offset)
                 elif kind in _TTL_KINDS and len(value) >= 4 and (level, kind) in _TTL_CMSGS:
                     ttl = _INT.unpack_from(value)[0]
-            last = heard.get(peer)
+            last = heard.get(text)
             if last is not None and last[1]:  # Up when we last heard it: this gap counts, expired or not
                 gap = arrived - last[0]
-                if gap > silences.get(peer, 0.0):
-                    silences[peer] = gap
+                if gap > silences.get(text, 0.0):
+                    silences[text] = gap
             actions = session.receive(data, ttl, now, arrived)
             if actions:
-                self._carry_out(peer, actions)
-            heard[peer] = (arrived, session.state is up)
+                self._carry_out(peer, actions, dest=dest)
+            heard[text] = (arrived, session.state is up)
 
-    def _lookup(self, text: str) -> tuple[Address, Session] | None:
+    def _lookup(self, text: str) -> tuple[Address, Session, tuple[str, int]] | None:
         """A source not in the cache (another spelling, a scope suffix): parsed, for members only."""
         try:
             peer = ipaddress.ip_address(text.split("%", 1)[0])
         except ValueError:
             return None
         session = self.sessions.get(peer)
-        return None if session is None else (peer, session)
+        return None if session is None else (peer, session, self._dest.get(peer) or (str(peer), PORT))
 
-    def _carry_out(self, peer: Address, actions: list[Send | StateChanged | Dropped], *, notify: bool = True) -> None:
+    def _carry_out(self, peer: Address, actions: list[Send | StateChanged | Dropped], *, notify: bool = True,
+                   dest: tuple[str, int] | None = None) -> None:
         for action in actions:
             if isinstance(action, Send):
                 try:
-                    dest = self._dest.get(peer)
                     if dest is None:
-                        dest = self._dest[peer] = (str(peer), PORT)
+                        dest = self._dest.get(peer)
+                        if dest is None:
+                            dest = self._dest[peer] = (str(peer), PORT)
                     self.send.sendto(action.data, dest)
                 except OSError:
                     self.send_errors += 1
             elif isinstance(action, Dropped):
                 self.drops[action.reason] += 1
             elif notify:
-                heard = self._heard.get(peer)
+                heard = self._heard.get(str(peer))
                 # When the peer was last heard (the kernel's receive time, on the monotonic clock the agent
                 # shares): the agent counts a failover's detect phase from it, this process's lateness included.
                 self.emit({"ev": "change", "peer": str(peer), "old": int(action.old), "new": int(action.new),
