@@ -364,6 +364,14 @@ class Coordinator:
                                         help="Times the session left Up"))
                 out.append(MetricSample("vipcore_liveness_detection_seconds", session.detection_time, labels=labels,
                                         kind="gauge", help="Negotiated detection time of the session"))
+                out.append(MetricSample("vipcore_liveness_transmit_interval_seconds", session.tx_interval,
+                                        labels=labels, kind="gauge",
+                                        help="Negotiated interval of our packets to the peer: fast while it "
+                                             "watches us (we master a group it backs up), else the relaxed rate"))
+                out.append(MetricSample("vipcore_liveness_required_min_rx_seconds", session.required_min_rx,
+                                        labels=labels, kind="gauge",
+                                        help="What we ask the peer for (RFC 5880 Required Min RX): fast from "
+                                             "the masters of the groups we back up, else the relaxed rate"))
                 out.append(MetricSample("vipcore_liveness_longest_silence_seconds", session.longest_silence,
                                         labels=labels, kind="gauge",
                                         help="Longest time between two packets from the peer while the session "
