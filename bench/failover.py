@@ -410,13 +410,17 @@ def worker_pids(lab: Lab, node: str) -> list[int]:
     return found
 
 
-def liveness_sessions(lab: Lab, node: str) -> dict[str, int]:
+def liveness_sessions(lab: Lab, node: str) -> dict[str, Any]:
     """A node's liveness sessions from its metrics: all, watched fast (we ask the peer for the fast rate),
-    sent fast (the peer asks us for it), Up."""
+    sent fast (the peer asks us for it), Up; and each peer's liveness metrics (for the --json file)."""
     text = lab.exec(node, ["curl", "-s", "--max-time", "5", "http://127.0.0.1:9641/metrics"], check=False).stdout
-    counts = {"sessions": 0, "watched_fast": 0, "sent_fast": 0, "up": 0}
+    counts: dict[str, Any] = {"sessions": 0, "watched_fast": 0, "sent_fast": 0, "up": 0, "peers": {}}
     for line in text.splitlines():
         name, _, value = line.rpartition(" ")
+        if name.startswith("vipcore_liveness_"):
+            peer = re.search(r'peer="([^"]+)"', name)
+            if peer:
+                counts["peers"].setdefault(peer.group(1), {})[name.split("{")[0][len("vipcore_liveness_"):]] = value
         if name.startswith("vipcore_liveness_required_min_rx_seconds{"):
             counts["sessions"] += 1
             counts["watched_fast"] += float(value) < 0.5

@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers.memberships import NODE_A_INTERFACES, group, member
 from vipcore.core.model import Family, IPAddress, Membership, State
-from vipcore_native_vrrp.liveness.coordinator import Coordinator, LivenessSettings
+from vipcore_native_vrrp.liveness.coordinator import MASTERS_CHECK, Coordinator, LivenessSettings
 from vipcore_native_vrrp.liveness.detector import SessionView
 from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
 
@@ -265,3 +265,24 @@ def test_a_backup_that_does_not_know_its_master_watches_every_member() -> None:
     [held_by_b] = groups_held_by("node-b")
     detector = peers_of([(held_by_b, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP))})])
     assert detector.peers == {B, C} and detector.relaxed == set()
+
+
+def test_a_master_that_changes_without_a_transition_here_is_followed() -> None:
+    """A failover or a preemption elsewhere changes a backup's master while the backup stays Backup (no
+    transition of its own, so no refresh from one): the new master is still asked for the fast rate."""
+    [held_by_b] = groups_held_by("node-b")
+    router = FakeRouter(State.BACKUP, master=B)
+    loop = asyncio.new_event_loop()
+    try:
+        c = Coordinator(LivenessSettings(), loop, lambda: [(held_by_b, {Family.IPV4: FakeDriver(router)})],
+                        RecordingDetector)  # type: ignore[arg-type]
+        c.ensure(NODE_A_INTERFACES["eth0"])
+        detector = c.detectors["eth0"]
+        assert isinstance(detector, RecordingDetector) and detector.relaxed == {C}
+        router.master = C
+        loop.run_until_complete(asyncio.sleep(2.5 * MASTERS_CHECK))
+        assert detector.relaxed == {B}
+        c.close(graceful=False)
+        assert c._masters_timer is None
+    finally:
+        loop.close()
