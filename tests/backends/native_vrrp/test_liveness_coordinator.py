@@ -286,3 +286,67 @@ def test_a_master_that_changes_without_a_transition_here_is_followed() -> None:
         assert c._masters_timer is None
     finally:
         loop.close()
+
+
+# -- watchers: only the first backups of a group watch its master fast (issue 14, 16 nodes) --------
+
+from tests.helpers.memberships import NODES  # noqa: E402
+from vipcore.core.errors import ConfigError  # noqa: E402
+from vipcore.core.model import Node  # noqa: E402
+
+D = A("198.51.100.14")
+FOUR = (*NODES, Node("node-d", (D, A("2001:db8:100::14"), A("203.0.113.14"), A("2001:db8:200::14"))))
+
+
+class UpDetector(RecordingDetector):
+    """Says which sessions are Up (all of them unless told otherwise)."""
+
+    down: set[IPAddress] = set()
+
+    def state(self, peer: IPAddress) -> SessionState:
+        return SessionState.DOWN if peer in self.down else SessionState.UP
+
+
+def four_node_group(position: int) -> Membership:
+    """node-a's membership in a group of four nodes where it is ranked ``position`` (0 = the master)."""
+    for vrid in range(1, 255):
+        web = group(["node-a", "node-b", "node-c", "node-d"], "eth0", vrid, v4=[f"198.51.100.{vrid}"])
+        membership = member(attrs.evolve(web, name=f"{web.name}-{vrid}"), "node-a", FOUR)
+        if [m.name for m in membership.members].index("node-a") == position:
+            return membership
+    raise AssertionError(f"no group with node-a at {position}")
+
+
+def watched(position: int, down: set[IPAddress] = frozenset(), watchers: int = 2) -> tuple[IPAddress, bool]:
+    membership = four_node_group(position)
+    master = membership.members[0]
+    address = next(a for a in master.addresses if a.version == 4)
+    UpDetector.down = set(down)
+    c = Coordinator(LivenessSettings(watchers=watchers), asyncio.new_event_loop(),
+                    lambda: [(membership, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP, master=address))})],
+                    UpDetector)  # type: ignore[arg-type]
+    c.ensure(NODE_A_INTERFACES["eth0"])
+    detector = c.detectors["eth0"]
+    assert isinstance(detector, UpDetector) and detector.peers == {B, C, D}
+    return address, address not in detector.relaxed
+
+
+def test_the_first_two_backups_watch_the_master_fast_the_others_slowly() -> None:
+    assert watched(1)[1] and watched(2)[1]
+    assert not watched(3)[1]  # two backups would take over before node-a: it hears the master once a second
+    assert watched(3, watchers=3)[1]
+
+
+def test_a_backup_ahead_without_a_session_up_does_not_count() -> None:
+    """A member that is down (or never ran) would not take over: the next ones watch in its place."""
+    membership = four_node_group(3)
+    second = next(a for a in membership.members[1].addresses if a.version == 4)
+    assert watched(3, down={second})[1]
+
+
+def test_watchers_is_a_setting() -> None:
+    assert LivenessSettings().watchers == 2
+    assert LivenessSettings.from_mapping({"watchers": 1}).watchers == 1
+    for bad in (0, 256, True, "2"):
+        with pytest.raises(ConfigError, match="liveness.watchers"):
+            LivenessSettings.from_mapping({"watchers": bad})

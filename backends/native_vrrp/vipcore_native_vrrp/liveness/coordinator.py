@@ -22,6 +22,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Protocol
 
 import attrs
@@ -41,7 +42,7 @@ log = logging.getLogger("vipcore_native_vrrp.liveness")
 #: within this, plus one Poll. One pass over the routers, tens of microseconds at 510.
 MASTERS_CHECK = 0.1
 
-KEYS = ("enabled", "interval", "multiplier", "slow_interval", "rank_step", "realtime")
+KEYS = ("enabled", "interval", "multiplier", "slow_interval", "rank_step", "realtime", "watchers")
 
 
 @attrs.frozen
@@ -64,6 +65,11 @@ class LivenessSettings:
     rank_step: float = RANK_STEP_MIN
     #: Run the session worker with the lowest real-time priority (SCHED_RR 1) when allowed.
     realtime: bool = True
+    #: How many backups of a group watch its master at the fast rate: the first ones in the order that
+    #: would take over (members ranked after the master whose sessions are Up). The others hear it once
+    #: a second: they never act first when it fails. 2 covers the master and its first backup failing
+    #: together; at 16 nodes a master sends fast to 2 peers per group instead of 15.
+    watchers: int = 2
 
     @property
     def session(self) -> SessionConfig:
@@ -101,6 +107,12 @@ class LivenessSettings:
                     raise ConfigError(f"must be a number of seconds within {low}..{high}, got {number!r}",
                                       source=source, field=f"liveness.{key}")
                 kwargs[key] = float(number)
+        if "watchers" in value:
+            watchers = value["watchers"]
+            if isinstance(watchers, bool) or not isinstance(watchers, int) or not 1 <= watchers <= 255:
+                raise ConfigError(f"must be a whole number within 1..255, got {watchers!r}", source=source,
+                                  field="liveness.watchers")
+            kwargs["watchers"] = watchers
         if "multiplier" in value:
             mult = value["multiplier"]
             if isinstance(mult, bool) or not isinstance(mult, int) or not 2 <= mult <= 255:
@@ -211,11 +223,16 @@ class Coordinator:
         self._masters = self._masters_of(groups)
         addresses = self._addresses(groups)
         excluded = self.keepalived_names
+        up: dict[str, set[str]] = {name: set() for name in self.detectors}  # member nodes with a session Up
+        for (interface, node), where in addresses.items():
+            state = getattr(self.detectors.get(interface), "state", None)
+            if callable(state) and state(where) is SessionState.UP:
+                up[interface].add(node)
         for membership, drivers in groups:
             interface = membership.group.interface
             if interface not in wanted:
                 continue
-            needed, watched = self._needed(membership, drivers)
+            needed, watched = self._needed(membership, drivers, up[interface])
             for node in needed - excluded:
                 address = addresses.get((interface, node))
                 if address is not None and address not in self.keepalived_addresses:
@@ -247,21 +264,38 @@ class Coordinator:
 
     # -- decisions -----------------------------------------------------------------
 
-    def _needed(self, membership: Membership, drivers: Mapping[Family, RouterView]) -> tuple[set[str], set[str]]:
+    def _needed(self, membership: Membership, drivers: Mapping[Family, RouterView],
+                up: AbstractSet[str] = frozenset()) -> tuple[set[str], set[str]]:
         """The members this node keeps a session with for this group, and those of them it must see fail
-        fast (the group's master when this node backs it up). The others are asked to send slowly: a
-        master need not watch its backups closely, a backup not the other backups; their sessions stay
-        Up so that one becoming needed (the new master after a failover) is sped up by a Poll."""
+        fast: the group's master when this node backs it up and is one of its first ``watchers`` backups
+        (in the order that would take over: members ranked after the master, not lost, with a session
+        Up — ``up``). The others are asked to send slowly: a master need not watch its backups closely,
+        a backup not the other backups nor a master it would not replace first; their sessions stay Up
+        so that one becoming needed (the new master after a failover) is sped up by a Poll."""
         states = [d.router.state for d in drivers.values()]
         everyone = {p.name for p in membership.peers()}
         if State.BACKUP not in states:
             return (everyone if State.MASTER in states else set()), set()
         masters = {self._node_of(membership, d.router.master) for d in drivers.values()}
         known = {m for m in masters if m is not None} - {membership.node}
-        return everyone, (known if known else everyone)
+        if not known:
+            return everyone, everyone
+        watched = set()
+        for master in known:
+            ahead = 0
+            for member in membership.members:
+                if member.name == membership.node:
+                    break
+                if member.name != master and member.name not in self.lost and member.name in up:
+                    ahead += 1
+            if ahead < self.settings.watchers:
+                watched.add(master)
+        return everyone, watched
 
     def _changed(self, peer: IPAddress, old: SessionState, new: SessionState, diagnostic: Diagnostic) -> None:
         node = self._node_by_address(peer)
+        if SessionState.UP in (old, new):
+            self.schedule_refresh()  # who watches which master counts the members with a session Up
         if new is SessionState.UP:
             if node is not None:
                 self.lost.discard(node)
