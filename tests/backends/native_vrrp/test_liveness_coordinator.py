@@ -116,7 +116,8 @@ class SnapshotDetector(RecordingDetector):
     def snapshot(self) -> dict[IPAddress, SessionView]:
         return {peer: SessionView(state=SessionState.UP if peer == A("198.51.100.12") else SessionState.ADMIN_DOWN,
                                   flaps=2 if peer == A("198.51.100.13") else 0, detection_time=0.05,
-                                  longest_silence=0.0123) for peer in self.peers}
+                                  longest_silence=0.0123, required_min_rx=1.0, tx_interval=0.01)
+                for peer in self.peers}
 
 
 def test_the_status_table_shows_each_session_by_interface_and_peer() -> None:
@@ -129,11 +130,11 @@ def test_the_status_table_shows_each_session_by_interface_and_peer() -> None:
     table = c.status_table()
     assert table.title == "liveness"
     assert table.columns == ("INTERFACE", "PEER", "NODE", "SESSION", "DETECT MS", "FLAPS", "LONGEST SILENCE MS",
-                             "REALTIME WORKER")
+                             "ASKED RX MS", "TX MS", "REALTIME WORKER")
     assert table.rows == (
-        ("eth0", "198.51.100.12", "node-b", "up", 50.0, 0, 12.3, "yes"),
-        ("eth0", "198.51.100.13", "node-c", "admindown", 50.0, 2, 12.3, "yes"),
-        ("eth1", None, None, "no peer needed", None, None, None, "no"),
+        ("eth0", "198.51.100.12", "node-b", "up", 50.0, 0, 12.3, 1000.0, 10.0, "yes"),
+        ("eth0", "198.51.100.13", "node-c", "admindown", 50.0, 2, 12.3, 1000.0, 10.0, "yes"),
+        ("eth1", None, None, "no peer needed", None, None, None, None, None, "no"),
     )
     from vipcore.backend.host import status_problem
 

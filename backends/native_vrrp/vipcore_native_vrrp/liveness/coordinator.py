@@ -395,12 +395,13 @@ class Coordinator:
             for peer, session in sessions:
                 rows.append((interface, str(peer), self._node_by_address(peer), session.state.name.lower().replace(
                     "_", ""), round(session.detection_time * 1000, 1), session.flaps,
-                    round(session.longest_silence * 1000, 1), realtime))
+                    round(session.longest_silence * 1000, 1), round(session.required_min_rx * 1000, 1),
+                    round(session.tx_interval * 1000, 1), realtime))
             if not sessions:
-                rows.append((interface, None, None, "no peer needed", None, None, None, realtime))
+                rows.append((interface, None, None, "no peer needed", None, None, None, None, None, realtime))
         return StatusTable(
             "liveness", ("INTERFACE", "PEER", "NODE", "SESSION", "DETECT MS", "FLAPS", "LONGEST SILENCE MS",
-                         "REALTIME WORKER"), tuple(rows),
+                         "ASKED RX MS", "TX MS", "REALTIME WORKER"), tuple(rows),
             note="a session going down while its peer is alive would be a false failover: compare LONGEST "
                  "SILENCE MS with DETECT MS")
 
