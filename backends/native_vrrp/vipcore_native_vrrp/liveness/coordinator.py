@@ -39,7 +39,7 @@ log = logging.getLogger("vipcore_native_vrrp.liveness")
 
 #: How often the coordinator looks for a backup whose master changed without a transition of its own (a
 #: failover or a preemption elsewhere: the backup stays Backup): the new master is asked for the fast rate
-#: within this, plus one Poll. One pass over the routers, tens of microseconds at 510.
+#: within this, plus one Poll. One pass over the routers: ~75 us at 510 (0.05 CPU-s/min at 10 a second).
 MASTERS_CHECK = 0.1
 
 KEYS = ("enabled", "interval", "multiplier", "slow_interval", "rank_step", "realtime", "watchers")
