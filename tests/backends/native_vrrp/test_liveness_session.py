@@ -368,3 +368,16 @@ def test_a_peer_that_lowers_its_rx_without_a_poll_is_sent_to_within_the_new_inte
     wire.b.receive(encode(fast), 255, wire.now)
     timer = wire.b.next_timer()
     assert timer is not None and timer <= wire.now + 0.01 + 1e-9
+
+
+def test_a_batch_of_repeated_polls_read_at_once_gets_one_final() -> None:
+    """A worker that reads several of a peer's repeated Polls in one wake-up answers them with one Final
+    (it answers the Poll Sequence); a Poll that arrives after that Final gets its own."""
+    wire = up_pair()
+    poll = encode(attrs.evolve(decode(periodic(wire.b)), poll=True))
+    finals = []
+    for arrived in (20.000, 20.010, 20.020):  # queued while the reader slept; read at 20.025
+        finals += [decode(a.data).final for a in wire.a.receive(poll, 255, 20.025, arrived) if isinstance(a, Send)]
+    assert finals == [True]
+    later = [decode(a.data).final for a in wire.a.receive(poll, 255, 20.040, 20.030) if isinstance(a, Send)]
+    assert later == [True]

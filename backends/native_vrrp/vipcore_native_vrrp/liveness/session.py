@@ -121,6 +121,9 @@ class Session:
     _detect_at: float | None = None
     _polling: bool = False
     _final_due: bool = False
+    #: When our last Final went out: a Poll that arrived before it is answered already (a worker that reads
+    #: a batch of a peer's repeated Polls sends one Final, not one per packet).
+    _final_at: float = float("-inf")
     _admin_repeats: int = 0
     _admin_interval: float = 0.0
     #: bfd.RequiredMinRxInterval of this session (seconds): the config's unless :meth:`set_required_min_rx`
@@ -232,9 +235,10 @@ class Session:
         if self.state in (SessionState.INIT, SessionState.UP):
             self._detect_at = heard + self.detection_time
         if packet.poll:
-            # RFC 5880 6.8.6: answer a Poll with a Final as soon as practicable.
-            self._final_due = True
-            actions += self._transmit(now)
+            if heard > self._final_at:
+                # RFC 5880 6.8.6: answer a Poll with a Final as soon as practicable.
+                self._final_due = True
+                actions += self._transmit(now)
         elif not actions and self.state is SessionState.UP and not data[1] & POLL_OR_FINAL:
             self._repeat = bytes(data)
         return actions
@@ -332,6 +336,8 @@ class Session:
             self._tx_at = now + self.config.slow_interval
             return []
         final, self._final_due = self._final_due, False
+        if final:
+            self._final_at = now
         self.sent += 1
         send = self._encoded(final)
         if self.state is SessionState.ADMIN_DOWN:
