@@ -449,6 +449,9 @@ class Coordinator:
                                     help="1 while the liveness worker runs with real-time scheduling (SCHED_RR)"))
             out.append(MetricSample("vipcore_liveness_worker_rss_bytes", float(detector.worker_rss), labels=worker,
                                     kind="gauge", help="Resident memory of the liveness worker process"))
+            out.append(MetricSample("vipcore_liveness_worker_wakeups", float(getattr(detector, "worker_wakeups", 0)),
+                                    labels=worker,
+                                    help="Times the current liveness worker woke up (its CPU goes with this)"))
             out.append(MetricSample("vipcore_liveness_worker_wake_late_max_seconds", detector.wake_late_max,
                                     labels=worker, kind="gauge",
                                     help="Longest delay of a liveness worker wake-up past its timer"))

@@ -122,7 +122,7 @@ class Worker:
 
     def run(self) -> int:
         """Serve until the agent closes the channel (or says ``close``); the exit status."""
-        clock, sessions, retiring = self.clock, self.sessions, self.retiring
+        clock, retiring = self.clock, self.retiring
         control, control_fd = self.control, self.control.fileno()
         # Registered once: one epoll with the control socket only, one with the packet socket too;
         # each wake-up picks one (no per-call fd lists, no epoll_ctl per wake-up).
