@@ -31,6 +31,10 @@ torn down afterwards, also on Ctrl-C or an error. Sections:
    kernel has no netem) for ``--soak`` seconds (default 600): session expiries
    and VIP moves, all of them false since every node lives. For the backends
    with a fast path: native_vrrp (liveness on, its default) and keepalived (plain, BFD).
+6. **Nodes** (``--sections nodes --nodes 3,16``, not in the default set): N agents
+   sharing ``--nodes-groups`` dual-stack groups (default 64) as the placement spreads
+   them; per node: groups held, liveness sessions (Up, watched fast, sent fast, from
+   its metrics), CPU of its liveness worker and of the rest of its namespace (the agent).
 
 "keepalived (plain, BFD)" is plain keepalived with one ``bfd_instance`` per
 other node (keepalived's defaults: 10 ms x 5) and ``track_bfd`` in every
@@ -75,7 +79,7 @@ from vipcore.lab.agents import (  # noqa: E402
 )
 from vipcore.lab.monitor import AddressMonitor  # noqa: E402
 from vipcore.lab.probe import Probe  # noqa: E402
-from vipcore.lab.topology import Lab, require_root  # noqa: E402
+from vipcore.lab.topology import Lab, cpu_seconds, netns_pids, require_root  # noqa: E402
 
 PREFIX = "vcLb"
 #: native_vrrp without its node-level liveness (BFD) sessions: VRRP's timers alone detect failures.
@@ -387,6 +391,73 @@ def cpu_key(backend: str, advert: float | None, groups: int) -> str:
     return f"{backend}@{'default' if advert is None else f'{advert:g}'}#{groups}"
 
 
+# -- nodes: per-node cost at 3 and 16 nodes ----------------------------------------------------
+
+
+def node_names(count: int) -> tuple[str, ...]:
+    return tuple(f"node-{chr(ord('a') + i)}" for i in range(count))
+
+
+def worker_pids(lab: Lab, node: str) -> list[int]:
+    """The liveness worker processes in a node's namespace."""
+    found = []
+    for pid in netns_pids(lab.ns(node)):
+        try:
+            if b"liveness.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def liveness_sessions(lab: Lab, node: str) -> dict[str, Any]:
+    """A node's liveness sessions from its metrics: all, watched fast (we ask the peer for the fast rate),
+    sent fast (the peer asks us for it), Up; and each peer's liveness metrics (for the --json file)."""
+    text = lab.exec(node, ["curl", "-s", "--max-time", "5", "http://127.0.0.1:9641/metrics"], check=False).stdout
+    counts: dict[str, Any] = {"sessions": 0, "watched_fast": 0, "sent_fast": 0, "up": 0, "peers": {}}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("vipcore_liveness_"):
+            peer = re.search(r'peer="([^"]+)"', name)
+            if peer:
+                counts["peers"].setdefault(peer.group(1), {})[name.split("{")[0][len("vipcore_liveness_"):]] = value
+        if name.startswith("vipcore_liveness_required_min_rx_seconds{"):
+            counts["sessions"] += 1
+            counts["watched_fast"] += float(value) < 0.5
+        elif name.startswith("vipcore_liveness_transmit_interval_seconds{"):
+            counts["sent_fast"] += float(value) < 0.5
+        elif name.startswith("vipcore_liveness_session_up{"):
+            counts["up"] += float(value) == 1.0
+    return counts
+
+
+def run_nodes(backend: str, nodes: int, groups: int, window: float) -> dict[str, Any]:
+    """``nodes`` agents sharing ``groups`` dual-stack groups as the placement spreads them (every group has
+    every node; the scenario's phantom members never run); per node, what it holds, its liveness sessions
+    and the CPU of its liveness worker and of the rest of its namespace (the agent)."""
+    with lab_for(node_names(nodes)) as lab:
+        deployment = deployment_for(backend, metrics=True,
+                                    manifests=write_scenario_manifests(lab, lab.run_dir / "manifests", groups))
+        deployment.start_all(lab)
+        expected = deployment.expected_holders(lab.nodes)
+        if not wait_for_holders(lab, expected, timeout=60 + groups / 2 + 5 * nodes, quiet=1.0):
+            raise TrialFailed(f"{backend}: {len(expected)} VIPs not all held at {nodes} nodes")
+        time.sleep(6.0)  # past the start-up burst; liveness sessions Up and their rates settled
+        before = {n: (lab.cpu_seconds(n), sum(cpu_seconds(p) or 0.0 for p in worker_pids(lab, n))) for n in lab.nodes}
+        t0 = time.monotonic()
+        time.sleep(window)
+        elapsed = time.monotonic() - t0
+        rows: dict[str, Any] = {}
+        for n in lab.nodes:
+            total = lab.cpu_seconds(n) - before[n][0]
+            worker = sum(cpu_seconds(p) or 0.0 for p in worker_pids(lab, n)) - before[n][1]
+            rows[n] = {"holds": sum(1 for v, h in expected.items() if h == n and v.version == 4),
+                       **liveness_sessions(lab, n), "worker_cpu": worker / elapsed * 60,
+                       "agent_cpu": (total - worker) / elapsed * 60}
+        held = wait_for_holders(lab, expected, timeout=0.1)
+        return {"nodes": nodes, "groups": groups, "window": elapsed, "held": held, "per_node": rows}
+
+
 # -- soak: false failovers under packet loss -----------------------------------------------
 
 
@@ -517,6 +588,20 @@ def report(data: dict[str, Any], trials: int) -> str:
                    "session expiry and VIP move is false\n"
                    + table(["backend", "duration", "loss", "packets dropped", "session expiries", "VIP moves",
                             "VIPs where placed"], rows))
+    for count, run in data.get("nodes", {}).items():
+        rows = []
+        for node, row in run["per_node"].items():
+            rows.append([node, str(row["holds"]), f"{row['up']} / {row['sessions']}", str(row["watched_fast"]),
+                         str(row["sent_fast"]), f"{row['worker_cpu']:.2f}", f"{row['agent_cpu']:.2f}"])
+        workers = [r["worker_cpu"] for r in run["per_node"].values()]
+        agents = [r["agent_cpu"] for r in run["per_node"].values()]
+        rows.append(["median", "", "", "", "", f"{statistics.median(workers):.2f}", f"{statistics.median(agents):.2f}"])
+        out.append(f"Per node, native_vrrp as shipped: {count} nodes, {run['groups']} dual-stack groups spread by the "
+                   f"placement, {run['window']:.0f} s window{'' if run['held'] else ' (VIPs NOT where placed)'}; "
+                   "sessions Up / kept, watched fast = peers asked for the fast rate (masters of groups the node "
+                   "backs up), sent fast = peers that ask it for the fast rate; CPU s / min\n"
+                   + table(["node", "groups held", "sessions up", "watched fast", "sent fast", "worker CPU",
+                            "agent CPU"], rows))
     return "\n\n".join(out)
 
 
@@ -551,7 +636,11 @@ def main() -> int:
     parser.add_argument("--backends", help="comma-separated subset of "
                         + ", ".join([*VRRP_BACKENDS, "netlink_static"]))
     parser.add_argument("--sections", default="failover,many,stability,cpu,soak",
-                        help="failover,many,stability,cpu,soak")
+                        help="failover,many,stability,cpu,soak,nodes (nodes: not run by default)")
+    parser.add_argument("--nodes", default="3,16",
+                        help="node counts of the nodes section (default 3,16)")
+    parser.add_argument("--nodes-groups", type=int, default=64,
+                        help="dual-stack groups of the nodes section (default 64)")
     parser.add_argument("--cpu-groups", default="64,255",
                         help="group counts of the CPU section (default 64,255; 64 runs the 0.1 s comparison)")
     parser.add_argument("--soak", type=float, default=600.0,
@@ -580,7 +669,8 @@ def main() -> int:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, interrupt)
 
-    data: dict[str, Any] = {"failover": {}, "many": {}, "stability": {}, "cpu": {}, "soak": {}, "notes": [],
+    data: dict[str, Any] = {"failover": {}, "many": {}, "stability": {}, "cpu": {}, "soak": {}, "nodes": {},
+                            "notes": [],
                             "trials": trials, "many_advert": args.many_advert}
     try:
         require_root()
@@ -644,6 +734,14 @@ def main() -> int:
                     log(f"    {data['soak'][backend]}")
                 except (TrialFailed, VipcoreError, subprocess.CalledProcessError) as exc:
                     data["notes"].append(f"soak {LABELS[backend]}: {exc}")
+        if "nodes" in sections and "native_vrrp" in backends:
+            for count in (int(n) for n in args.nodes.split(",") if n):
+                step(f"nodes native_vrrp: {count} nodes, {args.nodes_groups} groups, {cpu_window:.0f} s")
+                try:
+                    data["nodes"][str(count)] = run_nodes("native_vrrp", count, args.nodes_groups, cpu_window)
+                    log(f"    {data['nodes'][str(count)]}")
+                except (TrialFailed, VipcoreError) as exc:
+                    data["notes"].append(f"nodes ({count}): {exc}")
     except KeyboardInterrupt:
         Lab(prefix=PREFIX).down()
         log("interrupted; lab torn down; what was measured so far:")

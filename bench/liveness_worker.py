@@ -1,18 +1,26 @@
 """What the liveness worker process costs: start time, memory, CPU at rest and with sessions.
 
-Run: sudo .venv/bin/python bench/liveness_worker.py [--runs N] [--sessions 0,8,64] [--seconds S]
+Run: sudo .venv/bin/python bench/liveness_worker.py [--runs N] [--sessions 0,2,8] [--seconds S]
 Root, for a network namespace of its own (anonymous: it goes when the bench exits):
-the worker's sockets are plain UDP sockets there, its peers 127.0.0.x addresses on that
-namespace's loopback where nothing listens on port 3784. No packet reaches any other
-interface.
+the workers' sockets are plain UDP sockets on that namespace's loopback (127.0.0.x).
+No packet reaches any other interface.
 
 Prints median and p95 over ``--runs`` workers of:
 
 - ``start``: spawn to the worker's ``ready`` frame (``python -m``, imports, socket setup);
 - ``rss``: resident memory after start, MiB;
-- ``cpu``: CPU seconds per minute of the worker process (user + system) with N sessions
-  sending at the fast rate (the sessions never come Up, so the bench uses a slow interval
-  equal to the fast one to make them send as often as Up sessions do).
+- CPU seconds per minute of the measured worker process (its time on a CPU, /proc/PID/schedstat),
+  with N sessions:
+  - ``never-up``: peers on addresses where nothing listens (the sessions never come Up; the
+    bench uses a slow interval equal to the fast one so they send as often as Up sessions);
+  - ``symmetric``: Up, N peer workers, every session fast both ways (the rule before
+    asymmetric rates: a master watched its backups as closely as they watched it);
+  - ``master``: Up, the measured worker asks its N peers for the relaxed rate (1 s) and they
+    ask it for the fast one: the node holding every group, its backups watching it
+    (N = 2: the master of a 3-node cluster);
+  - ``backup``: Up, the reverse, N masters sending fast to a node that sends to them slowly.
+  Each with the worker's wake-ups per second. ``-`` where the code under test has no
+  asymmetric rates (run against an older tree with PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -33,14 +41,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vipcore.ops.tables import render_table  # noqa: E402
 from vipcore_native_vrrp.liveness.detector import Detector  # noqa: E402
+from vipcore_native_vrrp.liveness.packet import PORT, TTL, SessionState  # noqa: E402
 from vipcore_native_vrrp.liveness.session import SessionConfig  # noqa: E402
+
+_IP_RECVTTL = 12
+MODES = ("never-up", "symmetric", "master", "backup")
 
 
 class LoopbackDetector(Detector):
+    """A detector on the namespace's loopback: receives on ``local``:3784, sends from ``local`` with TTL 255."""
+
     def _open(self) -> tuple[socket.socket, socket.socket]:
         recv, send = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        recv.bind(("127.0.0.1", 0))
-        send.bind(("127.0.0.1", 0))
+        recv.setsockopt(socket.IPPROTO_IP, _IP_RECVTTL, 1)
+        send.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, TTL)
+        recv.bind((str(self.local), PORT))
+        send.bind((str(self.local), 0))
         return recv, send
 
 
@@ -50,29 +66,71 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def one(sessions: int, seconds: float) -> tuple[float, float, float]:
-    loop = asyncio.get_running_loop()
-    config = SessionConfig(desired_min_tx=0.01, required_min_rx=0.01, detect_mult=4, slow_interval=0.01)
-    detector = LoopbackDetector("lo", ipaddress.ip_address("127.0.0.1"), config, loop=loop,
-                                on_change=lambda *args: None, realtime=False)
-    detector.start()
+    """CPU time of the process so far, in nanoseconds' resolution (/proc/PID/schedstat: time on a CPU);
+    utime + stime from /proc/PID/stat move in 10 ms ticks, 0.12 CPU-s/min over 5 s."""
     try:
-        while detector.start_seconds is None:
-            await asyncio.sleep(0.001)
-        start, rss = detector.start_seconds, detector.worker_rss
-        pid = detector.pid
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def address(index: int) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(f"127.0.0.{10 + index}")
+
+
+async def started(detector: Detector) -> None:
+    detector.start()
+    while detector.start_seconds is None:
+        await asyncio.sleep(0.001)
+
+
+async def one(sessions: int, seconds: float, mode: str) -> tuple[float, float, float, float] | None:
+    """(start s, RSS MiB, CPU s/min, wake-ups/s) of one measured worker; None if the mode is not supported."""
+    loop = asyncio.get_running_loop()
+    never_up = mode == "never-up"
+    config = SessionConfig(desired_min_tx=0.01, required_min_rx=0.01, detect_mult=5,
+                           slow_interval=0.01 if never_up else 1.0)
+    local = ipaddress.IPv4Address("127.0.0.1")
+    measured = LoopbackDetector("lo", local, config, loop=loop, on_change=lambda *args: None, realtime=False,
+                                stats_interval=0.5)
+    peers = [] if never_up else [LoopbackDetector("lo", address(i), config, loop=loop,
+                                                  on_change=lambda *args: None, realtime=False, stats_interval=0.5)
+                                 for i in range(sessions)]
+    try:
+        await started(measured)
+        for peer in peers:
+            await started(peer)
+        start, rss = measured.start_seconds or 0.0, measured.worker_rss
+        pid = measured.pid
         assert pid is not None
-        detector.set_peers([ipaddress.ip_address(f"127.0.0.{10 + i}") for i in range(sessions)])
-        before = cpu_seconds(pid)
+        everyone = [address(i) for i in range(sessions)]
+        try:
+            measured.set_peers(everyone, relaxed=everyone if mode == "master" else [])
+            for peer in peers:
+                peer.set_peers([local], relaxed=[local] if mode == "backup" else [])
+        except TypeError:  # a tree without asymmetric rates
+            if mode in ("master", "backup"):
+                return None
+            measured.set_peers(everyone)
+            for peer in peers:
+                peer.set_peers([local])
+        if peers:
+            deadline = time.monotonic() + 10
+            while not all(s.state is SessionState.UP for s in measured.snapshot().values()):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{mode}: sessions never came Up: {measured.snapshot()}")
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(1.5)  # past the slow packets scheduled before the rates settled
+        wakeups = getattr(measured, "worker_wakeups", 0)
+        before, at = cpu_seconds(pid), time.monotonic()
         await asyncio.sleep(seconds)
-        cpu = (cpu_seconds(pid) - before) / seconds * 60
+        cpu = (cpu_seconds(pid) - before) / (time.monotonic() - at) * 60
+        rate = (getattr(measured, "worker_wakeups", 0) - wakeups) / (time.monotonic() - at)
     finally:
-        detector.close(graceful=False)
-    return start, rss / 2**20, cpu
+        for detector in (measured, *peers):
+            detector.close(graceful=False)
+    return start, rss / 2**20, cpu, rate
 
 
 def own_namespace() -> None:
@@ -84,21 +142,42 @@ def own_namespace() -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
 
+def cell(values: list[float], digits: int = 2) -> str:
+    return f"{statistics.median(values):.{digits}f} / {percentile(values, 0.95):.{digits}f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--sessions", default="0,8,64")
+    parser.add_argument("--sessions", default="0,2,8")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--modes", default=",".join(MODES), help=f"a subset of: {', '.join(MODES)}")
     args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise SystemExit(f"--modes: unknown {sorted(unknown)}; known: {', '.join(MODES)}")
     own_namespace()
     rows = []
     for count in (int(s) for s in args.sessions.split(",")):
-        results = [asyncio.run(one(count, args.seconds)) for _ in range(args.runs)]
-        starts, rsss, cpus = ([r[i] for r in results] for i in range(3))
-        rows.append([str(count), f"{statistics.median(starts) * 1000:.0f} / {percentile(starts, 0.95) * 1000:.0f}",
-                     f"{statistics.median(rsss):.1f} / {percentile(rsss, 0.95):.1f}",
-                     f"{statistics.median(cpus):.2f} / {percentile(cpus, 0.95):.2f}"])
-    print(render_table(["sessions", "start ms (median / p95)", "RSS MiB", "CPU s/min"], rows))
+        starts: list[float] = []
+        rsss: list[float] = []
+        cells = []
+        for mode in modes:
+            if count == 0 and mode != "never-up":
+                cells.append("-")
+                continue
+            results = [asyncio.run(one(count, args.seconds, mode)) for _ in range(args.runs)]
+            done = [r for r in results if r is not None]
+            if not done:
+                cells.append("-")
+                continue
+            starts += [r[0] for r in done]
+            rsss += [r[1] for r in done]
+            cells.append(f"{cell([r[2] for r in done])} ({statistics.median(r[3] for r in done):.0f}/s)")
+        rows.append([str(count), cell([s * 1000 for s in starts], 0), cell(rsss, 1), *cells])
+    print(render_table(["sessions", "start ms", "RSS MiB", *(f"CPU s/min {m} (wake-ups)" for m in modes)], rows))
+    print("cells: median / p95 over the runs; wake-ups: median per second")
 
 
 if __name__ == "__main__":

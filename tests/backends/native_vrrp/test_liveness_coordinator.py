@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers.memberships import NODE_A_INTERFACES, group, member
 from vipcore.core.model import Family, IPAddress, Membership, PeerNode, State
-from vipcore_native_vrrp.liveness.coordinator import Coordinator, LivenessSettings
+from vipcore_native_vrrp.liveness.coordinator import MASTERS_CHECK, Coordinator, LivenessSettings
 from vipcore_native_vrrp.liveness.detector import SessionView
 from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
 from vipcore_native_vrrp.protocol.router_config import MAX_RANK_STEPS
@@ -26,12 +26,14 @@ class RecordingDetector:
     def __init__(self, interface: str, local: IPAddress, config: object, **kwargs: Any) -> None:
         self.interface = interface
         self.peers: set[IPAddress] = set()
+        self.relaxed: set[IPAddress] = set()
 
     def start(self) -> None:
         pass
 
-    def set_peers(self, peers: Iterable[IPAddress]) -> None:
+    def set_peers(self, peers: Iterable[IPAddress], relaxed: Iterable[IPAddress] = ()) -> None:
         self.peers = set(peers)
+        self.relaxed = set(relaxed)
 
     def close(self, *, graceful: bool) -> None:
         pass
@@ -119,7 +121,8 @@ class SnapshotDetector(RecordingDetector):
     def snapshot(self) -> dict[IPAddress, SessionView]:
         return {peer: SessionView(state=SessionState.UP if peer == A("198.51.100.12") else SessionState.ADMIN_DOWN,
                                   flaps=2 if peer == A("198.51.100.13") else 0, detection_time=0.05,
-                                  longest_silence=0.0123) for peer in self.peers}
+                                  longest_silence=0.0123, required_min_rx=1.0, tx_interval=0.01)
+                for peer in self.peers}
 
 
 def test_the_status_table_shows_each_session_by_interface_and_peer() -> None:
@@ -132,11 +135,11 @@ def test_the_status_table_shows_each_session_by_interface_and_peer() -> None:
     table = c.status_table()
     assert table.title == "liveness"
     assert table.columns == ("INTERFACE", "PEER", "NODE", "SESSION", "DETECT MS", "FLAPS", "LONGEST SILENCE MS",
-                             "REALTIME WORKER")
+                             "ASKED RX MS", "TX MS", "REALTIME WORKER")
     assert table.rows == (
-        ("eth0", "198.51.100.12", "node-b", "up", 50.0, 0, 12.3, "yes"),
-        ("eth0", "198.51.100.13", "node-c", "admindown", 50.0, 2, 12.3, "yes"),
-        ("eth1", None, None, "no peer needed", None, None, None, "no"),
+        ("eth0", "198.51.100.12", "node-b", "up", 50.0, 0, 12.3, 1000.0, 10.0, "yes"),
+        ("eth0", "198.51.100.13", "node-c", "admindown", 50.0, 2, 12.3, 1000.0, 10.0, "yes"),
+        ("eth1", None, None, "no peer needed", None, None, None, None, None, "no"),
     )
     from vipcore.backend.host import status_problem
 
@@ -236,9 +239,8 @@ def test_members_ranked_before_the_dead_master_or_never_heard_do_not_delay_the_t
         c.ensure(NODE_A_INTERFACES["eth0"])
         detector = c.detectors["eth0"]
         assert isinstance(detector, RecordingDetector)
-        # A backup watches its master and the members between it and itself (to know who survives).
-        between = {"node-a": {"node-c", "phantom-2", "node-b"}, "node-b": {"node-c", "phantom-2"}}[me]
-        assert {c._node_by_address(a) for a in detector.peers} == between
+        # A backup keeps a session with every member: it knows who of them survives.
+        assert {c._node_by_address(a) for a in detector.peers} == set(order) - {me}
         _up(c, *({"node-c", "node-b", "node-a"} - {me}))  # phantom-2's session never comes up
         c._changed(master, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
         delays[me] = driver.lost[0][0]
@@ -246,15 +248,16 @@ def test_members_ranked_before_the_dead_master_or_never_heard_do_not_delay_the_t
 
 
 def test_a_member_between_the_master_and_us_we_cannot_see_counts_as_alive() -> None:
-    """Members we keep no session with (more than MAX_RANK_STEPS between the master and us): assumed
-    alive, so a deep-ranked backup waits the longest delay rather than racing a better survivor."""
+    """Members we keep no session with (keepalived peers): assumed alive, at most MAX_RANK_STEPS of them,
+    so a deep-ranked backup waits the longest delay rather than racing a better survivor."""
     order = ["node-c", "phantom-0", "phantom-1", "phantom-2", "phantom-3", "node-b", "node-a"]
     driver = FakeDriver(FakeRouter(State.BACKUP, master=A("198.51.100.13")))
-    c = coordinator([(_ranked("node-a", order), {Family.IPV4: driver})])
+    c = coordinator([(_ranked("node-a", order), {Family.IPV4: driver})],
+                    keepalived_peers=[f"phantom-{i}" for i in range(4)])
     c.ensure(NODE_A_INTERFACES["eth0"])
     detector = c.detectors["eth0"]
     assert isinstance(detector, RecordingDetector)
-    assert {c._node_by_address(a) for a in detector.peers} == {"node-c"}  # too deep: the master alone
+    assert {c._node_by_address(a) for a in detector.peers} == {"node-c", "node-b"}  # no keepalived sessions
     _up(c, "node-c")
     c._changed(A("198.51.100.13"), SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
     assert driver.lost[0][0] == MAX_RANK_STEPS * c.settings.rank_step
@@ -270,3 +273,155 @@ def test_a_live_member_ranked_before_the_master_still_counts() -> None:
     _up(c, "node-b", "node-c")
     c._changed(A("198.51.100.13"), SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
     assert driver.lost[0][0] == c.settings.rank_step
+
+
+# -- asymmetric rates: fast only from the peers this node must see fail fast (issue 14) ------------
+
+B, C = A("198.51.100.12"), A("198.51.100.13")
+ADDRESS = {"node-b": B, "node-c": C}
+
+
+def groups_held_by(holder: str, count: int = 1) -> list[Membership]:
+    """Memberships of node-a in groups (of node-a, node-b, node-c) whose first-ranked member is ``holder``."""
+    found = []
+    for vrid in range(1, 255):
+        web = group(["node-a", "node-b", "node-c"], "eth0", vrid, v4=[f"198.51.100.{vrid}"])
+        membership = member(attrs.evolve(web, name=f"{web.name}-{vrid}"), "node-a")  # the name decides the ranking
+        if membership.members[0].name == holder:
+            found.append(membership)
+            if len(found) == count:
+                return found
+    raise AssertionError(f"no group held by {holder}")
+
+
+def peers_of(entries: list[tuple[Membership, Mapping[Family, FakeDriver]]]) -> RecordingDetector:
+    c = coordinator(entries)
+    c.ensure(NODE_A_INTERFACES["eth0"])
+    detector = c.detectors["eth0"]
+    assert isinstance(detector, RecordingDetector)
+    return detector
+
+
+def test_a_master_asks_its_backups_for_the_slow_rate() -> None:
+    """The node holding every group sends fast to its backups (they watch it) and hears them slowly."""
+    entries = [(m, {Family.IPV4: FakeDriver(FakeRouter(State.MASTER))}) for m in groups_held_by("node-a", 3)]
+    detector = peers_of(entries)
+    assert detector.peers == {B, C} and detector.relaxed == {B, C}
+
+
+def test_a_backup_asks_the_master_for_the_fast_rate_and_keeps_the_other_backups_slow() -> None:
+    [held_by_b] = groups_held_by("node-b")
+    detector = peers_of([(held_by_b, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP, master=B))})])
+    # node-c is a backup too: its session stays Up, slowly, so that it is sped up by a Poll (not a new
+    # handshake at one packet a second) if it becomes this group's master.
+    assert detector.peers == {B, C} and detector.relaxed == {C}
+
+
+def test_fast_wins_when_a_peer_is_a_backup_of_one_group_and_the_master_of_another() -> None:
+    [held_by_a], [held_by_b] = groups_held_by("node-a"), groups_held_by("node-b")
+    detector = peers_of([(held_by_a, {Family.IPV4: FakeDriver(FakeRouter(State.MASTER))}),
+                         (held_by_b, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP, master=B))})])
+    assert detector.peers == {B, C} and detector.relaxed == {C}
+
+
+def test_a_new_master_is_asked_for_the_fast_rate_and_the_old_one_slowed() -> None:
+    [held_by_b] = groups_held_by("node-b")
+    router = FakeRouter(State.BACKUP, master=B)
+    c = coordinator([(held_by_b, {Family.IPV4: FakeDriver(router)})])
+    c.ensure(NODE_A_INTERFACES["eth0"])
+    detector = c.detectors["eth0"]
+    assert isinstance(detector, RecordingDetector) and detector.relaxed == {C}
+    router.master = C  # node-b failed over to node-c (its adverts now come from node-c)
+    c.refresh()
+    assert detector.peers == {B, C} and detector.relaxed == {B}
+
+
+def test_a_backup_that_does_not_know_its_master_watches_every_member() -> None:
+    [held_by_b] = groups_held_by("node-b")
+    detector = peers_of([(held_by_b, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP))})])
+    assert detector.peers == {B, C} and detector.relaxed == set()
+
+
+def test_a_master_that_changes_without_a_transition_here_is_followed() -> None:
+    """A failover or a preemption elsewhere changes a backup's master while the backup stays Backup (no
+    transition of its own, so no refresh from one): the new master is still asked for the fast rate."""
+    [held_by_b] = groups_held_by("node-b")
+    router = FakeRouter(State.BACKUP, master=B)
+    loop = asyncio.new_event_loop()
+    try:
+        c = Coordinator(LivenessSettings(), loop, lambda: [(held_by_b, {Family.IPV4: FakeDriver(router)})],
+                        RecordingDetector)  # type: ignore[arg-type]
+        c.ensure(NODE_A_INTERFACES["eth0"])
+        detector = c.detectors["eth0"]
+        assert isinstance(detector, RecordingDetector) and detector.relaxed == {C}
+        router.master = C
+        loop.run_until_complete(asyncio.sleep(2.5 * MASTERS_CHECK))
+        assert detector.relaxed == {B}
+        c.close(graceful=False)
+        assert c._masters_timer is None
+    finally:
+        loop.close()
+
+
+# -- watchers: only the first backups of a group watch its master fast (issue 14, 16 nodes) --------
+
+from tests.helpers.memberships import NODES  # noqa: E402
+from vipcore.core.errors import ConfigError  # noqa: E402
+from vipcore.core.model import Node  # noqa: E402
+
+D = A("198.51.100.14")
+FOUR = (*NODES, Node("node-d", (D, A("2001:db8:100::14"), A("203.0.113.14"), A("2001:db8:200::14"))))
+
+
+class UpDetector(RecordingDetector):
+    """Says which sessions are Up (all of them unless told otherwise)."""
+
+    down: set[IPAddress] = set()
+
+    def state(self, peer: IPAddress) -> SessionState:
+        return SessionState.DOWN if peer in self.down else SessionState.UP
+
+
+def four_node_group(position: int) -> Membership:
+    """node-a's membership in a group of four nodes where it is ranked ``position`` (0 = the master)."""
+    for vrid in range(1, 255):
+        web = group(["node-a", "node-b", "node-c", "node-d"], "eth0", vrid, v4=[f"198.51.100.{vrid}"])
+        membership = member(attrs.evolve(web, name=f"{web.name}-{vrid}"), "node-a", FOUR)
+        if [m.name for m in membership.members].index("node-a") == position:
+            return membership
+    raise AssertionError(f"no group with node-a at {position}")
+
+
+def watched(position: int, down: set[IPAddress] = frozenset(), watchers: int = 2) -> tuple[IPAddress, bool]:
+    membership = four_node_group(position)
+    master = membership.members[0]
+    address = next(a for a in master.addresses if a.version == 4)
+    UpDetector.down = set(down)
+    c = Coordinator(LivenessSettings(watchers=watchers), asyncio.new_event_loop(),
+                    lambda: [(membership, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP, master=address))})],
+                    UpDetector)  # type: ignore[arg-type]
+    c.ensure(NODE_A_INTERFACES["eth0"])
+    detector = c.detectors["eth0"]
+    assert isinstance(detector, UpDetector) and detector.peers == {B, C, D}
+    return address, address not in detector.relaxed
+
+
+def test_the_first_two_backups_watch_the_master_fast_the_others_slowly() -> None:
+    assert watched(1)[1] and watched(2)[1]
+    assert not watched(3)[1]  # two backups would take over before node-a: it hears the master once a second
+    assert watched(3, watchers=3)[1]
+
+
+def test_a_backup_ahead_without_a_session_up_does_not_count() -> None:
+    """A member that is down (or never ran) would not take over: the next ones watch in its place."""
+    membership = four_node_group(3)
+    second = next(a for a in membership.members[1].addresses if a.version == 4)
+    assert watched(3, down={second})[1]
+
+
+def test_watchers_is_a_setting() -> None:
+    assert LivenessSettings().watchers == 2
+    assert LivenessSettings.from_mapping({"watchers": 1}).watchers == 1
+    for bad in (0, 256, True, "2"):
+        with pytest.raises(ConfigError, match="liveness.watchers"):
+            LivenessSettings.from_mapping({"watchers": bad})

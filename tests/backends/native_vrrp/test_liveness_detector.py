@@ -8,6 +8,7 @@ saturated cores must not expire them; a peer that really stops must.
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import os
 import signal
@@ -159,5 +160,85 @@ def test_a_killed_worker_is_no_lost_peer_for_either_side_and_comes_back(lab: Lab
         finally:
             a.close(graceful=False)
             b.close(graceful=False)
+
+    asyncio.run(scenario())
+
+
+# -- asymmetric rates on the wire (issue 14) ------------------------------------------------------
+
+
+def _packets(lab: Lab, node: str) -> tuple[int, int]:
+    """(sent, received) packets of ``node``'s eth0 so far, as the kernel counted them on the link."""
+    stats = json.loads(lab.exec(node, ["ip", "-s", "-j", "link", "show", "eth0"]).stdout)[0]["stats64"]
+    return int(stats["tx"]["packets"]), int(stats["rx"]["packets"])
+
+
+async def _rates(lab: Lab, nodes: tuple[str, ...], seconds: float) -> dict[str, tuple[float, float]]:
+    before = {node: _packets(lab, node) for node in nodes}
+    await asyncio.sleep(seconds)
+    after = {node: _packets(lab, node) for node in nodes}
+    return {node: ((after[node][0] - before[node][0]) / seconds, (after[node][1] - before[node][1]) / seconds)
+            for node in nodes}
+
+
+@pytest.fixture
+def lab3() -> Iterator[Lab]:
+    with Lab(prefix="vcWl", nodes=("a", "b", "c")) as the_lab:
+        yield the_lab
+
+
+def test_the_master_sends_fast_hears_slowly_and_a_new_master_is_sped_up_by_a_poll(lab3: Lab) -> None:
+    """a holds every group: b and c watch it (fast from a), a need not watch them (slow to a), nor b and c
+    each other. Then b becomes the master of a group c backs up: c asks b for the fast rate, no flap."""
+    lab = lab3
+    changes: list[Change] = []
+    address = {node: lab.address(node) for node in ("a", "b", "c")}
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+
+        def make(node: str) -> Detector:
+            def record(peer: object, old: SessionState, new: SessionState, diag: Diagnostic) -> None:
+                changes.append((time.monotonic(), node, old, new, diag))
+            return in_netns(lab.ns(node), lambda: Detector("eth0", address[node], CONFIG, loop=loop,
+                                                            on_change=record, stats_interval=0.02))
+
+        detectors = {node: make(node) for node in ("a", "b", "c")}
+        a, b, c = detectors["a"], detectors["b"], detectors["c"]
+        for detector in detectors.values():
+            detector.start()
+        a.set_peers([address["b"], address["c"]], relaxed=[address["b"], address["c"]])
+        b.set_peers([address["a"], address["c"]], relaxed=[address["c"]])
+        c.set_peers([address["a"], address["b"]], relaxed=[address["b"]])
+        try:
+            deadline = time.monotonic() + 8
+            while not all(d.snapshot() and all(s.state is SessionState.UP for s in d.snapshot().values())
+                          for d in detectors.values()):
+                assert time.monotonic() < deadline, changes
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(1.2)  # the last fast packets before a peer's slow schedule
+            rates = await _rates(lab, ("a", "b", "c"), 2.0)
+            print("packets/s (sent, received):", rates)  # -s
+            # a: 100/s to each backup (every 7.5-10 ms), 1/s from each; b, c: 100/s from a, 1/s to each peer.
+            assert 150 <= rates["a"][0] <= 290 and rates["a"][1] <= 8, rates
+            for node in ("b", "c"):
+                assert rates[node][0] <= 8 and 75 <= rates[node][1] <= 150, rates
+            assert c.snapshot()[address["b"]].detection_time == pytest.approx(4 * CONFIG.relaxed_min_rx)
+            assert c.snapshot()[address["a"]].detection_time == pytest.approx(0.04)
+            # b becomes the master of a group c backs up: c asks it for the fast rate (a Poll, at once).
+            asked = time.monotonic()
+            c.set_peers([address["a"], address["b"]])
+            while c.snapshot()[address["b"]].detection_time != pytest.approx(0.04):
+                assert time.monotonic() < asked + 0.5, c.snapshot()
+                await asyncio.sleep(0.005)
+            print(f"c watches b closely after {(time.monotonic() - asked) * 1000:.0f} ms")  # -s
+            await asyncio.sleep(0.1)
+            rates = await _rates(lab, ("a", "b", "c"), 2.0)
+            print("packets/s after:", rates)  # -s
+            assert 75 <= rates["b"][0] <= 150 and rates["c"][1] >= 150, rates  # c hears a and b fast now
+            assert [ch for ch in changes if ch[2] is SessionState.UP] == []  # no session ever left Up
+        finally:
+            for detector in detectors.values():
+                detector.close(graceful=False)
 
     asyncio.run(scenario())

@@ -281,3 +281,103 @@ def test_the_periodic_packet_is_encoded_once_per_change() -> None:
     assert periodic(wire.a) == first and not decode(periodic(wire.a)).final
     sent = [a.data for a in wire.a.admin_down(31.0) if isinstance(a, Send)]
     assert [decode(s).state for s in sent] == [SessionState.ADMIN_DOWN]
+
+
+# -- asymmetric rates: ask a peer we need not watch closely to send slowly (issue 14) --------------
+
+SLOW_RX = 1.0
+
+
+def sent_in(wire: Wire, seconds: float) -> tuple[int, int]:
+    """Packets a and b send during the next ``seconds``."""
+    a, b = wire.a.sent, wire.b.sent
+    wire.run(seconds)
+    return wire.a.sent - a, wire.b.sent - b
+
+
+def test_a_peer_asked_for_the_slow_rate_sends_slowly_and_both_sides_stay_up() -> None:
+    wire = up_pair()
+    flaps = wire.a.flaps + wire.b.flaps
+    wire._deliver("a", wire.a.set_required_min_rx(SLOW_RX, wire.now))  # a need not watch b closely
+    wire.run(1.0)  # one more of b's fast packets, then the slow schedule
+    from_a, from_b = sent_in(wire, 10.0)
+    assert 1000 <= from_a <= 1340  # a still sends every 7.5-10 ms: b watches a closely
+    assert 10 <= from_b <= 14  # b sends every 0.75-1 s
+    assert wire.a.state is SessionState.UP and wire.b.state is SessionState.UP
+    assert wire.a.flaps + wire.b.flaps == flaps
+    assert wire.a.detection_time == pytest.approx(4 * SLOW_RX) and wire.b.detection_time == pytest.approx(0.04)
+    assert not wire.a.polling  # b answered the Poll with a Final
+
+
+def test_asking_for_the_fast_rate_again_polls_at_once_and_detects_fast_after_the_final() -> None:
+    wire = up_pair()
+    wire._deliver("a", wire.a.set_required_min_rx(SLOW_RX, wire.now))
+    wire.run(3.0)
+    actions = wire.a.set_required_min_rx(FAST.required_min_rx, wire.now)
+    sent = [decode(a.data) for a in actions if isinstance(a, Send)]
+    # Out of the periodic schedule (a's next packet was up to 10 ms away anyway, b's up to 1 s).
+    assert [(p.poll, p.required_min_rx) for p in sent] == [(True, 10_000)]
+    assert wire.a.detection_time == pytest.approx(4 * SLOW_RX)  # b still sends slowly until it has heard
+    wire._deliver("a", actions)  # b answers the Poll with a Final at once, and sends fast from then on
+    assert not wire.a.polling and wire.a.detection_time == pytest.approx(0.04)
+    from_a, from_b = sent_in(wire, 1.0)
+    assert from_b >= 100
+    wire.cut.add("b")
+    cut_at = wire.now
+    wire.run(0.1)
+    down = [(t, c) for t, c in wire.changes["a"] if c.new is SessionState.DOWN]
+    assert [c.diagnostic for _, c in down] == [Diagnostic.CONTROL_DETECTION_EXPIRED]
+    assert down[0][0] - cut_at <= 0.04 + 0.0105
+
+
+def test_a_lower_rx_counts_for_detection_only_once_the_peer_has_it() -> None:
+    """RFC 5880 6.8.3: until the Final, the peer may still send at the old, slow rate."""
+    wire = up_pair()
+    wire._deliver("a", wire.a.set_required_min_rx(SLOW_RX, wire.now))
+    wire.run(2.0)
+    heard = wire.now
+    poll = wire.a.set_required_min_rx(FAST.required_min_rx, wire.now)  # lost for now: b keeps its slow rate
+    assert wire.a.polling and wire.a.detection_time == pytest.approx(4 * SLOW_RX)
+    # Half a second later b has still sent nothing (its next packet is up to 1 s away): no expiry.
+    assert not [a for a in wire.a.handle_timer(heard + 0.5) if isinstance(a, StateChanged)]
+    assert wire.a.state is SessionState.UP
+    wire._deliver("a", poll)  # b gets the Poll after all and answers it with a Final
+    assert not wire.a.polling and wire.a.detection_time == pytest.approx(0.04)
+
+
+def test_raising_rx_lengthens_the_running_detection_from_the_last_packet_heard() -> None:
+    """b's next packet may already come at the slow rate; if the one fast packet before it is lost, a
+    must not judge b by the fast detection time."""
+    wire = up_pair()
+    wire._deliver("a", wire.a.set_required_min_rx(SLOW_RX, wire.now))
+    wire.cut.add("b")  # everything b sends from now on is lost
+    cut_at = wire.now
+    wire.run(3.5)
+    assert wire.a.state is SessionState.UP
+    wire.run(1.0)
+    down = [(t, c) for t, c in wire.changes["a"] if c.new is SessionState.DOWN]
+    assert len(down) == 1 and down[0][0] - cut_at <= 4 * SLOW_RX + 0.01
+
+
+def test_a_peer_that_lowers_its_rx_without_a_poll_is_sent_to_within_the_new_interval() -> None:
+    wire = up_pair()
+    wire._deliver("a", wire.a.set_required_min_rx(SLOW_RX, wire.now))
+    wire.run(2.0)
+    assert wire.b.tx_interval == pytest.approx(SLOW_RX)
+    fast = attrs.evolve(decode(periodic(wire.a)), required_min_rx=10_000, poll=False, final=False)
+    wire.b.receive(encode(fast), 255, wire.now)
+    timer = wire.b.next_timer()
+    assert timer is not None and timer <= wire.now + 0.01 + 1e-9
+
+
+def test_a_batch_of_repeated_polls_read_at_once_gets_one_final() -> None:
+    """A worker that reads several of a peer's repeated Polls in one wake-up answers them with one Final
+    (it answers the Poll Sequence); a Poll that arrives after that Final gets its own."""
+    wire = up_pair()
+    poll = encode(attrs.evolve(decode(periodic(wire.b)), poll=True))
+    finals = []
+    for arrived in (20.000, 20.010, 20.020):  # queued while the reader slept; read at 20.025
+        finals += [decode(a.data).final for a in wire.a.receive(poll, 255, 20.025, arrived) if isinstance(a, Send)]
+    assert finals == [True]
+    later = [decode(a.data).final for a in wire.a.receive(poll, 255, 20.040, 20.030) if isinstance(a, Send)]
+    assert later == [True]

@@ -351,7 +351,7 @@ def test_a_change_frame_says_when_the_peer_was_last_heard_and_the_detector_measu
     peer, other = ipaddress.ip_address("127.0.0.2"), ipaddress.ip_address("127.0.0.3")
     try:
         w = worker_module.Worker(CONFIG, LOCAL, control, recv, send)
-        w._heard[peer] = (12.5, True)
+        w._heard[str(peer)] = (12.5, True)
         expired = SessionChanged(SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
         w._carry_out(peer, [expired])
         w._carry_out(other, [expired])  # never heard
@@ -553,6 +553,48 @@ def test_an_up_worker_wakes_per_interval_not_per_packet_and_answers_a_poll_withi
         assert len(answered) == 3 and max(answered) < 0.01 + 0.015
     finally:
         pair.agent_side.close()  # EOF: the loop ends
+        if thread.is_alive():
+            thread.join(2)
+        pair.close()
+
+
+def test_a_worker_that_only_hears_fast_wakes_per_detection_time_and_still_answers_polls() -> None:
+    """A backup of a master that asks it for the relaxed rate: the worker sends once a second and reads the
+    master's packets at its detection deadlines, a few at a time (issue 14: not one wake-up per interval)."""
+    pair = Pair()
+    thread = threading.Thread(target=pair.worker.run, daemon=True)
+    try:
+        pair.up()
+        pair.peer_send(pair.peer.set_required_min_rx(1.0, time.monotonic()))  # the master: "send to me slowly"
+        thread.start()
+        deadline = time.monotonic() + 2
+        while pair.worker.sessions[PEER].tx_interval != 1.0 or pair.peer.polling:
+            assert time.monotonic() < deadline, "the worker never took the relaxed rate"
+            pair.peer_step()
+            time.sleep(0.0005)
+        start_wakeups, start_sent = pair.worker.wakeups, pair.worker.sessions[PEER].sent
+        polls_at: list[float] = []
+        start = time.monotonic()
+        while time.monotonic() < start + 1.0:
+            if len(polls_at) < 3 and time.monotonic() > start + 0.2 + 0.25 * len(polls_at):
+                pair.peer_step()
+                pair.peer._polling = True
+                polls_at.append(pair.peer_packet())
+            pair.peer_step()
+            time.sleep(0.0005)
+        session = pair.worker.sessions[PEER]
+        wakeups, sent = pair.worker.wakeups - start_wakeups, session.sent - start_sent
+        print(f"1 s hearing fast, sending slowly: {wakeups} wake-ups, {sent} sent")  # -s
+        assert session.state is SessionState.UP
+        # Once a second, plus one Final per Poll Sequence (the peer repeats its Poll every 10 ms until the
+        # Final; a batch of them read at once gets one); fast would be ~110.
+        assert sent <= 2 + 3
+        assert wakeups < 50  # one per 10 ms interval would be 100; one per 40 ms detection time is ~25
+        answered = [min((f - p for f in pair.finals if f >= p), default=1.0) for p in polls_at]
+        print("Poll answered after", [f"{a * 1000:.1f} ms" for a in answered])  # -s
+        assert len(answered) == 3 and max(answered) < pair.worker.reply_within + 0.015
+    finally:
+        pair.agent_side.close()
         if thread.is_alive():
             thread.join(2)
         pair.close()

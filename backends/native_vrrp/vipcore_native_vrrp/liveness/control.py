@@ -3,7 +3,8 @@
 One frame is one JSON object on one line (UTF-8, at most :data:`MAX_FRAME` bytes).
 The agent sends ``op`` frames, the worker sends ``ev`` frames:
 
-* agent -> worker: ``{"op": "peers", "peers": ["198.51.100.2", ...]}`` (the whole set, each time),
+* agent -> worker: ``{"op": "peers", "peers": ["198.51.100.2", ...], "relaxed": [...]}`` (the whole
+  set each time; ``relaxed``, optional, the peers asked to send slowly),
   ``{"op": "close", "graceful": true}``;
 * worker -> agent: ``{"ev": "ready", ...}`` once, ``{"ev": "change", "peer", "old", "new", "diag", "heard"}``
   per session state change (``heard``: ``time.monotonic()`` of the last packet from the peer, or

@@ -89,6 +89,8 @@ class SessionView:
     my_discriminator: int = 0
     your_discriminator: int = 0
     tx_interval: float = 0.0
+    #: What we ask the peer for (RFC 5880 Required Min RX): the fast interval, or the relaxed one.
+    required_min_rx: float = 0.0
     #: Longest time between two packets from the peer while Up (worker's view; reset by a restart).
     longest_silence: float = 0.0
 
@@ -123,6 +125,8 @@ class Detector:
         self.worker_bad_frames = 0
         #: The current worker's longest delay of a wake-up past its timer (its scheduling latency).
         self.wake_late_max = 0.0
+        #: The current worker's wake-ups so far (what its CPU goes with, issue 14).
+        self.worker_wakeups = 0
         #: Seconds from spawn to the worker's ready frame, and its resident size (bytes), last start.
         self.start_seconds: float | None = None
         self.worker_rss = 0
@@ -131,6 +135,7 @@ class Detector:
         self._send_errors_before = 0
         self._send_errors_now = 0
         self._peers: set[IPAddress] = set()
+        self._relaxed: frozenset[IPAddress] = frozenset()
         self._process: subprocess.Popen[bytes] | None = None
         self._channel: socket.socket | None = None
         self._reader = FrameReader("ev")
@@ -188,17 +193,30 @@ class Detector:
         """Start the worker. Call it on the event loop's thread: the worker dies with that thread."""
         self._spawn()
 
-    def set_peers(self, peers: Iterable[IPAddress]) -> None:
-        """Keep sessions with exactly ``peers``: new ones start, dropped ones say AdminDown and go."""
+    def set_peers(self, peers: Iterable[IPAddress], relaxed: Iterable[IPAddress] = ()) -> None:
+        """Keep sessions with exactly ``peers``: new ones start, dropped ones say AdminDown and go.
+
+        ``relaxed`` (a subset of ``peers``) are the peers this node need not see fail fast: the
+        worker asks them to send slowly (``SessionConfig.relaxed_min_rx``); the others, fast.
+        """
         wanted = {p for p in peers if p.version == self.local.version and p != self.local}
-        if wanted == self._peers:
+        slow = frozenset(relaxed) & wanted
+        if wanted == self._peers and slow == self._relaxed:
             return
-        self._peers = wanted
+        self._peers, self._relaxed = wanted, slow
         for peer in set(self.sessions) - wanted:
             del self.sessions[peer]
         for peer in wanted - set(self.sessions):
             self.sessions[peer] = SessionView()
-        self._write({"op": "peers", "peers": sorted(map(str, wanted))})
+        self._write(self._peers_frame())
+
+    def _peers_frame(self) -> Frame:
+        return {"op": "peers", "peers": sorted(map(str, self._peers)), "relaxed": sorted(map(str, self._relaxed))}
+
+    @property
+    def relaxed(self) -> frozenset[IPAddress]:
+        """The peers asked to send slowly (see :meth:`set_peers`)."""
+        return self._relaxed
 
     def state(self, peer: IPAddress) -> SessionState | None:
         session = self.sessions.get(peer)
@@ -265,7 +283,7 @@ class Detector:
         spec = {"parent": os.getpid(), "control_fd": theirs.fileno(), "recv_fd": self._recv.fileno(),
                 "send_fd": self._send.fileno(), "local": str(self.local), "tx": self.config.desired_min_tx,
                 "rx": self.config.required_min_rx, "mult": self.config.detect_mult,
-                "slow": self.config.slow_interval, "realtime": self.realtime, "stats_interval": self.stats_interval}
+                "slow": self.config.slow_interval, "relaxed": self.config.relaxed_min_rx, "realtime": self.realtime, "stats_interval": self.stats_interval}
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, json.dumps(spec)],
@@ -285,7 +303,7 @@ class Detector:
         self._out.clear()
         self.loop.add_reader(ours, self._readable)
         if self._peers:
-            self._write({"op": "peers", "peers": sorted(map(str, self._peers))})
+            self._write(self._peers_frame())
 
     def _detach(self) -> None:
         if self._channel is not None:
@@ -359,11 +377,13 @@ class Detector:
                 session, detection_time=float(values["detection"]), received=int(values["received"]),
                 sent=int(values["sent"]), my_discriminator=int(values["mine"]),
                 your_discriminator=int(values["yours"]), tx_interval=float(values["tx"]),
+                required_min_rx=float(values.get("rx", 0.0)),
                 longest_silence=float(values.get("longest_silence", 0.0)))
         self._drops_now = Counter({str(k): int(v) for k, v in frame["drops"].items()})
         self._send_errors_now = int(frame["send_errors"])
         self.worker_bad_frames = int(frame.get("bad_frames", 0))
         self.wake_late_max = float(frame.get("wake_late_max", 0.0))
+        self.worker_wakeups = int(frame.get("wakeups", 0))
         self.worker_rss = int(frame.get("rss", self.worker_rss))
         self.scheduled_realtime = bool(frame.get("realtime", self.scheduled_realtime))
 

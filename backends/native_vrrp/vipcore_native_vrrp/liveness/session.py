@@ -9,8 +9,10 @@ What is implemented: the three-way handshake (Down -> Init -> Up), negotiated
 transmit intervals (the larger of our Desired Min TX and the peer's Required Min
 RX), the detection time (the *peer's* Detect Mult times the larger of our
 Required Min RX and the peer's Desired Min TX), transmit jitter (RFC 5880 6.8.7),
-the Poll/Final exchange, the slow rate while the session is not Up (6.8.3), and
-AdminDown. Not implemented: demand mode, the echo function, authentication.
+the Poll/Final exchange, the slow rate while the session is not Up (6.8.3),
+a Required Min RX of our own per session that can change while Up
+(:meth:`Session.set_required_min_rx`, with a Poll Sequence and the previous value
+kept for the detection time until it ends, 6.8.3), and AdminDown. Not implemented: demand mode, the echo function, authentication.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from vipcore_native_vrrp.liveness.packet import (
 
 #: RFC 5880 6.8.3: while a session is not Up, Desired Min TX is at least one second.
 SLOW_INTERVAL = 1.0
+#: Required Min RX towards a peer we need not watch closely (not the master of a group we back up):
+#: it sends to us once a second instead of every 10 ms, and we see it fail within
+#: ``detect_mult`` seconds (VRRP's own timers are no faster at 1 s adverts). docs/native-vrrp.md.
+RELAXED_MIN_RX = 1.0
 
 
 @attrs.frozen
@@ -44,9 +50,11 @@ class SessionConfig:
     detect_mult: int = 4
     #: Desired Min TX while the session is not Up (RFC 5880 asks for >= 1 s).
     slow_interval: float = SLOW_INTERVAL
+    #: Required Min RX of the sessions with peers we need not watch closely (asymmetric rates).
+    relaxed_min_rx: float = RELAXED_MIN_RX
 
     def __attrs_post_init__(self) -> None:
-        for name in ("desired_min_tx", "required_min_rx", "slow_interval"):
+        for name in ("desired_min_tx", "required_min_rx", "slow_interval", "relaxed_min_rx"):
             value = getattr(self, name)
             if not 0.001 <= value <= 60.0:
                 raise ValueError(f"{name} must be within 1 ms .. 60 s, got {value!r}")
@@ -107,17 +115,28 @@ class Session:
     #: follows changes nothing but the detection timer, so it is not decoded again.
     _repeat: bytes | None = None
     #: The fields of the last periodic packet sent and its bytes: resent while nothing in it changed.
-    _tx_key: tuple[int, ...] | None = None
+    _tx_key: tuple[float, ...] | None = None
     _tx_bytes: bytes = b""
+    _tx_send: Send = Send(b"")  # the Send of _tx_bytes, made once per encoding (frozen: shared safely)
     _detect_at: float | None = None
     _polling: bool = False
     _final_due: bool = False
+    #: When our last Final went out: a Poll that arrived before it is answered already (a worker that reads
+    #: a batch of a peer's repeated Polls sends one Final, not one per packet).
+    _final_at: float = float("-inf")
     _admin_repeats: int = 0
     _admin_interval: float = 0.0
+    #: bfd.RequiredMinRxInterval of this session (seconds): the config's unless :meth:`set_required_min_rx`
+    #: changed it, and the value the detection time uses (the previous one while a Poll for a lower one runs).
+    _required_min_rx: float = -1.0
+    _detect_rx: float = -1.0
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.my_discriminator <= 0xFFFFFFFF:
             raise ValueError("my_discriminator must be a non-zero 32-bit value")
+        if self._required_min_rx < 0:
+            self._required_min_rx = self.config.required_min_rx
+        self._detect_rx = self._required_min_rx
 
     # -- derived values ---------------------------------------------------
 
@@ -129,13 +148,23 @@ class Session:
         return max(self.config.desired_min_tx, self.config.slow_interval)
 
     @property
+    def required_min_rx(self) -> float:
+        """What we ask the peer for: the slowest rate at which it may send to us, seconds."""
+        return self._required_min_rx
+
+    @property
+    def polling(self) -> bool:
+        """A Poll Sequence is running (our parameters changed; the peer has not answered with a Final yet)."""
+        return self._polling
+
+    @property
     def tx_interval(self) -> float:
         return max(self.desired_min_tx, self.remote_min_rx / 1_000_000)
 
     @property
     def detection_time(self) -> float:
         """How long without a packet from the peer before the session is declared down."""
-        return self.remote_detect_mult * max(self.config.required_min_rx, self.remote_desired_min_tx / 1_000_000)
+        return self.remote_detect_mult * max(self._detect_rx, self.remote_desired_min_tx / 1_000_000)
 
     def next_timer(self) -> float | None:
         tx, detect = self._tx_at, self._detect_at
@@ -177,11 +206,18 @@ class Session:
         self.received += 1
         self.remote_discriminator = packet.my_discriminator
         self.remote_state = packet.state
+        faster = packet.required_min_rx < self.remote_min_rx
         self.remote_min_rx = packet.required_min_rx
         self.remote_desired_min_tx = packet.desired_min_tx
         self.remote_detect_mult = packet.detect_mult
         if packet.final:
+            # The Poll Sequence ends: the peer has our parameters, a lower Required Min RX now counts.
             self._polling = False
+            self._detect_rx = self._required_min_rx
+        if faster and self._tx_at is not None and self._tx_at > now + self.tx_interval:
+            # The peer wants packets more often (it needs to watch us closely now): the next one
+            # goes out within the new interval, not at the end of the slow one already scheduled.
+            self._tx_at = now + self.tx_interval
         actions: list[Action] = []
         if packet.state is SessionState.ADMIN_DOWN:
             if self.state is not SessionState.DOWN:
@@ -199,9 +235,10 @@ class Session:
         if self.state in (SessionState.INIT, SessionState.UP):
             self._detect_at = heard + self.detection_time
         if packet.poll:
-            # RFC 5880 6.8.6: answer a Poll with a Final as soon as practicable.
-            self._final_due = True
-            actions += self._transmit(now)
+            if heard > self._final_at:
+                # RFC 5880 6.8.6: answer a Poll with a Final as soon as practicable.
+                self._final_due = True
+                actions += self._transmit(now)
         elif not actions and self.state is SessionState.UP and not data[1] & POLL_OR_FINAL:
             self._repeat = bytes(data)
         return actions
@@ -238,6 +275,34 @@ class Session:
         self._admin_interval = interval / 2
         return actions + self._transmit(now)
 
+    def set_required_min_rx(self, seconds: float, now: float) -> list[Action]:
+        """Ask the peer to send to us at most every ``seconds`` (RFC 5880 6.8.3): slow when we need not
+        watch it closely, fast again when we do.
+
+        While Up the change starts a Poll Sequence and the Poll goes out now, out of the periodic
+        schedule (as when the session comes Up), so a peer that sends slowly hears at once that it
+        must speed up; the periodic packets repeat the Poll until the Final. A lower value
+        counts for the detection time only once the peer's Final says it has it (until then it
+        still sends at the old rate); a higher one counts at once (the peer may slow down as soon
+        as it reads the packet).
+        """
+        if not 0.001 <= seconds <= 60.0:
+            raise ValueError(f"required_min_rx must be within 1 ms .. 60 s, got {seconds!r}")
+        if seconds == self._required_min_rx:
+            return []
+        before = self.detection_time
+        self._required_min_rx = seconds
+        if self.state is SessionState.UP:
+            # Lower: the old value until the Final. Higher (or a Poll for a lower one still running): at once.
+            self._detect_rx = max(self._detect_rx, seconds)
+            self._polling = True
+            if self._detect_at is not None and self.detection_time > before:
+                # From the last packet heard: the peer's next one may already come at the slow rate.
+                self._detect_at += self.detection_time - before
+            return self._transmit(now)
+        self._detect_rx = seconds
+        return []  # not Up: the next periodic packet (slow rate anyway) carries it
+
     @property
     def retired(self) -> bool:
         """AdminDown and every repeat of it sent: the session can be dropped."""
@@ -256,6 +321,7 @@ class Session:
             self.flaps += 1
         if new is SessionState.DOWN:
             self._detect_at = None
+            self._detect_rx = self._required_min_rx  # a new session: the peer learns it in the handshake
         if SessionState.UP in (old, new) and self.config.desired_min_tx != self.config.slow_interval:
             # Our Desired Min TX changes with Up: tell the peer with a Poll (RFC 5880 6.8.3).
             self._polling = True
@@ -270,29 +336,33 @@ class Session:
             self._tx_at = now + self.config.slow_interval
             return []
         final, self._final_due = self._final_due, False
+        if final:
+            self._final_at = now
         self.sent += 1
-        data = self._encoded(final)
+        send = self._encoded(final)
         if self.state is SessionState.ADMIN_DOWN:
             self._admin_repeats -= 1
             self._tx_at = now + self._admin_interval if self._admin_repeats > 0 else None
-            return [Send(data)]
+            return [send]
         # RFC 5880 6.8.7: each interval is 75..100% of the negotiated one (75..90% with Detect Mult 1).
         top = 0.9 if self.config.detect_mult == 1 else 1.0
         interval = self.tx_interval
         self._tx_at = now + interval * (0.75 + (top - 0.75) * self.rng())
         self._tx_floor = now + interval * 0.75
-        return [Send(data)]
+        return [send]
 
-    def _encoded(self, final: bool) -> bytes:
-        """This packet's bytes, encoded again only when a field in it changed (usually once per state change)."""
+    def _encoded(self, final: bool) -> Send:
+        """This packet, encoded again only when a field in it changed (usually once per state change)."""
         poll = self._polling and not final
-        key = (self.state, self.remote_discriminator, self.diagnostic, poll, final)  # the rest is fixed by state
+        rx = self._required_min_rx
+        key = (self.state, self.remote_discriminator, self.diagnostic, poll, final, rx)  # the rest is fixed by state
         if key != self._tx_key:
             self._tx_key = key
             self._tx_bytes = encode(ControlPacket(
                 state=self.state, my_discriminator=self.my_discriminator,
                 your_discriminator=self.remote_discriminator,
-                desired_min_tx=_micro(self.desired_min_tx), required_min_rx=_micro(self.config.required_min_rx),
+                desired_min_tx=_micro(self.desired_min_tx), required_min_rx=_micro(rx),
                 detect_mult=self.config.detect_mult, diagnostic=self.diagnostic, poll=poll, final=final,
             ))
-        return self._tx_bytes
+            self._tx_send = Send(self._tx_bytes)
+        return self._tx_send

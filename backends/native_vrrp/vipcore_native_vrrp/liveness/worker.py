@@ -36,7 +36,14 @@ from typing import Any
 
 from vipcore_native_vrrp.liveness.control import MAX_FRAME, Frame, FrameReader, encode
 from vipcore_native_vrrp.liveness.packet import PORT, SessionState
-from vipcore_native_vrrp.liveness.session import Dropped, Send, Session, SessionConfig, StateChanged
+from vipcore_native_vrrp.liveness.session import (
+    RELAXED_MIN_RX,
+    Dropped,
+    Send,
+    Session,
+    SessionConfig,
+    StateChanged,
+)
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -46,6 +53,9 @@ _IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
 #: The kernel's receive time of each packet (struct timespec, CLOCK_REALTIME); Python 3.11 does not name it.
 _SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("qq")
+_INT = struct.Struct("i")
+_TTL_CMSGS = frozenset({(socket.IPPROTO_IP, _IP_TTL), (socket.IPPROTO_IPV6, _IPV6_HOPLIMIT)})
+_TTL_KINDS = frozenset(kind for _, kind in _TTL_CMSGS)
 #: Longest sleep without a timer: the loop also looks at the parent and the stats clock.
 _MAX_WAIT = 0.5
 #: Bound of a graceful close: AdminDown repeats take a few tens of milliseconds at the fast rate.
@@ -84,12 +94,21 @@ class Worker:
         #: silence between two of its packets as the kernel received them (not as we read them):
         #: which one explains an expiry, this node or the peer and the path.
         self.wake_late_max = 0.0
-        self.longest_silence: dict[Address, float] = {}
-        self._heard: dict[Address, tuple[float, bool]] = {}  # last receive time, and Up then
+        #: Keyed by the peer's address text (a str hashes from a cache; an ip_address in Python, per packet).
+        self.longest_silence: dict[str, float] = {}
+        self._heard: dict[str, tuple[float, bool]] = {}  # last receive time, and Up then
         #: Per peer, resolved once (not per packet): the kernel's source text -> (address, session),
         #: and the destination tuple for sendto. Rebuilt by set_peers.
-        self._sources: dict[str, tuple[Address, Session]] = {}
+        self._sources: dict[str, tuple[Address, Session, tuple[str, int]]] = {}
         self._dest: dict[Address, tuple[str, int]] = {}
+        #: The sessions as tuples for the loop (rebuilt by _reindex): with their peers, and every timed one.
+        self._active: tuple[tuple[Address, Session, tuple[str, int]], ...] = ()
+        self._timed: tuple[Session, ...] = ()
+        #: Peers asked for the slow rate (RFC 5880 Required Min RX = ``config.relaxed_min_rx``).
+        self.relaxed: frozenset[Address] = frozenset()
+        #: Longest a packet waits unread (a Poll, a handshake): while the next timer is further, a packet
+        #: wakes the worker; one fast detection time (50 ms by default).
+        self.reply_within = config.desired_min_tx * config.detect_mult
         self.realtime = False
         self.reader = FrameReader("op")
         self._out = bytearray()
@@ -103,68 +122,83 @@ class Worker:
 
     def run(self) -> int:
         """Serve until the agent closes the channel (or says ``close``); the exit status."""
-        next_stats = self.clock()
-        while True:
-            now = self.clock()
-            if now >= next_stats:
-                self.emit_stats()
-                next_stats = now + self.stats_interval
-            if self._closing_until is not None and (not self.retiring or now >= self._closing_until):
-                self.emit({"ev": "closed"})
-                self._flush(block_for=0.2)
-                return 0
-            due, up, not_up = next_stats, False, False
-            for session in self.sessions.values():
-                timer = session.next_timer()
-                if timer is not None and timer < due:
-                    due = timer
-                if session.state is SessionState.UP:
-                    up = True
+        clock, retiring = self.clock, self.retiring
+        control, control_fd = self.control, self.control.fileno()
+        # Registered once: one epoll with the control socket only, one with the packet socket too;
+        # each wake-up picks one (no per-call fd lists, no epoll_ctl per wake-up).
+        quiet, prompt = select.epoll(), select.epoll()
+        quiet.register(control_fd, select.EPOLLIN)
+        prompt.register(control_fd, select.EPOLLIN)
+        prompt.register(self.recv.fileno(), select.EPOLLIN)
+        reply_within = self.reply_within
+        next_stats = clock()
+        try:
+            while True:
+                now = clock()
+                if now >= next_stats:
+                    self.emit_stats()
+                    next_stats = now + self.stats_interval
+                if self._closing_until is not None and (not retiring or now >= self._closing_until):
+                    self.emit({"ev": "closed"})
+                    self._flush(block_for=0.2)
+                    return 0
+                due = next_stats
+                for session in self._timed:
+                    timer = session.next_timer()
+                    if timer is not None and timer < due:
+                        due = timer
+                wait = due - now
+                if wait < 0.0:
+                    wait = 0.0
+                elif wait > _MAX_WAIT:
+                    wait = _MAX_WAIT
+                # A packet wakes us only while our next timer is further than ``reply_within``: otherwise
+                # the wake-up for that timer reads the socket first (with the kernel's receive times), so no
+                # packet that arrived before a detection deadline is missed, and a Poll or a handshake packet
+                # waits at most ``reply_within``. Sessions received at the fast rate keep a detection timer
+                # within it: their packets never wake us one by one.
+                if self._out:
+                    readable, writable, _ = select.select([self.recv, control] if wait > reply_within else [control],
+                                                          [control], [], wait)
+                    ready_control = control in readable
+                    if control in writable and not self._flush():
+                        return EXIT_PARENT_GONE
                 else:
-                    not_up = True
-            for session in self.retiring.values():
-                timer = session.next_timer()
-                if timer is not None and timer < due:
-                    due = timer
-            # While a session is Up, a received packet does not wake us: each wake-up (at least one per
-            # transmit interval) reads the socket first, with the kernel's receive time, so no packet that
-            # arrived before a detection deadline is missed and a Poll is answered within one interval.
-            # Sessions not Up (a handshake; a member that never answers) are then served within the fast
-            # interval; with none Up at all, every packet wakes us (they come at the slow rate).
-            if up and not_up:
-                due = min(due, now + self.config.desired_min_tx)
-            wait = min(max(due - now, 0.0), _MAX_WAIT)
-            prompt = not_up and not up
-            try:
-                readable, writable, _ = select.select([self.recv, self.control] if prompt else [self.control],
-                                                      [self.control] if self._out else [], [], wait)
-            except InterruptedError:
-                continue
-            self.wakeups += 1
-            if self.control in writable and not self._flush():
-                return EXIT_PARENT_GONE
-            if self.control in readable and not self._read_control():
-                return EXIT_PARENT_GONE  # EOF: the agent is gone or dropped us; nothing to say to anyone
-            woke = self.clock()
-            if woke >= due:
-                self.wake_late_max = max(self.wake_late_max, woke - due)
-            # Read the socket even when select did not flag it: a packet that arrived after select
-            # returned must count before a detection timer is allowed to expire.
-            self._receive_all()
-            self._fire(self.clock())
+                    try:
+                        events = (prompt if wait > reply_within else quiet).poll(wait)
+                    except InterruptedError:
+                        continue
+                    ready_control = any(fd == control_fd for fd, _ in events)
+                self.wakeups += 1
+                if ready_control and not self._read_control():
+                    return EXIT_PARENT_GONE  # EOF: the agent is gone or dropped us; nothing to say to anyone
+                woke = clock()
+                if woke >= due and woke - due > self.wake_late_max:
+                    self.wake_late_max = woke - due
+                # Read the socket even when nothing flagged it: a packet that arrived after the wait
+                # returned must count before a detection timer is allowed to expire.
+                self._receive_all()
+                self._fire(clock())
+        finally:
+            quiet.close()
+            prompt.close()
 
     def _fire(self, now: float) -> None:
         soon = now + ALIGN
-        for peer, session in list(self.sessions.items()):
+        for peer, session, dest in self._active:  # a tuple: a change of peers while carrying out rebuilds it
             timer = session.next_timer()
             if timer is not None and timer <= soon:
-                self._carry_out(peer, session.handle_timer(now, ALIGN))
-        for peer, session in list(self.retiring.items()):
-            timer = session.next_timer()
-            if timer is not None and timer <= now:
-                self._carry_out(peer, session.handle_timer(now), notify=False)
-            if session.retired:
-                del self.retiring[peer]
+                actions = session.handle_timer(now, ALIGN)
+                if actions:
+                    self._carry_out(peer, actions, dest=dest)
+        if self.retiring:
+            for peer, session in list(self.retiring.items()):
+                timer = session.next_timer()
+                if timer is not None and timer <= now:
+                    self._carry_out(peer, session.handle_timer(now), notify=False)
+                if session.retired:
+                    del self.retiring[peer]
+                    self._reindex()
 
     # -- control ------------------------------------------------------------------------
 
@@ -191,39 +225,55 @@ class Worker:
             if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
                 self.reader.bad += 1
                 return
+            relaxed = frame.get("relaxed", [])
+            if not isinstance(relaxed, list) or not all(isinstance(p, str) for p in relaxed):
+                self.reader.bad += 1
+                return
             try:
                 peers = [ipaddress.ip_address(p) for p in raw]
+                slow = [ipaddress.ip_address(p) for p in relaxed]
             except ValueError:
                 self.reader.bad += 1
                 return
-            self.set_peers(peers)
+            self.set_peers(peers, relaxed=slow)
         elif op == "close":
             self.close(graceful=frame.get("graceful") is not False)
         else:
             self.reader.bad += 1
 
-    def set_peers(self, peers: Iterable[Address]) -> None:
-        """Keep sessions with exactly ``peers``: new ones start, dropped ones say AdminDown and go."""
+    def set_peers(self, peers: Iterable[Address], relaxed: Iterable[Address] = ()) -> None:
+        """Keep sessions with exactly ``peers``: new ones start, dropped ones say AdminDown and go.
+
+        The peers in ``relaxed`` are asked to send slowly (we need not see them fail fast), the
+        others at the fast rate; a session whose side changes says so with a Poll, staying Up.
+        """
         wanted = {p for p in peers if p.version == self.local.version and p != self.local}
+        self.relaxed = frozenset(relaxed) & wanted
         now = self.clock()
         for peer in set(self.sessions) - wanted:
             session = self.sessions.pop(peer)
-            self._heard.pop(peer, None)
-            self.longest_silence.pop(peer, None)
+            self._heard.pop(str(peer), None)
+            self.longest_silence.pop(str(peer), None)
             self._carry_out(peer, session.admin_down(now), notify=False)
             if not session.retired:
                 self.retiring[peer] = session
+        fast, slow = self.config.required_min_rx, self.config.relaxed_min_rx
+        for peer, session in self.sessions.items():
+            self._carry_out(peer, session.set_required_min_rx(slow if peer in self.relaxed else fast, now))
         for peer in sorted(wanted - set(self.sessions)):
             self.retiring.pop(peer, None)
             session = Session(self.config, self._discriminator(), rng=self.rng.random)
+            session.set_required_min_rx(slow if peer in self.relaxed else fast, now)
             self.sessions[peer] = session
             self._carry_out(peer, session.start(now))
         self._reindex()
 
     def _reindex(self) -> None:
         """Rebuild the per-peer caches from the sessions (after any change to them)."""
-        self._sources = {str(peer): (peer, session) for peer, session in self.sessions.items()}
         self._dest = {peer: self._dest.get(peer) or (str(peer), PORT) for peer in (*self.sessions, *self.retiring)}
+        self._active = tuple((peer, session, self._dest[peer]) for peer, session in self.sessions.items())
+        self._sources = {dest[0]: (peer, session, dest) for peer, session, dest in self._active}
+        self._timed = (*self.sessions.values(), *self.retiring.values())
 
     def close(self, *, graceful: bool) -> None:
         if self._closing_until is not None:
@@ -255,7 +305,8 @@ class Worker:
         return {
             "sessions": {str(peer): {"state": int(s.state), "detection": s.detection_time, "mine": s.my_discriminator,
                                      "yours": s.remote_discriminator, "received": s.received, "sent": s.sent,
-                                     "tx": s.tx_interval, "longest_silence": self.longest_silence.get(peer, 0.0)}
+                                     "tx": s.tx_interval, "rx": s.required_min_rx,
+                                     "longest_silence": self.longest_silence.get(str(peer), 0.0)}
                          for peer, s in self.sessions.items()},
             "wake_late_max": self.wake_late_max, "wakeups": self.wakeups,
             "drops": dict(self.drops), "send_errors": self.send_errors, "bad_frames": self.reader.bad,
@@ -281,52 +332,70 @@ class Worker:
     # -- packets --------------------------------------------------------------------------
 
     def _receive_all(self) -> None:
+        recvmsg, sources, heard, silences = self.recv.recvmsg, self._sources, self._heard, self.longest_silence
+        up = SessionState.UP
+        offset: float | None = None  # realtime - monotonic, read once per batch (not per packet)
         for _ in range(256):  # bounded: one flood cannot starve the timers
             try:
-                data, ancillary, _, source = self.recv.recvmsg(128, 128)
+                data, ancillary, _, source = recvmsg(128, 128)
             except BlockingIOError:
                 return
             except OSError:
                 self.drops["socket"] += 1
                 return
-            known = self._sources.get(source[0])
+            known = sources.get(source[0])
             if known is None:
                 known = self._lookup(source[0])
                 if known is None:
                     self.drops["source"] += 1
                     continue
-            peer, session = known
+            peer, session, dest = known
+            text = dest[0]
             now = self.clock()
-            arrived = _arrival(ancillary, now)
-            last = self._heard.get(peer)
+            ttl, arrived = -1, now  # no TTL reported: treated as not 255; no timestamp: read time
+            for level, kind, value in ancillary:
+                if kind == _SO_TIMESTAMPNS and level == socket.SOL_SOCKET and len(value) >= _TIMESPEC.size:
+                    if offset is None:
+                        offset = time.time() - now
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                    arrived = min(now, seconds + nanoseconds / 1e9 - offset)
+                elif kind in _TTL_KINDS and len(value) >= 4 and (level, kind) in _TTL_CMSGS:
+                    ttl = _INT.unpack_from(value)[0]
+            last = heard.get(text)
             if last is not None and last[1]:  # Up when we last heard it: this gap counts, expired or not
-                self.longest_silence[peer] = max(self.longest_silence.get(peer, 0.0), arrived - last[0])
-            self._carry_out(peer, session.receive(data, _ttl(ancillary), now, arrived))
-            self._heard[peer] = (arrived, session.state is SessionState.UP)
+                gap = arrived - last[0]
+                if gap > silences.get(text, 0.0):
+                    silences[text] = gap
+            actions = session.receive(data, ttl, now, arrived)
+            if actions:
+                self._carry_out(peer, actions, dest=dest)
+            heard[text] = (arrived, session.state is up)
 
-    def _lookup(self, text: str) -> tuple[Address, Session] | None:
+    def _lookup(self, text: str) -> tuple[Address, Session, tuple[str, int]] | None:
         """A source not in the cache (another spelling, a scope suffix): parsed, for members only."""
         try:
             peer = ipaddress.ip_address(text.split("%", 1)[0])
         except ValueError:
             return None
         session = self.sessions.get(peer)
-        return None if session is None else (peer, session)
+        return None if session is None else (peer, session, self._dest.get(peer) or (str(peer), PORT))
 
-    def _carry_out(self, peer: Address, actions: list[Send | StateChanged | Dropped], *, notify: bool = True) -> None:
+    def _carry_out(self, peer: Address, actions: list[Send | StateChanged | Dropped], *, notify: bool = True,
+                   dest: tuple[str, int] | None = None) -> None:
         for action in actions:
             if isinstance(action, Send):
                 try:
-                    dest = self._dest.get(peer)
                     if dest is None:
-                        dest = self._dest[peer] = (str(peer), PORT)
+                        dest = self._dest.get(peer)
+                        if dest is None:
+                            dest = self._dest[peer] = (str(peer), PORT)
                     self.send.sendto(action.data, dest)
                 except OSError:
                     self.send_errors += 1
             elif isinstance(action, Dropped):
                 self.drops[action.reason] += 1
             elif notify:
-                heard = self._heard.get(peer)
+                heard = self._heard.get(str(peer))
                 # When the peer was last heard (the kernel's receive time, on the monotonic clock the agent
                 # shares): the agent counts a failover's detect phase from it, this process's lateness included.
                 self.emit({"ev": "change", "peer": str(peer), "old": int(action.old), "new": int(action.new),
@@ -338,24 +407,6 @@ class Worker:
             value = self.rng.randint(1, 0xFFFFFFFF)
             if value not in used:
                 return value
-
-
-def _ttl(ancillary: list[tuple[int, int, bytes]]) -> int:
-    for level, kind, data in ancillary:
-        if (level, kind) in ((socket.IPPROTO_IP, _IP_TTL), (socket.IPPROTO_IPV6, _IPV6_HOPLIMIT)) and len(data) >= 4:
-            value: int = struct.unpack("i", data[:4])[0]
-            return value
-    return -1  # no TTL reported: treat as not 255
-
-
-def _arrival(ancillary: list[tuple[int, int, bytes]], now: float) -> float:
-    """When the kernel received the packet, on our clock (``now`` if it did not say)."""
-    for level, kind, data in ancillary:
-        if (level, kind) == (socket.SOL_SOCKET, _SO_TIMESTAMPNS) and len(data) >= _TIMESPEC.size:
-            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            received: float = seconds + nanoseconds / 1e9
-            return now - max(0.0, time.time() - received)
-    return now
 
 
 def _rss() -> int:
@@ -398,7 +449,8 @@ def main(argv: list[str]) -> int:
     recv = socket.socket(fileno=int(spec["recv_fd"]))
     send = socket.socket(fileno=int(spec["send_fd"]))
     config = SessionConfig(desired_min_tx=float(spec["tx"]), required_min_rx=float(spec["rx"]),
-                           detect_mult=int(spec["mult"]), slow_interval=float(spec["slow"]))
+                           detect_mult=int(spec["mult"]), slow_interval=float(spec["slow"]),
+                           relaxed_min_rx=float(spec.get("relaxed", RELAXED_MIN_RX)))
     worker = Worker(config, ipaddress.ip_address(spec["local"]), control, recv, send,
                     stats_interval=float(spec.get("stats_interval", 0.5)))
     refused = _realtime() if spec.get("realtime") else "not asked for"
