@@ -317,7 +317,9 @@ class Controller:
         inputs = dict(inputs) if inputs is not None else self.inputs()
         result_plan = plan(selection=self.settings.selection, vrid_policy=self.config.vrid_policy,
                            convert=self.source.service_model, quarantined=self.quarantined(),
-                           shard_vips=self.settings.shard_vips, **inputs)
+                           shard_vips=self.settings.shard_vips,
+                           previous=self.last_plan.addresses if self.last_plan is not None else None,
+                           rest_released=self.settings.quarantine > 0, **inputs)
         self.last_plan = result_plan
         self.last_pools = tuple(inputs["pools"])
         originals = {key_of(o): o for o in inputs["services"]}
