@@ -1,4 +1,4 @@
-"""``vipcore controller``: IPAM, Service status, finalizers, VipGroups with persisted VRIDs, Events.
+"""``vipcore controller``: IPAM, Service status, VipGroups with persisted VRIDs, Events.
 
 Every replica lists and watches the cluster through
 :class:`vipcore.kube.KubernetesSource` (so a standby is warm);
@@ -48,7 +48,14 @@ later (refusals, invalid Services and pools, a holder or group that changed),
 aggregated by :class:`vipcore.kube.EventRecorder` (one Event per object,
 reason and message, its ``count`` raised on repeats). A new Service's first
 address, group and holder are log lines, not Events (its status says them):
-the steady path costs exactly two writes per Service, the finalizer and the status.
+the steady path costs exactly one write per Service, its status.
+
+Services carry no finalizer: an address is freed from what the controller
+already holds (the persisted VipGroups' VIPs and its previous pass's
+addresses, :func:`vipcore.core.plan.plan`'s ``previous``), so a Service
+deleted while no controller ran frees its address on the next start or
+leader change, after the quarantine; the finalizer older releases added is
+removed.
 
 Pools (see :meth:`Controller.keep_pools`): each VipPool gets the finalizer
 ``vipcore.io/pool`` and a status (allocated and free addresses per family, a
