@@ -8,7 +8,6 @@ Objects of other kinds are ignored. Any validation problem is a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import re
@@ -241,6 +240,8 @@ class ManifestSource:
 
     async def initial(self) -> DesiredState:
         """The first state, parsed off the event loop; ManifestError if the files are invalid."""
+        import asyncio  # here, not at the top: `vipcore resolve -f` never runs a loop (30 ms of import)
+
         return await asyncio.to_thread(self.load)
 
     async def watch(self, on_change: Callable[[DesiredState], Awaitable[None]]) -> None:
@@ -250,6 +251,8 @@ class ManifestSource:
         the files are read again on their next change, and every
         ``retry_interval`` seconds while they stay invalid.
         """
+        import asyncio
+
         loop = asyncio.get_running_loop()
         tried = loop.time()
         while True:
