@@ -259,6 +259,9 @@ class Controller:
         # API connectivity and invalid objects, as the agents report them.
         self.registry.register(SampleCollector(self.source.metrics))
         self.last_plan: Plan | None = None
+        #: Service key -> addresses, from this term's last pass: what the next pass frees when a Service is
+        #: gone (with the persisted VipGroups' VIPs). A new term starts from the cluster alone.
+        self._previous: Mapping[str, Any] | None = None
         self.last_pools: tuple[Any, ...] = ()
         self._noted: dict[tuple[str, str], str] = {}
         self._holders: dict[str, dict[str, str]] | None = None
@@ -325,9 +328,10 @@ class Controller:
         result_plan = plan(selection=self.settings.selection, vrid_policy=self.config.vrid_policy,
                            convert=self.source.service_model, quarantined=self.quarantined(),
                            shard_vips=self.settings.shard_vips,
-                           previous=self.last_plan.addresses if self.last_plan is not None else None,
+                           previous=self._previous,
                            rest_released=self.settings.quarantine > 0, **inputs)
         self.last_plan = result_plan
+        self._previous = result_plan.addresses
         self.last_pools = tuple(inputs["pools"])
         originals = {key_of(o): o for o in inputs["services"]}
         writer = ClusterWriter(self._writer(fence), selection=self.settings.selection,
@@ -478,6 +482,7 @@ class Controller:
         fence = self._term_fence()
         self.metrics.leader.set(1)
         self._holders = None
+        self._previous = None
         backoff = 0.1
         try:
             self._dirty.set()

@@ -439,7 +439,9 @@ def plan(
     before.update(_persisted_vips(group_objs.values()))
     if rest_released:
         # Freed now (their Service is gone or no longer served): not handed out fresh in this pass either.
-        still = {ip for obj, _ in served.values() for ip in ingress_of(obj)}
+        # A served Service's addresses are not: its status, or what the previous pass gave it (its status
+        # write may not be in the cache yet).
+        still = {ip for key, (obj, _) in served.items() for ip in (*ingress_of(obj), *earlier.get(key, ()))}
         quarantined = frozenset(quarantined) | (before - still)
     state = DesiredState(
         nodes=tuple(nodes),
