@@ -56,6 +56,19 @@ def test_resolve_imports_only_what_it_runs(tmp_path: Path) -> None:
     assert [m for m in loaded if m.startswith(heavy)] == []
 
 
+def test_resolve_in_process_prints_what_the_command_prints_and_leaves_the_collector_on(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``cmd_resolve`` pauses the cyclic garbage collector while it runs (a one-shot command), and only then."""
+    import gc
+
+    from vipcore.cli.main import main
+
+    assert gc.isenabled()
+    assert main(["resolve", "-f", str(EXAMPLES), "-o", "json"]) == 0
+    assert gc.isenabled()
+    assert json.loads(capsys.readouterr().out) == json.loads(run_cli("resolve", "-f", str(EXAMPLES), "-o", "json").stdout)
+
+
 def test_resolve_table_lists_groups_and_unresolved(tmp_path: Path) -> None:
     extra = write_yaml(tmp_path / "bad-service.yaml", {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "lost", "namespace": "default",
