@@ -34,6 +34,29 @@ def test_core_dependencies_are_light_and_the_rest_are_extras() -> None:
     assert meta["license"] == "Apache-2.0"  # SPDX expression, not the deprecated table
 
 
+def test_vipcore_names_are_imported_on_first_use() -> None:
+    """``import vipcore`` loads no plugin manager; every public name is there when asked for."""
+    script = textwrap.dedent("""
+        import sys
+        import vipcore
+        assert not [m for m in sys.modules if m.startswith(("vipcore.backend", "pluggy"))]
+        for name in vipcore.__all__:
+            getattr(vipcore, name)
+        assert set(vipcore.__all__) <= set(dir(vipcore))
+        from vipcore import Backend, resolve  # the usual way still works
+        assert "vipcore.backend" in sys.modules
+        try:
+            vipcore.nothing_here
+        except AttributeError as exc:
+            assert "nothing_here" in str(exc)
+        else:
+            raise SystemExit("no AttributeError")
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
 def test_import_vipcore_and_resolve_without_the_extras() -> None:
     """In a fresh interpreter where the heavy libraries cannot be imported at all."""
     script = textwrap.dedent(f"""

@@ -41,6 +41,34 @@ def test_resolve_json_has_exactly_the_documented_keys() -> None:
     assert all(1 <= g["vrid"] <= 255 for g in doc["groups"])
 
 
+def test_resolve_imports_only_what_it_runs(tmp_path: Path) -> None:
+    """``vipcore resolve`` loads no plugin manager, event loop, API client or metrics (start-up time)."""
+    import sys
+
+    script = ("import json, sys; from vipcore.cli.main import main; code = main(['resolve', '-f', sys.argv[1]]); "
+              "print(json.dumps(sorted(sys.modules)), file=sys.stderr); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", script, str(EXAMPLES)], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stderr.strip().splitlines()[-1])
+    heavy = ("asyncio", "pluggy", "kubernetes", "prometheus_client", "pyroute2", "urllib3",
+             "vipcore.backend", "vipcore.agent", "vipcore.controller", "vipcore.kube")
+    assert [m for m in loaded if m.startswith(heavy)] == []
+
+
+def test_resolve_in_process_prints_what_the_command_prints_and_leaves_the_collector_on(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``cmd_resolve`` pauses the cyclic garbage collector while it runs (a one-shot command), and only then."""
+    import gc
+
+    from vipcore.cli.main import main
+
+    assert gc.isenabled()
+    assert main(["resolve", "-f", str(EXAMPLES), "-o", "json"]) == 0
+    assert gc.isenabled()
+    assert json.loads(capsys.readouterr().out) == json.loads(run_cli("resolve", "-f", str(EXAMPLES), "-o", "json").stdout)
+
+
 def test_resolve_table_lists_groups_and_unresolved(tmp_path: Path) -> None:
     extra = write_yaml(tmp_path / "bad-service.yaml", {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "lost", "namespace": "default",

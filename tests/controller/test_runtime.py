@@ -19,7 +19,6 @@ from tests.helpers.cluster import (
 )
 
 from vipcore.kube.leases import LeaseTiming
-from vipcore.core.plan import FINALIZER
 from vipcore.testing.apiserver import ApiServer
 
 NET = ipaddress.ip_network("203.0.113.0/24")
@@ -36,14 +35,14 @@ def reasons(server: ApiServer, name: str) -> list[str]:
     return [r for _, r, _ in events(server, name)]
 
 
-def test_allocation_status_finalizer_group_and_events(server: ApiServer, start: Callable[..., Any]) -> None:
+def test_allocation_status_group_and_events(server: ApiServer, start: Callable[..., Any]) -> None:
     cluster(server)
     server.create(service("web"))
     start()
     ips = wait_for(lambda: lb_ips(server, "web"), what="status.loadBalancer.ingress")
     assert len(ips) == 1 and ipaddress.ip_address(ips[0]) in NET
     svc = server.get("v1", "Service", "web", "default")
-    assert FINALIZER in svc["metadata"]["finalizers"]
+    assert not svc["metadata"].get("finalizers")  # an address is freed from what the controller holds
     (group,) = wait_for(lambda: vipgroups(server), what="a VipGroup")
     assert group["spec"]["vips"]["ipv4"] == ips
     assert group["spec"]["services"] == ["default/web"]
@@ -54,12 +53,11 @@ def test_allocation_status_finalizer_group_and_events(server: ApiServer, start: 
     rv = server.get("v1", "Service", "web", "default")["metadata"]["resourceVersion"]
     time.sleep(0.5)
     assert server.get("v1", "Service", "web", "default")["metadata"]["resourceVersion"] == rv
-    # The steady path of a new Service is two writes (finalizer, status) and no Event: its first
+    # The steady path of a new Service is one write (its status) and no Event: its first
     # address and group are what its status says (logged, nothing a user can act on).
     assert events(server, "web") == []
     writes = [(r.method, r.path) for r in server.requests if r.method != "GET" and "/services/web" in r.path]
-    assert writes == [("PATCH", "/api/v1/namespaces/default/services/web"),
-                      ("PATCH", "/api/v1/namespaces/default/services/web/status")]
+    assert writes == [("PATCH", "/api/v1/namespaces/default/services/web/status")]
 
 
 def test_exhaustion_and_request_outside_every_pool(server: ApiServer, start: Callable[..., Any]) -> None:
@@ -77,7 +75,7 @@ def test_exhaustion_and_request_outside_every_pool(server: ApiServer, start: Cal
     (_, _, message), = [e for e in events(server, "outside") if e[1] == "IPRefused"]
     assert "198.51.100.7" in message and "outside pool" in message
     assert lb_ips(server, "c") == [] and lb_ips(server, "outside") == []
-    assert FINALIZER not in (server.get("v1", "Service", "c", "default")["metadata"].get("finalizers") or [])
+    assert not server.get("v1", "Service", "c", "default")["metadata"].get("finalizers")
     # The others are unaffected and the group holds exactly their two addresses.
     held = sorted(lb_ips(server, "a") + lb_ips(server, "b"))
     assert held == ["203.0.113.10", "203.0.113.11"]
@@ -91,13 +89,13 @@ def test_exhaustion_and_request_outside_every_pool(server: ApiServer, start: Cal
     wait_for(lambda: lb_ips(server, "c"), what="c gets the freed address")
 
 
-def test_delete_releases_after_finalizer(server: ApiServer, start: Callable[..., Any]) -> None:
+def test_delete_releases_at_once(server: ApiServer, start: Callable[..., Any]) -> None:
     cluster(server, vippool("one", "203.0.113.10"))
     server.create(service("first"))
     start()
     wait_for(lambda: lb_ips(server, "first") == ["203.0.113.10"], what="allocation")
     server.delete("v1", "Service", "first", "default")
-    wait_for(lambda: not server.objects("v1", "Service", "default"), what="the finalizer to be removed")
+    assert not server.objects("v1", "Service", "default")  # no finalizer holds it
     wait_for(lambda: not vipgroups(server), what="the group to be deleted")
     server.create(service("second"))
     wait_for(lambda: lb_ips(server, "second") == ["203.0.113.10"], what="the address to be reused")
@@ -198,7 +196,7 @@ def test_conflict_is_retried(server: ApiServer) -> None:
         result = controller.reconcile(inputs)
         assert result.conflicts == 1 and result.clean
         assert [r.code for r in server.requests_since(before) if "/services/web" in r.path
-                and r.method == "PATCH"] == [409, 200, 200]
+                and r.method == "PATCH"] == [409, 200]  # the status write, retried once
         assert lb_ips(server, "web")
         assert server.get("v1", "Service", "web", "default")["metadata"]["labels"] == {"team": "blue"}
         # A change that matters (a requested address) is not overwritten: the pass gives up and re-plans.

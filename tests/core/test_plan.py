@@ -56,10 +56,10 @@ def vipgroup_obj(group: Any, rv: str = "3") -> dict[str, Any]:
             "metadata": {"name": group.name, "resourceVersion": rv}, "spec": vipgroup_spec(group)}
 
 
-def test_new_service_gets_finalizer_address_group_and_events() -> None:
+def test_new_service_gets_address_group_and_events_and_no_finalizer() -> None:
     result = run([svc("web")])
     (write,) = result.services
-    assert write.finalizer is True
+    assert write.drop_finalizer is False  # one write, the status
     assert write.ingress is not None and len(write.ingress) == 1
     assert write.ingress[0] in ipaddress.ip_network("203.0.113.8/29")
     (group,) = result.groups
@@ -77,7 +77,7 @@ def test_a_service_whose_address_changes_gets_a_note_that_is_not_routine() -> No
     group = first.resolution.groups[0]
     # Another address requested: a change its owner made, reported as an Event.
     other = "203.0.113.12" if ip != "203.0.113.12" else "203.0.113.11"
-    again = run([svc("web", ips=(ip,), finalizers=(FINALIZER,), lb_ip=other)], vipgroups=(vipgroup_obj(group),))
+    again = run([svc("web", ips=(ip,), lb_ip=other)], vipgroups=(vipgroup_obj(group),))
     assert [(n.reason, n.routine) for n in again.notes] == [(IP_ALLOCATED, False)]
 
 
@@ -85,12 +85,12 @@ def test_steady_state_writes_nothing() -> None:
     first = run([svc("web")])
     ip = str(first.services[0].ingress[0])  # type: ignore[index]
     group = first.resolution.groups[0]
-    again = run([svc("web", ips=(ip,), finalizers=(FINALIZER,))], vipgroups=(vipgroup_obj(group),))
+    again = run([svc("web", ips=(ip,))], vipgroups=(vipgroup_obj(group),))
     assert again.empty and again.notes == ()
 
 
 def test_held_address_is_kept_even_when_another_would_be_chosen() -> None:
-    result = run([svc("web", ips=("203.0.113.12",), finalizers=(FINALIZER,))])
+    result = run([svc("web", ips=("203.0.113.12",))])
     assert result.services == ()
     assert result.groups[0].spec["vips"]["ipv4"] == ["203.0.113.12"]
 
@@ -130,26 +130,75 @@ def test_openelb_annotations_and_eip() -> None:
     assert write.ingress == (ipaddress.ip_address("203.0.113.34"),)
 
 
-def test_deleting_service_loses_finalizer_and_its_address_is_free() -> None:
+def test_deleting_service_loses_the_legacy_finalizer_and_its_address_is_free() -> None:
     small = pool(addresses=("203.0.113.10",))
     gone = svc("gone", ips=("203.0.113.10",), finalizers=(FINALIZER,), deleting=True)
     result = run([gone, svc("next")], pools=(small,))
     by_key = {w.key: w for w in result.services}
-    assert by_key["default/gone"].finalizer is False and by_key["default/gone"].ingress is None
+    assert by_key["default/gone"].drop_finalizer and by_key["default/gone"].ingress is None
     assert by_key["default/next"].ingress == (ipaddress.ip_address("203.0.113.10"),)
+    # With the quarantine on, what this pass frees is not handed out in it.
+    rested = plan([gone, svc("next")], nodes=NODES, endpoint_slices=(), pools=(small,), vipgroups=(),
+                  rest_released=True)
+    assert "default/next" in rested.refused and rested.released == frozenset({ipaddress.ip_address("203.0.113.10")})
+
+
+def test_a_served_service_with_the_legacy_finalizer_loses_it_with_its_status_write() -> None:
+    kept = run([svc("kept", ips=("203.0.113.11",), finalizers=(FINALIZER,))])
+    (write,) = kept.services
+    assert write.drop_finalizer and write.ingress is None  # it keeps its address: only the finalizer goes
+    moved = run([svc("moved", ips=("203.0.113.11",), finalizers=(FINALIZER,), lb_ip="203.0.113.12")])
+    (write,) = moved.services
+    assert write.drop_finalizer and write.ingress == (ipaddress.ip_address("203.0.113.12"),)
 
 
 def test_service_no_longer_served_is_released() -> None:
+    # Served before: the legacy finalizer says so, or a persisted VipGroup, or the previous pass.
     was = svc("was", ips=("203.0.113.10",), finalizers=(FINALIZER,))
     was["spec"]["type"] = "ClusterIP"
     result = run([was])
     (write,) = result.services
-    assert write.finalizer is False and write.ingress == ()
+    assert write.drop_finalizer and write.ingress == ()
     assert [n.reason for n in result.notes] == [IP_RELEASED]
+    first = run([svc("was")])
+    ip = first.services[0].ingress[0]  # type: ignore[index]
+    gone_class = svc("was", ips=(str(ip),), cls="example.com/other")
+    for groups, previous in (((vipgroup_obj(first.resolution.groups[0]),), None), ((), first.addresses)):
+        result = plan([gone_class], nodes=NODES, endpoint_slices=(), pools=(pool(),), vipgroups=groups,
+                      previous=previous)
+        (write,) = result.services
+        assert write.ingress == () and not write.drop_finalizer
+        assert result.released == frozenset({ip})
+    # Never served: another implementation's status is left alone.
+    assert plan([gone_class], nodes=NODES, endpoint_slices=(), pools=(pool(),), vipgroups=()).services == ()
+
+
+def test_a_pass_before_the_status_write_is_seen_gives_the_same_address() -> None:
+    # The previous pass gave "web" an address; its status write is not in the cache yet.
+    first = run([svc("web")])
+    (ip,) = first.addresses["default/web"]
+    again = plan([svc("web")], nodes=NODES, endpoint_slices=(), pools=(pool(),),
+                 vipgroups=(vipgroup_obj(first.resolution.groups[0]),), previous=first.addresses,
+                 rest_released=True)
+    assert again.addresses["default/web"] == (ip,) and again.released == frozenset()
+
+
+def test_an_address_whose_service_is_gone_is_released_from_what_was_persisted() -> None:
+    first = run([svc("a"), svc("b")])
+    group = vipgroup_obj(first.resolution.groups[0])
+    ips = {w.key: w.ingress[0] for w in first.services}  # type: ignore[index]
+    # "b" was deleted (while no controller ran): only the VipGroup still lists its address.
+    result = run([svc("a", ips=(str(ips["default/a"]),))], vipgroups=(group,))
+    assert result.released == frozenset({ips["default/b"]})
+    assert result.groups[0].spec["services"] == ["default/a"]
+    # ... or, in a running controller, its previous pass.
+    result = plan([svc("a", ips=(str(ips["default/a"]),))], nodes=NODES, endpoint_slices=(), pools=(pool(),),
+                  vipgroups=(), previous=first.addresses)
+    assert result.released == frozenset({ips["default/b"]})
 
 
 def test_local_service_without_endpoints_keeps_its_address() -> None:
-    local = svc("local", policy="Local", ips=("203.0.113.11",), finalizers=(FINALIZER,))
+    local = svc("local", policy="Local", ips=("203.0.113.11",))
     result = run([local])
     assert result.services == () and result.groups == ()
     assert [(n.reason, n.routine) for n in result.notes] == [(NO_GROUP, True)]  # its EndpointSlices say why
@@ -164,7 +213,7 @@ def test_persisted_vrid_kept_and_vanished_group_deleted() -> None:
              "metadata": {"name": "0" * 64 + "-eth0", "resourceVersion": "1"},
              "spec": {"interface": "eth0", "nodes": ["node-x"], "vrid": 9}}
     ip = str(first.services[0].ingress[0])  # type: ignore[index]
-    result = run([svc("web", ips=(ip,), finalizers=(FINALIZER,))], vipgroups=(pinned, stale))
+    result = run([svc("web", ips=(ip,))], vipgroups=(pinned, stale))
     assert result.resolution.groups[0].vrid == pinned["spec"]["vrid"]
     assert result.groups == ()  # spec already matches
     assert result.deletes == ("0" * 64 + "-eth0",)
@@ -206,7 +255,7 @@ def test_vrid_exhaustion_reported_on_the_services_that_got_none() -> None:
 
 def test_released_addresses_are_reported_for_quarantine() -> None:
     gone = svc("gone", ips=("203.0.113.10",), finalizers=(FINALIZER,), deleting=True)
-    kept = svc("kept", ips=("203.0.113.11",), finalizers=(FINALIZER,))
+    kept = svc("kept", ips=("203.0.113.11",))
     foreign = svc("foreign", cls="example.com/other", ips=("198.51.100.1",))
     result = run([gone, kept, foreign])
     assert result.released == frozenset({ipaddress.ip_address("203.0.113.10")})
@@ -223,7 +272,7 @@ def test_openelb_service_of_a_bgp_eip_loses_only_our_finalizer() -> None:
               annotations={"lb.kubesphere.io/v1alpha1": "openelb", "eip.openelb.kubesphere.io/v1alpha2": "bgp"})
     result = plan([obj], nodes=NODES, endpoint_slices=(), pools=(pool(),), vipgroups=(), eips=eips)
     (write,) = result.services
-    assert write.finalizer is False and write.ingress is None
+    assert write.drop_finalizer and write.ingress is None
     assert result.notes == () and result.released == frozenset()
 
 

@@ -40,7 +40,7 @@ def apply(result: Plan, services: list[dict[str, Any]], groups: dict[str, dict[s
     for obj in services:
         key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
         ips = [str(ip) for ip in result.addresses.get(key, ())]
-        new = svc(obj["metadata"]["name"], ips=tuple(ips), finalizers=(FINALIZER,))
+        new = svc(obj["metadata"]["name"], ips=tuple(ips))
         new["spec"] = obj["spec"]
         out.append(new)
     return out

@@ -14,7 +14,7 @@ import yaml
 
 from tests.helpers.cluster import lb_ips, node, service, vipgroups, vippool, wait_for
 
-from vipcore.core.model import Family, State, StateChange
+from vipcore.core.model import FINALIZER, Family, State, StateChange
 from vipcore.core.settings import Config
 from vipcore.kube.heartbeat import HeartbeatConfig
 from vipcore.sources.kubernetes import KubernetesAgentSource
@@ -109,11 +109,18 @@ def test_controller_rbac_is_what_it_calls(server: ApiServer, start: Callable[...
     server.create(vippool("lan", "203.0.113.10-203.0.113.19", default=True))
     for name in ("a", "b"):
         server.create(service(name))
+    # A Service as an older release left it: the controller removes its finalizer (an upgrade).
+    legacy = service("legacy")
+    legacy["metadata"]["finalizers"] = [FINALIZER]
+    server.create(legacy)
     running = start("c1", namespace=SYSTEM, lease_name="vipcore-controller",
                     heartbeat=HeartbeatConfig(enabled=True, namespace=HEARTBEATS, duration=4))
     wait_for(lambda: lb_ips(server, "a") and lb_ips(server, "b"), what="allocations")
-    wait_for(lambda: [g["spec"]["services"] for g in vipgroups(server)] == [["default/a", "default/b"]],
-             what="the group")
+    wait_for(lambda: [g["spec"]["services"] for g in vipgroups(server)] == [["default/a", "default/b",
+                                                                           "default/legacy"]], what="the group")
+    wait_for(lambda: not server.get("v1", "Service", "legacy", "default")["metadata"].get("finalizers"),
+             what="the legacy finalizer to go")
+    server.delete("v1", "Service", "legacy", "default")
     wait_for(lambda: (server.get("vipcore.io/v1alpha1", "VipPool", "lan").get("status") or {}).get("ipv4"),
              what="pool status")
     # A refusal is an Event; when it comes back after it was over, the same Event's count is raised.

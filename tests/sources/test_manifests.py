@@ -14,7 +14,8 @@ import yaml
 
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import DesiredState
-from vipcore.sources.manifests import SPLIT_ABOVE, ManifestSource, _load_all, _parse_halves, load_manifests
+from vipcore.core.objects import state_from_objects
+from vipcore.sources.manifests import SPLIT_ABOVE, ManifestSource, _objects, _parse, _read_halves, load_manifests
 
 NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
         "status": {"conditions": [{"type": "Ready", "status": "True"}],
@@ -381,29 +382,62 @@ def _large_manifest(count: int) -> str:
     return text
 
 
-def test_a_large_manifest_parsed_on_two_processes_is_the_serial_parse(tmp_path: Path) -> None:
+def _serial(text: str, source: str = "m.yaml") -> list[Any]:
+    """What the serial read converts, as (document index, kind, value)."""
+    from vipcore.core.objects import convert
+
+    out = []
+    for index, obj in _objects(_parse(text, source), source):
+        converted = convert(obj)
+        if converted is not None:
+            out.append((index, *converted))
+    return out
+
+
+def _halves(text: str) -> list[Any] | None:
+    items = _read_halves(text, "m.yaml", frozenset({"vipcore.io/vip"}), True)
+    return None if items is None else [(index, *converted) for index, converted in items]
+
+
+def test_a_large_manifest_read_on_two_processes_is_the_serial_read(tmp_path: Path) -> None:
     text = _large_manifest(5000)
-    serial = _load_all(text, "m.yaml", 1)
-    assert _parse_halves(text, "m.yaml") == serial and len(serial) == 5000
+    serial = _serial(text)
+    # The child's half comes back converted (model values), with the serial read's document numbers.
+    assert _halves(text) == serial and len(serial) == 5000
     # Empty documents and explicit document ends keep their places (document numbers in errors).
     odd = "---\n" + text.replace("\n---\n", "\n...\n---\n---\n", 3)
-    assert _parse_halves(odd, "m.yaml") == _load_all(odd, "m.yaml", 1)
-    assert _parse_halves("%YAML 1.1\n" + text, "m.yaml") is None  # directives: parsed serially
-    # And through load_manifests, as `vipcore resolve -f` calls it.
+    assert _halves(odd) == _serial(odd)
+    assert _halves("%YAML 1.1\n" + text) is None  # directives: read serially
+    # And through load_manifests, as `vipcore resolve -f` calls it (a List and a second file too).
     path = tmp_path / "m.yaml"
     path.write_text(text)
-    assert load_manifests([path], jobs=2) == load_manifests([path])
+    more = tmp_path / "more.yaml"
+    more.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "extra", "namespace": "ns1"},
+         "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}}]}))
+    assert load_manifests([path, more], jobs=2) == load_manifests([path, more])
+    assert load_manifests([path], jobs=2) == state_from_objects((None, o) for o in yaml.safe_load_all(text))
 
 
-def test_an_error_in_the_second_half_names_the_line_the_serial_parse_names() -> None:
+@pytest.mark.parametrize("problem", ["yaml", "field", "twice", "not a mapping"])
+def test_an_error_in_the_second_half_is_the_serial_reads_error(tmp_path: Path, problem: str) -> None:
     text = _large_manifest(5000)
     cut = text.rindex("\n---\n", 0, len(text) * 3 // 4)
-    broken = text[:cut] + "\n---\nkind: [unclosed\n" + text[cut:]
+    bad = {"yaml": "kind: [unclosed\n",
+           "field": "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: ns1}\n"
+                    "spec: {type: LoadBalancer, ports: [{port: not-a-port}]}\n",
+           "twice": yaml.safe_dump(yaml.safe_load(text[:text.index("\n---\n")])),
+           "not a mapping": "- just\n- a list\n"}[problem]
+    path = tmp_path / "m.yaml"
+    path.write_text(text[:cut] + "\n---\n" + bad + text[cut:])
     with pytest.raises(ManifestError) as serial:
-        _load_all(broken, "m.yaml", 1)
-    with pytest.raises(ManifestError) as half:
-        _parse_halves(broken, "m.yaml")  # its line counts from the second half
-    assert str(half.value) != str(serial.value)
+        load_manifests([path])
+    if problem == "yaml":
+        with pytest.raises(ManifestError) as half:
+            _read_halves(path.read_text(), str(path), frozenset({"vipcore.io/vip"}), True)
+        assert str(half.value) != str(serial.value)  # its line counts from the second half
     with pytest.raises(ManifestError) as parallel:
-        _load_all(broken, "m.yaml", 2)
-    assert str(parallel.value) == str(serial.value) and "line" in str(serial.value)
+        load_manifests([path], jobs=2)
+    assert str(parallel.value) == str(serial.value)
+    assert ("line" if problem == "yaml" else "document") in str(serial.value)

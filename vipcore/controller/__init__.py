@@ -1,4 +1,4 @@
-"""The cluster runtime: IPAM, Service status, finalizers, VipGroups with persisted VRIDs, Events.
+"""The cluster runtime: IPAM, Service status, VipGroups with persisted VRIDs, Events.
 
 Independent of :mod:`vipcore.agent`: both build on :mod:`vipcore.kube` and the pure core.
 """

@@ -1,4 +1,4 @@
-"""``vipcore controller``: IPAM, Service status, finalizers, VipGroups with persisted VRIDs, Events.
+"""``vipcore controller``: IPAM, Service status, VipGroups with persisted VRIDs, Events.
 
 Every replica lists and watches the cluster through
 :class:`vipcore.kube.KubernetesSource` (so a standby is warm);
@@ -48,7 +48,14 @@ later (refusals, invalid Services and pools, a holder or group that changed),
 aggregated by :class:`vipcore.kube.EventRecorder` (one Event per object,
 reason and message, its ``count`` raised on repeats). A new Service's first
 address, group and holder are log lines, not Events (its status says them):
-the steady path costs exactly two writes per Service, the finalizer and the status.
+the steady path costs exactly one write per Service, its status.
+
+Services carry no finalizer: an address is freed from what the controller
+already holds (the persisted VipGroups' VIPs and its previous pass's
+addresses, :func:`vipcore.core.plan.plan`'s ``previous``), so a Service
+deleted while no controller ran frees its address on the next start or
+leader change, after the quarantine; the finalizer older releases added is
+removed.
 
 Pools (see :meth:`Controller.keep_pools`): each VipPool gets the finalizer
 ``vipcore.io/pool`` and a status (allocated and free addresses per family, a
@@ -252,6 +259,9 @@ class Controller:
         # API connectivity and invalid objects, as the agents report them.
         self.registry.register(SampleCollector(self.source.metrics))
         self.last_plan: Plan | None = None
+        #: Service key -> addresses, from this term's last pass: what the next pass frees when a Service is
+        #: gone (with the persisted VipGroups' VIPs). A new term starts from the cluster alone.
+        self._previous: Mapping[str, Any] | None = None
         self.last_pools: tuple[Any, ...] = ()
         self._noted: dict[tuple[str, str], str] = {}
         self._holders: dict[str, dict[str, str]] | None = None
@@ -317,8 +327,11 @@ class Controller:
         inputs = dict(inputs) if inputs is not None else self.inputs()
         result_plan = plan(selection=self.settings.selection, vrid_policy=self.config.vrid_policy,
                            convert=self.source.service_model, quarantined=self.quarantined(),
-                           shard_vips=self.settings.shard_vips, **inputs)
+                           shard_vips=self.settings.shard_vips,
+                           previous=self._previous,
+                           rest_released=self.settings.quarantine > 0, **inputs)
         self.last_plan = result_plan
+        self._previous = result_plan.addresses
         self.last_pools = tuple(inputs["pools"])
         originals = {key_of(o): o for o in inputs["services"]}
         writer = ClusterWriter(self._writer(fence), selection=self.settings.selection,
@@ -469,6 +482,7 @@ class Controller:
         fence = self._term_fence()
         self.metrics.leader.set(1)
         self._holders = None
+        self._previous = None
         backoff = 0.1
         try:
             self._dirty.set()

@@ -161,7 +161,8 @@ class ClusterWriter:
         return (self.selection.wants(obj), deleting(obj), model)
 
     def service(self, write: ServiceWrite, result: WriteResult, original: Mapping[str, Any] | None = None) -> bool:
-        """Finalizer, then status (or status, then finalizer when releasing). False if gone or given up.
+        """The status, then (a Service an older release gave it) drop the legacy finalizer. False if gone or
+        given up.
 
         ``original``: the object the plan was made from; its resourceVersion is
         the precondition of the first write (read now when not given).
@@ -200,11 +201,9 @@ class ClusterWriter:
 
     def _service_once(self, write: ServiceWrite, obj: Mapping[str, Any]) -> None:
         """One try, every write preconditioned on the resourceVersion of the object it builds on."""
-        if write.finalizer is True:
-            obj = self.writer.set_service_finalizer(obj, True)
         if write.ingress is not None:
             obj = self.writer.set_service_ingress(obj, write.ingress)
-        if write.finalizer is False:
+        if write.drop_finalizer:
             self.writer.set_service_finalizer(obj, False)
 
     # -- VipGroups -------------------------------------------------------------------

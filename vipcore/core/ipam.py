@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import operator
 from ipaddress import ip_address
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
@@ -233,9 +234,10 @@ def allocate(
     address to the Services of those pools; without it, the overlaps among
     the pools in ``services`` are refused.
     """
-    pairs = sorted(services, key=lambda sp: sp[0].key)
+    # (key, Service, pool): Service.key is computed, and read many times a Service below.
+    pairs = sorted(((s.key, s, p) for s, p in services), key=operator.itemgetter(0))
     if refused_pools is None:
-        refused_pools = pool_conflicts({p.name: p for _, p in pairs}.values())
+        refused_pools = pool_conflicts({p.name: p for _, _, p in pairs}.values())
     spaces: dict[tuple[str, Family], _FamilySpace] = {}
     users: dict[IPAddress, list[Service]] = {}
     pool_of: dict[IPAddress, str] = {}
@@ -250,10 +252,10 @@ def allocate(
         if found is None:
             found = offered_by_pool[pool.name] = pool.families
         return found
-    for service, pool in pairs:
+    for key, service, pool in pairs:
         if pool.name in refused_pools:
-            refused[service.key] = f"pool {pool.name!r} is refused: {refused_pools[pool.name]}"
-    pairs = [(s, p) for s, p in pairs if s.key not in refused]
+            refused[key] = f"pool {pool.name!r} is refused: {refused_pools[pool.name]}"
+    pairs = [(k, s, p) for k, s, p in pairs if k not in refused]
 
     def space(pool: Pool, family: Family) -> _FamilySpace:
         key = (pool.name, family)
@@ -267,11 +269,11 @@ def allocate(
             return f"already used by {', '.join(o.key for o in others)} from pool {pool_of[ip]!r}"
         return share_problem(service, others)
 
-    def claim(service: Service, pool: Pool, ip: IPAddress) -> None:
+    def claim(key: str, service: Service, pool: Pool, ip: IPAddress) -> None:
         users.setdefault(ip, []).append(service)
         pool_of[ip] = pool.name
         space(pool, Family.of(ip)).taken.add(int(ip))
-        result.setdefault(service.key, []).append(ip)
+        result.setdefault(key, []).append(ip)
 
     def release(service: Service, pool: Pool) -> None:
         for ip in result.pop(service.key, []):
@@ -294,18 +296,18 @@ def allocate(
         return None
 
     # 1. Keep what is held, unless the Service now requests something else.
-    for service, pool in pairs:
-        if service.requested_ips and set(service.requested_ips) != set(service.vips):
+    for key, service, pool in pairs:
+        if not service.vips or (service.requested_ips and set(service.requested_ips) != set(service.vips)):
             continue
         wanted = wanted_families(service, pool, offered(pool))
         for ip in service.vips:
             if pool.contains(ip) and Family.of(ip) in wanted and problem(service, pool, ip) is None \
-                    and ip not in result.get(service.key, []):
-                claim(service, pool, ip)
+                    and ip not in result.get(key, []):
+                claim(key, service, pool, ip)
 
     # 2. Requested addresses.
-    for service, pool in pairs:
-        if not service.requested_ips or service.key in result:
+    for key, service, pool in pairs:
+        if not service.requested_ips or key in result:
             continue
         problems = []
         for ip in service.requested_ips:
@@ -316,44 +318,44 @@ def allocate(
             elif _closed(pool) and ip not in service.vips:
                 problems.append(f"requested address {ip}: {_closed_reason(pool)}, it allocates nothing new")
         if problems:
-            refused[service.key] = "; ".join(problems)
+            refused[key] = "; ".join(problems)
             continue
         for ip in service.requested_ips:
-            claim(service, pool, ip)
+            claim(key, service, pool, ip)
 
     # 3. Fresh addresses for the families still missing.
-    for service, pool in pairs:
-        if service.key in refused or service.requested_ips:
+    for key, service, pool in pairs:
+        if key in refused or service.requested_ips:
             continue
-        have = {Family.of(ip) for ip in result.get(service.key, [])}
+        have = {Family.of(ip) for ip in result.get(key, [])}
         gap = dual_stack_gap(service, pool)
         if gap is not None and not have:
-            refused[service.key] = gap
+            refused[key] = gap
             continue
         families = offered(pool)
         missing = [f for f in wanted_families(service, pool, families) if f not in have and f in families]
         if not missing and not have:
             asked = ", ".join(f.k8s_name for f in service.families) or "any"
-            refused[service.key] = f"pool {pool.name!r} offers none of the families the Service asks for ({asked})"
+            refused[key] = f"pool {pool.name!r} offers none of the families the Service asks for ({asked})"
             continue
         if not missing:
             continue
         if _closed(pool) or not allocate_new:
             if not have:
-                refused[service.key] = (f"{_closed_reason(pool)}: it allocates nothing new" if _closed(pool)
+                refused[key] = (f"{_closed_reason(pool)}: it allocates nothing new" if _closed(pool)
                                         else "no address allocated yet")
             continue
         for family in missing:
             found = _shared(service, pool, family, users, pool_of)
             if found is None:
                 fs = space(pool, family)
-                found = fs.first_free(_start(service.key, family, fs.size), resting) if fs.size else None
+                found = fs.first_free(_start(key, family, fs.size), resting) if fs.size else None
             if found is None:
                 resting_here = sum(1 for ip in quarantined if pool.contains(ip) and Family.of(ip) is family)
-                refused[service.key] = f"pool {pool.name!r} has no free {family.k8s_name} address" + (
+                refused[key] = f"pool {pool.name!r} has no free {family.k8s_name} address" + (
                     f" ({resting_here} recently released, in quarantine)" if resting_here else "")
                 break
-            claim(service, pool, ip_address(found))
+            claim(key, service, pool, ip_address(found))
         else:
             continue
         # Exhaustion is all-or-nothing for a Service: give back what it got this run.

@@ -550,6 +550,80 @@ def _eip_protocol(obj: Obj) -> Any:
     return spec.get("protocol", "bgp")
 
 
+#: One object as :func:`convert` gives it: ``(kind, value)``, kind one of "Node", "Service",
+#: "EndpointSlice", "Pool" (the model value) or "VipGroup" (its name and pinned VRID).
+Converted = tuple[str, Any]
+
+
+def convert(obj: Any, *, classes: frozenset[str] = frozenset({LOAD_BALANCER_CLASS}),
+            default_class: bool = True) -> Converted | None:
+    """One object (a Node, Service, EndpointSlice, VipPool or ``vip`` Eip, VipGroup) as the value
+    :class:`StateBuilder` takes; None for other kinds, Services not served (``classes``,
+    ``default_class``) and VipGroup shards other than 0. Raises :class:`ManifestError` naming the object
+    and the field.
+    """
+    if not _is_mapping(obj):
+        raise ManifestError(f"not a Kubernetes object (a mapping): {show(obj)}")
+    kind = obj.get("kind")
+    if kind == "Node":
+        return "Node", node_from_k8s(obj)
+    if kind == "Service":
+        if service_wanted(obj, classes=classes, default_class=default_class):
+            return "Service", service_from_k8s(obj)
+        return None
+    if kind == "EndpointSlice":
+        return "EndpointSlice", endpoint_slice_from_k8s(obj)
+    if kind == "VipPool" or (kind == "Eip" and _eip_protocol(obj) == "vip"):
+        return "Pool", pool_from_k8s(obj)
+    if kind == "VipGroup":
+        pinned = pinned_vrid(obj)
+        shard = (obj.get("spec") or {}).get("shard")
+        if not isinstance(shard, Mapping) or not shard.get("index"):  # shard 0 pins its group's
+            return "VipGroup", pinned
+    return None
+
+
+class StateBuilder:
+    """:func:`convert`'s values, in order, into a :class:`DesiredState`: a later Node of the same name
+    wins; a Service or a pool defined twice is a :class:`ManifestError`."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.services: dict[str, Service] = {}
+        self.service_origin: dict[str, str] = {}
+        self.slices: list[EndpointSlice] = []
+        self.pools: dict[str, Pool] = {}
+        self.vrids: dict[str, int] = {}
+
+    def add(self, converted: Converted, origin: str | None = None, obj: Obj | None = None) -> None:
+        """Add one value; ``origin`` (a file and document) names where a Service came from, ``obj``
+        (the object) names what is defined twice."""
+        kind, value = converted
+        if kind == "Service":
+            if value.key in self.services:
+                first = self.service_origin[value.key]
+                raise ManifestError(f"Service {value.key} is defined twice" + (f" (first in {first})" if first else ""),
+                                    source=describe(obj) if obj is not None else None)
+            self.services[value.key] = value
+            self.service_origin[value.key] = origin or ""
+        elif kind == "EndpointSlice":
+            self.slices.append(value)
+        elif kind == "Node":
+            self.nodes[value.name] = value
+        elif kind == "Pool":
+            if value.name in self.pools:
+                raise ManifestError(f"pool {value.name!r} is defined twice",
+                                    source=describe(obj) if obj is not None else None)
+            self.pools[value.name] = value
+        elif kind == "VipGroup":
+            name, vrid = value
+            self.vrids[name] = vrid
+
+    def state(self) -> DesiredState:
+        return DesiredState(nodes=tuple(self.nodes.values()), services=tuple(self.services.values()),
+                            endpoint_slices=tuple(self.slices), pools=tuple(self.pools.values()), vrids=self.vrids)
+
+
 def state_from_objects(
     items: Iterable[tuple[str | None, Any]],
     *,
@@ -557,50 +631,21 @@ def state_from_objects(
     default_class: bool = True,
 ) -> DesiredState:
     """``(origin, object)`` pairs (Nodes, Services, EndpointSlices, VipPools or ``vip`` Eips, VipGroups) as
-    a :class:`DesiredState`: the one place objects become a desired state (manifests, static sources).
+    a :class:`DesiredState`: the one place objects become a desired state (manifests, static sources;
+    :func:`convert` and :class:`StateBuilder`, which a caller converting elsewhere uses directly).
 
     Other kinds are ignored. An invalid object, a pool or a Service defined twice, is a
     :class:`ManifestError` naming the object, the field and ``origin`` (a file and document, or None).
     """
-    nodes: dict[str, Node] = {}
-    services: dict[str, Service] = {}
-    service_origin: dict[str, str] = {}
-    slices: list[EndpointSlice] = []
-    pools: dict[str, Pool] = {}
-    vrids: dict[str, int] = {}
+    builder = StateBuilder()
     for origin, obj in items:
         try:
-            if not _is_mapping(obj):
-                raise ManifestError(f"not a Kubernetes object (a mapping): {show(obj)}")
-            kind = obj.get("kind")
-            if kind == "Node":
-                node = node_from_k8s(obj)
-                nodes[node.name] = node
-            elif kind == "Service":
-                if service_wanted(obj, classes=classes, default_class=default_class):
-                    service = service_from_k8s(obj)
-                    if service.key in services:
-                        first = service_origin[service.key]
-                        raise ManifestError(f"Service {service.key} is defined twice"
-                                            + (f" (first in {first})" if first else ""), source=describe(obj))
-                    services[service.key] = service
-                    service_origin[service.key] = origin or ""
-            elif kind == "EndpointSlice":
-                slices.append(endpoint_slice_from_k8s(obj))
-            elif kind == "VipPool" or (kind == "Eip" and _eip_protocol(obj) == "vip"):
-                pool = pool_from_k8s(obj)
-                if pool.name in pools:
-                    raise ManifestError(f"pool {pool.name!r} is defined twice", source=describe(obj))
-                pools[pool.name] = pool
-            elif kind == "VipGroup":
-                name, vrid = pinned_vrid(obj)
-                shard = (obj.get("spec") or {}).get("shard")
-                if not isinstance(shard, Mapping) or not shard.get("index"):  # shard 0 pins its group's
-                    vrids[name] = vrid
+            converted = convert(obj, classes=classes, default_class=default_class)
+            if converted is not None:
+                builder.add(converted, origin, obj)
         except ManifestError as exc:
             if origin is None:
                 raise
             raise ManifestError(str(exc), source=origin) from None
-    return DesiredState(nodes=tuple(nodes.values()), services=tuple(services.values()),
-                        endpoint_slices=tuple(slices), pools=tuple(pools.values()), vrids=vrids)
+    return builder.state()
 

@@ -2,7 +2,7 @@
 
 :func:`plan` takes the raw Service and VipGroup objects plus the model values
 the Kubernetes source already converted (Nodes, EndpointSlices, pools) and
-returns a :class:`Plan`: finalizer and status writes per Service, VipGroup
+returns a :class:`Plan`: status writes per Service, VipGroup
 creates, updates and deletes, and Events. Allocation, grouping and VRIDs are
 the core's (:func:`vipcore.core.resolve.resolve`, :func:`vipcore.core.ipam.allocate`);
 nothing here chooses an address or a VRID.
@@ -13,14 +13,18 @@ Rules the plan follows:
   gives it. Addresses already in the status are held first, so a Service keeps
   its IP across restarts, even while it has no group (a ``Local`` Service
   without ready endpoints keeps its address).
-* A Service is given the finalizer ``vipcore.io/vip`` before its first
-  address and loses it only after its status is cleared, or when it is being
-  deleted: an address is free for another Service only once the Service that
-  held it is gone.
+* A Service carries no finalizer of vipcore's: the steady path of a new
+  Service is one write, its status. An address is free for another Service
+  once no live Service holds it; what the controller already holds says which
+  addresses were given out (the persisted VipGroups' VIPs, and the previous
+  pass's addresses, ``previous``), so an address whose Service was deleted,
+  even while no controller ran, is listed in :attr:`Plan.released` and rests
+  in quarantine before reuse. The finalizer ``vipcore.io/vip`` that older
+  releases added is removed (once, and from a Service being deleted too).
 * The VRID of a group that already has a VipGroup object is kept (fed to the
   resolver as ``DesiredState.vrids``); a group no longer resolved is deleted.
 * An OpenELB Service whose Eip is a ``bgp`` or ``layer2`` one is OpenELB's:
-  its status is never written (at most vipcore's own finalizer is removed).
+  its status is never written (at most vipcore's legacy finalizer is removed).
 * Addresses a pass frees are listed in :attr:`Plan.released`, so the
   controller can keep them in quarantine before they are given out again.
 """
@@ -90,18 +94,18 @@ class Note:
 
 @attrs.frozen
 class ServiceWrite:
-    """Changes to one Service. ``finalizer``: True add, False remove, None leave.
+    """Changes to one Service.
 
     ``ingress``: the addresses the status must list (empty clears it), or None
-    to leave the status alone. The writer applies them in a safe order: add the
-    finalizer, then the status; or clear the status, then drop the finalizer.
+    to leave the status alone. ``drop_finalizer``: remove the finalizer
+    ``vipcore.io/vip`` older releases added (after the status write, if any).
     """
 
     namespace: str
     name: str
     resource_version: str | None
-    finalizer: bool | None = None
     ingress: tuple[IPAddress, ...] | None = None
+    drop_finalizer: bool = False
 
     @property
     def key(self) -> str:
@@ -224,6 +228,28 @@ def _normal_spec(spec: Any) -> dict[str, Any]:
     }
 
 
+def _spec_list(obj: Obj, field: str) -> list[Any]:
+    """A list field of a VipGroup object's spec (empty when absent or malformed)."""
+    spec = obj.get("spec")
+    value = spec.get(field) if isinstance(spec, Mapping) else None
+    return value if isinstance(value, list) else []
+
+
+def _persisted_vips(vipgroups: Iterable[Obj]) -> set[IPAddress]:
+    """Every valid address the VipGroup objects list."""
+    found: set[IPAddress] = set()
+    for obj in vipgroups:
+        spec = obj.get("spec")
+        vips = spec.get("vips") if isinstance(spec, Mapping) else None
+        for family in ("ipv4", "ipv6"):
+            for raw in (vips.get(family) if isinstance(vips, Mapping) else None) or []:
+                try:
+                    found.add(ipaddress.ip_address(str(raw)))
+                except ValueError:
+                    continue
+    return found
+
+
 def _shard(obj: Obj) -> tuple[str, int] | None:
     """A VipGroup object's (set key, index) when it is a shard (``spec.shard``)."""
     spec = obj.get("spec")
@@ -341,6 +367,8 @@ def plan(
     eips: Iterable[Obj] = (),
     quarantined: Collection[IPAddress] = (),
     shard_vips: int = SHARD_VIPS,
+    previous: Mapping[str, Sequence[IPAddress]] | None = None,
+    rest_released: bool = False,
 ) -> Plan:
     """Everything the controller should write so the cluster matches the resolver's answer.
 
@@ -348,13 +376,25 @@ def plan(
     passes its cache's, so a Service is converted once per resourceVersion.
     ``eips``: every OpenELB Eip object (any protocol), to leave OpenELB's own
     Services alone; ``quarantined``: addresses not to give out fresh; ``shard_vips``: a group of
-    more VIPs is written as shards (:mod:`vipcore.core.shards`).
+    more VIPs is written as shards (:mod:`vipcore.core.shards`). ``previous``: Service key -> the
+    addresses the controller's previous pass gave it (:attr:`Plan.addresses`): with the VIPs and
+    Services of the persisted ``vipgroups``, what was given out before, so an address whose Service is
+    gone is :attr:`Plan.released`, and a Service no longer served has its status cleared.
+    ``rest_released``: addresses freed by this pass are not given out fresh in it either (the
+    controller's quarantine, which starts after the pass, is on).
     """
     eip_objs = list(eips)
     service_objs = sorted(services, key=key_of)
     group_objs = {str(_meta(o).get("name")): o for o in vipgroups}
     notes: list[Note] = []
     writes: list[ServiceWrite] = []
+    earlier = previous or {}
+    # Services vipcore gave an address before (no finalizer marks them): its previous pass's and those
+    # its VipGroups list; the legacy finalizer marks them too.
+    served_before = set(earlier) | {str(s) for obj in group_objs.values() for s in _spec_list(obj, "services")}
+
+    def ours(obj: Obj) -> bool:
+        return has_finalizer(obj) or key_of(obj) in served_before
 
     def note(obj: Obj, kind: str, reason: str, message: str, routine: bool = False) -> None:
         meta = _meta(obj)
@@ -367,26 +407,42 @@ def plan(
         rv = meta.get("resourceVersion")
         ns, name = str(meta.get("namespace") or "default"), str(meta.get("name"))
         if not selection.wants(obj, eip_objs):
-            # Only Services this controller once served (its finalizer) are touched.
-            if has_finalizer(obj) and openelb_foreign(obj, eip_objs) and selection.openelb:
-                # OpenELB's own Service: its status is OpenELB's; drop only our finalizer.
-                writes.append(ServiceWrite(ns, name, rv, finalizer=False))
-            elif has_finalizer(obj):
-                writes.append(ServiceWrite(ns, name, rv, finalizer=False,
-                                           ingress=None if deleting(obj) else ()))
-                if not deleting(obj) and ingress_of(obj):
+            # Only Services this controller served before are touched.
+            if openelb_foreign(obj, eip_objs) and selection.openelb:
+                # OpenELB's own Service: its status is OpenELB's; drop only our legacy finalizer.
+                if has_finalizer(obj):
+                    writes.append(ServiceWrite(ns, name, rv, drop_finalizer=True))
+            elif ours(obj):
+                clear = not deleting(obj) and bool(ingress_of(obj))
+                if clear or has_finalizer(obj):
+                    writes.append(ServiceWrite(ns, name, rv, ingress=() if clear else None,
+                                               drop_finalizer=has_finalizer(obj)))
+                if clear:
                     note(obj, "Normal", IP_RELEASED,
                          f"released {', '.join(map(str, ingress_of(obj)))}: the Service is no longer served by vipcore")
             continue
         if deleting(obj):
             if has_finalizer(obj):
-                writes.append(ServiceWrite(ns, name, rv, finalizer=False))
+                writes.append(ServiceWrite(ns, name, rv, drop_finalizer=True))
             continue
         try:
             served[key_of(obj)] = (obj, convert(obj))
         except ManifestError as exc:
             note(obj, "Warning", INVALID_SERVICE, str(exc))
 
+    # What was given out before: the statuses of the Services vipcore serves (or served), the VIPs its
+    # VipGroups list and its previous pass's addresses (a Service deleted, even while no controller ran).
+    before = {ip for obj in service_objs
+              if (selection.wants(obj, eip_objs) or ours(obj)) and not openelb_foreign(obj, eip_objs)
+              for ip in ingress_of(obj)}
+    before.update(ip for ips in earlier.values() for ip in ips)
+    before.update(_persisted_vips(group_objs.values()))
+    if rest_released:
+        # Freed now (their Service is gone or no longer served): not handed out fresh in this pass either.
+        # A served Service's addresses are not: its status, or what the previous pass gave it (its status
+        # write may not be in the cache yet).
+        still = {ip for key, (obj, _) in served.items() for ip in (*ingress_of(obj), *earlier.get(key, ()))}
+        quarantined = frozenset(quarantined) | (before - still)
     state = DesiredState(
         nodes=tuple(nodes),
         services=tuple(svc for _, svc in served.values()),
@@ -413,11 +469,8 @@ def plan(
         ns, name, rv = svc.namespace, svc.name, meta.get("resourceVersion")
         want = addresses.get(key, ())
         have = ingress_of(obj)
-        finalizer: bool | None = None
         ingress: tuple[IPAddress, ...] | None = None
         if want:
-            if not has_finalizer(obj):
-                finalizer = True
             if set(want) != set(have) or len(want) != len(have):
                 ingress = want
                 allocated[key] = want
@@ -432,8 +485,6 @@ def plan(
             note(obj, "Warning", IP_REFUSED, reason)
             if have:
                 ingress = ()
-            if has_finalizer(obj):
-                finalizer = False
         if want:
             group = new_group_of.get(key)
             if group is None:
@@ -444,8 +495,8 @@ def plan(
             elif old_group_of.get(key) != group.name and not _same_router(
                     group_objs.get(old_group_of.get(key, "")), group, state.nodes):
                 note(obj, "Normal", GROUP_ASSIGNED, _describe_group(group), routine=key not in old_group_of)
-        if finalizer is not None or ingress is not None:
-            writes.append(ServiceWrite(ns, name, rv, finalizer=finalizer, ingress=ingress))
+        if ingress is not None or has_finalizer(obj):
+            writes.append(ServiceWrite(ns, name, rv, ingress=ingress, drop_finalizer=has_finalizer(obj)))
 
     # A big group is written as shards (vipcore.core.shards); writes that only add VIPs go first, so an
     # agent never misses a VIP moving between shards (it has it twice for a moment, and merges).
@@ -469,9 +520,6 @@ def plan(
     group_writes = growing + shrinking
     deletes = tuple(sorted(name for name in group_objs if name not in wanted_groups))
 
-    before = {ip for obj in service_objs
-              if (selection.wants(obj, eip_objs) or has_finalizer(obj)) and not openelb_foreign(obj, eip_objs)
-              for ip in ingress_of(obj)}
     after = {ip for ips in addresses.items() for ip in ips[1]}
     return Plan(
         services=tuple(writes),

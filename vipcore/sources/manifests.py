@@ -8,7 +8,6 @@ Objects of other kinds are ignored. Any validation problem is a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import re
@@ -46,64 +45,30 @@ def manifest_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-#: Texts longer than this may be parsed in two halves, the second in a forked process (``jobs`` > 1).
+#: Texts longer than this may be read in two halves, the second in a forked process (``jobs`` > 1).
 SPLIT_ABOVE = 1_000_000
 #: A line that starts a YAML document: a block or quoted scalar cannot hold one (YAML's c-forbidden).
 _DOCUMENT_START = re.compile(r"^---(?=[ \t]|\r?\n|$)", re.M)
 _DIRECTIVE = re.compile(r"^%", re.M)
+
+#: ``(document index, converted object)``: what a file (or half of one) is read to.
+Item = tuple[int, objects.Converted]
 
 
 def _parse(text: str, source: str) -> list[Any]:
     return yamldocs.load_all(text, source=source, error=ManifestError)
 
 
-def _parse_halves(text: str, source: str) -> list[Any] | None:
-    """The documents of ``text`` parsed in two halves, the second in a forked process;
-    None when it cannot be split here (no fork, directives, no document start past the middle).
-
-    The halves meet at a document start, so the documents are the serial
-    parse's. Raises ManifestError for bad YAML (its line counts from its half).
-    """
-    if _DIRECTIVE.search(text) or "fork" not in multiprocessing.get_all_start_methods():
-        return None
-    split = _DOCUMENT_START.search(text, len(text) // 2)
-    if split is None:
-        return None
-    try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-            later = pool.submit(_parse, text[split.start():], source)
-            return _parse(text[:split.start()], source) + later.result()
-    except (OSError, BrokenProcessPool):
-        return None
-
-
-def _load_all(text: str, source: str, jobs: int) -> list[Any]:
-    """:func:`yamldocs.load_all`, in two halves on two processes when ``jobs`` > 1 and the text is large.
-
-    Parsing is most of ``vipcore resolve -f`` on a large manifest and the C
-    loader holds the interpreter lock, so the second half goes to a forked
-    process (:func:`_parse_halves`). Anything unusual (an error, a document
-    that is not a mapping) is parsed again serially, so errors name the same
-    line and document. Only for callers that may fork (the CLI,
-    single-threaded): the agent's ManifestSource parses serially in its worker thread.
-    """
-    if jobs > 1 and len(text) > SPLIT_ABOVE:
-        try:
-            docs = _parse_halves(text, source)
-        except ManifestError:
-            docs = None  # the serial parse below reports it, with the line it names
-        if docs is not None and all(doc is None or isinstance(doc, Mapping) for doc in docs):
-            return docs
-    return _parse(text, source)
-
-
-def _documents(path: Path, jobs: int = 1) -> Iterator[tuple[int, Mapping[str, Any]]]:
+def _read(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    text = yamldocs.decode(data, source=str(path), error=ManifestError)
-    docs = _load_all(text, str(path), jobs)
+    return yamldocs.decode(data, source=str(path), error=ManifestError)
+
+
+def _objects(docs: list[Any], path: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """Every object of the parsed documents, with its document's index (``List`` items flattened)."""
     for index, doc in enumerate(docs):
         if doc is None:
             continue
@@ -126,6 +91,67 @@ def _documents(path: Path, jobs: int = 1) -> Iterator[tuple[int, Mapping[str, An
             yield index, doc
 
 
+def _documents(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    return _objects(_parse(_read(path), str(path)), str(path))
+
+
+def _convert(docs: list[Any], source: str, classes: frozenset[str], default_class: bool) -> list[Item]:
+    """The objects of ``docs`` converted (:func:`~vipcore.core.objects.convert`); ManifestError for any
+    problem (its message is not the serial read's: the caller reads serially to report it)."""
+    convert = objects.convert
+    items: list[Item] = []
+    for index, obj in _objects(docs, source):
+        converted = convert(obj, classes=classes, default_class=default_class)
+        if converted is not None:
+            items.append((index, converted))
+    return items
+
+
+def _parse_and_convert(text: str, source: str, classes: frozenset[str], default_class: bool) -> list[Item]:
+    return _convert(_parse(text, source), source, classes, default_class)
+
+
+def _read_halves(text: str, source: str, classes: frozenset[str], default_class: bool) -> list[Item] | None:
+    """The objects of ``text`` parsed and converted in two halves, the second in a forked process;
+    None when it cannot be split here (no fork, directives, no document start past the middle).
+
+    The halves meet at a document start, so the objects and their document
+    numbers are the serial read's. The child returns model values, not the
+    parsed dicts: a fraction of the bytes to pickle and to load, and its half
+    of the conversion done alongside the parent's parse. Raises ManifestError
+    for anything invalid (its line or document counts from its half).
+    """
+    if _DIRECTIVE.search(text) or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    split = _DOCUMENT_START.search(text, len(text) // 2)
+    if split is None:
+        return None
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+            later = pool.submit(_parse_and_convert, text[split.start():], source, classes, default_class)
+            docs = _parse(text[:split.start()], source)
+            first = _convert(docs, source, classes, default_class)
+            second = later.result()
+    except (OSError, BrokenProcessPool):
+        return None
+    offset = len(docs)
+    return first + [(index + offset, converted) for index, converted in second]
+
+
+def _load_forked(paths: Iterable[Path], classes: frozenset[str], default_class: bool) -> DesiredState:
+    """:func:`load_manifests` with a large file read in two processes (:func:`_read_halves`).
+    Raises ManifestError for anything invalid, worded or placed differently from the serial read's."""
+    builder = objects.StateBuilder()
+    for path in manifest_files(paths):
+        text = _read(path)
+        items = _read_halves(text, str(path), classes, default_class) if len(text) > SPLIT_ABOVE else None
+        if items is None:
+            items = _parse_and_convert(text, str(path), classes, default_class)
+        for index, converted in items:
+            builder.add(converted, f"{path} (document {index + 1})")
+    return builder.state()
+
+
 def load_manifests(
     paths: Iterable[Path],
     *,
@@ -135,16 +161,24 @@ def load_manifests(
 ) -> DesiredState:
     """Read every manifest into a :class:`DesiredState`.
 
-    ``jobs`` > 1: a large file may be parsed on two processes (forked: only
-    from a single-threaded caller, such as the CLI).
+    ``jobs`` > 1: a large file may be parsed and converted on two processes
+    (forked: only from a single-threaded caller, such as the CLI); the result
+    is the serial read's, and anything invalid is read again serially, so
+    errors are the same too.
 
     Raises :class:`ManifestError` (one line naming the file, document, object
     and field) for anything invalid, and for nothing else: undecodable bytes,
     hostile YAML, wrong types, a pool or Service defined twice.
     """
+    paths = tuple(paths)
+    if jobs > 1:
+        try:
+            return _load_forked(paths, classes, default_class)
+        except ManifestError:
+            pass  # read again serially below: its error names the line and document as always
     return objects.state_from_objects(
         ((f"{path} (document {index + 1})", obj) for path in manifest_files(paths)
-         for index, obj in _documents(path, jobs)),
+         for index, obj in _documents(path)),
         classes=classes, default_class=default_class)
 
 
@@ -206,6 +240,8 @@ class ManifestSource:
 
     async def initial(self) -> DesiredState:
         """The first state, parsed off the event loop; ManifestError if the files are invalid."""
+        import asyncio  # here, not at the top: `vipcore resolve -f` never runs a loop (30 ms of import)
+
         return await asyncio.to_thread(self.load)
 
     async def watch(self, on_change: Callable[[DesiredState], Awaitable[None]]) -> None:
@@ -215,6 +251,8 @@ class ManifestSource:
         the files are read again on their next change, and every
         ``retry_interval`` seconds while they stay invalid.
         """
+        import asyncio
+
         loop = asyncio.get_running_loop()
         tried = loop.time()
         while True:
