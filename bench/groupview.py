@@ -95,7 +95,9 @@ def run(nodes: int, services: int, events: int, profile: bool) -> list[float]:
     view.take()
     current = dict(view.state().memberships)
 
-    rnd, flipped, cpu = random.Random(3), {}, []
+    rnd = random.Random(3)
+    flipped: dict[int, bool] = {}
+    cpu: list[float] = []
     profiler = cProfile.Profile() if profile else None
     for _ in range(events):
         i = rnd.randrange(1, nodes)
