@@ -241,4 +241,49 @@ def test_the_vipgroup_view_caches_no_service_and_no_endpointslice(populated: Api
     state = asyncio.run(first())
     assert isinstance(state, GroupState)
     assert {k.name for k in agent_source.cache.kinds} == {"nodes", "vippools", "eips", "vipgroups"}
-    assert agent_source.cache.objects("nodes") and "managedFields" not in json.dumps(agent_source.cache.objects("nodes"))
+    # The view keeps its model of each Node and VipGroup; the cache only what a relist compares.
+    assert [g.name for g in state.groups] == ["g1"]
+    for kind in ("nodes", "vipgroups"):
+        cached = agent_source.cache.objects(kind)
+        assert cached and all(set(obj) == {"kind", "apiVersion", "metadata"} for obj in cached.values())
+        assert all(set(obj["metadata"]) == {"name", "resourceVersion"} for obj in cached.values())
+    assert agent_source.cache.objects("vippools")["lan"]["spec"]  # pools are read from the cache
+
+
+def test_handed_on_kinds_are_cached_as_their_identity(populated: ApiServer) -> None:
+    """A ``handed_on`` kind's objects reach the listeners whole (slimmed) through list, watch and a
+    relist after 410, while the cache keeps name and resourceVersion: what a relist compares."""
+    seen: list[tuple[str, str, Any]] = []
+    src = KubernetesSource(populated.client(), watch_timeout=30, backoff_initial=0.05, backoff_max=0.5,
+                           healthy_after=0.2, request_timeout=5, keep=AGENT_FIELDS, handed_on=("nodes",))
+    src.on_object_change.append(lambda c: seen.append((c.type, c.key, c.obj)) if c.kind == "nodes" else None)
+    src.start()
+    try:
+        assert src.wait_synced(30)
+        assert sorted(k for t, k, _ in seen) == [f"node-{i}" for i in range(6)]
+        assert all(obj["status"]["addresses"] for _, _, obj in seen)  # the listener gets the object
+        assert all(set(obj) == {"kind", "apiVersion", "metadata"} for obj in src.objects("nodes").values())
+        assert src.objects("services")["default/web1"]["spec"]  # other kinds cached as they are
+        assert src.state().nodes == () and not src.invalid  # nothing converted twice
+
+        seen.clear()
+        populated.patch("v1", "Node", "node-5", {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+                        subresource="status")
+        wait_for(lambda: any(k == "node-5" for _, k, _ in seen))
+        assert seen[-1][0] == "MODIFIED" and seen[-1][2]["status"]["conditions"][0]["status"] == "True"
+        version = populated.get("v1", "Node", "node-5")["metadata"]["resourceVersion"]
+        assert src.objects("nodes")["node-5"]["metadata"]["resourceVersion"] == version
+
+        # Missed while the watch was gone: a relist finds the change and the deletion by identity.
+        seen.clear()
+        populated.close_watches()
+        populated.delete("v1", "Node", "node-4")
+        populated.patch("v1", "Node", "node-3", {"metadata": {"labels": {"zone": "y"}}})
+        populated.expire()
+        wait_for(lambda: {(t, k) for t, k, _ in seen} >= {("DELETED", "node-4"), ("MODIFIED", "node-3")})
+        modified = next(obj for t, k, obj in seen if (t, k) == ("MODIFIED", "node-3"))
+        assert modified["metadata"]["labels"]["zone"] == "y"
+        assert ("MODIFIED", "node-1") not in {(t, k) for t, k, _ in seen}  # unchanged: not handed on again
+        assert sorted(src.objects("nodes")) == [f"node-{i}" for i in range(6) if i != 4]
+    finally:
+        src.stop()

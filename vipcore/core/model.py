@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import itertools
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Union
 
@@ -64,6 +66,10 @@ def _interface_name(instance: object, attribute: "attrs.Attribute[str]", value: 
 
 
 def _sorted_unique(names: "tuple[str, ...] | list[str] | frozenset[str]") -> tuple[str, ...]:
+    # Node lists come sorted and unique (as the controller writes them, as a merged group copies its
+    # shard 0's): checked at C speed, 0.1 ms for 5,000 names where sorting their set takes 1 ms.
+    if isinstance(names, (tuple, list)) and all(map(operator.lt, names, itertools.islice(names, 1, None))):
+        return names if isinstance(names, tuple) else tuple(names)
     return tuple(sorted(set(names)))
 
 

@@ -498,7 +498,11 @@ def vipgroup_from_k8s(obj: Obj, parsed: Mapping[Family, MutableMapping[str, IPAd
     name, vrid = pinned_vrid(obj)
     spec = _mapping(obj, "spec", obj.get("spec"))
     nodes = _list(obj, "spec.nodes", spec.get("nodes"))
-    if not all(isinstance(n, str) and n for n in nodes):
+    try:
+        names_valid = all(map(str.__len__, nodes))  # C speed: 5,000 names; not empty
+    except TypeError:  # not a string
+        names_valid = False
+    if not names_valid:
         i = next(i for i, n in enumerate(nodes) if not isinstance(n, str) or not n)
         raise _fail(obj, f"spec.nodes[{i}]", f"must be a node name, got {show(nodes[i])}")
     services = _list(obj, "spec.services", spec.get("services"))

@@ -168,7 +168,8 @@ class Merged:
     def __init__(self) -> None:
         #: How many shards hold each address (by family and value) and each Service: a Service moving
         #: between shards is in both for a moment.
-        self._holders: dict[tuple[int, int], int] = {}
+        #: Per family, by address value (no (family, value) tuple per address: 56 bytes each).
+        self._holders: dict[int, dict[int, int]] = {4: {}, 6: {}}
         self._service_holders: dict[str, int] = {}
         self._values: dict[int, list[int]] = {4: [], 6: []}
         self._addresses: dict[int, list[IPAddress]] = {4: [], 6: []}
@@ -177,21 +178,21 @@ class Merged:
     def add(self, part: VipGroup, sign: int = 1) -> None:
         """Count ``part``'s VIPs and Services in (``sign`` 1) or out (-1)."""
         for family, vips in ((4, part.vips_v4), (6, part.vips_v6)):
-            values, addresses = self._values[family], self._addresses[family]
+            values, addresses, holders = self._values[family], self._addresses[family], self._holders[family]
             for ip in vips:
-                key = (family, _VALUE(ip))
-                count = self._holders.get(key, 0) + sign
+                value = _VALUE(ip)
+                count = holders.get(value, 0) + sign
                 if count > 0:
-                    self._holders[key] = count
+                    holders[value] = count
                 else:
-                    self._holders.pop(key, None)
+                    holders.pop(value, None)
                 if sign > 0 and count == 1:
-                    at = bisect.bisect_left(values, key[1])
-                    values.insert(at, key[1])
+                    at = bisect.bisect_left(values, value)
+                    values.insert(at, value)
                     addresses.insert(at, ip)
                 elif sign < 0 and count == 0:
-                    at = bisect.bisect_left(values, key[1])
-                    if at < len(values) and values[at] == key[1]:
+                    at = bisect.bisect_left(values, value)
+                    if at < len(values) and values[at] == value:
                         del values[at], addresses[at]
         for service in part.services:
             count = self._service_holders.get(service, 0) + sign

@@ -175,6 +175,41 @@ def request(client: Any, method: str, path: str, body: Any = None, *, timeout: f
     return result
 
 
+#: The typed APIs' list arguments (what :class:`~vipcore.kube.kinds.Kind` listers are called with) as
+#: query parameters.
+_LIST_PARAMETERS = {"watch": "watch", "resource_version": "resourceVersion", "allow_watch_bookmarks":
+                    "allowWatchBookmarks", "timeout_seconds": "timeoutSeconds", "label_selector": "labelSelector",
+                    "field_selector": "fieldSelector", "limit": "limit", "_continue": "continue"}
+
+
+def list_path(client: Any, path: str, *, _preload_content: bool = False, _request_timeout: Any = None,
+              **parameters: Any) -> Any:
+    """GET a list (or, with ``watch=True``, a watch) of the collection at ``path``: the unread
+    ``urllib3`` response, exactly what a typed API (``CoreV1Api.list_node``) returns with
+    ``_preload_content=False``, and the same ``ApiException`` for anything but 2xx.
+
+    The typed APIs are not used: ``CoreV1Api`` alone imports ~250 pydantic models, about 20 MB of an
+    agent's memory, for responses that are never deserialised. ``parameters``: the typed APIs'
+    keyword arguments (``resource_version``, ``label_selector``, ``limit``, ``_continue``, ...).
+    """
+    import kubernetes.client
+
+    if _preload_content:
+        raise ValueError("list_path returns the raw response: call it with _preload_content=False")
+    unknown = set(parameters) - set(_LIST_PARAMETERS)
+    if unknown:
+        raise TypeError(f"list_path got unexpected arguments {sorted(unknown)}")
+    query = [(_LIST_PARAMETERS[k], v) for k, v in parameters.items() if v is not None]
+    method, url, headers, body, post = client.param_serialize(
+        method="GET", resource_path=path, query_params=query, header_params={"Accept": "application/json"},
+        auth_settings=["BearerToken"])
+    resp = client.call_api(method, url, headers, body, post, _request_timeout=_request_timeout)
+    if not 200 <= resp.status <= 299:
+        resp.read()
+        raise kubernetes.client.ApiException.from_response(http_resp=resp, body=None, data=None)
+    return resp.response
+
+
 def list_objects(client: Any, kind: Any, *, timeout: float = REQUEST_TIMEOUT) -> list[dict[str, Any]]:
     """One list of ``kind`` (a :class:`~vipcore.kube.kinds.Kind`) as plain dicts; a KubernetesError on failure."""
     try:

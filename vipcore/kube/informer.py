@@ -108,12 +108,20 @@ class KubernetesSource:
         request_timeout: float = 10.0,
         keep: Mapping[str, Callable[[Obj], Obj]] | None = None,
         page_size: int = 500,
+        handed_on: Iterable[str] = (),
     ) -> None:
         self.client = client
         #: Objects per list request (``limit``); 0 lists each kind in one request.
         self.page_size = page_size
         #: Per kind, the transform applied to every object before it is cached (see :data:`AGENT_FIELDS`).
         self.keep = dict(keep or {})
+        #: Kinds whose objects are handed to :attr:`on_object_change` and cached as their identity only
+        #: (kind, name, namespace, resourceVersion: what a relist compares): their listener keeps what
+        #: it needs (the agent's VipGroup view keeps its own model of each VipGroup and Node; the objects
+        #: as well would hold a 25,000-address group and 5,000 Nodes twice). :meth:`objects` and a
+        #: DELETED change give those identities; :meth:`state` leaves these kinds out (nothing converted
+        #: twice: the listener converts them).
+        self.handed_on = frozenset(handed_on)
         self.kinds = tuple(kinds)
         self.classes = classes
         self.default_class = default_class
@@ -266,7 +274,9 @@ class KubernetesSource:
     def _converted_items(self, kind: str, fn: Callable[[Obj], Any], depends: str = "") -> list[Any]:
         """Converted values of one kind; conversion is cached per resourceVersion (and ``depends``, a
         fingerprint of other objects the conversion reads); invalid objects skipped."""
-        out = []
+        out: list[Any] = []
+        if kind in self.handed_on:  # identities only: their listener converts them
+            return out
         for key, obj in self._cache.get(kind, {}).items():
             rv = obj["metadata"].get("resourceVersion", "") + depends
             cached = self._converted.get((kind, key))
@@ -314,7 +324,8 @@ class KubernetesSource:
             vrids = dict(self._converted_items("vipgroups", objects.pinned_vrid))
             # Each VipGroup's Services: a group renamed by a membership change inherits its VRID
             # (as the controller decides), so agents agree before the renamed VipGroup is written.
-            lineage = persisted_lineage(self._cache.get("vipgroups", {}).values())
+            lineage = persisted_lineage(() if "vipgroups" in self.handed_on
+                                        else self._cache.get("vipgroups", {}).values())
         return DesiredState(
             nodes=tuple(sorted(nodes, key=lambda n: n.name)),
             services=tuple(sorted(services, key=lambda s: s.key)),
@@ -451,6 +462,10 @@ class KubernetesSource:
             self._synced_event.set()
             self._notify()
 
+    def _cached(self, kind: Kind, obj: Obj) -> Obj:
+        """What the cache keeps of ``obj``: itself, or its identity for a :attr:`handed_on` kind."""
+        return _head(obj) if kind.name in self.handed_on and isinstance(obj.get("metadata"), dict) else obj
+
     def _replace(self, kind: Kind, items: list[Obj], *, relist: bool) -> None:
         fresh = {object_key(o): o for o in items}
         changes: list[ObjectChange] = []
@@ -468,7 +483,8 @@ class KubernetesSource:
                     changes.append(ObjectChange(kind.name, "ADDED", key, rv, obj, relisted=relist))
                 elif old[key]["metadata"].get("resourceVersion") != rv:
                     changes.append(ObjectChange(kind.name, "MODIFIED", key, rv, obj, relisted=relist))
-            self._cache[kind.name] = fresh
+            self._cache[kind.name] = fresh if kind.name not in self.handed_on else {
+                key: self._cached(kind, obj) for key, obj in fresh.items()}
             for key in set(old) - set(fresh):
                 self._converted.pop((kind.name, key), None)
                 self._invalid.pop((kind.name, key), None)
@@ -557,7 +573,7 @@ class KubernetesSource:
                 if known is not None and not _newer(rv, known["metadata"].get("resourceVersion", "")):
                     return  # already seen (a replay): never emit a duplicate, never go back
                 etype = "MODIFIED" if known is not None else "ADDED"
-                cache[key] = obj
+                cache[key] = self._cached(kind, obj)
         self._publish([ObjectChange(kind.name, etype, key, rv, obj)])
 
     def _publish(self, changes: list[ObjectChange]) -> None:

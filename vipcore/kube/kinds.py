@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from vipcore.core import objects
-from vipcore.kube.client import GROUP, VERSION, VIPGROUPS, VIPPOOLS
+from vipcore.kube.client import GROUP, VERSION, VIPGROUPS, VIPPOOLS, list_path
 
 
 @attrs.frozen
@@ -20,55 +20,37 @@ class Kind:
     api_version: str
     kind: str
     namespaced: bool
-    #: ``ApiClient -> list function`` (typed API or CustomObjectsApi, bound to the plural).
+    #: ``ApiClient -> list function``, called as a typed API's list (``_preload_content=False``).
     lister: Callable[[Any], Callable[..., Any]] = attrs.field(eq=False)
     label_selector: str | None = None
     #: A missing kind (404: its CRD is not installed) is an empty list, re-checked later.
     optional: bool = False
 
 
-def _custom(group: str, version: str, plural: str) -> Callable[[Any], Callable[..., Any]]:
+def _path(path: str) -> Callable[[Any], Callable[..., Any]]:
+    """The lister of the collection at ``path`` (:func:`vipcore.kube.client.list_path`: raw responses,
+    no typed API and its models)."""
     def lister(client: Any) -> Callable[..., Any]:
-        import kubernetes.client
-
-        api = kubernetes.client.CustomObjectsApi(client)
-        return functools.partial(api.list_cluster_custom_object, group, version, plural)
+        return functools.partial(list_path, client, path)
     return lister
 
 
-def _core(client: Any) -> Any:
-    import kubernetes.client
-
-    return kubernetes.client.CoreV1Api(client)
-
-
-def _discovery(client: Any) -> Any:
-    import kubernetes.client
-
-    return kubernetes.client.DiscoveryV1Api(client)
-
-
-NODES = Kind("nodes", "v1", "Node", False, lambda c: _core(c).list_node)
-SERVICES = Kind("services", "v1", "Service", True, lambda c: _core(c).list_service_for_all_namespaces)
+NODES = Kind("nodes", "v1", "Node", False, _path("/api/v1/nodes"))
+SERVICES = Kind("services", "v1", "Service", True, _path("/api/v1/services"))
 ENDPOINT_SLICES = Kind("endpointslices", "discovery.k8s.io/v1", "EndpointSlice", True,
-                       lambda c: _discovery(c).list_endpoint_slice_for_all_namespaces,
+                       _path("/apis/discovery.k8s.io/v1/endpointslices"),
                        label_selector=objects.SERVICE_NAME_LABEL)
-VIP_POOLS = Kind(VIPPOOLS, f"{GROUP}/{VERSION}", "VipPool", False, _custom(GROUP, VERSION, VIPPOOLS))
+VIP_POOLS = Kind(VIPPOOLS, f"{GROUP}/{VERSION}", "VipPool", False, _path(f"/apis/{GROUP}/{VERSION}/{VIPPOOLS}"))
 EIPS = Kind("eips", "network.kubesphere.io/v1alpha2", "Eip", False,
-            _custom("network.kubesphere.io", "v1alpha2", "eips"), optional=True)
-VIP_GROUPS = Kind(VIPGROUPS, f"{GROUP}/{VERSION}", "VipGroup", False, _custom(GROUP, VERSION, VIPGROUPS))
+            _path("/apis/network.kubesphere.io/v1alpha2/eips"), optional=True)
+VIP_GROUPS = Kind(VIPGROUPS, f"{GROUP}/{VERSION}", "VipGroup", False, _path(f"/apis/{GROUP}/{VERSION}/{VIPGROUPS}"))
 ALL_KINDS = (NODES, SERVICES, ENDPOINT_SLICES, VIP_POOLS, EIPS, VIP_GROUPS)
 
 
 def lease_kind(namespace: str) -> Kind:
     """The heartbeat Leases of ``namespace``, keyed ``leases``."""
-
-    def lister(client: Any) -> Callable[..., Any]:
-        import kubernetes.client
-
-        return functools.partial(kubernetes.client.CoordinationV1Api(client).list_namespaced_lease, namespace)
-
-    return Kind("leases", "coordination.k8s.io/v1", "Lease", True, lister)
+    return Kind("leases", "coordination.k8s.io/v1", "Lease", True,
+                _path(f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"))
 
 
 def object_key(obj: Mapping[str, Any]) -> str:

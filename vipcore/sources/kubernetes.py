@@ -98,7 +98,9 @@ class KubernetesAgentSource:
         self.cache = KubernetesSource(self.client, kinds=kinds, classes=frozenset(classes),
                                       default_class=bool(section.get("default_class", False)),
                                       openelb=bool(section.get("openelb", True)), keep=AGENT_FIELDS,
-                                      page_size=page_size)
+                                      page_size=page_size,
+                                      # The GroupView keeps its model of each; the cache, their identity.
+                                      handed_on=(NODES.name, VIP_GROUPS.name) if self.view == "groups" else ())
         self.groups: GroupView | None = GroupView(self.node, self.cache.pools) if self.view == "groups" else None
         self.tracker = HeartbeatTracker()
         self.writer = KubernetesWriter(self.client, component="vipcore-agent", instance=self.node)

@@ -111,6 +111,8 @@ class GroupView:
         self._parsed: dict[Family, dict[str, IPAddress]] = {f: {} for f in Family}
         #: Each object's VIPs as text: what changed is found by hashing strings (C), not addresses.
         self._texts: dict[str, tuple[frozenset[str], ...]] = {}
+        #: How many VIP texts ``_texts`` holds (kept as it changes: summing it walks every object).
+        self._held = 0
         self._pools: tuple[Pool, ...] = ()
         self._all: tuple[VipGroup, ...] | None = ()
         self._changed = True
@@ -166,12 +168,14 @@ class GroupView:
         if group is None:
             self._objects.pop(key, None)
             self._versions.pop(key, None)
-            self._texts.pop(key, None)
+            self._held -= sum(map(len, self._texts.pop(key, ())))
             self._unpart(unit, key)
         else:
             self._objects[key] = group
             self._versions[key] = _version(obj)
-            self._texts[key] = _texts_of(obj)
+            texts = _texts_of(obj)
+            self._held += sum(map(len, texts)) - sum(map(len, self._texts.get(key, ())))
+            self._texts[key] = texts
             self._parts.setdefault(unit, set()).add(key)
         old = self._groups.get(unit)
         chosen = self._zero.get(unit)
@@ -181,8 +185,7 @@ class GroupView:
         # Merged in take(): a burst of shard changes merges once.
         self._stale.add(unit)
         key = unit
-        held = sum(len(t) for texts in self._texts.values() for t in texts)
-        if sum(map(len, self._parsed.values())) > 2 * held + 1024:  # forget addresses no group holds
+        if sum(map(len, self._parsed.values())) > 2 * self._held + 1024:  # forget addresses no group holds
             live = [frozenset().union(*(texts[i] for texts in self._texts.values())) for i in range(len(Family))]
             self._parsed = {f: {t: ip for t, ip in memo.items() if t in live[i]}
                             for i, (f, memo) in enumerate(self._parsed.items())}
