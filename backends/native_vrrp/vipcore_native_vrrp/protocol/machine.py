@@ -335,8 +335,19 @@ class Router:
             return self._master_receive(adv, src, now)
         return self._handover_receive(adv, src, now)
 
-    def handle_timer(self, now: float) -> list[Action]:
-        """Fire whatever timers are due at ``now`` (early calls do nothing)."""
+    @property
+    def advert_at(self) -> float | None:
+        """When the next periodic advert is due (a master's, or a resigning one's), or None."""
+        return self._advert_at
+
+    def handle_timer(self, now: float, advance: float = 0.0) -> list[Action]:
+        """Fire whatever timers are due at ``now`` (early calls do nothing).
+
+        ``advance``: a periodic advert due by ``now + advance`` goes out now,
+        and the next one an interval after ``now`` (the caller batches
+        adverts; sending one early is safe, a backup only restarts its
+        Master_Down timer sooner). Every other timer fires only when due.
+        """
         actions: list[Action] = []
         if self._yield_at is not None and now >= self._yield_at:
             self._yield_at = None
@@ -370,10 +381,10 @@ class Router:
                     Event.HANDED_OVER, now, f"no new master advertised within {self.resign_timeout_bound:.3f}s",
                     TransitionCause.HANDED_OVER,
                 )
-            elif self._advert_at is not None and now >= self._advert_at:
+            elif self._advert_at is not None and now + advance >= self._advert_at:
                 actions += self._advertise(now, RESIGN_PRIORITY)
                 self._advert_at = now + self.config.interval
-        elif self.phase is Phase.MASTER and self._advert_at is not None and now >= self._advert_at:
+        elif self.phase is Phase.MASTER and self._advert_at is not None and now + advance >= self._advert_at:
             actions += self._advertise(now)
             self._advert_at = now + self.config.interval
         return actions
