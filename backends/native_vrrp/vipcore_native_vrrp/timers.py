@@ -104,10 +104,10 @@ class TimerBatch:
     def _fire(self, wakeup: _Wakeup) -> None:
         # Out of the pending list first: callbacks re-arm, and must not join the wake-up being run.
         pending = self._pending
-        i = bisect.bisect_left(pending, wakeup.when, key=_when)
-        while pending[i] is not wakeup:
-            i += 1
-        del pending[i]
+        for i in range(bisect.bisect_left(pending, wakeup.when, key=_when), len(pending)):
+            if pending[i] is wakeup:
+                del pending[i]
+                break
         for timer in wakeup.timers:
             if not timer.cancelled:
                 try:

@@ -176,3 +176,16 @@ def test_capacity_must_be_positive() -> None:
             TimerBatch(loop, 0)
     finally:
         loop.close()
+
+
+def test_full_wakeups_at_the_same_time_each_fire_once() -> None:
+    loop = FakeLoop()
+    batch = TimerBatch(loop, capacity=1)  # type: ignore[arg-type]
+    fired: list[int] = []
+    for i in range(3):
+        batch.call_at(1001.0, lambda i=i: fired.append(i), early=0.5)
+    assert batch.armed == 3
+    loop.run_until(1002.0)
+    assert sorted(fired) == [0, 1, 2]
+    batch.call_at(1003.0, lambda: fired.append(3), early=5.0)  # nothing left pending to join
+    assert batch.armed == 4
