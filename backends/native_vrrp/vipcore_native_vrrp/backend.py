@@ -126,6 +126,9 @@ class NativeVrrpBackend:
         for handle in self._rechecks.values():
             handle.cancel()
         self._rechecks.clear()
+        for read in self._reads.values():
+            read.cancel()
+        self._reads.clear()
         if self._probe_handle is not None:
             self._probe_handle.cancel()
             self._probe_handle = None
