@@ -64,7 +64,9 @@ def check_garp(section: Any, *, source: str | None = None, field: str = "garp") 
         raise ConfigError("must be a mapping {count, interval, refresh}", source=source, field=field)
     unknown = sorted(str(k) for k in section if k not in ("count", "interval", "refresh"))
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)}; known keys: count, interval, refresh",
+        # Quoted: a key may hold a newline, and the message stays one line.
+        keys = ", ".join(map(yamldocs.show, unknown))
+        raise ConfigError(f"unknown key(s) {keys}; known keys: count, interval, refresh",
                           source=source, field=field)
     for key, high in (("count", GARP_COUNT_MAX), ("interval", GARP_INTERVAL_MAX), ("refresh", GARP_REFRESH_MAX)):
         value = section.get(key)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from vipcore.net.addresses import AddressHolder, LinkEvent
+from vipcore.net.addresses import AddressHolder, InterfaceInfo, LinkEvent
 from vipcore.backend import BackendContext, hookimpl
 from vipcore.core.errors import AddressError, AllocationError, VipcoreError
 from vipcore.core.model import (
@@ -88,6 +88,8 @@ class NativeVrrpBackend:
         self._probe_handle: asyncio.TimerHandle | None = None
         self._probe_tasks: set[asyncio.Task[None]] = set()
         self._rechecks: dict[str, asyncio.TimerHandle] = {}
+        #: Interface reads under way for group joins and updates, shared by the calls that come meanwhile.
+        self._reads: dict[str, asyncio.Task[InterfaceInfo]] = {}
         self.liveness: Coordinator | None = None
 
     # -- lifecycle ----------------------------------------------------------------
@@ -124,6 +126,9 @@ class NativeVrrpBackend:
         for handle in self._rechecks.values():
             handle.cancel()
         self._rechecks.clear()
+        for read in self._reads.values():
+            read.cancel()
+        self._reads.clear()
         if self._probe_handle is not None:
             self._probe_handle.cancel()
             self._probe_handle = None
@@ -268,12 +273,30 @@ class NativeVrrpBackend:
             raise VipcoreError("native_vrrp: vipcore_backend_start was not called")
         return self.context, self.holder, self._loop
 
+    async def _interface(self, interface: str) -> InterfaceInfo:
+        """``interface`` as the holder reads it; calls made while a read is under way share that read.
+
+        Each read dumps every address of the interface, the VIPs held
+        included, and every router's join or update needs one: 255
+        dual-stack groups joined at start-up made about a thousand dumps of
+        up to a thousand addresses (10-20 s of CPU for one node in the lab).
+        Joins and updates run concurrently, so sharing the read under way
+        makes a burst cost a few reads. A link event reads afresh.
+        """
+        _, holder, loop = self._require_started()
+        read = self._reads.get(interface)
+        if read is None:
+            read = self._reads[interface] = loop.create_task(holder.interface(interface))
+            read.add_done_callback(lambda done: self._reads.pop(interface, None)
+                                   if self._reads.get(interface) is done else None)
+        return await asyncio.shield(read)
+
     async def _router_config(self, membership: Membership, family: Family) -> RouterConfig:
-        _, holder, _ = self._require_started()
+        self._require_started()
         group = membership.group
         if group.vrid is None:
             raise AllocationError(f"group {group.short_name} has no VRID; native_vrrp needs one")
-        info = await holder.interface(group.interface)
+        info = await self._interface(group.interface)
         if self.liveness is not None:
             self.liveness.ensure(info)
         peers = membership.peers()
@@ -348,7 +371,7 @@ class NativeVrrpBackend:
         )
         self.routers[membership.name][family] = driver
         driver.start()
-        info = await holder.interface(interface)
+        info = await self._interface(interface)
         if not info.up:
             driver.link_down(f"{interface} is down or has no carrier")
 

@@ -66,7 +66,9 @@ class NativeVrrpConfig:
         section = dict(section or {})
         unknown = sorted(str(k) for k in set(section) - set(KEYS))
         if unknown:
-            raise ConfigError(f"unknown key(s) {', '.join(unknown)}; known keys: {', '.join(KEYS)}", source=SECTION)
+            # Quoted: a key may hold a newline, and the message stays one line.
+            raise ConfigError(f"unknown key(s) {', '.join(map(show, unknown))}; known keys: {', '.join(KEYS)}",
+                              source=SECTION)
         kwargs: dict[str, Any] = {}
         if "advert_interval" in section:
             kwargs["interval_cs"] = _interval(section["advert_interval"])

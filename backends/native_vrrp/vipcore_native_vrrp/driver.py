@@ -37,6 +37,11 @@ from vipcore_native_vrrp.transport import Link
 
 log = logging.getLogger(__name__)
 
+#: How early, as a fraction of its interval, a master's periodic advert may go out to share a
+#: wake-up with others (timers.py): early is safe, and half an interval keeps the adverts of
+#: an interface's masters in one or two wake-ups per interval.
+ADVANCE = 0.5
+
 #: ``report(change, failover_seconds)``: failover includes the address work.
 Reporter = Callable[["RouterDriver", StateChanged, "float | None"], None]
 
@@ -83,6 +88,8 @@ class RouterDriver:
         self.batch = batch
         self.transitions = 0
         self._timer: asyncio.TimerHandle | BatchedTimer | None = None
+        #: When the armed timer's input is due (a batched one may fire before: up to then it counts as due).
+        self._timer_due = 0.0
         self._queue: collections.deque[tuple[list[Action], float]] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
@@ -113,7 +120,8 @@ class RouterDriver:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.feed(self.router.handle_timer(self.loop.time()))
+        now = self.loop.time()
+        self.feed(self.router.handle_timer(now, max(0.0, self._timer_due - now)))
 
     def update(self, **changes: object) -> None:
         self.feed(self.router.update(self.loop.time(), **changes))  # type: ignore[arg-type]
@@ -205,9 +213,10 @@ class RouterDriver:
                 # a cancel and a new timer per advert.
                 return
             self._timer.cancel()
-        if self.batch is not None and self.router.phase is Phase.MASTER:
+        self._timer_due = due
+        if self.batch is not None and self.router.phase is Phase.MASTER and due == self.router.advert_at:
             # Adverts only: a backup's Master_Down timer keeps its precision (the failover time).
-            self._timer = self.batch.call_at(due, self._on_timer)
+            self._timer = self.batch.call_at(due, self._on_timer, early=ADVANCE * self.router.config.interval)
         else:
             self._timer = self.loop.call_at(due, self._on_timer)
 

@@ -820,3 +820,35 @@ def test_the_backend_reports_the_breakdown_of_a_master_down_failover() -> None:
         assert phases.total == pytest.approx(took[-1].failover_seconds, abs=0.05)
 
     run(scenario)
+
+
+class CountingHolder(FakeHolder):
+    """Counts interface reads; each takes a netlink round trip (a dump of every address on the real one)."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(node)
+        self.reads = 0
+
+    async def interface(self, name: str) -> InterfaceInfo:
+        self.reads += 1
+        await asyncio.sleep(0.002)
+        return await super().interface(name)
+
+
+def test_a_burst_of_joins_reads_the_interface_once_per_round_not_per_router() -> None:
+    # 255 dual-stack groups joined at start-up read (and dumped every address of) the interface
+    # four times each: 10-20 CPU-s of start-up for one node in the lab, quadratic in the groups.
+    async def scenario() -> None:
+        cluster = Cluster()
+        backend = await cluster.start("node-a")
+        holder = CountingHolder("node-a")
+        backend.holder = holder  # type: ignore[assignment]
+        groups = [VipGroup(name=f"{i:064x}-eth0", interface="eth0", nodes=tuple(NODE_NUMBER), vrid=i,
+                           vips_v4=(V4(f"203.0.113.{i}"),), vips_v6=(V6(f"2001:db8:200::{i:x}"),))
+                  for i in range(1, 41)]
+        await asyncio.gather(*(backend.vipcore_group_join(membership(g, "node-a", NODES)) for g in groups))
+        assert len(backend.routers) == 40 and all(len(d) == 2 for d in backend.routers.values())
+        assert holder.reads <= 8, f"{holder.reads} interface reads for 40 groups joined at once"
+        await backend.vipcore_backend_stop(graceful=False)
+
+    run(scenario)

@@ -10,6 +10,7 @@ import pytest
 
 from vipcore.core.model import Family, IPAddress, State, TransitionCause
 from vipcore_native_vrrp.protocol import (
+    Action,
     AddVips,
     Advertisement,
     Announce,
@@ -21,6 +22,7 @@ from vipcore_native_vrrp.protocol import (
     Send,
     StateChanged,
     TransitionError,
+    decode,
     encode,
     followers,
     master_down_interval,
@@ -1022,3 +1024,35 @@ def test_no_breakdown_without_a_failed_master() -> None:
     r2.receive(*_advert_from(1, 254), 255, 0.5)
     took = [a for a in r2.takeover(0.6, "control plane") if isinstance(a, StateChanged)]
     assert took and took[0].phases is None
+
+
+def test_a_master_may_advertise_early_when_asked_but_never_fires_other_timers_early() -> None:
+    r = Router(config(1, 100))
+    r.start(0.0)
+    r.takeover(0.0, "test")
+    assert r.advert_at == pytest.approx(0.1)
+    assert r.handle_timer(0.04, advance=0.05) == [], "not within the advance yet"
+    sent = r.handle_timer(0.06, advance=0.05)
+    assert [type(a) for a in sent] == [Send]
+    assert r.advert_at == pytest.approx(0.16), "the next advert an interval after the early one"
+    backup = Router(config(2, 50))
+    backup.start(0.0)
+    due = backup.next_timer()
+    assert due is not None and backup.handle_timer(due - 0.01, advance=1.0) == []
+    assert backup.phase is Phase.BACKUP, "Master_Down is never advanced"
+
+
+def test_an_advert_follows_an_update_that_keeps_the_vips_object() -> None:
+    # The encoded adverts are reused by identity of the address set: an update must drop them.
+    r = Router(config(1, 100, interval_cs=10))
+    r.start(0.0)
+    r.takeover(0.0, "test")
+    assert decode_interval(r.handle_timer(0.1)) == 10
+    r.update(0.15, interval_cs=20)  # the same VIPS tuple object stays in the config
+    assert decode_interval(r.handle_timer(0.3)) == 20
+
+
+def decode_interval(actions: list[Action]) -> int:
+    (send,) = [a for a in actions if isinstance(a, Send)]
+    adv = decode(send.data, send.src, send.dst)
+    return adv.interval_cs

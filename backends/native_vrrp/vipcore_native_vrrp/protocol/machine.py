@@ -211,6 +211,8 @@ class Router:
     _lost: str = ""
     _last_received: tuple[bytes, IPAddress, IPAddress, Advertisement] | None = attrs.field(default=None, repr=False)
     _sends: dict[tuple[int, tuple[IPAddress, ...]], list[Action]] = attrs.field(factory=dict, repr=False)
+    #: The last entry of ``_sends`` used, matched by identity (hashing addresses is Python code, per advert).
+    _last_sends: tuple[int, tuple[IPAddress, ...], list[Action]] | None = attrs.field(default=None, repr=False)
     _previous_vips: tuple[IPAddress, ...] = ()
     _previous_until: float = float("-inf")
     _previous_priorities: Mapping[IPAddress, int] | None = None
@@ -335,8 +337,19 @@ class Router:
             return self._master_receive(adv, src, now)
         return self._handover_receive(adv, src, now)
 
-    def handle_timer(self, now: float) -> list[Action]:
-        """Fire whatever timers are due at ``now`` (early calls do nothing)."""
+    @property
+    def advert_at(self) -> float | None:
+        """When the next periodic advert is due (a master's, or a resigning one's), or None."""
+        return self._advert_at
+
+    def handle_timer(self, now: float, advance: float = 0.0) -> list[Action]:
+        """Fire whatever timers are due at ``now`` (early calls do nothing).
+
+        ``advance``: a periodic advert due by ``now + advance`` goes out now,
+        and the next one an interval after ``now`` (the caller batches
+        adverts; sending one early is safe, a backup only restarts its
+        Master_Down timer sooner). Every other timer fires only when due.
+        """
         actions: list[Action] = []
         if self._yield_at is not None and now >= self._yield_at:
             self._yield_at = None
@@ -370,10 +383,10 @@ class Router:
                     Event.HANDED_OVER, now, f"no new master advertised within {self.resign_timeout_bound:.3f}s",
                     TransitionCause.HANDED_OVER,
                 )
-            elif self._advert_at is not None and now >= self._advert_at:
+            elif self._advert_at is not None and now + advance >= self._advert_at:
                 actions += self._advertise(now, RESIGN_PRIORITY)
                 self._advert_at = now + self.config.interval
-        elif self.phase is Phase.MASTER and self._advert_at is not None and now >= self._advert_at:
+        elif self.phase is Phase.MASTER and self._advert_at is not None and now + advance >= self._advert_at:
             actions += self._advertise(now)
             self._advert_at = now + self.config.interval
         return actions
@@ -423,6 +436,7 @@ class Router:
             self._previous_priorities = old.peer_priorities
             self._priorities_until = now + self.config.update_grace
         self._sends.clear()
+        self._last_sends = None
         actions: list[Action] = []
         old_set, new_set = frozenset(old.vips), frozenset(self.config.vips)
         if old_set != new_set:
@@ -738,14 +752,19 @@ class Router:
         addresses = self._previous_vips if grace else self.config.vips
         prio = self.config.priority if priority is None else priority
         # Adverts repeat byte for byte: encode (and checksum) each kind once.
-        key = (prio, addresses)
-        sends = self._sends.get(key)
-        if sends is None:
-            adv = Advertisement(vrid=self.config.vrid, priority=prio, interval_cs=self.config.interval_cs,
-                                addresses=addresses)
-            src = self.config.primary
-            sends = [Send(encode(adv, src, dst), src, dst) for dst in self.config.destinations]
-            self._sends[key] = sends
+        last = self._last_sends
+        if last is not None and last[0] == prio and last[1] is addresses:
+            sends = last[2]
+        else:
+            key = (prio, addresses)
+            cached = self._sends.get(key)
+            if cached is None:
+                adv = Advertisement(vrid=self.config.vrid, priority=prio, interval_cs=self.config.interval_cs,
+                                    addresses=addresses)
+                src = self.config.primary
+                cached = self._sends[key] = [Send(encode(adv, src, dst), src, dst) for dst in self.config.destinations]
+            sends = cached
+            self._last_sends = (prio, addresses, sends)
         auth = self.config.auth
         if auth is not None:
             wall = now + self.config.wall_offset
