@@ -368,6 +368,7 @@ class NativeVrrpBackend:
         driver = RouterDriver(
             group=membership.name, interface=interface, router=Router(config), link=link, holder=holder,
             schedule=self.settings.garp, report=self._report, loop=loop, batch=self._timer_batch(loop),
+            on_master=self._refresh_liveness,
         )
         self.routers[membership.name][family] = driver
         driver.start()

@@ -75,6 +75,7 @@ class RouterDriver:
         report: Reporter,
         loop: asyncio.AbstractEventLoop,
         batch: TimerBatch | None = None,
+        on_master: Callable[[], None] | None = None,
     ) -> None:
         self.group = group
         self.interface = interface
@@ -86,6 +87,9 @@ class RouterDriver:
         self.loop = loop
         #: Shared by the backend's drivers: a master's advert timer joins a slot (see timers.py).
         self.batch = batch
+        #: Called when the master this router hears changed without a transition here (a failover or a
+        #: preemption elsewhere): node-level liveness follows who to watch fast.
+        self.on_master = on_master
         self.transitions = 0
         self._timer: asyncio.TimerHandle | BatchedTimer | None = None
         #: When the armed timer's input is due (a batched one may fire before: up to then it counts as due).
@@ -116,7 +120,10 @@ class RouterDriver:
         self.feed(self.router.start(self.loop.time()))
 
     def _on_packet(self, data: bytes, src: object, dst: object, ttl: int) -> None:
+        master = self.router.master
         self.feed(self.router.receive(data, src, dst, ttl, self.loop.time()))  # type: ignore[arg-type]
+        if self.on_master is not None and self.router.master != master and self.router.master is not None:
+            self.on_master()
 
     def _on_timer(self) -> None:
         self._timer = None

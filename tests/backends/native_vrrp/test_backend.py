@@ -852,3 +852,26 @@ def test_a_burst_of_joins_reads_the_interface_once_per_round_not_per_router() ->
         await backend.vipcore_backend_stop(graceful=False)
 
     run(scenario)
+
+
+def test_a_backup_whose_master_changes_says_so_once_per_change() -> None:
+    """Node-level liveness watches a backup's master fast; a failover or preemption elsewhere changes that
+    master with no transition here. The driver reports the change (what replaced a 0.1 s poll of every
+    router's master), not every advert."""
+    from vipcore_native_vrrp.protocol import Advertisement, encode
+
+    async def scenario() -> None:
+        bus, holder = Bus(), FakeHolder("node-a")
+        driver = _driver(holder, bus)
+        changes: list[object] = []
+        driver.on_master = lambda: changes.append(driver.router.master)
+        dst = V4("224.0.0.18")
+        for source, priority in (("198.51.100.12", 200), ("198.51.100.12", 200), ("198.51.100.13", 150),
+                                 ("198.51.100.13", 150)):
+            src = V4(source)
+            driver._on_packet(encode(Advertisement(42, priority, 100, (VIP4,)), src, dst), src, dst, 255)
+        assert driver.router.state is State.BACKUP
+        assert changes == [V4("198.51.100.12"), V4("198.51.100.13")]
+        await driver.close()
+
+    asyncio.run(scenario())

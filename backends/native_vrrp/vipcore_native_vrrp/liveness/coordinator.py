@@ -38,11 +38,6 @@ from vipcore_native_vrrp.liveness.session import SessionConfig
 
 log = logging.getLogger("vipcore_native_vrrp.liveness")
 
-#: How often the coordinator looks for a backup whose master changed without a transition of its own (a
-#: failover or a preemption elsewhere: the backup stays Backup): the new master is asked for the fast rate
-#: within this, plus one Poll. One pass over the routers: ~75 us at 510 (0.05 CPU-s/min at 10 a second).
-MASTERS_CHECK = 0.1
-
 KEYS = ("enabled", "interval", "multiplier", "slow_interval", "rank_step", "realtime", "watchers")
 
 
@@ -172,8 +167,6 @@ class Coordinator:
         self.groups_acted = 0
         self._unavailable: set[str] = set()
         self._refresh_pending = False
-        self._masters: tuple[object, ...] = ()
-        self._masters_timer: asyncio.TimerHandle | None = None
 
     def ensure(self, info: InterfaceInfo) -> None:
         """A detector for ``info``'s interface (IPv4 preferred, else a global IPv6 address)."""
@@ -203,8 +196,6 @@ class Coordinator:
         self.detectors[info.name] = detector
         self.networks[info.name] = networks
         self.refresh()
-        if self._masters_timer is None:
-            self._masters_timer = self.loop.call_later(MASTERS_CHECK, self._check_masters)
 
     def schedule_refresh(self) -> None:
         """:meth:`refresh` once the current burst of changes is over (a loop pass later), not once per
@@ -224,7 +215,6 @@ class Coordinator:
         wanted: dict[str, set[IPAddress]] = {name: set() for name in self.detectors}
         fast: dict[str, set[IPAddress]] = {name: set() for name in self.detectors}
         groups = list(self.groups())
-        self._masters = self._masters_of(groups)
         addresses = self._addresses(groups)
         excluded = self.keepalived_names
         up: dict[str, set[str]] = {name: set() for name in self.detectors}  # member nodes with a session Up
@@ -248,22 +238,7 @@ class Coordinator:
         for interface, detector in self.detectors.items():
             detector.set_peers(wanted[interface], relaxed=wanted[interface] - fast[interface])
 
-    def _masters_of(self, groups: Iterable[tuple[Membership, Mapping[Family, RouterView]]]) -> tuple[object, ...]:
-        return tuple(d.router.master for _, drivers in groups for d in drivers.values())
-
-    def _check_masters(self) -> None:
-        """:meth:`refresh` when a router's master changed since the last one (see :data:`MASTERS_CHECK`)."""
-        self._masters_timer = None
-        if not self.detectors:
-            return
-        if self._masters_of(self.groups()) != self._masters:
-            self.refresh()
-        self._masters_timer = self.loop.call_later(MASTERS_CHECK, self._check_masters)
-
     def close(self, *, graceful: bool) -> None:
-        if self._masters_timer is not None:
-            self._masters_timer.cancel()
-            self._masters_timer = None
         for detector in self.detectors.values():
             detector.close(graceful=graceful)
         self.detectors.clear()
