@@ -246,14 +246,14 @@ class RouterDriver:
                         if isinstance(action, _ADDRESS_WORK):
                             await self._do_address(action)
                         else:
-                            self._do_now(action, decided)
+                            self._do_now(action, decided, defer_report=True)
                 finally:
                     if ordered:
                         self._ordered_sends -= 1
         finally:
             self._worker = None
 
-    def _do_now(self, action: Action, decided: float) -> None:
+    def _do_now(self, action: Action, decided: float, defer_report: bool = False) -> None:
         if type(action) is Send:
             ok = self.link.send(action.data, action.src, action.dst)
             followup = self.router.sent(ok, self.loop.time())
@@ -284,7 +284,13 @@ class RouterDriver:
                     announce=announced - added if announced is not None and added is not None else None,
                 ))
             self._added_at = self._announced_at = None
-            self.report(self, action, failover)
+            if defer_report:
+                # After address work: many routers resume from one netlink batch in the same loop pass
+                # (a node dying hands its groups to a survivor at once). Each one's gratuitous ARP / NA
+                # goes out first; the reports (log, status, hooks), in order, once the pass is over.
+                self.loop.call_soon(self.report, self, action, failover)
+            else:
+                self.report(self, action, failover)
 
     async def _do_address(self, action: AddVips | RemoveVips | Announce) -> None:
         try:

@@ -875,3 +875,52 @@ def test_a_backup_whose_master_changes_says_so_once_per_change() -> None:
         await driver.close()
 
     asyncio.run(scenario())
+
+
+def test_routers_resuming_from_one_address_batch_announce_before_any_reports() -> None:
+    """A survivor takes many groups at once and their VIPs come back from one netlink batch: every
+    router's first gratuitous ARP must go out before the reports (log, status, hooks) of the others,
+    or the last group's clients wait for every report before theirs (bench/failover.py, many groups)."""
+    from vipcore_native_vrrp.driver import RouterDriver
+    from vipcore_native_vrrp.protocol import Router, RouterConfig
+
+    async def scenario() -> None:
+        bus, holder = Bus(), GatedHolder("node-a")
+        holder.announce_gate.set()
+        events: list[str] = []
+        original = holder.announce
+
+        async def announce(interface: str, vips: Iterable[IPAddress]) -> None:
+            await original(interface, vips)
+            events.append("announce")
+
+        holder.announce = announce  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        link = FakeLink(bus, "node-a", "eth0", Family.IPV4)
+        link.start(loop)
+        drivers = []
+        for i in range(5):
+            config = RouterConfig(vrid=40 + i, family=Family.IPV4, primary=V4("198.51.100.11"),
+                                  vips=(V4(f"198.51.100.{120 + i}"),), priority=100, interval_cs=100,
+                                  destinations=(V4("224.0.0.18"),), sources=None)
+            driver = RouterDriver(group=f"g{i}", interface="eth0", router=Router(config), link=link,  # type: ignore[arg-type]
+                                  holder=holder, schedule=AnnounceSchedule(count=1),  # type: ignore[arg-type]
+                                  report=lambda d, change, failover: events.append(f"report {change.new.value}"),
+                                  loop=loop)
+            driver.start()
+            drivers.append(driver)
+        for driver in drivers:
+            driver.takeover("test")
+        await asyncio.sleep(0)
+        holder.add_gate.set()  # the batch's acks: every router resumes in the same pass
+        for driver in drivers:
+            await driver.settled()
+        await asyncio.sleep(0)
+        masters = [i for i, e in enumerate(events) if e == "report master"]
+        announces = [i for i, e in enumerate(events) if e == "announce"]
+        assert len(masters) == len(announces) == 5
+        assert max(announces) < min(masters), events
+        for driver in drivers:
+            await driver.close()
+
+    asyncio.run(scenario())
