@@ -80,7 +80,10 @@ def test_hard_failure_moves_the_vips_to_the_next_node(deployed: tuple[Lab, Deplo
         for p in probes:
             p.__exit__()
     for result in results:
-        assert result.recovered and 0.05 < result.longest_gap < FAILOVER_BOUND, result
+        # An outage happened (a gap of more than two 10 ms probe intervals) and ended within the bound.
+        # (Not "longer than 50 ms": with liveness the gap is the 50 ms detection less the failure's
+        # phase against the last packet, plus ~2 ms of takeover: 49 ms was seen.)
+        assert result.recovered and 0.02 < result.longest_gap < FAILOVER_BOUND, result
     # The node comes back: links up, started again, and takes its VIPs back (preempt).
     deployment.start(lab, master)
     assert wait_for_holders(lab, deployment.expected_holders(lab.nodes), timeout=15, quiet=0.2), lab.holders()

@@ -235,6 +235,10 @@ def test_api_outage_changes_nothing_and_reconnect_does_not_flap(server: ApiServe
         async with running(server, tmp_path, heartbeat=True) as agents:
             server.create(service("web"))
             await wait(lambda: holder(server), what="a holder record")
+            # Settled: every agent in the same group (a node whose first heartbeat the controller has not
+            # seen yet joins a moment later, and the group is renamed then).
+            await wait(lambda: len({frozenset(a.backend.states) for a in agents.values()}) == 1
+                       and all(a.backend.states for a in agents.values()), what="one group on every node")
             await asyncio.sleep(0.5)
             before = {n: (list(a.backend.joined), list(a.backend.left), dict(a.backend.states))
                       for n, a in agents.items()}
