@@ -27,6 +27,8 @@ class RecordingDetector:
         self.interface = interface
         self.peers: set[IPAddress] = set()
         self.relaxed: set[IPAddress] = set()
+        #: Sessions a test brought Up (the worker-backed detector knows its sessions' states).
+        self.up: set[IPAddress] = set()
 
     def start(self) -> None:
         pass
@@ -34,6 +36,9 @@ class RecordingDetector:
     def set_peers(self, peers: Iterable[IPAddress], relaxed: Iterable[IPAddress] = ()) -> None:
         self.peers = set(peers)
         self.relaxed = set(relaxed)
+
+    def state(self, peer: IPAddress) -> SessionState | None:
+        return SessionState.UP if peer in self.up else SessionState.DOWN
 
     def close(self, *, graceful: bool) -> None:
         pass
@@ -103,7 +108,9 @@ def test_an_expired_session_to_the_master_starts_master_down_by_rank() -> None:
     # ... an expiry is. (The survivors' sessions are Up: a live member ranked before node-a delays it.)
     for m in membership.members:
         if m.name not in (master_node, "node-a"):
-            c._changed(next(a for a in m.addresses if a.version == 4), SessionState.DOWN, SessionState.UP,
+            address = next(a for a in m.addresses if a.version == 4)
+            c.detectors["eth0"].up.add(address)  # type: ignore[attr-defined]
+            c._changed(address, SessionState.DOWN, SessionState.UP,
                        Diagnostic.NONE)
     c._changed(master_address, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
     assert c.peers_lost == 1 and len(driver.lost) == 1
@@ -220,7 +227,11 @@ def _ranked(me: str, order: list[str]) -> Membership:
 
 
 def _up(c: Coordinator, *nodes: str) -> None:
+    """Bring the sessions to ``nodes`` Up, as the worker would report them."""
     for node in nodes:
+        for detector in c.detectors.values():
+            assert isinstance(detector, RecordingDetector)
+            detector.up.add(ADDRESSES[node])
         c._changed(ADDRESSES[node], SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
 
 

@@ -160,9 +160,8 @@ class Coordinator:
         self.networks: dict[str, tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]] = {}
         #: Peers whose session expired and has not come back, by node name.
         self.lost: set[str] = set()
-        #: Peers whose session is Up now, and every peer we keep a session with, by node name.
-        self.up: set[str] = set()
-        self.watched: set[str] = set()
+        #: Every peer we keep a session with, by interface and node name (set by :meth:`refresh`).
+        self.watched: dict[str, set[str]] = {}
         self.peers_lost = 0
         self.groups_acted = 0
         self._unavailable: set[str] = set()
@@ -217,11 +216,7 @@ class Coordinator:
         groups = list(self.groups())
         addresses = self._addresses(groups)
         excluded = self.keepalived_names
-        up: dict[str, set[str]] = {name: set() for name in self.detectors}  # member nodes with a session Up
-        for (interface, node), where in addresses.items():
-            state = getattr(self.detectors.get(interface), "state", None)
-            if callable(state) and state(where) is SessionState.UP:
-                up[interface].add(node)
+        up = self._up(addresses)
         for membership, drivers in groups:
             interface = membership.group.interface
             if interface not in wanted:
@@ -233,8 +228,9 @@ class Coordinator:
                     wanted[interface].add(address)
                     if node in watched:
                         fast[interface].add(address)
-        names = {address: node for (_, node), address in addresses.items()}
-        self.watched = {names[a] for peers in wanted.values() for a in peers if a in names}
+        names = {(interface, address): node for (interface, node), address in addresses.items()}
+        self.watched = {interface: {names[interface, a] for a in peers if (interface, a) in names}
+                        for interface, peers in wanted.items()}
         for interface, detector in self.detectors.items():
             detector.set_peers(wanted[interface], relaxed=wanted[interface] - fast[interface])
 
@@ -273,7 +269,16 @@ class Coordinator:
                 watched.add(master)
         return everyone, watched
 
-    def _rank(self, membership: Membership, lost: str) -> int:
+    def _up(self, addresses: Mapping[tuple[str, str], IPAddress]) -> dict[str, set[str]]:
+        """The member nodes whose session is Up now, per interface, as the detectors say."""
+        up: dict[str, set[str]] = {name: set() for name in self.detectors}
+        for (interface, node), where in addresses.items():
+            state = getattr(self.detectors.get(interface), "state", None)
+            if callable(state) and state(where) is SessionState.UP:
+                up[interface].add(node)
+        return up
+
+    def _rank(self, membership: Membership, lost: str, up: AbstractSet[str]) -> int:
         """How many live members are ranked before this node once ``lost`` (its master) is gone, at most
         MAX_RANK_STEPS: not one ranked before the lost master unless its session is Up (alive, it would have
         preempted; a node back from a drain preempts only the groups it ranks first for), not one whose
@@ -282,6 +287,7 @@ class Coordinator:
         order = [m.name for m in membership.members]
         if membership.node not in order:
             return MAX_RANK_STEPS
+        watched = self.watched.get(membership.group.interface, set())
         me = order.index(membership.node)
         start = order.index(lost) + 1 if lost in order and order.index(lost) < me else 0
         alive = 0
@@ -289,18 +295,13 @@ class Coordinator:
             if node == lost or node in self.lost:
                 continue
             if index < start:
-                alive += node in self.up
-            elif node in self.up or node not in self.watched:
+                alive += node in up
+            elif node in up or node not in watched:
                 alive += 1
         return min(alive, MAX_RANK_STEPS)
 
     def _changed(self, peer: IPAddress, old: SessionState, new: SessionState, diagnostic: Diagnostic) -> None:
         node = self._node_by_address(peer)
-        if node is not None:
-            if new is SessionState.UP:
-                self.up.add(node)
-            else:
-                self.up.discard(node)
         if SessionState.UP in (old, new):
             self.schedule_refresh()  # who watches which master counts the members with a session Up
         if new is SessionState.UP:
@@ -319,7 +320,9 @@ class Coordinator:
         silent = self._silence(peer, detect)
         log.warning("liveness: session to %s (%s) expired after %.0f ms without a packet", node, peer, detect * 1000,
                     extra={"event": "peer_lost", "peer": node})
-        for membership, drivers in self.groups():
+        groups = list(self.groups())
+        up = self._up(self._addresses(groups))
+        for membership, drivers in groups:
             if node not in {p.name for p in membership.peers()}:
                 continue
             backups = [d for d in drivers.values() if d.router.state is State.BACKUP and not d.router.released]
@@ -331,7 +334,7 @@ class Coordinator:
                 continue  # this group's master lives elsewhere
             if not known and self._expected_master(membership) != node:
                 continue
-            rank = self._rank(membership, node)
+            rank = self._rank(membership, node, up.get(membership.group.interface, set()))
             self.groups_acted += 1
             for driver in backups:
                 driver.peer_lost(rank * self.settings.rank_step,
