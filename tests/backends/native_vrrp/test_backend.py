@@ -171,6 +171,12 @@ class Cluster:
         self.holders: dict[str, FakeHolder] = {}
         self.reports: list[StateChange] = []
 
+    async def start_all(self) -> None:
+        """Every node started and joined to the group, one after the other."""
+        for node in NODE_NUMBER:
+            await self.start(node)
+            await self.join(node)
+
     async def start(self, node: str, preexisting: Iterable[IPAddress] = ()) -> NativeVrrpBackend:
         backend = NativeVrrpBackend()
         holder = FakeHolder(node, preexisting)
@@ -205,9 +211,7 @@ def best() -> str:
 def test_three_nodes_elect_the_placed_holder_for_both_families() -> None:
     async def scenario() -> None:
         c = Cluster()
-        for node in NODE_NUMBER:
-            await c.start(node)
-            await c.join(node)
+        await c.start_all()
         await asyncio.sleep(0.5)
         assert c.holding(VIP4) == [best()] and c.holding(VIP6) == [best()]
         masters = [r for r in c.reports if r.new is State.MASTER and r.node == best()]
@@ -224,9 +228,7 @@ def test_three_nodes_elect_the_placed_holder_for_both_families() -> None:
 def test_graceful_stop_never_leaves_the_vips_unheld() -> None:
     async def scenario() -> None:
         c = Cluster()
-        for node in NODE_NUMBER:
-            await c.start(node)
-            await c.join(node)
+        await c.start_all()
         await asyncio.sleep(0.5)
         holder = best()
         gaps = 0
@@ -281,9 +283,7 @@ def test_family_sync_keeps_ipv4_and_ipv6_together() -> None:
 def test_vip_update_moves_nothing_and_release_hands_over() -> None:
     async def scenario() -> None:
         c = Cluster()
-        for node in NODE_NUMBER:
-            await c.start(node)
-            await c.join(node)
+        await c.start_all()
         await asyncio.sleep(0.5)
         holder = best()
         before = len(c.reports)
@@ -503,9 +503,7 @@ def states(c: Cluster, node: str, family: Family) -> list[tuple[State, Transitio
 def test_interface_deleted_and_recreated_faults_reopens_and_rejoins() -> None:
     async def scenario() -> None:
         c = Cluster()
-        for node in NODE_NUMBER:
-            await c.start(node)
-            await c.join(node)
+        await c.start_all()
         await asyncio.sleep(0.5)
         top = best()
         assert c.holding(VIP4) == [top] and c.holding(VIP6) == [top]
@@ -539,9 +537,7 @@ def test_interface_deleted_and_recreated_faults_reopens_and_rejoins() -> None:
 def test_carrier_loss_resigns_at_once_and_ipv6_waits_for_its_prefix() -> None:
     async def scenario() -> None:
         c = Cluster({"advert_interval": 0.2})
-        for node in NODE_NUMBER:
-            await c.start(node)
-            await c.join(node)
+        await c.start_all()
         await asyncio.sleep(1.2)
         top = best()
         assert c.holding(VIP4) == [top]
@@ -645,9 +641,7 @@ def test_authenticated_nodes_elect_and_ignore_an_unauthenticated_node(tmp_path: 
 def test_members_count_who_answers_for_each_vip_after_transitions(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         c = Cluster()
-        for node in NODE_NUMBER:
-            await c.start(node)
-            await c.join(node)
+        await c.start_all()
         await asyncio.sleep(1.6)  # elected, then probed after the transitions
         top = best()
 
@@ -672,9 +666,7 @@ def test_undrain_takes_back_only_the_groups_the_node_ranks_first_for() -> None:
     (before, it became master of the group at once and preemption took it back: VIPs held twice)."""
     async def scenario() -> None:
         c = Cluster()
-        for node in NODE_NUMBER:
-            await c.start(node)
-            await c.join(node)
+        await c.start_all()
         await asyncio.sleep(0.5)
         holder = best()
         other = next(n for n in NODE_NUMBER if n != holder)
@@ -713,9 +705,7 @@ def test_a_releasing_master_stops_announcing() -> None:
     on it (their neighbour entry, refreshed, ignores the new master's first announcements for its locktime)."""
     async def scenario() -> None:
         c = Cluster({"garp": {"count": 20, "interval": 0.02}})
-        for node in NODE_NUMBER:
-            await c.start(node)
-            await c.join(node)
+        await c.start_all()
         await asyncio.sleep(0.4)
         holder = best()
         for family in Family:
@@ -803,9 +793,7 @@ def test_a_takeover_from_a_live_master_stays_make_before_break() -> None:
 def test_the_backend_reports_the_breakdown_of_a_master_down_failover() -> None:
     async def scenario() -> None:
         c = Cluster()
-        for node in NODE_NUMBER:
-            await c.start(node)
-            await c.join(node)
+        await c.start_all()
         await asyncio.sleep(0.5)
         holder = best()
         c.bus.mute.add((holder, Family.IPV4))  # its IPv4 adverts stop arriving
