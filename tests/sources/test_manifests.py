@@ -441,3 +441,22 @@ def test_an_error_in_the_second_half_is_the_serial_reads_error(tmp_path: Path, p
         load_manifests([path], jobs=2)
     assert str(parallel.value) == str(serial.value)
     assert ("line" if problem == "yaml" else "document") in str(serial.value)
+
+
+def _dies(text: str, source: str, classes: frozenset[str], default_class: bool) -> list[Any]:
+    os._exit(9)  # the forked child killed mid-read (the OOM killer, a signal)
+
+
+def _answers_half(text: str, source: str, classes: frozenset[str], default_class: bool) -> list[Any]:
+    data = "x" * (1 << 20)  # more than a pipe holds: the child blocks until the parent reads
+    return [(0, ("Marker", data))]
+
+
+def test_a_child_that_dies_without_answering_means_a_serial_read() -> None:
+    text = _large_manifest(5000)
+    assert _read_halves(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_dies) is None
+    # An answer bigger than the pipe's buffer arrives whole, and the child is reaped (no zombie left).
+    items = _read_halves(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_answers_half)
+    assert items is not None and items[-1][1] == ("Marker", "x" * (1 << 20))
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)

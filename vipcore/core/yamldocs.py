@@ -44,6 +44,11 @@ _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
 
 
+#: Tags whose values are immutable: one built value serves every plain scalar of the same text.
+_IMMUTABLE = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
+                        "tag:yaml.org,2002:float"})
+_UNKNOWN = object()
+
 #: The tag the loader gives every untagged node; :class:`_Builder` resolves it.
 _IMPLICIT = "?"
 
@@ -145,6 +150,8 @@ class _Builder:
         self.source = source
         self.error = error
         self.tags: dict[str, str] = {}
+        #: Plain scalars already built to an immutable value (int, bool, null, float), by their text.
+        self.plain: dict[str, Any] = {}
 
     def build(self, node: yaml.Node, depth: int = 1) -> Any:
         if depth > MAX_DEPTH:
@@ -191,11 +198,19 @@ class _Builder:
 
     def scalar(self, node: yaml.ScalarNode) -> Any:
         if node.tag == _IMPLICIT:
-            node.tag = self.tag_of(node)
-            if node.tag == _STR:
-                return node.value
-            if node.tag == _MERGE:
-                return node.value
+            value = node.value
+            if not node.style:
+                built = self.plain.get(value, _UNKNOWN)
+                if built is not _UNKNOWN:
+                    return built
+            tag = node.tag = self.tag_of(node)
+            if tag == _STR or tag == _MERGE:
+                return value
+            built = self.loader.construct_document(node)
+            if tag in _IMMUTABLE and not node.style:
+                # The next ``port: 80`` is the same int: one dict lookup instead of PyYAML's constructor.
+                self.plain[value] = built
+            return built
         return self.loader.construct_document(node)
 
     def delegate(self, root: yaml.Node) -> Any:

@@ -8,14 +8,14 @@ Objects of other kinds are ignored. Any validation problem is a
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import multiprocessing
+import os
+import pickle
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vipcore.core import objects, yamldocs
 from vipcore.core.errors import ManifestError, VipcoreError
@@ -111,31 +111,87 @@ def _parse_and_convert(text: str, source: str, classes: frozenset[str], default_
     return _convert(_parse(text, source), source, classes, default_class)
 
 
-def _read_halves(text: str, source: str, classes: frozenset[str], default_class: bool) -> list[Item] | None:
+def _read_halves(text: str, source: str, classes: frozenset[str], default_class: bool, *,
+                 work: Callable[[str, str, frozenset[str], bool], list[Item]] | None = None) -> list[Item] | None:
     """The objects of ``text`` parsed and converted in two halves, the second in a forked process;
-    None when it cannot be split here (no fork, directives, no document start past the middle).
+    None when it cannot be split here (no fork, directives, no document start past the middle) or the
+    child did not answer.
 
     The halves meet at a document start, so the objects and their document
-    numbers are the serial read's. The child returns model values, not the
-    parsed dicts: a fraction of the bytes to pickle and to load, and its half
-    of the conversion done alongside the parent's parse. Raises ManifestError
-    for anything invalid (its line or document counts from its half).
+    numbers are the serial read's. The child inherits the text (nothing is
+    sent to it) and returns model values, not the parsed dicts: a fraction of
+    the bytes to pickle and to load, and its half of the conversion done
+    alongside the parent's parse. A bare ``fork`` and a pipe, not a process
+    pool: the pool's imports, threads and queues cost more than the 50 ms this
+    split is short of (``bench/manifests.py``). Raises ManifestError for
+    anything invalid (its line or document counts from its half).
+    ``work``: what the child runs (tests), :func:`_parse_and_convert` by default.
     """
-    if _DIRECTIVE.search(text) or "fork" not in multiprocessing.get_all_start_methods():
+    if _DIRECTIVE.search(text) or not hasattr(os, "fork"):
         return None
     split = _DOCUMENT_START.search(text, len(text) // 2)
     if split is None:
         return None
+    work = work or _parse_and_convert
     try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-            later = pool.submit(_parse_and_convert, text[split.start():], source, classes, default_class)
-            docs = _parse(text[:split.start()], source)
-            first = _convert(docs, source, classes, default_class)
-            second = later.result()
-    except (OSError, BrokenProcessPool):
+        readable, writable = os.pipe()
+    except OSError:
         return None
+    try:
+        child = os.fork()
+    except OSError:
+        os.close(readable)
+        os.close(writable)
+        return None
+    if child == 0:  # pragma: no cover - the forked child (its result is checked by the parent's tests)
+        _child_half(writable, readable, work, text[split.start():], source, classes, default_class)
+    os.close(writable)
+    try:
+        docs = _parse(text[:split.start()], source)
+        first = _convert(docs, source, classes, default_class)
+        answer = _read_all(readable)
+    finally:
+        os.close(readable)
+        _reap(child)
+    try:
+        outcome, value = pickle.loads(answer)
+    except Exception:  # noqa: BLE001 - nothing or half an answer: the child died; read serially
+        return None
+    if outcome == "error":
+        raise ManifestError(value)  # already names the file, document, field
     offset = len(docs)
-    return first + [(index + offset, converted) for index, converted in second]
+    return first + [(index + offset, converted) for index, converted in value]
+
+
+def _child_half(out: int, other: int, work: Callable[[str, str, frozenset[str], bool], list[Item]], text: str,
+                source: str, classes: frozenset[str], default_class: bool) -> NoReturn:
+    """The forked child: read its half, write ``("ok", items)`` or ``("error", message)``, exit at once
+    (``os._exit``: never the parent's ``atexit``, ``finally`` blocks or buffered output)."""
+    status = 1
+    try:
+        os.close(other)
+        try:
+            answer: tuple[str, object] = ("ok", work(text, source, classes, default_class))
+        except ManifestError as exc:
+            answer = ("error", str(exc))
+        data = memoryview(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+        while data:
+            data = data[os.write(out, data):]
+        status = 0
+    finally:
+        os._exit(status)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def _load_forked(paths: Iterable[Path], classes: frozenset[str], default_class: bool) -> DesiredState:
