@@ -1,7 +1,9 @@
-"""The hand-packed rtnetlink messages of the address holder's failover path (pure: no sockets)."""
+"""The hand-packed rtnetlink messages of the address holder's failover path (pure: no sockets), and one
+read-only dump of this process's own namespace (no privileges needed)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import struct
@@ -21,11 +23,13 @@ from vipcore.net.rtnetlink import (
     NLM_F_EXCL,
     NLM_F_REQUEST,
     NLMSG_HEADER,
+    NETLINK_ROUTE,
     RTM_DELADDR,
     RTM_GETADDR,
     RTM_GETLINK,
     RTM_NEWADDR,
     RTM_NEWLINK,
+    RtnetlinkChannel,
     address_dump_request,
     address_message,
     attribute,
@@ -111,3 +115,19 @@ def test_address_dump_request_and_replies_parse() -> None:
     assert (four.family, four.prefixlen, four.address, four.flags) == (socket.AF_INET, 24, primary.packed, 0x80)
     assert (six.family, six.prefixlen, six.address, six.flags) == (socket.AF_INET6, 128, vip6.packed, 0x302)
     assert parse_addresses(datagram[:-4], 1) == []  # a truncated message is dropped
+
+
+def test_a_dump_of_this_namespace_has_the_loopback_address() -> None:
+    # Every datagram of the answer up to NLMSG_DONE; lo (index 1 in any namespace) holds 127.0.0.1/8.
+    async def dump() -> list[bytes]:
+        channel = RtnetlinkChannel(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE))
+        try:
+            seq = channel.next_seq()
+            return await channel.dump(seq, address_dump_request(seq))
+        finally:
+            channel.close()
+
+    lo = socket.if_nametoindex("lo")
+    found = [a for data in asyncio.run(dump()) for a in parse_addresses(data, lo)]
+    assert any(a.family == socket.AF_INET and a.address == ipaddress.IPv4Address("127.0.0.1").packed
+               and a.prefixlen == 8 for a in found), found
