@@ -13,6 +13,11 @@ veth. Rows:
   IPv6, default 128: the routers of a node holding 64 dual-stack groups)
   in the same loop pass, as when the node holding them dies: wall time
   from the first call to the last answer, per trial, and per address.
+- ``probe round``: one round of the split-brain probe
+  (``AddressHolder.responders``) over the ``--burst`` VIPs while they are
+  held, without listening for answers: the interface's address dump and
+  one ARP request or Neighbor Solicitation per VIP (``--burst 510``: a node
+  holding 255 dual-stack groups).
 
 The CPU column is the process's CPU time per address (``time.process_time``,
 the kernel's work in our system calls included). Median and p95 over the
@@ -59,7 +64,7 @@ async def timed(call: Callable[[], Awaitable[object]]) -> tuple[float, float]:
 
 async def measure(netns: str, link: str, trials: int, burst: int) -> dict[str, tuple[list[float], list[float]]]:
     rows: dict[str, tuple[list[float], list[float]]] = {
-        name: ([], []) for name in ("add", "remove", "announce", "burst add", "burst remove")}
+        name: ([], []) for name in ("add", "remove", "announce", "burst add", "burst remove", "probe round")}
     many = vips(burst)
     one = many[:1] + many[burst // 2: burst // 2 + 1]  # an IPv4 and an IPv6 VIP, alternately
     async with AddressHolder(netns=netns) as holder:
@@ -83,6 +88,11 @@ async def measure(netns: str, link: str, trials: int, burst: int) -> dict[str, t
                 wall, cpu = await timed(lambda: asyncio.gather(*(method(link, [v]) for v in many)))
                 rows[name][0].append(wall)
                 rows[name][1].append(cpu / burst)
+        await holder.add(link, many)
+        for trial in range(trials):
+            wall, cpu = await timed(lambda: holder.responders(link, many, wait=0.0))
+            rows["probe round"][0].append(wall)
+            rows["probe round"][1].append(cpu / burst)
     return rows
 
 
@@ -105,7 +115,7 @@ def main() -> None:
     print(f"{args.trials} trials; burst = {args.burst} callers, one VIP each (half IPv4, half IPv6)")
     print(f"{'operation':<14} {'wall median ms':>15} {'wall p95 ms':>12} {'per address ms':>15} {'CPU/address ms':>15}")
     for name, (wall, cpu) in rows.items():
-        per = args.burst if name.startswith("burst") else 1
+        per = args.burst if name.startswith(("burst", "probe")) else 1
         print(f"{name:<14} {statistics.median(wall):>15.3f} {p95(wall):>12.3f} "
               f"{statistics.median(wall) / per:>15.3f} {statistics.median(cpu):>15.3f}")
 

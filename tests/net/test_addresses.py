@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import os
 import select
 import shutil
@@ -288,6 +289,28 @@ class TestLab:
 
         run(go())
         assert name not in ip("netns", "list")
+
+    def test_responders_from_the_fast_address_dump(self, pair: Pair) -> None:
+        # The split-brain probe: our VIP answered by our MAC, the peer's by the peer's, an unheld one by nobody.
+        peer_vip = ipaddress.IPv4Address("198.51.100.78")
+        nobody = ipaddress.IPv4Address("198.51.100.79")
+        ip("-n", pair.peer_ns, "addr", "add", f"{peer_vip}/32", "dev", pair.peer_link)
+        peer_mac = bytes.fromhex(json.loads(ip("-n", pair.peer_ns, "-j", "link", "show", pair.peer_link))[0]
+                                 ["address"].replace(":", ""))
+
+        seen: dict[str, object] = {}
+
+        async def go() -> None:
+            async with AddressHolder(netns=pair.ns) as holder:
+                await holder.add(pair.link, [V4_VIP, V6_VIP])
+                seen["answers"] = await holder.responders(pair.link, [V4_VIP, V6_VIP, peer_vip, nobody], wait=0.3)
+                seen["mac"] = (await holder.interface(pair.link, addresses=False)).mac
+                seen["dumps"] = holder.netlink.dumps
+
+        run(go())
+        mac = seen["mac"]
+        assert seen["answers"] == {V4_VIP: {mac}, V6_VIP: {mac}, peer_vip: {peer_mac}, nobody: frozenset()}
+        assert seen["dumps"] == 1  # one hand-packed dump, not pyroute2's
 
     def test_gratuitous_arp_arrives(self, pair: Pair) -> None:
         async def go() -> InterfaceInfo:

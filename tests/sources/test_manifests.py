@@ -460,3 +460,142 @@ def test_a_child_that_dies_without_answering_means_a_serial_read() -> None:
     assert items is not None and items[-1][1] == ("Marker", "x" * (1 << 20))
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+# -- how the source notices edits (inotify, not a 4 Hz poll) ------------------------------------------
+
+
+class CountingSource(ManifestSource):
+    """Counts the looks at the files' fingerprints (a stat of every file each, in a thread)."""
+
+    snapshots = 0
+
+    def _snapshot(self) -> tuple[tuple[str, int, int, int], ...]:
+        self.snapshots += 1
+        return super()._snapshot()
+
+
+def _watching(source: ManifestSource, scenario: Any) -> list[DesiredState]:
+    seen: list[DesiredState] = []
+
+    async def on_change(state: DesiredState) -> None:
+        seen.append(state)
+
+    async def run() -> None:
+        await source.initial()
+        watcher = asyncio.create_task(source.watch(on_change))
+        try:
+            await scenario(seen)
+            assert not watcher.done()
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    asyncio.run(run())
+    return seen
+
+
+def _services(state: DesiredState) -> list[str]:
+    return sorted(s.key for s in state.services)
+
+
+API = {**SERVICE, "metadata": {"name": "api", "namespace": "default"}}
+
+
+def test_an_idle_watch_does_not_look_at_the_files_again_and_again(tmp_path: Path) -> None:
+    # The 4 Hz poll was most of an idle agent's loop wake-ups at 255 groups (a thread hand-off each).
+    folder = tmp_path / "m"
+    folder.mkdir()
+    write(folder / "all.yaml", NODE, POOL, SERVICE)
+    source = CountingSource([folder])
+
+    async def idle(seen: list[DesiredState]) -> None:
+        await asyncio.sleep(0.3)
+        before = source.snapshots
+        await asyncio.sleep(1.2)
+        assert source.snapshots - before == 0
+
+    assert _watching(source, idle) == []
+
+
+def test_an_edit_is_seen_at_once_with_a_slow_rescan(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = write(folder / "all.yaml", NODE, POOL, SERVICE)
+    source = ManifestSource([folder], poll_interval=30.0, rescan_interval=30.0)
+
+    async def edit(seen: list[DesiredState]) -> None:
+        await asyncio.sleep(0.1)
+        write(path, NODE, POOL, SERVICE, API)
+        await _until(lambda: bool(seen), timeout=2.0)
+
+    seen = _watching(source, edit)
+    assert _services(seen[-1]) == ["default/api", "default/web"]
+
+
+def test_a_file_saved_by_rename_is_seen(tmp_path: Path) -> None:
+    # Editors (and `kubectl` style tools) write a new file and rename it over the one named.
+    path = write(tmp_path / "all.yaml", NODE, POOL, SERVICE)
+    source = ManifestSource([path], rescan_interval=30.0)
+
+    async def save(seen: list[DesiredState]) -> None:
+        await asyncio.sleep(0.1)
+        write(tmp_path / ".all.yaml.swp", NODE, POOL, SERVICE, API)
+        os.replace(tmp_path / ".all.yaml.swp", path)
+        await _until(lambda: bool(seen), timeout=2.0)
+
+    assert _services(_watching(source, save)[-1]) == ["default/api", "default/web"]
+
+
+def test_a_file_in_a_new_subfolder_is_seen(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    write(folder / "all.yaml", NODE, POOL, SERVICE)
+    source = ManifestSource([folder], rescan_interval=30.0)
+
+    async def grow(seen: list[DesiredState]) -> None:
+        await asyncio.sleep(0.1)
+        (folder / "team").mkdir()
+        await asyncio.sleep(0.2)  # the new folder's watch is added at the look its creation caused
+        write(folder / "team" / "api.yaml", API)
+        await _until(lambda: bool(seen) and len(seen[-1].services) == 2, timeout=2.0)
+
+    assert _services(_watching(source, grow)[-1]) == ["default/api", "default/web"]
+
+
+def test_a_configmap_volume_update_is_seen(tmp_path: Path) -> None:
+    # kubelet's atomic writer: files are symlinks through ..data, which is swapped by a rename.
+    folder = tmp_path / "cm"
+    folder.mkdir()
+    first = folder / "..2026_11_30_1"
+    first.mkdir()
+    write(first / "all.yaml", NODE, POOL, SERVICE)
+    (folder / "..data").symlink_to(first.name)
+    (folder / "all.yaml").symlink_to("..data/all.yaml")
+    source = ManifestSource([folder / "all.yaml"], rescan_interval=30.0)
+
+    async def update(seen: list[DesiredState]) -> None:
+        await asyncio.sleep(0.1)
+        second = folder / "..2026_11_30_2"
+        second.mkdir()
+        write(second / "all.yaml", NODE, POOL, SERVICE, API)
+        (folder / "..data_tmp").symlink_to(second.name)
+        os.replace(folder / "..data_tmp", folder / "..data")
+        await _until(lambda: bool(seen), timeout=2.0)
+
+    assert _services(_watching(source, update)[-1]) == ["default/api", "default/web"]
+
+
+def test_without_inotify_the_files_are_polled(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = write(folder / "all.yaml", NODE, POOL, SERVICE)
+    source = CountingSource([folder], poll_interval=0.05, notify=False)
+
+    async def edit(seen: list[DesiredState]) -> None:
+        await asyncio.sleep(0.3)
+        assert source.snapshots >= 3
+        write(path, NODE, POOL, SERVICE, API)
+        await _until(lambda: bool(seen), timeout=2.0)
+
+    assert _services(_watching(source, edit)[-1]) == ["default/api", "default/web"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import struct
 from collections.abc import Iterator, Sequence
@@ -37,8 +38,13 @@ RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
+RTM_GETADDR = 22
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+#: NLM_F_ROOT | NLM_F_MATCH: every object of the kind, in as many datagrams as it takes.
+NLM_F_DUMP = 0x300
+#: Set on a dump's messages when the table changed while it was being dumped (the dump is inconsistent).
+NLM_F_DUMP_INTR = 0x10
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 IFA_ADDRESS = 1
@@ -112,6 +118,58 @@ def link_request(name: str, seq: int) -> bytes:
     """``RTM_GETLINK`` of one interface by name (the reply is an ``RTM_NEWLINK`` or an error)."""
     body = IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attribute(IFLA_IFNAME, name.encode() + b"\0")
     return message(RTM_GETLINK, NLM_F_REQUEST, seq, body)
+
+
+def address_dump_request(seq: int) -> bytes:
+    """``RTM_GETADDR`` dump of every address (IPv4 and IPv6) of every interface."""
+    return message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+
+
+@attrs.frozen
+class Address:
+    """What an ``RTM_NEWADDR`` message says: one address of one interface (its bytes, not parsed)."""
+
+    family: int
+    prefixlen: int
+    index: int
+    #: ``IFA_LOCAL`` if present (the interface's own address on a point-to-point link), else ``IFA_ADDRESS``.
+    address: bytes
+    #: ``IFA_FLAGS`` if present (32 bits), else the header's 8-bit flags.
+    flags: int
+
+
+def parse_addresses(data: bytes, index: int | None = None) -> list[Address]:
+    """The ``RTM_NEWADDR`` messages of one netlink datagram, of interface ``index`` only if given.
+
+    Messages of other interfaces are skipped after their 8-byte header: a
+    node's address table is mostly VIPs, and the caller usually wants one
+    interface's.
+    """
+    found: list[Address] = []
+    for kind, _, offset, length in messages(data):
+        if kind != RTM_NEWADDR or length < NLMSG_HEADER.size + IFADDR.size:
+            continue
+        body = offset + NLMSG_HEADER.size
+        family, prefixlen, flags, _, owner = IFADDR.unpack_from(data, body)
+        if index is not None and owner != index:
+            continue
+        local = address = b""
+        attr = body + IFADDR.size
+        end = offset + length
+        while attr + RTATTR.size <= end:
+            attr_length, attr_type = RTATTR.unpack_from(data, attr)
+            if attr_length < RTATTR.size:
+                break
+            if attr_type == IFA_LOCAL:
+                local = data[attr + RTATTR.size: attr + attr_length]
+            elif attr_type == IFA_ADDRESS:
+                address = data[attr + RTATTR.size: attr + attr_length]
+            elif attr_type == IFA_FLAGS and attr_length >= RTATTR.size + 4:
+                (flags,) = struct.unpack_from("=I", data, attr + RTATTR.size)
+            attr += _align(attr_length)
+        found.append(Address(family=family, prefixlen=prefixlen, index=owner, address=bytes(local or address),
+                             flags=flags))
+    return found
 
 
 @attrs.frozen
@@ -242,6 +300,50 @@ class RtnetlinkChannel:
                     result.replies[seq] = Reply(error=0, kind=kind, data=bytes(data[offset: offset + length]))
                 wanted.discard(seq)
         return result
+
+
+    async def dump(self, seq: int, request: bytes) -> list[bytes]:
+        """Send one dump request; the datagrams of its answer, up to its ``NLMSG_DONE`` (excluded).
+
+        A dump is answered in as many datagrams as it takes, each produced by
+        the kernel as the previous one is read. Raises :class:`OSError` with
+        the kernel's errno for an error reply, ``EINTR`` if the table changed
+        while it was dumped (``NLM_F_DUMP_INTR``: ask again), ``ENOBUFS`` if
+        the socket overflowed; ``TimeoutError`` as :meth:`exchange` does.
+        Replies to other requests that turn up meanwhile are dropped.
+        """
+        self.sock.sendmsg([request])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REPLY_TIMEOUT
+        datagrams: list[bytes] = []
+        interrupted = False
+        while True:
+            try:
+                data = self.sock.recv(NETLINK_BUFFER)
+            except (BlockingIOError, InterruptedError):
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError(f"the netlink dump {seq} did not end") from None
+                await _readable(loop, self.sock, left)
+                continue
+            ours = False
+            for kind, reply_seq, offset, length in messages(data):
+                if reply_seq != seq:
+                    continue
+                ours = True
+                _, _, flags, _, _ = NLMSG_HEADER.unpack_from(data, offset)
+                interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
+                if kind == NLMSG_ERROR:
+                    (code,) = NLMSG_ERR.unpack_from(data, offset + NLMSG_HEADER.size)
+                    if code:
+                        raise OSError(-code, os.strerror(-code))
+                elif kind == NLMSG_DONE:
+                    if interrupted:
+                        raise OSError(errno.EINTR, "the table changed during the dump")
+                    datagrams.append(data)
+                    return datagrams
+            if ours:
+                datagrams.append(data)
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: float) -> None:

@@ -15,16 +15,25 @@ import pickle
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from vipcore.core import objects, yamldocs
 from vipcore.core.errors import ManifestError, VipcoreError
 from vipcore.core.model import LOAD_BALANCER_CLASS, DesiredState, MetricSample, Service
+from vipcore.sources.filewatch import FolderWatch, folders_of
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
+#: Seconds between looks at the files' fingerprints where inotify is unavailable.
 POLL_INTERVAL = 0.25
+#: With inotify: seconds between looks anyway (what inotify cannot see: an edit on a network filesystem).
+RESCAN_INTERVAL = 10.0
+#: Seconds from a change event to the look: the rest of a writer's burst comes in meanwhile (one look a save).
+SETTLE = 0.05
 #: Seconds between re-reads of unchanged files while they are invalid (a read may have failed transiently).
 RETRY_INTERVAL = 10.0
 
@@ -239,7 +248,7 @@ def load_manifests(
 
 
 class ManifestSource:
-    """Loads manifests and watches them for changes (mtime/size polling).
+    """Loads manifests and watches them for changes (inotify on their folders, mtime/size fingerprints).
 
     Every node reads the same files, so addresses are allocated locally
     (deterministically): ``allocates`` is True.
@@ -254,10 +263,16 @@ class ManifestSource:
     allocates = True
 
     def __init__(self, paths: Iterable[Path], *, poll_interval: float = POLL_INTERVAL,
-                 retry_interval: float = RETRY_INTERVAL) -> None:
+                 retry_interval: float = RETRY_INTERVAL, rescan_interval: float = RESCAN_INTERVAL,
+                 notify: bool = True) -> None:
         self.paths = tuple(paths)
         self.poll_interval = poll_interval
         self.retry_interval = retry_interval
+        self.rescan_interval = rescan_interval
+        #: Use inotify when the system has it (False: poll every ``poll_interval``, as without it).
+        self.notify = notify
+        #: Looks at the files' fingerprints since the watch started (each one a stat per file, off the loop).
+        self.looks = 0
         self._fingerprint: tuple[tuple[str, int, int, int], ...] = ()
         #: The problem with the files as they are now (None: the state in use is theirs).
         self.last_error: str | None = None
@@ -303,39 +318,75 @@ class ManifestSource:
     async def watch(self, on_change: Callable[[DesiredState], Awaitable[None]]) -> None:
         """Call ``on_change`` with the new state after every valid edit; forever.
 
-        An invalid edit is logged once and ignored: the last good state stays;
-        the files are read again on their next change, and every
+        The files are looked at (a ``stat`` each, off the event loop) when
+        inotify reports a change in their folders, :data:`SETTLE` seconds
+        later, and every ``rescan_interval`` seconds in any case; without
+        inotify, every ``poll_interval`` seconds. An idle node therefore
+        wakes up for its manifests once per rescan, not four times a second.
+        An invalid edit is logged once and ignored: the last good state
+        stays; the files are read again on their next change, and every
         ``retry_interval`` seconds while they stay invalid.
         """
         import asyncio
 
         loop = asyncio.get_running_loop()
+        files = FolderWatch.open() if self.notify else None
+        changed = asyncio.Event()
+        if files is not None:
+            watch = files
+
+            def readable() -> None:
+                watch.drain()
+                changed.set()
+
+            loop.add_reader(watch.fileno(), readable)
         tried = loop.time()
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            snapshot = await asyncio.to_thread(self._snapshot)
-            if snapshot == self._fingerprint and not (
-                    self.last_error is not None and loop.time() - tried >= self.retry_interval):
-                continue
-            tried = loop.time()
-            previous = self.last_error
-            try:
-                state = await asyncio.to_thread(self.load)
-            except VipcoreError as exc:
-                if str(exc) != previous:
-                    log.error("manifests changed but are invalid; keeping the last good state: %s", exc,
-                              extra={"event": "manifests_invalid"})
-                continue
-            except Exception as exc:  # a bug in a loader must not take the VIPs down either
-                self.failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                if self.last_error != previous:
-                    log.exception("reading the manifests failed; keeping the last good state",
+        try:
+            first = True
+            while True:
+                interval = self.poll_interval if files is None else self.rescan_interval
+                if self.last_error is not None:
+                    interval = min(interval, max(0.0, tried + self.retry_interval - loop.time()))
+                if not first:
+                    await _wait(changed, interval, notified=files is not None)
+                first = False
+                changed.clear()
+                if files is not None:
+                    # Watches before the look: a change from here on is an event, none falls in between.
+                    if not files.add(await asyncio.to_thread(folders_of, self.paths)):
+                        log.info("cannot watch the manifests' folders (inotify); polling every %.2f s",
+                                 self.poll_interval)
+                        loop.remove_reader(files.fileno())
+                        files.close()
+                        files = None
+                self.looks += 1
+                snapshot = await asyncio.to_thread(self._snapshot)
+                if snapshot == self._fingerprint and not (
+                        self.last_error is not None and loop.time() - tried >= self.retry_interval):
+                    continue
+                tried = loop.time()
+                previous = self.last_error
+                try:
+                    state = await asyncio.to_thread(self.load)
+                except VipcoreError as exc:
+                    if str(exc) != previous:
+                        log.error("manifests changed but are invalid; keeping the last good state: %s", exc,
                                   extra={"event": "manifests_invalid"})
-                continue
-            if previous is not None:
-                log.info("manifests are valid again", extra={"event": "manifests_valid"})
-            await on_change(state)
+                    continue
+                except Exception as exc:  # a bug in a loader must not take the VIPs down either
+                    self.failures += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    if self.last_error != previous:
+                        log.exception("reading the manifests failed; keeping the last good state",
+                                      extra={"event": "manifests_invalid"})
+                    continue
+                if previous is not None:
+                    log.info("manifests are valid again", extra={"event": "manifests_valid"})
+                await on_change(state)
+        finally:
+            if files is not None:
+                loop.remove_reader(files.fileno())
+                files.close()
 
     def vipcore_collect_metrics(self) -> list[MetricSample]:
         """Whether the state in use is stale, and load counts, for the agent's /metrics."""
@@ -346,3 +397,17 @@ class ManifestSource:
             MetricSample("vipcore_manifests_load_failures", float(self.failures),
                          help="Manifest reads refused as invalid"),
         ]
+
+
+async def _wait(changed: asyncio.Event, timeout: float, *, notified: bool) -> None:
+    """Until ``changed`` is set (then :data:`SETTLE` more seconds) or ``timeout`` seconds passed."""
+    import asyncio
+
+    if not notified:
+        await asyncio.sleep(timeout)
+        return
+    try:
+        await asyncio.wait_for(changed.wait(), timeout)
+    except asyncio.TimeoutError:
+        return
+    await asyncio.sleep(SETTLE)
