@@ -742,6 +742,31 @@ def test_a_failover_from_a_dead_master_advertises_before_the_address_work() -> N
     run(scenario)
 
 
+def test_the_best_ranked_survivor_takes_over_within_the_peer_lost_call() -> None:
+    """A node dying hands its groups to a survivor at once: the best-ranked backups decide in the
+    coordinator's one pass over those groups, each advert out before the call returns, instead of one
+    loop timer per router run after whatever the loop had queued (a liveness refresh took 6 ms there)."""
+
+    async def scenario() -> None:
+        bus, holder = Bus(), GatedHolder("node-a")
+        driver = _driver(holder, bus)
+        driver.peer_lost(0.0, "liveness session to node-b expired (50 ms)")
+        assert driver.router.state is State.MASTER  # no await: decided in the call
+        assert driver.link.counters.sent == 1 and VIP4 not in holder.held  # advertised; address work queued
+        holder.add_gate.set()
+        holder.announce_gate.set()
+        await driver.settled()
+        assert VIP4 in holder.held and holder.announced == [VIP4]
+        # A ranked-after backup still waits its delay (the best survivor's advert stops it).
+        other = _driver(GatedHolder("node-a"), Bus())
+        other.peer_lost(0.1, "liveness session to node-b expired (50 ms)")
+        assert other.router.state is State.BACKUP and other.link.counters.sent == 0
+        await driver.close()
+        await other.close()
+
+    run(scenario)
+
+
 def test_driver_times_the_address_and_announce_phases_of_a_failover() -> None:
     """The machine decides (detect, elect); the driver measures its I/O: VIPs in the kernel, first announcement."""
     from vipcore_native_vrrp.protocol import StateChanged
