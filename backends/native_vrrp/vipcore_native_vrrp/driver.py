@@ -337,6 +337,11 @@ class RouterDriver:
 
     # -- ending -----------------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """Whether actions wait to be carried out (address work, announcements, adverts after them)."""
+        return self._worker is not None or bool(self._queue)
+
     async def settled(self) -> None:
         """Wait until every queued action has been carried out."""
         while self._worker is not None:

@@ -753,10 +753,11 @@ def test_the_best_ranked_survivor_takes_over_within_the_peer_lost_call() -> None
         driver.peer_lost(0.0, "liveness session to node-b expired (50 ms)")
         assert driver.router.state is State.MASTER  # no await: decided in the call
         assert driver.link.counters.sent == 1 and VIP4 not in holder.held  # advertised; address work queued
+        assert driver.busy
         holder.add_gate.set()
         holder.announce_gate.set()
         await driver.settled()
-        assert VIP4 in holder.held and holder.announced == [VIP4]
+        assert VIP4 in holder.held and holder.announced == [VIP4] and not driver.busy
         # A ranked-after backup still waits its delay (the best survivor's advert stops it).
         other = _driver(GatedHolder("node-a"), Bus())
         other.peer_lost(0.1, "liveness session to node-b expired (50 ms)")
