@@ -125,6 +125,8 @@ NA_FLAG_OVERRIDE = 0x20000000
 #: Receivers drop ND packets whose hop limit is not 255 (RFC 4861 7.1.2).
 ND_HOP_LIMIT = 255
 ALL_NODES = ipaddress.IPv6Address("ff02::1")
+#: Its text, as the socket calls take it: formatting an IPv6 address per announced VIP showed in a takeover's profile.
+ALL_NODES_TEXT = str(ALL_NODES)
 #: Socket option (linux/icmpv6.h) and a filter that blocks every ICMPv6 type.
 ICMPV6_FILTER = 1
 ICMPV6_FILTER_BLOCK_ALL = b"\xff" * 32
@@ -925,11 +927,11 @@ class AddressHolder:
                 pktinfo = struct.pack("16sI", vip.packed, info.index)
                 try:
                     sock.sendmsg([message], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo)],
-                                 0, (str(ALL_NODES), 0, 0, info.index))
+                                 0, (ALL_NODES_TEXT, 0, 0, info.index))
                 except OSError as exc:
                     if exc.errno not in (errno.EADDRNOTAVAIL, errno.EINVAL):
                         raise
-                    sock.sendto(message, (str(ALL_NODES), 0, 0, info.index))
+                    sock.sendto(message, (ALL_NODES_TEXT, 0, 0, info.index))
                 self.counters.na_sent += 1
         except OSError:
             self._discard_nd(info.name)  # the next announcement starts afresh

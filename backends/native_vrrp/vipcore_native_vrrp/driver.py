@@ -160,16 +160,14 @@ class RouterDriver:
     def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None:
         """The master's node stopped answering ``silent_for`` seconds ago (node-level liveness)."""
         now = self.loop.time()
-        self.feed(self.router.peer_lost(now, delay, what, since=now - silent_for))
+        actions = self.router.peer_lost(now, delay, what, since=now - silent_for)
         due = self.router.next_timer()
         if due is not None and due <= now:
             # The best-ranked survivor decides in this call: a node dying hands all its groups over in the
             # coordinator's one pass over them, each advert out at once, instead of a loop timer per
             # router that ran after whatever else the loop had queued (bench/failover.py, many groups).
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = None
-            self.feed(self.router.handle_timer(now))
+            actions += self.router.handle_timer(now)
+        self.feed(actions)
 
     # -- actions --------------------------------------------------------------
 

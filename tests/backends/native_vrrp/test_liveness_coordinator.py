@@ -503,3 +503,24 @@ def test_refreshes_wait_until_the_groups_of_a_lost_peer_have_been_taken() -> Non
         c.close(graceful=False)
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
+
+
+@attrs.define
+class BrokenDriver(FakeDriver):
+    def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None:
+        raise RuntimeError("a bug in one router")
+
+
+def test_a_router_failing_to_act_on_a_lost_peer_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    """The best-ranked survivors decide inside the coordinator's pass (no timer per router to isolate
+    them): one router raising must not leave the groups after it in the pass untaken."""
+    memberships = groups_held_by("node-b", 3)
+    broken = BrokenDriver(FakeRouter(State.BACKUP, master=B))
+    entries = [(memberships[0], {Family.IPV4: broken})]
+    entries += [(m, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP, master=B))}) for m in memberships[1:]]
+    c = coordinator(entries)  # type: ignore[arg-type]
+    c.ensure(NODE_A_INTERFACES["eth0"])
+    c._changed(B, SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
+    c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+    assert all(drivers[Family.IPV4].lost for _, drivers in entries[1:])
+    assert "a bug in one router" in caplog.text

@@ -395,7 +395,12 @@ class Coordinator:
             rank = self._rank(membership, node, up.get(membership.group.interface, set()))
             self.groups_acted += 1
             for driver in backups:
-                driver.peer_lost(rank * self.settings.rank_step, what, silent_for=silent)
+                try:
+                    driver.peer_lost(rank * self.settings.rank_step, what, silent_for=silent)
+                except Exception:  # the routers after it in this pass must still be told
+                    log.exception("liveness: group %s could not act on the lost peer %s",
+                                  membership.group.short_name, node)
+                    continue
                 acted.append(driver)
         return acted
 
