@@ -20,6 +20,7 @@ failure: the VRRP hand-over handles a graceful stop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -183,6 +184,8 @@ class Coordinator:
         #: Takeovers after a lost peer whose address work is not done yet: refreshes wait for them.
         self._holds: set[asyncio.Task[None]] = set()
         self.refresh_hold = REFRESH_HOLD
+        #: Whether we turned the garbage collector off for a takeover (and must turn it on again).
+        self._gc_paused = False
 
     def ensure(self, info: InterfaceInfo) -> None:
         """A detector for ``info``'s interface (IPv4 preferred, else a global IPv6 address)."""
@@ -227,9 +230,21 @@ class Coordinator:
             self.loop.call_soon(self._run_refresh)
 
     def _hold_refreshes(self, drivers: list[RouterView]) -> None:
-        """Refreshes wait until ``drivers`` (the ones that acted on a lost peer) are settled; then one runs."""
+        """Refreshes wait until ``drivers`` (the ones that acted on a lost peer) are settled; then one runs.
+
+        The garbage collector waits too: a collection of its young generations took 1-16 ms in a
+        takeover's agent (traced in the lab), and what a takeover allocates is bounded."""
+        if not self._holds and gc.isenabled():
+            gc.disable()
+            self._gc_paused = True
         task = self.loop.create_task(self._until_settled(drivers), name="liveness refresh hold")
         self._holds.add(task)
+
+    def _end_hold(self, task: "asyncio.Task[None] | None") -> None:
+        self._holds.discard(task)
+        if not self._holds and self._gc_paused:
+            self._gc_paused = False
+            gc.enable()
 
     async def _until_settled(self, drivers: list[RouterView]) -> None:
         try:
@@ -237,7 +252,7 @@ class Coordinator:
         except asyncio.TimeoutError:
             pass
         finally:
-            self._holds.discard(asyncio.current_task())
+            self._end_hold(asyncio.current_task())
         self.schedule_refresh()
 
     @staticmethod
@@ -276,9 +291,9 @@ class Coordinator:
             detector.set_peers(wanted[interface], relaxed=wanted[interface] - fast[interface])
 
     def close(self, *, graceful: bool) -> None:
-        for hold in self._holds:
+        for hold in list(self._holds):
             hold.cancel()
-        self._holds.clear()
+            self._end_hold(hold)
         for detector in self.detectors.values():
             detector.close(graceful=graceful)
         self.detectors.clear()
