@@ -50,7 +50,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -706,11 +706,32 @@ class AddressHolder:
 
     # -- changes --------------------------------------------------------------
 
-    async def _change(self, add: bool, interface: str, vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
+    def _change(self, add: bool, interface: str, vips: Iterable[IPAddress | str]) -> Awaitable[tuple[IPAddress, ...]]:
+        """Queue the change now when the interface is known (its index cached and no link event since),
+        else once it is looked up; the result is awaited later.
+
+        Queued when asked, not when awaited: routers that take over in one pass of the loop (a node
+        died) queue their VIPs in that pass, and the batch goes out in the next one — not a pass
+        later, once each router's task has started, with received packets and timers run first."""
         wanted = _unique(vips)
+        if wanted and interface in self._links:
+            try:
+                self._watch_links(interface)  # a link event since the lookup forgets the cached index
+            except Exception:  # the lookup below meets it again and raises it to the awaiting caller
+                pass
+            cached = self._links.get(interface)
+            if cached is not None:
+                return self._queue_change(add, interface, cached.index, wanted)
+        return self._change_later(add, interface, wanted)
+
+    async def _change_later(self, add: bool, interface: str, wanted: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
         if not wanted:
             return ()
         index = (await self._link(interface)).index
+        return await self._queue_change(add, interface, index, wanted)
+
+    def _queue_change(self, add: bool, interface: str, index: int,
+                      wanted: tuple[IPAddress, ...]) -> asyncio.Future[tuple[IPAddress, ...]]:
         loop = asyncio.get_running_loop()
         change = _Change(add=add, interface=interface, index=index, vips=wanted, done=loop.create_future())
         self._queue.append(change)
@@ -718,7 +739,7 @@ class AddressHolder:
             # The task's first step runs in the next pass of the loop, after
             # every router woken in this pass has queued its change: one batch.
             self._flusher = loop.create_task(self._flush(), name="address changes")
-        return await change.done
+        return change.done
 
     async def _flush(self) -> None:
         """Send what is queued, in batches, until the queue stays empty; answer every caller."""
@@ -832,13 +853,15 @@ class AddressHolder:
                 change.fail(self._errno_error(change.interface, code, f"{change.verb} {vip}"))
         return again
 
-    async def add(self, interface: str, vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
-        """Add each VIP as a /32 or /128 (IPv6 with nodad); return those newly added."""
-        return await self._change(True, interface, vips)
+    def add(self, interface: str, vips: Iterable[IPAddress | str]) -> Awaitable[tuple[IPAddress, ...]]:
+        """Add each VIP as a /32 or /128 (IPv6 with nodad); awaited, those newly added.
 
-    async def remove(self, interface: str, vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
-        """Remove each VIP's host-prefix address; return those that were present."""
-        return await self._change(False, interface, vips)
+        The change joins the next batch when asked (see :meth:`_change`); await it to learn the result."""
+        return self._change(True, interface, vips)
+
+    def remove(self, interface: str, vips: Iterable[IPAddress | str]) -> Awaitable[tuple[IPAddress, ...]]:
+        """Remove each VIP's host-prefix address; awaited, those that were present."""
+        return self._change(False, interface, vips)
 
     async def remove_stale(
         self,

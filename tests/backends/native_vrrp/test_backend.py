@@ -768,6 +768,36 @@ def test_the_best_ranked_survivor_takes_over_within_the_peer_lost_call() -> None
     run(scenario)
 
 
+class AskedHolder(GatedHolder):
+    """Takes a change when asked, as :class:`AddressHolder` does (the awaitable is awaited later)."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(node)
+        self.asked: list[tuple[IPAddress, ...]] = []
+
+    def add(self, interface: str, vips: Iterable[IPAddress]) -> Awaitable[tuple[IPAddress, ...]]:  # type: ignore[override]
+        self.asked.append(tuple(vips))
+        return super().add(interface, vips)
+
+
+def test_a_takeover_asks_for_its_vips_within_the_pass_that_decided_it() -> None:
+    """Many routers taking over in one pass: their VIPs join the holder's next batch in that pass, not
+    once each router's task has started (a loop pass later, received adverts and timers first)."""
+
+    async def scenario() -> None:
+        bus, holder = Bus(), AskedHolder("node-a")
+        driver = _driver(holder, bus)
+        driver.peer_lost(0.0, "liveness session to node-b expired (50 ms)")
+        assert holder.asked == [(VIP4,)]  # no await: asked in the call
+        holder.add_gate.set()
+        holder.announce_gate.set()
+        await driver.settled()
+        assert holder.asked == [(VIP4,)] and VIP4 in holder.held and holder.announced == [VIP4]
+        await driver.close()
+
+    run(scenario)
+
+
 def test_driver_times_the_address_and_announce_phases_of_a_failover() -> None:
     """The machine decides (detect, elect); the driver measures its I/O: VIPs in the kernel, first announcement."""
     from vipcore_native_vrrp.protocol import StateChanged
