@@ -59,9 +59,15 @@ class FakeDriver:
     #: Set when the work a takeover queued (addresses, announcements) is done; None: nothing pending.
     work_done: asyncio.Event | None = None
 
+    #: Whether the garbage collector was on when told.
+    collecting: list[bool] = attrs.Factory(list)
+
     def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None:
+        import gc
+
         self.lost.append((delay, what))
         self.silent.append(silent_for)
+        self.collecting.append(gc.isenabled())
 
     @property
     def busy(self) -> bool:
@@ -528,7 +534,8 @@ def test_a_router_failing_to_act_on_a_lost_peer_does_not_stop_the_others(caplog:
 
 def test_no_garbage_collection_while_the_groups_of_a_lost_peer_are_taken() -> None:
     """The collector's young generations took 1-16 ms per run in the takeover's agent (traced in the lab):
-    paused from the loss until the routers that acted are settled, on again after (unless it was off)."""
+    paused from the loss (the pass over the groups included) until the routers that acted are settled, on
+    again after (unless it was off), and at once when none of them has work queued."""
     import gc
 
     entries = [(m, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP, master=B))}) for m in groups_held_by("node-b", 2)]
@@ -547,6 +554,7 @@ def test_no_garbage_collection_while_the_groups_of_a_lost_peer_are_taken() -> No
             detector.up.discard(B)
             c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
             assert not gc.isenabled()
+            assert not any(d.collecting[-1] for _, drivers in entries for d in drivers.values())  # nor in the pass
             loop.run_until_complete(asyncio.sleep(0.005))
             assert not gc.isenabled()  # the routers are still busy
             for _, drivers in entries:
@@ -558,3 +566,16 @@ def test_no_garbage_collection_while_the_groups_of_a_lost_peer_are_taken() -> No
         c.close(graceful=False)
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
+
+
+def test_the_collector_is_on_again_at_once_when_no_router_has_work_queued() -> None:
+    import gc
+
+    entries = [(m, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP, master=B))}) for m in groups_held_by("node-b", 2)]
+    c = coordinator(entries)  # type: ignore[arg-type]
+    c.ensure(NODE_A_INTERFACES["eth0"])
+    gc.enable()
+    c._changed(B, SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
+    c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+    assert all(not d.collecting[-1] for _, drivers in entries for d in drivers.values())
+    assert gc.isenabled()

@@ -232,16 +232,23 @@ class Coordinator:
     def _hold_refreshes(self, drivers: list[RouterView]) -> None:
         """Refreshes wait until ``drivers`` (the ones that acted on a lost peer) are settled; then one runs.
 
-        The garbage collector waits too: a collection of its young generations took 1-16 ms in a
-        takeover's agent (traced in the lab), and what a takeover allocates is bounded."""
-        if not self._holds and gc.isenabled():
-            gc.disable()
-            self._gc_paused = True
+        The garbage collector, turned off for the pass (:meth:`_changed`), stays off until then too: a
+        collection of its young generations took 1-16 ms in a takeover's agent (traced in the lab), and
+        what a takeover allocates is bounded."""
         task = self.loop.create_task(self._until_settled(drivers), name="liveness refresh hold")
         self._holds.add(task)
 
     def _end_hold(self, task: "asyncio.Task[None] | None") -> None:
         self._holds.discard(task)
+        self._resume_gc()
+
+    def _pause_gc(self) -> None:
+        if gc.isenabled():
+            gc.disable()
+            self._gc_paused = True
+
+    def _resume_gc(self) -> None:
+        """On again once no takeover holds it (and only if we turned it off)."""
         if not self._holds and self._gc_paused:
             self._gc_paused = False
             gc.enable()
@@ -376,10 +383,14 @@ class Coordinator:
         silent = self._silence(peer, detect)
         # The groups first, everything else after: the log line, the refresh (held until the routers
         # that took over have their VIPs in the kernel and announced).
-        acted = self._take_over(node, detect, silent)
-        busy = [driver for driver in acted if driver.busy]
-        if busy:
-            self._hold_refreshes(busy)
+        self._pause_gc()  # from the pass to the routers settled (see _hold_refreshes)
+        try:
+            acted = self._take_over(node, detect, silent)
+            busy = [driver for driver in acted if driver.busy]
+            if busy:
+                self._hold_refreshes(busy)
+        finally:
+            self._resume_gc()  # at once unless a hold keeps it off
         self.schedule_refresh()
         self.last_loss_read_late = max(0.0, silent - detect)
         self.last_loss_act_seconds = self.loop.time() - started
