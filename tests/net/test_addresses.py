@@ -726,3 +726,46 @@ class TestBatches:
             assert host_addresses(duo.ns, duo.link) == {V4_VIP}
 
         run(go())
+
+
+@pytest.fixture
+def duo_now() -> Iterator[Duo]:
+    """A :class:`Duo` under its own prefix (``vcM5``)."""
+    tag = uuid.uuid4().hex[:6]
+    made = Duo(f"vcM5{tag}a", f"vcM5{tag}a", f"vcM5{tag}d", f"vcM5{tag}b", f"vcM5{tag}b")
+    created: list[str] = []
+    try:
+        for ns in (made.ns, made.peer_ns):
+            ip("netns", "add", ns)
+            created.append(ns)
+        ip("-n", made.ns, "link", "add", made.link, "type", "veth", "peer", "name", made.peer_link,
+           "netns", made.peer_ns)
+        for ns, link in ((made.ns, made.link), (made.peer_ns, made.peer_link)):
+            ip("-n", ns, "link", "set", link, "up")
+        yield made
+    finally:
+        for ns in created:
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(_lab_reason() is not None, reason=_lab_reason() or "")
+def test_an_add_is_queued_when_asked_not_when_awaited(duo_now: Duo) -> None:
+    """A node dying hands its groups to a survivor in one pass of the loop: each router asks for its
+    VIPs in that pass, and the batch must go out in the next one — not after each router's own task
+    has started (a loop pass more, in which received adverts and timers ran first: 1.5-9 ms in the lab)."""
+    async def go() -> None:
+        async with AddressHolder(netns=duo_now.ns) as holder:
+            await holder.add(duo_now.link, [V4_VIP])  # reads the link once
+            before = holder.netlink.batches
+            first = holder.add(duo_now.link, [V6_VIP])  # asked now, awaited later (by another task)
+            second = holder.add(duo_now.link, [ipaddress.IPv4Address("198.51.100.201")])
+            assert await first == (V6_VIP,)
+            assert await second == (ipaddress.IPv4Address("198.51.100.201"),)
+            assert holder.netlink.batches - before == 1
+            # Unknown interfaces, nothing to add and errors behave as before.
+            assert await holder.add(duo_now.link, []) == ()
+            with pytest.raises(InterfaceNotFoundError):
+                await holder.add("vcM5nothere", [V4_VIP])
+
+    run(go())

@@ -50,7 +50,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -128,6 +128,8 @@ NA_FLAG_OVERRIDE = 0x20000000
 #: Receivers drop ND packets whose hop limit is not 255 (RFC 4861 7.1.2).
 ND_HOP_LIMIT = 255
 ALL_NODES = ipaddress.IPv6Address("ff02::1")
+#: Its text, as the socket calls take it: formatting an IPv6 address per announced VIP showed in a takeover's profile.
+ALL_NODES_TEXT = str(ALL_NODES)
 #: Socket option (linux/icmpv6.h) and a filter that blocks every ICMPv6 type.
 ICMPV6_FILTER = 1
 ICMPV6_FILTER_BLOCK_ALL = b"\xff" * 32
@@ -732,11 +734,32 @@ class AddressHolder:
 
     # -- changes --------------------------------------------------------------
 
-    async def _change(self, add: bool, interface: str, vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
+    def _change(self, add: bool, interface: str, vips: Iterable[IPAddress | str]) -> Awaitable[tuple[IPAddress, ...]]:
+        """Queue the change now when the interface is known (its index cached and no link event since),
+        else once it is looked up; the result is awaited later.
+
+        Queued when asked, not when awaited: routers that take over in one pass of the loop (a node
+        died) queue their VIPs in that pass, and the batch goes out in the next one — not a pass
+        later, once each router's task has started, with received packets and timers run first."""
         wanted = _unique(vips)
+        if wanted and interface in self._links:
+            try:
+                self._watch_links(interface)  # a link event since the lookup forgets the cached index
+            except Exception:  # the lookup below meets it again and raises it to the awaiting caller
+                pass
+            cached = self._links.get(interface)
+            if cached is not None:
+                return self._queue_change(add, interface, cached.index, wanted)
+        return self._change_later(add, interface, wanted)
+
+    async def _change_later(self, add: bool, interface: str, wanted: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
         if not wanted:
             return ()
         index = (await self._link(interface)).index
+        return await self._queue_change(add, interface, index, wanted)
+
+    def _queue_change(self, add: bool, interface: str, index: int,
+                      wanted: tuple[IPAddress, ...]) -> asyncio.Future[tuple[IPAddress, ...]]:
         loop = asyncio.get_running_loop()
         change = _Change(add=add, interface=interface, index=index, vips=wanted, done=loop.create_future())
         self._queue.append(change)
@@ -744,7 +767,7 @@ class AddressHolder:
             # The task's first step runs in the next pass of the loop, after
             # every router woken in this pass has queued its change: one batch.
             self._flusher = loop.create_task(self._flush(), name="address changes")
-        return await change.done
+        return change.done
 
     async def _flush(self) -> None:
         """Send what is queued, in batches, until the queue stays empty; answer every caller."""
@@ -858,13 +881,15 @@ class AddressHolder:
                 change.fail(self._errno_error(change.interface, code, f"{change.verb} {vip}"))
         return again
 
-    async def add(self, interface: str, vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
-        """Add each VIP as a /32 or /128 (IPv6 with nodad); return those newly added."""
-        return await self._change(True, interface, vips)
+    def add(self, interface: str, vips: Iterable[IPAddress | str]) -> Awaitable[tuple[IPAddress, ...]]:
+        """Add each VIP as a /32 or /128 (IPv6 with nodad); awaited, those newly added.
 
-    async def remove(self, interface: str, vips: Iterable[IPAddress | str]) -> tuple[IPAddress, ...]:
-        """Remove each VIP's host-prefix address; return those that were present."""
-        return await self._change(False, interface, vips)
+        The change joins the next batch when asked (see :meth:`_change`); await it to learn the result."""
+        return self._change(True, interface, vips)
+
+    def remove(self, interface: str, vips: Iterable[IPAddress | str]) -> Awaitable[tuple[IPAddress, ...]]:
+        """Remove each VIP's host-prefix address; awaited, those that were present."""
+        return self._change(False, interface, vips)
 
     async def remove_stale(
         self,
@@ -953,11 +978,11 @@ class AddressHolder:
                 pktinfo = struct.pack("16sI", vip.packed, info.index)
                 try:
                     sock.sendmsg([message], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo)],
-                                 0, (str(ALL_NODES), 0, 0, info.index))
+                                 0, (ALL_NODES_TEXT, 0, 0, info.index))
                 except OSError as exc:
                     if exc.errno not in (errno.EADDRNOTAVAIL, errno.EINVAL):
                         raise
-                    sock.sendto(message, (str(ALL_NODES), 0, 0, info.index))
+                    sock.sendto(message, (ALL_NODES_TEXT, 0, 0, info.index))
                 self.counters.na_sent += 1
         except OSError:
             self._discard_nd(info.name)  # the next announcement starts afresh

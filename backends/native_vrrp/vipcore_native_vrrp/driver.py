@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import attrs
 
@@ -94,7 +94,9 @@ class RouterDriver:
         self._timer: asyncio.TimerHandle | BatchedTimer | None = None
         #: When the armed timer's input is due (a batched one may fire before: up to then it counts as due).
         self._timer_due = 0.0
-        self._queue: collections.deque[tuple[list[Action], float]] = collections.deque()
+        #: Batches to carry out in order: actions, when decided, and the first action's VIPs when they
+        #: were already asked of the holder (see :meth:`feed`).
+        self._queue: collections.deque[tuple[list[Action], float, Awaitable[object] | None]] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
         #: Queued batches whose advert must follow their address work.
@@ -160,7 +162,14 @@ class RouterDriver:
     def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None:
         """The master's node stopped answering ``silent_for`` seconds ago (node-level liveness)."""
         now = self.loop.time()
-        self.feed(self.router.peer_lost(now, delay, what, since=now - silent_for))
+        actions = self.router.peer_lost(now, delay, what, since=now - silent_for)
+        due = self.router.next_timer()
+        if due is not None and due <= now:
+            # The best-ranked survivor decides in this call: a node dying hands all its groups over in the
+            # coordinator's one pass over them, each advert out at once, instead of a loop timer per
+            # router that ran after whatever else the loop had queued (bench/failover.py, many groups).
+            actions += self.router.handle_timer(now)
+        self.feed(actions)
 
     # -- actions --------------------------------------------------------------
 
@@ -193,9 +202,12 @@ class RouterDriver:
                     for action in batch[:lead]:
                         self._do_now(action, self.loop.time())
                     batch = batch[lead:]
+                # Still idle after the lead adverts (their follow-ups may have queued work): nothing queued
+                # must precede this batch's first address change.
+                asked = self._ask_now(batch) if self._worker is None and not self._queue else None
                 if address_work and any(isinstance(a, Send) for a in batch):
                     self._ordered_sends += 1
-                self._queue.append((batch, self.loop.time()))
+                self._queue.append((batch, self.loop.time(), asked))
                 if self._worker is None:
                     self._worker = self.loop.create_task(self._work(), name=f"vrrp {self.group[:12]} IPv{int(self.family)}")
         if self._announcer is not None and self.router.phase is not Phase.MASTER:
@@ -227,10 +239,21 @@ class RouterDriver:
         else:
             self._timer = self.loop.call_at(due, self._on_timer)
 
+    def _ask_now(self, batch: list[Action]) -> Awaitable[object] | None:
+        """The VIPs a batch starts by adding, asked of the holder in this pass (nothing is queued before
+        them): a node dying hands its groups over in one pass, and their VIPs then join one netlink batch
+        in the next pass instead of a pass later, once each router's task has started."""
+        if not batch or type(batch[0]) is not AddVips:
+            return None
+        try:
+            return self.holder.add(self.interface, batch[0].vips)
+        except Exception:  # asked again, and reported, when the batch is carried out
+            return None
+
     async def _work(self) -> None:
         try:
             while self._queue:
-                batch, decided = self._queue.popleft()
+                batch, decided, asked = self._queue.popleft()
                 self._added_at = self._announced_at = None
                 ordered = any(isinstance(a, _ADDRESS_WORK) for a in batch) and any(isinstance(a, Send) for a in batch)
                 announced = False
@@ -240,6 +263,11 @@ class RouterDriver:
                         # must go out even if we have lost the election since:
                         # it makes the winner announce again, pulling back the
                         # neighbours our announcement took.
+                        if asked is not None and action is batch[0]:
+                            # Already on its way to the kernel: its result is awaited even if the router has
+                            # changed its mind since (the opposite change it queued then comes after it).
+                            await self._do_address(action, asked)  # type: ignore[arg-type]
+                            continue
                         if not (announced and isinstance(action, Send)) and not self.router.wants(action):
                             continue
                         announced = announced or isinstance(action, Announce)
@@ -292,11 +320,12 @@ class RouterDriver:
             else:
                 self.report(self, action, failover)
 
-    async def _do_address(self, action: AddVips | RemoveVips | Announce) -> None:
+    async def _do_address(self, action: AddVips | RemoveVips | Announce, asked: Awaitable[object] | None = None) -> None:
         try:
             if isinstance(action, AddVips):
-                await self.holder.add(self.interface, action.vips)
-                self._added_at = self.loop.time()
+                await (asked if asked is not None else self.holder.add(self.interface, action.vips))
+                if self.router.wants(action):
+                    self._added_at = self.loop.time()
             elif isinstance(action, RemoveVips):
                 if not self.router.holding:
                     self._stop_announcing()
@@ -327,6 +356,11 @@ class RouterDriver:
             self._announcer = None
 
     # -- ending -----------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Whether actions wait to be carried out (address work, announcements, adverts after them)."""
+        return self._worker is not None or bool(self._queue)
 
     async def settled(self) -> None:
         """Wait until every queued action has been carried out."""

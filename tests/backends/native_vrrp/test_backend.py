@@ -742,6 +742,62 @@ def test_a_failover_from_a_dead_master_advertises_before_the_address_work() -> N
     run(scenario)
 
 
+def test_the_best_ranked_survivor_takes_over_within_the_peer_lost_call() -> None:
+    """A node dying hands its groups to a survivor at once: the best-ranked backups decide in the
+    coordinator's one pass over those groups, each advert out before the call returns, instead of one
+    loop timer per router run after whatever the loop had queued (a liveness refresh took 6 ms there)."""
+
+    async def scenario() -> None:
+        bus, holder = Bus(), GatedHolder("node-a")
+        driver = _driver(holder, bus)
+        driver.peer_lost(0.0, "liveness session to node-b expired (50 ms)")
+        assert driver.router.state is State.MASTER  # no await: decided in the call
+        assert driver.link.counters.sent == 1 and VIP4 not in holder.held  # advertised; address work queued
+        assert driver.busy
+        holder.add_gate.set()
+        holder.announce_gate.set()
+        await driver.settled()
+        assert VIP4 in holder.held and holder.announced == [VIP4] and not driver.busy
+        # A ranked-after backup still waits its delay (the best survivor's advert stops it).
+        other = _driver(GatedHolder("node-a"), Bus())
+        other.peer_lost(0.1, "liveness session to node-b expired (50 ms)")
+        assert other.router.state is State.BACKUP and other.link.counters.sent == 0
+        await driver.close()
+        await other.close()
+
+    run(scenario)
+
+
+class AskedHolder(GatedHolder):
+    """Takes a change when asked, as :class:`AddressHolder` does (the awaitable is awaited later)."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(node)
+        self.asked: list[tuple[IPAddress, ...]] = []
+
+    def add(self, interface: str, vips: Iterable[IPAddress]) -> Awaitable[tuple[IPAddress, ...]]:  # type: ignore[override]
+        self.asked.append(tuple(vips))
+        return super().add(interface, vips)
+
+
+def test_a_takeover_asks_for_its_vips_within_the_pass_that_decided_it() -> None:
+    """Many routers taking over in one pass: their VIPs join the holder's next batch in that pass, not
+    once each router's task has started (a loop pass later, received adverts and timers first)."""
+
+    async def scenario() -> None:
+        bus, holder = Bus(), AskedHolder("node-a")
+        driver = _driver(holder, bus)
+        driver.peer_lost(0.0, "liveness session to node-b expired (50 ms)")
+        assert holder.asked == [(VIP4,)]  # no await: asked in the call
+        holder.add_gate.set()
+        holder.announce_gate.set()
+        await driver.settled()
+        assert holder.asked == [(VIP4,)] and VIP4 in holder.held and holder.announced == [VIP4]
+        await driver.close()
+
+    run(scenario)
+
+
 def test_driver_times_the_address_and_announce_phases_of_a_failover() -> None:
     """The machine decides (detect, elect); the driver measures its I/O: VIPs in the kernel, first announcement."""
     from vipcore_native_vrrp.protocol import StateChanged

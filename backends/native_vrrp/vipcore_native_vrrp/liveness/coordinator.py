@@ -20,6 +20,7 @@ failure: the VRRP hand-over handles a graceful stop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -37,6 +38,10 @@ from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
 from vipcore_native_vrrp.liveness.session import SessionConfig
 
 log = logging.getLogger("vipcore_native_vrrp.liveness")
+
+#: Longest the refreshes wait, after a lost peer, for the routers that took its groups to finish their
+#: address work and first announcements (see :meth:`Coordinator.schedule_refresh`).
+REFRESH_HOLD = 1.0
 
 KEYS = ("enabled", "interval", "multiplier", "slow_interval", "rank_step", "realtime", "watchers")
 
@@ -126,6 +131,11 @@ class RouterView(Protocol):
 
     def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None: ...
 
+    @property
+    def busy(self) -> bool: ...
+
+    async def settled(self) -> None: ...
+
 
 class RouterState(Protocol):
     @property
@@ -164,8 +174,18 @@ class Coordinator:
         self.watched: dict[str, set[str]] = {}
         self.peers_lost = 0
         self.groups_acted = 0
+        #: The last lost peer: how late the agent read the change after the detection time ran out (the
+        #: worker's lateness, the control channel and the agent's loop lag together), and how long telling
+        #: every group took (the best-ranked survivors' transitions and adverts included).
+        self.last_loss_read_late = 0.0
+        self.last_loss_act_seconds = 0.0
         self._unavailable: set[str] = set()
         self._refresh_pending = False
+        #: Takeovers after a lost peer whose address work is not done yet: refreshes wait for them.
+        self._holds: set[asyncio.Task[None]] = set()
+        self.refresh_hold = REFRESH_HOLD
+        #: Whether we turned the garbage collector off for a takeover (and must turn it on again).
+        self._gc_paused = False
 
     def ensure(self, info: InterfaceInfo) -> None:
         """A detector for ``info``'s interface (IPv4 preferred, else a global IPv6 address)."""
@@ -199,10 +219,53 @@ class Coordinator:
     def schedule_refresh(self) -> None:
         """:meth:`refresh` once the current burst of changes is over (a loop pass later), not once per
         change: at start-up 510 routers report their first transitions one after another, and a refresh
-        per report walked every group for each — quadratic, a core busy for minutes at 255 groups."""
-        if not self._refresh_pending:
+        per report walked every group for each — quadratic, a core busy for minutes at 255 groups.
+
+        After a lost peer, not before the routers that took its groups have their VIPs in the kernel and
+        announced (at most :attr:`refresh_hold` seconds): a refresh walks every group, and run between
+        the loss and the takeover's address batch it delayed every group of the dead node; who watches
+        whom can wait that long."""
+        if not self._refresh_pending and not self._holds:
             self._refresh_pending = True
             self.loop.call_soon(self._run_refresh)
+
+    def _hold_refreshes(self, drivers: list[RouterView]) -> None:
+        """Refreshes wait until ``drivers`` (the ones that acted on a lost peer) are settled; then one runs.
+
+        The garbage collector, turned off for the pass (:meth:`_changed`), stays off until then too: a
+        collection of its young generations took 1-16 ms in a takeover's agent (traced in the lab), and
+        what a takeover allocates is bounded."""
+        task = self.loop.create_task(self._until_settled(drivers), name="liveness refresh hold")
+        self._holds.add(task)
+
+    def _end_hold(self, task: "asyncio.Task[None] | None") -> None:
+        self._holds.discard(task)
+        self._resume_gc()
+
+    def _pause_gc(self) -> None:
+        if gc.isenabled():
+            gc.disable()
+            self._gc_paused = True
+
+    def _resume_gc(self) -> None:
+        """On again once no takeover holds it (and only if we turned it off)."""
+        if not self._holds and self._gc_paused:
+            self._gc_paused = False
+            gc.enable()
+
+    async def _until_settled(self, drivers: list[RouterView]) -> None:
+        try:
+            await asyncio.wait_for(self._settled(drivers), self.refresh_hold)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._end_hold(asyncio.current_task())
+        self.schedule_refresh()
+
+    @staticmethod
+    async def _settled(drivers: list[RouterView]) -> None:
+        for driver in drivers:
+            await driver.settled()
 
     def _run_refresh(self) -> None:
         self._refresh_pending = False
@@ -235,6 +298,9 @@ class Coordinator:
             detector.set_peers(wanted[interface], relaxed=wanted[interface] - fast[interface])
 
     def close(self, *, graceful: bool) -> None:
+        for hold in list(self._holds):
+            hold.cancel()
+            self._end_hold(hold)
         for detector in self.detectors.values():
             detector.close(graceful=graceful)
         self.detectors.clear()
@@ -302,28 +368,46 @@ class Coordinator:
 
     def _changed(self, peer: IPAddress, old: SessionState, new: SessionState, diagnostic: Diagnostic) -> None:
         node = self._node_by_address(peer)
-        if SessionState.UP in (old, new):
-            self.schedule_refresh()  # who watches which master counts the members with a session Up
-        if new is SessionState.UP:
-            if node is not None:
+        if not (old is SessionState.UP and new is SessionState.DOWN and node is not None
+                and diagnostic is Diagnostic.CONTROL_DETECTION_EXPIRED):
+            # Not a failure (AdminDown from the peer, or it stopped needing us), or a session coming Up.
+            if SessionState.UP in (old, new):
+                self.schedule_refresh()  # who watches which master counts the members with a session Up
+            if new is SessionState.UP and node is not None:
                 self.lost.discard(node)
             return
-        if old is not SessionState.UP or new is not SessionState.DOWN:
-            return
-        if diagnostic is not Diagnostic.CONTROL_DETECTION_EXPIRED:
-            return  # AdminDown from the peer, or it stopped needing us: not a failure
-        if node is None:
-            return
+        started = self.loop.time()
         self.lost.add(node)
         self.peers_lost += 1
         detect = self.settings.detection_time
         silent = self._silence(peer, detect)
-        log.warning("liveness: session to %s (%s) expired after %.0f ms without a packet", node, peer, detect * 1000,
+        # The groups first, everything else after: the log line, the refresh (held until the routers
+        # that took over have their VIPs in the kernel and announced).
+        self._pause_gc()  # from the pass to the routers settled (see _hold_refreshes)
+        try:
+            acted = self._take_over(node, detect, silent)
+            busy = [driver for driver in acted if driver.busy]
+            if busy:
+                self._hold_refreshes(busy)
+        finally:
+            self._resume_gc()  # at once unless a hold keeps it off
+        self.schedule_refresh()
+        self.last_loss_read_late = max(0.0, silent - detect)
+        self.last_loss_act_seconds = self.loop.time() - started
+        log.warning("liveness: session to %s (%s) expired after %.0f ms without a packet; read %.1f ms after "
+                    "that, %d router(s) acted in %.1f ms", node, peer, detect * 1000,
+                    self.last_loss_read_late * 1000, len(acted), self.last_loss_act_seconds * 1000,
                     extra={"event": "peer_lost", "peer": node})
+
+    def _take_over(self, node: str, detect: float, silent: float) -> list[RouterView]:
+        """Every group whose master lived on ``node``: its backups here run Master_Down after their rank
+        delay (the best-ranked survivor at once, in this pass). Returns the routers told."""
+        acted: list[RouterView] = []
         groups = list(self.groups())
         up = self._up(self._addresses(groups))
+        what = f"liveness session to {node} expired ({detect * 1000:.0f} ms)"
         for membership, drivers in groups:
-            if node not in {p.name for p in membership.peers()}:
+            if not any(member.name == node for member in membership.members) or node == membership.node:
                 continue
             backups = [d for d in drivers.values() if d.router.state is State.BACKUP and not d.router.released]
             if not backups:
@@ -337,8 +421,14 @@ class Coordinator:
             rank = self._rank(membership, node, up.get(membership.group.interface, set()))
             self.groups_acted += 1
             for driver in backups:
-                driver.peer_lost(rank * self.settings.rank_step,
-                                 f"liveness session to {node} expired ({detect * 1000:.0f} ms)", silent_for=silent)
+                try:
+                    driver.peer_lost(rank * self.settings.rank_step, what, silent_for=silent)
+                except Exception:  # the routers after it in this pass must still be told
+                    log.exception("liveness: group %s could not act on the lost peer %s",
+                                  membership.group.short_name, node)
+                    continue
+                acted.append(driver)
+        return acted
 
     def _silence(self, peer: IPAddress, detect: float) -> float:
         """How long ``peer`` has been silent: from the worker's last receive time when it said (the
@@ -422,6 +512,12 @@ class Coordinator:
                          help="Liveness sessions that expired (a peer node stopped answering)"),
             MetricSample("vipcore_liveness_groups_acted", float(self.groups_acted),
                          help="Groups whose backups started Master_Down early after a lost peer"),
+            MetricSample("vipcore_liveness_last_loss_read_late_seconds", self.last_loss_read_late, kind="gauge",
+                         help="Last lost peer: how long after its detection time ran out the agent read the "
+                              "change (the worker's lateness, the control channel and the agent's loop lag)"),
+            MetricSample("vipcore_liveness_last_loss_act_seconds", self.last_loss_act_seconds, kind="gauge",
+                         help="Last lost peer: how long telling every group took (the best-ranked survivors' "
+                              "decisions and adverts included)"),
         ]
         for interface, detector in sorted(self.detectors.items()):
             for peer, session in sorted(detector.snapshot().items(), key=lambda item: str(item[0])):
