@@ -250,14 +250,17 @@ class Session:
         caller with many sessions sends several per wake-up; never before 75 % of the
         interval since the previous one, the lower bound of RFC 5880 6.8.7's jitter.
         """
-        actions: list[Action] = []
-        if self._detect_at is not None and now >= self._detect_at:
-            self._detect_at = None
-            if self.state in (SessionState.INIT, SessionState.UP):
-                self.remote_discriminator = 0
-                actions += self._change(SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED, now)
         tx = self._tx_at
-        if tx is not None and (now >= tx or (now >= tx - early and now >= self._tx_floor)):
+        due = tx is not None and (now >= tx or (now >= tx - early and now >= self._tx_floor))
+        if self._detect_at is None or now < self._detect_at:
+            # The common case, called ~100 times a second per session: the periodic packet or nothing.
+            return self._transmit(now) if due else []
+        self._detect_at = None
+        actions: list[Action] = []
+        if self.state in (SessionState.INIT, SessionState.UP):
+            self.remote_discriminator = 0
+            actions += self._change(SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED, now)
+        if due:
             actions += self._transmit(now)
         return actions
 
