@@ -117,6 +117,9 @@ class Worker:
         self._closing_until: float | None = None
         for sock in (control, recv, send):
             sock.setblocking(False)
+        #: The packet socket alone, asked without waiting whether a packet is queued (see run).
+        self._readable = select.epoll()
+        self._readable.register(recv.fileno(), select.EPOLLIN)
         with contextlib.suppress(OSError):  # diagnostics only: without it, silences include our own lateness
             recv.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
 
@@ -131,12 +134,11 @@ class Worker:
         # the packet socket alone: asked without waiting whether a packet is queued, which costs
         # a system call and no exception (an empty read raises BlockingIOError: an exception and
         # its strerror text per wake-up, issue 14).
-        quiet, prompt, readable = select.epoll(), select.epoll(), select.epoll()
+        quiet, prompt, readable = select.epoll(), select.epoll(), self._readable
         epolls = (quiet, prompt)
         for ep in epolls:
             ep.register(control_fd, select.EPOLLIN)
         prompt.register(recv_fd, select.EPOLLIN)
-        readable.register(recv_fd, select.EPOLLIN)
         reply_within = self.reply_within
         writing = False  # the control socket is registered for EPOLLOUT too (output waits for the agent)
         now = clock()
@@ -377,7 +379,12 @@ class Worker:
         clock, up, timestamps, stamp, ttl_kinds, ttl_cmsgs, integer = (
             self.clock, SessionState.UP, _SO_TIMESTAMPNS, _TIMESPEC, _TTL_KINDS, _TTL_CMSGS, _INT)
         offset: float | None = None  # realtime - monotonic, read once per batch (not per packet)
-        for _ in range(256):  # bounded: one flood cannot starve the timers
+        more = self._readable.poll
+        for read in range(256):  # bounded: one flood cannot starve the timers
+            # After the first packet, asked without waiting: the read that finds the socket empty would
+            # raise BlockingIOError (an exception and its strerror text per batch).
+            if read and not more(0):
+                return
             try:
                 data, ancillary, _, source = recvmsg(128, 128)
             except BlockingIOError:
