@@ -19,6 +19,9 @@ Prints median and p95 over ``--runs`` workers of:
     ask it for the fast one: the node holding every group, its backups watching it
     (N = 2: the master of a 3-node cluster);
   - ``backup``: Up, the reverse, N masters sending fast to a node that sends to them slowly.
+  - ``bare``: not a worker: the floor under ``master``, a Python loop that only waits 7.5-10 ms in
+    ``epoll`` (RFC 5880's jitter), sends one 24-byte datagram to each of N listening sockets and asks
+    an epoll without waiting whether a packet came; wake-ups from its voluntary context switches.
   Each with the worker's wake-ups per second. ``-`` where the code under test has no
   asymmetric rates (run against an older tree with PYTHONPATH).
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import ipaddress
 import os
@@ -45,7 +49,25 @@ from vipcore_native_vrrp.liveness.packet import PORT, TTL, SessionState  # noqa:
 from vipcore_native_vrrp.liveness.session import SessionConfig  # noqa: E402
 
 _IP_RECVTTL = 12
-MODES = ("never-up", "symmetric", "master", "backup")
+MODES = ("never-up", "symmetric", "master", "backup", "bare")
+#: The ``bare`` mode's process: what any sender at the fast rate pays per wake-up, with nothing else.
+BARE_LOOP = """
+import random, select, socket, sys
+local, port = sys.argv[1], int(sys.argv[2])
+dests = [(peer, port) for peer in sys.argv[3:]]
+send, recv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+send.bind((local, 0))
+recv.bind((local, port))
+recv.setblocking(False)
+wait, ready = select.epoll(), select.epoll()
+ready.register(recv.fileno(), select.EPOLLIN)
+packet = bytes(24)
+while True:
+    wait.poll(0.01 * (0.75 + 0.25 * random.random()))
+    for dest in dests:
+        send.sendto(packet, dest)
+    ready.poll(0)
+"""
 
 
 class LoopbackDetector(Detector):
@@ -85,8 +107,52 @@ async def started(detector: Detector) -> None:
         await asyncio.sleep(0.001)
 
 
+def voluntary_switches(pid: int) -> int:
+    """How often the process went to sleep (/proc/PID/status): its wake-ups."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def bare(sessions: int, seconds: float) -> tuple[float, float, float, float]:
+    """The ``bare`` mode: (0, 0, CPU s/min, wake-ups/s) of BARE_LOOP sending to ``sessions`` sockets of ours."""
+    loop = asyncio.get_running_loop()
+    sinks = []
+    for i in range(sessions):
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind((str(address(i)), PORT))
+        sink.setblocking(False)
+        loop.add_reader(sink.fileno(), drain, sink)
+        sinks.append(sink)
+    process = subprocess.Popen([sys.executable, "-c", BARE_LOOP, "127.0.0.1", str(PORT),
+                                *(str(address(i)) for i in range(sessions))])
+    try:
+        await asyncio.sleep(1.0)
+        before, switches, at = cpu_seconds(process.pid), voluntary_switches(process.pid), time.monotonic()
+        await asyncio.sleep(seconds)
+        elapsed = time.monotonic() - at
+        cpu = (cpu_seconds(process.pid) - before) / elapsed * 60
+        rate = (voluntary_switches(process.pid) - switches) / elapsed
+    finally:
+        process.kill()  # ours, by PID
+        process.wait()
+        for sink in sinks:
+            loop.remove_reader(sink.fileno())
+            sink.close()
+    return 0.0, 0.0, cpu, rate
+
+
+def drain(sink: socket.socket) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            sink.recv(128)
+
+
 async def one(sessions: int, seconds: float, mode: str) -> tuple[float, float, float, float] | None:
     """(start s, RSS MiB, CPU s/min, wake-ups/s) of one measured worker; None if the mode is not supported."""
+    if mode == "bare":
+        return await bare(sessions, seconds)
     loop = asyncio.get_running_loop()
     never_up = mode == "never-up"
     config = SessionConfig(desired_min_tx=0.01, required_min_rx=0.01, detect_mult=5,
@@ -172,10 +238,12 @@ def main() -> None:
             if not done:
                 cells.append("-")
                 continue
-            starts += [r[0] for r in done]
-            rsss += [r[1] for r in done]
+            if mode != "bare":  # not a worker: no start time, no memory of its own to report
+                starts += [r[0] for r in done]
+                rsss += [r[1] for r in done]
             cells.append(f"{cell([r[2] for r in done])} ({statistics.median(r[3] for r in done):.0f}/s)")
-        rows.append([str(count), cell([s * 1000 for s in starts], 0), cell(rsss, 1), *cells])
+        rows.append([str(count), cell([s * 1000 for s in starts], 0) if starts else "-",
+                     cell(rsss, 1) if rsss else "-", *cells])
     print(render_table(["sessions", "start ms", "RSS MiB", *(f"CPU s/min {m} (wake-ups)" for m in modes)], rows))
     print("cells: median / p95 over the runs; wake-ups: median per second")
 
