@@ -114,6 +114,7 @@ class Session:
     #: The last packet accepted while Up that left us Up, without Poll or Final: an identical one that
     #: follows changes nothing but the detection timer, so it is not decoded again.
     _repeat: bytes | None = None
+    _repeat_detection: float = 0.0
     #: The fields of the last periodic packet sent and its bytes: resent while nothing in it changed.
     _tx_key: tuple[float, ...] | None = None
     _tx_bytes: bytes = b""
@@ -188,11 +189,12 @@ class Session:
         """
         if ttl != TTL:
             return [Dropped("ttl")]
-        heard = now if arrived is None else min(arrived, now)
+        heard = arrived if arrived is not None and arrived < now else now
         if data == self._repeat and self.state is SessionState.UP:
-            # Same bytes as the last accepted packet, which changed nothing: only the timer moves.
+            # Same bytes as the last accepted packet, which changed nothing: only the timer moves, by the
+            # detection time of that packet (nothing that changes it keeps ``_repeat``).
             self.received += 1
-            self._detect_at = heard + self.detection_time
+            self._detect_at = heard + self._repeat_detection
             return []
         self._repeat = None
         try:
@@ -241,6 +243,7 @@ class Session:
                 actions += self._transmit(now)
         elif not actions and self.state is SessionState.UP and not data[1] & POLL_OR_FINAL:
             self._repeat = bytes(data)
+            self._repeat_detection = self.detection_time
         return actions
 
     def handle_timer(self, now: float, early: float = 0.0) -> list[Action]:
@@ -295,6 +298,7 @@ class Session:
             return []
         before = self.detection_time
         self._required_min_rx = seconds
+        self._repeat = None  # the detection time changes: the next packet is decoded again
         if self.state is SessionState.UP:
             # Lower: the old value until the Final. Higher (or a Poll for a lower one still running): at once.
             self._detect_rx = max(self._detect_rx, seconds)
