@@ -22,7 +22,7 @@ Prints median and p95 over ``--runs`` workers of:
   - ``bare``: not a worker: the floor under ``master``, a Python loop that only waits 7.5-10 ms in
     ``epoll`` (RFC 5880's jitter), sends one 24-byte datagram to each of N listening sockets and asks
     an epoll without waiting whether a packet came; wake-ups from its voluntary context switches.
-  Each with the worker's wake-ups per second. ``-`` where the code under test has no
+  Each with the process's wake-ups per second (its voluntary context switches). ``-`` where the code under test has no
   asymmetric rates (run against an older tree with PYTHONPATH).
 """
 
@@ -188,11 +188,13 @@ async def one(sessions: int, seconds: float, mode: str) -> tuple[float, float, f
                     raise SystemExit(f"{mode}: sessions never came Up: {measured.snapshot()}")
                 await asyncio.sleep(0.01)
             await asyncio.sleep(1.5)  # past the slow packets scheduled before the rates settled
-        wakeups = getattr(measured, "worker_wakeups", 0)
+        # Wake-ups from the kernel's count of the worker's sleeps: its stats frames (and their wake-up
+        # counter) come only every ten stats intervals while nothing but counters changes.
+        wakeups = voluntary_switches(pid)
         before, at = cpu_seconds(pid), time.monotonic()
         await asyncio.sleep(seconds)
         cpu = (cpu_seconds(pid) - before) / (time.monotonic() - at) * 60
-        rate = (getattr(measured, "worker_wakeups", 0) - wakeups) / (time.monotonic() - at)
+        rate = (voluntary_switches(pid) - wakeups) / (time.monotonic() - at)
     finally:
         for detector in (measured, *peers):
             detector.close(graceful=False)

@@ -654,6 +654,7 @@ def test_a_worker_whose_agent_stops_reading_keeps_its_timers_and_delivers_the_ba
     pair = Pair()
     pair.worker.stats_interval = 0.001  # a frame per wake-up: the channel's buffer fills within a second
     pair.agent_side.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    pair.control.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     thread = threading.Thread(target=pair.worker.run, daemon=True)
     try:
         pair.up()
@@ -685,3 +686,41 @@ def test_a_worker_whose_agent_stops_reading_keeps_its_timers_and_delivers_the_ba
         if thread.is_alive():
             thread.join(2)
         pair.close()
+
+
+def test_stats_frames_go_out_when_more_than_the_counters_changed_else_every_ten_intervals() -> None:
+    """Each stats frame costs the worker and the agent's loop (issue 14): counters alone (packets, wake-ups)
+    are sent every ten stats intervals; anything else (a drop, a state, a rate) at the next interval."""
+    control, agent_side = socket.socketpair()
+    recv, send = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    clock = [100.0]
+    reader = FrameReader("ev")
+    agent_side.setblocking(False)
+
+    def frames() -> int:
+        try:
+            return len(reader.feed(agent_side.recv(65536)))
+        except BlockingIOError:
+            return 0
+
+    try:
+        w = worker_module.Worker(CONFIG, LOCAL, control, recv, send, stats_interval=0.5, clock=lambda: clock[0])
+        w.emit_stats()
+        assert frames() == 1
+        sent = []
+        for _ in range(9):  # counters move, nothing else: quiet
+            clock[0] += 0.5
+            w.wakeups += 50
+            w.emit_stats()
+            sent.append(frames())
+        assert sent == [0] * 9
+        clock[0] += 0.5  # ten intervals after the last frame: the counters go out
+        w.emit_stats()
+        assert frames() == 1
+        clock[0] += 0.5
+        w.drops["ttl"] += 1  # more than a counter changed: at the next interval
+        w.emit_stats()
+        assert frames() == 1
+    finally:
+        for sock in (control, agent_side, recv, send):
+            sock.close()
