@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
+from attrs import evolve as attrs_evolve
 
 from vipcore_native_vrrp.liveness import worker as worker_module
 from vipcore_native_vrrp.liveness.control import FrameReader, encode
@@ -408,7 +409,7 @@ class Pair:
     """A :class:`Worker` on 127.0.0.1 and a sans-IO peer session on 127.0.0.2, in a network namespace of
     their own with only its loopback up (no packet leaves it), both sending with TTL 255."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: SessionConfig = CONFIG) -> None:
         made: list[BaseException] = []
 
         def body() -> None:
@@ -435,7 +436,7 @@ class Pair:
             raise made[0]
         self.peer_sock.setblocking(False)
         self.control, self.agent_side = socket.socketpair()
-        self.worker = worker_module.Worker(CONFIG, LOCAL, self.control, self.recv, self.send, stats_interval=60)
+        self.worker = worker_module.Worker(config, LOCAL, self.control, self.recv, self.send, stats_interval=60)
         self.peer = Session(CONFIG, 0x7777)
         self.peer_sent = 0
         self.finals: list[float] = []  # when the peer received a Final
@@ -724,3 +725,36 @@ def test_stats_frames_go_out_when_more_than_the_counters_changed_else_every_ten_
     finally:
         for sock in (control, agent_side, recv, send):
             sock.close()
+
+
+def test_sessions_sent_slowly_ride_the_wake_ups_of_the_fast_one() -> None:
+    """Members that never answer (phantoms) and relaxed peers are sent to once a second: their packets go out
+    in a wake-up of the fast session (up to worker.SLOW_ALIGN early), not one wake-up each (issue 14)."""
+    pair = Pair(attrs_evolve(CONFIG, slow_interval=1.0))
+    thread = threading.Thread(target=pair.worker.run, daemon=True)
+    silent = [ipaddress.ip_address(f"127.0.0.{10 + i}") for i in range(20)]  # nothing listens there
+    try:
+        pair.up()
+        pair.worker.set_peers([PEER, *silent])
+        thread.start()
+        deadline = time.monotonic() + 1.2  # every silent session past its first packet
+        while time.monotonic() < deadline:
+            pair.peer_step()
+            time.sleep(0.0005)
+        session = pair.worker.sessions[PEER]
+        wakeups, fast = pair.worker.wakeups, session.sent
+        slow = sum(pair.worker.sessions[p].sent for p in silent)
+        start = time.monotonic()
+        while time.monotonic() < start + 1.0:
+            pair.peer_step()
+            time.sleep(0.0005)
+        wakeups, fast = pair.worker.wakeups - wakeups, session.sent - fast
+        slow = sum(pair.worker.sessions[p].sent for p in silent) - slow
+        print(f"1 s: {wakeups} wake-ups, {fast} fast packets, {slow} slow ones")  # -s
+        assert session.state is SessionState.UP and slow >= 15
+        assert wakeups - fast <= 4  # one wake-up per slow packet would be ~15 more
+    finally:
+        pair.agent_side.close()
+        if thread.is_alive():
+            thread.join(2)
+        pair.close()
