@@ -108,6 +108,9 @@ class Session:
     flaps: int = 0
     received: int = 0
     sent: int = 0
+    #: The interval the next periodic packet was scheduled with (seconds; 0 before the first): a plain
+    #: attribute for a caller that looks at it every wake-up (``tx_interval`` computes the current one).
+    scheduled_interval: float = 0.0
     _tx_at: float | None = None
     #: The earliest a periodic packet may go out: 75 % of the interval after the last one (RFC 5880 6.8.7).
     _tx_floor: float = 0.0
@@ -353,7 +356,7 @@ class Session:
             return [send]
         # RFC 5880 6.8.7: each interval is 75..100% of the negotiated one (75..90% with Detect Mult 1).
         top = 0.9 if self.config.detect_mult == 1 else 1.0
-        interval = self.tx_interval
+        interval = self.scheduled_interval = self.tx_interval
         self._tx_at = now + interval * (0.75 + (top - 0.75) * self.rng())
         self._tx_floor = now + interval * 0.75
         return [send]

@@ -224,7 +224,7 @@ class Worker:
             if timer is not None and timer <= late:
                 if timer <= soon:
                     early = ALIGN
-                elif session.tx_interval >= SLOW_FROM:
+                elif session.scheduled_interval >= SLOW_FROM:
                     early = SLOW_ALIGN
                 else:
                     if timer < due:
