@@ -601,9 +601,8 @@ class TestBatches:
                 await holder.add(duo.other, [V4_VIP])
                 await holder.add(duo.link, [V4_VIP])
                 before = holder.netlink.batches
-                tasks = [asyncio.ensure_future(holder.add(duo.other if i % 2 else duo.link, pair))
-                         for i, pair in enumerate(pairs)]
-                await asyncio.sleep(0)  # every caller has queued; the batch is not sent yet
+                # Queued when asked (the indexes cached), sent in the next pass of the loop.
+                tasks = [holder.add(duo.other if i % 2 else duo.link, pair) for i, pair in enumerate(pairs)]
                 assert holder.netlink.batches == before
                 ip("-n", duo.ns, "link", "del", duo.other)
                 results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -695,8 +694,7 @@ class TestBatches:
         async def go() -> None:
             holder = AddressHolder(netns=duo.ns)
             await holder.add(duo.link, [V4_VIP])
-            waiting = asyncio.ensure_future(holder.add(duo.link, [V6_VIP]))
-            await asyncio.sleep(0)  # queued, not sent
+            waiting = holder.add(duo.link, [V6_VIP])  # queued when asked, not sent yet
             await holder.close()
             with pytest.raises(AddressError, match="closed before the change was confirmed"):
                 await asyncio.wait_for(waiting, 2.0)
