@@ -778,12 +778,14 @@ def test_a_takeover_batch_is_in_the_kernel_before_a_packet_queued_in_the_same_pa
             assert await asked[0] == (V6_VIP,)
             assert await asked[1] == (extra,)
             assert holder.netlink.batches - before == 1
+            assert holder.netlink.early == 1
             # Nothing queued, or the channel in use: nothing sent now, the flusher does it as before.
             assert not holder.send_queued()
             async with holder._channel_lock:
                 late = holder.add(duo_now.link, [ipaddress.IPv4Address("198.51.100.203")])
                 assert not holder.send_queued()
             assert await late == (ipaddress.IPv4Address("198.51.100.203"),)
+            assert holder.netlink.early == 1
             # Each caller its own result: one VIP already there (not counted), the other added.
             again = holder.add(duo_now.link, [V6_VIP])
             ok = holder.add(duo_now.link, [ipaddress.IPv4Address("198.51.100.204")])

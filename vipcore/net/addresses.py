@@ -387,6 +387,8 @@ class NetlinkCounters:
     changes: int = 0
     #: Interfaces read by name: the link cache was empty or invalidated.
     lookups: int = 0
+    #: Of the batches, those sent at the end of the pass that queued them (:meth:`AddressHolder.send_queued`).
+    early: int = 0
 
 
 @attrs.define(eq=False)
@@ -830,6 +832,7 @@ class AddressHolder:
             return False
         self._queue = []
         self._posted = (batch, posted)
+        self.netlink.early += 1
         return True
 
     def _drop_posted(self) -> list[_Change]:
