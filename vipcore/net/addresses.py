@@ -383,12 +383,12 @@ class NetlinkCounters:
     #: ``sendmsg`` calls carrying address changes: one per batch of up to
     #: :data:`~vipcore.net.rtnetlink.MAX_BATCH` messages.
     batches: int = 0
+    #: Of the batches, those sent at the end of the pass that queued them (:meth:`AddressHolder.send_queued`).
+    early: int = 0
     #: Address messages (one per VIP added or removed) in them.
     changes: int = 0
     #: Interfaces read by name: the link cache was empty or invalidated.
     lookups: int = 0
-    #: Of the batches, those sent at the end of the pass that queued them (:meth:`AddressHolder.send_queued`).
-    early: int = 0
 
 
 @attrs.define(eq=False)
