@@ -445,3 +445,32 @@ def test_readyz_fails_while_a_group_is_failed_and_recovers_after_the_retry() -> 
             await endpoint.close()
 
     asyncio.run(scenario())
+
+
+def test_what_start_up_built_is_frozen_once_the_first_state_is_applied_and_thawed_on_stop() -> None:
+    """``gc.freeze()`` once the agent has started and applied its first (synced) state: what start-up built
+    lives for the whole run, and the collections during a failover no longer walk it. Not before the groups
+    are joined (their routers are start-up objects too), and undone on stop."""
+    import gc
+
+    during: list[int] = []
+
+    async def join() -> None:
+        during.append(gc.get_freeze_count())
+
+    Scripted.script = {"vcP0": {"join": join}}
+
+    async def scenario() -> None:
+        gc.unfreeze()
+        agent = make(StaticSource(state("vcP0")))
+        await agent.start()
+        assert during == [0]  # not frozen while the groups were being joined
+        assert gc.get_freeze_count() > 0
+        await agent.stop()
+        assert gc.get_freeze_count() == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        Scripted.script = {}
+        gc.unfreeze()

@@ -44,6 +44,7 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import ipaddress
 import logging
@@ -385,6 +386,8 @@ class NetlinkCounters:
     #: ``sendmsg`` calls carrying address changes: one per batch of up to
     #: :data:`~vipcore.net.rtnetlink.MAX_BATCH` messages.
     batches: int = 0
+    #: Of the batches, those sent at the end of the pass that queued them (:meth:`AddressHolder.send_queued`).
+    early: int = 0
     #: Address messages (one per VIP added or removed) in them.
     changes: int = 0
     #: Interfaces read by name: the link cache was empty or invalidated.
@@ -425,6 +428,66 @@ class _Change:
             self.done.set_result(tuple(v for v in self.vips if v in self.changed))
 
 
+class _Turn:
+    """The request channel's one user at a time (an exchange: requests out, their replies read).
+
+    Like :class:`asyncio.Lock`, in turn; unlike it, :meth:`take_now` takes it without waiting (when nobody
+    holds it or waits for it): the synchronous send at the end of a takeover's pass, whose replies are
+    read later by the flusher, which then gives it back.
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def locked(self) -> bool:
+        return self._held or any(not w.done() for w in self._waiters)
+
+    def take_now(self) -> bool:
+        if self.locked():
+            return False
+        self._held = True
+        return True
+
+    async def take(self) -> None:
+        if self.take_now():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed the turn, then cancelled before using it: on to the next one
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def give(self) -> None:
+        """Hand the turn to the first waiter still waiting (it stays held), else free it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._held = False
+
+    async def __aenter__(self) -> None:
+        await self.take()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.give()
+
+
+@attrs.define(eq=False)
+class _Posted:
+    """Address messages that went out in one ``sendmsg``; their replies are still to be read."""
+
+    channel: RtnetlinkChannel
+    sent: dict[int, tuple[_Change, IPAddress]]
+
+
 class AddressHolder:
     """Adds, removes, lists and announces VIPs; one per agent.
 
@@ -441,11 +504,15 @@ class AddressHolder:
         # The hot path (add, remove, announce) uses a request socket of its
         # own and a link cache kept honest by a link-event subscription.
         self._channel: RtnetlinkChannel | None = None
-        self._channel_lock = asyncio.Lock()
+        self._channel_lock = _Turn()
         self._watch: socket.socket | None = None
         self._links: dict[str, InterfaceInfo] = {}
         self._queue: list[_Change] = []
         self._flusher: asyncio.Task[None] | None = None
+        #: Whether the flusher has started on a batch (the queue then waits for it).
+        self._flushing = False
+        #: A batch :meth:`send_queued` sent; the flusher reads its replies (it holds the channel's turn).
+        self._posted: tuple[list[_Change], _Posted] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._packet_socket: socket.socket | None = None
         self._nd_sockets: dict[str, tuple[int, socket.socket]] = {}
@@ -466,7 +533,7 @@ class AddressHolder:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         # A flusher cancelled before its first step never ran its cleanup.
-        self._abandon(self._queue)
+        self._abandon(self._drop_posted() + self._queue)
         self._queue = []
         self._close_sockets()
         self._reset()
@@ -769,13 +836,55 @@ class AddressHolder:
             self._flusher = loop.create_task(self._flush(), name="address changes")
         return change.done
 
+    def send_queued(self) -> bool:
+        """Send the queued changes now, in this pass of the loop; their replies are read in the next one.
+
+        For the end of a pass that queued many changes (a node died: every group it held taken in one
+        pass), so nothing else the loop has ready — received adverts, periodic adverts — runs before the
+        kernel has the VIPs: it carries out ``NETLINK_ROUTE`` requests inside the ``sendmsg``. Callers
+        await their changes as before, each gets its own result. Nothing is sent (False) when nothing is
+        queued, the flusher is already at work, or the channel is in use; the flusher then sends them as
+        usual. At most :data:`MAX_BATCH` messages go now, the rest with the replies."""
+        if not self._queue or self._flusher is None or self._flushing or self._posted is not None:
+            return False
+        if not self._channel_lock.take_now():
+            return False
+        batch = self._queue
+        chunk = [(change, vip) for change in batch for vip in change.vips][:MAX_BATCH]
+        try:
+            posted = self._post(chunk)
+        except (AddressError, OSError) as exc:  # left to the flusher, which meets it again and answers
+            if isinstance(exc, OSError):
+                self._close_channel()
+            self._channel_lock.give()
+            return False
+        self._queue = []
+        self._posted = (batch, posted)
+        self.netlink.early += 1
+        return True
+
+    def _drop_posted(self) -> list[_Change]:
+        """The changes of a batch sent but never read (the holder closing); the channel's turn given back."""
+        if self._posted is None:
+            return []
+        batch, _ = self._posted
+        self._posted = None
+        self._close_channel()  # its replies are left unread
+        self._channel_lock.give()
+        return batch
+
     async def _flush(self) -> None:
         """Send what is queued, in batches, until the queue stays empty; answer every caller."""
         batch: list[_Change] = []
+        self._flushing = True
         try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                await self._apply(batch)
+            while self._queue or self._posted is not None:
+                posted: _Posted | None = None
+                if self._posted is not None:
+                    (batch, posted), self._posted = self._posted, None
+                else:
+                    batch, self._queue = self._queue, []
+                await self._apply(batch, posted)
                 # One line per interface and direction, not per caller: a takeover of 64 groups logs twice.
                 done: dict[tuple[bool, str], list[str]] = {}
                 for change in batch:
@@ -788,7 +897,9 @@ class AddressHolder:
                     change.finish()
         finally:
             self._flusher = None
-            self._abandon(batch + self._queue)  # cancelled (the holder closed): nobody will send these
+            self._flushing = False
+            # Cancelled (the holder closed): nobody will send these.
+            self._abandon(batch + self._drop_posted() + self._queue)
             self._queue = []
 
     @staticmethod
@@ -798,8 +909,10 @@ class AddressHolder:
                 change.fail(AddressError(change.interface, "the address holder closed before the change was confirmed"))
                 change.finish()
 
-    async def _apply(self, batch: list[_Change]) -> None:
+    async def _apply(self, batch: list[_Change], posted: _Posted | None = None) -> None:
         """Every VIP of ``batch`` in as few ``sendmsg`` calls as :data:`MAX_BATCH` allows; retry what can heal.
+
+        ``posted``: the first chunk already went out (:meth:`send_queued`), its replies are read here.
 
         Acks lost to an overflowed socket are asked again at once as long as
         each round gets some through; a round without progress (a busy
@@ -813,7 +926,8 @@ class AddressHolder:
             for start in range(0, len(pending), MAX_BATCH):
                 if start:
                     await asyncio.sleep(0)  # the kernel's work on one batch is the longest the loop waits
-                again += await self._send(pending[start:start + MAX_BATCH], last)
+                again += await self._send(pending[start:start + MAX_BATCH], last, posted)
+                posted = None
             if not again:
                 return
             if len(again) == len(pending):
@@ -828,36 +942,48 @@ class AddressHolder:
             change.fail(self._errno_error(change.interface, last.get((id(change), vip), errno.EBUSY),
                                           f"{change.verb} {vip}"))
 
-    async def _send(self, chunk: list[tuple[_Change, IPAddress]],
-                    last: dict[tuple[int, IPAddress], int]) -> list[tuple[_Change, IPAddress]]:
-        """One ``sendmsg`` of ``chunk``, one wait for its acks; returns what is worth another try."""
-        async with self._channel_lock:
-            try:
-                channel = self._rtnl(chunk[0][0].interface)
-            except AddressError as exc:
-                for change, _ in chunk:
-                    change.fail(exc)
-                return []
-            sent: dict[int, tuple[_Change, IPAddress]] = {}
-            requests: list[tuple[int, bytes]] = []
+    def _post(self, chunk: list[tuple[_Change, IPAddress]]) -> _Posted:
+        """One ``sendmsg`` of ``chunk`` (the caller holds the channel's turn). Raises :class:`AddressError`
+        (no socket) or :class:`OSError` (the send failed)."""
+        channel = self._rtnl(chunk[0][0].interface)
+        sent: dict[int, tuple[_Change, IPAddress]] = {}
+        requests: list[tuple[int, bytes]] = []
+        for change, vip in chunk:
+            seq = channel.next_seq()
+            sent[seq] = (change, vip)
+            requests.append((seq, address_message(change.add, change.index, vip, seq)))
+        self.netlink.batches += 1
+        self.netlink.changes += len(requests)
+        channel.send(requests)
+        return _Posted(channel=channel, sent=sent)
+
+    async def _send(self, chunk: list[tuple[_Change, IPAddress]], last: dict[tuple[int, IPAddress], int],
+                    posted: _Posted | None = None) -> list[tuple[_Change, IPAddress]]:
+        """One ``sendmsg`` of ``chunk`` (unless ``posted``: sent already, the channel's turn held), one wait
+        for its acks; returns what is worth another try."""
+        if posted is None:
+            await self._channel_lock.take()
+        try:
+            if posted is None:
+                posted = self._post(chunk)
+            sent = posted.sent
+            result = await posted.channel.collect(set(sent))
+        except AddressError as exc:  # no socket
+            for change, _ in chunk:
+                change.fail(exc)
+            return []
+        except OSError as exc:  # the socket failed (a TimeoutError too): start afresh
+            self._close_channel()
+            code = exc.errno or errno.ETIMEDOUT
             for change, vip in chunk:
-                seq = channel.next_seq()
-                sent[seq] = (change, vip)
-                requests.append((seq, address_message(change.add, change.index, vip, seq)))
-            self.netlink.batches += 1
-            self.netlink.changes += len(requests)
-            try:
-                result = await channel.exchange(requests)
-            except OSError as exc:  # the socket failed (a TimeoutError too): start afresh
-                self._close_channel()
-                code = exc.errno or errno.ETIMEDOUT
-                for change, vip in chunk:
-                    last[id(change), vip] = code
-                if code in _TRANSIENT:
-                    return chunk
-                for change, vip in chunk:
-                    change.fail(self._errno_error(change.interface, code, f"{change.verb} {vip}"))
-                return []
+                last[id(change), vip] = code
+            if code in _TRANSIENT:
+                return chunk
+            for change, vip in chunk:
+                change.fail(self._errno_error(change.interface, code, f"{change.verb} {vip}"))
+            return []
+        finally:
+            self._channel_lock.give()
         again: list[tuple[_Change, IPAddress]] = []
         for seq, (change, vip) in sent.items():
             reply = result.replies.get(seq)

@@ -267,9 +267,21 @@ class RtnetlinkChannel:
         (the caller discards the channel), ``TimeoutError`` if replies stay
         missing for :data:`REPLY_TIMEOUT` seconds.
         """
-        wanted = {seq for seq, _ in requests}
-        result = Exchange()
+        self.send(requests)
+        return await self.collect({seq for seq, _ in requests})
+
+    def send(self, requests: Sequence[tuple[int, bytes]]) -> None:
+        """The first half of :meth:`exchange`: the requests out in one ``sendmsg``, now.
+
+        The kernel carries out ``NETLINK_ROUTE`` requests inside the call; their
+        replies wait on the socket for :meth:`collect`. Raises :class:`OSError`.
+        """
         self.sock.sendmsg([data for _, data in requests])
+
+    async def collect(self, wanted: set[int]) -> Exchange:
+        """The second half of :meth:`exchange`: one reply per sequence number in ``wanted`` (consumed)."""
+        requests = len(wanted)
+        result = Exchange()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REPLY_TIMEOUT
         while wanted:
@@ -280,7 +292,7 @@ class RtnetlinkChannel:
                     return result  # the missing replies were dropped by the kernel
                 left = deadline - loop.time()
                 if left <= 0:
-                    raise TimeoutError(f"no netlink reply to {len(wanted)} of {len(requests)} requests") from None
+                    raise TimeoutError(f"no netlink reply to {len(wanted)} of {requests} requests") from None
                 await _readable(loop, self.sock, left)
                 continue
             except OSError as exc:

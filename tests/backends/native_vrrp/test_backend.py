@@ -968,3 +968,83 @@ def test_routers_resuming_from_one_address_batch_announce_before_any_reports() -
             await driver.close()
 
     asyncio.run(scenario())
+
+
+def _lab_reason() -> str | None:
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    if shutil.which("ip") is None:
+        return "needs iproute2"
+    return None
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(_lab_reason() is not None, reason=_lab_reason() or "")
+def test_a_takeover_pass_ends_with_its_vips_in_the_kernel_before_a_packet_read_in_that_pass() -> None:
+    """Routers told in one pass that their master's node died (``peer_lost``, as the liveness coordinator
+    does) decide in it and queue their VIPs; the pass ends by sending them (``send_queued``, the
+    coordinator's last step). A packet the loop read in the same pass, handled after it, finds every VIP
+    in the kernel; then each router resumes from the replies and announces."""
+    import subprocess
+    import uuid
+
+    from vipcore.net.addresses import AddressHolder
+    from vipcore_native_vrrp.driver import RouterDriver
+    from vipcore_native_vrrp.protocol import Router, RouterConfig
+
+    ns, dev = f"vcM5{uuid.uuid4().hex[:6]}", "vcM5d0"
+    vips = [V4(f"198.51.100.{130 + i}") for i in range(6)]
+
+    def held() -> set[str]:
+        out = subprocess.run(["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", dev], check=True,
+                             capture_output=True, text=True).stdout
+        return {line.split()[3].split("/")[0] for line in out.splitlines()}
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        bus = Bus()
+        link = FakeLink(bus, "node-a", dev, Family.IPV4)
+        link.start(loop)
+        async with AddressHolder(netns=ns) as holder:
+            await holder.add(dev, [V4("198.51.100.129")])  # the link read once, as a running agent has
+            drivers = []
+            for i, vip in enumerate(vips):
+                config = RouterConfig(vrid=60 + i, family=Family.IPV4, primary=V4("198.51.100.11"), vips=(vip,),
+                                      priority=100, interval_cs=100, destinations=(V4("224.0.0.18"),),
+                                      sources=None)
+                driver = RouterDriver(group=f"g{i}", interface=dev, router=Router(config), link=link,  # type: ignore[arg-type]
+                                      holder=holder, schedule=AnnounceSchedule(count=1), report=lambda *a: None,
+                                      loop=loop)
+                driver.start()  # BACKUP
+                drivers.append(driver)
+            seen: list[set[str]] = []
+
+            def takeover_pass() -> None:
+                for driver in drivers:
+                    driver.peer_lost(0.0, "test: node-b's session expired")
+                assert holder.send_queued()
+
+            loop.call_soon(takeover_pass)
+            loop.call_soon(lambda: seen.append(held()))  # a packet read in the same pass
+            before = holder.netlink.batches
+            await asyncio.sleep(0)
+            assert seen and {str(v) for v in vips} <= seen[0]
+            for driver in drivers:
+                await driver.settled()
+            assert holder.netlink.batches - before == 1 and holder.netlink.early == 1
+            assert all(d.router.state is State.MASTER for d in drivers)
+            assert holder.counters.garp_sent >= len(vips)  # each router announced after the replies
+            for driver in drivers:
+                await driver.close()
+
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", "vcM5d1"], check=True)
+        for name in (dev, "vcM5d1"):
+            subprocess.run(["ip", "-n", ns, "link", "set", name, "up"], check=True)
+        asyncio.run(scenario())
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)

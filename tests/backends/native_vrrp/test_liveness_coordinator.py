@@ -579,3 +579,29 @@ def test_the_collector_is_on_again_at_once_when_no_router_has_work_queued() -> N
     c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
     assert all(not d.collecting[-1] for _, drivers in entries for d in drivers.values())
     assert gc.isenabled()
+
+
+def test_the_pass_over_a_lost_peers_groups_ends_by_sending_their_addresses() -> None:
+    """The routers that took over queued their VIPs inside the pass; the pass ends by handing the batch to
+    the kernel (the backend passes the holder's ``send_queued``), so nothing the loop has ready after it
+    (received adverts, periodic adverts) runs before the VIPs are in the kernel."""
+    told: list[str] = []
+
+    class Telling(FakeDriver):
+        def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None:
+            super().peer_lost(delay, what, silent_for)
+            told.append("router")
+
+    entries = [(m, {Family.IPV4: Telling(FakeRouter(State.BACKUP, master=B))}) for m in groups_held_by("node-b", 3)]
+    loop = asyncio.new_event_loop()
+    c = Coordinator(LivenessSettings(), loop, lambda: entries, RecordingDetector,  # type: ignore[arg-type]
+                    send_addresses=lambda: told.append("send"))
+    try:
+        c.ensure(NODE_A_INTERFACES["eth0"])
+        c._changed(B, SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
+        assert told == []  # a session coming up sends nothing
+        c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+        assert told == ["router"] * 3 + ["send"]
+    finally:
+        c.close(graceful=False)
+        loop.close()

@@ -151,8 +151,11 @@ class Coordinator:
     def __init__(self, settings: LivenessSettings, loop: asyncio.AbstractEventLoop,
                  groups: Callable[[], Iterable[tuple[Membership, Mapping[Family, RouterView]]]],
                  detector_factory: Callable[..., Detector] = Detector, *,
-                 keepalived_peers: Iterable[str] = ()) -> None:
+                 keepalived_peers: Iterable[str] = (), send_addresses: Callable[[], object] | None = None) -> None:
         self.settings = settings
+        #: Called at the end of the pass over a lost peer's groups: sends the address changes the routers
+        #: that took over queued in it (the holder's ``send_queued``), before anything else the loop has ready.
+        self.send_addresses = send_addresses
         self.loop = loop
         self.groups = groups
         self.detector_factory = detector_factory
@@ -386,6 +389,11 @@ class Coordinator:
         self._pause_gc()  # from the pass to the routers settled (see _hold_refreshes)
         try:
             acted = self._take_over(node, detect, silent)
+            if self.send_addresses is not None and acted:
+                try:
+                    self.send_addresses()
+                except Exception:  # the flusher sends them in the next pass instead
+                    log.exception("liveness: sending the addresses of the groups taken from %s failed", node)
             busy = [driver for driver in acted if driver.busy]
             if busy:
                 self._hold_refreshes(busy)
