@@ -1056,3 +1056,79 @@ def decode_interval(actions: list[Action]) -> int:
     (send,) = [a for a in actions if isinstance(a, Send)]
     adv = decode(send.data, send.src, send.dst)
     return adv.interval_cs
+
+
+# -- the steady master's advert, without action objects (Router.periodic) ---------------------------------
+
+
+def test_periodic_gives_the_steady_masters_advert_as_handle_timer_would() -> None:
+    twin = Router(config(1, 100))
+    r = Router(config(1, 100))
+    for router in (r, twin):
+        router.start(0.0)
+        router.takeover(0.0, "test")
+    assert r.periodic(0.04, advance=0.05) is None and r.advert_at == pytest.approx(0.1), "not due: nothing changes"
+    sends = r.periodic(0.06, advance=0.05)
+    assert sends is not None and list(sends) == twin.handle_timer(0.06, advance=0.05)
+    assert r.advert_at == twin.advert_at == r.next_timer() == pytest.approx(0.16)
+    again = r.periodic(0.16)
+    assert again is sends, "the same cached tuple every interval, not a new one per advert"
+    assert r.advert_at == pytest.approx(0.26)
+    assert decode(sends[0].data, sends[0].src, sends[0].dst) == Advertisement(7, 100, 10, VIPS)
+
+
+def test_periodic_sends_one_advert_per_unicast_peer() -> None:
+    peers = (addr(2), addr(3))
+    r = Router(config(1, 100, destinations=peers))
+    r.start(0.0)
+    r.takeover(0.0, "test")
+    sends = r.periodic(0.1)
+    assert sends is not None and [s.dst for s in sends] == list(peers)
+
+
+def test_periodic_leaves_everything_but_the_steady_advert_to_handle_timer() -> None:
+    # A backup: its Master_Down timer is handle_timer's, even when due.
+    b = Router(config(2, 50))
+    b.start(0.0)
+    due = b.next_timer()
+    assert due is not None and b.periodic(due + 1.0) is None and b.phase is Phase.BACKUP
+    # A resigning master sends priority 0: handle_timer's.
+    r = Router(config(1, 100))
+    r.start(0.0)
+    r.takeover(0.0, "test")
+    r.resign(0.05)
+    assert r.periodic(0.2) is None and r.phase is Phase.RESIGNING
+    # Sends failing: the recovery (VIPs put back) is decided by sent(), the slow path.
+    m = Router(config(1, 100))
+    m.start(0.0)
+    m.takeover(0.0, "test")
+    m.sent(False, 0.05)
+    assert m.periodic(0.1) is None
+    assert _kinds(m.handle_timer(0.1)) == ["Send"]
+    assert m.sent(True, 0.1) == [AddVips(VIPS), Announce(VIPS)]
+    assert m.periodic(0.2) is not None, "steady again once a send worked"
+    # Authenticated: every advert is sealed anew (its timestamp), never the cached bytes.
+    key = Authenticator(b"k" * 32)
+    a = Router(config(1, 100, auth=key, wall_offset=1_800_000_000.0))
+    a.start(0.0)
+    a.takeover(0.0, "test")
+    assert a.periodic(0.1) is None and len(_adverts(a.handle_timer(0.1))) == 1
+
+
+def test_periodic_keeps_the_previous_set_for_the_first_half_of_the_grace_then_the_new_one() -> None:
+    r = Router(config(1, 100, update_grace=2.0))
+    r.start(0.0)
+    r.takeover(0.0, "test")
+    before = r.periodic(0.1)
+    assert before is not None
+    r.update(0.15, vips=VIPS[:1])
+    assert r.periodic(0.3) is None, "the first half of the grace: handle_timer advertises the previous set"
+    (old,) = _adverts(r.handle_timer(0.3))
+    assert decode(old, addr(1), GROUP).addresses == VIPS
+    after = r.periodic(1.2)  # past 0.15 + 2.0 / 2
+    assert after is not None and after is not before
+    assert decode(after[0].data, addr(1), GROUP).addresses == VIPS[:1]
+    r.update(1.25, priority=90)
+    r.handle_timer(1.25)
+    steady = r.periodic(1.4)
+    assert steady is not None and decode(steady[0].data, addr(1), GROUP).priority == 90, "rebuilt per update"

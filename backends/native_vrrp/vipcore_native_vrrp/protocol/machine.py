@@ -213,6 +213,13 @@ class Router:
     _sends: dict[tuple[int, tuple[IPAddress, ...]], list[Action]] = attrs.field(factory=dict, repr=False)
     #: The last entry of ``_sends`` used, matched by identity (hashing addresses is Python code, per advert).
     _last_sends: tuple[int, tuple[IPAddress, ...], list[Action]] | None = attrs.field(default=None, repr=False)
+    #: The steady master's periodic advert (configured priority and address set, no authentication), built
+    #: once per configuration for :meth:`periodic`; None until then and after every :meth:`update`.
+    _steady: tuple[Send, ...] | None = attrs.field(default=None, repr=False)
+    #: The advertisement interval (seconds) for :meth:`periodic`, read once per configuration.
+    _steady_interval: float = attrs.field(default=0.0, repr=False)
+    #: Until then a master may still advertise the previous address set (the update grace's first half).
+    _steady_from: float = float("-inf")
     _previous_vips: tuple[IPAddress, ...] = ()
     _previous_until: float = float("-inf")
     _previous_priorities: Mapping[IPAddress, int] | None = None
@@ -391,6 +398,34 @@ class Router:
             self._advert_at = now + self.config.interval
         return actions
 
+    def periodic(self, now: float, advance: float = 0.0) -> tuple[Send, ...] | None:
+        """A master's advert timer in the steady state, without action objects: the sends, or None.
+
+        The same decision as :meth:`handle_timer` (same ``now`` and ``advance``)
+        where that would return only the periodic advert: the router is MASTER,
+        its advert is due by ``now + advance``, no other timer is armed, its last
+        send did not fail, no authentication (each advert is sealed anew) and
+        not in the first half of an address-set grace. Then it returns the
+        advert's cached :class:`Send` objects (the same tuple every time until
+        the configuration changes: the caller must not keep or change it) and
+        the next advert is one interval after ``now`` (:attr:`advert_at`, which
+        is then :meth:`next_timer`). The caller sends them in order and reports
+        each failure to :meth:`sent`. Otherwise it returns None and changes
+        nothing: call :meth:`handle_timer`.
+        """
+        at = self._advert_at
+        if (at is None or now + advance < at or self.phase is not Phase.MASTER or self._send_failing
+                or self._down_at is not None or self._yield_at is not None or now < self._steady_from):
+            return None
+        sends = self._steady
+        if sends is None:
+            if self.config.auth is not None:
+                return None
+            sends = self._steady = tuple(s for s in self._advertise(now) if type(s) is Send)
+            self._steady_interval = self.config.interval
+        self._advert_at = now + self._steady_interval
+        return sends
+
     def update(
         self,
         now: float,
@@ -437,12 +472,14 @@ class Router:
             self._priorities_until = now + self.config.update_grace
         self._sends.clear()
         self._last_sends = None
+        self._steady = None
         actions: list[Action] = []
         old_set, new_set = frozenset(old.vips), frozenset(self.config.vips)
         if old_set != new_set:
             if now >= self._previous_until:
                 self._previous_vips = old.vips
             self._previous_until = now + self.config.update_grace
+            self._steady_from = self._previous_until - self.config.update_grace / 2
             if self.holding:
                 removed = tuple(v for v in old.vips if v not in new_set)
                 added = tuple(v for v in self.config.vips if v not in old_set)
