@@ -83,6 +83,14 @@ class TimerBatch:
         """Run ``callback`` once, at a time in ``[when - early, when]``: with others if one is armed there."""
         self.scheduled += 1
         pending = self._pending
+        if pending:
+            # The common case first: a master re-armed from a wake-up joins the latest one, armed
+            # by the first master re-armed there (what the search below finds, without searching).
+            latest = pending[-1]
+            if when - early <= latest.when <= when and len(latest.timers) < self.capacity:
+                timer = BatchedTimer(latest.when, callback)
+                latest.timers.append(timer)
+                return timer
         i = bisect.bisect_right(pending, when, key=_when)
         while i > 0:
             wakeup = pending[i - 1]
