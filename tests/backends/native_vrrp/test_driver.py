@@ -1,0 +1,77 @@
+"""RouterDriver's steady advert path (Router.periodic straight to the link) keeps the machine's rules."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+from vipcore.core.model import Family, IPAddress
+from vipcore.net.addresses import AnnounceSchedule
+from vipcore_native_vrrp.driver import RouterDriver
+from vipcore_native_vrrp.protocol import Phase, Router, RouterConfig
+from vipcore_native_vrrp.timers import TimerBatch
+from vipcore_native_vrrp.transport import Handler, LinkCounters
+
+VIP = ipaddress.IPv4Address("203.0.113.7")
+
+
+class FlakyLink:
+    """A link whose sends fail while ``failing`` is set (a downed interface)."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[int, Handler] = {}
+        self.counters = LinkCounters()
+        self.failing = False
+        self.attempts = 0
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
+        self.attempts += 1
+        if self.failing:
+            return False
+        self.sent.append(data)
+        return True
+
+
+class Holder:
+    """Notes the address work the driver carries out."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[IPAddress, ...]] = []
+
+    async def add(self, interface: str, vips: tuple[IPAddress, ...]) -> None:
+        self.added.append(vips)
+
+    async def remove(self, interface: str, vips: tuple[IPAddress, ...]) -> None:
+        pass
+
+
+def test_a_master_whose_sends_fail_and_work_again_puts_its_vips_back() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        link, holder = FlakyLink(), Holder()
+        config = RouterConfig(
+            vrid=9, family=Family.IPV4, primary=ipaddress.IPv4Address("198.51.100.9"), vips=(VIP,),
+            priority=200, interval_cs=1, destinations=(ipaddress.IPv4Address("224.0.0.18"),),
+        )
+        driver = RouterDriver(group="g", interface="eth0", router=Router(config), link=link,  # type: ignore[arg-type]
+                              holder=holder, schedule=AnnounceSchedule(count=0),  # type: ignore[arg-type]
+                              report=lambda *a: None, loop=loop, batch=TimerBatch(loop))
+        driver.start()
+        driver.takeover("test")
+        await asyncio.sleep(0.05)
+        assert holder.added == [(VIP,)] and len(link.sent) >= 3, "steady: one add, an advert every 10 ms"
+        link.failing = True
+        await asyncio.sleep(0.05)
+        failed = link.attempts - len(link.sent)
+        assert failed >= 3, "the master keeps trying every interval while sends fail"
+        link.failing = False
+        await asyncio.sleep(0.05)
+        assert holder.added == [(VIP,), (VIP,)], "sending works again: the VIPs are put back once"
+        steady = len(link.sent)
+        await asyncio.sleep(0.05)
+        assert len(link.sent) >= steady + 3 and holder.added == [(VIP,), (VIP,)]
+        assert driver.router.phase is Phase.MASTER
+        await driver.close()
+
+    asyncio.run(scenario())
