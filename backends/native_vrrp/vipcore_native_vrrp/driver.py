@@ -126,7 +126,7 @@ class RouterDriver:
             self.on_master()
 
     def _on_timer(self) -> None:
-        self._timer = None
+        fired, self._timer = self._timer, None
         now = self.loop.time()
         advance = self._timer_due - now
         if advance < 0.0:
@@ -155,7 +155,11 @@ class RouterDriver:
                 self._timer_due = due
                 batch = self.batch
                 if batch is not None:
-                    self._timer = batch.call_at(due, self._on_timer, early=ADVANCE * router.config.interval)
+                    early = ADVANCE * router.config.interval
+                    if type(fired) is BatchedTimer:
+                        self._timer = batch.again(fired, due, early)
+                    else:
+                        self._timer = batch.call_at(due, self._on_timer, early)
                 else:
                     self._timer = self.loop.call_at(due, self._on_timer)
                 return

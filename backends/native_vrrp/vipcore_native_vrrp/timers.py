@@ -91,6 +91,23 @@ class TimerBatch:
                 timer = BatchedTimer(latest.when, callback)
                 latest.timers.append(timer)
                 return timer
+        return self._search(when, callback, early)
+
+    def again(self, timer: BatchedTimer, when: float, early: float = 0.0) -> BatchedTimer:
+        """:meth:`call_at` for the callback of ``timer``, which has fired: the same object, armed again."""
+        self.scheduled += 1
+        pending = self._pending
+        if pending and not timer.cancelled:
+            latest = pending[-1]
+            if when - early <= latest.when <= when and len(latest.timers) < self.capacity:
+                timer._when = latest.when
+                latest.timers.append(timer)
+                return timer
+        self.scheduled -= 1
+        return self.call_at(when, timer.callback, early)
+
+    def _search(self, when: float, callback: Callable[[], None], early: float) -> BatchedTimer:
+        pending = self._pending
         i = bisect.bisect_right(pending, when, key=_when)
         while i > 0:
             wakeup = pending[i - 1]
