@@ -1132,3 +1132,63 @@ def test_periodic_keeps_the_previous_set_for_the_first_half_of_the_grace_then_th
     r.handle_timer(1.25)
     steady = r.periodic(1.4)
     assert steady is not None and decode(steady[0].data, addr(1), GROUP).priority == 90, "rebuilt per update"
+
+
+# -- a backup hearing its master's periodic advert again (the steady receive path) ------------------------
+
+
+def _state(r: Router) -> tuple[object, ...]:
+    return (r.phase, r.master, r.master_priority, r.master_adver_interval, r.released, r.next_timer(),
+            r.outranks_master(), r.rank_delay, r.state)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_hearing_the_same_advert_again_is_judged_as_the_first_time(seed: int) -> None:
+    """Two twins get the same inputs; one gets fresh address objects every time (the shortcut keys on
+    identity, so it never takes it): every answer and the state after it must be the same."""
+    import random
+
+    rng = random.Random(seed)
+    table = {addr(1): 100, addr(2): 200, addr(3): 150}
+    fast = Router(config(1, 100, peer_priorities=table, update_grace=0.5))
+    slow = Router(config(1, 100, peer_priorities=table, update_grace=0.5))
+    now = 0.0
+    for r in (fast, slow):
+        r.start(now)
+    messages = [
+        (encode(Advertisement(7, prio, interval, vips), addr(i), GROUP), addr(i))
+        for i, prio, interval, vips in [
+            (2, 200, 10, VIPS), (2, 200, 10, VIPS), (2, 0, 10, VIPS), (3, 150, 10, VIPS), (2, 200, 20, VIPS),
+            (2, 200, 10, VIPS[:1]), (3, 90, 10, VIPS), (1, 100, 10, VIPS), (2, 180, 10, VIPS), (4, 200, 10, VIPS),
+        ]
+    ]
+    steady = messages[0]
+    for step in range(400):
+        now += rng.choice([0.0, 0.01, 0.05, 0.1, 0.3])
+        kind = rng.random()
+        if kind < 0.55:
+            data, src = steady if rng.random() < 0.8 else rng.choice(messages)
+            ttl = 255 if rng.random() < 0.95 else 64
+            got = fast.receive(data, src, GROUP, ttl, now)
+            want = slow.receive(data, type(src)(str(src)), type(GROUP)(str(GROUP)), ttl, now)
+        elif kind < 0.75:
+            got, want = fast.handle_timer(now), slow.handle_timer(now)
+        else:
+            op = rng.choice(["priority", "vips", "table", "release", "rejoin", "down", "up", "lost", "resign"])
+            calls = {
+                "priority": lambda r: r.update(now, priority=rng_value),
+                "vips": lambda r: r.update(now, vips=vips_value),
+                "table": lambda r: r.update(now, peer_priorities=table_value),
+                "release": lambda r: r.release(now, "test"),
+                "rejoin": lambda r: r.rejoin(now, "test"),
+                "down": lambda r: r.link_down(now, "test"),
+                "up": lambda r: r.link_up(now, "test"),
+                "lost": lambda r: r.peer_lost(now, 0.05, "test"),
+                "resign": lambda r: r.handle_timer(now),
+            }
+            rng_value = rng.choice([90, 100, 210])
+            vips_value = rng.choice([VIPS, VIPS[:1]])
+            table_value = rng.choice([table, {**table, addr(2): 180}])
+            got, want = calls[op](fast), calls[op](slow)
+        assert got == want, f"step {step}"
+        assert _state(fast) == _state(slow), f"step {step}"

@@ -210,6 +210,11 @@ class Router:
     _detected_at: float | None = None
     _lost: str = ""
     _last_received: tuple[bytes, IPAddress, IPAddress, Advertisement] | None = attrs.field(default=None, repr=False)
+    #: The advert this backup last accepted from the master it follows (bytes, source and destination
+    #: objects, the configuration it was judged against, decoded), while nothing else was received and no
+    #: phase changed since: the same message again is judged the same, so :meth:`receive` only applies it.
+    _steady_heard: tuple[bytes, IPAddress, IPAddress, RouterConfig, Advertisement] | None = \
+        attrs.field(default=None, repr=False)
     _sends: dict[tuple[int, tuple[IPAddress, ...]], list[Action]] = attrs.field(factory=dict, repr=False)
     #: The last entry of ``_sends`` used, matched by identity (hashing addresses is Python code, per advert).
     _last_sends: tuple[int, tuple[IPAddress, ...], list[Action]] | None = attrs.field(default=None, repr=False)
@@ -311,6 +316,25 @@ class Router:
             if stamp <= self._auth_stamps.get(src, -1):
                 return [Dropped("auth", src)]  # a replay
             self._auth_stamps[src] = stamp
+        heard = self._steady_heard
+        if heard is not None:
+            if (heard[0] == data and heard[1] is src and heard[2] is dst and heard[3] is self.config
+                    and self.phase is Phase.BACKUP and not self.released
+                    and len(self._advertised_at) <= MAX_TRACKED_SOURCES):
+                # The master's periodic advert, every interval of every group a backup follows: every
+                # check below gave "accept" for these bytes from this source under this configuration,
+                # and none depends on the time for them (exact address set, a priority the current
+                # table allows); only their effects are applied again.
+                adv = heard[4]
+                self._advertised_at[src] = now
+                self.master, self.master_priority = src, adv.priority
+                self._master_rank = adv.priority
+                self.master_adver_interval = adv.interval
+                self._trigger_at, self._trigger = now, "heard"
+                self._detected_at = None
+                self._arm_down(now + self.master_down_interval)
+                return []
+            self._steady_heard = None
         last = self._last_received
         if last is not None and last[0] == data and last[1] == src and last[2] == dst:
             adv = last[3]  # a master repeats itself: skip the checksum
@@ -339,7 +363,12 @@ class Router:
         if verdict is not None:
             return [Dropped(verdict, src)]
         if self.phase is Phase.BACKUP:
-            return self._backup_receive(adv, src, now)
+            actions = self._backup_receive(adv, src, now)
+            if (not actions and self._trigger == "heard" and self._trigger_at == now and self.master is src
+                    and not self.released and adv.priority != RESIGN_PRIORITY and adv.addresses == self.config.vips
+                    and self._current_table_allows(src, adv.priority)):
+                self._steady_heard = (data, src, dst, self.config, adv)
+            return actions
         if self.phase is Phase.MASTER:
             return self._master_receive(adv, src, now)
         return self._handover_receive(adv, src, now)
@@ -718,6 +747,7 @@ class Router:
         except KeyError:
             raise TransitionError(f"no transition from {old.value} on {event.value}") from None
         self.phase = new
+        self._steady_heard = None
         actions: list[Action] = []
         failover: float | None = None
         phases: FailoverPhases | None = None
@@ -848,6 +878,13 @@ class Router:
         if self.config.peer_priorities is None or src in self.config.relaxed_sources:
             return False
         return not (self.config.relax_link_local and src.is_link_local)
+
+    def _current_table_allows(self, src: IPAddress, priority: int) -> bool:
+        """Whether ``priority`` from ``src`` passes the priority check whatever the time (not only
+        through the previous placement's grace)."""
+        if not self._priority_checked(src):
+            return True
+        return priority in self._allowed_priorities(src, float("inf"))
 
     def _allowed_priorities(self, src: IPAddress, now: float) -> set[int]:
         tables = [self.config.peer_priorities or {}]
