@@ -120,9 +120,17 @@ class RouterDriver:
         self.feed(self.router.start(self.loop.time()))
 
     def _on_packet(self, data: bytes, src: object, dst: object, ttl: int) -> None:
-        master = self.router.master
-        self.feed(self.router.receive(data, src, dst, ttl, self.loop.time()))  # type: ignore[arg-type]
-        if self.on_master is not None and self.router.master != master and self.router.master is not None:
+        router = self.router
+        master = router.master
+        actions = router.receive(data, src, dst, ttl, self.loop.time())  # type: ignore[arg-type]
+        if actions:
+            self.feed(actions)
+        else:
+            # A backup hearing its master, every interval of every group: nothing to carry out (and no
+            # phase change: that always comes with an action), only the timer it pushed out.
+            self._rearm()
+        heard = router.master
+        if self.on_master is not None and heard is not master and heard is not None and heard != master:
             self.on_master()
 
     def _on_timer(self) -> None:
