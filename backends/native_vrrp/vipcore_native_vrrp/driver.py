@@ -171,6 +171,14 @@ class RouterDriver:
                 else:
                     self._timer = self.loop.call_at(due, self._on_timer)
                 return
+        if advance == 0.0:
+            due = router.next_timer()
+            if due is not None and due > now:
+                # Fired at its time and nothing is due any more (next_timer()'s contract: handle_timer
+                # would do nothing): a backup's Master_Down timer that its master's adverts pushed out
+                # since it was armed, about once per three intervals per group followed. Only re-armed.
+                self._rearm()
+                return
         self.feed(router.handle_timer(now, advance))
 
     def update(self, **changes: object) -> None:

@@ -84,3 +84,36 @@ def test_a_master_whose_sends_fail_and_work_again_puts_its_vips_back() -> None:
         await driver.close()
 
     asyncio.run(scenario())
+
+
+def test_a_backup_follows_its_master_while_heard_and_takes_over_one_master_down_interval_after() -> None:
+    """The backup's Master_Down timer, pushed out by every advert, fires early and is only re-armed; once the
+    adverts stop it fires at the machine's time (never late: the takeover within Master_Down_Interval)."""
+    from vipcore_native_vrrp.protocol import Advertisement, encode
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        link, holder = FlakyLink(), Holder()
+        group, master = ipaddress.IPv4Address("224.0.0.18"), ipaddress.IPv4Address("198.51.100.8")
+        config = RouterConfig(
+            vrid=9, family=Family.IPV4, primary=ipaddress.IPv4Address("198.51.100.9"), vips=(VIP,),
+            priority=100, interval_cs=10, destinations=(group,),
+        )
+        driver = RouterDriver(group="g", interface="eth0", router=Router(config), link=link,  # type: ignore[arg-type]
+                              holder=holder, schedule=AnnounceSchedule(count=0),  # type: ignore[arg-type]
+                              report=lambda *a: None, loop=loop, batch=TimerBatch(loop))
+        driver.start()
+        advert = encode(Advertisement(9, 200, 10, (VIP,)), master, group)
+        began = loop.time()
+        while loop.time() - began < 1.0:  # ~3 Master_Down_Intervals (0.36 s) of adverts every 20 ms
+            driver._on_packet(advert, master, group, 255)
+            await asyncio.sleep(0.02)
+            assert driver.router.phase is Phase.BACKUP and not link.sent, "a heard master keeps us backup"
+        silent = loop.time()
+        await until(lambda: driver.router.phase is Phase.MASTER)
+        took = loop.time() - silent
+        assert took <= driver.router.master_down_interval + driver.router.rank_delay + 0.2, took
+        await until(lambda: holder.added == [(VIP,)])
+        await driver.close()
+
+    asyncio.run(scenario())
