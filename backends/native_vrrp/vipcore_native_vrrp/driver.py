@@ -122,15 +122,66 @@ class RouterDriver:
         self.feed(self.router.start(self.loop.time()))
 
     def _on_packet(self, data: bytes, src: object, dst: object, ttl: int) -> None:
-        master = self.router.master
-        self.feed(self.router.receive(data, src, dst, ttl, self.loop.time()))  # type: ignore[arg-type]
-        if self.on_master is not None and self.router.master != master and self.router.master is not None:
+        router = self.router
+        master = router.master
+        actions = router.receive(data, src, dst, ttl, self.loop.time())  # type: ignore[arg-type]
+        if actions:
+            self.feed(actions)
+        else:
+            # A backup hearing its master, every interval of every group: nothing to carry out (and no
+            # phase change: that always comes with an action), only the timer it pushed out.
+            self._rearm()
+        heard = router.master
+        if self.on_master is not None and heard is not master and heard is not None and heard != master:
             self.on_master()
 
     def _on_timer(self) -> None:
-        self._timer = None
+        fired, self._timer = self._timer, None
         now = self.loop.time()
-        self.feed(self.router.handle_timer(now, max(0.0, self._timer_due - now)))
+        advance = self._timer_due - now
+        if advance < 0.0:
+            advance = 0.0
+        router = self.router
+        if not self._ordered_sends:
+            # The steady master's advert, every interval of every master: no action objects, no
+            # dispatch, straight to the socket and the batch (feed() would do the same, slower).
+            sends = router.periodic(now, advance)
+            if sends is not None:
+                link = self.link
+                failed = False
+                for send in sends:
+                    ok = link.send(send.data, send.src, send.dst)
+                    if not ok or failed:
+                        failed = True
+                        followup = router.sent(ok, self.loop.time())
+                        if followup:
+                            self.feed(followup)
+                if failed:
+                    self._rearm()
+                    return
+                # _rearm()'s rule for a master's advert, the only timer periodic() leaves armed.
+                due = router.advert_at
+                assert due is not None
+                self._timer_due = due
+                batch = self.batch
+                if batch is not None:
+                    early = ADVANCE * router.config.interval
+                    if type(fired) is BatchedTimer:
+                        self._timer = batch.again(fired, due, early)
+                    else:
+                        self._timer = batch.call_at(due, self._on_timer, early)
+                else:
+                    self._timer = self.loop.call_at(due, self._on_timer)
+                return
+        if advance == 0.0:
+            due = router.next_timer()
+            if due is not None and due > now:
+                # Fired at its time and nothing is due any more (next_timer()'s contract: handle_timer
+                # would do nothing): a backup's Master_Down timer that its master's adverts pushed out
+                # since it was armed, about once per three intervals per group followed. Only re-armed.
+                self._rearm()
+                return
+        self.feed(router.handle_timer(now, advance))
 
     def update(self, **changes: object) -> None:
         self.feed(self.router.update(self.loop.time(), **changes))  # type: ignore[arg-type]

@@ -83,6 +83,31 @@ class TimerBatch:
         """Run ``callback`` once, at a time in ``[when - early, when]``: with others if one is armed there."""
         self.scheduled += 1
         pending = self._pending
+        if pending:
+            # The common case first: a master re-armed from a wake-up joins the latest one, armed
+            # by the first master re-armed there (what the search below finds, without searching).
+            latest = pending[-1]
+            if when - early <= latest.when <= when and len(latest.timers) < self.capacity:
+                timer = BatchedTimer(latest.when, callback)
+                latest.timers.append(timer)
+                return timer
+        return self._search(when, callback, early)
+
+    def again(self, timer: BatchedTimer, when: float, early: float = 0.0) -> BatchedTimer:
+        """:meth:`call_at` for the callback of ``timer``, which has fired: the same object, armed again."""
+        self.scheduled += 1
+        pending = self._pending
+        if pending and not timer.cancelled:
+            latest = pending[-1]
+            if when - early <= latest.when <= when and len(latest.timers) < self.capacity:
+                timer._when = latest.when
+                latest.timers.append(timer)
+                return timer
+        self.scheduled -= 1
+        return self.call_at(when, timer.callback, early)
+
+    def _search(self, when: float, callback: Callable[[], None], early: float) -> BatchedTimer:
+        pending = self._pending
         i = bisect.bisect_right(pending, when, key=_when)
         while i > 0:
             wakeup = pending[i - 1]

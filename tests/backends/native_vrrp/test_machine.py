@@ -1056,3 +1056,139 @@ def decode_interval(actions: list[Action]) -> int:
     (send,) = [a for a in actions if isinstance(a, Send)]
     adv = decode(send.data, send.src, send.dst)
     return adv.interval_cs
+
+
+# -- the steady master's advert, without action objects (Router.periodic) ---------------------------------
+
+
+def test_periodic_gives_the_steady_masters_advert_as_handle_timer_would() -> None:
+    twin = Router(config(1, 100))
+    r = Router(config(1, 100))
+    for router in (r, twin):
+        router.start(0.0)
+        router.takeover(0.0, "test")
+    assert r.periodic(0.04, advance=0.05) is None and r.advert_at == pytest.approx(0.1), "not due: nothing changes"
+    sends = r.periodic(0.06, advance=0.05)
+    assert sends is not None and list(sends) == twin.handle_timer(0.06, advance=0.05)
+    assert r.advert_at == twin.advert_at == r.next_timer() == pytest.approx(0.16)
+    again = r.periodic(0.16)
+    assert again is sends, "the same cached tuple every interval, not a new one per advert"
+    assert r.advert_at == pytest.approx(0.26)
+    assert decode(sends[0].data, sends[0].src, sends[0].dst) == Advertisement(7, 100, 10, VIPS)
+
+
+def test_periodic_sends_one_advert_per_unicast_peer() -> None:
+    peers = (addr(2), addr(3))
+    r = Router(config(1, 100, destinations=peers))
+    r.start(0.0)
+    r.takeover(0.0, "test")
+    sends = r.periodic(0.1)
+    assert sends is not None and [s.dst for s in sends] == list(peers)
+
+
+def test_periodic_leaves_everything_but_the_steady_advert_to_handle_timer() -> None:
+    # A backup: its Master_Down timer is handle_timer's, even when due.
+    b = Router(config(2, 50))
+    b.start(0.0)
+    due = b.next_timer()
+    assert due is not None and b.periodic(due + 1.0) is None and b.phase is Phase.BACKUP
+    # A resigning master sends priority 0: handle_timer's.
+    r = Router(config(1, 100))
+    r.start(0.0)
+    r.takeover(0.0, "test")
+    r.resign(0.05)
+    assert r.periodic(0.2) is None and r.phase is Phase.RESIGNING
+    # Sends failing: the recovery (VIPs put back) is decided by sent(), the slow path.
+    m = Router(config(1, 100))
+    m.start(0.0)
+    m.takeover(0.0, "test")
+    m.sent(False, 0.05)
+    assert m.periodic(0.1) is None
+    assert _kinds(m.handle_timer(0.1)) == ["Send"]
+    assert m.sent(True, 0.1) == [AddVips(VIPS), Announce(VIPS)]
+    assert m.periodic(0.2) is not None, "steady again once a send worked"
+    # Authenticated: every advert is sealed anew (its timestamp), never the cached bytes.
+    key = Authenticator(b"k" * 32)
+    a = Router(config(1, 100, auth=key, wall_offset=1_800_000_000.0))
+    a.start(0.0)
+    a.takeover(0.0, "test")
+    assert a.periodic(0.1) is None and len(_adverts(a.handle_timer(0.1))) == 1
+
+
+def test_periodic_keeps_the_previous_set_for_the_first_half_of_the_grace_then_the_new_one() -> None:
+    r = Router(config(1, 100, update_grace=2.0))
+    r.start(0.0)
+    r.takeover(0.0, "test")
+    before = r.periodic(0.1)
+    assert before is not None
+    r.update(0.15, vips=VIPS[:1])
+    assert r.periodic(0.3) is None, "the first half of the grace: handle_timer advertises the previous set"
+    (old,) = _adverts(r.handle_timer(0.3))
+    assert decode(old, addr(1), GROUP).addresses == VIPS
+    after = r.periodic(1.2)  # past 0.15 + 2.0 / 2
+    assert after is not None and after is not before
+    assert decode(after[0].data, addr(1), GROUP).addresses == VIPS[:1]
+    r.update(1.25, priority=90)
+    r.handle_timer(1.25)
+    steady = r.periodic(1.4)
+    assert steady is not None and decode(steady[0].data, addr(1), GROUP).priority == 90, "rebuilt per update"
+
+
+# -- a backup hearing its master's periodic advert again (the steady receive path) ------------------------
+
+
+def _state(r: Router) -> tuple[object, ...]:
+    return (r.phase, r.master, r.master_priority, r.master_adver_interval, r.released, r.next_timer(),
+            r.outranks_master(), r.rank_delay, r.state)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_hearing_the_same_advert_again_is_judged_as_the_first_time(seed: int) -> None:
+    """Two twins get the same inputs; one gets fresh address objects every time (the shortcut keys on
+    identity, so it never takes it): every answer and the state after it must be the same."""
+    import random
+
+    rng = random.Random(seed)
+    table = {addr(1): 100, addr(2): 200, addr(3): 150}
+    fast = Router(config(1, 100, peer_priorities=table, update_grace=0.5))
+    slow = Router(config(1, 100, peer_priorities=table, update_grace=0.5))
+    now = 0.0
+    for r in (fast, slow):
+        r.start(now)
+    messages = [
+        (encode(Advertisement(7, prio, interval, vips), addr(i), GROUP), addr(i))
+        for i, prio, interval, vips in [
+            (2, 200, 10, VIPS), (2, 200, 10, VIPS), (2, 0, 10, VIPS), (3, 150, 10, VIPS), (2, 200, 20, VIPS),
+            (2, 200, 10, VIPS[:1]), (3, 90, 10, VIPS), (1, 100, 10, VIPS), (2, 180, 10, VIPS), (4, 200, 10, VIPS),
+        ]
+    ]
+    steady = messages[0]
+    for step in range(400):
+        now += rng.choice([0.0, 0.01, 0.05, 0.1, 0.3])
+        kind = rng.random()
+        if kind < 0.55:
+            data, src = steady if rng.random() < 0.8 else rng.choice(messages)
+            ttl = 255 if rng.random() < 0.95 else 64
+            got = fast.receive(data, src, GROUP, ttl, now)
+            want = slow.receive(data, type(src)(str(src)), type(GROUP)(str(GROUP)), ttl, now)
+        elif kind < 0.75:
+            got, want = fast.handle_timer(now), slow.handle_timer(now)
+        else:
+            op = rng.choice(["priority", "vips", "table", "release", "rejoin", "down", "up", "lost", "resign"])
+            calls = {
+                "priority": lambda r: r.update(now, priority=rng_value),
+                "vips": lambda r: r.update(now, vips=vips_value),
+                "table": lambda r: r.update(now, peer_priorities=table_value),
+                "release": lambda r: r.release(now, "test"),
+                "rejoin": lambda r: r.rejoin(now, "test"),
+                "down": lambda r: r.link_down(now, "test"),
+                "up": lambda r: r.link_up(now, "test"),
+                "lost": lambda r: r.peer_lost(now, 0.05, "test"),
+                "resign": lambda r: r.handle_timer(now),
+            }
+            rng_value = rng.choice([90, 100, 210])
+            vips_value = rng.choice([VIPS, VIPS[:1]])
+            table_value = rng.choice([table, {**table, addr(2): 180}])
+            got, want = calls[op](fast), calls[op](slow)
+        assert got == want, f"step {step}"
+        assert _state(fast) == _state(slow), f"step {step}"

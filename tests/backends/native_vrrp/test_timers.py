@@ -189,3 +189,25 @@ def test_full_wakeups_at_the_same_time_each_fire_once() -> None:
     assert sorted(fired) == [0, 1, 2]
     batch.call_at(1003.0, lambda: fired.append(3), early=5.0)  # nothing left pending to join
     assert batch.armed == 4
+
+
+def test_a_fired_timer_armed_again_is_the_same_object_and_follows_the_call_at_rule() -> None:
+    loop = FakeLoop()
+    batch = TimerBatch(loop, capacity=2)  # type: ignore[arg-type]
+    fired: list[float] = []
+    timer = batch.call_at(1001.0, lambda: fired.append(loop.now))
+    other = batch.call_at(1001.2, lambda: None, early=0.5)  # joins timer's wake-up
+    loop.run_until(1001.0)
+    assert fired == [1001.0] and other.when() == 1001.0
+    late = batch.call_at(1002.0, lambda: None)  # a wake-up armed at 1002.0
+    again = batch.again(timer, 1002.3, early=0.5)
+    assert again is timer and again.when() == 1002.0, "joins the latest wake-up in its window"
+    assert batch.again(other, 1002.4, early=0.1).when() == 1002.4, "outside every window: its own wake-up"
+    assert late.when() == 1002.0 and batch.armed == 3 and batch.scheduled == 5
+    loop.run_until(1003.0)
+    assert fired == [1001.0, 1002.0], "fired once per arming"
+    timer.cancel()
+    fresh = batch.again(timer, 1004.0)
+    assert fresh is not timer and not fresh.cancelled, "a cancelled timer is never armed again"
+    loop.run_until(1005.0)
+    assert fired == [1001.0, 1002.0, 1004.0]

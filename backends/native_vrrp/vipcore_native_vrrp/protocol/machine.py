@@ -210,9 +210,21 @@ class Router:
     _detected_at: float | None = None
     _lost: str = ""
     _last_received: tuple[bytes, IPAddress, IPAddress, Advertisement] | None = attrs.field(default=None, repr=False)
+    #: The advert this backup last accepted from the master it follows (bytes, source and destination
+    #: objects, the configuration it was judged against, decoded), while nothing else was received and no
+    #: phase changed since: the same message again is judged the same, so :meth:`receive` only applies it.
+    _steady_heard: tuple[bytes, IPAddress, IPAddress, RouterConfig, Advertisement] | None = \
+        attrs.field(default=None, repr=False)
     _sends: dict[tuple[int, tuple[IPAddress, ...]], list[Action]] = attrs.field(factory=dict, repr=False)
     #: The last entry of ``_sends`` used, matched by identity (hashing addresses is Python code, per advert).
     _last_sends: tuple[int, tuple[IPAddress, ...], list[Action]] | None = attrs.field(default=None, repr=False)
+    #: The steady master's periodic advert (configured priority and address set, no authentication), built
+    #: once per configuration for :meth:`periodic`; None until then and after every :meth:`update`.
+    _steady: tuple[Send, ...] | None = attrs.field(default=None, repr=False)
+    #: The advertisement interval (seconds) for :meth:`periodic`, read once per configuration.
+    _steady_interval: float = attrs.field(default=0.0, repr=False)
+    #: Until then a master may still advertise the previous address set (the update grace's first half).
+    _steady_from: float = float("-inf")
     _previous_vips: tuple[IPAddress, ...] = ()
     _previous_until: float = float("-inf")
     _previous_priorities: Mapping[IPAddress, int] | None = None
@@ -304,6 +316,25 @@ class Router:
             if stamp <= self._auth_stamps.get(src, -1):
                 return [Dropped("auth", src)]  # a replay
             self._auth_stamps[src] = stamp
+        heard = self._steady_heard
+        if heard is not None:
+            if (heard[0] == data and heard[1] is src and heard[2] is dst and heard[3] is self.config
+                    and self.phase is Phase.BACKUP and not self.released
+                    and len(self._advertised_at) <= MAX_TRACKED_SOURCES):
+                # The master's periodic advert, every interval of every group a backup follows: every
+                # check below gave "accept" for these bytes from this source under this configuration,
+                # and none depends on the time for them (exact address set, a priority the current
+                # table allows); only their effects are applied again.
+                adv = heard[4]
+                self._advertised_at[src] = now
+                self.master, self.master_priority = src, adv.priority
+                self._master_rank = adv.priority
+                self.master_adver_interval = adv.interval
+                self._trigger_at, self._trigger = now, "heard"
+                self._detected_at = None
+                self._arm_down(now + self.master_down_interval)
+                return []
+            self._steady_heard = None
         last = self._last_received
         if last is not None and last[0] == data and last[1] == src and last[2] == dst:
             adv = last[3]  # a master repeats itself: skip the checksum
@@ -332,7 +363,12 @@ class Router:
         if verdict is not None:
             return [Dropped(verdict, src)]
         if self.phase is Phase.BACKUP:
-            return self._backup_receive(adv, src, now)
+            actions = self._backup_receive(adv, src, now)
+            if (not actions and self._trigger == "heard" and self._trigger_at == now and self.master is src
+                    and not self.released and adv.priority != RESIGN_PRIORITY and adv.addresses == self.config.vips
+                    and self._current_table_allows(src, adv.priority)):
+                self._steady_heard = (data, src, dst, self.config, adv)
+            return actions
         if self.phase is Phase.MASTER:
             return self._master_receive(adv, src, now)
         return self._handover_receive(adv, src, now)
@@ -391,6 +427,34 @@ class Router:
             self._advert_at = now + self.config.interval
         return actions
 
+    def periodic(self, now: float, advance: float = 0.0) -> tuple[Send, ...] | None:
+        """A master's advert timer in the steady state, without action objects: the sends, or None.
+
+        The same decision as :meth:`handle_timer` (same ``now`` and ``advance``)
+        where that would return only the periodic advert: the router is MASTER,
+        its advert is due by ``now + advance``, no other timer is armed, its last
+        send did not fail, no authentication (each advert is sealed anew) and
+        not in the first half of an address-set grace. Then it returns the
+        advert's cached :class:`Send` objects (the same tuple every time until
+        the configuration changes: the caller must not keep or change it) and
+        the next advert is one interval after ``now`` (:attr:`advert_at`, which
+        is then :meth:`next_timer`). The caller sends them in order and reports
+        each failure to :meth:`sent`. Otherwise it returns None and changes
+        nothing: call :meth:`handle_timer`.
+        """
+        at = self._advert_at
+        if (at is None or now + advance < at or self.phase is not Phase.MASTER or self._send_failing
+                or self._down_at is not None or self._yield_at is not None or now < self._steady_from):
+            return None
+        sends = self._steady
+        if sends is None:
+            if self.config.auth is not None:
+                return None
+            sends = self._steady = tuple(s for s in self._advertise(now) if type(s) is Send)
+            self._steady_interval = self.config.interval
+        self._advert_at = now + self._steady_interval
+        return sends
+
     def update(
         self,
         now: float,
@@ -437,12 +501,14 @@ class Router:
             self._priorities_until = now + self.config.update_grace
         self._sends.clear()
         self._last_sends = None
+        self._steady = None
         actions: list[Action] = []
         old_set, new_set = frozenset(old.vips), frozenset(self.config.vips)
         if old_set != new_set:
             if now >= self._previous_until:
                 self._previous_vips = old.vips
             self._previous_until = now + self.config.update_grace
+            self._steady_from = self._previous_until - self.config.update_grace / 2
             if self.holding:
                 removed = tuple(v for v in old.vips if v not in new_set)
                 added = tuple(v for v in self.config.vips if v not in old_set)
@@ -681,6 +747,7 @@ class Router:
         except KeyError:
             raise TransitionError(f"no transition from {old.value} on {event.value}") from None
         self.phase = new
+        self._steady_heard = None
         actions: list[Action] = []
         failover: float | None = None
         phases: FailoverPhases | None = None
@@ -811,6 +878,13 @@ class Router:
         if self.config.peer_priorities is None or src in self.config.relaxed_sources:
             return False
         return not (self.config.relax_link_local and src.is_link_local)
+
+    def _current_table_allows(self, src: IPAddress, priority: int) -> bool:
+        """Whether ``priority`` from ``src`` passes the priority check whatever the time (not only
+        through the previous placement's grace)."""
+        if not self._priority_checked(src):
+            return True
+        return priority in self._allowed_priorities(src, float("inf"))
 
     def _allowed_priorities(self, src: IPAddress, now: float) -> set[int]:
         tables = [self.config.peer_priorities or {}]

@@ -1,0 +1,119 @@
+"""RouterDriver's steady advert path (Router.periodic straight to the link) keeps the machine's rules."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable
+
+from vipcore.core.model import Family, IPAddress
+from vipcore.net.addresses import AnnounceSchedule
+from vipcore_native_vrrp.driver import RouterDriver
+from vipcore_native_vrrp.protocol import Phase, Router, RouterConfig
+from vipcore_native_vrrp.timers import TimerBatch
+from vipcore_native_vrrp.transport import Handler, LinkCounters
+
+VIP = ipaddress.IPv4Address("203.0.113.7")
+
+
+class FlakyLink:
+    """A link whose sends fail while ``failing`` is set (a downed interface)."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[int, Handler] = {}
+        self.counters = LinkCounters()
+        self.failing = False
+        self.attempts = 0
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
+        self.attempts += 1
+        if self.failing:
+            return False
+        self.sent.append(data)
+        return True
+
+
+class Holder:
+    """Notes the address work the driver carries out."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[IPAddress, ...]] = []
+
+    async def add(self, interface: str, vips: tuple[IPAddress, ...]) -> None:
+        self.added.append(vips)
+
+    async def remove(self, interface: str, vips: tuple[IPAddress, ...]) -> None:
+        pass
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for ``condition`` (a loaded machine may stall the loop: no fixed sleeps)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_a_master_whose_sends_fail_and_work_again_puts_its_vips_back() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        link, holder = FlakyLink(), Holder()
+        config = RouterConfig(
+            vrid=9, family=Family.IPV4, primary=ipaddress.IPv4Address("198.51.100.9"), vips=(VIP,),
+            priority=200, interval_cs=1, destinations=(ipaddress.IPv4Address("224.0.0.18"),),
+        )
+        driver = RouterDriver(group="g", interface="eth0", router=Router(config), link=link,  # type: ignore[arg-type]
+                              holder=holder, schedule=AnnounceSchedule(count=0),  # type: ignore[arg-type]
+                              report=lambda *a: None, loop=loop, batch=TimerBatch(loop))
+        driver.start()
+        driver.takeover("test")
+        await until(lambda: holder.added == [(VIP,)] and len(link.sent) >= 3)  # steady: an advert every 10 ms
+        link.failing = True
+        failing_from = link.attempts
+        await until(lambda: link.attempts >= failing_from + 3)  # it keeps trying every interval
+        assert holder.added == [(VIP,)], "nothing to put back while sends fail"
+        link.failing = False
+        await until(lambda: len(holder.added) == 2)
+        assert holder.added == [(VIP,), (VIP,)], "sending works again: the VIPs are put back"
+        steady = len(link.sent)
+        await until(lambda: len(link.sent) >= steady + 3)
+        assert holder.added == [(VIP,), (VIP,)], "once"
+        assert driver.router.phase is Phase.MASTER
+        await driver.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_backup_follows_its_master_while_heard_and_takes_over_one_master_down_interval_after() -> None:
+    """The backup's Master_Down timer, pushed out by every advert, fires early and is only re-armed; once the
+    adverts stop it fires at the machine's time (never late: the takeover within Master_Down_Interval)."""
+    from vipcore_native_vrrp.protocol import Advertisement, encode
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        link, holder = FlakyLink(), Holder()
+        group, master = ipaddress.IPv4Address("224.0.0.18"), ipaddress.IPv4Address("198.51.100.8")
+        config = RouterConfig(
+            vrid=9, family=Family.IPV4, primary=ipaddress.IPv4Address("198.51.100.9"), vips=(VIP,),
+            priority=100, interval_cs=10, destinations=(group,),
+        )
+        driver = RouterDriver(group="g", interface="eth0", router=Router(config), link=link,  # type: ignore[arg-type]
+                              holder=holder, schedule=AnnounceSchedule(count=0),  # type: ignore[arg-type]
+                              report=lambda *a: None, loop=loop, batch=TimerBatch(loop))
+        driver.start()
+        advert = encode(Advertisement(9, 200, 10, (VIP,)), master, group)
+        began = loop.time()
+        while loop.time() - began < 1.0:  # ~3 Master_Down_Intervals (0.36 s) of adverts every 20 ms
+            driver._on_packet(advert, master, group, 255)
+            await asyncio.sleep(0.02)
+            assert driver.router.phase is Phase.BACKUP and not link.sent, "a heard master keeps us backup"
+        silent = loop.time()
+        await until(lambda: driver.router.phase is Phase.MASTER)
+        took = loop.time() - silent
+        assert took <= driver.router.master_down_interval + driver.router.rank_delay + 0.2, took
+        await until(lambda: holder.added == [(VIP,)])
+        await driver.close()
+
+    asyncio.run(scenario())
