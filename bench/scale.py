@@ -265,7 +265,93 @@ def rss() -> dict[str, float]:
     return fields
 
 
-async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_cache: bool) -> dict[str, Any]:
+class Stages:
+    """``--trace``: where one event's CPU goes in the agent child, per thread and per stage.
+
+    Per event: the CPU of each watching thread (reading the stream, decoding JSON, slimming, the
+    informer's cache, the view's change), the part of it in the view's change, the event loop
+    thread's CPU split into the view's take and state, the agent's apply (dispatch included) and
+    the rest (the loop's wake-ups and scheduling, the bench's own timing loop); and counts: watch
+    events delivered, loop passes that took from the view, applies, hook calls.
+    """
+
+    def __init__(self, source: Any, agent: Any) -> None:
+        import threading
+
+        self.source, self.agent = source, agent
+        self.counts = {"events": 0, "passes": 0, "applies": 0}
+        self.spent = {"change": 0.0, "take": 0.0, "apply": 0.0}
+        self._main = threading.get_ident()
+        view = source.groups
+        source.cache.on_object_change.insert(0, self._event)
+        if view is not None:
+            change, take, state = view.change, view.take, view.state
+
+            def timed_change(*args: Any) -> None:
+                began = time.thread_time()
+                try:
+                    change(*args)
+                finally:
+                    self.spent["change"] += time.thread_time() - began
+
+            def timed_take() -> bool:
+                self.counts["passes"] += 1
+                began = time.thread_time()
+                try:
+                    return take()
+                finally:
+                    self.spent["take"] += time.thread_time() - began
+
+            def timed_state() -> Any:
+                began = time.thread_time()
+                try:
+                    return state()
+                finally:
+                    self.spent["take"] += time.thread_time() - began
+
+            view.change, view.take, view.state = timed_change, timed_take, timed_state
+
+    def _event(self, change: Any) -> None:
+        self.counts["events"] += 1
+
+    async def apply(self, state: Any) -> None:
+        self.counts["applies"] += 1
+        began = time.thread_time()
+        try:
+            await self.agent.apply(state)
+        finally:
+            self.spent["apply"] += time.thread_time() - began
+
+    def threads(self) -> dict[str, float]:
+        """CPU seconds so far of the loop thread and each watching thread."""
+        import threading
+
+        out = {}
+        for t in threading.enumerate():
+            if t.ident == self._main or t.name.startswith("k8s-watch:"):
+                name = "loop" if t.ident == self._main else t.name.removeprefix("k8s-watch:")
+                with contextlib.suppress(OSError):
+                    out[name] = time.clock_gettime(time.pthread_getcpuclockid(t.ident))  # type: ignore[arg-type]
+        return out
+
+    def mark(self) -> dict[str, float]:
+        return {**self.threads(), **{f"n_{k}": float(v) for k, v in self.counts.items()},
+                **{f"t_{k}": v for k, v in self.spent.items()}}
+
+    @staticmethod
+    def since(before: dict[str, float], after: dict[str, float], hooks: int) -> dict[str, float]:
+        """One event's breakdown: ms per stage, counts."""
+        d = {k: after[k] - before.get(k, 0.0) for k in after}
+        watch = sum(v for k, v in d.items() if not k.startswith(("n_", "t_", "loop")))
+        return {"events": d["n_events"], "passes": d["n_passes"], "applies": d["n_applies"], "hooks": float(hooks),
+                "watch threads": watch * 1000, "  view change": d["t_change"] * 1000,
+                "loop thread": d["loop"] * 1000, "  view take+state": d["t_take"] * 1000,
+                "  agent apply": d["t_apply"] * 1000,
+                "  loop, other": (d["loop"] - d["t_take"] - d["t_apply"]) * 1000}
+
+
+async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_cache: bool,
+                      trace: bool = False) -> dict[str, Any]:
     import kubernetes.client as k8s
 
     from vipcore import hookimpl
@@ -339,7 +425,8 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
     synced = time.perf_counter() - started
     memory = rss()
     groups = len(agent.memberships)
-    watcher = asyncio.create_task(source.watch(agent.apply))
+    stages = Stages(source, agent) if trace else None
+    watcher = asyncio.create_task(source.watch(stages.apply if stages is not None else agent.apply))
 
     client = api_client(kubeconfig)
     core, discovery = k8s.CoreV1Api(client), k8s.DiscoveryV1Api(client)
@@ -350,6 +437,7 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
     latencies: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
     agent_share: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
     cpu: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
+    traced: dict[str, list[dict[str, float]]] = {"slice": [], "service": [], "node": []}
     moved: dict[int, bool] = {}
     pending = iter(range(plan["services"], plan["services"] + plan["pending"]))
     flipped: dict[int, bool] = {}
@@ -431,6 +519,7 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
         before = len(calls)
         arrivals.clear()
         dispatched.clear()
+        marked = stages.mark() if stages is not None else {}
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         key, writer_cpu = await asyncio.to_thread(timed_send)
@@ -446,6 +535,8 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
             if len(calls) == count:
                 break
         done = calls[-1]
+        if stages is not None:
+            traced[kind].append(Stages.since(marked, stages.mark(), len(calls) - before))
         # The writes are the cluster's (the kubernetes client serialising them), not the agent's.
         cpu[kind].append((time.process_time() - cpu0 - writer_cpu) * 1000)
         latencies[kind].append((done - t0) * 1000)
@@ -463,7 +554,7 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
     peak = memory.get("VmHWM", 0.0) if standin is not None else rss().get("VmHWM", 0.0)
     return {"sync_s": synced, "groups": groups, "rss_mb": memory.get("VmRSS", 0.0), "base_mb": base,
             "resolve_ms": resolving, "cpu_ms": cpu,
-            "peak_mb": peak, "latency_ms": latencies, "agent_ms": agent_share}
+            "peak_mb": peak, "latency_ms": latencies, "agent_ms": agent_share, "trace": traced}
 
 
 # ------------------------------------------------------------------ the cache alone
@@ -601,7 +692,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def run_size(nodes: int, services: int, events: int, full_cache: bool, view: str = "groups") -> dict[str, Any]:
+def run_size(nodes: int, services: int, events: int, full_cache: bool, view: str = "groups",
+             trace: bool = False) -> dict[str, Any]:
     from vipcore.testing.apiserver import ApiServer
 
     namespaces = ("default", "kube-system") + tuple(f"ns{i}" for i in range(50))
@@ -612,7 +704,8 @@ def run_size(nodes: int, services: int, events: int, full_cache: bool, view: str
         with tempfile.TemporaryDirectory() as tmp:
             kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
             argv = [sys.executable, __file__, "--child", str(kubeconfig), "--plan", json.dumps(plan),
-                    "--events", str(events)] + (["--full-cache"] if full_cache else [])
+                    "--events", str(events)] + (["--full-cache"] if full_cache else []) + (
+                        ["--trace"] if trace else [])
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
             if proc.returncode != 0:
                 raise SystemExit(f"agent child failed ({proc.returncode}):\n{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}")
@@ -635,6 +728,17 @@ def print_rows(nodes: int, services: int, view: str, full_cache: bool, r: dict[s
               f"{percentile(r['cpu_ms'][kind], 0.95):>7.1f}{tail}", flush=True)
 
 
+def print_trace(title: str, traced: dict[str, list[dict[str, float]]]) -> None:
+    """``--trace``: per event kind, the median of each stage (ms, or a count)."""
+    kinds = [k for k in ("slice", "service", "node") if traced.get(k)]
+    if not kinds:
+        return
+    print(f"\nper event, median ({title}): {'':<6}" + "".join(f" {k:>8}" for k in kinds))
+    for stage in traced[kinds[0]][0]:
+        print(f"  {stage:<34}" + "".join(f" {statistics.median(e[stage] for e in traced[k]):>8.2f}"
+                                        for k in kinds))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000x10000,5000x50000", help="NODESxSERVICES, comma-separated")
@@ -649,6 +753,8 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=200, help="the controller's client-side burst")
     parser.add_argument("--cache", default="",
                         help="NODESxSERVICES sizes: measure the agent's cache alone (no server), slim and whole")
+    parser.add_argument("--trace", action="store_true",
+                        help="also print where each event's agent CPU went (threads, stages; medians)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--cache-child", help=argparse.SUPPRESS)
     parser.add_argument("--controller-child", help=argparse.SUPPRESS)
@@ -662,7 +768,8 @@ def main() -> int:
         print(json.dumps(asyncio.run(controller_child(args.controller_child, args.qps, args.burst))))
         return 0
     if args.child:
-        result = asyncio.run(agent_child(args.child, json.loads(args.plan), args.events, args.full_cache))
+        result = asyncio.run(agent_child(args.child, json.loads(args.plan), args.events, args.full_cache,
+                                         args.trace))
         print(json.dumps(result))
         return 0
     if args.cache:
@@ -682,11 +789,16 @@ def main() -> int:
           f"{'RSS MB':>7} {'peak MB':>7}  {'event':<7} {'n':>3} {'median ms':>9} {'p95 ms':>7} {'agent p95':>9} "
           f"{'CPU p95':>7} {'resolve p95':>11}")
     views = ["groups", "full"] if args.view == "both" else args.view.split(",")
+    traces: list[tuple[str, dict[str, list[dict[str, float]]]]] = []
     for size in [s for s in args.sizes.split(",") if s]:
         nodes, services = (int(x) for x in size.split("x"))
         for view in views:
-            r = run_size(nodes, services, args.events, args.full_cache, view)
+            r = run_size(nodes, services, args.events, args.full_cache, view, args.trace)
             print_rows(nodes, services, view, args.full_cache, r)
+            if args.trace:
+                traces.append((f"{nodes}x{services} {view}", r["trace"]))
+    for title, traced in traces:
+        print_trace(title, traced)
     if args.controller:
         c = run_controller(args.controller, qps=args.qps, burst=args.burst)
         total = sum(c["writes"].values())
