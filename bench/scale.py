@@ -57,6 +57,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,7 +225,8 @@ class ControllerStandIn:
         addresses = {**resolution.allocations, **resolution.addresses}
         wanted = {part.name: vipgroup_spec(part) for g in resolution.groups
                   for part in split(g, addresses, self._count(g))}
-        writes = [("create", n, spec) for n, spec in wanted.items() if n not in self.groups]
+        writes: list[tuple[str, str, Any]] = [("create", n, spec) for n, spec in wanted.items()
+                                              if n not in self.groups]
         writes += [("patch", n, spec) for n, spec in wanted.items() if n in self.groups and self.groups[n] != spec]
         writes += [("delete", n, None) for n in self.groups if n not in wanted]
         self.groups = wanted
@@ -298,7 +300,7 @@ class Stages:
                 self.counts["passes"] += 1
                 began = time.thread_time()
                 try:
-                    return take()
+                    return bool(take())
                 finally:
                     self.spent["take"] += time.thread_time() - began
 
@@ -404,7 +406,10 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
     if full_cache:
         source.cache.keep = {}
     arrivals: dict[str, float] = {}
-    source.cache.on_object_change.append(lambda change: arrivals.setdefault(change.key, time.perf_counter()))
+    def arrived(change: Any) -> None:
+        arrivals.setdefault(change.key, time.perf_counter())
+
+    source.cache.on_object_change.append(arrived)
     hooks = load_hooks(plugins=[("bench", Registers())], load_entrypoints=False)
     agent = Agent(config, hooks=hooks, source=source, interface_check=lambda name: True)
     resolving: list[float] = []
@@ -576,8 +581,8 @@ def cache_child(nodes: int, services: int, slim: bool, pages: int) -> dict[str, 
     base = rss()["VmRSS"]
     cache: dict[str, dict[str, Any]] = {"nodes": {}, "services": {}, "endpointslices": {}}
     converted: dict[str, dict[str, Any]] = {"nodes": {}, "services": {}, "endpointslices": {}}
-    makers = {
-        "nodes": (nodes, lambda i: node_obj(i), objects.node_from_k8s),
+    makers: dict[str, tuple[int, Callable[[int], dict[str, Any]], Callable[[Any], Any]]] = {
+        "nodes": (nodes, node_obj, objects.node_from_k8s),
         "services": (services, lambda i: {**service_obj(i, i % 2 == 0),
                                           "status": {"loadBalancer": {"ingress": [{"ip": vip(i)}]}}},
                      objects.service_from_k8s),
