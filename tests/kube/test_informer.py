@@ -378,7 +378,11 @@ def test_a_burst_of_wakeups_from_a_thread_wakes_the_loop_once() -> None:
     async def main() -> tuple[int, bool]:
         wake = Wakeup()
         wake.bind()
-        thread = threading.Thread(target=lambda: [wake.set() for _ in range(100)])
+        def burst() -> None:
+            for _ in range(100):
+                wake.set()
+
+        thread = threading.Thread(target=burst)
         thread.start()
         thread.join()  # the loop is blocked here: none of the wake-ups has arrived yet
         woken = await wake.wait(1.0)
