@@ -34,7 +34,7 @@ import attrs
 from vipcore.core import objects
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import Family, GroupState, IPAddress, Membership, Node, Pool, VipGroup
-from vipcore.core.resolve import membership
+from vipcore.core.resolve import membership, node_changes
 from vipcore.core.shards import Merged, complete
 
 log = logging.getLogger("vipcore.sources.vipgroups")
@@ -341,12 +341,11 @@ class GroupView:
                 and group.placement_key == old.group.placement_key):
             # Only the VipGroup changed (a Node flip renames the group): no member's Node did, so the
             # last membership is edited for the members that came and went, and so is ``_member_of``.
+            removed, added = moved = node_changes(old.group.nodes, group.nodes)
             self._memberships[name] = membership(group, self.node, self._nodes, previous=old,
-                                                 drained=self._drained)
-            before = set(old.group.nodes)
-            changed = before.symmetric_difference(group.nodes)
-            self._unmember(name, changed & before)
-            for member in changed - before:
+                                                 drained=self._drained, moved=moved)
+            self._unmember(name, removed)
+            for member in added:
                 self._member_of.setdefault(member, set()).add(name)
             return
         self._memberships.pop(name, None)
