@@ -449,6 +449,9 @@ class Agent:
         # Only the groups whose release must change: a pass that changes nothing schedules nothing.
         await _concurrently(self._reconcile_release(name) for name in sorted(self.memberships)
                             if drained != (name in self.released))
+        # Still one yield to the loop per pass, as the gather over every group gave: a watch loop whose
+        # wake-up is set again already does not run pass after pass before anything else.
+        await asyncio.sleep(0)
 
     # -- one group: guard, failure, retry ------------------------------------
 
