@@ -1,7 +1,7 @@
 """Scale: an agent's per-event dispatch latency and memory against a synthetic cluster.
 
 Run: .venv/bin/python bench/scale.py [--sizes 1000x10000,5000x50000] [--events 30] [--view groups|full|both]
-     [--full-cache]
+     [--full-cache] [--trace]
 
 For each size (nodes x Services) the test API server (vipcore.testing, in
 this process, on loopback) is filled with a synthetic cluster: Nodes with
@@ -31,10 +31,15 @@ equal to ``resolve``) in the agent's process before the clock starts; the
 stand-in's memory is left out (RSS and peak are taken at sync). ``full``:
 the agent watches every Service and EndpointSlice and resolves.
 
-``agent`` is the same, from the moment the agent's watch delivered the
-change (the agent's own share); ``CPU`` is the agent process's CPU time
-over the same span, less the writing thread's (what the event cost the
-agent, whatever the machine's load);
+The writes are sent by a process of their own (:class:`Writer`): in the
+agent's process the ``kubernetes`` client serialising them held the GIL
+the agent waited for. ``agent`` is the same, from the moment the agent's
+watch delivered the first write's change (which can be another group's:
+the controller's later writes are then in it); ``react`` from the watch
+event delivered last before the dispatch, the one it answers (what the
+agent itself takes); ``CPU`` is the agent process's CPU time over the
+whole span (what the event cost the agent, whatever the machine's load);
+``--trace`` adds a table of where it went (threads, stages, passes);
 ``resolve`` is the time spent in the agent's incremental resolution. RSS is the child's resident memory after the
 first dispatch, and its peak (VmHWM). ``--full-cache`` runs the agent with
 whole objects cached (the behaviour before slimming) for comparison.
@@ -57,6 +62,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,7 +230,8 @@ class ControllerStandIn:
         addresses = {**resolution.allocations, **resolution.addresses}
         wanted = {part.name: vipgroup_spec(part) for g in resolution.groups
                   for part in split(g, addresses, self._count(g))}
-        writes = [("create", n, spec) for n, spec in wanted.items() if n not in self.groups]
+        writes: list[tuple[str, str, Any]] = [("create", n, spec) for n, spec in wanted.items()
+                                              if n not in self.groups]
         writes += [("patch", n, spec) for n, spec in wanted.items() if n in self.groups and self.groups[n] != spec]
         writes += [("delete", n, None) for n in self.groups if n not in wanted]
         self.groups = wanted
@@ -238,20 +245,73 @@ class ControllerStandIn:
         count = (spec.get("shard") or {}).get("count")
         return count if isinstance(count, int) else None
 
-    def write(self, writes: list[tuple[str, str, Any]]) -> str:
-        """Send the writes; the first one's name (the key the agent's watch sees)."""
-        for verb, name, spec in writes:  # each response read: the connection goes back to the pool
-            if verb == "create":
-                self.custom.create_cluster_custom_object(
-                    "vipcore.io", "v1alpha1", "vipgroups",
-                    {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup", "metadata": {"name": name},
-                     "spec": spec})
-            elif verb == "patch":
-                self.custom.patch_cluster_custom_object("vipcore.io", "v1alpha1", "vipgroups", name,
-                                                        {"spec": {"shard": None, **spec}})
-            else:
-                self.custom.delete_cluster_custom_object("vipcore.io", "v1alpha1", "vipgroups", name)
-        return writes[0][1] if writes else ""
+    @staticmethod
+    def requests(writes: list[tuple[str, str, Any]]) -> list[list[Any]]:
+        """The writes as :class:`Writer` requests."""
+        return [["create_group", name, spec] if verb == "create" else ["patch_group", name, spec]
+                if verb == "patch" else ["delete_group", name] for verb, name, spec in writes]
+
+
+class Writer:
+    """The cluster's writes, sent by a process of their own: the ``kubernetes`` client serialising a
+    write holds the GIL for milliseconds, and in the agent's process that is the agent waiting (a
+    thread that wants the GIL waits up to ``sys.getswitchinterval()``, 5 ms), not its work.
+
+    :meth:`send` is blocking (run it in a thread: it waits on a pipe, without the GIL) and returns
+    when every request of the batch has its response.
+    """
+
+    def __init__(self, kubeconfig: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--writer-child", kubeconfig],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def send(self, requests: list[list[Any]]) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(requests) + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if answer.strip() != "ok":
+            raise RuntimeError(f"the writer failed: {answer.strip() or 'it ended'}")
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def writer_child(kubeconfig: str) -> None:
+    """Send each batch of requests read from stdin (one JSON list a line), in order; ``ok`` after each."""
+    import kubernetes.client as k8s
+
+    from vipcore.kube import api_client
+
+    client = api_client(kubeconfig)
+    core, discovery, custom = k8s.CoreV1Api(client), k8s.DiscoveryV1Api(client), k8s.CustomObjectsApi(client)
+    group = ("vipcore.io", "v1alpha1", "vipgroups")
+    for line in sys.stdin:
+        try:
+            for op, *args in json.loads(line):  # each response read: the connection goes back to the pool
+                if op == "create_group":
+                    custom.create_cluster_custom_object(
+                        *group, {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup",
+                                 "metadata": {"name": args[0]}, "spec": args[1]}, _preload_content=False)
+                elif op == "patch_group":
+                    custom.patch_cluster_custom_object(*group, args[0], {"spec": {"shard": None, **args[1]}},
+                                                       _preload_content=False)
+                elif op == "delete_group":
+                    custom.delete_cluster_custom_object(*group, args[0], _preload_content=False)
+                elif op == "patch_slice":
+                    discovery.patch_namespaced_endpoint_slice(args[0], args[1], args[2], _preload_content=False)
+                elif op == "patch_service_status":
+                    core.patch_namespaced_service_status(args[0], args[1], args[2], _preload_content=False)
+                elif op == "patch_node_status":
+                    core.patch_node_status(args[0], args[1], _preload_content=False)
+                else:
+                    raise ValueError(f"unknown request {op!r}")
+        except Exception as exc:  # noqa: BLE001 - reported to the agent child, which stops
+            print(f"{type(exc).__name__}: {exc}".replace("\n", " "), flush=True)
+            continue
+        print("ok", flush=True)
 
 
 # ------------------------------------------------------------------ the agent, in a child process
@@ -265,7 +325,103 @@ def rss() -> dict[str, float]:
     return fields
 
 
-async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_cache: bool) -> dict[str, Any]:
+class Stages:
+    """``--trace``: where one event's CPU goes in the agent child, per thread and per stage.
+
+    Per event: the CPU of each watching thread (reading the stream, decoding JSON, slimming, the
+    informer's cache, the view's change), the part of it in the view's change, the event loop
+    thread's CPU split into the view's take and state, the agent's apply (dispatch included) and
+    the rest (the loop's wake-ups and scheduling, the bench's own timing loop); and counts: watch
+    events delivered, loop passes that took from the view, applies, hook calls.
+    """
+
+    def __init__(self, source: Any, agent: Any) -> None:
+        import threading
+
+        self.source, self.agent = source, agent
+        self.counts = {"events": 0, "passes": 0, "applies": 0}
+        #: Wall-clock marks of the current event: its first watch event, the first loop pass after it.
+        self.stamps: dict[str, float] = {}
+        self.spent = {"change": 0.0, "take": 0.0, "apply": 0.0}
+        self._main = threading.get_ident()
+        view = source.groups
+        source.cache.on_object_change.insert(0, self._event)
+        if view is not None:
+            change, take, state = view.change, view.take, view.state
+
+            def timed_change(*args: Any) -> None:
+                began = time.thread_time()
+                try:
+                    change(*args)
+                finally:
+                    self.spent["change"] += time.thread_time() - began
+
+            def timed_take() -> bool:
+                self.counts["passes"] += 1
+                if "event" in self.stamps:
+                    self.stamps.setdefault("pass", time.perf_counter())
+                began = time.thread_time()
+                try:
+                    return bool(take())
+                finally:
+                    self.spent["take"] += time.thread_time() - began
+
+            def timed_state() -> Any:
+                began = time.thread_time()
+                try:
+                    return state()
+                finally:
+                    self.spent["take"] += time.thread_time() - began
+
+            view.change, view.take, view.state = timed_change, timed_take, timed_state
+
+    def _event(self, change: Any) -> None:
+        self.counts["events"] += 1
+        self.stamps.setdefault("event", time.perf_counter())
+
+    async def apply(self, state: Any) -> None:
+        self.counts["applies"] += 1
+        began = time.thread_time()
+        try:
+            await self.agent.apply(state)
+        finally:
+            self.spent["apply"] += time.thread_time() - began
+
+    def threads(self) -> dict[str, float]:
+        """CPU seconds so far of the loop thread and each watching thread."""
+        import threading
+
+        out = {}
+        for t in threading.enumerate():
+            if t.ident == self._main or t.name.startswith("k8s-watch:"):
+                name = "loop" if t.ident == self._main else t.name.removeprefix("k8s-watch:")
+                with contextlib.suppress(OSError):
+                    out[name] = time.clock_gettime(time.pthread_getcpuclockid(t.ident))  # type: ignore[arg-type]
+        return out
+
+    def mark(self) -> dict[str, float]:
+        self.stamps.clear()
+        return {**self.threads(), **{f"n_{k}": float(v) for k, v in self.counts.items()},
+                **{f"t_{k}": v for k, v in self.spent.items()}}
+
+    def since(self, before: dict[str, float], hook: float, hooks: int) -> dict[str, float]:
+        """One event's breakdown: ms per stage, counts; ``hook`` is the time of its last hook call."""
+        stamps = dict(self.stamps)
+        after = self.mark()
+        d = {k: after[k] - before.get(k, 0.0) for k in after}
+        event, first = stamps.get("event", hook), stamps.get("pass", hook)
+        watch = sum(v for k, v in d.items() if not k.startswith(("n_", "t_", "loop")))
+        return {"events": d["n_events"], "passes": d["n_passes"], "applies": d["n_applies"], "hooks": float(hooks),
+                "wall: first event to first pass": (first - event) * 1000,
+                "wall: first pass to last hook": (hook - first) * 1000,
+                "watch threads": watch * 1000, "  view change": d["t_change"] * 1000,
+                "loop thread": d["loop"] * 1000, "  view take+state": d["t_take"] * 1000,
+                "  agent apply": d["t_apply"] * 1000,
+                "  loop, other": (d["loop"] - d["t_take"] - d["t_apply"]) * 1000}
+
+
+async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_cache: bool,
+                      trace: bool = False) -> dict[str, Any]:
     import kubernetes.client as k8s
 
     from vipcore import hookimpl
@@ -318,7 +474,13 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
     if full_cache:
         source.cache.keep = {}
     arrivals: dict[str, float] = {}
-    source.cache.on_object_change.append(lambda change: arrivals.setdefault(change.key, time.perf_counter()))
+    delivered: list[float] = []  # every watch event's arrival, in order (the event a dispatch answers)
+    def arrived(change: Any) -> None:
+        now = time.perf_counter()
+        arrivals.setdefault(change.key, now)
+        delivered.append(now)
+
+    source.cache.on_object_change.append(arrived)
     hooks = load_hooks(plugins=[("bench", Registers())], load_entrypoints=False)
     agent = Agent(config, hooks=hooks, source=source, interface_check=lambda name: True)
     resolving: list[float] = []
@@ -339,25 +501,28 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
     synced = time.perf_counter() - started
     memory = rss()
     groups = len(agent.memberships)
-    watcher = asyncio.create_task(source.watch(agent.apply))
+    stages = Stages(source, agent) if trace else None
+    watcher = asyncio.create_task(source.watch(stages.apply if stages is not None else agent.apply))
 
     client = api_client(kubeconfig)
-    core, discovery = k8s.CoreV1Api(client), k8s.DiscoveryV1Api(client)
+    writer = Writer(kubeconfig)
     # The VipGroup view's events are what the controller writes for each change (built after the
     # agent's memory was measured: the stand-in is the controller's memory, not the agent's).
     standin = ControllerStandIn(plan, k8s.CustomObjectsApi(client)) if plan["view"] == "groups" else None
     rnd = random.Random(3)
     latencies: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
     agent_share: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
+    reaction: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
     cpu: dict[str, list[float]] = {"slice": [], "service": [], "node": []}
+    traced: dict[str, list[dict[str, float]]] = {"slice": [], "service": [], "node": []}
     moved: dict[int, bool] = {}
     pending = iter(range(plan["services"], plan["services"] + plan["pending"]))
     flipped: dict[int, bool] = {}
 
-    def prepare(kind: str) -> Any:
+    def prepare(kind: str) -> tuple[str, list[list[Any]]]:
         """The writes of one event, computed (by the controller stand-in) before the clock starts."""
         if standin is None:
-            return lambda: write(kind)
+            return write(kind)
         import attrs
 
         from vipcore.core import objects
@@ -386,29 +551,26 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
             state = attrs.evolve(state, nodes=tuple(attrs.evolve(n, ready=not flipped[i]) if n.name == name else n
                                                     for n in state.nodes))
         writes = standin.change(state)
-        return lambda: standin.write(writes)
+        return (writes[0][1] if writes else ""), ControllerStandIn.requests(writes)
 
-    def write(kind: str) -> str:
+    def write(kind: str) -> tuple[str, list[list[Any]]]:
+        """The full view's event: the object's key and the write."""
         if kind == "slice":
             i = rnd.choice(plan["movable"])
             moved[i] = not moved.get(i, False)
             nodes = plan["without"] if moved[i] else plan["with"]
             body = {"endpoints": slice_obj(i, nodes)["endpoints"]}
-            discovery.patch_namespaced_endpoint_slice(f"s{i}-abcde", f"ns{i % 50}", body, _preload_content=False)
-            return f"ns{i % 50}/s{i}-abcde"
+            return f"ns{i % 50}/s{i}-abcde", [["patch_slice", f"s{i}-abcde", f"ns{i % 50}", body]]
         if kind == "service":
             i = next(pending)
-            core.patch_namespaced_service_status(f"s{i}", f"ns{i % 50}",
-                                                 {"status": {"loadBalancer": {"ingress": [{"ip": vip(i)}]}}},
-                                                 _preload_content=False)
-            return f"ns{i % 50}/s{i}"
+            return f"ns{i % 50}/s{i}", [["patch_service_status", f"s{i}", f"ns{i % 50}",
+                                         {"status": {"loadBalancer": {"ingress": [{"ip": vip(i)}]}}}]]
         i = rnd.randrange(1, plan["nodes"])
         while f"node-{i:05d}" == plan["node"]:
             i = rnd.randrange(1, plan["nodes"])
         flipped[i] = not flipped.get(i, False)
         conditions = node_obj(i, ready=not flipped[i])["status"]["conditions"]
-        core.patch_node_status(f"node-{i:05d}", {"status": {"conditions": conditions}}, _preload_content=False)
-        return f"node-{i:05d}"
+        return f"node-{i:05d}", [["patch_node_status", f"node-{i:05d}", {"status": {"conditions": conditions}}]]
 
     profile = None
     if os.environ.get("VIPCORE_BENCH_PROFILE"):
@@ -422,18 +584,16 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
         if kind == "service" and n // 3 >= plan["pending"]:
             continue
         await asyncio.sleep(0.05)  # let the previous event settle
-        send = prepare(kind)
-
-        def timed_send() -> tuple[str, float]:
-            began = time.thread_time()
-            return send(), time.thread_time() - began
+        key, requests = prepare(kind)
 
         before = len(calls)
         arrivals.clear()
+        delivered.clear()
         dispatched.clear()
+        marked = stages.mark() if stages is not None else {}
         cpu0 = time.process_time()
         t0 = time.perf_counter()
-        key, writer_cpu = await asyncio.to_thread(timed_send)
+        await asyncio.to_thread(writer.send, requests)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(dispatched.wait(), 30)
         if len(calls) == before:
@@ -446,16 +606,23 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
             if len(calls) == count:
                 break
         done = calls[-1]
-        # The writes are the cluster's (the kubernetes client serialising them), not the agent's.
-        cpu[kind].append((time.process_time() - cpu0 - writer_cpu) * 1000)
+        if stages is not None:  # (after done: the last hook's time)
+            traced[kind].append(stages.since(marked, done, len(calls) - before))
+        # The writes are the cluster's, in their own process: this is the agent's CPU (and the
+        # bench's timing loop, and the thread waiting for the writer's answer).
+        cpu[kind].append((time.process_time() - cpu0) * 1000)
         latencies[kind].append((done - t0) * 1000)
         if key in arrivals:
             agent_share[kind].append((done - arrivals[key]) * 1000)
+        answered = [t for t in delivered if t <= done]
+        if answered:
+            reaction[kind].append((done - answered[-1]) * 1000)
     if profile is not None:
         import pstats
 
         profile.disable()
         pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+    writer.close()
     watcher.cancel()
     await asyncio.wait({watcher})
     await agent.stop(graceful=False)
@@ -463,7 +630,8 @@ async def agent_child(kubeconfig: str, plan: dict[str, Any], events: int, full_c
     peak = memory.get("VmHWM", 0.0) if standin is not None else rss().get("VmHWM", 0.0)
     return {"sync_s": synced, "groups": groups, "rss_mb": memory.get("VmRSS", 0.0), "base_mb": base,
             "resolve_ms": resolving, "cpu_ms": cpu,
-            "peak_mb": peak, "latency_ms": latencies, "agent_ms": agent_share}
+            "peak_mb": peak, "latency_ms": latencies, "agent_ms": agent_share, "react_ms": reaction,
+            "trace": traced}
 
 
 # ------------------------------------------------------------------ the cache alone
@@ -485,8 +653,8 @@ def cache_child(nodes: int, services: int, slim: bool, pages: int) -> dict[str, 
     base = rss()["VmRSS"]
     cache: dict[str, dict[str, Any]] = {"nodes": {}, "services": {}, "endpointslices": {}}
     converted: dict[str, dict[str, Any]] = {"nodes": {}, "services": {}, "endpointslices": {}}
-    makers = {
-        "nodes": (nodes, lambda i: node_obj(i), objects.node_from_k8s),
+    makers: dict[str, tuple[int, Callable[[int], dict[str, Any]], Callable[[Any], Any]]] = {
+        "nodes": (nodes, node_obj, objects.node_from_k8s),
         "services": (services, lambda i: {**service_obj(i, i % 2 == 0),
                                           "status": {"loadBalancer": {"ingress": [{"ip": vip(i)}]}}},
                      objects.service_from_k8s),
@@ -601,7 +769,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def run_size(nodes: int, services: int, events: int, full_cache: bool, view: str = "groups") -> dict[str, Any]:
+def run_size(nodes: int, services: int, events: int, full_cache: bool, view: str = "groups",
+             trace: bool = False) -> dict[str, Any]:
     from vipcore.testing.apiserver import ApiServer
 
     namespaces = ("default", "kube-system") + tuple(f"ns{i}" for i in range(50))
@@ -612,7 +781,8 @@ def run_size(nodes: int, services: int, events: int, full_cache: bool, view: str
         with tempfile.TemporaryDirectory() as tmp:
             kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
             argv = [sys.executable, __file__, "--child", str(kubeconfig), "--plan", json.dumps(plan),
-                    "--events", str(events)] + (["--full-cache"] if full_cache else [])
+                    "--events", str(events)] + (["--full-cache"] if full_cache else []) + (
+                        ["--trace"] if trace else [])
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
             if proc.returncode != 0:
                 raise SystemExit(f"agent child failed ({proc.returncode}):\n{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}")
@@ -632,7 +802,19 @@ def print_rows(nodes: int, services: int, view: str, full_cache: bool, r: dict[s
         tail = f" {percentile(r['resolve_ms'], 0.95):>11.1f}" if n == 0 else ""
         print(f"{head}  {kind:<7} {len(lat):>3} {statistics.median(lat) if lat else float('nan'):>9.1f} "
               f"{percentile(lat, 0.95):>7.1f} {percentile(share, 0.95):>9.1f} "
+              f"{percentile(r.get('react_ms', {}).get(kind, []), 0.95):>9.1f} "
               f"{percentile(r['cpu_ms'][kind], 0.95):>7.1f}{tail}", flush=True)
+
+
+def print_trace(title: str, traced: dict[str, list[dict[str, float]]]) -> None:
+    """``--trace``: per event kind, the median of each stage (ms, or a count)."""
+    kinds = [k for k in ("slice", "service", "node") if traced.get(k)]
+    if not kinds:
+        return
+    print(f"\nper event, median ({title}): {'':<6}" + "".join(f" {k:>8}" for k in kinds))
+    for stage in traced[kinds[0]][0]:
+        print(f"  {stage:<34}" + "".join(f" {statistics.median(e[stage] for e in traced[k]):>8.2f}"
+                                        for k in kinds))
 
 
 def main() -> int:
@@ -649,20 +831,27 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=200, help="the controller's client-side burst")
     parser.add_argument("--cache", default="",
                         help="NODESxSERVICES sizes: measure the agent's cache alone (no server), slim and whole")
+    parser.add_argument("--trace", action="store_true",
+                        help="also print where each event's agent CPU went (threads, stages; medians)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--cache-child", help=argparse.SUPPRESS)
     parser.add_argument("--controller-child", help=argparse.SUPPRESS)
+    parser.add_argument("--writer-child", help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cache_child:
         nodes, services, slim, pages = (int(x) for x in args.cache_child.split(","))
         print(json.dumps(cache_child(nodes, services, bool(slim), pages)))
         return 0
+    if args.writer_child:
+        writer_child(args.writer_child)
+        return 0
     if args.controller_child:
         print(json.dumps(asyncio.run(controller_child(args.controller_child, args.qps, args.burst))))
         return 0
     if args.child:
-        result = asyncio.run(agent_child(args.child, json.loads(args.plan), args.events, args.full_cache))
+        result = asyncio.run(agent_child(args.child, json.loads(args.plan), args.events, args.full_cache,
+                                         args.trace))
         print(json.dumps(result))
         return 0
     if args.cache:
@@ -679,14 +868,19 @@ def main() -> int:
         if not args.sizes:
             return 0
     print(f"{'nodes':>6} {'services':>8} {'view':>6} {'cache':>5} {'sync s':>7} {'groups':>6} {'base MB':>7} "
-          f"{'RSS MB':>7} {'peak MB':>7}  {'event':<7} {'n':>3} {'median ms':>9} {'p95 ms':>7} {'agent p95':>9} "
+          f"{'RSS MB':>7} {'peak MB':>7}  {'event':<7} {'n':>3} {'median ms':>9} {'p95 ms':>7} {'agent p95':>9} {'react p95':>9} "
           f"{'CPU p95':>7} {'resolve p95':>11}")
     views = ["groups", "full"] if args.view == "both" else args.view.split(",")
+    traces: list[tuple[str, dict[str, list[dict[str, float]]]]] = []
     for size in [s for s in args.sizes.split(",") if s]:
         nodes, services = (int(x) for x in size.split("x"))
         for view in views:
-            r = run_size(nodes, services, args.events, args.full_cache, view)
+            r = run_size(nodes, services, args.events, args.full_cache, view, args.trace)
             print_rows(nodes, services, view, args.full_cache, r)
+            if args.trace:
+                traces.append((f"{nodes}x{services} {view}", r["trace"]))
+    for title, traced in traces:
+        print_trace(title, traced)
     if args.controller:
         c = run_controller(args.controller, qps=args.qps, burst=args.burst)
         total = sum(c["writes"].values())

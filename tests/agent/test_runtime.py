@@ -474,3 +474,38 @@ def test_what_start_up_built_is_frozen_once_the_first_state_is_applied_and_thawe
     finally:
         Scripted.script = {}
         gc.unfreeze()
+
+
+def test_a_pass_that_changes_nothing_schedules_nothing() -> None:
+    """A desired state equal to the last one (a watch event of someone else's group) calls no hook and
+    starts no task: no gather over every group to find that nothing is to be done."""
+
+    async def scenario() -> tuple[int, list[tuple[str, str]]]:
+        desired = state("vcP0", "vcP1", "vcP2")
+        agent = make(StaticSource(desired))
+        await agent.start()
+        assert len(agent.memberships) == 3
+        Scripted.calls.clear()
+        created = 0
+        loop = asyncio.get_running_loop()
+
+        def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            nonlocal created
+            created += 1
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        loop.set_task_factory(counting)
+        try:
+            await agent.apply(desired)
+            quiet = created
+            # A change still reaches its groups.
+            await agent.apply(state("vcP0", "vcP1"))
+        finally:
+            loop.set_task_factory(None)
+        calls = list(Scripted.calls)
+        await agent.stop()
+        return quiet, calls
+
+    quiet, calls = asyncio.run(scenario())
+    assert quiet == 0
+    assert calls == [("leave", "vcP2")]

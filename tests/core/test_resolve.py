@@ -375,7 +375,7 @@ def test_membership_edited_from_the_previous_equals_the_full_computation(
     membership edited equals the one computed from scratch, across the priority step and bottom
     boundaries (groups of 1 to 400 nodes) and with drained members; also past :data:`EDITS` (recomputed)."""
     from vipcore.core.model import Node, VipGroup
-    from vipcore.core.resolve import membership
+    from vipcore.core.resolve import membership, node_changes
 
     universe = [f"n{i:03d}" for i in range(450)]
     nodes = {n: Node(n, (ipaddress.ip_address(f"2001:db8::{i + 1:x}"),),
@@ -397,12 +397,16 @@ def test_membership_edited_from_the_previous_equals_the_full_computation(
     new = group(after)
     assert membership(new, me, nodes, previous=old) == membership(new, me, nodes)
     assert membership(new, me, nodes, previous=old, drained=drained) == membership(new, me, nodes)
+    # The caller that found the members that came and went passes them (the agent's VipGroup view).
+    moved = node_changes(old.group.nodes, new.nodes)
+    assert moved == (before - after, after - before)
+    assert membership(new, me, nodes, previous=old, drained=drained, moved=moved) == membership(new, me, nodes)
 
 
 def test_membership_edited_when_a_drained_member_leaves_and_another_joins() -> None:
     """The drained tail shrinks by the member that left: the ranked part keeps its length."""
     from vipcore.core.model import Node, VipGroup
-    from vipcore.core.resolve import membership
+    from vipcore.core.resolve import membership, node_changes
 
     drain = {"vipcore.io/drain": "true"}
     nodes = {n: Node(n, labels=drain if n in ("d1", "d2") else {}) for n in ("a", "b", "c", "d1", "d2", "e", "f")}
@@ -412,3 +416,5 @@ def test_membership_edited_when_a_drained_member_leaves_and_another_joins() -> N
                   ("a", "c", "d1", "e", "f")):
         new = VipGroup("g2-eth0", "eth0", after, vrid=5, services=("default/a",))
         assert membership(new, "a", nodes, previous=old) == membership(new, "a", nodes)
+        assert membership(new, "a", nodes, previous=old, drained={"d1", "d2"},
+                          moved=node_changes(before.nodes, new.nodes)) == membership(new, "a", nodes)

@@ -190,3 +190,26 @@ def test_merged_kept_incrementally_equals_merge(seed: int) -> None:
         current[index] = new
         if 0 in current:
             assert merged.group(current[0]) == shards.merge(current[0], current.values())
+
+
+def test_merged_builds_its_tuples_again_only_after_a_change() -> None:
+    """A group renamed with nothing counted in or out (a Node flip replaces shard 0 by one holding the
+    same) gets the same VIP and Service tuples: no copy of 25,000 addresses, equal by identity."""
+    vips = tuple(ipaddress.IPv6Address(f"2001:db8::{i:x}") for i in range(1, 9))
+    zero = VipGroup("a-eth0", "eth0", ("n1", "n2"), vrid=3, vips_v6=vips[:4], services=("d/s0",),
+                    shard=Shard("k", 0, 2))
+    other = VipGroup("k-1", "eth0", (), vrid=3, vips_v6=vips[4:], services=("d/s1",), shard=Shard("k", 1, 2))
+    merged = shards.Merged()
+    merged.add(zero)
+    merged.add(other)
+    first = merged.group(zero)
+    renamed = VipGroup("b-eth0", "eth0", ("n1",), vrid=3, vips_v6=vips[:4], services=("d/s0",),
+                       shard=Shard("k", 0, 2))
+    second = merged.group(renamed)
+    assert second.name == "b-eth0" and second.nodes == ("n1",)
+    assert second.vips_v6 is first.vips_v6 and second.services is first.services
+    # Something counted out: the tuples follow.
+    merged.remove(other)
+    third = merged.group(renamed)
+    assert third.vips_v6 == vips[:4] and third.services == ("d/s0",)
+    assert third == shards.merge(renamed, [])

@@ -366,3 +366,60 @@ def test_a_continue_that_expires_mid_list_restarts_the_list(server: ApiServer) -
         assert src.connection().errors == 0  # restarted at once, not backed off as a failure
     finally:
         src.stop()
+
+
+# ------------------------------------------------------------------ Wakeup: one wake-up per burst
+
+
+def test_a_burst_of_wakeups_from_a_thread_wakes_the_loop_once() -> None:
+    """A watch thread delivering many events while the loop is busy sends one wake-up, not one each."""
+    from vipcore.kube import Wakeup
+
+    async def main() -> tuple[int, bool]:
+        wake = Wakeup()
+        wake.bind()
+        def burst() -> None:
+            for _ in range(100):
+                wake.set()
+
+        thread = threading.Thread(target=burst)
+        thread.start()
+        thread.join()  # the loop is blocked here: none of the wake-ups has arrived yet
+        woken = await wake.wait(1.0)
+        return wake.crossed, woken
+
+    crossed, woken = asyncio.run(main())
+    assert woken
+    assert crossed == 1
+
+
+def test_a_wakeup_after_the_waiter_cleared_is_not_lost() -> None:
+    """Each burst after the waiter took the last one wakes it again; a set left unread wakes nothing more."""
+    from vipcore.kube import Wakeup
+
+    async def main() -> tuple[int, int]:
+        wake = Wakeup()
+        wake.bind()
+        passes = 0
+        for _ in range(3):
+            thread = threading.Thread(target=wake.set)
+            thread.start()
+            assert await wake.wait(2.0)
+            wake.clear()
+            passes += 1
+            thread.join()
+        # Nobody clears it now (a Wakeup nobody waits for): later sets cross to the loop no more.
+        threading.Thread(target=wake.set).start()
+        await asyncio.sleep(0.05)
+        before = wake.crossed
+        threads = [threading.Thread(target=wake.set) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        await asyncio.sleep(0.01)
+        return passes, wake.crossed - before
+
+    passes, crossed_after = asyncio.run(main())
+    assert passes == 3
+    assert crossed_after == 0

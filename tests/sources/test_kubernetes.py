@@ -73,6 +73,9 @@ class PreferredHolder:
 
     @hookimpl
     async def vipcore_group_update(self, old: Membership, new: Membership) -> None:
+        if old.name != new.name:  # renamed: the backend holds the new name only (its state reported anew)
+            for family in old.group.families:
+                self.states.pop((old.name, family), None)
         self._decide(new)
 
     @hookimpl

@@ -434,7 +434,10 @@ class Agent:
         # update; each group on its own, concurrently: one slow group does not delay the others.
         leaving = sorted(set(current) - set(desired))
         await _concurrently(self._reconcile(name) for name in leaving)
-        changed = sorted(name for name in desired if current.get(name) != desired[name])
+        # The view hands on the same Membership object while a group is unchanged: compared by identity
+        # first (a value comparison walks a big group's VIPs).
+        changed = sorted(name for name in desired if (old := current.get(name)) is not desired[name]
+                         and old != desired[name])
         await _concurrently(self._reconcile(name) for name in changed)
         for name in sorted(set(self.failed) - set(desired) - set(self.memberships)):
             self._forget_failure(name)  # gone from the desired state and not held: nothing to retry
@@ -443,7 +446,12 @@ class Agent:
         """Release this node's groups while it is drained; take them back after."""
         self.drained = drained
         self.released &= set(self.memberships)
-        await _concurrently(self._reconcile_release(name) for name in sorted(self.memberships))
+        # Only the groups whose release must change: a pass that changes nothing schedules nothing.
+        await _concurrently(self._reconcile_release(name) for name in sorted(self.memberships)
+                            if drained != (name in self.released))
+        # Still one yield to the loop per pass, as the gather over every group gave: a watch loop whose
+        # wake-up is set again already does not run pass after pass before anything else.
+        await asyncio.sleep(0)
 
     # -- one group: guard, failure, retry ------------------------------------
 
@@ -542,7 +550,10 @@ class Agent:
 
 
 async def _concurrently(calls: Iterable[Awaitable[bool]]) -> None:
-    await asyncio.gather(*calls)
+    """Await every call, concurrently; none costs nothing (no gather, no pass of the loop)."""
+    pending = list(calls)
+    if pending:
+        await asyncio.gather(*pending)
 
 
 def _short(group: str) -> str:

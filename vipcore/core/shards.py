@@ -174,9 +174,15 @@ class Merged:
         self._values: dict[int, list[int]] = {4: [], 6: []}
         self._addresses: dict[int, list[IPAddress]] = {4: [], 6: []}
         self._services: list[str] = []
+        #: The merged VIPs (per family) and Services as tuples, until something is counted in or out: a
+        #: group renamed by a Node flip (its shard 0 replaced by one holding the same) is built anew
+        #: around the same tuples, not 25,000 addresses copied, and compares equal by identity.
+        self._tuples: tuple[tuple[IPAddress, ...], tuple[IPAddress, ...], tuple[str, ...]] | None = None
 
     def add(self, part: VipGroup, sign: int = 1) -> None:
         """Count ``part``'s VIPs and Services in (``sign`` 1) or out (-1)."""
+        if part.vips_v4 or part.vips_v6 or part.services:
+            self._tuples = None
         for family, vips in ((4, part.vips_v4), (6, part.vips_v6)):
             values, addresses, holders = self._values[family], self._addresses[family], self._holders[family]
             for ip in vips:
@@ -212,7 +218,9 @@ class Merged:
 
     def group(self, zero: VipGroup) -> VipGroup:
         """The merged group, named and placed by ``zero`` (counted in like the other shards)."""
+        if self._tuples is None:
+            self._tuples = (tuple(self._addresses[4]), tuple(self._addresses[6]), tuple(self._services))
+        v4, v6, services = self._tuples
         return VipGroup(name=zero.name, interface=zero.interface, nodes=zero.nodes, vrid=zero.vrid,
-                        vips_v4=tuple(self._addresses[4]),  # type: ignore[arg-type]  # by family
-                        vips_v6=tuple(self._addresses[6]),  # type: ignore[arg-type]
-                        services=tuple(self._services))
+                        vips_v4=v4, vips_v6=v6,  # type: ignore[arg-type]  # by family
+                        services=services)

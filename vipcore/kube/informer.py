@@ -829,16 +829,25 @@ class Wakeup:
 
     :meth:`bind` (on the loop) before use; :meth:`set` may be called from any
     thread, also before binding or after the loop closed (then it does nothing).
+    A :meth:`set` from another thread while the waiter is already awake (not yet
+    cleared), or while an earlier wake-up is still on its way, costs nothing: a
+    watch thread delivering a burst of events wakes the loop once, not once per
+    event, and a wake-up nobody waits for (left set) wakes nothing again.
     """
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
+        #: A wake-up from another thread is on its way to the loop.
+        self._scheduled = False
+        #: Wake-ups sent to the loop from other threads (each one is a pass of the loop).
+        self.crossed = 0
 
     def bind(self) -> None:
         """Attach to the running loop (RuntimeError if none runs)."""
         self._loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
+        self._scheduled = False
 
     @property
     def bound(self) -> bool:
@@ -852,8 +861,21 @@ class Wakeup:
         if _on_loop(loop):
             event.set()
             return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(event.set)
+        # The caller changed what the waiter reads before calling: a waiter still awake reads it after
+        # its clear(), and a wake-up on its way wakes it after this change. Either way none is needed.
+        if event.is_set() or self._scheduled:
+            return
+        self._scheduled = True
+        self.crossed += 1
+        try:
+            loop.call_soon_threadsafe(self._arrive)
+        except RuntimeError:  # the loop closed meanwhile
+            self._scheduled = False
+
+    def _arrive(self) -> None:
+        self._scheduled = False  # before set(): a set() from now on must send its own wake-up
+        if self._event is not None:
+            self._event.set()
 
     def set_after(self, delay: float) -> None:
         """Wake the waiter ``delay`` seconds from now (thread-safe; nothing once the loop closed)."""
@@ -890,6 +912,9 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     event is set can be lost there, leaving the task running after cancel().
     """
     if event.is_set():
+        return True
+    if timeout is None:  # no wait_for, no race: the plain wait (no task, no timer per wake-up)
+        await event.wait()
         return True
     waiter = asyncio.ensure_future(event.wait())
     try:

@@ -34,7 +34,7 @@ import attrs
 from vipcore.core import objects
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import Family, GroupState, IPAddress, Membership, Node, Pool, VipGroup
-from vipcore.core.resolve import membership
+from vipcore.core.resolve import membership, node_changes
 from vipcore.core.shards import Merged, complete
 
 log = logging.getLogger("vipcore.sources.vipgroups")
@@ -86,6 +86,9 @@ class GroupView:
         #: Unit (a whole group's name, or a shard set's key) -> its objects' names. Groups, memberships
         #: and what is dirty are kept by unit: a renamed sharded group stays one unit.
         self._parts: dict[str, set[str]] = {}
+        #: Unit -> its objects that are a shard 0 or a whole group (one, or two while a rename is
+        #: written): the newest is found among these, not by walking a set of 256 shards.
+        self._zeros: dict[str, set[str]] = {}
         #: Unit -> the shard 0 (or whole group) object its group is named and placed by: the newest.
         self._zero: dict[str, str] = {}
         #: Sharded units: their merged VIPs and Services, and the objects counted in them.
@@ -177,6 +180,10 @@ class GroupView:
             self._held += sum(map(len, texts)) - sum(map(len, self._texts.get(key, ())))
             self._texts[key] = texts
             self._parts.setdefault(unit, set()).add(key)
+            if _is_zero(group):
+                self._zeros.setdefault(unit, set()).add(key)
+            elif key in self._zeros.get(unit, ()):  # (a key names one shard: never, in practice)
+                self._unzero(unit, key)
         old = self._groups.get(unit)
         chosen = self._zero.get(unit)
         if (_is_zero(group or before) and chosen is not None and chosen != key  # type: ignore[arg-type]
@@ -201,6 +208,14 @@ class GroupView:
             parts.discard(key)
             if not parts:
                 del self._parts[name]
+        self._unzero(name, key)
+
+    def _unzero(self, unit: str, key: str) -> None:
+        zeros = self._zeros.get(unit)
+        if zeros is not None:
+            zeros.discard(key)
+            if not zeros:
+                del self._zeros[unit]
 
     def _node_changed(self, etype: str, key: str, obj: Obj) -> None:
         if etype == "DELETED":
@@ -307,7 +322,7 @@ class GroupView:
 
     def _zero_of(self, unit: str) -> str | None:
         """The newest shard 0 (or whole group) object of ``unit``."""
-        zeros = [k for k in self._parts.get(unit, ()) if _is_zero(self._objects[k])]
+        zeros = self._zeros.get(unit)
         return max(zeros, key=lambda k: (self._versions.get(k, 0), k)) if zeros else None
 
     def _complete(self, unit: str) -> bool:
@@ -326,12 +341,11 @@ class GroupView:
                 and group.placement_key == old.group.placement_key):
             # Only the VipGroup changed (a Node flip renames the group): no member's Node did, so the
             # last membership is edited for the members that came and went, and so is ``_member_of``.
+            removed, added = moved = node_changes(old.group.nodes, group.nodes)
             self._memberships[name] = membership(group, self.node, self._nodes, previous=old,
-                                                 drained=self._drained)
-            before = set(old.group.nodes)
-            changed = before.symmetric_difference(group.nodes)
-            self._unmember(name, changed & before)
-            for member in changed - before:
+                                                 drained=self._drained, moved=moved)
+            self._unmember(name, removed)
+            for member in added:
                 self._member_of.setdefault(member, set()).add(name)
             return
         self._memberships.pop(name, None)
