@@ -726,43 +726,23 @@ class TestBatches:
         run(go())
 
 
-@pytest.fixture
-def duo_now() -> Iterator[Duo]:
-    """A :class:`Duo` under its own prefix (``vcM5``)."""
-    tag = uuid.uuid4().hex[:6]
-    made = Duo(f"vcM5{tag}a", f"vcM5{tag}a", f"vcM5{tag}d", f"vcM5{tag}b", f"vcM5{tag}b")
-    created: list[str] = []
-    try:
-        for ns in (made.ns, made.peer_ns):
-            ip("netns", "add", ns)
-            created.append(ns)
-        ip("-n", made.ns, "link", "add", made.link, "type", "veth", "peer", "name", made.peer_link,
-           "netns", made.peer_ns)
-        for ns, link in ((made.ns, made.link), (made.peer_ns, made.peer_link)):
-            ip("-n", ns, "link", "set", link, "up")
-        yield made
-    finally:
-        for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-
-
 @pytest.mark.lab
 @pytest.mark.skipif(_lab_reason() is not None, reason=_lab_reason() or "")
-def test_an_add_is_queued_when_asked_not_when_awaited(duo_now: Duo) -> None:
+def test_an_add_is_queued_when_asked_not_when_awaited(duo: Duo) -> None:
     """A node dying hands its groups to a survivor in one pass of the loop: each router asks for its
     VIPs in that pass, and the batch must go out in the next one — not after each router's own task
     has started (a loop pass more, in which received adverts and timers ran first: 1.5-9 ms in the lab)."""
     async def go() -> None:
-        async with AddressHolder(netns=duo_now.ns) as holder:
-            await holder.add(duo_now.link, [V4_VIP])  # reads the link once
+        async with AddressHolder(netns=duo.ns) as holder:
+            await holder.add(duo.link, [V4_VIP])  # reads the link once
             before = holder.netlink.batches
-            first = holder.add(duo_now.link, [V6_VIP])  # asked now, awaited later (by another task)
-            second = holder.add(duo_now.link, [ipaddress.IPv4Address("198.51.100.201")])
+            first = holder.add(duo.link, [V6_VIP])  # asked now, awaited later (by another task)
+            second = holder.add(duo.link, [ipaddress.IPv4Address("198.51.100.201")])
             assert await first == (V6_VIP,)
             assert await second == (ipaddress.IPv4Address("198.51.100.201"),)
             assert holder.netlink.batches - before == 1
             # Unknown interfaces, nothing to add and errors behave as before.
-            assert await holder.add(duo_now.link, []) == ()
+            assert await holder.add(duo.link, []) == ()
             with pytest.raises(InterfaceNotFoundError):
                 await holder.add("vcM5nothere", [V4_VIP])
 
@@ -771,7 +751,7 @@ def test_an_add_is_queued_when_asked_not_when_awaited(duo_now: Duo) -> None:
 
 @pytest.mark.lab
 @pytest.mark.skipif(_lab_reason() is not None, reason=_lab_reason() or "")
-def test_a_takeover_batch_is_in_the_kernel_before_a_packet_queued_in_the_same_pass(duo_now: Duo) -> None:
+def test_a_takeover_batch_is_in_the_kernel_before_a_packet_queued_in_the_same_pass(duo: Duo) -> None:
     """The pass that takes a dead node's groups ends by sending their VIPs (:meth:`AddressHolder.send_queued`):
     a packet read in that same loop pass, handled after it, finds them in the kernel already (before, the
     batch went out in the next pass, after every received advert: 7-10 ms in 2 of 6 traced takeovers). The
@@ -780,19 +760,19 @@ def test_a_takeover_batch_is_in_the_kernel_before_a_packet_queued_in_the_same_pa
     seen: list[set[object]] = []
 
     async def go() -> None:
-        async with AddressHolder(netns=duo_now.ns) as holder:
-            await holder.add(duo_now.link, [V4_VIP])  # reads the link once
+        async with AddressHolder(netns=duo.ns) as holder:
+            await holder.add(duo.link, [V4_VIP])  # reads the link once
             before = holder.netlink.batches
             loop = asyncio.get_running_loop()
             asked: list[Awaitable[tuple[object, ...]]] = []
 
             def takeover() -> None:
-                asked.append(holder.add(duo_now.link, [V6_VIP]))
-                asked.append(holder.add(duo_now.link, [extra]))
+                asked.append(holder.add(duo.link, [V6_VIP]))
+                asked.append(holder.add(duo.link, [extra]))
                 assert holder.send_queued()
 
             def packet() -> None:  # already in the loop's ready queue behind the takeover, as a read advert is
-                seen.append(set(host_addresses(duo_now.ns, duo_now.link)))
+                seen.append(set(host_addresses(duo.ns, duo.link)))
 
             loop.call_soon(takeover)
             loop.call_soon(packet)
@@ -805,13 +785,13 @@ def test_a_takeover_batch_is_in_the_kernel_before_a_packet_queued_in_the_same_pa
             # Nothing queued, or the channel in use: nothing sent now, the flusher does it as before.
             assert not holder.send_queued()
             async with holder._channel_lock:
-                late = holder.add(duo_now.link, [ipaddress.IPv4Address("198.51.100.203")])
+                late = holder.add(duo.link, [ipaddress.IPv4Address("198.51.100.203")])
                 assert not holder.send_queued()
             assert await late == (ipaddress.IPv4Address("198.51.100.203"),)
             assert holder.netlink.early == 1
             # Each caller its own result: one VIP already there (not counted), the other added.
-            again = holder.add(duo_now.link, [V6_VIP])
-            ok = holder.add(duo_now.link, [ipaddress.IPv4Address("198.51.100.204")])
+            again = holder.add(duo.link, [V6_VIP])
+            ok = holder.add(duo.link, [ipaddress.IPv4Address("198.51.100.204")])
             assert holder.send_queued()
             assert await again == ()
             assert await ok == (ipaddress.IPv4Address("198.51.100.204"),)
@@ -821,11 +801,11 @@ def test_a_takeover_batch_is_in_the_kernel_before_a_packet_queued_in_the_same_pa
 
 @pytest.mark.lab
 @pytest.mark.skipif(_lab_reason() is not None, reason=_lab_reason() or "")
-def test_a_change_sent_now_is_answered_when_the_holder_closes_before_its_replies_are_read(duo_now: Duo) -> None:
+def test_a_change_sent_now_is_answered_when_the_holder_closes_before_its_replies_are_read(duo: Duo) -> None:
     async def go() -> None:
-        holder = AddressHolder(netns=duo_now.ns)
-        await holder.add(duo_now.link, [V4_VIP])
-        pending = holder.add(duo_now.link, [V6_VIP])
+        holder = AddressHolder(netns=duo.ns)
+        await holder.add(duo.link, [V4_VIP])
+        pending = holder.add(duo.link, [V6_VIP])
         assert holder.send_queued()
         await holder.close()
         with pytest.raises(AddressError, match="closed before the change was confirmed"):

@@ -154,19 +154,13 @@ def parse_addresses(data: bytes, index: int | None = None) -> list[Address]:
         if index is not None and owner != index:
             continue
         local = address = b""
-        attr = body + IFADDR.size
-        end = offset + length
-        while attr + RTATTR.size <= end:
-            attr_length, attr_type = RTATTR.unpack_from(data, attr)
-            if attr_length < RTATTR.size:
-                break
+        for attr_type, start, stop in attributes(data, body + IFADDR.size, offset + length):
             if attr_type == IFA_LOCAL:
-                local = data[attr + RTATTR.size: attr + attr_length]
+                local = data[start:stop]
             elif attr_type == IFA_ADDRESS:
-                address = data[attr + RTATTR.size: attr + attr_length]
-            elif attr_type == IFA_FLAGS and attr_length >= RTATTR.size + 4:
-                (flags,) = struct.unpack_from("=I", data, attr + RTATTR.size)
-            attr += _align(attr_length)
+                address = data[start:stop]
+            elif attr_type == IFA_FLAGS and stop - start >= 4:
+                (flags,) = struct.unpack_from("=I", data, start)
         found.append(Address(family=family, prefixlen=prefixlen, index=owner, address=bytes(local or address),
                              flags=flags))
     return found
@@ -187,19 +181,23 @@ def parse_link(data: bytes, offset: int, length: int) -> Link:
     body = offset + NLMSG_HEADER.size
     _, _, index, flags, _ = IFINFO.unpack_from(data, body)
     name, mac = "", b""
-    attr = body + IFINFO.size
-    end = offset + length
-    while attr + RTATTR.size <= end:
-        attr_length, attr_type = RTATTR.unpack_from(data, attr)
-        if attr_length < RTATTR.size:
-            break
-        payload = data[attr + RTATTR.size: attr + attr_length]
+    for attr_type, start, stop in attributes(data, body + IFINFO.size, offset + length):
         if attr_type == IFLA_IFNAME:
-            name = payload.split(b"\0", 1)[0].decode(errors="replace")
+            name = data[start:stop].split(b"\0", 1)[0].decode(errors="replace")
         elif attr_type == IFLA_ADDRESS:
-            mac = bytes(payload)
-        attr += _align(attr_length)
+            mac = bytes(data[start:stop])
     return Link(name=name, index=index, flags=flags, mac=mac)
+
+
+def attributes(data: bytes, offset: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """``(type, payload start, payload end)`` of each route attribute between ``offset`` and ``end``
+    (a malformed length ends the walk: the message is read as far as it is sound)."""
+    while offset + RTATTR.size <= end:
+        attr_length, attr_type = RTATTR.unpack_from(data, offset)
+        if attr_length < RTATTR.size or offset + attr_length > end:
+            return
+        yield attr_type, offset + RTATTR.size, offset + attr_length
+        offset += _align(attr_length)
 
 
 def messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
