@@ -271,19 +271,6 @@ def test_a_repeated_packet_is_not_decoded_again_and_changes_only_the_timer(monke
     assert wire.a.receive(data, 255, 11.04) == [] and wire.a.state is SessionState.DOWN  # no stale fast path
 
 
-def test_a_repeat_after_a_change_of_rx_restarts_detection_with_the_new_detection_time() -> None:
-    """The repeat fast path keeps the detection time of the packet it remembers; a change of our Required
-    Min RX changes the detection time, so the same bytes are no longer a plain repeat."""
-    wire = up_pair()
-    data = periodic(wire.b)
-    wire.a.receive(data, 255, 11.0)
-    assert wire.a.receive(data, 255, 11.01) == []  # remembered: a plain repeat now
-    wire.a.set_required_min_rx(SLOW_RX, 11.015)  # higher: counts at once
-    assert wire.a.detection_time == pytest.approx(4 * SLOW_RX)
-    wire.a.receive(data, 255, 11.02)
-    assert wire.a._detect_at == pytest.approx(11.02 + 4 * SLOW_RX)
-
-
 def test_the_periodic_packet_is_encoded_once_per_change() -> None:
     wire = up_pair()
     first, second = periodic(wire.a), periodic(wire.a)

@@ -9,8 +9,7 @@ The agent sends ``op`` frames, the worker sends ``ev`` frames:
 * worker -> agent: ``{"ev": "ready", ...}`` once, ``{"ev": "change", "peer", "old", "new", "diag", "heard"}``
   per session state change (``heard``: ``time.monotonic()`` of the last packet from the peer, or
   null), ``{"ev": "stats", ...}`` periodically (counters and the sessions, for
-  metrics and ``vipcore status``; at each stats interval when more than the counters
-  changed, else every ten intervals), ``{"ev": "log", "level", "message"}``, and ``{"ev": "closed"}``
+  metrics and ``vipcore status``), ``{"ev": "log", "level", "message"}``, and ``{"ev": "closed"}``
   after a graceful close has sent every AdminDown.
 
 A frame that is not a JSON object with the expected key, or is too long, is

@@ -108,16 +108,12 @@ class Session:
     flaps: int = 0
     received: int = 0
     sent: int = 0
-    #: The interval the next periodic packet was scheduled with (seconds; 0 before the first): a plain
-    #: attribute for a caller that looks at it every wake-up (``tx_interval`` computes the current one).
-    scheduled_interval: float = 0.0
     _tx_at: float | None = None
     #: The earliest a periodic packet may go out: 75 % of the interval after the last one (RFC 5880 6.8.7).
     _tx_floor: float = 0.0
     #: The last packet accepted while Up that left us Up, without Poll or Final: an identical one that
     #: follows changes nothing but the detection timer, so it is not decoded again.
     _repeat: bytes | None = None
-    _repeat_detection: float = 0.0
     #: The fields of the last periodic packet sent and its bytes: resent while nothing in it changed.
     _tx_key: tuple[float, ...] | None = None
     _tx_bytes: bytes = b""
@@ -192,12 +188,11 @@ class Session:
         """
         if ttl != TTL:
             return [Dropped("ttl")]
-        heard = arrived if arrived is not None and arrived < now else now
+        heard = now if arrived is None else min(arrived, now)
         if data == self._repeat and self.state is SessionState.UP:
-            # Same bytes as the last accepted packet, which changed nothing: only the timer moves, by the
-            # detection time of that packet (nothing that changes it keeps ``_repeat``).
+            # Same bytes as the last accepted packet, which changed nothing: only the timer moves.
             self.received += 1
-            self._detect_at = heard + self._repeat_detection
+            self._detect_at = heard + self.detection_time
             return []
         self._repeat = None
         try:
@@ -246,7 +241,6 @@ class Session:
                 actions += self._transmit(now)
         elif not actions and self.state is SessionState.UP and not data[1] & POLL_OR_FINAL:
             self._repeat = bytes(data)
-            self._repeat_detection = self.detection_time
         return actions
 
     def handle_timer(self, now: float, early: float = 0.0) -> list[Action]:
@@ -256,17 +250,14 @@ class Session:
         caller with many sessions sends several per wake-up; never before 75 % of the
         interval since the previous one, the lower bound of RFC 5880 6.8.7's jitter.
         """
-        tx = self._tx_at
-        due = tx is not None and (now >= tx or (now >= tx - early and now >= self._tx_floor))
-        if self._detect_at is None or now < self._detect_at:
-            # The common case, called ~100 times a second per session: the periodic packet or nothing.
-            return self._transmit(now) if due else []
-        self._detect_at = None
         actions: list[Action] = []
-        if self.state in (SessionState.INIT, SessionState.UP):
-            self.remote_discriminator = 0
-            actions += self._change(SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED, now)
-        if due:
+        if self._detect_at is not None and now >= self._detect_at:
+            self._detect_at = None
+            if self.state in (SessionState.INIT, SessionState.UP):
+                self.remote_discriminator = 0
+                actions += self._change(SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED, now)
+        tx = self._tx_at
+        if tx is not None and (now >= tx or (now >= tx - early and now >= self._tx_floor)):
             actions += self._transmit(now)
         return actions
 
@@ -301,7 +292,6 @@ class Session:
             return []
         before = self.detection_time
         self._required_min_rx = seconds
-        self._repeat = None  # the detection time changes: the next packet is decoded again
         if self.state is SessionState.UP:
             # Lower: the old value until the Final. Higher (or a Poll for a lower one still running): at once.
             self._detect_rx = max(self._detect_rx, seconds)
@@ -356,7 +346,7 @@ class Session:
             return [send]
         # RFC 5880 6.8.7: each interval is 75..100% of the negotiated one (75..90% with Detect Mult 1).
         top = 0.9 if self.config.detect_mult == 1 else 1.0
-        interval = self.scheduled_interval = self.tx_interval
+        interval = self.tx_interval
         self._tx_at = now + interval * (0.75 + (top - 0.75) * self.rng())
         self._tx_floor = now + interval * 0.75
         return [send]

@@ -63,18 +63,9 @@ _CLOSE_BOUND = 1.0
 #: Stats frames are skipped while this much output waits for a busy agent (changes never are).
 _STATS_BACKLOG = 64 * 1024
 EXIT_PARENT_GONE = 3
-#: A stats frame whose content but the counters is unchanged is sent every this many stats intervals.
-_STATS_QUIET = 10
-#: The resident size in stats frames is read again at most this often (it moves slowly; /proc costs syscalls).
-_RSS_EVERY = 10.0
 #: Periodic packets due within this long of a wake-up go out in it (never before 75 % of their
 #: interval, RFC 5880 6.8.7): sessions share wake-ups instead of each waking the process alone.
 ALIGN = 0.002
-#: A session sent slowly (an interval of at least SLOW_FROM: a relaxed peer, a member never Up) may go out
-#: up to SLOW_ALIGN early, riding a wake-up of the fast sessions (~every 9 ms) instead of waking the process
-#: once a second per session; an interval of 1 s shrinks by at most 2 %, far inside RFC 5880's 75-100 %.
-SLOW_ALIGN = 0.02
-SLOW_FROM = 0.5
 
 
 class Worker:
@@ -110,26 +101,20 @@ class Worker:
         #: and the destination tuple for sendto. Rebuilt by set_peers.
         self._sources: dict[str, tuple[Address, Session, tuple[str, int]]] = {}
         self._dest: dict[Address, tuple[str, int]] = {}
-        #: The sessions as tuples for the loop (rebuilt by _reindex), with their peers.
+        #: The sessions as tuples for the loop (rebuilt by _reindex): with their peers, and every timed one.
         self._active: tuple[tuple[Address, Session, tuple[str, int]], ...] = ()
+        self._timed: tuple[Session, ...] = ()
         #: Peers asked for the slow rate (RFC 5880 Required Min RX = ``config.relaxed_min_rx``).
         self.relaxed: frozenset[Address] = frozenset()
         #: Longest a packet waits unread (a Poll, a handshake): while the next timer is further, a packet
         #: wakes the worker; one fast detection time (50 ms by default).
         self.reply_within = config.desired_min_tx * config.detect_mult
         self.realtime = False
-        self._rss, self._rss_next = 0, float("-inf")
-        #: The last stats frame's :meth:`_summary`, and when a frame is due even if nothing in it changed.
-        self._stats_summary: tuple[object, ...] = ()
-        self._stats_due = float("-inf")
         self.reader = FrameReader("op")
         self._out = bytearray()
         self._closing_until: float | None = None
         for sock in (control, recv, send):
             sock.setblocking(False)
-        #: The packet socket alone, asked without waiting whether a packet is queued (see run).
-        self._readable = select.epoll()
-        self._readable.register(recv.fileno(), select.EPOLLIN)
         with contextlib.suppress(OSError):  # diagnostics only: without it, silences include our own lateness
             recv.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
 
@@ -137,37 +122,32 @@ class Worker:
 
     def run(self) -> int:
         """Serve until the agent closes the channel (or says ``close``); the exit status."""
-        clock = self.clock
-        control_fd, recv_fd = self.control.fileno(), self.recv.fileno()
+        clock, retiring = self.clock, self.retiring
+        control, control_fd = self.control, self.control.fileno()
         # Registered once: one epoll with the control socket only, one with the packet socket too;
-        # each wake-up picks one (no per-call fd lists, no epoll_ctl per wake-up). ``readable`` holds
-        # the packet socket alone: asked without waiting whether a packet is queued, which costs
-        # a system call and no exception (an empty read raises BlockingIOError: an exception and
-        # its strerror text per wake-up, issue 14).
-        quiet, prompt, readable = select.epoll(), select.epoll(), self._readable
-        epolls = (quiet, prompt)
-        for ep in epolls:
-            ep.register(control_fd, select.EPOLLIN)
-        prompt.register(recv_fd, select.EPOLLIN)
+        # each wake-up picks one (no per-call fd lists, no epoll_ctl per wake-up).
+        quiet, prompt = select.epoll(), select.epoll()
+        quiet.register(control_fd, select.EPOLLIN)
+        prompt.register(control_fd, select.EPOLLIN)
+        prompt.register(self.recv.fileno(), select.EPOLLIN)
         reply_within = self.reply_within
-        writing = False  # the control socket is registered for EPOLLOUT too (output waits for the agent)
-        now = clock()
-        next_stats = now
-        due = now
+        next_stats = clock()
         try:
             while True:
+                now = clock()
                 if now >= next_stats:
                     self.emit_stats()
                     next_stats = now + self.stats_interval
-                if self._closing_until is not None and (not self.retiring or now >= self._closing_until):
+                if self._closing_until is not None and (not retiring or now >= self._closing_until):
                     self.emit({"ev": "closed"})
                     self._flush(block_for=0.2)
                     return 0
-                if bool(self._out) is not writing:
-                    writing = not writing
-                    for ep in epolls:
-                        ep.modify(control_fd, select.EPOLLIN | select.EPOLLOUT if writing else select.EPOLLIN)
-                wait = (due if due < next_stats else next_stats) - now
+                due = next_stats
+                for session in self._timed:
+                    timer = session.next_timer()
+                    if timer is not None and timer < due:
+                        due = timer
+                wait = due - now
                 if wait < 0.0:
                     wait = 0.0
                 elif wait > _MAX_WAIT:
@@ -177,71 +157,40 @@ class Worker:
                 # packet that arrived before a detection deadline is missed, and a Poll or a handshake packet
                 # waits at most ``reply_within``. Sessions received at the fast rate keep a detection timer
                 # within it: their packets never wake us one by one.
-                try:
-                    events = (prompt if wait > reply_within else quiet).poll(wait)
-                except InterruptedError:
-                    now = clock()
-                    continue
-                # The timers run at this time: every packet that arrived before it is queued now, and is
-                # read below (readable.poll) before any detection timer may expire.
-                now = clock()
-                self.wakeups += 1
-                packets = False
-                for fd, mask in events:
-                    if fd != control_fd:
-                        packets = True
-                        continue
-                    if mask & select.EPOLLOUT and not self._flush():
+                if self._out:
+                    readable, writable, _ = select.select([self.recv, control] if wait > reply_within else [control],
+                                                          [control], [], wait)
+                    ready_control = control in readable
+                    if control in writable and not self._flush():
                         return EXIT_PARENT_GONE
-                    if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and not self._read_control():
-                        return EXIT_PARENT_GONE  # EOF: the agent is gone or dropped us; nothing to say to anyone
-                if now >= due and now - due > self.wake_late_max:
-                    self.wake_late_max = now - due
-                # Read the socket even when nothing flagged it (the wait above may not have watched it, or a
-                # packet came after it returned): a packet that arrived before ``now`` counts before a
-                # detection timer is allowed to expire.
-                if packets or readable.poll(0):
-                    self._receive_all()
-                due = self._fire(now)
-                now = clock()
+                else:
+                    try:
+                        events = (prompt if wait > reply_within else quiet).poll(wait)
+                    except InterruptedError:
+                        continue
+                    ready_control = any(fd == control_fd for fd, _ in events)
+                self.wakeups += 1
+                if ready_control and not self._read_control():
+                    return EXIT_PARENT_GONE  # EOF: the agent is gone or dropped us; nothing to say to anyone
+                woke = clock()
+                if woke >= due and woke - due > self.wake_late_max:
+                    self.wake_late_max = woke - due
+                # Read the socket even when nothing flagged it: a packet that arrived after the wait
+                # returned must count before a detection timer is allowed to expire.
+                self._receive_all()
+                self._fire(clock())
         finally:
             quiet.close()
             prompt.close()
-            readable.close()
 
-    def _fire(self, now: float) -> float:
-        """Carry out the timers due at ``now`` (periodic packets due within ALIGN too, those of sessions sent
-        slowly within SLOW_ALIGN); the next timer.
-
-        One pass over the sessions: the loop waits until the time returned (or a control frame,
-        or a packet while that is further than ``reply_within``).
-        """
-        soon, late = now + ALIGN, now + SLOW_ALIGN
-        due = now + _MAX_WAIT
-        sendto = self.send.sendto
+    def _fire(self, now: float) -> None:
+        soon = now + ALIGN
         for peer, session, dest in self._active:  # a tuple: a change of peers while carrying out rebuilds it
             timer = session.next_timer()
-            if timer is not None and timer <= late:
-                if timer <= soon:
-                    early = ALIGN
-                elif session.scheduled_interval >= SLOW_FROM:
-                    early = SLOW_ALIGN
-                else:
-                    if timer < due:
-                        due = timer
-                    continue
-                actions = session.handle_timer(now, early)
-                if len(actions) == 1 and type(actions[0]) is Send:
-                    # The periodic packet, nearly every call: sent here, not through _carry_out's dispatch.
-                    try:
-                        sendto(actions[0].data, dest)
-                    except OSError:
-                        self.send_errors += 1
-                elif actions:
+            if timer is not None and timer <= soon:
+                actions = session.handle_timer(now, ALIGN)
+                if actions:
                     self._carry_out(peer, actions, dest=dest)
-                timer = session.next_timer()
-            if timer is not None and timer < due:
-                due = timer
         if self.retiring:
             for peer, session in list(self.retiring.items()):
                 timer = session.next_timer()
@@ -250,11 +199,6 @@ class Worker:
                 if session.retired:
                     del self.retiring[peer]
                     self._reindex()
-                    continue
-                timer = session.next_timer()
-                if timer is not None and timer < due:
-                    due = timer
-        return due
 
     # -- control ------------------------------------------------------------------------
 
@@ -329,6 +273,7 @@ class Worker:
         self._dest = {peer: self._dest.get(peer) or (str(peer), PORT) for peer in (*self.sessions, *self.retiring)}
         self._active = tuple((peer, session, self._dest[peer]) for peer, session in self.sessions.items())
         self._sources = {dest[0]: (peer, session, dest) for peer, session, dest in self._active}
+        self._timed = (*self.sessions.values(), *self.retiring.values())
 
     def close(self, *, graceful: bool) -> None:
         if self._closing_until is not None:
@@ -351,25 +296,10 @@ class Worker:
         self._flush()
 
     def emit_stats(self) -> None:
-        """A stats frame, at each stats interval when anything but the counters changed since the last one,
-        otherwise every ``_STATS_QUIET`` intervals (a frame of 8 sessions costs ~0.1 ms here and ~0.16 ms of
-        the agent's loop to read; the counters only feed metrics and ``vipcore status``)."""
-        now = self.clock()
-        summary = self._summary()
-        if summary == self._stats_summary and now < self._stats_due:
-            return
         if len(self._out) > _STATS_BACKLOG:
             self.stats_skipped += 1  # the agent is not reading; the next stats frame says it all
             return
-        self._stats_summary, self._stats_due = summary, now + _STATS_QUIET * self.stats_interval
         self.emit({"ev": "stats", **self.stats()})
-
-    def _summary(self) -> tuple[object, ...]:
-        """What a stats frame says apart from its counters (packets, wake-ups, resident size)."""
-        return (tuple((peer, s.state, s.remote_discriminator, s.tx_interval, s.required_min_rx, s.detection_time)
-                      for peer, s in self.sessions.items()),
-                tuple(self.longest_silence.values()), self.wake_late_max, sum(self.drops.values()),
-                self.send_errors, self.reader.bad, self.stats_skipped, self.realtime)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -380,15 +310,8 @@ class Worker:
                          for peer, s in self.sessions.items()},
             "wake_late_max": self.wake_late_max, "wakeups": self.wakeups,
             "drops": dict(self.drops), "send_errors": self.send_errors, "bad_frames": self.reader.bad,
-            "stats_skipped": self.stats_skipped, "rss": self._resident(), "realtime": self.realtime,
+            "stats_skipped": self.stats_skipped, "rss": _rss(), "realtime": self.realtime,
         }
-
-    def _resident(self) -> int:
-        """The resident size, read from /proc at most every ``_RSS_EVERY`` seconds (three system calls)."""
-        now = self.clock()
-        if now >= self._rss_next:
-            self._rss, self._rss_next = _rss(), now + _RSS_EVERY
-        return self._rss
 
     def _flush(self, block_for: float = 0.0) -> bool:
         """Send what the agent can take now (or within ``block_for``); False if the channel is broken."""
@@ -410,15 +333,9 @@ class Worker:
 
     def _receive_all(self) -> None:
         recvmsg, sources, heard, silences = self.recv.recvmsg, self._sources, self._heard, self.longest_silence
-        clock, up, timestamps, stamp, ttl_kinds, ttl_cmsgs, integer = (
-            self.clock, SessionState.UP, _SO_TIMESTAMPNS, _TIMESPEC, _TTL_KINDS, _TTL_CMSGS, _INT)
+        up = SessionState.UP
         offset: float | None = None  # realtime - monotonic, read once per batch (not per packet)
-        more = self._readable.poll
-        for read in range(256):  # bounded: one flood cannot starve the timers
-            # After the first packet, asked without waiting: the read that finds the socket empty would
-            # raise BlockingIOError (an exception and its strerror text per batch).
-            if read and not more(0):
-                return
+        for _ in range(256):  # bounded: one flood cannot starve the timers
             try:
                 data, ancillary, _, source = recvmsg(128, 128)
             except BlockingIOError:
@@ -434,18 +351,16 @@ class Worker:
                     continue
             peer, session, dest = known
             text = dest[0]
-            now = clock()
+            now = self.clock()
             ttl, arrived = -1, now  # no TTL reported: treated as not 255; no timestamp: read time
             for level, kind, value in ancillary:
-                if kind == timestamps and level == socket.SOL_SOCKET and len(value) >= 16:
+                if kind == _SO_TIMESTAMPNS and level == socket.SOL_SOCKET and len(value) >= _TIMESPEC.size:
                     if offset is None:
                         offset = time.time() - now
-                    seconds, nanoseconds = stamp.unpack_from(value)
-                    received = seconds + nanoseconds / 1e9 - offset
-                    if received < now:
-                        arrived = received
-                elif kind in ttl_kinds and len(value) >= 4 and (level, kind) in ttl_cmsgs:
-                    ttl = integer.unpack_from(value)[0]
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                    arrived = min(now, seconds + nanoseconds / 1e9 - offset)
+                elif kind in _TTL_KINDS and len(value) >= 4 and (level, kind) in _TTL_CMSGS:
+                    ttl = _INT.unpack_from(value)[0]
             last = heard.get(text)
             if last is not None and last[1]:  # Up when we last heard it: this gap counts, expired or not
                 gap = arrived - last[0]
