@@ -203,19 +203,11 @@ class GroupView:
             self._dirty.setdefault(key, False)
 
     def _unpart(self, name: str, key: str) -> None:
-        parts = self._parts.get(name)
-        if parts is not None:
-            parts.discard(key)
-            if not parts:
-                del self._parts[name]
+        _discard(self._parts, name, key)
         self._unzero(name, key)
 
     def _unzero(self, unit: str, key: str) -> None:
-        zeros = self._zeros.get(unit)
-        if zeros is not None:
-            zeros.discard(key)
-            if not zeros:
-                del self._zeros[unit]
+        _discard(self._zeros, unit, key)
 
     def _node_changed(self, etype: str, key: str, obj: Obj) -> None:
         if etype == "DELETED":
@@ -401,3 +393,12 @@ class GroupView:
         """Objects whose last version failed validation: ``kind/key`` -> message."""
         with self._lock:
             return {f"{k}/{key}": msg for (k, key), msg in self._invalid.items()}
+
+
+def _discard(index: dict[str, set[str]], unit: str, key: str) -> None:
+    """``key`` out of ``unit``'s set in ``index``, and the unit out of it once its set is empty."""
+    keys = index.get(unit)
+    if keys is not None:
+        keys.discard(key)
+        if not keys:
+            del index[unit]
