@@ -68,7 +68,8 @@ def test_a_service_moved_to_a_bgp_eip_is_left_to_openelb(
     server.create(eip("eip-bgp", "198.51.100.0/28", "bgp"))
     server.create(service("moving", cls=None, annotations={**OPT_IN, "eip.openelb.kubesphere.io/v1alpha2": "eip-vip"}))
     start()
-    wait_for(lambda: lb_ips(server, "moving"), what="allocation from the vip Eip")
+    # The store holds the status a moment before the server records the request: wait for both.
+    wait_for(lambda: lb_ips(server, "moving") and writes_to(server, "moving"), what="allocation from the vip Eip")
     # The operator hands the Service to OpenELB's BGP Eip; OpenELB assigns its own address.
     server.patch("v1", "Service", "moving",
                  {"metadata": {"annotations": {"eip.openelb.kubesphere.io/v1alpha2": "eip-bgp"}}},
