@@ -1154,13 +1154,28 @@ class AddressHolder:
         wanted = _unique(vips)
         if not wanted:
             return
-        v4 = [v for v in wanted if isinstance(v, ipaddress.IPv4Address)]
-        v6 = [v for v in wanted if isinstance(v, ipaddress.IPv6Address)]
         try:
             info = await self._link(interface)
         except (InterfaceNotFoundError, AddressError):
             self.counters.errors += 1
             raise
+        self._announce(info, wanted)
+
+    def announce_now(self, interface: str, vips: Iterable[IPAddress | str]) -> bool:
+        """:meth:`announce` in this pass, when the interface is known already (False, nothing sent, when
+        it is not: the caller awaits :meth:`announce`). The end of a takeover's pass, once
+        :meth:`send_queued` answered: every group's announcement goes before anything else the loop has."""
+        wanted = _unique(vips)
+        info = self._links.get(interface)
+        if info is None or not wanted:
+            return False
+        self._announce(info, wanted)
+        return True
+
+    def _announce(self, info: InterfaceInfo, wanted: tuple[IPAddress, ...]) -> None:
+        interface = info.name
+        v4 = [v for v in wanted if isinstance(v, ipaddress.IPv4Address)]
+        v6 = [v for v in wanted if isinstance(v, ipaddress.IPv6Address)]
         try:
             if v4:
                 try:
