@@ -73,6 +73,7 @@ from vipcore.net.rtnetlink import (
     RTM_DELLINK,
     RTM_NEWLINK,
     Address,
+    Exchange,
     RtnetlinkChannel,
     address_dump_request,
     address_message,
@@ -388,6 +389,8 @@ class NetlinkCounters:
     batches: int = 0
     #: Of the batches, those sent at the end of the pass that queued them (:meth:`AddressHolder.send_queued`).
     early: int = 0
+    #: Of those, the ones whose replies were all there and final at once: their callers answered in that pass.
+    answered_early: int = 0
     #: Address messages (one per VIP added or removed) in them.
     changes: int = 0
     #: Interfaces read by name: the link cache was empty or invalidated.
@@ -486,6 +489,8 @@ class _Posted:
 
     channel: RtnetlinkChannel
     sent: dict[int, tuple[_Change, IPAddress]]
+    #: Replies already read (:meth:`AddressHolder.send_queued` reads what is there at once).
+    result: Exchange = attrs.Factory(Exchange)
 
 
 class AddressHolder:
@@ -859,9 +864,29 @@ class AddressHolder:
             self._channel_lock.give()
             return False
         self._queue = []
-        self._posted = (batch, posted)
         self.netlink.early += 1
+        if len(chunk) == sum(len(change.vips) for change in batch) and self._answered(posted):
+            # The kernel did the work inside the sendmsg and every reply is final: the callers are
+            # answered in this pass (a takeover announces its VIPs before the pass ends).
+            self._judge(posted.sent, posted.result, {})
+            self._channel_lock.give()
+            self._finish(batch)
+            self.netlink.answered_early += 1
+            return True
+        self._posted = (batch, posted)
         return True
+
+    @staticmethod
+    def _answered(posted: _Posted) -> bool:
+        """Whether every reply of ``posted`` is on the socket now and needs no second try (read into
+        ``posted.result``; when not, the flusher reads the rest and judges them all)."""
+        wanted = set(posted.sent)
+        try:
+            posted.channel.read_ready(wanted, posted.result)
+        except OSError:  # the flusher meets the socket's failure again and answers it
+            return False
+        return not wanted and not posted.result.overflowed and all(
+            reply.error not in _TRANSIENT for reply in posted.result.replies.values())
 
     def _drop_posted(self) -> list[_Change]:
         """The changes of a batch sent but never read (the holder closing); the channel's turn given back."""
@@ -885,22 +910,27 @@ class AddressHolder:
                 else:
                     batch, self._queue = self._queue, []
                 await self._apply(batch, posted)
-                # One line per interface and direction, not per caller: a takeover of 64 groups logs twice.
-                done: dict[tuple[bool, str], list[str]] = {}
-                for change in batch:
-                    done.setdefault((change.add, change.interface), []).extend(
-                        str(v) for v in change.vips if v in change.changed)
-                for (add, interface), changed in done.items():
-                    if changed:
-                        log.info("%s %s on %s", "added" if add else "removed", ", ".join(changed), interface)
-                for change in batch:
-                    change.finish()
+                self._finish(batch)
         finally:
             self._flusher = None
             self._flushing = False
             # Cancelled (the holder closed): nobody will send these.
             self._abandon(batch + self._drop_posted() + self._queue)
             self._queue = []
+
+    @staticmethod
+    def _finish(batch: list[_Change]) -> None:
+        """Log what changed and answer every caller of ``batch``."""
+        # One line per interface and direction, not per caller: a takeover of 64 groups logs twice.
+        done: dict[tuple[bool, str], list[str]] = {}
+        for change in batch:
+            done.setdefault((change.add, change.interface), []).extend(
+                str(v) for v in change.vips if v in change.changed)
+        for (add, interface), changed in done.items():
+            if changed:
+                log.info("%s %s on %s", "added" if add else "removed", ", ".join(changed), interface)
+        for change in batch:
+            change.finish()
 
     @staticmethod
     def _abandon(changes: list[_Change]) -> None:
@@ -967,7 +997,7 @@ class AddressHolder:
             if posted is None:
                 posted = self._post(chunk)
             sent = posted.sent
-            result = await posted.channel.collect(set(sent))
+            result = await posted.channel.collect(set(sent) - set(posted.result.replies), posted.result)
         except AddressError as exc:  # no socket
             for change, _ in chunk:
                 change.fail(exc)
@@ -984,6 +1014,11 @@ class AddressHolder:
             return []
         finally:
             self._channel_lock.give()
+        return self._judge(sent, result, last)
+
+    def _judge(self, sent: dict[int, tuple[_Change, IPAddress]], result: Exchange,
+               last: dict[tuple[int, IPAddress], int]) -> list[tuple[_Change, IPAddress]]:
+        """Each reply's verdict on its change; returns what is worth another try."""
         again: list[tuple[_Change, IPAddress]] = []
         for seq, (change, vip) in sent.items():
             reply = result.replies.get(seq)
@@ -1119,13 +1154,28 @@ class AddressHolder:
         wanted = _unique(vips)
         if not wanted:
             return
-        v4 = [v for v in wanted if isinstance(v, ipaddress.IPv4Address)]
-        v6 = [v for v in wanted if isinstance(v, ipaddress.IPv6Address)]
         try:
             info = await self._link(interface)
         except (InterfaceNotFoundError, AddressError):
             self.counters.errors += 1
             raise
+        self._announce(info, wanted)
+
+    def announce_now(self, interface: str, vips: Iterable[IPAddress | str]) -> bool:
+        """:meth:`announce` in this pass, when the interface is known already (False, nothing sent, when
+        it is not: the caller awaits :meth:`announce`). The end of a takeover's pass, once
+        :meth:`send_queued` answered: every group's announcement goes before anything else the loop has."""
+        wanted = _unique(vips)
+        info = self._links.get(interface)
+        if info is None or not wanted:
+            return False
+        self._announce(info, wanted)
+        return True
+
+    def _announce(self, info: InterfaceInfo, wanted: tuple[IPAddress, ...]) -> None:
+        interface = info.name
+        v4 = [v for v in wanted if isinstance(v, ipaddress.IPv4Address)]
+        v6 = [v for v in wanted if isinstance(v, ipaddress.IPv6Address)]
         try:
             if v4:
                 try:

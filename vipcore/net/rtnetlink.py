@@ -276,27 +276,37 @@ class RtnetlinkChannel:
         """
         self.sock.sendmsg([data for _, data in requests])
 
-    async def collect(self, wanted: set[int]) -> Exchange:
-        """The second half of :meth:`exchange`: one reply per sequence number in ``wanted`` (consumed)."""
+    async def collect(self, wanted: set[int], result: Exchange | None = None) -> Exchange:
+        """The second half of :meth:`exchange`: one reply per sequence number in ``wanted`` (consumed).
+
+        ``result``: replies :meth:`read_ready` already took (the others are added to it)."""
         requests = len(wanted)
-        result = Exchange()
+        result = result if result is not None else Exchange()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REPLY_TIMEOUT
+        while True:
+            self.read_ready(wanted, result)
+            if not wanted or result.overflowed:  # overflowed: the missing replies were dropped by the kernel
+                return result
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"no netlink reply to {len(wanted)} of {requests} requests")
+            await _readable(loop, self.sock, left)
+
+    def read_ready(self, wanted: set[int], result: Exchange) -> None:
+        """The replies to ``wanted`` already on the socket, into ``result``, without waiting (each one
+        read is taken out of ``wanted``). ``NETLINK_ROUTE`` answers a request inside its ``sendmsg``, so
+        right after :meth:`send` they are all there. Raises :class:`OSError` (ENOBUFS only marks
+        ``result.overflowed``: what was queued before the overflow is still read)."""
         while wanted:
             try:
                 data = self.sock.recv(NETLINK_BUFFER)
             except (BlockingIOError, InterruptedError):
-                if result.overflowed:
-                    return result  # the missing replies were dropped by the kernel
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise TimeoutError(f"no netlink reply to {len(wanted)} of {requests} requests") from None
-                await _readable(loop, self.sock, left)
-                continue
+                return
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
-                result.overflowed = True  # read on: what was queued before the overflow is still there
+                result.overflowed = True
                 continue
             for kind, seq, offset, length in messages(data):
                 if seq not in wanted:
@@ -309,8 +319,6 @@ class RtnetlinkChannel:
                 else:
                     result.replies[seq] = Reply(error=0, kind=kind, data=bytes(data[offset: offset + length]))
                 wanted.discard(seq)
-        return result
-
 
     async def dump(self, seq: int, request: bytes) -> list[bytes]:
         """Send one dump request; the datagrams of its answer, up to its ``NLMSG_DONE`` (excluded).

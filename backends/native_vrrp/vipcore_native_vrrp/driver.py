@@ -106,6 +106,9 @@ class RouterDriver:
         #: the address and announce phases of a failover the batch ends with.
         self._added_at: float | None = None
         self._announced_at: float | None = None
+        #: The first announcement of the queued takeover, sent at the end of the pass that decided it
+        #: (:meth:`announce_early`), and when its VIPs were answered and it went: the worker skips it.
+        self._early: tuple[Announce, float, float] | None = None
 
     @property
     def family(self) -> Family:
@@ -210,17 +213,55 @@ class RouterDriver:
     def link_up(self, reason: str) -> None:
         self.feed(self.router.link_up(self.loop.time(), reason))
 
-    def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None:
-        """The master's node stopped answering ``silent_for`` seconds ago (node-level liveness)."""
+    def peer_lost(self, delay: float, what: str, silent_for: float = 0.0,
+                  held: list[Callable[[], None]] | None = None) -> None:
+        """The master's node stopped answering ``silent_for`` seconds ago (node-level liveness).
+
+        ``held``: the coordinator's pass over every group of the lost node. The adverts a takeover starts
+        with are appended to it as calls (the pass sends them after the VIPs of every group it took are
+        in the kernel and announced) instead of going out now; the other backups wait at least one rank
+        step (100 ms) before they would take over, so a few milliseconds later changes nothing for them.
+        """
         now = self.loop.time()
         actions = self.router.peer_lost(now, delay, what, since=now - silent_for)
         due = self.router.next_timer()
         if due is not None and due <= now:
             # The best-ranked survivor decides in this call: a node dying hands all its groups over in the
-            # coordinator's one pass over them, each advert out at once, instead of a loop timer per
-            # router that ran after whatever else the loop had queued (bench/failover.py, many groups).
+            # coordinator's one pass over them instead of a loop timer per router that ran after
+            # whatever else the loop had queued (bench/failover.py, many groups).
             actions += self.router.handle_timer(now)
+            if held is not None and self._worker is None and not self._queue:
+                lead = 0
+                while lead < len(actions) and type(actions[lead]) is Send:
+                    lead += 1
+                if lead and lead < len(actions) and type(actions[lead]) is AddVips:
+                    sends, actions = actions[:lead], actions[lead:]
+                    held.append(lambda: self._send_held(sends))
         self.feed(actions)
+
+    def _send_held(self, sends: list[Action]) -> None:
+        for action in sends:
+            self._do_now(action, self.loop.time())
+        self._rearm()
+
+    def announce_early(self) -> bool:
+        """At the end of a takeover's pass, once the holder answered its VIPs (``send_queued``): the first
+        announcement, which the worker would send in a later pass, now. True if it went."""
+        if not self._queue or self._early is not None or not self.schedule.count:
+            return False
+        batch, _, asked = self._queue[0]
+        if not (isinstance(asked, asyncio.Future) and asked.done()) or asked.cancelled() or asked.exception():
+            return False
+        if len(batch) < 2 or type(batch[0]) is not AddVips or type(batch[1]) is not Announce:
+            return False
+        announce = batch[1]
+        if not self.router.wants(announce):
+            return False
+        added = self.loop.time()
+        if not self.holder.announce_now(self.interface, announce.vips):
+            return False
+        self._early = (announce, added, self.loop.time())
+        return True
 
     # -- actions --------------------------------------------------------------
 
@@ -329,6 +370,8 @@ class RouterDriver:
                 finally:
                     if ordered:
                         self._ordered_sends -= 1
+                    if self._early is not None and any(action is self._early[0] for action in batch):
+                        self._early = None  # its batch is over (the announcement skipped if no longer wanted)
         finally:
             self._worker = None
 
@@ -376,11 +419,15 @@ class RouterDriver:
             if isinstance(action, AddVips):
                 await (asked if asked is not None else self.holder.add(self.interface, action.vips))
                 if self.router.wants(action):
-                    self._added_at = self.loop.time()
+                    self._added_at = self.loop.time() if self._early is None else self._early[1]
             elif isinstance(action, RemoveVips):
                 if not self.router.holding:
                     self._stop_announcing()
                 await self.holder.remove(self.interface, action.vips)
+            elif self._early is not None and self._early[0] is action:
+                self._announced_at = self._early[2]  # sent at the end of the takeover's pass
+                self._early = None
+                self._start_announcing()
             else:
                 # One announcement now, so it precedes the advert that follows
                 # in this batch; the rest of the schedule in the background.

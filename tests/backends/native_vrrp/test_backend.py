@@ -993,7 +993,7 @@ def test_a_takeover_pass_ends_with_its_vips_in_the_kernel_before_a_packet_read_i
 
     from vipcore.net.addresses import AddressHolder
     from vipcore_native_vrrp.driver import RouterDriver
-    from vipcore_native_vrrp.protocol import Router, RouterConfig
+    from vipcore_native_vrrp.protocol import Router, RouterConfig, StateChanged
 
     ns, dev = f"vcM5{uuid.uuid4().hex[:6]}", "vcM5d0"
     vips = [V4(f"198.51.100.{130 + i}") for i in range(6)]
@@ -1008,6 +1008,7 @@ def test_a_takeover_pass_ends_with_its_vips_in_the_kernel_before_a_packet_read_i
         bus = Bus()
         link = FakeLink(bus, "node-a", dev, Family.IPV4)
         link.start(loop)
+        changes: list[StateChanged] = []
         async with AddressHolder(netns=ns) as holder:
             await holder.add(dev, [V4("198.51.100.129")])  # the link read once, as a running agent has
             drivers = []
@@ -1016,16 +1017,28 @@ def test_a_takeover_pass_ends_with_its_vips_in_the_kernel_before_a_packet_read_i
                                       priority=100, interval_cs=100, destinations=(V4("224.0.0.18"),),
                                       sources=None)
                 driver = RouterDriver(group=f"g{i}", interface=dev, router=Router(config), link=link,  # type: ignore[arg-type]
-                                      holder=holder, schedule=AnnounceSchedule(count=1), report=lambda *a: None,
-                                      loop=loop)
+                                      holder=holder, schedule=AnnounceSchedule(count=1),
+                                      report=lambda d, change, f: changes.append(change), loop=loop)
                 driver.start()  # BACKUP
                 drivers.append(driver)
             seen: list[set[str]] = []
+            counts: list[int] = []
 
             def takeover_pass() -> None:
+                # What the coordinator's pass does: decide, send the VIPs, announce, then the held adverts.
+                held: list[Callable[[], None]] = []
+                adverts = link.counters.sent
                 for driver in drivers:
-                    driver.peer_lost(0.0, "test: node-b's session expired")
+                    driver.peer_lost(0.0, "test: node-b's session expired", held=held)
+                assert link.counters.sent == adverts  # held back until the VIPs are in and announced
                 assert holder.send_queued()
+                garps = holder.counters.garp_sent
+                assert all(driver.announce_early() for driver in drivers)
+                assert holder.counters.garp_sent - garps == len(vips)  # on the wire before the pass ends
+                for send in held:
+                    send()
+                assert link.counters.sent - adverts == len(vips)
+                counts.append(holder.counters.garp_sent)
 
             loop.call_soon(takeover_pass)
             loop.call_soon(lambda: seen.append(held()))  # a packet read in the same pass
@@ -1036,7 +1049,11 @@ def test_a_takeover_pass_ends_with_its_vips_in_the_kernel_before_a_packet_read_i
                 await driver.settled()
             assert holder.netlink.batches - before == 1 and holder.netlink.early == 1
             assert all(d.router.state is State.MASTER for d in drivers)
-            assert holder.counters.garp_sent >= len(vips)  # each router announced after the replies
+            assert holder.counters.garp_sent == counts[0]  # the workers did not announce a second time
+            took = [c for c in changes if c.new is State.MASTER]
+            assert len(took) == len(vips)
+            assert all(c.phases is not None and c.phases.address is not None and c.phases.announce is not None
+                       and c.phases.announce >= 0 for c in took)
             for driver in drivers:
                 await driver.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -62,12 +62,26 @@ class FakeDriver:
     #: Whether the garbage collector was on when told.
     collecting: list[bool] = attrs.Factory(list)
 
-    def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None:
+    #: What the coordinator asked of it at the end of a takeover's pass, in order (with ``told``).
+    told: list[str] | None = None
+
+    def peer_lost(self, delay: float, what: str, silent_for: float = 0.0,
+                  held: list[Callable[[], None]] | None = None) -> None:
         import gc
 
         self.lost.append((delay, what))
         self.silent.append(silent_for)
         self.collecting.append(gc.isenabled())
+        told = self.told
+        if told is not None:
+            told.append("router")
+            if held is not None and delay == 0.0:
+                held.append(lambda: told.append("advert"))
+
+    def announce_early(self) -> bool:
+        if self.told is not None:
+            self.told.append("announce")
+        return True
 
     @property
     def busy(self) -> bool:
@@ -513,7 +527,8 @@ def test_refreshes_wait_until_the_groups_of_a_lost_peer_have_been_taken() -> Non
 
 @attrs.define
 class BrokenDriver(FakeDriver):
-    def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None:
+    def peer_lost(self, delay: float, what: str, silent_for: float = 0.0,
+                  held: list[Callable[[], None]] | None = None) -> None:
         raise RuntimeError("a bug in one router")
 
 
@@ -584,24 +599,25 @@ def test_the_collector_is_on_again_at_once_when_no_router_has_work_queued() -> N
 def test_the_pass_over_a_lost_peers_groups_ends_by_sending_their_addresses() -> None:
     """The routers that took over queued their VIPs inside the pass; the pass ends by handing the batch to
     the kernel (the backend passes the holder's ``send_queued``), so nothing the loop has ready after it
-    (received adverts, periodic adverts) runs before the VIPs are in the kernel."""
+    (received adverts, periodic adverts) runs before the VIPs are in the kernel. Then, still in the pass,
+    every router's first announcement, then the takeover adverts they held back."""
     told: list[str] = []
 
-    class Telling(FakeDriver):
-        def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None:
-            super().peer_lost(delay, what, silent_for)
-            told.append("router")
+    def send() -> bool:
+        told.append("send")
+        return True
 
-    entries = [(m, {Family.IPV4: Telling(FakeRouter(State.BACKUP, master=B))}) for m in groups_held_by("node-b", 3)]
+    entries = [(m, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP, master=B), told=told)})
+               for m in groups_held_by("node-b", 3)]
     loop = asyncio.new_event_loop()
     c = Coordinator(LivenessSettings(), loop, lambda: entries, RecordingDetector,  # type: ignore[arg-type]
-                    send_addresses=lambda: told.append("send"))
+                    send_addresses=send)
     try:
         c.ensure(NODE_A_INTERFACES["eth0"])
         c._changed(B, SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
         assert told == []  # a session coming up sends nothing
         c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
-        assert told == ["router"] * 3 + ["send"]
+        assert told == ["router"] * 3 + ["send"] + ["announce"] * 3 + ["advert"] * 3
     finally:
         c.close(graceful=False)
         loop.close()

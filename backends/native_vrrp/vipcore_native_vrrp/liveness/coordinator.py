@@ -129,7 +129,10 @@ class RouterView(Protocol):
     @property
     def router(self) -> "RouterState": ...
 
-    def peer_lost(self, delay: float, what: str, silent_for: float = 0.0) -> None: ...
+    def peer_lost(self, delay: float, what: str, silent_for: float = 0.0,
+                  held: list[Callable[[], None]] | None = None) -> None: ...
+
+    def announce_early(self) -> bool: ...
 
     @property
     def busy(self) -> bool: ...
@@ -154,7 +157,8 @@ class Coordinator:
                  keepalived_peers: Iterable[str] = (), send_addresses: Callable[[], object] | None = None) -> None:
         self.settings = settings
         #: Called at the end of the pass over a lost peer's groups: sends the address changes the routers
-        #: that took over queued in it (the holder's ``send_queued``), before anything else the loop has ready.
+        #: that took over queued in it (the holder's ``send_queued``), before anything else the loop has ready;
+        #: True when it sent them (the routers then announce, and send their held adverts, in the pass).
         self.send_addresses = send_addresses
         self.loop = loop
         self.groups = groups
@@ -388,12 +392,27 @@ class Coordinator:
         # that took over have their VIPs in the kernel and announced).
         self._pause_gc()  # from the pass to the routers settled (see _hold_refreshes)
         try:
-            acted = self._take_over(node, detect, silent)
+            held: list[Callable[[], None]] = []
+            acted = self._take_over(node, detect, silent, held)
+            sent = False
             if self.send_addresses is not None and acted:
                 try:
-                    self.send_addresses()
+                    sent = bool(self.send_addresses())
                 except Exception:  # the flusher sends them in the next pass instead
                     log.exception("liveness: sending the addresses of the groups taken from %s failed", node)
+            # Then, still in this pass, every group's first announcement (when the kernel answered at once:
+            # neighbours learn the new holder before anything else the loop has ready runs), then the
+            # takeover adverts the routers held back.
+            for driver in acted if sent else ():
+                try:
+                    driver.announce_early()
+                except Exception:  # its worker announces instead
+                    log.exception("liveness: announcing a group taken from %s failed", node)
+            for send in held:
+                try:
+                    send()
+                except Exception:
+                    log.exception("liveness: an advert of a group taken from %s failed", node)
             busy = [driver for driver in acted if driver.busy]
             if busy:
                 self._hold_refreshes(busy)
@@ -407,9 +426,11 @@ class Coordinator:
                     self.last_loss_read_late * 1000, len(acted), self.last_loss_act_seconds * 1000,
                     extra={"event": "peer_lost", "peer": node})
 
-    def _take_over(self, node: str, detect: float, silent: float) -> list[RouterView]:
+    def _take_over(self, node: str, detect: float, silent: float,
+                   held: list[Callable[[], None]]) -> list[RouterView]:
         """Every group whose master lived on ``node``: its backups here run Master_Down after their rank
-        delay (the best-ranked survivor at once, in this pass). Returns the routers told."""
+        delay (the best-ranked survivor at once, in this pass). Returns the routers told; the adverts
+        of those that took over are left in ``held`` (sent once their VIPs are in the kernel)."""
         acted: list[RouterView] = []
         groups = list(self.groups())
         up = self._up(self._addresses(groups))
@@ -430,7 +451,7 @@ class Coordinator:
             self.groups_acted += 1
             for driver in backups:
                 try:
-                    driver.peer_lost(rank * self.settings.rank_step, what, silent_for=silent)
+                    driver.peer_lost(rank * self.settings.rank_step, what, silent_for=silent, held=held)
                 except Exception:  # the routers after it in this pass must still be told
                     log.exception("liveness: group %s could not act on the lost peer %s",
                                   membership.group.short_name, node)
