@@ -258,7 +258,11 @@ class RouterDriver:
         if not self.router.wants(announce):
             return False
         added = self.loop.time()
-        if not self.holder.announce_now(self.interface, announce.vips):
+        try:
+            if not self.holder.announce_now(self.interface, announce.vips):
+                return False
+        except VipcoreError as exc:  # one line; the worker tries again when it comes to the announcement
+            log.error("group %s IPv%d: %s", self.group[:12], self.family, exc)
             return False
         self._early = (announce, added, self.loop.time())
         return True

@@ -7,6 +7,7 @@ bus and whose address holder records what it would put on the interface.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -796,6 +797,45 @@ def test_a_takeover_asks_for_its_vips_within_the_pass_that_decided_it() -> None:
         await driver.close()
 
     run(scenario)
+
+
+def test_an_early_announcement_that_fails_is_one_line_and_the_worker_announces(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The end of a takeover's pass announces for the worker (``announce_early``); when the holder cannot
+    (the socket failed), that is one error line naming the group, never a traceback, and the worker
+    announces as it would have."""
+    from vipcore.core.errors import AddressError
+
+    class AnsweredHolder(FakeHolder):
+        def add(self, interface: str, vips: Iterable[IPAddress]) -> Any:  # answered in the pass, as send_queued does
+            done = asyncio.get_running_loop().create_future()
+            new = tuple(v for v in vips if v not in self.held)
+            self.held.update(new)
+            done.set_result(new)
+            return done
+
+        def announce_now(self, interface: str, vips: Iterable[IPAddress]) -> bool:
+            raise AddressError(interface, "announcing 198.51.100.10 failed: No buffer space available")
+
+    async def scenario() -> None:
+        bus, holder = Bus(), AnsweredHolder("node-a")
+        driver = _driver(holder, bus)
+        driver._on_packet(*_higher_advert(), 255)  # node-b is master
+        await asyncio.sleep(0.02)
+        held: list[Callable[[], None]] = []
+        driver.peer_lost(0.0, "liveness session down", held=held)
+        assert driver.announce_early() is False
+        for send in held:
+            send()
+        assert holder.announced == []
+        await driver.settled()
+        assert driver.router.state is State.MASTER and holder.announced  # the worker announced
+        await driver.close()
+
+    with caplog.at_level(logging.ERROR):
+        run(scenario)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "No buffer space" in errors[0].getMessage() and errors[0].exc_info is None
 
 
 def test_driver_times_the_address_and_announce_phases_of_a_failover() -> None:
