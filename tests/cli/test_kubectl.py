@@ -69,7 +69,12 @@ def cluster(server: ApiServer, start: Callable[..., Any], tmp_path: Path) -> dic
     web = next(g for g in groups if "default/web" in g["spec"]["services"])
     server.patch("vipcore.io/v1alpha1", "VipGroup", web["metadata"]["name"],
                  {"status": {"holders": {"ipv4": {"node": "node-b", "since": now_rfc3339(),
-                                                  "backend": "native_vrrp"}}}}, subresource="status")
+                                                  "backend": "native_vrrp", "lastFailoverSeconds": 0.0551,
+                                                  "lastFailover": {"detectSeconds": 0.0515, "electSeconds": 0.0,
+                                                                   "addressSeconds": 0.0031,
+                                                                   "announceSeconds": 0.0001,
+                                                                   "totalSeconds": 0.0547}}}}},
+                 subresource="status")
     kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
     return {"kubeconfig": kubeconfig, "web": web, "groups": groups}
 
@@ -99,6 +104,11 @@ def test_status_shows_groups_holders_vips_and_node_health(cluster: dict[str, Any
     row = next(line.split() for line in groups if line.startswith(web["metadata"]["name"][:12]))
     assert row[3] == str(web["spec"]["vrid"]) and row[4] == ",".join(web["spec"]["vips"]["ipv4"])
     assert row[5] == "node-b"
+    # Where the last failover's time went, as the holder recorded it (no need to reach the node).
+    breakdown = tables[1].splitlines()
+    assert breakdown[0].startswith("LAST FAILOVER OF") and breakdown[1].split()[2:] == [
+        "52ms", "0.0ms", "3.1ms", "0.1ms", "55ms"]
+    tables.pop(1)
     nodes = {line.split()[0]: line.split() for line in tables[1].splitlines()[1:]}
     assert nodes["node-a"][1:3] == ["Ready", "alive"]
     assert nodes["node-c"][-3:-2] == ["drained"]
@@ -127,6 +137,7 @@ def test_explain_names_pool_group_vrid_should_and_does_hold(cluster: dict[str, A
     expected = placement.rank("eth0/default/web", ["node-a", "node-b"])[0]  # VipGroup.placement_key
     assert f"should hold: {expected} (first in placement order, drained nodes last)" in out
     assert "holds now (IPv4): node-b since" in out and "(backend native_vrrp)" in out
+    assert "last failover 55ms (detect 52ms, elect 0.0ms, address 3.1ms, announce 0.1ms)" in out
     if expected != "node-b":
         assert "not the preferred holder" in out
     not_members = out.split("not members:\n", 1)[1]

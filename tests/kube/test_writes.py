@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import objects as o
-from vipcore.core.model import FINALIZER, Family, VipGroup
+from vipcore.core.model import FINALIZER, FailoverPhases, Family, VipGroup
 from vipcore.kube import (
     EventRecorder,
     KubernetesError,
@@ -106,6 +106,25 @@ def test_vipgroup_create_update_delete_with_resource_version_preconditions(serve
     assert writer.delete_vipgroup("abc-eth0", updated["metadata"]["resourceVersion"]) is True
     assert writer.delete_vipgroup("abc-eth0") is False
     assert writer.set_vipgroup_holder("abc-eth0", Family.IPV4, "node-a") is None
+
+
+def test_holder_records_the_failover_and_its_phases_and_a_later_holder_without_them_clears_them(
+        server: ApiServer, writer: KubernetesWriter) -> None:
+    # The CRD's schema keeps them (the test server prunes unknown fields as upstream does).
+    writer.create_vipgroup(group())
+    phases = FailoverPhases(detect=0.0512, elect=0.0, address=0.0031, announce=0.00004)
+    held = writer.set_vipgroup_holder("abc-eth0", Family.IPV4, "node-b", since=0.0, backend="native_vrrp",
+                                      failover_seconds=0.0544, phases=phases)
+    assert held is not None
+    record = held["status"]["holders"]["ipv4"]
+    assert record["lastFailoverSeconds"] == 0.0544
+    assert record["lastFailover"] == {"detectSeconds": 0.0512, "electSeconds": 0.0, "addressSeconds": 0.0031,
+                                      "announceSeconds": 0.00004, "totalSeconds": 0.05434}
+    # Held again without a measured failover (a control-plane decision): the old figures do not stay.
+    again = writer.set_vipgroup_holder("abc-eth0", Family.IPV4, "node-a", since=0.0, backend="native_vrrp")
+    assert again is not None
+    assert again["status"]["holders"]["ipv4"] == {"node": "node-a", "since": "1970-01-01T00:00:00Z",
+                                                  "backend": "native_vrrp"}
 
 
 def test_holder_clear_is_compare_and_swap(server: ApiServer, writer: KubernetesWriter) -> None:

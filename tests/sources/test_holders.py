@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import pytest
 from tests.helpers.cluster import wait_for
 
@@ -64,6 +65,28 @@ def test_records_waits_for_the_group_and_clears_only_its_own(server: ApiServer,
     a.vipcore_state_changed(change("node-a", State.MASTER, State.STOPPED, Family.IPV6))
     assert a.flush()
     assert "ipv6" not in holders(server)
+
+
+def test_a_failover_is_recorded_with_its_phases_and_shown_by_the_cluster_status(
+        server: ApiServer, observers: dict[str, HolderStatus]) -> None:
+    """``vipcore status --kubeconfig`` tells where a failover's time went without reaching the node."""
+    from vipcore.core.model import FailoverPhases, TransitionCause
+    from vipcore.ops.status import cluster_rows, cluster_table
+
+    server.create(vipgroup())
+    took = attrs.evolve(change("node-b", State.BACKUP, State.MASTER), cause=TransitionCause.PEER_LOST,
+                        failover_seconds=0.0551,
+                        failover_phases=FailoverPhases(detect=0.0515, elect=0.0, address=0.0031, announce=0.0001))
+    observers["node-b"].vipcore_state_changed(took)
+    wait_for(lambda: "lastFailover" in holders(server).get("ipv4", {}), what="node-b recorded with its failover")
+    record = holders(server)["ipv4"]
+    assert record["node"] == "node-b" and record["lastFailoverSeconds"] == 0.0551
+    assert record["lastFailover"]["detectSeconds"] == 0.0515 and record["lastFailover"]["totalSeconds"] == 0.0547
+    rows = cluster_rows([server.get("vipcore.io/v1alpha1", "VipGroup", GROUP)])
+    table = cluster_table({"groups": rows}).splitlines()
+    assert "55ms" in table[1]
+    assert table[4].split()[:2] == ["LAST", "FAILOVER"] and "DETECT" in table[4]
+    assert table[5].split() == ["aaaaaaaaaaaa-eth0", "IPv4", "52ms", "0.0ms", "3.1ms", "0.1ms", "55ms"]
 
 
 def test_ignores_other_nodes_and_non_master_transitions(server: ApiServer,

@@ -208,6 +208,18 @@ def test_custom_resource_schema_validates_and_prunes(cluster: Cluster) -> None:
     assert "surprise" not in obj["spec"]
 
 
+def test_custom_resource_status_writes_are_validated_and_pruned_too(cluster: Cluster) -> None:
+    name = cluster.name()
+    create_group(cluster, vipgroup(name))
+    written = cluster.custom.patch_cluster_custom_object_status(
+        GROUP, VERSION, "vipgroups", name, {"status": {"holders": {"ipv4": {"node": "node-a", "surprise": 1}}}})
+    assert written["status"]["holders"]["ipv4"] == {"node": "node-a"}
+    with pytest.raises(k8s.ApiException) as err:
+        cluster.custom.patch_cluster_custom_object_status(
+            GROUP, VERSION, "vipgroups", name, {"status": {"holders": {"ipv4": {"node": 7}}}})
+    assert err.value.status == 422 and "node" in status_body(err.value)["message"]
+
+
 def test_merge_strategic_and_json_patches(cluster: Cluster) -> None:
     name = cluster.name()
     cluster.core.create_namespaced_service(cluster.namespace, service(name, externalTrafficPolicy="Cluster"))

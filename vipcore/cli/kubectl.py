@@ -34,7 +34,7 @@ from vipcore.core.resolve import choose_pool, membership, node_eligible, resolve
 from vipcore.core.settings import Config, load_config
 from vipcore.kube import ALL_KINDS, ApiUnavailableError, KubernetesSource, api_client, lease_kind
 from vipcore.kube.heartbeat import DEFAULT_NAMESPACE, HeartbeatConfig, lease_name, with_heartbeats
-from vipcore.ops.status import age, cluster_rows, duration
+from vipcore.ops.status import age, breakdown_text, cluster_rows, duration, holder_phases
 from vipcore.ops.tables import render_table
 
 Obj = Mapping[str, Any]
@@ -284,6 +284,7 @@ def _group_lines(snapshot: Snapshot, group: VipGroup) -> list[str]:
         lines.append(f"  holds now ({family.k8s_name}): {record.get('node')} since "
                      f"{age(time.time() - since) if since else '?'} (backend {record.get('backend', '?')})"
                      + (f", last failover {duration(record['lastFailoverSeconds'])}"
+                        + breakdown_text(holder_phases(record.get("lastFailover")))
                         if record.get("lastFailoverSeconds") is not None else "") + note)
     return lines
 

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from vipcore.core.model import FINALIZER, Family, IPAddress
+from vipcore.core.model import FINALIZER, FailoverPhases, Family, IPAddress
 from vipcore.core.model import VipGroup as ModelVipGroup
 from vipcore.core.objects import family_key, vipgroup_spec
 from vipcore.kube.client import (
@@ -239,9 +239,14 @@ class KubernetesWriter:
         return True
 
     def set_vipgroup_holder(self, name: str, family: Family, node: str | None, *, since: float | None = None,
-                            backend: str | None = None, resource_version: str | None = None) -> Obj | None:
+                            backend: str | None = None, resource_version: str | None = None,
+                            failover_seconds: float | None = None,
+                            phases: FailoverPhases | None = None) -> Obj | None:
         """Record (or, with ``node=None``, clear) the holder of one family in ``status.holders``.
 
+        ``failover_seconds`` and ``phases``: how long the failover that made ``node`` the holder took and
+        where the time went (``lastFailoverSeconds``, ``lastFailover``: ``detectSeconds``, …,
+        ``totalSeconds``), when the backend measured them; a holder recorded without them has none.
         With ``resource_version``: only if the VipGroup is unchanged since (409 otherwise).
         None when the VipGroup does not exist.
         """
@@ -250,6 +255,12 @@ class KubernetesWriter:
             holder = {"node": node, "since": rfc3339(since if since is not None else time.time())}
             if backend:
                 holder["backend"] = backend
+            # A merge patch: absent keys would keep the previous holder's figures, so null clears them.
+            holder["lastFailoverSeconds"] = round(failover_seconds, 6) if failover_seconds is not None else None
+            recorded = {f"{name}Seconds": round(value, 6) for name, value in
+                        (*(phases.items() if phases is not None else ()),
+                         ("total", phases.total if phases is not None else None)) if value is not None}
+            holder["lastFailover"] = recorded or None
         body: Obj = {"status": {"holders": {family_key(family): holder}}}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}

@@ -138,13 +138,7 @@ def status_table(document: Mapping[str, Any]) -> str:
             ["GROUP", "FAMILY", "INTERFACE", "VRID", "VIPS", "STATE", "SINCE", "LAST FAILOVER", "REASON"], rows))
     else:
         lines.append("no VIP groups on this node")
-    breakdown = [r for r in document.get("routers", []) if isinstance(r.get("last_failover"), Mapping)]
-    if breakdown:
-        lines += ["", render_table(
-            ["LAST FAILOVER OF", "FAMILY", *(title for _, title in PHASES), "TOTAL"],
-            [[str(r.get("short_name") or r.get("group", "?")), str(r.get("family", "?")),
-              *(phase_duration(r["last_failover"].get(f"{name}_seconds")) for name, _ in PHASES),
-              phase_duration(r["last_failover"].get("total_seconds"))] for r in breakdown])]
+    lines += breakdown_table(document.get("routers", []))
     if document.get("skipped"):
         lines += ["", render_table(["SKIPPED GROUP", "REASON"],
                                    [[_short(s["group"]), s["reason"]] for s in document["skipped"]])]
@@ -153,6 +147,19 @@ def status_table(document: Mapping[str, Any]) -> str:
                                    [[u["service"], u["reason"]] for u in document["unresolved"]])]
     lines += sections_text(document)
     return "\n".join(lines)
+
+
+def breakdown_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ``LAST FAILOVER OF`` table (a blank line, then the table) of the routers or groups whose last
+    failover has a breakdown (``last_failover``: ``detect_seconds``, …, ``total_seconds``); ``[]`` if none."""
+    breakdown = [r for r in rows if isinstance(r.get("last_failover"), Mapping)]
+    if not breakdown:
+        return []
+    return ["", render_table(
+        ["LAST FAILOVER OF", "FAMILY", *(title for _, title in PHASES), "TOTAL"],
+        [[str(r.get("short_name") or r.get("group", "?")), str(r.get("family", "?")),
+          *(phase_duration(r["last_failover"].get(f"{name}_seconds")) for name, _ in PHASES),
+          phase_duration(r["last_failover"].get("total_seconds"))] for r in breakdown])]
 
 
 def phase_duration(seconds: float | None) -> str:
@@ -210,7 +217,8 @@ def cluster_rows(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per (VipGroup, family) from raw objects; tolerant of missing fields.
 
     ``spec.vips`` is ``{ipv4: [...], ipv6: [...]}``; ``status.holders`` is
-    ``{ipv4: {node, since, backend}, ipv6: {...}}`` (deploy/crds/vipcore.io_vipgroups.yaml).
+    ``{ipv4: {node, since, backend, lastFailoverSeconds, lastFailover}, ipv6: {...}}``
+    (deploy/crds/vipcore.io_vipgroups.yaml).
     """
     rows: list[dict[str, Any]] = []
     for item in items:
@@ -235,9 +243,21 @@ def cluster_rows(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "vrid": spec.get("vrid"), "vips": mine, "holder": holder.get("node"),
                 "since": _timestamp(holder.get("since")),
                 "last_failover_seconds": holder.get("lastFailoverSeconds"),
+                "last_failover": holder_phases(holder.get("lastFailover")),
                 "backend": holder.get("backend"),
             })
     return rows
+
+
+def holder_phases(recorded: Any) -> dict[str, float] | None:
+    """A holder's ``lastFailover`` (``detectSeconds``, …, ``totalSeconds``) in the shape of a router's
+    ``last_failover`` (``detect_seconds``, …); None when absent or not numbers."""
+    if not isinstance(recorded, Mapping):
+        return None
+    out = {f"{name}_seconds": float(recorded[f"{name}Seconds"]) for name in (*(n for n, _ in PHASES), "total")
+           if isinstance(recorded.get(f"{name}Seconds"), (int, float))
+           and not isinstance(recorded.get(f"{name}Seconds"), bool)}
+    return out or None
 
 
 def _timestamp(value: Any) -> float | None:
@@ -263,7 +283,8 @@ def cluster_table(document: Mapping[str, Any]) -> str:
     ]
     if not rows:
         return "no VipGroups in the cluster"
-    return render_table(["GROUP", "FAMILY", "INTERFACE", "VRID", "VIPS", "HOLDER", "SINCE", "LAST FAILOVER"], rows)
+    table = render_table(["GROUP", "FAMILY", "INTERFACE", "VRID", "VIPS", "HOLDER", "SINCE", "LAST FAILOVER"], rows)
+    return "\n".join([table, *breakdown_table(document.get("groups", []))])
 
 
 # -- the live view (--watch) ------------------------------------------------------------

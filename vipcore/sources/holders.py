@@ -1,7 +1,7 @@
 """Record which node holds each VipGroup in the group's status: a ``vipcore_state_changed`` observer.
 
 When this node's router for (group, family) becomes MASTER, the observer
-writes ``status.holders.<ipv4|ipv6> = {node, since, backend}`` through the
+writes ``status.holders.<ipv4|ipv6> = {node, since, backend, lastFailoverSeconds, lastFailover}`` through the
 ``/status`` subresource; when it stops being MASTER it clears the entry, but
 only if the entry still names this node (a compare-and-swap on the
 resourceVersion it read, so it never erases the new holder's record). So
@@ -172,7 +172,9 @@ class HolderStatus:
     def _write(self, change: StateChange) -> None:
         if change.new is State.MASTER:
             recorded = self.writer.set_vipgroup_holder(change.group, change.family, self.node, since=change.at,
-                                                       backend=change.backend)
+                                                       backend=change.backend,
+                                                       failover_seconds=change.failover_seconds,
+                                                       phases=change.failover_phases)
             if recorded is None:
                 # The agent can be faster than the controller's VipGroup write: try again shortly.
                 raise LookupError(f"VipGroup {change.group} does not exist yet")

@@ -492,6 +492,9 @@ class Store:
                 new = result
                 if rtype.status_check is not None:
                     rtype.status_check(new)
+                if rtype.custom:
+                    # Pruned and validated against the schema like any write, as upstream (the status part too).
+                    new = self._validate_custom(rtype, new, name, strict=strict)
             else:
                 if rtype.status_subresource:
                     if "status" in old:
