@@ -15,7 +15,8 @@ import yaml
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import DesiredState
 from vipcore.core.objects import state_from_objects
-from vipcore.sources.manifests import SPLIT_ABOVE, ManifestSource, _objects, _parse, _read_halves, load_manifests
+from vipcore.sources.manifests import (PIECE, SPLIT_ABOVE, ManifestSource, _objects, _parse, _pieces,
+                                      _read_parallel, _read_piece, load_manifests)
 
 NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
         "status": {"conditions": [{"type": "Ready", "status": "True"}],
@@ -395,7 +396,7 @@ def _serial(text: str, source: str = "m.yaml") -> list[Any]:
 
 
 def _halves(text: str) -> list[Any] | None:
-    items = _read_halves(text, "m.yaml", frozenset({"vipcore.io/vip"}), True)
+    items = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True)
     return None if items is None else [(index, *converted) for index, converted in items]
 
 
@@ -435,7 +436,7 @@ def test_an_error_in_the_second_half_is_the_serial_reads_error(tmp_path: Path, p
         load_manifests([path])
     if problem == "yaml":
         with pytest.raises(ManifestError) as half:
-            _read_halves(path.read_text(), str(path), frozenset({"vipcore.io/vip"}), True)
+            _read_parallel(path.read_text(), str(path), frozenset({"vipcore.io/vip"}), True)
         assert str(half.value) != str(serial.value)  # its line counts from the second half
     with pytest.raises(ManifestError) as parallel:
         load_manifests([path], jobs=2)
@@ -443,23 +444,60 @@ def test_an_error_in_the_second_half_is_the_serial_reads_error(tmp_path: Path, p
     assert ("line" if problem == "yaml" else "document") in str(serial.value)
 
 
-def _dies(text: str, source: str, classes: frozenset[str], default_class: bool) -> list[Any]:
-    os._exit(9)  # the forked child killed mid-read (the OOM killer, a signal)
+def _dies_in_child(parent: int) -> Any:
+    def work(text: str, source: str, classes: frozenset[str], default_class: bool) -> Any:
+        if os.getpid() != parent:
+            os._exit(9)  # the forked child killed mid-read (the OOM killer, a signal)
+        return _read_piece(text, source, classes, default_class)
+    return work
 
 
-def _answers_half(text: str, source: str, classes: frozenset[str], default_class: bool) -> list[Any]:
-    data = "x" * (1 << 20)  # more than a pipe holds: the child blocks until the parent reads
-    return [(0, ("Marker", data))]
+def _answers_big(parent: int) -> Any:
+    def work(text: str, source: str, classes: frozenset[str], default_class: bool) -> Any:
+        if os.getpid() != parent:
+            return 1, [(0, ("Marker", "x" * (1 << 20)))]  # more than a pipe holds: the child blocks until read
+        return _read_piece(text, source, classes, default_class)
+    return work
 
 
 def test_a_child_that_dies_without_answering_means_a_serial_read() -> None:
     text = _large_manifest(5000)
-    assert _read_halves(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_dies) is None
+    assert _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_dies_in_child(os.getpid())) is None
     # An answer bigger than the pipe's buffer arrives whole, and the child is reaped (no zombie left).
-    items = _read_halves(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_answers_half)
+    items = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_answers_big(os.getpid()))
     assert items is not None and items[-1][1] == ("Marker", "x" * (1 << 20))
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+def test_a_large_manifest_is_cut_into_pieces_at_document_starts() -> None:
+    text = "---\n" + _large_manifest(5000).replace("\n---\n", "\n...\n--- # a comment\n", 50)
+    pieces = _pieces(text)
+    assert len(pieces) == len(text) // PIECE and pieces[0][0] == 0 and pieces[-1][1] == len(text)
+    assert all(end == start for (_, end), (start, _) in zip(pieces, pieces[1:]))
+    assert all(text.startswith("---", start) and text[start - 1] == "\n" for start, _ in pieces[1:])
+    assert _pieces("kind: Node\n" * 100_000) == [(0, 1_100_000)]  # one document: nothing to cut at
+    assert _read_parallel("kind: Node\n" * 100_000, "m.yaml", frozenset(), True) is None
+
+
+def test_the_faster_process_reads_more_of_a_large_manifest() -> None:
+    """The pieces between the first (the parent's) and the last (the child's) go to whichever process
+    asks first: a child slowed down (its CPU shared with other work) leaves most of them to the parent,
+    and the answer is still the serial read's."""
+    text = _large_manifest(5000)
+    parent = os.getpid()
+    read_here: list[int] = []
+
+    def work(piece: str, source: str, classes: frozenset[str], default_class: bool) -> Any:
+        if os.getpid() == parent:
+            read_here.append(len(piece))
+        else:
+            time.sleep(0.5)
+        return _read_piece(piece, source, classes, default_class)
+
+    items = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=work)
+    assert items is not None and [(index, *converted) for index, converted in items] == _serial(text)
+    assert len(read_here) >= 4 and sum(read_here) > len(text) * 3 // 4
 
 
 # -- how the source notices edits (inotify, not a 4 Hz poll) ------------------------------------------

@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import re
+import signal
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -54,14 +55,22 @@ def manifest_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-#: Texts longer than this may be read in two halves, the second in a forked process (``jobs`` > 1).
+#: Texts longer than this may be read on two processes, the parent and a forked child (``jobs`` > 1).
 SPLIT_ABOVE = 1_000_000
+#: About how many characters of a split text one piece holds (pieces end at document starts). Small
+#: enough that the two processes finish within a few tens of milliseconds of each other, large enough
+#: that a piece's own costs (a loader, a pickle) do not count.
+PIECE = 128 * 1024
+#: At most this many pieces (a piece's number travels as one byte).
+MAX_PIECES = 255
 #: A line that starts a YAML document: a block or quoted scalar cannot hold one (YAML's c-forbidden).
 _DOCUMENT_START = re.compile(r"^---(?=[ \t]|\r?\n|$)", re.M)
 _DIRECTIVE = re.compile(r"^%", re.M)
 
-#: ``(document index, converted object)``: what a file (or half of one) is read to.
+#: ``(document index, converted object)``: what a file (or a piece of one) is read to.
 Item = tuple[int, objects.Converted]
+#: What reading one piece gives: its number of documents, and its objects (indices count from the piece).
+Piece = tuple[int, list[Item]]
 
 
 def _parse(text: str, source: str) -> list[Any]:
@@ -120,67 +129,130 @@ def _parse_and_convert(text: str, source: str, classes: frozenset[str], default_
     return _convert(_parse(text, source), source, classes, default_class)
 
 
-def _read_halves(text: str, source: str, classes: frozenset[str], default_class: bool, *,
-                 work: Callable[[str, str, frozenset[str], bool], list[Item]] | None = None) -> list[Item] | None:
-    """The objects of ``text`` parsed and converted in two halves, the second in a forked process;
-    None when it cannot be split here (no fork, directives, no document start past the middle) or the
-    child did not answer.
+def _read_piece(text: str, source: str, classes: frozenset[str], default_class: bool) -> Piece:
+    docs = _parse(text, source)
+    return len(docs), _convert(docs, source, classes, default_class)
 
-    The halves meet at a document start, so the objects and their document
-    numbers are the serial read's. The child inherits the text (nothing is
-    sent to it) and returns model values, not the parsed dicts: a fraction of
-    the bytes to pickle and to load, and its half of the conversion done
-    alongside the parent's parse. A bare ``fork`` and a pipe, not a process
-    pool: the pool's imports, threads and queues cost more than the 50 ms this
-    split is short of (``bench/manifests.py``). Raises ManifestError for
-    anything invalid (its line or document counts from its half).
-    ``work``: what the child runs (tests), :func:`_parse_and_convert` by default.
+
+def _pieces(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of the pieces of ``text``: about :data:`PIECE` characters each, each but the
+    first starting at a document start; one piece when there is no document start to cut at."""
+    count = min(MAX_PIECES, max(2, len(text) // PIECE))
+    cuts = [0]
+    for i in range(1, count):
+        found = _DOCUMENT_START.search(text, max(cuts[-1] + 1, len(text) * i // count))
+        if found is None:
+            break
+        if found.start() > cuts[-1]:
+            cuts.append(found.start())
+    cuts.append(len(text))
+    return list(zip(cuts, cuts[1:]))
+
+
+def _read_parallel(text: str, source: str, classes: frozenset[str], default_class: bool, *,
+                   work: Callable[[str, str, frozenset[str], bool], Piece] | None = None) -> list[Item] | None:
+    """The objects of ``text`` parsed and converted on two processes, this one and a forked child;
+    None when it cannot be split here (no fork, directives, no document start to cut at) or the child
+    did not answer.
+
+    The text is cut into pieces at document starts (:func:`_pieces`), so the
+    objects and their document numbers are the serial read's. The parent
+    reads the first piece and the child the last; the others are handed out
+    as they are asked for, one byte each from a pipe both processes read
+    (a read of one byte takes it from the other): whichever process is
+    faster (its pieces cheaper, or its CPU less shared) reads more, and both
+    finish within about a piece of each other, the parent with time to load
+    the child's answer. The child inherits the text (nothing is sent to it)
+    and returns model values, not the parsed dicts: a fraction of the bytes
+    to pickle and to load, and its share of the conversion done alongside
+    the parent's. A bare ``fork`` and pipes, not a process pool: the pool's
+    imports, threads and queues cost more than it saves (``bench/manifests.py``).
+    Raises ManifestError for anything invalid (its line or document counts
+    from its piece). ``work``: what both processes run on a piece (tests),
+    :func:`_read_piece` by default.
     """
     if _DIRECTIVE.search(text) or not hasattr(os, "fork"):
         return None
-    split = _DOCUMENT_START.search(text, len(text) // 2)
-    if split is None:
+    pieces = _pieces(text)
+    if len(pieces) < 2:
         return None
-    work = work or _parse_and_convert
+    work = work or _read_piece
     try:
         readable, writable = os.pipe()
+        tickets, handing = os.pipe()
     except OSError:
         return None
+    # The middle pieces' numbers, written before the fork: each process reads them one byte at a time
+    # until the pipe is empty (and, its writer closed, reads nothing more).
+    os.write(handing, bytes(range(1, len(pieces) - 1)))
+    os.close(handing)
     try:
         child = os.fork()
     except OSError:
-        os.close(readable)
-        os.close(writable)
+        for fd in (readable, writable, tickets):
+            os.close(fd)
         return None
     if child == 0:  # pragma: no cover - the forked child (its result is checked by the parent's tests)
-        _child_half(writable, readable, work, text[split.start():], source, classes, default_class)
+        _child(writable, readable, tickets, work, text, pieces, source, classes, default_class)
     os.close(writable)
+    read: dict[int, Piece] = {}
     try:
-        docs = _parse(text[:split.start()], source)
-        first = _convert(docs, source, classes, default_class)
+        for number in _taken(0, tickets):
+            start, end = pieces[number]
+            read[number] = work(text[start:end], source, classes, default_class)
         answer = _read_all(readable)
+    except BaseException:
+        # The parent's piece was invalid (the serial read will say where): the child's pieces are moot.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        raise
     finally:
         os.close(readable)
+        os.close(tickets)
         _reap(child)
     try:
         outcome, value = pickle.loads(answer)
+        if outcome == "ok":
+            read.update((number, pickle.loads(data)) for number, data in value)
     except Exception:  # noqa: BLE001 - nothing or half an answer: the child died; read serially
         return None
     if outcome == "error":
         raise ManifestError(value)  # already names the file, document, field
-    offset = len(docs)
-    return first + [(index + offset, converted) for index, converted in value]
+    if sorted(read) != list(range(len(pieces))):
+        return None  # cannot happen (every ticket read by one process); never a silently short state
+    items: list[Item] = []
+    offset = 0
+    for number in range(len(pieces)):
+        count, converted = read[number]
+        items.extend(converted if offset == 0 else [(index + offset, obj) for index, obj in converted])
+        offset += count
+    return items
 
 
-def _child_half(out: int, other: int, work: Callable[[str, str, frozenset[str], bool], list[Item]], text: str,
-                source: str, classes: frozenset[str], default_class: bool) -> NoReturn:
-    """The forked child: read its half, write ``("ok", items)`` or ``("error", message)``, exit at once
-    (``os._exit``: never the parent's ``atexit``, ``finally`` blocks or buffered output)."""
+def _taken(first: int, tickets: int) -> Iterator[int]:
+    """``first``, then the numbers this process takes from the ``tickets`` pipe until it is empty."""
+    yield first
+    while ticket := os.read(tickets, 1):
+        yield ticket[0]
+
+
+def _child(out: int, other: int, tickets: int, work: Callable[[str, str, frozenset[str], bool], Piece],
+           text: str, pieces: list[tuple[int, int]], source: str, classes: frozenset[str],
+           default_class: bool) -> NoReturn:
+    """The forked child: read the last piece and the middle ones it takes, write ``("ok", [(number,
+    pickled piece), ...])`` or ``("error", message)``, exit at once (``os._exit``: never the parent's
+    ``atexit``, ``finally`` blocks or buffered output). Each piece is pickled when read, so the
+    pickling is part of the work shared out."""
     status = 1
     try:
         os.close(other)
+        done: list[tuple[int, bytes]] = []
         try:
-            answer: tuple[str, object] = ("ok", work(text, source, classes, default_class))
+            for number in _taken(len(pieces) - 1, tickets):
+                start, end = pieces[number]
+                piece = work(text[start:end], source, classes, default_class)
+                done.append((number, pickle.dumps(piece, protocol=pickle.HIGHEST_PROTOCOL)))
+            answer: tuple[str, object] = ("ok", done)
         except ManifestError as exc:
             answer = ("error", str(exc))
         data = memoryview(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
@@ -204,12 +276,12 @@ def _reap(pid: int) -> None:
 
 
 def _load_forked(paths: Iterable[Path], classes: frozenset[str], default_class: bool) -> DesiredState:
-    """:func:`load_manifests` with a large file read in two processes (:func:`_read_halves`).
+    """:func:`load_manifests` with a large file read on two processes (:func:`_read_parallel`).
     Raises ManifestError for anything invalid, worded or placed differently from the serial read's."""
     builder = objects.StateBuilder()
     for path in manifest_files(paths):
         text = _read(path)
-        items = _read_halves(text, str(path), classes, default_class) if len(text) > SPLIT_ABOVE else None
+        items = _read_parallel(text, str(path), classes, default_class) if len(text) > SPLIT_ABOVE else None
         if items is None:
             items = _parse_and_convert(text, str(path), classes, default_class)
         for index, converted in items:
