@@ -167,31 +167,31 @@ def resolve(
         members.setdefault(group_key, []).append(key)
         vips.setdefault(group_key, []).extend(addresses)
 
-    names = {key: group_name(key[0], key[1]) for key in members}
+    names = {group_key: group_name(*group_key) for group_key in members}
     # Every Service that may form a group on an interface, whatever its nodes:
     # derived VRIDs must not move when membership does.
     anchors: dict[str, list[str]] = {}
     for key, _, pool in chosen:
         anchors.setdefault(pool.interface, []).append(key)
     assignment = allocate_vrids(
-        ((names[key], key[1]) for key in members),
+        ((names[group_key], group_key[1]) for group_key in members),
         policy=vrid_policy,
         persisted=state.vrids,
-        services={names[key]: keys for key, keys in members.items()},
+        services={names[group_key]: keys for group_key, keys in members.items()},
         lineage=state.lineage,
         anchors=anchors,
     )
     groups = []
-    for key, keys in members.items():
-        name = names[key]
+    for group_key, keys in members.items():
+        name = names[group_key]
         if name in assignment.failed:
             for service_key in keys:
                 unresolved[service_key] = assignment.failed[name]
             continue
-        addresses = vips[key]
+        held = vips[group_key]
         groups.append(make_group(
-            name, key[1], key[0], assignment.vrids[name],
-            sorted(set(addresses), key=address_order) if len(addresses) > 1 else addresses, sorted(keys)))
+            name, group_key[1], group_key[0], assignment.vrids[name],
+            sorted(set(held), key=address_order) if len(held) > 1 else held, sorted(keys)))
     groups.sort(key=lambda g: g.name)
     return Resolution(
         groups=tuple(groups),
