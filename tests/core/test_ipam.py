@@ -169,3 +169,38 @@ def test_openelb_eip_namespaces_choose_the_eip_without_restricting() -> None:
     assert team.contains(result.addresses["team/a"][0])
     assert default.contains(result.addresses["other/b"][0])
     assert team.contains(result.addresses["other/c"][0])  # named explicitly: not restricted
+
+
+def test_one_chooser_for_many_services_answers_as_choose_pool_for_each() -> None:
+    """resolve() chooses with one :class:`ipam.PoolChooser` (the usual pool made once per namespace):
+    every Service gets what a fresh ``choose_pool`` gives it, whatever the Services before it."""
+    def eip(name: str, address: str, namespaces: list[str], **annotations: str) -> Pool:
+        return pool_from_k8s({"apiVersion": "network.kubesphere.io/v1alpha2", "kind": "Eip",
+                              "metadata": {"name": name, "annotations": annotations},
+                              "spec": {"address": address, "protocol": "vip", "interface": "eth0",
+                                       "namespaces": namespaces}})
+    pools_sets = [
+        [],
+        [pool("only", "203.0.113.10-203.0.113.11")],
+        [pool("only", "203.0.113.10-203.0.113.11", disabled=True)],
+        [pool("a", "203.0.113.10-203.0.113.11"), pool("b", "203.0.113.20-203.0.113.21")],
+        [pool("lan", "203.0.113.10-203.0.113.11", default=True, namespaces=["prod"]),
+         pool("dark", "203.0.113.20-203.0.113.21", default=True, disabled=True),
+         eip("team-b", "198.51.100.20-198.51.100.21", ["team", "ops"]),
+         eip("team-a", "198.51.100.10-198.51.100.11", ["team"]),
+         eip("shut", "198.51.100.30-198.51.100.31", ["ops", "dev"],
+             **{"eip.openelb.kubesphere.io/is-default-eip": "true"})],
+    ]
+    services = [svc(f"s{i}", ns=ns, held=held, requested=requested, pool_name=named)
+                for i, (ns, held, requested, named) in enumerate(
+                    (ns, held, requested, named)
+                    for ns in ("team", "ops", "dev", "prod", "other")
+                    for held in ((), ("203.0.113.11",), ("198.51.100.31",))
+                    for requested in ((), ("198.51.100.10",), ("192.0.2.1",))
+                    for named in (None, "team-b", "missing"))]
+    for pools in pools_sets:
+        by_name = {p.name: p for p in pools}
+        chooser = ipam.PoolChooser(by_name)
+        for service in services + services[::-1]:
+            assert chooser(service) == ipam.choose_pool(service, by_name), (service, pools)
+    assert isinstance(ipam.PoolChooser({p.name: p for p in pools_sets[-1]})(svc("x", ns="ops")), Pool)
