@@ -129,8 +129,13 @@ def pool_conflicts(pools: Iterable[Pool], nodes: Iterable[Node] = ()) -> dict[st
     return refused
 
 
+#: ``"/4"``, ``"/6"``: what a key is hashed with for a start in each family (``Family.value`` is a slow property).
+_FAMILY_SUFFIX = {family: f"/{family.value}" for family in Family}
+
+
 def _start(key: str, family: Family, size: int) -> int:
-    digest = hashlib.sha256(f"{key}/{family.value}".encode()).digest()
+    """Where the probe for ``key``'s fresh address of ``family`` starts: ``sha256("<key>/<version>")``."""
+    digest = hashlib.sha256((key + _FAMILY_SUFFIX[family]).encode()).digest()
     return int.from_bytes(digest[:8], "big") % size
 
 
