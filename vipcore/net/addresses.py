@@ -884,9 +884,7 @@ class AddressHolder:
                     (batch, posted), self._posted = self._posted, None
                 else:
                     batch, self._queue = self._queue, []
-                import sys; sys.path.insert(0, '/tmp/m3'); import vctr as TR; TR.t(f'apply-start {len(batch)}')
                 await self._apply(batch, posted)
-                TR.t('applied')
                 # One line per interface and direction, not per caller: a takeover of 64 groups logs twice.
                 done: dict[tuple[bool, str], list[str]] = {}
                 for change in batch:
@@ -897,7 +895,6 @@ class AddressHolder:
                         log.info("%s %s on %s", "added" if add else "removed", ", ".join(changed), interface)
                 for change in batch:
                     change.finish()
-                TR.t('finished')
         finally:
             self._flusher = None
             self._flushing = False

@@ -375,7 +375,6 @@ class RouterDriver:
         try:
             if isinstance(action, AddVips):
                 await (asked if asked is not None else self.holder.add(self.interface, action.vips))
-                import sys; sys.path.insert(0, '/tmp/m3'); import vctr as TR; TR.t('resumed')
                 if self.router.wants(action):
                     self._added_at = self.loop.time()
             elif isinstance(action, RemoveVips):
@@ -388,7 +387,6 @@ class RouterDriver:
                 # (garp.count 0: no burst, only the refresh if configured.)
                 if self.schedule.count:
                     await self.holder.announce(self.interface, action.vips)
-                    import sys; sys.path.insert(0, '/tmp/m3'); import vctr as TR; TR.t('ann')
                     self._announced_at = self.loop.time()
                 self._start_announcing()
         except VipcoreError as exc:

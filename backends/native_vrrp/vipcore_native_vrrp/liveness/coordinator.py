@@ -22,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
-import time
-import sys; sys.path.insert(0, '/tmp/m3'); import vctr as TR
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -382,7 +380,6 @@ class Coordinator:
                 self.lost.discard(node)
             return
         started = self.loop.time()
-        import sys; sys.path.insert(0, '/tmp/m3'); import vctr as TR; TR.t('lost')
         self.lost.add(node)
         self.peers_lost += 1
         detect = self.settings.detection_time
@@ -392,10 +389,9 @@ class Coordinator:
         self._pause_gc()  # from the pass to the routers settled (see _hold_refreshes)
         try:
             acted = self._take_over(node, detect, silent)
-            TR.t(f'pass {len(acted)}')
             if self.send_addresses is not None and acted:
                 try:
-                    TR.t(f'sent {self.send_addresses()}')
+                    self.send_addresses()
                 except Exception:  # the flusher sends them in the next pass instead
                     log.exception("liveness: sending the addresses of the groups taken from %s failed", node)
             busy = [driver for driver in acted if driver.busy]
@@ -416,9 +412,7 @@ class Coordinator:
         delay (the best-ranked survivor at once, in this pass). Returns the routers told."""
         acted: list[RouterView] = []
         groups = list(self.groups())
-        TR.t('groups')
         up = self._up(self._addresses(groups))
-        TR.t('up')
         what = f"liveness session to {node} expired ({detect * 1000:.0f} ms)"
         for membership, drivers in groups:
             if not any(member.name == node for member in membership.members) or node == membership.node:
@@ -436,7 +430,7 @@ class Coordinator:
             self.groups_acted += 1
             for driver in backups:
                 try:
-                    _t0 = time.perf_counter(); driver.peer_lost(rank * self.settings.rank_step, what, silent_for=silent); TR.t(f'router rank={rank} {(time.perf_counter()-_t0)*1e6:.0f}us')
+                    driver.peer_lost(rank * self.settings.rank_step, what, silent_for=silent)
                 except Exception:  # the routers after it in this pass must still be told
                     log.exception("liveness: group %s could not act on the lost peer %s",
                                   membership.group.short_name, node)
