@@ -70,3 +70,20 @@ def test_the_command_prints_what_the_serial_path_prints_byte_for_byte(large: Pat
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert result.stdout == expected
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(large: Path) -> None:
+    """``vipcore resolve -f big.yaml | head -1``: the command exits at once after its output (no teardown),
+    quietly when the reader has gone."""
+    import subprocess
+
+    from tests.helpers.cli import VIPCORE
+
+    process = subprocess.Popen([VIPCORE, "resolve", "-f", str(large), "-o", "json"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline() == b"{\n"
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0
+    assert stderr == ""
