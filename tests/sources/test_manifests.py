@@ -409,6 +409,9 @@ def test_a_large_manifest_read_on_two_processes_is_the_serial_read(tmp_path: Pat
     odd = "---\n" + text.replace("\n---\n", "\n...\n---\n---\n", 3)
     assert _halves(odd) == _serial(odd)
     assert _halves("%YAML 1.1\n" + text) is None  # directives: read serially
+    middle = text.index("\n---\n", len(text) // 2)
+    assert _halves(text[:middle] + "\n%TAG !e! tag:example.com,2000:\n" + text[middle:]) is None
+    assert _halves(text.replace("team: web", "team: 100% web", 1)) == _serial(text.replace("team: web", "team: 100% web", 1))
     # And through load_manifests, as `vipcore resolve -f` calls it (a List and a second file too).
     path = tmp_path / "m.yaml"
     path.write_text(text)

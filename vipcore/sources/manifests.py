@@ -65,7 +65,13 @@ PIECE = 128 * 1024
 MAX_PIECES = 255
 #: A line that starts a YAML document: a block or quoted scalar cannot hold one (YAML's c-forbidden).
 _DOCUMENT_START = re.compile(r"^---(?=[ \t]|\r?\n|$)", re.M)
-_DIRECTIVE = re.compile(r"^%", re.M)
+
+
+def _has_directive(text: str) -> bool:
+    """Whether a line of ``text`` starts with ``%`` (a YAML directive: it applies to the document after
+    it, so such a text is not cut). Two substring searches: the regex ``^%`` took 33 ms on 4.7 MB."""
+    return text.startswith("%") or "\n%" in text
+
 
 #: ``(document index, converted object)``: what a file (or a piece of one) is read to.
 Item = tuple[int, objects.Converted]
@@ -171,7 +177,7 @@ def _read_parallel(text: str, source: str, classes: frozenset[str], default_clas
     from its piece). ``work``: what both processes run on a piece (tests),
     :func:`_read_piece` by default.
     """
-    if _DIRECTIVE.search(text) or not hasattr(os, "fork"):
+    if _has_directive(text) or not hasattr(os, "fork"):
         return None
     pieces = _pieces(text)
     if len(pieces) < 2:
