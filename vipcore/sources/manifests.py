@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from vipcore.core import objects, yamldocs
 from vipcore.core.errors import ManifestError, VipcoreError
 from vipcore.core.model import LOAD_BALANCER_CLASS, DesiredState, MetricSample, Service
-from vipcore.sources.filewatch import FolderWatch, folders_of
 
 if TYPE_CHECKING:
     import asyncio
@@ -406,6 +405,10 @@ class ManifestSource:
         ``retry_interval`` seconds while they stay invalid.
         """
         import asyncio
+
+        # Here, not at the top: `vipcore resolve` reads manifests and watches nothing (ctypes and what
+        # it imports are a few milliseconds of its start-up).
+        from vipcore.sources.filewatch import FolderWatch, folders_of
 
         loop = asyncio.get_running_loop()
         files = FolderWatch.open() if self.notify else None
