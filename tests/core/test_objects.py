@@ -65,3 +65,47 @@ def test_endpoint_conditions(conditions: Any, ready: bool) -> None:
     obj["endpoints"][0]["conditions"] = ["ready"]
     with pytest.raises(ManifestError, match=r"endpoints\[0\]\.conditions.*expected a mapping"):
         endpoint_slice_from_k8s(obj)
+
+
+def test_builders_merged_in_order_hold_what_one_builder_given_every_value_holds() -> None:
+    """A manifest read in pieces: each piece's builder, merged in the pieces' order, is the builder that
+    was given every value one by one (a later Node of a name wins, in the first one's place)."""
+    from vipcore.core.objects import StateBuilder, convert
+
+    def node(name: str, ready: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                "status": {"conditions": [{"type": "Ready", "status": ready}]}}
+
+    def service(name: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"type": "LoadBalancer"}}
+
+    pool = {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipPool", "metadata": {"name": "lan"},
+            "spec": {"interface": "eth0", "addresses": ["198.51.100.0/24"]}}
+    group = {"apiVersion": "vipcore.io/v1alpha1", "kind": "VipGroup", "metadata": {"name": "g"}, "spec": {"vrid": 7}}
+    again = dict(group, spec={"vrid": 9})
+    slice_ = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+              "metadata": {"name": "a-x", "namespace": "ns", "labels": {"kubernetes.io/service-name": "a"}},
+              "endpoints": [{"nodeName": "n1"}]}
+    pieces = [[node("n1", "True"), service("a"), group], [node("n2", "True"), slice_, pool],
+              [node("n1", "False"), service("b"), again, slice_]]
+    whole = StateBuilder()
+    merged = StateBuilder()
+    for piece in pieces:
+        part = StateBuilder()
+        for obj in piece:
+            converted = convert(obj)
+            assert converted is not None
+            whole.add(converted)
+            part.add(converted)
+        merged.merge(part)
+    assert merged.state() == whole.state()
+    assert [n.name for n in merged.state().nodes] == ["n1", "n2"] and not merged.state().nodes[0].ready
+    assert merged.vrids == {"g": 9} and len(merged.slices) == 2
+    for twice in (service("a"), pool):
+        part = StateBuilder()
+        converted = convert(twice)
+        assert converted is not None
+        part.add(converted)
+        with pytest.raises(ManifestError, match="defined twice"):
+            merged.merge(part)

@@ -14,7 +14,7 @@ import yaml
 
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import DesiredState
-from vipcore.core.objects import state_from_objects
+from vipcore.core.objects import StateBuilder, state_from_objects
 from vipcore.sources.manifests import (PIECE, SPLIT_ABOVE, ManifestSource, _objects, _parse, _pieces,
                                       _read_parallel, _read_piece, load_manifests)
 
@@ -383,29 +383,22 @@ def _large_manifest(count: int) -> str:
     return text
 
 
-def _serial(text: str, source: str = "m.yaml") -> list[Any]:
-    """What the serial read converts, as (document index, kind, value)."""
-    from vipcore.core.objects import convert
-
-    out = []
-    for index, obj in _objects(_parse(text, source), source):
-        converted = convert(obj)
-        if converted is not None:
-            out.append((index, *converted))
-    return out
+def _serial(text: str, source: str = "m.yaml") -> DesiredState:
+    """The state the serial read gives."""
+    return state_from_objects((None, obj) for _, obj in _objects(_parse(text, source), source))
 
 
-def _halves(text: str) -> list[Any] | None:
-    items = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True)
-    return None if items is None else [(index, *converted) for index, converted in items]
+def _halves(text: str) -> DesiredState | None:
+    builder = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True)
+    return None if builder is None else builder.state()
 
 
 def test_a_large_manifest_read_on_two_processes_is_the_serial_read(tmp_path: Path) -> None:
     text = _large_manifest(5000)
     serial = _serial(text)
-    # The child's half comes back converted (model values), with the serial read's document numbers.
-    assert _halves(text) == serial and len(serial) == 5000
-    # Empty documents and explicit document ends keep their places (document numbers in errors).
+    # The child's pieces come back converted (builders of model values), merged in the pieces' order.
+    assert _halves(text) == serial and len(serial.services) == 5000
+    # Empty documents and explicit document ends change nothing.
     odd = "---\n" + text.replace("\n---\n", "\n...\n---\n---\n", 3)
     assert _halves(odd) == _serial(odd)
     assert _halves("%YAML 1.1\n" + text) is None  # directives: read serially
@@ -458,7 +451,9 @@ def _dies_in_child(parent: int) -> Any:
 def _answers_big(parent: int) -> Any:
     def work(text: str, source: str, classes: frozenset[str], default_class: bool) -> Any:
         if os.getpid() != parent:
-            return 1, [(0, ("Marker", "x" * (1 << 20)))]  # more than a pipe holds: the child blocks until read
+            marked = StateBuilder()
+            marked.vrids["x" * (1 << 20)] = 1  # more than a pipe holds: the child blocks until read
+            return marked
         return _read_piece(text, source, classes, default_class)
     return work
 
@@ -467,8 +462,8 @@ def test_a_child_that_dies_without_answering_means_a_serial_read() -> None:
     text = _large_manifest(5000)
     assert _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_dies_in_child(os.getpid())) is None
     # An answer bigger than the pipe's buffer arrives whole, and the child is reaped (no zombie left).
-    items = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_answers_big(os.getpid()))
-    assert items is not None and items[-1][1] == ("Marker", "x" * (1 << 20))
+    builder = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_answers_big(os.getpid()))
+    assert builder is not None and builder.vrids == {"x" * (1 << 20): 1}
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
 
@@ -498,8 +493,8 @@ def test_the_faster_process_reads_more_of_a_large_manifest() -> None:
             time.sleep(0.5)
         return _read_piece(piece, source, classes, default_class)
 
-    items = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=work)
-    assert items is not None and [(index, *converted) for index, converted in items] == _serial(text)
+    builder = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=work)
+    assert builder is not None and builder.state() == _serial(text)
     assert len(read_here) >= 4 and sum(read_here) > len(text) * 3 // 4
 
 

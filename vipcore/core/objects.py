@@ -632,6 +632,22 @@ class StateBuilder:
             name, vrid = value
             self.vrids[name] = vrid
 
+    def merge(self, later: StateBuilder) -> None:
+        """Add everything ``later`` holds (built from objects that come after this builder's), as adding
+        its values one by one would, at the speed of dict updates: a Service or pool both hold is a
+        :class:`ManifestError` (naming it, not where it is defined)."""
+        # isdisjoint walks the smaller side: a piece's keys against the whole state's, not the reverse.
+        if not self.services.keys().isdisjoint(later.services):
+            raise ManifestError(f"Service {min(self.services.keys() & later.services.keys())} is defined twice")
+        if not self.pools.keys().isdisjoint(later.pools):
+            raise ManifestError(f"pool {min(self.pools.keys() & later.pools.keys())!r} is defined twice")
+        self.nodes.update(later.nodes)
+        self.services.update(later.services)
+        self.service_origin.update(later.service_origin)
+        self.slices.extend(later.slices)
+        self.pools.update(later.pools)
+        self.vrids.update(later.vrids)
+
     def state(self) -> DesiredState:
         return DesiredState(nodes=tuple(self.nodes.values()), services=tuple(self.services.values()),
                             endpoint_slices=tuple(self.slices), pools=tuple(self.pools.values()), vrids=self.vrids)

@@ -72,10 +72,6 @@ def _has_directive(text: str) -> bool:
     return text.startswith("%") or "\n%" in text
 
 
-#: ``(document index, converted object)``: what a file (or a piece of one) is read to.
-Item = tuple[int, objects.Converted]
-#: What reading one piece gives: its number of documents, and its objects (indices count from the piece).
-Piece = tuple[int, list[Item]]
 
 
 def _parse(text: str, source: str) -> list[Any]:
@@ -95,48 +91,51 @@ def _objects(docs: list[Any], path: str) -> Iterator[tuple[int, Mapping[str, Any
     for index, doc in enumerate(docs):
         if doc is None:
             continue
-        where = f"{path} (document {index + 1})"
-        if not isinstance(doc, Mapping):
-            raise ManifestError("each YAML document must be a Kubernetes object (a mapping)", source=where)
+        if type(doc) is not dict and not isinstance(doc, Mapping):
+            raise ManifestError("each YAML document must be a Kubernetes object (a mapping)",
+                                source=_where(path, index))
         if doc.get("kind") == "List":
             items = doc.get("items")
             if items is None:
                 continue
             if not isinstance(items, list):
-                raise ManifestError(f"must be a list of objects, got {type(items).__name__}", source=where,
-                                    field="items")
+                raise ManifestError(f"must be a list of objects, got {type(items).__name__}",
+                                    source=_where(path, index), field="items")
             for i, item in enumerate(items):
                 if not isinstance(item, Mapping):
                     raise ManifestError(f"must be a Kubernetes object (a mapping), got {type(item).__name__}",
-                                        source=where, field=f"items[{i}]")
+                                        source=_where(path, index), field=f"items[{i}]")
                 yield index, item
         else:
             yield index, doc
+
+
+def _where(path: str, index: int) -> str:
+    """How a message names a document (built only for a message: a string per document is not free)."""
+    return f"{path} (document {index + 1})"
 
 
 def _documents(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
     return _objects(_parse(_read(path), str(path)), str(path))
 
 
-def _convert(docs: list[Any], source: str, classes: frozenset[str], default_class: bool) -> list[Item]:
-    """The objects of ``docs`` converted (:func:`~vipcore.core.objects.convert`); ManifestError for any
-    problem (its message is not the serial read's: the caller reads serially to report it)."""
+def _build(docs: list[Any], source: str, classes: frozenset[str], default_class: bool) -> objects.StateBuilder:
+    """The objects of ``docs`` converted (:func:`~vipcore.core.objects.convert`) into a builder;
+    ManifestError for any problem (its message is not the serial read's: the caller reads serially to
+    report it)."""
     convert = objects.convert
-    items: list[Item] = []
-    for index, obj in _objects(docs, source):
+    builder = objects.StateBuilder()
+    add = builder.add
+    for _, obj in _objects(docs, source):
         converted = convert(obj, classes=classes, default_class=default_class)
         if converted is not None:
-            items.append((index, converted))
-    return items
+            add(converted)
+    return builder
 
 
-def _parse_and_convert(text: str, source: str, classes: frozenset[str], default_class: bool) -> list[Item]:
-    return _convert(_parse(text, source), source, classes, default_class)
-
-
-def _read_piece(text: str, source: str, classes: frozenset[str], default_class: bool) -> Piece:
-    docs = _parse(text, source)
-    return len(docs), _convert(docs, source, classes, default_class)
+def _read_piece(text: str, source: str, classes: frozenset[str], default_class: bool) -> objects.StateBuilder:
+    """The objects of ``text`` (a file, or a piece of one), parsed and converted into a builder."""
+    return _build(_parse(text, source), source, classes, default_class)
 
 
 def _pieces(text: str) -> list[tuple[int, int]]:
@@ -155,25 +154,28 @@ def _pieces(text: str) -> list[tuple[int, int]]:
 
 
 def _read_parallel(text: str, source: str, classes: frozenset[str], default_class: bool, *,
-                   work: Callable[[str, str, frozenset[str], bool], Piece] | None = None) -> list[Item] | None:
-    """The objects of ``text`` parsed and converted on two processes, this one and a forked child;
-    None when it cannot be split here (no fork, directives, no document start to cut at) or the child
-    did not answer.
+                   work: Callable[[str, str, frozenset[str], bool], objects.StateBuilder] | None = None,
+                   ) -> objects.StateBuilder | None:
+    """The objects of ``text`` parsed and converted on two processes, this one and a forked child,
+    into a builder; None when it cannot be split here (no fork, directives, no document start to cut
+    at) or the child did not answer.
 
-    The text is cut into pieces at document starts (:func:`_pieces`), so the
-    objects and their document numbers are the serial read's. The parent
+    The text is cut into pieces at document starts (:func:`_pieces`), each
+    read into a builder of its own, and the builders merged in the pieces'
+    order (:meth:`~vipcore.core.objects.StateBuilder.merge`): the state is
+    the serial read's, and the work of building it is shared too. The parent
     reads the first piece and the child the last; the others are handed out
     as they are asked for, one byte each from a pipe both processes read
     (a read of one byte takes it from the other): whichever process is
     faster (its pieces cheaper, or its CPU less shared) reads more, and both
     finish within about a piece of each other, the parent with time to load
     the child's answer. The child inherits the text (nothing is sent to it)
-    and returns model values, not the parsed dicts: a fraction of the bytes
-    to pickle and to load, and its share of the conversion done alongside
-    the parent's. A bare ``fork`` and pipes, not a process pool: the pool's
+    and returns its builders (model values, not the parsed dicts): a fraction
+    of the bytes to pickle and to load, and its share of the conversion done
+    alongside the parent's. A bare ``fork`` and pipes, not a process pool: the pool's
     imports, threads and queues cost more than it saves (``bench/manifests.py``).
-    Raises ManifestError for anything invalid (its line or document counts
-    from its piece). ``work``: what both processes run on a piece (tests),
+    Raises ManifestError for anything invalid (its line counts from its
+    piece, and it names no document). ``work``: what both processes run on a piece (tests),
     :func:`_read_piece` by default.
     """
     if _has_directive(text) or not hasattr(os, "fork"):
@@ -200,7 +202,7 @@ def _read_parallel(text: str, source: str, classes: frozenset[str], default_clas
     if child == 0:  # pragma: no cover - the forked child (its result is checked by the parent's tests)
         _child(writable, readable, tickets, work, text, pieces, source, classes, default_class)
     os.close(writable)
-    read: dict[int, Piece] = {}
+    read: dict[int, objects.StateBuilder] = {}
     try:
         for number in _taken(0, tickets):
             start, end = pieces[number]
@@ -225,13 +227,10 @@ def _read_parallel(text: str, source: str, classes: frozenset[str], default_clas
         raise ManifestError(value)  # already names the file, document, field
     if sorted(read) != list(range(len(pieces))):
         return None  # cannot happen (every ticket read by one process); never a silently short state
-    items: list[Item] = []
-    offset = 0
-    for number in range(len(pieces)):
-        count, converted = read[number]
-        items.extend(converted if offset == 0 else [(index + offset, obj) for index, obj in converted])
-        offset += count
-    return items
+    builder = read[0]
+    for number in range(1, len(pieces)):
+        builder.merge(read[number])
+    return builder
 
 
 def _taken(first: int, tickets: int) -> Iterator[int]:
@@ -241,7 +240,8 @@ def _taken(first: int, tickets: int) -> Iterator[int]:
         yield ticket[0]
 
 
-def _child(out: int, other: int, tickets: int, work: Callable[[str, str, frozenset[str], bool], Piece],
+def _child(out: int, other: int, tickets: int,
+           work: Callable[[str, str, frozenset[str], bool], objects.StateBuilder],
            text: str, pieces: list[tuple[int, int]], source: str, classes: frozenset[str],
            default_class: bool) -> NoReturn:
     """The forked child: read the last piece and the middle ones it takes, write ``("ok", [(number,
@@ -286,11 +286,8 @@ def _load_forked(paths: Iterable[Path], classes: frozenset[str], default_class: 
     builder = objects.StateBuilder()
     for path in manifest_files(paths):
         text = _read(path)
-        items = _read_parallel(text, str(path), classes, default_class) if len(text) > SPLIT_ABOVE else None
-        if items is None:
-            items = _parse_and_convert(text, str(path), classes, default_class)
-        for index, converted in items:
-            builder.add(converted, f"{path} (document {index + 1})")
+        part = _read_parallel(text, str(path), classes, default_class) if len(text) > SPLIT_ABOVE else None
+        builder.merge(part if part is not None else _read_piece(text, str(path), classes, default_class))
     return builder.state()
 
 
@@ -319,7 +316,7 @@ def load_manifests(
         except ManifestError:
             pass  # read again serially below: its error names the line and document as always
     return objects.state_from_objects(
-        ((f"{path} (document {index + 1})", obj) for path in manifest_files(paths)
+        ((_where(str(path), index), obj) for path in manifest_files(paths)
          for index, obj in _documents(path)),
         classes=classes, default_class=default_class)
 
