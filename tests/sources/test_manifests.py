@@ -458,9 +458,20 @@ def _answers_big(parent: int) -> Any:
     return work
 
 
+def _answers_what_cannot_be_sent(parent: int) -> Any:
+    def work(text: str, source: str, classes: frozenset[str], default_class: bool) -> Any:
+        builder = _read_piece(text, source, classes, default_class)
+        if os.getpid() != parent:
+            builder.vrids["x"] = lambda: 1  # type: ignore[assignment]  # pickle refuses it: the child fails
+        return builder
+    return work
+
+
 def test_a_child_that_dies_without_answering_means_a_serial_read() -> None:
     text = _large_manifest(5000)
     assert _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_dies_in_child(os.getpid())) is None
+    assert _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True,
+                          work=_answers_what_cannot_be_sent(os.getpid())) is None
     # An answer bigger than the pipe's buffer arrives whole, and the child is reaped (no zombie left).
     builder = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_answers_big(os.getpid()))
     assert builder is not None and builder.vrids == {"x" * (1 << 20): 1}

@@ -9,6 +9,7 @@ Objects of other kinds are ignored. Any validation problem is a
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import pickle
@@ -189,6 +190,9 @@ def _read_parallel(text: str, source: str, classes: frozenset[str], default_clas
         tickets, handing = os.pipe()
     except OSError:
         return None
+    # Room for the child's pieces while the parent is busy with its own: it reads them between pieces.
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(readable, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     # The middle pieces' numbers, written before the fork: each process reads them one byte at a time
     # until the pipe is empty (and, its writer closed, reads nothing more).
     os.write(handing, bytes(range(1, len(pieces) - 1)))
@@ -203,11 +207,17 @@ def _read_parallel(text: str, source: str, classes: frozenset[str], default_clas
         _child(writable, readable, tickets, work, text, pieces, source, classes, default_class)
     os.close(writable)
     read: dict[int, objects.StateBuilder] = {}
+    inbox = _Inbox(readable)
     try:
+        os.set_blocking(readable, False)
         for number in _taken(0, tickets):
             start, end = pieces[number]
             read[number] = work(text[start:end], source, classes, default_class)
-        answer = _read_all(readable)
+            inbox.receive(read)  # what the child has sent meanwhile, loaded while it reads on
+            if inbox.error is not None:
+                break  # the serial read will say what is wrong: no more pieces here
+        os.set_blocking(readable, True)
+        inbox.receive(read)
     except BaseException:
         # The parent's piece was invalid (the serial read will say where): the child's pieces are moot.
         with contextlib.suppress(ProcessLookupError):
@@ -217,20 +227,70 @@ def _read_parallel(text: str, source: str, classes: frozenset[str], default_clas
         os.close(readable)
         os.close(tickets)
         _reap(child)
-    try:
-        outcome, value = pickle.loads(answer)
-        if outcome == "ok":
-            read.update((number, pickle.loads(data)) for number, data in value)
-    except Exception:  # noqa: BLE001 - nothing or half an answer: the child died; read serially
-        return None
-    if outcome == "error":
-        raise ManifestError(value)  # already names the file, document, field
-    if sorted(read) != list(range(len(pieces))):
-        return None  # cannot happen (every ticket read by one process); never a silently short state
+    if inbox.error is not None:
+        raise ManifestError(inbox.error)  # already names the file and the object or line
+    if not inbox.done or inbox.broken or sorted(read) != list(range(len(pieces))):
+        return None  # the child died (or, cannot happen, a piece was read by neither); never a short state
     builder = read[0]
     for number in range(1, len(pieces)):
         builder.merge(read[number])
     return builder
+
+
+#: Bytes the pipe from the child may hold (Linux lets any process ask for up to 1 MiB): the child writes
+#: each piece as it is read and should not wait for the parent to finish its own.
+PIPE_SIZE = 1 << 20
+_LENGTH = 8
+
+
+class _Inbox:
+    """The parent's end of the child's pipe: length-prefixed pickles of ``("piece", number, builder)``,
+    then ``("done", ...)`` or ``("error", message)``."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending = bytearray()
+        self.done = False
+        #: A message could not be loaded: the child's answer is not to be used.
+        self.broken = False
+        self.error: str | None = None
+
+    def receive(self, read: dict[int, objects.StateBuilder]) -> None:
+        """Load every piece the child has sent into ``read``: what the pipe holds now when it does not
+        block, else everything until the child closes it. Whatever cannot be loaded (half a message: the
+        child died) is left for :attr:`done` to tell."""
+        while True:
+            try:
+                chunk = os.read(self.fd, PIPE_SIZE)
+            except BlockingIOError:
+                return
+            self.pending += chunk
+            self._messages(read)
+            if not chunk:
+                return
+
+    def _messages(self, read: dict[int, objects.StateBuilder]) -> None:
+        if self.broken:
+            return
+        pending = self.pending
+        at = 0
+        while len(pending) - at >= _LENGTH:
+            size = int.from_bytes(pending[at:at + _LENGTH], "little")
+            if len(pending) - at - _LENGTH < size:
+                break
+            try:
+                kind, number, value = pickle.loads(pending[at + _LENGTH:at + _LENGTH + size])
+            except Exception:  # noqa: BLE001 - a garbled message: treated as no answer (a serial read)
+                self.broken = True
+                return
+            at += _LENGTH + size
+            if kind == "piece":
+                read[number] = value
+            elif kind == "done":
+                self.done = True
+            elif kind == "error":
+                self.error = value
+        del pending[:at]
 
 
 def _taken(first: int, tickets: int) -> Iterator[int]:
@@ -244,35 +304,30 @@ def _child(out: int, other: int, tickets: int,
            work: Callable[[str, str, frozenset[str], bool], objects.StateBuilder],
            text: str, pieces: list[tuple[int, int]], source: str, classes: frozenset[str],
            default_class: bool) -> NoReturn:
-    """The forked child: read the last piece and the middle ones it takes, write ``("ok", [(number,
-    pickled piece), ...])`` or ``("error", message)``, exit at once (``os._exit``: never the parent's
-    ``atexit``, ``finally`` blocks or buffered output). Each piece is pickled when read, so the
-    pickling is part of the work shared out."""
+    """The forked child: read the last piece and the middle ones it takes, send each as it is read
+    (:class:`_Inbox`), then ``done`` or the first error's message; exit at once (``os._exit``: never the
+    parent's ``atexit``, ``finally`` blocks or buffered output). Each piece is pickled when read, so
+    the pickling is part of the work shared out, and the parent loads it while the child reads on."""
     status = 1
     try:
         os.close(other)
-        done: list[tuple[int, bytes]] = []
         try:
             for number in _taken(len(pieces) - 1, tickets):
                 start, end = pieces[number]
-                piece = work(text[start:end], source, classes, default_class)
-                done.append((number, pickle.dumps(piece, protocol=pickle.HIGHEST_PROTOCOL)))
-            answer: tuple[str, object] = ("ok", done)
+                _send(out, ("piece", number, work(text[start:end], source, classes, default_class)))
+            _send(out, ("done", None, None))
         except ManifestError as exc:
-            answer = ("error", str(exc))
-        data = memoryview(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
-        while data:
-            data = data[os.write(out, data):]
+            _send(out, ("error", None, str(exc)))
         status = 0
     finally:
         os._exit(status)
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _send(fd: int, message: tuple[str, int | None, object]) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(len(data).to_bytes(_LENGTH, "little") + data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _reap(pid: int) -> None:
