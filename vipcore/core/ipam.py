@@ -44,6 +44,7 @@ class Allocation:
 #: An address of each family from its integer value (``ip_address`` would try IPv4 first for every IPv6 one).
 _ADDRESS: dict[Family, type[IPAddress]] = {Family.IPV4: IPv4Address, Family.IPV6: IPv6Address}
 _VERSION = operator.attrgetter("version")
+_NO_FAMILIES: frozenset[Family] = frozenset()
 
 
 def wanted_families(
@@ -366,8 +367,9 @@ def allocate(
     for key, service, pool in pairs:
         if key in refused or service.requested_ips:
             continue
-        have = {Family.of(ip) for ip in result.get(key, [])}
-        gap = dual_stack_gap(service, pool)
+        held = result.get(key)
+        have = {Family.of(ip) for ip in held} if held else _NO_FAMILIES
+        gap = dual_stack_gap(service, pool) if service.require_dual_stack else None
         if gap is not None and not have:
             refused[key] = gap
             continue
@@ -385,7 +387,7 @@ def allocate(
                                         else "no address allocated yet")
             continue
         for family in missing:
-            found = _shared(service, pool, family, users, pool_of)
+            found = _shared(service, pool, family, users, pool_of) if service.sharing_key else None
             if found is None:
                 fs = space(pool, family)
                 found = fs.first_free(_start(key, family, fs.size), resting) if fs.size else None
