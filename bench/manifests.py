@@ -38,7 +38,11 @@ from vipcore.core import yamldocs  # noqa: E402
 from vipcore.ops.tables import render_table  # noqa: E402
 from vipcore.sources.manifests import load_manifests  # noqa: E402
 
-VIPCORE = str(Path(sys.executable).parent / "vipcore")
+#: The command as the console script runs it (``vipcore.cli.main:run``; ``main`` in trees older than
+#: ``run``), started so that a tree on ``PYTHONPATH`` (an export of another branch, for a side-by-side
+#: run) is measured by its own code, not by the entry point the virtualenv's script was made for.
+VIPCORE = [sys.executable, "-c", "import importlib, sys; m = importlib.import_module('vipcore.cli.main'); "
+           "m.run() if hasattr(m, 'run') else sys.exit(m.main())"]
 
 
 def write_manifest(path: Path, objects: int) -> Path:
@@ -93,7 +97,7 @@ def timed(fn: Callable[[], object], runs: int) -> tuple[list[float], list[float]
 
 
 def resolve_cli(path: Path) -> None:
-    result = subprocess.run([VIPCORE, "resolve", "-f", str(path), "-o", "json"], capture_output=True, text=True)
+    result = subprocess.run([*VIPCORE, "resolve", "-f", str(path), "-o", "json"], capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"vipcore resolve failed: {result.stderr.strip()}")
 
