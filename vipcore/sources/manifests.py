@@ -73,8 +73,6 @@ def _has_directive(text: str) -> bool:
     return text.startswith("%") or "\n%" in text
 
 
-
-
 def _parse(text: str, source: str) -> list[Any]:
     return yamldocs.load_all(text, source=source, error=ManifestError)
 
