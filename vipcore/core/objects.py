@@ -613,12 +613,14 @@ class StateBuilder:
         (the object) names what is defined twice."""
         kind, value = converted
         if kind == "Service":
-            if value.key in self.services:
-                first = self.service_origin[value.key]
-                raise ManifestError(f"Service {value.key} is defined twice" + (f" (first in {first})" if first else ""),
+            key = value.key
+            if key in self.services:
+                first = self.service_origin.get(key)
+                raise ManifestError(f"Service {key} is defined twice" + (f" (first in {first})" if first else ""),
                                     source=describe(obj) if obj is not None else None)
-            self.services[value.key] = value
-            self.service_origin[value.key] = origin or ""
+            self.services[key] = value
+            if origin:  # kept for that message only: a builder without origins carries none
+                self.service_origin[key] = origin
         elif kind == "EndpointSlice":
             self.slices.append(value)
         elif kind == "Node":
