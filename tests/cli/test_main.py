@@ -51,8 +51,8 @@ def test_resolve_imports_only_what_it_runs(tmp_path: Path) -> None:
                             cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stderr.strip().splitlines()[-1])
-    heavy = ("asyncio", "pluggy", "kubernetes", "prometheus_client", "pyroute2", "urllib3",
-             "vipcore.backend", "vipcore.agent", "vipcore.controller", "vipcore.kube")
+    heavy = ("asyncio", "pluggy", "kubernetes", "prometheus_client", "pyroute2", "urllib3", "ctypes", "subprocess",
+             "vipcore.backend", "vipcore.agent", "vipcore.controller", "vipcore.kube", "vipcore.sources.filewatch")
     assert [m for m in loaded if m.startswith(heavy)] == []
 
 

@@ -169,3 +169,54 @@ def test_openelb_eip_namespaces_choose_the_eip_without_restricting() -> None:
     assert team.contains(result.addresses["team/a"][0])
     assert default.contains(result.addresses["other/b"][0])
     assert team.contains(result.addresses["other/c"][0])  # named explicitly: not restricted
+
+
+def test_one_chooser_for_many_services_answers_as_choose_pool_for_each() -> None:
+    """resolve() chooses with one :class:`ipam.PoolChooser` (the usual pool made once per namespace):
+    every Service gets what a fresh ``choose_pool`` gives it, whatever the Services before it."""
+    def eip(name: str, address: str, namespaces: list[str], **annotations: str) -> Pool:
+        return pool_from_k8s({"apiVersion": "network.kubesphere.io/v1alpha2", "kind": "Eip",
+                              "metadata": {"name": name, "annotations": annotations},
+                              "spec": {"address": address, "protocol": "vip", "interface": "eth0",
+                                       "namespaces": namespaces}})
+    pools_sets = [
+        [],
+        [pool("only", "203.0.113.10-203.0.113.11")],
+        [pool("only", "203.0.113.10-203.0.113.11", disabled=True)],
+        [pool("a", "203.0.113.10-203.0.113.11"), pool("b", "203.0.113.20-203.0.113.21")],
+        [pool("lan", "203.0.113.10-203.0.113.11", default=True, namespaces=["prod"]),
+         pool("dark", "203.0.113.20-203.0.113.21", default=True, disabled=True),
+         eip("team-b", "198.51.100.20-198.51.100.21", ["team", "ops"]),
+         eip("team-a", "198.51.100.10-198.51.100.11", ["team"]),
+         eip("shut", "198.51.100.30-198.51.100.31", ["ops", "dev"],
+             **{"eip.openelb.kubesphere.io/is-default-eip": "true"})],
+    ]
+    services = [svc(f"s{i}", ns=ns, held=held, requested=requested, pool_name=named)
+                for i, (ns, held, requested, named) in enumerate(
+                    (ns, held, requested, named)
+                    for ns in ("team", "ops", "dev", "prod", "other")
+                    for held in ((), ("203.0.113.11",), ("198.51.100.31",))
+                    for requested in ((), ("198.51.100.10",), ("192.0.2.1",))
+                    for named in (None, "team-b", "missing"))]
+    for pools in pools_sets:
+        by_name = {p.name: p for p in pools}
+        chooser = ipam.PoolChooser(by_name)
+        for service in services + services[::-1]:
+            assert chooser(service) == ipam.choose_pool(service, by_name), (service, pools)
+    assert isinstance(ipam.PoolChooser({p.name: p for p in pools_sets[-1]})(svc("x", ns="ops")), Pool)
+
+
+def test_a_fresh_address_starts_where_the_documented_hash_of_its_key_says() -> None:
+    """Every node and every vipcore version must give a Service the same fresh address: the probe starts at
+    ``sha256("<namespace>/<name>/<version>")[:8] % size`` (big-endian), for each family."""
+    import hashlib
+
+    lan = pool("lan", "198.51.100.10-198.51.100.209", "2001:db8:5::10-2001:db8:5::d7", default=True)  # 200 each
+    services = [svc(f"s{i}", ns=f"ns{i % 3}", dual=True) for i in range(5)]
+    result = run(services, [lan])
+    for service in services:  # five starts in 200 addresses: none taken by another (no probing here)
+        expected = []
+        for version, base in ((4, int(ip("198.51.100.10"))), (6, int(ip("2001:db8:5::10")))):
+            digest = hashlib.sha256(f"{service.key}/{version}".encode()).digest()
+            expected.append(base + int.from_bytes(digest[:8], "big") % 200)
+        assert [int(a) for a in result.addresses[service.key]] == expected, service.key

@@ -83,3 +83,27 @@ def test_any_dumped_document_reads_back_as_safe_load_reads_it(docs: list[Any], f
 def test_malformed_yaml_is_one_error_naming_the_file_and_line() -> None:
     with pytest.raises(ConfigError, match=r"^t\.yaml: line \d+: invalid YAML"):
         yamldocs.load_all("a: 1\nb: [unclosed\n", source="t.yaml")
+
+
+def test_without_libyaml_the_pure_python_loader_gives_the_same_values_and_errors() -> None:
+    """PyYAML built without libyaml: the reader falls back to ``SafeLoader`` with the same builder."""
+    import json
+    import subprocess
+    import sys
+
+    text = ("a: 1\nb: [true, null, 1.5, '2', 0o17, 2026-01-01]\nc: &x {d: e}\nf: *x\n<<: {g: h}\n"
+            "---\n- !!str 3\n- {name: x, labels: {app: web}}\n--- |\n  block\n")
+    script = ("import sys, json, yaml\nif hasattr(yaml, 'CSafeLoader'): del yaml.CSafeLoader\n"
+              "from vipcore.core import yamldocs; "
+              "assert not yamldocs.C_LOADER; "
+              "print(repr(yamldocs.load_all(sys.stdin.read(), source='t.yaml')))\n"
+              "try:\n yamldocs.load_all('a: [1\\n', source='bad.yaml')\n"
+              "except Exception as exc:\n print(json.dumps(str(exc)))")
+    result = subprocess.run([sys.executable, "-c", script], input=text, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    pure, error = result.stdout.splitlines()
+    assert pure == repr(yamldocs.load_all(text, source="t.yaml"))
+    with pytest.raises(ConfigError) as c_error:
+        yamldocs.load_all("a: [1\n", source="bad.yaml")
+    assert "bad.yaml" in json.loads(error) and "invalid YAML" in json.loads(error)
+    assert json.loads(error).split(":")[0] == str(c_error.value).split(":")[0]

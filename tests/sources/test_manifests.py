@@ -14,8 +14,9 @@ import yaml
 
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import DesiredState
-from vipcore.core.objects import state_from_objects
-from vipcore.sources.manifests import SPLIT_ABOVE, ManifestSource, _objects, _parse, _read_halves, load_manifests
+from vipcore.core.objects import StateBuilder, state_from_objects
+from vipcore.sources.manifests import (PIECE, SPLIT_ABOVE, ManifestSource, _objects, _parse, _pieces,
+                                      _read_parallel, _read_piece, load_manifests)
 
 NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
         "status": {"conditions": [{"type": "Ready", "status": "True"}],
@@ -382,32 +383,29 @@ def _large_manifest(count: int) -> str:
     return text
 
 
-def _serial(text: str, source: str = "m.yaml") -> list[Any]:
-    """What the serial read converts, as (document index, kind, value)."""
-    from vipcore.core.objects import convert
-
-    out = []
-    for index, obj in _objects(_parse(text, source), source):
-        converted = convert(obj)
-        if converted is not None:
-            out.append((index, *converted))
-    return out
+def _serial(text: str, source: str = "m.yaml") -> DesiredState:
+    """The state the serial read gives."""
+    return state_from_objects((None, obj) for _, obj in _objects(_parse(text, source), source))
 
 
-def _halves(text: str) -> list[Any] | None:
-    items = _read_halves(text, "m.yaml", frozenset({"vipcore.io/vip"}), True)
-    return None if items is None else [(index, *converted) for index, converted in items]
+def _halves(text: str) -> DesiredState | None:
+    builder = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True)
+    return None if builder is None else builder.state()
 
 
 def test_a_large_manifest_read_on_two_processes_is_the_serial_read(tmp_path: Path) -> None:
     text = _large_manifest(5000)
     serial = _serial(text)
-    # The child's half comes back converted (model values), with the serial read's document numbers.
-    assert _halves(text) == serial and len(serial) == 5000
-    # Empty documents and explicit document ends keep their places (document numbers in errors).
+    # The child's pieces come back converted (builders of model values), merged in the pieces' order.
+    assert _halves(text) == serial and len(serial.services) == 5000
+    # Empty documents and explicit document ends change nothing.
     odd = "---\n" + text.replace("\n---\n", "\n...\n---\n---\n", 3)
     assert _halves(odd) == _serial(odd)
     assert _halves("%YAML 1.1\n" + text) is None  # directives: read serially
+    middle = text.index("\n---\n", len(text) // 2)
+    assert _halves(text[:middle] + "\n%TAG !e! tag:example.com,2000:\n" + text[middle:]) is None
+    percent = text.replace("team: web", "team: 100% web", 1)  # a % inside a line is no directive
+    assert _halves(percent) == _serial(percent)
     # And through load_manifests, as `vipcore resolve -f` calls it (a List and a second file too).
     path = tmp_path / "m.yaml"
     path.write_text(text)
@@ -435,7 +433,7 @@ def test_an_error_in_the_second_half_is_the_serial_reads_error(tmp_path: Path, p
         load_manifests([path])
     if problem == "yaml":
         with pytest.raises(ManifestError) as half:
-            _read_halves(path.read_text(), str(path), frozenset({"vipcore.io/vip"}), True)
+            _read_parallel(path.read_text(), str(path), frozenset({"vipcore.io/vip"}), True)
         assert str(half.value) != str(serial.value)  # its line counts from the second half
     with pytest.raises(ManifestError) as parallel:
         load_manifests([path], jobs=2)
@@ -443,23 +441,73 @@ def test_an_error_in_the_second_half_is_the_serial_reads_error(tmp_path: Path, p
     assert ("line" if problem == "yaml" else "document") in str(serial.value)
 
 
-def _dies(text: str, source: str, classes: frozenset[str], default_class: bool) -> list[Any]:
-    os._exit(9)  # the forked child killed mid-read (the OOM killer, a signal)
+def _dies_in_child(parent: int) -> Any:
+    def work(text: str, source: str, classes: frozenset[str], default_class: bool) -> Any:
+        if os.getpid() != parent:
+            os._exit(9)  # the forked child killed mid-read (the OOM killer, a signal)
+        return _read_piece(text, source, classes, default_class)
+    return work
 
 
-def _answers_half(text: str, source: str, classes: frozenset[str], default_class: bool) -> list[Any]:
-    data = "x" * (1 << 20)  # more than a pipe holds: the child blocks until the parent reads
-    return [(0, ("Marker", data))]
+def _answers_big(parent: int) -> Any:
+    def work(text: str, source: str, classes: frozenset[str], default_class: bool) -> Any:
+        if os.getpid() != parent:
+            marked = StateBuilder()
+            marked.vrids["x" * (1 << 20)] = 1  # more than a pipe holds: the child blocks until read
+            return marked
+        return _read_piece(text, source, classes, default_class)
+    return work
+
+
+def _answers_what_cannot_be_sent(parent: int) -> Any:
+    def work(text: str, source: str, classes: frozenset[str], default_class: bool) -> Any:
+        builder = _read_piece(text, source, classes, default_class)
+        if os.getpid() != parent:
+            builder.vrids["x"] = lambda: 1  # type: ignore[assignment]  # pickle refuses it: the child fails
+        return builder
+    return work
 
 
 def test_a_child_that_dies_without_answering_means_a_serial_read() -> None:
     text = _large_manifest(5000)
-    assert _read_halves(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_dies) is None
+    assert _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_dies_in_child(os.getpid())) is None
+    assert _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True,
+                          work=_answers_what_cannot_be_sent(os.getpid())) is None
     # An answer bigger than the pipe's buffer arrives whole, and the child is reaped (no zombie left).
-    items = _read_halves(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_answers_half)
-    assert items is not None and items[-1][1] == ("Marker", "x" * (1 << 20))
+    builder = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_answers_big(os.getpid()))
+    assert builder is not None and builder.vrids == {"x" * (1 << 20): 1}
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+def test_a_large_manifest_is_cut_into_pieces_at_document_starts() -> None:
+    text = "---\n" + _large_manifest(5000).replace("\n---\n", "\n...\n--- # a comment\n", 50)
+    pieces = _pieces(text)
+    assert len(pieces) == len(text) // PIECE and pieces[0][0] == 0 and pieces[-1][1] == len(text)
+    assert all(end == start for (_, end), (start, _) in zip(pieces, pieces[1:]))
+    assert all(text.startswith("---", start) and text[start - 1] == "\n" for start, _ in pieces[1:])
+    assert _pieces("kind: Node\n" * 100_000) == [(0, 1_100_000)]  # one document: nothing to cut at
+    assert _read_parallel("kind: Node\n" * 100_000, "m.yaml", frozenset(), True) is None
+
+
+def test_the_faster_process_reads_more_of_a_large_manifest() -> None:
+    """The pieces between the first (the parent's) and the last (the child's) go to whichever process
+    asks first: a child slowed down (its CPU shared with other work) leaves most of them to the parent,
+    and the answer is still the serial read's."""
+    text = _large_manifest(5000)
+    parent = os.getpid()
+    read_here: list[int] = []
+
+    def work(piece: str, source: str, classes: frozenset[str], default_class: bool) -> Any:
+        if os.getpid() == parent:
+            read_here.append(len(piece))
+        else:
+            time.sleep(0.5)
+        return _read_piece(piece, source, classes, default_class)
+
+    builder = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=work)
+    assert builder is not None and builder.state() == _serial(text)
+    assert len(read_here) >= 4 and sum(read_here) > len(text) * 3 // 4
 
 
 # -- how the source notices edits (inotify, not a 4 Hz poll) ------------------------------------------
@@ -599,3 +647,28 @@ def test_without_inotify_the_files_are_polled(tmp_path: Path) -> None:
         await _until(lambda: bool(seen), timeout=2.0)
 
     assert _services(_watching(source, edit)[-1]) == ["default/api", "default/web"]
+
+
+def test_the_childs_pickler_sends_model_values_that_load_as_they_were() -> None:
+    """The child pickles Nodes, Services and EndpointSlices as their class and field values; loaded, the
+    state is the one it built (a model class that gains a field not given to ``__init__`` would be
+    pickled attrs' way again: the list below says which are sent the short way)."""
+    import io
+    import pickle
+
+    from vipcore.core.model import EndpointSlice, Node, Service
+    from vipcore.sources.manifests import _Pickler
+
+    assert set(_Pickler.FIELDS) == {Node, Service, EndpointSlice}
+    text = _large_manifest(5000).replace("team: web", "vipcore.io/ip: 198.51.100.7, 2001:db8::7", 1)
+    extra = ("---\napiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {a: b}}\n"
+             "status: {conditions: [{type: Ready, status: 'True'}], addresses: [{type: InternalIP, address: 2001:db8::1}]}\n"
+             "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+             "metadata: {name: s1-x, namespace: ns1, labels: {kubernetes.io/service-name: s1}}\n"
+             "endpoints: [{nodeName: n1, conditions: {ready: true}}]\n")
+    builder = _read_piece(text + extra, "m.yaml", frozenset({"vipcore.io/vip"}), True)
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(builder)
+    loaded = pickle.loads(buffer.getvalue())
+    assert loaded.state() == builder.state()
+    assert loaded.state().services[0].requested_ips and loaded.state().nodes[0].addresses

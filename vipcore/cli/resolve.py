@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 from typing import Any
 
@@ -12,6 +11,7 @@ from vipcore.core.model import Family, Resolution
 from vipcore.core.objects import vipgroup_spec
 from vipcore.core.resolve import resolve
 from vipcore.core.settings import load_config
+from vipcore.ops.jsontext import dumps_indented
 from vipcore.ops.tables import render_table
 from vipcore.sources.manifests import load_manifests
 
@@ -55,7 +55,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         state = load_manifests(config.manifests, jobs=min(2, os.cpu_count() or 1))
         resolution = resolve(state, vrid_policy=config.vrid_policy)
         if args.output == "json":
-            print(json.dumps(resolution_to_json(resolution), indent=2))
+            print(dumps_indented(resolution_to_json(resolution)))
         else:
             print(resolution_to_table(resolution))
     finally:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import operator
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import attrs
@@ -39,6 +39,12 @@ class Allocation:
     addresses: Mapping[str, tuple[IPAddress, ...]]
     #: Service key -> why it got no address.
     refused: Mapping[str, str]
+
+
+#: An address of each family from its integer value (``ip_address`` would try IPv4 first for every IPv6 one).
+_ADDRESS: dict[Family, type[IPAddress]] = {Family.IPV4: IPv4Address, Family.IPV6: IPv6Address}
+_VERSION = operator.attrgetter("version")
+_NO_FAMILIES: frozenset[Family] = frozenset()
 
 
 def wanted_families(
@@ -124,8 +130,13 @@ def pool_conflicts(pools: Iterable[Pool], nodes: Iterable[Node] = ()) -> dict[st
     return refused
 
 
+#: ``"/4"``, ``"/6"``: what a key is hashed with for a start in each family (``Family.value`` is a slow property).
+_FAMILY_SUFFIX = {family: f"/{family.value}" for family in Family}
+
+
 def _start(key: str, family: Family, size: int) -> int:
-    digest = hashlib.sha256(f"{key}/{family.value}".encode()).digest()
+    """Where the probe for ``key``'s fresh address of ``family`` starts: ``sha256("<key>/<version>")``."""
+    digest = hashlib.sha256((key + _FAMILY_SUFFIX[family]).encode()).digest()
     return int.from_bytes(digest[:8], "big") % size
 
 
@@ -159,37 +170,64 @@ def choose_pool(service: Service, pools: Mapping[str, Pool]) -> Pool | str:
     the addresses a Service holds from it; a pool's ``namespaces`` restrict
     new allocations only.
     """
-    holds = bool(service.vips) and not (service.requested_ips and set(service.requested_ips) != set(service.vips))
-    pool: Pool | None = None
-    if service.pool is not None:
-        pool = pools.get(service.pool)
-        if pool is None:
-            return f"pool {service.pool!r} does not exist"
-    elif holds and (held := _by_address(service.vips, pools)) is not None:
-        pool = held
-    elif service.requested_ips and (asked := _by_address(service.requested_ips, pools)) is not None:
-        pool = asked
-    else:
-        # Nothing held or requested is in any pool: the usual choice (a request outside it is refused later).
-        open_pools = {name: p for name, p in pools.items() if not _closed(p)}
-        by_namespace = sorted(n for n, p in open_pools.items() if service.namespace in p.auto_namespaces)
-        defaults = sorted(name for name, p in open_pools.items() if p.default)
-        if by_namespace:
-            pool = pools[by_namespace[0]]
-        elif defaults:
-            pool = pools[defaults[0]]
+    return PoolChooser(pools)(service)
+
+
+class PoolChooser:
+    """:func:`choose_pool` for many Services over the same ``pools`` (which must not change meanwhile):
+    the usual choice, which depends only on a Service's namespace, is made once per namespace."""
+
+    def __init__(self, pools: Mapping[str, Pool]) -> None:
+        self.pools = pools
+        #: The open pools (not disabled or deleting) that list namespaces to serve automatically, by name.
+        self._automatic = sorted((name, p) for name, p in pools.items() if not _closed(p) and p.auto_namespaces)
+        defaults = sorted(name for name, p in pools.items() if not _closed(p) and p.default)
+        self._fallback: Pool | str
+        if defaults:
+            self._fallback = pools[defaults[0]]
         elif len(pools) == 1:
-            pool = next(iter(pools.values()))
+            self._fallback = next(iter(pools.values()))
         elif not pools:
-            return "no pool is defined"
+            self._fallback = "no pool is defined"
         else:
-            return "no pool is marked default and the Service names none (annotation vipcore.io/pool)"
-    held_here = any(pool.contains(ip) for ip in service.vips)
-    if _closed(pool) and not held_here:
-        return _closed_reason(pool)
-    if pool.namespaces and service.namespace not in pool.namespaces and not held_here:
-        return f"pool {pool.name!r} does not serve namespace {service.namespace!r}"
-    return pool
+            self._fallback = "no pool is marked default and the Service names none (annotation vipcore.io/pool)"
+        self._usual: dict[str, Pool | str] = {}
+
+    def usual(self, namespace: str) -> Pool | str:
+        """The pool of a Service in ``namespace`` that holds, requests and names nothing in any pool: one
+        listing the namespace in ``auto_namespaces``, first by name, else the default, else the only one."""
+        found = self._usual.get(namespace)
+        if found is None:
+            found = self._usual[namespace] = next(
+                (p for _, p in self._automatic if namespace in p.auto_namespaces), self._fallback)
+        return found
+
+    def __call__(self, service: Service) -> Pool | str:
+        """:func:`choose_pool` of ``service``."""
+        pools = self.pools
+        vips = service.vips
+        requested = service.requested_ips
+        holds = bool(vips) and not (requested and set(requested) != set(vips))
+        pool: Pool | str | None = None
+        if service.pool is not None:
+            pool = pools.get(service.pool)
+            if pool is None:
+                return f"pool {service.pool!r} does not exist"
+        elif holds and (held := _by_address(vips, pools)) is not None:
+            pool = held
+        elif requested and (asked := _by_address(requested, pools)) is not None:
+            pool = asked
+        else:
+            # Nothing held or requested is in any pool: the usual choice (a request outside it is refused later).
+            pool = self.usual(service.namespace)
+            if isinstance(pool, str):
+                return pool
+        held_here = bool(vips) and any(pool.contains(ip) for ip in vips)
+        if _closed(pool) and not held_here:
+            return _closed_reason(pool)
+        if pool.namespaces and service.namespace not in pool.namespaces and not held_here:
+            return f"pool {pool.name!r} does not serve namespace {service.namespace!r}"
+        return pool
 
 
 def share_problem(service: Service, others: Sequence[Service]) -> str | None:
@@ -269,10 +307,12 @@ def allocate(
             return f"already used by {', '.join(o.key for o in others)} from pool {pool_of[ip]!r}"
         return share_problem(service, others)
 
-    def claim(key: str, service: Service, pool: Pool, ip: IPAddress) -> None:
+    def claim(key: str, service: Service, pool: Pool, ip: IPAddress, family: Family | None = None,
+              value: int | None = None) -> None:
+        """``ip`` to ``service`` (``family`` and ``value``: the address's, when the caller has them)."""
         users.setdefault(ip, []).append(service)
         pool_of[ip] = pool.name
-        space(pool, Family.of(ip)).taken.add(int(ip))
+        space(pool, family or Family.of(ip)).taken.add(int(ip) if value is None else value)
         result.setdefault(key, []).append(ip)
 
     def release(service: Service, pool: Pool) -> None:
@@ -327,8 +367,9 @@ def allocate(
     for key, service, pool in pairs:
         if key in refused or service.requested_ips:
             continue
-        have = {Family.of(ip) for ip in result.get(key, [])}
-        gap = dual_stack_gap(service, pool)
+        held = result.get(key)
+        have = {Family.of(ip) for ip in held} if held else _NO_FAMILIES
+        gap = dual_stack_gap(service, pool) if service.require_dual_stack else None
         if gap is not None and not have:
             refused[key] = gap
             continue
@@ -346,7 +387,7 @@ def allocate(
                                         else "no address allocated yet")
             continue
         for family in missing:
-            found = _shared(service, pool, family, users, pool_of)
+            found = _shared(service, pool, family, users, pool_of) if service.sharing_key else None
             if found is None:
                 fs = space(pool, family)
                 found = fs.first_free(_start(key, family, fs.size), resting) if fs.size else None
@@ -355,14 +396,14 @@ def allocate(
                 refused[key] = f"pool {pool.name!r} has no free {family.k8s_name} address" + (
                     f" ({resting_here} recently released, in quarantine)" if resting_here else "")
                 break
-            claim(key, service, pool, ip_address(found))
+            claim(key, service, pool, _ADDRESS[family](found), family, found)
         else:
             continue
         # Exhaustion is all-or-nothing for a Service: give back what it got this run.
         release(service, pool)
 
     addresses = {
-        key: tuple(sorted(ips, key=lambda ip: ip.version))
+        key: tuple(sorted(ips, key=_VERSION) if len(ips) > 1 else ips)
         for key, ips in result.items()
         if key not in refused
     }

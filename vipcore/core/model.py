@@ -42,11 +42,15 @@ class Family(enum.IntEnum):
 
     @classmethod
     def of(cls, address: IPAddress) -> "Family":
-        return cls(address.version)
+        return _FAMILIES[address.version]
 
     @property
     def k8s_name(self) -> str:
         return "IPv4" if self is Family.IPV4 else "IPv6"
+
+
+#: Family by IP version (a dict lookup: calling the enum class is a microsecond of Python).
+_FAMILIES = {4: Family.IPV4, 6: Family.IPV6}
 
 
 class TrafficPolicy(enum.Enum):

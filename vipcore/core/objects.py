@@ -130,7 +130,9 @@ def _address(obj: Obj, field: str, text: Any) -> IPAddress:
     if not isinstance(text, str):
         raise _fail(obj, field, f"must be an IP address (a string), got {show(text)}")
     try:
-        return ipaddress.ip_address(text.strip())
+        # An address with a colon can only be IPv6: ``ip_address`` would first fail to read it as IPv4.
+        text = text.strip()
+        return ipaddress.IPv6Address(text) if ":" in text else ipaddress.IPv4Address(text)
     except ValueError:
         raise _fail(obj, field, f"{show(text)} is not an IP address") from None
 
@@ -164,6 +166,11 @@ def _split_ips(obj: Obj, field: str, text: str) -> tuple[IPAddress, ...]:
     return ips
 
 
+_POLICIES = {policy.value: policy for policy in TrafficPolicy}
+_IP_ANNOTATION_FIELD = f"metadata.annotations[{IP_ANNOTATION}]"
+_OPENELB_IP_FIELD = f"metadata.annotations[{OPENELB_IP}]"
+
+
 def service_from_k8s(obj: Obj) -> Service:
     """A ``v1 Service`` of type LoadBalancer."""
     name = _name(obj)
@@ -174,14 +181,14 @@ def service_from_k8s(obj: Obj) -> Service:
     status = _mapping(obj, "status", obj.get("status"))
 
     policy_text = spec.get("externalTrafficPolicy") or "Cluster"
-    if policy_text not in ("Cluster", "Local"):
+    policy = _POLICIES.get(policy_text) if isinstance(policy_text, str) else None
+    if policy is None:
         raise _fail(obj, "spec.externalTrafficPolicy", f"must be Cluster or Local, got {show(policy_text)}")
-    policy = TrafficPolicy(policy_text)
 
     requested: tuple[IPAddress, ...] = ()
     for field, text in (
-        (f"metadata.annotations[{IP_ANNOTATION}]", annotations.get(IP_ANNOTATION)),
-        (f"metadata.annotations[{OPENELB_IP}]", annotations.get(OPENELB_IP)),
+        (_IP_ANNOTATION_FIELD, annotations.get(IP_ANNOTATION)),
+        (_OPENELB_IP_FIELD, annotations.get(OPENELB_IP)),
         ("spec.loadBalancerIP", spec.get("loadBalancerIP")),
     ):
         if text:
@@ -325,7 +332,9 @@ def endpoint_slice_from_k8s(obj: Obj) -> EndpointSlice:
     for i, ep in enumerate(_list(obj, "endpoints", obj.get("endpoints"))):
         if not _is_mapping(ep):
             raise _fail(obj, f"endpoints[{i}]", "expected a mapping")
-        conditions = _mapping(obj, f"endpoints[{i}].conditions", ep.get("conditions"))
+        conditions = ep.get("conditions")
+        if type(conditions) is not dict:  # the field's name built only when it may be needed
+            conditions = _mapping(obj, f"endpoints[{i}].conditions", conditions)
         node = ep.get("nodeName")
         if node is not None and not isinstance(node, str):
             raise _fail(obj, f"endpoints[{i}].nodeName", f"must be a string, got {show(node)}")
@@ -604,12 +613,14 @@ class StateBuilder:
         (the object) names what is defined twice."""
         kind, value = converted
         if kind == "Service":
-            if value.key in self.services:
-                first = self.service_origin[value.key]
-                raise ManifestError(f"Service {value.key} is defined twice" + (f" (first in {first})" if first else ""),
+            key = value.key
+            if key in self.services:
+                first = self.service_origin.get(key)
+                raise ManifestError(f"Service {key} is defined twice" + (f" (first in {first})" if first else ""),
                                     source=describe(obj) if obj is not None else None)
-            self.services[value.key] = value
-            self.service_origin[value.key] = origin or ""
+            self.services[key] = value
+            if origin:  # kept for that message only: a builder without origins carries none
+                self.service_origin[key] = origin
         elif kind == "EndpointSlice":
             self.slices.append(value)
         elif kind == "Node":
@@ -622,6 +633,22 @@ class StateBuilder:
         elif kind == "VipGroup":
             name, vrid = value
             self.vrids[name] = vrid
+
+    def merge(self, later: StateBuilder) -> None:
+        """Add everything ``later`` holds (built from objects that come after this builder's), as adding
+        its values one by one would, at the speed of dict updates: a Service or pool both hold is a
+        :class:`ManifestError` (naming it, not where it is defined)."""
+        # isdisjoint walks the smaller side: a piece's keys against the whole state's, not the reverse.
+        if not self.services.keys().isdisjoint(later.services):
+            raise ManifestError(f"Service {min(self.services.keys() & later.services.keys())} is defined twice")
+        if not self.pools.keys().isdisjoint(later.pools):
+            raise ManifestError(f"pool {min(self.pools.keys() & later.pools.keys())!r} is defined twice")
+        self.nodes.update(later.nodes)
+        self.services.update(later.services)
+        self.service_origin.update(later.service_origin)
+        self.slices.extend(later.slices)
+        self.pools.update(later.pools)
+        self.vrids.update(later.vrids)
 
     def state(self) -> DesiredState:
         return DesiredState(nodes=tuple(self.nodes.values()), services=tuple(self.services.values()),

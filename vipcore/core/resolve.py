@@ -125,16 +125,19 @@ def resolve(
     pools = {p.name: p for p in state.pools}
     unresolved: dict[str, str] = {}
 
-    chosen: list[tuple[Service, Pool]] = []
+    # (key, Service, pool): Service.key is computed, and read several times a Service below.
+    chosen: list[tuple[str, Service, Pool]] = []
+    choose = ipam.PoolChooser(pools)
     for service in state.services:
-        pool = choose_pool(service, pools)
+        pool = choose(service)
         if isinstance(pool, str):
             unresolved[service.key] = pool
         else:
-            chosen.append((service, pool))
+            chosen.append((service.key, service, pool))
 
     refused_pools = ipam.pool_conflicts(state.pools, state.nodes)
-    allocation = ipam.allocate(chosen, allocate_new=allocate, quarantined=quarantined, refused_pools=refused_pools)
+    allocation = ipam.allocate(((s, p) for _, s, p in chosen), allocate_new=allocate, quarantined=quarantined,
+                               refused_pools=refused_pools)
     unresolved.update(allocation.refused)
 
     ready_by_service: dict[str, set[str]] = {}
@@ -150,44 +153,45 @@ def resolve(
             )
         return eligible_cache[pool.name]
 
-    members: dict[tuple[frozenset[str], str], list[Service]] = {}
+    members: dict[tuple[frozenset[str], str], list[str]] = {}
     vips: dict[tuple[frozenset[str], str], list[IPAddress]] = {}
-    for service, pool in chosen:
-        addresses = allocation.addresses.get(service.key)
-        if service.key in unresolved or not addresses:
+    for key, service, pool in chosen:
+        addresses = allocation.addresses.get(key)
+        if not addresses or key in unresolved:
             continue
-        node_set = place(service, pool, eligible(pool), ready_by_service.get(service.key, ()))
+        node_set = place(service, pool, eligible(pool), ready_by_service.get(key, ()))
         if isinstance(node_set, str):
-            unresolved[service.key] = node_set
+            unresolved[key] = node_set
             continue
-        key = (node_set, pool.interface)
-        members.setdefault(key, []).append(service)
-        vips.setdefault(key, []).extend(addresses)
+        group_key = (node_set, pool.interface)
+        members.setdefault(group_key, []).append(key)
+        vips.setdefault(group_key, []).extend(addresses)
 
-    names = {key: group_name(key[0], key[1]) for key in members}
+    names = {group_key: group_name(*group_key) for group_key in members}
     # Every Service that may form a group on an interface, whatever its nodes:
     # derived VRIDs must not move when membership does.
     anchors: dict[str, list[str]] = {}
-    for service, pool in chosen:
-        anchors.setdefault(pool.interface, []).append(service.key)
+    for key, _, pool in chosen:
+        anchors.setdefault(pool.interface, []).append(key)
     assignment = allocate_vrids(
-        ((names[key], key[1]) for key in members),
+        ((names[group_key], group_key[1]) for group_key in members),
         policy=vrid_policy,
         persisted=state.vrids,
-        services={names[key]: [s.key for s in services] for key, services in members.items()},
+        services={names[group_key]: keys for group_key, keys in members.items()},
         lineage=state.lineage,
         anchors=anchors,
     )
     groups = []
-    for key, services in members.items():
-        name = names[key]
+    for group_key, keys in members.items():
+        name = names[group_key]
         if name in assignment.failed:
-            for service in services:
-                unresolved[service.key] = assignment.failed[name]
+            for service_key in keys:
+                unresolved[service_key] = assignment.failed[name]
             continue
+        held = vips[group_key]
         groups.append(make_group(
-            name, key[1], key[0], assignment.vrids[name], sorted(set(vips[key]), key=address_order),
-            sorted(s.key for s in services)))
+            name, group_key[1], group_key[0], assignment.vrids[name],
+            sorted(set(held), key=address_order) if len(held) > 1 else held, sorted(keys)))
     groups.sort(key=lambda g: g.name)
     return Resolution(
         groups=tuple(groups),

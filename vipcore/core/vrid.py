@@ -73,9 +73,10 @@ def service_slots(interface: str, services: Iterable[str], policy: VridPolicy) -
     (then groups probe on their own, still deterministically).
     """
     usable = policy.usable
-    keys = sorted(set(services))
-    if not usable or len(keys) > len(usable):
-        return {}
+    unique = set(services)
+    if not usable or len(unique) > len(usable):
+        return {}  # told before sorting: a cluster's Services usually far outnumber its VRIDs
+    keys = sorted(unique)
     index = {v: i for i, v in enumerate(usable)}
     start = {k: index[preferred_vrid(f"{interface}/{k}", policy)] for k in keys}
     taken: set[int] = set()

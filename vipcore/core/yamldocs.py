@@ -49,6 +49,9 @@ _IMMUTABLE = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:bool", "tag:
                         "tag:yaml.org,2002:float"})
 _UNKNOWN = object()
 
+_SCALAR = yaml.ScalarNode
+_SEQUENCE = yaml.SequenceNode
+
 #: The tag the loader gives every untagged node; :class:`_Builder` resolves it.
 _IMPLICIT = "?"
 
@@ -158,18 +161,18 @@ class _Builder:
             raise self.error(f"invalid YAML: nested deeper than {MAX_DEPTH} levels", source=self.source,
                              field=_line(node))
         kind = type(node)
-        if isinstance(node, yaml.ScalarNode):
-            return self.scalar(node)
+        if kind is _SCALAR:
+            return self.scalar(node)  # type: ignore[arg-type]
         if node.tag != _IMPLICIT:
             return self.delegate(node)
         tags = self.tags
-        if kind is yaml.SequenceNode:
-            return [self.scalar(c) if isinstance(c, yaml.ScalarNode) else self.build(c, depth + 1)
-                    for c in node.value]
+        # The composer builds exactly these node classes: ``type(...) is`` rather than ``isinstance``.
+        if kind is _SEQUENCE:
+            return [self.scalar(c) if type(c) is _SCALAR else self.build(c, depth + 1) for c in node.value]
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             # Inlined fast path (most nodes): an untagged string, quoted or already known to resolve to str.
-            if not isinstance(key_node, yaml.ScalarNode):
+            if type(key_node) is not _SCALAR:
                 raise self.error("invalid YAML: a mapping key must be a plain value, not a list or mapping",
                                  source=self.source, field=_line(key_node))
             elif key_node.tag == _IMPLICIT and (key_node.style or tags.get(key_node.value) == _STR):
@@ -178,11 +181,11 @@ class _Builder:
                 key = self.scalar(key_node)
                 if key_node.tag == _MERGE:  # "<<: *base": PyYAML's own flattening rules
                     return self.delegate(node)
-            if value_node.tag == _IMPLICIT and isinstance(value_node, yaml.ScalarNode) and (
-                    value_node.style or tags.get(value_node.value) == _STR):
-                out[key] = value_node.value
-            elif isinstance(value_node, yaml.ScalarNode):
-                out[key] = self.scalar(value_node)
+            if type(value_node) is _SCALAR:
+                if value_node.tag == _IMPLICIT and (value_node.style or tags.get(value_node.value) == _STR):
+                    out[key] = value_node.value
+                else:
+                    out[key] = self.scalar(value_node)
             else:
                 out[key] = self.build(value_node, depth + 1)
         return out

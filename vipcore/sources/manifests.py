@@ -9,18 +9,23 @@ Objects of other kinds are ignored. Any validation problem is a
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import io
 import logging
+import operator
 import os
 import pickle
 import re
+import signal
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import attrs
+
 from vipcore.core import objects, yamldocs
 from vipcore.core.errors import ManifestError, VipcoreError
-from vipcore.core.model import LOAD_BALANCER_CLASS, DesiredState, MetricSample, Service
-from vipcore.sources.filewatch import FolderWatch, folders_of
+from vipcore.core.model import LOAD_BALANCER_CLASS, DesiredState, EndpointSlice, MetricSample, Node, Service
 
 if TYPE_CHECKING:
     import asyncio
@@ -54,14 +59,22 @@ def manifest_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-#: Texts longer than this may be read in two halves, the second in a forked process (``jobs`` > 1).
+#: Texts longer than this may be read on two processes, the parent and a forked child (``jobs`` > 1).
 SPLIT_ABOVE = 1_000_000
+#: About how many characters of a split text one piece holds (pieces end at document starts). Small
+#: enough that the two processes finish within a few tens of milliseconds of each other, large enough
+#: that a piece's own costs (a loader, a pickle) do not count.
+PIECE = 128 * 1024
+#: At most this many pieces (a piece's number travels as one byte).
+MAX_PIECES = 255
 #: A line that starts a YAML document: a block or quoted scalar cannot hold one (YAML's c-forbidden).
 _DOCUMENT_START = re.compile(r"^---(?=[ \t]|\r?\n|$)", re.M)
-_DIRECTIVE = re.compile(r"^%", re.M)
 
-#: ``(document index, converted object)``: what a file (or half of one) is read to.
-Item = tuple[int, objects.Converted]
+
+def _has_directive(text: str) -> bool:
+    """Whether a line of ``text`` starts with ``%`` (a YAML directive: it applies to the document after
+    it, so such a text is not cut). Two substring searches: the regex ``^%`` took 33 ms on 4.7 MB."""
+    return text.startswith("%") or "\n%" in text
 
 
 def _parse(text: str, source: str) -> list[Any]:
@@ -81,121 +94,260 @@ def _objects(docs: list[Any], path: str) -> Iterator[tuple[int, Mapping[str, Any
     for index, doc in enumerate(docs):
         if doc is None:
             continue
-        where = f"{path} (document {index + 1})"
-        if not isinstance(doc, Mapping):
-            raise ManifestError("each YAML document must be a Kubernetes object (a mapping)", source=where)
+        if type(doc) is not dict and not isinstance(doc, Mapping):
+            raise ManifestError("each YAML document must be a Kubernetes object (a mapping)",
+                                source=_where(path, index))
         if doc.get("kind") == "List":
             items = doc.get("items")
             if items is None:
                 continue
             if not isinstance(items, list):
-                raise ManifestError(f"must be a list of objects, got {type(items).__name__}", source=where,
-                                    field="items")
+                raise ManifestError(f"must be a list of objects, got {type(items).__name__}",
+                                    source=_where(path, index), field="items")
             for i, item in enumerate(items):
                 if not isinstance(item, Mapping):
                     raise ManifestError(f"must be a Kubernetes object (a mapping), got {type(item).__name__}",
-                                        source=where, field=f"items[{i}]")
+                                        source=_where(path, index), field=f"items[{i}]")
                 yield index, item
         else:
             yield index, doc
+
+
+def _where(path: str, index: int) -> str:
+    """How a message names a document (built only for a message: a string per document is not free)."""
+    return f"{path} (document {index + 1})"
 
 
 def _documents(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
     return _objects(_parse(_read(path), str(path)), str(path))
 
 
-def _convert(docs: list[Any], source: str, classes: frozenset[str], default_class: bool) -> list[Item]:
-    """The objects of ``docs`` converted (:func:`~vipcore.core.objects.convert`); ManifestError for any
-    problem (its message is not the serial read's: the caller reads serially to report it)."""
+def _build(docs: list[Any], source: str, classes: frozenset[str], default_class: bool) -> objects.StateBuilder:
+    """The objects of ``docs`` converted (:func:`~vipcore.core.objects.convert`) into a builder;
+    ManifestError for any problem (its message is not the serial read's: the caller reads serially to
+    report it)."""
     convert = objects.convert
-    items: list[Item] = []
-    for index, obj in _objects(docs, source):
+    builder = objects.StateBuilder()
+    add = builder.add
+    for _, obj in _objects(docs, source):
         converted = convert(obj, classes=classes, default_class=default_class)
         if converted is not None:
-            items.append((index, converted))
-    return items
+            add(converted)
+    return builder
 
 
-def _parse_and_convert(text: str, source: str, classes: frozenset[str], default_class: bool) -> list[Item]:
-    return _convert(_parse(text, source), source, classes, default_class)
+def _read_piece(text: str, source: str, classes: frozenset[str], default_class: bool) -> objects.StateBuilder:
+    """The objects of ``text`` (a file, or a piece of one), parsed and converted into a builder."""
+    return _build(_parse(text, source), source, classes, default_class)
 
 
-def _read_halves(text: str, source: str, classes: frozenset[str], default_class: bool, *,
-                 work: Callable[[str, str, frozenset[str], bool], list[Item]] | None = None) -> list[Item] | None:
-    """The objects of ``text`` parsed and converted in two halves, the second in a forked process;
-    None when it cannot be split here (no fork, directives, no document start past the middle) or the
-    child did not answer.
+def _pieces(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of the pieces of ``text``: about :data:`PIECE` characters each, each but the
+    first starting at a document start; one piece when there is no document start to cut at."""
+    count = min(MAX_PIECES, max(2, len(text) // PIECE))
+    cuts = [0]
+    for i in range(1, count):
+        found = _DOCUMENT_START.search(text, max(cuts[-1] + 1, len(text) * i // count))
+        if found is None:
+            break
+        if found.start() > cuts[-1]:
+            cuts.append(found.start())
+    cuts.append(len(text))
+    return list(zip(cuts, cuts[1:]))
 
-    The halves meet at a document start, so the objects and their document
-    numbers are the serial read's. The child inherits the text (nothing is
-    sent to it) and returns model values, not the parsed dicts: a fraction of
-    the bytes to pickle and to load, and its half of the conversion done
-    alongside the parent's parse. A bare ``fork`` and a pipe, not a process
-    pool: the pool's imports, threads and queues cost more than the 50 ms this
-    split is short of (``bench/manifests.py``). Raises ManifestError for
-    anything invalid (its line or document counts from its half).
-    ``work``: what the child runs (tests), :func:`_parse_and_convert` by default.
+
+def _read_parallel(text: str, source: str, classes: frozenset[str], default_class: bool, *,
+                   work: Callable[[str, str, frozenset[str], bool], objects.StateBuilder] | None = None,
+                   ) -> objects.StateBuilder | None:
+    """The objects of ``text`` parsed and converted on two processes, this one and a forked child,
+    into a builder; None when it cannot be split here (no fork, directives, no document start to cut
+    at) or the child did not answer.
+
+    The text is cut into pieces at document starts (:func:`_pieces`), each
+    read into a builder of its own, and the builders merged in the pieces'
+    order (:meth:`~vipcore.core.objects.StateBuilder.merge`): the state is
+    the serial read's, and the work of building it is shared too. The parent
+    reads the first piece and the child the last; the others are handed out
+    as they are asked for, one byte each from a pipe both processes read
+    (a read of one byte takes it from the other): whichever process is
+    faster (its pieces cheaper, or its CPU less shared) reads more, and both
+    finish within about a piece of each other, the parent with time to load
+    the child's answer. The child inherits the text (nothing is sent to it)
+    and returns its builders (model values, not the parsed dicts): a fraction
+    of the bytes to pickle and to load, and its share of the conversion done
+    alongside the parent's. A bare ``fork`` and pipes, not a process pool: the pool's
+    imports, threads and queues cost more than it saves (``bench/manifests.py``).
+    Raises ManifestError for anything invalid (its line counts from its
+    piece, and it names no document). ``work``: what both processes run on a piece (tests),
+    :func:`_read_piece` by default.
     """
-    if _DIRECTIVE.search(text) or not hasattr(os, "fork"):
+    if _has_directive(text) or not hasattr(os, "fork"):
         return None
-    split = _DOCUMENT_START.search(text, len(text) // 2)
-    if split is None:
+    pieces = _pieces(text)
+    if len(pieces) < 2:
         return None
-    work = work or _parse_and_convert
+    work = work or _read_piece
     try:
         readable, writable = os.pipe()
+        tickets, handing = os.pipe()
     except OSError:
         return None
+    # Room for the child's pieces while the parent is busy with its own: it reads them between pieces.
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(readable, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    # The middle pieces' numbers, written before the fork: each process reads them one byte at a time
+    # until the pipe is empty (and, its writer closed, reads nothing more).
+    os.write(handing, bytes(range(1, len(pieces) - 1)))
+    os.close(handing)
     try:
         child = os.fork()
     except OSError:
-        os.close(readable)
-        os.close(writable)
+        for fd in (readable, writable, tickets):
+            os.close(fd)
         return None
     if child == 0:  # pragma: no cover - the forked child (its result is checked by the parent's tests)
-        _child_half(writable, readable, work, text[split.start():], source, classes, default_class)
+        _child(writable, readable, tickets, work, text, pieces, source, classes, default_class)
     os.close(writable)
+    read: dict[int, objects.StateBuilder] = {}
+    inbox = _Inbox(readable)
     try:
-        docs = _parse(text[:split.start()], source)
-        first = _convert(docs, source, classes, default_class)
-        answer = _read_all(readable)
+        os.set_blocking(readable, False)
+        for number in _taken(0, tickets):
+            start, end = pieces[number]
+            read[number] = work(text[start:end], source, classes, default_class)
+            inbox.receive(read)  # what the child has sent meanwhile, loaded while it reads on
+            if inbox.error is not None:
+                break  # the serial read will say what is wrong: no more pieces here
+        os.set_blocking(readable, True)
+        inbox.receive(read)
+    except BaseException:
+        # The parent's piece was invalid (the serial read will say where): the child's pieces are moot.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        raise
     finally:
         os.close(readable)
+        os.close(tickets)
         _reap(child)
-    try:
-        outcome, value = pickle.loads(answer)
-    except Exception:  # noqa: BLE001 - nothing or half an answer: the child died; read serially
-        return None
-    if outcome == "error":
-        raise ManifestError(value)  # already names the file, document, field
-    offset = len(docs)
-    return first + [(index + offset, converted) for index, converted in value]
+    if inbox.error is not None:
+        raise ManifestError(inbox.error)  # already names the file and the object or line
+    if not inbox.done or inbox.broken or sorted(read) != list(range(len(pieces))):
+        return None  # the child died (or, cannot happen, a piece was read by neither); never a short state
+    builder = read[0]
+    for number in range(1, len(pieces)):
+        builder.merge(read[number])
+    return builder
 
 
-def _child_half(out: int, other: int, work: Callable[[str, str, frozenset[str], bool], list[Item]], text: str,
-                source: str, classes: frozenset[str], default_class: bool) -> NoReturn:
-    """The forked child: read its half, write ``("ok", items)`` or ``("error", message)``, exit at once
-    (``os._exit``: never the parent's ``atexit``, ``finally`` blocks or buffered output)."""
+#: Bytes the pipe from the child may hold (Linux lets any process ask for up to 1 MiB): the child writes
+#: each piece as it is read and should not wait for the parent to finish its own.
+PIPE_SIZE = 1 << 20
+_LENGTH = 8
+
+
+class _Inbox:
+    """The parent's end of the child's pipe: length-prefixed pickles of ``("piece", number, builder)``,
+    then ``("done", ...)`` or ``("error", message)``."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending = bytearray()
+        self.done = False
+        #: A message could not be loaded: the child's answer is not to be used.
+        self.broken = False
+        self.error: str | None = None
+
+    def receive(self, read: dict[int, objects.StateBuilder]) -> None:
+        """Load every piece the child has sent into ``read``: what the pipe holds now when it does not
+        block, else everything until the child closes it. Whatever cannot be loaded (half a message: the
+        child died) is left for :attr:`done` to tell."""
+        while True:
+            try:
+                chunk = os.read(self.fd, PIPE_SIZE)
+            except BlockingIOError:
+                return
+            self.pending += chunk
+            self._messages(read)
+            if not chunk:
+                return
+
+    def _messages(self, read: dict[int, objects.StateBuilder]) -> None:
+        if self.broken:
+            return
+        pending = self.pending
+        at = 0
+        while len(pending) - at >= _LENGTH:
+            size = int.from_bytes(pending[at:at + _LENGTH], "little")
+            if len(pending) - at - _LENGTH < size:
+                break
+            try:
+                kind, number, value = pickle.loads(pending[at + _LENGTH:at + _LENGTH + size])
+            except Exception:  # noqa: BLE001 - a garbled message: treated as no answer (a serial read)
+                self.broken = True
+                return
+            at += _LENGTH + size
+            if kind == "piece":
+                read[number] = value
+            elif kind == "done":
+                self.done = True
+            elif kind == "error":
+                self.error = value
+        del pending[:at]
+
+
+def _taken(first: int, tickets: int) -> Iterator[int]:
+    """``first``, then the numbers this process takes from the ``tickets`` pipe until it is empty."""
+    yield first
+    while ticket := os.read(tickets, 1):
+        yield ticket[0]
+
+
+def _child(out: int, other: int, tickets: int,
+           work: Callable[[str, str, frozenset[str], bool], objects.StateBuilder],
+           text: str, pieces: list[tuple[int, int]], source: str, classes: frozenset[str],
+           default_class: bool) -> NoReturn:
+    """The forked child: read the last piece and the middle ones it takes, send each as it is read
+    (:class:`_Inbox`), then ``done`` or the first error's message; exit at once (``os._exit``: never the
+    parent's ``atexit``, ``finally`` blocks or buffered output). Each piece is pickled when read, so
+    the pickling is part of the work shared out, and the parent loads it while the child reads on."""
     status = 1
     try:
         os.close(other)
         try:
-            answer: tuple[str, object] = ("ok", work(text, source, classes, default_class))
+            for number in _taken(len(pieces) - 1, tickets):
+                start, end = pieces[number]
+                _send(out, ("piece", number, work(text[start:end], source, classes, default_class)))
+            _send(out, ("done", None, None))
         except ManifestError as exc:
-            answer = ("error", str(exc))
-        data = memoryview(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
-        while data:
-            data = data[os.write(out, data):]
+            _send(out, ("error", None, str(exc)))
         status = 0
     finally:
         os._exit(status)
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
+class _Pickler(pickle.Pickler):
+    """Pickles the model values a piece holds as their class and field values (loaded by calling the
+    class, as :func:`~vipcore.core.objects.convert` built them): attrs' own state is a dict built in
+    Python for every object, a third more time to write and a fifth more to load."""
+
+    #: The classes pickled so, with a getter of every field (all of them ``__init__`` arguments).
+    FIELDS = {cls: operator.attrgetter(*(field.name for field in attrs.fields(cls)))
+              for cls in (Node, Service, EndpointSlice) if all(field.init for field in attrs.fields(cls))}
+
+    def reducer_override(self, obj: Any) -> Any:
+        fields = self.FIELDS.get(type(obj))
+        if fields is None:
+            return NotImplemented
+        return type(obj), fields(obj)
+
+
+def _send(fd: int, message: tuple[str, int | None, object]) -> None:
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+    data = buffer.getvalue()
+    view = memoryview(len(data).to_bytes(_LENGTH, "little") + data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _reap(pid: int) -> None:
@@ -204,16 +356,13 @@ def _reap(pid: int) -> None:
 
 
 def _load_forked(paths: Iterable[Path], classes: frozenset[str], default_class: bool) -> DesiredState:
-    """:func:`load_manifests` with a large file read in two processes (:func:`_read_halves`).
+    """:func:`load_manifests` with a large file read on two processes (:func:`_read_parallel`).
     Raises ManifestError for anything invalid, worded or placed differently from the serial read's."""
     builder = objects.StateBuilder()
     for path in manifest_files(paths):
         text = _read(path)
-        items = _read_halves(text, str(path), classes, default_class) if len(text) > SPLIT_ABOVE else None
-        if items is None:
-            items = _parse_and_convert(text, str(path), classes, default_class)
-        for index, converted in items:
-            builder.add(converted, f"{path} (document {index + 1})")
+        part = _read_parallel(text, str(path), classes, default_class) if len(text) > SPLIT_ABOVE else None
+        builder.merge(part if part is not None else _read_piece(text, str(path), classes, default_class))
     return builder.state()
 
 
@@ -242,7 +391,7 @@ def load_manifests(
         except ManifestError:
             pass  # read again serially below: its error names the line and document as always
     return objects.state_from_objects(
-        ((f"{path} (document {index + 1})", obj) for path in manifest_files(paths)
+        ((_where(str(path), index), obj) for path in manifest_files(paths)
          for index, obj in _documents(path)),
         classes=classes, default_class=default_class)
 
@@ -328,6 +477,10 @@ class ManifestSource:
         ``retry_interval`` seconds while they stay invalid.
         """
         import asyncio
+
+        # Here, not at the top: `vipcore resolve` reads manifests and watches nothing (ctypes and what
+        # it imports are a few milliseconds of its start-up).
+        from vipcore.sources.filewatch import FolderWatch, folders_of
 
         loop = asyncio.get_running_loop()
         files = FolderWatch.open() if self.notify else None
