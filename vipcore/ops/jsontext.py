@@ -29,17 +29,10 @@ def _key(key: Any) -> str:
     # As the standard encoder: strings as they are, other scalars as their JSON text, anything else refused.
     if isinstance(key, str):
         return _encode(key)  # type: ignore[no-any-return]
-    if key is True:
-        return '"true"'
-    if key is False:
-        return '"false"'
-    if key is None:
-        return '"null"'
-    if isinstance(key, int):
-        return _encode(int.__repr__(key))  # type: ignore[no-any-return]
-    if isinstance(key, float):
-        return _encode("".join(_float(key)))  # type: ignore[no-any-return]
-    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+    text = _scalar(key)
+    if text is None:
+        raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+    return _encode(text)  # type: ignore[no-any-return]
 
 
 def _scalar(value: Any) -> str | None:
