@@ -257,9 +257,8 @@ class KubernetesWriter:
                 holder["backend"] = backend
             # A merge patch: absent keys would keep the previous holder's figures, so null clears them.
             holder["lastFailoverSeconds"] = round(failover_seconds, 6) if failover_seconds is not None else None
-            recorded = {f"{name}Seconds": round(value, 6) for name, value in
-                        (*(phases.items() if phases is not None else ()),
-                         ("total", phases.total if phases is not None else None)) if value is not None}
+            measured = [*phases.items(), ("total", phases.total)] if phases is not None else []
+            recorded = {f"{phase}Seconds": round(value, 6) for phase, value in measured if value is not None}
             holder["lastFailover"] = recorded or None
         body: Obj = {"status": {"holders": {family_key(family): holder}}}
         if resource_version is not None:

@@ -768,7 +768,10 @@ class Router:
                     # first (RFC 5798 6.4.2's order) and silences the other backups
                     # at once, instead of waiting behind address work — which, with
                     # many groups failing over together on a loaded node, took
-                    # longer than the runner-up's rank delay (two masters).
+                    # longer than the runner-up's rank delay (two masters). (Inside
+                    # the liveness coordinator's pass the driver holds it until that
+                    # pass has added and announced every group's VIPs, synchronously:
+                    # milliseconds, never behind queued work.)
                     actions += self._advertise(now)
                     actions += [AddVips(self.config.vips), Announce(self.config.vips)]
                 else:
