@@ -301,7 +301,8 @@ def run_many(backend: str, trials: int, groups: int = 64, sample: int = 8, adver
     ``sample`` of its IPv4 VIPs per trial, pooled over ``trials``."""
     gaps: list[float] = []
     with lab_for() as lab:
-        deployment = deployment_for(backend, metrics=False, advert_interval=advert,
+        # The status endpoint (metrics on) says when the survivors' sessions to the victim are fast.
+        deployment = deployment_for(backend, metrics=fast_path(backend), advert_interval=advert,
                                     manifests=write_scenario_manifests(lab, lab.run_dir / "manifests", groups))
         deployment.start_all(lab)
         for index in range(trials):
@@ -313,6 +314,8 @@ def run_many(backend: str, trials: int, groups: int = 64, sample: int = 8, adver
             for holder in expected.values():
                 counts[holder] = counts.get(holder, 0) + 1
             victim = max(counts, key=lambda n: counts[n])
+            if fast_path(backend) and not wait_liveness_fast(lab, [n for n in lab.nodes if n != victim], victim):
+                raise TrialFailed(f"liveness sessions to {victim} not Up at the fast rate within 15 s")
             vips = [v for v, n in expected.items() if n == victim and v.version == 4][:sample]
             probes = [Probe(lab.client, str(v)).start() for v in vips]
             try:
@@ -360,6 +363,42 @@ def run_stability(backend: str, advert: float, window: float, groups: int = 16) 
         final_ok = wait_for_holders(lab, expected, timeout=0.1)
         return {"advert": advert, "settled": settled, "moves": len(events), "window": window, "alive": alive,
                 "still_expected": final_ok, "vips": len(expected)}
+
+
+def fast_path(variant: str) -> bool:
+    """Whether ``variant`` runs native_vrrp with its node-level liveness sessions."""
+    backend, settings = VARIANTS.get(variant, (variant, {}))
+    return backend == "native_vrrp" and settings.get("liveness", True) is not False
+
+
+def liveness_fast(lab: Lab, node: str, peer: str) -> bool:
+    """Whether ``node``'s liveness session to ``peer`` is Up and detects at the fast rate (``vipcore status``)."""
+    done = lab.exec(node, [str(Path(sys.executable).parent / "vipcore"), "status", "-o", "json"], check=False)
+    try:
+        tables = json.loads(done.stdout).get("sections", {}).get("native_vrrp", [])
+    except (ValueError, AttributeError):
+        return False
+    for table in tables:
+        if table.get("title") != "liveness":
+            continue
+        columns = table["columns"]
+        for row in table["rows"]:
+            entry = dict(zip(columns, row))
+            if entry.get("NODE") == peer and entry.get("SESSION") == "up" and (entry.get("DETECT MS") or 1e9) < 500:
+                return True
+    return False
+
+
+def wait_liveness_fast(lab: Lab, nodes: list[str], peer: str, timeout: float = 15.0) -> bool:
+    """Wait until every one of ``nodes`` detects the loss of ``peer`` fast. A hard failure measured before
+    that measures VRRP's timers (sessions start at the slow rate, 1 s, and are sped up by a Poll; on a
+    loaded machine that took longer than the fixed pause the sections used to wait)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(liveness_fast(lab, node, peer) for node in nodes):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 # -- cpu --------------------------------------------------------------------------------

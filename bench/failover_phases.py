@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from failover import LABELS, TIMERS, TrialFailed, deployment_for, log, p95  # noqa: E402
+from failover import LABELS, TIMERS, TrialFailed, deployment_for, fast_path, log, p95, wait_liveness_fast  # noqa: E402
 from vipcore.core.errors import LabError  # noqa: E402
 from vipcore.lab.agents import (  # noqa: E402
     first_vips,
@@ -114,6 +114,8 @@ def run_many(variant: str, trials: int, prefix: str, groups: int) -> list[dict[s
                 counts[node] = counts.get(node, 0) + 1
             victim = max(counts, key=lambda n: counts[n])
             survivors = [n for n in lab.nodes if n != victim]
+            if fast_path(variant) and not wait_liveness_fast(lab, survivors, victim):
+                raise TrialFailed(f"{variant}: liveness sessions to {victim} not Up at the fast rate within 15 s")
             before = masters(lab, survivors)
             lab.kill(victim)
             if not wait_for_holders(lab, deployment.expected_holders(survivors), timeout=20):

@@ -74,7 +74,7 @@ class FakeDriver:
         self.collecting.append(gc.isenabled())
         told = self.told
         if told is not None:
-            told.append("router")
+            told.append("router" if delay == 0.0 else "ranked")
             if held is not None and delay == 0.0:
                 held.append(lambda: told.append("advert"))
 
@@ -618,6 +618,38 @@ def test_the_pass_over_a_lost_peers_groups_ends_by_sending_their_addresses() -> 
         assert told == []  # a session coming up sends nothing
         c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
         assert told == ["router"] * 3 + ["send"] + ["announce"] * 3 + ["advert"] * 3
+    finally:
+        c.close(graceful=False)
+        loop.close()
+
+
+def test_groups_another_survivor_ranks_first_are_told_after_the_takeovers_are_on_the_wire() -> None:
+    """Of the lost node's groups, those this node takes at once come first: decided, their VIPs sent,
+    announced and advertised; only then are the routers that merely arm a rank delay told (a few
+    milliseconds later changes nothing for them), with their silence counted up to then."""
+    told: list[str] = []
+    held_by_b = groups_held_by("node-b", 8)
+    ours = [m for m in held_by_b if m.members[1].name == "node-a"]
+    theirs = [m for m in held_by_b if m.members[1].name == "node-c"]
+    assert ours and theirs
+    entries = [(m, {Family.IPV4: FakeDriver(FakeRouter(State.BACKUP, master=B), told=told)}) for m in held_by_b]
+    loop = asyncio.new_event_loop()
+    c = Coordinator(LivenessSettings(), loop, lambda: entries, RecordingDetector,  # type: ignore[arg-type]
+                    send_addresses=lambda: told.append("send") is None)
+    try:
+        c.ensure(NODE_A_INTERFACES["eth0"])
+        node_c = next(a for a in theirs[0].members[1].addresses if a.version == 4)
+        c.detectors["eth0"].up.add(node_c)  # type: ignore[attr-defined]
+        c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+        first = len(ours)
+        assert told == (["router"] * first + ["send"] + ["announce"] * first + ["advert"] * first
+                        + ["ranked"] * len(theirs))
+        delays = {m.group.name: drivers[Family.IPV4].lost[0][0] for m, drivers in entries}
+        assert all(delays[m.group.name] == 0.0 for m in ours)
+        assert all(delays[m.group.name] == c.settings.rank_step for m in theirs)
+        taken = min(drivers[Family.IPV4].silent[0] for m, drivers in entries if m in ours)
+        assert all(drivers[Family.IPV4].silent[0] >= taken for m, drivers in entries if m in theirs)
+        assert c.groups_acted == len(held_by_b)
     finally:
         c.close(graceful=False)
         loop.close()

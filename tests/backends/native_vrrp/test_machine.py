@@ -1192,3 +1192,27 @@ def test_hearing_the_same_advert_again_is_judged_as_the_first_time(seed: int) ->
             got, want = calls[op](fast), calls[op](slow)
         assert got == want, f"step {step}"
         assert _state(fast) == _state(slow), f"step {step}"
+
+
+def test_a_backup_has_its_takeover_advert_encoded_before_it_takes_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node dying hands every group it held to their backups in one pass of the loop: each backup's
+    first advert as master is encoded when it becomes (or stays, after an update) a backup, so the
+    takeover only looks it up."""
+    import vipcore_native_vrrp.protocol.machine as machine
+
+    encoded: list[object] = []
+    real = machine.encode
+    monkeypatch.setattr(machine, "encode", lambda *args: encoded.append(args) or real(*args))
+    b = Router(config(2, 50))
+    b.start(0.0)
+    assert b.phase is Phase.BACKUP and len(encoded) == 1
+    del encoded[:]
+    b.update(0.1, vips=(IPv4Address("198.51.100.102"),))
+    assert len(encoded) == 1, "an update re-encodes it at once"
+    del encoded[:]
+    later = 0.1 + b.config.update_grace  # past the update's grace, when a master advertises the new set
+    actions = b.peer_lost(later, 0.0, "test: node-b's session expired") + b.handle_timer(later)
+    assert b.phase is Phase.MASTER and encoded == []
+    sends = [a for a in actions if isinstance(a, Send)]
+    assert [decode(s.data, s.src, s.dst) for s in sends] == [
+        Advertisement(7, 50, 10, (IPv4Address("198.51.100.102"),))]

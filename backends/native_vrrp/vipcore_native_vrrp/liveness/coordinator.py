@@ -393,7 +393,8 @@ class Coordinator:
         self._pause_gc()  # from the pass to the routers settled (see _hold_refreshes)
         try:
             held: list[Callable[[], None]] = []
-            acted = self._take_over(node, detect, silent, held)
+            later: list[tuple[float, Membership, list[RouterView]]] = []
+            acted = self._take_over(node, detect, silent, held, later)
             sent = False
             if self.send_addresses is not None and acted:
                 try:
@@ -413,6 +414,11 @@ class Coordinator:
                     send()
                 except Exception:
                     log.exception("liveness: an advert of a group taken from %s failed", node)
+            # Last, the groups another survivor ranks before us: they only arm a rank delay (>= one step),
+            # so being told a few milliseconds later changes nothing, and the groups we take meanwhile
+            # did not wait behind them (their silence is counted up to now).
+            if later:
+                acted += self._tell(later, node, detect, silent + (self.loop.time() - started), None)
             busy = [driver for driver in acted if driver.busy]
             if busy:
                 self._hold_refreshes(busy)
@@ -426,15 +432,16 @@ class Coordinator:
                     self.last_loss_read_late * 1000, len(acted), self.last_loss_act_seconds * 1000,
                     extra={"event": "peer_lost", "peer": node})
 
-    def _take_over(self, node: str, detect: float, silent: float,
-                   held: list[Callable[[], None]]) -> list[RouterView]:
+    def _take_over(self, node: str, detect: float, silent: float, held: list[Callable[[], None]],
+                   later: list[tuple[float, Membership, list[RouterView]]]) -> list[RouterView]:
         """Every group whose master lived on ``node``: its backups here run Master_Down after their rank
         delay (the best-ranked survivor at once, in this pass). Returns the routers told; the adverts
-        of those that took over are left in ``held`` (sent once their VIPs are in the kernel)."""
-        acted: list[RouterView] = []
+        of those that took over are left in ``held`` (sent once their VIPs are in the kernel); the groups
+        whose rank delay is not zero in ``later``, untold: the caller tells them (:meth:`_tell`) once the
+        groups taken at once have their VIPs, announcements and adverts."""
         groups = list(self.groups())
         up = self._up(self._addresses(groups))
-        what = f"liveness session to {node} expired ({detect * 1000:.0f} ms)"
+        first: list[tuple[float, Membership, list[RouterView]]] = []
         for membership, drivers in groups:
             if not any(member.name == node for member in membership.members) or node == membership.node:
                 continue
@@ -447,11 +454,21 @@ class Coordinator:
                 continue  # this group's master lives elsewhere
             if not known and self._expected_master(membership) != node:
                 continue
-            rank = self._rank(membership, node, up.get(membership.group.interface, set()))
+            delay = self._rank(membership, node, up.get(membership.group.interface, set())) * self.settings.rank_step
+            (later if delay > 0 else first).append((delay, membership, backups))
+        return self._tell(first, node, detect, silent, held)
+
+    def _tell(self, groups: list[tuple[float, Membership, list[RouterView]]], node: str, detect: float,
+              silent: float, held: list[Callable[[], None]] | None) -> list[RouterView]:
+        """Tell each group's backups that ``node``'s session expired ``silent`` seconds after its last
+        packet, with the group's rank delay; the routers told."""
+        acted: list[RouterView] = []
+        what = f"liveness session to {node} expired ({detect * 1000:.0f} ms)"
+        for delay, membership, backups in groups:
             self.groups_acted += 1
             for driver in backups:
                 try:
-                    driver.peer_lost(rank * self.settings.rank_step, what, silent_for=silent, held=held)
+                    driver.peer_lost(delay, what, silent_for=silent, held=held)
                 except Exception:  # the routers after it in this pass must still be told
                     log.exception("liveness: group %s could not act on the lost peer %s",
                                   membership.group.short_name, node)

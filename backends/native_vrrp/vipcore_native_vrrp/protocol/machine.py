@@ -502,6 +502,8 @@ class Router:
         self._sends.clear()
         self._last_sends = None
         self._steady = None
+        if self.phase is Phase.BACKUP:
+            self._encoded(self.config.priority, self.config.vips)  # as on entering BACKUP
         actions: list[Action] = []
         old_set, new_set = frozenset(old.vips), frozenset(self.config.vips)
         if old_set != new_set:
@@ -798,6 +800,9 @@ class Router:
                 actions.append(RemoveVips(self.config.vips))
             if not self.released:
                 self._arm_down(now + self.master_down_interval)
+            # The advert a takeover starts with, encoded now: when a node dies, its groups' backups take
+            # over in one pass of the loop, and each then only looks it up (~10 µs saved per router).
+            self._encoded(self.config.priority, self.config.vips)
         elif new in (Phase.RESIGNING, Phase.RELEASING):
             actions += self._advertise(now, RESIGN_PRIORITY)
             self._advert_at = now + self.config.interval
@@ -821,19 +826,11 @@ class Router:
         grace = now < self._previous_until - self.config.update_grace / 2 and self._previous_vips
         addresses = self._previous_vips if grace else self.config.vips
         prio = self.config.priority if priority is None else priority
-        # Adverts repeat byte for byte: encode (and checksum) each kind once.
         last = self._last_sends
         if last is not None and last[0] == prio and last[1] is addresses:
             sends = last[2]
         else:
-            key = (prio, addresses)
-            cached = self._sends.get(key)
-            if cached is None:
-                adv = Advertisement(vrid=self.config.vrid, priority=prio, interval_cs=self.config.interval_cs,
-                                    addresses=addresses)
-                src = self.config.primary
-                cached = self._sends[key] = [Send(encode(adv, src, dst), src, dst) for dst in self.config.destinations]
-            sends = cached
+            sends = self._encoded(prio, addresses)
             self._last_sends = (prio, addresses, sends)
         auth = self.config.auth
         if auth is not None:
@@ -841,6 +838,18 @@ class Router:
             return [Send(auth.seal(s.data, s.src, s.dst, wall), s.src, s.dst) for s in sends
                     if isinstance(s, Send)]
         return list(sends)
+
+    def _encoded(self, prio: int, addresses: tuple[IPAddress, ...]) -> list[Action]:
+        """The adverts of ``prio`` and ``addresses``, one per destination. Adverts repeat byte for byte:
+        each kind is encoded (and checksummed) once."""
+        key = (prio, addresses)
+        cached = self._sends.get(key)
+        if cached is None:
+            adv = Advertisement(vrid=self.config.vrid, priority=prio, interval_cs=self.config.interval_cs,
+                                addresses=addresses)
+            src = self.config.primary
+            cached = self._sends[key] = [Send(encode(adv, src, dst), src, dst) for dst in self.config.destinations]
+        return cached
 
     # -- checks ---------------------------------------------------------------
 
