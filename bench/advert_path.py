@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -49,6 +50,9 @@ class CountingLink:
     def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
         self.counters.sent += 1
         return True
+
+    def queue(self, data: bytes, src: IPAddress, dst: IPAddress, failed: Callable[[], None]) -> None:
+        self.counters.sent += 1
 
 
 async def trial(routers: int, interval: float, seconds: float) -> tuple[float, float]:

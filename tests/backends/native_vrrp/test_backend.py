@@ -65,6 +65,10 @@ class FakeLink:
         if self in self.bus.links:
             self.bus.links.remove(self)
 
+    def queue(self, data: bytes, src: IPAddress, dst: IPAddress, failed: Callable[[], None]) -> None:
+        if not self.send(data, src, dst):
+            failed()
+
     def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
         self.counters.sent += 1
         if (self.node, self.family) in self.bus.mute:

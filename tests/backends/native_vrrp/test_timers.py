@@ -80,6 +80,9 @@ class SendLog:
         self.sent.setdefault(src, []).append(self.loop.now)
         return True
 
+    def queue(self, data: bytes, src: IPAddress, dst: IPAddress, failed: Callable[[], None]) -> None:
+        self.send(data, src, dst)  # the fake loop's pass has no length: sent when queued
+
 
 def masters(loop: FakeLoop, link: SendLog, count: int, interval_cs: int, seed: int) -> list[RouterDriver]:
     """``count`` masters (each its own source address, to tell them apart) becoming master at random times."""
