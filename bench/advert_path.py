@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vipcore.core.model import Family, IPAddress  # noqa: E402
 from vipcore.net.addresses import AnnounceSchedule  # noqa: E402
 from vipcore_native_vrrp.driver import RouterDriver  # noqa: E402
-from vipcore_native_vrrp.protocol import Advertisement, Router, RouterConfig, encode  # noqa: E402
+from vipcore_native_vrrp.protocol import Advertisement, Router, RouterConfig, Send, encode  # noqa: E402
 from vipcore_native_vrrp.timers import TimerBatch  # noqa: E402
 from vipcore_native_vrrp.transport import Handler, LinkCounters  # noqa: E402
 
@@ -51,7 +51,7 @@ class CountingLink:
         self.counters.sent += 1
         return True
 
-    def queue(self, data: bytes, src: IPAddress, dst: IPAddress, failed: Callable[[], None]) -> None:
+    def queue(self, send: Send, failed: Callable[[], None]) -> None:
         self.counters.sent += 1
 
 

@@ -111,6 +111,8 @@ class RouterDriver:
         self._early: tuple[Announce, float, float] | None = None
         #: Set by :meth:`close`: an advert queued before it that fails after it changes nothing.
         self.closed = False
+        #: Bound once: the steady path hands it to the link with every advert.
+        self._on_queued_failure = self._queued_send_failed
 
     @property
     def family(self) -> Family:
@@ -175,7 +177,7 @@ class RouterDriver:
                 self._timer_due = due
                 batch = self.batch
                 if batch is not None:
-                    early = ADVANCE * router.config.interval
+                    early = ADVANCE * (due - now)  # periodic(): the next advert one interval after now
                     if type(fired) is BatchedTimer:
                         self._timer = batch.again(fired, due, early)
                     else:
@@ -184,7 +186,7 @@ class RouterDriver:
                     self._timer = self.loop.call_at(due, self._on_timer)
                 if queued is not None:
                     # After the re-arm: a link may report the failure at once.
-                    link.queue(queued.data, queued.src, queued.dst, self._queued_send_failed)
+                    link.queue(queued, self._on_queued_failure)
                 return
         if advance == 0.0:
             due = router.next_timer()

@@ -22,8 +22,8 @@ Steady adverts are sent together: :meth:`Link.queue` keeps a message until
 the end of the loop pass and :meth:`Link.flush` sends all of them with one
 ``sendmmsg`` (issue 14: at 255 groups the 510 ``sendmsg`` calls a second,
 their argument parsing and system call entries, were a fifth of the agent's
-CPU). Each message's header is built once per (message, source,
-destination), as the router's cached advert bytes repeat every interval.
+CPU). Each message's header is built once per ``Send`` object: a steady
+master's is the same one every interval until its configuration changes.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from typing import Any
 import attrs
 
 from vipcore.core.model import Family, IPAddress
+from vipcore_native_vrrp.protocol.actions import Send
 from vipcore_native_vrrp.protocol.packet import MULTICAST, PROTOCOL, TTL, peek_vrid
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,9 @@ def _libc_sendmmsg() -> Any:
 
 
 _sendmmsg = _libc_sendmmsg()
-#: A prepared message: the data, source and destination objects it was built for, its ``mmsghdr``'s bytes
-#: (pointers into the buffers that follow, which the entry keeps alive).
-_Prepared = tuple[bytes, IPAddress, IPAddress, bytes, tuple[object, ...]]
+#: A prepared message: the ``Send`` it was built for, its ``mmsghdr``'s bytes (pointers into the buffers
+#: that follow, which the entry keeps alive).
+_Prepared = tuple[Send, bytes, tuple[object, ...]]
 
 
 @attrs.define
@@ -278,21 +279,22 @@ class Link:
         self._sent(1)
         return True
 
-    def queue(self, data: bytes, src: IPAddress, dst: IPAddress, failed: Callable[[], None]) -> None:
-        """Send one message from ``src`` to ``dst`` by the end of this loop pass, with the others queued.
+    def queue(self, send: Send, failed: Callable[[], None]) -> None:
+        """Carry out ``send`` by the end of this loop pass, with the others queued.
 
-        ``data``, ``src`` and ``dst`` must not change (a router's cached advert: the message is prepared once
-        per data object). ``failed`` is called, in a later callback of the pass, if the message did not go
-        out (counted and logged as :meth:`send` does). A message sent with :meth:`send` meanwhile goes after
-        the queued ones. Before :meth:`start`, or without ``sendmmsg``, it is sent at once.
+        ``send`` is a router's cached steady advert: the message is prepared once per ``Send`` object (and
+        again if the object was not seen lately). ``failed`` is called, in a later callback of the pass, if
+        the message did not go out (counted and logged as :meth:`send` does). A message sent with
+        :meth:`send` meanwhile goes after the queued ones. Before :meth:`start`, or without ``sendmmsg``,
+        it is sent at once.
         """
         if self._loop is None or _sendmmsg is None:
-            if not self.send(data, src, dst):
+            if not self.send(send.data, send.src, send.dst):
                 failed()
             return
-        prepared = self._prepared.get(id(data))
-        if prepared is None or prepared[0] is not data or prepared[1] is not src or prepared[2] is not dst:
-            prepared = self._prepare(data, src, dst)
+        prepared = self._prepared.get(id(send))
+        if prepared is None or prepared[0] is not send:
+            prepared = self._prepare(send)
         if not self._queued:
             self._loop.call_soon(self.flush)
         self._queued.append(prepared)
@@ -305,7 +307,7 @@ class Link:
             return
         self._queued, self._on_failure = [], []
         assert _sendmmsg is not None
-        headers = bytearray(b"".join([prepared[3] for prepared in queued]))
+        headers = bytearray(b"".join([prepared[1] for prepared in queued]))
         array = (ctypes.c_char * len(headers)).from_buffer(headers)
         fd, count, start = self.sock.fileno(), len(queued), 0
         while start < count:
@@ -318,17 +320,18 @@ class Link:
             if code == errno.EINTR:
                 continue
             # The kernel stops at the first message that fails: that one is reported, the rest tried again.
-            self._failed(OSError(code, os.strerror(code)), queued[start][1], queued[start][2])
+            self._failed(OSError(code, os.strerror(code)), queued[start][0].src, queued[start][0].dst)
             try:
                 on_failure[start]()
             except Exception:  # one router's bug must not keep the others' adverts
                 log.exception("a failed send's handler failed")
             start += 1
 
-    def _prepare(self, data: bytes, src: IPAddress, dst: IPAddress) -> _Prepared:
-        """``data`` from ``src`` to ``dst`` as an ``mmsghdr`` and the buffers it points into."""
-        if len(self._prepared) > 1024 and not self._queued:  # bounded: a few per router, data changes rarely
+    def _prepare(self, send: Send) -> _Prepared:
+        """``send`` as an ``mmsghdr`` and the buffers it points into."""
+        if len(self._prepared) > 1024 and not self._queued:  # bounded: one per router, replaced on a change
             self._prepared.clear()
+        data, src, dst = send.data, send.src, send.dst
         if self.family is Family.IPV4:
             name = struct.pack("=H2s4s8x", socket.AF_INET, b"", dst.packed)
             level, kind, info = socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", self.ifindex, src.packed, b"")
@@ -343,8 +346,8 @@ class Link:
         iov = _IoVec(ctypes.cast(data_buffer, ctypes.c_void_p), len(data))
         header = _MMsgHdr(_MsgHdr(ctypes.addressof(name_buffer), len(name), ctypes.addressof(iov), 1,
                                   ctypes.addressof(control_buffer), len(control), 0), 0)
-        prepared = data, src, dst, bytes(header), (name_buffer, control_buffer, data_buffer, iov)
-        self._prepared[id(data)] = prepared
+        prepared = send, bytes(header), (data, name_buffer, control_buffer, data_buffer, iov)
+        self._prepared[id(send)] = prepared
         return prepared
 
     def _failed(self, exc: OSError, src: IPAddress, dst: IPAddress) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from vipcore.core.model import Family, IPAddress
 from vipcore.net.addresses import AnnounceSchedule
 from vipcore_native_vrrp.driver import RouterDriver
-from vipcore_native_vrrp.protocol import Phase, Router, RouterConfig
+from vipcore_native_vrrp.protocol import Phase, Router, RouterConfig, Send
 from vipcore_native_vrrp.timers import TimerBatch
 from vipcore_native_vrrp.transport import Handler, LinkCounters
 
@@ -34,12 +34,12 @@ class FlakyLink:
         self.sent.append(data)
         return True
 
-    def queue(self, data: bytes, src: IPAddress, dst: IPAddress, failed: Callable[[], None]) -> None:
+    def queue(self, send: Send, failed: Callable[[], None]) -> None:
         # As the real link: sent at the end of the loop pass, a failure reported then.
         self.queued += 1
 
         def flush() -> None:
-            if not self.send(data, src, dst):
+            if not self.send(send.data, send.src, send.dst):
                 failed()
 
         asyncio.get_running_loop().call_soon(flush)
@@ -125,9 +125,9 @@ def test_the_steady_masters_adverts_are_queued_on_the_link() -> None:
 class LateFailingLink(FlakyLink):
     """Reports a queued advert's failure 20 ms later (after the driver closed, in the test below)."""
 
-    def queue(self, data: bytes, src: IPAddress, dst: IPAddress, failed: Callable[[], None]) -> None:
+    def queue(self, send: Send, failed: Callable[[], None]) -> None:
         self.queued += 1
-        if not self.send(data, src, dst):
+        if not self.send(send.data, send.src, send.dst):
             asyncio.get_running_loop().call_later(0.02, failed)
 
 

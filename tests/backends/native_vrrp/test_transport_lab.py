@@ -28,6 +28,7 @@ FOREIGN6 = ipaddress.IPv6Address("2001:db8:ffff::1")
 SENDER = textwrap.dedent("""
     import asyncio, ipaddress, json, sys
     from vipcore.core.model import Family
+    from vipcore_native_vrrp.protocol import Send
     from vipcore_native_vrrp.transport import Link
 
     interface, source4, link_local, foreign = sys.argv[1:5]
@@ -44,11 +45,11 @@ SENDER = textwrap.dedent("""
         v6.start(loop)
         failed = []
         for vrid in range(1, 201):
-            v4.queue(advert(vrid), src4, group4, lambda vrid=vrid: failed.append(vrid))
+            v4.queue(Send(advert(vrid), src4, group4), lambda vrid=vrid: failed.append(vrid))
         v4.send(advert(255), src4, group4)  # sent now: after what was queued
-        v6.queue(advert(1), ll, group6, lambda: failed.append("v6 1"))
-        v6.queue(advert(2), bad, group6, lambda: failed.append("v6 2"))
-        v6.queue(advert(3), ll, group6, lambda: failed.append("v6 3"))
+        v6.queue(Send(advert(1), ll, group6), lambda: failed.append("v6 1"))
+        v6.queue(Send(advert(2), bad, group6), lambda: failed.append("v6 2"))
+        v6.queue(Send(advert(3), ll, group6), lambda: failed.append("v6 3"))
         queued_counts = (v4.counters.sent, v6.counters.sent)
         await asyncio.sleep(0.05)
         print(json.dumps({"before_pass_end": queued_counts, "v4": v4.counters.sent, "v6": v6.counters.sent,
