@@ -90,6 +90,8 @@ def _libc_sendmmsg() -> Any:
 
 
 _sendmmsg = _libc_sendmmsg()
+#: What a send into a full send buffer gets: EAGAIN, or ENOBUFS from a raw socket.
+_FULL = (errno.EAGAIN, errno.ENOBUFS)
 #: A prepared message: the ``Send`` it was built for, its ``mmsghdr``'s bytes (pointers into the buffers
 #: that follow, which the entry keeps alive).
 _Prepared = tuple[Send, bytes, tuple[object, ...]]
@@ -124,6 +126,8 @@ class Link:
         #: Messages queued in this loop pass, and what to call for each one that does not go out.
         self._queued: list[_Prepared] = []
         self._on_failure: list[Callable[[], None]] = []
+        #: Waiting for the send buffer to drain (flush() met a full one).
+        self._draining = False
         self.sock = self._open()
 
     def _open(self) -> socket.socket:
@@ -172,6 +176,7 @@ class Link:
         self._queued, self._on_failure = [], []
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
+            self._loop.remove_writer(self.sock.fileno())
             self._loop = None
         self.sock.close()
 
@@ -314,11 +319,20 @@ class Link:
             done = _sendmmsg(fd, ctypes.byref(array, start * _MMSG_SIZE), count - start, 0)
             if done > 0:
                 self._sent(done)
+                self._draining = False
                 start += done
                 continue
             code = ctypes.get_errno() if done < 0 else errno.EIO
             if code == errno.EINTR:
                 continue
+            if code in _FULL and self._loop is not None and not (self._draining and start == 0):
+                # The send buffer is full (a NIC's transmit queue behind it; a wake-up sends hundreds at
+                # once; a raw socket says ENOBUFS): the rest goes once it drains, ahead of anything queued
+                # meanwhile, and is not reported. A message refused again right after is (no busy loop).
+                self._queued[:0], self._on_failure[:0] = queued[start:], on_failure[start:]
+                self._draining = True
+                self._loop.add_writer(fd, self._writable)
+                return
             # The kernel stops at the first message that fails: that one is reported, the rest tried again.
             self._failed(OSError(code, os.strerror(code)), queued[start][0].src, queued[start][0].dst)
             try:
@@ -326,6 +340,11 @@ class Link:
             except Exception:  # one router's bug must not keep the others' adverts
                 log.exception("a failed send's handler failed")
             start += 1
+
+    def _writable(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_writer(self.sock.fileno())
+        self.flush()
 
     def _prepare(self, send: Send) -> _Prepared:
         """``send`` as an ``mmsghdr`` and the buffers it points into."""

@@ -61,6 +61,35 @@ SENDER = textwrap.dedent("""
 """)
 
 
+#: The same link with a send buffer a few adverts deep and a slow queue discipline behind it (as a NIC's
+#: transmit queue under a burst): the kernel answers EAGAIN part-way through a pass's adverts.
+SLOW_SENDER = textwrap.dedent("""
+    import asyncio, ipaddress, json, socket, sys
+    from vipcore.core.model import Family
+    from vipcore_native_vrrp.protocol import Send
+    from vipcore_native_vrrp.transport import Link
+
+    interface, source4, count = sys.argv[1], ipaddress.IPv4Address(sys.argv[2]), int(sys.argv[3])
+    group4 = ipaddress.IPv4Address("224.0.0.18")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        v4 = Link(interface, Family.IPV4, multicast=False)
+        v4.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel's minimum: a few packets
+        v4.start(loop)
+        failed = []
+        for vrid in range(1, count + 1):
+            v4.queue(Send(bytes([0x31, vrid, 100, 0, 0, 100, 0, 0]), source4, group4), lambda vrid=vrid: failed.append(vrid))
+        deadline = loop.time() + 10.0
+        while v4.counters.sent + v4.counters.send_errors < count and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        print(json.dumps({"sent": v4.counters.sent, "errors": v4.counters.send_errors, "failed": failed}))
+        v4.close()
+
+    asyncio.run(main())
+""")
+
+
 def ip(*args: str) -> str:
     return subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30).stdout
 
@@ -116,3 +145,27 @@ def test_queued_adverts_go_out_in_order_and_a_failure_is_reported_for_its_messag
     assert {(f[22], ipaddress.IPv4Address(f[26:30])) for f in v4} == {(255, SOURCE4)}  # TTL 255, the given source
     assert [f[54 + 1] for f in v6] == [1, 3]
     assert {(f[21], ipaddress.IPv6Address(f[22:38])) for f in v6} == {(255, ipaddress.IPv6Address(link_local))}
+
+
+def test_adverts_the_full_send_buffer_refused_go_once_it_drains_none_reported_failed(veth: tuple[str, str]) -> None:
+    a, b = veth
+    # 1 Mbit/s behind the socket: 60 adverts take about 50 ms to leave, the buffer holds a few.
+    ip("-n", a, "link", "set", a, "txqueuelen", "1000")
+    subprocess.run(["tc", "-n", a, "qdisc", "add", "dev", a, "root", "tbf", "rate", "1mbit", "burst", "1600",
+                    "latency", "5s"], check=True, capture_output=True, timeout=30)
+    capture = create_socket(b, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL), flags=0)
+    with capture:
+        capture.bind((b, ETH_P_ALL))
+        capture.settimeout(0.5)
+        done = subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", SLOW_SENDER, a, str(SOURCE4), "60"],
+                              check=True, capture_output=True, text=True, timeout=30)
+        frames = []
+        while True:
+            try:
+                frames.append(capture.recv(2048))
+            except TimeoutError:
+                break
+    report = json.loads(done.stdout)
+    assert report == {"sent": 60, "errors": 0, "failed": []}, done.stderr
+    v4 = [f for f in frames if f[12:14] == b"\x08\x00" and f[23] == 112]
+    assert [f[14 + 20 + 1] for f in v4] == list(range(1, 61)), "all of them, in order"
