@@ -21,8 +21,8 @@ receives, sends and drops.
 Steady adverts are sent together: :meth:`Link.queue` keeps a message until
 the end of the loop pass and :meth:`Link.flush` sends all of them with one
 ``sendmmsg`` (issue 14: at 255 groups the 510 ``sendmsg`` calls a second,
-their argument parsing and system call entries, were a fifth of the agent's
-CPU). Each message's header is built once per ``Send`` object: a steady
+their argument parsing and system call entries, were about an eighth of the
+agent's CPU). Each message's header is built once per ``Send`` object: a steady
 master's is the same one every interval until its configuration changes.
 """
 
@@ -121,7 +121,7 @@ class Link:
         self._sources: dict[str, ipaddress.IPv6Address] = {}
         self._addresses4: dict[bytes, ipaddress.IPv4Address] = {}
         self._routes: dict[tuple[int, int], _Route] = {}
-        #: Prepared messages by the identity of their data (a router's cached advert bytes).
+        #: Prepared messages by the identity of their ``Send`` (a router's cached steady advert).
         self._prepared: dict[int, _Prepared] = {}
         #: Messages queued in this loop pass, and what to call for each one that does not go out.
         self._queued: list[_Prepared] = []
@@ -289,7 +289,8 @@ class Link:
 
         ``send`` is a router's cached steady advert: the message is prepared once per ``Send`` object (and
         again if the object was not seen lately). ``failed`` is called, in a later callback of the pass, if
-        the message did not go out (counted and logged as :meth:`send` does). A message sent with
+        the message did not go out (counted and logged as :meth:`send` does); a full send buffer is no
+        failure: the message waits for it to drain, ahead of later ones. A message sent with
         :meth:`send` meanwhile goes after the queued ones. Before :meth:`start`, or without ``sendmmsg``,
         it is sent at once.
         """
