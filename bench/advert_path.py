@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vipcore.core.model import Family, IPAddress  # noqa: E402
 from vipcore.net.addresses import AnnounceSchedule  # noqa: E402
 from vipcore_native_vrrp.driver import RouterDriver  # noqa: E402
-from vipcore_native_vrrp.protocol import Advertisement, Router, RouterConfig, encode  # noqa: E402
+from vipcore_native_vrrp.protocol import Advertisement, Router, RouterConfig, Send, encode  # noqa: E402
 from vipcore_native_vrrp.timers import TimerBatch  # noqa: E402
 from vipcore_native_vrrp.transport import Handler, LinkCounters  # noqa: E402
 
@@ -49,6 +50,9 @@ class CountingLink:
     def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
         self.counters.sent += 1
         return True
+
+    def queue(self, send: Send, failed: Callable[[], None]) -> None:
+        self.counters.sent += 1
 
 
 async def trial(routers: int, interval: float, seconds: float) -> tuple[float, float]:

@@ -313,6 +313,47 @@ class TestLab:
         assert seen["answers"] == {V4_VIP: {mac}, V6_VIP: {mac}, peer_vip: {peer_mac}, nobody: frozenset()}
         assert seen["dumps"] == 1  # one hand-packed dump, not pyroute2's
 
+    def test_the_probe_solicits_from_the_link_local_address(self, pair: Pair) -> None:
+        # The probe's Neighbor Solicitations name their source (the link-local): the kernel's source address
+        # selection scored every VIP on the interface for every one. Without a usable link-local the kernel
+        # chooses, and the peer still answers.
+        peer_vip = ipaddress.IPv6Address("2001:db8:77::8")
+        for ns, link in ((pair.ns, pair.link), (pair.peer_ns, pair.peer_link)):
+            wait_ipv6_ready(ns, link)
+        ip("-n", pair.peer_ns, "addr", "add", f"{peer_vip}/128", "dev", pair.peer_link, "nodad")
+        peer_mac = bytes.fromhex(json.loads(ip("-n", pair.peer_ns, "-j", "link", "show", pair.peer_link))[0]
+                                 ["address"].replace(":", ""))
+        deadline = time.monotonic() + 5.0
+        while "tentative" in ip("-n", pair.ns, "-6", "addr", "show", "dev", pair.link, "scope", "link"):
+            assert time.monotonic() < deadline, "the link-local address stayed tentative"
+            time.sleep(0.05)
+        link_local = next(ipaddress.IPv6Address(a["local"]) for a in json.loads(
+            ip("-n", pair.ns, "-j", "-6", "addr", "show", "dev", pair.link))[0]["addr_info"] if a["scope"] == "link")
+
+        def probe() -> dict[object, frozenset[bytes]]:
+            async def go() -> dict[object, frozenset[bytes]]:
+                async with AddressHolder(netns=pair.ns) as holder:
+                    await holder.add(pair.link, [V6_VIP])
+                    return dict(await holder.responders(pair.link, [V6_VIP, peer_vip], wait=0.3))
+            return run(go())
+
+        def solicits(frame: bytes) -> bool:
+            return frame[12:14] == b"\x86\xdd" and frame[20] == 58 and frame[54] == 135 and frame[62:78] == peer_vip.packed
+
+        with capture(pair.peer_ns, pair.peer_link, ETH_P_ALL) as sock:
+            answers = probe()
+            heard = frames(sock, 1, solicits)
+        assert answers[peer_vip] == {peer_mac}
+        assert heard and ipaddress.IPv6Address(heard[0][22:38]) == link_local
+
+        ip("-n", pair.ns, "-6", "addr", "flush", "dev", pair.link, "scope", "link")
+        ip("-n", pair.ns, "addr", "add", "2001:db8:77::1/64", "dev", pair.link, "nodad")
+        with capture(pair.peer_ns, pair.peer_link, ETH_P_ALL) as sock:
+            answers = probe()
+            heard = frames(sock, 1, solicits)
+        assert answers[peer_vip] == {peer_mac}
+        assert heard and ipaddress.IPv6Address(heard[0][22:38]) != link_local
+
     def test_gratuitous_arp_arrives(self, pair: Pair) -> None:
         async def go() -> InterfaceInfo:
             async with AddressHolder(netns=pair.ns) as holder:

@@ -89,6 +89,8 @@ log = logging.getLogger(__name__)
 
 #: The address is still undergoing duplicate address detection.
 IFA_F_TENTATIVE = 0x40
+#: An address that cannot be a packet's source: DAD failed or not done (linux/if_addr.h).
+IFA_F_UNUSABLE = 0x08 | IFA_F_TENTATIVE
 #: rtnetlink multicast group of link changes (linux/rtnetlink.h).
 RTMGRP_LINK = 0x1
 IPV4_HOST_PREFIX = 32
@@ -1219,8 +1221,12 @@ class AddressHolder:
         v6 = [v for v in wanted if isinstance(v, ipaddress.IPv6Address)]
         sender = next((ipaddress.IPv4Address(a.address) for a in addresses
                        if a.family == socket.AF_INET and a.prefixlen != IPV4_HOST_PREFIX), None)
+        link_local = next((a.address for a in addresses if a.family == socket.AF_INET6
+                           and a.address[0] == 0xFE and a.address[1] & 0xC0 == 0x80  # fe80::/10
+                           and not a.flags & IFA_F_UNUSABLE), None)
         try:
-            await asyncio.gather(self._ask_arp(info, sender, v4, wait, found), self._ask_nd(info, v6, wait, found))
+            await asyncio.gather(self._ask_arp(info, sender, v4, wait, found),
+                                 self._ask_nd(info, link_local, v6, wait, found))
         except OSError as exc:
             stale = self._arp_listeners.pop(interface, None)
             if stale is not None:
@@ -1282,8 +1288,16 @@ class AddressHolder:
         self._arp_listeners[info.name] = (info.index, sock)
         return sock
 
-    async def _ask_nd(self, info: InterfaceInfo, vips: list[ipaddress.IPv6Address], wait: float,
-                      found: dict[IPAddress, set[bytes]]) -> None:
+    async def _ask_nd(self, info: InterfaceInfo, source: bytes | None, vips: list[ipaddress.IPv6Address],
+                      wait: float, found: dict[IPAddress, set[bytes]]) -> None:
+        """One Neighbor Solicitation per VIP from ``source`` (the link-local address; None: the kernel's
+        choice), and the advertisements heard for ``wait`` s.
+
+        Given a source, the kernel skips its source address selection, which scores every address of
+        the interface for every packet: with a node's 255 IPv6 VIPs on it, 50-60 µs per solicitation
+        instead of 7 (the probe runs every 30 s over every VIP). Its choice for these link-scope
+        destinations is the link-local address anyway.
+        """
         if not vips:
             return
         loop = asyncio.get_running_loop()
@@ -1294,8 +1308,21 @@ class AddressHolder:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ND_HOP_LIMIT)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
             sock.setsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, icmpv6_filter_only(ICMPV6_NEIGHBOR_ADVERT))
+            ancillary = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("16sI", source, info.index))
+                         ] if source is not None else None
             for vip in vips:
-                sock.sendto(neighbor_solicitation(info.mac, vip), (str(solicited_node(vip)), 0, 0, info.index))
+                message = neighbor_solicitation(info.mac, vip)
+                destination = (socket.inet_ntop(socket.AF_INET6, solicited_node(vip).packed), 0, 0, info.index)
+                if ancillary is not None:
+                    try:
+                        sock.sendmsg([message], ancillary, 0, destination)
+                        continue
+                    except OSError as exc:
+                        # The link-local went tentative or away since the dump: the kernel's choice, as before.
+                        if exc.errno not in (errno.EADDRNOTAVAIL, errno.EINVAL):
+                            raise
+                        ancillary = None
+                sock.sendto(message, destination)
             asked = {vip.packed: vip for vip in vips}
             deadline = loop.time() + wait
             while (left := deadline - loop.time()) > 0:

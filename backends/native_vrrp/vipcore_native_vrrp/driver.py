@@ -109,6 +109,10 @@ class RouterDriver:
         #: The first announcement of the queued takeover, sent at the end of the pass that decided it
         #: (:meth:`announce_early`), and when its VIPs were answered and it went: the worker skips it.
         self._early: tuple[Announce, float, float] | None = None
+        #: Set by :meth:`close`: an advert queued before it that fails after it changes nothing.
+        self.closed = False
+        #: Bound once: the steady path hands it to the link with every advert.
+        self._on_queued_failure = self._queued_send_failed
 
     @property
     def family(self) -> Family:
@@ -151,30 +155,38 @@ class RouterDriver:
             sends = router.periodic(now, advance)
             if sends is not None:
                 link = self.link
-                failed = False
-                for send in sends:
-                    ok = link.send(send.data, send.src, send.dst)
-                    if not ok or failed:
-                        failed = True
-                        followup = router.sent(ok, self.loop.time())
-                        if followup:
-                            self.feed(followup)
-                if failed:
-                    self._rearm()
-                    return
+                # One advert (to the group): queued on the link, which sends the pass's adverts together
+                # (transport.py); a failure comes back to _queued_send_failed. Adverts to unicast peers go
+                # now, each outcome reported in order.
+                queued = sends[0] if len(sends) == 1 else None
+                if queued is None:
+                    failed = False
+                    for send in sends:
+                        ok = link.send(send.data, send.src, send.dst)
+                        if not ok or failed:
+                            failed = True
+                            followup = router.sent(ok, self.loop.time())
+                            if followup:
+                                self.feed(followup)
+                    if failed:
+                        self._rearm()
+                        return
                 # _rearm()'s rule for a master's advert, the only timer periodic() leaves armed.
                 due = router.advert_at
                 assert due is not None
                 self._timer_due = due
                 batch = self.batch
                 if batch is not None:
-                    early = ADVANCE * router.config.interval
+                    early = ADVANCE * (due - now)  # periodic(): the next advert one interval after now
                     if type(fired) is BatchedTimer:
                         self._timer = batch.again(fired, due, early)
                     else:
                         self._timer = batch.call_at(due, self._on_timer, early)
                 else:
                     self._timer = self.loop.call_at(due, self._on_timer)
+                if queued is not None:
+                    # After the re-arm: a link may report the failure at once.
+                    link.queue(queued, self._on_queued_failure)
                 return
         if advance == 0.0:
             due = router.next_timer()
@@ -185,6 +197,16 @@ class RouterDriver:
                 self._rearm()
                 return
         self.feed(router.handle_timer(now, advance))
+
+    def _queued_send_failed(self) -> None:
+        # What the direct path does with a failed advert: the router knows (its next timer takes the general
+        # path, which puts the VIPs back once sending works again).
+        if self.closed:
+            return
+        followup = self.router.sent(False, self.loop.time())
+        if followup:
+            self.feed(followup)
+        self._rearm()
 
     def update(self, **changes: object) -> None:
         self.feed(self.router.update(self.loop.time(), **changes))  # type: ignore[arg-type]
@@ -479,6 +501,7 @@ class RouterDriver:
 
     async def close(self) -> None:
         """Stop timers and announcements and unhook from the link (VIPs untouched)."""
+        self.closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

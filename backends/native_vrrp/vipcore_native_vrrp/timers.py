@@ -33,10 +33,13 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-#: Most callbacks one wake-up runs (10-20 µs each with the send, so about 2 ms of loop at most): a
-#: full one makes the next timer arm another. A wake-up costs 100-300 µs of CPU on the loaded lab VM
-#: (the poll, being scheduled): 128 masters at 0.1 s share one per interval.
-CAPACITY = 128
+#: Most callbacks one wake-up runs: a full one makes the next timer arm another. A steady master's
+#: advert costs about 5 µs of Python here and 5 µs more in the link's ``sendmmsg`` at the end of the pass
+#: (issue 14; 10-20 µs before both), so a full wake-up holds the loop about 2.5 ms, far below anything
+#: timed on it (Master_Down is at least three intervals; liveness detection runs in its own process). A
+#: wake-up costs 100-300 µs of CPU on the loaded lab VM (the poll, being scheduled): 255 dual-stack groups
+#: at 1 s share two per interval (four with 128), 128 masters at 0.1 s one.
+CAPACITY = 256
 
 
 class BatchedTimer:

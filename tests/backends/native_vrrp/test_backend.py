@@ -22,6 +22,7 @@ from vipcore.core.model import Family, IPAddress, Membership, Node, State, State
 from vipcore.core.resolve import membership
 from vipcore_native_vrrp.backend import NativeVrrpBackend
 from vipcore_native_vrrp.config import NativeVrrpConfig
+from vipcore_native_vrrp.protocol import Send
 from vipcore_native_vrrp.transport import Handler, LinkCounters
 
 V4 = ipaddress.IPv4Address
@@ -64,6 +65,10 @@ class FakeLink:
         self.closed = True
         if self in self.bus.links:
             self.bus.links.remove(self)
+
+    def queue(self, send: Send, failed: Callable[[], None]) -> None:
+        if not self.send(send.data, send.src, send.dst):
+            failed()
 
     def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
         self.counters.sent += 1

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from vipcore.core.model import Family, IPAddress
 from vipcore.net.addresses import AnnounceSchedule
 from vipcore_native_vrrp.driver import RouterDriver
-from vipcore_native_vrrp.protocol import Phase, Router, RouterConfig
+from vipcore_native_vrrp.protocol import Phase, Router, RouterConfig, Send
 from vipcore_native_vrrp.timers import TimerBatch
 from vipcore_native_vrrp.transport import Handler, LinkCounters
 
@@ -25,6 +25,7 @@ class FlakyLink:
         self.failing = False
         self.attempts = 0
         self.sent: list[bytes] = []
+        self.queued = 0
 
     def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
         self.attempts += 1
@@ -32,6 +33,16 @@ class FlakyLink:
             return False
         self.sent.append(data)
         return True
+
+    def queue(self, send: Send, failed: Callable[[], None]) -> None:
+        # As the real link: sent at the end of the loop pass, a failure reported then.
+        self.queued += 1
+
+        def flush() -> None:
+            if not self.send(send.data, send.src, send.dst):
+                failed()
+
+        asyncio.get_running_loop().call_soon(flush)
 
 
 class Holder:
@@ -82,6 +93,59 @@ def test_a_master_whose_sends_fail_and_work_again_puts_its_vips_back() -> None:
         assert holder.added == [(VIP,), (VIP,)], "once"
         assert driver.router.phase is Phase.MASTER
         await driver.close()
+
+    asyncio.run(scenario())
+
+
+def master_driver(loop: asyncio.AbstractEventLoop, link: FlakyLink, holder: Holder) -> RouterDriver:
+    config = RouterConfig(
+        vrid=9, family=Family.IPV4, primary=ipaddress.IPv4Address("198.51.100.9"), vips=(VIP,),
+        priority=200, interval_cs=1, destinations=(ipaddress.IPv4Address("224.0.0.18"),),
+    )
+    return RouterDriver(group="g", interface="eth0", router=Router(config), link=link,  # type: ignore[arg-type]
+                        holder=holder, schedule=AnnounceSchedule(count=0),  # type: ignore[arg-type]
+                        report=lambda *a: None, loop=loop, batch=TimerBatch(loop))
+
+
+def test_the_steady_masters_adverts_are_queued_on_the_link() -> None:
+    # The link sends a loop pass's queued adverts with one system call (transport.py): the steady master's
+    # periodic advert takes that way, every interval.
+    async def scenario() -> None:
+        link, holder = FlakyLink(), Holder()
+        driver = master_driver(asyncio.get_running_loop(), link, holder)
+        driver.start()
+        driver.takeover("test")
+        await until(lambda: len(link.sent) >= 5)
+        assert link.queued >= len(link.sent) - 2, (link.queued, len(link.sent))  # all but the takeover's own
+        await driver.close()
+
+    asyncio.run(scenario())
+
+
+class LateFailingLink(FlakyLink):
+    """Reports a queued advert's failure 20 ms later (after the driver closed, in the test below)."""
+
+    def queue(self, send: Send, failed: Callable[[], None]) -> None:
+        self.queued += 1
+        if not self.send(send.data, send.src, send.dst):
+            asyncio.get_running_loop().call_later(0.02, failed)
+
+
+def test_an_advert_that_fails_after_its_driver_closed_arms_nothing() -> None:
+    async def scenario() -> None:
+        link, holder = LateFailingLink(), Holder()
+        driver = master_driver(asyncio.get_running_loop(), link, holder)
+        driver.start()
+        driver.takeover("test")
+        await until(lambda: len(link.sent) >= 2)
+        link.failing = True
+        queued = link.queued
+        await until(lambda: link.queued > queued)  # one queued: it fails at the end of this pass
+        await driver.close()
+        await asyncio.sleep(0.05)  # the failure came back after the close
+        attempts = link.attempts
+        await asyncio.sleep(0.05)  # five intervals
+        assert driver._timer is None and link.attempts == attempts, "no timer re-armed, no advert after the close"
 
     asyncio.run(scenario())
 

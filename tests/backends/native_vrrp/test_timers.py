@@ -18,7 +18,7 @@ import pytest
 from vipcore.core.model import Family, IPAddress
 from vipcore.net.addresses import AnnounceSchedule
 from vipcore_native_vrrp.driver import ADVANCE, RouterDriver
-from vipcore_native_vrrp.protocol import Router, RouterConfig
+from vipcore_native_vrrp.protocol import Router, RouterConfig, Send
 from vipcore_native_vrrp.timers import CAPACITY, TimerBatch
 from vipcore_native_vrrp.transport import Handler, LinkCounters
 
@@ -79,6 +79,9 @@ class SendLog:
         self.counters.sent += 1
         self.sent.setdefault(src, []).append(self.loop.now)
         return True
+
+    def queue(self, send: Send, failed: Callable[[], None]) -> None:
+        self.send(send.data, send.src, send.dst)  # the fake loop's pass has no length: sent when queued
 
 
 def masters(loop: FakeLoop, link: SendLog, count: int, interval_cs: int, seed: int) -> list[RouterDriver]:
