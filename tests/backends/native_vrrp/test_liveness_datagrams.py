@@ -128,6 +128,26 @@ def test_without_ancillary_options_no_ttl_and_no_timestamp() -> None:
         send.close()
 
 
+def test_a_ttl_without_a_timestamp_is_read_through_the_general_walk() -> None:
+    """The usual layout (timestamp, then TTL) is unpacked at once; any other is walked cmsg by cmsg."""
+    def ttl_only() -> tuple[socket.socket, socket.socket]:
+        recv, send = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        recv.setsockopt(socket.IPPROTO_IP, _IP_RECVTTL, 1)
+        recv.bind(("127.0.0.1", 0))
+        recv.setblocking(False)
+        send.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 254)
+        return recv, send
+
+    recv, send = in_namespace(ttl_only)
+    try:
+        send.sendto(b"t" * 24, recv.getsockname())
+        time.sleep(0.01)
+        assert Receiver(recv).read() == [(ipaddress.ip_address("127.0.0.1").packed, b"t" * 24, 254, None)]
+    finally:
+        recv.close()
+        send.close()
+
+
 def test_a_closed_socket_is_an_os_error() -> None:
     recv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     receiver = Receiver(recv)

@@ -35,6 +35,10 @@ _INT = struct.Struct("@i")
 _UINT = struct.Struct("@I")
 _SIZE_T = struct.Struct("@N")
 _FAMILY = struct.Struct("@H")
+_STAMP_LEN = _CMSG.size + _TIMESPEC.size
+_INT_LEN = _CMSG.size + _INT.size
+#: The usual ancillary data: a timespec cmsg, then an int one (padded to CMSG_ALIGN).
+_USUAL = struct.Struct("@Niiqq" + "Niii" + "x" * (-(_CMSG.size + _INT.size) % _ALIGN))
 
 
 class _Iovec(ctypes.Structure):
@@ -91,15 +95,16 @@ class Receiver:
         self._name_view = memoryview(self._names).cast("B")
         self._data_view = memoryview(self._data).cast("B")
         self._control_view = memoryview(self._control).cast("B")
-        self._reset(slots)
+        for i in range(slots):
+            self._msgs[i].hdr.namelen = _SOCKADDR
+            self._msgs[i].hdr.controllen = CONTROL
+        self._pristine = bytes(self._headers)
 
     def _reset(self, count: int) -> None:
         """Give the first ``count`` slots their full name and control space again (the kernel wrote back
-        the lengths it used)."""
-        headers = self._headers
-        for i in range(count):
-            _UINT.pack_into(headers, i * _STRIDE + _NAMELEN, _SOCKADDR)
-            _SIZE_T.pack_into(headers, i * _STRIDE + _CONTROLLEN, CONTROL)
+        the lengths it used): a copy of the headers as first built."""
+        end = count * _STRIDE
+        self._headers[:end] = self._pristine[:end]
 
     def read(self) -> list[Datagram]:
         """What is queued, up to ``slots`` datagrams, oldest first; empty when nothing is.
@@ -130,6 +135,15 @@ class Receiver:
             ttl, stamp = -1, None
             used = _SIZE_T.unpack_from(headers, base + _CONTROLLEN)[0]
             start = i * CONTROL
+            if used == _USUAL.size:
+                # What the worker's sockets give (the timestamp, then the TTL / hop limit): one unpack.
+                size, level, kind, seconds, nanoseconds, size2, level2, kind2, value = _USUAL.unpack_from(control, start)
+                if (size == _STAMP_LEN and level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and size2 == _INT_LEN
+                        and ((level2, kind2) == (socket.IPPROTO_IP, _IP_TTL)
+                             or (level2, kind2) == (socket.IPPROTO_IPV6, _IPV6_HOPLIMIT))):
+                    out.append((source, bytes(data[i * SIZE:i * SIZE + min(length, SIZE)]), value,
+                                seconds + nanoseconds / 1e9))
+                    continue
             offset = 0
             while offset + _CMSG.size <= used:
                 size, level, kind = _CMSG.unpack_from(control, start + offset)
