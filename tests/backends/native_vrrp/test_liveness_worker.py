@@ -13,12 +13,10 @@ import ipaddress
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -136,7 +134,7 @@ def test_the_worker_imports_only_the_sans_io_liveness_modules() -> None:
             "print(' '.join(sorted(m for m in sys.modules if m.startswith(('vipcore', 'pyroute2', 'kubernetes')))))")
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     assert loaded == {"vipcore_native_vrrp", "vipcore_native_vrrp.liveness", "vipcore_native_vrrp.liveness.control",
-                      "vipcore_native_vrrp.liveness.datagrams", "vipcore_native_vrrp.liveness.packet", "vipcore_native_vrrp.liveness.session",
+                      "vipcore_native_vrrp.liveness.packet", "vipcore_native_vrrp.liveness.session",
                       "vipcore_native_vrrp.liveness.worker"}, loaded
 
 
@@ -536,7 +534,7 @@ def test_the_source_cache_follows_the_peers() -> None:
         pair.worker._receive_all()
         assert pair.worker.sessions[PEER].received == received + 1 and pair.worker.drops["source"] == drops
         pair.worker.set_peers([ipaddress.ip_address("127.0.0.3")])  # no longer a peer: its packets are outsiders'
-        assert pair.worker._sources.keys() == {ipaddress.ip_address("127.0.0.3").packed}
+        assert pair.worker._sources.keys() == {"127.0.0.3"}
         pair.peer_packet()
         time.sleep(0.005)
         pair.worker._receive_all()
@@ -547,39 +545,6 @@ def test_the_source_cache_follows_the_peers() -> None:
         time.sleep(0.005)
         pair.worker._receive_all()
         assert pair.worker.sessions[PEER].received >= 1 and pair.worker.drops["source"] == drops
-    finally:
-        pair.close()
-
-
-def test_a_wake_ups_packets_are_read_in_one_system_call() -> None:
-    """Issue 14: what the worker costs goes with its system calls per wake-up. The packets queued since the
-    last wake-up come in one ``recvmmsg``, and finding the socket empty is not another call (``recvmsg``
-    took one per packet plus one that raised BlockingIOError). strace counts the reading thread's calls."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed")
-    pair = Pair()
-    try:
-        pair.up()
-        session = pair.worker.sessions[PEER]
-        pair.worker._receive_all()
-        received = session.received
-        for _ in range(5):
-            pair.peer_packet()
-        time.sleep(0.005)
-        with tempfile.NamedTemporaryFile("r", suffix=".strace") as log:
-            tracer = subprocess.Popen([strace, "-e", "trace=recvmsg,recvmmsg,recvfrom,recv", "-o", log.name,
-                                       "-p", str(threading.get_native_id())], stderr=subprocess.PIPE, text=True)
-            try:
-                assert tracer.stderr is not None
-                assert "attached" in tracer.stderr.readline()  # strace says so once it traces this thread
-                pair.worker._receive_all()
-            finally:
-                tracer.terminate()  # ours, by PID: strace detaches
-                tracer.wait(5)
-            calls = [line for line in log.read().splitlines() if line.startswith("recv")]
-        assert session.received == received + 5
-        assert len(calls) == 1 and calls[0].startswith("recvmmsg") and calls[0].rstrip().endswith("= 5"), calls
     finally:
         pair.close()
 

@@ -27,6 +27,7 @@ import random
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from collections import Counter
@@ -34,7 +35,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from vipcore_native_vrrp.liveness.control import MAX_FRAME, Frame, FrameReader, encode
-from vipcore_native_vrrp.liveness.datagrams import Receiver
 from vipcore_native_vrrp.liveness.packet import PORT, SessionState
 from vipcore_native_vrrp.liveness.session import (
     RELAXED_MIN_RX,
@@ -48,11 +48,14 @@ from vipcore_native_vrrp.liveness.session import (
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _PR_SET_PDEATHSIG = 1
+_IP_TTL = 2
+_IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
 #: The kernel's receive time of each packet (struct timespec, CLOCK_REALTIME); Python 3.11 does not name it.
 _SO_TIMESTAMPNS = 35
-#: Packets read per system call (recvmmsg), and calls per wake-up at most: 256 packets, then the timers.
-_SLOTS = 64
-_READS = 4
+_TIMESPEC = struct.Struct("qq")
+_INT = struct.Struct("i")
+_TTL_CMSGS = frozenset({(socket.IPPROTO_IP, _IP_TTL), (socket.IPPROTO_IPV6, _IPV6_HOPLIMIT)})
+_TTL_KINDS = frozenset(kind for _, kind in _TTL_CMSGS)
 _NEVER = float("inf")
 #: Longest sleep without a timer: the loop also looks at the parent and the stats clock.
 _MAX_WAIT = 0.5
@@ -97,9 +100,9 @@ class Worker:
         #: Keyed by the peer's address text (a str hashes from a cache; an ip_address in Python, per packet).
         self.longest_silence: dict[str, float] = {}
         self._heard: dict[str, tuple[float, bool]] = {}  # last receive time, and Up then
-        #: Per peer, resolved once (not per packet): the source address as the kernel gives it (packed
-        #: bytes) -> (address, session, the destination tuple for sendto). Rebuilt by set_peers.
-        self._sources: dict[bytes, tuple[Address, Session, tuple[str, int]]] = {}
+        #: Per peer, resolved once (not per packet): the kernel's source text -> (address, session),
+        #: and the destination tuple for sendto. Rebuilt by set_peers.
+        self._sources: dict[str, tuple[Address, Session, tuple[str, int]]] = {}
         self._dest: dict[Address, tuple[str, int]] = {}
         #: The sessions as tuples for the loop (rebuilt by _reindex): with their peers, and every timed one.
         self._active: tuple[tuple[Address, Session, tuple[str, int]], ...] = ()
@@ -122,7 +125,6 @@ class Worker:
             sock.setblocking(False)
         with contextlib.suppress(OSError):  # diagnostics only: without it, silences include our own lateness
             recv.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-        self._receiver = Receiver(recv, _SLOTS)
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -303,7 +305,7 @@ class Worker:
         """Rebuild the per-peer caches from the sessions (after any change to them)."""
         self._dest = {peer: self._dest.get(peer) or (str(peer), PORT) for peer in (*self.sessions, *self.retiring)}
         self._active = tuple((peer, session, self._dest[peer]) for peer, session in self.sessions.items())
-        self._sources = {peer.packed: (peer, session, dest) for peer, session, dest in self._active}
+        self._sources = {dest[0]: (peer, session, dest) for peer, session, dest in self._active}
         self._timed = (*self.sessions.values(), *self.retiring.values())
 
     def close(self, *, graceful: bool) -> None:
@@ -364,40 +366,55 @@ class Worker:
 
     def _receive_all(self) -> None:
         """Feed every queued packet to its session, with the kernel's receive time (see :meth:`run`)."""
-        read, sources, heard, silences = self._receiver.read, self._sources, self._heard, self.longest_silence
+        recvmsg, sources, heard, silences = self.recv.recvmsg, self._sources, self._heard, self.longest_silence
         up = SessionState.UP
         self.reads += 1
         self._read_by = self.clock() + self.reply_within
-        for _ in range(_READS):  # bounded: one flood cannot starve the timers
+        offset: float | None = None  # realtime - monotonic, read once per batch (not per packet)
+        for _ in range(256):  # bounded: one flood cannot starve the timers
             try:
-                batch = read()
+                data, ancillary, _, source = recvmsg(128, 128)
+            except BlockingIOError:
+                return
             except OSError:
                 self.drops["socket"] += 1
                 return
-            if not batch:
-                return
-            # Every packet of the batch was queued before this instant: one clock read, one realtime offset.
-            now = self.clock()
-            offset = time.time() - now
-            for source, data, ttl, stamp in batch:
-                known = sources.get(source)
+            known = sources.get(source[0])
+            if known is None:
+                known = self._lookup(source[0])
                 if known is None:
                     self.drops["source"] += 1
                     continue
-                peer, session, dest = known
-                text = dest[0]
-                arrived = now if stamp is None else min(now, stamp - offset)  # no timestamp: read time
-                last = heard.get(text)
-                if last is not None and last[1]:  # Up when we last heard it: this gap counts, expired or not
-                    gap = arrived - last[0]
-                    if gap > silences.get(text, 0.0):
-                        silences[text] = gap
-                actions = session.receive(data, ttl, now, arrived)
-                if actions:
-                    self._carry_out(peer, actions, dest=dest)
-                heard[text] = (arrived, session.state is up)
-            if len(batch) < self._receiver.slots:
-                return
+            peer, session, dest = known
+            text = dest[0]
+            now = self.clock()
+            ttl, arrived = -1, now  # no TTL reported: treated as not 255; no timestamp: read time
+            for level, kind, value in ancillary:
+                if kind == _SO_TIMESTAMPNS and level == socket.SOL_SOCKET and len(value) >= _TIMESPEC.size:
+                    if offset is None:
+                        offset = time.time() - now
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                    arrived = min(now, seconds + nanoseconds / 1e9 - offset)
+                elif kind in _TTL_KINDS and len(value) >= 4 and (level, kind) in _TTL_CMSGS:
+                    ttl = _INT.unpack_from(value)[0]
+            last = heard.get(text)
+            if last is not None and last[1]:  # Up when we last heard it: this gap counts, expired or not
+                gap = arrived - last[0]
+                if gap > silences.get(text, 0.0):
+                    silences[text] = gap
+            actions = session.receive(data, ttl, now, arrived)
+            if actions:
+                self._carry_out(peer, actions, dest=dest)
+            heard[text] = (arrived, session.state is up)
+
+    def _lookup(self, text: str) -> tuple[Address, Session, tuple[str, int]] | None:
+        """A source not in the cache (another spelling, a scope suffix): parsed, for members only."""
+        try:
+            peer = ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            return None
+        session = self.sessions.get(peer)
+        return None if session is None else (peer, session, self._dest.get(peer) or (str(peer), PORT))
 
     def _carry_out(self, peer: Address, actions: list[Send | StateChanged | Dropped], *, notify: bool = True,
                    dest: tuple[str, int] | None = None) -> None:
