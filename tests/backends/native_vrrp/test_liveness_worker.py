@@ -386,6 +386,25 @@ def test_a_change_frame_says_when_the_peer_was_last_heard_and_the_detector_measu
     run(scenario)
 
 
+def test_the_worker_stats_say_how_often_it_woke_and_read() -> None:
+    """Issue 14: the packet socket is read in batches; the stats frame's ``reads`` next to ``wakeups`` shows it."""
+    async def scenario(loop: asyncio.AbstractEventLoop, changes: list[Change]) -> None:
+        d = detector(loop, changes)
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        d._channel = ours
+        theirs.sendall(encode({"ev": "stats", "sessions": {}, "drops": {}, "send_errors": 0, "wakeups": 1120,
+                               "reads": 280}))
+        d._readable()
+        assert (d.worker_wakeups, d.worker_reads, d.bad_frames) == (1120, 280, 0)
+        d._channel = None
+        ours.close()
+        theirs.close()
+        d.close(graceful=False)
+
+    run(scenario)
+
+
 # -- fewer wake-ups, cheaper packets (issue 14): a worker and a peer over a namespace's loopback ----------
 
 PEER = ipaddress.ip_address("127.0.0.2")
