@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -386,25 +386,6 @@ def test_a_change_frame_says_when_the_peer_was_last_heard_and_the_detector_measu
     run(scenario)
 
 
-def test_the_worker_stats_say_how_often_it_woke_and_read() -> None:
-    """Issue 14: the packet socket is read in batches; the stats frame's ``reads`` next to ``wakeups`` shows it."""
-    async def scenario(loop: asyncio.AbstractEventLoop, changes: list[Change]) -> None:
-        d = detector(loop, changes)
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        d._channel = ours
-        theirs.sendall(encode({"ev": "stats", "sessions": {}, "drops": {}, "send_errors": 0, "wakeups": 1120,
-                               "reads": 280}))
-        d._readable()
-        assert (d.worker_wakeups, d.worker_reads, d.bad_frames) == (1120, 280, 0)
-        d._channel = None
-        ours.close()
-        theirs.close()
-        d.close(graceful=False)
-
-    run(scenario)
-
-
 # -- fewer wake-ups, cheaper packets (issue 14): a worker and a peer over a namespace's loopback ----------
 
 PEER = ipaddress.ip_address("127.0.0.2")
@@ -473,7 +454,7 @@ class Pair:
         self.peer_send(self.peer.handle_timer(now))
         return now
 
-    def peer_send(self, actions: Sequence[object]) -> None:
+    def peer_send(self, actions: list[object]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 self.peer_sock.sendto(action.data, ("127.0.0.1", 3784))
@@ -511,37 +492,6 @@ def test_a_packet_read_late_counts_from_when_the_kernel_received_it() -> None:
         pair.close()
 
 
-def test_a_detection_timer_never_expires_before_the_socket_is_read() -> None:
-    """Issue 14: the worker reads its socket in batches, not at every wake-up; a wake-up that did not read
-    still reads before it lets a detection timer expire, so a packet that arrived before the deadline counts
-    (from its kernel receive time)."""
-    pair = Pair()
-    try:
-        pair.up()
-        session = pair.worker.sessions[PEER]
-        pair.peer_packet()
-        time.sleep(0.005)
-        pair.worker._receive_all()
-        deadline = session.detection_deadline
-        assert deadline is not None
-        time.sleep(0.015)
-        sent_at = pair.peer_packet()  # queued, unread: its deadline is ~15 ms after the one the session holds
-        while pair.worker.clock() < deadline + 0.001:
-            time.sleep(0.001)
-        fired = pair.worker.clock()
-        pair.worker._fire(fired)  # a wake-up that did not read first
-        assert session.state is SessionState.UP and session.flaps == 0, (
-            session.diagnostic, deadline - sent_at, fired - sent_at)
-        moved = session.detection_deadline
-        assert moved is not None and sent_at + 0.04 <= moved + 0.001 < sent_at + 0.04 + 0.01
-        while pair.worker.clock() < moved + 0.001:  # silence from here: it expires at its deadline
-            time.sleep(0.001)
-        pair.worker._fire(pair.worker.clock())
-        assert session.state is SessionState.DOWN and session.diagnostic is Diagnostic.CONTROL_DETECTION_EXPIRED
-    finally:
-        pair.close()
-
-
 def test_the_source_cache_follows_the_peers() -> None:
     pair = Pair()
     try:
@@ -569,11 +519,9 @@ def test_the_source_cache_follows_the_peers() -> None:
 
 
 @pytest.mark.parametrize("silent_member", [False, True])
-def test_an_up_worker_wakes_per_interval_not_per_packet_reads_in_batches_and_answers_polls(silent_member: bool) -> None:
+def test_an_up_worker_wakes_per_interval_not_per_packet_and_answers_a_poll_within_one(silent_member: bool) -> None:
     """With a member that never answers too (a keepalived node not listed in keepalived_peers): its session
-    never comes Up, and the Up session's packets still do not wake the worker one by one. Issue 14: the socket
-    is read a few times per detection time (packets in batches), not at every transmit wake-up; a Poll is
-    answered within ``reply_within`` (one detection time), as on a node that only hears fast."""
+    never comes Up, and the Up session's packets still do not wake the worker one by one."""
     pair = Pair()
     thread = threading.Thread(target=pair.worker.run, daemon=True)
     try:
@@ -582,9 +530,8 @@ def test_an_up_worker_wakes_per_interval_not_per_packet_reads_in_batches_and_ans
             pair.worker.set_peers([PEER, ipaddress.ip_address("127.0.0.3")])  # nothing listens there
         thread.start()  # the real loop from here on
         time.sleep(0.05)
-        wakeups, received, sent, reads = (pair.worker.wakeups, pair.worker.sessions[PEER].received,
-                                          pair.worker.sessions[PEER].sent, pair.worker.reads)
-        flaps = pair.worker.sessions[PEER].flaps  # the peer was not stepped while the thread started
+        wakeups, received, sent = (pair.worker.wakeups, pair.worker.sessions[PEER].received,
+                                   pair.worker.sessions[PEER].sent)
         polls_at: list[float] = []
         start = time.monotonic()
         while time.monotonic() < start + 0.5:
@@ -595,19 +542,15 @@ def test_an_up_worker_wakes_per_interval_not_per_packet_reads_in_batches_and_ans
             pair.peer_step()
             time.sleep(0.0005)
         session = pair.worker.sessions[PEER]
-        wakeups, received, sent, reads = (pair.worker.wakeups - wakeups, session.received - received,
-                                          session.sent - sent, pair.worker.reads - reads)
-        print(f"0.5 s Up: {wakeups} wake-ups, {reads} reads, {received} received, {sent} sent")  # -s
+        wakeups, received, sent = (pair.worker.wakeups - wakeups, session.received - received, session.sent - sent)
+        print(f"0.5 s Up: {wakeups} wake-ups, {received} received, {sent} sent")  # -s
         assert len(pair.worker.sessions) == (2 if silent_member else 1)
-        assert session.state is SessionState.UP and session.flaps == flaps and received > 30 and sent > 30
+        assert session.state is SessionState.UP and received > 30 and sent > 30
         assert wakeups < 0.75 * (received + sent)  # one per packet either way would be received + sent
-        # ~3 packets a read: a read per 40 ms detection time (its deadline read a transmit interval ahead),
-        # plus the Finals' reads; one per wake-up would be ~50.
-        assert reads < 0.5 * wakeups
-        # Each Poll answered by a Final within one detection time (40 ms; + scheduling on a shared machine).
+        # Each Poll answered by a Final within one transmit interval (10 ms; + scheduling on a shared machine).
         answered = [min((f - p for f in pair.finals if f >= p), default=1.0) for p in polls_at]
         print("Poll answered after", [f"{a * 1000:.1f} ms" for a in answered])  # -s
-        assert len(answered) == 3 and max(answered) < pair.worker.reply_within + 0.015
+        assert len(answered) == 3 and max(answered) < 0.01 + 0.015
     finally:
         pair.agent_side.close()  # EOF: the loop ends
         if thread.is_alive():

@@ -586,9 +586,6 @@ class Coordinator:
             out.append(MetricSample("vipcore_liveness_worker_wakeups", float(getattr(detector, "worker_wakeups", 0)),
                                     labels=worker,
                                     help="Times the current liveness worker woke up (its CPU goes with this)"))
-            out.append(MetricSample("vipcore_liveness_worker_reads", float(getattr(detector, "worker_reads", 0)),
-                                    labels=worker,
-                                    help="Times the current liveness worker read its packet socket (a batch each)"))
             out.append(MetricSample("vipcore_liveness_worker_wake_late_max_seconds", detector.wake_late_max,
                                     labels=worker, kind="gauge",
                                     help="Longest delay of a liveness worker wake-up past its timer"))

@@ -127,8 +127,6 @@ class Detector:
         self.wake_late_max = 0.0
         #: The current worker's wake-ups so far (what its CPU goes with, issue 14).
         self.worker_wakeups = 0
-        #: The current worker's reads of its packet socket so far (batches: a few per detection time).
-        self.worker_reads = 0
         #: Seconds from spawn to the worker's ready frame, and its resident size (bytes), last start.
         self.start_seconds: float | None = None
         self.worker_rss = 0
@@ -386,7 +384,6 @@ class Detector:
         self.worker_bad_frames = int(frame.get("bad_frames", 0))
         self.wake_late_max = float(frame.get("wake_late_max", 0.0))
         self.worker_wakeups = int(frame.get("wakeups", 0))
-        self.worker_reads = int(frame.get("reads", 0))
         self.worker_rss = int(frame.get("rss", self.worker_rss))
         self.scheduled_realtime = bool(frame.get("realtime", self.scheduled_realtime))
 

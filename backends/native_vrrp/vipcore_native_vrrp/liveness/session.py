@@ -166,15 +166,6 @@ class Session:
         """How long without a packet from the peer before the session is declared down."""
         return self.remote_detect_mult * max(self._detect_rx, self.remote_desired_min_tx / 1_000_000)
 
-    @property
-    def detection_deadline(self) -> float | None:
-        """When the session expires unless a packet from the peer comes first (None: no detection timer)."""
-        return self._detect_at
-
-    def expires_by(self, now: float) -> bool:
-        """:meth:`handle_timer` at ``now`` would take the session Down for silence (unless a packet is fed first)."""
-        return self._detect_at is not None and now >= self._detect_at
-
     def next_timer(self) -> float | None:
         tx, detect = self._tx_at, self._detect_at
         if tx is None:

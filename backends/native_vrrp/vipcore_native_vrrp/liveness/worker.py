@@ -56,7 +56,6 @@ _TIMESPEC = struct.Struct("qq")
 _INT = struct.Struct("i")
 _TTL_CMSGS = frozenset({(socket.IPPROTO_IP, _IP_TTL), (socket.IPPROTO_IPV6, _IPV6_HOPLIMIT)})
 _TTL_KINDS = frozenset(kind for _, kind in _TTL_CMSGS)
-_NEVER = float("inf")
 #: Longest sleep without a timer: the loop also looks at the parent and the stats clock.
 _MAX_WAIT = 0.5
 #: Bound of a graceful close: AdminDown repeats take a few tens of milliseconds at the fast rate.
@@ -90,8 +89,6 @@ class Worker:
         self.send_errors = 0
         #: Times select returned: what the process costs goes with it (issue 14), not with the packet count.
         self.wakeups = 0
-        #: Times the packet socket was read (batches): a few per detection time, not one per wake-up.
-        self.reads = 0
         self.stats_skipped = 0
         #: Longest delay of a wake-up past its timer (scheduling latency), and per peer the longest
         #: silence between two of its packets as the kernel received them (not as we read them):
@@ -112,11 +109,6 @@ class Worker:
         #: Longest a packet waits unread (a Poll, a handshake): while the next timer is further, a packet
         #: wakes the worker; one fast detection time (50 ms by default).
         self.reply_within = config.desired_min_tx * config.detect_mult
-        #: A detection deadline this close is read for at the current wake-up: a node sending fast wakes again
-        #: within one transmit interval, so no deadline needs a wake-up of its own (ALIGN: the early sends).
-        self.read_ahead = config.desired_min_tx + ALIGN
-        #: When the socket is read at the latest while packets do not wake the worker (see run).
-        self._read_by = float("-inf")
         self.realtime = False
         self.reader = FrameReader("op")
         self._out = bytearray()
@@ -150,77 +142,52 @@ class Worker:
                     self.emit({"ev": "closed"})
                     self._flush(block_for=0.2)
                     return 0
-                due, deadline = next_stats, _NEVER
+                due = next_stats
                 for session in self._timed:
                     timer = session.next_timer()
                     if timer is not None and timer < due:
                         due = timer
-                    expiry = session.detection_deadline
-                    if expiry is not None and expiry < deadline:
-                        deadline = expiry
                 wait = due - now
                 if wait < 0.0:
                     wait = 0.0
                 elif wait > _MAX_WAIT:
                     wait = _MAX_WAIT
                 # A packet wakes us only while our next timer is further than ``reply_within``: otherwise
-                # a later wake-up reads the socket (with the kernel's receive times), before any detection
-                # timer is allowed to expire, and a Poll or a handshake packet waits at most about
-                # ``reply_within``. Sessions received at the fast rate keep a detection timer within it:
-                # their packets never wake us one by one.
-                prompted = wait > reply_within
+                # the wake-up for that timer reads the socket first (with the kernel's receive times), so no
+                # packet that arrived before a detection deadline is missed, and a Poll or a handshake packet
+                # waits at most ``reply_within``. Sessions received at the fast rate keep a detection timer
+                # within it: their packets never wake us one by one.
                 if self._out:
-                    readable, writable, _ = select.select([self.recv, control] if prompted else [control],
+                    readable, writable, _ = select.select([self.recv, control] if wait > reply_within else [control],
                                                           [control], [], wait)
                     ready_control = control in readable
-                    packets = prompted and self.recv in readable
                     if control in writable and not self._flush():
                         return EXIT_PARENT_GONE
                 else:
                     try:
-                        events = (prompt if prompted else quiet).poll(wait)
+                        events = (prompt if wait > reply_within else quiet).poll(wait)
                     except InterruptedError:
                         continue
-                    ready_control = packets = False
-                    for fd, _ in events:
-                        if fd == control_fd:
-                            ready_control = True
-                        else:
-                            packets = True
+                    ready_control = any(fd == control_fd for fd, _ in events)
                 self.wakeups += 1
                 if ready_control and not self._read_control():
                     return EXIT_PARENT_GONE  # EOF: the agent is gone or dropped us; nothing to say to anyone
-                # The timers run at this time, read before the socket: every packet that arrived before it
-                # is queued by the time the socket is read, so none is judged after its deadline.
-                now = clock()
-                if now >= due and now - due > self.wake_late_max:
-                    self.wake_late_max = now - due
-                # Read now if a packet woke us, if the last read is ``reply_within`` old (a Poll waits no
-                # longer), or if a detection deadline falls before the next wake-up a fast sender is sure to
-                # have (one transmit interval): packets are read in batches a few times per detection time,
-                # not at every transmit wake-up, and a deadline never needs a wake-up of its own while we
-                # send fast. ``_fire`` reads anyway before it lets a detection timer expire.
-                read = packets or now >= self._read_by or now + self.read_ahead >= deadline
-                if read:
-                    self._receive_all()
-                self._fire(now, read=read)
+                woke = clock()
+                if woke >= due and woke - due > self.wake_late_max:
+                    self.wake_late_max = woke - due
+                # Read the socket even when nothing flagged it: a packet that arrived after the wait
+                # returned must count before a detection timer is allowed to expire.
+                self._receive_all()
+                self._fire(clock())
         finally:
             quiet.close()
             prompt.close()
 
-    def _fire(self, now: float, *, read: bool = False) -> None:
-        """Carry out the timers due at ``now`` (periodic packets due within ALIGN too).
-
-        Before the first detection timer that would expire, the socket is read (unless ``read``
-        says it was, after ``now``): a packet that arrived before the deadline moves it.
-        """
+    def _fire(self, now: float) -> None:
         soon = now + ALIGN
         for peer, session, dest in self._active:  # a tuple: a change of peers while carrying out rebuilds it
             timer = session.next_timer()
             if timer is not None and timer <= soon:
-                if not read and session.expires_by(now):
-                    self._receive_all()
-                    read = True
                 actions = session.handle_timer(now, ALIGN)
                 if actions:
                     self._carry_out(peer, actions, dest=dest)
@@ -341,7 +308,7 @@ class Worker:
                                      "tx": s.tx_interval, "rx": s.required_min_rx,
                                      "longest_silence": self.longest_silence.get(str(peer), 0.0)}
                          for peer, s in self.sessions.items()},
-            "wake_late_max": self.wake_late_max, "wakeups": self.wakeups, "reads": self.reads,
+            "wake_late_max": self.wake_late_max, "wakeups": self.wakeups,
             "drops": dict(self.drops), "send_errors": self.send_errors, "bad_frames": self.reader.bad,
             "stats_skipped": self.stats_skipped, "rss": _rss(), "realtime": self.realtime,
         }
@@ -365,11 +332,8 @@ class Worker:
     # -- packets --------------------------------------------------------------------------
 
     def _receive_all(self) -> None:
-        """Feed every queued packet to its session, with the kernel's receive time (see :meth:`run`)."""
         recvmsg, sources, heard, silences = self.recv.recvmsg, self._sources, self._heard, self.longest_silence
         up = SessionState.UP
-        self.reads += 1
-        self._read_by = self.clock() + self.reply_within
         offset: float | None = None  # realtime - monotonic, read once per batch (not per packet)
         for _ in range(256):  # bounded: one flood cannot starve the timers
             try:
