@@ -381,3 +381,39 @@ def test_a_batch_of_repeated_polls_read_at_once_gets_one_final() -> None:
     assert finals == [True]
     later = [decode(a.data).final for a in wire.a.receive(poll, 255, 20.040, 20.030) if isinstance(a, Send)]
     assert later == [True]
+
+
+def test_a_final_for_an_older_poll_does_not_confirm_a_lower_rx_asked_for_since() -> None:
+    """RFC 5880 6.5: a Final answers the Poll Sequence the peer saw. ``a`` asks ``b`` for the slow rate (Poll
+    P1); ``b`` answers with a Final and slows down; before that Final reaches ``a``, ``a`` asks for the fast
+    rate again (Poll P2, which ``b`` has not read yet). The Final answers P1: ``b`` still sends once a
+    second, so ``a`` must keep the slow detection time (and poll again), not expire ``b`` 40 ms later."""
+    wire = up_pair()
+    p1 = wire.a.set_required_min_rx(SLOW_RX, wire.now)
+    replies: list[object] = []
+    for action in p1:
+        if isinstance(action, Send):
+            replies += wire.b.receive(action.data, 255, wire.now)
+    finals = [a.data for a in replies if isinstance(a, Send) and decode(a.data).final]
+    assert finals and wire.b.tx_interval == pytest.approx(SLOW_RX)
+    wire.a.set_required_min_rx(FAST.required_min_rx, wire.now + 0.001)  # P2: not read by b yet
+    wire.a.receive(finals[0], 255, wire.now + 0.002)
+    expired = [a for a in wire.a.handle_timer(wire.now + 0.1) if isinstance(a, StateChanged)]
+    assert expired == [] and wire.a.state is SessionState.UP
+    assert wire.a.polling  # the fast rate still to be confirmed
+
+
+def test_a_final_that_arrived_before_the_poll_for_the_current_rx_does_not_confirm_it() -> None:
+    """The peer answers every Poll, so Finals for an older Poll Sequence can still come after it ended: one that
+    arrived before the first Poll carrying the current value went out cannot be its answer."""
+    wire = up_pair()
+    p1 = wire.a.set_required_min_rx(SLOW_RX, wire.now)
+    finals = [a.data for r in p1 if isinstance(r, Send) for a in wire.b.receive(r.data, 255, wire.now)
+              if isinstance(a, Send) and decode(a.data).final]
+    wire.a.receive(finals[0], 255, wire.now)  # the slow sequence ends
+    assert not wire.a.polling
+    stale = finals[0]  # another Final for it, still queued (read late)
+    wire.a.set_required_min_rx(FAST.required_min_rx, wire.now + 0.010)
+    wire.a.receive(stale, 255, wire.now + 0.020, arrived=wire.now + 0.005)
+    assert wire.a.polling and wire.a.detection_time == pytest.approx(4 * SLOW_RX)
+    assert not [a for a in wire.a.handle_timer(wire.now + 0.2) if isinstance(a, StateChanged)]

@@ -120,6 +120,12 @@ class Session:
     _tx_send: Send = Send(b"")  # the Send of _tx_bytes, made once per encoding (frozen: shared safely)
     _detect_at: float | None = None
     _polling: bool = False
+    #: The Required Min RX the Polls of the running Poll Sequence carried (-1: none sent yet), whether some
+    #: carried another value (it changed during the sequence), and when the first one went out: a Final
+    #: confirms a value only if every Poll it can answer carried it (RFC 5880 6.5: one sequence at a time).
+    _poll_rx: float = -1.0
+    _poll_mixed: bool = False
+    _poll_since: float = float("inf")
     _final_due: bool = False
     #: When our last Final went out: a Poll that arrived before it is answered already (a worker that reads
     #: a batch of a peer's repeated Polls sends one Final, not one per packet).
@@ -210,10 +216,17 @@ class Session:
         self.remote_min_rx = packet.required_min_rx
         self.remote_desired_min_tx = packet.desired_min_tx
         self.remote_detect_mult = packet.detect_mult
-        if packet.final:
-            # The Poll Sequence ends: the peer has our parameters, a lower Required Min RX now counts.
-            self._polling = False
-            self._detect_rx = self._required_min_rx
+        if packet.final and self._polling:
+            if not self._poll_mixed and self._poll_rx == self._required_min_rx and heard >= self._poll_since:
+                # The Poll Sequence ends: the peer has our parameters, a lower Required Min RX now counts.
+                self._polling = False
+                self._detect_rx = self._required_min_rx
+                self._poll_rx, self._poll_mixed, self._poll_since = -1.0, False, float("inf")
+            else:
+                # The Final answers a Poll that carried an older value (it changed since, or this Final
+                # arrived before we asked for the current one): the peer may still send at the old rate.
+                # Keep the detection time and ask again, one sequence at a time.
+                self._poll_rx, self._poll_mixed, self._poll_since = -1.0, False, float("inf")
         if faster and self._tx_at is not None and self._tx_at > now + self.tx_interval:
             # The peer wants packets more often (it needs to watch us closely now): the next one
             # goes out within the new interval, not at the end of the slow one already scheduled.
@@ -322,6 +335,7 @@ class Session:
         if new is SessionState.DOWN:
             self._detect_at = None
             self._detect_rx = self._required_min_rx  # a new session: the peer learns it in the handshake
+            self._poll_rx, self._poll_mixed, self._poll_since = -1.0, False, float("inf")
         if SessionState.UP in (old, new) and self.config.desired_min_tx != self.config.slow_interval:
             # Our Desired Min TX changes with Up: tell the peer with a Poll (RFC 5880 6.8.3).
             self._polling = True
@@ -339,7 +353,7 @@ class Session:
         if final:
             self._final_at = now
         self.sent += 1
-        send = self._encoded(final)
+        send = self._encoded(final, now)
         if self.state is SessionState.ADMIN_DOWN:
             self._admin_repeats -= 1
             self._tx_at = now + self._admin_interval if self._admin_repeats > 0 else None
@@ -351,9 +365,14 @@ class Session:
         self._tx_floor = now + interval * 0.75
         return [send]
 
-    def _encoded(self, final: bool) -> Send:
+    def _encoded(self, final: bool, now: float) -> Send:
         """This packet, encoded again only when a field in it changed (usually once per state change)."""
         poll = self._polling and not final
+        if poll:
+            if self._poll_rx < 0:
+                self._poll_rx, self._poll_since = self._required_min_rx, now
+            elif self._poll_rx != self._required_min_rx:
+                self._poll_mixed = True
         rx = self._required_min_rx
         key = (self.state, self.remote_discriminator, self.diagnostic, poll, final, rx)  # the rest is fixed by state
         if key != self._tx_key:
