@@ -118,21 +118,27 @@ def veth() -> Iterator[tuple[str, str]]:
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
 
 
-def test_queued_adverts_go_out_in_order_and_a_failure_is_reported_for_its_message_alone(veth: tuple[str, str]) -> None:
-    a, b = veth
-    link_local = json.loads(ip("-n", a, "-j", "-6", "addr", "show", "dev", a))[0]["addr_info"][0]["local"]
+def run_captured(a: str, b: str, program: str, *args: str) -> tuple[subprocess.CompletedProcess[str], list[bytes]]:
+    """Run ``program`` with the link ``a`` in its namespace; every frame ``b`` received meanwhile."""
     capture = create_socket(b, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL), flags=0)
     with capture:
         capture.bind((b, ETH_P_ALL))
         capture.settimeout(0.5)
-        done = subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", SENDER, a, str(SOURCE4), link_local,
-                               str(FOREIGN6)], check=True, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", program, a, *args], check=True,
+                              capture_output=True, text=True, timeout=30)
         frames = []
         while True:
             try:
                 frames.append(capture.recv(2048))
             except TimeoutError:
                 break
+    return done, frames
+
+
+def test_queued_adverts_go_out_in_order_and_a_failure_is_reported_for_its_message_alone(veth: tuple[str, str]) -> None:
+    a, b = veth
+    link_local = json.loads(ip("-n", a, "-j", "-6", "addr", "show", "dev", a))[0]["addr_info"][0]["local"]
+    done, frames = run_captured(a, b, SENDER, str(SOURCE4), link_local, str(FOREIGN6))
     report = json.loads(done.stdout)
     # Queued adverts wait for the end of the loop pass, unless a direct send comes first (it sends them before
     # itself); a failure is reported for its message alone and the others go.
@@ -153,18 +159,7 @@ def test_adverts_the_full_send_buffer_refused_go_once_it_drains_none_reported_fa
     ip("-n", a, "link", "set", a, "txqueuelen", "1000")
     subprocess.run(["tc", "-n", a, "qdisc", "add", "dev", a, "root", "tbf", "rate", "1mbit", "burst", "1600",
                     "latency", "5s"], check=True, capture_output=True, timeout=30)
-    capture = create_socket(b, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL), flags=0)
-    with capture:
-        capture.bind((b, ETH_P_ALL))
-        capture.settimeout(0.5)
-        done = subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", SLOW_SENDER, a, str(SOURCE4), "60"],
-                              check=True, capture_output=True, text=True, timeout=30)
-        frames = []
-        while True:
-            try:
-                frames.append(capture.recv(2048))
-            except TimeoutError:
-                break
+    done, frames = run_captured(a, b, SLOW_SENDER, str(SOURCE4), "60")
     report = json.loads(done.stdout)
     assert report == {"sent": 60, "errors": 0, "failed": []}, done.stderr
     v4 = [f for f in frames if f[12:14] == b"\x08\x00" and f[23] == 112]
