@@ -220,20 +220,31 @@ class ControllerStandIn:
         return attrs.evolve(state, vrids=persisted_vrids(objs), lineage=persisted_lineage(objs))
 
     def change(self, state: Any) -> list[tuple[str, str, Any]]:
-        """The VipGroup writes for ``state``: (verb, name, spec), creates and updates before deletes;
-        big groups as shards (:func:`vipcore.core.shards.split`), as the planner writes them."""
+        """The VipGroup writes for ``state``: (verb, name, spec) in the planner's order (writes adding
+        VIPs, then those removing some, each with the most members first: :func:`vipcore.core.plan.by_reach`;
+        then deletes), big groups as shards (:func:`vipcore.core.shards.split`), as the planner writes them."""
         from vipcore.core.objects import vipgroup_spec
+        from vipcore.core.plan import GroupWrite, by_reach
         from vipcore.core.shards import split
 
         self.state = state
         resolution = self.resolver.update(self._persisted(state))
         addresses = {**resolution.allocations, **resolution.addresses}
-        wanted = {part.name: vipgroup_spec(part) for g in resolution.groups
-                  for part in split(g, addresses, self._count(g))}
-        writes: list[tuple[str, str, Any]] = [("create", n, spec) for n, spec in wanted.items()
-                                              if n not in self.groups]
-        writes += [("patch", n, spec) for n, spec in wanted.items() if n in self.groups and self.groups[n] != spec]
-        writes += [("delete", n, None) for n in self.groups if n not in wanted]
+        wanted: dict[str, Any] = {}
+        growing: list[tuple[int, GroupWrite]] = []
+        shrinking: list[tuple[int, GroupWrite]] = []
+        for g in resolution.groups:
+            for part in split(g, addresses, self._count(g)):
+                spec = wanted[part.name] = vipgroup_spec(part)
+                old = self.groups.get(part.name)
+                if old is None:
+                    growing.append((len(g.nodes), GroupWrite(part)))
+                elif old != spec:
+                    gone = any(set((old.get("vips") or {}).get(f) or ()) - set(spec["vips"][f]) for f in ("ipv4", "ipv6"))
+                    (shrinking if gone else growing).append((len(g.nodes), GroupWrite(part, "")))
+        writes: list[tuple[str, str, Any]] = [("create" if w.create else "patch", w.name, wanted[w.name])
+                                              for w in by_reach(growing) + by_reach(shrinking)]
+        writes += [("delete", n, None) for n in sorted(self.groups) if n not in wanted]
         self.groups = wanted
         return writes
 

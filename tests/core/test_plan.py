@@ -225,6 +225,25 @@ def test_local_group_follows_endpoints() -> None:
     assert result.groups[0].spec["nodes"] == ["node-b"]
 
 
+def test_a_node_flip_writes_the_group_that_reaches_the_most_agents_first() -> None:
+    """Every agent waits for the write that carries its group: the controller writes the groups with the
+    most members (the agents a write reaches) first, so a Node flip's renamed ``Cluster`` group goes
+    before the ``Local`` groups of a few nodes, whatever their names."""
+    slices = (EndpointSlice("default", "local-abc", "local", frozenset({"node-a", "node-c"})),)
+    services = [svc("web"), svc("local", policy="Local")]
+    first = run(services, slices=slices)
+    ips = {w.key: str(w.ingress[0]) for w in first.services}  # type: ignore[index]
+    written = tuple(vipgroup_obj(g) for g in first.resolution.groups)
+    served = [svc("web", ips=(ips["default/web"],)), svc("local", policy="Local", ips=(ips["default/local"],))]
+    flipped = (Node("node-a"), Node("node-b"), Node("node-c", ready=False))
+    result = plan(served, nodes=flipped, endpoint_slices=slices, pools=(pool(),), vipgroups=written)
+    members = [len(w.spec["nodes"]) for w in result.groups]
+    assert members == [2, 1] and all(w.create for w in result.groups)  # renamed: both created anew
+    # What the order was before: by name, which put the one-node group first here.
+    assert sorted(w.name for w in result.groups) != [w.name for w in result.groups]
+    assert len(result.deletes) == 2
+
+
 def test_holder_notes_only_on_change() -> None:
     group = {"metadata": {"name": "g-eth0"},
              "spec": {"services": ["default/web"], "vips": {"ipv4": ["203.0.113.10"]}},

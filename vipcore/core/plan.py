@@ -500,24 +500,25 @@ def plan(
 
     # A big group is written as shards (vipcore.core.shards); writes that only add VIPs go first, so an
     # agent never misses a VIP moving between shards (it has it twice for a moment, and merges).
-    growing: list[GroupWrite] = []
-    shrinking: list[GroupWrite] = []
+    growing: list[tuple[int, GroupWrite]] = []
+    shrinking: list[tuple[int, GroupWrite]] = []
     wanted_groups: set[str] = set()
     for group in resolution.groups:
         # The count it is written with: its shard 0's, or (renamed) its set's.
         current = _shard_count(group_objs.get(group.name)) or _shard_count(group_objs.get(shard_name(group, 1)))
+        reach = len(group.nodes)
         for part in split(group, addresses, current, bound=shard_vips):
             wanted_groups.add(part.name)
             existing = group_objs.get(part.name)
             if existing is None:
-                growing.append(GroupWrite(part))
+                growing.append((reach, GroupWrite(part)))
                 continue
             spec, old = vipgroup_spec(part), _normal_spec(existing.get("spec"))
             if old != spec:
                 write = GroupWrite(part, str(_meta(existing).get("resourceVersion")))
                 gone = any(set(old["vips"][f]) - set(spec["vips"][f]) for f in ("ipv4", "ipv6"))
-                (shrinking if gone else growing).append(write)
-    group_writes = growing + shrinking
+                (shrinking if gone else growing).append((reach, write))
+    group_writes = by_reach(growing) + by_reach(shrinking)
     deletes = tuple(sorted(name for name in group_objs if name not in wanted_groups))
 
     after = {ip for ips in addresses.items() for ip in ips[1]}
@@ -543,6 +544,17 @@ def _pool_name(service: Service, pools: Sequence[Pool]) -> str | None:
 
 #: The finalizer vipcore puts on a VipPool: deleting the pool waits until no Service holds an address from it.
 POOL_FINALIZER = "vipcore.io/pool"
+
+
+def by_reach(writes: Iterable[tuple[int, GroupWrite]]) -> list[GroupWrite]:
+    """``(members, write)`` pairs as the order to write them in: the groups with the most member nodes first.
+
+    Every agent waits for the write that carries its group, and the controller writes one after
+    another: a Node flip renames the ``Cluster`` group (every node is a member) and a few ``Local``
+    groups (the nodes of one Service's endpoints); written in name order (a hash), most agents would
+    wait for groups that are not theirs. Stable: a group's shards, and equal counts, keep their order.
+    """
+    return [write for _, write in sorted(writes, key=lambda pair: -pair[0])]
 
 
 def pool_status(
