@@ -24,6 +24,11 @@ the end of the loop pass and :meth:`Link.flush` sends all of them with one
 their argument parsing and system call entries, were about an eighth of the
 agent's CPU). Each message's header is built once per ``Send`` object: a steady
 master's is the same one every interval until its configuration changes.
+
+The wire keeps the order the routers decided in: a direct :meth:`Link.send` goes
+after what is queued, and while queued messages wait for a full send buffer to
+drain, behind them (a resigning master's priority 0 must not reach the backups
+before its own last steady advert: RFC 5798 6.4.2).
 """
 
 from __future__ import annotations
