@@ -47,7 +47,7 @@ class CountingLink:
         self.handlers: dict[int, Handler] = {}
         self.counters = LinkCounters()
 
-    def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
+    def send(self, data: bytes, src: IPAddress, dst: IPAddress, failed: Callable[[], None] | None = None) -> bool:
         self.counters.sent += 1
         return True
 

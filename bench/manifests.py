@@ -7,7 +7,10 @@ Prints median and p95 wall time per size for:
 - ``load``: :func:`vipcore.sources.manifests.load_manifests` in-process (read, decode, YAML, conversion);
 - ``yaml (vipcore)``: :func:`vipcore.core.yamldocs.load_all` alone;
 - ``yaml C safe_load``: ``yaml.load_all(Loader=yaml.CSafeLoader)``, PyYAML's C loader as is;
-- ``yaml Python safe_load``: ``yaml.safe_load_all``, the pure-Python loader main used before.
+- ``yaml Python safe_load``: ``yaml.safe_load_all``, the pure-Python loader main used before;
+- with ``--bad``, ``resolve -f`` on the same file with its last Service (three quarters of the objects
+  in) made bad (``bad object``: a port out of range; ``bad YAML``: an unclosed flow sequence): the time to
+  the error message, which the command must word as the serial read does.
 
 ``--compiled`` byte-compiles the vipcore package on the path first, as
 installing it does: where ``PYTHONDONTWRITEBYTECODE=1`` is set (this
@@ -102,10 +105,19 @@ def timed(fn: Callable[[], object], runs: int) -> tuple[list[float], list[float]
     return wall, cpu
 
 
-def resolve_cli(path: Path) -> None:
+def resolve_cli(path: Path, fails: bool = False) -> None:
     result = subprocess.run([*VIPCORE, "resolve", "-f", str(path), "-o", "json"], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"vipcore resolve failed: {result.stderr.strip()}")
+    if (result.returncode != 0) != fails or (fails and "Traceback" in result.stderr):
+        raise SystemExit(f"vipcore resolve {'succeeded' if not result.returncode else 'failed'}: "
+                         f"{result.stderr.strip()}")
+
+
+def write_bad(path: Path, good: Path, bad: str) -> Path:
+    """``good`` with its last Service (three quarters of the objects in) made invalid: ``port: 80`` -> ``bad``."""
+    text = good.read_text()
+    at = text.rindex("port: 80")
+    path.write_text(text[:at] + bad + text[at + len("port: 80"):])
+    return path
 
 
 def main() -> int:
@@ -113,6 +125,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sizes", default="1000,5000,20000")
     parser.add_argument("--no-python", action="store_true", help="skip the slow pure-Python loader")
+    parser.add_argument("--bad", action="store_true",
+                        help="also resolve -f the file with a bad object, and with bad YAML, 3/4 of the objects in")
     parser.add_argument("--compiled", action="store_true",
                         help="byte-compile the vipcore package first, as installing it does (with "
                              "PYTHONDONTWRITEBYTECODE=1 each fresh process otherwise compiles vipcore's "
@@ -138,6 +152,11 @@ def main() -> int:
             ]
             if not args.no_python:
                 cases.append(("yaml Python safe_load", lambda: list(yaml.safe_load_all(text))))
+            if args.bad:
+                bad_object = write_bad(Path(folder) / f"m{size}-object.yaml", path, "port: 99999")
+                bad_yaml = write_bad(Path(folder) / f"m{size}-yaml.yaml", path, "port: [80")
+                cases.append(("resolve -f, bad object", lambda: resolve_cli(bad_object, fails=True)))
+                cases.append(("resolve -f, bad YAML", lambda: resolve_cli(bad_yaml, fails=True)))
             for name, fn in cases:
                 runs = args.runs if name != "yaml Python safe_load" else max(1, min(args.runs, 3))
                 times, cpu = timed(fn, runs)

@@ -107,3 +107,23 @@ def test_without_libyaml_the_pure_python_loader_gives_the_same_values_and_errors
         yamldocs.load_all("a: [1\n", source="bad.yaml")
     assert "bad.yaml" in json.loads(error) and "invalid YAML" in json.loads(error)
     assert json.loads(error).split(":")[0] == str(c_error.value).split(":")[0]
+
+
+@pytest.mark.parametrize("before", [
+    "a: 1\nb: 2\n",
+    "a: 1\r\nb: 2\r\n",  # CR LF is one line break
+    "a: 1\rb: 2\r",
+    "a: \"x\u2028y\"\nb: \"p\x85q\"\nc: d\u2029e: f\n",  # LS, NEL, PS break lines too (YAML 1.1)
+    "a: >\r\n  folded\r\n\r\n  text\n# comment\u2028\n",
+])
+@pytest.mark.parametrize("bad", ["x: [unclosed\n", "x: {a: 1\n", "x: " + "[" * 120 + "]" * 120 + "\n",
+                                 "k: &a [*a]\n"])
+def test_a_piece_names_the_line_the_whole_text_does(before: str, bad: str) -> None:
+    # A piece of a file (cut at a document start) parsed alone: its error's line counts from the file's start.
+    text = before + "---\n" + bad
+    start = len(before)
+    with pytest.raises(ConfigError) as whole:
+        yamldocs.load_all(text, source="f")
+    with pytest.raises(ConfigError) as piece:
+        yamldocs.load_all(text[start:], source="f", lines_before=lambda: yamldocs.line_breaks(text, start))
+    assert str(piece.value) == str(whole.value) and "line" in str(whole.value)

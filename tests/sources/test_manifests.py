@@ -9,14 +9,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import yaml
 
 from vipcore.core.errors import ManifestError
 from vipcore.core.model import DesiredState
 from vipcore.core.objects import StateBuilder, state_from_objects
-from vipcore.sources.manifests import (PIECE, SPLIT_ABOVE, ManifestSource, _objects, _parse, _pieces,
-                                      _read_parallel, _read_piece, load_manifests)
+from vipcore.sources import manifests
+from vipcore.sources.manifests import (MAX_PIECES, PIECE, SPLIT_ABOVE, ManifestSource, _objects, _parse, _Piece, _pieces,
+                                      _placed, _read_parallel, _read_piece, load_manifests)
 
 NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
         "status": {"conditions": [{"type": "Ready", "status": "True"}],
@@ -389,8 +391,22 @@ def _serial(text: str, source: str = "m.yaml") -> DesiredState:
 
 
 def _halves(text: str) -> DesiredState | None:
-    builder = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True)
-    return None if builder is None else builder.state()
+    return _state(_read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True))
+
+
+def _state(read: list[_Piece] | None) -> DesiredState | None:
+    if read is None:
+        return None
+    builder = StateBuilder()
+    _placed(read, "m.yaml", builder)
+    return builder.state()
+
+
+def _whole(text: str, source: str, classes: frozenset[str], default_class: bool) -> StateBuilder:
+    """``text`` read as one piece (a piece that has a problem is a failed test)."""
+    piece = _read_piece(text, 0, len(text), source, classes, default_class)
+    assert piece.problem is None and piece.builder is not None, piece
+    return piece.builder
 
 
 def test_a_large_manifest_read_on_two_processes_is_the_serial_read(tmp_path: Path) -> None:
@@ -418,53 +434,131 @@ def test_a_large_manifest_read_on_two_processes_is_the_serial_read(tmp_path: Pat
     assert load_manifests([path], jobs=2) == state_from_objects((None, o) for o in yaml.safe_load_all(text))
 
 
-@pytest.mark.parametrize("problem", ["yaml", "field", "twice", "not a mapping"])
-def test_an_error_in_the_second_half_is_the_serial_reads_error(tmp_path: Path, problem: str) -> None:
+#: A document that makes the file invalid, by what is wrong with it.
+BAD = {"yaml": "kind: [unclosed\n",
+       "field": "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: ns1}\n"
+                "spec: {type: LoadBalancer, ports: [{port: not-a-port}]}\n",
+       "not a mapping": "- just\n- a list\n",
+       "list item": "apiVersion: v1\nkind: List\nitems: [{kind: Node, metadata: {name: x}}, just text]\n",
+       # Ends its piece, unclosed: the whole file fails at the next document's start, so must the piece.
+       "quote at the cut": "kind: 'unclosed\n",
+       "flow at the cut": "kind: [unclosed, \n",
+       "deep": "a: " + "[" * 120 + "]" * 120 + "\n"}
+
+
+def _with_bad(tmp_path: Path, problem: str, *, at: float = 0.75, crlf: bool = False) -> tuple[Path, str]:
+    """The large manifest with one bad document about ``at`` of the way in, placed so that it ends a piece
+    (a long comment first: the point where the piece is cut falls inside it)."""
     text = _large_manifest(5000)
-    cut = text.rindex("\n---\n", 0, len(text) * 3 // 4)
-    bad = {"yaml": "kind: [unclosed\n",
-           "field": "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: ns1}\n"
-                    "spec: {type: LoadBalancer, ports: [{port: not-a-port}]}\n",
-           "twice": yaml.safe_dump(yaml.safe_load(text[:text.index("\n---\n")])),
-           "not a mapping": "- just\n- a list\n"}[problem]
+    bad_doc = "---\n# " + "x" * 1000 + "\n" + BAD[problem]
+    size = len(text) + len(bad_doc)
+    count = min(MAX_PIECES, max(2, size // PIECE))
+    point = size * max(1, min(count - 1, round(count * at))) // count
+    where = text.rindex("\n---\n", 0, point - 2) + 1
+    bad = text[:where] + bad_doc + text[where:]
+    if crlf:  # and line breaks that are not "\n" before it (the line counts from the file's start)
+        bad = bad.replace("\n", "\r\n").replace("team: web", "team: \"w\u2028b\"", 3)
+    else:
+        assert where + len(bad_doc) in {end for _, end in _pieces(bad)}, "the bad document ends a piece"
     path = tmp_path / "m.yaml"
-    path.write_text(text[:cut] + "\n---\n" + bad + text[cut:])
+    path.write_bytes(bad.encode())
+    return path, bad
+
+
+@pytest.mark.parametrize("problem", sorted(BAD))
+def test_an_error_in_a_large_manifest_is_the_serial_reads_from_the_first_read(tmp_path: Path, problem: str) -> None:
+    path, text = _with_bad(tmp_path, problem)
     with pytest.raises(ManifestError) as serial:
         load_manifests([path])
-    if problem == "yaml":
-        with pytest.raises(ManifestError) as half:
-            _read_parallel(path.read_text(), str(path), frozenset({"vipcore.io/vip"}), True)
-        assert str(half.value) != str(serial.value)  # its line counts from the second half
+    before = attrs.evolve(manifests.counts)
     with pytest.raises(ManifestError) as parallel:
         load_manifests([path], jobs=2)
+    # The same words as the serial read's (file, line or document, object, field)...
     assert str(parallel.value) == str(serial.value)
-    assert ("line" if problem == "yaml" else "document") in str(serial.value)
+    assert ("line" if problem in ("yaml", "quote at the cut", "flow at the cut", "deep") else "document") in str(serial.value)
+    # ... from one read of the file: opened once, no character parsed twice (both processes counted).
+    assert manifests.counts.files - before.files == 1
+    assert 0 < manifests.counts.characters - before.characters <= len(text)
+
+
+@pytest.mark.parametrize("problem", ["yaml", "field"])
+def test_a_large_manifests_error_names_the_serial_reads_line_and_document_early_and_with_other_line_breaks(
+        tmp_path: Path, problem: str) -> None:
+    for at, crlf in ((0.1, False), (0.5, True), (1.0, False)):
+        path, text = _with_bad(tmp_path, problem, at=at, crlf=crlf)
+        with pytest.raises(ManifestError) as serial:
+            load_manifests([path])
+        before = attrs.evolve(manifests.counts)
+        with pytest.raises(ManifestError) as parallel:
+            load_manifests([path], jobs=2)
+        assert str(parallel.value) == str(serial.value), (at, crlf)
+        assert manifests.counts.files - before.files == 1
+
+
+def test_an_object_defined_twice_in_a_large_manifest_is_read_again_serially(tmp_path: Path) -> None:
+    # The one error the pieces cannot word alone: the serial read names both documents.
+    text = _large_manifest(5000)
+    cut = text.rindex("\n---\n", 0, len(text) * 3 // 4)
+    twice = yaml.safe_dump(yaml.safe_load(text[:text.index("\n---\n")]))
+    path = tmp_path / "m.yaml"
+    path.write_text(text[:cut] + "\n---\n" + twice + text[cut + 1:])
+    with pytest.raises(ManifestError) as serial:
+        load_manifests([path])
+    before = attrs.evolve(manifests.counts)
+    with pytest.raises(ManifestError) as parallel:
+        load_manifests([path], jobs=2)
+    assert str(parallel.value) == str(serial.value) and "defined twice (first in" in str(serial.value)
+    assert manifests.counts.files - before.files == 2
+
+
+def test_errors_across_files_keep_the_serial_reads_order(tmp_path: Path) -> None:
+    # A bad object in the first file beats bad YAML in the second (files are read in turn); within a file
+    # bad YAML anywhere beats a bad object (the serial read parses the whole file before converting).
+    first, _ = _with_bad(tmp_path, "field")
+    second = tmp_path / "n.yaml"
+    second.write_text(BAD["yaml"])
+    for files in ([first, second], [second, first]):
+        with pytest.raises(ManifestError) as serial:
+            load_manifests(files)
+        with pytest.raises(ManifestError) as parallel:
+            load_manifests(files, jobs=2)
+        assert str(parallel.value) == str(serial.value)
+    text = _large_manifest(5000)
+    both = tmp_path / "both.yaml"
+    cut = text.rindex("\n---\n", 0, len(text) // 10)
+    late = text.rindex("\n---\n", 0, len(text) * 9 // 10)
+    both.write_text(text[:cut] + "\n---\n" + BAD["field"] + text[cut + 1:late] + "\n---\n" + BAD["yaml"] + text[late + 1:])
+    with pytest.raises(ManifestError) as serial:
+        load_manifests([both])
+    with pytest.raises(ManifestError) as parallel:
+        load_manifests([both], jobs=2)
+    assert str(parallel.value) == str(serial.value) and "invalid YAML" in str(serial.value)
 
 
 def _dies_in_child(parent: int) -> Any:
-    def work(text: str, source: str, classes: frozenset[str], default_class: bool) -> Any:
+    def work(text: str, *args: Any) -> Any:
         if os.getpid() != parent:
             os._exit(9)  # the forked child killed mid-read (the OOM killer, a signal)
-        return _read_piece(text, source, classes, default_class)
+        return _read_piece(text, *args)
     return work
 
 
 def _answers_big(parent: int) -> Any:
-    def work(text: str, source: str, classes: frozenset[str], default_class: bool) -> Any:
+    def work(text: str, *args: Any) -> Any:
         if os.getpid() != parent:
             marked = StateBuilder()
             marked.vrids["x" * (1 << 20)] = 1  # more than a pipe holds: the child blocks until read
-            return marked
-        return _read_piece(text, source, classes, default_class)
+            return _Piece(marked, 0)
+        return _Piece(StateBuilder(), 0)
     return work
 
 
 def _answers_what_cannot_be_sent(parent: int) -> Any:
-    def work(text: str, source: str, classes: frozenset[str], default_class: bool) -> Any:
-        builder = _read_piece(text, source, classes, default_class)
+    def work(text: str, *args: Any) -> Any:
+        piece = _read_piece(text, *args)
         if os.getpid() != parent:
-            builder.vrids["x"] = lambda: 1  # type: ignore[assignment]  # pickle refuses it: the child fails
-        return builder
+            piece.builder.vrids["x"] = lambda: 1  # pickle refuses it: the child fails
+        return piece
     return work
 
 
@@ -474,8 +568,8 @@ def test_a_child_that_dies_without_answering_means_a_serial_read() -> None:
     assert _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True,
                           work=_answers_what_cannot_be_sent(os.getpid())) is None
     # An answer bigger than the pipe's buffer arrives whole, and the child is reaped (no zombie left).
-    builder = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_answers_big(os.getpid()))
-    assert builder is not None and builder.vrids == {"x" * (1 << 20): 1}
+    state = _state(_read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=_answers_big(os.getpid())))
+    assert state is not None and state.vrids == {"x" * (1 << 20): 1}
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
 
@@ -498,15 +592,14 @@ def test_the_faster_process_reads_more_of_a_large_manifest() -> None:
     parent = os.getpid()
     read_here: list[int] = []
 
-    def work(piece: str, source: str, classes: frozenset[str], default_class: bool) -> Any:
+    def work(whole: str, start: int, end: int, *args: Any) -> Any:
         if os.getpid() == parent:
-            read_here.append(len(piece))
+            read_here.append(end - start)
         else:
             time.sleep(0.5)
-        return _read_piece(piece, source, classes, default_class)
+        return _read_piece(whole, start, end, *args)
 
-    builder = _read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=work)
-    assert builder is not None and builder.state() == _serial(text)
+    assert _state(_read_parallel(text, "m.yaml", frozenset({"vipcore.io/vip"}), True, work=work)) == _serial(text)
     assert len(read_here) >= 4 and sum(read_here) > len(text) * 3 // 4
 
 
@@ -666,7 +759,7 @@ def test_the_childs_pickler_sends_model_values_that_load_as_they_were() -> None:
              "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
              "metadata: {name: s1-x, namespace: ns1, labels: {kubernetes.io/service-name: s1}}\n"
              "endpoints: [{nodeName: n1, conditions: {ready: true}}]\n")
-    builder = _read_piece(text + extra, "m.yaml", frozenset({"vipcore.io/vip"}), True)
+    builder = _whole(text + extra, "m.yaml", frozenset({"vipcore.io/vip"}), True)
     buffer = io.BytesIO()
     _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(builder)
     loaded = pickle.loads(buffer.getvalue())

@@ -21,7 +21,9 @@ traceback, and nothing here grows without bound:
 from __future__ import annotations
 
 import codecs
+import re
 import reprlib
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -107,25 +109,31 @@ def decode(data: bytes, *, source: str, error: type[ConfigError] = ConfigError) 
                     "save the file as UTF-8", source=source) from None
 
 
-def load_all(text: str, *, source: str, error: type[ConfigError] = ConfigError) -> list[Any]:
-    """Every YAML document of ``text``; one ``error`` naming ``source`` and the line for anything wrong."""
+def load_all(text: str, *, source: str, error: type[ConfigError] = ConfigError,
+             lines_before: Callable[[], int] | None = None) -> list[Any]:
+    """Every YAML document of ``text``; one ``error`` naming ``source`` and the line for anything wrong.
+
+    ``lines_before``: when ``text`` is a piece of a file, the number of line breaks before it (asked
+    only for an error's message, whose line then counts from the file's start).
+    """
     loader = _Loader(text)
     documents: list[Any] = []
     # Aliases need a '*': text without one cannot hold a bomb, and the walk is skipped.
     aliases = "*" in text
-    builder = _Builder(loader, source=source, error=error)
+    lines = lines_before or _none_before
+    builder = _Builder(loader, source=source, error=error, lines=lines)
     try:
         while loader.check_node():
             node = loader.get_node()
             if node is None:
                 break
             if aliases:
-                _check_node(node, source=source, error=error)
+                _check_node(node, source=source, error=error, lines=lines)
             documents.append(builder.build(node))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        where = f"line {mark.line + 1}" if mark is not None else None
+        where = f"line {mark.line + 1 + lines()}" if mark is not None else None
         raise error(f"invalid YAML: {problem}", source=source, field=where) from None
     except RecursionError:
         raise error(f"invalid YAML: nested deeper than {MAX_DEPTH} levels", source=source) from None
@@ -148,10 +156,12 @@ class _Builder:
     ``yaml.safe_load``'s.
     """
 
-    def __init__(self, loader: yaml.SafeLoader, *, source: str, error: type[ConfigError]) -> None:
+    def __init__(self, loader: yaml.SafeLoader, *, source: str, error: type[ConfigError],
+                 lines: Callable[[], int]) -> None:
         self.loader = loader
         self.source = source
         self.error = error
+        self.lines = lines
         self.tags: dict[str, str] = {}
         #: Plain scalars already built to an immutable value (int, bool, null, float), by their text.
         self.plain: dict[str, Any] = {}
@@ -159,7 +169,7 @@ class _Builder:
     def build(self, node: yaml.Node, depth: int = 1) -> Any:
         if depth > MAX_DEPTH:
             raise self.error(f"invalid YAML: nested deeper than {MAX_DEPTH} levels", source=self.source,
-                             field=_line(node))
+                             field=_line(node, self.lines))
         kind = type(node)
         if kind is _SCALAR:
             return self.scalar(node)  # type: ignore[arg-type]
@@ -174,7 +184,7 @@ class _Builder:
             # Inlined fast path (most nodes): an untagged string, quoted or already known to resolve to str.
             if type(key_node) is not _SCALAR:
                 raise self.error("invalid YAML: a mapping key must be a plain value, not a list or mapping",
-                                 source=self.source, field=_line(key_node))
+                                 source=self.source, field=_line(key_node, self.lines))
             elif key_node.tag == _IMPLICIT and (key_node.style or tags.get(key_node.value) == _STR):
                 key = key_node.value
             else:
@@ -239,7 +249,7 @@ class _Builder:
         return self.loader.construct_document(root)
 
 
-def _check_node(root: yaml.Node, *, source: str, error: type[ConfigError]) -> None:
+def _check_node(root: yaml.Node, *, source: str, error: type[ConfigError], lines: Callable[[], int]) -> None:
     """Refuse recursive aliases, nesting beyond MAX_DEPTH and alias expansion beyond ALIAS_BUDGET.
 
     One iterative post-order walk over the composed graph (each node once):
@@ -261,20 +271,21 @@ def _check_node(root: yaml.Node, *, source: str, error: type[ConfigError]) -> No
             height[key] = 1 + max((height[id(c)] for c in children), default=0)
             if height[key] > MAX_DEPTH:
                 raise error(f"invalid YAML: nested deeper than {MAX_DEPTH} levels",
-                            source=source, field=_line(node))
+                            source=source, field=_line(node, lines))
             if size[key] - unique > ALIAS_BUDGET:
                 raise error(f"invalid YAML: aliases expand to more than {ALIAS_BUDGET} extra nodes "
-                            "(an alias bomb?)", source=source, field=_line(node))
+                            "(an alias bomb?)", source=source, field=_line(node, lines))
             continue
         if key in size:
             continue
         if key in open_:
             raise error("invalid YAML: an alias refers to the node that contains it", source=source,
-                        field=_line(node))
+                        field=_line(node, lines))
         open_.add(key)
         unique += 1
         if len(open_) > MAX_DEPTH:
-            raise error(f"invalid YAML: nested deeper than {MAX_DEPTH} levels", source=source, field=_line(node))
+            raise error(f"invalid YAML: nested deeper than {MAX_DEPTH} levels", source=source,
+                        field=_line(node, lines))
         stack.append((node, True))
         stack.extend((c, False) for c in children if id(c) not in size)
 
@@ -287,9 +298,25 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def _line(node: yaml.Node) -> str | None:
+def _line(node: yaml.Node, lines: Callable[[], int]) -> str | None:
     mark = node.start_mark
-    return f"line {mark.line + 1}" if mark is not None else None
+    return f"line {mark.line + 1 + lines()}" if mark is not None else None
 
 
-__all__ = ["ALIAS_BUDGET", "C_LOADER", "MAX_DEPTH", "decode", "load_all", "show"]
+def _none_before() -> int:
+    return 0
+
+
+#: What YAML counts as a line break (YAML 1.1, as libyaml and PyYAML's reader count them).
+_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+
+
+def line_breaks(text: str, end: int) -> int:
+    """How many line breaks the YAML parsers count in ``text[:end]`` (a CR LF is one): the
+    ``lines_before`` of a piece of ``text`` starting at ``end``."""
+    if "\r" in text or "\x85" in text or "\u2028" in text or "\u2029" in text:
+        return len(_BREAK.findall(text, 0, end))
+    return text.count("\n", 0, end)
+
+
+__all__ = ["ALIAS_BUDGET", "C_LOADER", "MAX_DEPTH", "decode", "line_breaks", "load_all", "show"]

@@ -77,16 +77,43 @@ def _has_directive(text: str) -> bool:
     return text.startswith("%") or "\n%" in text
 
 
-def _parse(text: str, source: str) -> list[Any]:
-    return yamldocs.load_all(text, source=source, error=ManifestError)
+@attrs.define
+class ReadCounts:
+    """What this process read of the manifests (:data:`counts`), a forked child's share included: how
+    often a file was read and how much text was parsed (a bad file is read once, not once more to word
+    its error). For tests and benches."""
+
+    files: int = 0
+    characters: int = 0
+
+
+#: This process's :class:`ReadCounts`.
+counts = ReadCounts()
+
+
+def _parse(text: str, source: str, lines_before: Callable[[], int] | None = None, *,
+           counted: int | None = None) -> list[Any]:
+    """``text``'s documents (``counted``: how many of its characters are the file's, default all)."""
+    counts.characters += len(text) if counted is None else counted
+    return yamldocs.load_all(text, source=source, error=ManifestError, lines_before=lines_before)
 
 
 def _read(path: Path) -> str:
+    counts.files += 1
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"cannot read: {exc.strerror}", source=str(path)) from None
     return yamldocs.decode(data, source=str(path), error=ManifestError)
+
+
+class _DocumentError(ManifestError):
+    """A document that is no object (not a mapping, a List of other things), raised with its index: a
+    piece of a file (:func:`_read_piece`) names it once the documents before the piece are counted."""
+
+    def __init__(self, message: str, *, path: str, index: int, field: str | None = None) -> None:
+        super().__init__(message, source=_where(path, index), field=field)
+        self.message, self.index = message, index
 
 
 def _objects(docs: list[Any], path: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
@@ -95,19 +122,19 @@ def _objects(docs: list[Any], path: str) -> Iterator[tuple[int, Mapping[str, Any
         if doc is None:
             continue
         if type(doc) is not dict and not isinstance(doc, Mapping):
-            raise ManifestError("each YAML document must be a Kubernetes object (a mapping)",
-                                source=_where(path, index))
+            raise _DocumentError("each YAML document must be a Kubernetes object (a mapping)", path=path,
+                                 index=index)
         if doc.get("kind") == "List":
             items = doc.get("items")
             if items is None:
                 continue
             if not isinstance(items, list):
-                raise ManifestError(f"must be a list of objects, got {type(items).__name__}",
-                                    source=_where(path, index), field="items")
+                raise _DocumentError(f"must be a list of objects, got {type(items).__name__}", path=path,
+                                     index=index, field="items")
             for i, item in enumerate(items):
                 if not isinstance(item, Mapping):
-                    raise ManifestError(f"must be a Kubernetes object (a mapping), got {type(item).__name__}",
-                                        source=_where(path, index), field=f"items[{i}]")
+                    raise _DocumentError(f"must be a Kubernetes object (a mapping), got {type(item).__name__}",
+                                         path=path, index=index, field=f"items[{i}]")
                 yield index, item
         else:
             yield index, doc
@@ -122,23 +149,94 @@ def _documents(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
     return _objects(_parse(_read(path), str(path)), str(path))
 
 
-def _build(docs: list[Any], source: str, classes: frozenset[str], default_class: bool) -> objects.StateBuilder:
-    """The objects of ``docs`` converted (:func:`~vipcore.core.objects.convert`) into a builder;
-    ManifestError for any problem (its message is not the serial read's: the caller reads serially to
-    report it)."""
-    convert = objects.convert
+#: Appended to every piece but a file's last: the next document's start, which the piece was cut before. A
+#: piece that ends inside a quoted scalar or a flow collection then fails where the whole file does (at
+#: that line, with the same words), not at its own end; a piece without a problem gets one empty document
+#: more, dropped.
+_NEXT = "---\n"
+
+
+@attrs.define
+class _Piece:
+    """What reading a piece of a file gave (:func:`_read_piece`): its objects, and where it went wrong.
+
+    A problem is kept, not raised, so that the file's error is the serial read's (:func:`_placed`): a YAML
+    problem (``yaml``: ``problem`` is the whole message, its line counted from the file's start) wins over
+    any object's, as the serial read parses the whole file before converting; an object's problem
+    (``problem`` and ``field``, in document ``document`` of the piece) is named once the documents before
+    the piece are counted.
+    """
+
+    #: The objects converted, up to a problem; None: not converted (a problem earlier in the file) or not read.
+    builder: objects.StateBuilder | None
+    #: Documents parsed (None: not parsed, after a YAML problem).
+    documents: int | None
+    problem: str | None = None
+    yaml: bool = False
+    field: str | None = None
+    document: int = 0
+    #: An object defined twice within the piece: the serial read names both documents.
+    twice: bool = False
+
+
+def _read_piece(text: str, start: int, end: int, source: str, classes: frozenset[str], default_class: bool,
+                convert: bool = True) -> _Piece:
+    """``text[start:end]`` (a file's text, or a piece of it cut at document starts) parsed and, if
+    ``convert``, its objects converted into a builder. Raises nothing for what the text holds."""
+    piece = text[start:end] if end == len(text) else text[start:end] + _NEXT
+    try:
+        docs = _parse(piece, source, (lambda: yamldocs.line_breaks(text, start)) if start else None,
+                      counted=end - start)
+    except ManifestError as exc:
+        return _Piece(None, None, str(exc), yaml=True)
+    if end != len(text):
+        docs.pop()  # _NEXT's empty document
+    if not convert:
+        return _Piece(None, len(docs))
     builder = objects.StateBuilder()
-    add = builder.add
-    for _, obj in _objects(docs, source):
-        converted = convert(obj, classes=classes, default_class=default_class)
-        if converted is not None:
-            add(converted)
-    return builder
+    add, convert_one, index = builder.add, objects.convert, 0
+    try:
+        for index, obj in _objects(docs, source):
+            try:
+                converted = convert_one(obj, classes=classes, default_class=default_class)
+            except ManifestError as exc:
+                return _Piece(builder, len(docs), str(exc), document=index)
+            if converted is not None:
+                try:
+                    add(converted)
+                except ManifestError:
+                    return _Piece(builder, len(docs), "defined twice", document=index, twice=True)
+    except _DocumentError as exc:
+        return _Piece(builder, len(docs), exc.message, field=exc.field, document=exc.index)
+    return _Piece(builder, len(docs))
 
 
-def _read_piece(text: str, source: str, classes: frozenset[str], default_class: bool) -> objects.StateBuilder:
-    """The objects of ``text`` (a file, or a piece of one), parsed and converted into a builder."""
-    return _build(_parse(text, source), source, classes, default_class)
+class _Serially(Exception):
+    """The forked read cannot word this error as the serial read does (an object defined twice): read
+    serially."""
+
+
+def _placed(read: list[_Piece], source: str, into: objects.StateBuilder) -> None:
+    """Merge the pieces of one file, read in order, into ``into`` (the files before it), or raise the
+    error the serial read gives: the first YAML problem in the file, else the first object's, with its
+    document counted from the file's start. :class:`_Serially` for an object defined twice."""
+    for piece in read:
+        if piece.yaml:
+            assert piece.problem is not None
+            raise ManifestError(piece.problem)  # already names the file and the line
+    before = 0
+    for piece in read:
+        if piece.twice:
+            raise _Serially()
+        if piece.builder is not None:
+            try:
+                into.merge(piece.builder)
+            except ManifestError:
+                raise _Serially() from None
+        if piece.problem is not None:
+            raise ManifestError(piece.problem, source=_where(source, before + piece.document), field=piece.field)
+        assert piece.documents is not None and piece.builder is not None  # no problem before: read in full
+        before += piece.documents
 
 
 def _pieces(text: str) -> list[tuple[int, int]]:
@@ -156,11 +254,14 @@ def _pieces(text: str) -> list[tuple[int, int]]:
     return list(zip(cuts, cuts[1:]))
 
 
+#: What both processes run on a piece: :func:`_read_piece`'s arguments and result.
+_Work = Callable[[str, int, int, str, frozenset[str], bool, bool], _Piece]
+
+
 def _read_parallel(text: str, source: str, classes: frozenset[str], default_class: bool, *,
-                   work: Callable[[str, str, frozenset[str], bool], objects.StateBuilder] | None = None,
-                   ) -> objects.StateBuilder | None:
-    """The objects of ``text`` parsed and converted on two processes, this one and a forked child,
-    into a builder; None when it cannot be split here (no fork, directives, no document start to cut
+                   work: _Work | None = None) -> list[_Piece] | None:
+    """The pieces of ``text`` parsed and converted on two processes, this one and a forked child (for
+    :func:`_placed`); None when it cannot be split here (no fork, directives, no document start to cut
     at) or the child did not answer.
 
     The text is cut into pieces at document starts (:func:`_pieces`), each
@@ -177,9 +278,14 @@ def _read_parallel(text: str, source: str, classes: frozenset[str], default_clas
     of the bytes to pickle and to load, and its share of the conversion done
     alongside the parent's. A bare ``fork`` and pipes, not a process pool: the pool's
     imports, threads and queues cost more than it saves (``bench/manifests.py``).
-    Raises ManifestError for anything invalid (its line counts from its
-    piece, and it names no document). ``work``: what both processes run on a piece (tests),
-    :func:`_read_piece` by default.
+
+    A problem in a piece is kept with it (:class:`_Piece`), not raised, and
+    both processes read on: the file's error is worded from this one read.
+    A process skips the pieces after one with a YAML problem (the file's
+    error is that one's or an earlier piece's) and converts none after one
+    with an object's problem (their YAML still counts: the serial read
+    parses the whole file first). ``work``: what both processes run on a
+    piece (tests), :func:`_read_piece` by default.
     """
     if _has_directive(text) or not hasattr(os, "fork"):
         return None
@@ -208,20 +314,15 @@ def _read_parallel(text: str, source: str, classes: frozenset[str], default_clas
     if child == 0:  # pragma: no cover - the forked child (its result is checked by the parent's tests)
         _child(writable, readable, tickets, work, text, pieces, source, classes, default_class)
     os.close(writable)
-    read: dict[int, objects.StateBuilder] = {}
+    read: dict[int, _Piece] = {}
     inbox = _Inbox(readable)
     try:
         os.set_blocking(readable, False)
-        for number in _taken(0, tickets):
-            start, end = pieces[number]
-            read[number] = work(text[start:end], source, classes, default_class)
-            inbox.receive(read)  # what the child has sent meanwhile, loaded while it reads on
-            if inbox.error is not None:
-                break  # the serial read will say what is wrong: no more pieces here
+        _read_taken(_taken(0, tickets), read, work, text, pieces, source, classes, default_class, inbox)
         os.set_blocking(readable, True)
         inbox.receive(read)
     except BaseException:
-        # The parent's piece was invalid (the serial read will say where): the child's pieces are moot.
+        # A bug (a problem in the text is kept, not raised): the child's pieces are moot.
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
         raise
@@ -229,14 +330,38 @@ def _read_parallel(text: str, source: str, classes: frozenset[str], default_clas
         os.close(readable)
         os.close(tickets)
         _reap(child)
-    if inbox.error is not None:
-        raise ManifestError(inbox.error)  # already names the file and the object or line
+    counts.characters += inbox.characters
     if not inbox.done or inbox.broken or sorted(read) != list(range(len(pieces))):
         return None  # the child died (or, cannot happen, a piece was read by neither); never a short state
-    builder = read[0]
-    for number in range(1, len(pieces)):
-        builder.merge(read[number])
-    return builder
+    return [read[number] for number in range(len(pieces))]
+
+
+def _read_taken(numbers: Iterable[int], read: dict[int, _Piece], work: _Work, text: str,
+                pieces: list[tuple[int, int]], source: str, classes: frozenset[str], default_class: bool,
+                inbox: _Inbox | None = None, out: int | None = None) -> None:
+    """Read the pieces ``numbers`` names (ascending after the first) into ``read``, each sent to ``out``
+    (the child) as it is read; in the parent, what the child has sent is loaded from ``inbox`` between
+    pieces. No piece after one with a YAML problem is read (known here or from the child), none after
+    one with an object's problem converted."""
+    skip_after = convert_before = len(pieces)
+    for number in numbers:
+        if number > skip_after:
+            piece = _Piece(None, None)
+        else:
+            start, end = pieces[number]
+            piece = work(text, start, end, source, classes, default_class, number < convert_before)
+            if piece.yaml:
+                skip_after = min(skip_after, number)
+            elif piece.problem is not None:
+                convert_before = min(convert_before, number)
+        read[number] = piece
+        if out is not None:
+            _send(out, ("piece", number, piece))
+        if inbox is not None:
+            inbox.receive(read)  # what the child has sent meanwhile, loaded while it reads on
+            for other, sent in read.items():
+                if sent.yaml:
+                    skip_after = min(skip_after, other)
 
 
 #: Bytes the pipe from the child may hold (Linux lets any process ask for up to 1 MiB): the child writes
@@ -246,8 +371,8 @@ _LENGTH = 8
 
 
 class _Inbox:
-    """The parent's end of the child's pipe: length-prefixed pickles of ``("piece", number, builder)``,
-    then ``("done", ...)`` or ``("error", message)``."""
+    """The parent's end of the child's pipe: length-prefixed pickles of ``("piece", number, piece)``,
+    then ``("done", characters parsed, None)``."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -255,9 +380,10 @@ class _Inbox:
         self.done = False
         #: A message could not be loaded: the child's answer is not to be used.
         self.broken = False
-        self.error: str | None = None
+        #: Characters the child parsed (in its ``done``).
+        self.characters = 0
 
-    def receive(self, read: dict[int, objects.StateBuilder]) -> None:
+    def receive(self, read: dict[int, _Piece]) -> None:
         """Load every piece the child has sent into ``read``: what the pipe holds now when it does not
         block, else everything until the child closes it. Whatever cannot be loaded (half a message: the
         child died) is left for :attr:`done` to tell."""
@@ -271,7 +397,7 @@ class _Inbox:
             if not chunk:
                 return
 
-    def _messages(self, read: dict[int, objects.StateBuilder]) -> None:
+    def _messages(self, read: dict[int, _Piece]) -> None:
         if self.broken:
             return
         pending = self.pending
@@ -290,8 +416,7 @@ class _Inbox:
                 read[number] = value
             elif kind == "done":
                 self.done = True
-            elif kind == "error":
-                self.error = value
+                self.characters = number
         del pending[:at]
 
 
@@ -302,24 +427,19 @@ def _taken(first: int, tickets: int) -> Iterator[int]:
         yield ticket[0]
 
 
-def _child(out: int, other: int, tickets: int,
-           work: Callable[[str, str, frozenset[str], bool], objects.StateBuilder],
-           text: str, pieces: list[tuple[int, int]], source: str, classes: frozenset[str],
-           default_class: bool) -> NoReturn:
+def _child(out: int, other: int, tickets: int, work: _Work, text: str, pieces: list[tuple[int, int]],
+           source: str, classes: frozenset[str], default_class: bool) -> NoReturn:
     """The forked child: read the last piece and the middle ones it takes, send each as it is read
-    (:class:`_Inbox`), then ``done`` or the first error's message; exit at once (``os._exit``: never the
+    (:class:`_Inbox`), then ``done`` with the characters it parsed; exit at once (``os._exit``: never the
     parent's ``atexit``, ``finally`` blocks or buffered output). Each piece is pickled when read, so
     the pickling is part of the work shared out, and the parent loads it while the child reads on."""
     status = 1
     try:
         os.close(other)
-        try:
-            for number in _taken(len(pieces) - 1, tickets):
-                start, end = pieces[number]
-                _send(out, ("piece", number, work(text[start:end], source, classes, default_class)))
-            _send(out, ("done", None, None))
-        except ManifestError as exc:
-            _send(out, ("error", None, str(exc)))
+        parsed = counts.characters
+        _read_taken(_taken(len(pieces) - 1, tickets), {}, work, text, pieces, source, classes, default_class,
+                    out=out)
+        _send(out, ("done", counts.characters - parsed, None))
         status = 0
     finally:
         os._exit(status)
@@ -357,12 +477,14 @@ def _reap(pid: int) -> None:
 
 def _load_forked(paths: Iterable[Path], classes: frozenset[str], default_class: bool) -> DesiredState:
     """:func:`load_manifests` with a large file read on two processes (:func:`_read_parallel`).
-    Raises ManifestError for anything invalid, worded or placed differently from the serial read's."""
+    Raises the serial read's ManifestError for anything invalid, :class:`_Serially` where it cannot."""
     builder = objects.StateBuilder()
     for path in manifest_files(paths):
         text = _read(path)
-        part = _read_parallel(text, str(path), classes, default_class) if len(text) > SPLIT_ABOVE else None
-        builder.merge(part if part is not None else _read_piece(text, str(path), classes, default_class))
+        read = _read_parallel(text, str(path), classes, default_class) if len(text) > SPLIT_ABOVE else None
+        if read is None:
+            read = [_read_piece(text, 0, len(text), str(path), classes, default_class)]
+        _placed(read, str(path), builder)
     return builder.state()
 
 
@@ -377,8 +499,9 @@ def load_manifests(
 
     ``jobs`` > 1: a large file may be parsed and converted on two processes
     (forked: only from a single-threaded caller, such as the CLI); the result
-    is the serial read's, and anything invalid is read again serially, so
-    errors are the same too.
+    is the serial read's, and so is the error for anything invalid, worded
+    from that one read (only an object defined twice is read again serially,
+    to name both documents).
 
     Raises :class:`ManifestError` (one line naming the file, document, object
     and field) for anything invalid, and for nothing else: undecodable bytes,
@@ -388,8 +511,8 @@ def load_manifests(
     if jobs > 1:
         try:
             return _load_forked(paths, classes, default_class)
-        except ManifestError:
-            pass  # read again serially below: its error names the line and document as always
+        except _Serially:
+            pass  # read again serially below: its error names both documents
     return objects.state_from_objects(
         ((_where(str(path), index), obj) for path in manifest_files(paths)
          for index, obj in _documents(path)),

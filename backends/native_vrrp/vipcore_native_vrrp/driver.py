@@ -162,7 +162,7 @@ class RouterDriver:
                 if queued is None:
                     failed = False
                     for send in sends:
-                        ok = link.send(send.data, send.src, send.dst)
+                        ok = link.send(send.data, send.src, send.dst, self._on_queued_failure)
                         if not ok or failed:
                             failed = True
                             followup = router.sent(ok, self.loop.time())
@@ -199,8 +199,9 @@ class RouterDriver:
         self.feed(router.handle_timer(now, advance))
 
     def _queued_send_failed(self) -> None:
-        # What the direct path does with a failed advert: the router knows (its next timer takes the general
-        # path, which puts the VIPs back once sending works again).
+        # An advert the link queued (steady, or direct behind queued ones) and could not send after all: what
+        # the direct path does with a failed advert, the router knows (its next timer takes the general path,
+        # which puts the VIPs back once sending works again).
         if self.closed:
             return
         followup = self.router.sent(False, self.loop.time())
@@ -403,7 +404,9 @@ class RouterDriver:
 
     def _do_now(self, action: Action, decided: float, defer_report: bool = False) -> None:
         if type(action) is Send:
-            ok = self.link.send(action.data, action.src, action.dst)
+            # True also when it waits behind the link's queued adverts for the send buffer (they go first):
+            # a failure then comes back later, the steady path's way.
+            ok = self.link.send(action.data, action.src, action.dst, self._on_queued_failure)
             followup = self.router.sent(ok, self.loop.time())
             if followup:
                 self.feed(followup)

@@ -24,6 +24,11 @@ the end of the loop pass and :meth:`Link.flush` sends all of them with one
 their argument parsing and system call entries, were about an eighth of the
 agent's CPU). Each message's header is built once per ``Send`` object: a steady
 master's is the same one every interval until its configuration changes.
+
+The wire keeps the order the routers decided in: a direct :meth:`Link.send` goes
+after what is queued, and while queued messages wait for a full send buffer to
+drain, behind them (a resigning master's priority 0 must not reach the backups
+before its own last steady advert: RFC 5798 6.4.2).
 """
 
 from __future__ import annotations
@@ -105,6 +110,10 @@ class LinkCounters:
     dropped: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
 
+def _nothing() -> None:
+    """What a failure of a message whose sender asked nothing calls (it is counted and logged all the same)."""
+
+
 class Link:
     """A raw VRRP socket on one interface for one address family."""
 
@@ -169,15 +178,20 @@ class Link:
         loop.add_reader(self.sock.fileno(), self._readable)
 
     def close(self) -> None:
-        """Idempotent: a link closed because its interface vanished is closed again at stop."""
+        """Idempotent: a link closed because its interface vanished is closed again at stop.
+
+        What still waits for the send buffer gets one last try (a stopping master's priority 0 may be
+        among it): what does not go out is counted, and reported to its sender, as a failed send.
+        """
         if self.closed:
             return
         self.closed = True
-        self._queued, self._on_failure = [], []
-        if self._loop is not None:
-            self._loop.remove_reader(self.sock.fileno())
-            self._loop.remove_writer(self.sock.fileno())
-            self._loop = None
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.remove_reader(self.sock.fileno())
+            loop.remove_writer(self.sock.fileno())
+        self._send_queued(again=False)  # without a loop a full buffer is a failure: nothing is put back
+        self._queued, self._on_failure, self._draining = [], [], False
         self.sock.close()
 
     # -- receive ------------------------------------------------------------
@@ -269,10 +283,24 @@ class Link:
         self._routes[(id(src), id(dst))] = route
         return route
 
-    def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
-        """Send one message from ``src`` to ``dst`` now (after what is queued); a failure is counted, not raised."""
+    def send(self, data: bytes, src: IPAddress, dst: IPAddress, failed: Callable[[], None] | None = None) -> bool:
+        """Send one message from ``src`` to ``dst`` now, after what is queued; a failure is counted, not raised.
+
+        The wire keeps the order the routers decided in: what :meth:`queue` holds goes first. If that meets a
+        full send buffer, the queued messages wait for it to drain and this one waits behind them (queued
+        last, as :meth:`queue` would): a resigning master's priority 0 must not reach the backups before its
+        own steady advert, which would reset their Master_Down timer (RFC 5798 6.4.2).
+
+        True if the message went out, or waits behind the queued ones (a full send buffer is no failure:
+        ``failed`` is then called, in a later callback, if it does not go out once the buffer drains, counted
+        and logged as here); False if it failed now.
+        """
         if self._queued:
-            self.flush()  # the wire keeps the order the routers decided in
+            self.flush()
+            if self._queued:  # they wait for the send buffer to drain: this one behind them
+                self._queued.append(self._prepare(Send(data, src, dst), cache=False))
+                self._on_failure.append(failed if failed is not None else _nothing)
+                return True
         try:
             route = self._routes.get((id(src), id(dst)))
             if route is None or route[0] is not src or route[1] is not dst:
@@ -291,8 +319,8 @@ class Link:
         again if the object was not seen lately). ``failed`` is called, in a later callback of the pass, if
         the message did not go out (counted and logged as :meth:`send` does); a full send buffer is no
         failure: the message waits for it to drain, ahead of later ones. A message sent with
-        :meth:`send` meanwhile goes after the queued ones. Before :meth:`start`, or without ``sendmmsg``,
-        it is sent at once.
+        :meth:`send` meanwhile goes after the queued ones, waiting behind them too if they wait for the
+        buffer. Before :meth:`start`, or without ``sendmmsg``, it is sent at once.
         """
         if self._loop is None or _sendmmsg is None:
             if not self.send(send.data, send.src, send.dst):
@@ -307,8 +335,18 @@ class Link:
         self._on_failure.append(failed)
 
     def flush(self) -> None:
-        """Send what :meth:`queue` holds: one ``sendmmsg`` for all of it (more only around a failure)."""
+        """Send what :meth:`queue` holds: one ``sendmmsg`` for all of it (more only around a failure).
+
+        Nothing while the queued messages wait for a full send buffer to drain: they go when it does,
+        in order, with whatever was queued behind them meanwhile.
+        """
+        if not self._draining:
+            self._send_queued(again=False)
+
+    def _send_queued(self, again: bool) -> None:
+        """The queued messages, in order; ``again``: the buffer was full and is said to have room now."""
         queued, on_failure = self._queued, self._on_failure
+        self._draining = False
         if not queued:
             return
         self._queued, self._on_failure = [], []
@@ -320,36 +358,41 @@ class Link:
             done = _sendmmsg(fd, ctypes.byref(array, start * _MMSG_SIZE), count - start, 0)
             if done > 0:
                 self._sent(done)
-                self._draining = False
+                again = False
                 start += done
                 continue
             code = ctypes.get_errno() if done < 0 else errno.EIO
             if code == errno.EINTR:
                 continue
-            if code in _FULL and self._loop is not None and not (self._draining and start == 0):
+            if code in _FULL and self._loop is not None and not (again and start == 0):
                 # The send buffer is full (a NIC's transmit queue behind it; a wake-up sends hundreds at
                 # once; a raw socket says ENOBUFS): the rest goes once it drains, ahead of anything queued
-                # meanwhile, and is not reported. A message refused again right after is (no busy loop).
+                # meanwhile (direct sends included), and is not reported. A message refused again once the
+                # socket said it had room is (no busy loop). Without a loop (closing) there is no later.
                 self._queued[:0], self._on_failure[:0] = queued[start:], on_failure[start:]
                 self._draining = True
                 self._loop.add_writer(fd, self._writable)
                 return
-            # The kernel stops at the first message that fails: that one is reported, the rest tried again.
-            self._failed(OSError(code, os.strerror(code)), queued[start][0].src, queued[start][0].dst)
-            try:
-                on_failure[start]()
-            except Exception:  # one router's bug must not keep the others' adverts
-                log.exception("a failed send's handler failed")
-            start += 1
+            # The kernel stops at the first message that fails: that one is reported, the rest tried again;
+            # all of them when closing meets a full buffer (none could go after the refused one).
+            end = count if code in _FULL and self._loop is None else start + 1
+            for index in range(start, end):
+                self._failed(OSError(code, os.strerror(code)), queued[index][0].src, queued[index][0].dst)
+                try:
+                    on_failure[index]()
+                except Exception:  # one router's bug must not keep the others' adverts
+                    log.exception("a failed send's handler failed")
+            start = end
 
     def _writable(self) -> None:
         if self._loop is not None:
             self._loop.remove_writer(self.sock.fileno())
-        self.flush()
+        self._send_queued(again=True)
 
-    def _prepare(self, send: Send) -> _Prepared:
-        """``send`` as an ``mmsghdr`` and the buffers it points into."""
-        if len(self._prepared) > 1024 and not self._queued:  # bounded: one per router, replaced on a change
+    def _prepare(self, send: Send, cache: bool = True) -> _Prepared:
+        """``send`` as an ``mmsghdr`` and the buffers it points into; kept for the next :meth:`queue` of the
+        same object if ``cache`` (a direct message waiting for the send buffer is not seen again)."""
+        if cache and len(self._prepared) > 1024 and not self._queued:  # bounded: one per router, replaced on a change
             self._prepared.clear()
         data, src, dst = send.data, send.src, send.dst
         if self.family is Family.IPV4:
@@ -367,7 +410,8 @@ class Link:
         header = _MMsgHdr(_MsgHdr(ctypes.addressof(name_buffer), len(name), ctypes.addressof(iov), 1,
                                   ctypes.addressof(control_buffer), len(control), 0), 0)
         prepared = send, bytes(header), (data, name_buffer, control_buffer, data_buffer, iov)
-        self._prepared[id(send)] = prepared
+        if cache:
+            self._prepared[id(send)] = prepared
         return prepared
 
     def _failed(self, exc: OSError, src: IPAddress, dst: IPAddress) -> None:

@@ -70,7 +70,7 @@ class FakeLink:
         if not self.send(send.data, send.src, send.dst):
             failed()
 
-    def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
+    def send(self, data: bytes, src: IPAddress, dst: IPAddress, failed: Callable[[], None] | None = None) -> bool:
         self.counters.sent += 1
         if (self.node, self.family) in self.bus.mute:
             return True

@@ -27,7 +27,7 @@ class FlakyLink:
         self.sent: list[bytes] = []
         self.queued = 0
 
-    def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
+    def send(self, data: bytes, src: IPAddress, dst: IPAddress, failed: Callable[[], None] | None = None) -> bool:
         self.attempts += 1
         if self.failing:
             return False
@@ -146,6 +146,46 @@ def test_an_advert_that_fails_after_its_driver_closed_arms_nothing() -> None:
         attempts = link.attempts
         await asyncio.sleep(0.05)  # five intervals
         assert driver._timer is None and link.attempts == attempts, "no timer re-armed, no advert after the close"
+
+    asyncio.run(scenario())
+
+
+class WaitingLink(FlakyLink):
+    """While ``waiting``, a direct send waits behind queued adverts for a full send buffer (as the real link):
+    accepted, its failure reported later, by the test, through the callback given with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = False
+        self.waiting_failures: list[Callable[[], None]] = []
+
+    def send(self, data: bytes, src: IPAddress, dst: IPAddress, failed: Callable[[], None] | None = None) -> bool:
+        if not self.waiting:
+            return super().send(data, src, dst, failed)
+        self.attempts += 1
+        if failed is not None:
+            self.waiting_failures.append(failed)
+        return True
+
+
+def test_a_direct_advert_that_waited_for_the_send_buffer_and_failed_reaches_the_router() -> None:
+    # The takeover's advert goes by the direct path; the link accepts it behind adverts waiting for the send
+    # buffer and refuses it later: the router must hear it as it hears a failure reported at once (its VIPs
+    # put back once sending works again), or send() returning True would hide the failure.
+    async def scenario() -> None:
+        link, holder = WaitingLink(), Holder()
+        driver = master_driver(asyncio.get_running_loop(), link, holder)
+        driver.start()
+        link.waiting = True
+        driver.takeover("test")
+        await until(lambda: holder.added == [(VIP,)])
+        assert len(link.waiting_failures) == 1, "the takeover's advert, with the failure callback"
+        link.waiting = False
+        link.waiting_failures.pop()()
+        await until(lambda: len(holder.added) == 2)
+        assert holder.added == [(VIP,), (VIP,)], "sending works again: the VIPs are put back"
+        assert driver.router.phase is Phase.MASTER
+        await driver.close()
 
     asyncio.run(scenario())
 

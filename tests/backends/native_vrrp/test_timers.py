@@ -75,7 +75,7 @@ class SendLog:
         self.counters = LinkCounters()
         self.sent: dict[IPAddress, list[float]] = {}
 
-    def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
+    def send(self, data: bytes, src: IPAddress, dst: IPAddress, failed: Callable[[], None] | None = None) -> bool:
         self.counters.sent += 1
         self.sent.setdefault(src, []).append(self.loop.now)
         return True

@@ -70,20 +70,30 @@ SLOW_SENDER = textwrap.dedent("""
     from vipcore_native_vrrp.transport import Link
 
     interface, source4, count = sys.argv[1], ipaddress.IPv4Address(sys.argv[2]), int(sys.argv[3])
+    # "direct": a direct send after the queued adverts; "close": then the link closed at once.
+    direct, close = "direct" in sys.argv[4:], "close" in sys.argv[4:]
     group4 = ipaddress.IPv4Address("224.0.0.18")
 
     async def main():
         loop = asyncio.get_running_loop()
+        total = count + direct
         v4 = Link(interface, Family.IPV4, multicast=False)
         v4.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel's minimum: a few packets
         v4.start(loop)
         failed = []
         for vrid in range(1, count + 1):
             v4.queue(Send(bytes([0x31, vrid, 100, 0, 0, 100, 0, 0]), source4, group4), lambda vrid=vrid: failed.append(vrid))
+        accepted = None
+        if direct:
+            # In the same pass, as a resigning master's priority 0: its flush meets the full buffer.
+            accepted = v4.send(bytes([0x31, 255, 0, 0, 0, 100, 0, 0]), source4, group4, lambda: failed.append(255))
+        if close:
+            v4.close()
         deadline = loop.time() + 10.0
-        while v4.counters.sent + v4.counters.send_errors < count and loop.time() < deadline:
+        while v4.counters.sent + v4.counters.send_errors < total and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        print(json.dumps({"sent": v4.counters.sent, "errors": v4.counters.send_errors, "failed": failed}))
+        print(json.dumps({"sent": v4.counters.sent, "errors": v4.counters.send_errors, "failed": failed,
+                          "accepted": accepted}))
         v4.close()
 
     asyncio.run(main())
@@ -161,6 +171,39 @@ def test_adverts_the_full_send_buffer_refused_go_once_it_drains_none_reported_fa
                     "latency", "5s"], check=True, capture_output=True, timeout=30)
     done, frames = run_captured(a, b, SLOW_SENDER, str(SOURCE4), "60")
     report = json.loads(done.stdout)
-    assert report == {"sent": 60, "errors": 0, "failed": []}, done.stderr
+    assert report == {"sent": 60, "errors": 0, "failed": [], "accepted": None}, done.stderr
     v4 = [f for f in frames if f[12:14] == b"\x08\x00" and f[23] == 112]
     assert [f[14 + 20 + 1] for f in v4] == list(range(1, 61)), "all of them, in order"
+
+
+def test_a_direct_send_waits_behind_the_adverts_a_full_send_buffer_holds(veth: tuple[str, str]) -> None:
+    a, b = veth
+    # As above; then a direct send (a resignation's priority 0) in the same pass: its flush of the queued
+    # adverts meets the full buffer. It must not overtake them (a backup hearing the master's normal priority
+    # after its priority 0 resets its Master_Down timer: RFC 5798 6.4.2) nor be refused: it goes last.
+    ip("-n", a, "link", "set", a, "txqueuelen", "1000")
+    subprocess.run(["tc", "-n", a, "qdisc", "add", "dev", a, "root", "tbf", "rate", "1mbit", "burst", "1600",
+                    "latency", "5s"], check=True, capture_output=True, timeout=30)
+    done, frames = run_captured(a, b, SLOW_SENDER, str(SOURCE4), "60", "direct")
+    report = json.loads(done.stdout)
+    assert report == {"sent": 61, "errors": 0, "failed": [], "accepted": True}, done.stderr
+    v4 = [f for f in frames if f[12:14] == b"\x08\x00" and f[23] == 112]
+    assert [f[14 + 20 + 1] for f in v4] == [*range(1, 61), 255], "the queued adverts in order, the direct one last"
+    assert v4[-1][14 + 20 + 2] == 0, "the priority-0 advert itself"
+
+
+def test_closing_the_link_gives_what_waits_for_the_send_buffer_a_last_try_and_reports_the_rest(
+        veth: tuple[str, str]) -> None:
+    a, b = veth
+    # As above, the link closed right after the direct send (a stopping agent): nothing is dropped unheard.
+    # What the buffer takes goes, in order; every other message is a failed send reported to its sender.
+    ip("-n", a, "link", "set", a, "txqueuelen", "1000")
+    subprocess.run(["tc", "-n", a, "qdisc", "add", "dev", a, "root", "tbf", "rate", "1mbit", "burst", "1600",
+                    "latency", "5s"], check=True, capture_output=True, timeout=30)
+    done, frames = run_captured(a, b, SLOW_SENDER, str(SOURCE4), "60", "direct", "close")
+    report = json.loads(done.stdout)
+    assert report["accepted"] is True
+    assert report["sent"] + report["errors"] == 61 and report["errors"] == len(report["failed"]) > 0, report
+    v4 = [f[14 + 20 + 1] for f in frames if f[12:14] == b"\x08\x00" and f[23] == 112]
+    assert v4 == [*range(1, 61), 255][:report["sent"]], "what went, in order"
+    assert sorted(v4 + report["failed"]) == [*range(1, 61), 255], "every other one reported failed"
