@@ -1,0 +1,157 @@
+"""docs/writing-a-backend.md stays a page a stranger can follow: its ``# file:`` blocks are the whole
+third-party package (pyproject.toml and the module), a manifest and an agent config. Built here from the page
+alone, installed with pip into a folder on ``sys.path`` (the entry point in the ``vipcore.backends`` group, as
+any installed distribution), listed by ``vipcore backends`` and run under the agent through join, update,
+rename, release, takeover, leave and stop: a page whose example stops working fails these tests."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import yaml
+
+from tests.helpers.cli import run_cli
+from vipcore.agent.runtime import Agent
+from vipcore.backend.host import load_hooks
+from vipcore.core.errors import PluginError
+from vipcore.core.model import State
+from vipcore.core.settings import load_config
+from vipcore.sources.static import StaticSource, desired_state
+
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "writing-a-backend.md"
+PACKAGE = "vipcore-file-announcer"
+
+
+def page_files(text: str) -> dict[str, str]:
+    """Each fenced block of the page whose first line is ``# file: PATH``: PATH -> the block's text."""
+    files = {}
+    for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, flags=re.M | re.S):
+        first, _, rest = block.partition("\n")
+        if first.startswith("# file: "):
+            path = first.removeprefix("# file: ").strip()
+            assert path not in files, f"{path} is on the page twice"
+            files[path] = rest if path.endswith(".toml") else block
+    return files
+
+
+@pytest.fixture(scope="module")
+def files() -> dict[str, str]:
+    found = page_files(PAGE.read_text())
+    assert set(found) == {"pyproject.toml", "vipcore_file_announcer/__init__.py", "manifests/cluster.yaml",
+                          "agent.yaml"}, sorted(found)
+    return found
+
+
+@pytest.fixture
+def installed(files: dict[str, str], tmp_path: Path) -> Iterator[Path]:
+    """The page's package built and installed by pip into a folder put on ``sys.path`` (removed afterwards)."""
+    source = tmp_path / PACKAGE
+    for path in ("pyproject.toml", "vipcore_file_announcer/__init__.py"):
+        (source / path).parent.mkdir(parents=True, exist_ok=True)
+        (source / path).write_text(files[path])
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",
+                    "--no-build-isolation", "--no-index", "--target", str(site), str(source)],
+                   check=True, capture_output=True, timeout=300)
+    sys.path.insert(0, str(site))
+    importlib.invalidate_caches()
+    try:
+        yield site
+    finally:
+        sys.path.remove(str(site))
+        for name in [m for m, mod in sys.modules.items() if str(site) in str(getattr(mod, "__file__", ""))]:
+            del sys.modules[name]
+        importlib.invalidate_caches()
+
+
+def node(name: str, address: str, drain: bool = False) -> dict[str, Any]:
+    labels = {"vipcore.io/drain": "true"} if drain else {}
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                       "addresses": [{"type": "InternalIP", "address": address}]}}
+
+
+def test_the_page_builds_a_package_that_vipcore_backends_lists(installed: Path) -> None:
+    hooks = load_hooks()
+    assert not [f for f in hooks.failures if f.name == "file_announcer"], hooks.failures
+    info = hooks.backend("file_announcer")
+    assert (info.distribution, info.version, info.plugin) == (PACKAGE, "0.1.0", "file_announcer")
+    listed = run_cli("backends", "-o", "json", env={"PYTHONPATH": str(installed)})  # the command, as on the page
+    assert listed.returncode == 0, listed.stderr
+    assert {"name": "file_announcer", "distribution": PACKAGE, "version": "0.1.0",
+            "plugin": "file_announcer"} in json.loads(listed.stdout)
+
+
+def test_the_page_backend_runs_join_update_rename_release_takeover_leave_stop(
+        installed: Path, files: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the page starts the agent next to its config (state_dir is relative to the cwd)
+    (tmp_path / "agent.yaml").write_text(files["agent.yaml"])
+    config = attrs.evolve(load_config(tmp_path / "agent.yaml"), metrics="")  # no port on a shared machine
+    objects = [o for o in yaml.safe_load_all(files["manifests/cluster.yaml"]) if o]
+    nodes = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Node"}
+    others = [o for o in objects if o["kind"] != "Node"]
+    assert set(nodes) == {"node-a", "node-b"}
+    held = tmp_path / "state" / "held.json"
+    hooks = load_hooks()  # the entry point, as `vipcore agent` loads it
+
+    def holds() -> dict[str, bool]:
+        return {name: group["holds"] for name, group in json.loads(held.read_text()).items()}
+
+    def states(agent: Agent) -> set[tuple[str, State]]:
+        return {(r.group, r.state) for r in agent.routers.values()}
+
+    async def scenario() -> None:
+        agent = Agent(config, hooks=hooks, source=StaticSource(desired_state(objects)),
+                      interface_check=lambda name: True)
+        await agent.start()
+        assert not agent.failed
+        (first,) = agent.memberships
+        assert agent.memberships[first].preferred_holder == "node-a"  # as the page says
+        assert holds() == {first: True} and states(agent) == {(first, State.MASTER)}
+        (group,) = json.loads(held.read_text()).values()
+        assert group["interface"] == "vcx0" and group["vips"][0].startswith("198.51.100.2")
+
+        await agent.apply(desired_state([node("node-a", "198.51.100.11", drain=True), nodes["node-b"], *others]))
+        assert not agent.failed and holds() == {first: False} and states(agent) == {(first, State.BACKUP)}
+
+        await agent.apply(desired_state(objects))
+        assert not agent.failed and holds() == {first: True} and states(agent) == {(first, State.MASTER)}
+
+        await agent.apply(desired_state([nodes["node-a"], *others]))  # node-b gone: the group is renamed
+        (renamed,) = agent.memberships
+        assert renamed != first and not agent.failed
+        assert holds() == {renamed: True} and states(agent) == {(renamed, State.MASTER)}
+
+        await agent.apply(desired_state([nodes["node-a"], *(o for o in others if o["kind"] != "Service")]))
+        assert not agent.failed and not agent.memberships and holds() == {}
+
+        await agent.apply(desired_state(objects))
+        assert len(agent.memberships) == 1 and len(holds()) == 1
+        await agent.stop()
+        assert holds() == {}
+
+    asyncio.run(scenario())
+
+
+def test_the_page_backend_names_a_bad_key_with_its_plugin(installed: Path, files: dict[str, str],
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "agent.yaml").write_text(files["agent.yaml"].replace("  file: held.json", "  fiel: held.json"))
+    config = attrs.evolve(load_config(tmp_path / "agent.yaml"), metrics="")
+    objects = [o for o in yaml.safe_load_all(files["manifests/cluster.yaml"]) if o]
+    agent = Agent(config, hooks=load_hooks(), source=StaticSource(desired_state(objects)),
+                  interface_check=lambda name: True)
+    with pytest.raises(PluginError) as raised:
+        asyncio.run(agent.start())
+    assert str(raised.value) == (f"plugin 'file_announcer' (from {PACKAGE}): backend 'file_announcer' failed in "
+                                 "vipcore_backend_start: ConfigError: file_announcer.fiel: unknown key (known: file)")
