@@ -155,3 +155,23 @@ def test_the_page_backend_names_a_bad_key_with_its_plugin(installed: Path, files
         asyncio.run(agent.start())
     assert str(raised.value) == (f"plugin 'file_announcer' (from {PACKAGE}): backend 'file_announcer' failed in "
                                  "vipcore_backend_start: ConfigError: file_announcer.fiel: unknown key (known: file)")
+
+
+def test_the_address_holder_snippet_calls_what_address_holder_has() -> None:
+    """The snippet needs root and an interface, so it is not run here (the lab tests run AddressHolder):
+    every call it shows must exist with the keywords it passes, so a renamed method fails here first."""
+    import inspect
+
+    import vipcore
+    from vipcore.net.addresses import AddressHolder
+
+    (snippet,) = [b for b in re.findall(r"^ *```python\n(.*?)^ *```", PAGE.read_text(), flags=re.M | re.S)
+                  if "AddressHolder()" in b]
+    calls = re.findall(r"holder\.(\w+)\(([^)]*)\)", snippet)
+    assert {name for name, _ in calls} == {"remove_stale", "add", "announce", "remove", "close"}
+    for name, args in calls:
+        parameters = inspect.signature(getattr(AddressHolder, name)).parameters
+        for keyword in re.findall(r"(\w+)=", args):
+            assert keyword in parameters, f"AddressHolder.{name} has no {keyword}="
+    assert "netns" in inspect.signature(AddressHolder).parameters  # AddressHolder(netns="name") in tests
+    assert issubclass(vipcore.InterfaceNotFoundError, vipcore.VipcoreError)
