@@ -175,3 +175,41 @@ def test_the_address_holder_snippet_calls_what_address_holder_has() -> None:
             assert keyword in parameters, f"AddressHolder.{name} has no {keyword}="
     assert "netns" in inspect.signature(AddressHolder).parameters  # AddressHolder(netns="name") in tests
     assert issubclass(vipcore.InterfaceNotFoundError, vipcore.VipcoreError)
+
+
+def python_blocks(marker: str) -> list[str]:
+    """The page's python blocks (dedented, also those inside list items) that contain ``marker``."""
+    import textwrap
+
+    blocks = re.findall(r"^( *)```python\n(.*?)^ *```", PAGE.read_text(), flags=re.M | re.S)
+    return [textwrap.dedent(body) for _, body in blocks if marker in body]
+
+
+def test_the_in_process_snippet_runs_the_page_backend_with_its_status_section(
+        installed: Path, files: dict[str, str], tmp_path: Path) -> None:
+    """Section 6's snippet, run as printed (inside a coroutine, with ``tmp_dir`` and ``objects`` given), on the
+    page's module with section 3's ``vipcore_status_sections`` added as a method of the backend class."""
+    import textwrap
+
+    import vipcore_file_announcer  # type: ignore[import-not-found]  # installed by the fixture
+
+    (status_method,) = python_blocks("def vipcore_status_sections(self)")
+    module = files["vipcore_file_announcer/__init__.py"].replace(
+        "\n\n@hookimpl\n", "\n" + textwrap.indent(status_method, "    ") + "\n\n@hookimpl\n")
+    module = module.replace("from vipcore import (", "from vipcore import (StatusTable, ")
+    exec(compile(module, vipcore_file_announcer.__file__, "exec"), vipcore_file_announcer.__dict__)
+
+    (snippet,) = python_blocks("hooks = load_hooks(plugins=")
+    namespace: dict[str, Any] = {}
+    exec("async def snippet(tmp_dir, objects):\n" + textwrap.indent(snippet, "    ").replace(
+        "    await agent.stop()", "    from vipcore.agent.telemetry import agent_status\n"
+        "    document = agent_status(agent)\n    await agent.stop()\n    return agent, document"), namespace)
+    objects = [o for o in yaml.safe_load_all(files["manifests/cluster.yaml"]) if o]
+    agent, document = asyncio.run(namespace["snippet"](str(tmp_path), objects))
+    assert not agent.failed and len(agent.memberships) == 1
+    assert json.loads((tmp_path / "held.json").read_text()) == {}  # stopped: nothing held
+    assert document["sections_skipped"] == []
+    (table,) = document["sections"]["file_announcer"]
+    (name,) = agent.memberships
+    assert table["title"] == "held" and table["columns"] == ["GROUP", "INTERFACE", "STATE"]
+    assert table["rows"] == [[name[:12], "vcx0", "master"]]
