@@ -52,9 +52,10 @@ def files() -> dict[str, str]:
     return found
 
 
-@pytest.fixture
-def installed(files: dict[str, str], tmp_path: Path) -> Iterator[Path]:
+@pytest.fixture(scope="module")
+def installed(files: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The page's package built and installed by pip into a folder put on ``sys.path`` (removed afterwards)."""
+    tmp_path = tmp_path_factory.mktemp("page")
     source = tmp_path / PACKAGE
     for path in ("pyproject.toml", "vipcore_file_announcer/__init__.py"):
         (source / path).parent.mkdir(parents=True, exist_ok=True)
@@ -186,18 +187,19 @@ def python_blocks(marker: str) -> list[str]:
 
 
 def test_the_in_process_snippet_runs_the_page_backend_with_its_status_section(
-        installed: Path, files: dict[str, str], tmp_path: Path) -> None:
+        installed: Path, files: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Section 6's snippet, run as printed (inside a coroutine, with ``tmp_dir`` and ``objects`` given), on the
     page's module with section 3's ``vipcore_status_sections`` added as a method of the backend class."""
     import textwrap
-
-    import vipcore_file_announcer  # type: ignore[import-not-found]  # installed by the fixture
+    import types
 
     (status_method,) = python_blocks("def vipcore_status_sections(self)")
     module = files["vipcore_file_announcer/__init__.py"].replace(
         "\n\n@hookimpl\n", "\n" + textwrap.indent(status_method, "    ") + "\n\n@hookimpl\n")
     module = module.replace("from vipcore import (", "from vipcore import (StatusTable, ")
-    exec(compile(module, vipcore_file_announcer.__file__, "exec"), vipcore_file_announcer.__dict__)
+    extended = types.ModuleType("vipcore_file_announcer")
+    exec(compile(module, "vipcore_file_announcer/__init__.py", "exec"), extended.__dict__)
+    monkeypatch.setitem(sys.modules, "vipcore_file_announcer", extended)  # what the snippet imports
 
     (snippet,) = python_blocks("hooks = load_hooks(plugins=")
     namespace: dict[str, Any] = {}
