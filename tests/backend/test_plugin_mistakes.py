@@ -206,6 +206,24 @@ def test_backend_class_mistakes_are_found_when_it_is_added() -> None:
             hooks.backend(name)
 
 
+def test_adding_an_instance_instead_of_the_class_is_one_line_and_the_plugins_other_backends_stay() -> None:
+    """``registry.add(MyBackend())`` (as llm's ``register(Model())`` reads) is a mistake of that backend alone:
+    one line saying what to write, not an AttributeError that drops every backend the plugin adds."""
+
+    class Other(Complete):
+        name = "other"
+
+    hooks = registered(Complete, Other(), Other, 42)  # type: ignore[arg-type]
+    assert set(hooks.backends()) == {"complete", "other"}
+    errors = [str(f.error) for f in hooks.failures]
+    assert errors == [
+        "plugin 'mine': registry.add takes a backend class, got an instance of "
+        f"{Other.__qualname__!r}: write registry.add({Other.__name__}), not registry.add({Other.__name__}())",
+        "plugin 'mine': registry.add takes a backend class, got an instance of 'int': "
+        "write registry.add(int), not registry.add(int())",
+    ]
+
+
 def test_a_backend_subclass_leaving_out_a_hook_is_refused() -> None:
     class Half(Backend):
         name = "half"

@@ -93,6 +93,14 @@ class BackendRegistry:
     def add(self, backend: type[Any]) -> None:
         """Register a backend class; it must have a ``name`` class attribute and the dispatch hooks."""
         name = getattr(backend, "name", None)
+        if not isinstance(backend, type):
+            # An instance (``registry.add(MyBackend())``) is this backend's mistake alone: said in one line,
+            # not an AttributeError out of the check that would drop every backend the plugin adds.
+            cls = type(backend).__name__
+            self.problems.append(RegistryProblem(name if isinstance(name, str) and name else None, self.error(
+                f"registry.add takes a backend class, got an instance of {type(backend).__qualname__!r}: "
+                f"write registry.add({cls}), not registry.add({cls}())")))
+            return
         if not isinstance(name, str) or not name:
             self.problems.append(RegistryProblem(None, self.error(
                 f"backend class {getattr(backend, '__qualname__', backend)!r} has no 'name' attribute")))
