@@ -284,6 +284,29 @@ def test_a_backend_subclass_needs_no_markers_and_runs_under_the_agent(tmp_path: 
     asyncio.run(scenario())
 
 
+def test_a_start_override_that_forgets_super_is_named_at_start_not_at_every_join(tmp_path: Path) -> None:
+    """The base class keeps the context in its start; an override that does not call it would fail every
+    group later with "no attribute 'context'" (retried for ever). The agent stops at start with one line."""
+
+    class Forgetful(Unmarked):
+        name = "forgetful"
+
+        async def vipcore_backend_start(self, context: Any) -> None:
+            self.opened = True  # no super().vipcore_backend_start(context)
+
+    manifests = loopback_manifests(tmp_path / "m", nodes=("node-a",))
+    config = load_config(overrides={"backend": "forgetful", "node_name": "node-a", "manifests": [str(manifests)],
+                                    "state_dir": str(tmp_path / "state"), "metrics": ""}, environ={})
+    calls.clear()
+    agent = Agent(config, hooks=registered(Forgetful), source=ManifestSource(config.manifests))
+    with pytest.raises(PluginError) as raised:
+        asyncio.run(agent.start())
+    assert str(raised.value) == (
+        "plugin 'mine': backend 'forgetful' overrides vipcore_backend_start without calling "
+        "super().vipcore_backend_start(context): self.context is unset")
+    assert calls == []  # no group was dispatched
+
+
 def test_an_agent_on_another_backend_runs_and_names_the_skipped_plugin_once(
         site: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     distribution(site, "vipcore-typo", "typo", "vc_typo_plugin", """

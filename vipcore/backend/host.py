@@ -29,6 +29,7 @@ import attrs
 import pluggy
 
 from vipcore.backend import hookspecs
+from vipcore.backend.base import Backend
 from vipcore.backend.checks import (
     DISPATCH_HOOKS,
     REQUIRED_HOOKS,
@@ -348,6 +349,15 @@ class Hooks:
 
     async def start(self, *, context: Any) -> None:
         await self._dispatch("vipcore_backend_start", self.stop_deadline, context=context)
+        if self._backend is None:
+            return
+        plugin, info = self._backend
+        instance = self.pm.get_plugin(plugin)
+        # The base class keeps the context in its start; an override that skips super() would otherwise
+        # fail every group later ("no attribute 'context'", retried for ever) instead of once, here.
+        if isinstance(instance, Backend) and not hasattr(instance, "context"):
+            raise self._error(info, f"backend {info.name!r} overrides vipcore_backend_start without calling "
+                                    "super().vipcore_backend_start(context): self.context is unset")
 
     async def stop(self, *, graceful: bool) -> None:
         await self._dispatch("vipcore_backend_stop", self.stop_deadline, graceful=graceful)
