@@ -186,17 +186,19 @@ def python_blocks(marker: str) -> list[str]:
     return [textwrap.dedent(body) for _, body in blocks if marker in body]
 
 
-def test_the_in_process_snippet_runs_the_page_backend_with_its_status_section(
+def test_the_in_process_snippet_runs_the_page_backend_with_its_status_section_and_metrics(
         installed: Path, files: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Section 6's snippet, run as printed (inside a coroutine, with ``tmp_dir`` and ``objects`` given), on the
-    page's module with section 3's ``vipcore_status_sections`` added as a method of the backend class."""
+    page's module with section 3's ``vipcore_status_sections`` and ``vipcore_collect_metrics`` added as methods
+    of the backend class: the table on ``/status`` and the gauge on ``/metrics``, nothing skipped."""
     import textwrap
     import types
 
     (status_method,) = python_blocks("def vipcore_status_sections(self)")
-    module = files["vipcore_file_announcer/__init__.py"].replace(
-        "\n\n@hookimpl\n", "\n" + textwrap.indent(status_method, "    ") + "\n\n@hookimpl\n")
-    module = module.replace("from vipcore import (", "from vipcore import (StatusTable, ")
+    (metrics_method,) = python_blocks("def vipcore_collect_metrics(self)")
+    methods = textwrap.indent(status_method + "\n" + metrics_method, "    ")
+    module = files["vipcore_file_announcer/__init__.py"].replace("\n\n@hookimpl\n", "\n" + methods + "\n\n@hookimpl\n")
+    module = module.replace("from vipcore import (", "from vipcore import (MetricSample, StatusTable, ")
     extended = types.ModuleType("vipcore_file_announcer")
     exec(compile(module, "vipcore_file_announcer/__init__.py", "exec"), extended.__dict__)
     monkeypatch.setitem(sys.modules, "vipcore_file_announcer", extended)  # what the snippet imports
@@ -204,10 +206,12 @@ def test_the_in_process_snippet_runs_the_page_backend_with_its_status_section(
     (snippet,) = python_blocks("hooks = load_hooks(plugins=")
     namespace: dict[str, Any] = {}
     exec("async def snippet(tmp_dir, objects):\n" + textwrap.indent(snippet, "    ").replace(
-        "    await agent.stop()", "    from vipcore.agent.telemetry import agent_status\n"
-        "    document = agent_status(agent)\n    await agent.stop()\n    return agent, document"), namespace)
+        "    await agent.stop()", "    from vipcore.agent.telemetry import agent_registry, agent_status\n"
+        "    from prometheus_client import generate_latest\n"
+        "    document = agent_status(agent)\n    metrics = generate_latest(agent_registry(agent)).decode()\n"
+        "    await agent.stop()\n    return agent, document, metrics"), namespace)
     objects = [o for o in yaml.safe_load_all(files["manifests/cluster.yaml"]) if o]
-    agent, document = asyncio.run(namespace["snippet"](str(tmp_path), objects))
+    agent, document, metrics = asyncio.run(namespace["snippet"](str(tmp_path), objects))
     assert not agent.failed and len(agent.memberships) == 1
     assert json.loads((tmp_path / "held.json").read_text()) == {}  # stopped: nothing held
     assert document["sections_skipped"] == []
@@ -215,3 +219,4 @@ def test_the_in_process_snippet_runs_the_page_backend_with_its_status_section(
     (name,) = agent.memberships
     assert table["title"] == "held" and table["columns"] == ["GROUP", "INTERFACE", "STATE"]
     assert table["rows"] == [[name[:12], "vcx0", "master"]]
+    assert 'file_announcer_groups{state="master"} 1.0' in metrics.splitlines()
