@@ -310,3 +310,66 @@ def _wait_for(read: Any, ok: Any, timeout: float = 15.0) -> Any:
         time.sleep(0.05)
     raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
 
+
+
+def test_metric_labels_given_as_a_dict_skip_that_plugin_instead_of_failing_the_scrape(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``labels={"state": "master"}`` (a dict, as most metric libraries take them) used to raise ValueError out
+    of the check itself, failing every plugin's samples and the agent's own on that scrape."""
+    from vipcore import MetricSample
+
+    class DictLabels:
+        @hookimpl
+        def vipcore_collect_metrics(self) -> list[MetricSample]:
+            return [MetricSample("dict_groups", 1.0, labels={"state": "master"}, kind="gauge")]  # type: ignore[arg-type]
+
+    class PairLabels:
+        @hookimpl
+        def vipcore_collect_metrics(self) -> list[MetricSample]:
+            return [MetricSample("pair_groups", 1.0, labels=(("state", "master"),), kind="gauge"),
+                    MetricSample("loose_groups", 1.0, labels=(("state",),), kind="gauge")]  # type: ignore[arg-type]
+
+    class Fine:
+        @hookimpl
+        def vipcore_collect_metrics(self) -> list[MetricSample]:
+            return [MetricSample("fine_total", 2.0)]
+
+    hooks = load_hooks(plugins=[("dict-labels", DictLabels()), ("pair-labels", PairLabels()), ("fine", Fine())],
+                       load_entrypoints=False)
+    with caplog.at_level("WARNING"):
+        samples = hooks.collect_metrics()
+    assert [s.name for s in samples] == ["fine_total"]
+    warnings = sorted(r.getMessage() for r in caplog.records)
+    assert warnings == [
+        "plugin 'dict-labels': vipcore_collect_metrics returned sample 'dict_groups' with labels {'state': 'master'}, "
+        "not a tuple of (name, value) string pairs; its samples are skipped",
+        "plugin 'pair-labels': vipcore_collect_metrics returned sample 'loose_groups' with labels (('state',),), "
+        "not a tuple of (name, value) string pairs; its samples are skipped",
+    ]
+
+
+@pytest.mark.parametrize(("columns", "rows", "problem"), [
+    (3, (), "returned table 'held' whose columns are 3, not a tuple of column names"),
+    ("GROUP", (), "returned table 'held' whose columns are 'GROUP', not a tuple of column names"),
+    (("GROUP",), None, "returned table 'held' whose rows are None, not a tuple of rows"),
+])
+def test_a_status_table_with_columns_or_rows_of_the_wrong_shape_skips_that_plugin_only(
+        columns: Any, rows: Any, problem: str) -> None:
+    """``columns=3`` or ``rows=None`` used to raise TypeError out of the check itself: every ``/status``
+    document failed instead of that plugin's section being skipped, as for a bad cell."""
+    from vipcore import StatusTable
+
+    class Broken:
+        @hookimpl
+        def vipcore_status_sections(self) -> list[StatusTable]:
+            return [StatusTable("held", columns, rows)]
+
+    class Fine:
+        @hookimpl
+        def vipcore_status_sections(self) -> list[StatusTable]:
+            return [StatusTable("peers", ("PEER",), (("node-b",),))]
+
+    hooks = load_hooks(plugins=[("broken", Broken()), ("fine", Fine())], load_entrypoints=False)
+    sections, skipped = hooks.status_sections()
+    assert list(sections) == ["fine"]
+    assert [str(e) for e in skipped] == [f"plugin 'broken': vipcore_status_sections {problem}; its section is skipped"]

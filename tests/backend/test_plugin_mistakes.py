@@ -206,6 +206,24 @@ def test_backend_class_mistakes_are_found_when_it_is_added() -> None:
             hooks.backend(name)
 
 
+def test_adding_an_instance_instead_of_the_class_is_one_line_and_the_plugins_other_backends_stay() -> None:
+    """``registry.add(MyBackend())`` (as llm's ``register(Model())`` reads) is a mistake of that backend alone:
+    one line saying what to write, not an AttributeError that drops every backend the plugin adds."""
+
+    class Other(Complete):
+        name = "other"
+
+    hooks = registered(Complete, Other(), Other, 42)  # type: ignore[arg-type]
+    assert set(hooks.backends()) == {"complete", "other"}
+    errors = [str(f.error) for f in hooks.failures]
+    assert errors == [
+        "plugin 'mine': registry.add takes a backend class, got an instance of "
+        f"{Other.__qualname__!r}: write registry.add({Other.__name__}), not registry.add({Other.__name__}())",
+        "plugin 'mine': registry.add takes a backend class, got an instance of 'int': "
+        "write registry.add(int), not registry.add(int())",
+    ]
+
+
 def test_a_backend_subclass_leaving_out_a_hook_is_refused() -> None:
     class Half(Backend):
         name = "half"
@@ -264,6 +282,29 @@ def test_a_backend_subclass_needs_no_markers_and_runs_under_the_agent(tmp_path: 
         assert calls[-1] == ("stop", True)
 
     asyncio.run(scenario())
+
+
+def test_a_start_override_that_forgets_super_is_named_at_start_not_at_every_join(tmp_path: Path) -> None:
+    """The base class keeps the context in its start; an override that does not call it would fail every
+    group later with "no attribute 'context'" (retried for ever). The agent stops at start with one line."""
+
+    class Forgetful(Unmarked):
+        name = "forgetful"
+
+        async def vipcore_backend_start(self, context: Any) -> None:
+            self.opened = True  # no super().vipcore_backend_start(context)
+
+    manifests = loopback_manifests(tmp_path / "m", nodes=("node-a",))
+    config = load_config(overrides={"backend": "forgetful", "node_name": "node-a", "manifests": [str(manifests)],
+                                    "state_dir": str(tmp_path / "state"), "metrics": ""}, environ={})
+    calls.clear()
+    agent = Agent(config, hooks=registered(Forgetful), source=ManifestSource(config.manifests))
+    with pytest.raises(PluginError) as raised:
+        asyncio.run(agent.start())
+    assert str(raised.value) == (
+        "plugin 'mine': backend 'forgetful' overrides vipcore_backend_start without calling "
+        "super().vipcore_backend_start(context): self.context is unset")
+    assert calls == []  # no group was dispatched
 
 
 def test_an_agent_on_another_backend_runs_and_names_the_skipped_plugin_once(

@@ -49,19 +49,23 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def vipcore_group_update(self, old: Membership, new: Membership) -> None:
-        """Apply the difference between ``old`` and ``new`` (same group name); VIP-only changes keep the holder."""
+        """Apply the difference between ``old`` and ``new``; VIP-only changes keep the holder.
+
+        ``new.name`` differs from ``old.name`` when a node joined or left (the name hashes the node list):
+        re-key what you keep from the old name to the new one.
+        """
 
     @abc.abstractmethod
     async def vipcore_group_leave(self, membership: Membership, graceful: bool) -> None:
-        """Stop taking part; afterwards hold none of the group's VIPs."""
+        """Stop taking part; afterwards hold none of the group's VIPs (report its routers ``STOPPED``)."""
 
     @abc.abstractmethod
     async def vipcore_group_release(self, group: str, reason: str) -> None:
-        """Stay a member but stop holding (drain, control plane)."""
+        """Stay a member but stop holding (drain, control plane). ``group`` is the group's name."""
 
     @abc.abstractmethod
     async def vipcore_group_takeover(self, group: str, reason: str) -> None:
-        """Hold the group now, or undo an earlier release."""
+        """Hold the group (by name) now, or undo an earlier release."""
 
 
 __all__ = ["Backend"]

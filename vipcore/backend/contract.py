@@ -24,6 +24,7 @@ instance with the plugin manager, and calls ``vipcore_backend_start`` with a
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -33,7 +34,15 @@ import attrs
 
 from vipcore.core import placement
 from vipcore.core.errors import PluginError
-from vipcore.core.model import IPAddress, StateChange, VipGroup
+from vipcore.core.model import (
+    Family,
+    FailoverPhases,
+    IPAddress,
+    State,
+    StateChange,
+    TransitionCause,
+    VipGroup,
+)
 
 
 @attrs.frozen
@@ -93,6 +102,14 @@ class BackendRegistry:
     def add(self, backend: type[Any]) -> None:
         """Register a backend class; it must have a ``name`` class attribute and the dispatch hooks."""
         name = getattr(backend, "name", None)
+        if not isinstance(backend, type):
+            # An instance (``registry.add(MyBackend())``) is this backend's mistake alone: said in one line,
+            # not an AttributeError out of the check that would drop every backend the plugin adds.
+            cls = type(backend).__name__
+            self.problems.append(RegistryProblem(name if isinstance(name, str) and name else None, self.error(
+                f"registry.add takes a backend class, got an instance of {type(backend).__qualname__!r}: "
+                f"write registry.add({cls}), not registry.add({cls}())")))
+            return
         if not isinstance(name, str) or not name:
             self.problems.append(RegistryProblem(None, self.error(
                 f"backend class {getattr(backend, '__qualname__', backend)!r} has no 'name' attribute")))
@@ -158,6 +175,64 @@ def _no_report(change: StateChange) -> None:
     return None
 
 
+def _shown(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})" if isinstance(value, (str, int, float)) else \
+        f"a {type(value).__name__}"
+
+
+def state_change_problem(change: object) -> str | None:
+    """What is wrong with a change a backend reports, one sentence naming the field; None when it is fine.
+
+    The model does not validate (it is built on the failover path); this is checked where a backend hands a
+    change over, so a malformed one fails the hook that sent it instead of the agent's router table.
+    """
+    if not isinstance(change, StateChange):
+        return f"takes a vipcore.StateChange, got {_shown(change)}"
+
+    def number(value: object) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+    checks: tuple[tuple[str, bool, str], ...] = (
+        ("group", isinstance(change.group, str) and bool(change.group), "the group's name (membership.name)"),
+        ("family", isinstance(change.family, Family), "a vipcore.Family"),
+        ("old", isinstance(change.old, State), "a vipcore.State"),
+        ("new", isinstance(change.new, State), "a vipcore.State"),
+        ("reason", isinstance(change.reason, str), "a str"),
+        ("at", number(change.at), "a number of seconds (context.clock())"),
+        ("node", isinstance(change.node, str), "a str (context.node)"),
+        ("backend", isinstance(change.backend, str), "a str (the backend's name)"),
+        ("vrid", change.vrid is None or (isinstance(change.vrid, int) and not isinstance(change.vrid, bool)),
+         "an int or None"),
+        ("failover_seconds", change.failover_seconds is None or number(change.failover_seconds),
+         "a number or None"),
+        ("cause", change.cause is None or isinstance(change.cause, TransitionCause),
+         "a vipcore TransitionCause or None"),
+        ("failover_phases", change.failover_phases is None or isinstance(change.failover_phases, FailoverPhases),
+         "a vipcore.FailoverPhases or None"),
+    )
+    for field, fine, wanted in checks:
+        if not fine:
+            return f"StateChange.{field} must be {wanted}, got {_shown(getattr(change, field))}"
+    return None
+
+
+def checked_report(report: Callable[[StateChange], None]) -> Callable[[StateChange], None]:
+    """``report`` behind :func:`state_change_problem`: a malformed change raises ``TypeError`` in the
+    backend's hook (which then fails that group, in one line naming the field) and never reaches ``report``."""
+    if getattr(report, "__vipcore_checked__", False):
+        return report
+
+    def checked(change: StateChange) -> None:
+        problem = state_change_problem(change)
+        if problem is not None:
+            raise TypeError(f"context.report: {problem}")
+        report(change)
+
+    checked.__vipcore_checked__ = True  # type: ignore[attr-defined]
+    checked.__wrapped__ = report  # type: ignore[attr-defined]
+    return checked
+
+
 def default_is_managed(address: IPAddress) -> bool:
     return False
 
@@ -170,8 +245,9 @@ class BackendContext:
     node: str
     #: The backend's own config section (``config[backend_name]``), plain data.
     config: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
-    #: Report a transition; the agent fans it out to ``vipcore_state_changed``.
-    report: Callable[[StateChange], None] = _no_report
+    #: Report a transition; the agent fans it out to ``vipcore_state_changed``. Each change is checked
+    #: first (:func:`state_change_problem`): a malformed one raises ``TypeError`` naming the field.
+    report: Callable[[StateChange], None] = attrs.field(default=_no_report, converter=checked_report)
     #: Whether an address on an interface is one vipcore manages (a VIP of a
     #: known group or inside a pool): used to remove stale VIPs at start.
     is_managed: Callable[[IPAddress], bool] = default_is_managed

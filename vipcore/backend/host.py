@@ -29,6 +29,7 @@ import attrs
 import pluggy
 
 from vipcore.backend import hookspecs
+from vipcore.backend.base import Backend
 from vipcore.backend.checks import (
     DISPATCH_HOOKS,
     REQUIRED_HOOKS,
@@ -348,6 +349,15 @@ class Hooks:
 
     async def start(self, *, context: Any) -> None:
         await self._dispatch("vipcore_backend_start", self.stop_deadline, context=context)
+        if self._backend is None:
+            return
+        plugin, info = self._backend
+        instance = self.pm.get_plugin(plugin)
+        # The base class keeps the context in its start; an override that skips super() would otherwise
+        # fail every group later ("no attribute 'context'", retried for ever) instead of once, here.
+        if isinstance(instance, Backend) and not hasattr(instance, "context"):
+            raise self._error(info, f"backend {info.name!r} overrides vipcore_backend_start without calling "
+                                    "super().vipcore_backend_start(context): self.context is unset")
 
     async def stop(self, *, graceful: bool) -> None:
         await self._dispatch("vipcore_backend_stop", self.stop_deadline, graceful=graceful)
@@ -442,6 +452,13 @@ def status_problem(result: object) -> str | None:
     for table in result:
         if not isinstance(table, StatusTable):
             return f"returned {table!r}, not a vipcore.StatusTable"
+        columns: object = table.columns
+        rows: object = table.rows
+        # Checked before iterating: a number is not iterable and a string would be taken as one column a letter.
+        if not isinstance(columns, (tuple, list)):
+            return f"returned table {table.title!r} whose columns are {columns!r}, not a tuple of column names"
+        if not isinstance(rows, (tuple, list)):
+            return f"returned table {table.title!r} whose rows are {rows!r}, not a tuple of rows"
         if not isinstance(table.title, str) or not all(isinstance(c, str) for c in table.columns):
             return f"returned a table whose title or columns are not strings ({table.title!r})"
         for row in table.rows:
@@ -474,6 +491,11 @@ def metric_problem(result: object) -> str | None:
         if not isinstance(sample.name, str) or not sample.name.replace("_", "a").isalnum() \
                 or sample.name[0].isdigit():
             return f"returned a sample named {sample.name!r}, not a metric name"
+        labels: object = sample.labels
+        if not isinstance(labels, (tuple, list)) or not all(
+                isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in labels):
+            # A dict (what most metric libraries take) is iterated by key: checked here, not unpacked.
+            return f"returned sample {sample.name!r} with labels {labels!r}, not a tuple of (name, value) string pairs"
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in sample.labels):
             return f"returned sample {sample.name!r} with non-string labels {sample.labels!r}"
     return None
