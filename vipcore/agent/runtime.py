@@ -31,13 +31,13 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from vipcore.backend import BackendContext
 from vipcore.core.settings import Config
-from vipcore.core.errors import ConfigError, VipcoreError
+from vipcore.core.errors import ConfigError, MissingExtraError, VipcoreError
 from vipcore.core.model import (
     DesiredState,
     FailoverPhases,
@@ -53,8 +53,10 @@ from vipcore.backend.host import Hooks, load_hooks
 from vipcore.core.incremental import IncrementalResolver
 from vipcore.core.resolve import membership, membership_changes
 from vipcore.sources import Source
-from vipcore.sources.kubernetes import KubernetesAgentSource
 from vipcore.sources.manifests import ManifestSource
+
+if TYPE_CHECKING:  # imported when configured (kubernetes_source): the ``kubernetes`` extra may be absent
+    from vipcore.sources.kubernetes import KubernetesAgentSource
 
 log = logging.getLogger("vipcore.agent")
 
@@ -571,4 +573,17 @@ def make_source(config: Config) -> Source:
     """The configured source of desired state."""
     if config.source == "manifests":
         return ManifestSource(config.manifests)
-    return KubernetesAgentSource(config)
+    return kubernetes_source()(config)
+
+
+def kubernetes_source() -> "type[KubernetesAgentSource]":
+    """The Kubernetes source's class, imported on first use: a node installed with the ``agent`` extra
+    alone runs from manifests without the ``kubernetes`` client (:class:`MissingExtraError` otherwise)."""
+    try:
+        from vipcore.sources.kubernetes import KubernetesAgentSource
+    except ImportError as exc:
+        missing = MissingExtraError.of("source: kubernetes", exc, "kubernetes")
+        if missing is None:
+            raise
+        raise missing from None
+    return KubernetesAgentSource

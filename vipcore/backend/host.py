@@ -41,7 +41,7 @@ from vipcore.backend.checks import (
     unknown_hook_message,
 )
 from vipcore.backend.contract import BackendInfo, BackendRegistry, RegistryProblem
-from vipcore.core.errors import PluginError, UnknownBackendError
+from vipcore.core.errors import MissingExtraError, PluginError, UnknownBackendError
 from vipcore.core.model import Membership, MetricSample, Resolution, StateChange, StatusTable
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,10 @@ def plugin_manager(
             try:
                 module = ep.load()
             except Exception as exc:  # a third party's import error must not crash us
-                error = PluginError(ep.name, f"failed to load {ep.value}: {type(exc).__name__}: {exc}",
+                # A backend that needs the agent's netlink library on an install without it: say so.
+                extra = MissingExtraError.of("it", exc, "agent") if isinstance(exc, ImportError) else None
+                advice = f" (the {extra.extra!r} extra: pip install 'vipcore[{extra.extra}]')" if extra else ""
+                error = PluginError(ep.name, f"failed to load {ep.value}: {type(exc).__name__}: {exc}{advice}",
                                     distribution=dist)
                 log.debug("%s", error, exc_info=exc)
                 failures.append(LoadFailure(ep.name, dist, error, ep.name))

@@ -25,7 +25,6 @@ from vipcore.core.errors import UnknownBackendError
 from vipcore.core.model import DesiredState, Family, GroupState, Resolution
 from vipcore.core.resolve import membership, resolve
 from vipcore.core.settings import Config, load_config
-from vipcore.kube import ApiUnavailableError
 from vipcore.ops import logs
 from vipcore.ops.tables import render_table
 from vipcore.sources.manifests import ManifestSource
@@ -76,13 +75,15 @@ def desired_state(config: Config) -> DesiredState | GroupState:
     """
     if config.source == "manifests":
         return ManifestSource(config.manifests).load()
-    from vipcore.sources.kubernetes import KubernetesAgentSource
+    from vipcore.agent.runtime import kubernetes_source
 
-    source = KubernetesAgentSource(config, record_holders=False)
+    source = kubernetes_source()(config, record_holders=False)
     cache = source.cache
     cache.start()
     try:
         if not cache.wait_synced(30.0):
+            from vipcore.kube import ApiUnavailableError  # the source imported it: installed
+
             raise ApiUnavailableError("no complete state from the Kubernetes API within 30s "
                                       f"(last error: {cache.connection().last_error or 'none'})")
         if source.groups is not None:  # the VipGroup view: the groups the controller wrote

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from vipcore.core.errors import VipcoreError
+from vipcore.core.errors import MissingExtraError, VipcoreError
 
 #: Subcommand -> the module that registers it (``register(subparsers)``), in ``--help`` order.
 COMMANDS = {
@@ -21,6 +21,9 @@ COMMANDS = {
     "status": "vipcore.cli.status",
     "controller": "vipcore.cli.controller",
 }
+
+#: The extra a command comes with (``pyproject.toml``): what to install when its module cannot be imported.
+COMMAND_EXTRAS = {"agent": "agent", "lab": "agent", "status": "agent", "controller": "kubernetes"}
 
 #: Commands that build a large object graph once, print it and are done: the console script ends them
 #: without the interpreter's teardown (:func:`run`).
@@ -38,8 +41,26 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         if only is None or name == only:
-            importlib.import_module(module).register(sub)
+            try:
+                importlib.import_module(module).register(sub)
+            except ImportError as exc:
+                missing = MissingExtraError.of(f"vipcore {name}", exc, COMMAND_EXTRAS.get(name))
+                if missing is None:
+                    raise
+                _unavailable(sub, name, missing)
     return parser
+
+
+def _unavailable(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str,
+                 missing: MissingExtraError) -> None:
+    """``name`` as a command that says which extra to install (whatever its arguments, ``--help`` too):
+    an install with some extras lists every command and runs those it has."""
+    parser = sub.add_parser(name, help=f"(needs the {missing.extra!r} extra: not installed)", add_help=False)
+
+    def refuse(args: argparse.Namespace) -> int:
+        raise missing
+
+    parser.set_defaults(func=refuse, any_arguments=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The subcommand comes first (no global options take a value); anything else gets the full parser.
     first = args_in[0] if args_in else None
     parser = build_parser(first if first in COMMANDS else None)
-    args = parser.parse_args(args_in)
+    args, unknown = parser.parse_known_args(args_in)
+    if unknown and not getattr(args, "any_arguments", False):
+        parser.parse_args(args_in)  # argparse's own message for them, and exit 2
     try:
         code: int = args.func(args)
     except VipcoreError as exc:

@@ -9,8 +9,8 @@ import time
 from collections import deque
 from typing import Any
 
+from vipcore.core.errors import MissingExtraError
 from vipcore.core.settings import load_config
-from vipcore.kube import VIP_GROUPS, KubernetesError, api_client, list_objects
 from vipcore.ops.http import DEFAULT_ADDRESS
 from vipcore.ops.status import (
     AgentUnreachableError,
@@ -32,6 +32,13 @@ def cluster_status(kubeconfig: str, *, context: str | None = None, timeout: floa
     backend}, and ``lastFailoverSeconds`` when the writer provides it) for who
     holds them. The client comes from :mod:`vipcore.kube`.
     """
+    try:
+        from vipcore.kube import VIP_GROUPS, KubernetesError, api_client, list_objects
+    except ImportError as exc:  # a node with the ``agent`` extra alone reads its own agent, not the cluster
+        missing = MissingExtraError.of("vipcore status --kubeconfig", exc, "kubernetes")
+        if missing is None:
+            raise
+        raise missing from None
     try:
         client = api_client(kubeconfig, context=context)
     except KubernetesError as exc:

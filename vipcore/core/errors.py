@@ -55,6 +55,38 @@ class UnknownBackendError(PluginError):
         super().__init__(name, f"no such backend is installed (installed backends: {listing})")
 
 
+#: The third-party modules each of ``pyproject.toml``'s extras brings (top-level names), by extra.
+EXTRA_MODULES: dict[str, frozenset[str]] = {
+    "kubernetes": frozenset({"kubernetes", "urllib3", "prometheus_client"}),
+    "agent": frozenset({"pyroute2", "prometheus_client"}),
+}
+
+
+class MissingExtraError(VipcoreError):
+    """A command or setting needs one of vipcore's optional extras, which is not installed."""
+
+    exit_code = 2
+
+    def __init__(self, what: str, extra: str, module: str) -> None:
+        self.extra = extra
+        self.module = module
+        super().__init__(f"{what} needs the {extra!r} extra, which is not installed (no module {module!r}): "
+                         f"pip install 'vipcore[{extra}]'")
+
+    @classmethod
+    def of(cls, what: str, exc: ImportError, extra: str | None = None) -> "MissingExtraError | None":
+        """The error for ``exc`` when it is a missing extra's module; None when it is anything else (a
+        module of vipcore's own or of a plugin: a bug to report as it is, not an install to advise).
+
+        ``extra``: the one ``what`` comes with, advised when it brings the module (``prometheus_client``
+        is in two)."""
+        root = (exc.name or "").split(".")[0]
+        for name in ([extra] if extra in EXTRA_MODULES else []) + list(EXTRA_MODULES):
+            if root in EXTRA_MODULES[name]:
+                return cls(what, name, root)
+        return None
+
+
 class InterfaceNotFoundError(VipcoreError):
     """A network interface named in a pool does not exist on this node."""
 
