@@ -29,24 +29,43 @@ class ExampleFileBackend(Backend):
         tmp.write_text(json.dumps(self.groups, indent=2, sort_keys=True))
         os.replace(tmp, path)
 
-    def _report(self, membership: Membership, new: State, reason: str) -> None:
-        for family in membership.group.families:
-            old = State(self.groups.get(membership.name, {}).get("state", "init"))
+    def _report(self, name: str, families: tuple[Family, ...], vrid: int | None, old: State, new: State,
+                reason: str) -> None:
+        """One transition per family, only when the state changed (a renamed group keeps its state)."""
+        if old is new:
+            return
+        for family in families:
             self.context.report(StateChange(
-                group=membership.name, family=family, old=old, new=new, reason=reason,
-                at=self.context.clock(), node=self.context.node, backend=self.name, vrid=membership.group.vrid,
+                group=name, family=family, old=old, new=new, reason=reason,
+                at=self.context.clock(), node=self.context.node, backend=self.name, vrid=vrid,
             ))
 
-    def _hold(self, membership: Membership) -> None:
+    def _hold(self, membership: Membership, was: str | None = None) -> None:
+        """Keep ``membership`` (named ``was`` before, when an update renamed it: the entry moves)."""
+        previous = self.groups.pop(was, None) if was is not None and was != membership.name else None
+        entry = self.groups.get(membership.name) or previous or {}
+        old = State(entry.get("state", "init"))
         holds = membership.preferred_holder == membership.node
         state = State.MASTER if holds else State.BACKUP
-        self._report(membership, state, "preferred holder" if holds else "another node is preferred")
+        self._report(membership.name, membership.group.families, membership.group.vrid, old, state,
+                     "preferred holder" if holds else "another node is preferred")
         self.groups[membership.name] = {
             "state": state.value,
             "interface": membership.group.interface,
+            "families": [int(f) for f in membership.group.families],
+            "vrid": membership.group.vrid,
             "vips": [str(ip) for f in Family for ip in membership.group.vips(f)],
             "priority": membership.priority,
         }
+        self._write()
+
+    def _set(self, group: str, state: State, reason: str) -> None:
+        entry = self.groups.get(group)
+        if entry is None:
+            return
+        families = tuple(Family(f) for f in entry["families"])
+        self._report(group, families, entry["vrid"], State(entry["state"]), state, reason)
+        entry["state"] = state.value
         self._write()
 
     async def vipcore_backend_start(self, context: BackendContext) -> None:
@@ -63,20 +82,18 @@ class ExampleFileBackend(Backend):
         self._hold(membership)
 
     async def vipcore_group_update(self, old: Membership, new: Membership) -> None:
-        self._hold(new)
+        self._hold(new, was=old.name)  # a membership change renames the group
 
     async def vipcore_group_leave(self, membership: Membership, graceful: bool) -> None:
-        self._report(membership, State.STOPPED, "left the group")
+        self._set(membership.name, State.STOPPED, "left the group")
         self.groups.pop(membership.name, None)
         self._write()
 
     async def vipcore_group_release(self, group: str, reason: str) -> None:
-        self.groups.get(group, {})["state"] = State.BACKUP.value
-        self._write()
+        self._set(group, State.BACKUP, reason)
 
     async def vipcore_group_takeover(self, group: str, reason: str) -> None:
-        self.groups.get(group, {})["state"] = State.MASTER.value
-        self._write()
+        self._set(group, State.MASTER, reason)
 
 
 @hookimpl
