@@ -509,3 +509,27 @@ def test_a_pass_that_changes_nothing_schedules_nothing() -> None:
     quiet, calls = asyncio.run(scenario())
     assert quiet == 0
     assert calls == [("leave", "vcP2")]
+
+
+def test_a_config_section_no_installed_backend_reads_is_named_once_with_the_likely_meant_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A misspelled backend section is not an error (another node may have that backend installed),
+    but it is ignored: the agent says so at start, with the closest name it knows."""
+    async def scenario() -> None:
+        Scripted.calls.clear()
+        config = Config(backend="scripted", node_name="node-a", metrics="",
+                        sections={"agent": dict(FAST), "scriptd": {"x": 1}, "scripted": {}, "zzz_other": {}})
+        hooks = load_hooks(plugins=[("scripted-plugin", Plugin())], load_entrypoints=False)
+        agent = Agent(config, hooks=hooks, source=StaticSource(state("vcP0")), interface_check=lambda name: True)
+        await agent.start()
+        assert agent.memberships  # it runs on
+        await agent.stop()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(scenario())
+    unused = sorted(r.getMessage() for r in caplog.records if "config section" in r.getMessage())
+    assert unused == [
+        "config section 'scriptd' is neither a setting nor an installed backend's: ignored (did you mean "
+        "'scripted'?)",
+        "config section 'zzz_other' is neither a setting nor an installed backend's: ignored",
+    ]

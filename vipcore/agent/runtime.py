@@ -23,6 +23,7 @@ Settings live in the config's ``agent:`` section (see docs/configuration.md).
 from __future__ import annotations
 
 import asyncio
+import difflib
 import gc
 import logging
 import math
@@ -70,6 +71,10 @@ def interface_exists(name: str) -> bool:
     return True
 
 
+#: The agent's own config section (its timings, :class:`AgentSettings`); every other section is a backend's.
+AGENT_SECTION = "agent"
+AGENT_SECTIONS = frozenset({AGENT_SECTION})
+
 @attrs.frozen
 class AgentSettings:
     """The ``agent:`` section of the config."""
@@ -84,7 +89,7 @@ class AgentSettings:
 
     @classmethod
     def from_config(cls, config: Config) -> "AgentSettings":
-        section = config.sections.get("agent", {})
+        section = config.sections.get(AGENT_SECTION, {})
         where = str(config.path) if config.path else None
         values: dict[str, float] = {}
         for key, raw in section.items():
@@ -266,6 +271,7 @@ class Agent:
         info = self.hooks.backend(self.config.backend)
         for failure in self.hooks.failures:
             log.warning("skipped: %s", failure.error, extra={"event": "plugin_skipped", "plugin": failure.plugin})
+        self._name_unused_sections()
         state = await self._first_state()
         if state is None:
             return
@@ -280,6 +286,17 @@ class Agent:
         # walking it on every full collection (events make thousands of objects; a full collection over
         # a large heap is tens of milliseconds in the middle of an event).
         gc.freeze()
+
+    def _name_unused_sections(self) -> None:
+        """A config section that is neither a setting nor an installed backend's is ignored: most likely
+        a misspelled backend name. Not an error (a node may lack a backend another node has), but said
+        once at start, with the closest name known."""
+        known = {*self.hooks.backends(), *(failure.name for failure in self.hooks.failures), *AGENT_SECTIONS}
+        for name in sorted(set(self.config.sections) - known):
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            log.warning("config section %r is neither a setting nor an installed backend's: ignored%s", name,
+                        f" (did you mean {close[0]!r}?)" if close else "",
+                        extra={"event": "config_section_unused", "section": name})
 
     async def _first_state(self) -> DesiredState | GroupState | None:
         attempt = 0
