@@ -78,6 +78,19 @@ class FakeDriver:
             if held is not None and delay == 0.0:
                 held.append(lambda: told.append("advert"))
 
+    def claim(self, detected: float | None = None) -> bool:
+        if self.told is not None:
+            self.told.append("claim")
+        return self.told is not None
+
+    def announce_claim(self) -> bool:
+        if self.told is not None:
+            self.told.append("announce claim")
+        return True
+
+    def release_claim(self) -> bool:
+        return False
+
     def announce_early(self) -> bool:
         if self.told is not None:
             self.told.append("announce")
@@ -597,10 +610,10 @@ def test_the_collector_is_on_again_at_once_when_no_router_has_work_queued() -> N
 
 
 def test_the_pass_over_a_lost_peers_groups_ends_by_sending_their_addresses() -> None:
-    """The routers that took over queued their VIPs inside the pass; the pass ends by handing the batch to
-    the kernel (the backend passes the holder's ``send_queued``), so nothing the loop has ready after it
+    """The routers that take over at once have their VIPs claimed (queued) first; the pass hands that batch
+    to the kernel (the backend passes the holder's ``send_queued``), so nothing the loop has ready after it
     (received adverts, periodic adverts) runs before the VIPs are in the kernel. Then, still in the pass,
-    every router's first announcement, then the takeover adverts they held back."""
+    every claim's first announcement, the routers' decisions, then the takeover adverts they held back."""
     told: list[str] = []
 
     def send() -> bool:
@@ -617,7 +630,7 @@ def test_the_pass_over_a_lost_peers_groups_ends_by_sending_their_addresses() -> 
         c._changed(B, SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
         assert told == []  # a session coming up sends nothing
         c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
-        assert told == ["router"] * 3 + ["send"] + ["announce"] * 3 + ["advert"] * 3
+        assert told == ["claim"] * 3 + ["send"] + ["announce claim"] * 3 + ["router"] * 3 + ["advert"] * 3
     finally:
         c.close(graceful=False)
         loop.close()
@@ -642,8 +655,8 @@ def test_groups_another_survivor_ranks_first_are_told_after_the_takeovers_are_on
         c.detectors["eth0"].up.add(node_c)  # type: ignore[attr-defined]
         c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
         first = len(ours)
-        assert told == (["router"] * first + ["send"] + ["announce"] * first + ["advert"] * first
-                        + ["ranked"] * len(theirs))
+        assert told == (["claim"] * first + ["send"] + ["announce claim"] * first + ["router"] * first
+                        + ["advert"] * first + ["ranked"] * len(theirs))
         delays = {m.group.name: drivers[Family.IPV4].lost[0][0] for m, drivers in entries}
         assert all(delays[m.group.name] == 0.0 for m in ours)
         assert all(delays[m.group.name] == c.settings.rank_step for m in theirs)
