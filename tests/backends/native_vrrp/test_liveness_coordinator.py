@@ -732,8 +732,8 @@ class PassLink:
         self.counters.sent += 1
 
 
-def real_drivers(memberships: list[Membership], holder: PassHolder, loop: asyncio.AbstractEventLoop,
-                 router_class: type | None = None) -> list[tuple[Membership, Mapping[Family, Any]]]:
+def real_drivers(memberships: list[Membership], holder: Any, loop: asyncio.AbstractEventLoop,
+                 router_class: type | None = None, interface: str = "eth0") -> list[tuple[Membership, Mapping[Family, Any]]]:
     """One real RouterDriver (IPv4) per membership, BACKUP and following node-b's adverts."""
     from vipcore.net.addresses import AnnounceSchedule
     from vipcore_native_vrrp.driver import RouterDriver
@@ -745,14 +745,15 @@ def real_drivers(memberships: list[Membership], holder: PassHolder, loop: asynci
         vips = membership.group.vips_v4
         config = RouterConfig(vrid=membership.group.vrid, family=Family.IPV4, primary=A("198.51.100.11"), vips=vips,
                               priority=100, interval_cs=100, destinations=(dst,), sources=None)
-        driver = RouterDriver(group=membership.group.name, interface="eth0",
+        driver = RouterDriver(group=membership.group.name, interface=interface,
                               router=(router_class or Router)(config), link=link,  # type: ignore[arg-type]
                               holder=holder, schedule=AnnounceSchedule(count=1),  # type: ignore[arg-type]
                               report=lambda *a: None, loop=loop)
         driver.start()
         driver._on_packet(encode(Advertisement(membership.group.vrid, 200, 100, vips), B, dst), B, dst, 255)
         assert driver.router.state is State.BACKUP and driver.router.master == B
-        holder.drivers.append(driver)
+        if isinstance(holder, PassHolder):
+            holder.drivers.append(driver)
         entries.append((membership, {Family.IPV4: driver}))
     return entries
 
@@ -843,3 +844,93 @@ def test_a_router_that_does_not_take_over_gets_its_pre_added_vips_removed_in_the
                 await drivers[Family.IPV4].close()
 
     asyncio.run(scenario())
+
+
+def _lab_reason() -> str | None:
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    if shutil.which("ip") is None:
+        return "needs iproute2"
+    return None
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(_lab_reason() is not None, reason=_lab_reason() or "")
+def test_with_the_kernel_the_zero_delay_groups_vips_are_held_and_announced_before_the_first_decision() -> None:
+    """The same with the real address holder in a namespace: when the first router's machine takes over,
+    the kernel already has every zero-delay group's VIPs and each was announced; the pass sent one netlink
+    batch, answered in it; the workers neither add nor announce a second time, and each takeover's phases
+    are in order (none negative)."""
+    import subprocess
+    import uuid
+
+    from vipcore.net.addresses import AddressHolder
+    from vipcore_native_vrrp.protocol import Router
+
+    ns, dev = f"vcT8{uuid.uuid4().hex[:6]}", "vcT8c0"
+    held_by_b = groups_held_by("node-b", 12)
+    ours = [m for m in held_by_b if m.members[1].name == "node-a"]
+    ours_vips = {str(v) for m in ours for v in m.group.vips_v4}
+
+    def in_kernel() -> set[str]:
+        out = subprocess.run(["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", dev], check=True,
+                             capture_output=True, text=True).stdout
+        return {line.split()[3].split("/")[0] for line in out.splitlines()}
+
+    seen: list[tuple[set[str], int]] = []
+    holders: list[AddressHolder] = []
+
+    class WatchedRouter(Router):
+        def handle_timer(self, now: float, advance: float = 0.0) -> list[Any]:
+            actions = super().handle_timer(now, advance)
+            if self.state is State.MASTER and not seen:
+                seen.append((in_kernel(), holders[0].counters.garp_sent))
+            return actions
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        async with AddressHolder(netns=ns) as holder:
+            holders.append(holder)
+            await holder.add(dev, [A("198.51.100.250")])  # the link read once, as a running agent has
+            reports: list[Any] = []
+            entries = real_drivers(held_by_b, holder, loop, WatchedRouter, interface=dev)
+            for _, drivers in entries:
+                drivers[Family.IPV4].report = lambda d, change, failover: reports.append(change)
+            c = Coordinator(LivenessSettings(), loop, lambda: entries, RecordingDetector,  # type: ignore[arg-type]
+                            send_addresses=holder.send_queued)
+            try:
+                c.ensure(attrs.evolve(NODE_A_INTERFACES["eth0"], name=dev))
+                c.detectors[dev].up.add(C)  # type: ignore[attr-defined]
+                batches, garps = holder.netlink.batches, holder.counters.garp_sent
+                c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+                assert seen, "a router took over"
+                kernel, announced = seen[0]
+                assert ours_vips <= kernel and announced - garps == len(ours_vips)
+                for _, drivers in entries:
+                    await drivers[Family.IPV4].settled()
+                await asyncio.sleep(0)
+                assert in_kernel() - {"198.51.100.250"} == ours_vips
+                assert holder.netlink.batches - batches == 1 and holder.netlink.answered_early >= 1
+                assert holder.counters.garp_sent - garps == len(ours_vips)  # not a second time
+                took = [change for change in reports if change.new is State.MASTER]
+                assert len(took) == len(ours)
+                for change in took:
+                    phases = change.phases
+                    assert phases is not None and None not in (phases.elect, phases.address, phases.announce)
+                    assert min(phases.elect, phases.address, phases.announce) >= 0.0
+            finally:
+                c.close(graceful=False)
+                for _, drivers in entries:
+                    await drivers[Family.IPV4].close()
+
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", "vcT8c1"], check=True)
+        for name in (dev, "vcT8c1"):
+            subprocess.run(["ip", "-n", ns, "link", "set", name, "up"], check=True)
+        asyncio.run(scenario())
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
