@@ -47,6 +47,19 @@ Reporter = Callable[["RouterDriver", StateChanged, "float | None"], None]
 
 _ADDRESS_WORK = (AddVips, RemoveVips, Announce)
 
+#: Drops that mean someone on the LAN is lying or runs a twin of this node:
+#: logged (at most once per LOUD_EVERY seconds and reason), not only counted.
+_LOUD = {
+    "duplicate_identity": (logging.ERROR, "another speaker uses this node's identity ({source}): its adverts are "
+                                          "refused; two agents with the same node name or address?"),
+    "priority_mismatch": (logging.WARNING, "advert from {source} with a priority that member never sends: dropped "
+                                           "(spoofed, or a keepalived peer missing from keepalived_peers)"),
+    "inconsistent_resign": (logging.WARNING, "priority-0 advert from {source}, which keeps advertising at full "
+                                             "priority: dropped as forged"),
+    "auth": (logging.WARNING, "unauthenticated, forged or replayed advert from {source}: dropped"),
+}
+LOUD_EVERY = 10.0
+
 
 @attrs.define(eq=False)
 class _Claim:
@@ -63,18 +76,6 @@ class _Claim:
     announced: float | None = None
     #: Loop time the machine took over with these VIPs (set when the takeover's batch adopted the claim).
     decided: float | None = None
-#: Drops that mean someone on the LAN is lying or runs a twin of this node:
-#: logged (at most once per LOUD_EVERY seconds and reason), not only counted.
-_LOUD = {
-    "duplicate_identity": (logging.ERROR, "another speaker uses this node's identity ({source}): its adverts are "
-                                          "refused; two agents with the same node name or address?"),
-    "priority_mismatch": (logging.WARNING, "advert from {source} with a priority that member never sends: dropped "
-                                           "(spoofed, or a keepalived peer missing from keepalived_peers)"),
-    "inconsistent_resign": (logging.WARNING, "priority-0 advert from {source}, which keeps advertising at full "
-                                             "priority: dropped as forged"),
-    "auth": (logging.WARNING, "unauthenticated, forged or replayed advert from {source}: dropped"),
-}
-LOUD_EVERY = 10.0
 
 
 class RouterDriver:
