@@ -12,7 +12,9 @@ time), every group whose master lived on that node acts at once: its backups
 run Master_Down after a delay by rank — 0 for the best-ranked surviving member,
 one ``step`` more for each live member ranked before this node, at most
 ``MAX_RANK_STEPS`` (see :meth:`Coordinator._rank` for who counts as live) — so
-exactly one takes each group and the others hear it before their own timer fires. An
+exactly one takes each group and the others hear it before their own timer fires. The groups
+this node takes at once (delay 0) have their VIPs put in the kernel and announced before
+their routers decide (``claim``, docs/native-vrrp.md "A node's many groups at once"). An
 AdminDown (a peer stopping gracefully, or no longer needing us) is not a
 failure: the VRRP hand-over handles a graceful stop.
 """
