@@ -20,7 +20,7 @@ import attrs
 
 from vipcore.net.addresses import AddressHolder, AnnounceSchedule
 from vipcore.core.errors import VipcoreError
-from vipcore.core.model import Family, State, TransitionCause
+from vipcore.core.model import Family, IPAddress, State, TransitionCause
 from vipcore_native_vrrp.protocol import (
     Action,
     AddVips,
@@ -46,6 +46,7 @@ ADVANCE = 0.5
 Reporter = Callable[["RouterDriver", StateChanged, "float | None"], None]
 
 _ADDRESS_WORK = (AddVips, RemoveVips, Announce)
+
 #: Drops that mean someone on the LAN is lying or runs a twin of this node:
 #: logged (at most once per LOUD_EVERY seconds and reason), not only counted.
 _LOUD = {
@@ -58,6 +59,23 @@ _LOUD = {
     "auth": (logging.WARNING, "unauthenticated, forged or replayed advert from {source}: dropped"),
 }
 LOUD_EVERY = 10.0
+
+
+@attrs.define(eq=False)
+class _Claim:
+    """A router's VIPs asked of the holder before its machine decided (:meth:`RouterDriver.claim`)."""
+
+    vips: tuple[IPAddress, ...]
+    asked: "asyncio.Future[tuple[IPAddress, ...]]"
+    #: Loop time the loss was read (the coordinator's pass began): the election starts there.
+    detected: float
+    #: Loop time of the claim: the coordinator decided this node takes the group (its rank delay is 0).
+    at: float
+    #: When the kernel had them (the holder answered in the pass), and when they were first announced.
+    added: float | None = None
+    announced: float | None = None
+    #: Loop time the machine took over with these VIPs (set when the takeover's batch adopted the claim).
+    decided: float | None = None
 
 
 class RouterDriver:
@@ -109,6 +127,8 @@ class RouterDriver:
         #: The first announcement of the queued takeover, sent at the end of the pass that decided it
         #: (:meth:`announce_early`), and when its VIPs were answered and it went: the worker skips it.
         self._early: tuple[Announce, float, float] | None = None
+        #: The VIPs the coordinator's pass put in the kernel before this router decided (:meth:`claim`).
+        self._claim: _Claim | None = None
         #: Set by :meth:`close`: an advert queued before it that fails after it changes nothing.
         self.closed = False
         #: Bound once: the steady path hands it to the link with every advert.
@@ -260,7 +280,94 @@ class RouterDriver:
                 if lead and lead < len(actions) and type(actions[lead]) is AddVips:
                     sends, actions = actions[:lead], actions[lead:]
                     held.append(lambda: self._send_held(sends))
+                    self._adopt_claim(actions, now)
         self.feed(actions)
+
+    def claim(self, detected: float | None = None) -> bool:
+        """Before this backup decides in a lost peer's pass (it ranks first among the survivors, so it takes
+        over in that pass): ask the holder for its VIPs now, so they join the pass's one netlink batch and
+        are announced (:meth:`announce_claim`) before any router's machine runs. Its takeover then finds them
+        done (:meth:`peer_lost`); if it does not take over, :meth:`release_claim` removes them. True if asked.
+
+        Only for an idle backup not holding its VIPs (nothing queued may precede or undo the add), on an
+        interface the holder knows already (the change queued at once). ``detected``: the loop time the
+        loss was read (the failover's elect phase runs from there to the claim; default now)."""
+        router = self.router
+        if (self.closed or self._claim is not None or router.state is not State.BACKUP or router.released
+                or router.holding or self._worker is not None or self._queue):
+            return False
+        vips = router.config.vips
+        try:
+            asked = self.holder.add(self.interface, vips)
+        except Exception:  # the takeover asks again, and reports it
+            return False
+        if not isinstance(asked, asyncio.Future):
+            # The interface is not known yet: nothing was queued (a coroutine not started); the usual way.
+            close = getattr(asked, "close", None)
+            if callable(close):
+                close()
+            return False
+        now = self.loop.time()
+        self._claim = _Claim(vips=vips, asked=asked, detected=now if detected is None else min(detected, now), at=now)
+        return True
+
+    def announce_claim(self) -> bool:
+        """Once the pass's batch was sent: the claimed VIPs' first announcement, when the kernel answered in
+        the pass (the holder's ``send_queued``). True if it went."""
+        claim = self._claim
+        if claim is None or claim.decided is not None or not claim.asked.done():
+            return False
+        if claim.asked.cancelled() or claim.asked.exception() is not None:
+            return False  # the takeover awaits the same answer and reports the failure
+        claim.added = self.loop.time()
+        if not self.schedule.count:
+            return False
+        try:
+            if not self.holder.announce_now(self.interface, claim.vips):
+                return False
+        except VipcoreError as exc:  # one line; the takeover's worker announces instead
+            log.error("group %s IPv%d: %s", self.group[:12], self.family, exc)
+            return False
+        claim.announced = self.loop.time()
+        return True
+
+    def _adopt_claim(self, actions: list[Action], now: float) -> None:
+        """The takeover's batch (``actions``, its adverts held) starts with the claimed VIPs: it awaits the
+        claim's answer instead of asking again, and skips the announcement already sent."""
+        claim = self._claim
+        if claim is None or self.router.phase is not Phase.MASTER or type(actions[0]) is not AddVips \
+                or actions[0].vips != claim.vips:
+            return
+        claim.decided = now
+        if claim.announced is not None and len(actions) > 1 and type(actions[1]) is Announce:
+            assert claim.added is not None
+            self._early = (actions[1], claim.added, claim.announced)
+
+    def release_claim(self) -> bool:
+        """After the pass's decisions: a claim no takeover adopted (the machine did not take over, or failed)
+        is undone — its VIPs removed (queued now: the caller sends them in the pass) and announcements
+        stopped, unless the router holds them after all. True when a removal was queued."""
+        claim = self._claim
+        if claim is None or claim.decided is not None:
+            return False
+        self._claim = None
+        if self.router.holding:
+            return False  # a master after all (its own batch adds them again: idempotent)
+        self._stop_announcing()
+        try:
+            removed = self.holder.remove(self.interface, claim.vips)
+        except Exception:
+            log.exception("group %s IPv%d: removing VIPs added before a takeover that did not happen failed",
+                          self.group[:12], self.family)
+            return False
+        self.loop.create_task(self._confirm_release(removed), name=f"vrrp {self.group[:12]} release")
+        return True
+
+    async def _confirm_release(self, removed: Awaitable[object]) -> None:
+        try:
+            await removed
+        except VipcoreError as exc:
+            log.error("group %s IPv%d: %s", self.group[:12], self.family, exc)
 
     def _send_held(self, sends: list[Action]) -> None:
         for action in sends:
@@ -361,9 +468,13 @@ class RouterDriver:
     def _ask_now(self, batch: list[Action]) -> Awaitable[object] | None:
         """The VIPs a batch starts by adding, asked of the holder in this pass (nothing is queued before
         them): a node dying hands its groups over in one pass, and their VIPs then join one netlink batch
-        in the next pass instead of a pass later, once each router's task has started."""
+        in the next pass instead of a pass later, once each router's task has started. A takeover whose
+        VIPs were claimed before it decided awaits that claim's answer (no second round trip)."""
         if not batch or type(batch[0]) is not AddVips:
             return None
+        claim = self._claim
+        if claim is not None and claim.decided is not None and batch[0].vips == claim.vips:
+            return claim.asked
         try:
             return self.holder.add(self.interface, batch[0].vips)
         except Exception:  # asked again, and reported, when the batch is carried out
@@ -399,6 +510,8 @@ class RouterDriver:
                         self._ordered_sends -= 1
                     if self._early is not None and any(action is self._early[0] for action in batch):
                         self._early = None  # its batch is over (the announcement skipped if no longer wanted)
+                    if self._claim is not None and asked is self._claim.asked:
+                        self._claim = None  # its takeover is carried out (or given up)
         finally:
             self._worker = None
 
@@ -424,15 +537,28 @@ class RouterDriver:
             if action.new is not State.MASTER:
                 self._stop_announcing()  # a backup must not pull neighbours to itself
             failover = action.failover_seconds
+            claim = self._claim
+            took = claim.decided if claim is not None else None  # the takeover adopted a claim at this time
             if failover is not None:
-                # The machine measured up to its decision; add the address work since.
+                # The machine measured up to its decision; add the address work since (and, when the VIPs
+                # were claimed, the pass's work from the loss read to the decision, claim and address included).
                 failover += self.loop.time() - decided
+                if claim is not None and took is not None:
+                    failover += max(0.0, took - claim.detected)
             if action.phases is not None:
                 added, announced = self._added_at, self._announced_at
+                phases, start = action.phases, decided
+                if claim is not None and took is not None:
+                    # The VIPs were asked before the machine decided (claim()): the election is the
+                    # coordinator's (this node ranks first), from the loss read to the claim; the address
+                    # phase runs from the claim. The machine's transition came after the first
+                    # announcement, in the same pass: no phase of its own.
+                    start = claim.at
+                    phases = attrs.evolve(phases, elect=claim.at - claim.detected)
                 action = attrs.evolve(action, phases=attrs.evolve(
-                    action.phases,
-                    address=added - decided if added is not None else None,
-                    announce=announced - added if announced is not None and added is not None else None,
+                    phases,
+                    address=max(0.0, added - start) if added is not None else None,
+                    announce=max(0.0, announced - added) if announced is not None and added is not None else None,
                 ))
             self._added_at = self._announced_at = None
             if defer_report:
@@ -448,7 +574,11 @@ class RouterDriver:
             if isinstance(action, AddVips):
                 await (asked if asked is not None else self.holder.add(self.interface, action.vips))
                 if self.router.wants(action):
-                    self._added_at = self.loop.time() if self._early is None else self._early[1]
+                    claim = self._claim
+                    if claim is not None and asked is claim.asked and claim.added is not None:
+                        self._added_at = claim.added  # answered in the pass that claimed them
+                    else:
+                        self._added_at = self.loop.time() if self._early is None else self._early[1]
             elif isinstance(action, RemoveVips):
                 if not self.router.holding:
                     self._stop_announcing()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from vipcore.core.model import Family, IPAddress
+import pytest
+
+from vipcore.core.model import Family, IPAddress, State
 from vipcore.net.addresses import AnnounceSchedule
 from vipcore_native_vrrp.driver import RouterDriver
-from vipcore_native_vrrp.protocol import Phase, Router, RouterConfig, Send
+from vipcore_native_vrrp.protocol import Phase, Router, RouterConfig, Send, StateChanged
 from vipcore_native_vrrp.timers import TimerBatch
 from vipcore_native_vrrp.transport import Handler, LinkCounters
 
@@ -218,6 +220,144 @@ def test_a_backup_follows_its_master_while_heard_and_takes_over_one_master_down_
         took = loop.time() - silent
         assert took <= driver.router.master_down_interval + driver.router.rank_delay + 0.2, took
         await until(lambda: holder.added == [(VIP,)])
+        await driver.close()
+
+    asyncio.run(scenario())
+
+
+class ClaimHolder:
+    """Queues each change when asked and answers them when sent (``send_queued``, as the kernel does inside
+    the ``sendmsg``), or later (``answer``: a slow kernel)."""
+
+    def __init__(self) -> None:
+        self.held: set[IPAddress] = set()
+        self.asked: list[tuple[bool, tuple[IPAddress, ...]]] = []
+        self.queued: list[tuple[bool, tuple[IPAddress, ...], asyncio.Future[tuple[IPAddress, ...]]]] = []
+        self.announced: list[tuple[IPAddress, ...]] = []
+
+    def _ask(self, add: bool, vips: Iterable[IPAddress]) -> asyncio.Future[tuple[IPAddress, ...]]:
+        done: asyncio.Future[tuple[IPAddress, ...]] = asyncio.get_running_loop().create_future()
+        self.asked.append((add, tuple(vips)))
+        self.queued.append((add, tuple(vips), done))
+        return done
+
+    def add(self, interface: str, vips: Iterable[IPAddress]) -> asyncio.Future[tuple[IPAddress, ...]]:
+        return self._ask(True, vips)
+
+    def remove(self, interface: str, vips: Iterable[IPAddress]) -> asyncio.Future[tuple[IPAddress, ...]]:
+        return self._ask(False, vips)
+
+    def send_queued(self) -> bool:
+        queued, self.queued = self.queued, []
+        for add, vips, done in queued:
+            (self.held.update if add else self.held.difference_update)(vips)
+            done.set_result(vips)
+        return bool(queued)
+
+    def announce_now(self, interface: str, vips: Iterable[IPAddress]) -> bool:
+        self.announced.append(tuple(vips))
+        return True
+
+    async def announce(self, interface: str, vips: Iterable[IPAddress]) -> None:
+        self.announce_now(interface, vips)
+
+
+def claim_driver(loop: asyncio.AbstractEventLoop, holder: ClaimHolder,
+                 reports: list[tuple[StateChanged, float | None]]) -> RouterDriver:
+    """A backup following 198.51.100.8's adverts."""
+    from vipcore_native_vrrp.protocol import Advertisement, encode
+
+    group, master = ipaddress.IPv4Address("224.0.0.18"), ipaddress.IPv4Address("198.51.100.8")
+    config = RouterConfig(vrid=9, family=Family.IPV4, primary=ipaddress.IPv4Address("198.51.100.9"), vips=(VIP,),
+                          priority=100, interval_cs=100, destinations=(group,))
+    driver = RouterDriver(group="g", interface="eth0", router=Router(config), link=FlakyLink(),  # type: ignore[arg-type]
+                          holder=holder, schedule=AnnounceSchedule(count=1),  # type: ignore[arg-type]
+                          report=lambda d, change, failover: reports.append((change, failover)), loop=loop)
+    driver.start()
+    driver._on_packet(encode(Advertisement(9, 200, 100, (VIP,)), master, group), master, group, 255)
+    assert driver.router.phase is Phase.BACKUP
+    return driver
+
+
+def test_a_claimed_takeover_counts_elect_to_the_claim_and_address_from_it() -> None:
+    """The coordinator's pass claims a backup's VIPs (in the kernel and announced) before its machine decides:
+    the takeover adopts them (asked once, announced once), and its phases stay in order and truthful — elect
+    from the loss read to the claim, address from the claim to the kernel's answer, announce from there;
+    none negative, the total within the failover reported."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        holder, reports = ClaimHolder(), []
+        driver = claim_driver(loop, holder, reports)
+        read = loop.time() - 0.01  # the loss was read 10 ms ago (the pass's earlier work)
+        assert driver.claim(read)
+        assert holder.asked == [(True, (VIP,))] and driver.router.phase is Phase.BACKUP
+        assert holder.send_queued()
+        assert driver.announce_claim() and holder.announced == [(VIP,)]
+        held: list[Callable[[], None]] = []
+        driver.peer_lost(0.0, "liveness session down", silent_for=0.05, held=held)
+        assert driver.router.phase is Phase.MASTER and len(held) == 1
+        assert driver.release_claim() is False  # adopted: nothing undone
+        for send in held:
+            send()
+        await driver.settled()
+        await asyncio.sleep(0)  # the report goes after the pass
+        assert holder.asked == [(True, (VIP,))] and holder.announced == [(VIP,)]  # no second add, no second burst
+        change, failover = reports[-1]
+        assert change.new is State.MASTER
+        phases = change.phases
+        assert phases is not None and None not in (phases.detect, phases.elect, phases.address, phases.announce)
+        assert phases.detect == pytest.approx(0.05, abs=0.002)
+        assert 0.01 <= phases.elect < 0.05  # type: ignore[operator]
+        assert 0.0 <= phases.address < 0.05 and 0.0 <= phases.announce < 0.05  # type: ignore[operator]
+        assert failover is not None and phases.total is not None and phases.total <= failover + 1e-6
+        await driver.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_claim_the_kernel_answers_late_is_awaited_by_the_takeover_and_announced_by_it() -> None:
+    """The pass's batch was not answered in the pass (the kernel slow, the channel in use): no early
+    announcement; the takeover awaits the same claim (no second add), announces once the kernel answered,
+    and its address phase runs from the claim to that answer."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        holder, reports = ClaimHolder(), []
+        driver = claim_driver(loop, holder, reports)
+        assert driver.claim(loop.time())
+        assert driver.announce_claim() is False  # not answered
+        driver.peer_lost(0.0, "liveness session down", silent_for=0.05, held=[])
+        assert driver.router.phase is Phase.MASTER and driver.release_claim() is False
+        await asyncio.sleep(0.03)
+        assert holder.announced == []
+        assert holder.send_queued()
+        await driver.settled()
+        await asyncio.sleep(0)
+        assert holder.asked == [(True, (VIP,))] and holder.announced == [(VIP,)]
+        phases = reports[-1][0].phases
+        assert phases is not None and phases.address is not None and phases.announce is not None
+        assert 0.03 <= phases.address < 0.5 and phases.announce >= 0.0
+        await driver.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_claim_no_takeover_adopted_is_removed() -> None:
+    """A claimed backup that did not take over (here: the master was heard again before the decision, so the
+    router was never told): its claim is undone, the VIPs removed, never held by a backup."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        holder, reports = ClaimHolder(), []
+        driver = claim_driver(loop, holder, reports)
+        assert driver.claim(loop.time())
+        assert holder.send_queued() and driver.announce_claim()
+        assert VIP in holder.held
+        assert driver.release_claim() is True
+        assert holder.asked[-1] == (False, (VIP,)) and holder.send_queued()
+        assert VIP not in holder.held and driver.router.phase is Phase.BACKUP
+        assert driver.claim(loop.time())  # a later pass may claim again
         await driver.close()
 
     asyncio.run(scenario())

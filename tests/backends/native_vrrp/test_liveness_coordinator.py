@@ -78,6 +78,19 @@ class FakeDriver:
             if held is not None and delay == 0.0:
                 held.append(lambda: told.append("advert"))
 
+    def claim(self, detected: float | None = None) -> bool:
+        if self.told is not None:
+            self.told.append("claim")
+        return self.told is not None
+
+    def announce_claim(self) -> bool:
+        if self.told is not None:
+            self.told.append("announce claim")
+        return True
+
+    def release_claim(self) -> bool:
+        return False
+
     def announce_early(self) -> bool:
         if self.told is not None:
             self.told.append("announce")
@@ -597,10 +610,10 @@ def test_the_collector_is_on_again_at_once_when_no_router_has_work_queued() -> N
 
 
 def test_the_pass_over_a_lost_peers_groups_ends_by_sending_their_addresses() -> None:
-    """The routers that took over queued their VIPs inside the pass; the pass ends by handing the batch to
-    the kernel (the backend passes the holder's ``send_queued``), so nothing the loop has ready after it
+    """The routers that take over at once have their VIPs claimed (queued) first; the pass hands that batch
+    to the kernel (the backend passes the holder's ``send_queued``), so nothing the loop has ready after it
     (received adverts, periodic adverts) runs before the VIPs are in the kernel. Then, still in the pass,
-    every router's first announcement, then the takeover adverts they held back."""
+    every claim's first announcement, the routers' decisions, then the takeover adverts they held back."""
     told: list[str] = []
 
     def send() -> bool:
@@ -617,7 +630,7 @@ def test_the_pass_over_a_lost_peers_groups_ends_by_sending_their_addresses() -> 
         c._changed(B, SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
         assert told == []  # a session coming up sends nothing
         c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
-        assert told == ["router"] * 3 + ["send"] + ["announce"] * 3 + ["advert"] * 3
+        assert told == ["claim"] * 3 + ["send"] + ["announce claim"] * 3 + ["router"] * 3 + ["advert"] * 3
     finally:
         c.close(graceful=False)
         loop.close()
@@ -642,8 +655,8 @@ def test_groups_another_survivor_ranks_first_are_told_after_the_takeovers_are_on
         c.detectors["eth0"].up.add(node_c)  # type: ignore[attr-defined]
         c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
         first = len(ours)
-        assert told == (["router"] * first + ["send"] + ["announce"] * first + ["advert"] * first
-                        + ["ranked"] * len(theirs))
+        assert told == (["claim"] * first + ["send"] + ["announce claim"] * first + ["router"] * first
+                        + ["advert"] * first + ["ranked"] * len(theirs))
         delays = {m.group.name: drivers[Family.IPV4].lost[0][0] for m, drivers in entries}
         assert all(delays[m.group.name] == 0.0 for m in ours)
         assert all(delays[m.group.name] == c.settings.rank_step for m in theirs)
@@ -653,3 +666,275 @@ def test_groups_another_survivor_ranks_first_are_told_after_the_takeovers_are_on
     finally:
         c.close(graceful=False)
         loop.close()
+
+
+# -- the zero-delay groups' VIPs in the kernel before their routers decide -------------------------------
+
+
+class PassHolder:
+    """The address holder's side of a takeover's pass, in order: an add or remove is queued when asked and
+    answered when sent (``send_queued``, as the kernel answers inside the ``sendmsg``). Each call notes how
+    many routers were MASTER at that moment."""
+
+    def __init__(self) -> None:
+        self.drivers: list[Any] = []
+        self.held: set[IPAddress] = set()
+        self.queued: list[tuple[bool, tuple[IPAddress, ...], asyncio.Future[tuple[IPAddress, ...]]]] = []
+        self.log: list[tuple[str, tuple[IPAddress, ...], int]] = []
+
+    def _masters(self) -> int:
+        return sum(d.router.state is State.MASTER for d in self.drivers)
+
+    def _ask(self, add: bool, vips: Iterable[IPAddress]) -> asyncio.Future[tuple[IPAddress, ...]]:
+        done: asyncio.Future[tuple[IPAddress, ...]] = asyncio.get_running_loop().create_future()
+        self.queued.append((add, tuple(vips), done))
+        self.log.append(("add" if add else "remove", tuple(vips), self._masters()))
+        return done
+
+    def add(self, interface: str, vips: Iterable[IPAddress]) -> asyncio.Future[tuple[IPAddress, ...]]:
+        return self._ask(True, vips)
+
+    def remove(self, interface: str, vips: Iterable[IPAddress]) -> asyncio.Future[tuple[IPAddress, ...]]:
+        return self._ask(False, vips)
+
+    def send_queued(self) -> bool:
+        if not self.queued:
+            return False
+        queued, self.queued = self.queued, []
+        for add, vips, done in queued:
+            (self.held.update if add else self.held.difference_update)(vips)
+            done.set_result(vips)
+        self.log.append(("send", tuple(v for _, vips, _ in queued for v in vips), self._masters()))
+        return True
+
+    def announce_now(self, interface: str, vips: Iterable[IPAddress]) -> bool:
+        self.log.append(("announce", tuple(vips), self._masters()))
+        return True
+
+    async def announce(self, interface: str, vips: Iterable[IPAddress]) -> None:
+        self.announce_now(interface, vips)
+
+
+class PassLink:
+    """Counts the adverts of the routers on it."""
+
+    def __init__(self) -> None:
+        from vipcore_native_vrrp.transport import LinkCounters
+
+        self.handlers: dict[int, Any] = {}
+        self.counters = LinkCounters()
+
+    def send(self, data: bytes, src: IPAddress, dst: IPAddress) -> bool:
+        self.counters.sent += 1
+        return True
+
+    def queue(self, send: Any, failed: Callable[[], None]) -> None:
+        self.counters.sent += 1
+
+
+def real_drivers(memberships: list[Membership], holder: Any, loop: asyncio.AbstractEventLoop,
+                 router_class: type | None = None, interface: str = "eth0") -> list[tuple[Membership, Mapping[Family, Any]]]:
+    """One real RouterDriver (IPv4) per membership, BACKUP and following node-b's adverts."""
+    from vipcore.net.addresses import AnnounceSchedule
+    from vipcore_native_vrrp.driver import RouterDriver
+    from vipcore_native_vrrp.protocol import Advertisement, Router, RouterConfig, encode
+
+    link, dst = PassLink(), A("224.0.0.18")
+    entries: list[tuple[Membership, Mapping[Family, Any]]] = []
+    for membership in memberships:
+        vips = membership.group.vips_v4
+        config = RouterConfig(vrid=membership.group.vrid, family=Family.IPV4, primary=A("198.51.100.11"), vips=vips,
+                              priority=100, interval_cs=100, destinations=(dst,), sources=None)
+        driver = RouterDriver(group=membership.group.name, interface=interface,
+                              router=(router_class or Router)(config), link=link,  # type: ignore[arg-type]
+                              holder=holder, schedule=AnnounceSchedule(count=1),  # type: ignore[arg-type]
+                              report=lambda *a: None, loop=loop)
+        driver.start()
+        driver._on_packet(encode(Advertisement(membership.group.vrid, 200, 100, vips), B, dst), B, dst, 255)
+        assert driver.router.state is State.BACKUP and driver.router.master == B
+        if isinstance(holder, PassHolder):
+            holder.drivers.append(driver)
+        entries.append((membership, {Family.IPV4: driver}))
+    return entries
+
+
+def test_the_zero_delay_groups_vips_are_in_the_kernel_and_announced_before_a_router_decides() -> None:
+    """The groups this node takes at once: their VIPs go to the kernel (one batch) and are announced before
+    any of their routers' machines runs; then the routers decide, find their VIPs there and their first
+    announcement sent (no second add, no second announcement). The groups another survivor ranks first
+    are not touched, nor a released router (a drained node) of a group we would take."""
+    held_by_b = groups_held_by("node-b", 10)
+    ours = [m for m in held_by_b if m.members[1].name == "node-a"]
+    theirs = [m for m in held_by_b if m.members[1].name == "node-c"]
+    assert len(ours) > 1 and theirs
+    drained, ours = ours[0], ours[1:]
+    ours_vips = {v for m in ours for v in m.group.vips_v4}
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        holder = PassHolder()
+        entries = real_drivers(held_by_b, holder, loop)
+        for membership, drivers in entries:
+            if membership is drained:
+                drivers[Family.IPV4].release("node drained")
+        c = Coordinator(LivenessSettings(), loop, lambda: entries, RecordingDetector,  # type: ignore[arg-type]
+                        send_addresses=holder.send_queued)
+        try:
+            c.ensure(NODE_A_INTERFACES["eth0"])
+            c.detectors["eth0"].up.add(C)  # type: ignore[attr-defined]
+            c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+            # Before the first router became MASTER: every zero-delay group's VIPs sent and announced.
+            before = [entry for entry in holder.log if entry[2] == 0]
+            sent = {v for kind, vips, _ in before if kind == "send" for v in vips}
+            announced = {v for kind, vips, _ in before if kind == "announce" for v in vips}
+            assert ours_vips <= sent and ours_vips <= announced
+            assert [kind for kind, _, _ in before].count("send") == 1  # one batch
+            for membership, drivers in entries:
+                expected = State.MASTER if membership in ours else State.BACKUP
+                assert drivers[Family.IPV4].router.state is expected
+            for _, drivers in entries:
+                await drivers[Family.IPV4].settled()
+            assert holder.held == ours_vips
+            adds = [v for kind, vips, _ in holder.log if kind == "add" for v in vips]
+            announcements = [v for kind, vips, _ in holder.log if kind == "announce" for v in vips]
+            assert sorted(map(str, adds)) == sorted(map(str, ours_vips))  # asked once each
+            assert sorted(map(str, announcements)) == sorted(map(str, ours_vips))  # announced once each
+        finally:
+            c.close(graceful=False)
+            for _, drivers in entries:
+                await drivers[Family.IPV4].close()
+
+    asyncio.run(scenario())
+
+
+def test_a_router_that_does_not_take_over_gets_its_pre_added_vips_removed_in_the_pass(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A zero-delay group whose router fails to decide in the pass (an exception): the VIPs put in the
+    kernel for it before the decision are removed, and that removal sent, in the same pass; never a VIP
+    held by a non-master. The other groups are taken as usual."""
+    from vipcore_native_vrrp.protocol import Router
+
+    ours = [m for m in groups_held_by("node-b", 8) if m.members[1].name == "node-a"][:3]
+    assert len(ours) == 3
+    broken = ours[1].group.vips_v4
+
+    class BrokenRouter(Router):
+        def handle_timer(self, now: float, advance: float = 0.0) -> list[Any]:
+            if self.config.vips == broken:
+                raise RuntimeError("machine broken")
+            return super().handle_timer(now, advance)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        holder = PassHolder()
+        entries = real_drivers(ours, holder, loop, BrokenRouter)
+        c = Coordinator(LivenessSettings(), loop, lambda: entries, RecordingDetector,  # type: ignore[arg-type]
+                        send_addresses=holder.send_queued)
+        try:
+            c.ensure(NODE_A_INTERFACES["eth0"])
+            c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+            # In the pass: removed from the kernel again.
+            assert not set(broken) & holder.held
+            assert ("remove", broken, 2) in holder.log
+            states = [drivers[Family.IPV4].router.state for _, drivers in entries]
+            assert states == [State.MASTER, State.BACKUP, State.MASTER]
+            for _, drivers in entries:
+                await drivers[Family.IPV4].settled()
+            assert holder.held == {v for m in (ours[0], ours[2]) for v in m.group.vips_v4}
+            assert entries[1][1][Family.IPV4]._announcer is None
+        finally:
+            c.close(graceful=False)
+            for _, drivers in entries:
+                await drivers[Family.IPV4].close()
+
+    asyncio.run(scenario())
+
+
+def _lab_reason() -> str | None:
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    if shutil.which("ip") is None:
+        return "needs iproute2"
+    return None
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(_lab_reason() is not None, reason=_lab_reason() or "")
+def test_with_the_kernel_the_zero_delay_groups_vips_are_held_and_announced_before_the_first_decision() -> None:
+    """The same with the real address holder in a namespace: when the first router's machine takes over,
+    the kernel already has every zero-delay group's VIPs and each was announced; the pass sent one netlink
+    batch, answered in it; the workers neither add nor announce a second time, and each takeover's phases
+    are in order (none negative)."""
+    import subprocess
+    import uuid
+
+    from vipcore.net.addresses import AddressHolder
+    from vipcore_native_vrrp.protocol import Router
+
+    ns, dev = f"vcT8{uuid.uuid4().hex[:6]}", "vcT8c0"
+    held_by_b = groups_held_by("node-b", 12)
+    ours = [m for m in held_by_b if m.members[1].name == "node-a"]
+    ours_vips = {str(v) for m in ours for v in m.group.vips_v4}
+
+    def in_kernel() -> set[str]:
+        out = subprocess.run(["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", dev], check=True,
+                             capture_output=True, text=True).stdout
+        return {line.split()[3].split("/")[0] for line in out.splitlines()}
+
+    seen: list[tuple[set[str], int]] = []
+    holders: list[AddressHolder] = []
+
+    class WatchedRouter(Router):
+        def handle_timer(self, now: float, advance: float = 0.0) -> list[Any]:
+            actions = super().handle_timer(now, advance)
+            if self.state is State.MASTER and not seen:
+                seen.append((in_kernel(), holders[0].counters.garp_sent))
+            return actions
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        async with AddressHolder(netns=ns) as holder:
+            holders.append(holder)
+            await holder.add(dev, [A("198.51.100.250")])  # the link read once, as a running agent has
+            reports: list[Any] = []
+            entries = real_drivers(held_by_b, holder, loop, WatchedRouter, interface=dev)
+            for _, drivers in entries:
+                drivers[Family.IPV4].report = lambda d, change, failover: reports.append(change)
+            c = Coordinator(LivenessSettings(), loop, lambda: entries, RecordingDetector,  # type: ignore[arg-type]
+                            send_addresses=holder.send_queued)
+            try:
+                c.ensure(attrs.evolve(NODE_A_INTERFACES["eth0"], name=dev))
+                c.detectors[dev].up.add(C)  # type: ignore[attr-defined]
+                batches, garps = holder.netlink.batches, holder.counters.garp_sent
+                c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+                assert seen, "a router took over"
+                kernel, announced = seen[0]
+                assert ours_vips <= kernel and announced - garps == len(ours_vips)
+                for _, drivers in entries:
+                    await drivers[Family.IPV4].settled()
+                await asyncio.sleep(0)
+                assert in_kernel() - {"198.51.100.250"} == ours_vips
+                assert holder.netlink.batches - batches == 1 and holder.netlink.answered_early >= 1
+                assert holder.counters.garp_sent - garps == len(ours_vips)  # not a second time
+                took = [change for change in reports if change.new is State.MASTER]
+                assert len(took) == len(ours)
+                for change in took:
+                    phases = change.phases
+                    assert phases is not None and None not in (phases.elect, phases.address, phases.announce)
+                    assert min(phases.elect, phases.address, phases.announce) >= 0.0
+            finally:
+                c.close(graceful=False)
+                for _, drivers in entries:
+                    await drivers[Family.IPV4].close()
+
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", "vcT8c1"], check=True)
+        for name in (dev, "vcT8c1"):
+            subprocess.run(["ip", "-n", ns, "link", "set", name, "up"], check=True)
+        asyncio.run(scenario())
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
