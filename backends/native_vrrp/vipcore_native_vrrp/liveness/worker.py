@@ -56,8 +56,11 @@ _TIMESPEC = struct.Struct("qq")
 _INT = struct.Struct("i")
 _TTL_CMSGS = frozenset({(socket.IPPROTO_IP, _IP_TTL), (socket.IPPROTO_IPV6, _IPV6_HOPLIMIT)})
 _TTL_KINDS = frozenset(kind for _, kind in _TTL_CMSGS)
-#: Longest sleep without a timer: the loop also looks at the parent and the stats clock.
-_MAX_WAIT = 0.5
+#: A stats frame goes out at the first wake-up at least ``stats_interval`` after the last one; the worker
+#: wakes for one alone only after this many intervals (5 s by default). Sessions at the fast rate wake it
+#: every few milliseconds anyway; a worker with only slow sessions, or none, need not wake for its stats
+#: (issue 14: the idle worker of the 255-group node woke 11 times a second, twice of it for stats).
+STATS_IDLE = 10
 #: Bound of a graceful close: AdminDown repeats take a few tens of milliseconds at the fast rate.
 _CLOSE_BOUND = 1.0
 #: Stats frames are skipped while this much output waits for a busy agent (changes never are).
@@ -66,6 +69,11 @@ EXIT_PARENT_GONE = 3
 #: Periodic packets due within this long of a wake-up go out in it (never before 75 % of their
 #: interval, RFC 5880 6.8.7): sessions share wake-ups instead of each waking the process alone.
 ALIGN = 0.002
+#: Sessions sending at least this far apart (the slow rate of a session not Up, the relaxed rate) send at
+#: any wake-up once 75 % of their interval has passed (the earliest RFC 5880 6.8.7 allows): however many
+#: such sessions, they share about one wake-up per interval. The fast sessions keep ``ALIGN`` (sending them
+#: early would add packets, and their wake-ups come every few milliseconds anyway).
+COALESCE_FROM = 0.1
 
 
 class Worker:
@@ -131,18 +139,20 @@ class Worker:
         prompt.register(control_fd, select.EPOLLIN)
         prompt.register(self.recv.fileno(), select.EPOLLIN)
         reply_within = self.reply_within
-        next_stats = clock()
+        next_stats = stats_alone = clock()
         try:
             while True:
                 now = clock()
-                if now >= next_stats:
+                if now >= next_stats:  # due: rides on this wake-up, whatever woke us
                     self.emit_stats()
-                    next_stats = now + self.stats_interval
+                    next_stats, stats_alone = now + self.stats_interval, now + self.stats_interval * STATS_IDLE
                 if self._closing_until is not None and (not retiring or now >= self._closing_until):
                     self.emit({"ev": "closed"})
                     self._flush(block_for=0.2)
                     return 0
-                due = next_stats
+                # No wake-up of its own for the parent: its death closes the control channel (EOF, read at
+                # once) or kills us (PR_SET_PDEATHSIG).
+                due = stats_alone
                 for session in self._timed:
                     timer = session.next_timer()
                     if timer is not None and timer < due:
@@ -150,8 +160,6 @@ class Worker:
                 wait = due - now
                 if wait < 0.0:
                     wait = 0.0
-                elif wait > _MAX_WAIT:
-                    wait = _MAX_WAIT
                 # A packet wakes us only while our next timer is further than ``reply_within``: otherwise
                 # the wake-up for that timer reads the socket first (with the kernel's receive times), so no
                 # packet that arrived before a detection deadline is missed, and a Poll or a handshake packet
@@ -187,10 +195,17 @@ class Worker:
         soon = now + ALIGN
         for peer, session, dest in self._active:  # a tuple: a change of peers while carrying out rebuilds it
             timer = session.next_timer()
-            if timer is not None and timer <= soon:
+            if timer is None:
+                continue
+            if timer <= soon:
                 actions = session.handle_timer(now, ALIGN)
-                if actions:
-                    self._carry_out(peer, actions, dest=dest)
+            elif session.tx_floor <= now and session.tx_interval >= COALESCE_FROM:
+                # A slow session past 75 % of its interval goes with this wake-up instead of waking us again.
+                actions = session.handle_timer(now, timer - now + session.tx_interval)
+            else:
+                continue
+            if actions:
+                self._carry_out(peer, actions, dest=dest)
         if self.retiring:
             for peer, session in list(self.retiring.items()):
                 timer = session.next_timer()
