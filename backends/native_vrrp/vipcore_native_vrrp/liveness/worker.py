@@ -69,11 +69,6 @@ EXIT_PARENT_GONE = 3
 #: Periodic packets due within this long of a wake-up go out in it (never before 75 % of their
 #: interval, RFC 5880 6.8.7): sessions share wake-ups instead of each waking the process alone.
 ALIGN = 0.002
-#: Sessions sending at least this far apart (the slow rate of a session not Up, the relaxed rate) send at
-#: any wake-up once 75 % of their interval has passed (the earliest RFC 5880 6.8.7 allows): however many
-#: such sessions, they share about one wake-up per interval. The fast sessions keep ``ALIGN`` (sending them
-#: early would add packets, and their wake-ups come every few milliseconds anyway).
-COALESCE_FROM = 0.1
 
 
 class Worker:
@@ -192,15 +187,19 @@ class Worker:
             prompt.close()
 
     def _fire(self, now: float) -> None:
-        soon = now + ALIGN
+        soon, up = now + ALIGN, SessionState.UP
         for peer, session, dest in self._active:  # a tuple: a change of peers while carrying out rebuilds it
             timer = session.next_timer()
             if timer is None:
                 continue
             if timer <= soon:
                 actions = session.handle_timer(now, ALIGN)
-            elif session.tx_floor <= now and session.tx_interval >= COALESCE_FROM:
-                # A slow session past 75 % of its interval goes with this wake-up instead of waking us again.
+            elif session.tx_floor <= now and session.state is not up:
+                # A session that is not Up sends at the slow rate (one second, RFC 5880 6.8.3): past 75 % of
+                # its interval (the earliest 6.8.7 allows) it goes with this wake-up instead of waking us
+                # again, so any number of silent members (nodes that are down, a one-node cluster's
+                # phantoms) share about one wake-up per interval. Up sessions keep ALIGN: the soak's
+                # timing (docs/native-vrrp.md, "What a wake-up costs") was measured with it.
                 actions = session.handle_timer(now, timer - now + session.tx_interval)
             else:
                 continue
