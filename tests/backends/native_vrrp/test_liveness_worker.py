@@ -707,3 +707,44 @@ def test_sessions_with_silent_members_share_their_wake_ups_within_the_jitter_bou
     finally:
         for sock in (recv, send, control, *listeners):
             sock.close()
+
+
+def test_stats_frames_that_would_only_count_packets_wait_and_a_change_goes_in_the_next_one() -> None:
+    """The agent wakes for every frame; one that would say nothing new but packet and wake-up counts is
+    held back to every 10 stats intervals. A change (here a new member) goes out at the next wake-up at
+    least one stats interval after the last frame, as every frame did before."""
+    config = SessionConfig(desired_min_tx=0.01, required_min_rx=0.01, detect_mult=4, slow_interval=0.05)
+    members = [f"127.0.0.{3 + i}" for i in range(9)]
+    recv, send = _netns_sockets(2, [])
+    control, agent_side = socket.socketpair()
+    worker = worker_module.Worker(config, LOCAL, control, recv, send, stats_interval=0.05)
+    worker.set_peers([ipaddress.ip_address(m) for m in members[:8]])
+    thread = threading.Thread(target=worker.run, daemon=True)
+    agent_side.setblocking(False)
+    reader, frames = FrameReader("ev"), []  # (when read, frame)
+
+    def read_for(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.002)
+            with contextlib.suppress(BlockingIOError):
+                data = agent_side.recv(1 << 20)
+                frames.extend((time.monotonic(), f) for f in reader.feed(data) if f["ev"] == "stats")
+
+    try:
+        thread.start()
+        read_for(1.2)
+        steady = len(frames)
+        asked = time.monotonic()
+        agent_side.sendall(encode({"op": "peers", "peers": members}))
+        read_for(0.3)
+        print(f"1.2 s of 8 silent members: {steady} stats frames (stats interval 50 ms); a new member reported "
+              f"after {min((t - asked for t, f in frames if len(f['sessions']) == 9), default=1.0) * 1000:.0f} ms")
+        assert steady <= 3  # the first at once, then every 0.5 s; one per wake-up before: 16
+        changed = [t for t, f in frames if len(f["sessions"]) == 9]
+        assert changed and changed[0] - asked < 0.05 + 0.1  # one stats interval, + a shared machine
+    finally:
+        agent_side.close()
+        thread.join(2)
+        for sock in (recv, send, control):
+            sock.close()

@@ -56,10 +56,12 @@ _TIMESPEC = struct.Struct("qq")
 _INT = struct.Struct("i")
 _TTL_CMSGS = frozenset({(socket.IPPROTO_IP, _IP_TTL), (socket.IPPROTO_IPV6, _IPV6_HOPLIMIT)})
 _TTL_KINDS = frozenset(kind for _, kind in _TTL_CMSGS)
-#: A stats frame goes out at the first wake-up at least ``stats_interval`` after the last one; the worker
-#: wakes for one alone only after this many intervals (5 s by default). Sessions at the fast rate wake it
-#: every few milliseconds anyway; a worker with only slow sessions, or none, need not wake for its stats
-#: (issue 14: the idle worker of the 255-group node woke 11 times a second, twice of it for stats).
+#: A stats frame goes out at the first wake-up at least ``stats_interval`` after the last one if it says
+#: something new besides packet and wake-up counts, and after this many intervals (5 s by default) in any
+#: case, the only time the worker wakes for one alone. Sessions at the fast rate wake it every few
+#: milliseconds anyway; a worker with only slow sessions, or none, need not wake for its stats, and the
+#: agent, which wakes for every frame, need not read counts twice a second (issue 14: the idle worker of
+#: the 255-group node woke 11 times a second, twice of it for stats).
 STATS_IDLE = 10
 #: Bound of a graceful close: AdminDown repeats take a few tens of milliseconds at the fast rate.
 _CLOSE_BOUND = 1.0
@@ -116,6 +118,8 @@ class Worker:
         self.reader = FrameReader("op")
         self._out = bytearray()
         self._closing_until: float | None = None
+        #: What the last stats frame said besides counts (see _stats_changed).
+        self._stats_key: tuple[Any, ...] | None = None
         for sock in (control, recv, send):
             sock.setblocking(False)
         with contextlib.suppress(OSError):  # diagnostics only: without it, silences include our own lateness
@@ -139,8 +143,10 @@ class Worker:
             while True:
                 now = clock()
                 if now >= next_stats:  # due: rides on this wake-up, whatever woke us
-                    self.emit_stats()
-                    next_stats, stats_alone = now + self.stats_interval, now + self.stats_interval * STATS_IDLE
+                    next_stats = now + self.stats_interval
+                    if self._stats_changed() or now >= stats_alone:  # (the former also notes what it said)
+                        self.emit_stats()
+                        stats_alone = now + self.stats_interval * STATS_IDLE
                 if self._closing_until is not None and (not retiring or now >= self._closing_until):
                     self.emit({"ev": "closed"})
                     self._flush(block_for=0.2)
@@ -308,6 +314,19 @@ class Worker:
     def emit(self, frame: Frame) -> None:
         self._out += encode(frame)
         self._flush()
+
+    def _stats_changed(self) -> bool:
+        """Whether a stats frame would say more than the last one did besides packet and wake-up counts and
+        the worker's own lateness (a diagnostic maximum that creeps up while it runs)."""
+        silences = self.longest_silence
+        key = (tuple((peer, s.state, s.detection_time, s.my_discriminator, s.remote_discriminator, s.tx_interval,
+                      s.required_min_rx, silences.get(str(peer), 0.0)) for peer, s in self.sessions.items()),
+               tuple(sorted(self.drops.items())), self.send_errors, self.reader.bad, self.stats_skipped,
+               self.realtime)
+        if key == self._stats_key:
+            return False
+        self._stats_key = key
+        return True
 
     def emit_stats(self) -> None:
         if len(self._out) > _STATS_BACKLOG:
