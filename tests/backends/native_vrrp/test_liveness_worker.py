@@ -734,13 +734,16 @@ def test_stats_frames_that_would_only_count_packets_wait_and_a_change_goes_in_th
     try:
         thread.start()
         read_for(1.2)
-        steady = len(frames)
+        steady, wakeups = len(frames), worker.wakeups
         asked = time.monotonic()
         agent_side.sendall(encode({"op": "peers", "peers": members}))
         read_for(0.3)
         print(f"1.2 s of 8 silent members: {steady} stats frames (stats interval 50 ms); a new member reported "
               f"after {min((t - asked for t, f in frames if len(f['sessions']) == 9), default=1.0) * 1000:.0f} ms")
         assert steady <= 3  # the first at once, then every 0.5 s; one per wake-up before: 16
+        # The sessions' wake-ups only (~27 a second at 50 ms): a frame held back must not make the loop spin
+        # between its 10th interval and the next check (it did, for up to one interval in every ten).
+        assert wakeups <= 1.2 / (0.75 * 0.05) + 8, wakeups
         changed = [t for t, f in frames if len(f["sessions"]) == 9]
         assert changed and changed[0] - asked < 0.05 + 0.1  # one stats interval, + a shared machine
     finally:

@@ -153,7 +153,9 @@ class Worker:
                     return 0
                 # No wake-up of its own for the parent: its death closes the control channel (EOF, read at
                 # once) or kills us (PR_SET_PDEATHSIG).
-                due = stats_alone
+                # The frame held back goes at the first check past its 10th interval: never before the next
+                # check (a past stats_alone alone would make every wait zero until then).
+                due = stats_alone if stats_alone > next_stats else next_stats
                 for session in self._timed:
                     timer = session.next_timer()
                     if timer is not None and timer < due:
