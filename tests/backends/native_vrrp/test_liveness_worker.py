@@ -8,6 +8,7 @@ worker at once, a graceful close ends it cleanly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ipaddress
 import json
@@ -598,3 +599,155 @@ def test_a_worker_that_only_hears_fast_wakes_per_detection_time_and_still_answer
         if thread.is_alive():
             thread.join(2)
         pair.close()
+
+
+# -- wake-ups of a worker with nothing to do (issue 14: the 255-group node's CPU) -------------------
+
+
+def _netns_sockets(count: int, bind: list[tuple[str, int]]) -> list[socket.socket]:
+    """``count`` unbound UDP sockets plus one bound to each of ``bind``, in a network namespace of their own
+    with only its loopback up (nothing leaves it)."""
+    made: list[socket.socket] = []
+    failed: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # forked from this thread: its netns
+            made.extend(socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count + len(bind)))
+            for sock, address in zip(made[count:], bind):
+                sock.bind(address)
+        except BaseException as exc:  # re-raised in the caller
+            failed.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return made
+
+
+def _run_worker_for(worker: worker_module.Worker, agent_side: socket.socket, seconds: float) -> tuple[int, bytes]:
+    """Run the worker's real loop for ``seconds``; its wake-ups meanwhile and what it told the agent."""
+    thread = threading.Thread(target=worker.run, daemon=True)
+    agent_side.setblocking(False)
+    received = bytearray()
+    start = worker.wakeups
+    thread.start()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+        with contextlib.suppress(BlockingIOError):
+            received += agent_side.recv(1 << 20)
+    wakeups = worker.wakeups - start
+    agent_side.close()  # EOF: the loop ends
+    thread.join(2)
+    assert not thread.is_alive()
+    return wakeups, bytes(received)
+
+
+def test_a_worker_without_sessions_wakes_only_for_its_stats_every_few_intervals() -> None:
+    """No peer (a one-node cluster, the 255-group CPU lab's worker between restarts of its peers): nothing to
+    send, nothing to read. It used to wake twice a second for stats frames nobody needed that often."""
+    recv, send = _netns_sockets(2, [])
+    control, agent_side = socket.socketpair()
+    worker = worker_module.Worker(CONFIG, LOCAL, control, recv, send, stats_interval=0.05)
+    try:
+        wakeups, received = _run_worker_for(worker, agent_side, 1.2)
+        stats = [f for f in FrameReader("ev").feed(received) if f["ev"] == "stats"]
+        print(f"1.2 s without sessions: {wakeups} wake-ups, {len(stats)} stats frames")  # -s
+        assert wakeups <= 3  # was 23: a stats frame every 0.05 s
+        # Still a stats frame every 10 stats intervals (0.5 s here): the first at once, then two.
+        assert 2 <= len(stats) <= 4
+    finally:
+        for sock in (recv, send, control):
+            sock.close()
+
+
+def test_sessions_with_silent_members_share_their_wake_ups_within_the_jitter_bounds() -> None:
+    """Eight members that never answer (nodes of the cluster that are down): each session stays Down and
+    sends at the slow rate, every packet 75-100 % of the interval after its last (RFC 5880 6.8.7); the
+    worker sends every packet that may go at a wake-up, instead of waking once per session and packet."""
+    slow = 0.05
+    config = SessionConfig(desired_min_tx=0.01, required_min_rx=0.01, detect_mult=4, slow_interval=slow)
+    members = [f"127.0.0.{3 + i}" for i in range(8)]
+    recv, send, *listeners = _netns_sockets(2, [(m, 3784) for m in members])  # they hear, and never answer
+    for sock in listeners:
+        sock.setsockopt(socket.SOL_SOCKET, worker_module._SO_TIMESTAMPNS, 1)
+        sock.setblocking(False)
+    control, agent_side = socket.socketpair()
+    worker = worker_module.Worker(config, LOCAL, control, recv, send, stats_interval=60)
+    try:
+        worker.set_peers([ipaddress.ip_address(m) for m in members])
+        seconds = 1.0
+        wakeups, _ = _run_worker_for(worker, agent_side, seconds)
+        gaps: list[float] = []
+        counts = []
+        for sock in listeners:
+            times = []
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    _, ancillary, _, _ = sock.recvmsg(128, 128)
+                    seconds_, nanoseconds = worker_module._TIMESPEC.unpack_from(ancillary[0][2])
+                    times.append(seconds_ + nanoseconds / 1e9)
+            counts.append(len(times))
+            gaps += [b - a for a, b in zip(times, times[1:])]
+        print(f"{seconds} s, 8 silent members at {slow * 1000:.0f} ms: {wakeups} wake-ups, packets {counts}, "
+              f"gaps {min(gaps) * 1000:.1f}-{max(gaps) * 1000:.1f} ms")  # -s
+        assert all(worker.sessions[ipaddress.ip_address(m)].state is SessionState.DOWN for m in members)
+        # Every session keeps its rate: one packet per 75-100 % of the interval (plus the one at the start).
+        assert all(seconds / slow - 2 <= n <= seconds / (0.75 * slow) + 2 for n in counts), counts
+        assert min(gaps) >= 0.75 * slow - 0.001
+        assert max(gaps) <= slow + 0.015  # a late wake-up on a shared machine, never a skipped packet
+        # About one wake-up per interval for all of them; one per session and packet would be ~180.
+        assert wakeups <= seconds / (0.75 * slow) + 8
+    finally:
+        for sock in (recv, send, control, *listeners):
+            sock.close()
+
+
+def test_stats_frames_that_would_only_count_packets_wait_and_a_change_goes_in_the_next_one() -> None:
+    """The agent wakes for every frame; one that would say nothing new but packet and wake-up counts is
+    held back to every 10 stats intervals. A change (here a new member) goes out at the next wake-up at
+    least one stats interval after the last frame, as every frame did before."""
+    config = SessionConfig(desired_min_tx=0.01, required_min_rx=0.01, detect_mult=4, slow_interval=0.05)
+    members = [f"127.0.0.{3 + i}" for i in range(9)]
+    recv, send = _netns_sockets(2, [])
+    control, agent_side = socket.socketpair()
+    worker = worker_module.Worker(config, LOCAL, control, recv, send, stats_interval=0.05)
+    worker.set_peers([ipaddress.ip_address(m) for m in members[:8]])
+    thread = threading.Thread(target=worker.run, daemon=True)
+    agent_side.setblocking(False)
+    reader, frames = FrameReader("ev"), []  # (when read, frame)
+
+    def read_for(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.002)
+            with contextlib.suppress(BlockingIOError):
+                data = agent_side.recv(1 << 20)
+                frames.extend((time.monotonic(), f) for f in reader.feed(data) if f["ev"] == "stats")
+
+    try:
+        thread.start()
+        read_for(1.2)
+        steady, wakeups = len(frames), worker.wakeups
+        asked = time.monotonic()
+        agent_side.sendall(encode({"op": "peers", "peers": members}))
+        read_for(0.3)
+        print(f"1.2 s of 8 silent members: {steady} stats frames (stats interval 50 ms); a new member reported "
+              f"after {min((t - asked for t, f in frames if len(f['sessions']) == 9), default=1.0) * 1000:.0f} ms")
+        assert steady <= 3  # the first at once, then every 0.5 s; one per wake-up before: 16
+        # The sessions' wake-ups only (~27 a second at 50 ms): a frame held back must not make the loop spin
+        # between its 10th interval and the next check (it did, for up to one interval in every ten).
+        assert wakeups <= 1.2 / (0.75 * 0.05) + 8, wakeups
+        changed = [t for t, f in frames if len(f["sessions"]) == 9]
+        assert changed and changed[0] - asked < 0.05 + 0.1  # one stats interval, + a shared machine
+    finally:
+        agent_side.close()
+        thread.join(2)
+        for sock in (recv, send, control):
+            sock.close()

@@ -135,6 +135,8 @@ class Detector:
         self._send_errors_before = 0
         self._send_errors_now = 0
         self._peers: set[IPAddress] = set()
+        #: The peers by the text the worker's frames name them with (``str(peer)``).
+        self._by_text: dict[str, IPAddress] = {}
         self._relaxed: frozenset[IPAddress] = frozenset()
         self._process: subprocess.Popen[bytes] | None = None
         self._channel: socket.socket | None = None
@@ -204,6 +206,7 @@ class Detector:
         if wanted == self._peers and slow == self._relaxed:
             return
         self._peers, self._relaxed = wanted, slow
+        self._by_text = {str(peer): peer for peer in wanted}
         for peer in set(self.sessions) - wanted:
             del self.sessions[peer]
         for peer in wanted - set(self.sessions):
@@ -367,15 +370,19 @@ class Detector:
         self.on_change(peer, old, new, diagnostic)
 
     def _on_stats(self, frame: Frame) -> None:
+        sessions, by_text = self.sessions, self._by_text
         for address, values in frame["sessions"].items():
-            peer = ipaddress.ip_address(address)
-            session = self.sessions.get(peer)
+            peer = by_text.get(address)  # the peers' texts as the worker writes them: no parse per frame
+            if peer is None:
+                peer = ipaddress.ip_address(address)
+            session = sessions.get(peer)
             if session is None:
                 continue
-            # The state comes from change frames, which are ordered; stats only fill in the rest.
-            self.sessions[peer] = attrs.evolve(
-                session, detection_time=float(values["detection"]), received=int(values["received"]),
-                sent=int(values["sent"]), my_discriminator=int(values["mine"]),
+            # The state comes from change frames, which are ordered; stats only fill in the rest. Built
+            # directly: attrs.evolve looks the fields up again for every session of every frame.
+            sessions[peer] = SessionView(
+                state=session.state, flaps=session.flaps, detection_time=float(values["detection"]),
+                received=int(values["received"]), sent=int(values["sent"]), my_discriminator=int(values["mine"]),
                 your_discriminator=int(values["yours"]), tx_interval=float(values["tx"]),
                 required_min_rx=float(values.get("rx", 0.0)),
                 longest_silence=float(values.get("longest_silence", 0.0)))

@@ -172,6 +172,11 @@ class Session:
         """How long without a packet from the peer before the session is declared down."""
         return self.remote_detect_mult * max(self._detect_rx, self.remote_desired_min_tx / 1_000_000)
 
+    @property
+    def tx_floor(self) -> float:
+        """The earliest the next periodic packet may go out: 75 % of the interval after the last one."""
+        return self._tx_floor
+
     def next_timer(self) -> float | None:
         tx, detect = self._tx_at, self._detect_at
         if tx is None:

@@ -56,8 +56,13 @@ _TIMESPEC = struct.Struct("qq")
 _INT = struct.Struct("i")
 _TTL_CMSGS = frozenset({(socket.IPPROTO_IP, _IP_TTL), (socket.IPPROTO_IPV6, _IPV6_HOPLIMIT)})
 _TTL_KINDS = frozenset(kind for _, kind in _TTL_CMSGS)
-#: Longest sleep without a timer: the loop also looks at the parent and the stats clock.
-_MAX_WAIT = 0.5
+#: A stats frame goes out at the first wake-up at least ``stats_interval`` after the last one if it says
+#: something new besides packet and wake-up counts, and after this many intervals (5 s by default) in any
+#: case, the only time the worker wakes for one alone. Sessions at the fast rate wake it every few
+#: milliseconds anyway; a worker with only slow sessions, or none, need not wake for its stats, and the
+#: agent, which wakes for every frame, need not read counts twice a second (issue 14: the idle worker of
+#: the 255-group node woke 11 times a second, twice of it for stats).
+STATS_IDLE = 10
 #: Bound of a graceful close: AdminDown repeats take a few tens of milliseconds at the fast rate.
 _CLOSE_BOUND = 1.0
 #: Stats frames are skipped while this much output waits for a busy agent (changes never are).
@@ -113,6 +118,8 @@ class Worker:
         self.reader = FrameReader("op")
         self._out = bytearray()
         self._closing_until: float | None = None
+        #: What the last stats frame said besides counts (see _stats_changed).
+        self._stats_key: tuple[Any, ...] | None = None
         for sock in (control, recv, send):
             sock.setblocking(False)
         with contextlib.suppress(OSError):  # diagnostics only: without it, silences include our own lateness
@@ -131,18 +138,24 @@ class Worker:
         prompt.register(control_fd, select.EPOLLIN)
         prompt.register(self.recv.fileno(), select.EPOLLIN)
         reply_within = self.reply_within
-        next_stats = clock()
+        next_stats = stats_alone = clock()
         try:
             while True:
                 now = clock()
-                if now >= next_stats:
-                    self.emit_stats()
+                if now >= next_stats:  # due: rides on this wake-up, whatever woke us
                     next_stats = now + self.stats_interval
+                    if self._stats_changed() or now >= stats_alone:  # (the former also notes what it said)
+                        self.emit_stats()
+                        stats_alone = now + self.stats_interval * STATS_IDLE
                 if self._closing_until is not None and (not retiring or now >= self._closing_until):
                     self.emit({"ev": "closed"})
                     self._flush(block_for=0.2)
                     return 0
-                due = next_stats
+                # No wake-up of its own for the parent: its death closes the control channel (EOF, read at
+                # once) or kills us (PR_SET_PDEATHSIG).
+                # The frame held back goes at the first check past its 10th interval: never before the next
+                # check (a past stats_alone alone would make every wait zero until then).
+                due = stats_alone if stats_alone > next_stats else next_stats
                 for session in self._timed:
                     timer = session.next_timer()
                     if timer is not None and timer < due:
@@ -150,8 +163,6 @@ class Worker:
                 wait = due - now
                 if wait < 0.0:
                     wait = 0.0
-                elif wait > _MAX_WAIT:
-                    wait = _MAX_WAIT
                 # A packet wakes us only while our next timer is further than ``reply_within``: otherwise
                 # the wake-up for that timer reads the socket first (with the kernel's receive times), so no
                 # packet that arrived before a detection deadline is missed, and a Poll or a handshake packet
@@ -184,13 +195,24 @@ class Worker:
             prompt.close()
 
     def _fire(self, now: float) -> None:
-        soon = now + ALIGN
+        soon, up = now + ALIGN, SessionState.UP
         for peer, session, dest in self._active:  # a tuple: a change of peers while carrying out rebuilds it
             timer = session.next_timer()
-            if timer is not None and timer <= soon:
+            if timer is None:
+                continue
+            if timer <= soon:
                 actions = session.handle_timer(now, ALIGN)
-                if actions:
-                    self._carry_out(peer, actions, dest=dest)
+            elif session.tx_floor <= now and session.state is not up:
+                # A session that is not Up sends at the slow rate (one second, RFC 5880 6.8.3): past 75 % of
+                # its interval (the earliest 6.8.7 allows) it goes with this wake-up instead of waking us
+                # again, so any number of silent members (nodes that are down, a one-node cluster's
+                # phantoms) share about one wake-up per interval. Up sessions keep ALIGN: the soak's
+                # timing (docs/native-vrrp.md, "What a wake-up costs") was measured with it.
+                actions = session.handle_timer(now, timer - now + session.tx_interval)
+            else:
+                continue
+            if actions:
+                self._carry_out(peer, actions, dest=dest)
         if self.retiring:
             for peer, session in list(self.retiring.items()):
                 timer = session.next_timer()
@@ -294,6 +316,19 @@ class Worker:
     def emit(self, frame: Frame) -> None:
         self._out += encode(frame)
         self._flush()
+
+    def _stats_changed(self) -> bool:
+        """Whether a stats frame would say more than the last one did besides packet and wake-up counts and
+        the worker's own lateness (a diagnostic maximum that creeps up while it runs)."""
+        silences = self.longest_silence
+        key = (tuple((peer, s.state, s.detection_time, s.my_discriminator, s.remote_discriminator, s.tx_interval,
+                      s.required_min_rx, silences.get(str(peer), 0.0)) for peer, s in self.sessions.items()),
+               tuple(sorted(self.drops.items())), self.send_errors, self.reader.bad, self.stats_skipped,
+               self.realtime)
+        if key == self._stats_key:
+            return False
+        self._stats_key = key
+        return True
 
     def emit_stats(self) -> None:
         if len(self._out) > _STATS_BACKLOG:
