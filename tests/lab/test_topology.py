@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -196,3 +197,50 @@ def test_address_monitor_sees_a_one_millisecond_flap(lab: Lab) -> None:
             time.sleep(0.02)
     assert [(e.node, str(e.address), e.added) for e in monitor.events] == [
         ("node-b", "198.51.100.141", True), ("node-b", "198.51.100.141", False)]
+
+
+#: The node's processes for the test below: a parent (the lower PID, killed first in /proc order) and a child that
+#: acts the moment its parent dies (EOF on a pipe) by writing a file — what the agent does when its liveness worker
+#: dies (it sends AdminDown so the peers do not fail it over). Both real-time on one CPU with the test, so a child
+#: woken by its parent's death runs before the killer's next kill: the race the bench lost on a loaded VM, made certain.
+ACTS_ON_ITS_PARENTS_DEATH = """
+import os, sys, time
+os.sched_setaffinity(0, {0})
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(w)
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(2))
+    print("ready", flush=True)
+    os.read(r, 1)
+    open(sys.argv[1], "w").write("saw its parent die")
+    os._exit(0)
+os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+time.sleep(300)
+"""
+
+
+def test_kill_freezes_every_process_before_any_dies() -> None:
+    """A hard failure leaves no process of the node the chance to see another die and act on it: the agent whose
+    liveness worker was killed first said AdminDown to its peers, which then waited for VRRP's 3 s timers
+    (bench/README.md, "Session 8: gap8"). Fails with the kill that SIGKILLed one process after the other."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except PermissionError:
+        pytest.skip("needs SCHED_FIFO")
+    with Lab(prefix="vcG8", nodes=("node-a",)) as lab:
+        marker = lab.run_dir / "marker"
+        record = lab.spawn("node-a", "pair", [sys.executable, "-c", ACTS_ON_ITS_PARENTS_DEATH, str(marker)])
+        deadline = time.monotonic() + 5
+        while "ready" not in open(record.log).read() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(netns_pids(lab.ns("node-a"))) == 2
+        cpus = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {0})  # the killer shares the pair's CPU: a woken real-time task preempts it
+        try:
+            lab.kill("node-a")
+        finally:
+            os.sched_setaffinity(0, cpus)
+        assert netns_pids(lab.ns("node-a")) == []
+        assert not marker.exists(), "a process of the killed node ran after another one died"
+        assert not lab.link_up("node-a")

@@ -317,7 +317,7 @@ def _demo_failover(lab: Lab, deployment: Deployment) -> int:
     print(f"client pings {', '.join(str(v) for v in vips)} every 10 ms; all answered by {master}")
 
     # 1. Hard failure.
-    print(f"\n1. killing {master}: SIGKILL to every process in {lab.ns(master)}, links down")
+    print(f"\n1. killing {master}: every process in {lab.ns(master)} frozen, links down, then SIGKILLed")
     moved = False
 
     def kill() -> None:
@@ -391,7 +391,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--nodes", type=int, default=len(DEFAULT_NODES), help="number of nodes (default 3)")
     p.add_argument("--manifests", type=Path, help="manifest folder (default: the examples, for the lab's nodes)")
     add("status", cmd_status, "show each node's process and links, and who holds which VIP")
-    for name, func, text in (("kill", cmd_kill, "hard failure: SIGKILL the node's processes and set its links down"),
+    for name, func, text in (("kill", cmd_kill, "hard failure: freeze the node's processes, set its links down, SIGKILL them"),
                              ("stop", cmd_stop, "graceful stop: SIGTERM the node's agent and wait"),
                              ("start", cmd_start, "bring the node's links up and start its agent again")):
         add(name, func, text).add_argument("node")

@@ -197,6 +197,9 @@ def signal_and_wait(records: Iterable[ProcessRecord], sig: int, timeout: float) 
 
 # -- the lab --------------------------------------------------------------------
 
+#: Scans of a namespace when freezing it for a hard failure (a round finds the children forked before it).
+FREEZE_ROUNDS = 5
+
 
 @attrs.frozen
 class NodeAddressing:
@@ -422,12 +425,41 @@ class Lab:
         self._forget(records)
 
     def kill(self, node: str) -> None:
-        """Hard failure: SIGKILL every process in the node's namespace, then set its links down."""
+        """Hard failure: every process in the node's namespace frozen (SIGSTOP), its links set down, then
+        every process SIGKILLed — as if the node lost power: none of them runs after another one died.
+
+        Killed one after the other (in /proc order, the lower PID first), a process could see another die
+        and act before its own turn came: when the native_vrrp liveness worker had the lower PID, its agent
+        read the worker's exit and told the peers AdminDown ("not a failure", docs/native-vrrp.md), and
+        they waited for VRRP's Master_Down (2-4 s) instead of failing the node over in 50 ms
+        (bench/README.md, "Session 8: gap8")."""
         records = self.records(node)
-        self._kill_namespace(self.ns(node))
+        frozen = self._freeze_namespace(self.ns(node))
         self.links_down(node)
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._kill_namespace(self.ns(node))  # anything that was not there to freeze
         signal_and_wait(records, signal.SIGKILL, 5.0)
         self._forget(records)
+
+    def _freeze_namespace(self, ns: str) -> list[int]:
+        """SIGSTOP every process in ``ns``, again until no new one shows up (a child forked by a process
+        before it stopped); the PIDs stopped."""
+        frozen: list[int] = []
+        for _ in range(FREEZE_ROUNDS):
+            new = [pid for pid in netns_pids(ns) if pid not in frozen]
+            if not new:
+                break
+            for pid in new:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    continue
+                frozen.append(pid)
+        return frozen
 
     def _kill_namespace(self, ns: str) -> None:
         for pid in netns_pids(ns):
