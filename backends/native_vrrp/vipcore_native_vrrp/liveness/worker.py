@@ -202,7 +202,7 @@ class Worker:
                 continue
             if timer <= soon:
                 actions = session.handle_timer(now, ALIGN)
-            elif session.tx_floor <= now and session.state is not up:
+            elif session.state is not up and session.tx_floor <= now:
                 # A session that is not Up sends at the slow rate (one second, RFC 5880 6.8.3): past 75 % of
                 # its interval (the earliest 6.8.7 allows) it goes with this wake-up instead of waking us
                 # again, so any number of silent members (nodes that are down, a one-node cluster's
