@@ -1015,19 +1015,8 @@ def test_routers_resuming_from_one_address_batch_announce_before_any_reports() -
     asyncio.run(scenario())
 
 
-def _lab_reason() -> str | None:
-    import os
-    import shutil
-
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
-    if shutil.which("ip") is None:
-        return "needs iproute2"
-    return None
-
 
 @pytest.mark.lab
-@pytest.mark.skipif(_lab_reason() is not None, reason=_lab_reason() or "")
 def test_a_takeover_pass_ends_with_its_vips_in_the_kernel_before_a_packet_read_in_that_pass() -> None:
     """Routers told in one pass that their master's node died (``peer_lost``, as the liveness coordinator
     does) decide in it and queue their VIPs; the pass ends by sending them (``send_queued``, the

@@ -850,19 +850,8 @@ def test_a_router_that_does_not_take_over_gets_its_pre_added_vips_removed_in_the
     asyncio.run(scenario())
 
 
-def _lab_reason() -> str | None:
-    import os
-    import shutil
-
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
-    if shutil.which("ip") is None:
-        return "needs iproute2"
-    return None
-
 
 @pytest.mark.lab
-@pytest.mark.skipif(_lab_reason() is not None, reason=_lab_reason() or "")
 def test_with_the_kernel_the_zero_delay_groups_vips_are_held_and_announced_before_the_first_decision() -> None:
     """The same with the real address holder in a namespace: when the first router's machine takes over,
     the kernel already has every zero-delay group's VIPs and each was announced; the pass sent one netlink
