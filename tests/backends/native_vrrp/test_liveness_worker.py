@@ -392,35 +392,42 @@ def test_a_change_frame_says_when_the_peer_was_last_heard_and_the_detector_measu
 PEER = ipaddress.ip_address("127.0.0.2")
 
 
+def _netns_sockets(count: int, bind: list[tuple[str, int]]) -> list[socket.socket]:
+    """``count`` unbound UDP sockets plus one bound to each of ``bind``, in a network namespace of their own
+    with only its loopback up (nothing leaves it)."""
+    made: list[socket.socket] = []
+    failed: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # forked from this thread: its netns
+            made.extend(socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count + len(bind)))
+            for sock, address in zip(made[count:], bind):
+                sock.bind(address)
+        except BaseException as exc:  # re-raised in the caller
+            failed.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return made
+
+
 class Pair:
     """A :class:`Worker` on 127.0.0.1 and a sans-IO peer session on 127.0.0.2, in a network namespace of
     their own with only its loopback up (no packet leaves it), both sending with TTL 255."""
 
     def __init__(self) -> None:
-        made: list[BaseException] = []
-
-        def body() -> None:
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                if libc.unshare(CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
-                subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # forked from this thread: its netns
-                self.recv, self.send, self.peer_sock = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                                                        for _ in range(3))
-                self.recv.setsockopt(socket.IPPROTO_IP, 12, 1)  # IP_RECVTTL
-                self.recv.bind(("127.0.0.1", 3784))
-                self.send.bind(("127.0.0.1", 0))
-                self.peer_sock.bind((str(PEER), 3784))
-                for sock in (self.send, self.peer_sock):
-                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
-            except BaseException as exc:  # re-raised in the caller
-                made.append(exc)
-
-        thread = threading.Thread(target=body)
-        thread.start()
-        thread.join()
-        if made:
-            raise made[0]
+        self.recv, self.send, self.peer_sock = _netns_sockets(
+            0, [("127.0.0.1", 3784), ("127.0.0.1", 0), (str(PEER), 3784)])
+        self.recv.setsockopt(socket.IPPROTO_IP, 12, 1)  # IP_RECVTTL
+        for sock in (self.send, self.peer_sock):
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
         self.peer_sock.setblocking(False)
         self.control, self.agent_side = socket.socketpair()
         self.worker = worker_module.Worker(CONFIG, LOCAL, self.control, self.recv, self.send, stats_interval=60)
@@ -602,32 +609,6 @@ def test_a_worker_that_only_hears_fast_wakes_per_detection_time_and_still_answer
 
 
 # -- wake-ups of a worker with nothing to do (issue 14: the 255-group node's CPU) -------------------
-
-
-def _netns_sockets(count: int, bind: list[tuple[str, int]]) -> list[socket.socket]:
-    """``count`` unbound UDP sockets plus one bound to each of ``bind``, in a network namespace of their own
-    with only its loopback up (nothing leaves it)."""
-    made: list[socket.socket] = []
-    failed: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.unshare(CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
-            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)  # forked from this thread: its netns
-            made.extend(socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count + len(bind)))
-            for sock, address in zip(made[count:], bind):
-                sock.bind(address)
-        except BaseException as exc:  # re-raised in the caller
-            failed.append(exc)
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    if failed:
-        raise failed[0]
-    return made
 
 
 def _run_worker_for(worker: worker_module.Worker, agent_side: socket.socket, seconds: float) -> tuple[int, bytes]:
