@@ -865,3 +865,17 @@ def test_a_change_sent_now_is_answered_when_the_holder_closes_before_its_replies
         assert not holder._channel_lock.locked()
 
     run(go())
+
+
+def test_add_now_asks_nothing_for_an_interface_not_looked_up_yet() -> None:
+    """``add_now`` queues only what can go in this pass: an interface it has not looked up gets None and
+    no change (the caller adds the usual way, which looks the interface up)."""
+    async def scenario() -> None:
+        holder = AddressHolder()
+        try:
+            assert holder.add_now("vcN-none0", [V4_VIP]) is None
+            assert holder.send_queued() is False  # nothing was queued
+        finally:
+            await holder.close()
+
+    asyncio.run(scenario())

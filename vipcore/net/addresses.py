@@ -816,15 +816,25 @@ class AddressHolder:
         died) queue their VIPs in that pass, and the batch goes out in the next one — not a pass
         later, once each router's task has started, with received packets and timers run first."""
         wanted = _unique(vips)
-        if wanted and interface in self._links:
-            try:
-                self._watch_links(interface)  # a link event since the lookup forgets the cached index
-            except Exception:  # the lookup below meets it again and raises it to the awaiting caller
-                pass
-            cached = self._links.get(interface)
-            if cached is not None:
-                return self._queue_change(add, interface, cached.index, wanted)
-        return self._change_later(add, interface, wanted)
+        queued = self._change_now(add, interface, wanted)
+        return queued if queued is not None else self._change_later(add, interface, wanted)
+
+    def _change_now(self, add: bool, interface: str,
+                    wanted: tuple[IPAddress, ...]) -> asyncio.Future[tuple[IPAddress, ...]] | None:
+        """The change queued in this pass when the interface is known; None (nothing queued) otherwise."""
+        if not (wanted and interface in self._links):
+            return None
+        try:
+            self._watch_links(interface)  # a link event since the lookup forgets the cached index
+        except Exception:  # the lookup (the caller's later one) meets it again and raises it to whoever awaits
+            pass
+        cached = self._links.get(interface)
+        return self._queue_change(add, interface, cached.index, wanted) if cached is not None else None
+
+    def add_now(self, interface: str, vips: Iterable[IPAddress | str]) -> asyncio.Future[tuple[IPAddress, ...]] | None:
+        """:meth:`add`, only if it can be queued in this pass (the interface known): its future, or None
+        and nothing asked (a takeover's VIPs claimed before its router decides, ``native_vrrp``)."""
+        return self._change_now(True, interface, _unique(vips))
 
     async def _change_later(self, add: bool, interface: str, wanted: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
         if not wanted:

@@ -298,14 +298,10 @@ class RouterDriver:
             return False
         vips = router.config.vips
         try:
-            asked = self.holder.add(self.interface, vips)
+            asked = self.holder.add_now(self.interface, vips)
         except Exception:  # the takeover asks again, and reports it
             return False
-        if not isinstance(asked, asyncio.Future):
-            # The interface is not known yet: nothing was queued (a coroutine not started); the usual way.
-            close = getattr(asked, "close", None)
-            if callable(close):
-                close()
+        if asked is None:  # the interface is not known yet: nothing was queued; the takeover asks the usual way
             return False
         now = self.loop.time()
         self._claim = _Claim(vips=vips, asked=asked, detected=now if detected is None else min(detected, now), at=now)

@@ -694,6 +694,9 @@ class PassHolder:
     def add(self, interface: str, vips: Iterable[IPAddress]) -> asyncio.Future[tuple[IPAddress, ...]]:
         return self._ask(True, vips)
 
+    def add_now(self, interface: str, vips: Iterable[IPAddress]) -> asyncio.Future[tuple[IPAddress, ...]]:
+        return self._ask(True, vips)
+
     def remove(self, interface: str, vips: Iterable[IPAddress]) -> asyncio.Future[tuple[IPAddress, ...]]:
         return self._ask(False, vips)
 
