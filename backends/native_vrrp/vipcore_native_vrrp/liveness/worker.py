@@ -102,6 +102,8 @@ class Worker:
         #: Keyed by the peer's address text (a str hashes from a cache; an ip_address in Python, per packet).
         self.longest_silence: dict[str, float] = {}
         self._heard: dict[str, tuple[float, bool]] = {}  # last receive time, and Up then
+        #: When the packet socket was last found empty (monotonic): see _receive_all.
+        self._empty_at = float("-inf")
         #: Per peer, resolved once (not per packet): the kernel's source text -> (address, session),
         #: and the destination tuple for sendto. Rebuilt by set_peers.
         self._sources: dict[str, tuple[Address, Session, tuple[str, int]]] = {}
@@ -370,10 +372,15 @@ class Worker:
         recvmsg, sources, heard, silences = self.recv.recvmsg, self._sources, self._heard, self.longest_silence
         up = SessionState.UP
         offset: float | None = None  # realtime - monotonic, read once per batch (not per packet)
+        # No packet waiting now arrived before the socket was last found empty: a floor for the kernel's
+        # stamps, which are on the wall clock. NTP or a resumed VM may step that clock between a packet's
+        # arrival and its read; a forward step made a packet look a second old and expired its session.
+        floor, now = self._empty_at, self.clock()
         for _ in range(256):  # bounded: one flood cannot starve the timers
             try:
                 data, ancillary, _, source = recvmsg(128, 128)
             except BlockingIOError:
+                self._empty_at = now  # read before this call: anything queued later arrived after it
                 return
             except OSError:
                 self.drops["socket"] += 1
@@ -393,7 +400,7 @@ class Worker:
                     if offset is None:
                         offset = time.time() - now
                     seconds, nanoseconds = _TIMESPEC.unpack_from(value)
-                    arrived = min(now, seconds + nanoseconds / 1e9 - offset)
+                    arrived = min(now, max(floor, seconds + nanoseconds / 1e9 - offset))
                 elif kind in _TTL_KINDS and len(value) >= 4 and (level, kind) in _TTL_CMSGS:
                     ttl = _INT.unpack_from(value)[0]
             last = heard.get(text)
