@@ -15,7 +15,7 @@ from vipcore.lab.agents import (
     write_scenario_manifests,
 )
 from vipcore.lab.cli import node_names
-from vipcore.lab.probe import Probe, _checksum, _echo, _parse_reply
+from vipcore.lab.probe import Probe, _checksum, _echo, _parse_reply, _Timeline
 from vipcore.lab.topology import Lab
 from vipcore.core.resolve import membership
 
@@ -149,3 +149,43 @@ def test_address_monitor_lines() -> None:
     assert parse_event("3: eth0    inet 198.51.100.11/24 brd 198.51.100.255 scope global eth0", "n", 0) is None
     assert parse_event("1: lo    inet6 ::1/128 scope host", "n", 0) is None
     assert parse_event("garbage", "n", 0) is None
+
+
+class _Clocks:
+    """A wall clock and a monotonic clock that a test moves by hand (the wall one can step)."""
+
+    def __init__(self) -> None:
+        self.mono, self.step = 500.0, 0.0
+
+    def wall(self) -> float:
+        return 1_700_000_000.0 + self.mono + self.step
+
+    def monotonic(self) -> float:
+        return self.mono
+
+
+def _timespec(wall: float) -> tuple[int, int]:
+    return int(wall), round((wall - int(wall)) * 1e9)
+
+
+@pytest.mark.parametrize("step", [1.0, -1.0])
+def test_probe_times_ignore_a_wall_clock_step_during_the_run(step: float) -> None:
+    """The kernel stamps replies on the wall clock; NTP or a resumed VM may step it during a run (a CI
+    machine once did, by about a second). The probe's times are epoch seconds as of its start, advancing
+    with the monotonic clock: a gap measured across the step is the real one."""
+    clocks = _Clocks()
+    timeline = _Timeline(clocks.wall, clocks.monotonic)
+    clocks.mono += 0.010
+    before = timeline.stamp(*_timespec(clocks.wall()), clocks.monotonic())
+    clocks.mono += 0.049
+    timeline.drained(clocks.monotonic())  # the socket found empty 1 ms before the reply came
+    clocks.mono += 0.001
+    arrived = clocks.wall()  # stamped by the kernel, then the clock steps before the read
+    clocks.step = step
+    clocks.mono += 0.002
+    after = timeline.stamp(*_timespec(arrived), clocks.monotonic())
+    assert after - before == pytest.approx(0.050, abs=0.0025)
+    assert timeline.now() - before == pytest.approx(0.052, abs=1e-6)
+    # After the step, stamps and reads agree again.
+    clocks.mono += 0.010
+    assert timeline.stamp(*_timespec(clocks.wall()), clocks.monotonic()) - before == pytest.approx(0.062, abs=1e-6)

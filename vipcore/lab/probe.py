@@ -6,7 +6,8 @@ Two halves in one file:
   namespace): an ICMP echo every ``--interval`` seconds (default 10 ms) over a
   raw socket, IPv4 or IPv6; every reply is written to stdout as a JSON line
   with its send time and the kernel's receive timestamp (``SO_TIMESTAMPNS``,
-  so a descheduled prober does not inflate gaps). It stops on SIGTERM,
+  so a descheduled prober does not inflate gaps), both on a timeline that a
+  wall-clock step during the run does not move (:class:`_Timeline`). It stops on SIGTERM,
   SIGINT or when its stdin closes (the parent died), after a final ``end``
   line with the number of echoes sent;
 * :class:`Probe`, the parent side: starts the program in a namespace, collects
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -77,6 +78,35 @@ def _parse_reply(version: int, data: bytes) -> tuple[int, int] | None:
     return ident, seq
 
 
+class _Timeline:
+    """The program's times: epoch seconds as of its start, advancing with the monotonic clock.
+
+    The kernel stamps replies on the wall clock, which NTP or a resumed VM may
+    step during a run (a CI machine once did, by about a second): a gap across
+    the step would be off by the step. A stamp is converted to the monotonic
+    clock with the offset at its read, and bounded by when the socket was last
+    found empty and by the read itself.
+    """
+
+    def __init__(self, wall: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.wall, self.monotonic = wall, monotonic
+        self.base = wall() - monotonic()
+        self.empty_at = float("-inf")
+
+    def now(self) -> float:
+        return self.monotonic() + self.base
+
+    def drained(self, read_at: float) -> None:
+        """The socket was found empty by a read started after ``read_at`` (monotonic)."""
+        self.empty_at = read_at
+
+    def stamp(self, seconds: int, nanoseconds: int, read_at: float) -> float:
+        """A kernel stamp of a packet read at ``read_at`` (monotonic), on the timeline."""
+        arrived = seconds + nanoseconds / 1e9 - (self.wall() - read_at)
+        return min(read_at, max(self.empty_at, arrived)) + self.base
+
+
 def _emit(out: TextIO, **record: Any) -> None:
     out.write(json.dumps(record, separators=(",", ":")) + "\n")
     out.flush()
@@ -107,8 +137,9 @@ def run_probe(target: str, interval: float, duration: float | None, out: TextIO 
     unanswered: list[float] = []  # send times of echoes whose 16-bit seq was reused unanswered
     count = 0
     errors = 0
+    timeline = _Timeline()
     start = time.monotonic()
-    _emit(out, e="start", t=time.time(), target=target, interval=interval, id=ident)
+    _emit(out, e="start", t=timeline.now(), target=target, interval=interval, id=ident)
     next_send = start
     watch: list[Any] = [sock, sys.stdin] if watch_stdin else [sock]
     while not stopping:
@@ -122,7 +153,7 @@ def run_probe(target: str, interval: float, duration: float | None, out: TextIO 
                 errors += 1  # e.g. no neighbour yet; the echo counts as sent and lost
             if count & 0xFFFF in sent:
                 unanswered.append(sent[count & 0xFFFF][1])
-            sent[count & 0xFFFF] = (count, time.time())
+            sent[count & 0xFFFF] = (count, timeline.now())
             count += 1
             # Never burst to catch up after a stall: keep the cadence from now.
             next_send = max(next_send + interval, now + interval / 2)
@@ -135,23 +166,26 @@ def run_probe(target: str, interval: float, duration: float | None, out: TextIO 
             break  # the parent went away
         if sock not in ready:
             continue
+        read_at = time.monotonic()
         while True:
             try:
                 data, ancdata, _, _ = sock.recvmsg(2048, socket.CMSG_SPACE(16))
             except BlockingIOError:
+                timeline.drained(read_at)
                 break
+            read_at = time.monotonic()
             parsed = _parse_reply(address.version, data)
             if parsed is None or parsed[0] != ident or parsed[1] not in sent:
                 continue
-            rx = time.time()
+            rx = read_at + timeline.base
             for level, kind, value in ancdata:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
                     sec, nsec = struct.unpack("qq", value[:16])
-                    rx = sec + nsec / 1e9
+                    rx = timeline.stamp(sec, nsec, read_at)
             seq, tx = sent.pop(parsed[1])
             _emit(out, e="r", s=seq, tx=round(tx, 6), rx=round(rx, 6))
     unanswered += [tx for _, tx in sent.values()]
-    _emit(out, e="end", t=time.time(), sent=count, errors=errors, unanswered=[round(t, 6) for t in sorted(unanswered)])
+    _emit(out, e="end", t=timeline.now(), sent=count, errors=errors, unanswered=[round(t, 6) for t in sorted(unanswered)])
     sock.close()
     return 0
 
