@@ -185,11 +185,11 @@ def test_the_status_table_shows_each_session_by_interface_and_peer() -> None:
     table = c.status_table()
     assert table.title == "liveness"
     assert table.columns == ("INTERFACE", "PEER", "NODE", "SESSION", "DETECT MS", "FLAPS", "LONGEST SILENCE MS",
-                             "ASKED RX MS", "TX MS", "REALTIME WORKER")
+                             "ASKED RX MS", "TX MS", "REALTIME WORKER", "PLANNED VIPS", "WORKER CLAIMS")
     assert table.rows == (
-        ("eth0", "198.51.100.12", "node-b", "up", 50.0, 0, 12.3, 1000.0, 10.0, "yes"),
-        ("eth0", "198.51.100.13", "node-c", "admindown", 50.0, 2, 12.3, 1000.0, 10.0, "yes"),
-        ("eth1", None, None, "no peer needed", None, None, None, None, None, "no"),
+        ("eth0", "198.51.100.12", "node-b", "up", 50.0, 0, 12.3, 1000.0, 10.0, "yes", 0, "0"),
+        ("eth0", "198.51.100.13", "node-c", "admindown", 50.0, 2, 12.3, 1000.0, 10.0, "yes", 0, "0"),
+        ("eth1", None, None, "no peer needed", None, None, None, None, None, "no", None, None),
     )
     from vipcore.backend.host import status_problem
 

@@ -93,7 +93,7 @@ class _Plan:
     __slots__ = ("ups", "interface", "datagrams", "messages", "frames", "vips")
 
     def __init__(self, ups: int, interface: str, datagrams: list[bytes], messages: int,
-                 frames: list[tuple[bytes, int]], vips: int) -> None:
+                 frames: list[tuple[bytes, int]], vips: list[str]) -> None:
         self.ups = ups
         self.interface = interface
         self.datagrams = datagrams
@@ -529,7 +529,7 @@ class Worker:
         netlink, frames = frame.get("netlink"), frame.get("frames", [])
         if netlink == []:
             return  # dropped on purpose: no group to take from that peer
-        reason, plan = self._check_plan(frame.get("ups"), frame.get("interface"), netlink, frames)
+        reason, plan = self._check_plan(frame.get("ups"), frame.get("interface"), netlink, frames, frame.get("vips"))
         if plan is None:
             self.plans_refused[reason] += 1
             return
@@ -545,13 +545,15 @@ class Worker:
             self.plans[peer] = plan
 
     @staticmethod
-    def _check_plan(ups: object, interface: object, netlink: object, frames: object) -> tuple[str, _Plan | None]:
+    def _check_plan(ups: object, interface: object, netlink: object, frames: object,
+                    vips: object) -> tuple[str, _Plan | None]:
         if isinstance(ups, bool) or not isinstance(ups, int) or ups < 0 or not isinstance(interface, str) \
                 or not 0 < len(interface) < _IFNAMSIZ or "/" in interface \
-                or not isinstance(netlink, list) or not isinstance(frames, list) \
-                or not all(isinstance(item, str) for item in (*netlink, *frames)):
+                or not isinstance(netlink, list) or not isinstance(frames, list) or not isinstance(vips, list) \
+                or not all(isinstance(item, str) for item in (*netlink, *frames, *vips)):
             return "malformed", None
         if not netlink or len(netlink) > MAX_PLAN_DATAGRAMS or len(frames) > MAX_PLAN_FRAMES \
+                or len(vips) > MAX_PLAN_MESSAGES or any(len(item) > 64 for item in vips) \
                 or any(len(item) > 2 * MAX_PLAN_DATAGRAM for item in netlink) \
                 or any(len(item) > 2 * PLAN_FRAME_SIZES[1] for item in frames):
             return "too_large", None
@@ -577,12 +579,14 @@ class Worker:
                 return "malformed", None
         if messages > MAX_PLAN_MESSAGES:
             return "too_large", None
+        if len(vips) != messages:
+            return "malformed", None  # the agent names each address it puts in (echoed in the claim)
         checked: list[tuple[bytes, int]] = []
         for data in raw:
             if not PLAN_FRAME_SIZES[0] <= len(data) <= PLAN_FRAME_SIZES[1]:
                 return "malformed", None
             checked.append((data, int.from_bytes(data[12:14], "big")))
-        return "", _Plan(ups, interface, datagrams, messages, checked, messages)
+        return "", _Plan(ups, interface, datagrams, messages, checked, vips)
 
     def _claim(self, peer: Address) -> dict[str, Any] | None:
         """Carry out ``peer``'s plan (its session just expired): the address datagrams, their acks read
