@@ -202,6 +202,8 @@ class Detector:
         self._claims_now = self._claim_failures_now = 0
         self._plans_refused_before: Counter[str] = Counter()
         self._plans_refused_now: Counter[str] = Counter()
+        #: Plans the current worker holds (its last stats frame).
+        self.worker_plans = 0
 
     # -- sockets ----------------------------------------------------------------
 
@@ -529,6 +531,7 @@ class Detector:
         self.worker_wakeups = int(frame.get("wakeups", 0))
         self.worker_rss = int(frame.get("rss", self.worker_rss))
         self.scheduled_realtime = bool(frame.get("realtime", self.scheduled_realtime))
+        self.worker_plans = int(frame.get("plans", 0))
         self._claims_now = int(frame.get("claims", 0))
         self._claim_failures_now = int(frame.get("claim_failures", 0))
         refused = frame.get("plans_refused", {})
