@@ -14,7 +14,9 @@ one ``step`` more for each live member ranked before this node, at most
 ``MAX_RANK_STEPS`` (see :meth:`Coordinator._rank` for who counts as live) — so
 exactly one takes each group and the others hear it before their own timer fires. The groups
 this node takes at once (delay 0) have their VIPs put in the kernel and announced before
-their routers decide (``claim``, docs/native-vrrp.md "A node's many groups at once"). An
+their routers decide (``claim``, docs/native-vrrp.md "A node's many groups at once"); the worker
+holds a plan of those VIPs per peer and puts them in and announces them itself at the expiry, before
+the agent reads it, and the pass adopts its claim ("The worker claims first"). An
 AdminDown (a peer stopping gracefully, or no longer needing us) is not a
 failure: the VRRP hand-over handles a graceful stop.
 """

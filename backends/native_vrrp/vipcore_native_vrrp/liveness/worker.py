@@ -8,6 +8,12 @@ shared with the agent's event loop), runs at SCHED_RR 1 when allowed, and import
 only the sans-IO liveness modules and the standard library, so it starts in tens
 of milliseconds.
 
+At a session's expiry it carries out the takeover plan the agent gave it for that peer (address
+datagrams on a ``NETLINK_ROUTE`` socket, then announcement frames on an ``AF_PACKET`` socket, both
+inherited, both prebuilt by the agent) before it writes the ``change`` frame: at real-time priority it
+acts before the agent's loop, busy at that moment, has read the change (docs/native-vrrp.md, "The worker
+claims first").
+
 It lives exactly as long as the agent wants it: EOF on the control socket (the
 agent exited or closed it) ends it at once, ``PR_SET_PDEATHSIG`` kills it if the
 agent dies first, SIGINT and SIGTERM aimed at the agent's process group are
