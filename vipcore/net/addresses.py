@@ -72,6 +72,8 @@ from vipcore.net.rtnetlink import (
     NETLINK_CAP_ACK,
     NETLINK_ROUTE,
     NLMSG_HEADER,
+    RECEIVE_BUFFER,
+    SO_RCVBUFFORCE,
     SOL_NETLINK,
     RTM_DELLINK,
     RTM_NEWLINK,
@@ -425,6 +427,10 @@ def claim_sockets() -> tuple[socket.socket, socket.socket]:
     try:
         with contextlib.suppress(OSError):  # older kernels echo the request in the ack: only bigger
             netlink.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        try:  # room for a plan's acks, read after all its datagrams went (about 1 KiB of buffer each)
+            netlink.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+        except OSError:  # no CAP_NET_ADMIN: as much as net.core.rmem_max allows
+            netlink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         netlink.bind((0, 0))
         packet = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     except OSError:

@@ -812,6 +812,7 @@ class ClaimPair(Pair):
                 made.extend(claim_sockets())
                 sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
                 sniffer.bind((CLAIM_DEV, 0))
+                sniffer.setsockopt(socket.SOL_SOCKET, 33, 1 << 23)  # SO_RCVBUFFORCE: a burst of hundreds
                 sniffer.setblocking(False)
                 made.append(sniffer)
                 made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))
@@ -1026,3 +1027,92 @@ def test_bad_plan_frames_are_counted_by_reason_drop_the_peers_plan_and_the_worke
         assert pair.worker.stats()["plans_refused"] == dict(pair.worker.plans_refused)
     finally:
         pair.close()
+
+
+def test_a_plan_of_hundreds_of_vips_in_several_datagrams_is_confirmed_ack_by_ack() -> None:
+    """More VIPs than one datagram carries (128 messages) and more acknowledgements than a default socket
+    buffer holds before the worker reads them: every ack is read, the claim is whole."""
+    vips = tuple(ipaddress.ip_address(f"203.0.113.{i}") for i in range(1, 251)) + \
+        tuple(ipaddress.ip_address(f"2001:db8::{i:x}") for i in range(1, 251))
+    pair = ClaimPair()
+    try:
+        pair.up()
+        frame = pair.plan_frame(ups=1, vips=vips)
+        assert len(frame["netlink"]) == 4
+        pair.worker.handle(frame)
+        assert PEER in pair.worker.plans, pair.worker.plans_refused
+        pair.step_until_down()
+        claim = [f for f in pair.frames() if f["ev"] == "change"][-1]["claim"]
+        assert claim["ok"] is True and claim["error"] == 0 and claim["announced"] is not None
+        assert pair.in_kernel() == set(vips)
+        assert len(pair.sniffed()) == len(vips)
+    finally:
+        pair.close()
+
+
+class PlanRecordingDetector(LoopbackDetector):
+    """A loopback detector that also notes every frame it writes to its worker."""
+
+    written: list[dict[str, Any]]
+
+    def _write(self, frame: dict[str, Any]) -> None:
+        self.__dict__.setdefault("written", []).append(frame)
+        super()._write(frame)
+
+
+def test_the_detector_sends_a_plan_only_for_a_session_up_only_when_it_changed_and_mirrors_what_the_worker_drops() -> None:
+    from vipcore.net.addresses import InterfaceInfo, takeover_plan
+
+    plan = takeover_plan(InterfaceInfo(name="eth0", index=2, mac=bytes(6), up=True), CLAIM_VIPS)
+    other = takeover_plan(InterfaceInfo(name="eth0", index=2, mac=bytes(6), up=True), CLAIM_VIPS[:1])
+
+    async def scenario(loop: asyncio.AbstractEventLoop, changes: list[Change]) -> None:
+        made = detector(loop, changes)
+        made.__class__ = PlanRecordingDetector  # the same sockets, frames noted
+        d = made
+        assert isinstance(d, PlanRecordingDetector)
+        try:
+            d.set_peers([PEER])
+
+            def plans() -> list[dict[str, Any]]:
+                return [f for f in d.__dict__.get("written", []) if f["op"] == "plan"]
+
+            def change(old: SessionState, new: SessionState, diag: Diagnostic, **extra: Any) -> None:
+                d._handle({"ev": "change", "peer": str(PEER), "old": int(old), "new": int(new), "diag": int(diag),
+                           "heard": None, **extra})
+
+            d.set_plan(PEER, plan)
+            assert plans() == []  # the session is not Up: nothing to base a plan on
+            change(SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
+            d.set_plan(PEER, plan)
+            d.set_plan(PEER, plan)
+            assert [(f["ups"], f["vips"]) for f in plans()] == [(1, [str(v) for v in CLAIM_VIPS])]  # once
+            assert d.planned(PEER) == plan
+            d.set_plan(PEER, other)
+            assert len(plans()) == 2 and plans()[-1]["vips"] == [str(CLAIM_VIPS[0])]
+            change(SessionState.UP, SessionState.DOWN, Diagnostic.NEIGHBOR_DOWN)  # the worker dropped it
+            assert d.planned(PEER) is None
+            d.set_plan(PEER, None)
+            assert len(plans()) == 2  # nothing held: nothing to drop
+            change(SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
+            d.set_plan(PEER, plan)
+            assert plans()[-1]["ups"] == 2
+            now = time.monotonic()
+            change(SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED,
+                   claim={"expired": now, "sent": now, "acked": now, "announced": now, "ok": True,
+                          "vips": [str(v) for v in CLAIM_VIPS], "error": 0})
+            claim = d.claim_of(PEER)
+            assert claim is not None and claim.ok and claim.vips == CLAIM_VIPS and d.claim_of(PEER) is None
+            assert d.claims_by_peer[PEER] == 1 and d.claim_failures_by_peer[PEER] == 0
+            assert d.planned(PEER) is None  # an expiry consumes every plan
+            change(SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
+            d.set_plan(PEER, plan)
+            d.set_plan(PEER, None)
+            assert plans()[-1] == {"op": "plan", "peer": str(PEER), "netlink": []}
+            change(SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED,
+                   claim={"expired": "junk"})
+            assert d.claim_of(PEER) is None  # not a claim as the worker writes it: ignored
+        finally:
+            d.close(graceful=False)
+
+    run(scenario)
