@@ -104,7 +104,8 @@ class NativeVrrpBackend:
             self.liveness = Coordinator(self.settings.liveness, self._loop, self._groups, self.detector_factory,
                                         keepalived_peers=self.settings.keepalived_peers,
                                         send_addresses=self.holder.send_queued,
-                                        plan_builder=getattr(self.holder, "takeover_plan", None))
+                                        plan_builder=getattr(self.holder, "takeover_plan", None),
+                                        remove_addresses=self.holder.remove)
         # A killed predecessor leaves its VIPs behind: remove every managed
         # host address before any router of ours holds something.
         for interface in await self.holder.interfaces():

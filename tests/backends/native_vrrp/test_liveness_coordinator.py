@@ -1027,7 +1027,8 @@ def test_the_pass_adopts_the_workers_claim_without_a_second_announcement_and_rem
     """The worker put the planned VIPs in and announced them at the expiry. The pass asks the holder for
     them again (idempotent), announces none of them a second time, and the phases count from the worker's
     times. The plan was stale for one group (its master had moved to node-c after the plan was built):
-    that group's VIPs are removed in the pass and its router stays a backup."""
+    that group's VIPs are removed in the pass and its router stays a backup; so is a claimed VIP no group
+    has any more (its group left after the plan)."""
     from vipcore_native_vrrp.liveness.detector import WorkerClaim
 
     held_by_b = groups_held_by("node-b", 10)
@@ -1044,7 +1045,9 @@ def test_the_pass_adopts_the_workers_claim_without_a_second_announcement_and_rem
         for _, drivers in entries:
             drivers[Family.IPV4].report = lambda d, change, failover: reports.append(change)
         c = Coordinator(LivenessSettings(), loop, lambda: entries, PlanningDetector,  # type: ignore[arg-type]
-                        send_addresses=holder.send_queued, plan_builder=build_plan)
+                        send_addresses=holder.send_queued, plan_builder=build_plan,
+                        remove_addresses=holder.remove)  # type: ignore[arg-type]
+        gone = A("198.51.100.250")
         try:
             c.ensure(NODE_A_INTERFACES["eth0"])
             detector = c.detectors["eth0"]
@@ -1056,12 +1059,13 @@ def test_the_pass_adopts_the_workers_claim_without_a_second_announcement_and_rem
             _hear(next(drivers for m, drivers in entries if m is stale)[Family.IPV4], C)
             now = loop.time()
             worker = WorkerClaim(expired=now - 0.004, sent=now - 0.0039, acked=now - 0.0035, announced=now - 0.003,
-                                 ok=True, vips=plan.vips)
+                                 ok=True, vips=plan.vips + (gone,))
             detector.claims[B] = worker
             detector.up.discard(B)
             c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
             # In the pass: the stale group's VIPs removed (sent), its router still a backup.
             assert ("remove", stale.group.vips_v4, len(kept)) in holder.log
+            assert ("remove", (gone,), len(kept)) in holder.log
             assert holder.queued == []
             for membership, drivers in entries:
                 expected = State.MASTER if membership in kept else State.BACKUP

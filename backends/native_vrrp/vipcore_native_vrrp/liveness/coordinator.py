@@ -27,7 +27,7 @@ import asyncio
 import gc
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Protocol
 
@@ -170,12 +170,16 @@ class Coordinator:
                  groups: Callable[[], Iterable[tuple[Membership, Mapping[Family, RouterView]]]],
                  detector_factory: Callable[..., Detector] = Detector, *,
                  keepalived_peers: Iterable[str] = (), send_addresses: Callable[[], object] | None = None,
-                 plan_builder: Callable[[str, tuple[IPAddress, ...]], TakeoverPlan | None] | None = None) -> None:
+                 plan_builder: Callable[[str, tuple[IPAddress, ...]], TakeoverPlan | None] | None = None,
+                 remove_addresses: Callable[[str, tuple[IPAddress, ...]], Awaitable[object]] | None = None) -> None:
         self.settings = settings
         #: Builds the bytes of a takeover plan (the holder's ``takeover_plan``): with it, each worker holds,
         #: per peer, the VIPs of the groups this node takes at once if that peer is lost, and claims them
         #: itself at the expiry (docs/native-vrrp.md, "The worker claims first"). None: no plans.
         self.plan_builder = plan_builder
+        #: Removes VIPs (the holder's ``remove``): claimed ones no group has any more.
+        self.remove_addresses = remove_addresses
+        self._tasks: set[asyncio.Task[None]] = set()
         #: The (interface, peer address) pairs a worker holds a plan for.
         self._planned: set[tuple[str, IPAddress]] = set()
         #: Called in the pass over a lost peer's groups: sends the address changes queued in it (the
@@ -463,8 +467,8 @@ class Coordinator:
             first = self._takeovers(node, later)
             # The worker may have put VIPs in already (its plan for this peer, carried out at the expiry,
             # before it told us): the routers whose VIPs those are.
-            worker = self._worker_claim(peer)
-            by_worker = self._drivers_of(worker) if worker is not None else {}
+            worker, where = self._worker_claim(peer)
+            whole, by_worker, orphans = self._drivers_of(worker) if worker is not None else ({}, {}, ())
             adopt = worker if worker is not None and worker.ok else None
             # The groups taken at once: their VIPs to the kernel in one batch and announced before any of
             # their routers' machines runs (a decision costs 60-200 us a router: with 30 routers the last
@@ -472,7 +476,7 @@ class Coordinator:
             # told with no delay below, which take over in the pass. A group the worker claimed is asked
             # again (idempotent: the holder's "already so") and not announced a second time.
             claimed = [driver for _, _, backups in first for driver in backups
-                       if self._claim(driver, started, adopt if id(driver) in by_worker else None)]
+                       if self._claim(driver, started, adopt if id(driver) in whole else None)]
             sent = bool(claimed) and self._send_addresses(node)
             for driver in claimed:
                 try:
@@ -489,6 +493,8 @@ class Coordinator:
                     undone += driver.release_claim() if id(driver) in ids else driver.release_worker_claim()
                 except Exception:
                     log.exception("liveness: undoing the VIPs of a group taken from %s failed", node)
+            if orphans:
+                undone += self._remove_orphans(where, orphans)
             # Then, still in this pass, the address changes the decisions queued if any (a takeover without a
             # claim, a claim undone) and those takeovers' first announcements (when the kernel answered at
             # once: neighbours learn the new holder before anything else the loop has ready runs)...
@@ -556,31 +562,56 @@ class Coordinator:
             (later if delay > 0 else first).append((delay, membership, backups))
         return first
 
-    def _worker_claim(self, peer: IPAddress) -> WorkerClaim | None:
-        """What a worker did with ``peer``'s plan at this expiry, if it had one."""
-        for detector in self.detectors.values():
+    def _worker_claim(self, peer: IPAddress) -> tuple[WorkerClaim | None, str]:
+        """What a worker did with ``peer``'s plan at this expiry, if it had one, and its interface."""
+        for interface, detector in self.detectors.items():
             claim_of = getattr(detector, "claim_of", None)
             claim = claim_of(peer) if claim_of is not None else None
             if isinstance(claim, WorkerClaim):
-                return claim
-        return None
+                return claim, interface
+        return None, ""
 
-    def _drivers_of(self, claim: WorkerClaim) -> dict[int, RouterView]:
-        """The routers whose VIPs ``claim`` put in, by id. A VIP no router has any more (its group left
-        since the plan) is logged: nothing here may remove it safely for another owner."""
+    def _drivers_of(self, claim: WorkerClaim) -> tuple[dict[int, RouterView], dict[int, RouterView],
+                                                        tuple[IPAddress, ...]]:
+        """The routers whose VIPs ``claim`` put in, by id: those it covers whole (their claim can be adopted),
+        those it touched at all (their VIPs are removed unless they take over), and the claimed VIPs no
+        router has any more (a group that left since the plan)."""
         claimed = set(claim.vips)
-        found: dict[int, RouterView] = {}
+        whole: dict[int, RouterView] = {}
+        touched: dict[int, RouterView] = {}
         covered: set[IPAddress] = set()
         for _, drivers in self.groups():
             for driver in drivers.values():
                 vips = driver.vips
-                if vips and claimed.issuperset(vips):
-                    found[id(driver)] = driver
+                if not claimed.isdisjoint(vips):
+                    touched[id(driver)] = driver
                     covered.update(vips)
-        if claimed - covered:
-            log.error("liveness: the worker claimed %s, which no group here has any more",
-                      ", ".join(sorted(map(str, claimed - covered))))
-        return found
+                    if claimed.issuperset(vips):
+                        whole[id(driver)] = driver
+        return whole, touched, tuple(vip for vip in claim.vips if vip not in covered)
+
+    def _remove_orphans(self, interface: str, vips: tuple[IPAddress, ...]) -> bool:
+        """Claimed VIPs that belong to no group here any more: removed (queued now, sent in the pass)."""
+        log.warning("liveness: the worker claimed %s on %s, which no group here has any more; removing them",
+                    ", ".join(map(str, vips)), interface)
+        if self.remove_addresses is None:
+            return False
+        try:
+            removed = self.remove_addresses(interface, vips)
+        except Exception:
+            log.exception("liveness: removing %s failed", ", ".join(map(str, vips)))
+            return False
+        task = self.loop.create_task(self._confirm_removed(removed, vips), name="liveness orphan VIPs")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    @staticmethod
+    async def _confirm_removed(removed: Awaitable[object], vips: tuple[IPAddress, ...]) -> None:
+        try:
+            await removed
+        except Exception as exc:
+            log.error("liveness: removing %s failed: %s", ", ".join(map(str, vips)), exc)
 
     @staticmethod
     def _claim(driver: RouterView, detected: float, worker: WorkerClaim | None = None) -> bool:
