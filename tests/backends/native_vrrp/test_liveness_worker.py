@@ -8,6 +8,7 @@ worker at once, a graceful close ends it cleanly.
 from __future__ import annotations
 
 import asyncio
+import errno
 import contextlib
 import ctypes
 import ipaddress
@@ -26,6 +27,7 @@ from typing import Any
 
 from vipcore.core.model import IPAddress
 
+import attrs
 import pytest
 
 from vipcore_native_vrrp.liveness import worker as worker_module
@@ -1116,3 +1118,28 @@ def test_the_detector_sends_a_plan_only_for_a_session_up_only_when_it_changed_an
             d.close(graceful=False)
 
     run(scenario)
+
+
+def test_a_claim_whose_addresses_do_not_all_go_in_announces_nothing_and_is_counted() -> None:
+    """One planned VIP cannot be added (its message names an interface index that does not exist): the
+    others go in, the claim says it is not whole, no announcement leaves (clients are not steered to a node
+    that may lack a VIP), and it is counted; the agent's pass then claims and announces the usual way."""
+    from vipcore.net.addresses import takeover_plan
+
+    pair = ClaimPair()
+    try:
+        pair.up()
+        frame = pair.plan_frame(ups=1)
+        broken = takeover_plan(attrs.evolve(pair.info, index=9999), (ipaddress.ip_address("198.51.100.78"),))
+        frame["netlink"].append(broken.netlink[0].hex())
+        frame["vips"].append("198.51.100.78")
+        pair.worker.handle(frame)
+        assert PEER in pair.worker.plans
+        pair.step_until_down()
+        claim = [f for f in pair.frames() if f["ev"] == "change"][-1]["claim"]
+        assert claim["ok"] is False and claim["acked"] is None and claim["announced"] is None
+        assert claim["error"] in (errno.ENODEV, errno.ENXIO, errno.EINVAL)
+        assert pair.in_kernel() == set(CLAIM_VIPS) and pair.sniffed() == []
+        assert pair.worker.claims == 1 and pair.worker.claim_failures == 1
+    finally:
+        pair.close()
