@@ -2,15 +2,17 @@
 
 Framing, bad frames counted and skipped on both sides, a worker that dies is
 restarted (and its death is not a lost peer), EOF on the control channel ends a
-worker at once, a graceful close ends it cleanly.
+worker at once, a graceful close ends it cleanly. Takeover plans: the worker
+carries one out at an expiry (a veth in a namespace of its own), never at an
+AdminDown, refuses stale and bad ones.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import contextlib
 import ctypes
+import errno
 import ipaddress
 import json
 import logging
@@ -25,11 +27,10 @@ import types
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from vipcore.core.model import IPAddress
-
 import attrs
 import pytest
 
+from vipcore.core.model import IPAddress
 from vipcore_native_vrrp.liveness import worker as worker_module
 from vipcore_native_vrrp.liveness.control import FrameReader, encode
 from vipcore_native_vrrp.liveness.detector import Detector
