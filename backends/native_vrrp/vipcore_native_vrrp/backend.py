@@ -208,6 +208,9 @@ class NativeVrrpBackend:
     async def vipcore_group_release(self, group: str, reason: str) -> None:
         for driver in self.routers.get(group, {}).values():
             driver.release(reason)
+        # A released backup makes no transition, but it no longer takes over: the takeover plans (and who
+        # watches whom) follow (docs/native-vrrp.md, "The worker claims first").
+        self._refresh_liveness()
 
     @hookimpl
     async def vipcore_group_takeover(self, group: str, reason: str) -> None:
@@ -220,6 +223,7 @@ class NativeVrrpBackend:
                 driver.rejoin(reason)
             else:
                 driver.takeover(reason)
+        self._refresh_liveness()
 
     # -- metrics ---------------------------------------------------------------------
 
