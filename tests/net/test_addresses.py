@@ -928,3 +928,22 @@ def test_a_takeover_plan_is_the_holders_own_add_messages_and_one_announcement_pe
 
 def test_the_holder_builds_no_plan_for_an_interface_it_has_not_looked_up() -> None:
     assert AddressHolder().takeover_plan("eth0", [ipaddress.ip_address("198.51.100.1")]) is None
+
+
+def test_the_holder_builds_a_plan_once_per_link_entry_and_afresh_after_a_link_change() -> None:
+    holder = AddressHolder()
+    vips = [ipaddress.ip_address("198.51.100.1"), ipaddress.ip_address("2001:db8::1")]
+    info = InterfaceInfo(name="eth0", index=7, mac=bytes.fromhex("020000000001"), up=True)
+    try:
+        holder._links["eth0"] = info
+        holder.takeover_plan("eth0", vips)  # the first look subscribes to link events (and forgets the cache)
+        holder._links["eth0"] = info
+        plan = holder.takeover_plan("eth0", vips)
+        assert plan is not None and plan == takeover_plan(info, vips)
+        assert holder.takeover_plan("eth0", vips) is plan  # the same bytes, not built again
+        # The interface was re-created (the link cache has a new entry): index and MAC as they are now.
+        holder._links["eth0"] = attrs.evolve(info, index=8, mac=bytes.fromhex("020000000002"))
+        again = holder.takeover_plan("eth0", vips)
+        assert again is not None and again.index == 8 and again.frames[0][6:12] == bytes.fromhex("020000000002")
+    finally:
+        asyncio.run(holder.close())

@@ -611,6 +611,8 @@ class AddressHolder:
         self._packet_socket: socket.socket | None = None
         self._nd_sockets: dict[str, tuple[int, socket.socket]] = {}
         self._arp_listeners: dict[str, tuple[int, socket.socket]] = {}
+        #: Takeover plans built, by interface and VIPs, with the link entry they were built from.
+        self._plans: dict[tuple[str, tuple[IPAddress, ...]], tuple[InterfaceInfo, TakeoverPlan]] = {}
 
     async def __aenter__(self) -> "AddressHolder":
         return self
@@ -935,7 +937,18 @@ class AddressHolder:
         except Exception:
             return None
         info = self._links.get(interface)
-        return takeover_plan(info, wanted) if info is not None else None
+        if info is None:
+            return None
+        # Asked again after every burst of transitions, mostly for the same VIPs: built once per link
+        # entry (a new one, after a link event, builds afresh).
+        cached = self._plans.get((interface, wanted))
+        if cached is not None and cached[0] is info:
+            return cached[1]
+        if len(self._plans) >= 1024:
+            self._plans.clear()
+        plan = takeover_plan(info, wanted)
+        self._plans[interface, wanted] = (info, plan)
+        return plan
 
     async def _change_later(self, add: bool, interface: str, wanted: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
         if not wanted:
