@@ -1128,3 +1128,53 @@ def test_a_worker_claim_that_failed_is_done_again_by_the_pass() -> None:
                 await drivers[Family.IPV4].close()
 
     asyncio.run(scenario())
+
+
+def test_the_plans_one_pass_agrees_with_what_a_loss_would_take_for_every_peer() -> None:
+    """The plans are computed for every peer in one pass over the groups; a loss computes its own peer's
+    groups (``_takeovers``). Both, for groups held by node-b, by node-c, by us, and of unknown master."""
+    from vipcore_native_vrrp.protocol import Router
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        holder = PassHolder()
+        entries = real_drivers(groups_held_by("node-b", 6), holder, loop)
+        entries += real_drivers(groups_held_by("node-c", 6), holder, loop)
+        for _, drivers in entries[6:]:
+            _hear(drivers[Family.IPV4], C)
+        # Groups whose master this node has not heard yet (just joined): the expected master counts.
+        from vipcore.net.addresses import AnnounceSchedule
+        from vipcore_native_vrrp.driver import RouterDriver
+        from vipcore_native_vrrp.protocol import RouterConfig
+
+        for membership in groups_held_by("node-a", 3) + groups_held_by("node-c", 9)[6:]:
+            config = RouterConfig(vrid=membership.group.vrid, family=Family.IPV4, primary=A("198.51.100.11"),
+                                  vips=membership.group.vips_v4, priority=100, interval_cs=100,
+                                  destinations=(A("224.0.0.18"),), sources=None)
+            router = Router(config)
+            router.start(loop.time())
+            driver = RouterDriver(group=membership.group.name, interface="eth0", router=router,
+                                  link=PassLink(), holder=holder,  # type: ignore[arg-type]
+                                  schedule=AnnounceSchedule(count=1), report=lambda *a: None, loop=loop)
+            entries.append((membership, {Family.IPV4: driver}))
+        c = Coordinator(LivenessSettings(), loop, lambda: entries, PlanningDetector,  # type: ignore[arg-type]
+                        send_addresses=holder.send_queued, plan_builder=build_plan)
+        try:
+            c.ensure(NODE_A_INTERFACES["eth0"])
+            detector = c.detectors["eth0"]
+            assert isinstance(detector, PlanningDetector)
+            for up in ({B, C}, {B}, {C}):
+                detector.up = set(up)
+                c.refresh()
+                groups = list(c.groups())
+                taken = c._taken_at_once(groups, c._up(c._addresses(groups)))
+                for node in ("node-b", "node-c"):
+                    expected = [d for _, _, backups in c._takeovers(node, []) for d in backups]
+                    assert taken.get(("eth0", node), []) == expected, (up, node)
+            assert any(taken.values())
+        finally:
+            c.close(graceful=False)
+            for _, drivers in entries:
+                await drivers[Family.IPV4].close()
+
+    asyncio.run(scenario())
