@@ -563,8 +563,8 @@ class Coordinator:
         return self._split(node, groups, self._up(self._addresses(groups)), later)
 
     def _split(self, node: str, groups: list[tuple[Membership, Mapping[Family, RouterView]]],
-               up: Mapping[str, set[str]],
-               later: list[tuple[float, Membership, list[RouterView]]]) -> list[tuple[float, Membership, list[RouterView]]]:
+               up: Mapping[str, set[str]], later: list[tuple[float, Membership, list[RouterView]]],
+               ) -> list[tuple[float, Membership, list[RouterView]]]:
         """:meth:`_takeovers` with the groups and the sessions Up given (the same rules for a takeover plan)."""
         first: list[tuple[float, Membership, list[RouterView]]] = []
         for membership, drivers in groups:
