@@ -33,7 +33,9 @@ from vipcore.net.addresses import (
     AnnounceSchedule,
     InterfaceInfo,
     gratuitous_arp,
+    takeover_plan,
     unsolicited_na,
+    unsolicited_na_frame,
 )
 from vipcore.core.errors import AddressError, ConfigError, InterfaceNotFoundError
 from vipcore.core.model import Family
@@ -879,3 +881,69 @@ def test_add_now_asks_nothing_for_an_interface_not_looked_up_yet() -> None:
             await holder.close()
 
     asyncio.run(scenario())
+
+
+# -- takeover plans (the liveness worker's claim, native_vrrp) -----------------------------------------
+
+
+def test_an_unsolicited_na_frame_is_a_whole_ipv6_packet_with_its_checksum() -> None:
+    mac, vip = bytes.fromhex("020000000001"), ipaddress.IPv6Address("2001:db8::7")
+    frame = unsolicited_na_frame(mac, vip)
+    assert frame[:6] == bytes.fromhex("333300000001") and frame[6:12] == mac and frame[12:14] == b"\x86\xdd"
+    version, length, next_header, hops, source, destination = struct.unpack_from("!IHBB16s16s", frame, 14)
+    assert version >> 28 == 6 and next_header == 58 and hops == 255
+    assert source == vip.packed and destination == ALL_NODES.packed
+    message = frame[54:]
+    assert length == len(message) == 32
+    # The same message the raw-socket path sends, with the checksum the kernel would have filled in.
+    assert message[:2] + b"\0\0" + message[4:] == unsolicited_na(mac, vip)
+    pseudo = source + destination + struct.pack("!I3xB", len(message), 58) + message
+    total = sum(struct.unpack(f"!{len(pseudo) // 2}H", pseudo))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    assert total == 0xFFFF  # a correct checksum sums to all ones
+
+
+def test_a_takeover_plan_is_the_holders_own_add_messages_and_one_announcement_per_vip() -> None:
+    from vipcore.net.rtnetlink import NLM_F_CREATE, NLM_F_EXCL, RTM_NEWADDR, messages, parse_addresses
+
+    info = InterfaceInfo(name="eth0", index=7, mac=bytes.fromhex("020000000001"), up=True)
+    vips = [ipaddress.ip_address(f"198.51.100.{i}") for i in range(1, MAX_BATCH + 3)] + \
+        [ipaddress.ip_address("2001:db8::7")]
+    plan = takeover_plan(info, vips)
+    assert plan.interface == "eth0" and plan.index == 7 and plan.vips == tuple(vips)
+    assert len(plan.netlink) == 2  # at most MAX_BATCH messages a datagram
+    found = []
+    for datagram in plan.netlink:
+        for kind, _, offset, length in messages(datagram):
+            assert kind == RTM_NEWADDR
+            flags = struct.unpack_from("=H", datagram, offset + 6)[0]
+            assert flags & NLM_F_CREATE and flags & NLM_F_EXCL  # "already so" answers EEXIST, as for the holder
+        found += [ipaddress.ip_address(a.address) for a in parse_addresses(datagram, 7)]
+    assert found == vips
+    assert plan.frames[0] == gratuitous_arp(info.mac, vips[0])
+    assert plan.frames[-1] == unsolicited_na_frame(info.mac, vips[-1])
+    assert len(plan.frames) == len(vips)
+
+
+def test_the_holder_builds_no_plan_for_an_interface_it_has_not_looked_up() -> None:
+    assert AddressHolder().takeover_plan("eth0", [ipaddress.ip_address("198.51.100.1")]) is None
+
+
+def test_the_holder_builds_a_plan_once_per_link_entry_and_afresh_after_a_link_change() -> None:
+    holder = AddressHolder()
+    vips = [ipaddress.ip_address("198.51.100.1"), ipaddress.ip_address("2001:db8::1")]
+    info = InterfaceInfo(name="eth0", index=7, mac=bytes.fromhex("020000000001"), up=True)
+    try:
+        holder._links["eth0"] = info
+        holder.takeover_plan("eth0", vips)  # the first look subscribes to link events (and forgets the cache)
+        holder._links["eth0"] = info
+        plan = holder.takeover_plan("eth0", vips)
+        assert plan is not None and plan == takeover_plan(info, vips)
+        assert holder.takeover_plan("eth0", vips) is plan  # the same bytes, not built again
+        # The interface was re-created (the link cache has a new entry): index and MAC as they are now.
+        holder._links["eth0"] = attrs.evolve(info, index=8, mac=bytes.fromhex("020000000002"))
+        again = holder.takeover_plan("eth0", vips)
+        assert again is not None and again.index == 8 and again.frames[0][6:12] == bytes.fromhex("020000000002")
+    finally:
+        asyncio.run(holder.close())

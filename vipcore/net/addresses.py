@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -68,8 +69,12 @@ from vipcore.net.rtnetlink import (
     IFINFO,
     MAX_BATCH,
     NETLINK_BUFFER,
+    NETLINK_CAP_ACK,
     NETLINK_ROUTE,
     NLMSG_HEADER,
+    RECEIVE_BUFFER,
+    SO_RCVBUFFORCE,
+    SOL_NETLINK,
     RTM_DELLINK,
     RTM_NEWLINK,
     Address,
@@ -352,6 +357,88 @@ def unsolicited_na(mac: bytes, vip: ipaddress.IPv6Address) -> bytes:
     return struct.pack("!BBHI16s", ICMPV6_NEIGHBOR_ADVERT, 0, 0, NA_FLAG_OVERRIDE, vip.packed) + option
 
 
+ETH_P_IPV6 = 0x86DD
+#: The Ethernet address of the all-nodes group ff02::1 (RFC 2464: 33:33 and the group's last 32 bits).
+ALL_NODES_MAC = b"\x33\x33" + ALL_NODES.packed[12:]
+_IPV6_HEADER = struct.Struct("!IHBB16s16s")
+IPPROTO_ICMPV6 = 58
+
+
+def _icmpv6_checksum(source: bytes, destination: bytes, message: bytes) -> int:
+    """The ICMPv6 checksum of ``message`` (its checksum field 0) over the IPv6 pseudo-header (RFC 4443 2.3)."""
+    data = source + destination + struct.pack("!I3xB", len(message), IPPROTO_ICMPV6) + message
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return int(~total & 0xFFFF)
+
+
+def unsolicited_na_frame(mac: bytes, vip: ipaddress.IPv6Address) -> bytes:
+    """:func:`unsolicited_na` as a whole Ethernet frame for an ``AF_PACKET`` socket: from ``vip`` (as the
+    kernel sends its own) to ff02::1, hop limit 255, checksum filled in (no kernel does it on this path)."""
+    message = bytearray(unsolicited_na(mac, vip))
+    struct.pack_into("!H", message, 2, _icmpv6_checksum(vip.packed, ALL_NODES.packed, bytes(message)))
+    header = _IPV6_HEADER.pack(6 << 28, len(message), IPPROTO_ICMPV6, ND_HOP_LIMIT, vip.packed, ALL_NODES.packed)
+    return ALL_NODES_MAC + mac + struct.pack("!H", ETH_P_IPV6) + header + bytes(message)
+
+
+def announcement_frames(mac: bytes, vips: Iterable[IPAddress]) -> tuple[bytes, ...]:
+    """The Ethernet frames of one announcement of ``vips``: a gratuitous ARP per IPv4 VIP, an unsolicited
+    NA per IPv6 VIP, in order."""
+    return tuple(gratuitous_arp(mac, vip) if isinstance(vip, ipaddress.IPv4Address) else unsolicited_na_frame(mac, vip)
+                 for vip in vips)
+
+
+@attrs.frozen
+class TakeoverPlan:
+    """The bytes that put ``vips`` on one interface and announce them, built in advance for a process that
+    only sends them (``native_vrrp``'s liveness worker claims a lost peer's groups with it).
+
+    ``netlink``: ``NETLINK_ROUTE`` datagrams of ``RTM_NEWADDR`` messages (exclusive create, acknowledged:
+    the holder's own :func:`~vipcore.net.rtnetlink.address_message`, so ``EEXIST`` means "already so"),
+    at most :data:`~vipcore.net.rtnetlink.MAX_BATCH` a datagram; ``frames``: whole Ethernet frames
+    (:func:`announcement_frames`) for an ``AF_PACKET`` socket on ``interface``. Valid for the interface's
+    index and MAC it was built with: a plan is rebuilt when they may have changed."""
+
+    interface: str
+    index: int
+    vips: tuple[IPAddress, ...]
+    netlink: tuple[bytes, ...]
+    frames: tuple[bytes, ...]
+
+
+def takeover_plan(info: InterfaceInfo, vips: Iterable[IPAddress | str]) -> TakeoverPlan:
+    """The :class:`TakeoverPlan` of ``vips`` on ``info``'s interface (pure)."""
+    wanted = _unique(vips)
+    datagrams = tuple(b"".join(address_message(True, info.index, vip, start + offset + 1)
+                               for offset, vip in enumerate(wanted[start:start + MAX_BATCH]))
+                      for start in range(0, len(wanted), MAX_BATCH))
+    return TakeoverPlan(interface=info.name, index=info.index, vips=wanted, netlink=datagrams,
+                        frames=announcement_frames(info.mac, wanted))
+
+
+def claim_sockets() -> tuple[socket.socket, socket.socket]:
+    """The two sockets a :class:`TakeoverPlan` is sent with, in this process's namespace: a ``NETLINK_ROUTE``
+    socket (bound, acknowledgements capped) and an ``AF_PACKET`` socket that only sends (protocol 0).
+    Raises :class:`OSError` (no ``CAP_NET_RAW``, for one)."""
+    netlink = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    try:
+        with contextlib.suppress(OSError):  # older kernels echo the request in the ack: only bigger
+            netlink.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        try:  # room for a plan's acks, read after all its datagrams went (about 1 KiB of buffer each)
+            netlink.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+        except OSError:  # no CAP_NET_ADMIN: as much as net.core.rmem_max allows
+            netlink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        netlink.bind((0, 0))
+        packet = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    except OSError:
+        netlink.close()
+        raise
+    return netlink, packet
+
+
 # -- retries ------------------------------------------------------------------
 
 
@@ -524,6 +611,8 @@ class AddressHolder:
         self._packet_socket: socket.socket | None = None
         self._nd_sockets: dict[str, tuple[int, socket.socket]] = {}
         self._arp_listeners: dict[str, tuple[int, socket.socket]] = {}
+        #: Takeover plans built, by interface and VIPs, with the link entry they were built from.
+        self._plans: dict[tuple[str, tuple[IPAddress, ...]], tuple[InterfaceInfo, TakeoverPlan]] = {}
 
     async def __aenter__(self) -> "AddressHolder":
         return self
@@ -835,6 +924,31 @@ class AddressHolder:
         """:meth:`add`, only if it can be queued in this pass (the interface known): its future, or None
         and nothing asked (a takeover's VIPs claimed before its router decides, ``native_vrrp``)."""
         return self._change_now(True, interface, _unique(vips))
+
+    def takeover_plan(self, interface: str, vips: Iterable[IPAddress | str]) -> TakeoverPlan | None:
+        """The :class:`TakeoverPlan` of ``vips`` on ``interface`` from the link cache (index and MAC as the
+        holder's own changes and announcements use them); None when the interface is not known yet or a
+        link event since its lookup made it stale (nothing built from a guess)."""
+        wanted = _unique(vips)
+        if not wanted or interface not in self._links:
+            return None
+        try:
+            self._watch_links(interface)  # a link event since the lookup forgets the cached entry
+        except Exception:
+            return None
+        info = self._links.get(interface)
+        if info is None:
+            return None
+        # Asked again after every burst of transitions, mostly for the same VIPs: built once per link
+        # entry (a new one, after a link event, builds afresh).
+        cached = self._plans.get((interface, wanted))
+        if cached is not None and cached[0] is info:
+            return cached[1]
+        if len(self._plans) >= 1024:
+            self._plans.clear()
+        plan = takeover_plan(info, wanted)
+        self._plans[interface, wanted] = (info, plan)
+        return plan
 
     async def _change_later(self, add: bool, interface: str, wanted: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
         if not wanted:

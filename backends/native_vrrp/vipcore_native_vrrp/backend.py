@@ -103,7 +103,9 @@ class NativeVrrpBackend:
         if self.settings.liveness.enabled:
             self.liveness = Coordinator(self.settings.liveness, self._loop, self._groups, self.detector_factory,
                                         keepalived_peers=self.settings.keepalived_peers,
-                                        send_addresses=self.holder.send_queued)
+                                        send_addresses=self.holder.send_queued,
+                                        plan_builder=getattr(self.holder, "takeover_plan", None),
+                                        remove_addresses=self.holder.remove)
         # A killed predecessor leaves its VIPs behind: remove every managed
         # host address before any router of ours holds something.
         for interface in await self.holder.interfaces():
@@ -206,6 +208,9 @@ class NativeVrrpBackend:
     async def vipcore_group_release(self, group: str, reason: str) -> None:
         for driver in self.routers.get(group, {}).values():
             driver.release(reason)
+        # A released backup makes no transition, but it no longer takes over: the takeover plans (and who
+        # watches whom) follow (docs/native-vrrp.md, "The worker claims first").
+        self._refresh_liveness()
 
     @hookimpl
     async def vipcore_group_takeover(self, group: str, reason: str) -> None:
@@ -218,6 +223,7 @@ class NativeVrrpBackend:
                 driver.rejoin(reason)
             else:
                 driver.takeover(reason)
+        self._refresh_liveness()
 
     # -- metrics ---------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from vipcore_native_vrrp.protocol import (
     Send,
     StateChanged,
 )
+from vipcore_native_vrrp.liveness.detector import WorkerClaim
 from vipcore_native_vrrp.timers import BatchedTimer, TimerBatch
 from vipcore_native_vrrp.transport import Link
 
@@ -76,6 +77,9 @@ class _Claim:
     announced: float | None = None
     #: Loop time the machine took over with these VIPs (set when the takeover's batch adopted the claim).
     decided: float | None = None
+    #: When the liveness worker acted on the expiry, if it put these VIPs in itself (its plan): the
+    #: election was decided in advance, ``at`` is its send, ``added`` its acks, ``announced`` its frames.
+    worker_detected: float | None = None
 
 
 class RouterDriver:
@@ -141,6 +145,10 @@ class RouterDriver:
     @property
     def vrid(self) -> int:
         return self.router.config.vrid
+
+    @property
+    def vips(self) -> tuple[IPAddress, ...]:
+        return self.router.config.vips
 
     # -- inputs ---------------------------------------------------------------
 
@@ -283,7 +291,7 @@ class RouterDriver:
                     self._adopt_claim(actions, now)
         self.feed(actions)
 
-    def claim(self, detected: float | None = None) -> bool:
+    def claim(self, detected: float | None = None, worker: WorkerClaim | None = None) -> bool:
         """Before this backup decides in a lost peer's pass (it ranks first among the survivors, so it takes
         over in that pass): ask the holder for its VIPs now, so they join the pass's one netlink batch and
         are announced (:meth:`announce_claim`) before any router's machine runs. Its takeover then finds them
@@ -291,7 +299,11 @@ class RouterDriver:
 
         Only for an idle backup not holding its VIPs (nothing queued may precede or undo the add), on an
         interface the holder knows already (the change queued at once). ``detected``: the loop time the
-        loss was read (the failover's elect phase runs from there to the claim; default now)."""
+        loss was read (the failover's elect phase runs from there to the claim; default now).
+
+        ``worker``: the liveness worker already put these VIPs in and announced them (its takeover plan,
+        confirmed): the holder is still asked (idempotent, "already so"), :meth:`announce_claim` sends
+        nothing, and the phases count from the worker's times (its send is when the address went in)."""
         router = self.router
         if (self.closed or self._claim is not None or router.state is not State.BACKUP or router.released
                 or router.holding or self._worker is not None or self._queue):
@@ -304,18 +316,27 @@ class RouterDriver:
         if asked is None:  # the interface is not known yet: nothing was queued; the takeover asks the usual way
             return False
         now = self.loop.time()
-        self._claim = _Claim(vips=vips, asked=asked, detected=now if detected is None else min(detected, now), at=now)
+        read = now if detected is None else min(detected, now)
+        if worker is not None and worker.ok and worker.acked is not None:
+            self._claim = _Claim(vips=vips, asked=asked, detected=read, at=min(worker.sent, read),
+                                 added=min(worker.acked, now), worker_detected=min(worker.expired, worker.sent),
+                                 announced=min(worker.announced, now) if worker.announced is not None else None)
+        else:
+            self._claim = _Claim(vips=vips, asked=asked, detected=read, at=now)
         return True
 
     def announce_claim(self) -> bool:
         """Once the pass's batch was sent: the claimed VIPs' first announcement, when the kernel answered in
         the pass (the holder's ``send_queued``). True if it went."""
         claim = self._claim
+        if claim is not None and claim.worker_detected is not None and claim.announced is not None:
+            return True  # the liveness worker's announcement is this claim's first one
         if claim is None or claim.decided is not None or not claim.asked.done():
             return False
         if claim.asked.cancelled() or claim.asked.exception() is not None:
             return False  # the takeover awaits the same answer and reports the failure
-        claim.added = self.loop.time()
+        if claim.added is None:  # (the worker's acks, when it put them in: the truer time)
+            claim.added = self.loop.time()
         if not self.schedule.count:
             return False
         try:
@@ -355,6 +376,23 @@ class RouterDriver:
         except Exception:
             log.exception("group %s IPv%d: removing VIPs added before a takeover that did not happen failed",
                           self.group[:12], self.family)
+            return False
+        self.loop.create_task(self._confirm_release(removed), name=f"vrrp {self.group[:12]} release")
+        return True
+
+    def release_worker_claim(self) -> bool:
+        """The liveness worker put this router's VIPs in (and announced them) at a lost peer's expiry, but
+        this router is not taking over (its plan was stale: the master had moved, the router changed since,
+        or it was busy): they are removed (queued now: the caller sends them in the pass) unless the router
+        holds them or a claim of its own covers them. True when a removal was queued."""
+        if self._claim is not None or self.router.holding or self.router.phase is Phase.MASTER:
+            return False
+        self._stop_announcing()
+        try:
+            removed = self.holder.remove(self.interface, self.router.config.vips)
+        except Exception:
+            log.exception("group %s IPv%d: removing VIPs the liveness worker added failed", self.group[:12],
+                          self.family)
             return False
         self.loop.create_task(self._confirm_release(removed), name=f"vrrp {self.group[:12]} release")
         return True
@@ -550,7 +588,14 @@ class RouterDriver:
                     # phase runs from the claim. The machine's transition came after the first
                     # announcement, in the same pass: no phase of its own.
                     start = claim.at
-                    phases = attrs.evolve(phases, elect=claim.at - claim.detected)
+                    if claim.worker_detected is not None:
+                        # The liveness worker claimed them at the expiry, before the agent read it: detection
+                        # ends where the worker acted, the election was its plan (decided in advance).
+                        late = max(0.0, claim.detected - claim.worker_detected)
+                        detect = phases.detect if phases.detect is None else max(0.0, phases.detect - late)
+                        phases = attrs.evolve(phases, detect=detect, elect=claim.at - claim.worker_detected)
+                    else:
+                        phases = attrs.evolve(phases, elect=claim.at - claim.detected)
                 action = attrs.evolve(action, phases=attrs.evolve(
                     phases,
                     address=max(0.0, added - start) if added is not None else None,

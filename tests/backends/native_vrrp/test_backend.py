@@ -168,6 +168,9 @@ class FakeHolder:
     async def close(self) -> None:
         self.closed = True
 
+    def send_queued(self) -> bool:
+        return False  # nothing queued to send early: every change is carried out when awaited
+
 
 class Cluster:
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
@@ -1099,3 +1102,51 @@ def test_a_takeover_pass_ends_with_its_vips_in_the_kernel_before_a_packet_read_i
         asyncio.run(scenario())
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+class CountingDetector:
+    """Stands in for the liveness detector: counts the coordinator's refreshes (each sets the peers)."""
+
+    refreshes = 0
+
+    def __init__(self, interface: str, local: IPAddress, config: object, **kwargs: Any) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def set_peers(self, peers: Iterable[IPAddress], relaxed: Iterable[IPAddress] = ()) -> None:
+        CountingDetector.refreshes += 1
+
+    def state(self, peer: IPAddress) -> None:
+        return None
+
+    def close(self, *, graceful: bool) -> None:
+        pass
+
+
+def test_a_release_of_a_backup_refreshes_liveness_though_no_transition_follows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A released backup never takes over: the takeover plans must drop its group at once, not at the next
+    transition (a stale plan would have the liveness worker claim and announce a drained group's VIPs)."""
+    async def scenario() -> None:
+        c = Cluster({"liveness": True})
+        monkeypatch.setattr(NativeVrrpBackend, "detector_factory", CountingDetector)
+        await c.start_all()
+        await asyncio.sleep(0.5)
+        backup = next(n for n in NODE_NUMBER if n != best())
+        backend = c.backends[backup]
+        assert all(d.router.state is State.BACKUP for d in backend.routers[group().name].values())
+        before, reports = CountingDetector.refreshes, len(c.reports)
+        await backend.vipcore_group_release(group().name, "drain")
+        await asyncio.sleep(0.05)
+        assert len(c.reports) == reports  # no transition
+        assert CountingDetector.refreshes > before
+        before = CountingDetector.refreshes
+        await backend.vipcore_group_takeover(group().name, "undrain")
+        await asyncio.sleep(0.05)
+        assert CountingDetector.refreshes > before
+        for b in c.backends.values():
+            await b.vipcore_backend_stop(graceful=False)
+
+    run(scenario)

@@ -185,11 +185,11 @@ def test_the_status_table_shows_each_session_by_interface_and_peer() -> None:
     table = c.status_table()
     assert table.title == "liveness"
     assert table.columns == ("INTERFACE", "PEER", "NODE", "SESSION", "DETECT MS", "FLAPS", "LONGEST SILENCE MS",
-                             "ASKED RX MS", "TX MS", "REALTIME WORKER")
+                             "ASKED RX MS", "TX MS", "REALTIME WORKER", "PLANNED VIPS", "WORKER CLAIMS")
     assert table.rows == (
-        ("eth0", "198.51.100.12", "node-b", "up", 50.0, 0, 12.3, 1000.0, 10.0, "yes"),
-        ("eth0", "198.51.100.13", "node-c", "admindown", 50.0, 2, 12.3, 1000.0, 10.0, "yes"),
-        ("eth1", None, None, "no peer needed", None, None, None, None, None, "no"),
+        ("eth0", "198.51.100.12", "node-b", "up", 50.0, 0, 12.3, 1000.0, 10.0, "yes", 0, "0"),
+        ("eth0", "198.51.100.13", "node-c", "admindown", 50.0, 2, 12.3, 1000.0, 10.0, "yes", 0, "0"),
+        ("eth1", None, None, "no peer needed", None, None, None, None, None, "no", None, None),
     )
     from vipcore.backend.host import status_problem
 
@@ -930,3 +930,251 @@ def test_with_the_kernel_the_zero_delay_groups_vips_are_held_and_announced_befor
         asyncio.run(scenario())
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+# -- takeover plans: the worker claims first, the pass adopts its claim ---------------------------------
+
+PLAN_INFO = attrs.evolve(NODE_A_INTERFACES["eth0"], index=2, mac=bytes.fromhex("020000000001"))
+
+
+def build_plan(interface: str, vips: tuple[IPAddress, ...]) -> Any:
+    from vipcore.net.addresses import takeover_plan
+
+    return takeover_plan(attrs.evolve(PLAN_INFO, name=interface), vips)
+
+
+class PlanningDetector(RecordingDetector):
+    """The worker-backed detector's side of takeover plans: the plan it holds per peer (each change noted,
+    as the real one writes a frame only then), and the claim its worker reported at an expiry."""
+
+    def __init__(self, interface: str, local: IPAddress, config: object, **kwargs: Any) -> None:
+        super().__init__(interface, local, config, **kwargs)
+        self.plans: dict[IPAddress, Any] = {}
+        self.sent: list[tuple[IPAddress, Any]] = []
+        self.claims: dict[IPAddress, Any] = {}
+
+    def set_plan(self, peer: IPAddress, plan: Any) -> None:
+        if self.plans.get(peer) != plan:
+            self.sent.append((peer, plan))
+        if plan is None:
+            self.plans.pop(peer, None)
+        else:
+            self.plans[peer] = plan
+
+    def clear_plans(self) -> None:
+        for peer in list(self.plans):
+            self.set_plan(peer, None)
+
+    def planned(self, peer: IPAddress) -> Any:
+        return self.plans.get(peer)
+
+    def claim_of(self, peer: IPAddress) -> Any:
+        return self.claims.pop(peer, None)
+
+
+def _hear(driver: Any, master: IPAddress, priority: int = 200) -> None:
+    """``driver``'s router hears an advert from ``master`` (its master moves there)."""
+    from vipcore_native_vrrp.protocol import Advertisement, encode
+
+    dst, vips = A("224.0.0.18"), driver.router.config.vips
+    driver._on_packet(encode(Advertisement(driver.vrid, priority, 100, vips), master, dst), master, dst, 255)
+    assert driver.router.master == master
+
+
+def test_each_up_peer_gets_the_plan_of_the_groups_taken_at_once_and_a_moved_master_takes_its_group_out() -> None:
+    held_by_b = groups_held_by("node-b", 10)
+    ours = [m for m in held_by_b if m.members[1].name == "node-a"]
+    assert len(ours) > 1
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        holder = PassHolder()
+        entries = real_drivers(held_by_b, holder, loop)
+        c = Coordinator(LivenessSettings(), loop, lambda: entries, PlanningDetector,  # type: ignore[arg-type]
+                        send_addresses=holder.send_queued, plan_builder=build_plan)
+        try:
+            c.ensure(NODE_A_INTERFACES["eth0"])
+            detector = c.detectors["eth0"]
+            assert isinstance(detector, PlanningDetector)
+            assert detector.plans == {}  # no session Up: no plan
+            detector.up |= {B, C}
+            c.refresh()
+            assert set(detector.plans) == {B}  # node-c masters nothing here
+            assert detector.plans[B] == build_plan("eth0", tuple(v for m in ours for v in m.group.vips_v4))
+            sent = len(detector.sent)
+            c.refresh()
+            assert len(detector.sent) == sent  # unchanged: nothing sent again
+            # The master of one of our groups moves to node-c: that group is no longer node-b's to lose.
+            moved = next(drivers for m, drivers in entries if m is ours[0])[Family.IPV4]
+            _hear(moved, C)
+            c.refresh()  # (the backend refreshes on a master heard elsewhere: on_master)
+            assert detector.plans[B].vips == tuple(v for m in ours[1:] for v in m.group.vips_v4)
+            assert C not in detector.plans  # node-b ranks before us there: another survivor takes it
+            # node-b's session is not Up any more (a flap): no plan for it, and with node-b not counted
+            # ahead of us, the moved group is ours at once if node-c is lost.
+            detector.up.discard(B)
+            c.refresh()
+            assert set(detector.plans) == {C} and detector.plans[C].vips == ours[0].group.vips_v4
+        finally:
+            c.close(graceful=False)
+            for _, drivers in entries:
+                await drivers[Family.IPV4].close()
+
+    asyncio.run(scenario())
+
+
+def test_the_pass_adopts_the_workers_claim_without_a_second_announcement_and_removes_a_stale_one() -> None:
+    """The worker put the planned VIPs in and announced them at the expiry. The pass asks the holder for
+    them again (idempotent), announces none of them a second time, and the phases count from the worker's
+    times. The plan was stale for one group (its master had moved to node-c after the plan was built):
+    that group's VIPs are removed in the pass and its router stays a backup; so is a claimed VIP no group
+    has any more (its group left after the plan)."""
+    from vipcore_native_vrrp.liveness.detector import WorkerClaim
+
+    held_by_b = groups_held_by("node-b", 10)
+    ours = [m for m in held_by_b if m.members[1].name == "node-a"]
+    assert len(ours) > 2
+    stale, kept = ours[0], ours[1:]
+    kept_vips = {v for m in kept for v in m.group.vips_v4}
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        holder = PassHolder()
+        entries = real_drivers(held_by_b, holder, loop)
+        reports: list[Any] = []
+        for _, drivers in entries:
+            drivers[Family.IPV4].report = lambda d, change, failover: reports.append(change)
+        c = Coordinator(LivenessSettings(), loop, lambda: entries, PlanningDetector,  # type: ignore[arg-type]
+                        send_addresses=holder.send_queued, plan_builder=build_plan,
+                        remove_addresses=holder.remove)  # type: ignore[arg-type]
+        gone = A("198.51.100.250")
+        try:
+            c.ensure(NODE_A_INTERFACES["eth0"])
+            detector = c.detectors["eth0"]
+            assert isinstance(detector, PlanningDetector)
+            detector.up |= {B, C}
+            c.refresh()
+            plan = detector.plans[B]
+            # After the plan: the stale group's master moves to node-c, and node-b dies before a refresh.
+            _hear(next(drivers for m, drivers in entries if m is stale)[Family.IPV4], C)
+            now = loop.time()
+            worker = WorkerClaim(expired=now - 0.004, sent=now - 0.0039, acked=now - 0.0035, announced=now - 0.003,
+                                 ok=True, vips=plan.vips + (gone,))
+            detector.claims[B] = worker
+            detector.up.discard(B)
+            c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+            # In the pass: the stale group's VIPs removed (sent), its router still a backup.
+            assert ("remove", stale.group.vips_v4, len(kept)) in holder.log
+            assert ("remove", (gone,), len(kept)) in holder.log
+            assert holder.queued == []
+            for membership, drivers in entries:
+                expected = State.MASTER if membership in kept else State.BACKUP
+                assert drivers[Family.IPV4].router.state is expected
+            for _, drivers in entries:
+                await drivers[Family.IPV4].settled()
+            assert holder.held == kept_vips
+            adds = [v for kind, vips, _ in holder.log if kind == "add" for v in vips]
+            assert sorted(map(str, adds)) == sorted(map(str, kept_vips))  # asked again, once each
+            assert [entry for entry in holder.log if entry[0] == "announce"] == []  # the worker's is the first
+            took = [change for change in reports if change.new is State.MASTER]
+            assert len(took) == len(kept)
+            for change in took:
+                phases = change.phases
+                assert phases is not None
+                assert phases.elect == pytest.approx(worker.sent - worker.expired)
+                assert phases.address == pytest.approx(worker.acked - worker.sent)
+                assert phases.announce == pytest.approx(worker.announced - worker.acked)
+                assert phases.detect is not None and phases.detect >= 0.0
+            assert detector.plans == {}  # every plan predates this loss: none until the next refresh
+        finally:
+            c.close(graceful=False)
+            for _, drivers in entries:
+                await drivers[Family.IPV4].close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_claim_that_failed_is_done_again_by_the_pass() -> None:
+    """The worker's netlink send failed (counted in its claim): the pass claims and announces the usual way."""
+    from vipcore_native_vrrp.liveness.detector import WorkerClaim
+
+    ours = [m for m in groups_held_by("node-b", 10) if m.members[1].name == "node-a"]
+    ours_vips = {v for m in ours for v in m.group.vips_v4}
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        holder = PassHolder()
+        entries = real_drivers(ours, holder, loop)
+        c = Coordinator(LivenessSettings(), loop, lambda: entries, PlanningDetector,  # type: ignore[arg-type]
+                        send_addresses=holder.send_queued, plan_builder=build_plan)
+        try:
+            c.ensure(NODE_A_INTERFACES["eth0"])
+            detector = c.detectors["eth0"]
+            assert isinstance(detector, PlanningDetector)
+            detector.up |= {B}
+            c.refresh()
+            now = loop.time()
+            detector.claims[B] = WorkerClaim(expired=now, sent=now, acked=None, announced=None, ok=False,
+                                             vips=detector.plans[B].vips, error=105)
+            c._changed(B, SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED)
+            for _, drivers in entries:
+                await drivers[Family.IPV4].settled()
+            assert holder.held == ours_vips
+            announced = [v for kind, vips, _ in holder.log if kind == "announce" for v in vips]
+            assert sorted(map(str, announced)) == sorted(map(str, ours_vips))  # by the pass, once each
+        finally:
+            c.close(graceful=False)
+            for _, drivers in entries:
+                await drivers[Family.IPV4].close()
+
+    asyncio.run(scenario())
+
+
+def test_the_plans_one_pass_agrees_with_what_a_loss_would_take_for_every_peer() -> None:
+    """The plans are computed for every peer in one pass over the groups; a loss computes its own peer's
+    groups (``_takeovers``). Both, for groups held by node-b, by node-c, by us, and of unknown master."""
+    from vipcore_native_vrrp.protocol import Router
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        holder = PassHolder()
+        entries = real_drivers(groups_held_by("node-b", 6), holder, loop)
+        entries += real_drivers(groups_held_by("node-c", 6), holder, loop)
+        for _, drivers in entries[6:]:
+            _hear(drivers[Family.IPV4], C)
+        # Groups whose master this node has not heard yet (just joined): the expected master counts.
+        from vipcore.net.addresses import AnnounceSchedule
+        from vipcore_native_vrrp.driver import RouterDriver
+        from vipcore_native_vrrp.protocol import RouterConfig
+
+        for membership in groups_held_by("node-a", 3) + groups_held_by("node-c", 9)[6:]:
+            config = RouterConfig(vrid=membership.group.vrid, family=Family.IPV4, primary=A("198.51.100.11"),
+                                  vips=membership.group.vips_v4, priority=100, interval_cs=100,
+                                  destinations=(A("224.0.0.18"),), sources=None)
+            router = Router(config)
+            router.start(loop.time())
+            driver = RouterDriver(group=membership.group.name, interface="eth0", router=router,
+                                  link=PassLink(), holder=holder,  # type: ignore[arg-type]
+                                  schedule=AnnounceSchedule(count=1), report=lambda *a: None, loop=loop)
+            entries.append((membership, {Family.IPV4: driver}))
+        c = Coordinator(LivenessSettings(), loop, lambda: entries, PlanningDetector,  # type: ignore[arg-type]
+                        send_addresses=holder.send_queued, plan_builder=build_plan)
+        try:
+            c.ensure(NODE_A_INTERFACES["eth0"])
+            detector = c.detectors["eth0"]
+            assert isinstance(detector, PlanningDetector)
+            for up in ({B, C}, {B}, {C}):
+                detector.up = set(up)
+                c.refresh()
+                groups = list(c.groups())
+                taken = c._taken_at_once(groups, c._up(c._addresses(groups)))
+                for node in ("node-b", "node-c"):
+                    expected = [d for _, _, backups in c._takeovers(node, []) for d in backups]
+                    assert taken.get(("eth0", node), []) == expected, (up, node)
+            assert any(taken.values())
+        finally:
+            c.close(graceful=False)
+            for _, drivers in entries:
+                await drivers[Family.IPV4].close()
+
+    asyncio.run(scenario())

@@ -8,17 +8,20 @@ saturated cores must not expire them; a peer that really stops must.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import multiprocessing
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.helpers.e2e import in_netns
-from vipcore.lab.topology import Lab
+from vipcore.lab.topology import Lab, run
 from vipcore_native_vrrp.liveness.detector import Detector
 from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
 from vipcore_native_vrrp.liveness.session import SessionConfig
@@ -240,5 +243,112 @@ def test_the_master_sends_fast_hears_slowly_and_a_new_master_is_sped_up_by_a_pol
         finally:
             for detector in detectors.values():
                 detector.close(graceful=False)
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def lab_x9() -> Iterator[Lab]:
+    with Lab(prefix="vcX9", nodes=("a", "b")) as the_lab:
+        yield the_lab
+
+
+def test_the_worker_claims_a_lost_peers_planned_vips_before_telling_the_agent_and_never_at_an_admin_down(
+        lab_x9: Lab) -> None:
+    """a's worker holds a takeover plan for b (two VIPs on a's eth0). b stopping gracefully (AdminDown):
+    nothing claimed. b dying silently: a's worker puts both VIPs in the kernel and announces them (a
+    gratuitous ARP and an NA the client's kernel accepts: checksum right) before the agent hears of it."""
+    from vipcore.net.addresses import ICMPV6_FILTER, InterfaceInfo, icmpv6_filter_only, takeover_plan
+
+    lab = lab_x9
+    vips = (ipaddress.ip_address("198.51.100.199"), ipaddress.ip_address("2001:db8:100::199"))
+    heard: list[tuple[float, SessionState, Diagnostic, object]] = []
+    link = json.loads(run(["ip", "-n", lab.ns("a"), "-j", "link", "show", "eth0"]).stdout)[0]
+    info = InterfaceInfo(name="eth0", index=link["ifindex"], mac=bytes.fromhex(link["address"].replace(":", "")),
+                         up=True)
+    plan = takeover_plan(info, vips)
+
+    def client_sockets() -> tuple[socket.socket, socket.socket]:
+        arp = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+        arp.bind(("eth0", 0))
+        na = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        na.setsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, icmpv6_filter_only(136))
+        for sock in (arp, na):
+            sock.setblocking(False)
+        return arp, na
+
+    def received(sock: socket.socket) -> list[bytes]:
+        out = []
+        while True:
+            try:
+                out.append(sock.recv(2048))
+            except BlockingIOError:
+                return out
+
+    def in_kernel() -> set[object]:
+        out = run(["ip", "-n", lab.ns("a"), "-o", "addr", "show", "dev", "eth0"]).stdout
+        return {ipaddress.ip_interface(line.split()[3]).ip for line in out.splitlines()} & set(vips)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        arp, na = in_netns(lab.client, client_sockets)
+        a: Detector | None = None
+
+        def record(peer: object, old: SessionState, new: SessionState, diag: Diagnostic) -> None:
+            assert a is not None
+            heard.append((time.monotonic(), new, diag, a.claim_of(peer)))  # type: ignore[arg-type]
+
+        def make(node: str, on_change: Any) -> Detector:
+            return in_netns(lab.ns(node), lambda: Detector("eth0", lab.address(node), CONFIG, loop=loop,
+                                                            on_change=on_change, stats_interval=0.02))
+
+        async def up_with_plan(b: Detector) -> None:
+            assert a is not None
+            b.start()
+            b.set_peers([lab.address("a")])
+            deadline = time.monotonic() + 5
+            while a.state(lab.address("b")) is not SessionState.UP:
+                assert time.monotonic() < deadline, heard
+                await asyncio.sleep(0.01)
+            a.set_plan(lab.address("b"), plan)
+            while a.worker_plans != 1:
+                assert time.monotonic() < deadline, a.plans_refused
+                await asyncio.sleep(0.01)
+
+        a = make("a", record)
+        a.start()
+        a.set_peers([lab.address("b")])
+        b = make("b", lambda *args: None)
+        try:
+            await up_with_plan(b)
+            received(arp), received(na)  # whatever the lab sent so far
+            b.close(graceful=True)  # AdminDown: a graceful stop, not a failure
+            await asyncio.sleep(0.3)
+            assert heard[-1][1] is SessionState.DOWN and heard[-1][2] is Diagnostic.NEIGHBOR_DOWN and heard[-1][3] is None
+            assert in_kernel() == set() and received(arp) == [] and received(na) == []
+            assert a.worker_plans == 0 and a.claims == 0
+            b = make("b", lambda *args: None)
+            await up_with_plan(b)
+            b.close(graceful=False)  # b dies without a word
+            deadline = time.monotonic() + 2
+            while heard[-1][1] is not SessionState.DOWN:
+                assert time.monotonic() < deadline, heard
+                await asyncio.sleep(0.005)
+            told, _, diag, claim = heard[-1]
+            assert diag is Diagnostic.CONTROL_DETECTION_EXPIRED
+            assert claim is not None and claim.ok and claim.vips == vips
+            assert claim.announced is not None and claim.sent <= claim.announced <= told
+            assert in_kernel() == set(vips)
+            await asyncio.sleep(0.05)
+            garps = [f for f in received(arp) if f[28:32] == vips[0].packed and f[38:42] == vips[0].packed]
+            nas = [m for m in received(na) if m[0] == 136 and m[8:24] == vips[1].packed]
+            assert len(garps) == 1 and len(nas) == 1
+            await asyncio.sleep(0.05)
+            assert a.claims == 1 and a.claim_failures == 0 and a.claims_by_peer[lab.address("b")] == 1
+        finally:
+            a.close(graceful=False)
+            b.close(graceful=False)
+            arp.close()
+            na.close()
 
     asyncio.run(scenario())

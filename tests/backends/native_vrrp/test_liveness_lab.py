@@ -127,3 +127,44 @@ def test_vipcore_status_shows_the_sessions_and_the_failover_breakdown_of_a_hard_
     assert "LAST FAILOVER OF" in text and "native_vrrp: liveness" in text
     counts = samples_of(scraped, "vipcore_failover_phase_seconds_count")
     assert {dict(k)["phase"] for k, v in counts.items() if v >= 1} == {"detect", "elect", "address", "announce"}
+
+
+def test_the_survivor_s_liveness_worker_claims_the_lost_holder_s_vips_before_its_agent_acts() -> None:
+    """Three agents, default configuration: the new holder's worker holds a takeover plan for the master
+    (``PLANNED VIPS``), and at the master's hard failure puts the VIPs in and announces them itself; the
+    agent adopts the claim (phases from the worker's times), no VIP is held twice, no claim failed."""
+    with Lab(prefix="vcX9") as lab:
+        deployment = Deployment(backend="native_vrrp", manifests=write_example_manifests(lab, lab.run_dir / "manifests"))
+        deployment.start_all(lab)
+        assert wait_for_holders(lab, deployment.expected_holders(lab.nodes), timeout=30, quiet=0.3), lab.holders()
+        master, vips = web(deployment)
+        others = [n for n in lab.nodes if n != master]
+        new_holder = deployment.expected_holders(others)[vips[0]]
+
+        def planned() -> int:
+            document = json.loads(lab.exec(new_holder, [VIPCORE, "status", "-o", "json"]).stdout)
+            (table,) = document["sections"]["native_vrrp"]
+            columns = table["columns"]
+            return sum(row[columns.index("PLANNED VIPS")] or 0 for row in table["rows"]
+                       if row[columns.index("NODE")] == master)
+
+        assert wait_until(lambda: planned() >= len(vips), timeout=15)
+        lab.kill(master)
+        assert wait_for_holders(lab, {v: deployment.expected_holders(others)[v] for v in vips}, timeout=5, quiet=0.5)
+        document = json.loads(lab.exec(new_holder, [VIPCORE, "status", "-o", "json"]).stdout)
+        scraped = metrics(lab, new_holder)
+    claims = samples_of(scraped, "vipcore_liveness_worker_claims_total")
+    failures = samples_of(scraped, "vipcore_liveness_worker_claim_failures_total")
+    assert sum(claims.values()) == 1 and sum(failures.values()) == 0, (claims, failures)
+    (table,) = document["sections"]["native_vrrp"]
+    columns = table["columns"]
+    row = next(r for r in table["rows"] if r[columns.index("NODE")] == master)
+    assert row[columns.index("WORKER CLAIMS")] == "1" and row[columns.index("PLANNED VIPS")] == 0, row
+    took = [r for r in document["routers"] if r["state"] == "master" and r["last_failover"] is not None
+            and "unreachable" in r["reason"]]
+    assert took, document["routers"]
+    for router in took:
+        phases = router["last_failover"]
+        # The worker decided in advance and added at once: microseconds to a few milliseconds each.
+        assert phases["elect_seconds"] < 0.005 and phases["address_seconds"] < 0.02, router
+        assert phases["detect_seconds"] < 0.1 and phases["total_seconds"] < 1.0, router

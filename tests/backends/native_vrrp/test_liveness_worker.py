@@ -2,7 +2,9 @@
 
 Framing, bad frames counted and skipped on both sides, a worker that dies is
 restarted (and its death is not a lost peer), EOF on the control channel ends a
-worker at once, a graceful close ends it cleanly.
+worker at once, a graceful close ends it cleanly. Takeover plans: the worker
+carries one out at an expiry (a veth in a namespace of its own), never at an
+AdminDown, refuses stale and bad ones.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import ipaddress
 import json
 import logging
@@ -22,9 +25,12 @@ import threading
 import time
 import types
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import attrs
 import pytest
 
+from vipcore.core.model import IPAddress
 from vipcore_native_vrrp.liveness import worker as worker_module
 from vipcore_native_vrrp.liveness.control import FrameReader, encode
 from vipcore_native_vrrp.liveness.detector import Detector
@@ -774,3 +780,367 @@ def test_stats_frames_that_would_only_count_packets_wait_and_a_change_goes_in_th
         thread.join(2)
         for sock in (recv, send, control):
             sock.close()
+
+
+# -- the worker claims a lost peer's VIPs itself (its takeover plan) ------------------------------------
+
+CLAIM_DEV = "vcX9d0"
+CLAIM_VIPS = (ipaddress.ip_address("198.51.100.77"), ipaddress.ip_address("2001:db8::77"))
+
+
+class ClaimPair(Pair):
+    """:class:`Pair`, plus what a takeover plan needs in the same namespace: a veth (up, no address of its
+    own; the namespace and the link vanish with the last socket), the worker's NETLINK_ROUTE and AF_PACKET sockets, a sniffer of everything that
+    leaves it, and a netlink socket the test reads the addresses with. The worker notes, when it
+    emits a change frame, what the kernel held and what had left by then."""
+
+    def __init__(self) -> None:
+        from vipcore.net.addresses import InterfaceInfo, claim_sockets
+
+        made: list[Any] = []
+        failed: list[BaseException] = []
+
+        def body() -> None:
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                if libc.unshare(CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+                for command in (["ip", "link", "set", "lo", "up"],
+                                ["ip", "link", "add", CLAIM_DEV, "type", "veth", "peer", "name", CLAIM_DEV[:-1] + "1"],
+                                ["ip", "link", "set", CLAIM_DEV[:-1] + "1", "up"], ["ip", "link", "set", CLAIM_DEV, "up"]):
+                    subprocess.run(command, check=True)
+                made.extend(socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
+                for sock, address in zip(made, [("127.0.0.1", 3784), ("127.0.0.1", 0), (str(PEER), 3784)]):
+                    sock.bind(address)
+                made.extend(claim_sockets())
+                sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+                sniffer.bind((CLAIM_DEV, 0))
+                sniffer.setsockopt(socket.SOL_SOCKET, 33, 1 << 23)  # SO_RCVBUFFORCE: a burst of hundreds
+                sniffer.setblocking(False)
+                made.append(sniffer)
+                made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))
+                link = json.loads(subprocess.run(["ip", "-j", "link", "show", CLAIM_DEV], check=True,
+                                                 capture_output=True, text=True).stdout)[0]
+                made.append(InterfaceInfo(name=CLAIM_DEV, index=link["ifindex"],
+                                          mac=bytes.fromhex(link["address"].replace(":", "")), up=True))
+            except BaseException as exc:  # re-raised in the caller
+                failed.append(exc)
+
+        thread = threading.Thread(target=body)
+        thread.start()
+        thread.join()
+        if failed:
+            raise failed[0]
+        self.recv, self.send, self.peer_sock, self.netlink, self.packet, self.sniffer, self.dump, self.info = made
+        self.recv.setsockopt(socket.IPPROTO_IP, 12, 1)  # IP_RECVTTL
+        for sock in (self.send, self.peer_sock):
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
+        self.peer_sock.setblocking(False)
+        self.control, self.agent_side = socket.socketpair()
+        self.agent_side.setblocking(False)
+        self.seen_at_change: list[tuple[set[IPAddress], list[bytes]]] = []
+        pair = self
+
+        class NotingWorker(worker_module.Worker):
+            def emit(self, frame: dict[str, Any]) -> None:
+                if frame.get("ev") == "change":
+                    pair.seen_at_change.append((pair.in_kernel(), pair.sniffed()))
+                super().emit(frame)
+
+        self.worker = NotingWorker(CONFIG, LOCAL, self.control, self.recv, self.send, stats_interval=60,
+                                   netlink=self.netlink, packet=self.packet)
+        self.peer = Session(CONFIG, 0x7777)
+        self.peer_sent = 0
+        self.finals = []
+        self._sniffed: list[bytes] = []
+        self.reader = FrameReader("ev")
+
+    def close(self) -> None:
+        super().close()
+        for sock in (self.netlink, self.packet, self.sniffer, self.dump):
+            sock.close()
+
+    def in_kernel(self) -> set[IPAddress]:
+        from vipcore.net.rtnetlink import address_dump_request, messages, parse_addresses
+
+        self.dump.send(address_dump_request(1))
+        found: set[IPAddress] = set()
+        while True:
+            data = self.dump.recv(65536)
+            found |= {address for a in parse_addresses(data, self.info.index)
+                      if not (address := ipaddress.ip_address(a.address)).is_link_local}
+            if any(kind == 3 for kind, _, _, _ in messages(data)):  # NLMSG_DONE
+                return found
+
+    def sniffed(self) -> list[bytes]:
+        """Frames that left the veth so far (announcements only: ARP and ICMPv6 NA)."""
+        while True:
+            try:
+                frame = self.sniffer.recv(2048)
+            except BlockingIOError:
+                return list(self._sniffed)
+            if frame[12:14] == b"\x08\x06" or (frame[12:14] == b"\x86\xdd" and frame[20] == 58 and frame[54] == 136):
+                self._sniffed.append(frame)
+
+    def plan_frame(self, ups: int, vips: tuple[IPAddress, ...] = CLAIM_VIPS) -> dict[str, Any]:
+        from vipcore.net.addresses import takeover_plan
+
+        plan = takeover_plan(self.info, vips)
+        return {"op": "plan", "peer": str(PEER), "ups": ups, "interface": plan.interface,
+                "netlink": [d.hex() for d in plan.netlink], "frames": [f.hex() for f in plan.frames],
+                "vips": [str(v) for v in plan.vips]}
+
+    def frames(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while True:
+            try:
+                data = self.agent_side.recv(65536)
+            except BlockingIOError:
+                return out
+            out += self.reader.feed(data)
+
+    def step_until_down(self) -> None:
+        session = self.worker.sessions[PEER]
+        deadline = time.monotonic() + 2
+        while session.state is SessionState.UP:
+            assert time.monotonic() < deadline, "never went down"
+            time.sleep(0.002)
+            self.worker._receive_all()
+            self.worker._fire(self.worker.clock())
+
+
+def test_at_the_expiry_the_worker_puts_the_planned_vips_in_and_announces_them_before_its_change_frame() -> None:
+    from vipcore.net.addresses import takeover_plan
+
+    pair = ClaimPair()
+    try:
+        pair.up()
+        pair.worker.handle(pair.plan_frame(ups=1))
+        assert PEER in pair.worker.plans
+        assert pair.in_kernel() == set() and pair.sniffed() == []
+        pair.step_until_down()  # the peer went silent: its session expires
+        changes = [f for f in pair.frames() if f["ev"] == "change"]
+        assert changes[-1]["diag"] == int(Diagnostic.CONTROL_DETECTION_EXPIRED)
+        claim = changes[-1]["claim"]
+        assert claim["ok"] is True and claim["vips"] == [str(v) for v in CLAIM_VIPS] and claim["error"] == 0
+        assert claim["expired"] <= claim["sent"] <= claim["acked"] <= claim["announced"]
+        # When the change frame was written, the kernel had both VIPs and both announcements had left.
+        in_kernel, sniffed = pair.seen_at_change[-1]
+        assert in_kernel == set(CLAIM_VIPS)
+        assert sniffed == list(takeover_plan(pair.info, CLAIM_VIPS).frames)
+        assert pair.worker.claims == 1 and pair.worker.claim_failures == 0
+        assert pair.worker.plans == {}  # carried out once
+        stats = pair.worker.stats()
+        assert stats["claims"] == 1 and stats["plans"] == 0
+    finally:
+        pair.close()
+
+
+def test_an_admin_down_from_the_peer_claims_nothing() -> None:
+    pair = ClaimPair()
+    try:
+        pair.up()
+        pair.worker.handle(pair.plan_frame(ups=1))
+        assert PEER in pair.worker.plans
+        pair.peer_send(pair.peer.admin_down(time.monotonic()))  # a graceful stop: not a failure
+        session = pair.worker.sessions[PEER]
+        deadline = time.monotonic() + 2
+        while session.state is SessionState.UP:
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+            pair.worker._receive_all()
+            pair.worker._fire(pair.worker.clock())
+        changes = [f for f in pair.frames() if f["ev"] == "change"]
+        assert changes[-1]["diag"] == int(Diagnostic.NEIGHBOR_DOWN) and "claim" not in changes[-1]
+        assert pair.in_kernel() == set() and pair.sniffed() == []
+        assert pair.worker.claims == 0 and pair.worker.plans == {}  # the plan went with the session's Up
+    finally:
+        pair.close()
+
+
+def test_a_plan_built_for_an_earlier_up_of_the_session_is_refused_and_nothing_is_claimed() -> None:
+    pair = ClaimPair()
+    try:
+        pair.worker.set_peers([PEER])
+        pair.worker.handle(pair.plan_frame(ups=0))  # the session is not Up: what could the plan be based on
+        assert pair.worker.plans == {} and pair.worker.plans_refused["stale"] == 1
+        pair.up()
+        pair.worker.handle(pair.plan_frame(ups=1))
+        assert PEER in pair.worker.plans
+        # The session leaves Up (the peer's AdminDown) and comes back: the plan is dropped, and a plan the
+        # agent built before it saw that (still tagged with the first Up) is refused.
+        pair.peer_send(pair.peer.admin_down(time.monotonic()))
+        deadline = time.monotonic() + 2
+        while pair.worker.sessions[PEER].state is SessionState.UP:
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+            pair.worker._receive_all()
+        assert pair.worker.plans == {}
+        pair.peer = Session(CONFIG, 0x7778)
+        pair.up()
+        assert pair.worker.ups[PEER] == 2
+        pair.worker.handle(pair.plan_frame(ups=1))
+        assert pair.worker.plans == {} and pair.worker.plans_refused["stale"] == 2
+        # A plan the agent dropped on purpose (no group to take from that peer any more) is gone too.
+        pair.worker.handle(pair.plan_frame(ups=2))
+        assert PEER in pair.worker.plans
+        pair.worker.handle({"op": "plan", "peer": str(PEER), "netlink": []})
+        assert pair.worker.plans == {}
+        pair.step_until_down()
+        assert "claim" not in [f for f in pair.frames() if f["ev"] == "change"][-1]
+        assert pair.in_kernel() == set() and pair.sniffed() == [] and pair.worker.claims == 0
+    finally:
+        pair.close()
+
+
+def test_bad_plan_frames_are_counted_by_reason_drop_the_peers_plan_and_the_worker_keeps_serving() -> None:
+    from vipcore.net.rtnetlink import address_message
+
+    pair = ClaimPair()
+    try:
+        pair.up()
+        good = pair.plan_frame(ups=1)
+        removal = address_message(False, pair.info.index, CLAIM_VIPS[0], 1).hex()
+        bad: list[tuple[str, dict[str, Any]]] = [
+            ("malformed", {**good, "peer": "not an address"}),
+            ("malformed", {**good, "ups": True}),
+            ("malformed", {**good, "interface": "x" * 16}),
+            ("malformed", {**good, "netlink": ["zz"]}),
+            ("malformed", {**good, "netlink": [good["netlink"][0][:-2]]}),  # a truncated message
+            ("malformed", {**good, "frames": ["00" * 10]}),  # shorter than any Ethernet frame
+            ("malformed", {**good, "vips": good["vips"][:1]}),  # names fewer addresses than it adds
+            ("not_an_address_add", {**good, "netlink": [removal], "vips": good["vips"][:1]}),
+            ("too_large", {**good, "netlink": good["netlink"] * 17}),
+            ("too_large", {**good, "frames": ["00" * 2000]}),
+            ("no_session", {**good, "peer": "127.0.0.9"}),
+        ]
+        for reason, frame in bad:
+            pair.worker.handle(good)
+            assert PEER in pair.worker.plans
+            before = pair.worker.plans_refused[reason]
+            pair.worker.handle(frame)
+            assert pair.worker.plans_refused[reason] == before + 1, (reason, frame)
+            if frame["peer"] == str(PEER):
+                assert PEER not in pair.worker.plans, reason  # in doubt: no claim for that peer
+        assert pair.worker.reader.bad == 0  # well-formed frames, refused plans: counted apart
+        # Still serving: the plan sent again is carried out at the expiry.
+        pair.worker.handle(good)
+        pair.step_until_down()
+        assert pair.in_kernel() == set(CLAIM_VIPS)
+        assert pair.worker.stats()["plans_refused"] == dict(pair.worker.plans_refused)
+    finally:
+        pair.close()
+
+
+def test_a_plan_of_hundreds_of_vips_in_several_datagrams_is_confirmed_ack_by_ack() -> None:
+    """More VIPs than one datagram carries (128 messages) and more acknowledgements than a default socket
+    buffer holds before the worker reads them: every ack is read, the claim is whole."""
+    vips = tuple(ipaddress.ip_address(f"203.0.113.{i}") for i in range(1, 251)) + \
+        tuple(ipaddress.ip_address(f"2001:db8::{i:x}") for i in range(1, 251))
+    pair = ClaimPair()
+    try:
+        pair.up()
+        frame = pair.plan_frame(ups=1, vips=vips)
+        assert len(frame["netlink"]) == 4
+        pair.worker.handle(frame)
+        assert PEER in pair.worker.plans, pair.worker.plans_refused
+        pair.step_until_down()
+        claim = [f for f in pair.frames() if f["ev"] == "change"][-1]["claim"]
+        assert claim["ok"] is True and claim["error"] == 0 and claim["announced"] is not None
+        assert pair.in_kernel() == set(vips)
+        assert len(pair.sniffed()) == len(vips)
+    finally:
+        pair.close()
+
+
+class PlanRecordingDetector(LoopbackDetector):
+    """A loopback detector that also notes every frame it writes to its worker."""
+
+    written: list[dict[str, Any]]
+
+    def _write(self, frame: dict[str, Any]) -> None:
+        self.__dict__.setdefault("written", []).append(frame)
+        super()._write(frame)
+
+
+def test_the_detector_sends_a_plan_only_for_a_session_up_only_when_it_changed_and_mirrors_what_the_worker_drops() -> None:
+    from vipcore.net.addresses import InterfaceInfo, takeover_plan
+
+    plan = takeover_plan(InterfaceInfo(name="eth0", index=2, mac=bytes(6), up=True), CLAIM_VIPS)
+    other = takeover_plan(InterfaceInfo(name="eth0", index=2, mac=bytes(6), up=True), CLAIM_VIPS[:1])
+
+    async def scenario(loop: asyncio.AbstractEventLoop, changes: list[Change]) -> None:
+        made = detector(loop, changes)
+        made.__class__ = PlanRecordingDetector  # the same sockets, frames noted
+        d = made
+        assert isinstance(d, PlanRecordingDetector)
+        try:
+            d.set_peers([PEER])
+
+            def plans() -> list[dict[str, Any]]:
+                return [f for f in d.__dict__.get("written", []) if f["op"] == "plan"]
+
+            def change(old: SessionState, new: SessionState, diag: Diagnostic, **extra: Any) -> None:
+                d._handle({"ev": "change", "peer": str(PEER), "old": int(old), "new": int(new), "diag": int(diag),
+                           "heard": None, **extra})
+
+            d.set_plan(PEER, plan)
+            assert plans() == []  # the session is not Up: nothing to base a plan on
+            change(SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
+            d.set_plan(PEER, plan)
+            d.set_plan(PEER, plan)
+            assert [(f["ups"], f["vips"]) for f in plans()] == [(1, [str(v) for v in CLAIM_VIPS])]  # once
+            assert d.planned(PEER) == plan
+            d.set_plan(PEER, other)
+            assert len(plans()) == 2 and plans()[-1]["vips"] == [str(CLAIM_VIPS[0])]
+            change(SessionState.UP, SessionState.DOWN, Diagnostic.NEIGHBOR_DOWN)  # the worker dropped it
+            assert d.planned(PEER) is None
+            d.set_plan(PEER, None)
+            assert len(plans()) == 2  # nothing held: nothing to drop
+            change(SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
+            d.set_plan(PEER, plan)
+            assert plans()[-1]["ups"] == 2
+            now = time.monotonic()
+            change(SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED,
+                   claim={"expired": now, "sent": now, "acked": now, "announced": now, "ok": True,
+                          "vips": [str(v) for v in CLAIM_VIPS], "error": 0})
+            claim = d.claim_of(PEER)
+            assert claim is not None and claim.ok and claim.vips == CLAIM_VIPS and d.claim_of(PEER) is None
+            assert d.claims_by_peer[PEER] == 1 and d.claim_failures_by_peer[PEER] == 0
+            assert d.planned(PEER) is None  # an expiry consumes every plan
+            change(SessionState.DOWN, SessionState.UP, Diagnostic.NONE)
+            d.set_plan(PEER, plan)
+            d.set_plan(PEER, None)
+            assert plans()[-1] == {"op": "plan", "peer": str(PEER), "netlink": []}
+            change(SessionState.UP, SessionState.DOWN, Diagnostic.CONTROL_DETECTION_EXPIRED,
+                   claim={"expired": "junk"})
+            assert d.claim_of(PEER) is None  # not a claim as the worker writes it: ignored
+        finally:
+            d.close(graceful=False)
+
+    run(scenario)
+
+
+def test_a_claim_whose_addresses_do_not_all_go_in_announces_nothing_and_is_counted() -> None:
+    """One planned VIP cannot be added (its message names an interface index that does not exist): the
+    others go in, the claim says it is not whole, no announcement leaves (clients are not steered to a node
+    that may lack a VIP), and it is counted; the agent's pass then claims and announces the usual way."""
+    from vipcore.net.addresses import takeover_plan
+
+    pair = ClaimPair()
+    try:
+        pair.up()
+        frame = pair.plan_frame(ups=1)
+        broken = takeover_plan(attrs.evolve(pair.info, index=9999), (ipaddress.ip_address("198.51.100.78"),))
+        frame["netlink"].append(broken.netlink[0].hex())
+        frame["vips"].append("198.51.100.78")
+        pair.worker.handle(frame)
+        assert PEER in pair.worker.plans
+        pair.step_until_down()
+        claim = [f for f in pair.frames() if f["ev"] == "change"][-1]["claim"]
+        assert claim["ok"] is False and claim["acked"] is None and claim["announced"] is None
+        assert claim["error"] in (errno.ENODEV, errno.ENXIO, errno.EINVAL)
+        assert pair.in_kernel() == set(CLAIM_VIPS) and pair.sniffed() == []
+        assert pair.worker.claims == 1 and pair.worker.claim_failures == 1
+    finally:
+        pair.close()

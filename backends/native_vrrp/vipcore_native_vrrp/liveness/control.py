@@ -5,10 +5,13 @@ The agent sends ``op`` frames, the worker sends ``ev`` frames:
 
 * agent -> worker: ``{"op": "peers", "peers": ["198.51.100.2", ...], "relaxed": [...]}`` (the whole
   set each time; ``relaxed``, optional, the peers asked to send slowly),
+  ``{"op": "plan", "peer", "ups", "interface", "netlink": [hex], "frames": [hex], "vips": [...]}`` (what
+  the worker claims if that peer's session expires; ``"netlink": []`` drops it),
   ``{"op": "close", "graceful": true}``;
 * worker -> agent: ``{"ev": "ready", ...}`` once, ``{"ev": "change", "peer", "old", "new", "diag", "heard"}``
   per session state change (``heard``: ``time.monotonic()`` of the last packet from the peer, or
-  null), ``{"ev": "stats", ...}`` periodically (counters and the sessions, for
+  null; after an expiry with a plan, ``claim``: ``expired``, ``sent``, ``acked``, ``announced``,
+  ``ok``, ``vips``, ``error``), ``{"ev": "stats", ...}`` periodically (counters and the sessions, for
   metrics and ``vipcore status``), ``{"ev": "log", "level", "message"}``, and ``{"ev": "closed"}``
   after a graceful close has sent every AdminDown.
 

@@ -14,7 +14,9 @@ one ``step`` more for each live member ranked before this node, at most
 ``MAX_RANK_STEPS`` (see :meth:`Coordinator._rank` for who counts as live) — so
 exactly one takes each group and the others hear it before their own timer fires. The groups
 this node takes at once (delay 0) have their VIPs put in the kernel and announced before
-their routers decide (``claim``, docs/native-vrrp.md "A node's many groups at once"). An
+their routers decide (``claim``, docs/native-vrrp.md "A node's many groups at once"); the worker
+holds a plan of those VIPs per peer and puts them in and announces them itself at the expiry, before
+the agent reads it, and the pass adopts its claim ("The worker claims first"). An
 AdminDown (a peer stopping gracefully, or no longer needing us) is not a
 failure: the VRRP hand-over handles a graceful stop.
 """
@@ -25,7 +27,7 @@ import asyncio
 import gc
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Protocol
 
@@ -33,8 +35,8 @@ import attrs
 
 from vipcore.core.errors import ConfigError
 from vipcore.core.model import Family, IPAddress, Membership, MetricSample, State, StatusTable
-from vipcore.net.addresses import InterfaceInfo
-from vipcore_native_vrrp.liveness.detector import Detector
+from vipcore.net.addresses import InterfaceInfo, TakeoverPlan
+from vipcore_native_vrrp.liveness.detector import Detector, WorkerClaim
 from vipcore_native_vrrp.protocol.router_config import MAX_RANK_STEPS, RANK_STEP_MIN
 from vipcore_native_vrrp.liveness.packet import Diagnostic, SessionState
 from vipcore_native_vrrp.liveness.session import SessionConfig
@@ -134,7 +136,12 @@ class RouterView(Protocol):
     def peer_lost(self, delay: float, what: str, silent_for: float = 0.0,
                   held: list[Callable[[], None]] | None = None) -> None: ...
 
-    def claim(self, detected: float | None = None) -> bool: ...
+    def claim(self, detected: float | None = None, worker: WorkerClaim | None = None) -> bool: ...
+
+    def release_worker_claim(self) -> bool: ...
+
+    @property
+    def vips(self) -> tuple[IPAddress, ...]: ...
 
     def announce_claim(self) -> bool: ...
 
@@ -162,8 +169,19 @@ class Coordinator:
     def __init__(self, settings: LivenessSettings, loop: asyncio.AbstractEventLoop,
                  groups: Callable[[], Iterable[tuple[Membership, Mapping[Family, RouterView]]]],
                  detector_factory: Callable[..., Detector] = Detector, *,
-                 keepalived_peers: Iterable[str] = (), send_addresses: Callable[[], object] | None = None) -> None:
+                 keepalived_peers: Iterable[str] = (), send_addresses: Callable[[], object] | None = None,
+                 plan_builder: Callable[[str, tuple[IPAddress, ...]], TakeoverPlan | None] | None = None,
+                 remove_addresses: Callable[[str, tuple[IPAddress, ...]], Awaitable[object]] | None = None) -> None:
         self.settings = settings
+        #: Builds the bytes of a takeover plan (the holder's ``takeover_plan``): with it, each worker holds,
+        #: per peer, the VIPs of the groups this node takes at once if that peer is lost, and claims them
+        #: itself at the expiry (docs/native-vrrp.md, "The worker claims first"). None: no plans.
+        self.plan_builder = plan_builder
+        #: Removes VIPs (the holder's ``remove``): claimed ones no group has any more.
+        self.remove_addresses = remove_addresses
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: The (interface, peer address) pairs a worker holds a plan for.
+        self._planned: set[tuple[str, IPAddress]] = set()
         #: Called in the pass over a lost peer's groups: sends the address changes queued in it (the
         #: holder's ``send_queued``) before anything else the loop has ready — the VIPs of the groups taken
         #: at once before their routers decide, then whatever the decisions queued; True when it sent them
@@ -312,6 +330,70 @@ class Coordinator:
                         for interface, peers in wanted.items()}
         for interface, detector in self.detectors.items():
             detector.set_peers(wanted[interface], relaxed=wanted[interface] - fast[interface])
+        if self.plan_builder is not None:
+            self._update_plans(groups, addresses, up)
+
+    def _update_plans(self, groups: list[tuple[Membership, Mapping[Family, RouterView]]],
+                      addresses: Mapping[tuple[str, str], IPAddress], up: Mapping[str, set[str]]) -> None:
+        """Per interface and peer whose session is Up: the plan of the groups this node takes at once if
+        that peer is lost (what :meth:`_takeovers` would return now), handed to the worker. Rebuilt with
+        every refresh, so with what it depends on: the routers' states and masters (transitions, a master
+        that moved), released routers, memberships, which sessions are Up, links (their transitions)."""
+        assert self.plan_builder is not None
+        planned: set[tuple[str, IPAddress]] = set()
+        taken = self._taken_at_once(groups, up)
+        for (interface, node), address in addresses.items():
+            detector = self.detectors.get(interface)
+            set_plan = getattr(detector, "set_plan", None)
+            if set_plan is None or node not in up.get(interface, ()) or node in self.lost \
+                    or node in self.keepalived_names or address in self.keepalived_addresses:
+                continue
+            vips = tuple(vip for driver in taken.get((interface, node), ()) for vip in driver.vips)
+            plan = None
+            if vips:
+                try:
+                    plan = self.plan_builder(interface, vips)
+                except Exception:  # no plan: the agent's pass claims them as before
+                    log.exception("liveness: building the takeover plan for %s failed", node)
+            set_plan(address, plan)
+            if plan is not None:
+                planned.add((interface, address))
+        for (interface, address) in self._planned - planned:
+            detector = self.detectors.get(interface)
+            if detector is not None and hasattr(detector, "set_plan"):
+                detector.set_plan(address, None)
+        self._planned = planned
+
+    def _taken_at_once(self, groups: list[tuple[Membership, Mapping[Family, RouterView]]],
+                       up: Mapping[str, set[str]]) -> dict[tuple[str, str], list[RouterView]]:
+        """Per (interface, node): the backups here of the groups :meth:`_split` would put first if that
+        node were lost — the same rules, in one pass over the groups instead of one per peer (a refresh
+        runs after every burst of transitions; at 16 nodes that was 15 passes)."""
+        taken: dict[tuple[str, str], list[RouterView]] = {}
+        step = self.settings.rank_step
+        for membership, drivers in groups:
+            backups = [d for d in drivers.values() if d.router.state is State.BACKUP and not d.router.released]
+            if not backups:
+                continue
+            known = {self._node_of(membership, d.router.master) for d in drivers.values()} - {None}
+            interface = membership.group.interface
+            alive = up.get(interface, set())
+            for node in known or {self._expected_master(membership)}:
+                if node is None or node == membership.node \
+                        or not any(member.name == node for member in membership.members):
+                    continue
+                if self._rank(membership, node, alive) * step > 0:
+                    continue  # another survivor ranks first there
+                taken.setdefault((interface, node), []).extend(backups)
+        return taken
+
+    def _clear_plans(self) -> None:
+        """No worker claims until the next refresh rebuilds the plans (after a lost peer's takeovers)."""
+        for detector in self.detectors.values():
+            clear = getattr(detector, "clear_plans", None)
+            if clear is not None:
+                clear()
+        self._planned.clear()
 
     def close(self, *, graceful: bool) -> None:
         for hold in list(self._holds):
@@ -404,28 +486,39 @@ class Coordinator:
             held: list[Callable[[], None]] = []
             later: list[tuple[float, Membership, list[RouterView]]] = []
             first = self._takeovers(node, later)
+            # The worker may have put VIPs in already (its plan for this peer, carried out at the expiry,
+            # before it told us): the routers whose VIPs those are.
+            worker, where = self._worker_claim(peer)
+            whole, by_worker, orphans = self._drivers_of(worker) if worker is not None else ({}, {}, ())
+            adopt = worker if worker is not None and worker.ok else None
             # The groups taken at once: their VIPs to the kernel in one batch and announced before any of
             # their routers' machines runs (a decision costs 60-200 us a router: with 30 routers the last
             # group's VIPs waited milliseconds behind the others' decisions). The set claimed is the set
-            # told with no delay below, which take over in the pass.
-            claimed = [driver for _, _, backups in first for driver in backups if self._claim(driver, started)]
-            for driver in claimed if claimed and self._send_addresses(node) else ():
+            # told with no delay below, which take over in the pass. A group the worker claimed is asked
+            # again (idempotent: the holder's "already so") and not announced a second time.
+            claimed = [driver for _, _, backups in first for driver in backups
+                       if self._claim(driver, started, adopt if id(driver) in whole else None)]
+            sent = bool(claimed) and self._send_addresses(node)
+            for driver in claimed:
                 try:
-                    driver.announce_claim()
+                    driver.announce_claim()  # a no-op for a claim the holder did not answer in the pass
                 except Exception:  # its worker announces instead
                     log.exception("liveness: announcing a group taken from %s failed", node)
             acted = self._tell(first, node, detect, silent, held)
-            # A claim no takeover adopted (the machine did not take over, or failed): its VIPs removed.
+            # A claim no takeover adopted (the machine did not take over, or failed): its VIPs removed. So
+            # are those the worker put in for a router that is not taking over (a plan gone stale).
             undone = 0
-            for driver in claimed:
+            ids = {id(driver) for driver in claimed}
+            for driver in (*claimed, *(d for d in by_worker.values() if id(d) not in ids)):
                 try:
-                    undone += driver.release_claim()
+                    undone += driver.release_claim() if id(driver) in ids else driver.release_worker_claim()
                 except Exception:
                     log.exception("liveness: undoing the VIPs of a group taken from %s failed", node)
+            if orphans:
+                undone += self._remove_orphans(where, orphans)
             # Then, still in this pass, the address changes the decisions queued if any (a takeover without a
             # claim, a claim undone) and those takeovers' first announcements (when the kernel answered at
             # once: neighbours learn the new holder before anything else the loop has ready runs)...
-            ids = {id(driver) for driver in claimed}
             unclaimed = [driver for driver in acted if id(driver) not in ids]
             sent = bool(unclaimed or undone) and self._send_addresses(node)
             for driver in unclaimed if sent else ():
@@ -449,6 +542,8 @@ class Coordinator:
                 self._hold_refreshes(busy)
         finally:
             self._resume_gc()  # at once unless a hold keeps it off
+        # Every plan was built before this loss: none is carried out until the refresh rebuilds them.
+        self._clear_plans()
         self.schedule_refresh()
         self.last_loss_read_late = max(0.0, silent - detect)
         self.last_loss_act_seconds = self.loop.time() - started
@@ -465,7 +560,12 @@ class Coordinator:
         first ones' VIPs in the kernel, tells them (:meth:`_tell`: they decide in the pass), sends their
         held adverts, and only then tells the later ones."""
         groups = list(self.groups())
-        up = self._up(self._addresses(groups))
+        return self._split(node, groups, self._up(self._addresses(groups)), later)
+
+    def _split(self, node: str, groups: list[tuple[Membership, Mapping[Family, RouterView]]],
+               up: Mapping[str, set[str]], later: list[tuple[float, Membership, list[RouterView]]],
+               ) -> list[tuple[float, Membership, list[RouterView]]]:
+        """:meth:`_takeovers` with the groups and the sessions Up given (the same rules for a takeover plan)."""
         first: list[tuple[float, Membership, list[RouterView]]] = []
         for membership, drivers in groups:
             if not any(member.name == node for member in membership.members) or node == membership.node:
@@ -483,10 +583,61 @@ class Coordinator:
             (later if delay > 0 else first).append((delay, membership, backups))
         return first
 
-    @staticmethod
-    def _claim(driver: RouterView, detected: float) -> bool:
+    def _worker_claim(self, peer: IPAddress) -> tuple[WorkerClaim | None, str]:
+        """What a worker did with ``peer``'s plan at this expiry, if it had one, and its interface."""
+        for interface, detector in self.detectors.items():
+            claim_of = getattr(detector, "claim_of", None)
+            claim = claim_of(peer) if claim_of is not None else None
+            if isinstance(claim, WorkerClaim):
+                return claim, interface
+        return None, ""
+
+    def _drivers_of(self, claim: WorkerClaim) -> tuple[dict[int, RouterView], dict[int, RouterView],
+                                                        tuple[IPAddress, ...]]:
+        """The routers whose VIPs ``claim`` put in, by id: those it covers whole (their claim can be adopted),
+        those it touched at all (their VIPs are removed unless they take over), and the claimed VIPs no
+        router has any more (a group that left since the plan)."""
+        claimed = set(claim.vips)
+        whole: dict[int, RouterView] = {}
+        touched: dict[int, RouterView] = {}
+        covered: set[IPAddress] = set()
+        for _, drivers in self.groups():
+            for driver in drivers.values():
+                vips = driver.vips
+                if not claimed.isdisjoint(vips):
+                    touched[id(driver)] = driver
+                    covered.update(vips)
+                    if claimed.issuperset(vips):
+                        whole[id(driver)] = driver
+        return whole, touched, tuple(vip for vip in claim.vips if vip not in covered)
+
+    def _remove_orphans(self, interface: str, vips: tuple[IPAddress, ...]) -> bool:
+        """Claimed VIPs that belong to no group here any more: removed (queued now, sent in the pass)."""
+        log.warning("liveness: the worker claimed %s on %s, which no group here has any more; removing them",
+                    ", ".join(map(str, vips)), interface)
+        if self.remove_addresses is None:
+            return False
         try:
-            return driver.claim(detected)
+            removed = self.remove_addresses(interface, vips)
+        except Exception:
+            log.exception("liveness: removing %s failed", ", ".join(map(str, vips)))
+            return False
+        task = self.loop.create_task(self._confirm_removed(removed, vips), name="liveness orphan VIPs")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    @staticmethod
+    async def _confirm_removed(removed: Awaitable[object], vips: tuple[IPAddress, ...]) -> None:
+        try:
+            await removed
+        except Exception as exc:
+            log.error("liveness: removing %s failed: %s", ", ".join(map(str, vips)), exc)
+
+    @staticmethod
+    def _claim(driver: RouterView, detected: float, worker: WorkerClaim | None = None) -> bool:
+        try:
+            return driver.claim(detected) if worker is None else driver.claim(detected, worker=worker)
         except Exception:  # it takes over the usual way (its VIPs asked when it decides)
             log.exception("liveness: asking for the VIPs of a group before its takeover failed")
             return False
@@ -580,18 +731,24 @@ class Coordinator:
         for interface, detector in sorted(self.detectors.items()):
             realtime = "yes" if detector.scheduled_realtime else "no"
             sessions = sorted(detector.snapshot().items(), key=lambda item: str(item[0]))
+            planned = getattr(detector, "planned", None)
+            claims = getattr(detector, "claims_by_peer", {})
+            failures = getattr(detector, "claim_failures_by_peer", {})
             for peer, session in sessions:
+                plan = planned(peer) if planned is not None else None
                 rows.append((interface, str(peer), self._node_by_address(peer), session.state.name.lower().replace(
                     "_", ""), round(session.detection_time * 1000, 1), session.flaps,
                     round(session.longest_silence * 1000, 1), round(session.required_min_rx * 1000, 1),
-                    round(session.tx_interval * 1000, 1), realtime))
+                    round(session.tx_interval * 1000, 1), realtime, len(plan.vips) if plan is not None else 0,
+                    f"{claims.get(peer, 0)}" + (f" ({failures[peer]} failed)" if failures.get(peer) else "")))
             if not sessions:
-                rows.append((interface, None, None, "no peer needed", None, None, None, None, None, realtime))
+                rows.append((interface, None, None, "no peer needed", None, None, None, None, None, realtime, None,
+                             None))
         return StatusTable(
             "liveness", ("INTERFACE", "PEER", "NODE", "SESSION", "DETECT MS", "FLAPS", "LONGEST SILENCE MS",
-                         "ASKED RX MS", "TX MS", "REALTIME WORKER"), tuple(rows),
+                         "ASKED RX MS", "TX MS", "REALTIME WORKER", "PLANNED VIPS", "WORKER CLAIMS"), tuple(rows),
             note="a session going down while its peer is alive would be a false failover: compare LONGEST "
-                 "SILENCE MS with DETECT MS")
+                 "SILENCE MS with DETECT MS. PLANNED VIPS: what the worker puts in itself if that peer is lost")
 
     # -- metrics -------------------------------------------------------------------
 
@@ -634,6 +791,19 @@ class Coordinator:
             out.append(MetricSample("vipcore_liveness_expiries", float(detector.expiries), labels=worker,
                                     help="Sessions that expired (Up, then nothing from the peer for the detection "
                                          "time); each one is a lost peer"))
+            out.append(MetricSample("vipcore_liveness_worker_claims", float(getattr(detector, "claims", 0)),
+                                    labels=worker,
+                                    help="Lost peers whose groups' VIPs the liveness worker put in and announced "
+                                         "itself at the expiry, before the agent read it (its takeover plan)"))
+            out.append(MetricSample("vipcore_liveness_worker_claim_failures",
+                                    float(getattr(detector, "claim_failures", 0)), labels=worker,
+                                    help="Worker claims that failed in part (an address or an announcement): the "
+                                         "agent's pass did that part its usual way"))
+            for reason, count in sorted(getattr(detector, "plans_refused", {}).items()):
+                out.append(MetricSample("vipcore_liveness_worker_plans_refused", float(count),
+                                        labels=(("interface", interface), ("reason", reason)),
+                                        help="Takeover plans the liveness worker refused, by reason (stale: "
+                                             "built for an earlier Up of the session)"))
             out.append(MetricSample("vipcore_liveness_worker_crashes", float(detector.crashes), labels=worker,
                                     help="Liveness worker processes that exited unasked (each one restarted)"))
             out.append(MetricSample("vipcore_liveness_control_bad_frames", float(detector.bad_frames), labels=worker,

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 import attrs
 
 from vipcore.core.model import Family, IPAddress
+from vipcore.net.addresses import TakeoverPlan, claim_sockets
 from vipcore_native_vrrp import BACKEND_NAME
 from vipcore_native_vrrp.liveness.control import Frame, FrameReader, encode
 from vipcore_native_vrrp.liveness.packet import (
@@ -93,6 +94,45 @@ class SessionView:
     required_min_rx: float = 0.0
     #: Longest time between two packets from the peer while Up (worker's view; reset by a restart).
     longest_silence: float = 0.0
+
+
+@attrs.frozen
+class WorkerClaim:
+    """What the worker did at a session's expiry with the peer's takeover plan (its ``change`` frame's
+    ``claim``), times on the monotonic clock both processes share (``loop.time()``)."""
+
+    #: When it acted on the expiry, sent the address datagram(s), had every ack (None: not all read, or
+    #: an error other than "already there"), and sent the announcement frames (None: not sent).
+    expired: float
+    sent: float
+    acked: float | None
+    announced: float | None
+    #: Every address confirmed in the kernel.
+    ok: bool
+    #: The addresses the plan put in (as the agent named them in it); the errno of the first failure (0: none).
+    vips: tuple[IPAddress, ...] = ()
+    error: int = 0
+
+    @classmethod
+    def from_frame(cls, value: object) -> "WorkerClaim | None":
+        """None for anything that is not a claim as the worker writes it."""
+        if not isinstance(value, dict):
+            return None
+
+        def time_or_none(key: str) -> float | None:
+            item = value.get(key)
+            return float(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else None
+
+        expired, sent = time_or_none("expired"), time_or_none("sent")
+        if expired is None or sent is None:
+            return None
+        vips, error = value.get("vips", []), value.get("error", 0)
+        try:
+            addresses = tuple(ipaddress.ip_address(vip) for vip in vips) if isinstance(vips, list) else ()
+        except ValueError:
+            return None
+        return cls(expired=expired, sent=sent, acked=time_or_none("acked"), announced=time_or_none("announced"),
+                   ok=value.get("ok") is True, vips=addresses, error=error if isinstance(error, int) else 0)
 
 
 class Detector:
@@ -148,6 +188,22 @@ class Detector:
         self._closing = False
         self._closed = False
         self._recv, self._send = self._open()
+        #: The sockets the worker claims a lost peer's VIPs with (None: not allowed here; the agent's pass
+        #: then does all of it, as before).
+        self._claim_sockets = self._open_claim()
+        #: Per peer: how many times its session came Up (from change frames; the current worker's count),
+        #: the takeover plan last sent for it (None: none held), and the worker's claims and failures.
+        self._ups: Counter[IPAddress] = Counter()
+        self._plans: dict[IPAddress, tuple[int, TakeoverPlan]] = {}
+        self._claims: dict[IPAddress, WorkerClaim] = {}
+        self.claims_by_peer: Counter[IPAddress] = Counter()
+        self.claim_failures_by_peer: Counter[IPAddress] = Counter()
+        self._claims_before = self._claim_failures_before = 0
+        self._claims_now = self._claim_failures_now = 0
+        self._plans_refused_before: Counter[str] = Counter()
+        self._plans_refused_now: Counter[str] = Counter()
+        #: Plans the current worker holds (its last stats frame).
+        self.worker_plans = 0
 
     # -- sockets ----------------------------------------------------------------
 
@@ -175,6 +231,14 @@ class Detector:
             send.close()
             raise
         return recv, send
+
+    def _open_claim(self) -> tuple[socket.socket, socket.socket] | None:
+        try:
+            return claim_sockets()
+        except OSError as exc:
+            log.info("%s liveness on %s: the worker cannot claim a lost peer's VIPs itself (%s); the agent "
+                     "does it", BACKEND_NAME, self.interface, exc)
+            return None
 
     def _bind_source_port(self, sock: socket.socket) -> None:
         low, high = SOURCE_PORTS
@@ -209,9 +273,60 @@ class Detector:
         self._by_text = {str(peer): peer for peer in wanted}
         for peer in set(self.sessions) - wanted:
             del self.sessions[peer]
+            self._plans.pop(peer, None)  # the worker drops it with the session
+            self._ups.pop(peer, None)
         for peer in wanted - set(self.sessions):
             self.sessions[peer] = SessionView()
         self._write(self._peers_frame())
+
+    def set_plan(self, peer: IPAddress, plan: TakeoverPlan | None) -> None:
+        """What the worker claims if ``peer``'s session expires (None or no VIPs: nothing). Only for a
+        session Up now, tagged with the count of its Ups (the worker refuses a plan built for an earlier
+        one); a frame goes only when that differs from what the worker holds."""
+        session = self.sessions.get(peer)
+        if plan is not None and (not plan.vips or session is None or session.state is not SessionState.UP
+                                 or self._claim_sockets is None):
+            plan = None
+        held = self._plans.get(peer)
+        ups = self._ups[peer]
+        if plan is None:
+            if held is not None:
+                del self._plans[peer]
+                self._write({"op": "plan", "peer": str(peer), "netlink": []})
+            return
+        if held is not None and held == (ups, plan):
+            return
+        self._plans[peer] = (ups, plan)
+        self._write({"op": "plan", "peer": str(peer), "ups": ups, "interface": plan.interface,
+                     "netlink": [data.hex() for data in plan.netlink], "frames": [data.hex() for data in plan.frames],
+                     "vips": [str(vip) for vip in plan.vips]})
+
+    def clear_plans(self) -> None:
+        """No claim by the worker until plans are set again (the agent's view is being rebuilt)."""
+        for peer in list(self._plans):
+            self.set_plan(peer, None)
+
+    def planned(self, peer: IPAddress) -> TakeoverPlan | None:
+        """The plan the worker holds for ``peer`` (as far as the agent knows)."""
+        held = self._plans.get(peer)
+        return held[1] if held is not None else None
+
+    def claim_of(self, peer: IPAddress) -> WorkerClaim | None:
+        """What the worker did with ``peer``'s plan at its last expiry (taken: asked once per loss)."""
+        return self._claims.pop(peer, None)
+
+    @property
+    def claims(self) -> int:
+        """Plans the workers (this one and the ones before) carried out at an expiry."""
+        return self._claims_before + self._claims_now
+
+    @property
+    def claim_failures(self) -> int:
+        return self._claim_failures_before + self._claim_failures_now
+
+    @property
+    def plans_refused(self) -> Counter[str]:
+        return self._plans_refused_before + self._plans_refused_now
 
     def _peers_frame(self) -> Frame:
         return {"op": "peers", "peers": sorted(map(str, self._peers)), "relaxed": sorted(map(str, self._relaxed))}
@@ -273,7 +388,7 @@ class Detector:
                 process.wait()
         self._process = None
         self._closed = True
-        for sock in (self._recv, self._send):
+        for sock in (self._recv, self._send, *(self._claim_sockets or ())):
             sock.close()
 
     # -- the worker ------------------------------------------------------------------
@@ -287,10 +402,19 @@ class Detector:
                 "send_fd": self._send.fileno(), "local": str(self.local), "tx": self.config.desired_min_tx,
                 "rx": self.config.required_min_rx, "mult": self.config.detect_mult,
                 "slow": self.config.slow_interval, "relaxed": self.config.relaxed_min_rx, "realtime": self.realtime, "stats_interval": self.stats_interval}
+        fds = [theirs.fileno(), self._recv.fileno(), self._send.fileno()]
+        if self._claim_sockets is not None:
+            claim_fds = [sock.fileno() for sock in self._claim_sockets]
+            spec["claim_fds"] = claim_fds
+            fds += claim_fds
+        # A new worker holds no plan and counts its sessions' Ups from 0.
+        self._plans.clear()
+        self._ups.clear()
+        self._claims.clear()
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, json.dumps(spec)],
-                pass_fds=(theirs.fileno(), self._recv.fileno(), self._send.fileno()),
+                pass_fds=tuple(fds),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
         except OSError as exc:
             ours.close()
@@ -344,6 +468,12 @@ class Detector:
                 heard = frame.get("heard")
                 if isinstance(heard, (int, float)) and not isinstance(heard, bool):
                     self.last_heard[peer] = float(heard)
+                claim = WorkerClaim.from_frame(frame.get("claim"))
+                if claim is not None:
+                    self._claims[peer] = claim
+                    self.claims_by_peer[peer] += 1
+                    if not (claim.ok and claim.announced is not None):
+                        self.claim_failures_by_peer[peer] += 1
                 self._on_change(peer, SessionState(frame["old"]), SessionState(frame["new"]), Diagnostic(frame["diag"]))
             elif kind == "stats":
                 self._on_stats(frame)
@@ -364,6 +494,14 @@ class Detector:
         if session is None:
             return  # a peer we dropped since; the worker retires it
         flaps = session.flaps + (1 if old is SessionState.UP and new is not SessionState.UP else 0)
+        # The worker's side of the plans, mirrored: a session coming Up counts, one leaving Up drops its
+        # plan, an expiry drops every plan (carried out or not).
+        if new is SessionState.UP:
+            self._ups[peer] += 1
+        elif old is SessionState.UP:
+            self._plans.pop(peer, None)
+            if new is SessionState.DOWN and diagnostic is Diagnostic.CONTROL_DETECTION_EXPIRED:
+                self._plans.clear()
         self.sessions[peer] = attrs.evolve(session, state=new, flaps=flaps)
         if old is SessionState.UP and new is SessionState.DOWN and diagnostic is Diagnostic.CONTROL_DETECTION_EXPIRED:
             self.expiries += 1
@@ -393,6 +531,12 @@ class Detector:
         self.worker_wakeups = int(frame.get("wakeups", 0))
         self.worker_rss = int(frame.get("rss", self.worker_rss))
         self.scheduled_realtime = bool(frame.get("realtime", self.scheduled_realtime))
+        self.worker_plans = int(frame.get("plans", 0))
+        self._claims_now = int(frame.get("claims", 0))
+        self._claim_failures_now = int(frame.get("claim_failures", 0))
+        refused = frame.get("plans_refused", {})
+        self._plans_refused_now = Counter({str(k): int(v) for k, v in refused.items()}) \
+            if isinstance(refused, dict) else Counter()
 
     def _died(self, why: str) -> None:
         """The worker is gone without being asked to: count, say so, cover for it, start another."""
@@ -413,6 +557,12 @@ class Detector:
         self._drops_now = Counter()
         self._send_errors_before += self._send_errors_now
         self._send_errors_now = 0
+        self._claims_before += self._claims_now
+        self._claim_failures_before += self._claim_failures_now
+        self._plans_refused_before += self._plans_refused_now
+        self._claims_now = self._claim_failures_now = 0
+        self._plans_refused_now = Counter()
+        self._plans.clear()
         for peer, session in self.sessions.items():
             # No change is reported: a gap in our own sessions is not a lost peer.
             self.sessions[peer] = attrs.evolve(session, state=SessionState.DOWN)

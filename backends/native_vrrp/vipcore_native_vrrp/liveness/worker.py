@@ -8,6 +8,12 @@ shared with the agent's event loop), runs at SCHED_RR 1 when allowed, and import
 only the sans-IO liveness modules and the standard library, so it starts in tens
 of milliseconds.
 
+At a session's expiry it carries out the takeover plan the agent gave it for that peer (address
+datagrams on a ``NETLINK_ROUTE`` socket, then announcement frames on an ``AF_PACKET`` socket, both
+inherited, both prebuilt by the agent) before it writes the ``change`` frame: at real-time priority it
+acts before the agent's loop, busy at that moment, has read the change (docs/native-vrrp.md, "The worker
+claims first").
+
 It lives exactly as long as the agent wants it: EOF on the control socket (the
 agent exited or closed it) ends it at once, ``PR_SET_PDEATHSIG`` kills it if the
 agent dies first, SIGINT and SIGTERM aimed at the agent's process group are
@@ -35,7 +41,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from vipcore_native_vrrp.liveness.control import MAX_FRAME, Frame, FrameReader, encode
-from vipcore_native_vrrp.liveness.packet import PORT, SessionState
+from vipcore_native_vrrp.liveness.packet import PORT, Diagnostic, SessionState
 from vipcore_native_vrrp.liveness.session import (
     RELAXED_MIN_RX,
     Dropped,
@@ -68,6 +74,40 @@ _CLOSE_BOUND = 1.0
 #: Stats frames are skipped while this much output waits for a busy agent (changes never are).
 _STATS_BACKLOG = 64 * 1024
 EXIT_PARENT_GONE = 3
+# -- takeover plans (docs/native-vrrp.md, "The worker claims first") ------------------------------
+# Linux ABI numbers (linux/netlink.h, linux/rtnetlink.h): the worker imports nothing that speaks netlink.
+_NLMSG_HEADER = struct.Struct("=IHHII")
+_NLMSG_ERROR = 2
+_RTM_NEWADDR = 20
+#: What every message of a plan must be: an acknowledged, exclusive address create (the holder's add).
+_ADD_FLAGS = 0x1 | 0x4 | 0x200 | 0x400  # NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE
+_EEXIST = errno.EEXIST
+#: Bounds of one plan: datagrams and their size, messages in all, announcement frames and their size.
+MAX_PLAN_DATAGRAMS = 16
+MAX_PLAN_DATAGRAM = 16384
+MAX_PLAN_MESSAGES = 1024
+MAX_PLAN_FRAMES = 1024
+PLAN_FRAME_SIZES = (42, 1514)
+#: Plans held at once (one per peer with a session).
+MAX_PLANS = 4096
+_IFNAMSIZ = 16
+
+
+class _Plan:
+    """One peer's takeover plan as the agent sent it: checked bytes, nothing to compute at expiry."""
+
+    __slots__ = ("ups", "interface", "datagrams", "messages", "frames", "vips")
+
+    def __init__(self, ups: int, interface: str, datagrams: list[bytes], messages: int,
+                 frames: list[tuple[bytes, int]], vips: list[str]) -> None:
+        self.ups = ups
+        self.interface = interface
+        self.datagrams = datagrams
+        self.messages = messages
+        self.frames = frames
+        self.vips = vips
+
+
 #: Periodic packets due within this long of a wake-up go out in it (never before 75 % of their
 #: interval, RFC 5880 6.8.7): sessions share wake-ups instead of each waking the process alone.
 ALIGN = 0.002
@@ -78,7 +118,8 @@ class Worker:
 
     def __init__(self, config: SessionConfig, local: Address, control: socket.socket, recv: socket.socket,
                  send: socket.socket, *, stats_interval: float = 0.5, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, netlink: socket.socket | None = None,
+                 packet: socket.socket | None = None) -> None:
         self.config = config
         self.local = local
         self.control = control
@@ -122,6 +163,20 @@ class Worker:
         self._closing_until: float | None = None
         #: What the last stats frame said besides counts (see _stats_changed).
         self._stats_key: tuple[Any, ...] | None = None
+        #: The sockets a takeover plan is sent with (NETLINK_ROUTE, AF_PACKET), when the agent could open them.
+        self.netlink = netlink
+        self.packet = packet
+        #: Per peer: its takeover plan (the agent's), and how many times its session came Up (a plan names
+        #: the count it was built for: one built before the session last left Up is stale).
+        self.plans: dict[Address, _Plan] = {}
+        self.ups: Counter[Address] = Counter()
+        #: Plans carried out at an expiry, those of them that failed in part (the agent's pass then does
+        #: it its usual way), and plan frames refused by reason.
+        self.claims = 0
+        self.claim_failures = 0
+        self.plans_refused: Counter[str] = Counter()
+        if netlink is not None:
+            netlink.setblocking(False)
         for sock in (control, recv, send):
             sock.setblocking(False)
         with contextlib.suppress(OSError):  # diagnostics only: without it, silences include our own lateness
@@ -260,6 +315,8 @@ class Worker:
                 self.reader.bad += 1
                 return
             self.set_peers(peers, relaxed=slow)
+        elif op == "plan":
+            self.set_plan(frame)
         elif op == "close":
             self.close(graceful=frame.get("graceful") is not False)
         else:
@@ -276,6 +333,8 @@ class Worker:
         now = self.clock()
         for peer in set(self.sessions) - wanted:
             session = self.sessions.pop(peer)
+            self.plans.pop(peer, None)
+            self.ups.pop(peer, None)
             self._heard.pop(str(peer), None)
             self.longest_silence.pop(str(peer), None)
             self._carry_out(peer, session.admin_down(now), notify=False)
@@ -310,6 +369,7 @@ class Worker:
         else:
             self.retiring.clear()
         self.sessions.clear()
+        self.plans.clear()
         self._reindex()
         self._closing_until = self.clock() + _CLOSE_BOUND
 
@@ -326,7 +386,8 @@ class Worker:
         key = (tuple((peer, s.state, s.detection_time, s.my_discriminator, s.remote_discriminator, s.tx_interval,
                       s.required_min_rx, silences.get(str(peer), 0.0)) for peer, s in self.sessions.items()),
                tuple(sorted(self.drops.items())), self.send_errors, self.reader.bad, self.stats_skipped,
-               self.realtime)
+               self.realtime, len(self.plans), self.claims, self.claim_failures,
+               tuple(sorted(self.plans_refused.items())))
         if key == self._stats_key:
             return False
         self._stats_key = key
@@ -348,6 +409,8 @@ class Worker:
             "wake_late_max": self.wake_late_max, "wakeups": self.wakeups,
             "drops": dict(self.drops), "send_errors": self.send_errors, "bad_frames": self.reader.bad,
             "stats_skipped": self.stats_skipped, "rss": _rss(), "realtime": self.realtime,
+            "plans": len(self.plans), "claims": self.claims, "claim_failures": self.claim_failures,
+            "plans_refused": dict(self.plans_refused),
         }
 
     def _flush(self, block_for: float = 0.0) -> bool:
@@ -438,10 +501,160 @@ class Worker:
                 self.drops[action.reason] += 1
             elif notify:
                 heard = self._heard.get(str(peer))
+                claim = None
+                if action.new is SessionState.UP:
+                    self.ups[peer] += 1
+                elif action.old is SessionState.UP:
+                    if action.new is SessionState.DOWN and action.diagnostic is Diagnostic.CONTROL_DETECTION_EXPIRED:
+                        # A lost peer: its groups' VIPs in the kernel and announced now, before the agent
+                        # (normal priority, as busy as the moment makes it) reads the change.
+                        claim = self._claim(peer)
+                    self.plans.pop(peer, None)  # built for a session that was Up
                 # When the peer was last heard (the kernel's receive time, on the monotonic clock the agent
                 # shares): the agent counts a failover's detect phase from it, this process's lateness included.
-                self.emit({"ev": "change", "peer": str(peer), "old": int(action.old), "new": int(action.new),
-                           "diag": int(action.diagnostic), "heard": heard[0] if heard is not None else None})
+                frame = {"ev": "change", "peer": str(peer), "old": int(action.old), "new": int(action.new),
+                         "diag": int(action.diagnostic), "heard": heard[0] if heard is not None else None}
+                if claim is not None:
+                    frame["claim"] = claim
+                self.emit(frame)
+
+    # -- takeover plans -------------------------------------------------------------------
+
+    def set_plan(self, frame: Frame) -> None:
+        """Keep (or drop) one peer's takeover plan from a ``plan`` frame; refused ones are counted by reason
+        and drop the plan held for that peer, if any (in doubt, no claim)."""
+        text = frame.get("peer")
+        try:
+            peer = ipaddress.ip_address(text) if isinstance(text, str) else None
+        except ValueError:
+            peer = None
+        if peer is None:
+            self.plans_refused["malformed"] += 1
+            return
+        self.plans.pop(peer, None)
+        netlink, frames = frame.get("netlink"), frame.get("frames", [])
+        if netlink == []:
+            return  # dropped on purpose: no group to take from that peer
+        reason, plan = self._check_plan(frame.get("ups"), frame.get("interface"), netlink, frames, frame.get("vips"))
+        if plan is None:
+            self.plans_refused[reason] += 1
+            return
+        session = self.sessions.get(peer)
+        if session is None:
+            self.plans_refused["no_session"] += 1
+        elif session.state is not SessionState.UP or plan.ups != self.ups[peer]:
+            # Built for an earlier Up of this session (or before it went down): what it says may be stale.
+            self.plans_refused["stale"] += 1
+        elif len(self.plans) >= MAX_PLANS:
+            self.plans_refused["too_many"] += 1
+        else:
+            self.plans[peer] = plan
+
+    @staticmethod
+    def _check_plan(ups: object, interface: object, netlink: object, frames: object,
+                    vips: object) -> tuple[str, _Plan | None]:
+        if isinstance(ups, bool) or not isinstance(ups, int) or ups < 0 or not isinstance(interface, str) \
+                or not 0 < len(interface) < _IFNAMSIZ or "/" in interface \
+                or not isinstance(netlink, list) or not isinstance(frames, list) or not isinstance(vips, list) \
+                or not all(isinstance(item, str) for item in (*netlink, *frames, *vips)):
+            return "malformed", None
+        if not netlink or len(netlink) > MAX_PLAN_DATAGRAMS or len(frames) > MAX_PLAN_FRAMES \
+                or len(vips) > MAX_PLAN_MESSAGES or any(len(item) > 64 for item in vips) \
+                or any(len(item) > 2 * MAX_PLAN_DATAGRAM for item in netlink) \
+                or any(len(item) > 2 * PLAN_FRAME_SIZES[1] for item in frames):
+            return "too_large", None
+        try:
+            datagrams = [bytes.fromhex(item) for item in netlink]
+            raw = [bytes.fromhex(item) for item in frames]
+        except ValueError:
+            return "malformed", None
+        messages = 0
+        for datagram in datagrams:
+            offset = 0
+            while offset < len(datagram):
+                if offset + _NLMSG_HEADER.size > len(datagram):
+                    return "malformed", None
+                length, kind, flags, _, _ = _NLMSG_HEADER.unpack_from(datagram, offset)
+                if length < _NLMSG_HEADER.size or offset + length > len(datagram):
+                    return "malformed", None
+                if kind != _RTM_NEWADDR or flags != _ADD_FLAGS:
+                    return "not_an_address_add", None  # the worker adds addresses, nothing else
+                messages += 1
+                offset += (length + 3) & ~3
+            if not datagram:
+                return "malformed", None
+        if messages > MAX_PLAN_MESSAGES:
+            return "too_large", None
+        if len(vips) != messages:
+            return "malformed", None  # the agent names each address it puts in (echoed in the claim)
+        checked: list[tuple[bytes, int]] = []
+        for data in raw:
+            if not PLAN_FRAME_SIZES[0] <= len(data) <= PLAN_FRAME_SIZES[1]:
+                return "malformed", None
+            checked.append((data, int.from_bytes(data[12:14], "big")))
+        return "", _Plan(ups, interface, datagrams, messages, checked, vips)
+
+    def _claim(self, peer: Address) -> dict[str, Any] | None:
+        """Carry out ``peer``'s plan (its session just expired): the address datagrams, their acks read
+        without waiting (the kernel answers inside the ``sendmsg``), then — only if every address is in —
+        the announcement frames. Every other plan is dropped: the agent rebuilds them once it has acted
+        on the loss. What was done, with when (``clock()``), for the change frame; None without a plan."""
+        plan = self.plans.pop(peer, None)
+        self.plans.clear()
+        if plan is None or self.netlink is None:
+            return None
+        clock, netlink = self.clock, self.netlink
+        expired = clock()
+        with contextlib.suppress(OSError):  # replies left from an earlier claim are not this one's
+            while netlink.recv(65536):
+                pass
+        self.claims += 1
+        sent = clock()
+        try:
+            for datagram in plan.datagrams:
+                netlink.send(datagram)
+        except OSError as exc:
+            self.claim_failures += 1
+            return {"expired": expired, "sent": sent, "acked": None, "announced": None, "ok": False,
+                    "vips": plan.vips, "error": exc.errno or 0}
+        acks, errors = 0, 0
+        error = 0
+        for _ in range(plan.messages + 16):  # bounded (one ack a read): never waits, never loops on junk
+            try:
+                data = netlink.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                error = exc.errno or 0
+                break
+            offset = 0
+            while offset + _NLMSG_HEADER.size <= len(data):
+                length, kind, _, _, _ = _NLMSG_HEADER.unpack_from(data, offset)
+                if length < _NLMSG_HEADER.size:
+                    break
+                if kind == _NLMSG_ERROR and offset + _NLMSG_HEADER.size + 4 <= len(data):
+                    code = -_INT.unpack_from(data, offset + _NLMSG_HEADER.size)[0]
+                    acks += 1
+                    if code not in (0, _EEXIST):  # EEXIST: already so (the holder's own rule)
+                        errors += 1
+                        error = error or code
+                offset += (length + 3) & ~3
+            if acks >= plan.messages:
+                break
+        ok = acks == plan.messages and not errors
+        acked = clock() if ok else None
+        announced = None
+        if ok and self.packet is not None:
+            try:
+                for data, proto in plan.frames:
+                    self.packet.sendto(data, (plan.interface, proto))
+                announced = clock()
+            except OSError as exc:
+                error = exc.errno or 0
+        if not ok or announced is None:
+            self.claim_failures += 1
+        return {"expired": expired, "sent": sent, "acked": acked, "announced": announced, "ok": ok,
+                "vips": plan.vips, "error": error}
 
     def _discriminator(self) -> int:
         used = {s.my_discriminator for s in (*self.sessions.values(), *self.retiring.values())}
@@ -490,11 +703,15 @@ def main(argv: list[str]) -> int:
     control = socket.socket(fileno=int(spec["control_fd"]))
     recv = socket.socket(fileno=int(spec["recv_fd"]))
     send = socket.socket(fileno=int(spec["send_fd"]))
+    claim_fds = spec.get("claim_fds")
+    netlink = packet = None
+    if isinstance(claim_fds, list) and len(claim_fds) == 2:
+        netlink, packet = (socket.socket(fileno=int(fd)) for fd in claim_fds)
     config = SessionConfig(desired_min_tx=float(spec["tx"]), required_min_rx=float(spec["rx"]),
                            detect_mult=int(spec["mult"]), slow_interval=float(spec["slow"]),
                            relaxed_min_rx=float(spec.get("relaxed", RELAXED_MIN_RX)))
     worker = Worker(config, ipaddress.ip_address(spec["local"]), control, recv, send,
-                    stats_interval=float(spec.get("stats_interval", 0.5)))
+                    stats_interval=float(spec.get("stats_interval", 0.5)), netlink=netlink, packet=packet)
     refused = _realtime() if spec.get("realtime") else "not asked for"
     worker.realtime = refused is None
     if refused is not None and spec.get("realtime"):
