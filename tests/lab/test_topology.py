@@ -173,6 +173,18 @@ def test_probe_reports_no_recovery(lab: Lab) -> None:
     assert not result.recovered and result.longest_gap >= 0.25
 
 
+def test_the_probe_sends_at_real_time_priority_above_the_nodes_workers(lab: Lab) -> None:
+    """The lab's client shares the machine's cores with the nodes: at a failover the survivors' agents and
+    (real-time) liveness workers delayed its echoes by 1-2 ms, which a gap counted as outage. A client
+    on a machine of its own is not slowed by the nodes: the probe runs at SCHED_FIFO above the workers."""
+    with Probe(lab.client, str(lab.address("node-a"))) as probe:
+        assert probe._proc is not None
+        assert probe.wait_replies(3, timeout=5)
+        assert os.sched_getscheduler(probe._proc.pid) == os.SCHED_FIFO
+        assert os.sched_getparam(probe._proc.pid).sched_priority > 1  # the liveness worker's SCHED_RR 1
+        assert probe.realtime is True
+
+
 def test_probe_program_stops_when_its_parent_goes_away(lab: Lab) -> None:
     probe = Probe(lab.client, str(lab.address("node-a"))).start()
     assert probe._proc is not None and probe._proc.stdin is not None

@@ -41,6 +41,11 @@ SO_TIMESTAMPNS = 35
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
 ICMP6_ECHO, ICMP6_ECHOREPLY = 128, 129
 DEFAULT_INTERVAL = 0.01
+#: SCHED_FIFO priority of the program, when it may have one: above the nodes' liveness workers (SCHED_RR 1).
+#: The lab's client shares the machine's cores with the nodes; at a failover the survivors' agents and
+#: workers delayed its echoes by 1-2 ms, which a gap counted as outage. A real client is not slowed by
+#: the nodes' CPU use. It only ever sends an echo and reads replies, then sleeps in select.
+REALTIME_PRIORITY = 10
 #: An echo is "lost" when no reply came this long after it was sent.
 LOSS_TIMEOUT = 0.25
 
@@ -137,9 +142,14 @@ def run_probe(target: str, interval: float, duration: float | None, out: TextIO 
     unanswered: list[float] = []  # send times of echoes whose 16-bit seq was reused unanswered
     count = 0
     errors = 0
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+        realtime = True
+    except (OSError, AttributeError):  # not root (or no such policy): on time as the machine allows
+        realtime = False
     timeline = _Timeline()
     start = time.monotonic()
-    _emit(out, e="start", t=timeline.now(), target=target, interval=interval, id=ident)
+    _emit(out, e="start", t=timeline.now(), target=target, interval=interval, id=ident, rt=realtime)
     next_send = start
     watch: list[Any] = [sock, sys.stdin] if watch_stdin else [sock]
     while not stopping:
@@ -261,6 +271,8 @@ class Probe:
         self._proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
         self.stderr = ""
+        #: Whether the program runs at real-time priority (:data:`REALTIME_PRIORITY`); known once started.
+        self.realtime: bool | None = None
 
     def start(self) -> "Probe":
         """Start the program; LabError if it does not report its start within 10 s."""
@@ -297,6 +309,7 @@ class Probe:
                     self._data.items.append((int(record["s"]), float(record["tx"]), float(record["rx"])))
                 elif kind == "start":
                     self._data.started = float(record["t"])
+                    self.realtime = record.get("rt") is True
                 elif kind == "end":
                     self._data.ended = float(record["t"])
                     self._data.sent = int(record["sent"])
