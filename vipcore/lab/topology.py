@@ -425,17 +425,21 @@ class Lab:
         self._forget(records)
 
     def kill(self, node: str) -> None:
-        """Hard failure: every process in the node's namespace frozen (SIGSTOP), its links set down, then
-        every process SIGKILLed — as if the node lost power: none of them runs after another one died.
+        """Hard failure: the node's links set down, then every process in its namespace frozen (SIGSTOP),
+        then every process SIGKILLed — as if the node lost power: its answers and its packets stop at one
+        instant, and none of its processes runs after another one died.
 
         Killed one after the other (in /proc order, the lower PID first), a process could see another die
         and act before its own turn came: when the native_vrrp liveness worker had the lower PID, its agent
         read the worker's exit and told the peers AdminDown ("not a failure", docs/native-vrrp.md), and
         they waited for VRRP's Master_Down (2-4 s) instead of failing the node over in 50 ms
-        (bench/README.md, "Session 8: gap8")."""
+        (bench/README.md, "Session 8: gap8"). Frozen before the links went down (a /proc scan and an `ip`
+        run, 2-25 ms), the node's kernel still answered pings while its liveness worker was silent: the
+        peers' detection started before the client's outage and the gap looked shorter than the failure.
+        With the links down first, nothing the processes do before they are frozen leaves the node."""
         records = self.records(node)
-        frozen = self._freeze_namespace(self.ns(node))
         self.links_down(node)
+        frozen = self._freeze_namespace(self.ns(node))
         for pid in frozen:
             try:
                 os.kill(pid, signal.SIGKILL)
