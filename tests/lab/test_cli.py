@@ -137,3 +137,14 @@ def test_a_short_gap_is_labelled_after_the_event_label() -> None:
     replies = [i * 0.01 for i in range(100)] + [1.06 + i * 0.01 for i in range(100)]
     strip, scale, _ = timeline(replies, 0.99)
     assert "0 (kill)" in scale and re.search(r"0 \(kill\) +\+70 ms", scale), scale
+
+
+def test_a_hard_failure_of_four_lost_echoes_is_an_outage_not_jitter() -> None:
+    """The worker claiming first made a hard failure cost the client 40-50 ms (4 echoes at 10 ms): the
+    timeline took any silence under 50 ms for ping jitter and left its label out (`make demo`'s test then
+    failed). Jitter is one late echo: a silence of two ping intervals or less."""
+    replies = [i * 0.01 for i in range(100)] + [1.035 + i * 0.01 for i in range(100)]  # 0.99 -> 1.035: 45 ms
+    strip, scale, _ = timeline(replies, 0.995)
+    assert re.search(r"0 \(kill\) +\+40 ms", scale), scale
+    jitter, jitter_scale, _ = timeline([i * 0.01 for i in range(100)] + [1.01 + i * 0.01 for i in range(99)], 0.995)
+    assert "ms" not in jitter_scale.replace("-200 ms", "")  # 20 ms: one late echo, no outage
