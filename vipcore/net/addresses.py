@@ -61,6 +61,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 from pyroute2.netns import create_socket
 
+from vipcore.core.checksum import internet_checksum
 from vipcore.core.errors import AddressError, ConfigError, InterfaceNotFoundError
 from vipcore.core.model import Family, IPAddress
 from vipcore.net.rtnetlink import (
@@ -366,13 +367,7 @@ IPPROTO_ICMPV6 = 58
 
 def _icmpv6_checksum(source: bytes, destination: bytes, message: bytes) -> int:
     """The ICMPv6 checksum of ``message`` (its checksum field 0) over the IPv6 pseudo-header (RFC 4443 2.3)."""
-    data = source + destination + struct.pack("!I3xB", len(message), IPPROTO_ICMPV6) + message
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return int(~total & 0xFFFF)
+    return internet_checksum(source + destination + struct.pack("!I3xB", len(message), IPPROTO_ICMPV6) + message)
 
 
 def unsolicited_na_frame(mac: bytes, vip: ipaddress.IPv6Address) -> bytes:

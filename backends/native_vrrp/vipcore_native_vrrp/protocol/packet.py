@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from vipcore.core.checksum import internet_checksum
 from vipcore.core.model import Family, IPAddress
 
 #: IP protocol number of VRRP.
@@ -93,16 +94,6 @@ class Advertisement:
         return self.interval_cs / 100.0
 
 
-def checksum(data: bytes) -> int:
-    """The 16-bit one's complement of the one's complement sum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return int(~total & 0xFFFF)
-
-
 def _pseudo_header(src: IPAddress, dst: IPAddress, length: int) -> bytes:
     if src.version != dst.version:
         raise PacketError("family", f"source {src} and destination {dst} differ in family")
@@ -120,7 +111,7 @@ def encode(adv: Advertisement, src: IPAddress, dst: IPAddress) -> bytes:
         (VERSION << 4) | TYPE_ADVERTISEMENT, adv.vrid, adv.priority, len(adv.addresses), adv.interval_cs, 0
     )
     message = header + body
-    csum = checksum(_pseudo_header(src, dst, len(message)) + message)
+    csum = internet_checksum(_pseudo_header(src, dst, len(message)) + message)
     return message[:6] + struct.pack("!H", csum) + message[8:]
 
 
@@ -152,7 +143,7 @@ def decode(data: bytes, src: IPAddress, dst: IPAddress) -> Advertisement:
     interval_cs = interval_field & MAX_INTERVAL_CS
     if interval_cs == 0:
         raise PacketError("interval", "max advertise interval 0")
-    if checksum(_pseudo_header(src, dst, len(data)) + data) != 0:
+    if internet_checksum(_pseudo_header(src, dst, len(data)) + data) != 0:
         raise PacketError("checksum")
     cls = ipaddress.IPv4Address if width == 4 else ipaddress.IPv6Address
     addresses = tuple(
