@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import errno
 import ipaddress
 import logging
@@ -70,12 +69,8 @@ from vipcore.net.rtnetlink import (
     IFINFO,
     MAX_BATCH,
     NETLINK_BUFFER,
-    NETLINK_CAP_ACK,
     NETLINK_ROUTE,
     NLMSG_HEADER,
-    RECEIVE_BUFFER,
-    SO_RCVBUFFORCE,
-    SOL_NETLINK,
     RTM_DELLINK,
     RTM_NEWLINK,
     Address,
@@ -87,6 +82,7 @@ from vipcore.net.rtnetlink import (
     messages,
     parse_addresses,
     parse_link,
+    prepare as prepare_netlink,
 )
 
 log = logging.getLogger(__name__)
@@ -420,13 +416,8 @@ def claim_sockets() -> tuple[socket.socket, socket.socket]:
     Raises :class:`OSError` (no ``CAP_NET_RAW``, for one)."""
     netlink = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
     try:
-        with contextlib.suppress(OSError):  # older kernels echo the request in the ack: only bigger
-            netlink.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        try:  # room for a plan's acks, read after all its datagrams went (about 1 KiB of buffer each)
-            netlink.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
-        except OSError:  # no CAP_NET_ADMIN: as much as net.core.rmem_max allows
-            netlink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-        netlink.bind((0, 0))
+        # As the holder's own channel: room for a plan's acks, read after all its datagrams went.
+        prepare_netlink(netlink)
         packet = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     except OSError:
         netlink.close()

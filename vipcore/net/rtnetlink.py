@@ -228,6 +228,22 @@ class Exchange:
     overflowed: bool = False
 
 
+def prepare(sock: socket.socket) -> socket.socket:
+    """A ``NETLINK_ROUTE`` socket made ready for batches of acknowledged requests: non-blocking, room for
+    :data:`RECEIVE_BUFFER` of acknowledgements, acknowledgements without a copy of the request, bound."""
+    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+    except OSError:  # no CAP_NET_ADMIN: as much as net.core.rmem_max allows
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    try:
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+    except OSError:  # older kernels echo the request in the ack: only bigger
+        pass
+    sock.bind((0, 0))
+    return sock
+
+
 class RtnetlinkChannel:
     """One ``NETLINK_ROUTE`` request socket: numbered requests out, replies matched back.
 
@@ -237,17 +253,7 @@ class RtnetlinkChannel:
     """
 
     def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
-        except OSError:  # no CAP_NET_ADMIN: as much as net.core.rmem_max allows
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-        try:
-            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        except OSError:  # older kernels echo the request in the ack: only bigger
-            pass
-        sock.bind((0, 0))
+        self.sock = prepare(sock)
         self._seq = 0
 
     def next_seq(self) -> int:

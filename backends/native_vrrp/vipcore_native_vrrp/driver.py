@@ -370,15 +370,7 @@ class RouterDriver:
         self._claim = None
         if self.router.holding:
             return False  # a master after all (its own batch adds them again: idempotent)
-        self._stop_announcing()
-        try:
-            removed = self.holder.remove(self.interface, claim.vips)
-        except Exception:
-            log.exception("group %s IPv%d: removing VIPs added before a takeover that did not happen failed",
-                          self.group[:12], self.family)
-            return False
-        self.loop.create_task(self._confirm_release(removed), name=f"vrrp {self.group[:12]} release")
-        return True
+        return self._undo(claim.vips, "added before a takeover that did not happen")
 
     def release_worker_claim(self) -> bool:
         """The liveness worker put this router's VIPs in (and announced them) at a lost peer's expiry, but
@@ -387,12 +379,16 @@ class RouterDriver:
         holds them or a claim of its own covers them. True when a removal was queued."""
         if self._claim is not None or self.router.holding or self.router.phase is Phase.MASTER:
             return False
+        return self._undo(self.router.config.vips, "the liveness worker added")
+
+    def _undo(self, vips: tuple[IPAddress, ...], what: str) -> bool:
+        """VIPs put in ahead of a takeover that did not happen: announcements stopped, removal queued (the
+        caller sends it in the pass). True when queued."""
         self._stop_announcing()
         try:
-            removed = self.holder.remove(self.interface, self.router.config.vips)
+            removed = self.holder.remove(self.interface, vips)
         except Exception:
-            log.exception("group %s IPv%d: removing VIPs the liveness worker added failed", self.group[:12],
-                          self.family)
+            log.exception("group %s IPv%d: removing VIPs %s failed", self.group[:12], self.family, what)
             return False
         self.loop.create_task(self._confirm_release(removed), name=f"vrrp {self.group[:12]} release")
         return True

@@ -367,25 +367,33 @@ class Coordinator:
     def _taken_at_once(self, groups: list[tuple[Membership, Mapping[Family, RouterView]]],
                        up: Mapping[str, set[str]]) -> dict[tuple[str, str], list[RouterView]]:
         """Per (interface, node): the backups here of the groups :meth:`_split` would put first if that
-        node were lost — the same rules, in one pass over the groups instead of one per peer (a refresh
-        runs after every burst of transitions; at 16 nodes that was 15 passes)."""
+        node were lost — the same rules (:meth:`_lost_with`), in one pass over the groups instead of one per
+        peer (a refresh runs after every burst of transitions; at 16 nodes that was 15 passes)."""
         taken: dict[tuple[str, str], list[RouterView]] = {}
         step = self.settings.rank_step
         for membership, drivers in groups:
-            backups = [d for d in drivers.values() if d.router.state is State.BACKUP and not d.router.released]
-            if not backups:
-                continue
-            known = {self._node_of(membership, d.router.master) for d in drivers.values()} - {None}
+            backups, masters = self._lost_with(membership, drivers)
             interface = membership.group.interface
             alive = up.get(interface, set())
-            for node in known or {self._expected_master(membership)}:
-                if node is None or node == membership.node \
-                        or not any(member.name == node for member in membership.members):
-                    continue
+            for node in masters:
                 if self._rank(membership, node, alive) * step > 0:
                     continue  # another survivor ranks first there
                 taken.setdefault((interface, node), []).extend(backups)
         return taken
+
+    def _lost_with(self, membership: Membership,
+                   drivers: Mapping[Family, RouterView]) -> tuple[list[RouterView], set[str]]:
+        """This group's backups here (idle: not released) and the nodes whose loss is its master's loss —
+        the nodes its routers heard as master, else the node expected to be; members, never this node.
+        No backups: no node (nothing to take over)."""
+        backups = [d for d in drivers.values() if d.router.state is State.BACKUP and not d.router.released]
+        if not backups:
+            return backups, set()
+        known = {self._node_of(membership, d.router.master) for d in drivers.values()} - {None}
+        members = {member.name for member in membership.members}
+        masters = {node for node in (known or {self._expected_master(membership)})
+                   if node is not None and node != membership.node and node in members}
+        return backups, masters
 
     def _clear_plans(self) -> None:
         """No worker claims until the next refresh rebuilds the plans (after a lost peer's takeovers)."""
@@ -568,17 +576,9 @@ class Coordinator:
         """:meth:`_takeovers` with the groups and the sessions Up given (the same rules for a takeover plan)."""
         first: list[tuple[float, Membership, list[RouterView]]] = []
         for membership, drivers in groups:
-            if not any(member.name == node for member in membership.members) or node == membership.node:
-                continue
-            backups = [d for d in drivers.values() if d.router.state is State.BACKUP and not d.router.released]
-            if not backups:
-                continue
-            masters = {self._node_of(membership, d.router.master) for d in drivers.values()}
-            known = masters - {None}
-            if known and node not in known:
-                continue  # this group's master lives elsewhere
-            if not known and self._expected_master(membership) != node:
-                continue
+            backups, masters = self._lost_with(membership, drivers)
+            if node not in masters:
+                continue  # no backup here, or this group's master lives elsewhere
             delay = self._rank(membership, node, up.get(membership.group.interface, set())) * self.settings.rank_step
             (later if delay > 0 else first).append((delay, membership, backups))
         return first
